@@ -1,0 +1,168 @@
+//! Delegation to another plugin (IPAM), as the reference `invoke.DelegateAdd` does: find the
+//! binary named by `type` on `CNI_PATH`, run it with our environment (command overridden) and
+//! the same stdin, read its result or its error from stdout; its stderr goes to ours.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command as Process, Stdio},
+};
+
+use crate::{
+    args::Command,
+    error::{CniError, ErrorCode, WireError},
+    result::CniResult,
+};
+
+/// Where `plugin_type` lives on `path`; the name must be a plain file name.
+pub fn find_plugin(plugin_type: &str, path: &[PathBuf], field: &str) -> Result<PathBuf, CniError> {
+    if plugin_type.is_empty() {
+        return Err(CniError::config(field, "missing plugin type"));
+    }
+    if plugin_type.contains('/') || plugin_type == "." || plugin_type == ".." {
+        return Err(CniError::config(
+            field,
+            format!("{plugin_type:?} is not a plugin name"),
+        ));
+    }
+    for dir in path {
+        let candidate = dir.join(plugin_type);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(CniError::new(
+        ErrorCode::Delegate,
+        format!(
+            "failed to find plugin {plugin_type:?} ({field}) in CNI_PATH [{}]",
+            path.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":")
+        ),
+    ))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Run the delegate for `command` with `stdin`. ADD returns its result; other commands `None`.
+pub fn run(binary: &Path, command: Command, stdin: &[u8]) -> Result<Option<CniResult>, CniError> {
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut child = Process::new(binary)
+        .env("CNI_COMMAND", command.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            CniError::new(
+                ErrorCode::Delegate,
+                format!("running {}: {e}", binary.display()),
+            )
+        })?;
+    if let Some(mut input) = child.stdin.take() {
+        // A delegate that exits without reading its stdin closes the pipe: its exit status
+        // and stdout then tell what happened, so a write error here is not the error to report.
+        let _ = input.write_all(stdin);
+    }
+    let out = child.wait_with_output().map_err(|e| {
+        CniError::new(
+            ErrorCode::Delegate,
+            format!("waiting for {}: {e}", binary.display()),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(match serde_json::from_slice::<WireError>(&out.stdout) {
+            Ok(w) => {
+                let mut e = CniError::from(w);
+                e.msg = format!("{name}: {}", e.msg);
+                e
+            }
+            Err(_) => CniError::new(
+                ErrorCode::Delegate,
+                format!(
+                    "{name} failed ({}) without a CNI error on stdout",
+                    out.status
+                ),
+            )
+            .with_details(
+                String::from_utf8_lossy(&out.stdout)
+                    .chars()
+                    .take(512)
+                    .collect::<String>(),
+            ),
+        });
+    }
+    if command != Command::Add {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        CniError::new(
+            ErrorCode::Delegate,
+            format!("{name} answered ADD with invalid JSON: {e}"),
+        )
+    })?;
+    CniResult::from_json(&value, &format!("{name} result")).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn finds_on_path_and_refuses_traversal() {
+        let d = tempfile::tempdir().unwrap();
+        script(d.path(), "ipam", "true");
+        let path = vec![PathBuf::from("/nonexistent"), d.path().to_path_buf()];
+        assert_eq!(
+            find_plugin("ipam", &path, "ipam.type").unwrap(),
+            d.path().join("ipam")
+        );
+        let e = find_plugin("../ipam", &path, "ipam.type").unwrap_err();
+        assert_eq!(e.code(), 7);
+        let e = find_plugin("nothere", &path, "ipam.type").unwrap_err();
+        assert_eq!(e.code(), 102);
+        assert!(e.msg.contains("nothere"));
+    }
+
+    #[test]
+    fn passes_result_and_errors_through() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = script(
+            d.path(),
+            "ok",
+            r#"cat >/dev/null; echo '{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.9.0.2/24"}]}'"#,
+        );
+        let r = run(&ok, Command::Add, b"{}").unwrap().unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.9.0.2/24");
+        let bad = script(
+            d.path(),
+            "bad",
+            r#"echo '{"cniVersion":"1.0.0","code":104,"msg":"no addresses left"}'; exit 1"#,
+        );
+        let e = run(&bad, Command::Add, b"{}").unwrap_err();
+        assert_eq!(e.code(), 104);
+        assert!(e.msg.contains("no addresses left"));
+        let garbage = script(d.path(), "garbage", "echo oops; exit 3");
+        assert_eq!(run(&garbage, Command::Del, b"{}").unwrap_err().code(), 102);
+        let env = script(d.path(), "env", r#"[ "$CNI_COMMAND" = DEL ] || exit 1"#);
+        assert!(run(&env, Command::Del, b"{}").unwrap().is_none());
+    }
+}

@@ -1,0 +1,194 @@
+//! The CNI error: a code, a message and details, printed as JSON on stdout.
+//!
+//! Codes 1-99 come from the CNI spec; 100 and up are ours and are listed in the README.
+//! Every error of every crate ends up here, mapped once at the plugin's edge.
+
+use serde::{Deserialize, Serialize};
+
+/// Error codes: the spec's well-known ones and the suite's own (100+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 1: the config's `cniVersion` is not one we support, or the verb needs a newer one.
+    IncompatibleVersion,
+    /// 2: a field the plugin does not support (used sparingly: unknown keys are ignored).
+    UnsupportedField,
+    /// 3: the container is unknown or does not exist.
+    UnknownContainer,
+    /// 4: a `CNI_*` environment variable is missing or invalid.
+    InvalidEnvironment,
+    /// 5: an I/O failure (files, pipes).
+    Io,
+    /// 6: the config or a result could not be decoded (not JSON, truncated).
+    Decode,
+    /// 7: the config decoded but a value is invalid; the message names the field.
+    InvalidConfig,
+    /// 11: try again later (a transient condition, e.g. a lock held too long).
+    TryAgainLater,
+    /// 50: the plugin is not available (STATUS): e.g. the address pool is exhausted.
+    NotAvailable,
+    /// 100: the kernel refused a netlink or sysctl operation.
+    Kernel,
+    /// 101: nftables refused a batch or the firewall state is inconsistent.
+    Firewall,
+    /// 102: a delegated plugin (IPAM) could not be run or gave no valid answer.
+    Delegate,
+    /// 103: the resource asked for is taken (address, host port, interface name).
+    Conflict,
+    /// 104: no address left in the configured ranges.
+    AddressesExhausted,
+    /// 105: the state the plugin was asked to check differs from what it set up.
+    CheckFailed,
+    /// Any other code, e.g. one passed up from a delegated plugin.
+    Other(u32),
+}
+
+impl ErrorCode {
+    /// The number on the wire.
+    pub fn as_u32(self) -> u32 {
+        match self {
+            Self::IncompatibleVersion => 1,
+            Self::UnsupportedField => 2,
+            Self::UnknownContainer => 3,
+            Self::InvalidEnvironment => 4,
+            Self::Io => 5,
+            Self::Decode => 6,
+            Self::InvalidConfig => 7,
+            Self::TryAgainLater => 11,
+            Self::NotAvailable => 50,
+            Self::Kernel => 100,
+            Self::Firewall => 101,
+            Self::Delegate => 102,
+            Self::Conflict => 103,
+            Self::AddressesExhausted => 104,
+            Self::CheckFailed => 105,
+            Self::Other(n) => n,
+        }
+    }
+
+    /// The code for a number read from a delegated plugin's answer.
+    pub fn from_u32(n: u32) -> Self {
+        match n {
+            1 => Self::IncompatibleVersion,
+            2 => Self::UnsupportedField,
+            3 => Self::UnknownContainer,
+            4 => Self::InvalidEnvironment,
+            5 => Self::Io,
+            6 => Self::Decode,
+            7 => Self::InvalidConfig,
+            11 => Self::TryAgainLater,
+            50 => Self::NotAvailable,
+            100 => Self::Kernel,
+            101 => Self::Firewall,
+            102 => Self::Delegate,
+            103 => Self::Conflict,
+            104 => Self::AddressesExhausted,
+            105 => Self::CheckFailed,
+            n => Self::Other(n),
+        }
+    }
+}
+
+/// A CNI error as the spec prints it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{msg}{}", if details.is_empty() { String::new() } else { format!(": {details}") })]
+pub struct CniError {
+    pub code: ErrorCode,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: impl Into<String>) -> Self {
+        self.details = details.into();
+        self
+    }
+
+    /// Code 7 naming the field: `invalid config: ipam.ranges[0][0].subnet: ...`.
+    pub fn config(field: &str, problem: impl std::fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::InvalidConfig,
+            format!("invalid config: {field}: {problem}"),
+        )
+    }
+
+    /// Code 4 naming the variable.
+    pub fn env(var: &str, problem: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::InvalidEnvironment, format!("{var}: {problem}"))
+    }
+
+    pub fn io(what: impl std::fmt::Display, err: &std::io::Error) -> Self {
+        Self::new(ErrorCode::Io, format!("{what}: {err}"))
+    }
+
+    pub fn code(&self) -> u32 {
+        self.code.as_u32()
+    }
+
+    /// The JSON object printed on stdout.
+    pub fn to_wire(&self, cni_version: &str) -> WireError {
+        WireError {
+            cni_version: cni_version.to_string(),
+            code: self.code(),
+            msg: self.msg.clone(),
+            details: if self.details.is_empty() {
+                None
+            } else {
+                Some(self.details.clone())
+            },
+        }
+    }
+}
+
+/// The error as it travels between plugins (stdout of a failing plugin).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireError {
+    #[serde(rename = "cniVersion", default)]
+    pub cni_version: String,
+    pub code: u32,
+    #[serde(default)]
+    pub msg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+}
+
+impl From<WireError> for CniError {
+    fn from(w: WireError) -> Self {
+        Self {
+            code: ErrorCode::from_u32(w.code),
+            msg: w.msg,
+            details: w.details.unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for n in [
+            1, 2, 3, 4, 5, 6, 7, 11, 50, 100, 101, 102, 103, 104, 105, 999,
+        ] {
+            assert_eq!(ErrorCode::from_u32(n).as_u32(), n);
+        }
+    }
+
+    #[test]
+    fn wire_omits_empty_details() {
+        let e = CniError::config("ipam.subnet", "not a CIDR");
+        let json = serde_json::to_string(&e.to_wire("1.0.0")).unwrap();
+        assert_eq!(
+            json,
+            r#"{"cniVersion":"1.0.0","code":7,"msg":"invalid config: ipam.subnet: not a CIDR"}"#
+        );
+    }
+}
