@@ -40,6 +40,30 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request from its parts (unit tests of plugins, and tools that call a plugin's verbs
+    /// directly): parses the common keys and negotiates the version like `dispatch`.
+    pub fn build(
+        command: Command,
+        container_id: &str,
+        netns: Option<&str>,
+        ifname: &str,
+        stdin: &[u8],
+    ) -> Result<Self, CniError> {
+        let conf: NetConf = conf::parse(stdin)?;
+        let version = Version::negotiate(conf.cni_version.as_deref())?;
+        Ok(Self {
+            command,
+            container_id: container_id.to_string(),
+            netns: netns.map(PathBuf::from),
+            ifname: ifname.to_string(),
+            args: CniArgs::default(),
+            cni_path: Vec::new(),
+            stdin: stdin.to_vec(),
+            conf,
+            version,
+        })
+    }
+
     /// The plugin's own typed view of the config.
     pub fn parse_conf<T: DeserializeOwned>(&self) -> Result<T, CniError> {
         conf::parse(&self.stdin)
