@@ -1,0 +1,3 @@
+//! `portmap`: publish hostIP:hostPort -> pod:port as nftables map elements.
+
+pub mod config;
