@@ -1,0 +1,219 @@
+//! The crate's one error type, and errno classification.
+
+use std::{io, path::PathBuf};
+
+/// Errors of the kernel edge. Every variant names the object that failed
+/// (link name, netns path, CIDR, sysctl key) and keeps the kernel errno
+/// (reach it with [`NetopsError::errno`]).
+#[derive(Debug, thiserror::Error)]
+pub enum NetopsError {
+    #[error("netns {path}: does not exist")]
+    NetnsNotFound { path: PathBuf },
+    #[error("netns {path}: not a network namespace")]
+    NotANetns { path: PathBuf },
+    #[error("netns {path}: {source}")]
+    NetnsOpen { path: PathBuf, source: io::Error },
+    #[error("enter netns {path}: {source}")]
+    Setns { path: PathBuf, source: io::Error },
+    #[error("return to original netns from {path}: {source} (thread left in the wrong netns)")]
+    NetnsRestore { path: PathBuf, source: io::Error },
+    #[error("tokio runtime: {0}")]
+    Runtime(io::Error),
+    #[error("open netlink socket in {netns}: {source}")]
+    Connection { netns: String, source: io::Error },
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidIfName { name: String, reason: &'static str },
+    #[error("invalid sysctl key {key:?}: {reason}")]
+    InvalidSysctlKey { key: String, reason: &'static str },
+    #[error("sysctl {key} in {netns}: {source}")]
+    Sysctl {
+        key: String,
+        netns: String,
+        source: io::Error,
+    },
+    #[error("link {name} in {netns}: not found")]
+    LinkNotFound { name: String, netns: String },
+    #[error("link {name} in {netns} exists but is a {kind:?}, not a bridge")]
+    NotABridge {
+        name: String,
+        netns: String,
+        kind: Option<String>,
+    },
+    #[error("create bridge {name}: {source}")]
+    CreateBridge {
+        name: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("create veth {host}: a link named {host} already exists on the host")]
+    HostVethExists { host: String },
+    #[error("create veth peer {peer}: a link named {peer} already exists in netns {netns}")]
+    PeerExists { peer: String, netns: String },
+    #[error("create veth {host} with peer {peer} in {netns}: {source}")]
+    CreateVeth {
+        host: String,
+        peer: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("{op} on link {name} in {netns}: {source}")]
+    Link {
+        op: &'static str,
+        name: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("{op} address {cidr} on {link} in {netns}: {source}")]
+    Address {
+        op: &'static str,
+        cidr: String,
+        link: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("{op} route {dst} via {gw:?} dev {link} in {netns}: {source}")]
+    Route {
+        op: &'static str,
+        dst: String,
+        gw: Option<std::net::IpAddr>,
+        link: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("list {what} in {netns}: {source}")]
+    Dump {
+        what: &'static str,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("invalid route {dst}: {reason}")]
+    InvalidRoute { dst: String, reason: String },
+    #[error("{what}: needs a pod handle from Kernel::pod")]
+    NeedsPodHandle { what: &'static str },
+    #[error("{what} is not supported yet")]
+    Unsupported { what: &'static str },
+}
+
+/// Positive errno carried by a netlink error, if any.
+pub fn netlink_errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => {
+            let c = m.raw_code().abs();
+            (c != 0).then_some(c)
+        }
+        _ => None,
+    }
+}
+
+impl NetopsError {
+    /// The kernel errno behind this error (positive), when there is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::NetnsOpen { source, .. }
+            | Self::Setns { source, .. }
+            | Self::NetnsRestore { source, .. }
+            | Self::Runtime(source)
+            | Self::Connection { source, .. }
+            | Self::Sysctl { source, .. } => source.raw_os_error(),
+            Self::NetnsNotFound { .. } => Some(libc::ENOENT),
+            Self::LinkNotFound { .. } => Some(libc::ENODEV),
+            Self::HostVethExists { .. } | Self::PeerExists { .. } => Some(libc::EEXIST),
+            Self::CreateBridge { source, .. }
+            | Self::CreateVeth { source, .. }
+            | Self::Link { source, .. }
+            | Self::Address { source, .. }
+            | Self::Route { source, .. }
+            | Self::Dump { source, .. } => netlink_errno(source),
+            Self::NotANetns { .. }
+            | Self::InvalidIfName { .. }
+            | Self::InvalidSysctlKey { .. }
+            | Self::NotABridge { .. }
+            | Self::InvalidRoute { .. }
+            | Self::NeedsPodHandle { .. }
+            | Self::Unsupported { .. } => None,
+        }
+    }
+
+    /// True when the errno says "the object is not there" (see [`errno::is_not_found`]).
+    pub fn is_not_found(&self) -> bool {
+        self.errno().is_some_and(errno::is_not_found)
+    }
+
+    /// True when the errno is EEXIST.
+    pub fn is_exists(&self) -> bool {
+        self.errno().is_some_and(errno::is_exists)
+    }
+}
+
+/// Classify kernel errors by number, never by message text.
+pub mod errno {
+    /// ENODEV, ENOENT, ESRCH, EADDRNOTAVAIL: the link, file, route or
+    /// address asked for does not exist. Accepts negative (netlink) values.
+    pub fn is_not_found(errno: i32) -> bool {
+        matches!(
+            errno.abs(),
+            libc::ENODEV | libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL
+        )
+    }
+
+    /// EEXIST. Accepts negative (netlink) values.
+    pub fn is_exists(errno: i32) -> bool {
+        errno.abs() == libc::EEXIST
+    }
+
+    /// A hint for errnos whose meaning is ambiguous, for error messages.
+    pub fn hint(errno: i32) -> Option<&'static str> {
+        match errno.abs() {
+            libc::EACCES => Some("is IPv6 enabled (disable_ipv6=0) in this netns?"),
+            libc::ENETUNREACH => Some("is the gateway inside a subnet of the interface?"),
+            libc::EPERM => Some("are we root with CAP_NET_ADMIN?"),
+            libc::EOPNOTSUPP => Some("is the kernel module for this link type loaded?"),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_errnos_are_classified_by_number() {
+        for e in [libc::ENODEV, libc::ENOENT, libc::ESRCH, libc::EADDRNOTAVAIL] {
+            assert!(errno::is_not_found(e), "{e}");
+            assert!(errno::is_not_found(-e), "-{e}");
+            assert!(!errno::is_exists(e));
+        }
+        assert!(!errno::is_not_found(libc::EEXIST));
+        assert!(!errno::is_not_found(libc::EPERM));
+        assert!(!errno::is_not_found(0));
+    }
+
+    #[test]
+    fn exists_is_eexist_only() {
+        assert!(errno::is_exists(libc::EEXIST));
+        assert!(errno::is_exists(-libc::EEXIST));
+        assert!(!errno::is_exists(libc::EBUSY));
+    }
+
+    #[test]
+    fn error_keeps_errno_of_netlink_error() {
+        let mut msg = rtnetlink::packet_core::ErrorMessage::default();
+        msg.code = std::num::NonZeroI32::new(-libc::ENODEV);
+        let e = NetopsError::Link {
+            op: "set up",
+            name: "eth0".into(),
+            netns: "host".into(),
+            source: Box::new(rtnetlink::Error::NetlinkError(msg)),
+        };
+        assert_eq!(e.errno(), Some(libc::ENODEV));
+        assert!(e.is_not_found());
+        assert!(!e.is_exists());
+        assert!(e.to_string().contains("eth0"));
+        let io = NetopsError::Sysctl {
+            key: "net.ipv4.ip_forward".into(),
+            netns: "host".into(),
+            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+        };
+        assert!(io.is_exists());
+    }
+}

@@ -1,0 +1,174 @@
+//! Plain values exchanged with the plugins.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use ipnetwork::IpNetwork;
+
+/// An Ethernet address, printed `aa:bb:cc:dd:ee:ff` (as CNI results want).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// From the raw bytes of `IFLA_ADDRESS`; `None` unless exactly 6 bytes.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        <[u8; 6]>::try_from(b).ok().map(Self)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// Error of [`MacAddr::from_str`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {0:?}")]
+pub struct InvalidMac(pub String);
+
+impl FromStr for MacAddr {
+    type Err = InvalidMac;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut n = 0;
+        for part in s.split([':', '-']) {
+            if n == 6 || part.len() != 2 {
+                return Err(InvalidMac(s.to_string()));
+            }
+            out[n] = u8::from_str_radix(part, 16).map_err(|_| InvalidMac(s.to_string()))?;
+            n += 1;
+        }
+        if n != 6 {
+            return Err(InvalidMac(s.to_string()));
+        }
+        Ok(Self(out))
+    }
+}
+
+/// Bridge port flags read back from `IFLA_LINKINFO`/`IFLA_INFO_SLAVE_DATA`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgePortFlags {
+    /// `IFLA_BRPORT_MODE` (hairpin).
+    pub hairpin: bool,
+    /// `IFLA_BRPORT_ISOLATED`.
+    pub isolated: bool,
+}
+
+/// Bridge port flags to set; `None` leaves a flag as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgePortOpts {
+    pub hairpin: Option<bool>,
+    pub isolated: Option<bool>,
+}
+
+/// What `ip -d link show NAME` tells about a link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub index: u32,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// `IFLA_INFO_KIND`: "bridge", "veth", ...; `None` for lo / physical.
+    pub kind: Option<String>,
+    /// ifindex of the master (bridge) if enslaved.
+    pub master: Option<u32>,
+    /// IFF_UP (administrative state).
+    pub admin_up: bool,
+    /// IFF_PROMISC.
+    pub promisc: bool,
+    /// IFLA_OPERSTATE as `ip` prints it: "UP", "DOWN", "LOWERLAYERDOWN", "UNKNOWN"...
+    pub oper_state: String,
+    /// Bridge port flags when this link is a bridge port.
+    pub bridge_port: Option<BridgePortFlags>,
+}
+
+impl Link {
+    pub fn is_bridge(&self) -> bool {
+        self.kind.as_deref() == Some("bridge")
+    }
+}
+
+/// Result of [`crate::Netlink::ensure_bridge`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeInfo {
+    pub link: Link,
+    /// True when this call created it (undo: delete it, if the plugin wants).
+    pub created: bool,
+}
+
+/// A veth pair to create, peer directly in the pod netns under its final name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethSpec {
+    pub host_name: String,
+    pub peer_name: String,
+    pub mtu: Option<u32>,
+    pub peer_mac: Option<MacAddr>,
+    /// Bring both ends administratively up.
+    pub up: bool,
+}
+
+/// Result of [`crate::Netlink::create_veth`]; `host` is read from the host
+/// handle, `peer` from the pod handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethPair {
+    pub host: Link,
+    pub peer: Link,
+}
+
+/// IP family filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Self::V4
+        } else {
+            Self::V6
+        }
+    }
+}
+
+/// A route to add through one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Destination; host bits are masked off. `0.0.0.0/0` / `::/0` = default.
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
+    /// Metric (`RTA_PRIORITY`).
+    pub priority: Option<u32>,
+}
+
+/// A route read back from the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub priority: Option<u32>,
+    pub table: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trips_through_text() {
+        let m: MacAddr = "0A:58:0a:00:00:02".parse().unwrap();
+        assert_eq!(m.0, [0x0a, 0x58, 0x0a, 0, 0, 2]);
+        assert_eq!(m.to_string(), "0a:58:0a:00:00:02");
+        assert!("0a:58:0a:00:00".parse::<MacAddr>().is_err());
+        assert!("0a:58:0a:00:00:02:03".parse::<MacAddr>().is_err());
+        assert!("0a:58:0a:00:00:zz".parse::<MacAddr>().is_err());
+        assert_eq!(MacAddr::from_slice(&[1, 2, 3]), None);
+    }
+}

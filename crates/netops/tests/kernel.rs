@@ -1,0 +1,630 @@
+//! Kernel tests (root): each test makes its own "host" and "pod" netns
+//! (`cnirs-t<pid>-<n>-...`), runs host-side operations on a thread that
+//! entered the test host netns, and deletes both namespaces on drop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
+
+use netops::{
+    errno, sysctl, BridgePortOpts, Family, IpNetwork, Kernel, MacAddr, NetNs, NetopsError,
+    RouteSpec, Side, SysctlKey, UndoLog, UndoOp, VethSpec,
+};
+use serde_json::Value;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+struct TestNs {
+    name: String,
+    path: PathBuf,
+}
+
+impl TestNs {
+    fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("cnirs-t{}-{n}-{tag}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        let path = PathBuf::from(format!("/run/netns/{name}"));
+        Self { name, path }
+    }
+
+    fn ip(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ip_ok(&self, args: &[&str]) {
+        let o = self.ip(args);
+        assert!(
+            o.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// `ip -n NS -j -d link show dev NAME`, `None` if missing.
+    fn link_json(&self, name: &str) -> Option<Value> {
+        let o = self.ip(&["-j", "-d", "link", "show", "dev", name]);
+        if !o.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array().and_then(|a| a.first().cloned())
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["-j"];
+        a.extend_from_slice(args);
+        let o = self.ip(&a);
+        assert!(o.status.success(), "{args:?}");
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run `f` on a fresh thread that first entered `host`: nothing the test
+/// does on the host side can touch the machine's own netns.
+fn in_host<T: Send>(host: &TestNs, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            NetNs::open(&host.path).unwrap().enter().unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+macro_rules! need_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+fn veth(host: &str, peer: &str) -> VethSpec {
+    VethSpec {
+        host_name: host.into(),
+        peer_name: peer.into(),
+        mtu: None,
+        peer_mac: None,
+        up: true,
+    }
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+#[test]
+fn bridge_is_created_up_then_reused_and_non_bridge_is_refused() {
+    need_root!();
+    let h = TestNs::new("h");
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        // This kernel may lack CONFIG_BRIDGE_VLAN_FILTERING: then EOPNOTSUPP
+        // and no bridge left behind.
+        match host.ensure_bridge("brv", None, true) {
+            Ok(b) => assert!(b.created),
+            Err(e) => {
+                assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");
+                assert!(host.link("brv").unwrap().is_none());
+            }
+        }
+        let b = host.ensure_bridge("br0", Some(1400), false).unwrap();
+        assert!(b.created);
+        assert_eq!(b.link.kind.as_deref(), Some("bridge"));
+        assert_eq!(b.link.mtu, 1400);
+        assert!(b.link.admin_up);
+        assert!(b.link.mac.is_some());
+        let again = host.ensure_bridge("br0", None, false).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.link.index, b.link.index);
+
+        // A bridge made by someone else, down: reused and brought up.
+        h.ip_ok(&["link", "add", "br1", "type", "bridge"]);
+        let other = host.ensure_bridge("br1", None, false).unwrap();
+        assert!(!other.created);
+        assert!(host.require_link("br1").unwrap().admin_up);
+
+        h.ip_ok(&[
+            "link", "add", "notbr", "type", "veth", "peer", "name", "notbr-p",
+        ]);
+        let e = host.ensure_bridge("notbr", None, false).unwrap_err();
+        assert!(
+            matches!(e, NetopsError::NotABridge { ref kind, .. } if kind.as_deref() == Some("veth")),
+            "{e}"
+        );
+    });
+    let j = h.link_json("br0").unwrap();
+    assert_eq!(j["linkinfo"]["info_kind"], "bridge");
+    assert_eq!(j["linkinfo"]["info_data"]["vlan_filtering"], 0);
+    assert_eq!(j["mtu"], 1400);
+}
+
+#[test]
+fn veth_peer_is_created_in_pod_with_final_name_mtu_and_mac() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    let mac: MacAddr = "0a:58:0a:f0:00:07".parse().unwrap();
+    let pair = in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        // Opening the pod handle left this thread in the host netns.
+        assert!(NetNs::current()
+            .unwrap()
+            .same_as(&NetNs::open(&h.path).unwrap()));
+        let spec = VethSpec {
+            mtu: Some(1450),
+            peer_mac: Some(mac),
+            ..veth("veth0", "eth0")
+        };
+        k.host().create_veth(&spec, &pod).unwrap()
+    });
+    assert_eq!(pair.peer.name, "eth0");
+    assert_eq!(pair.peer.mac, Some(mac));
+    assert_eq!(pair.peer.mtu, 1450);
+    assert_eq!(pair.host.mtu, 1450);
+    assert_eq!(pair.host.kind.as_deref(), Some("veth"));
+    let pj = p.link_json("eth0").expect("eth0 in pod");
+    assert_eq!(pj["address"], "0a:58:0a:f0:00:07");
+    assert_eq!(pj["ifindex"], pair.peer.index);
+    assert_eq!(pj["mtu"], 1450);
+    assert!(pj["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    let hj = h.link_json("veth0").expect("veth0 on host");
+    assert_eq!(hj["ifindex"], pair.host.index);
+    assert!(
+        h.link_json("eth0").is_none(),
+        "peer must not appear on the host"
+    );
+    assert!(p.link_json("veth0").is_none());
+}
+
+#[test]
+fn existing_peer_or_host_name_gives_distinct_error_and_leaves_nothing() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    p.ip_ok(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"]);
+    h.ip_ok(&[
+        "link", "add", "taken", "type", "veth", "peer", "name", "taken-p",
+    ]);
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        let host = k.host();
+        let e = host.create_veth(&veth("veth0", "eth0"), &pod).unwrap_err();
+        assert!(
+            matches!(e, NetopsError::PeerExists { ref peer, .. } if peer == "eth0"),
+            "{e}"
+        );
+        assert!(e.is_exists());
+        assert!(
+            host.link("veth0").unwrap().is_none(),
+            "host end left behind"
+        );
+
+        let e = host.create_veth(&veth("taken", "eth1"), &pod).unwrap_err();
+        assert!(
+            matches!(e, NetopsError::HostVethExists { ref host, .. } if host == "taken"),
+            "{e}"
+        );
+        assert!(pod.link("eth1").unwrap().is_none(), "pod end left behind");
+    });
+    assert!(h.link_json("veth0").is_none());
+    assert!(p.link_json("eth1").is_none());
+    // the pre-existing eth0 is untouched
+    assert_eq!(
+        p.link_json("eth0").unwrap()["linkinfo"]["info_kind"],
+        "veth"
+    );
+}
+
+#[test]
+fn port_is_enslaved_up_with_hairpin_and_isolated_and_promisc_toggles() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        let host = k.host();
+        let br = host.ensure_bridge("cni0", None, false).unwrap().link;
+        let pair = host
+            .create_veth(
+                &VethSpec {
+                    up: false,
+                    ..veth("veth0", "eth0")
+                },
+                &pod,
+            )
+            .unwrap();
+        assert!(!pair.host.admin_up);
+        host.attach_to_bridge(&pair.host, &br).unwrap();
+        host.set_bridge_port(
+            &pair.host,
+            BridgePortOpts {
+                hairpin: Some(true),
+                isolated: Some(true),
+            },
+        )
+        .unwrap();
+        let l = host.require_link("veth0").unwrap();
+        assert_eq!(l.master, Some(br.index));
+        assert!(l.admin_up);
+        let f = l.bridge_port.expect("bridge port flags");
+        assert!(f.hairpin && f.isolated);
+
+        host.set_promisc(&br, true).unwrap();
+        assert!(host.require_link("cni0").unwrap().promisc);
+        host.set_promisc(&br, false).unwrap();
+        assert!(!host.require_link("cni0").unwrap().promisc);
+
+        let e = host.set_port_vlan(&l, 10, true).unwrap_err();
+        assert!(matches!(e, NetopsError::Unsupported { .. }));
+    });
+    let j = h.link_json("veth0").unwrap();
+    assert_eq!(j["master"], "cni0");
+    assert_eq!(j["linkinfo"]["info_slave_kind"], "bridge");
+    assert_eq!(j["linkinfo"]["info_slave_data"]["hairpin"], true);
+    assert_eq!(j["linkinfo"]["info_slave_data"]["isolated"], true);
+}
+
+#[test]
+fn pod_addresses_nodad_and_routes_v4_v6() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        let pair = k.host().create_veth(&veth("veth0", "eth0"), &pod).unwrap();
+        pod.loopback_up().unwrap();
+        let eth0 = pair.peer;
+        pod.add_address(&eth0, net("10.244.7.2/24"), false).unwrap();
+        pod.add_address(&eth0, net("fd00:7::2/64"), false).unwrap();
+        let e = pod
+            .add_address(&eth0, net("10.244.7.2/24"), false)
+            .unwrap_err();
+        assert!(e.is_exists(), "{e}");
+        pod.add_route(
+            &eth0,
+            &RouteSpec {
+                dst: net("0.0.0.0/0"),
+                gw: Some("10.244.7.1".parse().unwrap()),
+                priority: None,
+            },
+        )
+        .unwrap();
+        pod.add_route(
+            &eth0,
+            &RouteSpec {
+                dst: net("192.168.77.0/24"),
+                gw: None,
+                priority: Some(50),
+            },
+        )
+        .unwrap();
+        pod.add_route(
+            &eth0,
+            &RouteSpec {
+                dst: net("::/0"),
+                gw: Some("fd00:7::1".parse().unwrap()),
+                priority: None,
+            },
+        )
+        .unwrap();
+        let bad = pod
+            .add_route(
+                &eth0,
+                &RouteSpec {
+                    dst: net("::/0"),
+                    gw: Some("10.0.0.1".parse().unwrap()),
+                    priority: None,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(bad, NetopsError::InvalidRoute { .. }), "{bad}");
+
+        let addrs = pod.addresses(&eth0, None).unwrap();
+        assert!(addrs.contains(&net("10.244.7.2/24")), "{addrs:?}");
+        assert!(addrs.contains(&net("fd00:7::2/64")), "{addrs:?}");
+        assert_eq!(
+            pod.addresses(&eth0, Some(Family::V4)).unwrap(),
+            vec![net("10.244.7.2/24")]
+        );
+
+        let routes = pod.routes(Some(&eth0), None).unwrap();
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.dst == net("0.0.0.0/0") && r.gw == Some("10.244.7.1".parse().unwrap())),
+            "{routes:?}"
+        );
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.dst == net("192.168.77.0/24") && r.priority == Some(50)),
+            "{routes:?}"
+        );
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.dst == net("::/0") && r.gw == Some("fd00:7::1".parse().unwrap())),
+            "{routes:?}"
+        );
+        assert!(pod
+            .routes(Some(&eth0), Some(Family::V4))
+            .unwrap()
+            .iter()
+            .all(|r| r.dst.is_ipv4()));
+
+        let l = pod.require_link("eth0").unwrap();
+        assert!(l.admin_up);
+        assert!(pod.require_link("lo").unwrap().admin_up);
+
+        assert!(pod
+            .delete_route(
+                &eth0,
+                &RouteSpec {
+                    dst: net("192.168.77.0/24"),
+                    gw: None,
+                    priority: Some(50)
+                }
+            )
+            .unwrap());
+        assert!(!pod
+            .delete_route(
+                &eth0,
+                &RouteSpec {
+                    dst: net("192.168.77.0/24"),
+                    gw: None,
+                    priority: Some(50)
+                }
+            )
+            .unwrap());
+    });
+    let a = p.json(&["addr", "show", "dev", "eth0"]);
+    let infos = a[0]["addr_info"].as_array().unwrap();
+    let v6 = infos
+        .iter()
+        .find(|i| i["local"] == "fd00:7::2")
+        .expect("v6 addr");
+    assert_eq!(v6["nodad"], true);
+    assert!(v6.get("tentative").is_none());
+    let r4 = p.json(&["-4", "route", "show", "default"]);
+    assert_eq!(r4[0]["gateway"], "10.244.7.1");
+    assert_eq!(r4[0]["dev"], "eth0");
+    let r6 = p.json(&["-6", "route", "show", "default"]);
+    assert_eq!(r6[0]["gateway"], "fd00:7::1");
+    let lo = p.link_json("lo").unwrap();
+    assert!(lo["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+}
+
+#[test]
+fn bridge_address_is_added_once_reported_and_deleted_idempotently() {
+    need_root!();
+    let h = TestNs::new("h");
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let br = host.ensure_bridge("cni0", None, false).unwrap().link;
+        assert!(host.ensure_address(&br, net("10.99.0.1/24")).unwrap());
+        assert!(!host.ensure_address(&br, net("10.99.0.1/24")).unwrap());
+        assert!(host.ensure_address(&br, net("fd99::1/64")).unwrap());
+        let v4 = host.addresses(&br, Some(Family::V4)).unwrap();
+        assert_eq!(v4, vec![net("10.99.0.1/24")]);
+        assert!(host.delete_address(&br, net("10.99.0.1/24")).unwrap());
+        assert!(!host.delete_address(&br, net("10.99.0.1/24")).unwrap());
+        assert!(host.addresses(&br, Some(Family::V4)).unwrap().is_empty());
+    });
+    let a = h.json(&["-6", "addr", "show", "dev", "cni0"]);
+    assert!(a[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["local"] == "fd99::1"));
+}
+
+#[test]
+fn delete_link_is_idempotent_in_host_and_pod() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        let host = k.host();
+        host.create_veth(&veth("veth0", "eth0"), &pod).unwrap();
+        assert!(pod.delete_link("eth0").unwrap());
+        assert!(
+            host.link("veth0").unwrap().is_none(),
+            "deleting one end removes the pair"
+        );
+        assert!(!pod.delete_link("eth0").unwrap());
+        assert!(!host.delete_link("veth0").unwrap());
+        assert!(host.link("nosuch").unwrap().is_none());
+        let e = host.require_link("nosuch").unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        assert!(errno::is_not_found(e.errno().unwrap()));
+    });
+    assert!(p.link_json("eth0").is_none());
+    let e = NetNs::open(format!("/run/netns/cnirs-t{}-gone", std::process::id())).unwrap_err();
+    assert!(matches!(e, NetopsError::NetnsNotFound { .. }));
+}
+
+#[test]
+fn sysctl_is_written_in_the_given_netns_only() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    let fwd = SysctlKey::parse("net.ipv4.ip_forward").unwrap();
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        k.host().create_veth(&veth("veth0", "eth0"), &pod).unwrap();
+        sysctl::write_in(&ns, &fwd, "1").unwrap();
+        assert_eq!(sysctl::read_in(&ns, &fwd).unwrap(), "1");
+        // this thread is in the test host netns, which is untouched
+        assert_eq!(sysctl::read(&fwd).unwrap(), "0");
+        let dad = SysctlKey::conf("ipv6", "eth0", "accept_dad").unwrap();
+        sysctl::write_in(&ns, &dad, "0").unwrap();
+        assert_eq!(sysctl::read_in(&ns, &dad).unwrap(), "0");
+        // eth0 exists only in the pod
+        let e = sysctl::read(&dad).unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        let rl = SysctlKey::conf("ipv4", "veth0", "route_localnet").unwrap();
+        sysctl::write(&rl, "1").unwrap();
+        assert_eq!(sysctl::read(&rl).unwrap(), "1");
+    });
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &p.name,
+            "sysctl",
+            "-n",
+            "net.ipv4.ip_forward",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1");
+}
+
+#[test]
+fn undo_log_rolls_back_in_reverse() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        let host = k.host();
+        let mut undo = UndoLog::new();
+        let br = host.ensure_bridge("cni0", None, false).unwrap();
+        if br.created {
+            undo.push(UndoOp::DeleteLink {
+                side: Side::Host,
+                name: "cni0".into(),
+            });
+        }
+        if host.ensure_address(&br.link, net("10.98.0.1/24")).unwrap() {
+            undo.push(UndoOp::DeleteAddress {
+                side: Side::Host,
+                link: br.link.clone(),
+                cidr: net("10.98.0.1/24"),
+            });
+        }
+        let pair = host.create_veth(&veth("veth0", "eth0"), &pod).unwrap();
+        undo.push(UndoOp::DeleteLink {
+            side: Side::Host,
+            name: "veth0".into(),
+        });
+        pod.add_address(&pair.peer, net("10.98.0.2/24"), false)
+            .unwrap();
+        undo.push(UndoOp::DeleteAddress {
+            side: Side::Pod,
+            link: pair.peer.clone(),
+            cidr: net("10.98.0.2/24"),
+        });
+        assert_eq!(undo.len(), 4);
+        let errs = undo.rollback(&host, Some(&pod));
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(host.link("veth0").unwrap().is_none());
+        assert!(host.link("cni0").unwrap().is_none());
+        assert!(pod.link("eth0").unwrap().is_none());
+    });
+}
+
+/// The whole bridge attachment, in process, bridge already present.
+#[test]
+fn attachment_sequence_is_fast() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    let (times, total) = in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let br = host.ensure_bridge("cni0", None, false).unwrap().link;
+        host.ensure_address(&br, net("10.97.0.1/24")).unwrap();
+        let t0 = Instant::now();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        let t_pod = t0.elapsed();
+        let br = host.ensure_bridge("cni0", None, false).unwrap().link;
+        let t_br = t0.elapsed();
+        let pair = host.create_veth(&veth("veth0", "eth0"), &pod).unwrap();
+        let t_veth = t0.elapsed();
+        host.attach_to_bridge(&pair.host, &br).unwrap();
+        host.set_bridge_port(
+            &pair.host,
+            BridgePortOpts {
+                hairpin: Some(true),
+                isolated: None,
+            },
+        )
+        .unwrap();
+        let t_master = t0.elapsed();
+        pod.loopback_up().unwrap();
+        pod.add_address(&pair.peer, net("10.97.0.2/24"), false)
+            .unwrap();
+        pod.add_route(
+            &pair.peer,
+            &RouteSpec {
+                dst: net("0.0.0.0/0"),
+                gw: Some("10.97.0.1".parse().unwrap()),
+                priority: None,
+            },
+        )
+        .unwrap();
+        let total = t0.elapsed();
+        (
+            format!("pod handle {t_pod:?}, ensure_bridge {:?}, veth {:?}, master+hairpin {:?}, lo+addr+route {:?}",
+                t_br - t_pod, t_veth - t_br, t_master - t_veth, total - t_master),
+            total,
+        )
+    });
+    eprintln!("attachment sequence: total {total:?} ({times})");
+    let r4 = p.json(&["-4", "route", "show", "default"]);
+    assert_eq!(r4[0]["gateway"], "10.97.0.1");
+    assert_eq!(h.link_json("veth0").unwrap()["master"], "cni0");
+    // Generous bound: the point is "no 20-40 ms netns move".
+    assert!(total.as_millis() < 500, "{total:?}");
+}
