@@ -1,0 +1,388 @@
+//! The reference plugin's disk layout, so leases survive a switch in either direction:
+//!
+//! ```text
+//! <dataDir>/<network>/lock                  flock(2) held for a whole call
+//! <dataDir>/<network>/<ip>                  "<containerID>\r\n<ifname>" (legacy: "<containerID>")
+//! <dataDir>/<network>/last_reserved_ip.<n>  the last address reserved in range set n
+//! ```
+//!
+//! IPv6 file names are the RFC 5952 text (`fd00::2`), as Go's `net.IP.String` prints them.
+//! A reservation is written to a temp file in the same directory, fsynced, then `link(2)`ed to
+//! its final name (EEXIST = taken: the reference's O_EXCL semantics), so no reader ever sees an
+//! empty or partial lease. Empty or unreadable lease files found under the lock (a crash of an
+//! older writer) are stale: logged, and reclaimed when their address is needed or on GC.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{ErrorKind, Write},
+    net::IpAddr,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::{
+    error::Error,
+    store::{Lease, Owner, Store},
+};
+
+/// The reference's default `dataDir`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+/// Prefix of the round-robin cursor files.
+pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+/// The lock file's name.
+pub const LOCK_FILE: &str = "lock";
+/// Our temp files (never an IP, so the reference ignores them).
+const TMP_PREFIX: &str = ".cnirs-tmp-";
+/// Separator between container id and ifname in a lease file (the reference's `LineBreak`).
+const LINE_BREAK: &str = "\r\n";
+
+#[derive(Debug)]
+enum Entry {
+    Lease(Owner),
+    /// Empty or unreadable file: why.
+    Stale(String),
+}
+
+/// The leases of one network on disk, locked for the store's lifetime.
+#[derive(Debug)]
+pub struct DiskStore {
+    dir: PathBuf,
+    entries: BTreeMap<IpAddr, Entry>,
+    tmp_seq: u32,
+    _lock: Flock<File>,
+}
+
+/// `<data_dir>/<network>`, refusing a network name that is not one path component.
+pub fn network_dir(data_dir: &Path, network: &str) -> Result<PathBuf, Error> {
+    if !cni_core::conf::is_safe_name(network) {
+        return Err(Error::config(
+            "name",
+            format!("{network:?} is not a valid network name"),
+        ));
+    }
+    Ok(data_dir.join(network))
+}
+
+/// A lease file's content: `id\r\nifname`, or a legacy bare `id`; `None` when empty.
+pub fn parse_owner(bytes: &[u8]) -> Option<Owner> {
+    let s = std::str::from_utf8(bytes).ok()?.trim();
+    if s.is_empty() {
+        return None;
+    }
+    Some(match s.split_once(LINE_BREAK) {
+        Some((id, ifname)) => Owner {
+            container_id: id.to_string(),
+            ifname: Some(ifname.to_string()),
+        },
+        None => Owner {
+            container_id: s.to_string(),
+            ifname: None,
+        },
+    })
+}
+
+impl DiskStore {
+    /// Create `<data_dir>/<network>` if needed, take its lock (blocking) and read the leases.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Self, Error> {
+        let dir = network_dir(data_dir, network)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .create(&dir)
+            .map_err(|e| Error::io("creating", &dir, e))?;
+        Self::lock_and_load(dir)
+    }
+
+    /// Like [`DiskStore::open`] but `None` (and nothing created) when the network has no
+    /// directory yet: DEL, CHECK, GC and STATUS never create state.
+    pub fn open_existing(data_dir: &Path, network: &str) -> Result<Option<Self>, Error> {
+        let dir = network_dir(data_dir, network)?;
+        match fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => Self::lock_and_load(dir).map(Some),
+            Ok(_) => Err(Error::io(
+                "opening",
+                &dir,
+                std::io::Error::from(ErrorKind::NotADirectory),
+            )),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("opening", &dir, e)),
+        }
+    }
+
+    fn lock_and_load(dir: PathBuf) -> Result<Self, Error> {
+        let lock_path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&lock_path)
+            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        // `flock -x <dir>/lock`: the same lock the reference takes (go-filemutex).
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::io("locking", &lock_path, errno.into()))?;
+        let mut store = Self {
+            dir,
+            entries: BTreeMap::new(),
+            tmp_seq: 0,
+            _lock: lock,
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    fn load(&mut self) -> Result<(), Error> {
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("reading", &self.dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("reading", &self.dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TMP_PREFIX) {
+                // A temp file of a writer that died: nobody else writes while we hold the lock.
+                let path = entry.path();
+                log::warn!("removing leftover temp file {}", path.display());
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue; // lock, last_reserved_ip.*, anything else
+            };
+            let path = entry.path();
+            let e = match fs::read(&path) {
+                Ok(bytes) => match parse_owner(&bytes) {
+                    Some(owner) => Entry::Lease(owner),
+                    None => Entry::Stale("empty file".into()),
+                },
+                Err(err) => Entry::Stale(format!("unreadable: {err}")),
+            };
+            if let Entry::Stale(why) = &e {
+                log::warn!(
+                    "stale reservation {} ({why}): treated as free",
+                    path.display()
+                );
+            }
+            self.entries.insert(ip, e);
+        }
+        Ok(())
+    }
+
+    fn ip_path(&self, ip: IpAddr) -> PathBuf {
+        // Built only from a parsed address: never a raw string.
+        self.dir.join(ip.to_string())
+    }
+
+    /// Write `content` to a new temp file in the directory, fsynced; returns its path.
+    fn write_temp(&mut self, content: &[u8]) -> Result<PathBuf, Error> {
+        loop {
+            self.tmp_seq += 1;
+            let tmp = self.dir.join(format!(
+                "{TMP_PREFIX}{}-{}",
+                std::process::id(),
+                self.tmp_seq
+            ));
+            let mut f = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("creating", &tmp, e)),
+            };
+            let res = f.write_all(content).and_then(|()| f.sync_all());
+            if let Err(e) = res {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io("writing", &tmp, e));
+            }
+            return Ok(tmp);
+        }
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), Error> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing", path, e)),
+        }
+    }
+
+    /// The directory holding this network's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Store for DiskStore {
+    fn reserve(&mut self, owner: &Owner, ip: IpAddr, range_set: usize) -> Result<bool, Error> {
+        let path = self.ip_path(ip);
+        match self.entries.get(&ip) {
+            Some(Entry::Lease(_)) => return Ok(false),
+            Some(Entry::Stale(why)) => {
+                log::warn!("reclaiming stale reservation {} ({why})", path.display());
+                self.remove(&path)?;
+                self.entries.remove(&ip);
+            }
+            None => {}
+        }
+        let content = match &owner.ifname {
+            Some(ifname) => format!("{}{LINE_BREAK}{ifname}", owner.container_id.trim()),
+            None => owner.container_id.trim().to_string(),
+        };
+        let tmp = self.write_temp(content.as_bytes())?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // Someone not honouring the lock: respect their file.
+                let entry = fs::read(&path)
+                    .ok()
+                    .and_then(|b| parse_owner(&b))
+                    .map(Entry::Lease)
+                    .unwrap_or_else(|| Entry::Stale("appeared while locked".into()));
+                self.entries.insert(ip, entry);
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::io("linking", &path, e)),
+        }
+        self.entries.insert(ip, Entry::Lease(owner.clone()));
+
+        // The round-robin cursor: a hint, replaced atomically.
+        let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
+        let tmp = self.write_temp(ip.to_string().as_bytes())?;
+        if let Err(e) = fs::rename(&tmp, &last) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("writing", &last, e));
+        }
+        Ok(true)
+    }
+
+    fn release(&mut self, ip: IpAddr) -> Result<(), Error> {
+        let path = self.ip_path(ip);
+        self.remove(&path)?;
+        self.entries.remove(&ip);
+        Ok(())
+    }
+
+    fn last_reserved(&self, range_set: usize) -> Option<IpAddr> {
+        let path = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
+        fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    fn leases(&self) -> Vec<Lease> {
+        self.entries
+            .iter()
+            .filter_map(|(ip, e)| match e {
+                Entry::Lease(owner) => Some(Lease {
+                    ip: *ip,
+                    owner: owner.clone(),
+                }),
+                Entry::Stale(_) => None,
+            })
+            .collect()
+    }
+
+    fn drop_stale(&mut self) -> Result<usize, Error> {
+        let stale: Vec<IpAddr> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Stale(_)))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in &stale {
+            log::warn!("removing stale reservation {}", self.ip_path(*ip).display());
+            self.release(*ip)?;
+        }
+        Ok(stale.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn layout_matches_the_reference() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(tmp.path(), "net1").unwrap();
+        assert!(s
+            .reserve(&Owner::new("c1", "eth0"), ip("10.0.0.2"), 0)
+            .unwrap());
+        assert!(s
+            .reserve(&Owner::new("c1", "eth0"), ip("fd00::2"), 1)
+            .unwrap());
+        assert!(!s
+            .reserve(&Owner::new("c2", "eth0"), ip("10.0.0.2"), 0)
+            .unwrap());
+        let dir = tmp.path().join("net1");
+        assert_eq!(fs::read(dir.join("10.0.0.2")).unwrap(), b"c1\r\neth0");
+        assert_eq!(fs::read(dir.join("fd00::2")).unwrap(), b"c1\r\neth0");
+        assert_eq!(
+            fs::read_to_string(dir.join("last_reserved_ip.1")).unwrap(),
+            "fd00::2"
+        );
+        assert!(dir.join("lock").exists());
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "10.0.0.2",
+                "fd00::2",
+                "last_reserved_ip.0",
+                "last_reserved_ip.1",
+                "lock"
+            ]
+        );
+        assert_eq!(s.last_reserved(0), Some(ip("10.0.0.2")));
+        s.release(ip("10.0.0.2")).unwrap();
+        assert!(!dir.join("10.0.0.2").exists());
+    }
+
+    #[test]
+    fn legacy_and_stale_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("10.0.0.3"), "old-id\n").unwrap();
+        fs::write(dir.join("10.0.0.4"), "").unwrap();
+        fs::write(dir.join(format!("{TMP_PREFIX}1-1")), "x").unwrap();
+        let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert!(!dir.join(format!("{TMP_PREFIX}1-1")).exists());
+        assert_eq!(s.get_by_id("old-id", "eth9"), [ip("10.0.0.3")]);
+        assert_eq!(s.leases().len(), 1, "the empty file is no lease");
+        // The empty file does not block its address.
+        assert!(s
+            .reserve(&Owner::new("c", "eth0"), ip("10.0.0.4"), 0)
+            .unwrap());
+        assert_eq!(fs::read(dir.join("10.0.0.4")).unwrap(), b"c\r\neth0");
+        fs::write(dir.join("10.0.0.5"), " \n").unwrap();
+        drop(s);
+        let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert_eq!(s.drop_stale().unwrap(), 1);
+        assert!(!dir.join("10.0.0.5").exists());
+        assert_eq!(s.release_by_id("old-id", "eth0").unwrap(), [ip("10.0.0.3")]);
+    }
+
+    #[test]
+    fn open_existing_creates_nothing_and_bad_names_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(DiskStore::open_existing(tmp.path(), "n").unwrap().is_none());
+        assert!(!tmp.path().join("n").exists());
+        assert!(matches!(
+            DiskStore::open(tmp.path(), "../x"),
+            Err(Error::Config { .. })
+        ));
+    }
+}
