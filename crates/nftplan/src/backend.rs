@@ -1,0 +1,151 @@
+//! The one side-effect seam: something that applies an nft script atomically.
+
+use std::{
+    collections::VecDeque,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+};
+
+use crate::NftError;
+
+/// Applies one nft script as one transaction (`nft -f -`).
+pub trait NftBackend: Send + Sync {
+    /// Run `script`; Ok when nft exits 0.
+    fn apply(&self, script: &str) -> Result<(), NftError>;
+}
+
+impl<T: NftBackend + ?Sized> NftBackend for Arc<T> {
+    fn apply(&self, script: &str) -> Result<(), NftError> {
+        (**self).apply(script)
+    }
+}
+
+/// The real backend: spawns `nft -f -`, script on stdin, stderr captured.
+#[derive(Debug, Clone)]
+pub struct NftCli {
+    program: PathBuf,
+    prefix: Vec<String>,
+}
+
+impl NftCli {
+    /// `$CNIRS_NFT` if set, else `/usr/sbin/nft`, `/sbin/nft`, else `nft` from `PATH`.
+    pub fn new() -> Self {
+        let program = std::env::var_os("CNIRS_NFT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                ["/usr/sbin/nft", "/sbin/nft"]
+                    .iter()
+                    .map(Path::new)
+                    .find(|p| p.exists())
+                    .map(Path::to_path_buf)
+            })
+            .unwrap_or_else(|| PathBuf::from("nft"));
+        NftCli {
+            program,
+            prefix: Vec::new(),
+        }
+    }
+
+    /// Run `program prefix... -f -` instead, e.g. `ip netns exec NS nft` in tests.
+    pub fn with_command(program: impl Into<PathBuf>, prefix: &[&str]) -> Self {
+        NftCli {
+            program: program.into(),
+            prefix: prefix.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        NftCli::new()
+    }
+}
+
+impl NftBackend for NftCli {
+    /// `nft -f - <<< script`
+    fn apply(&self, script: &str) -> Result<(), NftError> {
+        let spawn_err = |source| NftError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        };
+        let mut child = Command::new(&self.program)
+            .args(&self.prefix)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A write error (EPIPE: nft died early) shows up as the exit status below.
+            if let Err(e) = stdin.write_all(script.as_bytes()) {
+                log::debug!("writing the nft script: {e}");
+            }
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(NftError::Nft {
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
+        })
+    }
+}
+
+/// In-tree fake: records every script; fails the calls that [`RecordingNft::fail_next`] queued.
+#[derive(Debug, Default)]
+pub struct RecordingNft {
+    scripts: Mutex<Vec<String>>,
+    failures: Mutex<VecDeque<bool>>,
+}
+
+impl RecordingNft {
+    /// A fake whose calls all succeed.
+    pub fn new() -> Arc<Self> {
+        Arc::new(RecordingNft::default())
+    }
+
+    /// Queue outcomes for the next calls: `true` = that call fails.
+    pub fn fail_next(&self, outcomes: &[bool]) {
+        if let Ok(mut q) = self.failures.lock() {
+            q.extend(outcomes.iter().copied());
+        }
+    }
+
+    /// Every script applied so far (failed ones included).
+    pub fn scripts(&self) -> Vec<String> {
+        self.scripts.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Forget the recorded scripts.
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.scripts.lock() {
+            s.clear();
+        }
+    }
+}
+
+impl NftBackend for RecordingNft {
+    fn apply(&self, script: &str) -> Result<(), NftError> {
+        if let Ok(mut s) = self.scripts.lock() {
+            s.push(script.to_owned());
+        }
+        let fail = self
+            .failures
+            .lock()
+            .ok()
+            .and_then(|mut q| q.pop_front())
+            .unwrap_or(false);
+        if fail {
+            return Err(NftError::Nft {
+                status: "exit status: 1".to_owned(),
+                stderr: "fake failure".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}

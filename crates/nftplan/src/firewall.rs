@@ -1,0 +1,477 @@
+//! The entry points the plugins call.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    backend::{NftBackend, NftCli},
+    batch::{Batch, Elem},
+    state::{AttRecord, Locked, NetRecord, PortOwner},
+    types::{Attachment, Feature, IfName, NetworkElems, PortMapping},
+    NftError,
+};
+
+/// Default root of the run-time state (`$CNIRS_RUN_DIR` overrides it).
+pub const DEFAULT_RUN_DIR: &str = "/run/cni-rs";
+
+/// The firewall of one network namespace: its state directory and an nft backend.
+pub struct Firewall {
+    dir: PathBuf,
+    nft: Box<dyn NftBackend>,
+}
+
+impl std::fmt::Debug for Firewall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Firewall").field("dir", &self.dir).finish()
+    }
+}
+
+/// `$CNIRS_RUN_DIR` (default `/run/cni-rs`) + `/netns-<inode of this thread's netns>`: state is
+/// per network namespace, like the nft table it describes.
+pub fn default_state_dir() -> Result<PathBuf, NftError> {
+    let root = std::env::var_os("CNIRS_RUN_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
+    // thread-self, not self: a thread that entered another netns with setns sees its own.
+    let ns = Path::new("/proc/thread-self/ns/net");
+    let ino = std::fs::metadata(ns)
+        .map_err(|e| NftError::io(ns, e))?
+        .ino();
+    Ok(root.join(format!("netns-{ino}")))
+}
+
+impl Firewall {
+    /// The real thing: [`default_state_dir`] and the `nft` binary ([`NftCli::new`]).
+    pub fn open() -> Result<Self, NftError> {
+        Ok(Firewall::with_backend(
+            default_state_dir()?,
+            Box::new(NftCli::new()),
+        ))
+    }
+
+    /// Explicit state directory and backend (tests, a fake, `ip netns exec`).
+    pub fn with_backend(state_dir: impl Into<PathBuf>, nft: Box<dyn NftBackend>) -> Self {
+        Firewall {
+            dir: state_dir.into(),
+            nft,
+        }
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    // ---- network (bridge / internal-bridge) ----
+
+    /// Register a bridge attachment; the first one of the network adds its elements
+    /// (`managed_br`, `same_br`, `internal_br`, `masq4/6`). No nft exec when nothing is new.
+    pub fn attach_network(&self, a: &Attachment, n: &NetworkElems) -> Result<(), NftError> {
+        self.attach(Feature::Network, a, Elem::for_network(n))
+    }
+
+    /// Drop a bridge attachment; the last one of the network removes its elements.
+    /// Ok when the attachment is unknown (DEL is idempotent).
+    pub fn detach_network(&self, a: &Attachment) -> Result<(), NftError> {
+        self.detach(Feature::Network, a)
+    }
+
+    /// Which network elements of this attachment are missing from the kernel (empty = fine).
+    pub fn check_network(&self, a: &Attachment) -> Result<Vec<Elem>, NftError> {
+        self.check(Feature::Network, a)
+    }
+
+    // ---- isolation ----
+
+    /// Register an isolation attachment: `isolated_br { bridge }` while any exists.
+    pub fn attach_isolation(&self, a: &Attachment, bridge: &IfName) -> Result<(), NftError> {
+        self.attach(
+            Feature::Isolation,
+            a,
+            vec![Elem::IsolatedBr {
+                bridge: bridge.clone(),
+            }],
+        )
+    }
+
+    /// Drop an isolation attachment (idempotent).
+    pub fn detach_isolation(&self, a: &Attachment) -> Result<(), NftError> {
+        self.detach(Feature::Isolation, a)
+    }
+
+    /// Missing isolation elements of this attachment.
+    pub fn check_isolation(&self, a: &Attachment) -> Result<Vec<Elem>, NftError> {
+        self.check(Feature::Isolation, a)
+    }
+
+    // ---- portmap ----
+
+    /// Publish `mappings` for this attachment (replacing what it published before).
+    /// Refused with [`NftError::Conflict`] if another attachment holds one of the host ports
+    /// (a wildcard address conflicts with every address of its family); nothing changes then.
+    pub fn add_ports(&self, a: &Attachment, mappings: &[PortMapping]) -> Result<(), NftError> {
+        let mut want: Vec<PortMapping> = Vec::new();
+        for m in mappings {
+            let m = m.validated()?;
+            if !want.contains(&m) {
+                want.push(m);
+            }
+        }
+        // Two mappings of one request on the same host port.
+        for (i, m) in want.iter().enumerate() {
+            if want[..i].iter().any(|o| overlaps(o, m)) {
+                return Err(NftError::Conflict {
+                    port: m.key().to_string(),
+                    owner: a.to_string(),
+                });
+            }
+        }
+        let st = Locked::lock(&self.dir)?;
+        let old: Vec<PortMapping> = st
+            .att(Feature::Portmap, a)?
+            .map(|r| ports_of(&r.elems))
+            .unwrap_or_default();
+        for m in &want {
+            let k = m.key();
+            for o in st.port_owners(&k)? {
+                let same_addr =
+                    o.host_ip.is_none() || k.host_ip.is_none() || o.host_ip == k.host_ip;
+                if same_addr && o.owner != *a {
+                    return Err(NftError::Conflict {
+                        port: k.to_string(),
+                        owner: o.owner.to_string(),
+                    });
+                }
+            }
+        }
+        let gone: Vec<Elem> = old
+            .iter()
+            .filter(|m| !want.contains(m))
+            .map(port_elem)
+            .collect();
+        let new: Vec<Elem> = want
+            .iter()
+            .filter(|m| !old.contains(m))
+            .map(port_elem)
+            .collect();
+        if gone.is_empty() && new.is_empty() && st.att(Feature::Portmap, a)?.is_some() {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        b.remove(&gone).add(&new);
+        self.run(&b)?;
+        // State after the kernel: a failed nft leaves the state as it was.
+        for m in old.iter().filter(|m| !want.contains(m)) {
+            self.unown_port(&st, a, m)?;
+        }
+        for m in &want {
+            let k = m.key();
+            let mut owners = st.port_owners(&k)?;
+            if !owners
+                .iter()
+                .any(|o| o.owner == *a && o.host_ip == k.host_ip)
+            {
+                owners.push(PortOwner {
+                    host_ip: k.host_ip,
+                    owner: a.clone(),
+                });
+                st.put_port_owners(&k, &owners)?;
+            }
+        }
+        st.put_att(
+            Feature::Portmap,
+            &AttRecord {
+                attachment: a.clone(),
+                elems: want.iter().map(port_elem).collect(),
+            },
+        )
+    }
+
+    /// Unpublish this attachment's ports: those in state, plus `from_config` (the mappings of
+    /// the DEL's config, used when state was lost) unless another attachment owns them.
+    /// Missing elements and an unknown attachment are fine.
+    pub fn del_ports(&self, a: &Attachment, from_config: &[PortMapping]) -> Result<(), NftError> {
+        let st = Locked::lock(&self.dir)?;
+        let owned: Vec<PortMapping> = st
+            .att(Feature::Portmap, a)?
+            .map(|r| ports_of(&r.elems))
+            .unwrap_or_default();
+        let mut extra = Vec::new();
+        for m in from_config.iter().filter_map(|m| m.validated().ok()) {
+            if owned.contains(&m) || extra.contains(&m) {
+                continue;
+            }
+            let k = m.key();
+            let foreign = st.port_owners(&k)?.iter().any(|o| {
+                o.owner != *a
+                    && (o.host_ip.is_none() || k.host_ip.is_none() || o.host_ip == k.host_ip)
+            });
+            if !foreign {
+                extra.push(m);
+            }
+        }
+        let owned_elems: Vec<Elem> = owned.iter().map(port_elem).collect();
+        let extra_elems: Vec<Elem> = extra.iter().map(port_elem).collect();
+        self.remove_tolerant(&owned_elems, &extra_elems)?;
+        for m in &owned {
+            self.unown_port(&st, a, m)?;
+        }
+        st.drop_att(Feature::Portmap, a)?;
+        if !st.has_atts(Feature::Portmap, &a.network)? {
+            st.drop_net(Feature::Portmap, &a.network)?;
+        }
+        Ok(())
+    }
+
+    /// Which published ports of this attachment are missing from the kernel.
+    pub fn check_ports(&self, a: &Attachment) -> Result<Vec<Elem>, NftError> {
+        let st = Locked::lock(&self.dir)?;
+        let rec = st
+            .att(Feature::Portmap, a)?
+            .ok_or_else(|| NftError::NotAttached {
+                feature: Feature::Portmap.as_str(),
+                attachment: a.to_string(),
+            })?;
+        self.missing(&rec.elems)
+    }
+
+    // ---- GC and reconcile ----
+
+    /// Drop every attachment of (`feature`, `network`) whose (container id, ifname) is not in
+    /// `valid`, with its elements; the network's elements go if nothing remains.
+    pub fn gc(
+        &self,
+        feature: Feature,
+        network: &str,
+        valid: &[(String, String)],
+    ) -> Result<(), NftError> {
+        let st = Locked::lock(&self.dir)?;
+        let stale: Vec<AttRecord> = st
+            .atts(feature, network)?
+            .into_iter()
+            .filter(|r| {
+                !valid
+                    .iter()
+                    .any(|(c, i)| *c == r.attachment.container_id && *i == r.attachment.ifname)
+            })
+            .collect();
+        let remaining = st.atts(feature, network)?.len() - stale.len();
+        let mut elems: Vec<Elem> = stale.iter().flat_map(|r| r.elems.clone()).collect();
+        let net = st.net(feature, network)?;
+        if remaining == 0 {
+            elems.extend(self.unshared(&st, feature, &net)?);
+        }
+        self.remove_tolerant(&elems, &[])?;
+        for r in &stale {
+            for m in ports_of(&r.elems) {
+                self.unown_port(&st, &r.attachment, &m)?;
+            }
+            st.drop_att(feature, &r.attachment)?;
+        }
+        if remaining == 0 {
+            st.drop_net(feature, network)?;
+        }
+        Ok(())
+    }
+
+    /// Load the skeleton (repairing its rules) and re-add every element the state knows, in one
+    /// transaction: the way back after `nft flush ruleset` or a firewall reload.
+    pub fn reconcile(&self) -> Result<(), NftError> {
+        let st = Locked::lock(&self.dir)?;
+        let mut elems: BTreeSet<Elem> = BTreeSet::new();
+        for (_, rec) in st.all_nets()? {
+            elems.extend(rec.elems);
+        }
+        for rec in st.all_atts(Feature::Portmap)? {
+            elems.extend(rec.elems);
+        }
+        let elems: Vec<Elem> = elems.into_iter().collect();
+        let mut b = Batch::new();
+        b.skeleton().add(&elems);
+        self.nft.apply(b.text())
+    }
+
+    /// Load (or repair) the skeleton only.
+    pub fn ensure_skeleton(&self) -> Result<(), NftError> {
+        let mut b = Batch::new();
+        b.skeleton();
+        self.nft.apply(b.text())
+    }
+
+    // ---- internals ----
+
+    fn attach(&self, feature: Feature, a: &Attachment, elems: Vec<Elem>) -> Result<(), NftError> {
+        let st = Locked::lock(&self.dir)?;
+        let mut net = st.net(feature, &a.network)?;
+        let new: Vec<Elem> = elems
+            .into_iter()
+            .filter(|e| !net.elems.contains(e))
+            .collect();
+        if !new.is_empty() {
+            let mut b = Batch::new();
+            b.add(&new);
+            self.run(&b)?;
+            net.elems.extend(new);
+            st.put_net(feature, &net)?;
+        }
+        if st.att(feature, a)?.is_none() {
+            st.put_att(
+                feature,
+                &AttRecord {
+                    attachment: a.clone(),
+                    elems: Vec::new(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn detach(&self, feature: Feature, a: &Attachment) -> Result<(), NftError> {
+        let st = Locked::lock(&self.dir)?;
+        st.drop_att(feature, a)?;
+        if st.has_atts(feature, &a.network)? {
+            return Ok(());
+        }
+        let net = st.net(feature, &a.network)?;
+        let elems = self.unshared(&st, feature, &net)?;
+        self.remove_tolerant(&elems, &[])?;
+        st.drop_net(feature, &a.network)
+    }
+
+    fn check(&self, feature: Feature, a: &Attachment) -> Result<Vec<Elem>, NftError> {
+        let st = Locked::lock(&self.dir)?;
+        if st.att(feature, a)?.is_none() {
+            return Err(NftError::NotAttached {
+                feature: feature.as_str(),
+                attachment: a.to_string(),
+            });
+        }
+        let net = st.net(feature, &a.network)?;
+        let elems: Vec<Elem> = net.elems.into_iter().collect();
+        self.missing(&elems)
+    }
+
+    /// Elements of `net` that no other network record (of any feature) also holds.
+    fn unshared(
+        &self,
+        st: &Locked,
+        feature: Feature,
+        net: &NetRecord,
+    ) -> Result<Vec<Elem>, NftError> {
+        let others: BTreeSet<Elem> = st
+            .all_nets()?
+            .into_iter()
+            .filter(|(f, r)| !(*f == feature && r.network == net.network))
+            .flat_map(|(_, r)| r.elems)
+            .collect();
+        Ok(net
+            .elems
+            .iter()
+            .filter(|e| !others.contains(e))
+            .cloned()
+            .collect())
+    }
+
+    fn unown_port(&self, st: &Locked, a: &Attachment, m: &PortMapping) -> Result<(), NftError> {
+        let k = m.key();
+        let mut owners = st.port_owners(&k)?;
+        let before = owners.len();
+        owners.retain(|o| !(o.owner == *a && o.host_ip == k.host_ip));
+        if owners.len() != before {
+            st.put_port_owners(&k, &owners)?;
+        }
+        Ok(())
+    }
+
+    /// Apply `b`; if it fails (table or set missing, e.g. first call or after a flush), load the
+    /// skeleton and `b` in one transaction and try once more. No message parsing: any failure
+    /// gets the retry, a real error fails again and is returned.
+    fn run(&self, b: &Batch) -> Result<(), NftError> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        match self.nft.apply(b.text()) {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                log::debug!("nft batch failed ({first}); retrying with the skeleton");
+                let mut full = Batch::new();
+                full.skeleton();
+                let mut text = full.text().to_owned();
+                text.push_str(b.text());
+                self.nft.apply(&text)
+            }
+        }
+    }
+
+    /// Remove `owned` and `extra` without failing on missing elements. If the batch still fails
+    /// (an element exists with a different value), go element by element: failures on `owned`
+    /// are returned, failures on `extra` (from config, maybe not ours) are logged.
+    fn remove_tolerant(&self, owned: &[Elem], extra: &[Elem]) -> Result<(), NftError> {
+        let mut b = Batch::new();
+        b.remove(owned).remove(extra);
+        if b.is_empty() || self.run(&b).is_ok() {
+            return Ok(());
+        }
+        let mut first_err = None;
+        for (e, ours) in owned
+            .iter()
+            .map(|e| (e, true))
+            .chain(extra.iter().map(|e| (e, false)))
+        {
+            let mut one = Batch::new();
+            one.remove(std::slice::from_ref(e));
+            if let Err(err) = self.nft.apply(one.text()) {
+                log::warn!("cannot remove {e}: {err}");
+                if ours && first_err.is_none() {
+                    first_err = Some(err);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Which of `elems` are not in the kernel: one `get element` batch, and element by element
+    /// only when that fails.
+    fn missing(&self, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
+        let mut b = Batch::new();
+        b.get(elems);
+        if b.is_empty() || self.nft.apply(b.text()).is_ok() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for e in elems {
+            let mut one = Batch::new();
+            one.get(std::slice::from_ref(e));
+            if self.nft.apply(one.text()).is_err() {
+                out.push(e.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn port_elem(m: &PortMapping) -> Elem {
+    Elem::Port { mapping: m.clone() }
+}
+
+fn ports_of(elems: &[Elem]) -> Vec<PortMapping> {
+    elems
+        .iter()
+        .filter_map(|e| match e {
+            Elem::Port { mapping } => Some(mapping.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn overlaps(a: &PortMapping, b: &PortMapping) -> bool {
+    let (ka, kb) = (a.key(), b.key());
+    ka.v6 == kb.v6
+        && ka.protocol == kb.protocol
+        && ka.host_port == kb.host_port
+        && (ka.host_ip.is_none() || kb.host_ip.is_none() || ka.host_ip == kb.host_ip)
+}

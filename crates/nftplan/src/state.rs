@@ -1,0 +1,305 @@
+//! Owner and refcount state on disk, and its lock.
+//!
+//! ```text
+//! <dir>/lock                                   flock held across read-modify-write + nft exec
+//! <dir>/<feature>/<network>/network.json       network-level elements of that feature
+//! <dir>/<feature>/<network>/a/<cid>@<ifname>   one file per attachment (portmap: its elements)
+//! <dir>/ports/<v4|v6>-<proto>-<port>.json      owners of that host port: [{host_ip, owner}]
+//! ```
+//! Names are escaped for the file system (`%XX` for anything but `[A-Za-z0-9_.-]`). Files are
+//! 0600, directories 0700, every write is a rename of a temporary file. No call reads all
+//! attachment files (only GC of one network and reconcile do): whether a network still has
+//! attachments is one `readdir` of its `a/` directory.
+
+use std::{
+    collections::BTreeSet,
+    fs::{self, DirBuilder, File, OpenOptions},
+    io::{ErrorKind, Write},
+    net::IpAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::{
+    batch::Elem,
+    types::{Attachment, Feature, PortKey},
+    NftError,
+};
+
+/// Network-level elements held by one (feature, network).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct NetRecord {
+    pub network: String,
+    pub elems: BTreeSet<Elem>,
+}
+
+/// One attachment; `elems` are elements owned by it alone (port mappings).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct AttRecord {
+    pub attachment: Attachment,
+    #[serde(default)]
+    pub elems: Vec<Elem>,
+}
+
+/// One owner of a host port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct PortOwner {
+    pub host_ip: Option<IpAddr>,
+    pub owner: Attachment,
+}
+
+/// Escape a name for use as one path component.
+pub(crate) fn fs_key(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The state directory, locked for the lifetime of this value.
+pub(crate) struct Locked {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+pub(crate) fn mkdir(path: &Path) -> Result<(), NftError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| NftError::io(path, e))
+}
+
+impl Locked {
+    /// Create `dir` if needed and take the exclusive lock (`flock(LOCK_EX)` on `dir/lock`).
+    pub fn lock(dir: &Path) -> Result<Self, NftError> {
+        mkdir(dir)?;
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| NftError::io(&path, e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| NftError::io(&path, std::io::Error::from(errno)))?;
+        Ok(Locked {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    fn net_dir(&self, feature: Feature, network: &str) -> PathBuf {
+        self.dir.join(feature.as_str()).join(fs_key(network))
+    }
+
+    fn att_path(&self, feature: Feature, a: &Attachment) -> PathBuf {
+        self.net_dir(feature, &a.network).join("a").join(format!(
+            "{}@{}",
+            fs_key(&a.container_id),
+            fs_key(&a.ifname)
+        ))
+    }
+
+    fn port_path(&self, k: &PortKey) -> PathBuf {
+        self.dir.join("ports").join(format!(
+            "{}-{}-{}.json",
+            if k.v6 { "v6" } else { "v4" },
+            k.protocol.as_str(),
+            k.host_port
+        ))
+    }
+
+    pub fn net(&self, feature: Feature, network: &str) -> Result<NetRecord, NftError> {
+        let path = self.net_dir(feature, network).join("network.json");
+        Ok(read_json(&path)?.unwrap_or_else(|| NetRecord {
+            network: network.to_owned(),
+            elems: BTreeSet::new(),
+        }))
+    }
+
+    pub fn put_net(&self, feature: Feature, rec: &NetRecord) -> Result<(), NftError> {
+        let dir = self.net_dir(feature, &rec.network);
+        write_json(&dir, "network.json", rec)
+    }
+
+    /// Remove the network record and its (empty) directories.
+    pub fn drop_net(&self, feature: Feature, network: &str) -> Result<(), NftError> {
+        let dir = self.net_dir(feature, network);
+        remove_file(&dir.join("network.json"))?;
+        for d in [dir.join("a"), dir] {
+            if let Err(e) = fs::remove_dir(&d) {
+                // Another attachment may have appeared (not under our lock? never) or the dir is
+                // already gone: neither is an error for a cleanup.
+                log::debug!("rmdir {}: {e}", d.display());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn att(&self, feature: Feature, a: &Attachment) -> Result<Option<AttRecord>, NftError> {
+        read_json(&self.att_path(feature, a))
+    }
+
+    pub fn put_att(&self, feature: Feature, rec: &AttRecord) -> Result<(), NftError> {
+        let path = self.att_path(feature, &rec.attachment);
+        let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        write_json(&dir, &name, rec)
+    }
+
+    pub fn drop_att(&self, feature: Feature, a: &Attachment) -> Result<(), NftError> {
+        remove_file(&self.att_path(feature, a))
+    }
+
+    /// True when the network still has at least one attachment (one `readdir` entry).
+    pub fn has_atts(&self, feature: Feature, network: &str) -> Result<bool, NftError> {
+        let dir = self.net_dir(feature, network).join("a");
+        match fs::read_dir(&dir) {
+            Ok(mut it) => Ok(it.any(|e| {
+                e.map(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .unwrap_or(true)
+            })),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(NftError::io(dir, e)),
+        }
+    }
+
+    /// Every attachment of one network (GC only).
+    pub fn atts(&self, feature: Feature, network: &str) -> Result<Vec<AttRecord>, NftError> {
+        let dir = self.net_dir(feature, network).join("a");
+        let mut out = Vec::new();
+        for path in list_dir(&dir)? {
+            if let Some(rec) = read_json::<AttRecord>(&path)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every network record of every feature (last detach of a network, reconcile).
+    pub fn all_nets(&self) -> Result<Vec<(Feature, NetRecord)>, NftError> {
+        let mut out = Vec::new();
+        for f in Feature::ALL {
+            for d in list_dir(&self.dir.join(f.as_str()))? {
+                if let Some(rec) = read_json::<NetRecord>(&d.join("network.json"))? {
+                    out.push((f, rec));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every network name of a feature (reconcile of port attachments).
+    pub fn all_atts(&self, feature: Feature) -> Result<Vec<AttRecord>, NftError> {
+        let mut out = Vec::new();
+        for d in list_dir(&self.dir.join(feature.as_str()))? {
+            for path in list_dir(&d.join("a"))? {
+                if let Some(rec) = read_json::<AttRecord>(&path)? {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn port_owners(&self, k: &PortKey) -> Result<Vec<PortOwner>, NftError> {
+        Ok(read_json(&self.port_path(k))?.unwrap_or_default())
+    }
+
+    pub fn put_port_owners(&self, k: &PortKey, owners: &[PortOwner]) -> Result<(), NftError> {
+        let path = self.port_path(k);
+        if owners.is_empty() {
+            return remove_file(&path);
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        write_json(&self.dir.join("ports"), &name, &owners)
+    }
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, NftError> {
+    let it = match fs::read_dir(dir) {
+        Ok(it) => it,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(NftError::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for e in it {
+        let e = e.map_err(|e| NftError::io(dir, e))?;
+        if !e.file_name().to_string_lossy().starts_with('.') {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn remove_file(path: &Path) -> Result<(), NftError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NftError::io(path, e)),
+    }
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, NftError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| NftError::State {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(NftError::io(path, e)),
+    }
+}
+
+/// Write `dir/name` atomically (temporary file `.name.tmp`, then rename), mode 0600.
+fn write_json<T: Serialize + ?Sized>(dir: &Path, name: &str, value: &T) -> Result<(), NftError> {
+    mkdir(dir)?;
+    let bytes = serde_json::to_vec(value).map_err(|source| NftError::State {
+        path: dir.join(name),
+        source,
+    })?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| NftError::io(&tmp, e))?;
+    f.write_all(&bytes).map_err(|e| NftError::io(&tmp, e))?;
+    drop(f);
+    let dst = dir.join(name);
+    fs::rename(&tmp, &dst).map_err(|e| NftError::io(&dst, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_key_escapes_separators_and_leading_dot() {
+        assert_eq!(fs_key("net-1_a.b"), "net-1_a.b");
+        assert_eq!(fs_key("../x"), "%2E.%2Fx");
+        assert_eq!(fs_key("a@b c"), "a%40b%20c");
+    }
+}

@@ -1,0 +1,476 @@
+//! Pure tests: golden text of the skeleton and batches, and the state machine over the
+//! recording fake backend (no root).
+
+use std::{net::IpAddr, sync::Arc};
+
+use super::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn br(s: &str) -> IfName {
+    IfName::new(s).unwrap()
+}
+
+fn att(net: &str, cid: &str) -> Attachment {
+    Attachment::new(net, cid, "eth0").unwrap()
+}
+
+fn pm(host: Option<&str>, port: u16, proto: Protocol, ctr: &str, cport: u16) -> PortMapping {
+    PortMapping {
+        host_ip: host.map(ip),
+        host_port: port,
+        protocol: proto,
+        container_ip: ip(ctr),
+        container_port: cport,
+    }
+}
+
+fn fw(nft: &Arc<RecordingNft>) -> (tempfile::TempDir, Firewall) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Firewall::with_backend(dir.path().join("netns-1"), Box::new(nft.clone()));
+    (dir, f)
+}
+
+fn net_a() -> NetworkElems {
+    NetworkElems {
+        bridge: br("cnirs-a"),
+        masq: vec![
+            "10.213.1.7/24".parse().unwrap(),
+            "fd00:213::/64".parse().unwrap(),
+        ],
+        internal: false,
+    }
+}
+
+#[test]
+fn skeleton_matches_golden_file() {
+    assert_eq!(SKELETON, include_str!("../tests/golden/skeleton.nft"));
+}
+
+#[test]
+fn skeleton_flushes_each_chain_after_declaring_it_and_counts_its_rules() {
+    let lines: Vec<&str> = SKELETON.lines().collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("add rule ")).count(),
+        SKELETON_RULES
+    );
+    for chain in [
+        "portmap",
+        "forward",
+        "prerouting",
+        "output",
+        "postrouting",
+        "raw_pre",
+    ] {
+        let decl = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("add chain inet cnirs {chain}")))
+            .unwrap();
+        let flush = lines
+            .iter()
+            .position(|l| *l == format!("flush chain inet cnirs {chain}"))
+            .unwrap();
+        let first_rule = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("add rule inet cnirs {chain} ")))
+            .unwrap();
+        assert!(decl < flush && flush < first_rule, "{chain}");
+    }
+    // The inet nat output hook wants the numeric priority on nft 1.0.6.
+    assert!(SKELETON.contains("hook output priority -100;"));
+}
+
+#[test]
+fn network_elements_golden_add_batch() {
+    let mut b = Batch::new();
+    let mut n = net_a();
+    n.internal = true;
+    b.add(&Elem::for_network(&n));
+    assert_eq!(
+        b.text(),
+        "add element inet cnirs managed_br { \"cnirs-a\" }\n\
+         add element inet cnirs same_br { \"cnirs-a\" . \"cnirs-a\" }\n\
+         add element inet cnirs internal_br { \"cnirs-a\" }\n\
+         add element inet cnirs masq4 { 10.213.1.0/24 }\n\
+         add element inet cnirs masq6 { fd00:213::/64 }\n"
+    );
+}
+
+#[test]
+fn port_elements_golden_add_remove_get_batches() {
+    let elems: Vec<Elem> = [
+        pm(Some("10.0.0.5"), 8080, Protocol::Tcp, "10.213.1.2", 80),
+        pm(None, 53, Protocol::Udp, "10.213.1.2", 5353),
+        pm(Some("fd00::5"), 443, Protocol::Sctp, "fd00:213::2", 8443),
+        pm(Some("::"), 8080, Protocol::Tcp, "fd00:213::2", 80),
+    ]
+    .iter()
+    .map(|m| Elem::Port {
+        mapping: m.validated().unwrap(),
+    })
+    .collect();
+    let mut b = Batch::new();
+    b.add(&elems);
+    assert_eq!(
+        b.text(),
+        "add element inet cnirs pm4 { 10.0.0.5 . tcp . 8080 : 10.213.1.2 . 80 }\n\
+         add element inet cnirs pm4_any { udp . 53 : 10.213.1.2 . 5353 }\n\
+         add element inet cnirs pm6 { fd00::5 . sctp . 443 : fd00:213::2 . 8443 }\n\
+         add element inet cnirs pm6_any { tcp . 8080 : fd00:213::2 . 80 }\n"
+    );
+    let mut b = Batch::new();
+    b.remove(&elems[..2]);
+    assert_eq!(
+        b.text(),
+        "add element inet cnirs pm4 { 10.0.0.5 . tcp . 8080 : 10.213.1.2 . 80 }\n\
+         delete element inet cnirs pm4 { 10.0.0.5 . tcp . 8080 }\n\
+         add element inet cnirs pm4_any { udp . 53 : 10.213.1.2 . 5353 }\n\
+         delete element inet cnirs pm4_any { udp . 53 }\n"
+    );
+    let mut b = Batch::new();
+    b.get(&elems[2..3]).delete(&elems[3..]);
+    assert_eq!(
+        b.text(),
+        "get element inet cnirs pm6 { fd00::5 . sctp . 443 }\n\
+         delete element inet cnirs pm6_any { tcp . 8080 }\n"
+    );
+}
+
+#[test]
+fn ifname_validation_at_the_edges() {
+    assert!(IfName::new("abcdefghijklmno").is_ok()); // 15 bytes
+    assert!(IfName::new("abcdefghijklmnop").is_err()); // 16 bytes
+    for bad in ["", ".", "..", "a b", "a/b", "a:b", "a\"b", "a\\b", "é"] {
+        assert!(IfName::new(bad).is_err(), "{bad:?}");
+    }
+    // serde goes through the same check
+    assert!(serde_json::from_str::<IfName>("\"x\\\" }\"").is_err());
+}
+
+#[test]
+fn port_mapping_validation() {
+    assert!(pm(None, 0, Protocol::Tcp, "10.0.0.1", 80)
+        .validated()
+        .is_err());
+    assert!(pm(Some("::1"), 80, Protocol::Tcp, "10.0.0.1", 80)
+        .validated()
+        .is_err());
+    assert!(pm(None, 80, Protocol::Tcp, "0.0.0.0", 80)
+        .validated()
+        .is_err());
+    let m = pm(Some("0.0.0.0"), 80, Protocol::Tcp, "10.0.0.1", 80)
+        .validated()
+        .unwrap();
+    assert_eq!(m.host_ip, None);
+    assert_eq!(Protocol::parse("UDP").unwrap(), Protocol::Udp);
+    assert_eq!(Protocol::parse("").unwrap(), Protocol::Tcp);
+    assert!(Protocol::parse("icmp").is_err());
+}
+
+#[test]
+fn network_elements_are_refcounted_across_attachments() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    f.attach_network(&att("a", "c1"), &net_a()).unwrap();
+    assert_eq!(nft.scripts().len(), 1);
+    assert!(nft.scripts()[0].starts_with("add element inet cnirs managed_br"));
+    f.attach_network(&att("a", "c2"), &net_a()).unwrap();
+    f.attach_network(&att("a", "c1"), &net_a()).unwrap(); // idempotent ADD
+    assert_eq!(nft.scripts().len(), 1, "2nd attachment execs nothing");
+    f.detach_network(&att("a", "c1")).unwrap();
+    assert_eq!(nft.scripts().len(), 1, "c2 still holds the network");
+    f.detach_network(&att("a", "c2")).unwrap();
+    let s = nft.scripts();
+    assert_eq!(s.len(), 2);
+    assert!(s[1].contains("delete element inet cnirs managed_br { \"cnirs-a\" }"));
+    assert!(s[1].contains("delete element inet cnirs masq4 { 10.213.1.0/24 }"));
+    // DEL again, and DEL of an attachment never seen: Ok, no nft.
+    f.detach_network(&att("a", "c2")).unwrap();
+    f.detach_network(&att("zzz", "c9")).unwrap();
+    assert_eq!(nft.scripts().len(), 2);
+}
+
+#[test]
+fn shared_bridge_element_survives_the_other_network_going() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let b = br("cnirs-a");
+    f.attach_network(&att("a", "c1"), &net_a()).unwrap();
+    f.attach_isolation(&att("a", "c1"), &b).unwrap();
+    // A second network on the same bridge (odd but possible).
+    let n2 = NetworkElems {
+        bridge: b.clone(),
+        masq: vec![],
+        internal: false,
+    };
+    f.attach_network(&att("a2", "c2"), &n2).unwrap();
+    nft.clear();
+    f.detach_network(&att("a", "c1")).unwrap();
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1);
+    assert!(
+        !s[0].contains("managed_br"),
+        "a2 still uses the bridge: {}",
+        s[0]
+    );
+    assert!(s[0].contains("masq4"));
+    assert_eq!(
+        f.check_isolation(&att("a", "c1")).unwrap(),
+        Vec::<Elem>::new()
+    );
+}
+
+#[test]
+fn failed_batch_is_retried_once_with_the_skeleton() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    nft.fail_next(&[true]);
+    f.attach_network(&att("a", "c1"), &net_a()).unwrap();
+    let s = nft.scripts();
+    assert_eq!(s.len(), 2);
+    assert!(s[1].starts_with(SKELETON) && s[1].ends_with(&s[0]));
+    // Both fail: the error comes back and nothing is recorded.
+    nft.fail_next(&[true, true]);
+    let n = NetworkElems {
+        bridge: br("cnirs-b"),
+        masq: vec![],
+        internal: true,
+    };
+    assert!(matches!(
+        f.attach_network(&att("b", "c1"), &n),
+        Err(NftError::Nft { .. })
+    ));
+    assert!(matches!(
+        f.check_network(&att("b", "c1")),
+        Err(NftError::NotAttached { .. })
+    ));
+}
+
+#[test]
+fn port_conflicts_are_refused_and_name_the_owner() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let a1 = att("a", "c1");
+    f.add_ports(
+        &a1,
+        &[pm(Some("10.0.0.5"), 8080, Protocol::Tcp, "10.213.1.2", 80)],
+    )
+    .unwrap();
+    nft.clear();
+    // Wildcard vs specific, same proto/port: conflict.
+    let e = f
+        .add_ports(
+            &att("a", "c2"),
+            &[pm(None, 8080, Protocol::Tcp, "10.213.1.3", 80)],
+        )
+        .unwrap_err();
+    match e {
+        NftError::Conflict { port, owner } => {
+            assert_eq!(port, "0.0.0.0:8080/tcp");
+            assert_eq!(owner, "a/c1/eth0");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Same specific address on another network: conflict too.
+    assert!(matches!(
+        f.add_ports(
+            &att("b", "c3"),
+            &[pm(Some("10.0.0.5"), 8080, Protocol::Tcp, "10.213.2.2", 80)]
+        ),
+        Err(NftError::Conflict { .. })
+    ));
+    assert!(nft.scripts().is_empty(), "a refused ADD touches nothing");
+    // Other address, other protocol, other family: fine.
+    f.add_ports(
+        &att("a", "c2"),
+        &[
+            pm(Some("10.0.0.6"), 8080, Protocol::Tcp, "10.213.1.3", 80),
+            pm(None, 8080, Protocol::Udp, "10.213.1.3", 80),
+            pm(None, 8080, Protocol::Tcp, "fd00:213::3", 80),
+        ],
+    )
+    .unwrap();
+    // Within one request.
+    assert!(matches!(
+        f.add_ports(
+            &att("a", "c4"),
+            &[
+                pm(None, 9000, Protocol::Tcp, "10.213.1.4", 80),
+                pm(Some("10.0.0.9"), 9000, Protocol::Tcp, "10.213.1.4", 81),
+            ]
+        ),
+        Err(NftError::Conflict { .. })
+    ));
+}
+
+#[test]
+fn del_ports_removes_only_the_attachments_own_elements() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let m1 = pm(None, 8080, Protocol::Tcp, "10.213.1.2", 80);
+    let m2 = pm(None, 8081, Protocol::Tcp, "10.213.1.3", 80);
+    f.add_ports(&att("a", "c1"), &[m1.clone()]).unwrap();
+    f.add_ports(&att("a", "c2"), &[m2.clone()]).unwrap();
+    f.add_ports(&att("a", "c1"), &[m1.clone()]).unwrap(); // idempotent: no exec
+    assert_eq!(nft.scripts().len(), 2);
+    nft.clear();
+    // c1's DEL, with a config that (wrongly) also names c2's port: c2's stays.
+    f.del_ports(&att("a", "c1"), &[m1.clone(), m2.clone()])
+        .unwrap();
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        s[0],
+        "add element inet cnirs pm4_any { tcp . 8080 : 10.213.1.2 . 80 }\n\
+         delete element inet cnirs pm4_any { tcp . 8080 }\n"
+    );
+    // Port 8080 is free again.
+    f.add_ports(
+        &att("a", "c3"),
+        &[pm(None, 8080, Protocol::Tcp, "10.213.1.4", 80)],
+    )
+    .unwrap();
+    // DEL of an unknown attachment with no config: Ok, nothing run.
+    nft.clear();
+    f.del_ports(&att("a", "nope"), &[]).unwrap();
+    assert!(nft.scripts().is_empty());
+    // State lost: DEL with the config's mapping removes it (nobody else owns it).
+    f.del_ports(
+        &att("a", "ghost"),
+        &[pm(None, 7000, Protocol::Tcp, "10.213.1.9", 80)],
+    )
+    .unwrap();
+    assert!(nft.scripts()[0].contains("delete element inet cnirs pm4_any { tcp . 7000 }"));
+}
+
+#[test]
+fn re_add_with_other_mappings_replaces_them() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let a = att("a", "c1");
+    f.add_ports(&a, &[pm(None, 8080, Protocol::Tcp, "10.213.1.2", 80)])
+        .unwrap();
+    nft.clear();
+    f.add_ports(&a, &[pm(None, 8080, Protocol::Tcp, "10.213.1.2", 81)])
+        .unwrap();
+    assert_eq!(
+        nft.scripts()[0],
+        "add element inet cnirs pm4_any { tcp . 8080 : 10.213.1.2 . 80 }\n\
+         delete element inet cnirs pm4_any { tcp . 8080 }\n\
+         add element inet cnirs pm4_any { tcp . 8080 : 10.213.1.2 . 81 }\n"
+    );
+}
+
+#[test]
+fn gc_drops_attachments_not_listed_and_then_the_network() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    f.add_ports(
+        &att("a", "c1"),
+        &[pm(None, 8080, Protocol::Tcp, "10.213.1.2", 80)],
+    )
+    .unwrap();
+    f.add_ports(
+        &att("a", "c2"),
+        &[pm(None, 8081, Protocol::Tcp, "10.213.1.3", 80)],
+    )
+    .unwrap();
+    f.add_ports(
+        &att("b", "c3"),
+        &[pm(None, 8082, Protocol::Tcp, "10.213.2.3", 80)],
+    )
+    .unwrap();
+    nft.clear();
+    f.gc(Feature::Portmap, "a", &[("c2".into(), "eth0".into())])
+        .unwrap();
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1);
+    assert!(s[0].contains("{ tcp . 8080 }") && !s[0].contains("8081") && !s[0].contains("8082"));
+    assert!(matches!(
+        f.check_ports(&att("a", "c1")),
+        Err(NftError::NotAttached { .. })
+    ));
+    assert_eq!(f.check_ports(&att("a", "c2")).unwrap(), Vec::<Elem>::new());
+
+    f.attach_network(&att("a", "c1"), &net_a()).unwrap();
+    nft.clear();
+    f.gc(Feature::Network, "a", &[]).unwrap();
+    assert!(nft.scripts()[0].contains("delete element inet cnirs managed_br"));
+}
+
+#[test]
+fn check_reports_exactly_the_missing_elements() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let a = att("a", "c1");
+    f.attach_network(&a, &net_a()).unwrap();
+    nft.clear();
+    // The batch fails, then per element: only the 2nd is missing.
+    nft.fail_next(&[true, false, true, false, false]);
+    let missing = f.check_network(&a).unwrap();
+    assert_eq!(missing.len(), 1);
+    assert_eq!(nft.scripts().len(), 5);
+    assert!(nft.scripts()[0].starts_with("get element inet cnirs "));
+}
+
+#[test]
+fn reconcile_is_one_transaction_with_skeleton_and_every_element() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    f.attach_network(&att("a", "c1"), &net_a()).unwrap();
+    f.attach_isolation(&att("a", "c1"), &br("cnirs-a")).unwrap();
+    f.add_ports(
+        &att("a", "c1"),
+        &[pm(None, 8080, Protocol::Tcp, "10.213.1.2", 80)],
+    )
+    .unwrap();
+    nft.clear();
+    f.reconcile().unwrap();
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1);
+    assert!(s[0].starts_with(SKELETON));
+    for want in [
+        "managed_br",
+        "same_br",
+        "isolated_br",
+        "masq4",
+        "masq6",
+        "pm4_any { tcp . 8080",
+    ] {
+        assert!(s[0].contains(want), "{want}");
+    }
+}
+
+#[test]
+fn state_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    f.add_ports(
+        &att("a/..", "c1"),
+        &[pm(None, 8080, Protocol::Tcp, "10.213.1.2", 80)],
+    )
+    .unwrap();
+    let dir = f.state_dir();
+    assert_eq!(
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("lock"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let port = dir.join("ports/v4-tcp-8080.json");
+    assert_eq!(
+        std::fs::metadata(&port).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The network name was escaped into one component inside the state dir.
+    assert!(dir.join("portmap/a%2F..").is_dir());
+}

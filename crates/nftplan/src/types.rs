@@ -1,0 +1,297 @@
+//! Validated values. Everything that ends up in an nft batch is one of these types, never a raw
+//! user string, so the text builders cannot be injected into.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::NftError;
+
+/// A Linux interface name as the kernel accepts it (`dev_valid_name`): 1..=15 bytes, not `.` or
+/// `..`, no `/`, `:` or whitespace. We also refuse `"`, `\` and non-printable bytes, so the name
+/// can be written between double quotes in nft text as is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IfName(String);
+
+impl IfName {
+    /// Validate `name`.
+    pub fn new(name: &str) -> Result<Self, NftError> {
+        let bad = |reason| NftError::Invalid {
+            what: "interface name",
+            value: name.to_owned(),
+            reason,
+        };
+        if name.is_empty() {
+            return Err(bad("empty"));
+        }
+        if name.len() > 15 {
+            return Err(bad("longer than 15 bytes"));
+        }
+        if name == "." || name == ".." {
+            return Err(bad("reserved name"));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b':' | b'"' | b'\\'))
+        {
+            return Err(bad(
+                "contains '/', ':', '\"', '\\', whitespace or non-ASCII",
+            ));
+        }
+        Ok(IfName(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IfName {
+    type Error = NftError;
+    fn try_from(s: String) -> Result<Self, NftError> {
+        IfName::new(&s)
+    }
+}
+
+impl From<IfName> for String {
+    fn from(n: IfName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One attachment of a container to a network: the key of every ownership record.
+/// DEL needs nothing else (the netns may be gone, prevResult missing).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Attachment {
+    /// CNI network name (conflist `name`).
+    pub network: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME` (inside the container; used only as a key, never in a rule).
+    pub ifname: String,
+}
+
+impl Attachment {
+    /// Build an attachment key; the strings are only used in file names (escaped) and messages.
+    pub fn new(
+        network: impl Into<String>,
+        container_id: impl Into<String>,
+        ifname: impl Into<String>,
+    ) -> Result<Self, NftError> {
+        let a = Attachment {
+            network: network.into(),
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        };
+        for (what, v) in [
+            ("network name", &a.network),
+            ("container id", &a.container_id),
+            ("ifname", &a.ifname),
+        ] {
+            if v.is_empty() {
+                return Err(NftError::Invalid {
+                    what,
+                    value: v.clone(),
+                    reason: "empty",
+                });
+            }
+        }
+        Ok(a)
+    }
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.network, self.container_id, self.ifname)
+    }
+}
+
+/// Which plugin feature an attachment record belongs to. Each feature refcounts its own
+/// network-level elements, so bridge and isolation attachments of one pod are independent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Feature {
+    /// bridge / internal-bridge: managed_br, same_br, masq4/6, internal_br.
+    Network,
+    /// isolation: isolated_br.
+    Isolation,
+    /// portmap: pm4 / pm4_any / pm6 / pm6_any elements.
+    Portmap,
+}
+
+impl Feature {
+    /// Stable name used in file names and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::Network => "network",
+            Feature::Isolation => "isolation",
+            Feature::Portmap => "portmap",
+        }
+    }
+
+    pub(crate) const ALL: [Feature; 3] = [Feature::Network, Feature::Isolation, Feature::Portmap];
+}
+
+/// L4 protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// tcp
+    Tcp,
+    /// udp
+    Udp,
+    /// sctp
+    Sctp,
+}
+
+impl Protocol {
+    /// The nft keyword (`inet_proto` value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    /// Parse a CNI `portMappings[].protocol` (case-insensitive, empty means tcp).
+    pub fn parse(s: &str) -> Result<Self, NftError> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "sctp" => Ok(Protocol::Sctp),
+            _ => Err(NftError::Invalid {
+                what: "protocol",
+                value: s.to_owned(),
+                reason: "expected tcp, udp or sctp",
+            }),
+        }
+    }
+}
+
+/// One published port: `host_ip:host_port/protocol -> container_ip:container_port`.
+/// `host_ip` `None`, `0.0.0.0` and `::` all mean "every address of the host" (of the family of
+/// `container_ip`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Host address to publish on; `None` or unspecified = any.
+    pub host_ip: Option<IpAddr>,
+    /// Host port (1..=65535).
+    pub host_port: u16,
+    /// tcp / udp / sctp.
+    pub protocol: Protocol,
+    /// Pod address (its family decides the map family).
+    pub container_ip: IpAddr,
+    /// Pod port (1..=65535).
+    pub container_port: u16,
+}
+
+/// A mapping validated and normalised: the host address is `None` for "any" and otherwise of
+/// the same family as the container address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) struct PortKey {
+    pub v6: bool,
+    pub protocol: Protocol,
+    pub host_port: u16,
+    pub host_ip: Option<IpAddr>,
+}
+
+impl PortMapping {
+    /// Check ports and families; normalise the unspecified host address to `None`.
+    pub fn validated(&self) -> Result<PortMapping, NftError> {
+        let bad = |reason| NftError::Invalid {
+            what: "port mapping",
+            value: self.to_string(),
+            reason,
+        };
+        if self.host_port == 0 || self.container_port == 0 {
+            return Err(bad("port 0"));
+        }
+        if self.container_ip.is_unspecified() {
+            return Err(bad("container address is unspecified"));
+        }
+        let host_ip = match self.host_ip {
+            Some(ip) if ip.is_unspecified() => {
+                if ip.is_ipv4() != self.container_ip.is_ipv4() {
+                    // "0.0.0.0" with a v6 pod address (or "::" with v4): the reference portmap
+                    // skips such pairs; the caller filters them, we refuse them.
+                    return Err(bad("host address family differs from container address"));
+                }
+                None
+            }
+            Some(ip) => {
+                if ip.is_ipv4() != self.container_ip.is_ipv4() {
+                    return Err(bad("host address family differs from container address"));
+                }
+                Some(ip)
+            }
+            None => None,
+        };
+        Ok(PortMapping {
+            host_ip,
+            ..self.clone()
+        })
+    }
+
+    pub(crate) fn key(&self) -> PortKey {
+        PortKey {
+            v6: self.container_ip.is_ipv6(),
+            protocol: self.protocol,
+            host_port: self.host_port,
+            host_ip: self.host_ip.filter(|ip| !ip.is_unspecified()),
+        }
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match self.host_ip {
+            Some(IpAddr::V6(a)) => format!("[{a}]"),
+            Some(IpAddr::V4(a)) => a.to_string(),
+            None if self.container_ip.is_ipv6() => format!("[{}]", Ipv6Addr::UNSPECIFIED),
+            None => Ipv4Addr::UNSPECIFIED.to_string(),
+        };
+        write!(
+            f,
+            "{host}:{}/{} -> {}",
+            self.host_port,
+            self.protocol.as_str(),
+            std::net::SocketAddr::new(self.container_ip, self.container_port)
+        )
+    }
+}
+
+impl fmt::Display for PortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match (self.host_ip, self.v6) {
+            (Some(IpAddr::V6(a)), _) => format!("[{a}]"),
+            (Some(IpAddr::V4(a)), _) => a.to_string(),
+            (None, true) => "[::]".to_owned(),
+            (None, false) => "0.0.0.0".to_owned(),
+        };
+        write!(f, "{host}:{}/{}", self.host_port, self.protocol.as_str())
+    }
+}
+
+/// Network-level elements a bridge attachment needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkElems {
+    /// The bridge (goes into managed_br and same_br).
+    pub bridge: IfName,
+    /// Subnets to masquerade (ipMasq); empty when off.
+    pub masq: Vec<IpNetwork>,
+    /// An internal-bridge network: nothing in, nothing out.
+    pub internal: bool,
+}
