@@ -557,7 +557,7 @@ mod tests {
     fn requested_ips_from_every_source() {
         let c = String::from(
             r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"fd00::/64"}],[{"subnet":"10.5.0.0/24"}]]},
-            "args":{"cni":{"ips":["fd00::9"]}},"runtimeConfig":{"ips":["10.5.0.7/24"]}}"#
+            "args":{"cni":{"ips":["fd00::9"]}},"runtimeConfig":{"ips":["10.5.0.7/24"]}}"#,
         );
         let args = CniArgs::parse("IgnoreUnknown=1;IP=10.0.0.9").unwrap();
         let cfg = parse(c.as_bytes(), Version::V1_0_0, &args).unwrap();

@@ -81,22 +81,16 @@ pub trait Store {
             .collect()
     }
 
-    /// Release what (id, ifname) holds; only when it holds nothing, release legacy id-only
-    /// leases of `id` (the reference's `ReleaseByID`). Returns the released addresses.
+    /// Release what (id, ifname) holds, and legacy id-only leases of `id` (the reference
+    /// releases those only when (id, ifname) holds nothing, which leaks a legacy lease once
+    /// an ADD added a lease of another range set next to it). Returns the released addresses.
     fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
-        let leases = self.leases();
-        let mut ips: Vec<IpAddr> = leases
+        let ips: Vec<IpAddr> = self
+            .leases()
             .iter()
-            .filter(|l| l.owner.is(id, ifname))
+            .filter(|l| l.owner.is(id, ifname) || l.owner.is_legacy_of(id))
             .map(|l| l.ip)
             .collect();
-        if ips.is_empty() {
-            ips = leases
-                .iter()
-                .filter(|l| l.owner.is_legacy_of(id))
-                .map(|l| l.ip)
-                .collect();
-        }
         for ip in &ips {
             self.release(*ip)?;
         }
