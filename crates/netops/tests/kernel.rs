@@ -628,3 +628,27 @@ fn attachment_sequence_is_fast() {
     // Generous bound: the point is "no 20-40 ms netns move".
     assert!(total.as_millis() < 500, "{total:?}");
 }
+
+#[test]
+fn concurrent_ensure_bridge_agrees_on_one_bridge() {
+    need_root!();
+    let h = TestNs::new("h");
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    NetNs::open(&h.path).unwrap().enter().unwrap();
+                    let k = Kernel::new().unwrap();
+                    k.host().ensure_bridge("brrace", None, false).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(results.iter().filter(|b| b.created).count() <= 1);
+    assert!(results
+        .iter()
+        .all(|b| b.link.index == results[0].link.index));
+    assert!(results.iter().all(|b| b.link.admin_up));
+    assert!(h.link_json("brrace").is_some());
+}
