@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 //! The built binary driven like a runtime drives it (env + stdin), against a temp dataDir,
 //! side by side with the reference plugin in /usr/lib/cni. No root needed.
 
