@@ -1,0 +1,627 @@
+//! Kernel tests (root): each test makes its own network namespaces (`cnirs-t<pid>-<n>-...`),
+//! runs nft inside them and deletes them on drop. Skipped (passing) when not root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Barrier,
+    },
+    time::{Duration, Instant},
+};
+
+use nftplan::*;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A network namespace deleted on drop.
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    fn new(tag: &str) -> Ns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("cnirs-t{}-{n}-{tag}", std::process::id());
+        ok(&["ip", "netns", "add", &name]);
+        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Ns { name }
+    }
+
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        ok(&v)
+    }
+
+    fn nft(&self, args: &[&str]) -> String {
+        let mut v = vec!["nft"];
+        v.extend_from_slice(args);
+        self.ok(&v)
+    }
+
+    fn backend(&self) -> NftCli {
+        NftCli::with_command("ip", &["netns", "exec", &self.name, "nft"])
+    }
+
+    /// Run `f` on a thread that entered this netns (setns), so plain `nft` and sockets act here.
+    fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+struct Env {
+    ns: Ns,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        Env {
+            ns: Ns::new(tag),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn fw(&self) -> Firewall {
+        Firewall::with_backend(self.dir.path().join("netns"), Box::new(self.ns.backend()))
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ns.nft(&["-j", "list", "table", "inet", "cnirs"])).unwrap()
+    }
+    fn rules(&self) -> usize {
+        self.json()["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o.get("rule").is_some())
+            .count()
+    }
+    /// Elements of one set or map as JSON values (empty when none).
+    fn elems(&self, set: &str) -> Vec<serde_json::Value> {
+        let v = self.json();
+        for o in v["nftables"].as_array().unwrap() {
+            for kind in ["set", "map"] {
+                if let Some(s) = o.get(kind) {
+                    if s["name"] == set {
+                        return s
+                            .get("elem")
+                            .and_then(|e| e.as_array().cloned())
+                            .unwrap_or_default();
+                    }
+                }
+            }
+        }
+        panic!("no set {set}")
+    }
+}
+
+fn att(net: &str, cid: &str) -> Attachment {
+    Attachment::new(net, cid, "eth0").unwrap()
+}
+
+fn br(s: &str) -> IfName {
+    IfName::new(s).unwrap()
+}
+
+fn pm(host: Option<&str>, port: u16, ctr: &str, cport: u16) -> PortMapping {
+    PortMapping {
+        host_ip: host.map(|h| h.parse().unwrap()),
+        host_port: port,
+        protocol: Protocol::Tcp,
+        container_ip: ctr.parse().unwrap(),
+        container_port: cport,
+    }
+}
+
+#[test]
+fn skeleton_loads_reads_back_as_maps_and_reloads_unchanged() {
+    require_root!();
+    let e = Env::new("skel");
+    e.fw().ensure_skeleton().unwrap();
+    let v = e.json();
+    let mut maps = 0;
+    for o in v["nftables"].as_array().unwrap() {
+        if let Some(m) = o.get("map") {
+            let (key, val): (Vec<&str>, &str) = match m["name"].as_str().unwrap() {
+                "pm4" => (
+                    vec!["ipv4_addr", "inet_proto", "inet_service"],
+                    "ipv4_addr . inet_service",
+                ),
+                "pm4_any" => (
+                    vec!["inet_proto", "inet_service"],
+                    "ipv4_addr . inet_service",
+                ),
+                "pm6" => (
+                    vec!["ipv6_addr", "inet_proto", "inet_service"],
+                    "ipv6_addr . inet_service",
+                ),
+                "pm6_any" => (
+                    vec!["inet_proto", "inet_service"],
+                    "ipv6_addr . inet_service",
+                ),
+                other => panic!("unexpected map {other}"),
+            };
+            assert_eq!(m["type"], serde_json::json!(key), "{m}");
+            assert_eq!(m["map"], val, "{m}");
+            maps += 1;
+        }
+        if let Some(s) = o.get("set") {
+            let name = s["name"].as_str().unwrap();
+            assert!(!name.starts_with("pm"), "{name} came back as a plain set");
+        }
+    }
+    assert_eq!(maps, 4);
+    assert_eq!(e.rules(), SKELETON_RULES);
+
+    // Loading again changes nothing (compare the handle-free listing), keeps elements.
+    let fw = e.fw();
+    fw.attach_network(
+        &att("n", "c1"),
+        &NetworkElems {
+            bridge: br("br-x"),
+            masq: vec![],
+            internal: false,
+        },
+    )
+    .unwrap();
+    let before = e.ns.nft(&["list", "table", "inet", "cnirs"]);
+    fw.ensure_skeleton().unwrap();
+    assert_eq!(e.ns.nft(&["list", "table", "inet", "cnirs"]), before);
+
+    // A reload repairs a deleted rule.
+    e.ns.nft(&["flush", "chain", "inet", "cnirs", "forward"]);
+    assert_eq!(e.rules(), SKELETON_RULES - 6);
+    fw.ensure_skeleton().unwrap();
+    assert_eq!(e.rules(), SKELETON_RULES);
+}
+
+#[test]
+fn sixteen_concurrent_first_calls_converge() {
+    require_root!();
+    let e = Arc::new(Env::new("race"));
+    let barrier = Arc::new(Barrier::new(16));
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let (e, barrier) = (e.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let fw = e.fw();
+                barrier.wait();
+                // Half race the bare skeleton, half a first attach (element batch + fallback).
+                if i % 2 == 0 {
+                    fw.ensure_skeleton()
+                } else {
+                    let net = format!("n{}", i % 4);
+                    fw.attach_network(
+                        &att(&net, &format!("c{i}")),
+                        &NetworkElems {
+                            bridge: br(&format!("br-{net}")),
+                            masq: vec![],
+                            internal: false,
+                        },
+                    )?;
+                    fw.add_ports(
+                        &att(&net, &format!("c{i}")),
+                        &[pm(None, 8000 + i as u16, "10.213.3.2", 80)],
+                    )
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    assert_eq!(e.rules(), SKELETON_RULES, "exactly one copy of each rule");
+    assert_eq!(
+        e.elems("managed_br").len(),
+        2,
+        "{:?}",
+        e.elems("managed_br")
+    ); // n1, n3
+    assert_eq!(e.elems("pm4_any").len(), 8);
+}
+
+#[test]
+fn refcount_across_two_attachments() {
+    require_root!();
+    let e = Env::new("ref");
+    let fw = e.fw();
+    let n = NetworkElems {
+        bridge: br("br-r"),
+        masq: vec!["10.213.4.0/24".parse().unwrap()],
+        internal: true,
+    };
+    fw.attach_network(&att("r", "c1"), &n).unwrap();
+    fw.attach_network(&att("r", "c2"), &n).unwrap();
+    assert_eq!(e.elems("managed_br"), vec![serde_json::json!("br-r")]);
+    assert_eq!(e.elems("internal_br").len(), 1);
+    assert_eq!(e.elems("masq4").len(), 1);
+    fw.detach_network(&att("r", "c1")).unwrap();
+    assert_eq!(e.elems("managed_br").len(), 1);
+    assert!(fw.check_network(&att("r", "c2")).unwrap().is_empty());
+    fw.detach_network(&att("r", "c2")).unwrap();
+    for s in ["managed_br", "same_br", "internal_br", "masq4"] {
+        assert!(e.elems(s).is_empty(), "{s}");
+    }
+    // DEL of a missing attachment, twice.
+    fw.detach_network(&att("r", "c2")).unwrap();
+    fw.detach_network(&att("other", "c9")).unwrap();
+}
+
+#[test]
+fn port_conflict_refused_first_owner_untouched_and_del_is_tolerant() {
+    require_root!();
+    let e = Env::new("pm");
+    let fw = e.fw();
+    fw.add_ports(
+        &att("p", "c1"),
+        &[pm(Some("10.213.5.1"), 8080, "10.213.5.2", 80)],
+    )
+    .unwrap();
+    let before = e.elems("pm4");
+    assert_eq!(before.len(), 1);
+    let err = fw
+        .add_ports(&att("p", "c2"), &[pm(None, 8080, "10.213.5.3", 80)])
+        .unwrap_err();
+    assert!(
+        matches!(err, NftError::Conflict { ref owner, .. } if owner == "p/c1/eth0"),
+        "{err}"
+    );
+    assert_eq!(e.elems("pm4"), before);
+    assert!(e.elems("pm4_any").is_empty());
+    assert!(fw.check_ports(&att("p", "c1")).unwrap().is_empty());
+
+    // Someone deletes our element behind our back: CHECK says which, DEL still succeeds.
+    e.ns.nft(&[
+        "delete",
+        "element",
+        "inet",
+        "cnirs",
+        "pm4",
+        "{ 10.213.5.1 . tcp . 8080 }",
+    ]);
+    assert_eq!(fw.check_ports(&att("p", "c1")).unwrap().len(), 1);
+    fw.del_ports(&att("p", "c1"), &[]).unwrap();
+    fw.del_ports(&att("p", "c1"), &[]).unwrap();
+    fw.del_ports(&att("p", "never"), &[pm(None, 9999, "10.213.5.9", 80)])
+        .unwrap();
+    assert!(e.elems("pm4").is_empty() && e.elems("pm4_any").is_empty());
+    // And the port is free for c2 now.
+    fw.add_ports(&att("p", "c2"), &[pm(None, 8080, "10.213.5.3", 80)])
+        .unwrap();
+    assert_eq!(e.elems("pm4_any").len(), 1);
+}
+
+#[test]
+fn gc_and_reconcile_after_flush_ruleset() {
+    require_root!();
+    let e = Env::new("gc");
+    let fw = e.fw();
+    let n = NetworkElems {
+        bridge: br("br-g"),
+        masq: vec!["fd00:213::/64".parse().unwrap()],
+        internal: false,
+    };
+    for c in ["c1", "c2", "c3"] {
+        fw.attach_network(&att("g", c), &n).unwrap();
+        fw.attach_isolation(&att("g", c), &br("br-g")).unwrap();
+    }
+    fw.add_ports(&att("g", "c1"), &[pm(None, 8080, "10.213.6.2", 80)])
+        .unwrap();
+    fw.add_ports(&att("g", "c2"), &[pm(None, 8081, "fd00:213::3", 80)])
+        .unwrap();
+
+    e.ns.nft(&["flush", "ruleset"]);
+    assert_eq!(fw.check_network(&att("g", "c1")).unwrap().len(), 3); // managed, same, masq6
+    fw.reconcile().unwrap();
+    assert_eq!(e.rules(), SKELETON_RULES);
+    assert!(fw.check_network(&att("g", "c1")).unwrap().is_empty());
+    assert!(fw.check_isolation(&att("g", "c3")).unwrap().is_empty());
+    assert!(fw.check_ports(&att("g", "c2")).unwrap().is_empty());
+
+    fw.gc(Feature::Portmap, "g", &[("c2".into(), "eth0".into())])
+        .unwrap();
+    assert!(e.elems("pm4_any").is_empty());
+    assert_eq!(e.elems("pm6_any").len(), 1);
+    fw.gc(Feature::Network, "g", &[("c3".into(), "eth0".into())])
+        .unwrap();
+    assert_eq!(e.elems("managed_br").len(), 1);
+    fw.gc(Feature::Network, "g", &[]).unwrap();
+    assert!(e.elems("managed_br").is_empty() && e.elems("masq6").is_empty());
+    assert_eq!(
+        e.elems("isolated_br").len(),
+        1,
+        "isolation is its own feature"
+    );
+}
+
+/// Listen on `addr` inside `ns`, answer `n` connections with "hello"; returns when listening.
+fn serve(ns: &Ns, addr: &'static str, n: usize) -> std::thread::JoinHandle<()> {
+    let path = format!("/run/netns/{}", ns.name);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind(addr).unwrap();
+        tx.send(()).unwrap();
+        for _ in 0..n {
+            if let Ok((mut s, _)) = l.accept() {
+                let _ = s.write_all(b"hello");
+            }
+        }
+    });
+    rx.recv().unwrap();
+    h
+}
+
+fn fetch(ns: &Ns, to: &str) -> Result<String, std::io::Error> {
+    let to: SocketAddr = to.parse().unwrap();
+    ns.run_in(move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
+#[test]
+fn dnat_maps_publish_ports_from_the_host_output_path() {
+    require_root!();
+    let e = Env::new("host");
+    let pod = Ns::new("pod");
+    let h = &e.ns.name;
+    ok(&[
+        "ip", "-n", h, "link", "add", "h0", "type", "veth", "peer", "name", "eth0", "netns",
+        &pod.name,
+    ]);
+    ok(&["ip", "-n", h, "addr", "add", "10.213.7.1/24", "dev", "h0"]);
+    ok(&["ip", "-n", h, "link", "set", "h0", "up"]);
+    ok(&[
+        "ip",
+        "-n",
+        &pod.name,
+        "addr",
+        "add",
+        "10.213.7.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ok(&["ip", "-n", &pod.name, "link", "set", "eth0", "up"]);
+    ok(&[
+        "ip",
+        "-n",
+        &pod.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.213.7.1",
+    ]);
+    e.ns.ok(&["sysctl", "-qw", "net.ipv4.conf.h0.route_localnet=1"]);
+
+    let fw = e.fw();
+    // h0 stands in for a bridge: managed_br makes the 127.0.0.1 masquerade rule apply.
+    fw.attach_network(
+        &att("t", "c1"),
+        &NetworkElems {
+            bridge: br("h0"),
+            masq: vec![],
+            internal: false,
+        },
+    )
+    .unwrap();
+    fw.add_ports(
+        &att("t", "c1"),
+        &[
+            pm(None, 8080, "10.213.7.2", 80),
+            pm(Some("10.213.7.1"), 8081, "10.213.7.2", 80),
+        ],
+    )
+    .unwrap();
+
+    let targets = ["10.213.7.1:8080", "10.213.7.1:8081", "127.0.0.1:8080"];
+    let srv = serve(&pod, "0.0.0.0:80", targets.len());
+    for to in targets {
+        assert_eq!(fetch(&e.ns, to).unwrap(), "hello", "{to}");
+    }
+    srv.join().unwrap();
+    // 127.0.0.1:8081 is not published (8081 is bound to 10.213.7.1 only).
+    assert!(fetch(&e.ns, "127.0.0.1:8081").is_err());
+    fw.del_ports(&att("t", "c1"), &[]).unwrap();
+    assert!(fetch(&e.ns, "10.213.7.1:8080").is_err(), "unpublished");
+}
+
+fn ping(ns: &Ns, to: &str) -> bool {
+    ns.exec(&["busybox", "ping", "-c1", "-W1", to])
+        .status
+        .success()
+}
+
+#[test]
+fn forward_drops_internal_and_isolated_but_same_bridge_passes() {
+    require_root!();
+    let e = Env::new("fwd");
+    let h = e.ns.name.clone();
+    e.ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let mut pods = Vec::new();
+    for (bridge, gw) in [("brA", "10.213.10.1/24"), ("brB", "10.213.20.1/24")] {
+        ok(&["ip", "-n", &h, "link", "add", bridge, "type", "bridge"]);
+        ok(&["ip", "-n", &h, "addr", "add", gw, "dev", bridge]);
+        ok(&["ip", "-n", &h, "link", "set", bridge, "up"]);
+    }
+    for (i, (bridge, addr, gw)) in [
+        ("brA", "10.213.10.2/24", "10.213.10.1"),
+        ("brA", "10.213.10.3/24", "10.213.10.1"),
+        ("brB", "10.213.20.2/24", "10.213.20.1"),
+        ("brB", "10.213.20.3/24", "10.213.20.1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = Ns::new(&format!("p{i}"));
+        let v = format!("v{i}");
+        ok(&[
+            "ip", "-n", &h, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns",
+            &p.name,
+        ]);
+        ok(&["ip", "-n", &h, "link", "set", &v, "master", bridge, "up"]);
+        ok(&["ip", "-n", &p.name, "addr", "add", addr, "dev", "eth0"]);
+        ok(&["ip", "-n", &p.name, "link", "set", "eth0", "up"]);
+        ok(&["ip", "-n", &p.name, "route", "add", "default", "via", gw]);
+        pods.push(p);
+    }
+    let (a1, a2, b1, b2) = (&pods[0], &pods[1], &pods[2], &pods[3]);
+    let fw = e.fw();
+    let net = |b: &str, internal| NetworkElems {
+        bridge: br(b),
+        masq: vec![],
+        internal,
+    };
+    fw.attach_network(&att("A", "a1"), &net("brA", false))
+        .unwrap();
+    fw.attach_network(&att("B", "b1"), &net("brB", false))
+        .unwrap();
+
+    for nf_call in ["1", "0"] {
+        e.ns.ok(&[
+            "sysctl",
+            "-qw",
+            &format!("net.bridge.bridge-nf-call-iptables={nf_call}"),
+        ]);
+        let ctx = format!("bridge-nf-call-iptables={nf_call}");
+        assert!(
+            ping(a1, "10.213.20.2"),
+            "{ctx}: A1 -> B1 open before isolation"
+        );
+
+        fw.attach_isolation(&att("A", "a1"), &br("brA")).unwrap();
+        assert!(ping(a1, "10.213.20.2"), "{ctx}: only one side isolated");
+        fw.attach_isolation(&att("B", "b1"), &br("brB")).unwrap();
+        assert!(!ping(a1, "10.213.20.2"), "{ctx}: A1 -> B1 isolated");
+        assert!(!ping(b1, "10.213.10.2"), "{ctx}: B1 -> A1 isolated");
+        assert!(ping(a1, "10.213.10.3"), "{ctx}: same bridge passes");
+        assert!(ping(a1, "10.213.10.1"), "{ctx}: own gateway passes");
+        fw.detach_isolation(&att("A", "a1")).unwrap();
+        fw.detach_isolation(&att("B", "b1")).unwrap();
+
+        fw.detach_network(&att("B", "b1")).unwrap();
+        fw.attach_network(&att("B", "b1"), &net("brB", true))
+            .unwrap();
+        assert!(
+            !ping(a1, "10.213.20.2"),
+            "{ctx}: nothing enters an internal network"
+        );
+        assert!(!ping(b1, "10.213.10.2"), "{ctx}: nothing leaves it");
+        assert!(
+            ping(b1, "10.213.20.3"),
+            "{ctx}: inside the internal network passes"
+        );
+        assert!(
+            ping(b2, "10.213.20.1"),
+            "{ctx}: its gateway address answers"
+        );
+        fw.detach_network(&att("B", "b1")).unwrap();
+        fw.attach_network(&att("B", "b1"), &net("brB", false))
+            .unwrap();
+        assert!(ping(a2, "10.213.20.3"), "{ctx}: open again");
+    }
+}
+
+#[test]
+fn timings_inside_a_netns() {
+    require_root!();
+    let e = Env::new("time");
+    let dir = e.dir.path().join("netns");
+    let report = e.ns.run_in(move || {
+        let fw = Firewall::with_backend(dir, Box::new(NftCli::new()));
+        let t = Instant::now();
+        fw.ensure_skeleton().unwrap();
+        let first = t.elapsed();
+        let t = Instant::now();
+        fw.ensure_skeleton().unwrap();
+        let again = t.elapsed();
+        let (mut add, mut del, mut padd, mut pdel) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let n = 10u32;
+        for i in 0..n {
+            let a = att("tm", &format!("c{i}"));
+            let ne = NetworkElems { bridge: br("br-t"), masq: vec!["10.213.8.0/24".parse().unwrap()], internal: false };
+            let t = Instant::now();
+            fw.attach_network(&a, &ne).unwrap();
+            add += t.elapsed();
+            let t = Instant::now();
+            fw.add_ports(&a, &[pm(None, 8080, "10.213.8.2", 80)]).unwrap();
+            padd += t.elapsed();
+            let t = Instant::now();
+            fw.del_ports(&a, &[]).unwrap();
+            pdel += t.elapsed();
+            let t = Instant::now();
+            fw.detach_network(&a).unwrap();
+            del += t.elapsed();
+        }
+        format!(
+            "skeleton first {first:?}, reload {again:?}; per call (avg of {n}): network add {:?} (3 elems), \
+             port add {:?}, port del {:?}, network del {:?}",
+            add / n,
+            padd / n,
+            pdel / n,
+            del / n
+        )
+    });
+    eprintln!("TIMINGS: {report}");
+    assert!(e.elems("managed_br").is_empty());
+}
