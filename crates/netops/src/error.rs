@@ -172,6 +172,31 @@ pub mod errno {
     }
 }
 
+/// The one place kernel errors become CNI errors.
+impl From<NetopsError> for cni_core::CniError {
+    fn from(e: NetopsError) -> Self {
+        use cni_core::ErrorCode as C;
+        let code = match &e {
+            NetopsError::NetnsNotFound { .. } | NetopsError::NotANetns { .. } => {
+                return cni_core::CniError::env("CNI_NETNS", e.to_string())
+            }
+            NetopsError::InvalidIfName { .. } => C::InvalidEnvironment,
+            NetopsError::InvalidSysctlKey { .. }
+            | NetopsError::NotABridge { .. }
+            | NetopsError::InvalidRoute { .. }
+            | NetopsError::Unsupported { .. } => C::InvalidConfig,
+            NetopsError::HostVethExists { .. } | NetopsError::PeerExists { .. } => C::Conflict,
+            NetopsError::NetnsOpen { .. } => C::Io,
+            _ => C::Kernel,
+        };
+        let mut err = cni_core::CniError::new(code, e.to_string());
+        if let Some(hint) = e.errno().and_then(errno::hint) {
+            err = err.with_details(hint);
+        }
+        err
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,7 @@ fn link_from_msg(m: LinkMessage) -> Link {
         index: m.header.index,
         admin_up: m.header.flags.contains(LinkFlags::Up),
         promisc: m.header.flags.contains(LinkFlags::Promisc),
+        allmulti: m.header.flags.contains(LinkFlags::Allmulti),
         ..Default::default()
     };
     for a in m.attributes {
@@ -113,6 +114,7 @@ fn link_from_msg(m: LinkMessage) -> Link {
             LinkAttribute::IfName(n) => l.name = n,
             LinkAttribute::Address(b) => l.mac = MacAddr::from_slice(&b),
             LinkAttribute::Mtu(v) => l.mtu = v,
+            LinkAttribute::TxQueueLen(v) => l.txqlen = v,
             LinkAttribute::Controller(c) if c != 0 => l.master = Some(c),
             LinkAttribute::OperState(s) => l.oper_state = s.to_string(),
             LinkAttribute::LinkInfo(infos) => {
@@ -335,6 +337,43 @@ impl Netlink<'_> {
             .promiscuous(on)
             .build();
         self.set_link("set promisc", &link.name, msg)
+    }
+
+    /// Set the hardware address. Equivalent: `ip link set NAME address MAC`.
+    ///
+    /// On a bridge this also pins the address: a bridge whose MAC was never set takes the
+    /// lowest MAC of its ports, which changes as pods come and go and leaves stale gateway
+    /// entries in the pods' neighbour tables.
+    pub fn set_mac(&self, link: &Link, mac: MacAddr) -> Result<(), NetopsError> {
+        self.set_link(
+            "set address",
+            &link.name,
+            LinkUnspec::new_with_index(link.index)
+                .address(mac.0.to_vec())
+                .build(),
+        )
+    }
+
+    /// Set or clear IFF_ALLMULTI. Equivalent: `ip link set NAME allmulticast on|off`.
+    pub fn set_allmulti(&self, link: &Link, on: bool) -> Result<(), NetopsError> {
+        self.set_link(
+            "set allmulticast",
+            &link.name,
+            LinkUnspec::new_with_index(link.index)
+                .allmulticast(on)
+                .build(),
+        )
+    }
+
+    /// Set the transmit queue length. Equivalent: `ip link set NAME txqueuelen LEN`.
+    pub fn set_txqlen(&self, link: &Link, len: u32) -> Result<(), NetopsError> {
+        self.set_link(
+            "set txqueuelen",
+            &link.name,
+            LinkUnspec::new_with_index(link.index)
+                .txqueuelen(len)
+                .build(),
+        )
     }
 
     /// Set the MTU. Equivalent: `ip link set NAME mtu MTU`.

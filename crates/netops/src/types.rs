@@ -81,6 +81,10 @@ pub struct Link {
     pub admin_up: bool,
     /// IFF_PROMISC.
     pub promisc: bool,
+    /// IFF_ALLMULTI.
+    pub allmulti: bool,
+    /// IFLA_TXQLEN.
+    pub txqlen: u32,
     /// IFLA_OPERSTATE as `ip` prints it: "UP", "DOWN", "LOWERLAYERDOWN", "UNKNOWN"...
     pub oper_state: String,
     /// Bridge port flags when this link is a bridge port.
