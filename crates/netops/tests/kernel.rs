@@ -104,8 +104,7 @@ fn in_host<T: Send>(host: &TestNs, f: impl FnOnce() -> T + Send) -> T {
 macro_rules! need_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
+            panic!("kernel tests need root (run: make conformance as root)");
         }
     };
 }
@@ -125,6 +124,7 @@ fn net(s: &str) -> IpNetwork {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn bridge_is_created_up_then_reused_and_non_bridge_is_refused() {
     need_root!();
     let h = TestNs::new("h");
@@ -172,6 +172,7 @@ fn bridge_is_created_up_then_reused_and_non_bridge_is_refused() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn veth_peer_is_created_in_pod_with_final_name_mtu_and_mac() {
     need_root!();
     let h = TestNs::new("h");
@@ -212,6 +213,7 @@ fn veth_peer_is_created_in_pod_with_final_name_mtu_and_mac() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn existing_peer_or_host_name_gives_distinct_error_and_leaves_nothing() {
     need_root!();
     let h = TestNs::new("h");
@@ -253,6 +255,7 @@ fn existing_peer_or_host_name_gives_distinct_error_and_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn port_is_enslaved_up_with_hairpin_and_isolated_and_promisc_toggles() {
     need_root!();
     let h = TestNs::new("h");
@@ -304,6 +307,7 @@ fn port_is_enslaved_up_with_hairpin_and_isolated_and_promisc_toggles() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn pod_addresses_nodad_and_routes_v4_v6() {
     need_root!();
     let h = TestNs::new("h");
@@ -436,6 +440,7 @@ fn pod_addresses_nodad_and_routes_v4_v6() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn bridge_address_is_added_once_reported_and_deleted_idempotently() {
     need_root!();
     let h = TestNs::new("h");
@@ -461,6 +466,7 @@ fn bridge_address_is_added_once_reported_and_deleted_idempotently() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn delete_link_is_idempotent_in_host_and_pod() {
     need_root!();
     let h = TestNs::new("h");
@@ -489,6 +495,7 @@ fn delete_link_is_idempotent_in_host_and_pod() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn sysctl_is_written_in_the_given_netns_only() {
     need_root!();
     let h = TestNs::new("h");
@@ -528,6 +535,7 @@ fn sysctl_is_written_in_the_given_netns_only() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn undo_log_rolls_back_in_reverse() {
     need_root!();
     let h = TestNs::new("h");
@@ -575,6 +583,7 @@ fn undo_log_rolls_back_in_reverse() {
 
 /// The whole bridge attachment, in process, bridge already present.
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn attachment_sequence_is_fast() {
     need_root!();
     let h = TestNs::new("h");
@@ -630,6 +639,7 @@ fn attachment_sequence_is_fast() {
 }
 
 #[test]
+#[ignore = "kernel test (root): run by make conformance"]
 fn concurrent_ensure_bridge_agrees_on_one_bridge() {
     need_root!();
     let h = TestNs::new("h");

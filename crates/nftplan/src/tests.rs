@@ -311,9 +311,12 @@ fn del_ports_removes_only_the_attachments_own_elements() {
     let (_d, f) = fw(&nft);
     let m1 = pm(None, 8080, Protocol::Tcp, "10.213.1.2", 80);
     let m2 = pm(None, 8081, Protocol::Tcp, "10.213.1.3", 80);
-    f.add_ports(&att("a", "c1"), std::slice::from_ref(&m1)).unwrap();
-    f.add_ports(&att("a", "c2"), std::slice::from_ref(&m2)).unwrap();
-    f.add_ports(&att("a", "c1"), std::slice::from_ref(&m1)).unwrap(); // idempotent: no exec
+    f.add_ports(&att("a", "c1"), std::slice::from_ref(&m1))
+        .unwrap();
+    f.add_ports(&att("a", "c2"), std::slice::from_ref(&m2))
+        .unwrap();
+    f.add_ports(&att("a", "c1"), std::slice::from_ref(&m1))
+        .unwrap(); // idempotent: no exec
     assert_eq!(nft.scripts().len(), 2);
     nft.clear();
     // c1's DEL, with a config that (wrongly) also names c2's port: c2's stays.
