@@ -73,3 +73,18 @@ impl NftError {
         }
     }
 }
+
+/// The one place firewall errors become CNI errors.
+impl From<NftError> for cni_core::CniError {
+    fn from(e: NftError) -> Self {
+        use cni_core::ErrorCode as C;
+        let code = match &e {
+            NftError::Conflict { .. } => C::Conflict,
+            NftError::Invalid { .. } => C::InvalidConfig,
+            NftError::NotAttached { .. } => C::CheckFailed,
+            NftError::Io { .. } | NftError::State { .. } => C::Io,
+            NftError::Nft { .. } | NftError::Spawn { .. } => C::Firewall,
+        };
+        cni_core::CniError::new(code, e.to_string())
+    }
+}
