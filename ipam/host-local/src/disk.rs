@@ -15,7 +15,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::{ErrorKind, Write},
+    io::{ErrorKind, Read, Write},
     net::IpAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
@@ -82,6 +82,19 @@ pub fn parse_owner(bytes: &[u8]) -> Option<Owner> {
             ifname: None,
         },
     })
+}
+
+/// Read a lease file: one `read(2)` for the usual tiny file (`fs::read` adds a `statx` and a
+/// second `read`; it matters with thousands of leases per call).
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    let mut buf = [0u8; 512];
+    let n = f.read(&mut buf)?;
+    let mut out = buf[..n].to_vec();
+    if n == buf.len() {
+        f.read_to_end(&mut out)?;
+    }
+    Ok(out)
 }
 
 impl DiskStore {
@@ -151,7 +164,7 @@ impl DiskStore {
                 continue; // lock, last_reserved_ip.*, anything else
             };
             let path = entry.path();
-            let e = match fs::read(&path) {
+            let e = match read_small(&path) {
                 Ok(bytes) => match parse_owner(&bytes) {
                     Some(owner) => Entry::Lease(owner),
                     None => Entry::Stale("empty file".into()),
@@ -174,8 +187,9 @@ impl DiskStore {
         self.dir.join(ip.to_string())
     }
 
-    /// Write `content` to a new temp file in the directory, fsynced; returns its path.
-    fn write_temp(&mut self, content: &[u8]) -> Result<PathBuf, Error> {
+    /// Write `content` to a new temp file in the directory (fsynced when `sync`); returns its
+    /// path.
+    fn write_temp(&mut self, content: &[u8], sync: bool) -> Result<PathBuf, Error> {
         loop {
             self.tmp_seq += 1;
             let tmp = self.dir.join(format!(
@@ -193,7 +207,9 @@ impl DiskStore {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(Error::io("creating", &tmp, e)),
             };
-            let res = f.write_all(content).and_then(|()| f.sync_all());
+            let res = f
+                .write_all(content)
+                .and_then(|()| if sync { f.sync_all() } else { Ok(()) });
             if let Err(e) = res {
                 let _ = fs::remove_file(&tmp);
                 return Err(Error::io("writing", &tmp, e));
@@ -232,7 +248,7 @@ impl Store for DiskStore {
             Some(ifname) => format!("{}{LINE_BREAK}{ifname}", owner.container_id.trim()),
             None => owner.container_id.trim().to_string(),
         };
-        let tmp = self.write_temp(content.as_bytes())?;
+        let tmp = self.write_temp(content.as_bytes(), true)?;
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
@@ -251,9 +267,9 @@ impl Store for DiskStore {
         }
         self.entries.insert(ip, Entry::Lease(owner.clone()));
 
-        // The round-robin cursor: a hint, replaced atomically.
+        // The round-robin cursor: a hint, replaced atomically, not worth an fsync.
         let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
-        let tmp = self.write_temp(ip.to_string().as_bytes())?;
+        let tmp = self.write_temp(ip.to_string().as_bytes(), false)?;
         if let Err(e) = fs::rename(&tmp, &last) {
             let _ = fs::remove_file(&tmp);
             return Err(Error::io("writing", &last, e));
