@@ -1,1 +1,6 @@
-fn main() {}
+#[allow(clippy::exit)]
+fn main() {
+    std::process::exit(cni_core::skel::run(&bridge_plugin::Bridge(
+        bridge_plugin::Mode::External,
+    )))
+}

@@ -193,6 +193,8 @@ pub struct Observed {
     pub host_mac: String,
     pub pod_mac: String,
     pub pod_mtu: Option<u32>,
+    /// Routes not installed because the pod already had one to the same destination.
+    pub skipped_routes: Vec<IpNetwork>,
 }
 
 impl Plan {
@@ -225,7 +227,12 @@ impl Plan {
                 },
             ],
             ips: self.ips.clone(),
-            routes: self.pod_routes.clone(),
+            routes: self
+                .pod_routes
+                .iter()
+                .filter(|r| !obs.skipped_routes.contains(&r.dst))
+                .cloned()
+                .collect(),
             dns: if ipam.dns.is_empty() {
                 req.conf.dns.clone().unwrap_or_default()
             } else {
