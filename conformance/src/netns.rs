@@ -366,8 +366,9 @@ impl TestNet {
         h.ip(&["-6", "route", "add", "default", "via", &LINK_V6.to_string()]);
         ns.ip(&["route", "add", "default", "via", &HOST_V4.to_string()]);
         ns.ip(&["-6", "route", "add", "default", "via", &HOST_V6.to_string()]);
-        // The first IPv6 packets on a fresh veth are lost for up to ~1 s (measured with
-        // busybox ping on kernel 6.18, even with accept_dad=0): wait until the link answers.
+        // IPv6 over a fresh veth: packets wait ~1 s before the neighbour resolves (measured on
+        // kernel 6.18 with busybox and iputils ping, with or without DAD, forwarding on or
+        // off, operstate already UP), so a 1 s ping fails once. Wait until the link answers.
         let v6 = LINK_V6.to_string();
         assert!(
             crate::traffic::can_ping_eventually(h, &v6, 5),

@@ -473,3 +473,37 @@ fn nothing_left_in_the_machine_netns() {
         "bridge leaked into the machine's netns"
     );
 }
+
+#[test]
+#[ignore = "kernel test: needs root (make conformance)"]
+fn harness_primitives_are_fast_enough() {
+    let t = Instant::now();
+    let net = TestNet::new();
+    let new = t.elapsed();
+    let t = Instant::now();
+    let pod = net.pod("p");
+    let pod_time = t.elapsed();
+    let t = Instant::now();
+    let out = net.outside();
+    let outside = t.elapsed();
+    let t = Instant::now();
+    let _ = HostState::of(&net);
+    let snap = t.elapsed();
+    let t = Instant::now();
+    assert!(can_ping(net.host(), &out.far_v4.to_string()));
+    let ping_ok = t.elapsed();
+    let t = Instant::now();
+    assert!(!can_connect_tcp(net.host(), &out.far_v4.to_string(), 9));
+    let refused = t.elapsed();
+    let t = Instant::now();
+    assert!(!can_ping(&pod, "10.213.250.1"), "pod has no route");
+    let ping_fail = t.elapsed();
+    let t = Instant::now();
+    drop(net);
+    let dropped = t.elapsed();
+    eprintln!(
+        "TestNet::new {new:?}, pod {pod_time:?}, outside {outside:?}, HostState::of {snap:?}, \
+         ping ok {ping_ok:?}, ping unreachable {ping_fail:?}, tcp refused {refused:?}, drop {dropped:?}"
+    );
+    assert!(new.as_secs() < 5 && outside.as_secs() < 5 && dropped.as_secs() < 5);
+}
