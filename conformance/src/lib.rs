@@ -42,7 +42,8 @@ pub use netns::{
 };
 pub use state::{HostState, Item, StateDiff};
 pub use traffic::{
-    can_connect_tcp, can_ping, can_ping_eventually, ip_of, ping, tcp_request, TcpServer,
+    can_connect_tcp, can_ping, can_ping_eventually, http_get, ip_of, ping, tcp_request, HttpServer,
+    TcpServer,
 };
 
 /// The busybox used for ping (static build from busybox-static).

@@ -174,3 +174,82 @@ impl Drop for TcpServer {
         }
     }
 }
+
+/// `busybox httpd` serving one file (`/index.html` = `body`) inside a netns, on all
+/// addresses; killed when dropped. A real-process server, for what a socket made by the
+/// harness ([`TcpServer`]) would not show (e.g. a server process that lives in the pod).
+pub struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+    _www: tempfile::TempDir,
+}
+
+impl HttpServer {
+    /// `ip netns exec NS busybox httpd -f -p PORT -h WWW`; waits (up to 2 s) until
+    /// 127.0.0.1:PORT accepts inside `ns`, so `ns` needs lo up (pods have it).
+    #[track_caller]
+    pub fn start(ns: &Netns, port: u16, body: &str) -> Self {
+        let www = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("temp dir for httpd: {e}"),
+        };
+        if let Err(e) = std::fs::write(www.path().join("index.html"), body) {
+            panic!("writing index.html: {e}");
+        }
+        let www_path = www.path().display().to_string();
+        let child = ns
+            .command(BUSYBOX)
+            .args(["httpd", "-f", "-p", &port.to_string(), "-h", &www_path])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start busybox httpd in {}: {e}", ns.name()),
+        };
+        let server = Self {
+            child,
+            port,
+            _www: www,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !can_connect_tcp(ns, "127.0.0.1", port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "busybox httpd on port {port} in {} did not come up",
+                ns.name()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ip netns exec FROM curl -sS -m 2 -g http://ADDR:PORT/`: the body, or `None` if the
+/// request failed. `addr` may carry a `/prefix`; IPv6 is bracketed. (Not busybox wget: the
+/// busybox-static 1.35 wget segfaults on this machine, exit 139.)
+#[track_caller]
+pub fn http_get(from: &Netns, addr: &str, port: u16) -> Option<String> {
+    let url = match ip_of(addr) {
+        IpAddr::V4(a) => format!("http://{a}:{port}/"),
+        IpAddr::V6(a) => format!("http://[{a}]:{port}/"),
+    };
+    let out = run_with(
+        from.command("curl").args(["-sS", "-m", "2", "-g", &url]),
+        b"",
+        Duration::from_secs(10),
+    );
+    out.success().then_some(out.stdout)
+}

@@ -137,6 +137,14 @@ fn reference_bridge_two_pods_ping_each_other() {
     drop(srv);
     assert!(!can_connect_tcp(&a, &ip_b, 8080), "server stopped");
 
+    let http = HttpServer::start(&a, 8081, "pod a says hi");
+    assert_eq!(
+        http_get(&b, &ip_a, http.port()).as_deref(),
+        Some("pod a says hi")
+    );
+    drop(http);
+    assert_eq!(http_get(&b, &ip_a, 8081), None, "httpd killed");
+
     tool.check(&a).assert_ok();
     tool.del(&a).assert_ok();
     tool.del(&b).assert_ok();
