@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the suite needs (build, tests, demo, bench). Run as root.
+# `--if-missing` skips apt entirely when every tool is already there (make demo on a
+# machine that has them).
+set -euo pipefail
+
+packages=(
+    nftables iproute2 iptables conntrack iputils-ping
+    golang-go golang-github-appc-cni-dev containernetworking-plugins
+    podman containerd runc busybox-static
+    jq curl ca-certificates build-essential
+)
+tools=(nft ip conntrack go curl jq busybox podman containerd runc)
+
+if [[ "${1:-}" == "--if-missing" ]]; then
+    missing=0
+    for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing=1; done
+    [[ -d /usr/share/gocode/src/github.com/containernetworking/cni/libcni ]] || missing=1
+    [[ -x /usr/lib/cni/bridge ]] || missing=1
+    [[ $missing -eq 0 ]] && exit 0
+fi
+if [[ "$(id -u)" -ne 0 ]]; then
+    echo "install-deps.sh: must run as root to install: ${packages[*]}" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y "${packages[@]}"
