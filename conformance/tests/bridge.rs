@@ -1,0 +1,952 @@
+//! Kernel conformance tests of OUR `bridge` and `internal-bridge` (with our host-local),
+//! driven through cnitool (libcni 1.1.2) or, where a runtime would do so, the binary itself.
+//! Every test makes its own [`TestNet`] (private host netns, pods, outside) and temp dirs.
+//!
+//! Needs the release binaries: `cargo build --release -p bridge -p internal-bridge -p
+//! host-local -p portmap -p isolation`, then, as root:
+//! `cargo test -p conformance --test bridge -- --ignored`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use conformance::*;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------- helpers
+
+/// A one-plugin conflist (cniVersion 1.0.0, the newest libcni 1.1.2 knows): `plugin` is
+/// `bridge` or `internal-bridge`, with `isGateway` and host-local over `ranges` in the test's
+/// dataDir; `extra` keys are merged into the plugin (an `ipam` object into its ipam).
+fn conf(
+    net: &TestNet,
+    name: &str,
+    plugin: &str,
+    bridge: &str,
+    ranges: Value,
+    extra: Value,
+) -> Value {
+    let mut p = json!({
+        "type": plugin,
+        "bridge": bridge,
+        "isGateway": true,
+        "ipam": {"type": "host-local", "dataDir": net.data_dir(), "ranges": ranges},
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        if k == "ipam" {
+            for (ik, iv) in v.as_object().cloned().unwrap_or_default() {
+                p["ipam"][ik] = iv;
+            }
+        } else {
+            p[k] = v;
+        }
+    }
+    json!({"cniVersion": "1.0.0", "name": name, "plugins": [p]})
+}
+
+/// `[[{"subnet": S}]]` for each subnet (one range set per subnet).
+fn ranges(subnets: &[&str]) -> Value {
+    Value::Array(subnets.iter().map(|s| json!([{ "subnet": s }])).collect())
+}
+
+/// The first plugin of a conflist as a standalone plugin config (what a runtime pipes into
+/// the binary).
+fn plugin_conf(conflist: &Value) -> String {
+    let mut p = conflist["plugins"][0].clone();
+    p["name"] = conflist["name"].clone();
+    p["cniVersion"] = conflist["cniVersion"].clone();
+    p.to_string()
+}
+
+/// The `n`-th address of a result, without its prefix.
+fn ip(result: &Value, n: usize) -> String {
+    let a = result["ips"][n]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("result has no ips[{n}]: {result}"));
+    ip_of(a).to_string()
+}
+
+/// The result's address of one family (v6 or not), without its prefix.
+fn ip_fam(result: &Value, v6: bool) -> String {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| ip_of(i["address"].as_str().unwrap()))
+        .find(|a| a.is_ipv6() == v6)
+        .unwrap_or_else(|| panic!("no {} address in {result}", if v6 { "v6" } else { "v4" }))
+        .to_string()
+}
+
+/// host-local's lease file for `addr` of network `network`.
+fn lease(net: &TestNet, network: &str, addr: &str) -> PathBuf {
+    net.data_dir().join(network).join(addr)
+}
+
+/// The host veth name our bridge derives: "veth" + 11 hex of FNV-1a(network, ctr, ifname),
+/// each part followed by a NUL (plugins/bridge/src/plan.rs `host_veth_name`). Checked against
+/// a real ADD result in [`bridge_two_pods_gateway_masquerade_and_del`].
+fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [network, container_id, ifname] {
+        for b in part.bytes().chain(std::iter::once(0u8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("veth{:011x}", h & 0xfff_ffff_ffff)
+}
+
+/// What legitimately stays after the last pod of a network is gone: the bridge link, its
+/// gateway addresses and the routes through it; the firewall table's fixed skeleton (table,
+/// chains, rules, sets and maps with no element in them); bookkeeping files with no owner in
+/// them (host-local's `lock` and `last_reserved_ip.N`, nftplan's `lock`, empty directories
+/// such as libcni's `cache/results/`). Leases, firewall elements and state records are not.
+fn legit_leftover(bridge: &str) -> impl Fn(&Item) -> bool + '_ {
+    move |i: &Item| match i.kind {
+        "link" => i.text.contains(&format!("\"ifname\":\"{bridge}\"")),
+        "addr" => i.text.starts_with(&format!("{bridge} ")),
+        "route" => i.text.contains(&format!("\"dev\":\"{bridge}\"")),
+        "nft" => {
+            let v: Value = serde_json::from_str(&i.text).unwrap();
+            let set = v.get("set").or_else(|| v.get("map"));
+            set.is_none_or(|s| s.get("elem").is_none())
+        }
+        "file" => {
+            let name = i.text.rsplit('/').next().unwrap_or_default();
+            i.text.ends_with('/') || name == "lock = " || name.starts_with("last_reserved_ip.")
+        }
+        _ => false,
+    }
+}
+
+/// Runs every check on its own thread (a failed ping costs 1 s, so negative checks run
+/// together) and returns the labels of those that returned `true`.
+fn parallel(checks: Vec<(String, Box<dyn FnOnce() -> bool + Send + '_>)>) -> Vec<String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = checks
+            .into_iter()
+            .map(|(label, f)| (label, s.spawn(f)))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|(label, h)| h.join().unwrap().then_some(label))
+            .collect()
+    })
+}
+
+type Check<'a> = (String, Box<dyn FnOnce() -> bool + Send + 'a>);
+
+fn ping_check<'a>(label: &str, from: &'a Netns, addr: String) -> Check<'a> {
+    (label.to_owned(), Box::new(move || can_ping(from, &addr)))
+}
+
+fn ping_eventually_check<'a>(label: &str, from: &'a Netns, addr: String) -> Check<'a> {
+    (
+        label.to_owned(),
+        Box::new(move || can_ping_eventually(from, &addr, 5)),
+    )
+}
+
+/// Asserts that every check passes (checks run in parallel).
+#[track_caller]
+fn assert_all(what: &str, checks: Vec<Check<'_>>) {
+    let labels: Vec<String> = checks.iter().map(|c| c.0.clone()).collect();
+    let ok = parallel(checks);
+    let failed: Vec<&String> = labels.iter().filter(|l| !ok.contains(l)).collect();
+    assert!(
+        failed.is_empty(),
+        "{what}: these should pass but failed: {failed:?}"
+    );
+}
+
+/// Asserts that no check passes (checks run in parallel).
+#[track_caller]
+fn assert_none(what: &str, checks: Vec<Check<'_>>) {
+    let ok = parallel(checks);
+    assert!(
+        ok.is_empty(),
+        "{what}: these should fail but passed: {ok:?}"
+    );
+}
+
+/// A fake IPAM plugin in the test's temp dir that fails ADD (code 11) and accepts anything
+/// else; returns its directory (to add to CNI_PATH).
+fn failing_ipam(net: &TestNet) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = net.tmp().join("ipambin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("cnirs-failing-ipam");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\n\
+         if [ \"$CNI_COMMAND\" = ADD ]; then\n\
+           echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"cnirs test IPAM refuses\"}'\n\
+           exit 1\n\
+         fi\n\
+         exit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+// ---------------------------------------------------------------- bridge
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_two_pods_gateway_masquerade_and_del() {
+    let t0 = Instant::now();
+    let net = TestNet::new();
+    let out = net.outside();
+    out.remove_return_routes();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let c = conf(
+        &net,
+        "cnirs-n1",
+        "bridge",
+        "cnirs-br1",
+        ranges(&["10.231.1.0/24"]),
+        json!({"isDefaultGateway": true, "ipMasq": true}),
+    );
+    let tool = net.cnitool(&c);
+    let add_a = tool.add(&a);
+    let ra = add_a.assert_ok().json().clone();
+    let add_b = tool.add(&b);
+    let rb = add_b.assert_ok().json().clone();
+    eprintln!(
+        "cnitool add (bridge + host-local): first {:?} (creates the bridge and the table), second {:?}",
+        add_a.elapsed, add_b.elapsed
+    );
+    let (ip_a, ip_b) = (ip(&ra, 0), ip(&rb, 0));
+    assert_ne!(ip_a, ip_b);
+    assert_eq!(a.addrs("eth0"), vec![format!("{ip_a}/24")]);
+
+    // The result names bridge, host veth (the derived name), pod interface.
+    let cid_a = tool.container_id_for(&a);
+    let veth_a = host_veth_name("cnirs-n1", &cid_a, "eth0");
+    assert_eq!(ra["interfaces"][0]["name"], "cnirs-br1", "{ra}");
+    assert_eq!(ra["interfaces"][1]["name"], veth_a.as_str(), "{ra}");
+    assert_eq!(ra["interfaces"][2]["name"], "eth0", "{ra}");
+    assert_eq!(ra["interfaces"][2]["sandbox"], a.path_str(), "{ra}");
+    assert!(net.host().link(&veth_a).is_some(), "{veth_a} on the host");
+    let lease_a = lease(&net, "cnirs-n1", &ip_a);
+    assert_eq!(
+        std::fs::read_to_string(&lease_a).unwrap(),
+        format!("{cid_a}\r\neth0")
+    );
+
+    // Pods reach each other and the gateway.
+    let gw = "10.231.1.1".to_owned();
+    assert_all(
+        "same bridge",
+        vec![
+            ping_eventually_check("a->b", &a, ip_b.clone()),
+            ping_eventually_check("b->a", &b, ip_a.clone()),
+            ping_eventually_check("a->gw", &a, gw.clone()),
+            ping_eventually_check("b->gw", &b, gw.clone()),
+        ],
+    );
+
+    // The outside answers only masqueraded traffic (no return route to 10.231.1.0/24).
+    assert!(can_ping(&a, &out.far_v4.to_string()), "a -> outside");
+    let srv = TcpServer::start(&out.ns, "0.0.0.0", 0, "far");
+    let reply = tcp_request(&a, &out.far_v4.to_string(), srv.port()).expect("a reaches far");
+    assert!(reply.starts_with("far "), "{reply}");
+    let peers = srv.peers();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(
+        peers[0].ip().to_string(),
+        out.host_v4.to_string(),
+        "source must be masqueraded to the host's address, not the pod's {ip_a}"
+    );
+    drop(srv);
+
+    // DEL a: its veth (both ends) and lease go; b keeps working.
+    let del_a = tool.del(&a);
+    del_a.assert_ok();
+    eprintln!("cnitool del (bridge + host-local): {:?}", del_a.elapsed);
+    assert!(
+        net.host().link(&veth_a).is_none(),
+        "{veth_a} left on the host"
+    );
+    assert!(a.link("eth0").is_none(), "eth0 left in pod a");
+    assert!(!lease_a.exists(), "lease {} left", lease_a.display());
+    assert!(lease(&net, "cnirs-n1", &ip_b).exists(), "b's lease kept");
+    assert!(can_ping(&b, &gw), "b -> gateway after DEL a");
+    assert!(
+        can_ping(&b, &out.far_v4.to_string()),
+        "b -> outside after DEL a"
+    );
+    // DEL twice succeeds.
+    tool.del(&a).assert_ok();
+    tool.del(&b).assert_ok();
+    eprintln!(
+        "bridge_two_pods_gateway_masquerade_and_del: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_pod_on_two_networks_reaches_both() {
+    let t0 = Instant::now();
+    let net = TestNet::new();
+    let (p, n1, n2) = (net.pod("p"), net.pod("n1"), net.pod("n2"));
+    let c1 = conf(
+        &net,
+        "cnirs-two1",
+        "bridge",
+        "cnirs-brA",
+        ranges(&["10.232.1.0/24"]),
+        json!({"isDefaultGateway": true}),
+    );
+    let c2 = conf(
+        &net,
+        "cnirs-two2",
+        "bridge",
+        "cnirs-brB",
+        ranges(&["10.232.2.0/24"]),
+        json!({"isDefaultGateway": true}),
+    );
+    let (t1, t2) = (net.cnitool(&c1), net.cnitool(&c2));
+    let t2p = net.cnitool(&c2).ifname("eth1");
+    let rp1 = t1.add(&p).assert_ok().json().clone();
+    let rp2 = t2p.add(&p).assert_ok().json().clone();
+    let r1 = t1.add(&n1).assert_ok().json().clone();
+    let r2 = t2.add(&n2).assert_ok().json().clone();
+    assert_eq!(p.addrs("eth0"), vec![format!("{}/24", ip(&rp1, 0))]);
+    assert_eq!(p.addrs("eth1"), vec![format!("{}/24", ip(&rp2, 0))]);
+    // Two host veths, one per network, on their own bridges.
+    let cid = t1.container_id_for(&p);
+    for (netname, ifname, br) in [
+        ("cnirs-two1", "eth0", "cnirs-brA"),
+        ("cnirs-two2", "eth1", "cnirs-brB"),
+    ] {
+        let v = host_veth_name(netname, &cid, ifname);
+        let l = net.host().link(&v).unwrap_or_else(|| panic!("{v} missing"));
+        assert_eq!(l["master"], br, "{l}");
+    }
+    assert_all(
+        "pod on two networks",
+        vec![
+            ping_eventually_check("p->n1", &p, ip(&r1, 0)),
+            ping_eventually_check("p->n2", &p, ip(&r2, 0)),
+            ping_eventually_check("n1->p(eth0)", &n1, ip(&rp1, 0)),
+            ping_eventually_check("n2->p(eth1)", &n2, ip(&rp2, 0)),
+        ],
+    );
+    t2p.del(&p).assert_ok();
+    assert!(p.link("eth1").is_none() && p.link("eth0").is_some());
+    assert!(can_ping(&p, &ip(&r1, 0)), "eth0 still works after DEL eth1");
+    t1.del(&p).assert_ok();
+    t1.del(&n1).assert_ok();
+    t2.del(&n2).assert_ok();
+    eprintln!(
+        "bridge_pod_on_two_networks_reaches_both: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_dual_stack_reaches_neighbour_over_both() {
+    let t0 = Instant::now();
+    let net = TestNet::new();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let c = conf(
+        &net,
+        "cnirs-ds",
+        "bridge",
+        "cnirs-brds",
+        ranges(&["10.234.1.0/24", "fd00:234::/64"]),
+        json!({}),
+    );
+    let tool = net.cnitool(&c);
+    let ra = tool.add(&a).assert_ok().json().clone();
+    let rb = tool.add(&b).assert_ok().json().clone();
+    for (pod, r) in [(&a, &ra), (&b, &rb)] {
+        let mut have = pod.addrs("eth0");
+        have.sort();
+        let mut want = vec![
+            format!("{}/24", ip_fam(r, false)),
+            format!("{}/64", ip_fam(r, true)),
+        ];
+        want.sort();
+        assert_eq!(have, want, "{}", pod.name());
+    }
+    assert_all(
+        "dual stack",
+        vec![
+            ping_eventually_check("a->b v4", &a, ip_fam(&rb, false)),
+            ping_eventually_check("a->b v6", &a, ip_fam(&rb, true)),
+            ping_eventually_check("b->a v4", &b, ip_fam(&ra, false)),
+            ping_eventually_check("b->a v6", &b, ip_fam(&ra, true)),
+            ping_eventually_check("a->gw v6", &a, "fd00:234::1".into()),
+        ],
+    );
+    tool.del(&a).assert_ok();
+    tool.del(&b).assert_ok();
+    for r in [&ra, &rb] {
+        for v6 in [false, true] {
+            assert!(!lease(&net, "cnirs-ds", &ip_fam(r, v6)).exists());
+        }
+    }
+    eprintln!(
+        "bridge_dual_stack_reaches_neighbour_over_both: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_check_passes_then_fails_when_address_removed() {
+    let net = TestNet::new();
+    let a = net.pod("a");
+    let c = conf(
+        &net,
+        "cnirs-chk",
+        "bridge",
+        "cnirs-brchk",
+        ranges(&["10.238.1.0/24"]),
+        json!({}),
+    );
+    let tool = net.cnitool(&c);
+    let r = tool.add(&a).assert_ok().json().clone();
+    tool.check(&a).assert_ok();
+    let addr = r["ips"][0]["address"].as_str().unwrap().to_owned();
+    a.ip(&["addr", "del", &addr, "dev", "eth0"]);
+    let out = tool.check(&a);
+    out.assert_err();
+    assert_eq!(out.cni_error_code(), Some(105), "{out}");
+    let msg = out.json()["msg"].as_str().unwrap_or_default().to_owned();
+    assert!(msg.contains(&addr), "message names {addr}: {out}");
+    tool.del(&a).assert_ok();
+}
+
+// ---------------------------------------------------------------- failures leave nothing
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_failing_ipam_leaves_nothing() {
+    let net = TestNet::new();
+    let a = net.pod("a");
+    let dir = failing_ipam(&net);
+    let c = conf(
+        &net,
+        "cnirs-fail",
+        "bridge",
+        "cnirs-brf",
+        ranges(&["10.235.1.0/24"]),
+        json!({}),
+    );
+    let mut c = c;
+    c["plugins"][0]["ipam"] = json!({"type": "cnirs-failing-ipam"});
+    let tool = net.cnitool(&c).cni_path(&[cni_path(), dir]);
+    let before = HostState::of(&net);
+    let pod_before = a.link_names();
+    let out = tool.add(&a);
+    out.assert_err();
+    assert_eq!(
+        out.cni_error_code(),
+        Some(11),
+        "IPAM's code passed up: {out}"
+    );
+    assert!(
+        out.stdout.contains("cnirs test IPAM refuses"),
+        "IPAM's error passed up: {out}"
+    );
+    before
+        .diff(&HostState::of(&net))
+        .without(legit_leftover("cnirs-brf"))
+        .assert_empty("ADD with a failing IPAM");
+    assert_eq!(a.link_names(), pod_before, "pod untouched");
+    // An IPAM type that is not in CNI_PATH at all.
+    c["plugins"][0]["ipam"] = json!({"type": "cnirs-no-such-ipam"});
+    let out = net.cnitool(&c).add(&a);
+    out.assert_err();
+    assert!(
+        out.stdout.contains("cnirs-no-such-ipam"),
+        "names the missing plugin: {out}"
+    );
+    before
+        .diff(&HostState::of(&net))
+        .without(legit_leftover("cnirs-brf"))
+        .assert_empty("ADD with a missing IPAM plugin");
+    assert_eq!(a.link_names(), pod_before, "pod untouched");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_full_range_leaves_nothing() {
+    let net = TestNet::new();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let c = conf(
+        &net,
+        "cnirs-full",
+        "bridge",
+        "cnirs-brfull",
+        json!([[{"subnet": "10.235.2.0/24", "rangeStart": "10.235.2.10", "rangeEnd": "10.235.2.10"}]]),
+        json!({"ipMasq": true}),
+    );
+    let tool = net.cnitool(&c);
+    let ra = tool.add(&a).assert_ok().json().clone();
+    assert_eq!(ip(&ra, 0), "10.235.2.10");
+    let before = HostState::of(&net);
+    let out = tool.add(&b);
+    out.assert_err();
+    assert_eq!(out.cni_error_code(), Some(104), "range exhausted: {out}");
+    before
+        .diff(&HostState::of(&net))
+        .assert_empty("ADD into a full range");
+    assert!(b.link("eth0").is_none(), "no eth0 in b");
+    assert!(can_ping(&a, "10.235.2.1"), "a unharmed");
+    tool.del(&a).assert_ok();
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_failure_after_ipam_rolls_back() {
+    let net = TestNet::new();
+    let a = net.pod("a");
+    // The IPAM route's gateway is not on any link: the route add fails after the veth and
+    // the addresses are in place, so the rollback and the IPAM release must undo them.
+    let c = conf(
+        &net,
+        "cnirs-rb",
+        "bridge",
+        "cnirs-brrb",
+        json!([[{"subnet": "10.235.3.0/24", "rangeStart": "10.235.3.2", "rangeEnd": "10.235.3.2"}]]),
+        json!({"ipam": {"routes": [{"dst": "10.99.0.0/16", "gw": "192.168.77.1"}]}}),
+    );
+    let tool = net.cnitool(&c);
+    let before = HostState::of(&net);
+    let out = tool.add(&a);
+    out.assert_err();
+    assert_eq!(
+        out.cni_error_code(),
+        Some(100),
+        "kernel refused the route: {out}"
+    );
+    assert!(
+        out.stdout.contains("10.99.0.0/16"),
+        "message names the route: {out}"
+    );
+    let diff = before
+        .diff(&HostState::of(&net))
+        .without(legit_leftover("cnirs-brrb"));
+    diff.assert_empty("ADD failing after IPAM");
+    assert!(
+        a.link("eth0").is_none(),
+        "eth0 left in pod: {:?}",
+        a.link_names()
+    );
+    // The address was released: the next ADD (fixed config) gets the range's only address.
+    let ok = conf(
+        &net,
+        "cnirs-rb",
+        "bridge",
+        "cnirs-brrb",
+        json!([[{"subnet": "10.235.3.0/24", "rangeStart": "10.235.3.2", "rangeEnd": "10.235.3.2"}]]),
+        json!({}),
+    );
+    let r = net.cnitool(&ok).add(&a).assert_ok().json().clone();
+    assert_eq!(ip(&r, 0), "10.235.3.2", "{r}");
+    net.cnitool(&ok).del(&a).assert_ok();
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_del_after_netns_gone_twice_and_without_netns() {
+    let net = TestNet::new();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let c = conf(
+        &net,
+        "cnirs-gone",
+        "bridge",
+        "cnirs-brg",
+        ranges(&["10.239.1.0/24"]),
+        json!({"ipMasq": true}),
+    );
+    let tool = net.cnitool(&c);
+    let before = HostState::of(&net);
+
+    // 1. the pod's netns is deleted before DEL.
+    let ra = tool.add(&a).assert_ok().json().clone();
+    let mid = HostState::of(&net);
+    assert!(
+        mid.of_kind("nft").any(|i| i.text.contains("cnirs-brg")),
+        "ADD put the bridge into the firewall sets"
+    );
+    let cid_a = tool.container_id_for(&a);
+    run_ok("ip", &["netns", "del", a.name()]);
+    tool.del_path(a.path_str(), &cid_a).assert_ok();
+    assert!(
+        !lease(&net, "cnirs-gone", &ip(&ra, 0)).exists(),
+        "lease released"
+    );
+    let after = HostState::of(&net);
+    before
+        .diff(&after)
+        .without(legit_leftover("cnirs-brg"))
+        .assert_empty("DEL after the netns is gone");
+    // 2. DEL twice.
+    tool.del_path(a.path_str(), &cid_a).assert_ok();
+
+    // 3. DEL with CNI_NETNS="" (nerdctl after the container is gone), run directly.
+    let rb = tool.add(&b).assert_ok().json().clone();
+    let cid_b = tool.container_id_for(&b);
+    let veth_b = host_veth_name("cnirs-gone", &cid_b, "eth0");
+    assert!(net.host().link(&veth_b).is_some());
+    let env = [
+        ("CNI_COMMAND", "DEL"),
+        ("CNI_CONTAINERID", cid_b.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", ""),
+    ];
+    net.run_plugin(&plugin_bin("bridge"), &env, &plugin_conf(&c))
+        .assert_ok();
+    assert!(
+        net.host().link(&veth_b).is_none(),
+        "{veth_b} removed without a netns"
+    );
+    assert!(b.link("eth0").is_none(), "pod end went with the host end");
+    assert!(
+        !lease(&net, "cnirs-gone", &ip(&rb, 0)).exists(),
+        "lease released"
+    );
+    // libcni's cached result is the only thing left; cnitool DEL clears it (DEL again).
+    tool.del(&b).assert_ok();
+    before
+        .diff(&HostState::of(&net))
+        .without(legit_leftover("cnirs-brg"))
+        .assert_empty("after every DEL");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_ifname_taken_is_conflict_and_untouched() {
+    let net = TestNet::new();
+    let a = net.pod("a");
+    a.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cnirs-peer",
+    ]);
+    a.ip(&["addr", "add", "10.236.9.9/24", "dev", "eth0"]);
+    a.ip(&["link", "set", "eth0", "up"]);
+    let pod_before = HostState::capture(&a, &[]);
+    let c = conf(
+        &net,
+        "cnirs-dup",
+        "bridge",
+        "cnirs-brdup",
+        ranges(&["10.236.1.0/24"]),
+        json!({}),
+    );
+    let before = HostState::of(&net);
+    let out = net.cnitool(&c).add(&a);
+    out.assert_err();
+    assert_eq!(out.cni_error_code(), Some(103), "{out}");
+    assert!(
+        out.stdout.contains("eth0"),
+        "message names the interface: {out}"
+    );
+    before
+        .diff(&HostState::of(&net))
+        .assert_empty("conflicting ADD (host)");
+    pod_before
+        .diff(&HostState::capture(&a, &[]))
+        .assert_empty("conflicting ADD (pod)");
+    assert_eq!(a.link("eth0").unwrap()["linkinfo"]["info_kind"], "veth");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_del_removes_half_made_attachment() {
+    // What an ADD killed midway leaves: the derived host veth (with its peer in the pod) and
+    // a lease, nothing in libcni's cache. DEL must remove both.
+    let net = TestNet::new();
+    let a = net.pod("a");
+    let c = conf(
+        &net,
+        "cnirs-kill",
+        "bridge",
+        "cnirs-brk",
+        ranges(&["10.237.1.0/24"]),
+        json!({}),
+    );
+    let tool = net.cnitool(&c).container_id("cnirs-kill-ctr");
+    let veth = host_veth_name("cnirs-kill", "cnirs-kill-ctr", "eth0");
+    net.host().ip(&[
+        "link",
+        "add",
+        &veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        a.name(),
+    ]);
+    let dir = net.data_dir().join("cnirs-kill");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lease_file = dir.join("10.237.1.5");
+    std::fs::write(&lease_file, "cnirs-kill-ctr\r\neth0").unwrap();
+    tool.del(&a).assert_ok();
+    assert!(net.host().link(&veth).is_none(), "{veth} left");
+    assert!(a.link("eth0").is_none(), "pod end left");
+    assert!(!lease_file.exists(), "lease left");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_config_errors_through_the_binary() {
+    let net = TestNet::new();
+    let a = net.pod("a");
+    let good = conf(
+        &net,
+        "cnirs-cfg",
+        "bridge",
+        "cnirs-brcfg",
+        ranges(&["10.240.1.0/24"]),
+        json!({}),
+    );
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c["plugins"][0][k] = v;
+        plugin_conf(&c)
+    };
+    let mut bad_version = good.clone();
+    bad_version["cniVersion"] = json!("9.9.9");
+    let cases: Vec<(&str, String, u64, &[&str])> = vec![
+        ("mtu 10", with("mtu", json!(10)), 7, &["mtu"]),
+        ("mtu 70000", with("mtu", json!(70000)), 7, &["mtu"]),
+        (
+            "bridge name too long",
+            with("bridge", json!("cnirs-much-too-long")),
+            7,
+            &["bridge"],
+        ),
+        (
+            "unknown cniVersion",
+            plugin_conf(&bad_version),
+            1,
+            &["9.9.9"],
+        ),
+        (
+            "garbage JSON",
+            "{\"cniVersion\": \"1.0.0\", \"name\": ".to_owned(),
+            6,
+            &[],
+        ),
+    ];
+    let before = HostState::of(&net);
+    let pod_before = a.link_names();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "cnirs-cfg-ctr"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", a.path_str()),
+    ];
+    let mut failures = Vec::new();
+    for (what, stdin, code, words) in &cases {
+        let out = net.run_plugin(&plugin_bin("bridge"), &env, stdin);
+        let msg = out
+            .json
+            .as_ref()
+            .and_then(|j| j["msg"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if out.success()
+            || out.cni_error_code() != Some(*code)
+            || !words.iter().all(|w| msg.contains(w))
+        {
+            failures.push(format!(
+                "{what}: want code {code} naming {words:?}, got:\n{out}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    before
+        .diff(&HostState::of(&net))
+        .assert_empty("config errors");
+    assert_eq!(a.link_names(), pod_before);
+}
+
+// ---------------------------------------------------------------- internal-bridge
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn internal_bridge_is_sealed_on_the_host() {
+    let t0 = Instant::now();
+    let net = TestNet::new();
+    let out = net.outside(); // return routes kept: only our firewall can stop traffic
+    let (i1, i2, e) = (net.pod("i1"), net.pod("i2"), net.pod("e"));
+    let ci = conf(
+        &net,
+        "cnirs-int",
+        "internal-bridge",
+        "cnirs-brint",
+        ranges(&["10.233.1.0/24"]),
+        // A default route from IPAM and isDefaultGateway/ipMasq must all be ignored.
+        json!({"isDefaultGateway": true, "ipMasq": true, "ipam": {"routes": [{"dst": "0.0.0.0/0"}]}}),
+    );
+    let ce = conf(
+        &net,
+        "cnirs-ext",
+        "bridge",
+        "cnirs-brext",
+        ranges(&["10.233.2.0/24"]),
+        json!({"isDefaultGateway": true}),
+    );
+    let (ti, te) = (net.cnitool(&ci), net.cnitool(&ce));
+    let r1 = ti.add(&i1).assert_ok().json().clone();
+    let r2 = ti.add(&i2).assert_ok().json().clone();
+    let re = te.add(&e).assert_ok().json().clone();
+    let (ip1, ip2, ipe) = (ip(&r1, 0), ip(&r2, 0), ip(&re, 0));
+
+    // No default route inside, none in the result.
+    for pod in [&i1, &i2] {
+        let routes = pod.routes(false);
+        assert!(
+            !routes.iter().any(|r| r["dst"] == "default"),
+            "{}: {routes:?}",
+            pod.name()
+        );
+    }
+    assert!(
+        !r1["routes"]
+            .as_array()
+            .map(|a| a.iter().any(|r| r["dst"] == "0.0.0.0/0"))
+            .unwrap_or(false),
+        "{r1}"
+    );
+    // Even with a default route via the bridge address the outside stays out of reach.
+    for pod in [&i1, &i2] {
+        pod.ip(&["route", "add", "default", "via", "10.233.1.1"]);
+    }
+    let far = out.far_v4.to_string();
+    let link = out.link_v4.to_string();
+    let srv = TcpServer::start(&out.ns, "0.0.0.0", 0, "far");
+    let port = srv.port();
+    let (far_tcp, i1_tcp) = (far.clone(), i1.clone());
+    let mut negative = vec![
+        ping_check("i1->far", &i1, far.clone()),
+        ping_check("i2->far", &i2, far.clone()),
+        ping_check("i1->outside link", &i1, link.clone()),
+        ping_check("i1->e (other bridge)", &i1, ipe.clone()),
+        ping_check("e->i1", &e, ip1.clone()),
+        ping_check("outside->i1", &out.ns, ip1.clone()),
+        ping_check("outside->i2", &out.ns, ip2.clone()),
+    ];
+    negative.push((
+        "i1 tcp->far".into(),
+        Box::new(move || can_connect_tcp(&i1_tcp, &far_tcp, port)),
+    ));
+    let positive = vec![
+        ping_eventually_check("i1->i2", &i1, ip2.clone()),
+        ping_eventually_check("i2->i1", &i2, ip1.clone()),
+        ping_eventually_check("e->far (control)", &e, far.clone()),
+        ping_eventually_check("outside->e (control)", &out.ns, ipe.clone()),
+    ];
+    // Positives first (they also warm up ARP), then the negatives together.
+    assert_all("internal-bridge allowed paths", positive);
+    assert_none("internal-bridge sealed paths", negative);
+    assert!(srv.peers().is_empty(), "the outside saw {:?}", srv.peers());
+    drop(srv);
+    // Control: the seal is the host's firewall (the internal_br set), not routing: without
+    // the element the same pod reaches the outside.
+    net.host()
+        .exec_ok("nft", &["flush", "set", "inet", "cnirs", "internal_br"]);
+    assert!(
+        can_ping(&i2, &far),
+        "without internal_br, i2 -> far works (so the seal above was the firewall's)"
+    );
+
+    ti.del(&i1).assert_ok();
+    ti.del(&i2).assert_ok();
+    te.del(&e).assert_ok();
+    eprintln!("internal_bridge_is_sealed_on_the_host: {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------- br_netfilter
+
+fn same_bridge_with_nf_call_iptables(value: &str) {
+    let t0 = Instant::now();
+    let net = TestNet::new();
+    net.host()
+        .set_sysctl("net.bridge.bridge-nf-call-iptables", value);
+    assert_eq!(
+        net.host().sysctl("net.bridge.bridge-nf-call-iptables"),
+        value
+    );
+    let (a, b, c, d) = (net.pod("a"), net.pod("b"), net.pod("c"), net.pod("d"));
+    let ce = conf(
+        &net,
+        "cnirs-nfx",
+        "bridge",
+        "cnirs-brnfx",
+        ranges(&["10.241.1.0/24"]),
+        json!({"ipMasq": true}),
+    );
+    let ci = conf(
+        &net,
+        "cnirs-nfi",
+        "internal-bridge",
+        "cnirs-brnfi",
+        ranges(&["10.241.2.0/24"]),
+        json!({}),
+    );
+    let (te, ti) = (net.cnitool(&ce), net.cnitool(&ci));
+    let ra = te.add(&a).assert_ok().json().clone();
+    let rb = te.add(&b).assert_ok().json().clone();
+    let rc = ti.add(&c).assert_ok().json().clone();
+    let rd = ti.add(&d).assert_ok().json().clone();
+    assert_all(
+        &format!("bridge-nf-call-iptables={value}"),
+        vec![
+            ping_eventually_check("a->b", &a, ip(&rb, 0)),
+            ping_eventually_check("b->a", &b, ip(&ra, 0)),
+            ping_eventually_check("c->d (internal)", &c, ip(&rd, 0)),
+            ping_eventually_check("d->c (internal)", &d, ip(&rc, 0)),
+        ],
+    );
+    // TCP too (conntrack sees bridged flows when the sysctl is 1).
+    let srv = TcpServer::start(&b, "0.0.0.0", 0, "b");
+    assert!(
+        tcp_request(&a, &ip(&rb, 0), srv.port()).is_some(),
+        "a -tcp-> b"
+    );
+    let srv_d = TcpServer::start(&d, "0.0.0.0", 0, "d");
+    assert!(
+        tcp_request(&c, &ip(&rd, 0), srv_d.port()).is_some(),
+        "c -tcp-> d"
+    );
+    for (t, p) in [(&te, &a), (&te, &b), (&ti, &c), (&ti, &d)] {
+        t.del(p).assert_ok();
+    }
+    eprintln!(
+        "same_bridge_with_nf_call_iptables({value}): {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_same_bridge_traffic_with_nf_call_iptables_0() {
+    same_bridge_with_nf_call_iptables("0");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_same_bridge_traffic_with_nf_call_iptables_1() {
+    same_bridge_with_nf_call_iptables("1");
+}
