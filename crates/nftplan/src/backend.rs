@@ -14,11 +14,21 @@ use crate::NftError;
 pub trait NftBackend: Send + Sync {
     /// Run `script`; Ok when nft exits 0.
     fn apply(&self, script: &str) -> Result<(), NftError>;
+
+    /// Run `nft -j ARGS` (a listing) and return its JSON text; `None` when nft fails (e.g. the
+    /// table or chain does not exist). Fakes answer `None`: no foreign tables.
+    fn query(&self, _args: &[&str]) -> Result<Option<String>, NftError> {
+        Ok(None)
+    }
 }
 
 impl<T: NftBackend + ?Sized> NftBackend for Arc<T> {
     fn apply(&self, script: &str) -> Result<(), NftError> {
         (**self).apply(script)
+    }
+
+    fn query(&self, args: &[&str]) -> Result<Option<String>, NftError> {
+        (**self).query(args)
     }
 }
 
@@ -93,6 +103,25 @@ impl NftBackend for NftCli {
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
         })
+    }
+
+    /// `nft -j ARGS`, stdout captured.
+    fn query(&self, args: &[&str]) -> Result<Option<String>, NftError> {
+        let out = Command::new(&self.program)
+            .args(&self.prefix)
+            .arg("-j")
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|source| NftError::Spawn {
+                program: self.program.display().to_string(),
+                source,
+            })?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 }
 

@@ -239,6 +239,22 @@ impl Firewall {
         self.missing(&rec.elems)
     }
 
+    // ---- the host's own FORWARD chains (firewall plugin) ----
+
+    /// Let `bridge`'s traffic through the host's `filter FORWARD` chains that drop by policy
+    /// (iptables' FORWARD DROP as Docker sets it): three rules per bridge, inserted once.
+    /// One `nft -j list chains` when there is nothing to do.
+    pub fn allow_forward(&self, bridge: &IfName) -> Result<(), NftError> {
+        let _st = Locked::lock(&self.dir)?;
+        crate::foreign::allow(self.nft.as_ref(), bridge)
+    }
+
+    /// Remove the rules [`Firewall::allow_forward`] inserted for `bridge` (idempotent).
+    pub fn remove_forward(&self, bridge: &IfName) -> Result<(), NftError> {
+        let _st = Locked::lock(&self.dir)?;
+        crate::foreign::remove(self.nft.as_ref(), bridge)
+    }
+
     // ---- GC and reconcile ----
 
     /// Drop every attachment of (`feature`, `network`) whose (container id, ifname) is not in

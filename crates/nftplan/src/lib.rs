@@ -58,6 +58,7 @@ mod backend;
 mod batch;
 mod error;
 mod firewall;
+mod foreign;
 mod state;
 mod types;
 

@@ -1,1 +1,4 @@
-fn main() {}
+#[allow(clippy::exit)]
+fn main() {
+    std::process::exit(cni_core::skel::run(&firewall_plugin::Firewall))
+}

@@ -1,0 +1,170 @@
+//! `firewall`: a drop-in for the reference firewall plugin's config, on the suite's nftables
+//! table (no iptables binary, no firewalld).
+//!
+//! - Forwarding on hosts whose FORWARD policy is drop: the bridge's traffic is accepted in the
+//!   host's own `filter FORWARD` chains (per bridge, see `nftplan::Firewall::allow_forward`).
+//! - `ingressPolicy`: `open` (default) or `same-bridge`: the pod's bridge cannot be reached
+//!   from other `same-bridge`/isolated bridges: the `isolation` plugin's guarantee, with its
+//!   code and its set element.
+//! - `backend: firewalld` is refused (we do not talk to firewalld: ignoring it would leave
+//!   the pod unreachable where the user expects a zone); `backend: iptables`,
+//!   `iptablesAdminChainName` and `firewalldZone` are accepted and ignored with a log line.
+
+use cni_core::{CniError, CniResult, ErrorCode, Plugin, Request};
+use nftplan::{Attachment, Feature};
+use serde::Deserialize;
+
+pub struct Firewall;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    iptables_admin_chain_name: Option<String>,
+    #[serde(default)]
+    firewalld_zone: Option<String>,
+    #[serde(default)]
+    ingress_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    Open,
+    SameBridge,
+}
+
+pub fn parse(req: &Request) -> Result<Ingress, CniError> {
+    let raw: RawConf = req.parse_conf()?;
+    match raw.backend.as_deref() {
+        None | Some("") | Some("iptables") | Some("nftables") => {}
+        Some("firewalld") => {
+            return Err(CniError::config(
+                "backend",
+                "firewalld is not supported: this plugin manages nftables rules itself (use \"iptables\" or leave it out)",
+            ))
+        }
+        Some(other) => {
+            return Err(CniError::config("backend", format!("{other:?} is not iptables or firewalld")))
+        }
+    }
+    if raw.iptables_admin_chain_name.is_some() || raw.firewalld_zone.is_some() {
+        log::info!("firewall: iptablesAdminChainName/firewalldZone are ignored (no iptables chains, no firewalld)");
+    }
+    match raw.ingress_policy.as_deref() {
+        None | Some("") | Some("open") => Ok(Ingress::Open),
+        Some("same-bridge") => Ok(Ingress::SameBridge),
+        Some(other) => Err(CniError::config(
+            "ingressPolicy",
+            format!("{other:?} is not \"open\" or \"same-bridge\""),
+        )),
+    }
+}
+
+fn attachment(req: &Request) -> Result<Attachment, CniError> {
+    Ok(Attachment::new(
+        &req.conf.name,
+        &req.container_id,
+        &req.ifname,
+    )?)
+}
+
+impl Plugin for Firewall {
+    fn name(&self) -> &'static str {
+        "firewall"
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let ingress = parse(req)?;
+        let prev = req.require_prev_result()?;
+        if prev.container_ips(&req.ifname).is_empty() {
+            return Err(CniError::config(
+                "prevResult",
+                "no container addresses to let through",
+            ));
+        }
+        let bridge = isolation_plugin::bridge_of(&prev)?;
+        let fw = nftplan::Firewall::open()?;
+        fw.allow_forward(&bridge)?;
+        if ingress == Ingress::SameBridge {
+            fw.attach_isolation(&attachment(req)?, &bridge)?;
+        }
+        Ok(prev)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        // An unknown policy must not block DEL: always release what this attachment may own.
+        let _ = parse(req);
+        Ok(nftplan::Firewall::open()?.detach_isolation(&attachment(req)?)?)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let ingress = parse(req)?;
+        let prev = req.require_prev_result()?;
+        isolation_plugin::bridge_of(&prev)?;
+        if ingress == Ingress::Open {
+            return Ok(());
+        }
+        let missing = nftplan::Firewall::open()?.check_isolation(&attachment(req)?)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(CniError::new(
+            ErrorCode::CheckFailed,
+            format!("same-bridge isolation missing for {}", req.tag()),
+        ))
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let valid: Vec<(String, String)> = req
+            .valid_attachments()
+            .iter()
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .collect();
+        Ok(nftplan::Firewall::open()?.gc(Feature::Isolation, &req.conf.name, &valid)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cni_core::Command;
+
+    use super::*;
+
+    fn parse_with(extra: &str) -> Result<Ingress, CniError> {
+        let conf = format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"firewall"{extra}}}"#);
+        parse(
+            &Request::build(
+                Command::Add,
+                "c",
+                Some("/run/netns/p"),
+                "eth0",
+                conf.as_bytes(),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn keys_of_the_reference_config() {
+        assert_eq!(parse_with("").unwrap(), Ingress::Open);
+        assert_eq!(
+            parse_with(r#","ingressPolicy":"same-bridge""#).unwrap(),
+            Ingress::SameBridge
+        );
+        assert_eq!(
+            parse_with(r#","backend":"iptables","iptablesAdminChainName":"X""#).unwrap(),
+            Ingress::Open
+        );
+        for (extra, field) in [
+            (r#","backend":"firewalld""#, "backend"),
+            (r#","ingressPolicy":"closed""#, "ingressPolicy"),
+            (r#","ingressPolicy":5"#, "ingressPolicy"),
+        ] {
+            let e = parse_with(extra).unwrap_err();
+            assert_eq!(e.code(), 7, "{extra}");
+            assert!(e.msg.contains(field), "{}", e.msg);
+        }
+    }
+}
