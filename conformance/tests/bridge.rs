@@ -337,6 +337,10 @@ fn bridge_pod_on_two_networks_reaches_both() {
             ping_eventually_check("n2->p(eth1)", &n2, ip(&rp2, 0)),
         ],
     );
+    // The second network's default route was skipped (first network wins): CHECK of both
+    // attachments still passes.
+    t1.check(&p).assert_ok();
+    t2p.check(&p).assert_ok();
     t2p.del(&p).assert_ok();
     assert!(p.link("eth1").is_none() && p.link("eth0").is_some());
     assert!(can_ping(&p, &ip(&r1, 0)), "eth0 still works after DEL eth1");
@@ -386,6 +390,7 @@ fn bridge_dual_stack_reaches_neighbour_over_both() {
             ping_eventually_check("a->gw v6", &a, "fd00:234::1".into()),
         ],
     );
+    tool.check(&a).assert_ok();
     tool.del(&a).assert_ok();
     tool.del(&b).assert_ok();
     for r in [&ra, &rb] {
@@ -795,7 +800,7 @@ fn internal_bridge_is_sealed_on_the_host() {
         "cnirs-int",
         "internal-bridge",
         "cnirs-brint",
-        ranges(&["10.233.1.0/24"]),
+        ranges(&["10.233.1.0/24", "fd00:233::/64"]),
         // A default route from IPAM and isDefaultGateway/ipMasq must all be ignored.
         json!({"isDefaultGateway": true, "ipMasq": true, "ipam": {"routes": [{"dst": "0.0.0.0/0"}]}}),
     );
@@ -811,16 +816,20 @@ fn internal_bridge_is_sealed_on_the_host() {
     let r1 = ti.add(&i1).assert_ok().json().clone();
     let r2 = ti.add(&i2).assert_ok().json().clone();
     let re = te.add(&e).assert_ok().json().clone();
-    let (ip1, ip2, ipe) = (ip(&r1, 0), ip(&r2, 0), ip(&re, 0));
+    let (ip1, ip2, ipe) = (ip_fam(&r1, false), ip_fam(&r2, false), ip(&re, 0));
+    let (ip1_6, ip2_6) = (ip_fam(&r1, true), ip_fam(&r2, true));
+    ti.check(&i1).assert_ok();
 
     // No default route inside, none in the result.
     for pod in [&i1, &i2] {
-        let routes = pod.routes(false);
-        assert!(
-            !routes.iter().any(|r| r["dst"] == "default"),
-            "{}: {routes:?}",
-            pod.name()
-        );
+        for v6 in [false, true] {
+            let routes = pod.routes(v6);
+            assert!(
+                !routes.iter().any(|r| r["dst"] == "default"),
+                "{}: {routes:?}",
+                pod.name()
+            );
+        }
     }
     assert!(
         !r1["routes"]
@@ -832,7 +841,9 @@ fn internal_bridge_is_sealed_on_the_host() {
     // Even with a default route via the bridge address the outside stays out of reach.
     for pod in [&i1, &i2] {
         pod.ip(&["route", "add", "default", "via", "10.233.1.1"]);
+        pod.ip(&["-6", "route", "add", "default", "via", "fd00:233::1"]);
     }
+    ti.check(&i1).assert_ok(); // routes the pod added itself are not CHECK's business
     let far = out.far_v4.to_string();
     let link = out.link_v4.to_string();
     let srv = TcpServer::start(&out.ns, "0.0.0.0", 0, "far");
@@ -846,6 +857,9 @@ fn internal_bridge_is_sealed_on_the_host() {
         ping_check("e->i1", &e, ip1.clone()),
         ping_check("outside->i1", &out.ns, ip1.clone()),
         ping_check("outside->i2", &out.ns, ip2.clone()),
+        ping_check("i1->far v6", &i1, out.far_v6.to_string()),
+        ping_check("i1->outside link v6", &i1, out.link_v6.to_string()),
+        ping_check("outside->i1 v6", &out.ns, ip1_6.clone()),
     ];
     negative.push((
         "i1 tcp->far".into(),
@@ -854,6 +868,7 @@ fn internal_bridge_is_sealed_on_the_host() {
     let positive = vec![
         ping_eventually_check("i1->i2", &i1, ip2.clone()),
         ping_eventually_check("i2->i1", &i2, ip1.clone()),
+        ping_eventually_check("i1->i2 v6", &i1, ip2_6.clone()),
         ping_eventually_check("e->far (control)", &e, far.clone()),
         ping_eventually_check("outside->e (control)", &out.ns, ipe.clone()),
     ];
