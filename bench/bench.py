@@ -1,0 +1,1099 @@
+#!/usr/bin/env python3
+"""make bench driver: our CNI chain against the reference Go plugins, through cnitool (libcni).
+
+Started by bench/run.sh (which checks the tools and owns the last-resort cleanup). Standard
+library only. Each chain lives in its own throw-away "host" netns; the driver itself stays in
+the init netns and moves only the thread that spawns a command into the host netns (setns on
+the thread; children inherit it), so no `ip netns exec` sits inside the measured time.
+
+Every spawn is timed with a monotonic clock around fork..wait4, and wait4 gives the CPU time
+and peak RSS of the process tree. Chains alternate (A B, then B A) at every measured step so
+machine noise hits both.
+
+Workloads:
+  startup   VERSION of every plugin, /bin/true as the floor, cnitool's own floor
+  parallel  W workers ADD P pods, then DEL them (rounds A B A B)
+  latency   ADD, CHECK, DEL of the Nth pod while N-1 exist (N in STAGES, K samples each);
+            the fill ADDs are kept for the plot
+  replay    every plugin of both chains run directly with the stdin libcni gave it (captured
+            once through a shim), timed per process
+  strace    one ADD of our chain under strace -f: where the time goes
+"""
+
+import ctypes
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+CLONE_NEWNET = 0x40000000
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+STAGES = [1, 20, 50] if QUICK else [1, 100, 500]
+K = 10 if QUICK else 20  # samples per stage and verb
+WORKERS, PAR_PODS = (4, 50) if QUICK else (16, 200)
+PAR_ROUNDS = 2
+STARTUP_RUNS = 30 if QUICK else 100
+REPLAY_RUNS = 5 if QUICK else 10
+
+BIN_OURS = os.environ.get("CNIRS_BIN_DIR", "target/release")
+BIN_REF = "/usr/lib/cni"
+CNITOOL = os.environ["CNITOOL"]
+OUT = os.environ.get("BENCH_OUT", "target/bench")
+PREFIX = os.environ.get("BENCH_PREFIX", "cnirs-bench%d" % os.getpid())
+TMP = os.environ["BENCH_TMP"]
+
+SUBNET_LAT = ("10.210.0.0/16", "10.210.0.1")
+SUBNET_PAR = ("10.211.0.0/16", "10.211.0.1")
+PORT_BASE_LAT = 20000
+PORT_BASE_PAR = 40000
+
+
+def log(msg):
+    print("[bench %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- netns
+
+
+def setns(path):
+    """Move the calling thread into the netns at `path` (its children inherit it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if LIBC.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "setns %s: %s" % (path, os.strerror(err)))
+    finally:
+        os.close(fd)
+
+
+INIT_NS_FD = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+class InNs:
+    """with InNs(name): the calling thread is in netns `name` (None = init netns)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        if self.name:
+            setns("/run/netns/" + self.name)
+        return self
+
+    def __exit__(self, *exc):
+        if self.name:
+            if LIBC.setns(INIT_NS_FD, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the init netns")
+        return False
+
+
+CREATED_NS = []
+NS_LOCK = threading.Lock()
+
+
+def ip_batch(lines):
+    if not lines:
+        return
+    subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
+                   text=True, check=True, stdout=subprocess.DEVNULL)
+
+
+def netns_add(names):
+    with NS_LOCK:
+        CREATED_NS.extend(names)
+    for i in range(0, len(names), 200):
+        ip_batch(["netns add " + n for n in names[i:i + 200]])
+
+
+def netns_cleanup():
+    with NS_LOCK:
+        names = list(CREATED_NS)
+        CREATED_NS.clear()
+    existing = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    names = [n for n in names if n in existing]
+    for i in range(0, len(names), 200):
+        try:
+            ip_batch(["netns del " + n for n in names[i:i + 200]])
+        except (subprocess.CalledProcessError, OSError) as e:
+            log("cleanup: %s" % e)
+
+
+# ----------------------------------------------------------------------------- spawning
+
+
+class Run:
+    __slots__ = ("code", "out", "err", "ms", "user", "sys", "maxrss_kib")
+
+    def __init__(self, code, out, err, ms, user, sys_, maxrss):
+        self.code, self.out, self.err, self.ms = code, out, err, ms
+        self.user, self.sys, self.maxrss_kib = user, sys_, maxrss
+
+    @property
+    def ok(self):
+        return self.code == 0
+
+    @property
+    def cpu_ms(self):
+        return (self.user + self.sys) * 1000.0
+
+    def json(self):
+        try:
+            return json.loads(self.out)
+        except ValueError:
+            return None
+
+
+def _memfd(data=b""):
+    fd = os.memfd_create("bench", os.MFD_CLOEXEC)
+    if data:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def spawn(argv, env=None, stdin=b"", timeout=120.0):
+    """Run argv; wall time fork..wait4, and wait4's rusage (the process and its reaped tree)."""
+    fin, fout, ferr = _memfd(stdin), _memfd(), _memfd()
+    try:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, env=env, stdin=fin, stdout=fout, stderr=ferr, close_fds=True)
+        timer = threading.Timer(timeout, lambda: _kill(p.pid))
+        timer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        ms = (time.perf_counter() - t0) * 1000.0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out = _read_all(fout)
+        err = _read_all(ferr)
+        return Run(p.returncode, out, err, ms, ru.ru_utime, ru.ru_stime, ru.ru_maxrss)
+    finally:
+        for fd in (fin, fout, ferr):
+            os.close(fd)
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _read_all(fd):
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 16)
+        if not b:
+            break
+        chunks.append(b)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+# ----------------------------------------------------------------------------- chains
+
+
+class Chain:
+    """One chain in its own host netns, with its own conf dir, cache, run dir and dataDir."""
+
+    def __init__(self, key, label, bindir, last, subnet, phase):
+        self.key, self.label, self.last, self.phase = key, label, last, phase
+        self.ns = "%s-%s%s-host" % (PREFIX, key, phase)
+        self.dir = os.path.join(TMP, key + phase)
+        self.bindir = os.path.join(self.dir, "bin")
+        self.names = ["bridge", "host-local", "portmap", last]
+        for d in ("net.d", "cache", "run", "ipam", "bin"):
+            os.makedirs(os.path.join(self.dir, d), exist_ok=True)
+        for n in self.names:  # a private copy: a concurrent rebuild cannot swap binaries mid-run
+            shutil.copy2(os.path.join(bindir, n), os.path.join(self.bindir, n))
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": "bench",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cnibench0",
+                    "isGateway": True,
+                    "isDefaultGateway": True,
+                    "ipMasq": True,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": subnet[0], "gateway": subnet[1]}]],
+                        "dataDir": os.path.join(self.dir, "ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+                {"type": last},
+            ],
+        }
+        self.conf = conf
+        with open(os.path.join(self.dir, "net.d", "bench.conflist"), "w") as f:
+            json.dump(conf, f, indent=1)
+        self.pods = []
+
+    def setup(self, npods):
+        self.pods = ["%s-%s%s-p%d" % (PREFIX, self.key, self.phase, i) for i in range(npods)]
+        netns_add([self.ns] + self.pods)
+        subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
+
+    def env(self, cid, port, cni_path=None, extra=None):
+        e = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "NETCONFPATH": os.path.join(self.dir, "net.d"),
+            "CNI_PATH": cni_path or self.bindir,
+            "CNI_CONTAINERID": cid,
+            "CNI_IFNAME": "eth0",
+            "CNI_CACHE_DIR": os.path.join(self.dir, "cache"),
+            "CNIRS_RUN_DIR": os.path.join(self.dir, "run"),
+            "CAP_ARGS": json.dumps({"portMappings": [
+                {"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}),
+        }
+        if extra:
+            e.update(extra)
+        return e
+
+    def cnitool(self, verb, pod, cid, port, **kw):
+        """One cnitool call, spawned from a thread inside this chain's host netns."""
+        with InNs(self.ns):
+            return spawn([CNITOOL, verb, "bench", "/run/netns/" + pod], self.env(cid, port, **kw))
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = (len(s) - 1) * p / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summ(runs):
+    ms = [r.ms for r in runs]
+    ok = [r for r in runs if r.ok]
+    return {
+        "n": len(runs),
+        "ok": len(ok),
+        "p50_ms": pct(ms, 50),
+        "p99_ms": pct(ms, 99),
+        "cpu_ms_p50": pct([r.cpu_ms for r in runs], 50),
+        "maxrss_kib": max((r.maxrss_kib for r in runs), default=None),
+        "first_error": next((_short(r.err or r.out) for r in runs if not r.ok), None),
+    }
+
+
+def _short(s):
+    s = " ".join(s.split())
+    return s[:300]
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+def bench_startup(chains):
+    """VERSION cost of every plugin binary next to /bin/true; cnitool's floor."""
+    log("startup: VERSION x%d per binary" % STARTUP_RUNS)
+    bins = [("/bin/true", "/bin/true")]
+    for c in chains:
+        for n in c.names:
+            bins.append(("%s/%s" % (c.key, n), os.path.join(c.bindir, n)))
+    bins.append(("nft (-f /dev/null)", shutil.which("nft") or "/usr/sbin/nft"))
+    env = {"CNI_COMMAND": "VERSION", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    stdin = b'{"cniVersion":"1.0.0"}'
+    samples = {k: [] for k, _ in bins}
+    for _ in range(STARTUP_RUNS):
+        for k, path in bins:
+            argv = [path, "-f", "/dev/null"] if k.startswith("nft") else [path]
+            samples[k].append(spawn(argv, env, stdin))
+    res = {k: summ(v) for k, v in samples.items()}
+    # cnitool's own floor: DEL through a chain whose only plugin is /bin/true (prints nothing,
+    # which libcni accepts for DEL).
+    floor_dir = os.path.join(TMP, "floor")
+    os.makedirs(os.path.join(floor_dir, "net.d"), exist_ok=True)
+    os.makedirs(os.path.join(floor_dir, "bin"), exist_ok=True)
+    os.makedirs(os.path.join(floor_dir, "cache"), exist_ok=True)
+    os.symlink("/bin/true", os.path.join(floor_dir, "bin", "noop"))
+    with open(os.path.join(floor_dir, "net.d", "floor.conflist"), "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "floor", "plugins": [{"type": "noop"}]}, f)
+    fenv = {"PATH": "/usr/bin:/bin", "NETCONFPATH": os.path.join(floor_dir, "net.d"),
+            "CNI_PATH": os.path.join(floor_dir, "bin"), "CNI_CONTAINERID": "floor",
+            "CNI_CACHE_DIR": os.path.join(floor_dir, "cache")}
+    fl = [spawn([CNITOOL, "del", "floor", "/proc/self/ns/net"], fenv)
+          for _ in range(max(10, STARTUP_RUNS // 3))]
+    res["cnitool floor (DEL, /bin/true chain)"] = summ(fl)
+    return res
+
+
+def bench_parallel(chains):
+    """W workers ADD P pods, then W workers DEL them; rounds A B A B (fresh chains)."""
+    log("parallel: %d workers x %d pods, %d rounds" % (WORKERS, PAR_PODS, PAR_ROUNDS))
+    out = {c.key: [] for c in chains}
+
+    def run_verb(c, verb, rnd):
+        idx = iter(range(PAR_PODS))
+        lock = threading.Lock()
+        runs = [None] * PAR_PODS
+
+        def worker():
+            setns("/run/netns/" + c.ns)  # this thread only; it ends with the worker
+            while True:
+                with lock:
+                    i = next(idx, None)
+                if i is None:
+                    return
+                cid = "par%d-%d" % (rnd, i)
+                try:
+                    runs[i] = spawn([CNITOOL, verb, "bench", "/run/netns/" + c.pods[i]],
+                                    c.env(cid, PORT_BASE_PAR + i))
+                except OSError as e:
+                    runs[i] = Run(-1, "", "spawn: %s" % e, 0.0, 0.0, 0.0, 0)
+
+        t0 = time.perf_counter()
+        ths = [threading.Thread(target=worker, daemon=True) for _ in range(WORKERS)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join()
+        wall = time.perf_counter() - t0
+        fails = [r for r in runs if not r.ok]
+        rec = {"verb": verb, "round": rnd, "wall_s": wall, "per_s": PAR_PODS / wall,
+               "failures": len(fails), **{k: v for k, v in summ(runs).items() if k != "ok"}}
+        if verb == "add":
+            addrs = []
+            for r in runs:
+                j = r.json() if r.ok else None
+                for ipc in (j or {}).get("ips", []):
+                    addrs.append(ipc.get("address", "").split("/")[0])
+            rec["addresses"] = len(addrs)
+            rec["duplicates"] = len(addrs) - len(set(addrs))
+        out[c.key].append(rec)
+        log("  %s %s round %d: %.1f/s, %d failures%s" % (
+            c.key, verb, rnd, rec["per_s"], rec["failures"],
+            ", %d duplicate addresses" % rec["duplicates"] if verb == "add" else ""))
+
+    for rnd in range(PAR_ROUNDS):
+        order = chains if rnd % 2 == 0 else chains[::-1]
+        for verb in ("add", "del"):
+            for c in order:
+                run_verb(c, verb, rnd)
+    return out
+
+
+def bench_latency(chains):
+    """ADD/CHECK/DEL of the Nth pod while N-1 exist; the fill ADDs feed the plot."""
+    log("latency: stages %s, %d samples each" % (STAGES, K))
+    fill = {c.key: [] for c in chains}  # (pods existing, ms, ok)
+    stages = {c.key: {} for c in chains}
+    existing = 0
+    for n in STAGES:
+        t0 = time.perf_counter()
+        for i in range(existing, n - 1):
+            order = chains if i % 2 == 0 else chains[::-1]
+            for c in order:
+                r = c.cnitool("add", c.pods[i], "fill%d" % i, PORT_BASE_LAT + i)
+                fill[c.key].append((i, r.ms, r.ok))
+                if not r.ok:
+                    log("  %s fill ADD %d failed: %s" % (c.key, i, _short(r.err or r.out)))
+        existing = max(existing, n - 1)
+        if existing:
+            log("  filled to %d pods in %.1f s" % (existing, time.perf_counter() - t0))
+        runs = {c.key: {"add": [], "check": [], "del": []} for c in chains}
+        probe = len(chains[0].pods) - 1  # the probe pod's netns, reused
+        for k in range(K):
+            order = chains if k % 2 == 0 else chains[::-1]
+            for c in order:
+                cid = "probe%d-%d" % (n, k)
+                port = PORT_BASE_LAT + n - 1
+                for verb in ("add", "check", "del"):
+                    runs[c.key][verb].append(c.cnitool(verb, c.pods[probe], cid, port))
+        for c in chains:
+            stages[c.key][n] = {v: summ(rs) for v, rs in runs[c.key].items()}
+            s = stages[c.key][n]
+            log("  N=%d %s: ADD p50 %.1f ms, CHECK p50 %.1f ms (%d/%d ok), DEL p50 %.1f ms" % (
+                n, c.key, s["add"]["p50_ms"], s["check"]["p50_ms"], s["check"]["ok"],
+                s["check"]["n"], s["del"]["p50_ms"]))
+    return stages, fill
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+SHIM = """#!/bin/sh
+# capture shim: records what libcni hands the plugin, then runs the real one
+n=${0##*/}
+d=%(cap)s/$CNI_COMMAND.$n
+cat > "$d.stdin"
+env | grep '^CNI_' > "$d.env"
+exec %(real)s/$n < "$d.stdin"
+"""
+
+
+def capture(c, pod):
+    """One ADD, CHECK, DEL through cnitool with every plugin behind a shim that records its
+    stdin and CNI_* environment (host-local too: bridge finds it through CNI_PATH)."""
+    cap = os.path.join(c.dir, "capture")
+    shim = os.path.join(c.dir, "shim")
+    os.makedirs(cap, exist_ok=True)
+    os.makedirs(shim, exist_ok=True)
+    for n in c.names:
+        p = os.path.join(shim, n)
+        with open(p, "w") as f:
+            f.write(SHIM % {"cap": cap, "real": c.bindir})
+        os.chmod(p, 0o755)
+    port = PORT_BASE_LAT + len(c.pods)
+    got = {}
+    for verb in ("add", "check", "del"):
+        r = c.cnitool(verb, pod, "capture", port, cni_path=shim)
+        got[verb] = r.ok
+    inputs = {}
+    for fn in os.listdir(cap):
+        if fn.endswith(".stdin"):
+            cmd, name = fn[:-6].split(".", 1)
+            with open(os.path.join(cap, fn), "rb") as f:
+                stdin = f.read()
+            env = {}
+            with open(os.path.join(cap, fn[:-6] + ".env")) as f:
+                for line in f:
+                    k, _, v = line.rstrip("\n").partition("=")
+                    env[k] = v
+            env["CNI_PATH"] = c.bindir
+            env["CNIRS_RUN_DIR"] = os.path.join(c.dir, "run")
+            env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+            inputs[(cmd, name)] = (stdin, env)
+    return inputs, got
+
+
+def with_prev(stdin, prev):
+    conf = json.loads(stdin)
+    if prev is None:
+        conf.pop("prevResult", None)
+    else:
+        conf["prevResult"] = prev
+    return json.dumps(conf).encode()
+
+
+def replay_once(c, inputs, cid):
+    """ADD each plugin in order (prevResult chained as libcni does), CHECK, DEL in reverse;
+    host-local alone (ADD, DEL) with the input bridge gave it. Returns {(verb, plugin): Run}."""
+    chain = ["bridge", "portmap", c.last]
+    runs = {}
+    prev = None
+    with InNs(c.ns):
+        for n in chain:
+            stdin, env = inputs[("ADD", n)]
+            e = dict(env, CNI_CONTAINERID=cid)
+            r = spawn([os.path.join(c.bindir, n)], e, with_prev(stdin, prev))
+            runs[("ADD", n)] = r
+            if r.ok:
+                prev = r.json()
+        for n in chain:  # libcni stops CHECK at the first failure: later plugins got none
+            if ("CHECK", n) in inputs:
+                stdin, env = inputs[("CHECK", n)]
+                runs[("CHECK", n)] = spawn([os.path.join(c.bindir, n)],
+                                           dict(env, CNI_CONTAINERID=cid), with_prev(stdin, prev))
+        for n in reversed(chain):
+            if ("DEL", n) not in inputs:
+                continue
+            stdin, env = inputs[("DEL", n)]
+            runs[("DEL", n)] = spawn([os.path.join(c.bindir, n)],
+                                     dict(env, CNI_CONTAINERID=cid), with_prev(stdin, prev))
+        if ("ADD", "host-local") in inputs:
+            for verb in ("ADD", "DEL"):
+                stdin, env = inputs[(verb, "host-local")]
+                runs[(verb, "host-local")] = spawn(
+                    [os.path.join(c.bindir, "host-local")],
+                    dict(env, CNI_CONTAINERID=cid + "-ipam"), stdin)
+    return runs
+
+
+def bench_replay(chains):
+    log("replay: every plugin directly with libcni's input, x%d" % REPLAY_RUNS)
+    res = {}
+    inputs = {}
+    for c in chains:
+        inputs[c.key], got = capture(c, c.pods[-1])
+        res[c.key] = {"capture_ok": got}
+    samples = {c.key: {} for c in chains}
+    for k in range(REPLAY_RUNS):
+        order = chains if k % 2 == 0 else chains[::-1]
+        for c in order:
+            for key, r in replay_once(c, inputs[c.key], "replay%d" % k).items():
+                samples[c.key].setdefault("%s %s" % key, []).append(r)
+    for c in chains:
+        res[c.key]["plugins"] = {k: summ(v) for k, v in samples[c.key].items()}
+    return res, inputs
+
+
+# ----------------------------------------------------------------------------- strace
+
+
+def bench_strace(c, inputs):
+    """Our ADD (bridge, portmap, isolation, in order) under strace -f; per-category time."""
+    strace = shutil.which("strace")
+    if not strace:
+        return None
+    log("strace: one ADD of our chain")
+    out = {"plugins": {}}
+    prev = None
+    with InNs(c.ns):
+        for n in ["bridge", "portmap", c.last]:
+            stdin, env = inputs[("ADD", n)]
+            trace = os.path.join(c.dir, "strace-%s.txt" % n)
+            e = dict(env, CNI_CONTAINERID="strace")
+            r = spawn([strace, "-f", "-ttt", "-T", "-yy", "-s", "4096", "-o", trace,
+                       os.path.join(c.bindir, n)], e, with_prev(stdin, prev))
+            if r.ok:
+                prev = r.json()
+            with open(trace, errors="replace") as f:
+                out["plugins"][n] = analyse_strace(f.read(), c)
+            out["plugins"][n]["ok"] = r.ok
+            out["plugins"][n]["wall_ms_under_strace"] = r.ms
+        for n in reversed(["bridge", "portmap", c.last]):
+            stdin, env = inputs[("DEL", n)]
+            spawn([os.path.join(c.bindir, n)], dict(env, CNI_CONTAINERID="strace"),
+                  with_prev(stdin, prev))
+    return out
+
+
+LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
+CALL = re.compile(r"^([a-z0-9_]+)\((.*)$")
+DUR = re.compile(r"<(\d+\.\d+)>\s*$")
+NLSOCK = re.compile(r"socket\(AF_NETLINK, [^,]*, (NETLINK_[A-Z_]+)\) = \d+<NETLINK:\[(\d+)\]>")
+FDNL = re.compile(r"^\d+<NETLINK:\[(\d+)\]>")
+
+
+def analyse_strace(text, c):
+    """Per process: name, lifetime; per category: syscall time. Categories:
+    rtnetlink (syscalls on NETLINK_ROUTE sockets), nft child processes (their whole life),
+    IPAM files (the dataDir), state files (CNIRS_RUN_DIR) incl. flock, /proc/sys, spawn/wait,
+    exec+loader (execve..first non-loader syscall), other syscalls; the rest of the wall time is
+    user space (CPU or scheduling)."""
+    ipam = os.path.join(c.dir, "ipam")
+    run = os.path.join(c.dir, "run")
+    procs = {}
+    nl_proto = {}
+    cats = {}
+    resumed = {}
+
+    def add(cat, d):
+        cats[cat] = cats.get(cat, 0.0) + d
+
+    for raw in text.splitlines():
+        m = LINE.match(raw)
+        if not m:
+            continue
+        pid, ts, rest = int(m.group(1)), float(m.group(2)), m.group(3)
+        p = procs.setdefault(pid, {"start": ts, "end": ts, "name": None, "syscalls": 0,
+                                   "syscall_s": 0.0})
+        p["end"] = max(p["end"], ts)
+        if rest.startswith("+++") or rest.startswith("---"):
+            continue
+        if "<unfinished ...>" in rest:
+            cm = CALL.match(rest)
+            if cm:
+                resumed[pid] = cm.group(1) + "(" + cm.group(2)
+            continue
+        if rest.startswith("<..."):
+            head = resumed.pop(pid, "")
+            rest = head + rest.split("resumed>", 1)[-1]
+        cm = CALL.match(rest)
+        dm = DUR.search(rest)
+        if not cm or not dm:
+            continue
+        name, args, d = cm.group(1), cm.group(2), float(dm.group(1))
+        p["end"] = max(p["end"], ts + d)
+        p["syscalls"] += 1
+        p["syscall_s"] += d
+        if name == "execve" and " = 0" in rest:
+            p["name"] = os.path.basename(args.split('"')[1]) if '"' in args else "?"
+        nm = NLSOCK.search(rest)
+        if nm:
+            nl_proto[nm.group(2)] = nm.group(1)
+        p.setdefault("cats", {})
+        if p["name"] == "nft":
+            cat = "nft process"
+        elif name in ("execve", "clone", "clone3", "vfork", "fork", "wait4", "waitid",
+                      "pidfd_open", "pipe2", "prlimit64"):
+            cat = "spawn/wait children"
+        elif FDNL.match(args):
+            proto = nl_proto.get(FDNL.match(args).group(1), "NETLINK_?")
+            cat = "rtnetlink" if proto == "NETLINK_ROUTE" else "netlink " + proto[8:].lower()
+        elif name == "socket" and "AF_NETLINK" in args:
+            cat = "rtnetlink" if "NETLINK_ROUTE" in args else "netlink other"
+        elif ipam in args:
+            cat = "IPAM files (dataDir)"
+        elif run in args:
+            cat = "state files (run dir, flock)"
+        elif "/proc/sys" in args:
+            cat = "/proc/sys"
+        elif name in ("setns", "unshare") or "ns/net" in args or "/run/netns" in args:
+            cat = "setns / netns"
+        elif name in ("mmap", "mprotect", "munmap", "brk", "openat", "read", "close",
+                      "newfstatat", "fstat", "pread64", "arch_prctl", "set_tid_address",
+                      "set_robust_list", "rseq", "access", "getrandom", "sigaltstack",
+                      "rt_sigaction", "rt_sigprocmask", "poll", "statx", "sched_getaffinity",
+                      "readlink", "futex", "madvise", "prctl", "ioctl", "lseek", "fcntl",
+                      "getpid", "gettid", "uname"):
+            cat = "runtime/loader/misc syscalls"
+        else:
+            cat = "other syscalls"
+        if cat != "nft process":
+            add(cat, d)
+    if not procs:
+        return {"error": "empty trace"}
+    t0 = min(p["start"] for p in procs.values())
+    t1 = max(p["end"] for p in procs.values())
+    wall = t1 - t0
+    nft_s = sum(p["end"] - p["start"] for p in procs.values() if p["name"] == "nft")
+    # Time the plugin's process spends waiting for an nft child is inside wait4/poll of the
+    # parent: take nft's lifetimes out of "spawn/wait" so nothing counts twice.
+    waited = cats.get("spawn/wait children", 0.0)
+    cats["spawn/wait children"] = max(0.0, waited - nft_s)
+    cats["nft process"] = nft_s
+    counted = sum(cats.values())
+    cats["user space (rest)"] = max(0.0, wall - counted)
+    scripts = re.findall(r'write\(\d+<pipe:\[\d+\]>, "((?:[^"\\]|\\.)*)"', text)
+    scripts = [s.encode().decode("unicode_escape", "replace") for s in scripts]
+    return {
+        "wall_ms": wall * 1000,
+        "processes": [{"name": p["name"] or "?", "ms": (p["end"] - p["start"]) * 1000,
+                       "syscalls": p["syscalls"]} for p in procs.values()],
+        "categories_ms": {k: v * 1000 for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "nft_scripts": [s for s in scripts if "table" in s or "element" in s][:8],
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt(x, unit="", nd=1):
+    if x is None:
+        return "n/a"
+    return ("%." + str(nd) + "f%s") % (x, unit)
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return None
+    return a / b
+
+
+def build_summary(R):
+    o, r = "ours", "ref"
+    rows = []
+
+    def row(metric, vo, vr, unit="", nd=1, target=None, met=None, rt=True):
+        rr = ratio(vo, vr) if rt else None
+        rows.append((metric, fmt(vo, unit, nd), fmt(vr, unit, nd),
+                     fmt(rr, "x", 2) if rr is not None else "", target or "",
+                     "" if met is None else ("yes" if met else "NO")))
+
+    lat = R["latency"]
+    nmin, nmax = STAGES[0], STAGES[-1]
+    for n in STAGES:
+        a, b = lat[o][n], lat[r][n]
+        for verb in ("add", "check", "del"):
+            so, sr = a[verb], b[verb]
+            target, met = None, None
+            q = ratio(so["p50_ms"], sr["p50_ms"])
+            if verb == "add" and n == nmin:
+                target, met = "<= 0.2x", q is not None and q <= 0.2
+            elif verb == "add" and n == nmax:
+                target, met = "<= 0.1x", q is not None and q <= 0.1
+            elif verb == "del":
+                target, met = "<= 0.1x", q is not None and q <= 0.1
+            elif verb == "check":
+                target = "all pass, <= 0.3x"
+                met = so["ok"] == so["n"] and q is not None and q <= 0.3
+            row("%s p50, pod %d (ms)" % (verb.upper(), n), so["p50_ms"], sr["p50_ms"],
+                target=target, met=met)
+            row("%s p99, pod %d (ms)" % (verb.upper(), n), so["p99_ms"], sr["p99_ms"])
+            if verb == "check":
+                rows.append(("CHECK passing, pod %d" % n, "%d/%d" % (so["ok"], so["n"]),
+                             "%d/%d" % (sr["ok"], sr["n"]), "", "", ""))
+            if verb == "add":
+                row("CPU user+sys per ADD, pod %d (ms, cnitool tree)" % n,
+                    so["cpu_ms_p50"], sr["cpu_ms_p50"])
+    a1, an = lat[o][nmin]["add"]["p50_ms"], lat[o][nmax]["add"]["p50_ms"]
+    growth = ratio(an, a1)
+    rows.append(("ADD p50 pod %d / pod %d" % (nmax, nmin), fmt(growth, "x", 2),
+                 fmt(ratio(lat[r][nmax]["add"]["p50_ms"], lat[r][nmin]["add"]["p50_ms"]), "x", 2),
+                 "", "<= 1.10x", "yes" if growth is not None and growth <= 1.10 else "NO"))
+
+    par = R["parallel"]
+    for verb in ("add", "del"):
+        po = [x for x in par[o] if x["verb"] == verb]
+        pr = [x for x in par[r] if x["verb"] == verb]
+        tpo = statistics.median([x["per_s"] for x in po])
+        tpr = statistics.median([x["per_s"] for x in pr])
+        q = ratio(tpo, tpr)
+        fo = sum(x["failures"] for x in po)
+        fr = sum(x["failures"] for x in pr)
+        row("%dx%d parallel %s throughput (/s)" % (WORKERS, PAR_PODS, verb.upper()), tpo, tpr,
+            target=">= 5x", met=q is not None and q >= 5)
+        rows.append(("%dx%d parallel %s failures (%d rounds)" % (WORKERS, PAR_PODS, verb.upper(),
+                                                                 PAR_ROUNDS),
+                     str(fo), str(fr), "", "0", "yes" if fo == 0 else "NO"))
+        if verb == "add":
+            do = sum(x["duplicates"] for x in po)
+            dr = sum(x["duplicates"] for x in pr)
+            rows.append(("%dx%d parallel duplicate addresses" % (WORKERS, PAR_PODS), str(do),
+                         str(dr), "", "0", "yes" if do == 0 else "NO"))
+        row("%dx%d parallel %s p99 latency (ms)" % (WORKERS, PAR_PODS, verb.upper()),
+            max(x["p99_ms"] for x in po), max(x["p99_ms"] for x in pr))
+
+    st = R["startup"]
+    true50 = st["/bin/true"]["p50_ms"]
+    rows.append(("/bin/true spawn p50 (floor)", fmt(true50, " ms", 2), "", "", "", ""))
+    worst_extra = 0.0
+    for n in ("bridge", "host-local", "portmap", "isolation|firewall"):
+        no, nr = (n.split("|") + n.split("|"))[:2] if "|" in n else (n, n)
+        so, sr = st["ours/" + no], st["ref/" + nr]
+        label = n if "|" not in n else "%s / %s" % (no, nr)
+        eo, er = so["p50_ms"] - true50, sr["p50_ms"] - true50
+        worst_extra = max(worst_extra, eo)
+        row("VERSION %s p50 over /bin/true (ms)" % label, eo, er, nd=2,
+            target="<= 0.5 ms", met=eo <= 0.5, rt=False)
+    for n in ("bridge", "host-local", "portmap", "isolation|firewall"):
+        no, nr = (n.split("|") + n.split("|"))[:2] if "|" in n else (n, n)
+        label = n if "|" not in n else "%s / %s" % (no, nr)
+        rep_o, rep_r = R["replay"][o]["plugins"], R["replay"][r]["plugins"]
+        vo = max((v["maxrss_kib"] for k, v in rep_o.items() if k.endswith(" " + no)), default=None)
+        vr = max((v["maxrss_kib"] for k, v in rep_r.items() if k.endswith(" " + nr)), default=None)
+        vo = vo / 1024 if vo else None
+        vr = vr / 1024 if vr else None
+        row("peak RSS %s, ADD/CHECK/DEL (MiB, incl. children)" % label, vo, vr, nd=2,
+            target="<= 4 MiB", met=vo is not None and vo <= 4.0)
+    nft = st.get("nft (-f /dev/null)")
+    if nft:
+        rows.append(("nft -f /dev/null: spawn p50 / peak RSS", fmt(nft["p50_ms"], " ms", 2),
+                     fmt(nft["maxrss_kib"] / 1024, " MiB", 2), "", "", ""))
+    fl = st["cnitool floor (DEL, /bin/true chain)"]
+    rows.append(("cnitool floor: DEL of a /bin/true chain (ms)", fmt(fl["p50_ms"]), "", "",
+                 "in every cnitool figure", ""))
+    for verb in ("ADD", "DEL"):
+        co = sum((v["cpu_ms_p50"] or 0) for k, v in R["replay"][o]["plugins"].items()
+                 if k.startswith(verb + " ") and not k.endswith("host-local"))
+        cr = sum((v["cpu_ms_p50"] or 0) for k, v in R["replay"][r]["plugins"].items()
+                 if k.startswith(verb + " ") and not k.endswith("host-local"))
+        row("CPU user+sys per %s, plugins only (ms, pod %d)" % (verb, nmax), co, cr, nd=2)
+
+    head = ("| metric | ours | reference | ours/ref | target | met |\n"
+            "|---|---:|---:|---:|---|---|\n")
+    return head + "".join("| %s |\n" % " | ".join(x) for x in rows)
+
+
+def build_breakdown(R):
+    lines = []
+    rep = R["replay"]
+    lines.append("Per plugin, run directly with the stdin libcni gave it (pod %d, %d runs, "
+                 "p50 wall ms / CPU ms / peak RSS MiB incl. children):" % (STAGES[-1],
+                                                                            REPLAY_RUNS))
+    lines.append("")
+    lines.append("| step | ours wall | ours CPU | ours RSS | ref wall | ref CPU | ref RSS |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    keys = []
+    for verb in ("ADD", "CHECK", "DEL"):
+        for n in ("bridge", "portmap", "isolation|firewall", "host-local"):
+            keys.append((verb, n))
+    for verb, n in keys:
+        no, nr = (n.split("|")[0], n.split("|")[-1])
+        a = rep["ours"]["plugins"].get("%s %s" % (verb, no))
+        b = rep["ref"]["plugins"].get("%s %s" % (verb, nr))
+        if not a and not b:
+            continue
+
+        def cell(s):
+            if not s:
+                return ["", "", ""]
+            okm = "" if s["ok"] == s["n"] else " (%d/%d ok)" % (s["ok"], s["n"])
+            return [fmt(s["p50_ms"], "", 2) + okm, fmt(s["cpu_ms_p50"], "", 2),
+                    fmt((s["maxrss_kib"] or 0) / 1024, "", 2)]
+        label = "%s %s" % (verb, no if no == nr else "%s / %s" % (no, nr))
+        if n == "host-local":
+            label += " (alone)"
+        lines.append("| %s |" % " | ".join([label] + cell(a) + cell(b)))
+    st = R.get("strace")
+    if st:
+        lines.append("")
+        lines.append("Our ADD under strace -f (absolute times are inflated by strace; read the "
+                     "shares):")
+        lines.append("")
+        total = {}
+        for n, a in st["plugins"].items():
+            if "categories_ms" not in a:
+                continue
+            procs = ", ".join("%s %.1f ms" % (p["name"], p["ms"]) for p in a["processes"])
+            lines.append("- %s: %.1f ms traced; processes: %s" % (n, a["wall_ms"], procs))
+            for k, v in a["categories_ms"].items():
+                total[k] = total.get(k, 0.0) + v
+        s = sum(total.values()) or 1.0
+        lines.append("")
+        lines.append("| where (whole ADD: bridge+host-local, portmap, isolation) | ms under strace "
+                     "| share |")
+        lines.append("|---|---:|---:|")
+        for k, v in sorted(total.items(), key=lambda kv: -kv[1]):
+            lines.append("| %s | %.1f | %.0f%% |" % (k, v, 100 * v / s))
+        nscripts = [x for a in st["plugins"].values() for x in a.get("nft_scripts", [])]
+        nproc = sum(1 for a in st["plugins"].values() for p in a.get("processes", [])
+                    if p["name"] == "nft")
+        lines.append("")
+        lines.append("nft processes spawned by one ADD: %d; process start of one nft: %s ms "
+                     "(nft -f /dev/null p50)." % (
+                         nproc, fmt(R["startup"].get("nft (-f /dev/null)", {}).get("p50_ms"),
+                                    "", 2)))
+        if nscripts:
+            lines.append("First nft script of the ADD (%d bytes):" % len(nscripts[0]))
+            lines.append("")
+            lines.append("```")
+            lines.append(nscripts[0].strip()[:1500])
+            lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def plot(R, path):
+    series = {}
+    for key in ("ours", "ref"):
+        pts = [(n, ms) for n, ms, ok in R["fill"][key] if ok]
+        stages = [(n - 1, R["latency"][key][n]["add"]["p50_ms"]) for n in STAGES]
+        series[key] = (pts, stages)
+    try:
+        import matplotlib  # noqa: F401
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return png_plot(series, path)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    colors = {"ours": "tab:blue", "ref": "tab:red"}
+    names = {"ours": "ours (bridge+host-local+portmap+isolation)",
+             "ref": "reference (bridge+host-local+portmap+firewall)"}
+    for key, (pts, stages) in series.items():
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=4, alpha=0.35,
+                       color=colors[key])
+        ax.plot([s[0] for s in stages], [s[1] for s in stages], "o-", color=colors[key],
+                label=names[key] + " p50")
+    ax.set_yscale("log")
+    ax.set_xlabel("pods already attached")
+    ax.set_ylabel("ADD latency through cnitool (ms)")
+    ax.set_title("CNI ADD latency vs pod count")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return "matplotlib"
+
+
+FONT = {  # 5x7, rows top to bottom
+    "0": "01110 10001 10011 10101 11001 10001 01110", "1": "00100 01100 00100 00100 00100 00100 01110",
+    "2": "01110 10001 00001 00010 00100 01000 11111", "3": "11110 00001 00001 01110 00001 00001 11110",
+    "4": "00010 00110 01010 10010 11111 00010 00010", "5": "11111 10000 11110 00001 00001 10001 01110",
+    "6": "00110 01000 10000 11110 10001 10001 01110", "7": "11111 00001 00010 00100 01000 01000 01000",
+    "8": "01110 10001 10001 01110 10001 10001 01110", "9": "01110 10001 10001 01111 00001 00010 01100",
+    ".": "00000 00000 00000 00000 00000 01100 01100", " ": "00000 00000 00000 00000 00000 00000 00000",
+    "A": "01110 10001 10001 11111 10001 10001 10001", "C": "01110 10001 10000 10000 10000 10001 01110",
+    "D": "11110 10001 10001 10001 10001 10001 11110", "E": "11111 10000 10000 11110 10000 10000 11111",
+    "F": "11111 10000 10000 11110 10000 10000 10000", "L": "10000 10000 10000 10000 10000 10000 11111",
+    "M": "10001 11011 10101 10101 10001 10001 10001", "N": "10001 11001 10101 10011 10001 10001 10001",
+    "O": "01110 10001 10001 10001 10001 10001 01110", "P": "11110 10001 10001 11110 10000 10000 10000",
+    "R": "11110 10001 10001 11110 10100 10010 10001", "S": "01111 10000 10000 01110 00001 00001 11110",
+    "T": "11111 00100 00100 00100 00100 00100 00100", "U": "10001 10001 10001 10001 10001 10001 01110",
+    "V": "10001 10001 10001 10001 10001 01010 00100", "Y": "10001 10001 01010 00100 00100 00100 00100",
+    "(": "00010 00100 01000 01000 01000 00100 00010", ")": "01000 00100 00010 00010 00010 00100 01000",
+    "-": "00000 00000 00000 11111 00000 00000 00000", "G": "01110 10001 10000 10111 10001 10001 01111",
+    "I": "01110 00100 00100 00100 00100 00100 01110", "H": "10001 10001 10001 11111 10001 10001 10001",
+    "B": "11110 10001 10001 11110 10001 10001 11110", "X": "10001 10001 01010 00100 01010 10001 10001",
+}
+
+
+def png_plot(series, path):
+    """A small PNG drawn by hand (no matplotlib): log-scale y, fill ADDs as dots, stage p50s
+    as big markers joined by lines."""
+    W, H = 800, 500
+    L, Rm, T, B = 70, 20, 40, 50
+    img = [[(255, 255, 255)] * W for _ in range(H)]
+    colors = {"ours": (31, 119, 180), "ref": (214, 39, 40)}
+    light = {"ours": (170, 200, 230), "ref": (240, 170, 170)}
+    allx = [p[0] for s in series.values() for p in s[0] + s[1]] or [0, 1]
+    ally = [p[1] for s in series.values() for p in s[0] + s[1] if p[1] > 0] or [1, 10]
+    x0, x1 = 0, max(max(allx), 1)
+    y0 = 10 ** math.floor(math.log10(min(ally)))
+    y1 = 10 ** math.ceil(math.log10(max(ally)))
+    if y1 <= y0:
+        y1 = y0 * 10
+
+    def px(x):
+        return int(L + (x - x0) / (x1 - x0) * (W - L - Rm))
+
+    def py(y):
+        y = max(y, y0)
+        return int(H - B - (math.log10(y) - math.log10(y0)) / (math.log10(y1) - math.log10(y0))
+                   * (H - T - B))
+
+    def put(x, y, c):
+        if 0 <= x < W and 0 <= y < H:
+            img[y][x] = c
+
+    def line(xa, ya, xb, yb, c):
+        n = max(abs(xb - xa), abs(yb - ya), 1)
+        for i in range(n + 1):
+            put(round(xa + (xb - xa) * i / n), round(ya + (yb - ya) * i / n), c)
+
+    def dot(x, y, r, c):
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                if dx * dx + dy * dy <= r * r:
+                    put(x + dx, y + dy, c)
+
+    def text(x, y, s, c=(0, 0, 0)):
+        for ch in s.upper():
+            g = FONT.get(ch, FONT[" "]).split()
+            for ry, bits in enumerate(g):
+                for rx, bit in enumerate(bits):
+                    if bit == "1":
+                        put(x + rx, y + ry, c)
+            x += 6
+
+    grey = (220, 220, 220)
+    d = y0
+    while d <= y1 * 1.0001:
+        for m in (1, 2, 5):
+            v = d * m
+            if y0 <= v <= y1:
+                line(L, py(v), W - Rm, py(v), grey)
+                lab = ("%g" % v)
+                text(L - 6 - 6 * len(lab), py(v) - 3, lab)
+        d *= 10
+    step = 10 ** math.floor(math.log10(x1)) if x1 >= 10 else 1
+    if x1 / step < 4:
+        step /= 2
+    x = 0
+    while x <= x1:
+        line(px(x), T, px(x), H - B, grey)
+        lab = "%g" % x
+        text(px(x) - 3 * len(lab), H - B + 8, lab)
+        x += step
+    line(L, T, L, H - B, (0, 0, 0))
+    line(L, H - B, W - Rm, H - B, (0, 0, 0))
+    for key, (pts, stages) in series.items():
+        for p in pts:
+            dot(px(p[0]), py(p[1]), 1, light[key])
+    for key, (pts, stages) in series.items():
+        for a, b in zip(stages, stages[1:]):
+            line(px(a[0]), py(a[1]), px(b[0]), py(b[1]), colors[key])
+        for s in stages:
+            dot(px(s[0]), py(s[1]), 4, colors[key])
+    text(L, 15, "ADD LATENCY (MS, LOG) VS PODS ALREADY ATTACHED")
+    dot(W - 230, 19, 4, colors["ours"])
+    text(W - 220, 16, "OURS P50", colors["ours"])
+    dot(W - 130, 19, 4, colors["ref"])
+    text(W - 120, 16, "REFERENCE P50", colors["ref"])
+    text(W // 2 - 60, H - 20, "PODS ALREADY ATTACHED")
+
+    raw = b"".join(b"\x00" + bytes(v for px_ in row for v in px_) for row in img)
+
+    def chunk(tag, data):
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xffffffff))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    with open(path, "wb") as f:
+        f.write(png)
+    return "built-in PNG writer"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main():
+    started = time.time()
+    os.makedirs(OUT, exist_ok=True)
+    R = {
+        "meta": {
+            "quick": QUICK, "stages": STAGES, "samples_per_stage": K, "workers": WORKERS,
+            "parallel_pods": PAR_PODS, "parallel_rounds": PAR_ROUNDS,
+            "kernel": platform.release(), "cpus": os.cpu_count(),
+            "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "ours": BIN_OURS, "reference": BIN_REF, "cnitool": CNITOOL,
+        }
+    }
+    log("quick mode" if QUICK else "full mode (BENCH_QUICK=1 for a one-minute run)")
+    par = [Chain("ours", "ours", BIN_OURS, "isolation", SUBNET_PAR, "p"),
+           Chain("ref", "reference", BIN_REF, "firewall", SUBNET_PAR, "p")]
+    lat = [Chain("ours", "ours", BIN_OURS, "isolation", SUBNET_LAT, "l"),
+           Chain("ref", "reference", BIN_REF, "firewall", SUBNET_LAT, "l")]
+    R["meta"]["conflists"] = {c.key: c.conf for c in lat}
+    R["startup"] = bench_startup(lat)
+    for c in par:
+        c.setup(PAR_PODS)
+    R["parallel"] = bench_parallel(par)
+    for c in lat:
+        c.setup(STAGES[-1])  # pods 0..N-2 fill, the last one is the probe
+    stages, fill = bench_latency(lat)
+    R["latency"], R["fill"] = stages, fill
+    R["replay"], inputs = bench_replay(lat)
+    R["strace"] = bench_strace(lat[0], inputs["ours"])
+    R["meta"]["loadavg_end"] = os.getloadavg()
+    R["meta"]["seconds"] = time.time() - started
+
+    summary = build_summary(R)
+    breakdown = build_breakdown(R)
+    png = os.path.join(OUT, "add-latency.png")
+    try:
+        R["meta"]["plot"] = plot(R, png)
+    except Exception as e:  # the table matters more than the picture
+        log("plot failed: %r" % e)
+        R["meta"]["plot"] = "failed: %r" % e
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(R, f, indent=1, default=str)
+    meta = R["meta"]
+    md = ["# make bench%s: ours vs reference, through cnitool (libcni 1.1.2)" % (
+              " (BENCH_QUICK)" if QUICK else ""),
+          "",
+          "Kernel %s, %d CPUs, load %.2f at start, %.2f at end, %.0f s. Pods N = %s (%d samples "
+          "each, chains alternated), %d workers x %d pods x %d rounds. One port mapping per pod. "
+          "p99 of %d samples is close to their max." % (
+              meta["kernel"], meta["cpus"], meta["loadavg_start"][0], meta["loadavg_end"][0],
+              meta["seconds"], ", ".join(map(str, STAGES)), K, WORKERS, PAR_PODS, PAR_ROUNDS, K),
+          "",
+          summary,
+          "## Where the time goes",
+          "",
+          breakdown,
+          "Plot: add-latency.png (%s). Raw figures: results.json." % meta.get("plot")]
+    text = "\n".join(md)
+    with open(os.path.join(OUT, "summary.md"), "w") as f:
+        f.write(text)
+    print(text)
+    log("wrote %s/{summary.md,results.json,add-latency.png}" % OUT)
+
+
+def _on_term(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        main()
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        sys.exit(130)
+    finally:
+        netns_cleanup()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# make bench: our chain (bridge + host-local + portmap + isolation) against the reference Go
+# plugins (bridge + host-local + portmap + firewall from /usr/lib/cni), same workload through
+# cnitool (libcni), each chain in its own throw-away host netns, pods as throw-away netns.
+#
+#   BENCH_QUICK=1   N = 1, 20, 50 and 4 workers x 50 pods (about a minute)
+#   BENCH_OUT=DIR   where results.json, summary.md and add-latency.png go (target/bench)
+#
+# The driver is bench/bench.py (Python 3, standard library only; matplotlib is used for the
+# plot when it is installed, else a built-in PNG writer draws it). strace is optional: without
+# it the breakdown of our ADD has no syscall section. Everything the bench creates (netns,
+# temp dirs) is deleted at the end, on failure and on Ctrl-C too.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CNIRS_BIN_DIR="${CNIRS_BIN_DIR:-$repo/target/release}"
+export CNITOOL="${CNITOOL:-$repo/conformance/cnitool/bin/cnitool}"
+export BENCH_OUT="${BENCH_OUT:-$repo/target/bench}"
+export BENCH_PREFIX="cnirs-bench$$"
+export BENCH_TMP
+BENCH_TMP="$(mktemp -d /tmp/cnirs-bench.XXXXXX)"
+
+say() { printf '%s\n' "$*" >&2; }
+
+cleanup() {
+    set +e
+    # The driver cleans up after itself; this is the backstop (driver killed hard).
+    local names
+    names=$(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$BENCH_PREFIX-" || true)
+    if [[ -n "$names" ]]; then
+        for ns in $names; do
+            for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
+        done
+        printf 'netns del %s\n' $names | ip -force -batch - >/dev/null 2>&1
+    fi
+    rm -rf "$BENCH_TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+[[ "$(id -u)" -eq 0 ]] || { say "make bench must run as root (it creates network namespaces)"; exit 1; }
+[[ -x "$CNITOOL" ]] || { say "cnitool missing at $CNITOOL (make cnitool)"; exit 1; }
+for p in bridge host-local portmap isolation; do
+    [[ -x "$CNIRS_BIN_DIR/$p" ]] || { say "$CNIRS_BIN_DIR/$p missing (make build)"; exit 1; }
+done
+for p in bridge host-local portmap firewall; do
+    [[ -x "/usr/lib/cni/$p" ]] || { say "reference plugin /usr/lib/cni/$p missing (containernetworking-plugins)"; exit 1; }
+done
+command -v python3 >/dev/null || { say "python3 is needed"; exit 1; }
+command -v strace >/dev/null || say "note: strace not installed: the breakdown will have no syscall section (apt-get install strace)"
+
+mkdir -p "$BENCH_OUT"
+python3 "$repo/bench/bench.py"
