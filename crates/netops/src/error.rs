@@ -70,7 +70,7 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
-    #[error("{op} route {dst} via {gw:?} dev {link} in {netns}: {source}")]
+    #[error("{op} route {dst}{} dev {link} in {netns}: {source}", gw.map(|g| format!(" via {g}")).unwrap_or_default())]
     Route {
         op: &'static str,
         dst: String,
