@@ -684,7 +684,7 @@ fn huge_stdin_is_a_prompt_decode_error() {
         .collect();
     // Valid JSON start, then 20 MiB of string: more than any plugin should read.
     let mut endless = br#"{"cniVersion":"1.0.0","name":"n","type":"x","pad":""#.to_vec();
-    endless.extend(std::iter::repeat(b'a').take(20 << 20));
+    endless.extend(std::iter::repeat_n(b'a', 20 << 20));
     for bin in BINARIES {
         for (what, stdin) in [
             ("10 MiB spaces", &spaces),
