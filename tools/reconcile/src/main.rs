@@ -1,1 +1,315 @@
-fn main() {}
+//! `cnirs-reconcile`: put the suite's nftables table (`inet cnirs`) back after something
+//! removed it (`nft flush ruleset`, `systemctl reload nftables`, `firewall-cmd --reload`).
+//!
+//! The plugins keep what they installed in state files under
+//! `$CNIRS_RUN_DIR/netns-<inode>/` (default `/run/cni-rs`); this tool loads the table skeleton
+//! and re-adds every element that state knows, in one nft transaction
+//! ([`nftplan::Firewall::reconcile`]), for the network namespace it runs in
+//! (`ip netns exec NS cnirs-reconcile` for another one).
+//!
+//! ```text
+//! cnirs-reconcile            repair (exit 0 ok, 1 failed)
+//! cnirs-reconcile --check    report what is missing, change nothing
+//!                            (exit 0 nothing missing, 1 something missing, 2 cannot tell)
+//! ```
+//! Logs go to stderr (the journal under systemd); `CNIRS_LOG` sets the level (default `info`).
+//! Nothing is written to stdout.
+
+use std::{
+    io::Write,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use log::{LevelFilter, Log, Metadata, Record};
+use nftplan::{Firewall, NftBackend, NftCli, NftError, SKELETON, TABLE};
+use serde_json::Value;
+
+const USAGE: &str = "usage: cnirs-reconcile [--check]
+
+Rebuild the nftables table `inet cnirs` of the CNI plugins (skeleton and every element their
+state under $CNIRS_RUN_DIR, default /run/cni-rs, records) in the current network namespace.
+
+  --check    report what is missing from the kernel and change nothing
+             (exit 0: nothing missing, 1: something missing, 2: cannot tell)
+  -h, --help this text
+
+CNIRS_LOG=error|warn|info|debug sets the log level (default info); CNIRS_NFT the nft binary.
+";
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Repair,
+    Check,
+    Help,
+}
+
+fn parse_args(args: &[String]) -> Result<Mode, String> {
+    let mut mode = Mode::Repair;
+    for a in args {
+        match a.as_str() {
+            "--check" | "-c" => mode = Mode::Check,
+            "-h" | "--help" => return Ok(Mode::Help),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(mode)
+}
+
+fn main() -> ExitCode {
+    init_log();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(&args) {
+        Ok(Mode::Help) => {
+            let _ = std::io::stderr().write_all(USAGE.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Ok(Mode::Repair) => match repair() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("reconcile failed: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(Mode::Check) => match check() {
+            Ok(missing) if missing.is_empty() => {
+                log::info!("table {TABLE} matches the state: nothing missing");
+                ExitCode::SUCCESS
+            }
+            Ok(missing) => {
+                for m in &missing {
+                    log::warn!("missing: {m}");
+                }
+                log::warn!(
+                    "{} thing(s) missing from {TABLE}; run cnirs-reconcile to repair",
+                    missing.len()
+                );
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                log::error!("check failed: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Err(e) => {
+            log::error!("{e}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The firewall of this netns, or `None` when no plugin ever ran here (no state directory):
+/// then there is nothing to restore and no table is created.
+fn firewall() -> Result<Option<Firewall>, NftError> {
+    let fw = Firewall::open()?;
+    if !fw.state_dir().exists() {
+        log::info!(
+            "no state in {}: no CNI plugin of this suite ran in this netns, nothing to do",
+            fw.state_dir().display()
+        );
+        return Ok(None);
+    }
+    Ok(Some(fw))
+}
+
+/// `nft -f - <<< skeleton + every element of the state`.
+fn repair() -> Result<(), NftError> {
+    let Some(fw) = firewall()? else {
+        return Ok(());
+    };
+    let t = std::time::Instant::now();
+    fw.reconcile()?;
+    log::info!(
+        "table {TABLE} reconciled from {} in {:?}",
+        fw.state_dir().display(),
+        t.elapsed()
+    );
+    Ok(())
+}
+
+/// A backend that applies nothing and keeps the script: what `reconcile` would run.
+#[derive(Default)]
+struct Capture(Mutex<Vec<String>>);
+
+impl NftBackend for Capture {
+    fn apply(&self, script: &str) -> Result<(), NftError> {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(script.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Everything that `reconcile` would add and the kernel lacks: the table, skeleton rules per
+/// chain (`nft -j list table inet cnirs`), then each element (`nft get element ...`, one batch,
+/// element by element only if the batch fails).
+fn check() -> Result<Vec<String>, NftError> {
+    let Some(real) = firewall()? else {
+        return Ok(Vec::new());
+    };
+    let cap = Arc::new(Capture::default());
+    Firewall::with_backend(real.state_dir(), Box::new(cap.clone())).reconcile()?;
+    let script = cap.0.lock().map(|v| v.concat()).unwrap_or_default();
+    let nft = NftCli::new();
+    let mut missing = Vec::new();
+
+    let (table, rest) = TABLE.split_once(' ').unwrap_or(("inet", "cnirs"));
+    let Some(listing) = nft.query(&["list", "table", table, rest])? else {
+        missing.push(format!("table {TABLE} (everything)"));
+        return Ok(missing);
+    };
+    missing.extend(missing_rules(&listing));
+
+    let gets: Vec<String> = script.lines().filter_map(get_line).collect();
+    if gets.is_empty() || nft.apply(&lines(&gets)).is_ok() {
+        return Ok(missing);
+    }
+    for g in &gets {
+        if nft.apply(&lines(std::slice::from_ref(g))).is_err() {
+            missing.push(g.trim_start_matches("get ").to_owned());
+        }
+    }
+    Ok(missing)
+}
+
+fn lines(v: &[String]) -> String {
+    let mut s = v.join("\n");
+    s.push('\n');
+    s
+}
+
+/// `add element inet cnirs SET { KEY [: VALUE] }` -> `get element inet cnirs SET { KEY }`.
+fn get_line(line: &str) -> Option<String> {
+    let rest = line.strip_prefix(&format!("add element {TABLE} "))?;
+    let (set, elem) = rest.split_once(" { ")?;
+    let elem = elem.strip_suffix(" }")?;
+    let key = elem.split(" : ").next().unwrap_or(elem);
+    Some(format!("get element {TABLE} {set} {{ {key} }}"))
+}
+
+/// Chains of the skeleton that are missing or hold fewer rules than the skeleton adds
+/// (`listing` is `nft -j list table inet cnirs`).
+fn missing_rules(listing: &str) -> Vec<String> {
+    let mut want: Vec<(&str, usize)> = Vec::new();
+    let prefix = format!("add rule {TABLE} ");
+    let chain_prefix = format!("add chain {TABLE} ");
+    for l in SKELETON.lines() {
+        if let Some(rest) = l.strip_prefix(&chain_prefix) {
+            let name = rest.split_whitespace().next().unwrap_or(rest);
+            want.push((name, 0));
+        } else if let Some(rest) = l.strip_prefix(&prefix) {
+            let name = rest.split_whitespace().next().unwrap_or(rest);
+            if let Some(w) = want.iter_mut().find(|(n, _)| *n == name) {
+                w.1 += 1;
+            }
+        }
+    }
+    let v: Value = serde_json::from_str(listing).unwrap_or(Value::Null);
+    let objs = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let chains: Vec<&str> = objs
+        .iter()
+        .filter_map(|o| o.get("chain")?.get("name")?.as_str())
+        .collect();
+    let mut out = Vec::new();
+    for (name, n) in want {
+        if !chains.contains(&name) {
+            out.push(format!("chain {TABLE} {name}"));
+            continue;
+        }
+        let have = objs
+            .iter()
+            .filter(|o| o.get("rule").and_then(|r| r.get("chain")?.as_str()) == Some(name))
+            .count();
+        if have < n {
+            out.push(format!("{} of {n} rules of chain {TABLE} {name}", n - have));
+        }
+    }
+    out
+}
+
+// ---- logging: stderr only ----
+
+struct StderrLog;
+
+impl Log for StderrLog {
+    fn enabled(&self, m: &Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!("cnirs-reconcile {} {}\n", r.level(), r.args());
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLog = StderrLog;
+
+fn init_log() {
+    let level = match std::env::var("CNIRS_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "off" => LevelFilter::Off,
+        "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        _ => LevelFilter::Info,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn args() {
+        assert_eq!(parse_args(&[]).unwrap(), Mode::Repair);
+        assert_eq!(parse_args(&["--check".into()]).unwrap(), Mode::Check);
+        assert_eq!(parse_args(&["--help".into()]).unwrap(), Mode::Help);
+        assert!(parse_args(&["--bogus".into()]).is_err());
+    }
+
+    #[test]
+    fn get_lines_drop_map_values() {
+        assert_eq!(
+            get_line("add element inet cnirs pm4_any { tcp . 8080 : 10.1.0.2 . 80 }").unwrap(),
+            "get element inet cnirs pm4_any { tcp . 8080 }"
+        );
+        assert_eq!(
+            get_line("add element inet cnirs same_br { \"br0\" . \"br0\" }").unwrap(),
+            "get element inet cnirs same_br { \"br0\" . \"br0\" }"
+        );
+        assert!(get_line("add rule inet cnirs forward accept").is_none());
+    }
+
+    #[test]
+    fn rules_missing_from_a_listing() {
+        // A table with only an empty `forward` chain: every other chain is missing and so are
+        // forward's rules.
+        let listing = r#"{"nftables":[{"metainfo":{}},{"table":{"family":"inet","name":"cnirs"}},
+            {"chain":{"family":"inet","table":"cnirs","name":"forward"}}]}"#;
+        let m = missing_rules(listing);
+        assert!(
+            m.iter()
+                .any(|s| s == "6 of 6 rules of chain inet cnirs forward"),
+            "{m:?}"
+        );
+        assert!(m.iter().any(|s| s == "chain inet cnirs portmap"), "{m:?}");
+        assert_eq!(m.len(), 6, "{m:?}");
+    }
+}
