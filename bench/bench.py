@@ -163,9 +163,25 @@ def _memfd(data=b""):
     return fd
 
 
-def spawn(argv, env=None, stdin=b"", timeout=120.0):
-    """Run argv; wall time fork..wait4, and wait4's rusage (the process and its reaped tree)."""
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+_RSS_SEQ = [0]
+_RSS_LOCK = threading.Lock()
+
+
+def spawn(argv, env=None, stdin=b"", timeout=120.0, rss=False):
+    """Run argv; wall time fork..wait4, and wait4's CPU time (the process and its reaped tree).
+
+    wait4's ru_maxrss is useless from here: exec records the parent's high-water mark, and the
+    parent is this Python (about 19 MiB). With rss=True the command runs under GNU time, whose
+    %M is the peak RSS of the command's tree as seen from a small parent; the wall time of such
+    a run includes time's own fork+exec and is not used."""
     fin, fout, ferr = _memfd(stdin), _memfd(), _memfd()
+    rss_path = None
+    if rss and GNU_TIME:
+        with _RSS_LOCK:
+            _RSS_SEQ[0] += 1
+            rss_path = os.path.join(TMP, "rss.%d" % _RSS_SEQ[0])
+        argv = [GNU_TIME, "-f", "%M", "-o", rss_path] + list(argv)
     try:
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, env=env, stdin=fin, stdout=fout, stderr=ferr, close_fds=True)
@@ -179,7 +195,15 @@ def spawn(argv, env=None, stdin=b"", timeout=120.0):
         p.returncode = os.waitstatus_to_exitcode(status)
         out = _read_all(fout)
         err = _read_all(ferr)
-        return Run(p.returncode, out, err, ms, ru.ru_utime, ru.ru_stime, ru.ru_maxrss)
+        maxrss = None
+        if rss_path:
+            try:
+                with open(rss_path) as f:
+                    maxrss = int(f.read().split()[-1])
+                os.unlink(rss_path)
+            except (OSError, ValueError, IndexError):
+                maxrss = None
+        return Run(p.returncode, out, err, ms, ru.ru_utime, ru.ru_stime, maxrss)
     finally:
         for fd in (fin, fout, ferr):
             os.close(fd)
@@ -290,7 +314,7 @@ def summ(runs):
         "p50_ms": pct(ms, 50),
         "p99_ms": pct(ms, 99),
         "cpu_ms_p50": pct([r.cpu_ms for r in runs], 50),
-        "maxrss_kib": max((r.maxrss_kib for r in runs), default=None),
+        "maxrss_kib": max((r.maxrss_kib for r in runs if r.maxrss_kib), default=None),
         "first_error": next((_short(r.err or r.out) for r in runs if not r.ok), None),
     }
 
@@ -319,6 +343,10 @@ def bench_startup(chains):
             argv = [path, "-f", "/dev/null"] if k.startswith("nft") else [path]
             samples[k].append(spawn(argv, env, stdin))
     res = {k: summ(v) for k, v in samples.items()}
+    for k, path in bins:  # peak RSS, under GNU time (see spawn)
+        argv = [path, "-f", "/dev/null"] if k.startswith("nft") else [path]
+        kib = [spawn(argv, env, stdin, rss=True).maxrss_kib for _ in range(3)]
+        res[k]["maxrss_kib"] = max((x for x in kib if x), default=None)
     # cnitool's own floor: DEL through a chain whose only plugin is /bin/true (prints nothing,
     # which libcni accepts for DEL).
     floor_dir = os.path.join(TMP, "floor")
@@ -485,17 +513,18 @@ def with_prev(stdin, prev):
     return json.dumps(conf).encode()
 
 
-def replay_once(c, inputs, cid):
+def replay_once(c, inputs, cid, rss=False, extra_env=None):
     """ADD each plugin in order (prevResult chained as libcni does), CHECK, DEL in reverse;
     host-local alone (ADD, DEL) with the input bridge gave it. Returns {(verb, plugin): Run}."""
     chain = ["bridge", "portmap", c.last]
     runs = {}
     prev = None
+    inputs = {k: (stdin, dict(env, **(extra_env or {}))) for k, (stdin, env) in inputs.items()}
     with InNs(c.ns):
         for n in chain:
             stdin, env = inputs[("ADD", n)]
             e = dict(env, CNI_CONTAINERID=cid)
-            r = spawn([os.path.join(c.bindir, n)], e, with_prev(stdin, prev))
+            r = spawn([os.path.join(c.bindir, n)], e, with_prev(stdin, prev), rss=rss)
             runs[("ADD", n)] = r
             if r.ok:
                 prev = r.json()
@@ -503,19 +532,21 @@ def replay_once(c, inputs, cid):
             if ("CHECK", n) in inputs:
                 stdin, env = inputs[("CHECK", n)]
                 runs[("CHECK", n)] = spawn([os.path.join(c.bindir, n)],
-                                           dict(env, CNI_CONTAINERID=cid), with_prev(stdin, prev))
+                                           dict(env, CNI_CONTAINERID=cid), with_prev(stdin, prev),
+                                           rss=rss)
         for n in reversed(chain):
             if ("DEL", n) not in inputs:
                 continue
             stdin, env = inputs[("DEL", n)]
             runs[("DEL", n)] = spawn([os.path.join(c.bindir, n)],
-                                     dict(env, CNI_CONTAINERID=cid), with_prev(stdin, prev))
+                                     dict(env, CNI_CONTAINERID=cid), with_prev(stdin, prev),
+                                     rss=rss)
         if ("ADD", "host-local") in inputs:
             for verb in ("ADD", "DEL"):
                 stdin, env = inputs[(verb, "host-local")]
                 runs[(verb, "host-local")] = spawn(
                     [os.path.join(c.bindir, "host-local")],
-                    dict(env, CNI_CONTAINERID=cid + "-ipam"), stdin)
+                    dict(env, CNI_CONTAINERID=cid + "-ipam"), stdin, rss=rss)
     return runs
 
 
@@ -532,8 +563,28 @@ def bench_replay(chains):
         for c in order:
             for key, r in replay_once(c, inputs[c.key], "replay%d" % k).items():
                 samples[c.key].setdefault("%s %s" % key, []).append(r)
+    # Peak RSS under GNU time: of the process tree (nft, iptables children included), and for
+    # ours also of the plugin process alone, with nft replaced by /bin/true (CNIRS_NFT).
+    rss = {c.key: {} for c in chains}
+    own = {}
+    if GNU_TIME:
+        for k in range(2):
+            for c in (chains if k % 2 == 0 else chains[::-1]):
+                for key, r in replay_once(c, inputs[c.key], "rss%d" % k, rss=True).items():
+                    d = rss[c.key]
+                    d["%s %s" % key] = max(d.get("%s %s" % key) or 0, r.maxrss_kib or 0) or None
+                if c.key == "ours":
+                    for key, r in replay_once(c, inputs[c.key], "own%d" % k, rss=True,
+                                              extra_env={"CNIRS_NFT": "/bin/true"}).items():
+                        if r.ok:
+                            own["%s %s" % key] = max(own.get("%s %s" % key) or 0,
+                                                     r.maxrss_kib or 0) or None
     for c in chains:
         res[c.key]["plugins"] = {k: summ(v) for k, v in samples[c.key].items()}
+        for k, v in res[c.key]["plugins"].items():
+            v["maxrss_kib"] = rss[c.key].get(k)
+            if c.key == "ours":
+                v["maxrss_own_kib"] = own.get(k)
     return res, inputs
 
 
@@ -541,30 +592,29 @@ def bench_replay(chains):
 
 
 def bench_strace(c, inputs):
-    """Our ADD (bridge, portmap, isolation, in order) under strace -f; per-category time."""
+    """Our ADD (bridge, portmap, isolation, in order) and DEL (reverse) under strace -f."""
     strace = shutil.which("strace")
     if not strace:
         return None
-    log("strace: one ADD of our chain")
-    out = {"plugins": {}}
+    log("strace: one ADD and one DEL of our chain")
+    chain = ["bridge", "portmap", c.last]
+    out = {"ADD": {}, "DEL": {}}
     prev = None
     with InNs(c.ns):
-        for n in ["bridge", "portmap", c.last]:
-            stdin, env = inputs[("ADD", n)]
-            trace = os.path.join(c.dir, "strace-%s.txt" % n)
-            e = dict(env, CNI_CONTAINERID="strace")
-            r = spawn([strace, "-f", "-ttt", "-T", "-yy", "-s", "4096", "-o", trace,
-                       os.path.join(c.bindir, n)], e, with_prev(stdin, prev))
-            if r.ok:
-                prev = r.json()
-            with open(trace, errors="replace") as f:
-                out["plugins"][n] = analyse_strace(f.read(), c)
-            out["plugins"][n]["ok"] = r.ok
-            out["plugins"][n]["wall_ms_under_strace"] = r.ms
-        for n in reversed(["bridge", "portmap", c.last]):
-            stdin, env = inputs[("DEL", n)]
-            spawn([os.path.join(c.bindir, n)], dict(env, CNI_CONTAINERID="strace"),
-                  with_prev(stdin, prev))
+        for verb, order in (("ADD", chain), ("DEL", chain[::-1])):
+            for n in order:
+                stdin, env = inputs[(verb, n)]
+                trace = os.path.join(c.dir, "strace-%s-%s.txt" % (verb, n))
+                e = dict(env, CNI_CONTAINERID="strace")
+                r = spawn([strace, "-f", "-ttt", "-T", "-yy", "-s", "4096", "-o", trace,
+                           os.path.join(c.bindir, n)], e, with_prev(stdin, prev))
+                if verb == "ADD" and r.ok:
+                    prev = r.json()
+                with open(trace, errors="replace") as f:
+                    a = analyse_strace(f.read(), c)
+                shutil.copy(trace, os.path.join(OUT, os.path.basename(trace)))
+                a["ok"] = r.ok
+                out[verb][n] = a
     return out
 
 
@@ -573,106 +623,125 @@ CALL = re.compile(r"^([a-z0-9_]+)\((.*)$")
 DUR = re.compile(r"<(\d+\.\d+)>\s*$")
 NLSOCK = re.compile(r"socket\(AF_NETLINK, [^,]*, (NETLINK_[A-Z_]+)\) = \d+<NETLINK:\[(\d+)\]>")
 FDNL = re.compile(r"^\d+<NETLINK:\[(\d+)\]>")
+LOADER = ("execve", "arch_prctl", "set_tid_address", "set_robust_list", "rseq", "prlimit64",
+          "mprotect", "mmap", "munmap", "brk", "access", "newfstatat", "fstat", "pread64",
+          "getrandom", "sigaltstack", "rt_sigaction", "rt_sigprocmask", "poll", "statx",
+          "sched_getaffinity", "readlink", "madvise", "prctl", "uname", "getpid", "gettid")
+WAITS = ("wait4", "waitid", "poll", "ppoll", "futex", "epoll_wait", "epoll_pwait", "select",
+         "pselect6")
+SPAWN = ("clone", "clone3", "vfork", "fork", "pipe2", "pidfd_open", "dup2", "dup3")
+
+
+def _merge(iv):
+    out = []
+    for a, b in sorted(iv):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _overlap(a, b, iv):
+    return sum(max(0.0, min(b, y) - max(a, x)) for x, y in iv)
 
 
 def analyse_strace(text, c):
-    """Per process: name, lifetime; per category: syscall time. Categories:
-    rtnetlink (syscalls on NETLINK_ROUTE sockets), nft child processes (their whole life),
-    IPAM files (the dataDir), state files (CNIRS_RUN_DIR) incl. flock, /proc/sys, spawn/wait,
-    exec+loader (execve..first non-loader syscall), other syscalls; the rest of the wall time is
-    user space (CPU or scheduling)."""
+    """Exclusive wall time per process (its lifetime minus the time a child process of the
+    trace was alive), split by what its syscalls touched; the rest is user space. An nft child
+    counts whole as "nft process". Categories: exec + loader (execve, until the first syscall
+    that is not start-up work), rtnetlink (syscalls on NETLINK_ROUTE sockets), IPAM files
+    (the dataDir), state files (CNIRS_RUN_DIR, flock included), /proc/sys, setns, spawning
+    children, blocked (waits not covered by a child's life), other syscalls."""
     ipam = os.path.join(c.dir, "ipam")
     run = os.path.join(c.dir, "run")
     procs = {}
     nl_proto = {}
-    cats = {}
-    resumed = {}
-
-    def add(cat, d):
-        cats[cat] = cats.get(cat, 0.0) + d
-
+    pending = {}
     for raw in text.splitlines():
         m = LINE.match(raw)
         if not m:
             continue
         pid, ts, rest = int(m.group(1)), float(m.group(2)), m.group(3)
-        p = procs.setdefault(pid, {"start": ts, "end": ts, "name": None, "syscalls": 0,
-                                   "syscall_s": 0.0})
+        p = procs.setdefault(pid, {"start": ts, "end": ts, "name": None, "calls": [],
+                                   "loading": True})
         p["end"] = max(p["end"], ts)
         if rest.startswith("+++") or rest.startswith("---"):
             continue
         if "<unfinished ...>" in rest:
-            cm = CALL.match(rest)
-            if cm:
-                resumed[pid] = cm.group(1) + "(" + cm.group(2)
+            pending[pid] = (ts, rest.split("<unfinished", 1)[0])
             continue
         if rest.startswith("<..."):
-            head = resumed.pop(pid, "")
+            ts0, head = pending.pop(pid, (ts, ""))
             rest = head + rest.split("resumed>", 1)[-1]
+            ts = ts0
         cm = CALL.match(rest)
         dm = DUR.search(rest)
         if not cm or not dm:
             continue
         name, args, d = cm.group(1), cm.group(2), float(dm.group(1))
         p["end"] = max(p["end"], ts + d)
-        p["syscalls"] += 1
-        p["syscall_s"] += d
-        if name == "execve" and " = 0" in rest:
-            p["name"] = os.path.basename(args.split('"')[1]) if '"' in args else "?"
+        if name == "execve" and " = 0" in rest and '"' in args:
+            p["name"] = os.path.basename(args.split('"')[1])
         nm = NLSOCK.search(rest)
         if nm:
             nl_proto[nm.group(2)] = nm.group(1)
-        p.setdefault("cats", {})
-        if p["name"] == "nft":
-            cat = "nft process"
-        elif name in ("execve", "clone", "clone3", "vfork", "fork", "wait4", "waitid",
-                      "pidfd_open", "pipe2", "prlimit64"):
-            cat = "spawn/wait children"
-        elif FDNL.match(args):
-            proto = nl_proto.get(FDNL.match(args).group(1), "NETLINK_?")
-            cat = "rtnetlink" if proto == "NETLINK_ROUTE" else "netlink " + proto[8:].lower()
-        elif name == "socket" and "AF_NETLINK" in args:
-            cat = "rtnetlink" if "NETLINK_ROUTE" in args else "netlink other"
-        elif ipam in args:
-            cat = "IPAM files (dataDir)"
-        elif run in args:
-            cat = "state files (run dir, flock)"
-        elif "/proc/sys" in args:
-            cat = "/proc/sys"
-        elif name in ("setns", "unshare") or "ns/net" in args or "/run/netns" in args:
-            cat = "setns / netns"
-        elif name in ("mmap", "mprotect", "munmap", "brk", "openat", "read", "close",
-                      "newfstatat", "fstat", "pread64", "arch_prctl", "set_tid_address",
-                      "set_robust_list", "rseq", "access", "getrandom", "sigaltstack",
-                      "rt_sigaction", "rt_sigprocmask", "poll", "statx", "sched_getaffinity",
-                      "readlink", "futex", "madvise", "prctl", "ioctl", "lseek", "fcntl",
-                      "getpid", "gettid", "uname"):
-            cat = "runtime/loader/misc syscalls"
+        fm = FDNL.match(args)
+        if p["loading"] and (name in LOADER or ".so" in args or "ld.so" in args):
+            cat = "exec + loader"
         else:
-            cat = "other syscalls"
-        if cat != "nft process":
-            add(cat, d)
+            if name not in ("execve",):
+                p["loading"] = False
+            if fm or (name == "socket" and "AF_NETLINK" in args):
+                proto = nl_proto.get(fm.group(1), "") if fm else args
+                cat = "rtnetlink" if "NETLINK_ROUTE" in proto else "netlink (other)"
+            elif ipam in args:
+                cat = "IPAM files (dataDir)"
+            elif run in args:
+                cat = "state files (run dir, flock)"
+            elif "/proc/sys" in args:
+                cat = "/proc/sys"
+            elif name in ("setns", "unshare") or "ns/net" in args or "/run/netns" in args:
+                cat = "setns"
+            elif name in SPAWN or name == "execve":
+                cat = "spawn children"
+            elif name in WAITS or "<pipe:" in args.split(",", 1)[0]:
+                cat = "blocked (wait, pipes)"
+            else:
+                cat = "other syscalls"
+        p["calls"].append((ts, d, cat))
     if not procs:
         return {"error": "empty trace"}
+    cats = {}
+    plist = []
+    for pid, p in procs.items():
+        kids = _merge([(q["start"], q["end"]) for qp, q in procs.items()
+                       if qp != pid and p["start"] < q["start"] < p["end"]])
+        life = p["end"] - p["start"]
+        excl = life - _overlap(p["start"], p["end"], kids)
+        pc = {}
+        if p["name"] == "nft":
+            pc["nft process"] = excl
+        else:
+            for ts, d, cat in p["calls"]:
+                x = d - _overlap(ts, ts + d, kids)
+                if x > 0:
+                    pc[cat] = pc.get(cat, 0.0) + x
+            pc["user space (rest)"] = max(0.0, excl - sum(pc.values()))
+        for k, v in pc.items():
+            cats[k] = cats.get(k, 0.0) + v
+        plist.append({"name": p["name"] or "?", "ms": life * 1000, "exclusive_ms": excl * 1000,
+                      "syscalls": len(p["calls"]),
+                      "categories_ms": {k: v * 1000 for k, v in pc.items()}})
     t0 = min(p["start"] for p in procs.values())
     t1 = max(p["end"] for p in procs.values())
-    wall = t1 - t0
-    nft_s = sum(p["end"] - p["start"] for p in procs.values() if p["name"] == "nft")
-    # Time the plugin's process spends waiting for an nft child is inside wait4/poll of the
-    # parent: take nft's lifetimes out of "spawn/wait" so nothing counts twice.
-    waited = cats.get("spawn/wait children", 0.0)
-    cats["spawn/wait children"] = max(0.0, waited - nft_s)
-    cats["nft process"] = nft_s
-    counted = sum(cats.values())
-    cats["user space (rest)"] = max(0.0, wall - counted)
     scripts = re.findall(r'write\(\d+<pipe:\[\d+\]>, "((?:[^"\\]|\\.)*)"', text)
-    scripts = [s.encode().decode("unicode_escape", "replace") for s in scripts]
+    scripts = [sc.encode().decode("unicode_escape", "replace") for sc in scripts]
     return {
-        "wall_ms": wall * 1000,
-        "processes": [{"name": p["name"] or "?", "ms": (p["end"] - p["start"]) * 1000,
-                       "syscalls": p["syscalls"]} for p in procs.values()],
+        "wall_ms": (t1 - t0) * 1000,
+        "processes": plist,
         "categories_ms": {k: v * 1000 for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
-        "nft_scripts": [s for s in scripts if "table" in s or "element" in s][:8],
+        "nft_scripts": [sc for sc in scripts if "table" in sc or "element" in sc][:8],
     }
 
 
@@ -771,12 +840,14 @@ def build_summary(R):
         no, nr = (n.split("|") + n.split("|"))[:2] if "|" in n else (n, n)
         label = n if "|" not in n else "%s / %s" % (no, nr)
         rep_o, rep_r = R["replay"][o]["plugins"], R["replay"][r]["plugins"]
-        vo = max((v["maxrss_kib"] for k, v in rep_o.items() if k.endswith(" " + no)), default=None)
-        vr = max((v["maxrss_kib"] for k, v in rep_r.items() if k.endswith(" " + nr)), default=None)
-        vo = vo / 1024 if vo else None
-        vr = vr / 1024 if vr else None
-        row("peak RSS %s, ADD/CHECK/DEL (MiB, incl. children)" % label, vo, vr, nd=2,
+        ko = [k for k in rep_o if k.endswith(" " + no)]
+        kr = [k for k in rep_r if k.endswith(" " + nr)]
+        vo = max((rep_o[k].get("maxrss_own_kib") or 0 for k in ko), default=0) / 1024 or None
+        vt = max((rep_o[k]["maxrss_kib"] or 0 for k in ko), default=0) / 1024 or None
+        vr = max((rep_r[k]["maxrss_kib"] or 0 for k in kr), default=0) / 1024 or None
+        row("peak RSS %s, own process (MiB; ref: with children)" % label, vo, vr, nd=2,
             target="<= 4 MiB", met=vo is not None and vo <= 4.0)
+        row("peak RSS %s, with children (MiB)" % label, vt, vr, nd=2)
     nft = st.get("nft (-f /dev/null)")
     if nft:
         rows.append(("nft -f /dev/null: spawn p50 / peak RSS", fmt(nft["p50_ms"], " ms", 2),
@@ -799,11 +870,12 @@ def build_summary(R):
 def build_breakdown(R):
     lines = []
     rep = R["replay"]
-    lines.append("Per plugin, run directly with the stdin libcni gave it (pod %d, %d runs, "
-                 "p50 wall ms / CPU ms / peak RSS MiB incl. children):" % (STAGES[-1],
-                                                                            REPLAY_RUNS))
+    lines.append("Per plugin, run directly with the stdin libcni gave it (pod %d, %d runs): p50 "
+                 "wall ms, CPU ms, peak RSS MiB (ours: own process with nft stubbed / with "
+                 "children; ref: with children):" % (STAGES[-1], REPLAY_RUNS))
     lines.append("")
-    lines.append("| step | ours wall | ours CPU | ours RSS | ref wall | ref CPU | ref RSS |")
+    lines.append("| step | ours wall | ours CPU | ours RSS own / tree | ref wall | ref CPU "
+                 "| ref RSS tree |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
     keys = []
     for verb in ("ADD", "CHECK", "DEL"):
@@ -820,46 +892,53 @@ def build_breakdown(R):
             if not s:
                 return ["", "", ""]
             okm = "" if s["ok"] == s["n"] else " (%d/%d ok)" % (s["ok"], s["n"])
-            return [fmt(s["p50_ms"], "", 2) + okm, fmt(s["cpu_ms_p50"], "", 2),
-                    fmt((s["maxrss_kib"] or 0) / 1024, "", 2)]
+            tree = fmt((s["maxrss_kib"] or 0) / 1024, "", 2)
+            if "maxrss_own_kib" in s:
+                tree = fmt((s["maxrss_own_kib"] or 0) / 1024, "", 2) + " / " + tree
+            return [fmt(s["p50_ms"], "", 2) + okm, fmt(s["cpu_ms_p50"], "", 2), tree]
         label = "%s %s" % (verb, no if no == nr else "%s / %s" % (no, nr))
         if n == "host-local":
             label += " (alone)"
         lines.append("| %s |" % " | ".join([label] + cell(a) + cell(b)))
     st = R.get("strace")
     if st:
-        lines.append("")
-        lines.append("Our ADD under strace -f (absolute times are inflated by strace; read the "
-                     "shares):")
-        lines.append("")
-        total = {}
-        for n, a in st["plugins"].items():
-            if "categories_ms" not in a:
-                continue
-            procs = ", ".join("%s %.1f ms" % (p["name"], p["ms"]) for p in a["processes"])
-            lines.append("- %s: %.1f ms traced; processes: %s" % (n, a["wall_ms"], procs))
-            for k, v in a["categories_ms"].items():
-                total[k] = total.get(k, 0.0) + v
-        s = sum(total.values()) or 1.0
-        lines.append("")
-        lines.append("| where (whole ADD: bridge+host-local, portmap, isolation) | ms under strace "
-                     "| share |")
-        lines.append("|---|---:|---:|")
-        for k, v in sorted(total.items(), key=lambda kv: -kv[1]):
-            lines.append("| %s | %.1f | %.0f%% |" % (k, v, 100 * v / s))
-        nscripts = [x for a in st["plugins"].values() for x in a.get("nft_scripts", [])]
-        nproc = sum(1 for a in st["plugins"].values() for p in a.get("processes", [])
-                    if p["name"] == "nft")
-        lines.append("")
-        lines.append("nft processes spawned by one ADD: %d; process start of one nft: %s ms "
-                     "(nft -f /dev/null p50)." % (
-                         nproc, fmt(R["startup"].get("nft (-f /dev/null)", {}).get("p50_ms"),
-                                    "", 2)))
-        if nscripts:
-            lines.append("First nft script of the ADD (%d bytes):" % len(nscripts[0]))
+        nft = R["startup"].get("nft (-f /dev/null)", {})
+        for verb in ("ADD", "DEL"):
+            lines.append("")
+            lines.append("Our %s under strace -f, exclusive wall time per process (strace "
+                         "inflates syscall-heavy parts; read the shares):" % verb)
+            lines.append("")
+            total = {}
+            nproc = 0
+            for n, a in st[verb].items():
+                if "processes" not in a:
+                    continue
+                procs = ", ".join("%s %.1f ms (own %.1f)" % (p["name"], p["ms"],
+                                                             p["exclusive_ms"])
+                                  for p in a["processes"])
+                lines.append("- %s%s: %.1f ms traced; processes: %s" % (
+                    n, "" if a["ok"] else " (FAILED)", a["wall_ms"], procs))
+                nproc += sum(1 for p in a["processes"] if p["name"] == "nft")
+                for k, v in a["categories_ms"].items():
+                    total[k] = total.get(k, 0.0) + v
+            s = sum(total.values()) or 1.0
+            lines.append("")
+            lines.append("| where (whole %s of our chain) | ms under strace | share |" % verb)
+            lines.append("|---|---:|---:|")
+            for k, v in sorted(total.items(), key=lambda kv: -kv[1]):
+                lines.append("| %s | %.1f | %.0f%% |" % (k, v, 100 * v / s))
+            lines.append("")
+            lines.append("nft processes spawned by one %s: %d (one nft -f /dev/null costs %s ms "
+                         "and %s MiB unstraced)." % (
+                             verb, nproc, fmt(nft.get("p50_ms"), "", 2),
+                             fmt((nft.get("maxrss_kib") or 0) / 1024, "", 2)))
+        scripts = [x for a in st["ADD"].values() for x in a.get("nft_scripts", [])]
+        if scripts:
+            lines.append("nft scripts of the ADD:")
             lines.append("")
             lines.append("```")
-            lines.append(nscripts[0].strip()[:1500])
+            for sc in scripts:
+                lines.append(sc.strip()[:800])
             lines.append("```")
     return "\n".join(lines) + "\n"
 
@@ -916,7 +995,8 @@ FONT = {  # 5x7, rows top to bottom
     "T": "11111 00100 00100 00100 00100 00100 00100", "U": "10001 10001 10001 10001 10001 10001 01110",
     "V": "10001 10001 10001 10001 10001 01010 00100", "Y": "10001 10001 01010 00100 00100 00100 00100",
     "(": "00010 00100 01000 01000 01000 00100 00010", ")": "01000 00100 00010 00010 00010 00100 01000",
-    "-": "00000 00000 00000 11111 00000 00000 00000", "G": "01110 10001 10000 10111 10001 10001 01111",
+    "-": "00000 00000 00000 11111 00000 00000 00000", ",": "00000 00000 00000 00000 01100 00100 01000",
+    "G": "01110 10001 10000 10111 10001 10001 01111",
     "I": "01110 00100 00100 00100 00100 00100 01110", "H": "10001 10001 10001 11111 10001 10001 10001",
     "B": "11110 10001 10001 11110 10001 10001 11110", "X": "10001 10001 01010 00100 01010 10001 10001",
 }
