@@ -441,7 +441,6 @@ fn garbage_json_is_code_6() {
 /// A valid config followed by more bytes is not one JSON document: the reference
 /// (`json.Unmarshal`) refuses it with code 6 ("invalid character ... after top-level value").
 #[test]
-#[ignore = "known bug: cni-core conf::parse ignores trailing bytes after the config (no Deserializer::end), e.g. `{...}{}` or `{...}garbage` is accepted"]
 fn trailing_bytes_after_the_config_are_code_6() {
     let p = Plain::new();
     let mut f = Failures::default();

@@ -355,7 +355,7 @@ fn seed_backend_example_works_as_shipped() {
 }
 
 #[test]
-#[ignore = "needs firewall and tuning (issue 10)"]
+#[ignore = "kernel test (root): run by make conformance"]
 fn nerdctl_example_works_as_shipped() {
     run_example("nerdctl/nerdctl-bridge.conflist");
 }

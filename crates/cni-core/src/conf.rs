@@ -58,7 +58,7 @@ pub struct Attachment {
 /// field's path.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CniError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
@@ -71,7 +71,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CniError> {
                 format!("decoding network config: {inner}"),
             ),
         }
-    })
+    })?;
+    // One JSON document and nothing after it (the reference refuses `{..}garbage` too).
+    de.end()
+        .map_err(|e| CniError::new(ErrorCode::Decode, format!("decoding network config: {e}")))?;
+    Ok(value)
 }
 
 /// serde_json appends "at line 1 column 42": useless once we name the field.
@@ -153,7 +157,14 @@ mod tests {
 
     #[test]
     fn broken_json_is_code_6() {
-        for bad in [&b"{"[..], b"", b"not json", b"{\"mtu\": 1,"] {
+        for bad in [
+            &b"{"[..],
+            b"",
+            b"not json",
+            b"{\"mtu\": 1,",
+            b"{}{}",
+            b"{\"mtu\":1}garbage",
+        ] {
             assert_eq!(parse::<Demo>(bad).unwrap_err().code(), 6);
         }
     }
