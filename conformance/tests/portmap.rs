@@ -10,6 +10,11 @@
 //! passes; DEL is idempotent; GC with an empty valid list removes the elements; many pods
 //! (timings printed, never asserted: `make bench` reports time).
 //!
+//! Hairpin is tested with br_netfilter pinned off and on in the test's host netns (the
+//! sysctls are per netns); with it on (this machine, every Kubernetes node) nftplan's hairpin
+//! masquerade does not match: `hairpin_answers_with_br_netfilter` is a known bug.
+//! `CNIRS_PORTMAP_PODS=300` runs the many-pods test at full size (default 50).
+//!
 //! Needs root and the release binaries:
 //! `cargo build --release -p bridge -p host-local -p portmap -p isolation`, then
 //! `cargo test -p conformance --test portmap -- --ignored`.
@@ -835,7 +840,7 @@ fn many_pods_each_with_a_mapping() {
     let n: usize = std::env::var("CNIRS_PORTMAP_PODS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(50);
     let net = TestNet::new();
     let conf = conf(&net, "pmmany", "cnirs-pm9", &["10.228.0.0/22"], true);
     let before = warm_up(&net, &conf);
