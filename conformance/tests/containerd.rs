@@ -1,0 +1,359 @@
+//! Our plugins under a real client: containerd 1.6's `ctr run --rm --cni` (issue 7).
+//!
+//! `ctr` has no flag for the CNI conf or bin dirs (go-cni's defaults `/etc/cni/net.d` and
+//! `/opt/cni/bin`, libcni's cache `/var/lib/cni`), so everything runs in a private mount
+//! namespace ([`MountNs`]: tmpfs over `/run`, `/var/lib` and `/opt`, then bind mounts from the
+//! test's temp dirs) and in the test's host netns: the machine's network, `/etc/cni`,
+//! `/var/lib/cni` and `/run/containerd` are never touched. The test starts its own
+//! `containerd --config` (socket, root and state in the temp dir, CRI plugin disabled) and stops
+//! it by its PID. The container is a directory holding `/bin/busybox` (`ctr run --rootfs`).
+//!
+//! Proven: with conf-examples/containerd/10-cnirs-bridge.conflist (dataDir patched into the
+//! temp dir) the container gets an address of the network on `eth0`, its traffic leaves
+//! masqueraded (the outside netns's server sees the host's 192.0.2.1, and only masqueraded
+//! traffic has a way back), the host side exists while it runs (veth, lease, masquerade
+//! element) and after `ctr run --rm` returns nothing is left (ctr's DEL comes after the netns
+//! is gone, with an empty CNI_NETNS).
+//!
+//! Tested with containerd 1.6.20~ds1 (Debian 12) and runc 1.1.5. Needs root, `containerd`,
+//! `ctr`, `runc`, `nsenter`, `unshare` and the release binaries
+//! (`cargo build --release --workspace --bins`). Run alone:
+//! `cargo test -p conformance --test containerd -- --ignored`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use conformance::*;
+use serde_json::Value;
+
+/// A private mount namespace held open by a `sleep` (killed on drop): tmpfs over `/run`,
+/// `/var/lib` and `/opt` (so nothing the clients write there reaches the machine), then each
+/// `(source, target)` bind-mounted. Targets outside those tmpfs must already exist.
+struct MountNs {
+    holder: Child,
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl MountNs {
+    #[track_caller]
+    fn new(binds: &[(&Path, &str)]) -> Self {
+        let mut script = String::from(
+            "set -e\nmount -t tmpfs cnirs-run /run\nmount -t tmpfs cnirs-varlib /var/lib\n\
+             mount -t tmpfs cnirs-opt /opt\n",
+        );
+        for (src, dst) in binds {
+            let tmpfs = ["/run/", "/var/lib/", "/opt/"]
+                .iter()
+                .any(|p| dst.starts_with(p));
+            assert!(
+                tmpfs || Path::new(dst).is_dir(),
+                "{dst} must exist on this machine as a mount point (install the client's \
+                 package, which creates it)"
+            );
+            if tmpfs {
+                script.push_str(&format!("mkdir -p {}\n", sh_quote(dst)));
+            }
+            script.push_str(&format!(
+                "mount --bind {} {}\n",
+                sh_quote(&src.display().to_string()),
+                sh_quote(dst)
+            ));
+        }
+        script.push_str("echo ready\nexec sleep 600\n");
+        let mut holder = command("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start unshare (util-linux)");
+        let mut line = String::new();
+        let stdout = holder.stdout.take().expect("holder stdout");
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        if line.trim() != "ready" {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            panic!("private mount namespace setup failed (script:\n{script})");
+        }
+        Self { holder }
+    }
+
+    /// `nsenter --mount=/proc/PID/ns/mnt --net=NETNS program` (cleared environment).
+    fn command(&self, netns: &Netns, program: &str) -> Command {
+        let mut cmd = command("nsenter");
+        cmd.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()))
+            .arg(format!("--net={}", netns.path_str()))
+            .arg(program);
+        cmd
+    }
+}
+
+impl Drop for MountNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// A containerd of our own, stopped (SIGTERM, then SIGKILL) by its PID when dropped.
+struct Containerd {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Containerd {
+    #[track_caller]
+    fn start(net: &TestNet, mnt: &MountNs) -> Self {
+        let dir = net.tmp().join("containerd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{}\"\n",
+                dir.join("root").display(),
+                dir.join("state").display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("containerd.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = mnt
+            .command(net.host(), "containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("cannot start containerd");
+        let me = Self { child, socket, log };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !me.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not create {} in 15 s; log:\n{}",
+                me.socket.display(),
+                me.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child, not reaped yet (we wait below), so the pid is ours.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What legitimately stays after the last container of a network is gone: the bridge, its
+/// addresses and routes, the firewall table's skeleton (sets and maps without elements), and
+/// bookkeeping files with no owner in them (host-local's `lock` and `last_reserved_ip.N`,
+/// nftplan's `lock`, directories). Leases, elements, cached results and state records are not.
+fn legit_leftover(bridge: &str) -> impl Fn(&Item) -> bool + '_ {
+    move |i: &Item| match i.kind {
+        "link" => i.text.contains(&format!("\"ifname\":\"{bridge}\"")),
+        "addr" => i.text.starts_with(&format!("{bridge} ")),
+        "route" => i.text.contains(&format!("\"dev\":\"{bridge}\"")),
+        "nft" => {
+            let v: Value = serde_json::from_str(&i.text).unwrap();
+            let set = v.get("set").or_else(|| v.get("map"));
+            set.is_none_or(|s| s.get("elem").is_none())
+        }
+        "file" => {
+            let name = i.text.rsplit('/').next().unwrap_or_default();
+            i.text.ends_with('/') || name == "lock = " || name.starts_with("last_reserved_ip.")
+        }
+        _ => false,
+    }
+}
+
+/// A directory that `ctr run --rootfs` can run: `/bin/busybox` and empty mount points.
+fn busybox_rootfs(net: &TestNet) -> PathBuf {
+    let root = net.tmp().join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    root
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn ctr_run_rm_cni_gets_an_address_goes_out_masqueraded_and_leaves_nothing() {
+    require_tools(&["containerd", "ctr", "runc", "nsenter", "unshare"]);
+    for p in ["bridge", "host-local", "portmap", "isolation"] {
+        plugin_bin(p);
+    }
+    let net = TestNet::new();
+    let out = net.outside();
+    // Only traffic masqueraded to the host's 192.0.2.1 gets answers.
+    out.remove_return_routes();
+    let server = TcpServer::start(&out.ns, &out.far_v4.to_string(), 0, "cnirs-ctr");
+
+    // The conflist users copy, with host-local's dataDir moved into the temp dir.
+    let example = workspace_root().join("conf-examples/containerd/10-cnirs-bridge.conflist");
+    let mut conf: Value =
+        serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    conf["plugins"][0]["ipam"]["dataDir"] = Value::from(net.data_dir().display().to_string());
+    let network = conf["name"].as_str().unwrap().to_owned();
+    let bridge = conf["plugins"][0]["bridge"].as_str().unwrap().to_owned();
+    let netd = net.tmp().join("net.d");
+    std::fs::create_dir_all(&netd).unwrap();
+    std::fs::write(
+        netd.join("10-cnirs-bridge.conflist"),
+        serde_json::to_string_pretty(&conf).unwrap(),
+    )
+    .unwrap();
+
+    let bin = cni_path();
+    let (cache, run_dir) = (net.cache_dir(), net.run_dir());
+    let mnt = MountNs::new(&[
+        (&netd, "/etc/cni/net.d"),
+        (&bin, "/opt/cni/bin"),
+        (&cache, "/var/lib/cni"),
+        (&run_dir, "/run/cni-rs"),
+    ]);
+    let containerd = Containerd::start(&net, &mnt);
+    let rootfs = busybox_rootfs(&net);
+    let before = HostState::of(&net);
+
+    // The container prints its addresses, talks to the outside server, then waits until the
+    // test has looked at the host side (the file `/go` appears in its rootfs).
+    let script = format!(
+        "/bin/busybox ip -o addr show dev eth0; \
+         echo hi | /bin/busybox nc -w 2 {far} {port}; \
+         i=0; while [ ! -e /go ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.05; i=$((i+1)); done",
+        far = out.far_v4,
+        port = server.port()
+    );
+    let started = Instant::now();
+    let ctr = mnt
+        .command(net.host(), "ctr")
+        .arg("--address")
+        .arg(&containerd.socket)
+        .args(["-n", "cnirs", "run", "--rm", "--cni", "--rootfs"])
+        .arg(&rootfs)
+        .args(["cnirs-ctr1", "/bin/busybox", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start ctr");
+
+    // While it runs: a veth on the bridge, a lease, a masquerade element.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let during = loop {
+        let s = HostState::of(&net);
+        let d = before.diff(&s);
+        if d.added.iter().any(|i| i.kind == "link" && i.text.contains("\"veth")) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no veth appeared while ctr runs; containerd log:\n{}",
+            containerd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let added = before.diff(&during).added;
+    let lease = added
+        .iter()
+        .find(|i| i.kind == "file" && i.text.starts_with(&format!("data/{network}/10.88.")))
+        .unwrap_or_else(|| panic!("no lease in dataDir while the container runs: {added:#?}"))
+        .text
+        .clone();
+    assert!(
+        added
+            .iter()
+            .any(|i| i.kind == "nft" && i.text.contains("masq4") && i.text.contains("10.88.0.0")),
+        "no masquerade element while the container runs: {added:#?}"
+    );
+    assert!(
+        added
+            .iter()
+            .any(|i| i.kind == "file" && i.text.starts_with("cache/results/")),
+        "libcni cached no result under /var/lib/cni (bind-mounted cache dir): {added:#?}"
+    );
+    std::fs::write(rootfs.join("go"), b"").unwrap();
+
+    let done = ctr.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&done.stderr).into_owned();
+    eprintln!(
+        "ctr run --rm --cni took {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        started.elapsed()
+    );
+    assert!(
+        done.status.success(),
+        "ctr run failed: {:?}\n{stdout}\n{stderr}\ncontainerd log:\n{}",
+        done.status,
+        containerd.log_text()
+    );
+    // eth0 has an address of the network, the one host-local leased.
+    let ip = lease
+        .trim_start_matches(&format!("data/{network}/"))
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        stdout.contains(&format!("inet {ip}/16")),
+        "eth0 of the container does not show the leased {ip}/16:\n{stdout}"
+    );
+    // Its traffic left masqueraded: the server saw (and told the container) 192.0.2.1.
+    let peers = server.peers();
+    assert!(
+        !peers.is_empty() && peers.iter().all(|p| p.ip() == out.host_v4),
+        "the outside server saw {peers:?}, not the host's {}",
+        out.host_v4
+    );
+    assert!(
+        stdout.contains(&format!("cnirs-ctr {}:", out.host_v4)),
+        "the container did not get the server's answer:\n{stdout}"
+    );
+
+    // ctr's DEL ran after the netns was gone: nothing of the container is left.
+    let after = HostState::of(&net);
+    before
+        .diff(&after)
+        .without(legit_leftover(&bridge))
+        .assert_empty("after `ctr run --rm --cni` returned");
+    assert!(
+        !after
+            .of_kind("link")
+            .any(|i| i.text.contains("\"ifname\":\"veth")),
+        "a veth is left"
+    );
+}
