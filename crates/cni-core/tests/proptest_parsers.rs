@@ -178,9 +178,9 @@ fn result_like() -> impl Strategy<Value = Value> {
             }
             Value::Object(m)
         });
-    let legacy = (interesting_string(), json_value()).prop_map(|(ip, routes)| {
-        json!({"ip4": {"ip": ip, "routes": routes}, "ip6": {"ip": "fd00::1/64"}})
-    });
+    let legacy = (interesting_string(), json_value()).prop_map(
+        |(ip, routes)| json!({"ip4": {"ip": ip, "routes": routes}, "ip6": {"ip": "fd00::1/64"}}),
+    );
     prop_oneof![modern, legacy, json_value()]
 }
 
@@ -269,7 +269,11 @@ fn cni_result() -> impl Strategy<Value = CniResult> {
     (
         proptest::collection::vec(iface, 0..4),
         proptest::collection::vec(
-            (net(), proptest::option::of(ip()), any::<prop::sample::Index>()),
+            (
+                net(),
+                proptest::option::of(ip()),
+                any::<prop::sample::Index>(),
+            ),
             0..5,
         ),
         proptest::collection::vec(route, 0..4),
