@@ -46,6 +46,7 @@ WORKERS, PAR_PODS = (4, 50) if QUICK else (16, 200)
 PAR_ROUNDS = 2
 STARTUP_RUNS = 30 if QUICK else 100
 REPLAY_RUNS = 5 if QUICK else 10
+STRACE_RUNS = 3 if QUICK else 5
 
 BIN_OURS = os.environ.get("CNIRS_BIN_DIR", "target/release")
 BIN_REF = "/usr/lib/cni"
@@ -314,6 +315,8 @@ def summ(runs):
         "p50_ms": pct(ms, 50),
         "p99_ms": pct(ms, 99),
         "cpu_ms_p50": pct([r.cpu_ms for r in runs], 50),
+        "user_ms_p50": pct([r.user * 1000 for r in runs], 50),
+        "sys_ms_p50": pct([r.sys * 1000 for r in runs], 50),
         "maxrss_kib": max((r.maxrss_kib for r in runs if r.maxrss_kib), default=None),
         "first_error": next((_short(r.err or r.out) for r in runs if not r.ok), None),
     }
@@ -591,30 +594,46 @@ def bench_replay(chains):
 # ----------------------------------------------------------------------------- strace
 
 
+def strace_overhead(strace):
+    """Seconds strace adds per traced syscall: dd doing 4000 one-byte syscalls, with and
+    without strace -f -T -yy (median of 5)."""
+    argv = ["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=2000", "status=none"]
+    plain = statistics.median(spawn(argv).ms for _ in range(5))
+    traced = statistics.median(spawn([strace, "-f", "-ttt", "-T", "-yy", "-o", "/dev/null"]
+                                     + argv).ms for _ in range(5))
+    return max(0.0, (traced - plain) / 1000.0 / 4000)
+
+
 def bench_strace(c, inputs):
-    """Our ADD (bridge, portmap, isolation, in order) and DEL (reverse) under strace -f."""
+    """Our ADD (bridge, portmap, isolation, in order) and DEL (reverse) under strace -f,
+    STRACE_RUNS times; the traces of the last run are copied next to the summary."""
     strace = shutil.which("strace")
     if not strace:
         return None
-    log("strace: one ADD and one DEL of our chain")
+    log("strace: %d ADD and DEL of our chain" % STRACE_RUNS)
     chain = ["bridge", "portmap", c.last]
-    out = {"ADD": {}, "DEL": {}}
-    prev = None
+    ov = strace_overhead(strace)
+    out = {"ADD": [], "DEL": [], "overhead_us_per_syscall": ov * 1e6}
     with InNs(c.ns):
-        for verb, order in (("ADD", chain), ("DEL", chain[::-1])):
-            for n in order:
-                stdin, env = inputs[(verb, n)]
-                trace = os.path.join(c.dir, "strace-%s-%s.txt" % (verb, n))
-                e = dict(env, CNI_CONTAINERID="strace")
-                r = spawn([strace, "-f", "-ttt", "-T", "-yy", "-s", "4096", "-o", trace,
-                           os.path.join(c.bindir, n)], e, with_prev(stdin, prev))
-                if verb == "ADD" and r.ok:
-                    prev = r.json()
-                with open(trace, errors="replace") as f:
-                    a = analyse_strace(f.read(), c)
-                shutil.copy(trace, os.path.join(OUT, os.path.basename(trace)))
-                a["ok"] = r.ok
-                out[verb][n] = a
+        for k in range(STRACE_RUNS):
+            prev = None
+            for verb, order in (("ADD", chain), ("DEL", chain[::-1])):
+                one = {}
+                for n in order:
+                    stdin, env = inputs[(verb, n)]
+                    trace = os.path.join(c.dir, "strace-%s-%s.txt" % (verb, n))
+                    e = dict(env, CNI_CONTAINERID="strace%d" % k)
+                    r = spawn([strace, "-f", "-ttt", "-T", "-yy", "-s", "4096", "-o", trace,
+                               os.path.join(c.bindir, n)], e, with_prev(stdin, prev))
+                    if verb == "ADD" and r.ok:
+                        prev = r.json()
+                    with open(trace, errors="replace") as f:
+                        a = analyse_strace(f.read(), c, ov)
+                    if k == STRACE_RUNS - 1:
+                        shutil.copy(trace, os.path.join(OUT, os.path.basename(trace)))
+                    a["ok"] = r.ok
+                    one[n] = a
+                out[verb].append(one)
     return out
 
 
@@ -622,13 +641,12 @@ LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 CALL = re.compile(r"^([a-z0-9_]+)\((.*)$")
 DUR = re.compile(r"<(\d+\.\d+)>\s*$")
 NLSOCK = re.compile(r"socket\(AF_NETLINK, [^,]*, (NETLINK_[A-Z_]+)\) = \d+<NETLINK:\[(\d+)\]>")
-FDNL = re.compile(r"^\d+<NETLINK:\[(\d+)\]>")
+FDNL = re.compile(r"^\d+<NETLINK:\[(?:([A-Z_]+):)?(\d+)\]>")
 LOADER = ("execve", "arch_prctl", "set_tid_address", "set_robust_list", "rseq", "prlimit64",
           "mprotect", "mmap", "munmap", "brk", "access", "newfstatat", "fstat", "pread64",
           "getrandom", "sigaltstack", "rt_sigaction", "rt_sigprocmask", "poll", "statx",
           "sched_getaffinity", "readlink", "madvise", "prctl", "uname", "getpid", "gettid")
-WAITS = ("wait4", "waitid", "poll", "ppoll", "futex", "epoll_wait", "epoll_pwait", "select",
-         "pselect6")
+WAITS = ("wait4", "waitid", "poll", "ppoll", "futex", "select", "pselect6")
 SPAWN = ("clone", "clone3", "vfork", "fork", "pipe2", "pidfd_open", "dup2", "dup3")
 
 
@@ -646,7 +664,7 @@ def _overlap(a, b, iv):
     return sum(max(0.0, min(b, y) - max(a, x)) for x, y in iv)
 
 
-def analyse_strace(text, c):
+def analyse_strace(text, c, ov=0.0):
     """Exclusive wall time per process (its lifetime minus the time a child process of the
     trace was alive), split by what its syscalls touched; the rest is user space. An nft child
     counts whole as "nft process". Categories: exec + loader (execve, until the first syscall
@@ -693,7 +711,10 @@ def analyse_strace(text, c):
             if name not in ("execve",):
                 p["loading"] = False
             if fm or (name == "socket" and "AF_NETLINK" in args):
-                proto = nl_proto.get(fm.group(1), "") if fm else args
+                if fm and fm.group(1):
+                    proto = "NETLINK_" + fm.group(1)
+                else:
+                    proto = nl_proto.get(fm.group(2), "") if fm else args
                 cat = "rtnetlink" if "NETLINK_ROUTE" in proto else "netlink (other)"
             elif ipam in args:
                 cat = "IPAM files (dataDir)"
@@ -705,6 +726,8 @@ def analyse_strace(text, c):
                 cat = "setns"
             elif name in SPAWN or name == "execve":
                 cat = "spawn children"
+            elif name in ("epoll_wait", "epoll_pwait", "epoll_pwait2"):
+                cat = "epoll_wait (async runtime)"
             elif name in WAITS or "<pipe:" in args.split(",", 1)[0]:
                 cat = "blocked (wait, pipes)"
             else:
@@ -727,7 +750,9 @@ def analyse_strace(text, c):
                 x = d - _overlap(ts, ts + d, kids)
                 if x > 0:
                     pc[cat] = pc.get(cat, 0.0) + x
-            pc["user space (rest)"] = max(0.0, excl - sum(pc.values()))
+            rest = max(0.0, excl - sum(pc.values()))
+            pc["strace overhead (est.)"] = min(rest, len(p["calls"]) * ov)
+            pc["user space (rest)"] = rest - pc["strace overhead (est.)"]
         for k, v in pc.items():
             cats[k] = cats.get(k, 0.0) + v
         plist.append({"name": p["name"] or "?", "ms": life * 1000, "exclusive_ms": excl * 1000,
@@ -874,9 +899,23 @@ def build_breakdown(R):
                  "wall ms, CPU ms, peak RSS MiB (ours: own process with nft stubbed / with "
                  "children; ref: with children):" % (STAGES[-1], REPLAY_RUNS))
     lines.append("")
-    lines.append("| step | ours wall | ours CPU | ours RSS own / tree | ref wall | ref CPU "
-                 "| ref RSS tree |")
+    nmax = STAGES[-1]
+    fl = R["startup"]["cnitool floor (DEL, /bin/true chain)"]["p50_ms"]
+    for key in ("ours", "ref"):
+        p = rep[key]["plugins"]
+        for verb in ("ADD", "DEL"):
+            direct = sum(v["p50_ms"] or 0 for k, v in p.items()
+                         if k.startswith(verb + " ") and not k.endswith("host-local"))
+            lines.append("- %s %s, pod %d: %s ms through cnitool = %s ms of plugins run directly"
+                         " (sum of p50s) + the rest (cnitool's floor is %s ms)." % (
+                             key, verb, nmax,
+                             fmt(R["latency"][key][nmax][verb.lower()]["p50_ms"]),
+                             fmt(direct), fmt(fl)))
+    lines.append("")
+    lines.append("| step | ours wall | ours CPU (user+sys) | ours RSS own / tree | ref wall "
+                 "| ref CPU (user+sys) | ref RSS tree |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("")
     keys = []
     for verb in ("ADD", "CHECK", "DEL"):
         for n in ("bridge", "portmap", "isolation|firewall", "host-local"):
@@ -895,7 +934,9 @@ def build_breakdown(R):
             tree = fmt((s["maxrss_kib"] or 0) / 1024, "", 2)
             if "maxrss_own_kib" in s:
                 tree = fmt((s["maxrss_own_kib"] or 0) / 1024, "", 2) + " / " + tree
-            return [fmt(s["p50_ms"], "", 2) + okm, fmt(s["cpu_ms_p50"], "", 2), tree]
+            cpu = "%s (%s+%s)" % (fmt(s["cpu_ms_p50"], "", 2), fmt(s["user_ms_p50"], "", 1),
+                                  fmt(s["sys_ms_p50"], "", 1))
+            return [fmt(s["p50_ms"], "", 2) + okm, cpu, tree]
         label = "%s %s" % (verb, no if no == nr else "%s / %s" % (no, nr))
         if n == "host-local":
             label += " (alone)"
@@ -904,13 +945,24 @@ def build_breakdown(R):
     if st:
         nft = R["startup"].get("nft (-f /dev/null)", {})
         for verb in ("ADD", "DEL"):
+            runs = st[verb]
+            per_run = []
+            for one in runs:
+                t = {}
+                for a in one.values():
+                    for k, v in a.get("categories_ms", {}).items():
+                        t[k] = t.get(k, 0.0) + v
+                per_run.append(t)
+            walls = [sum(a.get("wall_ms", 0) for a in one.values()) for one in runs]
+            mid = sorted(range(len(runs)), key=lambda i: walls[i])[len(runs) // 2]
             lines.append("")
-            lines.append("Our %s under strace -f, exclusive wall time per process (strace "
-                         "inflates syscall-heavy parts; read the shares):" % verb)
+            lines.append("Our %s under strace -f, %d runs: exclusive wall time per process, by "
+                         "what its syscalls touched; the gaps between syscalls are user space, "
+                         "less strace's own cost (%.0f us per syscall, measured with dd). "
+                         "Median run:" % (verb, len(runs), st["overhead_us_per_syscall"]))
             lines.append("")
-            total = {}
             nproc = 0
-            for n, a in st[verb].items():
+            for n, a in runs[mid].items():
                 if "processes" not in a:
                     continue
                 procs = ", ".join("%s %.1f ms (own %.1f)" % (p["name"], p["ms"],
@@ -919,20 +971,22 @@ def build_breakdown(R):
                 lines.append("- %s%s: %.1f ms traced; processes: %s" % (
                     n, "" if a["ok"] else " (FAILED)", a["wall_ms"], procs))
                 nproc += sum(1 for p in a["processes"] if p["name"] == "nft")
-                for k, v in a["categories_ms"].items():
-                    total[k] = total.get(k, 0.0) + v
-            s = sum(total.values()) or 1.0
+            keys = sorted({k for t in per_run for k in t},
+                          key=lambda k: -statistics.median([t.get(k, 0.0) for t in per_run]))
+            med = {k: statistics.median([t.get(k, 0.0) for t in per_run]) for k in keys}
+            tot = sum(med.values()) or 1.0
             lines.append("")
-            lines.append("| where (whole %s of our chain) | ms under strace | share |" % verb)
+            lines.append("| where (whole %s of our chain) | median ms under strace | share |"
+                         % verb)
             lines.append("|---|---:|---:|")
-            for k, v in sorted(total.items(), key=lambda kv: -kv[1]):
-                lines.append("| %s | %.1f | %.0f%% |" % (k, v, 100 * v / s))
+            for k in keys:
+                lines.append("| %s | %.1f | %.0f%% |" % (k, med[k], 100 * med[k] / tot))
             lines.append("")
             lines.append("nft processes spawned by one %s: %d (one nft -f /dev/null costs %s ms "
                          "and %s MiB unstraced)." % (
                              verb, nproc, fmt(nft.get("p50_ms"), "", 2),
                              fmt((nft.get("maxrss_kib") or 0) / 1024, "", 2)))
-        scripts = [x for a in st["ADD"].values() for x in a.get("nft_scripts", [])]
+        scripts = [x for a in st["ADD"][-1].values() for x in a.get("nft_scripts", [])]
         if scripts:
             lines.append("nft scripts of the ADD:")
             lines.append("")
