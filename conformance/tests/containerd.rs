@@ -277,7 +277,10 @@ fn ctr_run_rm_cni_gets_an_address_goes_out_masqueraded_and_leaves_nothing() {
     let during = loop {
         let s = HostState::of(&net);
         let d = before.diff(&s);
-        if d.added.iter().any(|i| i.kind == "link" && i.text.contains("\"veth")) {
+        if d.added
+            .iter()
+            .any(|i| i.kind == "link" && i.text.contains("\"veth"))
+        {
             break s;
         }
         assert!(
