@@ -314,6 +314,7 @@ def summ(runs):
         "ok": len(ok),
         "p50_ms": pct(ms, 50),
         "p99_ms": pct(ms, 99),
+        "min_ms": min(ms, default=None),
         "cpu_ms_p50": pct([r.cpu_ms for r in runs], 50),
         "user_ms_p50": pct([r.user * 1000 for r in runs], 50),
         "sys_ms_p50": pct([r.sys * 1000 for r in runs], 50),
@@ -851,16 +852,18 @@ def build_summary(R):
 
     st = R["startup"]
     true50 = st["/bin/true"]["p50_ms"]
-    rows.append(("/bin/true spawn p50 (floor)", fmt(true50, " ms", 2), "", "", "", ""))
-    worst_extra = 0.0
+    rows.append(("/bin/true spawn p50 (min), the floor", "%.2f (%.2f) ms" % (
+        true50, st["/bin/true"]["min_ms"]), "", "", "", ""))
     for n in ("bridge", "host-local", "portmap", "isolation|firewall"):
         no, nr = (n.split("|") + n.split("|"))[:2] if "|" in n else (n, n)
         so, sr = st["ours/" + no], st["ref/" + nr]
         label = n if "|" not in n else "%s / %s" % (no, nr)
         eo, er = so["p50_ms"] - true50, sr["p50_ms"] - true50
-        worst_extra = max(worst_extra, eo)
-        row("VERSION %s p50 over /bin/true (ms)" % label, eo, er, nd=2,
-            target="<= 0.5 ms", met=eo <= 0.5, rt=False)
+        mo = so["min_ms"] - st["/bin/true"]["min_ms"]
+        mr = sr["min_ms"] - st["/bin/true"]["min_ms"]
+        rows.append(("VERSION %s over /bin/true, p50 (min) (ms)" % label,
+                     "%.2f (%.2f)" % (eo, mo), "%.2f (%.2f)" % (er, mr), "", "<= 0.5 ms",
+                     "yes" if eo <= 0.5 else "NO"))
     for n in ("bridge", "host-local", "portmap", "isolation|firewall"):
         no, nr = (n.split("|") + n.split("|"))[:2] if "|" in n else (n, n)
         label = n if "|" not in n else "%s / %s" % (no, nr)
@@ -896,7 +899,8 @@ def build_breakdown(R):
     lines = []
     rep = R["replay"]
     lines.append("Per plugin, run directly with the stdin libcni gave it (pod %d, %d runs): p50 "
-                 "wall ms, CPU ms, peak RSS MiB (ours: own process with nft stubbed / with "
+                 "wall ms, CPU ms (user+sys; the kernel's split between the two is tick-sampled, useless "
+                 "for processes this short), peak RSS MiB (ours: own process with nft stubbed / with "
                  "children; ref: with children):" % (STAGES[-1], REPLAY_RUNS))
     lines.append("")
     nmax = STAGES[-1]
@@ -912,10 +916,9 @@ def build_breakdown(R):
                              fmt(R["latency"][key][nmax][verb.lower()]["p50_ms"]),
                              fmt(direct), fmt(fl)))
     lines.append("")
-    lines.append("| step | ours wall | ours CPU (user+sys) | ours RSS own / tree | ref wall "
-                 "| ref CPU (user+sys) | ref RSS tree |")
+    lines.append("| step | ours wall | ours CPU | ours RSS own / tree | ref wall | ref CPU "
+                 "| ref RSS tree |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
-    lines.append("")
     keys = []
     for verb in ("ADD", "CHECK", "DEL"):
         for n in ("bridge", "portmap", "isolation|firewall", "host-local"):
@@ -934,9 +937,7 @@ def build_breakdown(R):
             tree = fmt((s["maxrss_kib"] or 0) / 1024, "", 2)
             if "maxrss_own_kib" in s:
                 tree = fmt((s["maxrss_own_kib"] or 0) / 1024, "", 2) + " / " + tree
-            cpu = "%s (%s+%s)" % (fmt(s["cpu_ms_p50"], "", 2), fmt(s["user_ms_p50"], "", 1),
-                                  fmt(s["sys_ms_p50"], "", 1))
-            return [fmt(s["p50_ms"], "", 2) + okm, cpu, tree]
+            return [fmt(s["p50_ms"], "", 2) + okm, fmt(s["cpu_ms_p50"], "", 2), tree]
         label = "%s %s" % (verb, no if no == nr else "%s / %s" % (no, nr))
         if n == "host-local":
             label += " (alone)"
