@@ -1,0 +1,610 @@
+//! Reliability (issue 9): what happens to pods when the host's firewall is reloaded, when a
+//! plugin is SIGKILLed half-way through an ADD, under concurrent churn, and after a reboot.
+//! Every test builds its own TestNet and drives the release binaries of the suite
+//! (`cargo build --release --workspace --bins`), including `cnirs-reconcile`.
+//!
+//! * `firewall_reload_then_reconcile`: `nft flush ruleset` breaks published ports,
+//!   isolation and masquerade and makes CHECK fail naming what is missing; `cnirs-reconcile`
+//!   brings all of it back and CHECK passes again.
+//! * `sigkill_during_add_then_del_leaves_nothing`: the chain bridge(+host-local) -> portmap
+//!   -> isolation is killed (whole process group) after a delay swept over the ADD's duration;
+//!   a DEL then restores the host to its baseline, and the next ADD works.
+//! * `concurrent_churn_keeps_addresses_unique_and_leaks_nothing`: 16 workers ADD/DEL through
+//!   cnitool over 3 isolated networks with published ports. `CNIRS_SOAK_OPS` sets the total
+//!   number of operations (default 192; `make soak` uses 2000).
+//! * `reboot_then_gc_removes_the_dead`: pods vanish without DEL; leases survive; `cnitool gc`
+//!   with the survivors removes the rest.
+//!
+//! Run: `cargo test -p conformance --test reliability -- --ignored` (as root).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use conformance::*;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+/// bridge (gateway, default route, masquerade) + host-local on `subnet`, then portmap and
+/// isolation.
+fn chain_conf(net: &TestNet, name: &str, bridge: &str, subnet: &str) -> Value {
+    json!({"cniVersion": "1.0.0", "name": name, "plugins": [
+        {"type": "bridge", "bridge": bridge, "isGateway": true, "isDefaultGateway": true,
+         "ipMasq": true,
+         "ipam": {"type": "host-local", "dataDir": net.data_dir(),
+                  "ranges": [[{"subnet": subnet}]]}},
+        {"type": "portmap", "capabilities": {"portMappings": true}},
+        {"type": "isolation"}
+    ]})
+}
+
+fn ports(host_port: u16, container_port: u16) -> Value {
+    json!({"portMappings": [{"hostPort": host_port, "containerPort": container_port,
+                             "protocol": "tcp"}]})
+}
+
+/// The first address of a CNI result, without its prefix length.
+fn first_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {result}"));
+    ip_of(a).to_string()
+}
+
+/// True if a TCP connection from `from` to `addr:port` is accepted within 1 s (for cells that
+/// must fail; each has a positive control).
+fn reaches(from: &Netns, addr: &str, port: u16) -> bool {
+    let sa = SocketAddr::new(ip_of(addr), port);
+    from.run_in(move || TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_ok())
+        .unwrap_or_else(|e| panic!("cannot enter netns {}: {e}", from.name()))
+}
+
+/// Elements of one set or map of our table as text (`"br"`, `"tcp . 8080 : 10.1.1.2 . 80"`).
+fn nft_elems(net: &TestNet, kind: &str, name: &str) -> Vec<String> {
+    let out = net
+        .host()
+        .exec("nft", &["-j", "list", kind, "inet", "cnirs", name]);
+    if !out.success() {
+        return Vec::new();
+    }
+    fn text(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Object(o) if o.contains_key("concat") => o["concat"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(text)
+                .collect::<Vec<_>>()
+                .join(" . "),
+            Value::Object(o) if o.contains_key("prefix") => {
+                format!("{}/{}", text(&o["prefix"]["addr"]), o["prefix"]["len"])
+            }
+            Value::Object(o) if o.contains_key("elem") => text(&o["elem"]["val"]),
+            Value::Array(kv) => kv.iter().map(text).collect::<Vec<_>>().join(" : "),
+            other => other.to_string(),
+        }
+    }
+    out.json()["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get(kind))
+        .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
+        .map(|e| text(&e))
+        .collect()
+}
+
+/// Every published-port element (`pm4_any`), as text.
+fn port_elems(net: &TestNet) -> Vec<String> {
+    nft_elems(net, "map", "pm4_any")
+}
+
+fn reconcile_bin() -> PathBuf {
+    plugin_bin("cnirs-reconcile")
+}
+
+/// `ip netns exec HOST cnirs-reconcile ARGS` with the test's CNIRS_RUN_DIR.
+fn run_reconcile(net: &TestNet, args: &[&str]) -> CmdOutput {
+    let mut cmd = net.host().command(&reconcile_bin().display().to_string());
+    cmd.args(args).env("CNIRS_RUN_DIR", net.run_dir());
+    run(&mut cmd)
+}
+
+/// Files that legitimately change across ADD/DEL cycles: host-local's round-robin cursor.
+fn volatile(i: &Item) -> bool {
+    i.kind == "file" && i.text.contains("last_reserved_ip")
+}
+
+/// A snapshot diff against `base`, without the volatile items.
+fn leaks(base: &HostState, net: &TestNet) -> StateDiff {
+    base.diff(&HostState::of(net)).without(volatile)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. firewall reload
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn firewall_reload_then_reconcile() {
+    let net = TestNet::new();
+    let out = net.outside();
+    // Only masqueraded traffic comes back from the outside.
+    out.remove_return_routes();
+    let conf_a = chain_conf(&net, "rel-a", "cnirs-ra", "10.231.1.0/24");
+    let conf_b = chain_conf(&net, "rel-b", "cnirs-rb", "10.231.2.0/24");
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let tool_a = || net.cnitool(&conf_a).cap_args(ports(8081, 80));
+    let tool_b = || net.cnitool(&conf_b);
+    let ip_a = first_ip(tool_a().add(&a).assert_ok().json());
+    let ip_b = first_ip(tool_b().add(&b).assert_ok().json());
+    let _srv_a = TcpServer::start(&a, "0.0.0.0", 80, "a");
+    let _srv_b = TcpServer::start(&b, "0.0.0.0", 80, "b");
+    let far = out.far_v4.to_string();
+    let host_v4 = out.host_v4.to_string();
+
+    let published = || {
+        tcp_request(&out.ns, &host_v4, 8081)
+            .is_some_and(|r| r.starts_with("a "))
+    };
+    let isolated = || !reaches(&a, &ip_b, 80) && !reaches(&b, &ip_a, 80);
+    let masquerade = || can_ping(&a, &far) && can_ping(&b, &far);
+
+    assert!(can_ping_eventually(&a, &far, 3), "a -> outside before the flush");
+    assert!(published(), "outside -> host:8081 -> a before the flush");
+    assert!(isolated(), "a and b isolated before the flush");
+    assert!(masquerade(), "masquerade before the flush");
+    tool_a().check(&a).assert_ok();
+    tool_b().check(&b).assert_ok();
+    run_reconcile(&net, &["--check"]).assert_ok();
+
+    // The admin reloads the firewall.
+    net.host().exec_ok("nft", &["flush", "ruleset"]);
+
+    let t = Instant::now();
+    let chk = tool_a().check(&a);
+    chk.assert_err();
+    assert_eq!(chk.cni_error_code(), Some(105), "CHECK after the flush:\n{chk}");
+    let msg = chk.json()["msg"].as_str().unwrap_or_default().to_owned()
+        + chk.json()["details"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("missing") && (msg.contains("cnirs-ra") || msg.contains("managed_br")),
+        "CHECK should name what is missing: {msg}"
+    );
+    eprintln!("CHECK after flush: {msg} ({:?})", t.elapsed());
+    tool_b().check(&b).assert_err();
+    let rc = run_reconcile(&net, &["--check"]);
+    assert_eq!(rc.code, Some(1), "--check after the flush:\n{rc}");
+    assert!(rc.stderr.contains("missing"), "{rc}");
+    // Negative controls: the flush really broke everything the table does.
+    assert!(!published(), "published port still answers after the flush");
+    assert!(!isolated(), "isolation still drops after the flush (no table)");
+    assert!(!can_ping(&a, &far), "masquerade still works after the flush");
+
+    let rc = run_reconcile(&net, &[]);
+    rc.assert_ok();
+    eprintln!("cnirs-reconcile: {:?}\n{}", rc.elapsed, rc.stderr.trim());
+    assert!(
+        !rc.stdout.contains('{') && rc.stdout.trim().is_empty(),
+        "stdout must stay empty: {rc}"
+    );
+    run_reconcile(&net, &["--check"]).assert_ok();
+    assert!(published(), "published port after reconcile");
+    assert!(isolated(), "isolation after reconcile");
+    assert!(masquerade(), "masquerade after reconcile");
+    tool_a().check(&a).assert_ok();
+    tool_b().check(&b).assert_ok();
+
+    // Idempotent: a second run changes nothing in the ruleset.
+    let before = HostState::of(&net);
+    run_reconcile(&net, &[]).assert_ok();
+    before
+        .diff(&HostState::of(&net))
+        .assert_empty("second reconcile");
+
+    // And the pods still come apart cleanly.
+    tool_a().del(&a).assert_ok();
+    tool_b().del(&b).assert_ok();
+    assert!(port_elems(&net).is_empty(), "{:?}", port_elems(&net));
+}
+
+/// Without any state (no plugin ever ran in this netns) the tool does nothing: no table.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn reconcile_without_state_creates_nothing() {
+    let net = TestNet::new();
+    let before = HostState::of(&net);
+    run_reconcile(&net, &[]).assert_ok();
+    run_reconcile(&net, &["--check"]).assert_ok();
+    before
+        .diff(&HostState::of(&net))
+        .assert_empty("reconcile without state");
+    let bad = run_reconcile(&net, &["--bogus"]);
+    assert_eq!(bad.code, Some(2), "{bad}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. SIGKILL during ADD
+
+/// One plugin call of the chain, spawned in its own process group so that a kill takes its
+/// children (host-local, nft) too.
+fn spawn_plugin(net: &TestNet, bin: &str, env: &[(&str, &str)], stdin: &Value) -> Child {
+    let mut cmd = net.host().command(&plugin_bin(bin).display().to_string());
+    cmd.env("CNI_PATH", cni_path())
+        .env("CNIRS_RUN_DIR", net.run_dir())
+        .env("CNI_IFNAME", "eth0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    // A killed child gives EPIPE: fine.
+    let _ = input.write_all(stdin.to_string().as_bytes());
+    drop(input);
+    child
+}
+
+fn kill_group(child: &Child) {
+    // SAFETY: kill(2) of the process group our own, not yet reaped child leads
+    // (process_group(0) made its pid the pgid); the pid cannot have been reused.
+    unsafe {
+        libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+    }
+}
+
+/// How one chain ADD ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddEnd {
+    /// Killed while plugin number `.0` (0 bridge, 1 portmap, 2 isolation) ran.
+    Killed(usize),
+    /// All three plugins finished.
+    Done,
+}
+
+/// The plugin configs of the chain, as libcni would hand them out (name, cniVersion,
+/// runtimeConfig, prevResult).
+fn plugin_conf(conf: &Value, i: usize, prev: Option<&Value>, host_port: u16) -> Value {
+    let mut p = conf["plugins"][i].clone();
+    p["name"] = conf["name"].clone();
+    p["cniVersion"] = conf["cniVersion"].clone();
+    if p["type"] == "portmap" {
+        p["runtimeConfig"] = ports(host_port, 80);
+    }
+    if let Some(prev) = prev {
+        p["prevResult"] = prev.clone();
+    }
+    p
+}
+
+const CHAIN: [&str; 3] = ["bridge", "portmap", "isolation"];
+
+/// The chain ADD, killing the running plugin's process group once `kill_after` has passed
+/// since the start (`None`: never).
+fn chain_add(
+    net: &TestNet,
+    conf: &Value,
+    pod: &Netns,
+    id: &str,
+    host_port: u16,
+    kill_after: Option<Duration>,
+) -> AddEnd {
+    let start = Instant::now();
+    let mut prev: Option<Value> = None;
+    for (i, bin) in CHAIN.iter().enumerate() {
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", pod.path_str()),
+        ];
+        let stdin = plugin_conf(conf, i, prev.as_ref(), host_port);
+        let mut child = spawn_plugin(net, bin, &env, &stdin);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if kill_after.is_some_and(|d| start.elapsed() >= d) {
+                kill_group(&child);
+                child.wait().unwrap();
+                break None;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                kill_group(&child);
+                panic!("{bin} ADD hangs");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        match status {
+            None => return AddEnd::Killed(i),
+            Some(st) => {
+                assert!(st.success(), "{bin} ADD failed ({st}):\n{out}\n{err}");
+                prev = Some(serde_json::from_str(&out).unwrap());
+            }
+        }
+    }
+    AddEnd::Done
+}
+
+/// The chain DEL in reverse order, without prevResult (a crashed ADD left no cached result),
+/// with the runtime's portMappings. Every plugin must succeed.
+fn chain_del(net: &TestNet, conf: &Value, pod: &Netns, id: &str, host_port: u16) {
+    for i in (0..CHAIN.len()).rev() {
+        let env = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", pod.path_str()),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let stdin = plugin_conf(conf, i, None, host_port).to_string();
+        net.run_plugin(&plugin_bin(CHAIN[i]), &env, &stdin)
+            .assert_ok();
+    }
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn sigkill_during_add_then_del_leaves_nothing() {
+    let net = TestNet::new();
+    let conf = chain_conf(&net, "crash", "cnirs-crash", "10.232.1.0/24");
+    let pod = net.pod("p");
+    let id = "cnirs-crash-p";
+    let port = 8181;
+
+    // Warm-up: the first cycle creates the bridge, the table and the state dirs, which stay.
+    assert_eq!(chain_add(&net, &conf, &pod, id, port, None), AddEnd::Done);
+    chain_del(&net, &conf, &pod, id, port);
+    let base = HostState::of(&net);
+    // How long an uninterrupted ADD takes (median of 3).
+    let mut times: Vec<Duration> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(chain_add(&net, &conf, &pod, id, port, None), AddEnd::Done);
+            let d = t.elapsed();
+            chain_del(&net, &conf, &pod, id, port);
+            d
+        })
+        .collect();
+    times.sort();
+    let full = times[1];
+    leaks(&base, &net).assert_empty("uninterrupted ADD+DEL");
+
+    let points: u32 = std::env::var("CNIRS_CRASH_POINTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let horizon = full + Duration::from_millis(3);
+    let mut tally: HashMap<&'static str, u32> = HashMap::new();
+    let mut midway = 0;
+    for k in 0..=points {
+        let delay = horizon * k / points;
+        let end = chain_add(&net, &conf, &pod, id, port, Some(delay));
+        // Did it leave something behind (interrupted mid-way) or nothing (killed before)?
+        let partial = !leaks(&base, &net).is_empty();
+        let label = match (end, partial) {
+            (AddEnd::Done, _) => "completed",
+            (AddEnd::Killed(i), true) => {
+                midway += 1;
+                ["killed in bridge, partial", "killed in portmap, partial", "killed in isolation, partial"][i]
+            }
+            (AddEnd::Killed(_), false) => "killed before any change",
+        };
+        *tally.entry(label).or_default() += 1;
+        chain_del(&net, &conf, &pod, id, port);
+        leaks(&base, &net).assert_empty(&format!("DEL after a kill at {delay:?} ({label})"));
+        assert_eq!(pod.link_names(), ["lo"], "pod links after DEL (kill at {delay:?})");
+        // The container can be attached again, and detached cleanly.
+        assert_eq!(
+            chain_add(&net, &conf, &pod, id, port, None),
+            AddEnd::Done,
+            "ADD after a kill at {delay:?}"
+        );
+        chain_del(&net, &conf, &pod, id, port);
+        leaks(&base, &net).assert_empty(&format!("ADD+DEL after a kill at {delay:?}"));
+    }
+    eprintln!(
+        "crash sweep: {} kill points over 0..{horizon:?} (uninterrupted ADD {full:?}): {tally:?}",
+        points + 1
+    );
+    assert!(
+        midway >= points / 4,
+        "too few kills landed mid-way ({midway} of {}): {tally:?}",
+        points + 1
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. concurrent churn
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn concurrent_churn_keeps_addresses_unique_and_leaks_nothing() {
+    const WORKERS: usize = 16;
+    let total: usize = std::env::var("CNIRS_SOAK_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(192);
+    // One cycle = one ADD + one DEL.
+    let cycles = total.div_ceil(WORKERS * 2).max(1);
+    let net = TestNet::new();
+    let confs: Vec<(Value, &str)> = (0..3)
+        .map(|n| {
+            let name = ["churn-a", "churn-b", "churn-c"][n];
+            let conf = chain_conf(
+                &net,
+                name,
+                ["cnirs-ca", "cnirs-cb", "cnirs-cc"][n],
+                &format!("10.233.{n}.0/24"),
+            );
+            (conf, name)
+        })
+        .collect();
+    let pods: Vec<Netns> = (0..WORKERS).map(|w| net.pod(&format!("w{w}"))).collect();
+    // Warm-up on each network: bridges, table and state dirs exist in the baseline.
+    for (conf, _) in &confs {
+        let tool = net.cnitool(conf).cap_args(ports(29999, 80));
+        tool.add(&pods[0]).assert_ok();
+        tool.del(&pods[0]).assert_ok();
+    }
+    let base = HostState::of(&net);
+
+    let holders: Mutex<HashMap<String, String>> = Mutex::new(HashMap::new());
+    let max_live = Mutex::new((0usize, 0usize)); // (live now, max seen)
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for (w, pod) in pods.iter().enumerate() {
+            let (net, confs, holders, max_live) = (&net, &confs, &holders, &max_live);
+            s.spawn(move || {
+                for c in 0..cycles {
+                    let (conf, name) = &confs[(w + c) % 3];
+                    let id = format!("churn-w{w}-c{c}");
+                    let host_port = 20000 + (w * 1000 + c) as u16;
+                    let tool = net
+                        .cnitool(conf)
+                        .container_id(&id)
+                        .cap_args(ports(host_port, 80));
+                    let out = tool.add(pod);
+                    assert!(out.success(), "worker {w} cycle {c}: ADD failed:\n{out}");
+                    let ip = first_ip(out.json());
+                    // The lease file names this container.
+                    let lease = net.data_dir().join(name).join(&ip);
+                    let owner = std::fs::read_to_string(&lease).unwrap_or_default();
+                    assert!(
+                        owner.starts_with(&id),
+                        "lease {} holds {owner:?}, not {id}",
+                        lease.display()
+                    );
+                    {
+                        let mut h = holders.lock().unwrap();
+                        let key = format!("{name}/{ip}");
+                        if let Some(other) = h.insert(key.clone(), id.clone()) {
+                            panic!("{key} handed to {id} while {other} holds it");
+                        }
+                        let mut m = max_live.lock().unwrap();
+                        m.0 += 1;
+                        m.1 = m.1.max(m.0);
+                    }
+                    // Stay attached a little (workers differ) so lifetimes overlap.
+                    std::thread::sleep(Duration::from_millis((w % 4) as u64 * 5));
+                    holders.lock().unwrap().remove(&format!("{name}/{ip}"));
+                    max_live.lock().unwrap().0 -= 1;
+                    let out = tool.del(pod);
+                    assert!(out.success(), "worker {w} cycle {c}: DEL failed:\n{out}");
+                }
+            });
+        }
+    });
+    let ops = WORKERS * cycles * 2;
+    let elapsed = t.elapsed();
+    eprintln!(
+        "churn: {ops} operations ({WORKERS} workers x {cycles} ADD+DEL) over 3 networks in \
+         {elapsed:?} ({:.1} ops/s), max {} pods attached at once",
+        ops as f64 / elapsed.as_secs_f64(),
+        max_live.lock().unwrap().1
+    );
+    leaks(&base, &net).assert_empty(&format!("after {ops} concurrent operations"));
+    assert!(port_elems(&net).is_empty(), "{:?}", port_elems(&net));
+    // Still works: a fresh pod on each network reaches its gateway and publishes a port.
+    for (n, (conf, _)) in confs.iter().enumerate() {
+        let tool = net.cnitool(conf).cap_args(ports(29999, 80));
+        tool.add(&pods[n]).assert_ok();
+        assert!(
+            can_ping_eventually(&pods[n], &format!("10.233.{n}.1"), 3),
+            "pod on network {n} after the churn"
+        );
+        tool.check(&pods[n]).assert_ok();
+        tool.del(&pods[n]).assert_ok();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. reboot
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn reboot_then_gc_removes_the_dead() {
+    let net = TestNet::new();
+    let conf = chain_conf(&net, "reboot", "cnirs-rbt", "10.234.1.0/24");
+    let pods: Vec<Netns> = (0..4).map(|i| net.pod(&format!("r{i}"))).collect();
+    let tool = |i: usize| net.cnitool(&conf).cap_args(ports(9100 + i as u16, 80));
+    // Warm-up for the baseline (bridge, table, state dirs).
+    tool(0).add(&pods[0]).assert_ok();
+    tool(0).del(&pods[0]).assert_ok();
+    let base = HostState::of(&net);
+
+    let ips: Vec<String> = (0..4)
+        .map(|i| first_ip(tool(i).add(&pods[i]).assert_ok().json()))
+        .collect();
+    let lease = |i: usize| net.data_dir().join("reboot").join(&ips[i]);
+    let published = |i: usize| {
+        port_elems(&net)
+            .iter()
+            .any(|e| e.starts_with(&format!("tcp . {} :", 9100 + i)))
+    };
+    let state_mentions = |i: usize| {
+        let id = tool(i).container_id_for(&pods[i]);
+        HostState::of(&net)
+            .of_kind("file")
+            .filter(|f| f.text.starts_with("run/") && f.text.contains(&id))
+            .count()
+    };
+    for i in 0..4 {
+        assert!(lease(i).exists() && published(i), "pod {i} after ADD");
+    }
+    assert!(state_mentions(2) > 0, "firewall state names pod 2");
+
+    // "Reboot" of pods 2 and 3: their netns go away (and with them both veth ends) without
+    // any DEL. A new empty netns takes each name so the TestNet cleanup stays quiet.
+    for p in &pods[2..] {
+        run_ok("ip", &["netns", "del", p.name()]);
+        run_ok("ip", &["netns", "add", p.name()]);
+    }
+    for i in 0..4 {
+        assert!(lease(i).exists(), "lease {i} survives the reboot");
+    }
+
+    let id = |i: usize| tool(i).container_id_for(&pods[i]);
+    let t = Instant::now();
+    net.cnitool(&conf)
+        .valid_attachments(json!([{"containerID": id(0), "ifname": "eth0"},
+                                  {"containerID": id(1), "ifname": "eth0"}]))
+        .gc()
+        .assert_ok();
+    eprintln!("cnitool gc: {:?}", t.elapsed());
+    for i in 2..4 {
+        assert!(!lease(i).exists(), "stale lease {i} kept by GC");
+        assert!(!published(i), "stale port element {i} kept by GC");
+        assert_eq!(state_mentions(i), 0, "stale firewall state of pod {i} kept by GC");
+    }
+    for i in 0..2 {
+        assert!(lease(i).exists(), "survivor {i}'s lease dropped by GC");
+        assert!(published(i), "survivor {i}'s port dropped by GC");
+        tool(i).check(&pods[i]).assert_ok();
+    }
+    assert!(can_ping(&pods[0], &ips[1]), "survivors still talk");
+
+    // The survivors leave as usual, and then nothing is left at all.
+    tool(0).del(&pods[0]).assert_ok();
+    tool(1).del(&pods[1]).assert_ok();
+    // libcni's cache still holds the dead pods' results (the runtime's job to drop them).
+    leaks(&base, &net)
+        .without(|i| i.kind == "file" && i.text.starts_with("cache/"))
+        .assert_empty("after GC and the survivors' DEL");
+}
