@@ -32,7 +32,9 @@ use serde_json::Value;
 
 /// A private mount namespace held open by a `sleep` (killed on drop): tmpfs over `/run`,
 /// `/var/lib` and `/opt` (so nothing the clients write there reaches the machine), then each
-/// `(source, target)` bind-mounted. Targets outside those tmpfs must already exist.
+/// `(source, target)` bind-mounted. Sources are first bind-mounted under `stage` (a dir of the
+/// test's temp dir), so a source under a tmpfs'd tree (e.g. `CNIRS_BIN_DIR=/opt/cni/bin`)
+/// stays visible. Targets outside those tmpfs must already exist.
 struct MountNs {
     holder: Child,
 }
@@ -43,12 +45,22 @@ fn sh_quote(s: &str) -> String {
 
 impl MountNs {
     #[track_caller]
-    fn new(binds: &[(&Path, &str)]) -> Self {
-        let mut script = String::from(
-            "set -e\nmount -t tmpfs cnirs-run /run\nmount -t tmpfs cnirs-varlib /var/lib\n\
+    fn new(stage: &Path, binds: &[(&Path, &str)]) -> Self {
+        let mut script = String::from("set -e\n");
+        for (n, (src, _)) in binds.iter().enumerate() {
+            let staged = stage.join(n.to_string());
+            std::fs::create_dir_all(&staged).unwrap();
+            script.push_str(&format!(
+                "mount --bind {} {}\n",
+                sh_quote(&src.display().to_string()),
+                sh_quote(&staged.display().to_string())
+            ));
+        }
+        script.push_str(
+            "mount -t tmpfs cnirs-run /run\nmount -t tmpfs cnirs-varlib /var/lib\n\
              mount -t tmpfs cnirs-opt /opt\n",
         );
-        for (src, dst) in binds {
+        for (n, (_, dst)) in binds.iter().enumerate() {
             let tmpfs = ["/run/", "/var/lib/", "/opt/"]
                 .iter()
                 .any(|p| dst.starts_with(p));
@@ -62,7 +74,7 @@ impl MountNs {
             }
             script.push_str(&format!(
                 "mount --bind {} {}\n",
-                sh_quote(&src.display().to_string()),
+                sh_quote(&stage.join(n.to_string()).display().to_string()),
                 sh_quote(dst)
             ));
         }
@@ -239,12 +251,15 @@ fn ctr_run_rm_cni_gets_an_address_goes_out_masqueraded_and_leaves_nothing() {
 
     let bin = cni_path();
     let (cache, run_dir) = (net.cache_dir(), net.run_dir());
-    let mnt = MountNs::new(&[
-        (&netd, "/etc/cni/net.d"),
-        (&bin, "/opt/cni/bin"),
-        (&cache, "/var/lib/cni"),
-        (&run_dir, "/run/cni-rs"),
-    ]);
+    let mnt = MountNs::new(
+        &net.tmp().join("mnt-stage"),
+        &[
+            (&netd, "/etc/cni/net.d"),
+            (&bin, "/opt/cni/bin"),
+            (&cache, "/var/lib/cni"),
+            (&run_dir, "/run/cni-rs"),
+        ],
+    );
     let containerd = Containerd::start(&net, &mnt);
     let rootfs = busybox_rootfs(&net);
     let before = HostState::of(&net);

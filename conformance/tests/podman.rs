@@ -1,8 +1,8 @@
 //! Our plugins under a real client: podman 4.3 with its CNI backend (issue 7).
 //!
 //! Podman reads `CONTAINERS_CONF` (written by the test: `network_backend = "cni"`,
-//! `cni_plugin_dirs` = our release dir only, `network_config_dir`, tmp dir and event log in the
-//! temp dir) and gets its storage by flags (`--root`, `--runroot`, `--storage-driver vfs`,
+//! `cni_plugin_dirs` = `/opt/cni/bin` only, where our release dir is bind-mounted,
+//! `network_config_dir`, tmp dir and event log in the temp dir) and gets its storage by flags (`--root`, `--runroot`, `--storage-driver vfs`,
 //! also handed to conmon's cleanup process). What cannot be configured (libcni's cache and
 //! host-local's default dataDir `/var/lib/cni`, tuning's `/run/cni`, our state dir
 //! `/run/cni-rs`, podman's netns under `/run/netns`, runc's `/run/runc`) lives in a private
@@ -44,7 +44,9 @@ use serde_json::Value;
 
 /// A private mount namespace held open by a `sleep` (killed on drop): tmpfs over `/run`,
 /// `/var/lib` and `/opt` (so nothing the clients write there reaches the machine), then each
-/// `(source, target)` bind-mounted. Targets outside those tmpfs must already exist.
+/// `(source, target)` bind-mounted. Sources are first bind-mounted under `stage` (a dir of the
+/// test's temp dir), so a source under a tmpfs'd tree (e.g. `CNIRS_BIN_DIR=/opt/cni/bin`)
+/// stays visible. Targets outside those tmpfs must already exist.
 struct MountNs {
     holder: Child,
 }
@@ -55,25 +57,36 @@ fn sh_quote(s: &str) -> String {
 
 impl MountNs {
     #[track_caller]
-    fn new(binds: &[(&Path, &str)]) -> Self {
-        let mut script = String::from(
-            "set -e\nmount -t tmpfs cnirs-run /run\nmount -t tmpfs cnirs-varlib /var/lib\n\
+    fn new(stage: &Path, binds: &[(&Path, &str)]) -> Self {
+        let mut script = String::from("set -e\n");
+        for (n, (src, _)) in binds.iter().enumerate() {
+            let staged = stage.join(n.to_string());
+            std::fs::create_dir_all(&staged).unwrap();
+            script.push_str(&format!(
+                "mount --bind {} {}\n",
+                sh_quote(&src.display().to_string()),
+                sh_quote(&staged.display().to_string())
+            ));
+        }
+        script.push_str(
+            "mount -t tmpfs cnirs-run /run\nmount -t tmpfs cnirs-varlib /var/lib\n\
              mount -t tmpfs cnirs-opt /opt\n",
         );
-        for (src, dst) in binds {
+        for (n, (_, dst)) in binds.iter().enumerate() {
             let tmpfs = ["/run/", "/var/lib/", "/opt/"]
                 .iter()
                 .any(|p| dst.starts_with(p));
             assert!(
                 tmpfs || Path::new(dst).is_dir(),
-                "{dst} must exist on this machine as a mount point"
+                "{dst} must exist on this machine as a mount point (install the client's \
+                 package, which creates it)"
             );
             if tmpfs {
                 script.push_str(&format!("mkdir -p {}\n", sh_quote(dst)));
             }
             script.push_str(&format!(
                 "mount --bind {} {}\n",
-                sh_quote(&src.display().to_string()),
+                sh_quote(&stage.join(n.to_string()).display().to_string()),
                 sh_quote(dst)
             ));
         }
@@ -155,7 +168,7 @@ impl<'a> Podman<'a> {
                 "[containers]\n\
                  [network]\n\
                  network_backend = \"cni\"\n\
-                 cni_plugin_dirs = [\"{bin}\"]\n\
+                 cni_plugin_dirs = [\"/opt/cni/bin\"]\n\
                  network_config_dir = \"{netd}\"\n\
                  [engine]\n\
                  runtime = \"runc\"\n\
@@ -165,7 +178,6 @@ impl<'a> Podman<'a> {
                  tmp_dir = \"{tmp}\"\n\
                  static_dir = \"{storage}/libpod\"\n\
                  volume_path = \"{storage}/volumes\"\n",
-                bin = cni_path().display(),
                 netd = netd.display(),
                 tmp = tmp.display(),
                 storage = storage.display(),
@@ -178,14 +190,19 @@ impl<'a> Podman<'a> {
         }
         std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
         std::fs::write(rootfs.join("www/index.html"), BODY).unwrap();
-        let (data, cache, run) = (net.data_dir(), net.cache_dir(), net.run_dir());
+        let (data, cache, run, bin) = (net.data_dir(), net.cache_dir(), net.run_dir(), cni_path());
         // host-local's default dataDir and libcni's cache -> data/ (networks/, results/);
-        // tuning's records -> cache/tuning/; our firewall state -> run/.
-        let mnt = MountNs::new(&[
-            (&data, "/var/lib/cni"),
-            (&cache, "/run/cni"),
-            (&run, "/run/cni-rs"),
-        ]);
+        // tuning's records -> cache/tuning/; our firewall state -> run/; our binaries (only)
+        // -> /opt/cni/bin, as `make install` puts them.
+        let mnt = MountNs::new(
+            &net.tmp().join("mnt-stage"),
+            &[
+                (&data, "/var/lib/cni"),
+                (&cache, "/run/cni"),
+                (&run, "/run/cni-rs"),
+                (&bin, "/opt/cni/bin"),
+            ],
+        );
         Self {
             net,
             mnt,
