@@ -293,14 +293,16 @@ fn seed_matrix(bridge_nf: &str) {
     let _servers = s.servers();
     let far = s.out.far_v4.to_string();
     let host_addr = s.out.host_v4.to_string();
-    // A probe table of the test's own counts same-bridge packets in the IP forward hook: they
-    // are there exactly when br_netfilter passes bridged traffic to it.
+    // A probe table of the test's own counts same-bridge IPv4 packets in the IP forward hook:
+    // they are there exactly when br_netfilter passes bridged IPv4 traffic to it. (IPv4 only:
+    // bridge-nf-call-ip6tables stays at its default 1, so the pods' DAD/MLD multicast crosses
+    // the hook in both runs.)
     s.net.host().exec_ok(
         "nft",
         &[&format!(
             "add table inet cnirsprobe; add chain inet cnirsprobe probe {{ type filter hook \
-             forward priority -300; policy accept; }}; add rule inet cnirsprobe probe iifname \
-             \"{FRONT_BR}\" oifname \"{FRONT_BR}\" counter"
+             forward priority -300; policy accept; }}; add rule inet cnirsprobe probe meta nfproto \
+             ipv4 iifname \"{FRONT_BR}\" oifname \"{FRONT_BR}\" counter"
         )],
     );
     eprintln!("seed matrix with {BRIDGE_NF}={bridge_nf}:");
@@ -324,7 +326,7 @@ fn seed_matrix(bridge_nf: &str) {
         .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
         .filter_map(|e| e.pointer("/counter/packets").and_then(Value::as_u64))
         .sum();
-    eprintln!("  same-bridge packets seen by the inet forward hook: {bridged}");
+    eprintln!("  same-bridge IPv4 packets seen by the inet forward hook: {bridged}");
     assert_eq!(
         bridged > 0,
         bridge_nf == "1",
