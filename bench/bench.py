@@ -50,10 +50,10 @@ STRACE_RUNS = 3 if QUICK else 5
 
 BIN_OURS = os.environ.get("CNIRS_BIN_DIR", "target/release")
 BIN_REF = "/usr/lib/cni"
-CNITOOL = os.environ["CNITOOL"]
+CNITOOL = os.environ.get("CNITOOL", "conformance/cnitool/bin/cnitool")
 OUT = os.environ.get("BENCH_OUT", "target/bench")
 PREFIX = os.environ.get("BENCH_PREFIX", "cnirs-bench%d" % os.getpid())
-TMP = os.environ["BENCH_TMP"]
+TMP = os.environ.get("BENCH_TMP", "/tmp")
 
 SUBNET_LAT = ("10.210.0.0/16", "10.210.0.1")
 SUBNET_PAR = ("10.211.0.0/16", "10.211.0.1")
@@ -1219,11 +1219,69 @@ def main():
     log("wrote %s/{summary.md,results.json,add-latency.png}" % OUT)
 
 
+def selftest():
+    """python3 bench/bench.py --selftest: the pure parts (percentiles, strace analysis, PNG),
+    no root needed."""
+    import tempfile
+    results = []
+
+    def check(name, cond):
+        results.append(cond)
+        print("%s %s" % ("ok  " if cond else "FAIL", name))
+
+    check("pct p50 of 1..5 is 3", pct([5, 1, 3, 2, 4], 50) == 3)
+    check("pct p99 interpolates", abs(pct([0, 100], 99) - 99.0) < 1e-9)
+
+    class C:
+        dir = "/x"
+    trace = "\n".join([
+        '10 1.000000 execve("/b/bridge", ["/b/bridge"], 0x0 /* 1 var */) = 0 <0.001000>',
+        '10 1.001000 mmap(NULL, 8192, PROT_READ, MAP_PRIVATE, 3</usr/lib/libc.so.6>, 0) = 0x1 '
+        '<0.000100>',
+        '10 1.002000 socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, NETLINK_ROUTE) = 3<NETLINK:[77]> '
+        '<0.000010>',
+        '10 1.003000 sendto(3<NETLINK:[ROUTE:10]>, [...], 40, 0, NULL, 0) = 40 <0.002000>',
+        '10 1.006000 clone3({flags=CLONE_VM}, 88) = 11 <0.000100>',
+        '11 1.006100 execve("/usr/sbin/nft", ["nft", "-f", "-"], 0x0) = 0 <0.000500>',
+        '10 1.006200 wait4(11,  <unfinished ...>',
+        '11 1.010000 exit_group(0) = ?',
+        '11 1.010100 +++ exited with 0 +++',
+        '10 1.010200 <... wait4 resumed>[{WIFEXITED(s)}], 0, NULL) = 11 <0.004000>',
+        '10 1.011000 openat(AT_FDCWD, "/x/ipam/bench/10.0.0.2", O_RDWR) = 4 <0.001000>',
+        '10 1.013000 exit_group(0) = ?',
+        '10 1.013000 +++ exited with 0 +++',
+    ])
+    a = analyse_strace(trace, C)
+    cats = a["categories_ms"]
+    check("strace: nft child counted whole (4.0 ms)", abs(cats.get("nft process", 0) - 4.0) < 0.01)
+    check("strace: rtnetlink via the ROUTE socket (2.0 ms)",
+          abs(cats.get("rtnetlink", 0) - 2.01) < 0.01)
+    check("strace: IPAM file (1.0 ms)", abs(cats.get("IPAM files (dataDir)", 0) - 1.0) < 0.01)
+    check("strace: the exclusive times add up to the wall (13 ms)",
+          abs(sum(cats.values()) - a["wall_ms"]) < 0.05 and abs(a["wall_ms"] - 13.0) < 0.05)
+    check("strace: wait4 covered by the child is not counted",
+          cats.get("blocked (wait, pipes)", 0) < 0.3)
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "x.png")
+        png_plot({"ours": ([(0, 5.0), (10, 6.0)], [(0, 5.0), (49, 7.0)]),
+                  "ref": ([(0, 60.0)], [(0, 64.0), (49, 150.0)])}, p)
+        with open(p, "rb") as f:
+            data = f.read()
+        check("png: signature and IHDR 800x500", data[:8] == b"\x89PNG\r\n\x1a\n"
+              and struct.unpack(">II", data[16:24]) == (800, 500))
+        check("png: IDAT inflates to 500 rows of 1+800*3 bytes",
+              len(zlib.decompress(data[data.index(b"IDAT") + 4:-16])) == 500 * 2401)
+    print("%d passed, %d failed" % (sum(results), len(results) - sum(results)))
+    return all(results)
+
+
 def _on_term(signum, frame):
     raise KeyboardInterrupt("signal %d" % signum)
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--selftest"]:
+        sys.exit(0 if selftest() else 1)
     signal.signal(signal.SIGTERM, _on_term)
     try:
         main()
