@@ -11,8 +11,9 @@
 //! (timings printed, never asserted: `make bench` reports time).
 //!
 //! Hairpin is tested with br_netfilter pinned off and on in the test's host netns (the
-//! sysctls are per netns); with it on (this machine, every Kubernetes node) nftplan's hairpin
-//! masquerade does not match: `hairpin_answers_with_br_netfilter` is a known bug.
+//! sysctls are per netns). With it on (this machine, every Kubernetes node) the hairpin packet
+//! is bridged back at layer 2 and postrouting sees no input interface: the masquerade rule
+//! matches on (output bridge . source subnet), which holds on both paths.
 //! `CNIRS_PORTMAP_PODS=300` runs the many-pods test at full size (default 50).
 //!
 //! Needs root and the release binaries:
@@ -416,9 +417,7 @@ fn hairpin_answers_when_routed_without_br_netfilter() {
 }
 
 #[test]
-#[ignore = "known bug: nftplan's hairpin masquerade `ct status dnat iifname . oifname @same_br` \
-            never matches bridged DNAT (br_netfilter on): iifname is empty in postrouting; \
-            also kernel test (root): run by make conformance"]
+#[ignore = "kernel test (root): run by make conformance"]
 fn hairpin_answers_with_br_netfilter() {
     hairpin(true);
 }

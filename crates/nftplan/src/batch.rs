@@ -24,6 +24,8 @@ add set inet cnirs internal_br { type ifname; }
 add set inet cnirs isolated_br { type ifname; }
 add set inet cnirs masq4 { type ipv4_addr; flags interval; }
 add set inet cnirs masq6 { type ipv6_addr; flags interval; }
+add set inet cnirs br_net4 { type ifname . ipv4_addr; flags interval; }
+add set inet cnirs br_net6 { type ifname . ipv6_addr; flags interval; }
 add map inet cnirs pm4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 add map inet cnirs pm4_any { type inet_proto . inet_service : ipv4_addr . inet_service; }
 add map inet cnirs pm6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
@@ -52,7 +54,8 @@ add rule inet cnirs portmap meta nfproto ipv4 dnat ip to ip daddr . meta l4proto
 add rule inet cnirs portmap meta nfproto ipv4 dnat ip to meta l4proto . th dport map @pm4_any
 add rule inet cnirs portmap meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @pm6
 add rule inet cnirs portmap meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @pm6_any
-add rule inet cnirs postrouting ct status dnat iifname . oifname @same_br masquerade
+add rule inet cnirs postrouting ct status dnat oifname . ip saddr @br_net4 masquerade
+add rule inet cnirs postrouting ct status dnat oifname . ip6 saddr @br_net6 masquerade
 add rule inet cnirs postrouting ct status dnat ip saddr 127.0.0.0/8 oifname @managed_br masquerade
 add rule inet cnirs postrouting ip saddr @masq4 ip daddr != 224.0.0.0/4 oifname != @managed_br masquerade
 add rule inet cnirs postrouting ip6 saddr @masq6 ip6 daddr != ff00::/8 oifname != @managed_br masquerade
@@ -60,7 +63,7 @@ add rule inet cnirs raw_pre iifname != "lo" ip daddr 127.0.0.0/8 fib daddr type 
 "#;
 
 /// Number of rules the skeleton installs (tests count them after concurrent loads).
-pub const SKELETON_RULES: usize = 17;
+pub const SKELETON_RULES: usize = 18;
 
 /// One element of one of our sets or maps. This is what the state files record and what the
 /// batches add, delete and query.
@@ -92,6 +95,17 @@ pub enum Elem {
         /// subnet
         subnet: IpNetwork,
     },
+    /// `br_net4 { "br" . subnet }` / `br_net6`: the subnets living on a bridge. Hairpin
+    /// (a pod reaching a published port of a pod on its own bridge, itself included) is
+    /// masqueraded by `ct status dnat oifname . ip saddr @br_net4`: with br_netfilter that
+    /// packet is bridged back at layer 2 and postrouting sees no input interface, so the
+    /// test must rest on the source address and the output bridge.
+    BrNet {
+        /// bridge
+        bridge: IfName,
+        /// subnet (network address)
+        subnet: IpNetwork,
+    },
     /// `pm4 / pm4_any / pm6 / pm6_any { ... }`
     Port {
         /// the validated mapping
@@ -118,6 +132,16 @@ impl Elem {
         for s in &n.masq {
             v.push(Elem::masq(*s));
         }
+        for s in &n.subnets {
+            let subnet = IpNetwork::new(s.network(), s.prefix()).unwrap_or(*s);
+            let e = Elem::BrNet {
+                bridge: n.bridge.clone(),
+                subnet,
+            };
+            if !v.contains(&e) {
+                v.push(e);
+            }
+        }
         v
     }
 
@@ -142,6 +166,14 @@ impl Elem {
             Elem::Masq {
                 subnet: IpNetwork::V6(_),
             } => "masq6",
+            Elem::BrNet {
+                subnet: IpNetwork::V4(_),
+                ..
+            } => "br_net4",
+            Elem::BrNet {
+                subnet: IpNetwork::V6(_),
+                ..
+            } => "br_net6",
             Elem::Port { mapping } => match (mapping.container_ip.is_ipv6(), mapping.host_ip) {
                 (false, Some(_)) => "pm4",
                 (false, None) => "pm4_any",
@@ -159,6 +191,7 @@ impl Elem {
             | Elem::IsolatedBr { bridge } => format!("\"{bridge}\""),
             Elem::SameBr { bridge } => format!("\"{bridge}\" . \"{bridge}\""),
             Elem::Masq { subnet } => subnet.to_string(),
+            Elem::BrNet { bridge, subnet } => format!("\"{bridge}\" . {subnet}"),
             Elem::Port { mapping } => match mapping.host_ip {
                 Some(ip) => format!(
                     "{ip} . {} . {}",
@@ -186,7 +219,7 @@ impl Elem {
     /// The family of addresses in the element, if any.
     pub fn is_v6(&self) -> Option<bool> {
         match self {
-            Elem::Masq { subnet } => Some(subnet.is_ipv6()),
+            Elem::Masq { subnet } | Elem::BrNet { subnet, .. } => Some(subnet.is_ipv6()),
             Elem::Port { mapping } => Some(mapping.container_ip.is_ipv6()),
             _ => None,
         }

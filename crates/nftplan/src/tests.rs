@@ -41,7 +41,29 @@ fn net_a() -> NetworkElems {
             "fd00:213::/64".parse().unwrap(),
         ],
         internal: false,
+        subnets: vec![],
     }
+}
+
+#[test]
+fn every_subnet_of_a_bridge_gets_a_hairpin_element() {
+    let mut n = net_a();
+    n.subnets = vec![
+        "10.213.1.7/24".parse().unwrap(),
+        "fd00:213::9/64".parse().unwrap(),
+    ];
+    let texts: Vec<String> = Elem::for_network(&n)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        texts.contains(&"br_net4 { \"cnirs-a\" . 10.213.1.0/24 }".to_string()),
+        "{texts:?}"
+    );
+    assert!(
+        texts.contains(&"br_net6 { \"cnirs-a\" . fd00:213::/64 }".to_string()),
+        "{texts:?}"
+    );
 }
 
 #[test]
@@ -204,6 +226,7 @@ fn shared_bridge_element_survives_the_other_network_going() {
         bridge: b.clone(),
         masq: vec![],
         internal: false,
+        subnets: vec![],
     };
     f.attach_network(&att("a2", "c2"), &n2).unwrap();
     nft.clear();
@@ -237,6 +260,7 @@ fn failed_batch_is_retried_once_with_the_skeleton() {
         bridge: br("cnirs-b"),
         masq: vec![],
         internal: true,
+        subnets: vec![],
     };
     assert!(matches!(
         f.attach_network(&att("b", "c1"), &n),

@@ -292,6 +292,8 @@ pub struct NetworkElems {
     pub bridge: IfName,
     /// Subnets to masquerade (ipMasq); empty when off.
     pub masq: Vec<IpNetwork>,
+    /// Every subnet on the bridge (for hairpin masquerade), ipMasq or not.
+    pub subnets: Vec<IpNetwork>,
     /// An internal-bridge network: nothing in, nothing out.
     pub internal: bool,
 }

@@ -216,6 +216,7 @@ fn skeleton_loads_reads_back_as_maps_and_reloads_unchanged() {
             bridge: br("br-x"),
             masq: vec![],
             internal: false,
+            subnets: vec![],
         },
     )
     .unwrap();
@@ -253,6 +254,7 @@ fn sixteen_concurrent_first_calls_converge() {
                             bridge: br(&format!("br-{net}")),
                             masq: vec![],
                             internal: false,
+                            subnets: vec![],
                         },
                     )?;
                     fw.add_ports(
@@ -286,6 +288,7 @@ fn refcount_across_two_attachments() {
         bridge: br("br-r"),
         masq: vec!["10.213.4.0/24".parse().unwrap()],
         internal: true,
+        subnets: vec![],
     };
     fw.attach_network(&att("r", "c1"), &n).unwrap();
     fw.attach_network(&att("r", "c2"), &n).unwrap();
@@ -359,6 +362,7 @@ fn gc_and_reconcile_after_flush_ruleset() {
         bridge: br("br-g"),
         masq: vec!["fd00:213::/64".parse().unwrap()],
         internal: false,
+        subnets: vec![],
     };
     for c in ["c1", "c2", "c3"] {
         fw.attach_network(&att("g", c), &n).unwrap();
@@ -467,6 +471,7 @@ fn dnat_maps_publish_ports_from_the_host_output_path() {
             bridge: br("h0"),
             masq: vec![],
             internal: false,
+            subnets: vec![],
         },
     )
     .unwrap();
@@ -537,6 +542,7 @@ fn forward_drops_internal_and_isolated_but_same_bridge_passes() {
         bridge: br(b),
         masq: vec![],
         internal,
+        subnets: vec![],
     };
     fw.attach_network(&att("A", "a1"), &net("brA", false))
         .unwrap();
@@ -606,7 +612,7 @@ fn timings_inside_a_netns() {
         let n = 10u32;
         for i in 0..n {
             let a = att("tm", &format!("c{i}"));
-            let ne = NetworkElems { bridge: br("br-t"), masq: vec!["10.213.8.0/24".parse().unwrap()], internal: false };
+            let ne = NetworkElems { bridge: br("br-t"), masq: vec!["10.213.8.0/24".parse().unwrap()], internal: false, subnets: vec![] };
             let t = Instant::now();
             fw.attach_network(&a, &ne).unwrap();
             add += t.elapsed();

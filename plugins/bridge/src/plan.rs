@@ -41,6 +41,8 @@ pub struct FirewallNeeds {
     pub bridge: String,
     /// Subnets to masquerade when leaving the host (`ipMasq`).
     pub masq: Vec<IpNetwork>,
+    /// Every subnet of the attachment (hairpin masquerade on this bridge).
+    pub subnets: Vec<IpNetwork>,
     pub internal: bool,
 }
 
@@ -153,10 +155,10 @@ pub fn build(spec: &BridgeSpec, req: &Request, ipam: &CniResult) -> Result<Plan,
             pod_routes.push(Route::new(dst, Some(gw)));
         }
     }
+    let mut subnets: Vec<IpNetwork> = ips.iter().map(|i| subnet_of(&i.address)).collect();
+    subnets.dedup();
     let masq = if spec.ip_masq {
-        let mut v: Vec<IpNetwork> = ips.iter().map(|i| subnet_of(&i.address)).collect();
-        v.dedup();
-        v
+        subnets.clone()
     } else {
         Vec::new()
     };
@@ -180,6 +182,7 @@ pub fn build(spec: &BridgeSpec, req: &Request, ipam: &CniResult) -> Result<Plan,
         firewall: FirewallNeeds {
             bridge: spec.bridge.clone(),
             masq,
+            subnets,
             internal: spec.mode == Mode::Internal,
         },
         ips,

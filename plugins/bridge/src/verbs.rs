@@ -161,6 +161,7 @@ fn apply(
         &NetworkElems {
             bridge: IfName::new(&plan.firewall.bridge)?,
             masq: plan.firewall.masq.clone(),
+            subnets: plan.firewall.subnets.clone(),
             internal: plan.firewall.internal,
         },
     )?;
