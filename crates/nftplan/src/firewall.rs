@@ -131,62 +131,85 @@ impl Firewall {
             }
         }
         let st = Locked::lock(&self.dir)?;
-        let old: Vec<PortMapping> = st
-            .att(Feature::Portmap, a)?
-            .map(|r| ports_of(&r.elems))
-            .unwrap_or_default();
+        let rec = st.att(Feature::Portmap, a)?;
+        let old: Vec<PortMapping> = rec.as_ref().map(|r| ports_of(&r.elems)).unwrap_or_default();
+        let old_standby: Vec<PortMapping> =
+            rec.as_ref().map(|r| r.standby.clone()).unwrap_or_default();
+        // Active: we publish it. Standby: the same container publishes it through another
+        // attachment (podman gives every network of a container the same mappings); we take
+        // it over when that attachment goes. Another container: refused.
+        let (mut active, mut standby) = (Vec::new(), Vec::new());
         for m in &want {
             let k = m.key();
+            let mut behind_sibling = false;
             for o in st.port_owners(&k)? {
                 let same_addr =
                     o.host_ip.is_none() || k.host_ip.is_none() || o.host_ip == k.host_ip;
-                if same_addr && o.owner != *a {
+                if !same_addr || o.owner == *a {
+                    continue;
+                }
+                if o.owner.container_id != a.container_id {
                     return Err(NftError::Conflict {
                         port: k.to_string(),
                         owner: o.owner.to_string(),
                     });
                 }
+                if !o.standby && !old.contains(m) {
+                    behind_sibling = true;
+                }
+            }
+            if behind_sibling {
+                standby.push(m.clone());
+            } else {
+                active.push(m.clone());
             }
         }
-        let gone: Vec<Elem> = old
+        let gone_maps: Vec<PortMapping> = old
             .iter()
-            .filter(|m| !want.contains(m))
-            .map(port_elem)
+            .filter(|m| !active.contains(m))
+            .cloned()
             .collect();
-        let new: Vec<Elem> = want
+        let new: Vec<Elem> = active
             .iter()
             .filter(|m| !old.contains(m))
             .map(port_elem)
             .collect();
-        if gone.is_empty() && new.is_empty() && st.att(Feature::Portmap, a)?.is_some() {
+        if gone_maps.is_empty() && new.is_empty() && standby == old_standby && rec.is_some() {
             return Ok(());
         }
+        let gone: Vec<Elem> = gone_maps.iter().map(port_elem).collect();
         let mut b = Batch::new();
         b.remove(&gone).add(&new);
         self.run(&b)?;
         // State after the kernel: a failed nft leaves the state as it was.
-        for m in old.iter().filter(|m| !want.contains(m)) {
+        for m in gone_maps
+            .iter()
+            .chain(old_standby.iter().filter(|m| !standby.contains(m)))
+        {
             self.unown_port(&st, a, m)?;
         }
-        for m in &want {
+        for (m, is_standby) in active
+            .iter()
+            .map(|m| (m, false))
+            .chain(standby.iter().map(|m| (m, true)))
+        {
             let k = m.key();
             let mut owners = st.port_owners(&k)?;
-            if !owners
-                .iter()
-                .any(|o| o.owner == *a && o.host_ip == k.host_ip)
-            {
-                owners.push(PortOwner {
-                    host_ip: k.host_ip,
-                    owner: a.clone(),
-                });
-                st.put_port_owners(&k, &owners)?;
-            }
+            owners.retain(|o| !(o.owner == *a && o.host_ip == k.host_ip));
+            owners.push(PortOwner {
+                host_ip: k.host_ip,
+                owner: a.clone(),
+                mapping: Some(m.clone()),
+                standby: is_standby,
+            });
+            st.put_port_owners(&k, &owners)?;
         }
         st.put_att(
             Feature::Portmap,
             &AttRecord {
                 attachment: a.clone(),
-                elems: want.iter().map(port_elem).collect(),
+                elems: active.iter().map(port_elem).collect(),
+                standby,
             },
         )
     }
@@ -217,9 +240,14 @@ impl Firewall {
         let owned_elems: Vec<Elem> = owned.iter().map(port_elem).collect();
         let extra_elems: Vec<Elem> = extra.iter().map(port_elem).collect();
         self.remove_tolerant(&owned_elems, &extra_elems)?;
-        for m in &owned {
+        let standby = st
+            .att(Feature::Portmap, a)?
+            .map(|r| r.standby)
+            .unwrap_or_default();
+        for m in owned.iter().chain(standby.iter()) {
             self.unown_port(&st, a, m)?;
         }
+        self.hand_over(&st, &owned)?;
         st.drop_att(Feature::Portmap, a)?;
         if !st.has_atts(Feature::Portmap, &a.network)? {
             st.drop_net(Feature::Portmap, &a.network)?;
@@ -283,9 +311,11 @@ impl Firewall {
         }
         self.remove_tolerant(&elems, &[])?;
         for r in &stale {
-            for m in ports_of(&r.elems) {
-                self.unown_port(&st, &r.attachment, &m)?;
+            let owned = ports_of(&r.elems);
+            for m in owned.iter().chain(r.standby.iter()) {
+                self.unown_port(&st, &r.attachment, m)?;
             }
+            self.hand_over(&st, &owned)?;
             st.drop_att(feature, &r.attachment)?;
         }
         if remaining == 0 {
@@ -340,6 +370,7 @@ impl Firewall {
                 &AttRecord {
                     attachment: a.clone(),
                     elems: Vec::new(),
+                    standby: Vec::new(),
                 },
             )?;
         }
@@ -390,6 +421,37 @@ impl Firewall {
             .filter(|e| !others.contains(e))
             .cloned()
             .collect())
+    }
+
+    /// Ports just released (`freed`) whose key a standby owner (the same container through
+    /// another attachment) still wants: publish its mapping and make it the active owner.
+    fn hand_over(&self, st: &Locked, freed: &[PortMapping]) -> Result<(), NftError> {
+        for m in freed {
+            let k = m.key();
+            let mut owners = st.port_owners(&k)?;
+            let overlaps = |o: &PortOwner| {
+                o.host_ip.is_none() || k.host_ip.is_none() || o.host_ip == k.host_ip
+            };
+            let Some(next) = owners.iter_mut().find(|o| o.standby && overlaps(o)) else {
+                continue;
+            };
+            let Some(mapping) = next.mapping.clone() else {
+                continue;
+            };
+            let mut b = Batch::new();
+            b.add(&[port_elem(&mapping)]);
+            self.run(&b)?;
+            next.standby = false;
+            let heir = next.owner.clone();
+            st.put_port_owners(&k, &owners)?;
+            if let Some(mut rec) = st.att(Feature::Portmap, &heir)? {
+                rec.standby.retain(|s| *s != mapping);
+                rec.elems.push(port_elem(&mapping));
+                st.put_att(Feature::Portmap, &rec)?;
+            }
+            log::info!("port {k} handed over to {heir}");
+        }
+        Ok(())
     }
 
     fn unown_port(&self, st: &Locked, a: &Attachment, m: &PortMapping) -> Result<(), NftError> {

@@ -25,7 +25,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
     batch::Elem,
-    types::{Attachment, Feature, PortKey},
+    types::{Attachment, Feature, PortKey, PortMapping},
     NftError,
 };
 
@@ -42,6 +42,11 @@ pub(crate) struct AttRecord {
     pub attachment: Attachment,
     #[serde(default)]
     pub elems: Vec<Elem>,
+    /// Ports this attachment asked for that another attachment of the same container
+    /// publishes (podman gives every network of a container the same mappings): it takes
+    /// them over when that attachment goes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby: Vec<PortMapping>,
 }
 
 /// One owner of a host port.
@@ -49,6 +54,12 @@ pub(crate) struct AttRecord {
 pub(crate) struct PortOwner {
     pub host_ip: Option<IpAddr>,
     pub owner: Attachment,
+    /// The mapping this owner asked for (to publish it when it takes the port over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<PortMapping>,
+    /// Waiting behind the active owner (same container, another attachment).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 /// Escape a name for use as one path component.

@@ -501,3 +501,48 @@ fn state_files_are_private() {
     // The network name was escaped into one component inside the state dir.
     assert!(dir.join("portmap/a%2F..").is_dir());
 }
+
+#[test]
+fn one_container_on_two_networks_shares_its_port_and_hands_it_over() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let (on_a, on_b) = (
+        Attachment::new("a", "c1", "eth0").unwrap(),
+        Attachment::new("b", "c1", "eth1").unwrap(),
+    );
+    f.add_ports(
+        &on_a,
+        &[pm(Some("127.0.0.1"), 8080, Protocol::Tcp, "10.1.0.5", 80)],
+    )
+    .unwrap();
+    nft.clear();
+    // podman: the same mappings on the container's second network -> standby, no kernel change
+    f.add_ports(
+        &on_b,
+        &[pm(Some("127.0.0.1"), 8080, Protocol::Tcp, "10.2.0.5", 80)],
+    )
+    .unwrap();
+    assert!(nft.scripts().is_empty(), "{:?}", nft.scripts());
+    // another container is still refused
+    let other = Attachment::new("a", "c2", "eth0").unwrap();
+    let e = f
+        .add_ports(&other, &[pm(None, 8080, Protocol::Tcp, "10.1.0.6", 80)])
+        .unwrap_err();
+    assert!(matches!(e, NftError::Conflict { .. }), "{e}");
+    // the first attachment goes: the element now points at the second network's address
+    f.del_ports(&on_a, &[]).unwrap();
+    let all = nft.scripts().join("");
+    assert!(
+        all.contains("delete element inet cnirs pm4 { 127.0.0.1 . tcp . 8080 }"),
+        "{all}"
+    );
+    assert!(
+        all.contains("add element inet cnirs pm4 { 127.0.0.1 . tcp . 8080 : 10.2.0.5 . 80 }"),
+        "{all}"
+    );
+    assert!(f.check_ports(&on_b).unwrap().is_empty());
+    // and when it goes too, the port is free for anyone
+    f.del_ports(&on_b, &[]).unwrap();
+    f.add_ports(&other, &[pm(None, 8080, Protocol::Tcp, "10.1.0.6", 80)])
+        .unwrap();
+}
