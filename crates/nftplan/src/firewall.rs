@@ -324,6 +324,16 @@ impl Firewall {
         Ok(())
     }
 
+    /// GC for a CNI request: keep the attachments listed in `cni.dev/valid-attachments`.
+    pub fn gc_request(&self, feature: Feature, req: &cni_core::Request) -> Result<(), NftError> {
+        let valid: Vec<(String, String)> = req
+            .valid_attachments()
+            .iter()
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .collect();
+        self.gc(feature, &req.conf.name, &valid)
+    }
+
     /// Load the skeleton (repairing its rules) and re-add every element the state knows, in one
     /// transaction: the way back after `nft flush ruleset` or a firewall reload.
     pub fn reconcile(&self) -> Result<(), NftError> {
@@ -552,4 +562,24 @@ fn overlaps(a: &PortMapping, b: &PortMapping) -> bool {
         && ka.protocol == kb.protocol
         && ka.host_port == kb.host_port
         && (ka.host_ip.is_none() || kb.host_ip.is_none() || ka.host_ip == kb.host_ip)
+}
+
+/// CHECK's verdict on what [`Firewall::check_network`] and its siblings found missing: code 105
+/// naming the elements, or Ok when nothing is missing.
+pub fn missing_error(
+    what: &str,
+    a: &Attachment,
+    missing: &[Elem],
+) -> Result<(), cni_core::CniError> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
+    Err(cni_core::CniError::new(
+        cni_core::ErrorCode::CheckFailed,
+        format!(
+            "{what} missing for {a}: {} (after a firewall reload, run cnirs-reconcile)",
+            list.join(", ")
+        ),
+    ))
 }

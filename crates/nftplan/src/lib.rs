@@ -65,7 +65,7 @@ mod types;
 pub use backend::{NftBackend, NftCli, RecordingNft};
 pub use batch::{Batch, Elem, SKELETON, SKELETON_RULES, TABLE};
 pub use error::NftError;
-pub use firewall::{default_state_dir, Firewall, DEFAULT_RUN_DIR};
+pub use firewall::{default_state_dir, missing_error, Firewall, DEFAULT_RUN_DIR};
 pub use ipnetwork::IpNetwork;
 pub use types::{Attachment, Feature, IfName, NetworkElems, PortMapping, Protocol};
 

@@ -20,14 +20,6 @@ use crate::{
     plan::{self, mac_string, Observed, Plan},
 };
 
-fn attachment(req: &Request) -> Result<Attachment, CniError> {
-    Ok(Attachment::new(
-        &req.conf.name,
-        &req.container_id,
-        &req.ifname,
-    )?)
-}
-
 fn check_failed(msg: String) -> CniError {
     CniError::new(ErrorCode::CheckFailed, msg)
 }
@@ -49,7 +41,7 @@ pub fn add(req: &Request, mode: Mode) -> Result<CniResult, CniError> {
         ));
     }
     let fw = Firewall::open()?;
-    let att = attachment(req)?;
+    let att = Attachment::of(req)?;
     let ipam = if spec.has_ipam {
         req.delegate_ipam(Command::Add)?.unwrap_or_default()
     } else {
@@ -229,10 +221,7 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
     if let Err(e) = delete_links(req) {
         errors.push(e);
     }
-    let fw = Firewall::open().and_then(|fw| {
-        let att = Attachment::new(&req.conf.name, &req.container_id, &req.ifname)?;
-        fw.detach_network(&att)
-    });
+    let fw = Firewall::open().and_then(|fw| fw.detach_network(&Attachment::of(req)?));
     if let Err(e) = fw {
         errors.push(e.into());
     }
@@ -300,16 +289,9 @@ pub fn check(req: &Request, mode: Mode) -> Result<(), CniError> {
     if spec.has_ipam {
         req.delegate_ipam(Command::Check)?;
     }
-    let missing = Firewall::open()?.check_network(&attachment(req)?)?;
-    if !missing.is_empty() {
-        let list: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
-        return Err(check_failed(format!(
-            "firewall elements missing for {}: {} (run the reconcile entry point after a firewall reload)",
-            req.tag(),
-            list.join(", ")
-        )));
-    }
-    Ok(())
+    let att = Attachment::of(req)?;
+    let missing = Firewall::open()?.check_network(&att)?;
+    nftplan::missing_error("firewall elements", &att, &missing)
 }
 
 /// Stable properties of the pod side: the MAC we reported, every address and route.
@@ -396,13 +378,7 @@ fn check_host_side(
 pub fn gc(req: &Request, mode: Mode) -> Result<(), CniError> {
     let spec = config::parse(req, mode)?;
     let mut errors = Vec::new();
-    let valid: Vec<(String, String)> = req
-        .valid_attachments()
-        .iter()
-        .map(|a| (a.container_id.clone(), a.ifname.clone()))
-        .collect();
-    if let Err(e) = Firewall::open().and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &valid))
-    {
+    if let Err(e) = Firewall::open().and_then(|fw| fw.gc_request(Feature::Network, req)) {
         errors.push(e.into());
     }
     if spec.has_ipam {

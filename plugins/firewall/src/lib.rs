@@ -10,7 +10,7 @@
 //!   the pod unreachable where the user expects a zone); `backend: iptables`,
 //!   `iptablesAdminChainName` and `firewalldZone` are accepted and ignored with a log line.
 
-use cni_core::{CniError, CniResult, ErrorCode, Plugin, Request};
+use cni_core::{CniError, CniResult, Plugin, Request};
 use nftplan::{Attachment, Feature};
 use serde::Deserialize;
 
@@ -62,14 +62,6 @@ pub fn parse(req: &Request) -> Result<Ingress, CniError> {
     }
 }
 
-fn attachment(req: &Request) -> Result<Attachment, CniError> {
-    Ok(Attachment::new(
-        &req.conf.name,
-        &req.container_id,
-        &req.ifname,
-    )?)
-}
-
 impl Plugin for Firewall {
     fn name(&self) -> &'static str {
         "firewall"
@@ -88,7 +80,7 @@ impl Plugin for Firewall {
         let fw = nftplan::Firewall::open()?;
         fw.allow_forward(&bridge)?;
         if ingress == Ingress::SameBridge {
-            fw.attach_isolation(&attachment(req)?, &bridge)?;
+            fw.attach_isolation(&Attachment::of(req)?, &bridge)?;
         }
         Ok(prev)
     }
@@ -96,7 +88,7 @@ impl Plugin for Firewall {
     fn del(&self, req: &Request) -> Result<(), CniError> {
         // An unknown policy must not block DEL: always release what this attachment may own.
         let _ = parse(req);
-        Ok(nftplan::Firewall::open()?.detach_isolation(&attachment(req)?)?)
+        Ok(nftplan::Firewall::open()?.detach_isolation(&Attachment::of(req)?)?)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -106,23 +98,13 @@ impl Plugin for Firewall {
         if ingress == Ingress::Open {
             return Ok(());
         }
-        let missing = nftplan::Firewall::open()?.check_isolation(&attachment(req)?)?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        Err(CniError::new(
-            ErrorCode::CheckFailed,
-            format!("same-bridge isolation missing for {}", req.tag()),
-        ))
+        let att = Attachment::of(req)?;
+        let missing = nftplan::Firewall::open()?.check_isolation(&att)?;
+        nftplan::missing_error("same-bridge isolation", &att, &missing)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let valid: Vec<(String, String)> = req
-            .valid_attachments()
-            .iter()
-            .map(|a| (a.container_id.clone(), a.ifname.clone()))
-            .collect();
-        Ok(nftplan::Firewall::open()?.gc(Feature::Isolation, &req.conf.name, &valid)?)
+        Ok(nftplan::Firewall::open()?.gc_request(Feature::Isolation, req)?)
     }
 }
 

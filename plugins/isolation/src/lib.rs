@@ -4,7 +4,7 @@
 //! refcounted per network: the last DEL (or GC) of a network removes it. No rules per pod or
 //! per network: one set element per network.
 
-use cni_core::{CniError, CniResult, ErrorCode, Plugin, Request};
+use cni_core::{CniError, CniResult, Plugin, Request};
 use nftplan::{Attachment, Feature, Firewall, IfName};
 
 pub struct Isolation;
@@ -26,14 +26,6 @@ pub fn bridge_of(prev: &CniResult) -> Result<IfName, CniError> {
     Ok(IfName::new(name)?)
 }
 
-fn attachment(req: &Request) -> Result<Attachment, CniError> {
-    Ok(Attachment::new(
-        &req.conf.name,
-        &req.container_id,
-        &req.ifname,
-    )?)
-}
-
 impl Plugin for Isolation {
     fn name(&self) -> &'static str {
         "isolation"
@@ -42,39 +34,24 @@ impl Plugin for Isolation {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let prev = req.require_prev_result()?;
         let bridge = bridge_of(&prev)?;
-        Firewall::open()?.attach_isolation(&attachment(req)?, &bridge)?;
+        Firewall::open()?.attach_isolation(&Attachment::of(req)?, &bridge)?;
         Ok(prev)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        Ok(Firewall::open()?.detach_isolation(&attachment(req)?)?)
+        Ok(Firewall::open()?.detach_isolation(&Attachment::of(req)?)?)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let prev = req.require_prev_result()?;
         bridge_of(&prev)?;
-        let missing = Firewall::open()?.check_isolation(&attachment(req)?)?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
-        Err(CniError::new(
-            ErrorCode::CheckFailed,
-            format!(
-                "isolation elements missing for {}: {}",
-                req.tag(),
-                list.join(", ")
-            ),
-        ))
+        let att = Attachment::of(req)?;
+        let missing = Firewall::open()?.check_isolation(&att)?;
+        nftplan::missing_error("isolation elements", &att, &missing)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let valid: Vec<(String, String)> = req
-            .valid_attachments()
-            .iter()
-            .map(|a| (a.container_id.clone(), a.ifname.clone()))
-            .collect();
-        Ok(Firewall::open()?.gc(Feature::Isolation, &req.conf.name, &valid)?)
+        Ok(Firewall::open()?.gc_request(Feature::Isolation, req)?)
     }
 }
 

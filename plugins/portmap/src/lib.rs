@@ -8,19 +8,11 @@ pub mod config;
 
 use std::process::{Command as Process, Stdio};
 
-use cni_core::{CniError, CniResult, ErrorCode, Plugin, Request};
+use cni_core::{CniError, CniResult, Plugin, Request};
 use config::{Dnat, Protocol};
 use nftplan::{Attachment, Feature, Firewall, PortMapping};
 
 pub struct Portmap;
-
-fn attachment(req: &Request) -> Result<Attachment, CniError> {
-    Ok(Attachment::new(
-        &req.conf.name,
-        &req.container_id,
-        &req.ifname,
-    )?)
-}
 
 fn to_nft(d: &Dnat) -> PortMapping {
     PortMapping {
@@ -95,7 +87,7 @@ impl Plugin for Portmap {
             }
         }
         let mappings: Vec<PortMapping> = dnats.iter().map(to_nft).collect();
-        Firewall::open()?.add_ports(&attachment(req)?, &mappings)?;
+        Firewall::open()?.add_ports(&Attachment::of(req)?, &mappings)?;
         Ok(prev)
     }
 
@@ -108,7 +100,7 @@ impl Plugin for Portmap {
             _ => Vec::new(),
         };
         let mappings: Vec<PortMapping> = dnats.iter().map(to_nft).collect();
-        Firewall::open()?.del_ports(&attachment(req)?, &mappings)?;
+        Firewall::open()?.del_ports(&Attachment::of(req)?, &mappings)?;
         flush_udp_conntrack(&dnats);
         Ok(())
     }
@@ -119,27 +111,12 @@ impl Plugin for Portmap {
         if config::plan(&spec, &prev, &req.ifname).is_empty() {
             return Ok(());
         }
-        let missing = Firewall::open()?.check_ports(&attachment(req)?)?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
-        Err(CniError::new(
-            ErrorCode::CheckFailed,
-            format!(
-                "published ports missing for {}: {}",
-                req.tag(),
-                list.join(", ")
-            ),
-        ))
+        let att = Attachment::of(req)?;
+        let missing = Firewall::open()?.check_ports(&att)?;
+        nftplan::missing_error("published ports", &att, &missing)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let valid: Vec<(String, String)> = req
-            .valid_attachments()
-            .iter()
-            .map(|a| (a.container_id.clone(), a.ifname.clone()))
-            .collect();
-        Ok(Firewall::open()?.gc(Feature::Portmap, &req.conf.name, &valid)?)
+        Ok(Firewall::open()?.gc_request(Feature::Portmap, req)?)
     }
 }
