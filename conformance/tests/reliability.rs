@@ -152,14 +152,14 @@ fn firewall_reload_then_reconcile() {
     let far = out.far_v4.to_string();
     let host_v4 = out.host_v4.to_string();
 
-    let published = || {
-        tcp_request(&out.ns, &host_v4, 8081)
-            .is_some_and(|r| r.starts_with("a "))
-    };
+    let published = || tcp_request(&out.ns, &host_v4, 8081).is_some_and(|r| r.starts_with("a "));
     let isolated = || !reaches(&a, &ip_b, 80) && !reaches(&b, &ip_a, 80);
     let masquerade = || can_ping(&a, &far) && can_ping(&b, &far);
 
-    assert!(can_ping_eventually(&a, &far, 3), "a -> outside before the flush");
+    assert!(
+        can_ping_eventually(&a, &far, 3),
+        "a -> outside before the flush"
+    );
     assert!(published(), "outside -> host:8081 -> a before the flush");
     assert!(isolated(), "a and b isolated before the flush");
     assert!(masquerade(), "masquerade before the flush");
@@ -173,7 +173,11 @@ fn firewall_reload_then_reconcile() {
     let t = Instant::now();
     let chk = tool_a().check(&a);
     chk.assert_err();
-    assert_eq!(chk.cni_error_code(), Some(105), "CHECK after the flush:\n{chk}");
+    assert_eq!(
+        chk.cni_error_code(),
+        Some(105),
+        "CHECK after the flush:\n{chk}"
+    );
     let msg = chk.json()["msg"].as_str().unwrap_or_default().to_owned()
         + chk.json()["details"].as_str().unwrap_or_default();
     assert!(
@@ -187,8 +191,14 @@ fn firewall_reload_then_reconcile() {
     assert!(rc.stderr.contains("missing"), "{rc}");
     // Negative controls: the flush really broke everything the table does.
     assert!(!published(), "published port still answers after the flush");
-    assert!(!isolated(), "isolation still drops after the flush (no table)");
-    assert!(!can_ping(&a, &far), "masquerade still works after the flush");
+    assert!(
+        !isolated(),
+        "isolation still drops after the flush (no table)"
+    );
+    assert!(
+        !can_ping(&a, &far),
+        "masquerade still works after the flush"
+    );
 
     let rc = run_reconcile(&net, &[]);
     rc.assert_ok();
@@ -329,9 +339,19 @@ fn chain_add(
             std::thread::sleep(Duration::from_micros(200));
         };
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         match status {
             None => return AddEnd::Killed(i),
             Some(st) => {
@@ -402,14 +422,22 @@ fn sigkill_during_add_then_del_leaves_nothing() {
             (AddEnd::Done, _) => "completed",
             (AddEnd::Killed(i), true) => {
                 midway += 1;
-                ["killed in bridge, partial", "killed in portmap, partial", "killed in isolation, partial"][i]
+                [
+                    "killed in bridge, partial",
+                    "killed in portmap, partial",
+                    "killed in isolation, partial",
+                ][i]
             }
             (AddEnd::Killed(_), false) => "killed before any change",
         };
         *tally.entry(label).or_default() += 1;
         chain_del(&net, &conf, &pod, id, port);
         leaks(&base, &net).assert_empty(&format!("DEL after a kill at {delay:?} ({label})"));
-        assert_eq!(pod.link_names(), ["lo"], "pod links after DEL (kill at {delay:?})");
+        assert_eq!(
+            pod.link_names(),
+            ["lo"],
+            "pod links after DEL (kill at {delay:?})"
+        );
         // The container can be attached again, and detached cleanly.
         assert_eq!(
             chain_add(&net, &conf, &pod, id, port, None),
@@ -456,12 +484,16 @@ fn concurrent_churn_keeps_addresses_unique_and_leaks_nothing() {
             (conf, name)
         })
         .collect();
-    let pods: Vec<Netns> = (0..WORKERS).map(|w| net.pod(&format!("w{w}"))).collect();
+    // Two pods per worker: cycle c attaches pod c % 2, then detaches the previous cycle's
+    // attachment from the other pod, so every worker holds one or two addresses at any time.
+    let pods: Vec<[Netns; 2]> = (0..WORKERS)
+        .map(|w| [net.pod(&format!("w{w}a")), net.pod(&format!("w{w}b"))])
+        .collect();
     // Warm-up on each network: bridges, table and state dirs exist in the baseline.
     for (conf, _) in &confs {
         let tool = net.cnitool(conf).cap_args(ports(29999, 80));
-        tool.add(&pods[0]).assert_ok();
-        tool.del(&pods[0]).assert_ok();
+        tool.add(&pods[0][0]).assert_ok();
+        tool.del(&pods[0][0]).assert_ok();
     }
     let base = HostState::of(&net);
 
@@ -469,10 +501,10 @@ fn concurrent_churn_keeps_addresses_unique_and_leaks_nothing() {
     let max_live = Mutex::new((0usize, 0usize)); // (live now, max seen)
     let t = Instant::now();
     std::thread::scope(|s| {
-        for (w, pod) in pods.iter().enumerate() {
+        for (w, pods) in pods.iter().enumerate() {
             let (net, confs, holders, max_live) = (&net, &confs, &holders, &max_live);
             s.spawn(move || {
-                for c in 0..cycles {
+                let attachment = |c: usize| {
                     let (conf, name) = &confs[(w + c) % 3];
                     let id = format!("churn-w{w}-c{c}");
                     let host_port = 20000 + (w * 1000 + c) as u16;
@@ -480,6 +512,11 @@ fn concurrent_churn_keeps_addresses_unique_and_leaks_nothing() {
                         .cnitool(conf)
                         .container_id(&id)
                         .cap_args(ports(host_port, 80));
+                    (tool, *name, id, &pods[c % 2])
+                };
+                let mut previous: Option<(usize, String)> = None;
+                for c in 0..cycles {
+                    let (tool, name, id, pod) = attachment(c);
                     let out = tool.add(pod);
                     assert!(out.success(), "worker {w} cycle {c}: ADD failed:\n{out}");
                     let ip = first_ip(out.json());
@@ -501,12 +538,20 @@ fn concurrent_churn_keeps_addresses_unique_and_leaks_nothing() {
                         m.0 += 1;
                         m.1 = m.1.max(m.0);
                     }
-                    // Stay attached a little (workers differ) so lifetimes overlap.
-                    std::thread::sleep(Duration::from_millis((w % 4) as u64 * 5));
-                    holders.lock().unwrap().remove(&format!("{name}/{ip}"));
+                    if let Some((pc, pip)) = previous.replace((c, ip)) {
+                        let (tool, name, _, pod) = attachment(pc);
+                        holders.lock().unwrap().remove(&format!("{name}/{pip}"));
+                        max_live.lock().unwrap().0 -= 1;
+                        let out = tool.del(pod);
+                        assert!(out.success(), "worker {w} cycle {pc}: DEL failed:\n{out}");
+                    }
+                }
+                if let Some((pc, pip)) = previous {
+                    let (tool, name, _, pod) = attachment(pc);
+                    holders.lock().unwrap().remove(&format!("{name}/{pip}"));
                     max_live.lock().unwrap().0 -= 1;
                     let out = tool.del(pod);
-                    assert!(out.success(), "worker {w} cycle {c}: DEL failed:\n{out}");
+                    assert!(out.success(), "worker {w} cycle {pc}: DEL failed:\n{out}");
                 }
             });
         }
@@ -524,13 +569,14 @@ fn concurrent_churn_keeps_addresses_unique_and_leaks_nothing() {
     // Still works: a fresh pod on each network reaches its gateway and publishes a port.
     for (n, (conf, _)) in confs.iter().enumerate() {
         let tool = net.cnitool(conf).cap_args(ports(29999, 80));
-        tool.add(&pods[n]).assert_ok();
+        let pod = &pods[n][0];
+        tool.add(pod).assert_ok();
         assert!(
-            can_ping_eventually(&pods[n], &format!("10.233.{n}.1"), 3),
+            can_ping_eventually(pod, &format!("10.233.{n}.1"), 3),
             "pod on network {n} after the churn"
         );
-        tool.check(&pods[n]).assert_ok();
-        tool.del(&pods[n]).assert_ok();
+        tool.check(pod).assert_ok();
+        tool.del(pod).assert_ok();
     }
 }
 
@@ -591,12 +637,16 @@ fn reboot_then_gc_removes_the_dead() {
     for i in 2..4 {
         assert!(!lease(i).exists(), "stale lease {i} kept by GC");
         assert!(!published(i), "stale port element {i} kept by GC");
-        assert_eq!(state_mentions(i), 0, "stale firewall state of pod {i} kept by GC");
+        assert_eq!(
+            state_mentions(i),
+            0,
+            "stale firewall state of pod {i} kept by GC"
+        );
     }
-    for i in 0..2 {
+    for (i, pod) in pods.iter().enumerate().take(2) {
         assert!(lease(i).exists(), "survivor {i}'s lease dropped by GC");
         assert!(published(i), "survivor {i}'s port dropped by GC");
-        tool(i).check(&pods[i]).assert_ok();
+        tool(i).check(pod).assert_ok();
     }
     assert!(can_ping(&pods[0], &ips[1]), "survivors still talk");
 
@@ -607,4 +657,75 @@ fn reboot_then_gc_removes_the_dead() {
     leaks(&base, &net)
         .without(|i| i.kind == "file" && i.text.starts_with("cache/"))
         .assert_empty("after GC and the survivors' DEL");
+}
+
+/// A whole-host reboot: every pod netns, the bridge, the ruleset and `/run` (the firewall
+/// state) are gone; only host-local's dataDir (on disk) survives. New pods come up (one
+/// publishing a dead pod's host port), and GC with the new pods as the valid list drops the
+/// dead leases.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn full_reboot_then_new_pods_and_gc() {
+    let net = TestNet::new();
+    let conf = chain_conf(&net, "reboot2", "cnirs-rb2", "10.234.2.0/24");
+    let old: Vec<Netns> = (0..3).map(|i| net.pod(&format!("old{i}"))).collect();
+    let tool = |port: u16| net.cnitool(&conf).cap_args(ports(port, 80));
+    tool(9200).add(&old[0]).assert_ok();
+    tool(9200).del(&old[0]).assert_ok();
+    let base = HostState::of(&net);
+    let old_ips: Vec<String> = (0..3)
+        .map(|i| first_ip(tool(9200 + i as u16).add(&old[i]).assert_ok().json()))
+        .collect();
+    let lease = |ip: &str| net.data_dir().join("reboot2").join(ip);
+
+    // Reboot.
+    for p in &old {
+        run_ok("ip", &["netns", "del", p.name()]);
+        run_ok("ip", &["netns", "add", p.name()]);
+    }
+    net.host().ip(&["link", "del", "cnirs-rb2"]);
+    net.host().exec_ok("nft", &["flush", "ruleset"]);
+    std::fs::remove_dir_all(net.run_dir()).unwrap();
+    std::fs::create_dir(net.run_dir()).unwrap();
+    // libcni's cache is on disk too (/var/lib/cni), it survives like the leases.
+    for ip in &old_ips {
+        assert!(lease(ip).exists(), "lease {ip} survives the reboot");
+    }
+
+    // New pods: one takes a dead pod's host port.
+    let new: Vec<Netns> = (0..2).map(|i| net.pod(&format!("new{i}"))).collect();
+    let new_ips: Vec<String> = (0..2)
+        .map(|i| first_ip(tool(9200 + i as u16).add(&new[i]).assert_ok().json()))
+        .collect();
+    for ip in &new_ips {
+        assert!(
+            !old_ips.contains(ip),
+            "{ip} handed out while a stale lease holds it"
+        );
+    }
+    let _srv = TcpServer::start(&new[0], "0.0.0.0", 80, "new0");
+    assert!(
+        tcp_request(net.host(), "127.0.0.1", 9200).is_some_and(|r| r.starts_with("new0 ")),
+        "the dead pod's host port now reaches the new pod"
+    );
+
+    let id = |p: &Netns| tool(0).container_id_for(p);
+    net.cnitool(&conf)
+        .valid_attachments(json!([{"containerID": id(&new[0]), "ifname": "eth0"},
+                                  {"containerID": id(&new[1]), "ifname": "eth0"}]))
+        .gc()
+        .assert_ok();
+    for ip in &old_ips {
+        assert!(!lease(ip).exists(), "stale lease {ip} kept by GC");
+    }
+    for (i, ip) in new_ips.iter().enumerate() {
+        assert!(lease(ip).exists(), "new pod's lease {ip} dropped by GC");
+        tool(9200 + i as u16).check(&new[i]).assert_ok();
+    }
+    assert!(can_ping(&new[0], &new_ips[1]), "new pods talk");
+    tool(9200).del(&new[0]).assert_ok();
+    tool(9201).del(&new[1]).assert_ok();
+    leaks(&base, &net)
+        .without(|i| i.kind == "file" && i.text.starts_with("cache/"))
+        .assert_empty("after reboot, GC and DEL of the new pods");
 }
