@@ -7,8 +7,10 @@
 //!   isolation and masquerade and makes CHECK fail naming what is missing; `cnirs-reconcile`
 //!   brings all of it back and CHECK passes again.
 //! * `sigkill_during_add_then_del_leaves_nothing`: the chain bridge(+host-local) -> portmap
-//!   -> isolation is killed (whole process group) after a delay swept over the ADD's duration;
-//!   a DEL then restores the host to its baseline, and the next ADD works.
+//!   -> isolation is killed (whole process group) after a delay swept over the ADD's duration
+//!   (`CNIRS_CRASH_POINTS`, default 40); a DEL then restores the host to its baseline, and the
+//!   next ADD works. `sigkill_after_nft_commit_then_del_leaves_nothing` hits the one window
+//!   the sweep found (known bug, nftplan) deterministically.
 //! * `concurrent_churn_keeps_addresses_unique_and_leaks_nothing`: 16 workers ADD/DEL through
 //!   cnitool over 3 isolated networks with published ports. `CNIRS_SOAK_OPS` sets the total
 //!   number of operations (default 192; `make soak` uses 2000).
@@ -380,7 +382,7 @@ fn chain_del(net: &TestNet, conf: &Value, pod: &Netns, id: &str, host_port: u16)
 }
 
 #[test]
-#[ignore = "kernel test (root): run by make conformance"]
+#[ignore = "known bug: a kill between nftplan's nft commit and its state write leaks set/map elements (see sigkill_after_nft_commit_then_del_leaves_nothing); hit by ~1 in 40 kill points"]
 fn sigkill_during_add_then_del_leaves_nothing() {
     let net = TestNet::new();
     let conf = chain_conf(&net, "crash", "cnirs-crash", "10.232.1.0/24");
@@ -455,6 +457,78 @@ fn sigkill_during_add_then_del_leaves_nothing() {
         midway >= points / 4,
         "too few kills landed mid-way ({midway} of {}): {tally:?}",
         points + 1
+    );
+}
+
+/// The exact window the sweep above hits now and then, made deterministic: `nft` commits a
+/// batch that adds elements and the plugin is SIGKILLed right after (a wrapper given as
+/// `CNIRS_NFT` runs the real nft, then kills its parent), before the plugin wrote its state.
+/// DEL must still remove what was added.
+#[test]
+#[ignore = "known bug: nftplan applies nft before writing its state (firewall.rs attach/add_ports); a crash in between leaks elements DEL never removes"]
+fn sigkill_after_nft_commit_then_del_leaves_nothing() {
+    let net = TestNet::new();
+    let conf = chain_conf(&net, "window", "cnirs-win", "10.232.2.0/24");
+    let pod = net.pod("p");
+    let id = "cnirs-window-p";
+    let port = 8282;
+    let killer = net.tmp().join("nft-then-die");
+    std::fs::write(
+        &killer,
+        "#!/bin/sh\n\
+         # Run the real nft on the script; if it added elements and succeeded, die with the caller.\n\
+         script=$(cat)\n\
+         printf '%s\\n' \"$script\" | /usr/sbin/nft \"$@\"\n\
+         rc=$?\n\
+         case \"$script\" in *'add element'*) case \"$script\" in *'delete element'*) ;; *)\n\
+           [ $rc -eq 0 ] && kill -9 $PPID ;; esac ;; esac\n\
+         exit $rc\n",
+    )
+    .unwrap();
+    run_ok("chmod", &["0755", &killer.display().to_string()]);
+
+    assert_eq!(chain_add(&net, &conf, &pod, id, port, None), AddEnd::Done);
+    chain_del(&net, &conf, &pod, id, port);
+    let base = HostState::of(&net);
+
+    let mut leaked = Vec::new();
+    for (stage, bin) in CHAIN.iter().enumerate() {
+        let mut prev: Option<Value> = None;
+        for (i, b) in CHAIN.iter().enumerate().take(stage + 1) {
+            let mut env = vec![
+                ("CNI_COMMAND", "ADD".to_owned()),
+                ("CNI_CONTAINERID", id.to_owned()),
+                ("CNI_NETNS", pod.path_str().to_owned()),
+                ("CNI_IFNAME", "eth0".to_owned()),
+            ];
+            if i == stage {
+                env.push(("CNIRS_NFT", killer.display().to_string()));
+            }
+            let stdin = plugin_conf(&conf, i, prev.as_ref(), port).to_string();
+            let out = net.run_plugin(&plugin_bin(b), &env, &stdin);
+            if i < stage {
+                out.assert_ok();
+                prev = out.json.clone();
+            } else {
+                assert_eq!(
+                    out.code, None,
+                    "{bin} should have been killed by its nft:\n{out}"
+                );
+            }
+        }
+        chain_del(&net, &conf, &pod, id, port);
+        let d = leaks(&base, &net);
+        if !d.is_empty() {
+            eprintln!("killed right after {bin}'s nft commit, then DEL: left behind\n{d}");
+            leaked.push(*bin);
+        }
+        // Whatever leaked, put the host back for the next stage (the test's own cleanup).
+        net.host().exec_ok("nft", &["flush", "ruleset"]);
+        run_reconcile(&net, &[]).assert_ok();
+    }
+    assert!(
+        leaked.is_empty(),
+        "elements left behind after a kill between nft and the state write in: {leaked:?}"
     );
 }
 
