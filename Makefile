@@ -11,9 +11,13 @@ CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.
 KTHREADS   ?= 6
 
-.PHONY: all build cnitool unit conformance test lint fmt demo bench soak install clean
+.PHONY: all deps build cnitool unit conformance test lint fmt demo bench soak install clean
 
 all: build
+
+# Debian packages the kernel tests, the demo and the bench need (no-op when all are there).
+deps:
+	scripts/install-deps.sh --if-missing
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -21,12 +25,13 @@ build:
 cnitool: $(CNITOOL)
 
 $(CNITOOL): conformance/cnitool/main.go conformance/cnitool/build.sh
+	scripts/install-deps.sh --if-missing
 	conformance/cnitool/build.sh
 
 unit:
 	$(CARGO) test --workspace
 
-conformance: build cnitool
+conformance: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) \
 		$(CARGO) test --workspace -- --ignored --test-threads=$(KTHREADS)
 
@@ -39,15 +44,17 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-demo: build cnitool
+demo: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) demo/run.sh
 
-bench: build cnitool
+bench: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/run.sh
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)
-	for p in $(PLUGINS); do install -m 0755 $(BIN_DIR)/$$p $(DESTDIR)$(PREFIX)/$$p; done
+	for p in $(PLUGINS) $(TOOLS); do install -m 0755 $(BIN_DIR)/$$p $(DESTDIR)$(PREFIX)/$$p; done
+	install -D -m 0644 contrib/systemd/cnirs-reconcile.service \
+		$(DESTDIR)/etc/systemd/system/cnirs-reconcile.service
 
 clean:
 	$(CARGO) clean
