@@ -36,8 +36,6 @@ cleanup() {
     rm -rf "$BENCH_TMP"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 [[ "$(id -u)" -eq 0 ]] || { say "make bench must run as root (it creates network namespaces)"; exit 1; }
 [[ -x "$CNITOOL" ]] || { say "cnitool missing at $CNITOOL (make cnitool)"; exit 1; }
@@ -51,4 +49,14 @@ command -v python3 >/dev/null || { say "python3 is needed"; exit 1; }
 command -v strace >/dev/null || say "note: strace not installed: the breakdown will have no syscall section (apt-get install strace)"
 
 mkdir -p "$BENCH_OUT"
-python3 "$repo/bench/bench.py"
+# The driver runs in the background so that Ctrl-C / TERM reach it now (a non-interactive
+# shell would wait for a foreground child before running its traps): it cleans up and exits.
+python3 "$repo/bench/bench.py" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' INT TERM
+rc=0
+while :; do
+    wait "$child" && rc=0 || rc=$?
+    kill -0 "$child" 2>/dev/null || break
+done
+exit "$rc"
