@@ -756,8 +756,11 @@ def analyse_strace(text, c, ov=0.0):
             pc["user space (rest)"] = rest - pc["strace overhead (est.)"]
         for k, v in pc.items():
             cats[k] = cats.get(k, 0.0) + v
+        counts = {}
+        for _, _, cat in p["calls"]:
+            counts[cat] = counts.get(cat, 0) + 1
         plist.append({"name": p["name"] or "?", "ms": life * 1000, "exclusive_ms": excl * 1000,
-                      "syscalls": len(p["calls"]),
+                      "syscalls": len(p["calls"]), "syscall_counts": counts,
                       "categories_ms": {k: v * 1000 for k, v in pc.items()}})
     t0 = min(p["start"] for p in procs.values())
     t1 = max(p["end"] for p in procs.values())
@@ -966,9 +969,12 @@ def build_breakdown(R):
             for n, a in runs[mid].items():
                 if "processes" not in a:
                     continue
-                procs = ", ".join("%s %.1f ms (own %.1f)" % (p["name"], p["ms"],
-                                                             p["exclusive_ms"])
-                                  for p in a["processes"])
+                procs = "; ".join(
+                    "%s %.1f ms (own %.1f; %d syscalls: %s)" % (
+                        p["name"], p["ms"], p["exclusive_ms"], p["syscalls"],
+                        ", ".join("%d %s" % (v, k) for k, v in sorted(
+                            p.get("syscall_counts", {}).items(), key=lambda kv: -kv[1])[:3]))
+                    for p in a["processes"])
                 lines.append("- %s%s: %.1f ms traced; processes: %s" % (
                     n, "" if a["ok"] else " (FAILED)", a["wall_ms"], procs))
                 nproc += sum(1 for p in a["processes"] if p["name"] == "nft")
@@ -1156,8 +1162,18 @@ def png_plot(series, path):
 # ----------------------------------------------------------------------------- main
 
 
+LOAD = []
+
+
+def _sample_load():
+    while True:
+        LOAD.append(os.getloadavg()[0])
+        time.sleep(2)
+
+
 def main():
     started = time.time()
+    threading.Thread(target=_sample_load, daemon=True).start()
     os.makedirs(OUT, exist_ok=True)
     R = {
         "meta": {
@@ -1185,6 +1201,7 @@ def main():
     R["replay"], inputs = bench_replay(lat)
     R["strace"] = bench_strace(lat[0], inputs["ours"])
     R["meta"]["loadavg_end"] = os.getloadavg()
+    R["meta"]["load1_samples"] = list(LOAD)
     R["meta"]["seconds"] = time.time() - started
 
     summary = build_summary(R)
@@ -1201,11 +1218,13 @@ def main():
     md = ["# make bench%s: ours vs reference, through cnitool (libcni 1.1.2)" % (
               " (BENCH_QUICK)" if QUICK else ""),
           "",
-          "Kernel %s, %d CPUs, load %.2f at start, %.2f at end, %.0f s. Pods N = %s (%d samples "
-          "each, chains alternated), %d workers x %d pods x %d rounds. One port mapping per pod. "
-          "p99 of %d samples is close to their max." % (
-              meta["kernel"], meta["cpus"], meta["loadavg_start"][0], meta["loadavg_end"][0],
-              meta["seconds"], ", ".join(map(str, STAGES)), K, WORKERS, PAR_PODS, PAR_ROUNDS, K),
+          "Kernel %s, %d CPUs, %.0f s. 1-minute load average during the run: median %.1f, "
+          "max %.1f (the bench itself adds about 1, and up to %d in the parallel phase). Pods N "
+          "= %s (%d samples each, chains alternated), %d workers x %d pods x %d rounds. One port "
+          "mapping per pod. p99 of %d samples is close to their max." % (
+              meta["kernel"], meta["cpus"], meta["seconds"],
+              statistics.median(LOAD or [0.0]), max(LOAD or [0.0]), WORKERS,
+              ", ".join(map(str, STAGES)), K, WORKERS, PAR_PODS, PAR_ROUNDS, K),
           "",
           summary,
           "## Where the time goes",
