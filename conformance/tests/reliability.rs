@@ -382,7 +382,7 @@ fn chain_del(net: &TestNet, conf: &Value, pod: &Netns, id: &str, host_port: u16)
 }
 
 #[test]
-#[ignore = "known bug: a kill between nftplan's nft commit and its state write leaks set/map elements (see sigkill_after_nft_commit_then_del_leaves_nothing); hit by ~1 in 40 kill points"]
+#[ignore = "known bug: a kill between nftplan's nft commit and its state writes leaks set/map elements, port owner files and .tmp state files that DEL never removes (see sigkill_after_nft_commit_then_del_leaves_nothing); ~1 in 8 kill points"]
 fn sigkill_during_add_then_del_leaves_nothing() {
     let net = TestNet::new();
     let conf = chain_conf(&net, "crash", "cnirs-crash", "10.232.1.0/24");
@@ -415,6 +415,9 @@ fn sigkill_during_add_then_del_leaves_nothing() {
     let horizon = full + Duration::from_millis(3);
     let mut tally: HashMap<&'static str, u32> = HashMap::new();
     let mut midway = 0;
+    let mut leaked: Vec<String> = Vec::new();
+    let mut tmp_files = 0;
+    let mut orphan_owners = 0;
     for k in 0..=points {
         let delay = horizon * k / points;
         let end = chain_add(&net, &conf, &pod, id, port, Some(delay));
@@ -434,7 +437,46 @@ fn sigkill_during_add_then_del_leaves_nothing() {
         };
         *tally.entry(label).or_default() += 1;
         chain_del(&net, &conf, &pod, id, port);
-        leaks(&base, &net).assert_empty(&format!("DEL after a kill at {delay:?} ({label})"));
+        let d = leaks(&base, &net);
+        if !d.is_empty() {
+            // Only nft elements may be left (the known window); count them, put the host back
+            // and go on, so one run measures how often the window is hit.
+            // Known leftovers: nft elements, and nftplan's temporary state file (with the
+            // directory it was created in) when the kill hit the write itself.
+            let known =
+                |i: &Item| i.kind == "nft" || (i.kind == "file" && i.text.starts_with("run/"));
+            assert!(
+                d.added.iter().chain(&d.removed).all(known),
+                "DEL after a kill at {delay:?} ({label}) left more than the known leftovers:\n{d}"
+            );
+            if d.added.iter().any(|i| i.text.contains(".tmp")) {
+                tmp_files += 1;
+            }
+            if d.added
+                .iter()
+                .any(|i| i.text.starts_with("run/") && i.text.contains("/ports/"))
+            {
+                orphan_owners += 1;
+            }
+            eprintln!("DEL after a kill at {delay:?} ({label}) left behind:\n{d}");
+            leaked.push(format!("{delay:?} ({label})"));
+            net.host().exec_ok("nft", &["flush", "ruleset"]);
+            run_reconcile(&net, &[]).assert_ok();
+            for i in &d.added {
+                if let Some(rel) = i.text.strip_prefix("run/") {
+                    let path = net.run_dir().join(rel.split(" = ").next().unwrap());
+                    if path.is_file() {
+                        std::fs::remove_file(&path).unwrap();
+                    }
+                }
+            }
+            for i in d.added.iter().rev() {
+                if let Some(rel) = i.text.strip_prefix("run/").filter(|t| t.ends_with('/')) {
+                    let _ = std::fs::remove_dir(net.run_dir().join(rel));
+                }
+            }
+            leaks(&base, &net).assert_empty("after the repair of a leak");
+        }
         assert_eq!(
             pod.link_names(),
             ["lo"],
@@ -451,6 +493,17 @@ fn sigkill_during_add_then_del_leaves_nothing() {
     }
     eprintln!(
         "crash sweep: {} kill points over 0..{horizon:?} (uninterrupted ADD {full:?}): {tally:?}",
+        points + 1
+    );
+    eprintln!(
+        "crash sweep: {} kills left something behind after DEL ({tmp_files} with a state temp \
+         file, {orphan_owners} with an orphaned port owner file): {leaked:?}",
+        leaked.len()
+    );
+    assert!(
+        leaked.is_empty(),
+        "{} of {} kills left nft elements or state files behind after DEL: {leaked:?}",
+        leaked.len(),
         points + 1
     );
     assert!(
