@@ -10,7 +10,7 @@
 //!   -> isolation is killed (whole process group) after a delay swept over the ADD's duration
 //!   (`CNIRS_CRASH_POINTS`, default 40); a DEL then restores the host to its baseline, and the
 //!   next ADD works. `sigkill_after_nft_commit_then_del_leaves_nothing` hits the one window
-//!   the sweep found (known bug, nftplan) deterministically.
+//!   the sweep found deterministically (fixed: nftplan writes its state as intent before nft runs).
 //! * `concurrent_churn_keeps_addresses_unique_and_leaks_nothing`: 16 workers ADD/DEL through
 //!   cnitool over 3 isolated networks with published ports. `CNIRS_SOAK_OPS` sets the total
 //!   number of operations (default 192; `make soak` uses 2000).
@@ -382,7 +382,7 @@ fn chain_del(net: &TestNet, conf: &Value, pod: &Netns, id: &str, host_port: u16)
 }
 
 #[test]
-#[ignore = "known bug: a kill between nftplan's nft commit and its state writes leaks set/map elements, port owner files and .tmp state files that DEL never removes (see sigkill_after_nft_commit_then_del_leaves_nothing); ~1 in 8 kill points"]
+#[ignore = "kernel test (root): run by make conformance"]
 fn sigkill_during_add_then_del_leaves_nothing() {
     let net = TestNet::new();
     let conf = chain_conf(&net, "crash", "cnirs-crash", "10.232.1.0/24");
@@ -518,7 +518,7 @@ fn sigkill_during_add_then_del_leaves_nothing() {
 /// `CNIRS_NFT` runs the real nft, then kills its parent), before the plugin wrote its state.
 /// DEL must still remove what was added.
 #[test]
-#[ignore = "known bug: nftplan applies nft before writing its state (firewall.rs attach/add_ports); a crash in between leaks elements DEL never removes"]
+#[ignore = "kernel test (root): run by make conformance"]
 fn sigkill_after_nft_commit_then_del_leaves_nothing() {
     let net = TestNet::new();
     let conf = chain_conf(&net, "window", "cnirs-win", "10.232.2.0/24");

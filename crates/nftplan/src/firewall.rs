@@ -164,6 +164,15 @@ impl Firewall {
                 active.push(m.clone());
             }
         }
+        // A record left `pending` by a killed call: its elements may or may not be in the
+        // kernel; take them out (tolerantly) and publish afresh.
+        let (old, old_standby) = match &rec {
+            Some(r) if r.pending => {
+                self.remove_tolerant(&r.elems, &[])?;
+                (Vec::new(), r.standby.clone())
+            }
+            _ => (old, old_standby),
+        };
         let gone_maps: Vec<PortMapping> = old
             .iter()
             .filter(|m| !active.contains(m))
@@ -177,15 +186,23 @@ impl Firewall {
         if gone_maps.is_empty() && new.is_empty() && standby == old_standby && rec.is_some() {
             return Ok(());
         }
-        let gone: Vec<Elem> = gone_maps.iter().map(port_elem).collect();
-        let mut b = Batch::new();
-        b.remove(&gone).add(&new);
-        self.run(&b)?;
-        // State after the kernel: a failed nft leaves the state as it was.
-        for m in gone_maps
+        // Intent first: the record (pending) and the owners, then the kernel. A kill anywhere
+        // leaves a record from which DEL or GC removes whatever reached the kernel.
+        let mut record = AttRecord {
+            attachment: a.clone(),
+            elems: old.iter().chain(active.iter()).map(port_elem).collect(),
+            pending: true,
+            standby: standby.clone(),
+        };
+        record.elems.dedup();
+        st.put_att(Feature::Portmap, &record)?;
+        let mut saved: Vec<(crate::types::PortKey, Vec<PortOwner>)> = Vec::new();
+        let dropped = gone_maps
             .iter()
-            .chain(old_standby.iter().filter(|m| !standby.contains(m)))
-        {
+            .chain(old_standby.iter().filter(|m| !standby.contains(m)));
+        for m in dropped {
+            let k = m.key();
+            saved.push((k, st.port_owners(&k)?));
             self.unown_port(&st, a, m)?;
         }
         for (m, is_standby) in active
@@ -195,6 +212,7 @@ impl Firewall {
         {
             let k = m.key();
             let mut owners = st.port_owners(&k)?;
+            saved.push((k, owners.clone()));
             owners.retain(|o| !(o.owner == *a && o.host_ip == k.host_ip));
             owners.push(PortOwner {
                 host_ip: k.host_ip,
@@ -204,14 +222,23 @@ impl Firewall {
             });
             st.put_port_owners(&k, &owners)?;
         }
-        st.put_att(
-            Feature::Portmap,
-            &AttRecord {
-                attachment: a.clone(),
-                elems: active.iter().map(port_elem).collect(),
-                standby,
-            },
-        )
+        let gone: Vec<Elem> = gone_maps.iter().map(port_elem).collect();
+        let mut b = Batch::new();
+        b.remove(&gone).add(&new);
+        if let Err(e) = self.run(&b) {
+            // Nothing changed in the kernel: put the owners and the record back.
+            for (k, owners) in saved.iter().rev() {
+                st.put_port_owners(k, owners)?;
+            }
+            match rec {
+                Some(r) => st.put_att(Feature::Portmap, &r)?,
+                None => st.drop_att(Feature::Portmap, a)?,
+            }
+            return Err(e);
+        }
+        record.elems = active.iter().map(port_elem).collect();
+        record.pending = false;
+        st.put_att(Feature::Portmap, &record)
     }
 
     /// Unpublish this attachment's ports: those in state, plus `from_config` (the mappings of
@@ -362,29 +389,50 @@ impl Firewall {
 
     fn attach(&self, feature: Feature, a: &Attachment, elems: Vec<Elem>) -> Result<(), NftError> {
         let st = Locked::lock(&self.dir)?;
-        let mut net = st.net(feature, &a.network)?;
-        let new: Vec<Elem> = elems
-            .into_iter()
-            .filter(|e| !net.elems.contains(e))
-            .collect();
-        if !new.is_empty() {
-            let mut b = Batch::new();
-            b.add(&new);
-            self.run(&b)?;
-            net.elems.extend(new);
-            st.put_net(feature, &net)?;
-        }
-        if st.att(feature, a)?.is_none() {
+        // The attachment first: from here on DEL knows it, whatever happens next.
+        let created = st.att(feature, a)?.is_none();
+        if created {
             st.put_att(
                 feature,
                 &AttRecord {
                     attachment: a.clone(),
                     elems: Vec::new(),
+                    pending: false,
                     standby: Vec::new(),
                 },
             )?;
         }
-        Ok(())
+        let before = st.net(feature, &a.network)?;
+        let mut net = before.clone();
+        let mut new: BTreeSet<Elem> = elems
+            .into_iter()
+            .filter(|e| !net.elems.contains(e))
+            .collect();
+        new.extend(net.pending.iter().cloned()); // a dead writer's unfinished batch
+        if new.is_empty() {
+            return Ok(());
+        }
+        // Intent, then the kernel, then done: a kill at any point leaves a record of every
+        // element that may be in the kernel.
+        net.elems.extend(new.iter().cloned());
+        net.pending = new.clone();
+        st.put_net(feature, &net)?;
+        let list: Vec<Elem> = new.into_iter().collect();
+        let mut b = Batch::new();
+        b.add(&list);
+        if let Err(e) = self.run(&b) {
+            if created {
+                st.drop_att(feature, a)?;
+            }
+            if before.elems.is_empty() && before.pending.is_empty() {
+                st.drop_net(feature, &a.network)?;
+            } else {
+                st.put_net(feature, &before)?;
+            }
+            return Err(e);
+        }
+        net.pending.clear();
+        st.put_net(feature, &net)
     }
 
     fn detach(&self, feature: Feature, a: &Attachment) -> Result<(), NftError> {
@@ -448,17 +496,22 @@ impl Firewall {
             let Some(mapping) = next.mapping.clone() else {
                 continue;
             };
+            next.standby = false;
+            let heir = next.owner.clone();
+            // Intent first (the heir's record, pending), then the kernel.
+            let Some(mut rec) = st.att(Feature::Portmap, &heir)? else {
+                continue;
+            };
+            rec.standby.retain(|s| *s != mapping);
+            rec.elems.push(port_elem(&mapping));
+            rec.pending = true;
+            st.put_att(Feature::Portmap, &rec)?;
+            st.put_port_owners(&k, &owners)?;
             let mut b = Batch::new();
             b.add(&[port_elem(&mapping)]);
             self.run(&b)?;
-            next.standby = false;
-            let heir = next.owner.clone();
-            st.put_port_owners(&k, &owners)?;
-            if let Some(mut rec) = st.att(Feature::Portmap, &heir)? {
-                rec.standby.retain(|s| *s != mapping);
-                rec.elems.push(port_elem(&mapping));
-                st.put_att(Feature::Portmap, &rec)?;
-            }
+            rec.pending = false;
+            st.put_att(Feature::Portmap, &rec)?;
             log::info!("port {k} handed over to {heir}");
         }
         Ok(())
@@ -469,7 +522,9 @@ impl Firewall {
         let mut owners = st.port_owners(&k)?;
         let before = owners.len();
         owners.retain(|o| !(o.owner == *a && o.host_ip == k.host_ip));
-        if owners.len() != before {
+        // An empty list always takes the removal path, which also clears a temporary file left
+        // by a write that was killed before its rename.
+        if owners.len() != before || owners.is_empty() {
             st.put_port_owners(&k, &owners)?;
         }
         Ok(())

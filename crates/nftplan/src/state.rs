@@ -33,15 +33,48 @@ use crate::{
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct NetRecord {
     pub network: String,
+    #[serde(deserialize_with = "known_elems")]
     pub elems: BTreeSet<Elem>,
+    /// Elements recorded before their nft batch ran (intent). Under the lock, a non-empty
+    /// `pending` means the writer died in between: the next call applies them again (adding an
+    /// element that exists is a no-op), so nothing is ever in the kernel without a record.
+    #[serde(
+        default,
+        deserialize_with = "known_elems",
+        skip_serializing_if = "BTreeSet::is_empty"
+    )]
+    pub pending: BTreeSet<Elem>,
+}
+
+/// Elements of a state file, skipping kinds this binary does not know (written by a newer
+/// version during a rolling upgrade, or before a downgrade) instead of failing every call.
+fn known_elems<'de, D, C>(d: D) -> Result<C, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    C: FromIterator<Elem>,
+{
+    let raw: Vec<serde_json::Value> = Deserialize::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|v| match serde_json::from_value::<Elem>(v.clone()) {
+            Ok(e) => Some(e),
+            Err(_) => {
+                log::warn!("state: skipping an element this version does not know: {v}");
+                None
+            }
+        })
+        .collect())
 }
 
 /// One attachment; `elems` are elements owned by it alone (port mappings).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct AttRecord {
     pub attachment: Attachment,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "known_elems")]
     pub elems: Vec<Elem>,
+    /// Written before the nft batch that publishes `elems` ran (intent, see NetRecord).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
     /// Ports this attachment asked for that another attachment of the same container
     /// publishes (podman gives every network of a container the same mappings): it takes
     /// them over when that attachment goes.
@@ -134,6 +167,7 @@ impl Locked {
     pub fn net(&self, feature: Feature, network: &str) -> Result<NetRecord, NftError> {
         let path = self.net_dir(feature, network).join("network.json");
         Ok(read_json(&path)?.unwrap_or_else(|| NetRecord {
+            pending: BTreeSet::new(),
             network: network.to_owned(),
             elems: BTreeSet::new(),
         }))
@@ -262,6 +296,10 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, NftError> {
 }
 
 fn remove_file(path: &Path) -> Result<(), NftError> {
+    // A write killed between its temporary file and the rename leaves `.NAME.tmp` behind.
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        let _ = fs::remove_file(dir.join(format!(".{}.tmp", name.to_string_lossy())));
+    }
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

@@ -546,3 +546,66 @@ fn one_container_on_two_networks_shares_its_port_and_hands_it_over() {
     f.add_ports(&other, &[pm(None, 8080, Protocol::Tcp, "10.1.0.6", 80)])
         .unwrap();
 }
+
+#[test]
+fn a_failed_batch_leaves_the_state_as_it_was() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let a = att("net-a", "c1");
+    // The batch and its skeleton retry both fail: nothing may be recorded.
+    nft.fail_next(&[true, true]);
+    assert!(f.attach_network(&a, &net_a()).is_err());
+    nft.fail_next(&[true, true]);
+    assert!(f
+        .add_ports(&a, &[pm(None, 8080, Protocol::Tcp, "10.213.1.7", 80)])
+        .is_err());
+    let files: Vec<String> = walk(f.state_dir());
+    assert!(
+        files.iter().all(|p| p.ends_with("/lock")),
+        "state after failed calls: {files:?}"
+    );
+    // And the port is still free for someone else.
+    f.add_ports(
+        &att("net-a", "c2"),
+        &[pm(None, 8080, Protocol::Tcp, "10.213.1.8", 80)],
+    )
+    .unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn state_written_by_a_newer_version_does_not_break_del() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let a = att("net-a", "c1");
+    f.attach_network(&a, &net_a()).unwrap();
+    let path = f.state_dir().join("network/net-a/network.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["elems"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"FutureKind": {"x": 1}}));
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    nft.clear();
+    f.detach_network(&a).unwrap();
+    let all = nft.scripts().join("");
+    assert!(
+        all.contains("delete element inet cnirs managed_br { \"cnirs-a\" }"),
+        "{all}"
+    );
+    assert!(!path.exists());
+}
