@@ -50,6 +50,11 @@ demo: deps build cnitool
 bench: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/run.sh
 
+# The long reliability run: 2,000 ADD/DEL over 16 workers and 200 SIGKILLs mid-ADD (~3 min).
+soak: deps build cnitool
+	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) CNIRS_SOAK_OPS=2000 CNIRS_CRASH_POINTS=200 \
+		$(CARGO) test -p conformance --test reliability -- --ignored --test-threads=1 --nocapture
+
 install: build
 	install -d $(DESTDIR)$(PREFIX)
 	for p in $(PLUGINS) $(TOOLS); do install -m 0755 $(BIN_DIR)/$$p $(DESTDIR)$(PREFIX)/$$p; done
