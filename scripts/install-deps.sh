@@ -8,9 +8,9 @@ packages=(
     nftables iproute2 iptables conntrack iputils-ping
     golang-go golang-github-appc-cni-dev containernetworking-plugins
     podman containerd runc busybox-static
-    jq curl ca-certificates build-essential
+    jq curl ca-certificates build-essential time strace python3
 )
-tools=(nft ip conntrack go curl jq busybox podman containerd runc)
+tools=(nft ip conntrack go curl jq busybox podman containerd runc strace python3)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0
