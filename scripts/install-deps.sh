@@ -17,6 +17,7 @@ if [[ "${1:-}" == "--if-missing" ]]; then
     for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing=1; done
     [[ -d /usr/share/gocode/src/github.com/containernetworking/cni/libcni ]] || missing=1
     [[ -x /usr/lib/cni/bridge ]] || missing=1
+    [[ -x /usr/bin/time ]] || missing=1  # the package, not the shell keyword
     [[ $missing -eq 0 ]] && exit 0
 fi
 if [[ "$(id -u)" -ne 0 ]]; then
