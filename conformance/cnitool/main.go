@@ -200,6 +200,13 @@ func execNoResult(ctx context.Context, cniPath []string, command string, conf *l
 }
 
 func gcNetworkList(ctx context.Context, cniPath []string, list *libcni.NetworkConfigList) []error {
+	// libcni 1.2: a list with "disableGC": true is never garbage-collected.
+	var raw struct {
+		DisableGC bool `json:"disableGC"`
+	}
+	if err := json.Unmarshal(list.Bytes, &raw); err == nil && raw.DisableGC {
+		return nil
+	}
 	valid := []gcAttachment{}
 	if raw := os.Getenv(EnvValidAttachments); raw != "" {
 		if err := json.Unmarshal([]byte(raw), &valid); err != nil {

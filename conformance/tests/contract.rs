@@ -1239,6 +1239,30 @@ fn disable_check_makes_check_a_no_op() {
     ctl.del(&b).assert_ok();
 }
 
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn disable_gc_keeps_every_lease() {
+    let net = TestNet::new();
+    let mut conf = chain_conf(&net, "1.0.0", "nogc", "10.235.2.0/24", false);
+    conf["disableGC"] = json!(true);
+    let mut control = chain_conf(&net, "1.0.0", "gc", "10.235.3.0/24", false);
+    control["plugins"][0]["bridge"] = json!("cnirs-b3");
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let (tool, ctl) = (net.cnitool(&conf), net.cnitool(&control));
+    tool.add(&a).assert_ok();
+    ctl.add(&b).assert_ok();
+    // An empty valid list: GC would release everything.
+    tool.gc().assert_ok();
+    ctl.gc().assert_ok();
+    assert_eq!(leases(&net, "nogc").len(), 1, "disableGC: the lease stays");
+    assert!(
+        leases(&net, "gc").is_empty(),
+        "control: GC released the lease"
+    );
+    tool.del(&a).assert_ok();
+    ctl.del(&b).assert_ok();
+}
+
 /// A temp CNI_PATH with `bridge` and `host-local` symlinked to the chosen implementations.
 fn mixed_path(net: &TestNet, bridge: &Path, host_local: &Path) -> PathBuf {
     let dir = net
