@@ -28,8 +28,9 @@ $(CNITOOL): conformance/cnitool/main.go conformance/cnitool/build.sh
 	scripts/install-deps.sh --if-missing
 	conformance/cnitool/build.sh
 
-unit:
-	$(CARGO) test --workspace
+# No root needed; some contract tests run the release binaries (VERSION, bad input).
+unit: build
+	CNIRS_BIN_DIR=$(BIN_DIR) $(CARGO) test --workspace
 
 conformance: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) \
