@@ -701,6 +701,58 @@ fn tuning_sets_and_restores_the_pod_interface() {
     eprintln!("tuning set/restore took {:?}", t0.elapsed());
 }
 
+/// The MAC from the runtime: `runtimeConfig.mac` through the `mac` capability (CAP_ARGS), and
+/// `CNI_ARGS IgnoreUnknown=1;MAC=` (host-local refuses unknown keys without it, as the
+/// reference does); CHECK passes with the same arguments. A tuning with no keys changes
+/// nothing on the link.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn tuning_mac_from_the_runtime() {
+    let net = TestNet::new();
+    let mut conf = tuning_net(&net, "tunmac", "cnirs-tunmac", "10.243.4.0/24", json!({}));
+    conf["plugins"][1]["capabilities"] = json!({"mac": true});
+    let (p1, p2, p3) = (net.pod("m1"), net.pod("m2"), net.pod("m3"));
+    let cap = json!({"mac": "0a:58:0a:f3:04:aa"});
+    let tool = net.cnitool(&conf).cap_args(cap.clone());
+    let r = tool.add(&p1).assert_ok().json().clone();
+    assert_eq!(link_attrs(&p1, "eth0").0, "0a:58:0a:f3:04:aa");
+    assert!(
+        r["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["mac"] == "0a:58:0a:f3:04:aa" && i["name"] == "eth0"),
+        "{r}"
+    );
+    tool.check(&p1).assert_ok();
+    let tool2 = net
+        .cnitool(&conf)
+        .cni_args("IgnoreUnknown=1;MAC=0a:58:0a:f3:04:bb");
+    tool2.add(&p2).assert_ok();
+    assert_eq!(link_attrs(&p2, "eth0").0, "0a:58:0a:f3:04:bb");
+    tool2.check(&p2).assert_ok();
+    // No MAC at all: the link keeps what bridge gave it, and the result says so.
+    let r3 = net.cnitool(&conf).add(&p3).assert_ok().json().clone();
+    let (mac3, mtu3, txq3) = link_attrs(&p3, "eth0");
+    assert_eq!((mtu3, txq3), (1500, 1000));
+    assert!(
+        r3["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["mac"] == mac3.as_str() && i["name"] == "eth0"),
+        "{r3}"
+    );
+    net.cnitool(&conf).check(&p3).assert_ok();
+    tool.del(&p1).assert_ok();
+    tool2.del(&p2).assert_ok();
+    net.cnitool(&conf).del(&p3).assert_ok();
+    assert_eq!(
+        files_under(&net.tmp().join("tuning")),
+        Vec::<PathBuf>::new()
+    );
+}
+
 /// Sysctls outside `net.*`, or naming another interface, are refused with code 7 and nothing
 /// of the request is applied. (`kernel.panic` is global, not per netns: the test asks for its
 /// current value so that even a faulty plugin could not change the machine; what proves
