@@ -40,7 +40,7 @@ pub use exec::{command, have_tool, run, run_ok, run_with, CmdOutput};
 pub use netns::{
     in_netns, listed_netns, outside_addrs, process_prefix, Netns, Outside, TestNet, NAME_PREFIX,
 };
-pub use state::{HostState, Item, StateDiff};
+pub use state::{legit_leftover, HostState, Item, StateDiff};
 pub use traffic::{
     can_connect_tcp, can_ping, can_ping_eventually, http_get, ip_of, ping, tcp_request, HttpServer,
     TcpServer,

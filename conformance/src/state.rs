@@ -240,3 +240,29 @@ fn walk(root: &Path, dir: &Path, prefix: &str, items: &mut BTreeSet<Item>) {
         }
     }
 }
+
+/// What legitimately stays after the last pod of the `bridges`' networks is gone: the bridges,
+/// their addresses and routes, the firewall tables' skeleton (sets and maps without elements),
+/// bookkeeping files with no owner in them (host-local's `lock` and `last_reserved_ip.N`,
+/// nftplan's `lock`, directories such as libcni's `cache/results/`). Leases, firewall
+/// elements, cached results and state records are not.
+pub fn legit_leftover<'b>(bridges: &'b [&'b str]) -> impl Fn(&Item) -> bool + 'b {
+    move |i: &Item| match i.kind {
+        "link" => bridges
+            .iter()
+            .any(|b| i.text.contains(&format!("\"ifname\":\"{b}\""))),
+        "addr" => bridges.iter().any(|b| i.text.starts_with(&format!("{b} "))),
+        "route" => bridges
+            .iter()
+            .any(|b| i.text.contains(&format!("\"dev\":\"{b}\""))),
+        "nft" => serde_json::from_str::<serde_json::Value>(&i.text).is_ok_and(|v| {
+            let set = v.get("set").or_else(|| v.get("map"));
+            set.is_none_or(|s| s.get("elem").is_none())
+        }),
+        "file" => {
+            let name = i.text.rsplit('/').next().unwrap_or_default();
+            i.text.ends_with('/') || name == "lock = " || name.starts_with("last_reserved_ip.")
+        }
+        _ => false,
+    }
+}

@@ -189,28 +189,6 @@ impl Drop for Containerd {
     }
 }
 
-/// What legitimately stays after the last container of a network is gone: the bridge, its
-/// addresses and routes, the firewall table's skeleton (sets and maps without elements), and
-/// bookkeeping files with no owner in them (host-local's `lock` and `last_reserved_ip.N`,
-/// nftplan's `lock`, directories). Leases, elements, cached results and state records are not.
-fn legit_leftover(bridge: &str) -> impl Fn(&Item) -> bool + '_ {
-    move |i: &Item| match i.kind {
-        "link" => i.text.contains(&format!("\"ifname\":\"{bridge}\"")),
-        "addr" => i.text.starts_with(&format!("{bridge} ")),
-        "route" => i.text.contains(&format!("\"dev\":\"{bridge}\"")),
-        "nft" => {
-            let v: Value = serde_json::from_str(&i.text).unwrap();
-            let set = v.get("set").or_else(|| v.get("map"));
-            set.is_none_or(|s| s.get("elem").is_none())
-        }
-        "file" => {
-            let name = i.text.rsplit('/').next().unwrap_or_default();
-            i.text.ends_with('/') || name == "lock = " || name.starts_with("last_reserved_ip.")
-        }
-        _ => false,
-    }
-}
-
 /// A directory that `ctr run --rootfs` can run: `/bin/busybox` and empty mount points.
 fn busybox_rootfs(net: &TestNet) -> PathBuf {
     let root = net.tmp().join("rootfs");
@@ -366,7 +344,7 @@ fn ctr_run_rm_cni_gets_an_address_goes_out_masqueraded_and_leaves_nothing() {
     let after = HostState::of(&net);
     before
         .diff(&after)
-        .without(legit_leftover(&bridge))
+        .without(legit_leftover(&[&bridge]))
         .assert_empty("after `ctr run --rm --cni` returned");
     assert!(
         !after

@@ -205,12 +205,12 @@ fn legit_leftover<'a>(bridge: &'a str, forward_rules: bool) -> impl Fn(&Item) ->
         "nft" => {
             let v: Value = serde_json::from_str(&i.text).unwrap();
             if let Some(r) = v.get("rule") {
-                return r["family"] == "inet" && r["table"] == "cnirs"
+                return (r["family"] == "inet" || r["family"] == "bridge") && r["table"] == "cnirs"
                     || forward_rules && r["comment"] == format!("cnirs:{bridge}");
             }
             let obj = v.as_object().unwrap().values().next().unwrap();
-            let ours =
-                obj["family"] == "inet" && (obj["table"] == "cnirs" || obj["name"] == "cnirs");
+            let ours = (obj["family"] == "inet" || obj["family"] == "bridge")
+                && (obj["table"] == "cnirs" || obj["name"] == "cnirs");
             ours && obj.get("elem").is_none()
         }
         "file" => {

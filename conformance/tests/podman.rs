@@ -300,33 +300,6 @@ impl Drop for Podman<'_> {
     }
 }
 
-/// What legitimately stays after the last container of the networks is gone: the bridges,
-/// their addresses and routes, the firewall table's skeleton (sets and maps without elements),
-/// bookkeeping files with no owner in them (host-local's `lock` and `last_reserved_ip.N`,
-/// nftplan's `lock`, directories). Leases, elements, cached results, tuning and state records
-/// are not.
-fn legit_leftover<'b>(bridges: &'b [&'b str]) -> impl Fn(&Item) -> bool + 'b {
-    move |i: &Item| match i.kind {
-        "link" => bridges
-            .iter()
-            .any(|b| i.text.contains(&format!("\"ifname\":\"{b}\""))),
-        "addr" => bridges.iter().any(|b| i.text.starts_with(&format!("{b} "))),
-        "route" => bridges
-            .iter()
-            .any(|b| i.text.contains(&format!("\"dev\":\"{b}\""))),
-        "nft" => {
-            let v: Value = serde_json::from_str(&i.text).unwrap();
-            let set = v.get("set").or_else(|| v.get("map"));
-            set.is_none_or(|s| s.get("elem").is_none())
-        }
-        "file" => {
-            let name = i.text.rsplit('/').next().unwrap_or_default();
-            i.text.ends_with('/') || name == "lock = " || name.starts_with("last_reserved_ip.")
-        }
-        _ => false,
-    }
-}
-
 /// Waits (up to 15 s: podman's teardown may be finished by conmon's cleanup process) until
 /// the host state is `before` again but for [`legit_leftover`], then asserts it.
 #[track_caller]

@@ -60,10 +60,21 @@ add rule inet cnirs postrouting ct status dnat ip saddr 127.0.0.0/8 oifname @man
 add rule inet cnirs postrouting ip saddr @masq4 ip daddr != 224.0.0.0/4 oifname != @managed_br masquerade
 add rule inet cnirs postrouting ip6 saddr @masq6 ip6 daddr != ff00::/8 oifname != @managed_br masquerade
 add rule inet cnirs raw_pre iifname != "lo" ip daddr 127.0.0.0/8 fib daddr type local drop
+add table bridge cnirs
+add set bridge cnirs spoof_ports { type ifname; }
+add set bridge cnirs spoof_ok { type ifname . ether_addr; }
+add chain bridge cnirs prerouting { type filter hook prerouting priority -300; policy accept; }
+flush chain bridge cnirs prerouting
+add rule bridge cnirs prerouting iifname @spoof_ports iifname . ether saddr != @spoof_ok drop
 "#;
 
-/// Number of rules the skeleton installs (tests count them after concurrent loads).
+/// Number of rules the skeleton installs in `inet cnirs` (tests count them after concurrent
+/// loads); `bridge cnirs` holds one more, the MAC spoof check.
 pub const SKELETON_RULES: usize = 18;
+
+/// The bridge-family table: frames from a pod port whose source MAC is not the pod's are
+/// dropped (`macspoofchk`), one `spoof_ports` and one `spoof_ok` element per pod.
+pub const BRIDGE_TABLE: &str = "bridge cnirs";
 
 /// One element of one of our sets or maps. This is what the state files record and what the
 /// batches add, delete and query.
@@ -105,6 +116,18 @@ pub enum Elem {
         bridge: IfName,
         /// subnet (network address)
         subnet: IpNetwork,
+    },
+    /// `spoof_ports { "vethX" }` (bridge table): this port's source MACs are checked.
+    SpoofPort {
+        /// host end of the pod's veth
+        port: IfName,
+    },
+    /// `spoof_ok { "vethX" . MAC }` (bridge table): the one MAC allowed from that port.
+    SpoofOk {
+        /// host end of the pod's veth
+        port: IfName,
+        /// the pod interface's MAC, `aa:bb:cc:dd:ee:ff`
+        mac: String,
     },
     /// `pm4 / pm4_any / pm6 / pm6_any { ... }`
     Port {
@@ -174,6 +197,8 @@ impl Elem {
                 subnet: IpNetwork::V6(_),
                 ..
             } => "br_net6",
+            Elem::SpoofPort { .. } => "spoof_ports",
+            Elem::SpoofOk { .. } => "spoof_ok",
             Elem::Port { mapping } => match (mapping.container_ip.is_ipv6(), mapping.host_ip) {
                 (false, Some(_)) => "pm4",
                 (false, None) => "pm4_any",
@@ -181,6 +206,33 @@ impl Elem {
                 (true, None) => "pm6_any",
             },
         }
+    }
+
+    /// The table holding this element's set.
+    pub fn table(&self) -> &'static str {
+        match self {
+            Elem::SpoofPort { .. } | Elem::SpoofOk { .. } => BRIDGE_TABLE,
+            _ => TABLE,
+        }
+    }
+
+    /// A MAC spoof check for a pod port: the port's elements, or `None` for a MAC that is not
+    /// six hex pairs (it never reaches nft text).
+    pub fn spoof_check(port: &IfName, mac: &str) -> Option<[Elem; 2]> {
+        let parts: Vec<&str> = mac.split(':').collect();
+        let ok = parts.len() == 6
+            && parts
+                .iter()
+                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+        ok.then(|| {
+            [
+                Elem::SpoofPort { port: port.clone() },
+                Elem::SpoofOk {
+                    port: port.clone(),
+                    mac: mac.to_ascii_lowercase(),
+                },
+            ]
+        })
     }
 
     /// The key as nft text: `"br0"`, `"br0" . "br0"`, `10.1.0.0/24`, `10.0.0.1 . tcp . 8080`.
@@ -192,6 +244,8 @@ impl Elem {
             Elem::SameBr { bridge } => format!("\"{bridge}\" . \"{bridge}\""),
             Elem::Masq { subnet } => subnet.to_string(),
             Elem::BrNet { bridge, subnet } => format!("\"{bridge}\" . {subnet}"),
+            Elem::SpoofPort { port } => format!("\"{port}\""),
+            Elem::SpoofOk { port, mac } => format!("\"{port}\" . {mac}"),
             Elem::Port { mapping } => match mapping.host_ip {
                 Some(ip) => format!(
                     "{ip} . {} . {}",
@@ -200,6 +254,18 @@ impl Elem {
                 ),
                 None => format!("{} . {}", mapping.protocol.as_str(), mapping.host_port),
             },
+        }
+    }
+
+    /// The key to ask `get element` with. For an interval (a subnet) that is its network
+    /// address: nft 1.0.6 fails `get element` of an interval that has an adjacent one beside
+    /// it (10.4.0.0/24 next to 10.4.1.0/24, as nerdctl numbers its networks), while a single
+    /// address finds the interval that holds it.
+    pub fn query_key_text(&self) -> String {
+        match self {
+            Elem::Masq { subnet } => subnet.network().to_string(),
+            Elem::BrNet { bridge, subnet } => format!("\"{bridge}\" . {}", subnet.network()),
+            _ => self.key_text(),
         }
     }
 
@@ -248,7 +314,7 @@ impl Batch {
     /// is already there with the same value).
     pub fn add(&mut self, elems: &[Elem]) -> &mut Self {
         for e in elems {
-            self.line(&format!("add element {TABLE} {e}"));
+            self.line(&format!("add element {} {e}", e.table()));
         }
         self
     }
@@ -259,9 +325,10 @@ impl Batch {
     /// element exists, else it creates what the delete removes) and is atomic.
     pub fn remove(&mut self, elems: &[Elem]) -> &mut Self {
         for e in elems {
-            self.line(&format!("add element {TABLE} {e}"));
+            self.line(&format!("add element {} {e}", e.table()));
             self.line(&format!(
-                "delete element {TABLE} {} {{ {} }}",
+                "delete element {} {} {{ {} }}",
+                e.table(),
                 e.set_name(),
                 e.key_text()
             ));
@@ -273,7 +340,8 @@ impl Batch {
     pub fn delete(&mut self, elems: &[Elem]) -> &mut Self {
         for e in elems {
             self.line(&format!(
-                "delete element {TABLE} {} {{ {} }}",
+                "delete element {} {} {{ {} }}",
+                e.table(),
                 e.set_name(),
                 e.key_text()
             ));
@@ -285,9 +353,10 @@ impl Batch {
     pub fn get(&mut self, elems: &[Elem]) -> &mut Self {
         for e in elems {
             self.line(&format!(
-                "get element {TABLE} {} {{ {} }}",
+                "get element {} {} {{ {} }}",
+                e.table(),
                 e.set_name(),
-                e.key_text()
+                e.query_key_text()
             ));
         }
         self

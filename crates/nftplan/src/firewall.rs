@@ -71,7 +71,12 @@ impl Firewall {
     /// Register a bridge attachment; the first one of the network adds its elements
     /// (`managed_br`, `same_br`, `internal_br`, `masq4/6`). No nft exec when nothing is new.
     pub fn attach_network(&self, a: &Attachment, n: &NetworkElems) -> Result<(), NftError> {
-        self.attach(Feature::Network, a, Elem::for_network(n))
+        let own: Vec<Elem> = n
+            .spoof_check
+            .iter()
+            .flat_map(|(port, mac)| Elem::spoof_check(port, mac).into_iter().flatten())
+            .collect();
+        self.attach(Feature::Network, a, Elem::for_network(n), own)
     }
 
     /// Drop a bridge attachment; the last one of the network removes its elements.
@@ -95,6 +100,7 @@ impl Firewall {
             vec![Elem::IsolatedBr {
                 bridge: bridge.clone(),
             }],
+            Vec::new(),
         )
     }
 
@@ -296,18 +302,47 @@ impl Firewall {
 
     // ---- the host's own FORWARD chains (firewall plugin) ----
 
-    /// Let `bridge`'s traffic through the host's `filter FORWARD` chains that drop by policy
-    /// (iptables' FORWARD DROP as Docker sets it): three rules per bridge, inserted once.
-    /// One `nft -j list chains` when there is nothing to do.
-    pub fn allow_forward(&self, bridge: &IfName) -> Result<(), NftError> {
-        let _st = Locked::lock(&self.dir)?;
+    /// Register a firewall attachment and let `bridge`'s traffic through the host's
+    /// `filter FORWARD` chains that drop by policy (iptables' FORWARD DROP as Docker sets it):
+    /// three rules per bridge, inserted once; one `nft -j list chains` when there is nothing
+    /// to do. The network's last detach (or GC) removes them.
+    pub fn attach_forward(&self, a: &Attachment, bridge: &IfName) -> Result<(), NftError> {
+        let st = Locked::lock(&self.dir)?;
+        if st.att(Feature::Firewall, a)?.is_none() {
+            st.put_att(
+                Feature::Firewall,
+                &AttRecord {
+                    attachment: a.clone(),
+                    elems: Vec::new(),
+                    pending: false,
+                    standby: Vec::new(),
+                },
+            )?;
+        }
+        let mut net = st.net(Feature::Firewall, &a.network)?;
+        if net.bridge.as_ref() != Some(bridge) {
+            net.bridge = Some(bridge.clone());
+            st.put_net(Feature::Firewall, &net)?; // intent: recorded before the rules exist
+        }
         crate::foreign::allow(self.nft.as_ref(), bridge)
     }
 
-    /// Remove the rules [`Firewall::allow_forward`] inserted for `bridge` (idempotent).
-    pub fn remove_forward(&self, bridge: &IfName) -> Result<(), NftError> {
-        let _st = Locked::lock(&self.dir)?;
-        crate::foreign::remove(self.nft.as_ref(), bridge)
+    /// Drop a firewall attachment; the network's last one removes its bridge's rules.
+    pub fn detach_forward(&self, a: &Attachment) -> Result<(), NftError> {
+        let st = Locked::lock(&self.dir)?;
+        st.drop_att(Feature::Firewall, a)?;
+        if st.has_atts(Feature::Firewall, &a.network)? {
+            return Ok(());
+        }
+        self.drop_forward(&st, &a.network)
+    }
+
+    fn drop_forward(&self, st: &Locked, network: &str) -> Result<(), NftError> {
+        let net = st.net(Feature::Firewall, network)?;
+        if let Some(bridge) = &net.bridge {
+            crate::foreign::remove(self.nft.as_ref(), bridge)?;
+        }
+        st.drop_net(Feature::Firewall, network)
     }
 
     // ---- GC and reconcile ----
@@ -346,6 +381,9 @@ impl Firewall {
             st.drop_att(feature, &r.attachment)?;
         }
         if remaining == 0 {
+            if feature == Feature::Firewall {
+                return self.drop_forward(&st, network);
+            }
             st.drop_net(feature, network)?;
         }
         Ok(())
@@ -375,7 +413,15 @@ impl Firewall {
         let elems: Vec<Elem> = elems.into_iter().collect();
         let mut b = Batch::new();
         b.skeleton().add(&elems);
-        self.nft.apply(b.text())
+        self.nft.apply(b.text())?;
+        // The firewall plugin's rules live in the host's own chains, which a reload may have
+        // recreated empty.
+        for (feature, rec) in st.all_nets()? {
+            if let (Feature::Firewall, Some(bridge)) = (feature, &rec.bridge) {
+                crate::foreign::allow(self.nft.as_ref(), bridge)?;
+            }
+        }
+        Ok(())
     }
 
     /// Load (or repair) the skeleton only.
@@ -387,17 +433,36 @@ impl Firewall {
 
     // ---- internals ----
 
-    fn attach(&self, feature: Feature, a: &Attachment, elems: Vec<Elem>) -> Result<(), NftError> {
+    /// Register `a`: the network's shared `elems` (refcounted) and the attachment's `own`
+    /// elements (removed with it).
+    fn attach(
+        &self,
+        feature: Feature,
+        a: &Attachment,
+        elems: Vec<Elem>,
+        own: Vec<Elem>,
+    ) -> Result<(), NftError> {
         let st = Locked::lock(&self.dir)?;
-        // The attachment first: from here on DEL knows it, whatever happens next.
-        let created = st.att(feature, a)?.is_none();
-        if created {
+        // The attachment first (with its own elements as intent): from here on DEL knows it
+        // and what it may have put in the kernel, whatever happens next.
+        let prior = st.att(feature, a)?;
+        let created = prior.is_none();
+        let mut own_new: Vec<Elem> = match &prior {
+            Some(r) if !r.pending => own
+                .iter()
+                .filter(|e| !r.elems.contains(e))
+                .cloned()
+                .collect(),
+            _ => own.clone(),
+        };
+        own_new.dedup();
+        if created || !own_new.is_empty() {
             st.put_att(
                 feature,
                 &AttRecord {
                     attachment: a.clone(),
-                    elems: Vec::new(),
-                    pending: false,
+                    elems: own.clone(),
+                    pending: !own_new.is_empty(),
                     standby: Vec::new(),
                 },
             )?;
@@ -409,7 +474,7 @@ impl Firewall {
             .filter(|e| !net.elems.contains(e))
             .collect();
         new.extend(net.pending.iter().cloned()); // a dead writer's unfinished batch
-        if new.is_empty() {
+        if new.is_empty() && own_new.is_empty() {
             return Ok(());
         }
         // Intent, then the kernel, then done: a kill at any point leaves a record of every
@@ -417,12 +482,14 @@ impl Firewall {
         net.elems.extend(new.iter().cloned());
         net.pending = new.clone();
         st.put_net(feature, &net)?;
-        let list: Vec<Elem> = new.into_iter().collect();
+        let mut list: Vec<Elem> = new.into_iter().collect();
+        list.extend(own_new);
         let mut b = Batch::new();
         b.add(&list);
         if let Err(e) = self.run(&b) {
-            if created {
-                st.drop_att(feature, a)?;
+            match &prior {
+                Some(r) => st.put_att(feature, r)?,
+                None => st.drop_att(feature, a)?,
             }
             if before.elems.is_empty() && before.pending.is_empty() {
                 st.drop_net(feature, &a.network)?;
@@ -432,11 +499,28 @@ impl Firewall {
             return Err(e);
         }
         net.pending.clear();
-        st.put_net(feature, &net)
+        st.put_net(feature, &net)?;
+        if !own.is_empty() {
+            st.put_att(
+                feature,
+                &AttRecord {
+                    attachment: a.clone(),
+                    elems: own,
+                    pending: false,
+                    standby: Vec::new(),
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn detach(&self, feature: Feature, a: &Attachment) -> Result<(), NftError> {
         let st = Locked::lock(&self.dir)?;
+        if let Some(rec) = st.att(feature, a)? {
+            if feature != Feature::Portmap && !rec.elems.is_empty() {
+                self.remove_tolerant(&rec.elems, &[])?;
+            }
+        }
         st.drop_att(feature, a)?;
         if st.has_atts(feature, &a.network)? {
             return Ok(());
@@ -449,14 +533,14 @@ impl Firewall {
 
     fn check(&self, feature: Feature, a: &Attachment) -> Result<Vec<Elem>, NftError> {
         let st = Locked::lock(&self.dir)?;
-        if st.att(feature, a)?.is_none() {
+        let Some(rec) = st.att(feature, a)? else {
             return Err(NftError::NotAttached {
                 feature: feature.as_str(),
                 attachment: a.to_string(),
             });
-        }
+        };
         let net = st.net(feature, &a.network)?;
-        let elems: Vec<Elem> = net.elems.into_iter().collect();
+        let elems: Vec<Elem> = net.elems.into_iter().chain(rec.elems).collect();
         self.missing(&elems)
     }
 

@@ -5,8 +5,8 @@
 //! iptables-nft that is `table ip filter { chain FORWARD { policy drop } }`. For bridges the
 //! `firewall` plugin manages, we insert three rules at the top of such a chain, tagged with
 //! the comment `cnirs:<bridge>`: traffic from the bridge, return traffic to it, and published
-//! (DNAT'd) connections to it. Per bridge, never per pod; removed by GC when the network is
-//! gone. Hosts on iptables-legacy keep their rules out of nft's sight and are not handled.
+//! (DNAT'd) connections to it. Per bridge, never per pod; the network's last DEL (or GC)
+//! removes them and `reconcile` puts them back after a reload. Hosts on iptables-legacy keep their rules out of nft's sight and are not handled.
 
 use serde_json::Value;
 

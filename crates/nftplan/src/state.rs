@@ -25,7 +25,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
     batch::Elem,
-    types::{Attachment, Feature, PortKey, PortMapping},
+    types::{Attachment, Feature, IfName, PortKey, PortMapping},
     NftError,
 };
 
@@ -44,6 +44,10 @@ pub(crate) struct NetRecord {
         skip_serializing_if = "BTreeSet::is_empty"
     )]
     pub pending: BTreeSet<Elem>,
+    /// The network's bridge, for state that is not set elements (the firewall plugin's rules
+    /// in the host's FORWARD chains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<IfName>,
 }
 
 /// Elements of a state file, skipping kinds this binary does not know (written by a newer
@@ -168,6 +172,7 @@ impl Locked {
         let path = self.net_dir(feature, network).join("network.json");
         Ok(read_json(&path)?.unwrap_or_else(|| NetRecord {
             pending: BTreeSet::new(),
+            bridge: None,
             network: network.to_owned(),
             elems: BTreeSet::new(),
         }))

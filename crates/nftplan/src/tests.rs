@@ -42,6 +42,7 @@ fn net_a() -> NetworkElems {
         ],
         internal: false,
         subnets: vec![],
+        spoof_check: None,
     }
 }
 
@@ -75,7 +76,10 @@ fn skeleton_matches_golden_file() {
 fn skeleton_flushes_each_chain_after_declaring_it_and_counts_its_rules() {
     let lines: Vec<&str> = SKELETON.lines().collect();
     assert_eq!(
-        lines.iter().filter(|l| l.starts_with("add rule ")).count(),
+        lines
+            .iter()
+            .filter(|l| l.starts_with("add rule inet cnirs "))
+            .count(),
         SKELETON_RULES
     );
     for chain in [
@@ -227,6 +231,7 @@ fn shared_bridge_element_survives_the_other_network_going() {
         masq: vec![],
         internal: false,
         subnets: vec![],
+        spoof_check: None,
     };
     f.attach_network(&att("a2", "c2"), &n2).unwrap();
     nft.clear();
@@ -261,6 +266,7 @@ fn failed_batch_is_retried_once_with_the_skeleton() {
         masq: vec![],
         internal: true,
         subnets: vec![],
+        spoof_check: None,
     };
     assert!(matches!(
         f.attach_network(&att("b", "c1"), &n),

@@ -136,6 +136,8 @@ pub enum Feature {
     Isolation,
     /// portmap: pm4 / pm4_any / pm6 / pm6_any elements.
     Portmap,
+    /// firewall: accept rules for the network's bridge in the host's dropping FORWARD chains.
+    Firewall,
 }
 
 impl Feature {
@@ -145,10 +147,16 @@ impl Feature {
             Feature::Network => "network",
             Feature::Isolation => "isolation",
             Feature::Portmap => "portmap",
+            Feature::Firewall => "firewall",
         }
     }
 
-    pub(crate) const ALL: [Feature; 3] = [Feature::Network, Feature::Isolation, Feature::Portmap];
+    pub(crate) const ALL: [Feature; 4] = [
+        Feature::Network,
+        Feature::Isolation,
+        Feature::Portmap,
+        Feature::Firewall,
+    ];
 }
 
 /// L4 protocol of a published port.
@@ -301,6 +309,9 @@ pub struct NetworkElems {
     pub masq: Vec<IpNetwork>,
     /// Every subnet on the bridge (for hairpin masquerade), ipMasq or not.
     pub subnets: Vec<IpNetwork>,
+    /// `macspoofchk`: the pod's host port and the only MAC allowed from it (owned by the
+    /// attachment, removed with it).
+    pub spoof_check: Option<(IfName, String)>,
     /// An internal-bridge network: nothing in, nothing out.
     pub internal: bool,
 }

@@ -217,6 +217,7 @@ fn skeleton_loads_reads_back_as_maps_and_reloads_unchanged() {
             masq: vec![],
             internal: false,
             subnets: vec![],
+            spoof_check: None,
         },
     )
     .unwrap();
@@ -255,6 +256,7 @@ fn sixteen_concurrent_first_calls_converge() {
                             masq: vec![],
                             internal: false,
                             subnets: vec![],
+                            spoof_check: None,
                         },
                     )?;
                     fw.add_ports(
@@ -289,6 +291,7 @@ fn refcount_across_two_attachments() {
         masq: vec!["10.213.4.0/24".parse().unwrap()],
         internal: true,
         subnets: vec![],
+        spoof_check: None,
     };
     fw.attach_network(&att("r", "c1"), &n).unwrap();
     fw.attach_network(&att("r", "c2"), &n).unwrap();
@@ -363,6 +366,7 @@ fn gc_and_reconcile_after_flush_ruleset() {
         masq: vec!["fd00:213::/64".parse().unwrap()],
         internal: false,
         subnets: vec![],
+        spoof_check: None,
     };
     for c in ["c1", "c2", "c3"] {
         fw.attach_network(&att("g", c), &n).unwrap();
@@ -472,6 +476,7 @@ fn dnat_maps_publish_ports_from_the_host_output_path() {
             masq: vec![],
             internal: false,
             subnets: vec![],
+            spoof_check: None,
         },
     )
     .unwrap();
@@ -543,6 +548,7 @@ fn forward_drops_internal_and_isolated_but_same_bridge_passes() {
         masq: vec![],
         internal,
         subnets: vec![],
+        spoof_check: None,
     };
     fw.attach_network(&att("A", "a1"), &net("brA", false))
         .unwrap();
@@ -612,7 +618,8 @@ fn timings_inside_a_netns() {
         let n = 10u32;
         for i in 0..n {
             let a = att("tm", &format!("c{i}"));
-            let ne = NetworkElems { bridge: br("br-t"), masq: vec!["10.213.8.0/24".parse().unwrap()], internal: false, subnets: vec![] };
+            let ne = NetworkElems { bridge: br("br-t"), masq: vec!["10.213.8.0/24".parse().unwrap()], internal: false, subnets: vec![], spoof_check: None,
+ };
             let t = Instant::now();
             fw.attach_network(&a, &ne).unwrap();
             add += t.elapsed();

@@ -73,6 +73,8 @@ pub struct BridgeSpec {
     pub vlan: Option<u16>,
     pub enable_dad: bool,
     pub port_isolation: bool,
+    /// Drop frames from the pod whose source MAC is not the pod interface's.
+    pub macspoofchk: bool,
     pub mac: Option<[u8; 6]>,
     pub has_ipam: bool,
 }
@@ -104,12 +106,6 @@ pub fn parse(req: &Request, mode: Mode) -> Result<BridgeSpec, CniError> {
         return Err(CniError::config(
             "vlanTrunk",
             "VLAN trunks are not supported by this suite",
-        ));
-    }
-    if raw.macspoofchk {
-        return Err(CniError::config(
-            "macspoofchk",
-            "MAC spoof checking is not supported yet",
         ));
     }
     if raw.disable_container_interface {
@@ -153,6 +149,7 @@ pub fn parse(req: &Request, mode: Mode) -> Result<BridgeSpec, CniError> {
         vlan,
         enable_dad: raw.enabledad,
         port_isolation: raw.port_isolation,
+        macspoofchk: raw.macspoofchk,
         mac,
         has_ipam: req
             .conf

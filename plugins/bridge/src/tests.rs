@@ -101,6 +101,7 @@ fn bad_values_name_their_field() {
         (r#""bridge":"a-very-long-bridge-name""#, "bridge"),
         (r#""bridge":"a/b""#, "bridge"),
         (r#""vlan":5000"#, "vlan"),
+        (r#""macspoofchk":"yes""#, "macspoofchk"),
         (r#""promiscMode":true"#, "hairpinMode"),
         (
             r#""runtimeConfig":{"mac":"01:00:00:00:00:01"}"#,

@@ -155,6 +155,10 @@ fn apply(
             masq: plan.firewall.masq.clone(),
             subnets: plan.firewall.subnets.clone(),
             internal: plan.firewall.internal,
+            spoof_check: match (plan.macspoofchk, pair.peer.mac) {
+                (true, Some(mac)) => Some((IfName::new(&plan.host_veth)?, mac_string(&mac.0))),
+                _ => None,
+            },
         },
     )?;
     Ok(Observed {

@@ -2,7 +2,8 @@
 //! table (no iptables binary, no firewalld).
 //!
 //! - Forwarding on hosts whose FORWARD policy is drop: the bridge's traffic is accepted in the
-//!   host's own `filter FORWARD` chains (per bridge, see `nftplan::Firewall::allow_forward`).
+//!   host's own `filter FORWARD` chains (per bridge, see `nftplan::Firewall::attach_forward`),
+//!   removed with the network's last attachment.
 //! - `ingressPolicy`: `open` (default) or `same-bridge`: the pod's bridge cannot be reached
 //!   from other `same-bridge`/isolated bridges: the `isolation` plugin's guarantee, with its
 //!   code and its set element.
@@ -78,9 +79,10 @@ impl Plugin for Firewall {
         }
         let bridge = isolation_plugin::bridge_of(&prev)?;
         let fw = nftplan::Firewall::open()?;
-        fw.allow_forward(&bridge)?;
+        let att = Attachment::of(req)?;
+        fw.attach_forward(&att, &bridge)?;
         if ingress == Ingress::SameBridge {
-            fw.attach_isolation(&Attachment::of(req)?, &bridge)?;
+            fw.attach_isolation(&att, &bridge)?;
         }
         Ok(prev)
     }
@@ -88,7 +90,10 @@ impl Plugin for Firewall {
     fn del(&self, req: &Request) -> Result<(), CniError> {
         // An unknown policy must not block DEL: always release what this attachment may own.
         let _ = parse(req);
-        Ok(nftplan::Firewall::open()?.detach_isolation(&Attachment::of(req)?)?)
+        let fw = nftplan::Firewall::open()?;
+        let att = Attachment::of(req)?;
+        fw.detach_isolation(&att)?;
+        Ok(fw.detach_forward(&att)?)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -104,7 +109,9 @@ impl Plugin for Firewall {
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        Ok(nftplan::Firewall::open()?.gc_request(Feature::Isolation, req)?)
+        let fw = nftplan::Firewall::open()?;
+        fw.gc_request(Feature::Isolation, req)?;
+        Ok(fw.gc_request(Feature::Firewall, req)?)
     }
 }
 

@@ -190,10 +190,19 @@ pub fn parse(req: &Request) -> Result<Spec, CniError> {
     })
 }
 
-fn backup_path(spec: &Spec, req: &Request) -> PathBuf {
+fn backup_path(data_dir: &Path, req: &Request) -> PathBuf {
     // container id and ifname are validated (no '/', no '..') by cni-core.
-    spec.data_dir
-        .join(format!("{}-{}.json", req.container_id, req.ifname))
+    data_dir.join(format!("{}-{}.json", req.container_id, req.ifname))
+}
+
+/// Where the backups live, read leniently: DEL must work on a config its ADD refused (a bad
+/// sysctl key), or the runtime's cleanup stops here and the interface below leaks.
+fn lenient_data_dir(req: &Request) -> PathBuf {
+    serde_json::from_slice::<serde_json::Value>(&req.stdin)
+        .ok()
+        .and_then(|v| v.get("dataDir").and_then(|d| d.as_str()).map(PathBuf::from))
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
 fn save_backup(path: &Path, b: &Backup) -> Result<(), CniError> {
@@ -236,7 +245,7 @@ fn apply(spec: &Spec, req: &Request) -> Result<Link, CniError> {
     let pod = kernel.pod(&ns)?;
     let link = pod.require_link(&req.ifname)?;
     save_backup(
-        &backup_path(spec, req),
+        &backup_path(&spec.data_dir, req),
         &Backup {
             mac: spec.mac.map(|_| mac_of(&link)),
             promisc: spec.promisc.map(|_| link.promisc),
@@ -308,8 +317,17 @@ impl Plugin for Tuning {
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let spec = parse(req)?;
-        let path = backup_path(&spec, req);
+        let data_dir = match parse(req) {
+            Ok(spec) => spec.data_dir,
+            Err(e) => {
+                log::info!(
+                    "{}: DEL with a config ADD would refuse ({e}); restoring anyway",
+                    req.tag()
+                );
+                lenient_data_dir(req)
+            }
+        };
+        let path = backup_path(&data_dir, req);
         let backup: Option<Backup> = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).ok(),
             Err(_) => None,
