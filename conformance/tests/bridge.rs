@@ -942,3 +942,47 @@ fn bridge_same_bridge_traffic_with_nf_call_iptables_0() {
 fn bridge_same_bridge_traffic_with_nf_call_iptables_1() {
     same_bridge_with_nf_call_iptables("1");
 }
+
+/// `macspoofchk`: frames from the pod whose source MAC is not the pod's are dropped on the
+/// host (bridge-family table), while the pod with its own MAC talks normally; DEL removes the
+/// pod's elements.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_macspoofchk_drops_frames_from_another_mac() {
+    let net = TestNet::new();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let c = conf(
+        &net,
+        "cnirs-spoof",
+        "bridge",
+        "cnirs-brspf",
+        ranges(&["10.238.7.0/24"]),
+        json!({"macspoofchk": true}),
+    );
+    let tool = net.cnitool(&c);
+    let ra = tool.add(&a).assert_ok().json().clone();
+    let rb = tool.add(&b).assert_ok().json().clone();
+    let b_ip = ip(&rb, 0);
+    let a_mac = ra["interfaces"][2]["mac"].as_str().unwrap().to_owned();
+    assert!(can_ping(&a, &b_ip), "a reaches b with its own MAC");
+    tool.check(&a).assert_ok();
+    let elems = net
+        .host()
+        .exec_ok("nft", &["list", "set", "bridge", "cnirs", "spoof_ok"]);
+    assert!(elems.stdout.contains(&a_mac), "a's MAC is in spoof_ok: {elems}");
+
+    // The pod changes its MAC: its frames are dropped (the neighbour never sees them).
+    a.ip(&["link", "set", "eth0", "address", "0a:58:de:ad:be:ef"]);
+    a.ip(&["neigh", "flush", "dev", "eth0"]);
+    assert!(!can_ping(&a, &b_ip), "a spoofed MAC must not get through");
+    // Back to its own MAC: traffic flows again.
+    a.ip(&["link", "set", "eth0", "address", &a_mac]);
+    assert!(can_ping_eventually(&a, &b_ip, 3), "a with its own MAC again");
+
+    tool.del(&a).assert_ok();
+    let elems = net
+        .host()
+        .exec_ok("nft", &["list", "set", "bridge", "cnirs", "spoof_ok"]);
+    assert!(!elems.stdout.contains(&a_mac), "DEL removed a's element: {elems}");
+    tool.del(&b).assert_ok();
+}
