@@ -969,7 +969,10 @@ fn bridge_macspoofchk_drops_frames_from_another_mac() {
     let elems = net
         .host()
         .exec_ok("nft", &["list", "set", "bridge", "cnirs", "spoof_ok"]);
-    assert!(elems.stdout.contains(&a_mac), "a's MAC is in spoof_ok: {elems}");
+    assert!(
+        elems.stdout.contains(&a_mac),
+        "a's MAC is in spoof_ok: {elems}"
+    );
 
     // The pod changes its MAC: its frames are dropped (the neighbour never sees them).
     a.ip(&["link", "set", "eth0", "address", "0a:58:de:ad:be:ef"]);
@@ -977,12 +980,18 @@ fn bridge_macspoofchk_drops_frames_from_another_mac() {
     assert!(!can_ping(&a, &b_ip), "a spoofed MAC must not get through");
     // Back to its own MAC: traffic flows again.
     a.ip(&["link", "set", "eth0", "address", &a_mac]);
-    assert!(can_ping_eventually(&a, &b_ip, 3), "a with its own MAC again");
+    assert!(
+        can_ping_eventually(&a, &b_ip, 3),
+        "a with its own MAC again"
+    );
 
     tool.del(&a).assert_ok();
     let elems = net
         .host()
         .exec_ok("nft", &["list", "set", "bridge", "cnirs", "spoof_ok"]);
-    assert!(!elems.stdout.contains(&a_mac), "DEL removed a's element: {elems}");
+    assert!(
+        !elems.stdout.contains(&a_mac),
+        "DEL removed a's element: {elems}"
+    );
     tool.del(&b).assert_ok();
 }
