@@ -986,3 +986,42 @@ fn nerdctl_default_network_with_pre_add_del() {
     );
     eprintln!("nerdctl test took {:?}", t0.elapsed());
 }
+
+/// A firewall reload (`nft flush ruleset`, then the host's policy set again, as
+/// nftables.service or Docker would) wipes the FORWARD rules: `cnirs-reconcile` restores them
+/// from state, along with our own table.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn reconcile_restores_the_forward_rules_after_a_reload() {
+    let net = TestNet::new();
+    forward_policy_drop(&net);
+    let fw = bridge_net(&net, "fwrec", "cnirs-fwrec", "10.241.4.0/24", Some("open"));
+    let p = net.pod("p");
+    let tool = net.cnitool(&fw);
+    tool.add(&p).assert_ok();
+    assert_eq!(tagged_forward_rules(&net, "ip"), ["cnirs:cnirs-fwrec"; 3]);
+    net.host().exec_ok("nft", &["flush", "ruleset"]);
+    forward_policy_drop(&net);
+    assert!(
+        tagged_forward_rules(&net, "ip").is_empty(),
+        "the reload removed them"
+    );
+    let mut cmd = net
+        .host()
+        .command(&plugin_bin("cnirs-reconcile").display().to_string());
+    cmd.env("CNIRS_RUN_DIR", net.run_dir());
+    run(&mut cmd).assert_ok();
+    for fam in ["ip", "ip6"] {
+        assert_eq!(
+            tagged_forward_rules(&net, fam),
+            ["cnirs:cnirs-fwrec"; 3],
+            "{fam} filter FORWARD after cnirs-reconcile"
+        );
+    }
+    tool.check(&p).assert_ok();
+    tool.del(&p).assert_ok();
+    assert!(
+        tagged_forward_rules(&net, "ip").is_empty(),
+        "the last DEL removes them"
+    );
+}
