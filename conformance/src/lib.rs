@@ -28,6 +28,7 @@
 
 pub mod cni;
 pub mod exec;
+pub mod mountns;
 pub mod netns;
 pub mod state;
 pub mod traffic;
@@ -37,6 +38,7 @@ pub use cni::{
     reference_plugin_bin, workspace_root, Cnitool, REFERENCE_CNI_PATH,
 };
 pub use exec::{command, have_tool, run, run_ok, run_with, CmdOutput};
+pub use mountns::MountNs;
 pub use netns::{
     in_netns, listed_netns, outside_addrs, process_prefix, Netns, Outside, TestNet, NAME_PREFIX,
 };

@@ -22,97 +22,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use conformance::*;
 use serde_json::Value;
-
-/// A private mount namespace held open by a `sleep` (killed on drop): tmpfs over `/run`,
-/// `/var/lib` and `/opt` (so nothing the clients write there reaches the machine), then each
-/// `(source, target)` bind-mounted. Sources are first bind-mounted under `stage` (a dir of the
-/// test's temp dir), so a source under a tmpfs'd tree (e.g. `CNIRS_BIN_DIR=/opt/cni/bin`)
-/// stays visible. Targets outside those tmpfs must already exist.
-struct MountNs {
-    holder: Child,
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-impl MountNs {
-    #[track_caller]
-    fn new(stage: &Path, binds: &[(&Path, &str)]) -> Self {
-        let mut script = String::from("set -e\n");
-        for (n, (src, _)) in binds.iter().enumerate() {
-            let staged = stage.join(n.to_string());
-            std::fs::create_dir_all(&staged).unwrap();
-            script.push_str(&format!(
-                "mount --bind {} {}\n",
-                sh_quote(&src.display().to_string()),
-                sh_quote(&staged.display().to_string())
-            ));
-        }
-        script.push_str(
-            "mount -t tmpfs cnirs-run /run\nmount -t tmpfs cnirs-varlib /var/lib\n\
-             mount -t tmpfs cnirs-opt /opt\n",
-        );
-        for (n, (_, dst)) in binds.iter().enumerate() {
-            let tmpfs = ["/run/", "/var/lib/", "/opt/"]
-                .iter()
-                .any(|p| dst.starts_with(p));
-            assert!(
-                tmpfs || Path::new(dst).is_dir(),
-                "{dst} must exist on this machine as a mount point (install the client's \
-                 package, which creates it)"
-            );
-            if tmpfs {
-                script.push_str(&format!("mkdir -p {}\n", sh_quote(dst)));
-            }
-            script.push_str(&format!(
-                "mount --bind {} {}\n",
-                sh_quote(&stage.join(n.to_string()).display().to_string()),
-                sh_quote(dst)
-            ));
-        }
-        script.push_str("echo ready\nexec sleep 600\n");
-        let mut holder = command("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start unshare (util-linux)");
-        let mut line = String::new();
-        let stdout = holder.stdout.take().expect("holder stdout");
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        if line.trim() != "ready" {
-            let _ = holder.kill();
-            let _ = holder.wait();
-            panic!("private mount namespace setup failed (script:\n{script})");
-        }
-        Self { holder }
-    }
-
-    /// `nsenter --mount=/proc/PID/ns/mnt --net=NETNS program` (cleared environment).
-    fn command(&self, netns: &Netns, program: &str) -> Command {
-        let mut cmd = command("nsenter");
-        cmd.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()))
-            .arg(format!("--net={}", netns.path_str()))
-            .arg(program);
-        cmd
-    }
-}
-
-impl Drop for MountNs {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
 
 /// A containerd of our own, stopped (SIGTERM, then SIGKILL) by its PID when dropped.
 struct Containerd {
