@@ -325,13 +325,8 @@ impl Batch {
     /// element exists, else it creates what the delete removes) and is atomic.
     pub fn remove(&mut self, elems: &[Elem]) -> &mut Self {
         for e in elems {
-            self.line(&format!("add element {} {e}", e.table()));
-            self.line(&format!(
-                "delete element {} {} {{ {} }}",
-                e.table(),
-                e.set_name(),
-                e.key_text()
-            ));
+            let one = std::slice::from_ref(e);
+            self.add(one).delete(one);
         }
         self
     }
