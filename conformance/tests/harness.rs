@@ -135,7 +135,16 @@ fn reference_bridge_two_pods_ping_each_other() {
         "{reply}"
     );
     drop(srv);
-    assert!(!can_connect_tcp(&a, &ip_b, 8080), "server stopped");
+    // The listener is closed when drop returns, but a child another test thread is forking
+    // at that moment holds a copy of it until its exec (close-on-exec): poll briefly.
+    let stopped = (0..20).any(|_| {
+        let refused = !can_connect_tcp(&a, &ip_b, 8080);
+        if !refused {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        refused
+    });
+    assert!(stopped, "server stopped");
 
     let http = HttpServer::start(&a, 8081, "pod a says hi");
     assert_eq!(
