@@ -30,6 +30,7 @@ pub mod cni;
 pub mod exec;
 pub mod mountns;
 pub mod netns;
+pub mod nft;
 pub mod state;
 pub mod traffic;
 
@@ -42,6 +43,7 @@ pub use mountns::MountNs;
 pub use netns::{
     in_netns, listed_netns, outside_addrs, process_prefix, Netns, Outside, TestNet, NAME_PREFIX,
 };
+pub use nft::nft_elems;
 pub use state::{legit_leftover, HostState, Item, StateDiff};
 pub use traffic::{
     can_connect_tcp, can_ping, can_ping_eventually, http_get, ip_of, ping, tcp_request, HttpServer,

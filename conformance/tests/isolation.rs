@@ -120,41 +120,6 @@ fn nft_map(net: &TestNet, map: &str) -> Vec<String> {
     nft_elems(net, "map", map)
 }
 
-fn nft_elems(net: &TestNet, kind: &str, name: &str) -> Vec<String> {
-    let out = net
-        .host()
-        .exec("nft", &["-j", "list", kind, "inet", "cnirs", name]);
-    if !out.success() {
-        return Vec::new();
-    }
-    fn text(v: &Value) -> String {
-        match v {
-            Value::String(s) => s.clone(),
-            Value::Object(o) if o.contains_key("concat") => o["concat"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(text)
-                .collect::<Vec<_>>()
-                .join(" . "),
-            Value::Object(o) if o.contains_key("prefix") => {
-                format!("{}/{}", text(&o["prefix"]["addr"]), o["prefix"]["len"])
-            }
-            Value::Object(o) if o.contains_key("elem") => text(&o["elem"]["val"]),
-            Value::Array(kv) => kv.iter().map(text).collect::<Vec<_>>().join(" : "),
-            other => other.to_string(),
-        }
-    }
-    out.json()["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o.get(kind))
-        .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
-        .map(|e| text(&e))
-        .collect()
-}
-
 /// `(isolated_br, managed_br, same_br)` contain `bridge` (same_br as `bridge . bridge`).
 fn bridge_elements(net: &TestNet, bridge: &str) -> [bool; 3] {
     [
