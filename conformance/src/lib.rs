@@ -46,8 +46,8 @@ pub use netns::{
 pub use nft::nft_elems;
 pub use state::{legit_leftover, HostState, Item, StateDiff};
 pub use traffic::{
-    can_connect_tcp, can_ping, can_ping_eventually, http_get, ip_of, ping, tcp_request, HttpServer,
-    TcpServer,
+    can_connect_tcp, can_ping, can_ping_eventually, first_ip, http_get, ip_of, ping, reaches,
+    tcp_request, HttpServer, TcpServer,
 };
 
 /// The busybox used for ping (static build from busybox-static).

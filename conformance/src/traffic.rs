@@ -253,3 +253,24 @@ pub fn http_get(from: &Netns, addr: &str, port: u16) -> Option<String> {
     );
     out.success().then_some(out.stdout)
 }
+
+/// The first address of a CNI result, without its prefix length.
+#[track_caller]
+pub fn first_ip(result: &serde_json::Value) -> String {
+    match result["ips"][0]["address"].as_str() {
+        Some(a) => ip_of(a).to_string(),
+        None => panic!("no address in {result}"),
+    }
+}
+
+/// True if a TCP connection from `from` to `addr:port` is accepted within 1 s: for the cells
+/// that must fail (a dropped SYN costs the whole timeout; on these veths a reachable peer
+/// answers in well under a millisecond). Give every such cell a positive control.
+#[track_caller]
+pub fn reaches(from: &Netns, addr: &str, port: u16) -> bool {
+    let sa = SocketAddr::new(ip_of(addr), port);
+    match from.run_in(move || TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_ok()) {
+        Ok(ok) => ok,
+        Err(e) => panic!("cannot enter netns {}: {e}", from.name()),
+    }
+}

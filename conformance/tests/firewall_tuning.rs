@@ -18,9 +18,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use conformance::*;
 use serde_json::{json, Value};
@@ -74,14 +73,6 @@ fn ip_in(result: &Value, family: u8) -> String {
 
 fn ports(host_port: u16) -> Value {
     json!({"portMappings": [{"hostPort": host_port, "containerPort": 7000, "protocol": "tcp"}]})
-}
-
-/// True if a TCP connection from `from` to `addr:port` is accepted within 1 s (for the cells
-/// that must fail; each has a positive control).
-fn reaches(from: &Netns, addr: &str, port: u16) -> bool {
-    let sa = SocketAddr::new(ip_of(addr), port);
-    from.run_in(move || TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_ok())
-        .unwrap_or_else(|e| panic!("cannot enter netns {}: {e}", from.name()))
 }
 
 /// `tcp_request` that expects the reply of the server with `token`; returns the peer address

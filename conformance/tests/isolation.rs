@@ -19,7 +19,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use conformance::*;
@@ -89,23 +88,6 @@ fn bridge_net(
         plugins.push(json!({"type": "isolation"}));
     }
     json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins})
-}
-
-/// The first address of a CNI result, without its prefix length.
-fn first_ip(result: &Value) -> String {
-    let a = result["ips"][0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address in {result}"));
-    ip_of(a).to_string()
-}
-
-/// True if a TCP connection from `from` to `addr:port` is accepted within 1 s. Used for the
-/// cells that must fail (a dropped SYN costs the whole timeout; on these veths a reachable
-/// peer answers in well under a millisecond). Every such cell has a positive control.
-fn reaches(from: &Netns, addr: &str, port: u16) -> bool {
-    let sa = SocketAddr::new(ip_of(addr), port);
-    from.run_in(move || TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_ok())
-        .unwrap_or_else(|e| panic!("cannot enter netns {}: {e}", from.name()))
 }
 
 /// The elements of one set of our table in the host netns (`nft -j list set inet cnirs SET`),

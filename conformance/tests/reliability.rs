@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -52,22 +51,6 @@ fn chain_conf(net: &TestNet, name: &str, bridge: &str, subnet: &str) -> Value {
 fn ports(host_port: u16, container_port: u16) -> Value {
     json!({"portMappings": [{"hostPort": host_port, "containerPort": container_port,
                              "protocol": "tcp"}]})
-}
-
-/// The first address of a CNI result, without its prefix length.
-fn first_ip(result: &Value) -> String {
-    let a = result["ips"][0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address in {result}"));
-    ip_of(a).to_string()
-}
-
-/// True if a TCP connection from `from` to `addr:port` is accepted within 1 s (for cells that
-/// must fail; each has a positive control).
-fn reaches(from: &Netns, addr: &str, port: u16) -> bool {
-    let sa = SocketAddr::new(ip_of(addr), port);
-    from.run_in(move || TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_ok())
-        .unwrap_or_else(|e| panic!("cannot enter netns {}: {e}", from.name()))
 }
 
 /// Every published-port element (`pm4_any`), as text.
