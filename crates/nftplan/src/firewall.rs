@@ -304,8 +304,9 @@ impl Firewall {
 
     /// Register a firewall attachment and let `bridge`'s traffic through the host's
     /// `filter FORWARD` chains that drop by policy (iptables' FORWARD DROP as Docker sets it):
-    /// three rules per bridge, inserted once; one `nft -j list chains` when there is nothing
-    /// to do. The network's last detach (or GC) removes them.
+    /// three rules per bridge, inserted by the network's first attachment (one `nft -j list
+    /// chains`, plus the insert where a chain drops); later attachments run no nft. The
+    /// network's last detach (or GC) removes them.
     pub fn attach_forward(&self, a: &Attachment, bridge: &IfName) -> Result<(), NftError> {
         let st = Locked::lock(&self.dir)?;
         if st.att(Feature::Firewall, a)?.is_none() {
@@ -320,11 +321,16 @@ impl Firewall {
             )?;
         }
         let mut net = st.net(Feature::Firewall, &a.network)?;
-        if net.bridge.as_ref() != Some(bridge) {
-            net.bridge = Some(bridge.clone());
-            st.put_net(Feature::Firewall, &net)?; // intent: recorded before the rules exist
+        if net.bridge.as_ref() == Some(bridge) {
+            // Recorded only after the network's first attachment put the rules in place: the
+            // 2nd..Nth pod runs no nft. After a reload, `cnirs-reconcile` restores them.
+            return Ok(());
         }
-        crate::foreign::allow(self.nft.as_ref(), bridge)
+        // The rules (idempotent), then the record: a kill in between leaves no record, and the
+        // next attachment of the network inserts them again (a no-op) and records them.
+        crate::foreign::allow(self.nft.as_ref(), bridge)?;
+        net.bridge = Some(bridge.clone());
+        st.put_net(Feature::Firewall, &net)
     }
 
     /// Drop a firewall attachment; the network's last one removes its bridge's rules.
