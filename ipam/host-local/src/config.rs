@@ -590,4 +590,36 @@ mod tests {
         assert_eq!(d.search, ["a.com", "b.com"]);
         assert_eq!(d.options, ["ndots:2", "edns0"]);
     }
+
+    /// Go's encoding/json matches keys case-insensitively: `IPRanges` (the capability as
+    /// containerd's go-cni names the field), `RangeStart`, `DataDir`, `Routes`... all parse.
+    #[test]
+    fn keys_match_case_insensitively_as_go_does() {
+        let c = String::from(
+            r#"{"cniVersion":"1.0.0","name":"n","IPAM":{"Type":"host-local",
+                "Ranges":[[{"Subnet":"10.7.0.0/24","RangeStart":"10.7.0.10","RangeEnd":"10.7.0.20","Gateway":"10.7.0.1"}]],
+                "Routes":[{"Dst":"0.0.0.0/0","GW":"10.7.0.1"}],"DataDir":"/tmp/go"},
+             "RuntimeConfig":{"IPRanges":[[{"Subnet":"10.8.0.0/24"}]],"IPs":["10.8.0.5"]},
+             "Args":{"CNI":{"IPs":["10.7.0.12"]}}}"#,
+        );
+        let cfg = parse(c.as_bytes(), Version::V1_0_0, &CniArgs::default()).unwrap();
+        assert_eq!(cfg.range_sets.len(), 2, "ipRanges first, then ranges");
+        assert_eq!(cfg.range_sets[0].0[0].subnet.to_string(), "10.8.0.0/24");
+        let r = &cfg.range_sets[1].0[0];
+        assert_eq!(
+            (r.start.to_string(), r.end.to_string()),
+            ("10.7.0.10".into(), "10.7.0.20".into())
+        );
+        assert_eq!(cfg.routes.len(), 1);
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/go"));
+        let got: Vec<String> = cfg
+            .requested_per_set()
+            .unwrap()
+            .iter()
+            .map(|r| r.map(|r| r.ip.to_string()).unwrap_or_default())
+            .collect();
+        assert_eq!(got, ["10.8.0.5", "10.7.0.12"]);
+        let e = bad(r#"{"Ranges":[[{"Subnet":"10.7.0.0/33"}]]}"#);
+        assert!(e.contains("ipam.ranges[0][0].subnet"), "{e}");
+    }
 }

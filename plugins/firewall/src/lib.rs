@@ -156,4 +156,15 @@ mod tests {
             assert!(e.msg.contains(field), "{}", e.msg);
         }
     }
+
+    #[test]
+    fn keys_match_case_insensitively_as_go_does() {
+        assert_eq!(
+            parse_with(r#","IngressPolicy":"same-bridge""#).unwrap(),
+            Ingress::SameBridge
+        );
+        let e = parse_with(r#","Backend":"firewalld""#).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.msg.contains("backend"), "{}", e.msg);
+    }
 }
