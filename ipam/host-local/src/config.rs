@@ -622,4 +622,22 @@ mod tests {
         let e = bad(r#"{"Ranges":[[{"Subnet":"10.7.0.0/33"}]]}"#);
         assert!(e.contains("ipam.ranges[0][0].subnet"), "{e}");
     }
+
+    /// The CRI's capability args as go-cni spells them: `ipRanges` entries with Go field
+    /// names (empty strings for unset fields) become the first range set; the rest is ignored.
+    #[test]
+    fn cri_capability_args_are_accepted() {
+        let c = format!(
+            r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"type":"host-local"}},"runtimeConfig":{}}}"#,
+            r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#
+        );
+        let cfg = parse(c.as_bytes(), Version::V1_0_0, &CniArgs::default()).unwrap();
+        assert_eq!(cfg.range_sets.len(), 1);
+        assert_eq!(cfg.range_sets[0].0[0].subnet.to_string(), "10.9.0.0/24");
+        assert_eq!(cfg.range_sets[0].0[0].gateway.to_string(), "10.9.0.1");
+    }
 }

@@ -158,3 +158,19 @@ fn keys_match_case_insensitively_as_go_does() {
     assert_eq!(e.code(), 7);
     assert!(e.msg.contains("isGateway"), "{}", e.msg);
 }
+
+/// containerd's CRI hands every capability a conflist declares to the plugin; the ones that
+/// are not bridge's (bandwidth, dns, pod annotations, portMappings, ipRanges) are ignored.
+#[test]
+fn cri_capability_args_are_accepted() {
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"n1","type":"bridge","bridge":"br-t","runtimeConfig":{}}}"#,
+        r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#
+    );
+    let spec = config::parse(&req(&conf), Mode::External).unwrap();
+    assert_eq!(spec.mac, None);
+}

@@ -366,4 +366,15 @@ mod tests {
             assert!(e.msg.contains(field), "{rc}: {} should name {field}", e.msg);
         }
     }
+
+    #[test]
+    fn cri_capability_args_are_accepted() {
+        let spec = parse_conf(&conf(r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#)).unwrap();
+        assert_eq!(spec.mappings.len(), 1);
+        assert_eq!(spec.mappings[0].host_port, 8080);
+    }
 }

@@ -516,4 +516,15 @@ mod tests {
         assert_eq!(e.code(), 7);
         assert!(e.msg.contains("mtu"), "{}", e.msg);
     }
+
+    #[test]
+    fn cri_capability_args_are_accepted() {
+        let rc = r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#;
+        let s = parse(&req(&format!(r#","runtimeConfig":{rc}"#))).unwrap();
+        assert_eq!(s.mac, None);
+    }
 }
