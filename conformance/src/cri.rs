@@ -82,6 +82,12 @@ impl PodSpec {
         self
     }
 
+    /// Adds a pod annotation (e.g. `kubernetes.io/ingress-bandwidth`).
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.annotations.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     fn config(&self, log_dir: &Path) -> PodSandboxConfig {
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
@@ -103,6 +109,13 @@ impl PodSpec {
                 })
                 .collect(),
             annotations: self.annotations.clone(),
+            // What kubelet sends for a ClusterFirst pod: the CRI passes it as the `dns`
+            // capability.
+            dns_config: Some(k8s_cri::v1::DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption::default()),
@@ -227,11 +240,11 @@ fn bin_dir(dir: &Path) -> PathBuf {
     ] {
         std::os::unix::fs::symlink(crate::plugin_bin(p), bin.join(p)).unwrap();
     }
-    std::os::unix::fs::symlink(
-        crate::reference_plugin_bin("loopback"),
-        bin.join("loopback"),
-    )
-    .unwrap();
+    // The CRI always runs `loopback` for `lo`; `bandwidth` chains after ours for the
+    // bandwidth capability (neither is a plugin of this suite).
+    for p in ["loopback", "bandwidth"] {
+        std::os::unix::fs::symlink(crate::reference_plugin_bin(p), bin.join(p)).unwrap();
+    }
     bin
 }
 

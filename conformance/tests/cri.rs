@@ -94,6 +94,18 @@ fn pods_publish_host_ports_report_both_families_reach_each_other_and_leave_nothi
         assert!(ips[1].starts_with("fd00:88:"), "{ips:?}");
     }
 
+    // What the CRI handed the chain, as libcni cached it: go-cni's Go field names. Before
+    // keys were matched as Go matches them, portmap refused these and every hostPort pod
+    // failed.
+    let cached: String = std::fs::read_dir(net.cache_dir().join("results"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        cached.contains(r#""HostPort":8080"#) && cached.contains(r#""HostIP":"127.0.0.1""#),
+        "the CRI's capability args are not Go-spelled portMappings: {cached}"
+    );
+
     let _s80 = serve(&node, &a, 80, "cri-web-80");
     let _s81 = serve(&node, &a, 81, "cri-web-81");
     // hostPort on every address: from the outside, to the host's address.
@@ -246,4 +258,57 @@ fn pods_survive_a_containerd_restart_and_tear_down_cleanly_afterwards() {
     node.stop_and_remove(&a);
     node.stop_and_remove(&b);
     assert_nothing_left(&net, &before, "after teardown by the restarted containerd");
+}
+
+/// Every capability containerd's CRI passes, declared by the plugins of the chain: ours accept
+/// (portMappings) or ignore (dns, io.kubernetes.cri.pod-annotations, bandwidth) them as the
+/// reference does, and bandwidth shaping is the reference `bandwidth` plugin's, chained after
+/// ours: it finds the pod's host veth in our result and shapes it.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn cri_capability_args_reach_the_chain_and_reference_bandwidth_shapes_our_veth() {
+    require();
+    let net = TestNet::new();
+    let out = net.outside();
+    let all = serde_json::json!({"portMappings": true, "bandwidth": true, "dns": true,
+        "io.kubernetes.cri.pod-annotations": true});
+    let node = CriNode::start(
+        &net,
+        &conf_dir(&net, |c| {
+            let plugins = c["plugins"].as_array_mut().unwrap();
+            for p in plugins.iter_mut() {
+                p["capabilities"] = all.clone();
+            }
+            plugins.push(serde_json::json!({"type": "bandwidth",
+                "capabilities": {"bandwidth": true}}));
+        }),
+    );
+    let before = HostState::of(&net);
+    let id = node.run_pod_ok(
+        &PodSpec::new("shaped")
+            .port(80, 8097, "")
+            .annotate("kubernetes.io/ingress-bandwidth", "10M")
+            .annotate("kubernetes.io/egress-bandwidth", "10M"),
+    );
+    let _s = serve(&node, &id, 80, "cri-shaped");
+    assert!(answers(
+        &out.ns,
+        &out.host_v4.to_string(),
+        8097,
+        "cri-shaped"
+    ));
+    // The reference bandwidth plugin put a tbf qdisc on our host-side veth.
+    let veth = net
+        .host()
+        .link_names()
+        .into_iter()
+        .find(|l| l.starts_with("veth"))
+        .expect("the pod's host veth");
+    let tc = run(net
+        .host()
+        .command("tc")
+        .args(["qdisc", "show", "dev", &veth]));
+    assert!(tc.stdout.contains("tbf"), "no tbf qdisc on {veth}: {tc:?}");
+    node.stop_and_remove(&id);
+    assert_nothing_left(&net, &before, "after the shaped pod was removed");
 }
