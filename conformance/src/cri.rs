@@ -248,9 +248,23 @@ fn bin_dir(dir: &Path) -> PathBuf {
     bin
 }
 
-/// The containerd 1.6 config (version 2) this node runs with; `conf_dir` and `bin_dir` are
-/// the CRI's CNI settings, as conf-examples/containerd/README.md gives them.
+/// The containerd 1.6 config (version 2) this node runs with: its own root, state, socket
+/// and CRI runtime settings, then the CNI part exactly as shipped in
+/// conf-examples/containerd/config-cri.toml with the two directories swapped for the test's.
 fn containerd_config(dir: &Path, socket: &Path, conf_dir: &Path, bin_dir: &Path) -> String {
+    let shipped = crate::workspace_root().join("conf-examples/containerd/config-cri.toml");
+    let cni =
+        std::fs::read_to_string(&shipped).unwrap_or_else(|e| panic!("{}: {e}", shipped.display()));
+    for default in ["\"/opt/cni/bin\"", "\"/etc/cni/net.d\""] {
+        assert!(
+            cni.contains(default),
+            "{} lost {default}",
+            shipped.display()
+        );
+    }
+    let cni = cni
+        .replace("\"/opt/cni/bin\"", &format!("\"{}\"", bin_dir.display()))
+        .replace("\"/etc/cni/net.d\"", &format!("\"{}\"", conf_dir.display()));
     format!(
         r#"version = 2
 root = "{root}"
@@ -270,17 +284,12 @@ state = "{state}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{bin}"
-    conf_dir = "{conf}"
-    max_conf_num = 1
-"#,
+
+{cni}"#,
         root = dir.join("root").display(),
         state = dir.join("state").display(),
         socket = socket.display(),
         pause = PAUSE_IMAGE,
-        bin = bin_dir.display(),
-        conf = conf_dir.display(),
     )
 }
 
