@@ -174,10 +174,9 @@ fn reused_inode(layout: Layout) {
         .assert_ok();
     assert!(sealed_in_nft(&net1));
     let before = r.state_dirs(&net1);
-    let old: Vec<&String> = before
-        .iter()
-        .filter(|d| d.starts_with(&format!("netns-{ino}-")))
-        .collect();
+    let of_ino =
+        |d: &String| d == &format!("netns-{ino}") || d.starts_with(&format!("netns-{ino}-"));
+    let old: Vec<&String> = before.iter().filter(|d| of_ino(d)).collect();
     assert_eq!(
         old.len(),
         1,
@@ -188,18 +187,22 @@ fn reused_inode(layout: Layout) {
     drop((a, b));
     drop(net1);
 
-    // Namespaces until the kernel hands out the same inode again.
+    // Namespaces until the kernel hands out the same inode again. It gives the lowest free
+    // one: keep those that take a lower inode (they are in the way), drop the others at once
+    // (so as not to hold inodes another test waits for).
     let t = Instant::now();
     let mut spare = Vec::new();
     let net2 = loop {
         let n = TestNet::new();
-        if inode(n.host()) == ino {
+        let got = inode(n.host());
+        if got == ino {
             break n;
         }
-        spare.push(n);
-        if spare.len() >= 20 {
-            spare.clear(); // free them (the inode may be held by a namespace being freed)
-            std::thread::sleep(Duration::from_millis(50));
+        if got < ino {
+            spare.push(n);
+        } else {
+            drop(n);
+            std::thread::sleep(Duration::from_millis(5));
         }
         assert!(
             t.elapsed() < Duration::from_secs(60),
@@ -236,14 +239,7 @@ fn reused_inode(layout: Layout) {
         !after.contains(&old),
         "the dead namespace's state {old} must be gone: {after:?}"
     );
-    assert_eq!(
-        after
-            .iter()
-            .filter(|d| d.starts_with(&format!("netns-{ino}-")))
-            .count(),
-        1,
-        "{after:?}"
-    );
+    assert_eq!(after.iter().filter(|d| of_ino(d)).count(), 1, "{after:?}");
 
     r.tool(&net2, &internal_conf(&net2)).del(&a2).assert_ok();
     r.tool(&net2, &ported_conf(&net2))
