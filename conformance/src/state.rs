@@ -274,7 +274,11 @@ pub fn legit_leftover<'b>(bridges: &'b [&'b str]) -> impl Fn(&Item) -> bool + 'b
         }),
         "file" => {
             let name = i.text.rsplit('/').next().unwrap_or_default();
-            i.text.ends_with('/') || name == "lock = " || name.starts_with("last_reserved_ip.")
+            // table.json: which `inet cnirs` the state last filled; the skeleton stays too.
+            i.text.ends_with('/')
+                || name == "lock = "
+                || name.starts_with("table.json = ")
+                || name.starts_with("last_reserved_ip.")
         }
         _ => false,
     }
