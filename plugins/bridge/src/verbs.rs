@@ -83,6 +83,13 @@ fn apply(
     undo: &mut UndoLog,
 ) -> Result<Observed, CniError> {
     let br = host.ensure_bridge(&plan.bridge, plan.bridge_mtu, false)?;
+    // The kernel-level seal of an internal network (policy rules, independent of nftables),
+    // before any pod is plugged in; a new non-internal bridge drops a stale one.
+    if plan.firewall.internal {
+        host.seal_bridge(&plan.bridge)?;
+    } else if br.created {
+        host.unseal_bridge(&plan.bridge)?;
+    }
     if br.created {
         // Pin the bridge MAC, or it follows the lowest port MAC as pods come and go.
         if let Some(mac) = br.link.mac {
@@ -225,9 +232,15 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
     if let Err(e) = delete_links(req) {
         errors.push(e);
     }
-    let fw = Firewall::open().and_then(|fw| fw.detach_network(&Attachment::of(req)?));
-    if let Err(e) = fw {
-        errors.push(e.into());
+    match Firewall::open().and_then(|fw| fw.detach_network(&Attachment::of(req)?)) {
+        // The internal network's last attachment: its kernel-level seal goes too.
+        Ok(Some(bridge)) => {
+            if let Err(e) = Kernel::new().and_then(|k| k.host().unseal_bridge(bridge.as_str())) {
+                errors.push(e.into());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(e.into()),
     }
     if spec.has_ipam {
         if let Err(e) = req.delegate_ipam(Command::Del) {
