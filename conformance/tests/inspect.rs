@@ -233,6 +233,10 @@ fn ls_and_inspect_show_what_the_pods_have() {
         .assert_ok()
         .stdout
         .clone();
+    eprintln!(
+        "$ cnirs ls\n{}\n$ cnirs inspect front\n{text}",
+        cnirs(&net, &["ls"]).stdout
+    );
     assert!(text.contains("Drift        none"), "{text}");
     let header = text.lines().find(|l| l.starts_with("CONTAINER")).unwrap();
     let col = header.find("IPS").unwrap();
@@ -295,6 +299,7 @@ fn drift_after_a_flush_then_del_removes_the_attachment() {
         .assert_ok()
         .stdout
         .clone();
+    eprintln!("$ cnirs inspect front   # after nft flush ruleset\n{text}");
     assert!(text.contains("missing: table inet cnirs"), "{text}");
 
     cnirs(&net, &["reconcile"]).assert_ok();

@@ -234,7 +234,7 @@ fn inspect_text(n: &NetworkView, no_trunc: bool) -> String {
         let cid = if no_trunc {
             a.container_id.clone()
         } else {
-            a.container_id.chars().take(12).collect()
+            short_id(&a.container_id)
         };
         let ports: Vec<String> = a.ports.iter().map(port_text).collect();
         rows.push(vec![
@@ -251,6 +251,17 @@ fn inspect_text(n: &NetworkView, no_trunc: bool) -> String {
     s.push('\n');
     s.push_str(&columns(&rows));
     s
+}
+
+/// A runtime's hex container id (docker, containerd, podman: 64 hex digits) shortened to 12
+/// characters, as `docker ps` shows it; any other id in full (a prefix of a name may be
+/// ambiguous).
+fn short_id(id: &str) -> String {
+    if id.len() >= 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        id[..12].to_owned()
+    } else {
+        id.to_owned()
+    }
 }
 
 fn cells(v: &[&str]) -> Vec<String> {
@@ -295,7 +306,7 @@ mod tests {
             subnets: vec!["10.89.1.0/24".parse().unwrap()],
             isolated: true,
             attachments: vec![AttachmentView {
-                container_id: "0123456789abcdef0123".into(),
+                container_id: "0123456789abcdef0123456789abcdef0123".into(),
                 ifname: "eth0".into(),
                 ips: vec!["10.89.1.2/24".parse().unwrap()],
                 mac: Some("0a:58:0a:59:01:02".into()),
@@ -330,7 +341,8 @@ CONTAINER     IFNAME  IPS           MAC                HOST IFNAME   PORTS
 0123456789ab  eth0    10.89.1.2/24  0a:58:0a:59:01:02  veth1a2b3c4d  127.0.0.1:8080->80/tcp
 ";
         assert_eq!(t, want);
-        assert!(inspect_text(&net(), true).contains("0123456789abcdef0123 "));
+        assert!(inspect_text(&net(), true).contains("0123456789abcdef0123456789abcdef0123 "));
+        assert_eq!(short_id("cnirs-pod-a"), "cnirs-pod-a", "names are never cut");
     }
 
     #[test]
@@ -360,7 +372,7 @@ CONTAINER     IFNAME  IPS           MAC                HOST IFNAME   PORTS
             assert!(v.get(k).is_some(), "{k} missing from {v}");
         }
         let a = &v["attachments"][0];
-        assert_eq!(a["containerId"], "0123456789abcdef0123");
+        assert_eq!(a["containerId"], "0123456789abcdef0123456789abcdef0123");
         assert_eq!(a["ips"][0], "10.89.1.2/24");
         assert_eq!(a["mac"], "0a:58:0a:59:01:02");
         let p = &a["ports"][0];
