@@ -342,7 +342,11 @@ CONTAINER     IFNAME  IPS           MAC                HOST IFNAME   PORTS
 ";
         assert_eq!(t, want);
         assert!(inspect_text(&net(), true).contains("0123456789abcdef0123456789abcdef0123 "));
-        assert_eq!(short_id("cnirs-pod-a"), "cnirs-pod-a", "names are never cut");
+        assert_eq!(
+            short_id("cnirs-pod-a"),
+            "cnirs-pod-a",
+            "names are never cut"
+        );
     }
 
     #[test]
