@@ -71,11 +71,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// List the networks known in this network namespace
-    #[command(long_about = "\
+    #[command(
+        long_about = "\
 List the networks known in this network namespace: one line per network with its bridge,
 how many attachments (container id + interface) it has, its subnets, and whether it is
 internal (internal-bridge: nothing in, nothing out) or isolated (isolation plugin).
-A network is known from the first ADD of one of our plugins until its last DEL or GC.")]
+A network is known from the first ADD of one of our plugins until its last DEL or GC.",
+        after_long_help = "\
+EXIT STATUS
+  0  listed (also when there is no network)
+  1  the state could not be read
+  2  usage error"
+    )]
     Ls {
         /// Print a JSON array of {name, bridge, attachments (count), subnets, internal,
         /// isolated}
@@ -83,13 +90,25 @@ A network is known from the first ADD of one of our plugins until its last DEL o
         json: bool,
     },
     /// Show one network: attachments, addresses, MACs, ports, and drift
-    #[command(long_about = "\
+    #[command(
+        long_about = "\
 Show one network: its bridge, subnets, internal/isolated/masquerade settings, every
 attachment (container id, interface name, addresses, MAC, host veth, published ports) and
 its drift: what the kernel is missing for it (the table inet cnirs or its rules, the
 network's set and map elements, the bridge, a pod's host veth). Drift is checked the way
 CNI CHECK and `cnirs reconcile --check` check it; `cnirs reconcile` repairs the table.
-An unknown network exits 1.")]
+An unknown network exits 1.",
+        after_long_help = "\
+EXIT STATUS
+  0  shown, with or without drift (`cnirs reconcile --check` is the yes/no test)
+  1  no such network in this namespace, or the state or kernel could not be read
+  2  usage error
+
+EXAMPLES
+  cnirs inspect frontend
+  cnirs inspect frontend --json | jq -r '.attachments[] | [.containerId, .ips[0]] | @tsv'
+  ip netns exec host1 cnirs inspect backend --no-trunc"
+    )]
     Inspect {
         /// The CNI network name (conflist `name`)
         network: String,
@@ -98,7 +117,7 @@ An unknown network exits 1.")]
         /// hostPort, containerPort, protocol, containerIP}]}]
         #[arg(long)]
         json: bool,
-        /// Show full container ids (human output shows 12 characters)
+        /// Show hex container ids whole (human output cuts them to 12 characters)
         #[arg(long)]
         no_trunc: bool,
     },
