@@ -61,6 +61,8 @@ install: build
 	for p in $(PLUGINS) $(TOOLS); do install -m 0755 $(BIN_DIR)/$$p $(DESTDIR)$(PREFIX)/$$p; done
 	install -D -m 0644 contrib/systemd/cnirs-reconcile.service \
 		$(DESTDIR)/etc/systemd/system/cnirs-reconcile.service
+	install -D -m 0644 contrib/systemd/cnirs-watch.service \
+		$(DESTDIR)/etc/systemd/system/cnirs-watch.service
 
 clean:
 	$(CARGO) clean

@@ -23,6 +23,7 @@ fn seal_message(bridge: &str, family: AddressFamily) -> RuleMessage {
     let mut m = RuleMessage::default();
     m.header.family = family;
     m.header.action = RuleAction::Unreachable;
+    m.header.table = 0;
     m.attributes
         .push(RuleAttribute::Priority(SEAL_RULE_PRIORITY));
     m.attributes
@@ -51,6 +52,7 @@ impl Netlink<'_> {
                 .rule()
                 .add()
                 .input_interface(bridge)
+                .table_id(0) // no table: the action decides
                 .priority(SEAL_RULE_PRIORITY)
                 .action(RuleAction::Unreachable);
             let res = if v6 {
