@@ -300,9 +300,20 @@ fn drift_after_a_flush_then_del_removes_the_attachment() {
         .stdout
         .clone();
     eprintln!("$ cnirs inspect front   # after nft flush ruleset\n{text}");
+    // Timings are printed, never asserted.
+    for _ in 0..3 {
+        let (i, l) = (cnirs(&net, &["inspect", "front"]), cnirs(&net, &["ls"]));
+        eprintln!("inspect (drifted) {:?}, ls {:?}", i.elapsed, l.elapsed);
+    }
     assert!(text.contains("missing: table inet cnirs"), "{text}");
 
     cnirs(&net, &["reconcile"]).assert_ok();
+    for _ in 0..3 {
+        eprintln!(
+            "inspect (healthy) {:?}",
+            cnirs(&net, &["inspect", "front"]).elapsed
+        );
+    }
     assert_eq!(
         inspect_json(&net, "front")["drift"],
         json!([]),
