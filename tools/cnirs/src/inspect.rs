@@ -8,8 +8,10 @@
 
 use std::{io::Write, process::ExitCode};
 
-use nftplan::{Firewall, NetworkView, NftBackend, NftCli, NftError, PortView, TABLE};
-use serde_json::{json, Value};
+use nftplan::{
+    Firewall, IfName, IpNetwork, NetworkView, NftBackend, NftCli, NftError, PortView, TABLE,
+};
+use serde::Serialize;
 
 use crate::reconcile::missing_rules;
 
@@ -63,8 +65,8 @@ fn out(s: &str) -> Result<(), InspectError> {
 fn list(json: bool) -> Result<String, InspectError> {
     let nets = Firewall::open()?.inventory()?;
     Ok(if json {
-        let v: Vec<Value> = nets.iter().map(ls_json).collect();
-        pretty(&Value::Array(v))
+        let rows: Vec<LsRow<'_>> = nets.iter().map(LsRow::from).collect();
+        pretty(&rows)
     } else {
         ls_table(&nets)
     })
@@ -79,13 +81,14 @@ fn show(name: &str, json: bool, no_trunc: bool) -> Result<String, InspectError> 
         .ok_or_else(|| InspectError::Unknown(name.to_owned()))?;
     net.drift = drift(&fw, &net)?;
     Ok(if json {
-        pretty(&serde_json::to_value(&net).unwrap_or(Value::Null))
+        pretty(&net)
     } else {
         inspect_text(&net, no_trunc)
     })
 }
 
-fn pretty(v: &Value) -> String {
+/// JSON in the struct's field order (`name` first), newline-terminated.
+fn pretty<T: Serialize + ?Sized>(v: &T) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     s
@@ -128,15 +131,29 @@ fn drift(fw: &Firewall, net: &NetworkView) -> Result<Vec<String>, InspectError> 
     Ok(out)
 }
 
-fn ls_json(n: &NetworkView) -> Value {
-    json!({
-        "name": n.name,
-        "bridge": n.bridge,
-        "attachments": n.attachments.len(),
-        "subnets": n.subnets,
-        "internal": n.internal,
-        "isolated": n.isolated,
-    })
+/// One element of `cnirs ls --json`.
+#[derive(Debug, Serialize)]
+struct LsRow<'a> {
+    name: &'a str,
+    bridge: Option<&'a IfName>,
+    /// How many attachments.
+    attachments: usize,
+    subnets: &'a [IpNetwork],
+    internal: bool,
+    isolated: bool,
+}
+
+impl<'a> From<&'a NetworkView> for LsRow<'a> {
+    fn from(n: &'a NetworkView) -> Self {
+        LsRow {
+            name: &n.name,
+            bridge: n.bridge.as_ref(),
+            attachments: n.attachments.len(),
+            subnets: &n.subnets,
+            internal: n.internal,
+            isolated: n.isolated,
+        }
+    }
 }
 
 fn yes_no(b: bool) -> String {
@@ -297,7 +314,8 @@ fn columns(rows: &[Vec<String>]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use nftplan::{AttachmentView, IfName, Protocol};
+    use nftplan::{AttachmentView, Protocol};
+    use serde_json::json;
 
     fn net() -> NetworkView {
         NetworkView {
@@ -363,7 +381,12 @@ CONTAINER     IFNAME  IPS           MAC                HOST IFNAME   PORTS
 
     #[test]
     fn inspect_json_has_the_documented_fields() {
-        let v = serde_json::to_value(net()).unwrap();
+        let text = pretty(&net());
+        assert!(
+            text.starts_with("{\n  \"name\": \"frontend\","),
+            "name first: {text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         for k in [
             "name",
             "bridge",
@@ -400,9 +423,15 @@ CONTAINER     IFNAME  IPS           MAC                HOST IFNAME   PORTS
             "NAME      BRIDGE     ATTACHMENTS  SUBNETS       INTERNAL  ISOLATED\n\
              frontend  cni-front  1            10.89.1.0/24  no        yes\n"
         );
-        let j = ls_json(&net());
-        assert_eq!(j["attachments"], 1);
-        assert_eq!(j["bridge"], "cni-front");
+        let n = net();
+        let j = pretty(&[LsRow::from(&n)]);
+        assert!(
+            j.starts_with("[\n  {\n    \"name\": \"frontend\","),
+            "name first: {j}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(j[0]["attachments"], 1);
+        assert_eq!(j[0]["bridge"], "cni-front");
     }
 
     #[test]
