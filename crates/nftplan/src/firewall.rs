@@ -10,7 +10,7 @@ use crate::{
     batch::{Batch, Elem},
     nsstate::{self, NetnsId},
     state::{AttRecord, Locked, NetRecord, PortOwner},
-    types::{Attachment, Feature, IfName, NetworkElems, PortMapping},
+    types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping},
     NftError,
 };
 
@@ -76,12 +76,24 @@ impl Firewall {
     /// Register a bridge attachment; the first one of the network adds its elements
     /// (`managed_br`, `same_br`, `internal_br`, `masq4/6`). No nft exec when nothing is new.
     pub fn attach_network(&self, a: &Attachment, n: &NetworkElems) -> Result<(), NftError> {
+        self.attach_network_pod(a, n, None)
+    }
+
+    /// [`Firewall::attach_network`], recording the pod side of the attachment (addresses,
+    /// MAC, host veth) in the same locked write, for `cnirs inspect`; DEL and GC drop it with
+    /// the attachment.
+    pub fn attach_network_pod(
+        &self,
+        a: &Attachment,
+        n: &NetworkElems,
+        pod: Option<PodIface>,
+    ) -> Result<(), NftError> {
         let own: Vec<Elem> = n
             .spoof_check
             .iter()
             .flat_map(|(port, mac)| Elem::spoof_check(port, mac).into_iter().flatten())
             .collect();
-        self.attach(Feature::Network, a, Elem::for_network(n), own)
+        self.attach(Feature::Network, a, Elem::for_network(n), own, pod)
     }
 
     /// Drop a bridge attachment; the last one of the network removes its elements.
@@ -111,6 +123,7 @@ impl Firewall {
                 bridge: bridge.clone(),
             }],
             Vec::new(),
+            None,
         )
     }
 
@@ -213,6 +226,7 @@ impl Firewall {
             elems: old.iter().chain(active.iter()).map(port_elem).collect(),
             pending: true,
             standby: standby.clone(),
+            pod: None,
         };
         record.elems.dedup();
         st.put_att(Feature::Portmap, &record)?;
@@ -344,6 +358,7 @@ impl Firewall {
                     elems: Vec::new(),
                     pending: false,
                     standby: Vec::new(),
+                    pod: None,
                 },
             )?;
         }
@@ -548,6 +563,7 @@ impl Firewall {
         a: &Attachment,
         elems: Vec<Elem>,
         own: Vec<Elem>,
+        pod: Option<PodIface>,
     ) -> Result<(), NftError> {
         let st = Locked::lock(&self.dir)?;
         let stale = self.stale_table(&st)?;
@@ -555,6 +571,8 @@ impl Firewall {
         // and what it may have put in the kernel, whatever happens next.
         let prior = st.att(feature, a)?;
         let created = prior.is_none();
+        let pod_changed = pod.is_some() && prior.as_ref().map(|r| &r.pod) != Some(&pod);
+        let pod = pod.or_else(|| prior.as_ref().and_then(|r| r.pod.clone()));
         let mut own_new: Vec<Elem> = match &prior {
             Some(r) if !r.pending => own
                 .iter()
@@ -564,7 +582,7 @@ impl Firewall {
             _ => own.clone(),
         };
         own_new.dedup();
-        if created || !own_new.is_empty() {
+        if created || !own_new.is_empty() || pod_changed {
             st.put_att(
                 feature,
                 &AttRecord {
@@ -572,6 +590,7 @@ impl Firewall {
                     elems: own.clone(),
                     pending: !own_new.is_empty(),
                     standby: Vec::new(),
+                    pod: pod.clone(),
                 },
             )?;
         }
@@ -638,6 +657,7 @@ impl Firewall {
                     elems: own,
                     pending: false,
                     standby: Vec::new(),
+                    pod,
                 },
             )?;
         }
@@ -795,7 +815,7 @@ impl Firewall {
 
     /// Which of `elems` are not in the kernel: one `get element` batch, and element by element
     /// only when that fails.
-    fn missing(&self, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
+    pub(crate) fn missing(&self, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
         let mut b = Batch::new();
         b.get(elems);
         if b.is_empty() || self.nft.apply(b.text()).is_ok() {

@@ -69,6 +69,7 @@ mod batch;
 mod error;
 mod firewall;
 mod foreign;
+mod inventory;
 pub mod nfnl;
 pub mod nsstate;
 mod state;
@@ -78,9 +79,10 @@ pub use backend::{NftBackend, NftCli, RecordingNft, TableProbe};
 pub use batch::{Batch, Elem, SKELETON, SKELETON_RULES, TABLE};
 pub use error::NftError;
 pub use firewall::{default_state_dir, missing_error, run_root, Firewall, DEFAULT_RUN_DIR};
+pub use inventory::{AttachmentView, NetworkView, PortView};
 pub use ipnetwork::IpNetwork;
 pub use nsstate::NetnsId;
-pub use types::{Attachment, Feature, IfName, NetworkElems, PortMapping, Protocol};
+pub use types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping, Protocol};
 
 #[cfg(test)]
 mod tests;

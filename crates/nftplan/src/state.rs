@@ -26,7 +26,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
     batch::Elem,
-    types::{Attachment, Feature, IfName, PortKey, PortMapping},
+    types::{Attachment, Feature, IfName, PodIface, PortKey, PortMapping},
     NftError,
 };
 
@@ -85,6 +85,9 @@ pub(crate) struct AttRecord {
     /// them over when that attachment goes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub standby: Vec<PortMapping>,
+    /// The pod side of a bridge attachment, as ADD left it (read by `cnirs inspect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodIface>,
 }
 
 /// One owner of a host port.

@@ -13,7 +13,7 @@ use netops::{
     BridgePortOpts, Family, Kernel, Link, NetNs, Netlink, NetopsError, RouteSpec, Side, SysctlKey,
     UndoLog, UndoOp, VethSpec,
 };
-use nftplan::{Attachment, Feature, Firewall, IfName, NetworkElems};
+use nftplan::{Attachment, Feature, Firewall, IfName, NetworkElems, PodIface};
 
 use crate::{
     config::{self, BridgeSpec, Mode},
@@ -155,7 +155,7 @@ fn apply(
         ensure_sysctl("net.ipv6.conf.all.forwarding")?;
     }
     // Last step, so nothing after it can fail and leave elements behind.
-    fw.attach_network(
+    fw.attach_network_pod(
         att,
         &NetworkElems {
             bridge: IfName::new(&plan.firewall.bridge)?,
@@ -167,6 +167,11 @@ fn apply(
                 _ => None,
             },
         },
+        Some(PodIface {
+            ips: plan.pod_addrs.clone(),
+            mac: pair.peer.mac.map(|m| mac_string(&m.0)),
+            host_ifname: IfName::new(&plan.host_veth).ok(),
+        }),
     )?;
     Ok(Observed {
         bridge_mac: br.link.mac.map(|m| mac_string(&m.0)).unwrap_or_default(),

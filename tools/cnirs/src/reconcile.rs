@@ -197,7 +197,7 @@ fn get_line(line: &str) -> Option<String> {
 
 /// Chains of the skeleton that are missing or hold fewer rules than the skeleton adds
 /// (`listing` is `nft -j list table inet cnirs`).
-fn missing_rules(listing: &str) -> Vec<String> {
+pub(crate) fn missing_rules(listing: &str) -> Vec<String> {
     let mut want: Vec<(&str, usize)> = Vec::new();
     let prefix = format!("add rule {TABLE} ");
     let chain_prefix = format!("add chain {TABLE} ");
