@@ -386,7 +386,7 @@ fn check_reports_a_dead_resolver_and_the_next_add_restarts_it() {
 
 #[test]
 #[ignore = "kernel test (root): run by make conformance"]
-fn names_that_are_not_dns_labels_are_refused_before_any_side_effect() {
+fn names_that_are_not_dns_labels_are_refused_before_any_side_effect_and_no_name_is_none() {
     let net = TestNet::new();
     let _guard = Resolvers {
         net: &net,
@@ -408,9 +408,59 @@ fn names_that_are_not_dns_labels_are_refused_before_any_side_effect() {
         assert!(net_dirs(&net).is_empty(), "{:?}", net_dirs(&net));
         net.cnitool(&conf).del(&p).assert_ok();
     }
-    // Without a name at all: refused too (podman always passes one).
-    let out = net.cnitool(&conf).add(&p);
-    assert_eq!(out.cni_error_code(), Some(4), "{out}");
+    // Without a name at all (nerdctl passes none): the pod gets the resolver, and is known
+    // by its aliases only.
+    let out = net
+        .cnitool(&conf)
+        .cap_args(json!({"aliases": {"dnd": ["anon"]}}))
+        .add(&p);
+    let r = out.assert_ok().json().clone();
+    assert_eq!(r["dns"]["nameservers"], json!(["10.213.54.1"]), "{r}");
+    assert_eq!(lookup(&p, "anon", "10.213.54.1"), addrs(&[&first_ip(&r)]));
     net.cnitool(&conf).del(&p).assert_ok();
+    assert!(net_dirs(&net).is_empty());
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn dual_stack_names_answer_a_and_aaaa_on_both_gateways() {
+    let net = TestNet::new();
+    let _guard = Resolvers {
+        net: &net,
+        upstream: None,
+    };
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let conf = json!({"cniVersion": "1.0.0", "name": "dn6", "plugins": [
+        {"type": "bridge", "bridge": "br-dn6", "isGateway": true,
+         "ipam": {"type": "host-local", "dataDir": net.data_dir(),
+                  "ranges": [[{"subnet": "10.213.55.0/24"}], [{"subnet": "fd00:213:55::/64"}]]}},
+        {"type": "dnsname", "domainName": DOMAIN}]});
+    let ta = net.cnitool(&conf).cni_args("K8S_POD_NAME=six");
+    let r = ta.add(&a).assert_ok().json().clone();
+    net.cnitool(&conf)
+        .cni_args("K8S_POD_NAME=client")
+        .add(&b)
+        .assert_ok();
+    assert_eq!(
+        r["dns"]["nameservers"],
+        json!(["10.213.55.1", "fd00:213:55::1"]),
+        "{r}"
+    );
+    let ips: Vec<&str> = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap())
+        .collect();
+    for server in ["10.213.55.1", "fd00:213:55::1"] {
+        assert_eq!(
+            lookup(&b, "six.dns.test", server),
+            addrs(&ips),
+            "A and AAAA through {server}"
+        );
+    }
+    ta.check(&a).assert_ok();
+    ta.del(&a).assert_ok();
+    net.cnitool(&conf).del(&b).assert_ok();
     assert!(net_dirs(&net).is_empty());
 }

@@ -2,7 +2,7 @@
 //!
 //! Chained after `bridge` or `internal-bridge`, with the keys of podman's dnsname plugin
 //! (`domainName`, capability `aliases`). ADD records the container's name (`K8S_POD_NAME` in
-//! `CNI_ARGS`, as podman passes it) and its aliases (`runtimeConfig.aliases[<network>]`) with
+//! `CNI_ARGS`, as podman and CRI runtimes pass it; none: no name of its own) and its aliases (`runtimeConfig.aliases[<network>]`) with
 //! the pod's addresses, makes sure the network's resolver runs on the gateway (see
 //! [`serve`]), and adds the gateway as `dns.nameservers` and `domainName` as `dns.search` to
 //! the result. DEL removes the entry (the last one stops the resolver), GC drops the entries
@@ -63,14 +63,14 @@ impl Spec {
     pub fn from_request(req: &Request) -> Result<Self, CniError> {
         let conf: Conf = req.parse_conf()?;
         let domain = domain_of(&conf)?;
-        let raw_name = req.args.get("K8S_POD_NAME").ok_or_else(|| {
-            CniError::env(
-                "CNI_ARGS",
-                "K8S_POD_NAME missing: dnsname needs the container's name (podman passes it)",
-            )
-        })?;
-        let name =
-            names::label(raw_name).map_err(|e| CniError::config("CNI_ARGS K8S_POD_NAME", e))?;
+        // Without a name (a runtime that passes none, e.g. nerdctl) the pod still gets the
+        // resolver, and answers to its aliases only.
+        let name = match req.args.get("K8S_POD_NAME") {
+            None | Some("") => String::new(),
+            Some(raw) => {
+                names::label(raw).map_err(|e| CniError::config("CNI_ARGS K8S_POD_NAME", e))?
+            }
+        };
         let mut aliases = Vec::new();
         if let Some(list) = conf.runtime_config.aliases.get(&req.conf.name) {
             for (i, a) in list.iter().enumerate() {

@@ -34,6 +34,7 @@ pub const DEFAULT_RUN_DIR: &str = "/run/cni-rs";
 pub struct Entry {
     pub container_id: String,
     pub ifname: String,
+    /// Empty when the runtime gave no name.
     pub name: String,
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -83,7 +84,10 @@ impl Entries {
     pub fn table(&self, domain: &str) -> BTreeMap<String, Vec<IpAddr>> {
         let mut t: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for e in &self.entries {
-            for n in std::iter::once(&e.name).chain(&e.aliases) {
+            for n in std::iter::once(&e.name)
+                .chain(&e.aliases)
+                .filter(|n| !n.is_empty())
+            {
                 let n = n.to_ascii_lowercase();
                 let qualified = if domain.is_empty() || n.ends_with(&format!(".{domain}")) {
                     None

@@ -72,7 +72,7 @@ fn result_puts_the_gateway_and_domain_first() {
 }
 
 #[test]
-fn bad_names_are_code_7_and_a_missing_name_code_4() {
+fn bad_names_are_code_7_and_a_missing_name_is_no_name() {
     let c = conf(json!({}));
     for bad in ["a.b", "-x", "has space", "ünï"] {
         let e = Spec::from_request(&req(&c, &format!("K8S_POD_NAME={bad}"))).unwrap_err();
@@ -87,8 +87,8 @@ fn bad_names_are_code_7_and_a_missing_name_code_4() {
     let e = Spec::from_request(&req(&c, "K8S_POD_NAME=a")).unwrap_err();
     assert_eq!(e.code(), 7);
     assert!(e.msg.contains("domainName"), "{e}");
-    let e = Spec::from_request(&req(&conf(json!({})), "")).unwrap_err();
-    assert_eq!(e.code(), 4);
+    let s = Spec::from_request(&req(&conf(json!({})), "IgnoreUnknown=1")).unwrap();
+    assert_eq!(s.entry.name, "");
 }
 
 #[test]
