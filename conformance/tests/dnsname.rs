@@ -243,6 +243,27 @@ fn names_and_aliases_resolve_other_names_are_forwarded_and_del_removes_them() {
         "upstream's NXDOMAIN passed on"
     );
 
+    // A network with `forward: false` (for an internal network) answers its own names and
+    // refuses the rest: DNS is no way out of it.
+    let mut sealed = conflist(&net, "dn1i", "br-dn1i", "10.213.56.0/24");
+    sealed["plugins"][1]["forward"] = json!(false);
+    let inner = net.pod("inner");
+    let r_inner = net
+        .cnitool(&sealed)
+        .env("CNIRS_DNS_RESOLV_CONF", &rc)
+        .cni_args("K8S_POD_NAME=inner")
+        .add(&inner)
+        .assert_ok()
+        .json()
+        .clone();
+    let gw_i = "10.213.56.1";
+    assert_eq!(lookup(&inner, "inner", gw_i), addrs(&[&first_ip(&r_inner)]));
+    match lookup(&inner, FAR_NAME, gw_i) {
+        Answer::Nothing(text) => assert!(text.contains("REFUSED"), "{text}"),
+        other => panic!("forward: false still forwarded: {other:?}"),
+    }
+    net.cnitool(&sealed).del(&inner).assert_ok();
+
     // CHECK passes for both; the resolver is one process for the network.
     net.cnitool(&conf)
         .env("CNIRS_DNS_RESOLV_CONF", &rc)

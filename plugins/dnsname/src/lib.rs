@@ -32,6 +32,9 @@ pub struct DnsName;
 #[serde(rename_all = "camelCase")]
 struct Conf {
     domain_name: Option<String>,
+    /// Forward other names to the host's resolvers (default true). `false` for an
+    /// internal network: its pods then cannot use DNS as a way out.
+    forward: Option<bool>,
     #[serde(default)]
     runtime_config: RuntimeConfig,
 }
@@ -51,6 +54,7 @@ pub struct Spec {
     pub entry: Entry,
     pub bridge: String,
     pub gateways: Vec<IpAddr>,
+    pub forward: bool,
 }
 
 /// `domainName`, defaulting to podman's, as a validated lower-case name.
@@ -119,6 +123,7 @@ impl Spec {
             },
             bridge,
             gateways,
+            forward: conf.forward.unwrap_or(true),
         })
     }
 
@@ -136,7 +141,7 @@ impl Spec {
             port: 53,
             device: Some(self.bridge.clone()),
             resolv_conf,
-            forward: true,
+            forward: self.forward,
         }
     }
 

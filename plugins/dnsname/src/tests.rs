@@ -53,6 +53,7 @@ fn spec_takes_name_aliases_gateways_and_bridge() {
     assert_eq!(s.entry.ips.len(), 2);
     assert_eq!(s.domain, "dns.podman");
     let cfg = s.daemon_config();
+    assert!(cfg.forward, "forwarding is the default");
     assert_eq!(cfg.device.as_deref(), Some("cni-podman1"));
     assert_eq!(cfg.port, 53);
 }
@@ -113,4 +114,11 @@ fn needs_a_bridge_and_a_gateway_in_prev_result() {
             .code(),
         7
     );
+}
+
+#[test]
+fn forward_false_reaches_the_resolver_config() {
+    let c = conf(json!({"forward": false}));
+    let s = Spec::from_request(&req(&c, "K8S_POD_NAME=a")).unwrap();
+    assert!(!s.daemon_config().forward);
 }
