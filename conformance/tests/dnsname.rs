@@ -485,3 +485,35 @@ fn dual_stack_names_answer_a_and_aaaa_on_both_gateways() {
     net.cnitool(&conf).del(&b).assert_ok();
     assert!(net_dirs(&net).is_empty());
 }
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn a_bridge_made_again_gets_a_resolver_on_the_new_bridge() {
+    let net = TestNet::new();
+    let _guard = Resolvers {
+        net: &net,
+        upstream: None,
+    };
+    let (p1, p2) = (net.pod("p1"), net.pod("p2"));
+    let conf = conflist(&net, "dne", "br-dne", "10.213.57.0/24");
+    let gw = "10.213.57.1";
+    let t1 = net.cnitool(&conf).cni_args("K8S_POD_NAME=one");
+    t1.add(&p1).assert_ok();
+    let dir = net_dir(&net, "dne").unwrap();
+    let pid = resolver_pid(&dir).unwrap();
+    // An admin (or a flush) deletes the bridge: the resolver's sockets are bound to it.
+    net.host().ip(&["link", "del", "br-dne"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "resolver {pid} outlived its bridge");
+    // The next ADD makes the bridge again and a resolver on it.
+    let t2 = net.cnitool(&conf).cni_args("K8S_POD_NAME=two");
+    let r2 = t2.add(&p2).assert_ok().json().clone();
+    assert!(resolver_pid(&dir).is_some_and(|p| p != pid));
+    assert_eq!(lookup(&p2, "two", gw), addrs(&[&first_ip(&r2)]));
+    t1.del(&p1).assert_ok();
+    t2.del(&p2).assert_ok();
+    assert!(net_dirs(&net).is_empty());
+}

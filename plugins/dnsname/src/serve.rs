@@ -9,7 +9,8 @@
 //! - Forwards every other name to the resolvers of `resolv_conf` (hickory-resolver).
 //! - Re-reads `entries.json` when its identity (inode, size, mtime) changed, checked before
 //!   each answer, so an answer never lags a finished ADD or DEL; SIGHUP also re-reads it and
-//!   the upstreams. Exits on SIGTERM/SIGINT, and when its directory is gone.
+//!   the upstreams. Exits on SIGTERM/SIGINT, when its directory is gone, and when its bridge
+//!   is gone or was made again (checked every second).
 
 use std::{
     collections::BTreeMap,
@@ -371,6 +372,11 @@ async fn run(dir: NetDir, cfg: DaemonConfig) -> Result<(), ServeError> {
         cfg.port,
         cfg.device
     );
+    // A bridge deleted and made again has another ifindex: our sockets stay bound to the old
+    // one and would never see a packet. Exit then: CHECK reports the resolver down and the
+    // next ADD starts a new one on the new bridge.
+    let ifindex = |dev: &str| nix::net::if_::if_nametoindex(dev).ok();
+    let device_index = cfg.device.as_deref().map(ifindex);
     ready()?;
 
     let mut hup = signal(SignalKind::hangup()).map_err(io("SIGHUP handler"))?;
@@ -389,6 +395,12 @@ async fn run(dir: NetDir, cfg: DaemonConfig) -> Result<(), ServeError> {
                 if !dir.exists() {
                     log::info!("{} is gone: exiting", dir.path().display());
                     break;
+                }
+                if let (Some(dev), Some(before)) = (cfg.device.as_deref(), device_index) {
+                    if ifindex(dev) != before {
+                        log::warn!("bridge {dev} is gone or was made again: exiting");
+                        break;
+                    }
                 }
             }
         }
