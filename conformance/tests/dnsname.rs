@@ -517,3 +517,49 @@ fn a_bridge_made_again_gets_a_resolver_on_the_new_bridge() {
     t2.del(&p2).assert_ok();
     assert!(net_dirs(&net).is_empty());
 }
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn parallel_adds_and_dels_share_one_resolver() {
+    let net = TestNet::new();
+    let _guard = Resolvers {
+        net: &net,
+        upstream: None,
+    };
+    let conf = conflist(&net, "dnp", "br-dnp", "10.213.58.0/24");
+    let gw = "10.213.58.1";
+    let pods: Vec<Netns> = (0..8).map(|i| net.pod(&format!("q{i}"))).collect();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (net, conf) = (&net, &conf);
+                s.spawn(move || {
+                    net.cnitool(conf)
+                        .cni_args(&format!("K8S_POD_NAME=q{i}"))
+                        .add(p)
+                        .assert_ok()
+                        .json()
+                        .clone()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let dir = net_dir(&net, "dnp").unwrap();
+    assert!(resolver_pid(&dir).is_some());
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(
+            lookup(&pods[0], &format!("q{i}"), gw),
+            addrs(&[&first_ip(r)])
+        );
+    }
+    std::thread::scope(|s| {
+        for p in &pods {
+            let (net, conf) = (&net, &conf);
+            s.spawn(move || net.cnitool(conf).del(p).assert_ok().code);
+        }
+    });
+    assert!(net_dirs(&net).is_empty(), "{:?}", net_dirs(&net));
+}
