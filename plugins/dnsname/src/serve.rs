@@ -334,8 +334,11 @@ pub fn serve(dir: &Path) -> Result<(), ServeError> {
         .mode(0o600)
         .open(&lock_path)
         .map_err(io(format!("opening {}", lock_path.display())))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+    let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| ServeError::Busy(lock_path.clone()))?;
+    // Never unlocked by us: the kernel drops the lock when the process exits, so "the lock is
+    // free" means "the resolver is gone", not "it is on its way out".
+    std::mem::forget(lock);
     let pid_path = dir.file("pid");
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(io(format!("writing {}", pid_path.display())))?;
