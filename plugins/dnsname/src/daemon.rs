@@ -101,6 +101,8 @@ fn start(dir: &NetDir, network: &str) -> Result<(), CniError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
+        // Not the runtime's cwd: a long-lived process would pin whatever that is.
+        .current_dir("/")
         .env_remove("CNI_COMMAND")
         // stderr is the log file already; info by default: start, stop and reloads.
         .env_remove("CNIRS_LOG_FILE")
