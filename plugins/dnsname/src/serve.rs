@@ -351,10 +351,15 @@ pub fn serve(dir: &Path) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(io("tokio runtime"))?;
-    rt.block_on(run(dir, cfg))
+    rt.block_on(run(dir, cfg, ready))
 }
 
-async fn run(dir: NetDir, cfg: DaemonConfig) -> Result<(), ServeError> {
+/// The resolver's loop: binds, calls `on_ready`, serves until told to stop.
+async fn run(
+    dir: NetDir,
+    cfg: DaemonConfig,
+    on_ready: impl FnOnce() -> Result<(), ServeError>,
+) -> Result<(), ServeError> {
     let state = Arc::new(State::new(&dir, &cfg));
     let mut server = Server::new(Handler(state.clone()));
     for ip in &cfg.listen {
@@ -380,7 +385,7 @@ async fn run(dir: NetDir, cfg: DaemonConfig) -> Result<(), ServeError> {
     // next ADD starts a new one on the new bridge.
     let ifindex = |dev: &str| nix::net::if_::if_nametoindex(dev).ok();
     let device_index = cfg.device.as_deref().map(ifindex);
-    ready()?;
+    on_ready()?;
 
     let mut hup = signal(SignalKind::hangup()).map_err(io("SIGHUP handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
@@ -428,4 +433,131 @@ fn ready() -> Result<(), ServeError> {
         source: e.into(),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The resolver on 127.0.0.1 (no device binding, no root): what it answers, and that a
+    //! change of its entries file shows in the next answer.
+
+    use std::net::UdpSocket;
+
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::Name;
+
+    use super::*;
+    use crate::store::Entry;
+
+    fn query(port: u16, name: &str, qtype: RecordType) -> Message {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(&m.to_vec().unwrap(), ("127.0.0.1", port))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let n = s.recv(&mut buf).unwrap();
+        Message::from_vec(&buf[..n]).unwrap()
+    }
+
+    fn ips(m: &Message) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::A(a) => a.0.to_string(),
+                RData::AAAA(a) => a.0.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn answers_names_aliases_and_nxdomain_and_follows_the_entries_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = NetDir::at(tmp.path().join("n"));
+        let _l = dir.lock(true).unwrap();
+        // A port of our own: bind 0, read it, free it (the resolver binds it right after).
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = DaemonConfig {
+            network: "n".into(),
+            domain: "dns.test".into(),
+            listen: vec!["127.0.0.1".parse().unwrap()],
+            port,
+            device: None,
+            resolv_conf: "/nonexistent".into(),
+            forward: false,
+        };
+        let entry = |id: &str, name: &str, ip: &str| Entry {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            name: name.into(),
+            aliases: vec!["db".into()],
+            ips: vec![ip.parse().unwrap(), "fd00::2".parse().unwrap()],
+        };
+        let mut entries = Entries::default();
+        entries.upsert(entry("c1", "api", "10.0.0.2"));
+        dir.write_entries(&entries).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = {
+            let (dir, cfg) = (dir.clone(), cfg.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(run(dir, cfg, move || {
+                    tx.send(()).unwrap();
+                    Ok(())
+                }))
+            })
+        };
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+        let a = query(port, "API.dns.test.", RecordType::A);
+        assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+        assert!(a.metadata.authoritative);
+        assert_eq!(ips(&a), ["10.0.0.2"]);
+        assert_eq!(ips(&query(port, "api.", RecordType::AAAA)), ["fd00::2"]);
+        assert_eq!(
+            ips(&query(port, "db.dns.test.", RecordType::A)),
+            ["10.0.0.2"]
+        );
+        let mx = query(port, "api.dns.test.", RecordType::MX);
+        assert_eq!(mx.metadata.response_code, ResponseCode::NoError);
+        assert!(mx.answers.is_empty());
+        for nx in ["web.dns.test.", "web."] {
+            assert_eq!(
+                query(port, nx, RecordType::A).metadata.response_code,
+                ResponseCode::NXDomain,
+                "{nx}"
+            );
+        }
+        // forward: false -> the rest is refused.
+        assert_eq!(
+            query(port, "example.org.", RecordType::A)
+                .metadata
+                .response_code,
+            ResponseCode::Refused
+        );
+        // A new entry answers at once (no signal: the file changed), a removed one is gone.
+        entries.upsert(entry("c2", "web", "10.0.0.3"));
+        entries.remove("c1", "eth0");
+        dir.write_entries(&entries).unwrap();
+        assert_eq!(ips(&query(port, "web.", RecordType::A)), ["10.0.0.3"]);
+        assert_eq!(
+            query(port, "api.", RecordType::A).metadata.response_code,
+            ResponseCode::NXDomain
+        );
+        // The resolver exits when its directory goes.
+        dir.remove().unwrap();
+        server.join().unwrap().unwrap();
+    }
 }
