@@ -1,6 +1,8 @@
 //! The etcd client (crates/etcd) against a real etcd 3.4 started by the test: one shared
 //! single-member cluster for the API (a key prefix per test), a 3-member one for failover.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use std::time::Duration;
 
 use conformance::etcd::EtcdCluster;
