@@ -191,3 +191,40 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
     )
     .assert_ok();
 }
+
+#[test]
+#[ignore]
+fn a_full_range_takes_back_what_a_node_held_once_its_leased_host_key_is_gone() {
+    let cluster = EtcdCluster::local(1);
+    let c = cluster.client();
+    // A /29: 5 addresses. Node "gone" takes them all while its agent's key is alive.
+    let conf = json!({"cniVersion": "1.1.0", "name": "dead", "type": "etcd-ipam",
+        "ipam": {"type": "etcd-ipam", "etcdEndpoints": cluster.endpoints(), "etcdPrefix": "/t3",
+                 "ranges": [[{"subnet": "10.213.9.0/29"}]]}});
+    let lease = c.lease_grant(60).unwrap();
+    c.put("/t3/hosts/gone", r#"{"vtep":"10.240.0.9"}"#, Some(lease))
+        .unwrap();
+    c.put("/t3/hosts/alive", r#"{"vtep":"10.240.0.1"}"#, None)
+        .unwrap();
+    for i in 0..5 {
+        call("ADD", &conf, "gone", &format!("g{i}")).assert_ok();
+    }
+    let full = call("ADD", &conf, "alive", "a0");
+    assert_eq!(full.cni_error_code(), Some(104), "{full}");
+    // The host dies: its lease ends (revoked here rather than waited for).
+    c.lease_revoke(lease).unwrap();
+    assert!(c.get("/t3/hosts/gone").unwrap().is_none());
+    let out = call("ADD", &conf, "alive", "a0");
+    out.assert_ok();
+    let ips = c.range_prefix("/t3/ipam/dead/ips/").unwrap().0;
+    assert_eq!(ips.len(), 1, "the dead node's 5 addresses went, ours came");
+    let rec: Value = serde_json::from_slice(&ips[0].value).unwrap();
+    assert_eq!(rec["node"], "alive");
+    assert!(
+        c.range_prefix("/t3/ipam/dead/blocks/")
+            .unwrap()
+            .0
+            .is_empty(),
+        "its block went too"
+    );
+}
