@@ -27,7 +27,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{nfnl::Nfnl, NftError};
+use crate::NftError;
 
 /// The identity of a network namespace: its nsfs inode (reused) and cookie (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +44,9 @@ impl NetnsId {
         // thread-self, not self: a thread that entered another netns with setns sees its own.
         let ns = Path::new("/proc/thread-self/ns/net");
         let inode = fs::metadata(ns).map_err(|e| NftError::io(ns, e))?.ino();
-        let cookie = Nfnl::open()
-            .and_then(|s| s.netns_cookie())
+        // Any socket will do (an unbound AF_UNIX one needs no module and no privilege).
+        let cookie = std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| crate::nfnl::netns_cookie_of(std::os::fd::AsRawFd::as_raw_fd(&s)))
             .map_err(|source| NftError::Netlink {
                 what: "SO_NETNS_COOKIE (Linux 5.14 or later)",
                 source,
