@@ -21,8 +21,8 @@ pub enum NetopsError {
     Runtime(io::Error),
     #[error("open netlink socket in {netns}: {source}")]
     Connection { netns: String, source: io::Error },
-    #[error("invalid interface name {name:?}: {reason}")]
-    InvalidIfName { name: String, reason: &'static str },
+    #[error(transparent)]
+    InvalidIfName(#[from] netbase::InvalidIfName),
     #[error("invalid sysctl key {key:?}: {reason}")]
     InvalidSysctlKey { key: String, reason: &'static str },
     #[error("sysctl {key} in {netns}: {source}")]
@@ -124,7 +124,7 @@ impl NetopsError {
             | Self::Route { source, .. }
             | Self::Dump { source, .. } => netlink_errno(source),
             Self::NotANetns { .. }
-            | Self::InvalidIfName { .. }
+            | Self::InvalidIfName(_)
             | Self::InvalidSysctlKey { .. }
             | Self::NotABridge { .. }
             | Self::InvalidRoute { .. }
@@ -180,7 +180,7 @@ impl From<NetopsError> for cni_core::CniError {
             NetopsError::NetnsNotFound { .. } | NetopsError::NotANetns { .. } => {
                 return cni_core::CniError::env("CNI_NETNS", e.to_string())
             }
-            NetopsError::InvalidIfName { .. } => C::InvalidEnvironment,
+            NetopsError::InvalidIfName(_) => C::InvalidEnvironment,
             NetopsError::InvalidSysctlKey { .. }
             | NetopsError::NotABridge { .. }
             | NetopsError::InvalidRoute { .. }

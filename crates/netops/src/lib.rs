@@ -59,47 +59,9 @@ pub use types::{
 };
 pub use undo::{Side, UndoLog, UndoOp};
 
-/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
-pub const IFNAMSIZ_MAX: usize = 15;
+pub use netbase::{IfName, InvalidIfName, IFNAMSIZ_MAX};
 
-/// Check an interface name as the kernel's `dev_valid_name` does: 1..=15
-/// bytes, not `.` or `..`, no `/`, `:` or whitespace.
+/// Check an interface name with the suite's one rule ([`IfName`]).
 pub fn validate_ifname(name: &str) -> Result<(), NetopsError> {
-    let bad = |reason| {
-        Err(NetopsError::InvalidIfName {
-            name: name.to_string(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("empty");
-    }
-    if name.len() > IFNAMSIZ_MAX {
-        return bad("longer than 15 bytes");
-    }
-    if name == "." || name == ".." {
-        return bad("'.' or '..'");
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
-    {
-        return bad("contains '/', ':', NUL or whitespace");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ifname_edges() {
-        assert!(validate_ifname("abcdefghijklmno").is_ok()); // 15
-        assert!(validate_ifname("abcdefghijklmnop").is_err()); // 16
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\tb"] {
-            assert!(validate_ifname(bad).is_err(), "{bad:?}");
-        }
-        assert!(validate_ifname("br.100").is_ok());
-    }
+    IfName::new(name).map(drop).map_err(NetopsError::from)
 }

@@ -55,6 +55,12 @@ pub enum NftError {
         /// Why.
         reason: &'static str,
     },
+    /// An interface name refused by the suite's one rule.
+    #[error(transparent)]
+    IfName(#[from] netbase::InvalidIfName),
+    /// A port protocol other than tcp, udp or sctp.
+    #[error(transparent)]
+    Protocol(#[from] netbase::InvalidProtocol),
     /// CHECK of an attachment the state does not know.
     #[error("no {feature} attachment {attachment} in firewall state")]
     NotAttached {
@@ -80,7 +86,9 @@ impl From<NftError> for cni_core::CniError {
         use cni_core::ErrorCode as C;
         let code = match &e {
             NftError::Conflict { .. } => C::Conflict,
-            NftError::Invalid { .. } => C::InvalidConfig,
+            NftError::Invalid { .. } | NftError::IfName(_) | NftError::Protocol(_) => {
+                C::InvalidConfig
+            }
             NftError::NotAttached { .. } => C::CheckFailed,
             NftError::Io { .. } | NftError::State { .. } => C::Io,
             NftError::Nft { .. } | NftError::Spawn { .. } => C::Firewall,

@@ -19,7 +19,7 @@ pub struct Plan {
     pub host_veth: String,
     pub pod_ifname: String,
     pub mtu: Option<u32>,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<cni_core::MacAddr>,
     pub hairpin: bool,
     pub port_isolation: bool,
     pub macspoofchk: bool,
@@ -164,7 +164,7 @@ pub fn build(spec: &BridgeSpec, req: &Request, ipam: &CniResult) -> Result<Plan,
         Vec::new()
     };
     Ok(Plan {
-        bridge: spec.bridge.clone(),
+        bridge: spec.bridge.to_string(),
         bridge_mtu: spec.mtu,
         promisc: spec.promisc,
         host_veth: host_veth_name(&req.conf.name, &req.container_id, &req.ifname),
@@ -182,7 +182,7 @@ pub fn build(spec: &BridgeSpec, req: &Request, ipam: &CniResult) -> Result<Plan,
         forward_v4: spec.is_gateway && has_v4,
         forward_v6: spec.is_gateway && has_v6,
         firewall: FirewallNeeds {
-            bridge: spec.bridge.clone(),
+            bridge: spec.bridge.to_string(),
             masq,
             subnets,
             internal: spec.mode == Mode::Internal,
@@ -247,13 +247,6 @@ impl Plan {
     }
 }
 
-pub fn mac_string(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,13 +280,5 @@ mod tests {
             interface: None,
         };
         assert_eq!(gateway_for(&ip6), Some("fd00:4::1".parse().unwrap()));
-    }
-
-    #[test]
-    fn mac_format() {
-        assert_eq!(
-            mac_string(&[0x0a, 0x58, 0, 1, 0xff, 0x10]),
-            "0a:58:00:01:ff:10"
-        );
     }
 }

@@ -100,6 +100,8 @@ fn bad_values_name_their_field() {
         (r#""mtu":10"#, "mtu"),
         (r#""bridge":"a-very-long-bridge-name""#, "bridge"),
         (r#""bridge":"a/b""#, "bridge"),
+        (r#""bridge":"br\"x""#, "bridge"),
+        (r#""bridge":"brü""#, "bridge"),
         (r#""vlan":5000"#, "vlan"),
         (r#""macspoofchk":"yes""#, "macspoofchk"),
         (r#""promiscMode":true"#, "hairpinMode"),

@@ -13,11 +13,11 @@ use netops::{
     BridgePortOpts, Family, Kernel, Link, NetNs, Netlink, NetopsError, RouteSpec, Side, SysctlKey,
     UndoLog, UndoOp, VethSpec,
 };
-use nftplan::{Attachment, Feature, Firewall, IfName, NetworkElems};
+use nftplan::{Attachment, Feature, Firewall, IfName, NetworkElems, NftError};
 
 use crate::{
     config::{self, BridgeSpec, Mode},
-    plan::{self, mac_string, Observed, Plan},
+    plan::{self, Observed, Plan},
 };
 
 fn check_failed(msg: String) -> CniError {
@@ -98,7 +98,7 @@ fn apply(
             host_name: plan.host_veth.clone(),
             peer_name: plan.pod_ifname.clone(),
             mtu: plan.mtu,
-            peer_mac: plan.mac.map(netops::MacAddr),
+            peer_mac: plan.mac,
             up: true,
         },
         pod,
@@ -142,42 +142,35 @@ fn apply(
         }
     }
     if plan.forward_v4 {
-        ensure_sysctl("net.ipv4.ip_forward")?;
+        netops::sysctl::ensure_one(&SysctlKey::parse("net.ipv4.ip_forward")?)?;
     }
     if plan.forward_v6 {
-        ensure_sysctl("net.ipv6.conf.all.forwarding")?;
+        netops::sysctl::ensure_one(&SysctlKey::parse("net.ipv6.conf.all.forwarding")?)?;
     }
     // Last step, so nothing after it can fail and leave elements behind.
     fw.attach_network(
         att,
         &NetworkElems {
-            bridge: IfName::new(&plan.firewall.bridge)?,
+            bridge: IfName::new(&plan.firewall.bridge).map_err(NftError::from)?,
             masq: plan.firewall.masq.clone(),
             subnets: plan.firewall.subnets.clone(),
             internal: plan.firewall.internal,
             spoof_check: match (plan.macspoofchk, pair.peer.mac) {
-                (true, Some(mac)) => Some((IfName::new(&plan.host_veth)?, mac_string(&mac.0))),
+                (true, Some(mac)) => Some((
+                    IfName::new(&plan.host_veth).map_err(NftError::from)?,
+                    mac.to_string(),
+                )),
                 _ => None,
             },
         },
     )?;
     Ok(Observed {
-        bridge_mac: br.link.mac.map(|m| mac_string(&m.0)).unwrap_or_default(),
-        host_mac: pair.host.mac.map(|m| mac_string(&m.0)).unwrap_or_default(),
-        pod_mac: pair.peer.mac.map(|m| mac_string(&m.0)).unwrap_or_default(),
+        bridge_mac: br.link.mac.map(|m| m.to_string()).unwrap_or_default(),
+        host_mac: pair.host.mac.map(|m| m.to_string()).unwrap_or_default(),
+        pod_mac: pair.peer.mac.map(|m| m.to_string()).unwrap_or_default(),
         pod_mtu: Some(pair.peer.mtu),
         skipped_routes,
     })
-}
-
-/// Set a host sysctl to 1 unless it already is (a read is cheaper than a write that may
-/// trigger work in the kernel, and most calls find it set).
-fn ensure_sysctl(key: &str) -> Result<(), CniError> {
-    let k = SysctlKey::parse(key)?;
-    if netops::sysctl::read(&k)?.trim() != "1" {
-        netops::sysctl::write(&k, "1")?;
-    }
-    Ok(())
 }
 
 /// The gateway addresses on the bridge, with the reference's `forceAddress` semantics: one
@@ -307,7 +300,7 @@ fn check_pod_link(
 ) -> Result<(), CniError> {
     if let Some(i) = prev.sandbox_interface(&req.ifname) {
         let want = &prev.interfaces[i].mac;
-        let have = link.mac.map(|m| mac_string(&m.0)).unwrap_or_default();
+        let have = link.mac.map(|m| m.to_string()).unwrap_or_default();
         if !want.is_empty() && !want.eq_ignore_ascii_case(&have) {
             return Err(check_failed(format!(
                 "interface {} has MAC {have}, the result says {want}",
@@ -364,7 +357,7 @@ fn check_host_side(
     let veth = prev
         .interfaces
         .iter()
-        .find(|i| i.sandbox.is_empty() && i.name != spec.bridge)
+        .find(|i| i.sandbox.is_empty() && i.name != spec.bridge.as_str())
         .map(|i| i.name.clone())
         .unwrap_or_else(|| plan::host_veth_name(&req.conf.name, &req.container_id, &req.ifname));
     let hv = host

@@ -77,7 +77,7 @@ impl Plugin for Firewall {
                 "no container addresses to let through",
             ));
         }
-        let bridge = isolation_plugin::bridge_of(&prev)?;
+        let bridge = prev.bridge()?;
         let fw = nftplan::Firewall::open()?;
         let att = Attachment::of(req)?;
         fw.attach_forward(&att, &bridge)?;
@@ -99,7 +99,7 @@ impl Plugin for Firewall {
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let ingress = parse(req)?;
         let prev = req.require_prev_result()?;
-        isolation_plugin::bridge_of(&prev)?;
+        prev.bridge()?;
         if ingress == Ingress::Open {
             return Ok(());
         }

@@ -5,26 +5,9 @@
 //! per network: one set element per network.
 
 use cni_core::{CniError, CniResult, Plugin, Request};
-use nftplan::{Attachment, Feature, Firewall, IfName};
+use nftplan::{Attachment, Feature, Firewall};
 
 pub struct Isolation;
-
-/// The host-side bridge the pod hangs off: the first host interface of the previous result
-/// (`bridge` and `internal-bridge` list the bridge first, like the reference bridge plugin).
-pub fn bridge_of(prev: &CniResult) -> Result<IfName, CniError> {
-    let name = prev
-        .interfaces
-        .iter()
-        .find(|i| i.sandbox.is_empty())
-        .map(|i| i.name.as_str())
-        .ok_or_else(|| {
-            CniError::config(
-                "prevResult.interfaces",
-                "no host-side interface: isolation must follow bridge or internal-bridge",
-            )
-        })?;
-    Ok(IfName::new(name)?)
-}
 
 impl Plugin for Isolation {
     fn name(&self) -> &'static str {
@@ -33,7 +16,7 @@ impl Plugin for Isolation {
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let prev = req.require_prev_result()?;
-        let bridge = bridge_of(&prev)?;
+        let bridge = prev.bridge()?;
         Firewall::open()?.attach_isolation(&Attachment::of(req)?, &bridge)?;
         Ok(prev)
     }
@@ -44,7 +27,7 @@ impl Plugin for Isolation {
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let prev = req.require_prev_result()?;
-        bridge_of(&prev)?;
+        prev.bridge()?;
         let att = Attachment::of(req)?;
         let missing = Firewall::open()?.check_isolation(&att)?;
         nftplan::missing_error("isolation elements", &att, &missing)
@@ -62,9 +45,9 @@ mod tests {
     #[test]
     fn bridge_comes_from_the_first_host_interface() {
         let prev = CniResult::from_json(&serde_json_value(), "prevResult").unwrap();
-        assert_eq!(bridge_of(&prev).unwrap().as_str(), "br-a");
+        assert_eq!(prev.bridge().unwrap().as_str(), "br-a");
         let none = CniResult::default();
-        assert_eq!(bridge_of(&none).unwrap_err().code(), 7);
+        assert_eq!(none.bridge().unwrap_err().code(), 7);
     }
 
     fn serde_json_value() -> serde_json::Value {

@@ -18,11 +18,7 @@ fn to_nft(d: &Dnat) -> PortMapping {
     PortMapping {
         host_ip: d.host_ip,
         host_port: d.host_port,
-        protocol: match d.protocol {
-            Protocol::Tcp => nftplan::Protocol::Tcp,
-            Protocol::Udp => nftplan::Protocol::Udp,
-            Protocol::Sctp => nftplan::Protocol::Sctp,
-        },
+        protocol: d.protocol,
         container_ip: d.container_ip,
         container_port: d.container_port,
     }
@@ -32,10 +28,7 @@ fn to_nft(d: &Dnat) -> PortMapping {
 /// bridge, which the kernel only allows with `route_localnet` on it. The firewall table
 /// masquerades them and drops 127/8 arriving from anywhere but lo.
 fn enable_route_localnet(bridge: &str) -> Result<(), CniError> {
-    let key = netops::SysctlKey::conf("ipv4", bridge, "route_localnet")?;
-    if netops::sysctl::read(&key)?.trim() != "1" {
-        netops::sysctl::write(&key, "1")?;
-    }
+    netops::sysctl::ensure_one(&netops::SysctlKey::conf("ipv4", bridge, "route_localnet")?)?;
     Ok(())
 }
 
@@ -78,9 +71,9 @@ impl Plugin for Portmap {
             return Ok(prev);
         }
         if dnats.iter().any(reaches_loopback) {
-            match config::bridge_of(&prev) {
-                Some(br) => enable_route_localnet(br)?,
-                None => log::info!(
+            match prev.bridge() {
+                Ok(br) => enable_route_localnet(&br)?,
+                Err(_) => log::info!(
                     "{}: no host interface in prevResult: 127.0.0.1 not published",
                     req.tag()
                 ),

@@ -21,7 +21,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use log::{LevelFilter, Log, Metadata, Record};
 use nftplan::{Firewall, NftBackend, NftCli, NftError, SKELETON, TABLE};
 use serde_json::Value;
 
@@ -58,7 +57,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
 }
 
 fn main() -> ExitCode {
-    init_log();
+    netbase::logging::init_with_default("cnirs-reconcile", log::LevelFilter::Info);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match parse_args(&args) {
         Ok(Mode::Help) => {
@@ -230,45 +229,6 @@ fn missing_rules(listing: &str) -> Vec<String> {
         }
     }
     out
-}
-
-// ---- logging: stderr only ----
-
-struct StderrLog;
-
-impl Log for StderrLog {
-    fn enabled(&self, m: &Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-
-    fn log(&self, r: &Record) {
-        if self.enabled(r.metadata()) {
-            let line = format!("cnirs-reconcile {} {}\n", r.level(), r.args());
-            let _ = std::io::stderr().write_all(line.as_bytes());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLog = StderrLog;
-
-fn init_log() {
-    let level = match std::env::var("CNIRS_LOG")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "off" => LevelFilter::Off,
-        "error" => LevelFilter::Error,
-        "warn" => LevelFilter::Warn,
-        "debug" => LevelFilter::Debug,
-        "trace" => LevelFilter::Trace,
-        _ => LevelFilter::Info,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
 }
 
 #[cfg(test)]
