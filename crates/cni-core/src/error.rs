@@ -88,6 +88,56 @@ impl ErrorCode {
     }
 }
 
+impl From<netbase::ErrorClass> for ErrorCode {
+    fn from(c: netbase::ErrorClass) -> Self {
+        use netbase::ErrorClass as C;
+        match c {
+            C::InvalidConfig => Self::InvalidConfig,
+            C::InvalidEnvironment => Self::InvalidEnvironment,
+            C::Conflict => Self::Conflict,
+            C::Io => Self::Io,
+            C::Kernel => Self::Kernel,
+            C::Firewall => Self::Firewall,
+            C::CheckFailed => Self::CheckFailed,
+        }
+    }
+}
+
+/// `msg: cause: cause...` of an error and its sources, skipping a cause whose text the
+/// previous part already contains (many errors print their source inline).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if parts.last().is_none_or(|p| !p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+/// An error of a crate below the plugins (kernel, firewall) as a CNI error: the code from its
+/// class, the message from its text, `details` from its causes and a hint.
+pub fn from_classified(
+    class: netbase::ErrorClass,
+    e: &dyn std::error::Error,
+    hint: Option<&str>,
+) -> CniError {
+    let mut details = Vec::new();
+    if let Some(src) = e.source() {
+        let c = chain(src);
+        if !e.to_string().contains(&c) {
+            details.push(c);
+        }
+    }
+    if let Some(h) = hint {
+        details.push(format!("hint: {h}"));
+    }
+    CniError::new(class.into(), e.to_string()).with_details(details.join("; "))
+}
+
 /// A CNI error as the spec prints it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}{}", if details.is_empty() { String::new() } else { format!(": {details}") })]

@@ -18,3 +18,24 @@ mod protocol;
 pub use ifname::{IfName, InvalidIfName, IFNAMSIZ_MAX};
 pub use mac::{InvalidMac, MacAddr};
 pub use protocol::{InvalidProtocol, Protocol};
+
+/// What kind of failure an error is, decided by the crate that raised it (by variant and
+/// errno), so that each plugin maps it to a CNI code in one place without the lower crates
+/// knowing the CNI contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A value refused before anything was touched (name, key, route, unsupported option).
+    InvalidConfig,
+    /// The netns or interface name the runtime passed is wrong.
+    InvalidEnvironment,
+    /// The thing asked for is taken (interface name, host port).
+    Conflict,
+    /// A file or state I/O failure.
+    Io,
+    /// The kernel refused a netlink or sysctl operation.
+    Kernel,
+    /// nftables refused a batch.
+    Firewall,
+    /// What CHECK looked for is not there.
+    CheckFailed,
+}

@@ -172,15 +172,14 @@ pub mod errno {
     }
 }
 
-/// The one place kernel errors become CNI errors.
-impl From<NetopsError> for cni_core::CniError {
-    fn from(e: NetopsError) -> Self {
-        use cni_core::ErrorCode as C;
-        let code = match &e {
-            NetopsError::NetnsNotFound { .. } | NetopsError::NotANetns { .. } => {
-                return cni_core::CniError::env("CNI_NETNS", e.to_string())
-            }
-            NetopsError::InvalidIfName(_) => C::InvalidEnvironment,
+impl NetopsError {
+    /// The kind of failure, for the plugin's one mapping to CNI codes.
+    pub fn class(&self) -> netbase::ErrorClass {
+        use netbase::ErrorClass as C;
+        match self {
+            NetopsError::NetnsNotFound { .. }
+            | NetopsError::NotANetns { .. }
+            | NetopsError::InvalidIfName(_) => C::InvalidEnvironment,
             NetopsError::InvalidSysctlKey { .. }
             | NetopsError::NotABridge { .. }
             | NetopsError::InvalidRoute { .. }
@@ -188,12 +187,19 @@ impl From<NetopsError> for cni_core::CniError {
             NetopsError::HostVethExists { .. } | NetopsError::PeerExists { .. } => C::Conflict,
             NetopsError::NetnsOpen { .. } => C::Io,
             _ => C::Kernel,
-        };
-        let mut err = cni_core::CniError::new(code, e.to_string());
-        if let Some(hint) = e.errno().and_then(errno::hint) {
-            err = err.with_details(hint);
         }
-        err
+    }
+
+    /// A user hint for an ambiguous errno ("is IPv6 enabled?").
+    pub fn hint(&self) -> Option<&'static str> {
+        self.errno().and_then(errno::hint)
+    }
+}
+
+/// Transitional: plugins without their own error enum yet.
+impl From<NetopsError> for cni_core::CniError {
+    fn from(e: NetopsError) -> Self {
+        cni_core::error::from_classified(e.class(), &e, e.hint())
     }
 }
 

@@ -18,7 +18,8 @@
 //!   reads, idempotent [`delete_link`](Netlink::delete_link). Each documents
 //!   the `ip` command it matches.
 //! - [`sysctl`]: validated `net.*` keys, read/write in the current or a given netns.
-//! - [`UndoLog`]: record inverses of applied steps; roll back in reverse.
+//! - [`ops`]: kernel work as values ([`Op`], printed as `ip` commands), [`apply`] with an
+//!   undo of every completed step, [`KernelExec`] over netlink and the [`Recorder`] fake.
 //! - Errors: one [`NetopsError`], errno kept; [`errno::is_not_found`] and
 //!   [`errno::is_exists`] classify by number.
 //!
@@ -44,20 +45,20 @@
 mod error;
 mod kernel;
 mod netns;
+pub mod ops;
 pub mod sysctl;
 mod types;
-mod undo;
 
 pub use error::{errno, netlink_errno, NetopsError};
 pub use ipnetwork::IpNetwork;
 pub use kernel::{Kernel, Netlink};
 pub use netns::NetNs;
+pub use ops::{apply, rollback, Executor, Failure, KernelExec, Ns, Op, Recorder, Reversible, Undo};
 pub use sysctl::SysctlKey;
 pub use types::{
     BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, RouteInfo,
     RouteSpec, VethPair, VethSpec,
 };
-pub use undo::{Side, UndoLog, UndoOp};
 
 pub use netbase::{IfName, InvalidIfName, IFNAMSIZ_MAX};
 

@@ -80,11 +80,11 @@ impl NftError {
     }
 }
 
-/// The one place firewall errors become CNI errors.
-impl From<NftError> for cni_core::CniError {
-    fn from(e: NftError) -> Self {
-        use cni_core::ErrorCode as C;
-        let code = match &e {
+impl NftError {
+    /// The kind of failure, for the plugin's one mapping to CNI codes.
+    pub fn class(&self) -> netbase::ErrorClass {
+        use netbase::ErrorClass as C;
+        match self {
             NftError::Conflict { .. } => C::Conflict,
             NftError::Invalid { .. } | NftError::IfName(_) | NftError::Protocol(_) => {
                 C::InvalidConfig
@@ -92,7 +92,13 @@ impl From<NftError> for cni_core::CniError {
             NftError::NotAttached { .. } => C::CheckFailed,
             NftError::Io { .. } | NftError::State { .. } => C::Io,
             NftError::Nft { .. } | NftError::Spawn { .. } => C::Firewall,
-        };
-        cni_core::CniError::new(code, e.to_string())
+        }
+    }
+}
+
+/// Transitional: plugins without their own error enum yet.
+impl From<NftError> for cni_core::CniError {
+    fn from(e: NftError) -> Self {
+        cni_core::error::from_classified(e.class(), &e, None)
     }
 }
