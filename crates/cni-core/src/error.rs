@@ -138,6 +138,25 @@ pub fn from_classified(
     CniError::new(class.into(), e.to_string()).with_details(details.join("; "))
 }
 
+/// DEL and GC go on past failures: the first failure decides the code and message, every
+/// further one is added to `details`.
+pub fn combine(errors: Vec<CniError>) -> Result<(), CniError> {
+    let mut it = errors.into_iter();
+    let Some(first) = it.next() else {
+        return Ok(());
+    };
+    let rest: Vec<String> = it.map(|e| format!("also: {e}")).collect();
+    if rest.is_empty() {
+        return Err(first);
+    }
+    let mut details = Vec::new();
+    if !first.details.is_empty() {
+        details.push(first.details.clone());
+    }
+    details.extend(rest);
+    Err(CniError::new(first.code, first.msg).with_details(details.join("; ")))
+}
+
 /// A CNI error as the spec prints it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}{}", if details.is_empty() { String::new() } else { format!(": {details}") })]
@@ -230,6 +249,15 @@ mod tests {
         ] {
             assert_eq!(ErrorCode::from_u32(n).as_u32(), n);
         }
+    }
+
+    #[test]
+    fn combine_keeps_the_first_code_and_lists_the_others() {
+        assert_eq!(combine(vec![]), Ok(()));
+        let one = CniError::new(ErrorCode::Kernel, "a");
+        assert_eq!(combine(vec![one.clone()]), Err(one.clone()));
+        let e = combine(vec![one, CniError::new(ErrorCode::Firewall, "b")]).unwrap_err();
+        assert_eq!((e.code(), e.details.as_str()), (100, "also: b"));
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub enum NetopsError {
         netns: String,
         kind: Option<String>,
     },
+    #[cfg(feature = "netlink")]
     #[error("create bridge {name}: {source}")]
     CreateBridge {
         name: String,
@@ -48,6 +49,7 @@ pub enum NetopsError {
     HostVethExists { host: String },
     #[error("create veth peer {peer}: a link named {peer} already exists in netns {netns}")]
     PeerExists { peer: String, netns: String },
+    #[cfg(feature = "netlink")]
     #[error("create veth {host} with peer {peer} in {netns}: {source}")]
     CreateVeth {
         host: String,
@@ -55,6 +57,7 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("{op} on link {name} in {netns}: {source}")]
     Link {
         op: &'static str,
@@ -62,6 +65,7 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("{op} address {cidr} on {link} in {netns}: {source}")]
     Address {
         op: &'static str,
@@ -70,6 +74,7 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("{op} route {dst}{} dev {link} in {netns}: {source}", gw.map(|g| format!(" via {g}")).unwrap_or_default())]
     Route {
         op: &'static str,
@@ -79,11 +84,17 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("list {what} in {netns}: {source}")]
     Dump {
         what: &'static str,
         netns: String,
         source: Box<rtnetlink::Error>,
+    },
+    #[error("conntrack: {what}: {source}")]
+    Conntrack {
+        what: &'static str,
+        source: io::Error,
     },
     #[error("invalid route {dst}: {reason}")]
     InvalidRoute { dst: String, reason: String },
@@ -94,6 +105,7 @@ pub enum NetopsError {
 }
 
 /// Positive errno carried by a netlink error, if any.
+#[cfg(feature = "netlink")]
 pub fn netlink_errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => {
@@ -113,10 +125,12 @@ impl NetopsError {
             | Self::NetnsRestore { source, .. }
             | Self::Runtime(source)
             | Self::Connection { source, .. }
-            | Self::Sysctl { source, .. } => source.raw_os_error(),
+            | Self::Sysctl { source, .. }
+            | Self::Conntrack { source, .. } => source.raw_os_error(),
             Self::NetnsNotFound { .. } => Some(libc::ENOENT),
             Self::LinkNotFound { .. } => Some(libc::ENODEV),
             Self::HostVethExists { .. } | Self::PeerExists { .. } => Some(libc::EEXIST),
+            #[cfg(feature = "netlink")]
             Self::CreateBridge { source, .. }
             | Self::CreateVeth { source, .. }
             | Self::Link { source, .. }
@@ -196,13 +210,6 @@ impl NetopsError {
     }
 }
 
-/// Transitional: plugins without their own error enum yet.
-impl From<NetopsError> for cni_core::CniError {
-    fn from(e: NetopsError) -> Self {
-        cni_core::error::from_classified(e.class(), &e, e.hint())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +234,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "netlink")]
     fn error_keeps_errno_of_netlink_error() {
         let mut msg = rtnetlink::packet_core::ErrorMessage::default();
         msg.code = std::num::NonZeroI32::new(-libc::ENODEV);

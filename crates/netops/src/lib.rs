@@ -1,6 +1,10 @@
 //! The kernel edge of the CNI plugins: network namespaces, links, veth,
 //! bridge, addresses, routes and `net.*` sysctls, over rtnetlink.
 //!
+//! Feature `netlink` (default) brings the rtnetlink part ([`Kernel`], [`Netlink`],
+//! `KernelExec`); without it the crate is sysctls, netns handles, conntrack and the op values,
+//! with no tokio (what `portmap` needs).
+//!
 //! The API is **synchronous**; the async rtnetlink code runs on a tokio
 //! current_thread runtime owned by [`Kernel`] and never leaves this crate.
 //!
@@ -42,18 +46,27 @@
 //! # Ok(()) }
 //! ```
 
+pub mod conntrack;
 mod error;
+#[cfg(feature = "netlink")]
+mod exec;
+#[cfg(feature = "netlink")]
 mod kernel;
 mod netns;
 pub mod ops;
 pub mod sysctl;
 mod types;
 
-pub use error::{errno, netlink_errno, NetopsError};
+#[cfg(feature = "netlink")]
+pub use error::netlink_errno;
+pub use error::{errno, NetopsError};
+#[cfg(feature = "netlink")]
+pub use exec::KernelExec;
 pub use ipnetwork::IpNetwork;
+#[cfg(feature = "netlink")]
 pub use kernel::{Kernel, Netlink};
 pub use netns::NetNs;
-pub use ops::{apply, rollback, Executor, Failure, KernelExec, Ns, Op, Recorder, Reversible, Undo};
+pub use ops::{apply, rollback, Executor, Failure, Ns, Op, Recorder, Reversible, Undo};
 pub use sysctl::SysctlKey;
 pub use types::{
     BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, RouteInfo,

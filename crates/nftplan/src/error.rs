@@ -61,6 +61,18 @@ pub enum NftError {
     /// A port protocol other than tcp, udp or sctp.
     #[error(transparent)]
     Protocol(#[from] netbase::InvalidProtocol),
+    /// CHECK found elements of an attachment missing from the kernel.
+    #[error(
+        "{what} missing for {attachment}: {elems} (after a firewall reload, run cnirs-reconcile)"
+    )]
+    Missing {
+        /// What was checked (`firewall elements`, `published ports`...).
+        what: &'static str,
+        /// `network/container-id/ifname`.
+        attachment: String,
+        /// The missing elements.
+        elems: String,
+    },
     /// CHECK of an attachment the state does not know.
     #[error("no {feature} attachment {attachment} in firewall state")]
     NotAttached {
@@ -89,16 +101,9 @@ impl NftError {
             NftError::Invalid { .. } | NftError::IfName(_) | NftError::Protocol(_) => {
                 C::InvalidConfig
             }
-            NftError::NotAttached { .. } => C::CheckFailed,
+            NftError::NotAttached { .. } | NftError::Missing { .. } => C::CheckFailed,
             NftError::Io { .. } | NftError::State { .. } => C::Io,
             NftError::Nft { .. } | NftError::Spawn { .. } => C::Firewall,
         }
-    }
-}
-
-/// Transitional: plugins without their own error enum yet.
-impl From<NftError> for cni_core::CniError {
-    fn from(e: NftError) -> Self {
-        cni_core::error::from_classified(e.class(), &e, None)
     }
 }

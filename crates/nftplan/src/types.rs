@@ -54,13 +54,6 @@ impl Attachment {
     }
 }
 
-impl Attachment {
-    /// The attachment a CNI call is about: (network name, container id, ifname).
-    pub fn of(req: &cni_core::Request) -> Result<Self, NftError> {
-        Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
-    }
-}
-
 impl fmt::Display for Attachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.network, self.container_id, self.ifname)

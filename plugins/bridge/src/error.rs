@@ -91,20 +91,7 @@ impl From<BridgeError> for CniError {
 
 /// DEL and GC go on past failures: the first decides the code, every one is in `details`.
 pub fn combine(errors: Vec<BridgeError>) -> Result<(), CniError> {
-    let mut cni: Vec<CniError> = errors.into_iter().map(CniError::from).collect();
-    if cni.is_empty() {
-        return Ok(());
-    }
-    let first = cni.remove(0);
-    if cni.is_empty() {
-        return Err(first);
-    }
-    let mut details: Vec<String> = Vec::new();
-    if !first.details.is_empty() {
-        details.push(first.details.clone());
-    }
-    details.extend(cni.iter().map(|e| format!("also: {e}")));
-    Err(CniError::new(first.code, first.msg).with_details(details.join("; ")))
+    cni_core::error::combine(errors.into_iter().map(CniError::from).collect())
 }
 
 #[cfg(test)]

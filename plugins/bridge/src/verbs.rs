@@ -10,7 +10,7 @@
 
 use cni_core::{CniError, CniResult, Command, IfName, Request};
 use netops::{Kernel, Link, NetNs, Netlink, NetopsError};
-use nftplan::{Attachment, Feature, Firewall};
+use nftplan::{Attachment, Feature, Firewall, NftError};
 
 use crate::{
     apply::{self, Effects},
@@ -21,6 +21,11 @@ use crate::{
 
 fn check_failed(msg: String) -> BridgeError {
     BridgeError::Check(msg)
+}
+
+/// The key of everything this attachment owns in the firewall state.
+pub fn attachment(req: &Request) -> Result<Attachment, NftError> {
+    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
 }
 
 fn ifname_of(req: &Request) -> Result<IfName, BridgeError> {
@@ -92,7 +97,7 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
     if let Err(e) = delete_links(req) {
         errors.push(e);
     }
-    let fw = Firewall::open().and_then(|fw| fw.detach_network(&Attachment::of(req)?));
+    let fw = Firewall::open().and_then(|fw| fw.detach_network(&attachment(req)?));
     if let Err(e) = fw {
         errors.push(e.into());
     }
@@ -152,7 +157,7 @@ fn check_inner(req: &Request, mode: Mode) -> Result<(), BridgeError> {
     if spec.has_ipam {
         req.delegate_ipam(Command::Check)?;
     }
-    let att = Attachment::of(req)?;
+    let att = attachment(req)?;
     let missing = Firewall::open()?.check_network(&att)?;
     Ok(nftplan::missing_error("firewall elements", &att, &missing)?)
 }
@@ -246,7 +251,9 @@ fn check_host_side(
 pub fn gc(req: &Request, mode: Mode) -> Result<(), CniError> {
     let spec = config::parse(req, mode)?;
     let mut errors: Vec<BridgeError> = Vec::new();
-    if let Err(e) = Firewall::open().and_then(|fw| fw.gc_request(Feature::Network, req)) {
+    if let Err(e) =
+        Firewall::open().and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
+    {
         errors.push(e.into());
     }
     if spec.has_ipam {

@@ -4,10 +4,55 @@
 //! refcounted per network: the last DEL (or GC) of a network removes it. No rules per pod or
 //! per network: one set element per network.
 
-use cni_core::{CniError, CniResult, Plugin, Request};
-use nftplan::{Attachment, Feature, Firewall};
+use cni_core::{error::from_classified, CniError, CniResult, Plugin, Request};
+use nftplan::{Attachment, Feature, Firewall, NftError};
 
 pub struct Isolation;
+
+/// The plugin's errors, each with its cause; CNI codes are chosen once, in the `From` below.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Firewall(#[from] NftError),
+}
+
+impl From<IsolationError> for CniError {
+    fn from(e: IsolationError) -> CniError {
+        match e {
+            IsolationError::Cni(c) => c,
+            IsolationError::Firewall(f) => from_classified(f.class(), &f, None),
+        }
+    }
+}
+
+fn attachment(req: &Request) -> Result<Attachment, NftError> {
+    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
+}
+
+fn add(req: &Request) -> Result<CniResult, IsolationError> {
+    let prev = req.require_prev_result()?;
+    let bridge = prev.bridge()?;
+    Firewall::open()?.attach_isolation(&attachment(req)?, &bridge)?;
+    Ok(prev)
+}
+
+fn del(req: &Request) -> Result<(), IsolationError> {
+    Ok(Firewall::open()?.detach_isolation(&attachment(req)?)?)
+}
+
+fn check(req: &Request) -> Result<(), IsolationError> {
+    let prev = req.require_prev_result()?;
+    prev.bridge()?;
+    let att = attachment(req)?;
+    let missing = Firewall::open()?.check_isolation(&att)?;
+    Ok(nftplan::missing_error(
+        "isolation elements",
+        &att,
+        &missing,
+    )?)
+}
 
 impl Plugin for Isolation {
     fn name(&self) -> &'static str {
@@ -15,26 +60,22 @@ impl Plugin for Isolation {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let prev = req.require_prev_result()?;
-        let bridge = prev.bridge()?;
-        Firewall::open()?.attach_isolation(&Attachment::of(req)?, &bridge)?;
-        Ok(prev)
+        Ok(add(req)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        Ok(Firewall::open()?.detach_isolation(&Attachment::of(req)?)?)
+        Ok(del(req)?)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let prev = req.require_prev_result()?;
-        prev.bridge()?;
-        let att = Attachment::of(req)?;
-        let missing = Firewall::open()?.check_isolation(&att)?;
-        nftplan::missing_error("isolation elements", &att, &missing)
+        Ok(check(req)?)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        Ok(Firewall::open()?.gc_request(Feature::Isolation, req)?)
+        let gc = |fw: Firewall| fw.gc(Feature::Isolation, &req.conf.name, &req.valid_pairs());
+        Ok(Firewall::open()
+            .and_then(gc)
+            .map_err(IsolationError::from)?)
     }
 }
 
