@@ -9,8 +9,9 @@ packages=(
     golang-go golang-github-appc-cni-dev containernetworking-plugins
     podman containerd runc busybox-static
     jq curl ca-certificates build-essential time strace python3
+    protobuf-compiler  # protoc: the k8s-cri crate (CRI client of conformance/tests/cri.rs)
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

@@ -11,7 +11,7 @@ use std::{
 use log::{LevelFilter, Log, Metadata, Record};
 
 struct Logger {
-    plugin: &'static str,
+    plugin: String,
     file: Option<Mutex<std::fs::File>>,
 }
 
@@ -63,7 +63,7 @@ pub fn init(plugin: &'static str) {
 
 /// Install the logger once with `default` as the level when `CNIRS_LOG` is unset or not a
 /// level (admin tools log their repairs at `info`).
-pub fn init_with_default(plugin: &'static str, default: LevelFilter) {
+pub fn init_with_default(plugin: &str, default: LevelFilter) {
     let level = std::env::var("CNIRS_LOG")
         .map(|s| level_from(&s).unwrap_or(default))
         .unwrap_or(default);
@@ -75,7 +75,10 @@ pub fn init_with_default(plugin: &'static str, default: LevelFilter) {
             .ok()
             .map(Mutex::new)
     });
-    let logger = LOGGER.get_or_init(|| Logger { plugin, file });
+    let logger = LOGGER.get_or_init(|| Logger {
+        plugin: plugin.to_owned(),
+        file,
+    });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }

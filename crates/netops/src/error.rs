@@ -85,6 +85,14 @@ pub enum NetopsError {
         source: Box<rtnetlink::Error>,
     },
     #[cfg(feature = "netlink")]
+    #[error("{op} seal rule iif {iif} in {netns}: {source}")]
+    Rule {
+        op: &'static str,
+        iif: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[cfg(feature = "netlink")]
     #[error("list {what} in {netns}: {source}")]
     Dump {
         what: &'static str,
@@ -136,6 +144,7 @@ impl NetopsError {
             | Self::Link { source, .. }
             | Self::Address { source, .. }
             | Self::Route { source, .. }
+            | Self::Rule { source, .. }
             | Self::Dump { source, .. } => netlink_errno(source),
             Self::NotANetns { .. }
             | Self::InvalidIfName(_)

@@ -17,6 +17,10 @@ use ipnetwork::IpNetwork;
 
 use crate::{IfName, MacAddr, RouteSpec, SysctlKey};
 
+/// Priority of the seal rules of internal bridges ([`Op::SealBridge`]): before the main
+/// table's rule (32766), after the local table's (0).
+pub const SEAL_RULE_PRIORITY: u32 = 10;
+
 /// Which network namespace an op runs in: the plugin's (host) or the pod's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ns {
@@ -31,6 +35,12 @@ pub enum Op {
     CreateBridge { name: IfName, mtu: Option<u32> },
     /// `ip link del NAME`, only while no port is enslaved to it (inverse of `CreateBridge`).
     DeleteBridgeIfUnused { name: IfName },
+    /// The kernel-level seal of an internal network's bridge: policy rules (IPv4 and IPv6) that
+    /// drop what is routed in from it, independent of nftables. Idempotent.
+    /// Equivalent: `ip rule add iif NAME priority SEAL_RULE_PRIORITY unreachable` (both families).
+    SealBridge { name: IfName },
+    /// Remove that seal (a non-internal bridge of the same name). Idempotent.
+    UnsealBridge { name: IfName },
     /// `ip link set NAME address <its current address>`: a bridge whose MAC was never set
     /// takes the lowest MAC of its ports, which changes as pods come and go.
     PinMac { link: IfName },
@@ -126,7 +136,10 @@ impl Reversible for Op {
                 link: link.clone(),
                 route: route.clone(),
             },
+            // A seal stays when an ADD fails: an internal bridge must never be left open.
             Op::DeleteBridgeIfUnused { .. }
+            | Op::SealBridge { .. }
+            | Op::UnsealBridge { .. }
             | Op::PinMac { .. }
             | Op::SetUp { .. }
             | Op::SetMaster { .. }
@@ -178,6 +191,14 @@ impl Op {
             Op::DeleteBridgeIfUnused { name } => {
                 format!("ip link del {name}  # if it has no ports")
             }
+            Op::SealBridge { name } => {
+                format!(
+                    "ip rule add iif {name} priority {SEAL_RULE_PRIORITY} unreachable  # -4 and -6"
+                )
+            }
+            Op::UnsealBridge { name } => format!(
+                "ip rule del iif {name} priority {SEAL_RULE_PRIORITY} unreachable  # -4 and -6"
+            ),
             Op::PinMac { link } => format!("ip link set {link} address <its own>  # pin"),
             Op::SetUp { ns, link } => format!("{} link set {link} up", ip(ns)),
             Op::SetPromisc { link, on } => format!("ip link set {link} promisc {}", on_off(*on)),

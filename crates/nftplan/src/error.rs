@@ -63,7 +63,7 @@ pub enum NftError {
     Protocol(#[from] netbase::InvalidProtocol),
     /// CHECK found elements of an attachment missing from the kernel.
     #[error(
-        "{what} missing for {attachment}: {elems} (after a firewall reload, run cnirs-reconcile)"
+        "{what} missing for {attachment}: {elems} (after a firewall reload, run `cnirs reconcile`, or keep `cnirs watch` running)"
     )]
     Missing {
         /// What was checked (`firewall elements`, `published ports`...).
@@ -72,6 +72,23 @@ pub enum NftError {
         attachment: String,
         /// The missing elements.
         elems: String,
+    },
+    /// A netlink request of our own (table probe, netns cookie) failed.
+    #[error("netlink ({what}): {source}")]
+    Netlink {
+        /// What was asked.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The table was missing (or replaced) and restoring it failed: the attachment would not
+    /// be sealed, so the call fails.
+    #[error("table inet cnirs is missing or was replaced (a firewall reload or `nft flush ruleset`?) and restoring it from {state} failed: {source}")]
+    Restore {
+        /// The state directory restored from.
+        state: PathBuf,
+        /// Why it failed.
+        source: Box<NftError>,
     },
     /// CHECK of an attachment the state does not know.
     #[error("no {feature} attachment {attachment} in firewall state")]
@@ -103,7 +120,10 @@ impl NftError {
             }
             NftError::NotAttached { .. } | NftError::Missing { .. } => C::CheckFailed,
             NftError::Io { .. } | NftError::State { .. } => C::Io,
-            NftError::Nft { .. } | NftError::Spawn { .. } => C::Firewall,
+            NftError::Nft { .. }
+            | NftError::Spawn { .. }
+            | NftError::Netlink { .. }
+            | NftError::Restore { .. } => C::Firewall,
         }
     }
 }

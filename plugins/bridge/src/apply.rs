@@ -4,7 +4,7 @@
 
 use cni_core::IfName;
 use netops::{Executor, Family, KernelExec, Netlink, NetopsError, Ns, SysctlKey};
-use nftplan::{Firewall, NetworkElems};
+use nftplan::{Firewall, NetworkElems, PodIface};
 
 use crate::{
     config::BridgeSpec,
@@ -81,7 +81,11 @@ impl Executor<Step> for Effects<'_, '_> {
                         mac.map(|m| (port.clone(), m.to_string()))
                     }
                 };
-                self.fw.attach_network(
+                let pod_mac = match self.plan_mac {
+                    Some(m) => Some(m),
+                    None => self.kernel.link(Ns::Pod, &self.pod_ifname)?.mac,
+                };
+                self.fw.attach_network_pod(
                     &n.attachment,
                     &NetworkElems {
                         bridge: n.bridge.clone(),
@@ -90,6 +94,11 @@ impl Executor<Step> for Effects<'_, '_> {
                         internal: n.internal,
                         spoof_check,
                     },
+                    Some(PodIface {
+                        ips: n.pod_ips.clone(),
+                        mac: pod_mac.map(|m| m.to_string()),
+                        host_ifname: Some(n.host_veth.clone()),
+                    }),
                 )?;
                 Ok(true)
             }

@@ -67,6 +67,9 @@ pub struct FirewallNeeds {
     /// `macspoofchk`: the host port whose frames must carry the pod interface's MAC (read
     /// from the kernel when the step runs, unless the runtime asked for one).
     pub spoof_port: Option<IfName>,
+    /// Recorded with the attachment for `cnirs inspect`: the pod's addresses and host veth.
+    pub pod_ips: Vec<IpNetwork>,
+    pub host_veth: IfName,
 }
 
 /// One step of an attachment: kernel work, or the firewall elements (always last, so nothing
@@ -324,6 +327,13 @@ pub fn build(
         }),
         Some(_) => {}
     }
+    // The kernel-level seal of an internal network (policy rules, independent of nftables),
+    // before any pod is plugged in; a new non-internal bridge drops a stale one.
+    if spec.mode == Mode::Internal {
+        net(Op::SealBridge { name: br.clone() });
+    } else if view.bridge.is_none() {
+        net(Op::UnsealBridge { name: br.clone() });
+    }
     if spec.promisc && !view.bridge.as_ref().is_some_and(|b| b.promisc) {
         net(Op::SetPromisc {
             link: br.clone(),
@@ -437,6 +447,8 @@ pub fn build(
         subnets,
         internal: spec.mode == Mode::Internal,
         spoof_port: spec.macspoofchk.then(|| host_veth.clone()),
+        pod_ips: ips.iter().map(|i| i.address).collect(),
+        host_veth: host_veth.clone(),
     }));
 
     Ok(Plan {

@@ -97,9 +97,15 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
     if let Err(e) = delete_links(req) {
         errors.push(e);
     }
-    let fw = Firewall::open().and_then(|fw| fw.detach_network(&attachment(req)?));
-    if let Err(e) = fw {
-        errors.push(e.into());
+    match Firewall::open().and_then(|fw| fw.detach_network(&attachment(req)?)) {
+        // The internal network's last attachment: its kernel-level seal goes too.
+        Ok(Some(bridge)) => {
+            if let Err(e) = Kernel::new().and_then(|k| k.host().unseal_bridge(bridge.as_str())) {
+                errors.push(e.into());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(e.into()),
     }
     if spec.has_ipam {
         if let Err(e) = req.delegate_ipam(Command::Del) {
