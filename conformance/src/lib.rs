@@ -28,6 +28,7 @@
 
 pub mod cni;
 pub mod cri;
+pub mod etcd;
 pub mod exec;
 pub mod mountns;
 pub mod netns;
