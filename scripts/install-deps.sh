@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-    nftables iproute2 iptables conntrack iputils-ping
+    nftables iproute2 iptables iputils-ping
     golang-go golang-github-appc-cni-dev containernetworking-plugins
     podman containerd runc busybox-static
     jq curl ca-certificates build-essential time strace python3
@@ -14,7 +14,7 @@ packages=(
     # package's etcd.service, if systemd starts it, is neither used nor disturbed.
     etcd-server etcd-client
 )
-tools=(nft ip conntrack go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

@@ -387,11 +387,10 @@ fn forward_drop_host_firewall_lets_the_pod_out_and_in() {
     net.cnitool(&ctl).del(&q).assert_ok();
 }
 
-/// foreign.rs promises the per-bridge FORWARD rules are "removed by GC when the network is
-/// gone"; nothing calls `Firewall::remove_forward`.
+/// The per-bridge FORWARD rules are refcounted per network: the network's last DEL (or GC)
+/// removes them.
 #[test]
-#[ignore = "known gap: the cnirs:<bridge> FORWARD rules are never removed (nftplan \
-            Firewall::remove_forward has no caller; firewall DEL/GC only detach isolation)"]
+#[ignore = "kernel test (root): run by make conformance"]
 fn forward_rules_go_when_the_network_is_gone() {
     let net = TestNet::new();
     forward_policy_drop(&net);
@@ -525,14 +524,10 @@ fn same_bridge_policy_with_bridge_nf_call_iptables_1() {
 }
 
 /// CHECK of a network whose masquerade subnet is followed by an adjacent one (nerdctl's
-/// networks are 10.4.0.0/24, 10.4.1.0/24, 10.4.2.0/24...). The kernel's set is right; nft
-/// 1.0.6's `get element inet cnirs masq4 { 10.244.1.0/24 }` fails (ENOENT) when the next
-/// interval in the set is adjacent and another follows, so CHECK reports it missing.
+/// networks are 10.4.0.0/24, 10.4.1.0/24, 10.4.2.0/24...) passes: nft 1.0.6's `get element`
+/// on an interval set fails for such subnets, so CHECK looks interval elements up by address.
 #[test]
-#[ignore = "known bug: CHECK says masq4 { 10.244.1.0/24 } is missing (code 105) when 10.244.2.0/24 \
-            and 10.244.3.0/24 are also in the set: nftplan Firewall::missing (firewall.rs:582) \
-            relies on `nft get element` on an interval set, wrong in nft 1.0.6 for adjacent \
-            intervals"]
+#[ignore = "kernel test (root): run by make conformance"]
 fn check_with_adjacent_masquerade_subnets() {
     let net = TestNet::new();
     let pods: Vec<(Value, Netns)> = (1..=3)
@@ -819,12 +814,9 @@ fn tuning_refuses_sysctls_outside_the_pod() {
 
 /// A runtime cleans up a failed ADD with DEL of the same config. The reference tuning
 /// (v1.1.1) checks sysctl keys only on ADD, so its DEL succeeds and bridge's DEL runs; ours
-/// parses (and refuses) the config in DEL, libcni stops there, and the veth and the address
-/// lease stay.
+/// does the same (a config ADD refuses does not block DEL), so the veth and the lease go.
 #[test]
-#[ignore = "known bug: tuning DEL fails (code 7) on a config whose sysctl ADD refused \
-            (plugins/tuning/src/lib.rs Tuning::del: `let spec = parse(req)?`), so bridge's DEL \
-            never runs and the veth and lease leak; the reference's DEL exits 0"]
+#[ignore = "kernel test (root): run by make conformance"]
 fn del_with_a_refused_sysctl_config() {
     let net = TestNet::new();
     let before = HostState::of(&net);

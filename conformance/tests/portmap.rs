@@ -892,6 +892,67 @@ fn many_pods_each_with_a_mapping() {
         .assert_empty("after DEL of every pod");
 }
 
+/// The `udp` lines of the host netns' conntrack table that mention `needle`.
+fn conntrack_lines(net: &TestNet, needle: &str) -> Vec<String> {
+    let out = net.host().exec("cat", &["/proc/net/nf_conntrack"]);
+    out.stdout
+        .lines()
+        .filter(|l| l.contains(" udp ") && l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// DEL removes the conntrack entries of a UDP mapping and of the pod's address over netlink:
+/// the plugins run with a PATH that holds no `conntrack` binary (only `ip`, which the harness
+/// needs to enter the netns), and the entries are gone after DEL.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn udp_conntrack_entries_are_deleted_on_del_without_the_conntrack_binary() {
+    let net = TestNet::new();
+    let out = net.outside();
+    let pod = net.pod("c");
+    let bin = net.tmp().join("path-without-conntrack");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap();
+    std::os::unix::fs::symlink(ip, bin.join("ip")).unwrap();
+    assert!(!bin.join("conntrack").exists());
+    let conf = conf(&net, "pmct", "cnirs-pmct", &["10.230.7.0/24"], false);
+    let tool = net
+        .cnitool(&conf)
+        .cap_args(cap(&[pm(5309, "udp", "")]))
+        .env("PATH", bin.to_str().unwrap());
+    let res = tool.add(&pod).assert_ok().json().clone();
+    let pod_ip = pod_ip(&res, false);
+    let _echo = UdpEcho::start(&pod, "0.0.0.0", 80, "udp-echo");
+    let host_v4 = out.host_v4.to_string();
+    assert_eq!(
+        udp_request(&out.ns, &host_v4, 5309, "ping", 3).as_deref(),
+        Some("udp-echo ping"),
+        "outside -> {host_v4}:5309"
+    );
+    let port = "dport=5309 ";
+    assert!(
+        !conntrack_lines(&net, port).is_empty(),
+        "the flow is in the host's conntrack table before DEL"
+    );
+    assert!(!conntrack_lines(&net, &format!("src={pod_ip} ")).is_empty());
+
+    tool.del(&pod).assert_ok();
+    assert_eq!(
+        conntrack_lines(&net, port),
+        Vec::<String>::new(),
+        "port 5309 entries"
+    );
+    assert_eq!(
+        conntrack_lines(&net, &format!("={pod_ip} ")),
+        Vec::<String>::new(),
+        "entries of the pod address {pod_ip}"
+    );
+}
+
 /// The runtime's DEL after an ADD portmap refused carries the same refused mappings: portmap's
 /// DEL must succeed anyway, or libcni stops the chain's DEL there and bridge's veth and
 /// host-local's lease stay (what containerd's CRI showed before keys matched as in Go).

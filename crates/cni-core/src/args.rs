@@ -214,29 +214,13 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-/// The kernel's rule for interface names (`dev_valid_name`): 1-15 bytes, not `.`/`..`, no `/`,
-/// `:` or whitespace.
+/// `CNI_IFNAME` checked with the suite's one interface-name rule ([`netbase::IfName`]): code 4
+/// naming the variable.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let problem = if name.is_empty() {
-        Some("interface name is empty")
-    } else if name.len() > 15 {
-        Some("interface name is longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("interface name is . or ..")
-    } else if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-    {
-        Some("interface name contains '/', ':', a NUL or whitespace")
-    } else {
-        None
-    };
-    match problem {
-        Some(p) => {
-            Err(CniError::env("CNI_IFNAME", p).with_details(name.escape_debug().to_string()))
-        }
-        None => Ok(()),
-    }
+    netbase::IfName::new(name).map(drop).map_err(|e| {
+        CniError::env("CNI_IFNAME", format!("interface name {}", e.reason))
+            .with_details(name.escape_debug().to_string())
+    })
 }
 
 #[cfg(test)]
@@ -288,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn ifname_edges() {
+    fn cni_ifname_of_15_bytes_passes_and_bad_names_are_code_4() {
         assert!(validate_ifname("123456789012345").is_ok());
         for bad in [
             "1234567890123456",
@@ -299,13 +283,15 @@ mod tests {
             "a:b",
             "a b",
             "a\0",
+            "eth\"0",
+            "ethü",
         ] {
             assert_eq!(validate_ifname(bad).unwrap_err().code(), 4, "{bad:?}");
         }
     }
 
     #[test]
-    fn container_ids() {
+    fn container_ids_empty_is_code_3_bad_characters_code_4() {
         assert_eq!(validate_container_id("").unwrap_err().code(), 3);
         for bad in ["../x", "a/b", "-a", "a;b", "a\0"] {
             assert_eq!(validate_container_id(bad).unwrap_err().code(), 4, "{bad:?}");

@@ -88,6 +88,75 @@ impl ErrorCode {
     }
 }
 
+impl From<netbase::ErrorClass> for ErrorCode {
+    fn from(c: netbase::ErrorClass) -> Self {
+        use netbase::ErrorClass as C;
+        match c {
+            C::InvalidConfig => Self::InvalidConfig,
+            C::InvalidEnvironment => Self::InvalidEnvironment,
+            C::Conflict => Self::Conflict,
+            C::Io => Self::Io,
+            C::Kernel => Self::Kernel,
+            C::Firewall => Self::Firewall,
+            C::CheckFailed => Self::CheckFailed,
+        }
+    }
+}
+
+/// `msg: cause: cause...` of an error and its sources, skipping a cause whose text the
+/// previous part already contains (many errors print their source inline).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if parts.last().is_none_or(|p| !p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+/// An error of a crate below the plugins (kernel, firewall) as a CNI error: the code from its
+/// class, the message from its text, `details` from its causes and a hint.
+pub fn from_classified(
+    class: netbase::ErrorClass,
+    e: &dyn std::error::Error,
+    hint: Option<&str>,
+) -> CniError {
+    let mut details = Vec::new();
+    if let Some(src) = e.source() {
+        let c = chain(src);
+        if !e.to_string().contains(&c) {
+            details.push(c);
+        }
+    }
+    if let Some(h) = hint {
+        details.push(format!("hint: {h}"));
+    }
+    CniError::new(class.into(), e.to_string()).with_details(details.join("; "))
+}
+
+/// DEL and GC go on past failures: the first failure decides the code and message, every
+/// further one is added to `details`.
+pub fn combine(errors: Vec<CniError>) -> Result<(), CniError> {
+    let mut it = errors.into_iter();
+    let Some(first) = it.next() else {
+        return Ok(());
+    };
+    let rest: Vec<String> = it.map(|e| format!("also: {e}")).collect();
+    if rest.is_empty() {
+        return Err(first);
+    }
+    let mut details = Vec::new();
+    if !first.details.is_empty() {
+        details.push(first.details.clone());
+    }
+    details.extend(rest);
+    Err(CniError::new(first.code, first.msg).with_details(details.join("; ")))
+}
+
 /// A CNI error as the spec prints it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}{}", if details.is_empty() { String::new() } else { format!(": {details}") })]
@@ -180,6 +249,15 @@ mod tests {
         ] {
             assert_eq!(ErrorCode::from_u32(n).as_u32(), n);
         }
+    }
+
+    #[test]
+    fn combine_keeps_the_first_code_and_lists_the_others() {
+        assert_eq!(combine(vec![]), Ok(()));
+        let one = CniError::new(ErrorCode::Kernel, "a");
+        assert_eq!(combine(vec![one.clone()]), Err(one.clone()));
+        let e = combine(vec![one, CniError::new(ErrorCode::Firewall, "b")]).unwrap_err();
+        assert_eq!((e.code(), e.details.as_str()), (100, "also: b"));
     }
 
     #[test]

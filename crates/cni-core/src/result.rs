@@ -301,6 +301,25 @@ impl CniResult {
         Ok(res)
     }
 
+    /// The host-side bridge the pod hangs off: the first host interface of the result
+    /// (`bridge` and `internal-bridge` list the bridge first, like the reference bridge plugin).
+    /// Code 7 when there is none (the plugin is chained after something else) or its name is
+    /// not an interface name.
+    pub fn bridge(&self) -> Result<netbase::IfName, crate::CniError> {
+        let name = self
+            .interfaces
+            .iter()
+            .find(|i| i.sandbox.is_empty())
+            .map(|i| i.name.as_str())
+            .ok_or_else(|| {
+                crate::CniError::config(
+                    "prevResult.interfaces",
+                    "no host-side interface: this plugin must follow bridge or internal-bridge",
+                )
+            })?;
+        netbase::IfName::new(name).map_err(|e| crate::CniError::config("prevResult.interfaces", e))
+    }
+
     /// Index of the container-side interface named `ifname` (sandbox set), as the reference
     /// portmap picks the container's addresses.
     pub fn sandbox_interface(&self, ifname: &str) -> Option<usize> {

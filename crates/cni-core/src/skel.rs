@@ -114,6 +114,14 @@ impl Request {
         delegate::run(&bin, command, &self.stdin)
     }
 
+    /// GC's keep-list as (container id, ifname) pairs.
+    pub fn valid_pairs(&self) -> Vec<(String, String)> {
+        self.valid_attachments()
+            .iter()
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .collect()
+    }
+
     /// A short tag for logs: `network/container/ifname`.
     pub fn tag(&self) -> String {
         format!("{}/{}/{}", self.conf.name, self.container_id, self.ifname)

@@ -21,8 +21,8 @@ pub enum NetopsError {
     Runtime(io::Error),
     #[error("open netlink socket in {netns}: {source}")]
     Connection { netns: String, source: io::Error },
-    #[error("invalid interface name {name:?}: {reason}")]
-    InvalidIfName { name: String, reason: &'static str },
+    #[error(transparent)]
+    InvalidIfName(#[from] netbase::InvalidIfName),
     #[error("invalid sysctl key {key:?}: {reason}")]
     InvalidSysctlKey { key: String, reason: &'static str },
     #[error("sysctl {key} in {netns}: {source}")]
@@ -39,6 +39,7 @@ pub enum NetopsError {
         netns: String,
         kind: Option<String>,
     },
+    #[cfg(feature = "netlink")]
     #[error("create bridge {name}: {source}")]
     CreateBridge {
         name: String,
@@ -48,6 +49,7 @@ pub enum NetopsError {
     HostVethExists { host: String },
     #[error("create veth peer {peer}: a link named {peer} already exists in netns {netns}")]
     PeerExists { peer: String, netns: String },
+    #[cfg(feature = "netlink")]
     #[error("create veth {host} with peer {peer} in {netns}: {source}")]
     CreateVeth {
         host: String,
@@ -55,6 +57,7 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("{op} on link {name} in {netns}: {source}")]
     Link {
         op: &'static str,
@@ -62,6 +65,7 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("{op} address {cidr} on {link} in {netns}: {source}")]
     Address {
         op: &'static str,
@@ -70,6 +74,7 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("{op} route {dst}{} dev {link} in {netns}: {source}", gw.map(|g| format!(" via {g}")).unwrap_or_default())]
     Route {
         op: &'static str,
@@ -79,6 +84,7 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("{op} seal rule iif {iif} in {netns}: {source}")]
     Rule {
         op: &'static str,
@@ -86,11 +92,17 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
     #[error("list {what} in {netns}: {source}")]
     Dump {
         what: &'static str,
         netns: String,
         source: Box<rtnetlink::Error>,
+    },
+    #[error("conntrack: {what}: {source}")]
+    Conntrack {
+        what: &'static str,
+        source: io::Error,
     },
     #[error("invalid route {dst}: {reason}")]
     InvalidRoute { dst: String, reason: String },
@@ -101,6 +113,7 @@ pub enum NetopsError {
 }
 
 /// Positive errno carried by a netlink error, if any.
+#[cfg(feature = "netlink")]
 pub fn netlink_errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => {
@@ -120,10 +133,12 @@ impl NetopsError {
             | Self::NetnsRestore { source, .. }
             | Self::Runtime(source)
             | Self::Connection { source, .. }
-            | Self::Sysctl { source, .. } => source.raw_os_error(),
+            | Self::Sysctl { source, .. }
+            | Self::Conntrack { source, .. } => source.raw_os_error(),
             Self::NetnsNotFound { .. } => Some(libc::ENOENT),
             Self::LinkNotFound { .. } => Some(libc::ENODEV),
             Self::HostVethExists { .. } | Self::PeerExists { .. } => Some(libc::EEXIST),
+            #[cfg(feature = "netlink")]
             Self::CreateBridge { source, .. }
             | Self::CreateVeth { source, .. }
             | Self::Link { source, .. }
@@ -132,7 +147,7 @@ impl NetopsError {
             | Self::Rule { source, .. }
             | Self::Dump { source, .. } => netlink_errno(source),
             Self::NotANetns { .. }
-            | Self::InvalidIfName { .. }
+            | Self::InvalidIfName(_)
             | Self::InvalidSysctlKey { .. }
             | Self::NotABridge { .. }
             | Self::InvalidRoute { .. }
@@ -180,15 +195,14 @@ pub mod errno {
     }
 }
 
-/// The one place kernel errors become CNI errors.
-impl From<NetopsError> for cni_core::CniError {
-    fn from(e: NetopsError) -> Self {
-        use cni_core::ErrorCode as C;
-        let code = match &e {
-            NetopsError::NetnsNotFound { .. } | NetopsError::NotANetns { .. } => {
-                return cni_core::CniError::env("CNI_NETNS", e.to_string())
-            }
-            NetopsError::InvalidIfName { .. } => C::InvalidEnvironment,
+impl NetopsError {
+    /// The kind of failure, for the plugin's one mapping to CNI codes.
+    pub fn class(&self) -> netbase::ErrorClass {
+        use netbase::ErrorClass as C;
+        match self {
+            NetopsError::NetnsNotFound { .. }
+            | NetopsError::NotANetns { .. }
+            | NetopsError::InvalidIfName(_) => C::InvalidEnvironment,
             NetopsError::InvalidSysctlKey { .. }
             | NetopsError::NotABridge { .. }
             | NetopsError::InvalidRoute { .. }
@@ -196,12 +210,12 @@ impl From<NetopsError> for cni_core::CniError {
             NetopsError::HostVethExists { .. } | NetopsError::PeerExists { .. } => C::Conflict,
             NetopsError::NetnsOpen { .. } => C::Io,
             _ => C::Kernel,
-        };
-        let mut err = cni_core::CniError::new(code, e.to_string());
-        if let Some(hint) = e.errno().and_then(errno::hint) {
-            err = err.with_details(hint);
         }
-        err
+    }
+
+    /// A user hint for an ambiguous errno ("is IPv6 enabled?").
+    pub fn hint(&self) -> Option<&'static str> {
+        self.errno().and_then(errno::hint)
     }
 }
 
@@ -229,6 +243,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "netlink")]
     fn error_keeps_errno_of_netlink_error() {
         let mut msg = rtnetlink::packet_core::ErrorMessage::default();
         msg.code = std::num::NonZeroI32::new(-libc::ENODEV);

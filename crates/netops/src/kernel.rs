@@ -510,6 +510,23 @@ impl Netlink<'_> {
         })
     }
 
+    /// The links enslaved to `bridge`. Equivalent: `ip link show master BRIDGE`.
+    pub fn ports(&self, bridge: &Link) -> Result<Vec<Link>, NetopsError> {
+        let msgs: Vec<LinkMessage> = self
+            .rt
+            .block_on(self.handle.link().get().execute().try_collect())
+            .map_err(|source| NetopsError::Dump {
+                what: "links",
+                netns: self.label.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(msgs
+            .into_iter()
+            .map(link_from_msg)
+            .filter(|l| l.master == Some(bridge.index))
+            .collect())
+    }
+
     /// Delete a link by name; `Ok(false)` if there was none (idempotent DEL).
     /// Deleting one end of a veth deletes both. Equivalent: `ip link del NAME`.
     pub fn delete_link(&self, name: &str) -> Result<bool, NetopsError> {

@@ -1,6 +1,10 @@
 //! The kernel edge of the CNI plugins: network namespaces, links, veth,
 //! bridge, addresses, routes and `net.*` sysctls, over rtnetlink.
 //!
+//! Feature `netlink` (default) brings the rtnetlink part ([`Kernel`], [`Netlink`],
+//! `KernelExec`); without it the crate is sysctls, netns handles, conntrack and the op values,
+//! with no tokio (what `portmap` needs).
+//!
 //! The API is **synchronous**; the async rtnetlink code runs on a tokio
 //! current_thread runtime owned by [`Kernel`] and never leaves this crate.
 //!
@@ -18,7 +22,8 @@
 //!   reads, idempotent [`delete_link`](Netlink::delete_link). Each documents
 //!   the `ip` command it matches.
 //! - [`sysctl`]: validated `net.*` keys, read/write in the current or a given netns.
-//! - [`UndoLog`]: record inverses of applied steps; roll back in reverse.
+//! - [`ops`]: kernel work as values ([`Op`], printed as `ip` commands), [`apply`] with an
+//!   undo of every completed step, [`KernelExec`] over netlink and the [`Recorder`] fake.
 //! - Errors: one [`NetopsError`], errno kept; [`errno::is_not_found`] and
 //!   [`errno::is_exists`] classify by number.
 //!
@@ -41,65 +46,36 @@
 //! # Ok(()) }
 //! ```
 
+pub mod conntrack;
 mod error;
+#[cfg(feature = "netlink")]
+mod exec;
+#[cfg(feature = "netlink")]
 mod kernel;
 mod netns;
+pub mod ops;
 pub mod sysctl;
 mod types;
-mod undo;
 
-pub use error::{errno, netlink_errno, NetopsError};
+#[cfg(feature = "netlink")]
+pub use error::netlink_errno;
+pub use error::{errno, NetopsError};
+#[cfg(feature = "netlink")]
+pub use exec::KernelExec;
 pub use ipnetwork::IpNetwork;
+#[cfg(feature = "netlink")]
 pub use kernel::{Kernel, Netlink, SEAL_RULE_PRIORITY};
 pub use netns::NetNs;
+pub use ops::{apply, rollback, Executor, Failure, Ns, Op, Recorder, Reversible, Undo};
 pub use sysctl::SysctlKey;
 pub use types::{
     BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, RouteInfo,
     RouteSpec, VethPair, VethSpec,
 };
-pub use undo::{Side, UndoLog, UndoOp};
 
-/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
-pub const IFNAMSIZ_MAX: usize = 15;
+pub use netbase::{IfName, InvalidIfName, IFNAMSIZ_MAX};
 
-/// Check an interface name as the kernel's `dev_valid_name` does: 1..=15
-/// bytes, not `.` or `..`, no `/`, `:` or whitespace.
+/// Check an interface name with the suite's one rule ([`IfName`]).
 pub fn validate_ifname(name: &str) -> Result<(), NetopsError> {
-    let bad = |reason| {
-        Err(NetopsError::InvalidIfName {
-            name: name.to_string(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("empty");
-    }
-    if name.len() > IFNAMSIZ_MAX {
-        return bad("longer than 15 bytes");
-    }
-    if name == "." || name == ".." {
-        return bad("'.' or '..'");
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
-    {
-        return bad("contains '/', ':', NUL or whitespace");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ifname_edges() {
-        assert!(validate_ifname("abcdefghijklmno").is_ok()); // 15
-        assert!(validate_ifname("abcdefghijklmnop").is_err()); // 16
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\tb"] {
-            assert!(validate_ifname(bad).is_err(), "{bad:?}");
-        }
-        assert!(validate_ifname("br.100").is_ok());
-    }
+    IfName::new(name).map(drop).map_err(NetopsError::from)
 }

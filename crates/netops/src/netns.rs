@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
@@ -131,7 +131,8 @@ impl NetNs {
         }
     }
 
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+    #[cfg(feature = "netlink")]
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.file.as_fd()
     }
 }

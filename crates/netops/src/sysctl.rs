@@ -129,6 +129,18 @@ pub fn write(key: &SysctlKey, value: &str) -> Result<(), NetopsError> {
     })
 }
 
+/// Set a sysctl of the calling thread's netns to 1 unless it already is: a read is cheaper
+/// than a write (writing `ip_forward` resets every interface's forwarding flags in the
+/// kernel), and most calls find it set. Returns true when it was written here.
+/// Equivalent: `[ "$(sysctl -n KEY)" = 1 ] || sysctl -w KEY=1`.
+pub fn ensure_one(key: &SysctlKey) -> Result<bool, NetopsError> {
+    if read(key)? == "1" {
+        return Ok(false);
+    }
+    write(key, "1")?;
+    Ok(true)
+}
+
 fn in_ns<T>(ns: &NetNs, f: impl FnOnce() -> Result<T, NetopsError>) -> Result<T, NetopsError> {
     let netns = ns.path().display().to_string();
     ns.run(f)?.map_err(|e| match e {

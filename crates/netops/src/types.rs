@@ -1,54 +1,10 @@
 //! Plain values exchanged with the plugins.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-/// An Ethernet address, printed `aa:bb:cc:dd:ee:ff` (as CNI results want).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// From the raw bytes of `IFLA_ADDRESS`; `None` unless exactly 6 bytes.
-    pub fn from_slice(b: &[u8]) -> Option<Self> {
-        <[u8; 6]>::try_from(b).ok().map(Self)
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-/// Error of [`MacAddr::from_str`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address {0:?}")]
-pub struct InvalidMac(pub String);
-
-impl FromStr for MacAddr {
-    type Err = InvalidMac;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut n = 0;
-        for part in s.split([':', '-']) {
-            if n == 6 || part.len() != 2 {
-                return Err(InvalidMac(s.to_string()));
-            }
-            out[n] = u8::from_str_radix(part, 16).map_err(|_| InvalidMac(s.to_string()))?;
-            n += 1;
-        }
-        if n != 6 {
-            return Err(InvalidMac(s.to_string()));
-        }
-        Ok(Self(out))
-    }
-}
+pub use netbase::{InvalidMac, MacAddr};
 
 /// Bridge port flags read back from `IFLA_LINKINFO`/`IFLA_INFO_SLAVE_DATA`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -159,20 +115,4 @@ pub struct RouteInfo {
     pub oif: Option<u32>,
     pub priority: Option<u32>,
     pub table: u32,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_round_trips_through_text() {
-        let m: MacAddr = "0A:58:0a:00:00:02".parse().unwrap();
-        assert_eq!(m.0, [0x0a, 0x58, 0x0a, 0, 0, 2]);
-        assert_eq!(m.to_string(), "0a:58:0a:00:00:02");
-        assert!("0a:58:0a:00:00".parse::<MacAddr>().is_err());
-        assert!("0a:58:0a:00:00:02:03".parse::<MacAddr>().is_err());
-        assert!("0a:58:0a:00:00:zz".parse::<MacAddr>().is_err());
-        assert_eq!(MacAddr::from_slice(&[1, 2, 3]), None);
-    }
 }

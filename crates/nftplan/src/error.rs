@@ -55,6 +55,24 @@ pub enum NftError {
         /// Why.
         reason: &'static str,
     },
+    /// An interface name refused by the suite's one rule.
+    #[error(transparent)]
+    IfName(#[from] netbase::InvalidIfName),
+    /// A port protocol other than tcp, udp or sctp.
+    #[error(transparent)]
+    Protocol(#[from] netbase::InvalidProtocol),
+    /// CHECK found elements of an attachment missing from the kernel.
+    #[error(
+        "{what} missing for {attachment}: {elems} (after a firewall reload, run `cnirs reconcile`, or keep `cnirs watch` running)"
+    )]
+    Missing {
+        /// What was checked (`firewall elements`, `published ports`...).
+        what: &'static str,
+        /// `network/container-id/ifname`.
+        attachment: String,
+        /// The missing elements.
+        elems: String,
+    },
     /// A netlink request of our own (table probe, netns cookie) failed.
     #[error("netlink ({what}): {source}")]
     Netlink {
@@ -91,20 +109,21 @@ impl NftError {
     }
 }
 
-/// The one place firewall errors become CNI errors.
-impl From<NftError> for cni_core::CniError {
-    fn from(e: NftError) -> Self {
-        use cni_core::ErrorCode as C;
-        let code = match &e {
+impl NftError {
+    /// The kind of failure, for the plugin's one mapping to CNI codes.
+    pub fn class(&self) -> netbase::ErrorClass {
+        use netbase::ErrorClass as C;
+        match self {
             NftError::Conflict { .. } => C::Conflict,
-            NftError::Invalid { .. } => C::InvalidConfig,
-            NftError::NotAttached { .. } => C::CheckFailed,
+            NftError::Invalid { .. } | NftError::IfName(_) | NftError::Protocol(_) => {
+                C::InvalidConfig
+            }
+            NftError::NotAttached { .. } | NftError::Missing { .. } => C::CheckFailed,
             NftError::Io { .. } | NftError::State { .. } => C::Io,
             NftError::Nft { .. }
             | NftError::Spawn { .. }
             | NftError::Netlink { .. }
             | NftError::Restore { .. } => C::Firewall,
-        };
-        cni_core::CniError::new(code, e.to_string())
+        }
     }
 }

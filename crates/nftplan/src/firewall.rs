@@ -437,16 +437,6 @@ impl Firewall {
         Ok(())
     }
 
-    /// GC for a CNI request: keep the attachments listed in `cni.dev/valid-attachments`.
-    pub fn gc_request(&self, feature: Feature, req: &cni_core::Request) -> Result<(), NftError> {
-        let valid: Vec<(String, String)> = req
-            .valid_attachments()
-            .iter()
-            .map(|a| (a.container_id.clone(), a.ifname.clone()))
-            .collect();
-        self.gc(feature, &req.conf.name, &valid)
-    }
-
     /// Load the skeleton (repairing its rules) and re-add every element the state knows, in one
     /// transaction: the way back after `nft flush ruleset` or a firewall reload. Returns how
     /// many elements it (re-)added.
@@ -855,22 +845,19 @@ fn overlaps(a: &PortMapping, b: &PortMapping) -> bool {
         && (ka.host_ip.is_none() || kb.host_ip.is_none() || ka.host_ip == kb.host_ip)
 }
 
-/// CHECK's verdict on what [`Firewall::check_network`] and its siblings found missing: code 105
-/// naming the elements, or Ok when nothing is missing.
-pub fn missing_error(
-    what: &str,
-    a: &Attachment,
-    missing: &[Elem],
-) -> Result<(), cni_core::CniError> {
+/// CHECK's verdict on what [`Firewall::check_network`] and its siblings found missing:
+/// [`NftError::Missing`] naming the elements, or Ok when nothing is missing.
+pub fn missing_error(what: &'static str, a: &Attachment, missing: &[Elem]) -> Result<(), NftError> {
     if missing.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
-    Err(cni_core::CniError::new(
-        cni_core::ErrorCode::CheckFailed,
-        format!(
-            "{what} missing for {a}: {} (after a firewall reload, run `cnirs reconcile`, or keep `cnirs watch` running)",
-            list.join(", ")
-        ),
-    ))
+    Err(NftError::Missing {
+        what,
+        attachment: a.to_string(),
+        elems: missing
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }

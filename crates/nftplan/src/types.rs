@@ -11,65 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::NftError;
 
-/// A Linux interface name as the kernel accepts it (`dev_valid_name`): 1..=15 bytes, not `.` or
-/// `..`, no `/`, `:` or whitespace. We also refuse `"`, `\` and non-printable bytes, so the name
-/// can be written between double quotes in nft text as is.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct IfName(String);
-
-impl IfName {
-    /// Validate `name`.
-    pub fn new(name: &str) -> Result<Self, NftError> {
-        let bad = |reason| NftError::Invalid {
-            what: "interface name",
-            value: name.to_owned(),
-            reason,
-        };
-        if name.is_empty() {
-            return Err(bad("empty"));
-        }
-        if name.len() > 15 {
-            return Err(bad("longer than 15 bytes"));
-        }
-        if name == "." || name == ".." {
-            return Err(bad("reserved name"));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b':' | b'"' | b'\\'))
-        {
-            return Err(bad(
-                "contains '/', ':', '\"', '\\', whitespace or non-ASCII",
-            ));
-        }
-        Ok(IfName(name.to_owned()))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for IfName {
-    type Error = NftError;
-    fn try_from(s: String) -> Result<Self, NftError> {
-        IfName::new(&s)
-    }
-}
-
-impl From<IfName> for String {
-    fn from(n: IfName) -> String {
-        n.0
-    }
-}
-
-impl fmt::Display for IfName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use netbase::{IfName, Protocol};
 
 /// One attachment of a container to a network: the key of every ownership record.
 /// DEL needs nothing else (the netns may be gone, prevResult missing).
@@ -112,13 +54,6 @@ impl Attachment {
     }
 }
 
-impl Attachment {
-    /// The attachment a CNI call is about: (network name, container id, ifname).
-    pub fn of(req: &cni_core::Request) -> Result<Self, NftError> {
-        Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
-    }
-}
-
 impl fmt::Display for Attachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.network, self.container_id, self.ifname)
@@ -157,43 +92,6 @@ impl Feature {
         Feature::Portmap,
         Feature::Firewall,
     ];
-}
-
-/// L4 protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// tcp
-    Tcp,
-    /// udp
-    Udp,
-    /// sctp
-    Sctp,
-}
-
-impl Protocol {
-    /// The nft keyword (`inet_proto` value).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-
-    /// Parse a CNI `portMappings[].protocol` (case-insensitive, empty means tcp).
-    pub fn parse(s: &str) -> Result<Self, NftError> {
-        match s.to_ascii_lowercase().as_str() {
-            "" | "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            "sctp" => Ok(Protocol::Sctp),
-            _ => Err(NftError::Invalid {
-                what: "protocol",
-                value: s.to_owned(),
-                reason: "expected tcp, udp or sctp",
-            }),
-        }
-    }
 }
 
 /// One published port: `host_ip:host_port/protocol -> container_ip:container_port`.

@@ -1,7 +1,7 @@
 //! The bridge plugin's config: the reference plugin's keys, typed and validated before any
 //! side effect.
 
-use cni_core::{args::validate_ifname, conf::parse_value, gokeys, CniError, Request};
+use cni_core::{conf::parse_value, gokeys, CniError, IfName, MacAddr, Request};
 use serde::Deserialize;
 
 /// The reference bridge plugin's keys (plugins/main/bridge/bridge.go `NetConf`).
@@ -62,7 +62,7 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeSpec {
     pub mode: Mode,
-    pub bridge: String,
+    pub bridge: IfName,
     pub is_gateway: bool,
     pub is_default_gateway: bool,
     pub force_address: bool,
@@ -75,14 +75,16 @@ pub struct BridgeSpec {
     pub port_isolation: bool,
     /// Drop frames from the pod whose source MAC is not the pod interface's.
     pub macspoofchk: bool,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
     pub has_ipam: bool,
 }
 
 pub fn parse(req: &Request, mode: Mode) -> Result<BridgeSpec, CniError> {
     let raw: RawConf = req.parse_conf()?;
-    let bridge = raw.bridge.clone().unwrap_or_else(|| "cni0".to_string());
-    validate_ifname(&bridge).map_err(|e| CniError::config("bridge", e.msg))?;
+    // The one interface-name rule, here at parse time: a name the kernel would take but nft
+    // text cannot hold (`br"x`, `brü`) is refused before anything exists.
+    let bridge = IfName::new(raw.bridge.as_deref().unwrap_or("cni0"))
+        .map_err(|e| CniError::config("bridge", e))?;
     if let Some(mtu) = raw.mtu {
         if !(68..=65535).contains(&mtu) {
             return Err(CniError::config(
@@ -161,7 +163,7 @@ pub fn parse(req: &Request, mode: Mode) -> Result<BridgeSpec, CniError> {
 
 /// The MAC the runtime asks for: `runtimeConfig.mac` or `CNI_ARGS` `MAC=` (reference order:
 /// CNI_ARGS, then args, then runtimeConfig wins).
-fn mac_request(req: &Request, raw: &RawConf) -> Result<Option<[u8; 6]>, CniError> {
+fn mac_request(req: &Request, raw: &RawConf) -> Result<Option<MacAddr>, CniError> {
     let mut found: Option<(String, &str)> =
         req.args.get("MAC").map(|m| (m.to_string(), "CNI_ARGS MAC"));
     if let Some(m) = raw
@@ -187,20 +189,8 @@ fn mac_request(req: &Request, raw: &RawConf) -> Result<Option<[u8; 6]>, CniError
 }
 
 /// `aa:bb:cc:dd:ee:ff`, unicast only.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in out.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    if parts.next().is_some() || out[0] & 1 == 1 {
-        return None;
-    }
-    Some(out)
+pub fn parse_mac(s: &str) -> Option<MacAddr> {
+    s.parse::<MacAddr>().ok().filter(MacAddr::is_unicast)
 }
 
 #[cfg(test)]
@@ -208,10 +198,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn macs() {
+    fn requested_mac_must_be_a_unicast_colon_address() {
         assert_eq!(
             parse_mac("0a:58:0a:00:00:05"),
-            Some([0x0a, 0x58, 0x0a, 0, 0, 5])
+            Some(MacAddr([0x0a, 0x58, 0x0a, 0, 0, 5]))
         );
         for bad in [
             "",

@@ -1,15 +1,20 @@
 //! `bridge` and `internal-bridge`: one attachment = a veth from a Linux bridge into the pod.
 //!
-//! parse ([`config`]) -> IPAM -> plan ([`plan`], pure) -> apply ([`verbs`]: kernel, then
-//! firewall) -> result. `internal-bridge` is the same code with [`config::Mode::Internal`]:
+//! parse ([`config`]) -> read the kernel ([`apply::read_view`]) -> IPAM -> plan ([`plan`]:
+//! pure, a list of steps printed as `ip` commands) -> apply (`netops::apply` over
+//! [`apply::Effects`], undoing completed steps on a failure) -> result. Errors are
+//! [`BridgeError`], mapped to CNI codes once. `internal-bridge` is the same code with [`config::Mode::Internal`]:
 //! no default route, no masquerade, and the bridge sealed on the host by the firewall table.
 
+pub mod apply;
 pub mod config;
+pub mod error;
 pub mod plan;
 pub mod verbs;
 
 use cni_core::{CniError, CniResult, Plugin, Request};
 pub use config::Mode;
+pub use error::BridgeError;
 
 /// The plugin, in one of its two modes.
 pub struct Bridge(pub Mode);

@@ -1,54 +1,160 @@
-//! The pure step of ADD: from the validated spec and IPAM's answer to a plain value saying
-//! which links, addresses, routes, sysctls and firewall elements the attachment needs, and
-//! the CNI result once the kernel told us the MACs.
+//! The pure step of ADD: from the validated spec, IPAM's answer and what the kernel reported
+//! (read before planning, [`KernelView`]) to a list of [`Step`]s as values, printed as the `ip`
+//! commands they match ([`Plan::text`], golden-tested), and the CNI result once the kernel
+//! told us the MACs ([`Plan::result`]).
+//!
+//! An overlay network is this plan plus its own ops (a VXLAN device enslaved to the bridge):
+//! [`build`] gives the bridge part, the caller appends [`Step::Net`] ops of its own.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::PathBuf};
 
-use cni_core::{CniError, CniResult, Interface, IpConfig, Request, Route};
+use cni_core::{CniResult, IfName, Interface, IpConfig, MacAddr, Route};
 use ipnetwork::IpNetwork;
+use netops::{Ns, Op, Reversible, RouteSpec, SysctlKey};
+use nftplan::Attachment;
 
-use crate::config::{BridgeSpec, Mode};
+use crate::{
+    config::{BridgeSpec, Mode},
+    error::BridgeError,
+};
 
+/// Who is attaching: the key DEL needs (network, container id, ifname) and the pod netns.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub bridge: String,
-    pub bridge_mtu: Option<u32>,
+pub struct Ids {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: IfName,
+    pub netns: PathBuf,
+}
+
+/// The bridge as the kernel reported it before planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeView {
+    /// `IFLA_INFO_KIND`; anything but "bridge" is refused.
+    pub kind: Option<String>,
+    pub up: bool,
     pub promisc: bool,
-    /// Host end of the veth: derived from (network, container, ifname), so DEL finds it with
-    /// nothing else (no netns, no prevResult, no state).
-    pub host_veth: String,
-    pub pod_ifname: String,
-    pub mtu: Option<u32>,
-    pub mac: Option<[u8; 6]>,
-    pub hairpin: bool,
-    pub port_isolation: bool,
-    pub macspoofchk: bool,
-    /// Addresses on the pod interface; `nodad` for IPv6 unless `enabledad`.
-    pub pod_addrs: Vec<IpNetwork>,
-    pub nodad: bool,
-    pub pod_routes: Vec<Route>,
-    /// Gateway addresses for the bridge (`isGateway`), with the subnet's prefix.
-    pub bridge_addrs: Vec<IpNetwork>,
-    pub force_address: bool,
+    /// Every address on it (link-local IPv6 included).
+    pub addrs: Vec<IpNetwork>,
+}
+
+/// What the plan depends on in the kernel, read before planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelView {
+    /// `None`: no link of that name on the host.
+    pub bridge: Option<BridgeView>,
+    /// A link named `CNI_IFNAME` already exists in the pod.
+    pub pod_has_ifname: bool,
+    pub pod_lo_up: bool,
+    /// The pod already has a default route of that family (through another network).
+    pub pod_default_v4: bool,
+    pub pod_default_v6: bool,
+    /// `net.ipv4.ip_forward` / `net.ipv6.conf.all.forwarding` are already 1.
     pub forward_v4: bool,
     pub forward_v6: bool,
-    pub firewall: FirewallNeeds,
-    pub ips: Vec<IpConfig>,
 }
 
 /// What the network needs from the firewall table, per network (never per pod).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallNeeds {
-    pub bridge: String,
+    pub attachment: Attachment,
+    pub bridge: IfName,
     /// Subnets to masquerade when leaving the host (`ipMasq`).
     pub masq: Vec<IpNetwork>,
     /// Every subnet of the attachment (hairpin masquerade on this bridge).
     pub subnets: Vec<IpNetwork>,
     pub internal: bool,
+    /// `macspoofchk`: the host port whose frames must carry the pod interface's MAC (read
+    /// from the kernel when the step runs, unless the runtime asked for one).
+    pub spoof_port: Option<IfName>,
+    /// Recorded with the attachment for `cnirs inspect`: the pod's addresses and host veth.
+    pub pod_ips: Vec<IpNetwork>,
+    pub host_veth: IfName,
+}
+
+/// One step of an attachment: kernel work, or the firewall elements (always last, so nothing
+/// after it can fail and leave elements behind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Net(Op),
+    AttachFirewall(FirewallNeeds),
+    DetachFirewall(Attachment),
+}
+
+impl Reversible for Step {
+    fn inverse(&self) -> Option<Step> {
+        match self {
+            Step::Net(op) => op.inverse().map(Step::Net),
+            Step::AttachFirewall(n) => Some(Step::DetachFirewall(n.attachment.clone())),
+            Step::DetachFirewall(_) => None,
+        }
+    }
+}
+
+fn join<T: std::fmt::Display>(v: &[T]) -> String {
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Step {
+    /// The command this step matches (`ip ...`, `sysctl ...`, or our nft elements).
+    pub fn command(&self, pod_netns: &str) -> String {
+        match self {
+            Step::Net(op) => op.command(pod_netns),
+            Step::AttachFirewall(n) => {
+                let mut s = format!("nft: attach {} to bridge {}", n.attachment, n.bridge);
+                if n.internal {
+                    s += " internal";
+                }
+                if !n.subnets.is_empty() {
+                    s += &format!(" subnets {{ {} }}", join(&n.subnets));
+                }
+                if !n.masq.is_empty() {
+                    s += &format!(" masq {{ {} }}", join(&n.masq));
+                }
+                if let Some(p) = &n.spoof_port {
+                    s += &format!(" macspoofchk {p}");
+                }
+                s
+            }
+            Step::DetachFirewall(a) => format!("nft: detach {a}"),
+        }
+    }
+}
+
+/// The attachment as values: the steps to run and what the result will say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub ids: Ids,
+    pub bridge: IfName,
+    /// Host end of the veth: derived from (network, container, ifname), so DEL finds it with
+    /// nothing else (no netns, no prevResult, no state).
+    pub host_veth: IfName,
+    pub steps: Vec<Step>,
+    /// Addresses for the result (interface 2 = the pod interface).
+    pub ips: Vec<IpConfig>,
+    /// Routes for the result: the ones installed (a default route the pod already had through
+    /// another network is not).
+    pub routes: Vec<Route>,
+    pub requested_mac: Option<MacAddr>,
+}
+
+impl Plan {
+    /// The plan as the commands it matches, one per line.
+    pub fn text(&self) -> String {
+        let ns = self.ids.netns.display().to_string();
+        self.steps.iter().map(|s| s.command(&ns) + "\n").collect()
+    }
 }
 
 /// `veth` + 11 hex digits of FNV-1a over (network, container id, ifname): 15 bytes, stable.
-pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String {
+pub fn host_veth_name(
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<IfName, netops::InvalidIfName> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in [network, container_id, ifname] {
         for b in part.bytes().chain(std::iter::once(0u8)) {
@@ -56,64 +162,96 @@ pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    format!("veth{:011x}", h & 0xfff_ffff_ffff)
+    // Always valid (15 ASCII bytes); the Result keeps the one rule in one place.
+    IfName::new(&format!("veth{:011x}", h & 0xfff_ffff_ffff))
 }
 
 fn subnet_of(addr: &IpNetwork) -> IpNetwork {
-    // UNWRAP-free: the prefix comes from a valid network, so it is valid for the same family.
     IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(*addr)
 }
 
 /// The gateway address IPAM gave for `ip`, or the first address of its subnet (reference:
 /// `calcGateways` picks `ip.NextIP(subnet.IP)` when IPAM gave none).
-fn gateway_for(ip: &IpConfig) -> Option<IpAddr> {
+fn gateway_for(ip: &IpConfig) -> IpAddr {
     if let Some(gw) = ip.gateway {
-        return Some(gw);
+        return gw;
     }
-    let net = subnet_of(&ip.address);
-    match net.network() {
-        IpAddr::V4(n) => Some(IpAddr::V4((u32::from(n).wrapping_add(1)).into())),
-        IpAddr::V6(n) => Some(IpAddr::V6((u128::from(n).wrapping_add(1)).into())),
+    match subnet_of(&ip.address).network() {
+        IpAddr::V4(n) => IpAddr::V4((u32::from(n).wrapping_add(1)).into()),
+        IpAddr::V6(n) => IpAddr::V6((u128::from(n).wrapping_add(1)).into()),
     }
 }
 
-pub fn build(spec: &BridgeSpec, req: &Request, ipam: &CniResult) -> Result<Plan, CniError> {
-    if ipam.ips.is_empty() && spec.has_ipam {
-        return Err(CniError::new(
-            cni_core::ErrorCode::Delegate,
-            "IPAM plugin returned no IP addresses",
-        ));
+/// `0.0.0.0/0` or `::/0`.
+fn default_dst(v4: bool) -> Option<IpNetwork> {
+    let ip = if v4 {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    IpNetwork::new(ip, 0).ok()
+}
+
+fn is_link_local_v6(a: &IpNetwork) -> bool {
+    matches!(a.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// Refusals that need only the kernel view: checked before IPAM, so a refused ADD allocates
+/// nothing.
+pub fn preflight(spec: &BridgeSpec, ids: &Ids, view: &KernelView) -> Result<(), BridgeError> {
+    if view.pod_has_ifname {
+        return Err(BridgeError::IfnameTaken {
+            ifname: ids.ifname.clone(),
+            netns: ids.netns.display().to_string(),
+        });
     }
+    if let Some(b) = &view.bridge {
+        if b.kind.as_deref() != Some("bridge") {
+            return Err(BridgeError::NotABridge {
+                name: spec.bridge.clone(),
+                kind: b.kind.clone().unwrap_or_else(|| "device".into()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Build the plan. Pure: everything it needs is in its arguments.
+pub fn build(
+    spec: &BridgeSpec,
+    ids: &Ids,
+    ipam: &CniResult,
+    view: &KernelView,
+) -> Result<Plan, BridgeError> {
+    preflight(spec, ids, view)?;
+    if ipam.ips.is_empty() && spec.has_ipam {
+        return Err(BridgeError::NoAddresses);
+    }
+    let host_veth = host_veth_name(&ids.network, &ids.container_id, &ids.ifname)
+        .map_err(netops::NetopsError::from)?;
+    let br = &spec.bridge;
+    let pod_if = &ids.ifname;
+
+    // Addresses, gateways, routes.
     let mut ips = Vec::new();
-    let mut bridge_addrs = Vec::new();
-    let mut pod_routes = Vec::new();
-    let (mut has_v4, mut has_v6) = (false, false);
+    let mut bridge_addrs: Vec<IpNetwork> = Vec::new();
     for ip in &ipam.ips {
         let gw = if spec.is_gateway {
-            gateway_for(ip)
+            Some(gateway_for(ip))
         } else {
             ip.gateway
         };
-        if let Some(g) = gw {
-            if g == ip.address.ip() {
-                return Err(CniError::config(
-                    "ipam",
-                    format!("the pod address {} is the gateway address", ip.address),
-                ));
-            }
+        if gw == Some(ip.address.ip()) {
+            return Err(BridgeError::PodAddressIsGateway(ip.address));
         }
-        if ip.address.is_ipv4() {
-            has_v4 = true;
-        } else {
-            has_v6 = true;
-        }
-        if spec.is_gateway {
-            if let Some(g) = gw {
-                let a = IpNetwork::new(g, ip.address.prefix())
-                    .map_err(|e| CniError::config("ipam", format!("gateway {g}: {e}")))?;
-                if !bridge_addrs.contains(&a) {
-                    bridge_addrs.push(a);
-                }
+        if let (true, Some(g)) = (spec.is_gateway, gw) {
+            let a =
+                IpNetwork::new(g, ip.address.prefix()).map_err(|_| BridgeError::BadGateway {
+                    gw: g,
+                    prefix: ip.address.prefix(),
+                })?;
+            if !bridge_addrs.contains(&a) {
+                bridge_addrs.push(a);
             }
         }
         ips.push(IpConfig {
@@ -122,6 +260,12 @@ pub fn build(spec: &BridgeSpec, req: &Request, ipam: &CniResult) -> Result<Plan,
             interface: Some(2),
         });
     }
+    let gw_of = |v4: bool| {
+        ips.iter()
+            .find(|i| i.address.is_ipv4() == v4)
+            .and_then(|i| i.gateway)
+    };
+    let mut routes: Vec<Route> = Vec::new();
     // IPAM routes; a route without a gateway goes via the gateway of its family (reference
     // ipam.ConfigureIface).
     for r in &ipam.routes {
@@ -134,72 +278,197 @@ pub fn build(spec: &BridgeSpec, req: &Request, ipam: &CniResult) -> Result<Plan,
         }
         let mut route = r.clone();
         if route.gw.is_none() {
-            route.gw = ips
-                .iter()
-                .find(|i| i.address.is_ipv4() == r.dst.is_ipv4())
-                .and_then(|i| i.gateway);
+            route.gw = gw_of(r.dst.is_ipv4());
         }
-        pod_routes.push(route);
+        routes.push(route);
     }
     if spec.is_default_gateway {
-        for ip in &ips {
-            let Some(gw) = ip.gateway else { continue };
-            let dst: IpNetwork = if gw.is_ipv4() {
-                IpNetwork::new(IpAddr::from([0u8; 4]), 0)
-            } else {
-                IpNetwork::new(IpAddr::from([0u16; 8]), 0)
+        for v4 in [true, false] {
+            let Some(gw) = gw_of(v4) else { continue };
+            let Some(dst) = default_dst(v4) else { continue };
+            if !routes.iter().any(|r| r.dst == dst) {
+                routes.push(Route::new(dst, Some(gw)));
             }
-            .map_err(|e| CniError::config("isDefaultGateway", e))?;
-            if pod_routes.iter().any(|r| r.dst == dst) {
-                continue; // IPAM already gave a default route of this family
-            }
-            pod_routes.push(Route::new(dst, Some(gw)));
         }
     }
+    // A pod on two networks: the first network's default gateway wins, as in Docker (the
+    // reference fails the second ADD here).
+    routes.retain(|r| {
+        let taken = r.dst.prefix() == 0
+            && if r.dst.is_ipv4() {
+                view.pod_default_v4
+            } else {
+                view.pod_default_v6
+            };
+        if taken {
+            log::info!(
+                "pod already has a default route; keeping it instead of {}",
+                r.dst
+            );
+        }
+        !taken
+    });
+
+    let mut steps = Vec::new();
+    let mut net = |op| steps.push(Step::Net(op));
+
+    // The bridge.
+    match &view.bridge {
+        None => {
+            net(Op::CreateBridge {
+                name: br.clone(),
+                mtu: spec.mtu,
+            });
+            net(Op::PinMac { link: br.clone() });
+        }
+        Some(b) if !b.up => net(Op::SetUp {
+            ns: Ns::Host,
+            link: br.clone(),
+        }),
+        Some(_) => {}
+    }
+    // The kernel-level seal of an internal network (policy rules, independent of nftables),
+    // before any pod is plugged in; a new non-internal bridge drops a stale one.
+    if spec.mode == Mode::Internal {
+        net(Op::SealBridge { name: br.clone() });
+    } else if view.bridge.is_none() {
+        net(Op::UnsealBridge { name: br.clone() });
+    }
+    if spec.promisc && !view.bridge.as_ref().is_some_and(|b| b.promisc) {
+        net(Op::SetPromisc {
+            link: br.clone(),
+            on: true,
+        });
+    }
+    // Gateway addresses, with the reference's `forceAddress` semantics: one IPv4 address per
+    // bridge; IPv6 addresses may coexist unless their subnets overlap.
+    let have_all: &[IpNetwork] = view.bridge.as_ref().map_or(&[], |b| &b.addrs);
+    for want in &bridge_addrs {
+        if have_all.contains(want) {
+            continue;
+        }
+        for a in have_all.iter().filter(|a| a.is_ipv4() == want.is_ipv4()) {
+            if is_link_local_v6(a) {
+                continue;
+            }
+            let clash = want.is_ipv4() || a.contains(want.ip()) || want.contains(a.ip());
+            if !clash {
+                continue;
+            }
+            if !spec.force_address {
+                return Err(BridgeError::BridgeAddressTaken {
+                    bridge: br.clone(),
+                    have: *a,
+                    want: *want,
+                });
+            }
+            net(Op::DelAddr {
+                ns: Ns::Host,
+                link: br.clone(),
+                cidr: *a,
+            });
+        }
+        net(Op::AddAddr {
+            ns: Ns::Host,
+            link: br.clone(),
+            cidr: *want,
+            dad: false,
+        });
+    }
+
+    // The veth, its peer created in the pod under its final name.
+    net(Op::CreateVeth {
+        host: host_veth.clone(),
+        peer: pod_if.clone(),
+        netns: ids.netns.clone(),
+        mtu: spec.mtu,
+        peer_mac: spec.mac,
+    });
+    net(Op::SetMaster {
+        link: host_veth.clone(),
+        bridge: br.clone(),
+    });
+    if spec.hairpin || spec.port_isolation {
+        net(Op::SetBridgePort {
+            link: host_veth.clone(),
+            hairpin: spec.hairpin.then_some(true),
+            isolated: spec.port_isolation.then_some(true),
+        });
+    }
+    if !view.pod_lo_up {
+        net(Op::SetUp {
+            ns: Ns::Pod,
+            link: IfName::new("lo").map_err(netops::NetopsError::from)?,
+        });
+    }
+    for ip in &ips {
+        net(Op::AddAddr {
+            ns: Ns::Pod,
+            link: pod_if.clone(),
+            cidr: ip.address,
+            dad: spec.enable_dad,
+        });
+    }
+    for r in &routes {
+        net(Op::AddRoute {
+            ns: Ns::Pod,
+            link: pod_if.clone(),
+            route: RouteSpec {
+                dst: r.dst,
+                gw: r.gw,
+                priority: r.priority,
+            },
+        });
+    }
+    let has = |v4: bool| ips.iter().any(|i| i.address.is_ipv4() == v4);
+    for (v4, key, already) in [
+        (true, "net.ipv4.ip_forward", view.forward_v4),
+        (false, "net.ipv6.conf.all.forwarding", view.forward_v6),
+    ] {
+        if spec.is_gateway && has(v4) && !already {
+            net(Op::SetSysctl {
+                key: SysctlKey::parse(key)?,
+                value: "1".into(),
+            });
+        }
+    }
+
     let mut subnets: Vec<IpNetwork> = ips.iter().map(|i| subnet_of(&i.address)).collect();
     subnets.dedup();
-    let masq = if spec.ip_masq {
-        subnets.clone()
-    } else {
-        Vec::new()
-    };
-    Ok(Plan {
-        bridge: spec.bridge.clone(),
-        bridge_mtu: spec.mtu,
-        promisc: spec.promisc,
-        host_veth: host_veth_name(&req.conf.name, &req.container_id, &req.ifname),
-        pod_ifname: req.ifname.clone(),
-        mtu: spec.mtu,
-        mac: spec.mac,
-        hairpin: spec.hairpin,
-        port_isolation: spec.port_isolation,
-        macspoofchk: spec.macspoofchk,
-        pod_addrs: ips.iter().map(|i| i.address).collect(),
-        nodad: !spec.enable_dad,
-        pod_routes,
-        bridge_addrs,
-        force_address: spec.force_address,
-        forward_v4: spec.is_gateway && has_v4,
-        forward_v6: spec.is_gateway && has_v6,
-        firewall: FirewallNeeds {
-            bridge: spec.bridge.clone(),
-            masq,
-            subnets,
-            internal: spec.mode == Mode::Internal,
+    let attachment = Attachment::new(&ids.network, &ids.container_id, ids.ifname.as_str())?;
+    steps.push(Step::AttachFirewall(FirewallNeeds {
+        attachment,
+        bridge: br.clone(),
+        masq: if spec.ip_masq {
+            subnets.clone()
+        } else {
+            Vec::new()
         },
+        subnets,
+        internal: spec.mode == Mode::Internal,
+        spoof_port: spec.macspoofchk.then(|| host_veth.clone()),
+        pod_ips: ips.iter().map(|i| i.address).collect(),
+        host_veth: host_veth.clone(),
+    }));
+
+    Ok(Plan {
+        ids: ids.clone(),
+        bridge: br.clone(),
+        host_veth,
+        steps,
         ips,
+        routes,
+        requested_mac: spec.mac,
     })
 }
 
-/// What the kernel reported while applying the plan.
-#[derive(Debug, Clone, Default)]
+/// What the kernel reported once the plan ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    pub bridge_mac: String,
-    pub host_mac: String,
-    pub pod_mac: String,
+    pub bridge_mac: Option<MacAddr>,
+    pub host_mac: Option<MacAddr>,
+    pub pod_mac: Option<MacAddr>,
     pub pod_mtu: Option<u32>,
-    /// Routes not installed because the pod already had one to the same destination.
-    pub skipped_routes: Vec<IpNetwork>,
 }
 
 impl Plan {
@@ -207,51 +476,39 @@ impl Plan {
     pub fn result(
         &self,
         obs: &Observed,
-        netns: &str,
         ipam: &CniResult,
-        req: &Request,
+        conf_dns: Option<&cni_core::Dns>,
     ) -> CniResult {
+        let mac = |m: Option<MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
         CniResult {
             interfaces: vec![
                 Interface {
-                    name: self.bridge.clone(),
-                    mac: obs.bridge_mac.clone(),
+                    name: self.bridge.to_string(),
+                    mac: mac(obs.bridge_mac),
                     ..Default::default()
                 },
                 Interface {
-                    name: self.host_veth.clone(),
-                    mac: obs.host_mac.clone(),
+                    name: self.host_veth.to_string(),
+                    mac: mac(obs.host_mac),
                     ..Default::default()
                 },
                 Interface {
-                    name: self.pod_ifname.clone(),
-                    mac: obs.pod_mac.clone(),
+                    name: self.ids.ifname.to_string(),
+                    mac: mac(obs.pod_mac),
                     mtu: obs.pod_mtu,
-                    sandbox: netns.to_string(),
+                    sandbox: self.ids.netns.display().to_string(),
                     ..Default::default()
                 },
             ],
             ips: self.ips.clone(),
-            routes: self
-                .pod_routes
-                .iter()
-                .filter(|r| !obs.skipped_routes.contains(&r.dst))
-                .cloned()
-                .collect(),
+            routes: self.routes.clone(),
             dns: if ipam.dns.is_empty() {
-                req.conf.dns.clone().unwrap_or_default()
+                conf_dns.cloned().unwrap_or_default()
             } else {
                 ipam.dns.clone()
             },
         }
     }
-}
-
-pub fn mac_string(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]
@@ -260,17 +517,15 @@ mod tests {
 
     #[test]
     fn veth_names_are_stable_short_and_distinct() {
-        let a = host_veth_name("net", "ctr", "eth0");
-        assert_eq!(a, host_veth_name("net", "ctr", "eth0"));
+        let v = |n, c, i| host_veth_name(n, c, i).unwrap();
+        let a = v("net", "ctr", "eth0");
+        assert_eq!(a, v("net", "ctr", "eth0"));
         assert_eq!(a.len(), 15);
         assert!(a.starts_with("veth"));
-        assert_ne!(a, host_veth_name("net", "ctr", "eth1"));
-        assert_ne!(a, host_veth_name("net2", "ctr", "eth0"));
+        assert_ne!(a, v("net", "ctr", "eth1"));
+        assert_ne!(a, v("net2", "ctr", "eth0"));
         // The separator keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(
-            host_veth_name("ab", "c", "x"),
-            host_veth_name("a", "bc", "x")
-        );
+        assert_ne!(v("ab", "c", "x"), v("a", "bc", "x"));
     }
 
     #[test]
@@ -280,20 +535,12 @@ mod tests {
             gateway: None,
             interface: None,
         };
-        assert_eq!(gateway_for(&ip), Some("10.4.0.1".parse().unwrap()));
+        assert_eq!(gateway_for(&ip), "10.4.0.1".parse::<IpAddr>().unwrap());
         let ip6 = IpConfig {
             address: "fd00:4::7/64".parse().unwrap(),
             gateway: None,
             interface: None,
         };
-        assert_eq!(gateway_for(&ip6), Some("fd00:4::1".parse().unwrap()));
-    }
-
-    #[test]
-    fn mac_format() {
-        assert_eq!(
-            mac_string(&[0x0a, 0x58, 0, 1, 0xff, 0x10]),
-            "0a:58:00:01:ff:10"
-        );
+        assert_eq!(gateway_for(&ip6), "fd00:4::1".parse::<IpAddr>().unwrap());
     }
 }

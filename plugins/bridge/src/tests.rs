@@ -1,10 +1,13 @@
-//! Plan tests: config + IPAM result in, plan out, no kernel.
+//! Plan tests: config + IPAM result + kernel view in, steps out, no kernel. The golden plans
+//! are the text of `ip` commands; the rollback tests run every plan over the recording fake
+//! with a failure injected at each step.
 
-use cni_core::{args::Command, CniResult, Request};
+use cni_core::{args::Command, CniResult, IfName, Request};
+use netops::{apply, Recorder, Reversible};
 
 use crate::{
     config::{self, Mode},
-    plan,
+    plan::{self, BridgeView, Ids, KernelView, Step},
 };
 
 fn req(conf: &str) -> Request {
@@ -16,6 +19,15 @@ fn req(conf: &str) -> Request {
         conf.as_bytes(),
     )
     .unwrap()
+}
+
+fn ids(r: &Request) -> Ids {
+    Ids {
+        network: r.conf.name.clone(),
+        container_id: r.container_id.clone(),
+        ifname: IfName::new(&r.ifname).unwrap(),
+        netns: r.netns.clone().unwrap(),
+    }
 }
 
 fn ipam(json: serde_json::Value) -> CniResult {
@@ -31,66 +43,224 @@ fn dual() -> CniResult {
         "routes":[{"dst":"192.168.77.0/24"}]}))
 }
 
+/// A fresh host: no bridge, pod `lo` down, forwarding off.
+fn fresh() -> KernelView {
+    KernelView::default()
+}
+
+/// The bridge exists, up, with this network's gateway; forwarding on; pod `lo` up.
+fn warm() -> KernelView {
+    KernelView {
+        bridge: Some(BridgeView {
+            kind: Some("bridge".into()),
+            up: true,
+            promisc: false,
+            addrs: vec![
+                "10.5.0.1/24".parse().unwrap(),
+                "fd00:5::1/64".parse().unwrap(),
+                "fe80::1/64".parse().unwrap(),
+            ],
+        }),
+        pod_lo_up: true,
+        forward_v4: true,
+        forward_v6: true,
+        ..Default::default()
+    }
+}
+
+fn plan_of(conf: &str, mode: Mode, ipam: &CniResult, view: &KernelView) -> plan::Plan {
+    let r = req(conf);
+    let spec = config::parse(&r, mode).unwrap();
+    plan::build(&spec, &ids(&r), ipam, view).unwrap()
+}
+
 #[test]
-fn default_gateway_plan_is_complete() {
-    let r = req(CONF);
-    let spec = config::parse(&r, Mode::External).unwrap();
-    assert!(spec.is_gateway, "isDefaultGateway implies isGateway");
-    let p = plan::build(&spec, &r, &dual()).unwrap();
-    assert_eq!(
-        p.bridge_addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>(),
-        ["10.5.0.1/24", "fd00:5::1/64"]
-    );
-    let routes: Vec<String> = p
-        .pod_routes
-        .iter()
-        .map(|r| format!("{}via{}", r.dst, r.gw.unwrap()))
-        .collect();
-    assert_eq!(
-        routes,
-        [
-            "192.168.77.0/24via10.5.0.1",
-            "0.0.0.0/0via10.5.0.1",
-            "::/0viafd00:5::1"
-        ]
-    );
-    assert_eq!(
-        p.firewall
-            .masq
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>(),
-        ["10.5.0.0/24", "fd00:5::/64"]
-    );
-    assert!(!p.firewall.internal);
-    assert!(p.forward_v4 && p.forward_v6);
-    assert!(p.nodad);
+fn golden_first_pod_on_a_fresh_host_creates_everything() {
+    let p = plan_of(CONF, Mode::External, &dual(), &fresh());
+    let veth = plan::host_veth_name("n1", "ctr1", "eth0").unwrap();
+    let want = "\
+ip link add br-t type bridge
+ip link set br-t address <its own>  # pin
+ip rule del iif br-t priority 10 unreachable  # -4 and -6
+ip addr add 10.5.0.1/24 dev br-t
+ip addr add fd00:5::1/64 dev br-t nodad
+ip link add VETH up type veth peer name eth0 netns /run/netns/p
+ip link set VETH master br-t up
+ip link set VETH type bridge_slave hairpin on
+ip -n /run/netns/p link set lo up
+ip -n /run/netns/p addr add 10.5.0.3/24 dev eth0
+ip -n /run/netns/p addr add fd00:5::3/64 dev eth0 nodad
+ip -n /run/netns/p route add 192.168.77.0/24 via 10.5.0.1 dev eth0
+ip -n /run/netns/p route add default via 10.5.0.1 dev eth0
+ip -n /run/netns/p route add default via fd00:5::1 dev eth0
+sysctl -w net.ipv4.ip_forward=1
+sysctl -w net.ipv6.conf.all.forwarding=1
+nft: attach n1/ctr1/eth0 to bridge br-t subnets { 10.5.0.0/24 fd00:5::/64 } masq { 10.5.0.0/24 fd00:5::/64 }
+"
+    .replace("VETH", &veth);
+    assert_eq!(p.text(), want, "\n{}", p.text());
     assert!(p.ips.iter().all(|i| i.interface == Some(2)));
 }
 
 #[test]
-fn internal_mode_drops_default_routes_and_masquerade() {
+fn golden_second_pod_on_a_warm_host_only_adds_its_own_parts() {
+    let conf = CONF.replace(r#""hairpinMode":true"#, r#""mtu":1400,"enabledad":true"#);
+    let p = plan_of(&conf, Mode::External, &dual(), &warm());
+    let veth = plan::host_veth_name("n1", "ctr1", "eth0").unwrap();
+    let want = "\
+ip link add VETH mtu 1400 up type veth peer name eth0 netns /run/netns/p mtu 1400
+ip link set VETH master br-t up
+ip -n /run/netns/p addr add 10.5.0.3/24 dev eth0
+ip -n /run/netns/p addr add fd00:5::3/64 dev eth0
+ip -n /run/netns/p route add 192.168.77.0/24 via 10.5.0.1 dev eth0
+ip -n /run/netns/p route add default via 10.5.0.1 dev eth0
+ip -n /run/netns/p route add default via fd00:5::1 dev eth0
+nft: attach n1/ctr1/eth0 to bridge br-t subnets { 10.5.0.0/24 fd00:5::/64 } masq { 10.5.0.0/24 fd00:5::/64 }
+"
+    .replace("VETH", &veth);
+    assert_eq!(p.text(), want, "\n{}", p.text());
+}
+
+#[test]
+fn golden_internal_bridge_drops_default_routes_masquerade_and_forwarding() {
     let conf = CONF.replace(r#""type":"bridge""#, r#""type":"internal-bridge""#);
-    let r = req(&conf);
-    let spec = config::parse(&r, Mode::Internal).unwrap();
     let with_default = ipam(serde_json::json!({"cniVersion":"1.0.0",
         "ips":[{"address":"10.6.0.3/24","gateway":"10.6.0.1"}],
         "routes":[{"dst":"0.0.0.0/0"},{"dst":"10.99.0.0/16"}]}));
-    let p = plan::build(&spec, &r, &with_default).unwrap();
+    let mut view = fresh();
+    view.pod_lo_up = true;
+    let p = plan_of(&conf, Mode::Internal, &with_default, &view);
+    let veth = plan::host_veth_name("n1", "ctr1", "eth0").unwrap();
+    let want = "\
+ip link add br-t type bridge
+ip link set br-t address <its own>  # pin
+ip rule add iif br-t priority 10 unreachable  # -4 and -6
+ip link add VETH up type veth peer name eth0 netns /run/netns/p
+ip link set VETH master br-t up
+ip link set VETH type bridge_slave hairpin on
+ip -n /run/netns/p addr add 10.6.0.3/24 dev eth0
+ip -n /run/netns/p route add 10.99.0.0/16 via 10.6.0.1 dev eth0
+nft: attach n1/ctr1/eth0 to bridge br-t internal subnets { 10.6.0.0/24 }
+"
+    .replace("VETH", &veth);
+    assert_eq!(p.text(), want, "\n{}", p.text());
+}
+
+#[test]
+fn a_default_route_the_pod_already_has_is_kept_and_left_out_of_the_result() {
+    let mut view = warm();
+    view.pod_default_v4 = true;
+    let p = plan_of(CONF, Mode::External, &dual(), &view);
+    let defaults: Vec<String> = p
+        .routes
+        .iter()
+        .filter(|r| r.dst.prefix() == 0)
+        .map(|r| r.dst.to_string())
+        .collect();
+    assert_eq!(defaults, ["::/0"]);
+    assert!(!p.text().contains("default via 10.5.0.1"));
+}
+
+#[test]
+fn another_networks_ipv4_gateway_on_the_bridge_is_a_conflict_unless_force_address() {
+    let mut view = warm();
+    view.bridge.as_mut().unwrap().addrs = vec!["10.9.0.1/24".parse().unwrap()];
+    let r = req(CONF);
+    let spec = config::parse(&r, Mode::External).unwrap();
+    let e = plan::build(&spec, &ids(&r), &dual(), &view).unwrap_err();
+    assert_eq!(cni_core::CniError::from(e).code(), 103);
+    let forced = CONF.replace(r#""ipMasq":true"#, r#""ipMasq":true,"forceAddress":true"#);
+    let p = plan_of(&forced, Mode::External, &dual(), &view);
     assert!(
-        p.pod_routes.iter().all(|r| r.dst.prefix() != 0),
-        "{:?}",
-        p.pod_routes
+        p.text()
+            .contains("ip addr del 10.9.0.1/24 dev br-t\nip addr add 10.5.0.1/24 dev br-t\n"),
+        "{}",
+        p.text()
     );
-    assert_eq!(p.pod_routes.len(), 1);
-    assert!(p.firewall.masq.is_empty());
-    assert!(p.firewall.internal);
+}
+
+#[test]
+fn taken_ifname_and_a_non_bridge_link_are_refused_before_ipam() {
+    let r = req(CONF);
+    let spec = config::parse(&r, Mode::External).unwrap();
+    let taken = KernelView {
+        pod_has_ifname: true,
+        ..Default::default()
+    };
+    let e = plan::preflight(&spec, &ids(&r), &taken).unwrap_err();
+    assert_eq!(cni_core::CniError::from(e).code(), 103);
+    let not_bridge = KernelView {
+        bridge: Some(BridgeView {
+            kind: Some("veth".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let e = plan::preflight(&spec, &ids(&r), &not_bridge).unwrap_err();
+    assert_eq!(cni_core::CniError::from(e).code(), 7);
+}
+
+/// For every step k of every golden plan: a failure at k runs the inverses of steps k-1..1,
+/// newest first, and nothing else.
+#[test]
+fn a_failure_at_every_step_rolls_back_the_steps_before_it() {
+    let internal = CONF.replace(r#""type":"bridge""#, r#""type":"internal-bridge""#);
+    let plans = [
+        plan_of(CONF, Mode::External, &dual(), &fresh()),
+        plan_of(CONF, Mode::External, &dual(), &warm()),
+        plan_of(&internal, Mode::Internal, &dual(), &fresh()),
+    ];
+    for p in &plans {
+        for k in 0..p.steps.len() {
+            let mut rec = Recorder::<Step>::failing_at(k);
+            let f = apply(&p.steps, &mut rec).unwrap_err();
+            assert_eq!(f.step, k);
+            let undo: Vec<Step> = p.steps[..k]
+                .iter()
+                .rev()
+                .filter_map(Step::inverse)
+                .collect();
+            assert_eq!(rec.calls[..=k], p.steps[..=k]);
+            assert_eq!(
+                rec.calls[k + 1..],
+                undo[..],
+                "failure at step {k}:\n{}",
+                p.text()
+            );
+        }
+        // Failure at the firewall step (last): the veth goes, so do the pod's addresses.
+        let last = p.steps.len() - 1;
+        let mut rec = Recorder::<Step>::failing_at(last);
+        apply(&p.steps, &mut rec).unwrap_err();
+        let undone: Vec<String> = rec.calls[last + 1..]
+            .iter()
+            .map(|s| s.command("/run/netns/p"))
+            .collect();
+        let veth = plan::host_veth_name("n1", "ctr1", "eth0").unwrap();
+        assert!(
+            undone.contains(&format!("ip link del {veth}")),
+            "{undone:?}"
+        );
+    }
+}
+
+#[test]
+fn a_created_bridge_is_removed_on_rollback_only_if_unused_and_the_firewall_is_detached() {
+    let p = plan_of(CONF, Mode::External, &dual(), &fresh());
+    let inverses: Vec<String> = p
+        .steps
+        .iter()
+        .filter_map(Step::inverse)
+        .map(|s| s.command("/run/netns/p"))
+        .collect();
+    assert_eq!(
+        inverses.first().unwrap(),
+        "ip link del br-t  # if it has no ports"
+    );
+    assert_eq!(inverses.last().unwrap(), "nft: detach n1/ctr1/eth0");
     assert!(
-        p.bridge_addrs.is_empty(),
-        "no gateway address unless isGateway"
+        !inverses.iter().any(|c| c.contains("sysctl")),
+        "forwarding is shared"
     );
 }
 
@@ -100,6 +270,8 @@ fn bad_values_name_their_field() {
         (r#""mtu":10"#, "mtu"),
         (r#""bridge":"a-very-long-bridge-name""#, "bridge"),
         (r#""bridge":"a/b""#, "bridge"),
+        (r#""bridge":"br\"x""#, "bridge"),
+        (r#""bridge":"brü""#, "bridge"),
         (r#""vlan":5000"#, "vlan"),
         (r#""macspoofchk":"yes""#, "macspoofchk"),
         (r#""promiscMode":true"#, "hairpinMode"),
@@ -128,7 +300,8 @@ fn pod_address_equal_to_gateway_is_refused() {
     let bad = ipam(
         serde_json::json!({"cniVersion":"1.0.0","ips":[{"address":"10.5.0.1/24","gateway":"10.5.0.1"}]}),
     );
-    assert_eq!(plan::build(&spec, &r, &bad).unwrap_err().code(), 7);
+    let e = plan::build(&spec, &ids(&r), &bad, &fresh()).unwrap_err();
+    assert_eq!(cni_core::CniError::from(e).code(), 7);
 }
 
 /// Go's encoding/json matches keys case-insensitively; hand-written conflists and runtimes
@@ -144,11 +317,17 @@ fn keys_match_case_insensitively_as_go_does() {
     assert!(spec.is_gateway && spec.ip_masq && spec.hairpin && spec.port_isolation);
     assert!(spec.macspoofchk && spec.enable_dad && spec.has_ipam);
     assert_eq!(spec.mtu, Some(1400));
-    assert_eq!(spec.mac, Some([0x0a, 0x58, 0x0a, 0, 0, 9]));
+    assert_eq!(
+        spec.mac,
+        Some(cni_core::MacAddr([0x0a, 0x58, 0x0a, 0, 0, 9]))
+    );
     let conf = r#"{"cniVersion":"1.0.0","name":"n1","type":"bridge",
         "RuntimeConfig":{"MAC":"0a:58:0a:00:00:0a"}}"#;
     let spec = config::parse(&req(conf), Mode::External).unwrap();
-    assert_eq!(spec.mac, Some([0x0a, 0x58, 0x0a, 0, 0, 0x0a]));
+    assert_eq!(
+        spec.mac,
+        Some(cni_core::MacAddr([0x0a, 0x58, 0x0a, 0, 0, 0x0a]))
+    );
     // A bad value under a Go spelling is still code 7 naming the field.
     let e = config::parse(
         &req(r#"{"cniVersion":"1.0.0","name":"n1","type":"bridge","IsGateway":"yes"}"#),

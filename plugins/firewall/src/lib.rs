@@ -11,11 +11,33 @@
 //!   the pod unreachable where the user expects a zone); `backend: iptables`,
 //!   `iptablesAdminChainName` and `firewalldZone` are accepted and ignored with a log line.
 
-use cni_core::{CniError, CniResult, Plugin, Request};
-use nftplan::{Attachment, Feature};
+use cni_core::{error::from_classified, CniError, CniResult, Plugin, Request};
+use nftplan::{Attachment, Feature, NftError};
 use serde::Deserialize;
 
 pub struct Firewall;
+
+/// The plugin's errors, each with its cause; CNI codes are chosen once, in the `From` below.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+}
+
+impl From<FirewallError> for CniError {
+    fn from(e: FirewallError) -> CniError {
+        match e {
+            FirewallError::Cni(c) => c,
+            FirewallError::Nft(f) => from_classified(f.class(), &f, None),
+        }
+    }
+}
+
+fn attachment(req: &Request) -> Result<Attachment, NftError> {
+    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,55 +85,89 @@ pub fn parse(req: &Request) -> Result<Ingress, CniError> {
     }
 }
 
+fn add(req: &Request) -> Result<CniResult, FirewallError> {
+    let ingress = parse(req)?;
+    let prev = req.require_prev_result()?;
+    if prev.container_ips(&req.ifname).is_empty() {
+        return Err(CniError::config("prevResult", "no container addresses to let through").into());
+    }
+    let bridge = prev.bridge()?;
+    let fw = nftplan::Firewall::open()?;
+    let att = attachment(req)?;
+    fw.attach_forward(&att, &bridge)?;
+    if ingress == Ingress::SameBridge {
+        if let Err(e) = fw.attach_isolation(&att, &bridge) {
+            // Undo the step before, then answer with the original error.
+            if let Err(u) = fw.detach_forward(&att) {
+                log::warn!("{}: rollback of the FORWARD accept: {u}", req.tag());
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(prev)
+}
+
+/// DEL goes on past a failure: both features are released, every failure is reported.
+fn del(req: &Request) -> Result<(), CniError> {
+    // An unknown policy must not block DEL: always release what this attachment may own.
+    let _ = parse(req);
+    let fw = nftplan::Firewall::open().map_err(FirewallError::from)?;
+    let att = attachment(req).map_err(FirewallError::from)?;
+    let errors: Vec<CniError> = [fw.detach_isolation(&att), fw.detach_forward(&att)]
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| FirewallError::from(e).into())
+        .collect();
+    cni_core::error::combine(errors)
+}
+
+fn check(req: &Request) -> Result<(), FirewallError> {
+    let ingress = parse(req)?;
+    let prev = req.require_prev_result()?;
+    prev.bridge()?;
+    if ingress == Ingress::Open {
+        return Ok(());
+    }
+    let att = attachment(req)?;
+    let missing = nftplan::Firewall::open()?.check_isolation(&att)?;
+    Ok(nftplan::missing_error(
+        "same-bridge isolation",
+        &att,
+        &missing,
+    )?)
+}
+
+/// GC goes on past a failure too.
+fn gc(req: &Request) -> Result<(), CniError> {
+    let fw = nftplan::Firewall::open().map_err(FirewallError::from)?;
+    let valid = req.valid_pairs();
+    let errors: Vec<CniError> = [Feature::Isolation, Feature::Firewall]
+        .into_iter()
+        .filter_map(|f| fw.gc(f, &req.conf.name, &valid).err())
+        .map(|e| FirewallError::from(e).into())
+        .collect();
+    cni_core::error::combine(errors)
+}
+
 impl Plugin for Firewall {
     fn name(&self) -> &'static str {
         "firewall"
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let ingress = parse(req)?;
-        let prev = req.require_prev_result()?;
-        if prev.container_ips(&req.ifname).is_empty() {
-            return Err(CniError::config(
-                "prevResult",
-                "no container addresses to let through",
-            ));
-        }
-        let bridge = isolation_plugin::bridge_of(&prev)?;
-        let fw = nftplan::Firewall::open()?;
-        let att = Attachment::of(req)?;
-        fw.attach_forward(&att, &bridge)?;
-        if ingress == Ingress::SameBridge {
-            fw.attach_isolation(&att, &bridge)?;
-        }
-        Ok(prev)
+        Ok(add(req)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        // An unknown policy must not block DEL: always release what this attachment may own.
-        let _ = parse(req);
-        let fw = nftplan::Firewall::open()?;
-        let att = Attachment::of(req)?;
-        fw.detach_isolation(&att)?;
-        Ok(fw.detach_forward(&att)?)
+        del(req)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let ingress = parse(req)?;
-        let prev = req.require_prev_result()?;
-        isolation_plugin::bridge_of(&prev)?;
-        if ingress == Ingress::Open {
-            return Ok(());
-        }
-        let att = Attachment::of(req)?;
-        let missing = nftplan::Firewall::open()?.check_isolation(&att)?;
-        nftplan::missing_error("same-bridge isolation", &att, &missing)
+        Ok(check(req)?)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let fw = nftplan::Firewall::open()?;
-        fw.gc_request(Feature::Isolation, req)?;
-        Ok(fw.gc_request(Feature::Firewall, req)?)
+        gc(req)
     }
 }
 

@@ -4,26 +4,54 @@
 //! refcounted per network: the last DEL (or GC) of a network removes it. No rules per pod or
 //! per network: one set element per network.
 
-use cni_core::{CniError, CniResult, Plugin, Request};
-use nftplan::{Attachment, Feature, Firewall, IfName};
+use cni_core::{error::from_classified, CniError, CniResult, Plugin, Request};
+use nftplan::{Attachment, Feature, Firewall, NftError};
 
 pub struct Isolation;
 
-/// The host-side bridge the pod hangs off: the first host interface of the previous result
-/// (`bridge` and `internal-bridge` list the bridge first, like the reference bridge plugin).
-pub fn bridge_of(prev: &CniResult) -> Result<IfName, CniError> {
-    let name = prev
-        .interfaces
-        .iter()
-        .find(|i| i.sandbox.is_empty())
-        .map(|i| i.name.as_str())
-        .ok_or_else(|| {
-            CniError::config(
-                "prevResult.interfaces",
-                "no host-side interface: isolation must follow bridge or internal-bridge",
-            )
-        })?;
-    Ok(IfName::new(name)?)
+/// The plugin's errors, each with its cause; CNI codes are chosen once, in the `From` below.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Firewall(#[from] NftError),
+}
+
+impl From<IsolationError> for CniError {
+    fn from(e: IsolationError) -> CniError {
+        match e {
+            IsolationError::Cni(c) => c,
+            IsolationError::Firewall(f) => from_classified(f.class(), &f, None),
+        }
+    }
+}
+
+fn attachment(req: &Request) -> Result<Attachment, NftError> {
+    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
+}
+
+fn add(req: &Request) -> Result<CniResult, IsolationError> {
+    let prev = req.require_prev_result()?;
+    let bridge = prev.bridge()?;
+    Firewall::open()?.attach_isolation(&attachment(req)?, &bridge)?;
+    Ok(prev)
+}
+
+fn del(req: &Request) -> Result<(), IsolationError> {
+    Ok(Firewall::open()?.detach_isolation(&attachment(req)?)?)
+}
+
+fn check(req: &Request) -> Result<(), IsolationError> {
+    let prev = req.require_prev_result()?;
+    prev.bridge()?;
+    let att = attachment(req)?;
+    let missing = Firewall::open()?.check_isolation(&att)?;
+    Ok(nftplan::missing_error(
+        "isolation elements",
+        &att,
+        &missing,
+    )?)
 }
 
 impl Plugin for Isolation {
@@ -32,26 +60,22 @@ impl Plugin for Isolation {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let prev = req.require_prev_result()?;
-        let bridge = bridge_of(&prev)?;
-        Firewall::open()?.attach_isolation(&Attachment::of(req)?, &bridge)?;
-        Ok(prev)
+        Ok(add(req)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        Ok(Firewall::open()?.detach_isolation(&Attachment::of(req)?)?)
+        Ok(del(req)?)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let prev = req.require_prev_result()?;
-        bridge_of(&prev)?;
-        let att = Attachment::of(req)?;
-        let missing = Firewall::open()?.check_isolation(&att)?;
-        nftplan::missing_error("isolation elements", &att, &missing)
+        Ok(check(req)?)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        Ok(Firewall::open()?.gc_request(Feature::Isolation, req)?)
+        let gc = |fw: Firewall| fw.gc(Feature::Isolation, &req.conf.name, &req.valid_pairs());
+        Ok(Firewall::open()
+            .and_then(gc)
+            .map_err(IsolationError::from)?)
     }
 }
 
@@ -62,9 +86,9 @@ mod tests {
     #[test]
     fn bridge_comes_from_the_first_host_interface() {
         let prev = CniResult::from_json(&serde_json_value(), "prevResult").unwrap();
-        assert_eq!(bridge_of(&prev).unwrap().as_str(), "br-a");
+        assert_eq!(prev.bridge().unwrap().as_str(), "br-a");
         let none = CniResult::default();
-        assert_eq!(bridge_of(&none).unwrap_err().code(), 7);
+        assert_eq!(none.bridge().unwrap_err().code(), 7);
     }
 
     fn serde_json_value() -> serde_json::Value {

@@ -43,23 +43,7 @@ struct RawMapping {
     host_ip: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "" | "tcp" => Some(Self::Tcp),
-            "udp" => Some(Self::Udp),
-            "sctp" => Some(Self::Sctp),
-            _ => None,
-        }
-    }
-}
+pub use nftplan::Protocol;
 
 /// One validated mapping as the runtime asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +133,7 @@ fn validate(i: usize, m: &RawMapping) -> Result<Mapping, CniError> {
     let host_port = port(m.host_port, "hostPort")?;
     let container_port = port(m.container_port, "containerPort")?;
     let proto_s = m.protocol.clone().unwrap_or_default();
-    let protocol = Protocol::parse(&proto_s).ok_or_else(|| {
+    let protocol = Protocol::parse(&proto_s).map_err(|_| {
         CniError::config(
             &field("protocol"),
             format!("{proto_s:?} is not tcp, udp or sctp"),
@@ -225,14 +209,6 @@ pub fn plan(spec: &PortmapSpec, prev: &CniResult, ifname: &str) -> Vec<Dnat> {
     out
 }
 
-/// The host-side bridge the pod hangs off (the first host interface of the result).
-pub fn bridge_of(prev: &CniResult) -> Option<&str> {
-    prev.interfaces
-        .iter()
-        .find(|i| i.sandbox.is_empty())
-        .map(|i| i.name.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +271,7 @@ mod tests {
                 (8083, "fd00::5".into()),
             ]
         );
-        assert_eq!(bridge_of(&prev), Some("cni0"));
+        assert_eq!(prev.bridge().unwrap(), "cni0");
     }
 
     fn conf(rc: &str) -> String {

@@ -12,7 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use cni_core::{conf::parse_value, gokeys, CniError, CniResult, ErrorCode, Plugin, Request};
+use cni_core::{
+    conf::parse_value, error::from_classified, gokeys, CniError, CniResult, ErrorCode, Plugin,
+    Request,
+};
 use netops::{Kernel, Link, MacAddr, NetNs, NetopsError, SysctlKey};
 use serde::{Deserialize, Serialize};
 
@@ -236,11 +239,29 @@ fn save_backup(path: &Path, b: &Backup) -> Result<(), CniError> {
     write().map_err(|e| CniError::io(format!("writing {}", path.display()), &e))
 }
 
+/// The plugin's errors, each with its cause; CNI codes are chosen once, in the `From` below.
+#[derive(Debug, thiserror::Error)]
+pub enum TuningError {
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Kernel(#[from] NetopsError),
+}
+
+impl From<TuningError> for CniError {
+    fn from(e: TuningError) -> CniError {
+        match e {
+            TuningError::Cni(c) => c,
+            TuningError::Kernel(k) => from_classified(k.class(), &k, k.hint()),
+        }
+    }
+}
+
 fn mac_of(l: &Link) -> String {
     l.mac.map(|m| m.to_string()).unwrap_or_default()
 }
 
-fn apply(spec: &Spec, req: &Request) -> Result<Link, CniError> {
+fn apply(spec: &Spec, req: &Request) -> Result<Link, TuningError> {
     let ns = NetNs::open(req.netns()?)?;
     for (k, v) in &spec.sysctls {
         netops::sysctl::write_in(&ns, k, v)?;
@@ -307,6 +328,20 @@ impl Plugin for Tuning {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        Ok(add(req)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        Ok(del(req)?)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        Ok(check(req)?)
+    }
+}
+
+fn add(req: &Request) -> Result<CniResult, TuningError> {
+    {
         let spec = parse(req)?;
         let mut prev = req.require_prev_result()?;
         let link = apply(&spec, req)?;
@@ -319,8 +354,10 @@ impl Plugin for Tuning {
         }
         Ok(prev)
     }
+}
 
-    fn del(&self, req: &Request) -> Result<(), CniError> {
+fn del(req: &Request) -> Result<(), TuningError> {
+    {
         let data_dir = match parse(req) {
             Ok(spec) => spec.data_dir,
             Err(e) => {
@@ -352,21 +389,23 @@ impl Plugin for Tuning {
         }
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(CniError::io(format!("removing {}", path.display()), &e))
+                Err(CniError::io(format!("removing {}", path.display()), &e).into())
             }
             _ => Ok(()),
         }
     }
+}
 
-    fn check(&self, req: &Request) -> Result<(), CniError> {
+fn check(req: &Request) -> Result<(), TuningError> {
+    {
         let spec = parse(req)?;
         req.require_prev_result()?;
         let ns = NetNs::open(req.netns()?)?;
         let differs = |what: &str, want: String, have: String| {
-            CniError::new(
+            TuningError::from(CniError::new(
                 ErrorCode::CheckFailed,
                 format!("{what} of {} is {have}, tuning set {want}", req.ifname),
-            )
+            ))
         };
         for (k, v) in &spec.sysctls {
             let have = netops::sysctl::read_in(&ns, k)?;

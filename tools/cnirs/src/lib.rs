@@ -15,7 +15,6 @@ use std::{io::Write, process::ExitCode};
 use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod inspect;
-pub mod logging;
 pub mod reconcile;
 pub mod watch;
 
@@ -173,7 +172,10 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    logging::init(&format!("cnirs {}", cli.cmd.name()));
+    netbase::logging::init_with_default(
+        &format!("cnirs {}", cli.cmd.name()),
+        log::LevelFilter::Info,
+    );
     match cli.cmd {
         Cmd::Ls { json } => inspect::ls(json),
         Cmd::Inspect {

@@ -17,7 +17,7 @@ use super::{is_nl_exists, is_nl_not_found, Netlink};
 use crate::{validate_ifname, NetopsError};
 
 /// Priority of the seal rules: before `main` (32766) and any usual policy rule.
-pub const SEAL_RULE_PRIORITY: u32 = 10;
+pub use crate::ops::SEAL_RULE_PRIORITY;
 
 fn seal_message(bridge: &str, family: AddressFamily) -> RuleMessage {
     let mut m = RuleMessage::default();

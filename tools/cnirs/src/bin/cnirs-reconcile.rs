@@ -2,6 +2,6 @@
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    cnirs::logging::init("cnirs-reconcile");
+    netbase::logging::init_with_default("cnirs-reconcile", log::LevelFilter::Info);
     cnirs::reconcile::run(&args)
 }

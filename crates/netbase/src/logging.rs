@@ -11,7 +11,7 @@ use std::{
 use log::{LevelFilter, Log, Metadata, Record};
 
 struct Logger {
-    plugin: &'static str,
+    plugin: String,
     file: Option<Mutex<std::fs::File>>,
 }
 
@@ -44,22 +44,29 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
-fn level_from(s: &str) -> LevelFilter {
-    match s.to_ascii_lowercase().as_str() {
+fn level_from(s: &str) -> Option<LevelFilter> {
+    Some(match s.to_ascii_lowercase().as_str() {
         "off" => LevelFilter::Off,
         "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
         "info" => LevelFilter::Info,
         "debug" => LevelFilter::Debug,
         "trace" => LevelFilter::Trace,
-        _ => LevelFilter::Warn,
-    }
+        _ => return None,
+    })
 }
 
-/// Install the logger once; later calls do nothing.
+/// Install the logger once for a plugin (default level `warn`); later calls do nothing.
 pub fn init(plugin: &'static str) {
+    init_with_default(plugin, LevelFilter::Warn)
+}
+
+/// Install the logger once with `default` as the level when `CNIRS_LOG` is unset or not a
+/// level (admin tools log their repairs at `info`).
+pub fn init_with_default(plugin: &str, default: LevelFilter) {
     let level = std::env::var("CNIRS_LOG")
-        .map(|s| level_from(&s))
-        .unwrap_or(LevelFilter::Warn);
+        .map(|s| level_from(&s).unwrap_or(default))
+        .unwrap_or(default);
     let file = std::env::var_os("CNIRS_LOG_FILE").and_then(|p| {
         OpenOptions::new()
             .create(true)
@@ -68,7 +75,10 @@ pub fn init(plugin: &'static str) {
             .ok()
             .map(Mutex::new)
     });
-    let logger = LOGGER.get_or_init(|| Logger { plugin, file });
+    let logger = LOGGER.get_or_init(|| Logger {
+        plugin: plugin.to_owned(),
+        file,
+    });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
@@ -79,9 +89,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn levels() {
-        assert_eq!(level_from("DEBUG"), LevelFilter::Debug);
-        assert_eq!(level_from("nonsense"), LevelFilter::Warn);
-        assert!(log::Level::Error <= level_from("error"));
+    fn level_names_are_case_insensitive_and_unknown_ones_fall_back() {
+        assert_eq!(level_from("DEBUG"), Some(LevelFilter::Debug));
+        assert_eq!(level_from("nonsense"), None);
+        assert_eq!(level_from("warn"), Some(LevelFilter::Warn));
     }
 }

@@ -1,0 +1,404 @@
+//! Conntrack entries deleted over netlink (`NETLINK_NETFILTER`, the ctnetlink subsystem), with
+//! no `conntrack` binary: one dump per family, then one delete per matching entry, keyed by the
+//! entry's own original tuple (and zone) as the kernel sent it.
+//!
+//! Equivalent: `conntrack -D -f ipv4 -p udp --orig-port-dst PORT` and
+//! `conntrack -D -s ADDR` / `-d ADDR` / `-r ADDR` / `-q ADDR`.
+//!
+//! Why: a UDP flow keeps its DNAT as long as packets keep coming, so after a published port
+//! moves to another pod (or the pod is gone) the old entry must be removed, or the traffic
+//! keeps going to the old address.
+
+use std::{io, net::IpAddr};
+
+use crate::NetopsError;
+
+const NETLINK_NETFILTER: libc::c_int = 12;
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+#[cfg(test)]
+const NLA_F_NESTED: u16 = 0x8000;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_DST_PORT: u16 = 3;
+
+/// Which entries to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtMatch {
+    /// Original direction to `port` of `proto` (`IPPROTO_*`), in `v6` or IPv4 entries: the
+    /// flows a published port DNATs.
+    DstPort { v6: bool, proto: u8, port: u16 },
+    /// Any entry with `addr` as a source or destination in either direction: the flows of a
+    /// pod address.
+    Address(IpAddr),
+}
+
+impl CtMatch {
+    fn v6(&self) -> bool {
+        match self {
+            CtMatch::DstPort { v6, .. } => *v6,
+            CtMatch::Address(a) => a.is_ipv6(),
+        }
+    }
+}
+
+/// The parts of an entry a [`CtMatch`] looks at, plus the raw attributes a delete needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Entry {
+    proto: Option<u8>,
+    orig_dport: Option<u16>,
+    addrs: Vec<IpAddr>,
+    /// The CTA_TUPLE_ORIG attribute (header included) and CTA_ZONE, as received.
+    key: Vec<u8>,
+}
+
+impl Entry {
+    fn matches(&self, m: &CtMatch) -> bool {
+        match m {
+            CtMatch::DstPort { proto, port, .. } => {
+                self.proto == Some(*proto) && self.orig_dport == Some(*port)
+            }
+            CtMatch::Address(a) => self.addrs.contains(a),
+        }
+    }
+}
+
+/// The netlink attributes of `b`: (type without flags, payload, whole attribute).
+fn attrs<'a>(mut b: &'a [u8]) -> impl Iterator<Item = (u16, &'a [u8], &'a [u8])> + 'a {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let (whole, payload) = (&b[..len], &b[4..len]);
+        let next = (len + 3) & !3;
+        b = b.get(next..).unwrap_or(&[]);
+        Some((ty, payload, whole))
+    })
+}
+
+fn ip_of(ty: u16, p: &[u8]) -> Option<IpAddr> {
+    match ty {
+        CTA_IP_V4_SRC | CTA_IP_V4_DST => <[u8; 4]>::try_from(p).ok().map(IpAddr::from),
+        CTA_IP_V6_SRC | CTA_IP_V6_DST => <[u8; 16]>::try_from(p).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+fn parse_tuple(t: &[u8], e: &mut Entry, orig: bool) {
+    for (ty, p, _) in attrs(t) {
+        match ty {
+            CTA_TUPLE_IP => e.addrs.extend(attrs(p).filter_map(|(t, v, _)| ip_of(t, v))),
+            CTA_TUPLE_PROTO if orig => {
+                for (pt, pv, _) in attrs(p) {
+                    match (pt, pv) {
+                        (CTA_PROTO_NUM, [n]) => e.proto = Some(*n),
+                        (CTA_PROTO_DST_PORT, [a, b]) => {
+                            e.orig_dport = Some(u16::from_be_bytes([*a, *b]))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One ctnetlink message body (after the 4-byte nfgenmsg) as an [`Entry`].
+fn parse_entry(body: &[u8]) -> Entry {
+    let mut e = Entry::default();
+    for (ty, p, whole) in attrs(body) {
+        match ty {
+            CTA_TUPLE_ORIG => {
+                parse_tuple(p, &mut e, true);
+                e.key.extend_from_slice(whole);
+                pad(&mut e.key);
+            }
+            CTA_TUPLE_REPLY => parse_tuple(p, &mut e, false),
+            CTA_ZONE => {
+                e.key.extend_from_slice(whole);
+                pad(&mut e.key);
+            }
+            _ => {}
+        }
+    }
+    e
+}
+
+fn pad(v: &mut Vec<u8>) {
+    v.resize(v.len().next_multiple_of(4), 0);
+}
+
+/// A request: nlmsghdr + nfgenmsg(family, v0, res_id 0) + `attrs`.
+fn message(kind: u16, flags: u16, seq: u32, v6: bool, attrs: &[u8]) -> Vec<u8> {
+    let len = 16 + 4 + attrs.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+    m.extend_from_slice(&[family, 0, 0, 0]);
+    m.extend_from_slice(attrs);
+    m
+}
+
+struct Socket(libc::c_int);
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: we own this fd (returned by socket()) and close it once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn err(what: &'static str, source: io::Error) -> NetopsError {
+    NetopsError::Conntrack { what, source }
+}
+
+impl Socket {
+    fn open() -> Result<Self, NetopsError> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(err("open ctnetlink socket", io::Error::last_os_error()));
+        }
+        Ok(Socket(fd))
+    }
+
+    fn send(&self, m: &[u8]) -> Result<(), NetopsError> {
+        // SAFETY: zeroed sockaddr_nl is valid (kernel as destination); `m` outlives the call.
+        let n = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            libc::sendto(
+                self.0,
+                m.as_ptr().cast(),
+                m.len(),
+                0,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(err("send to ctnetlink", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> Result<usize, NetopsError> {
+        // SAFETY: `buf` is a valid writable buffer of the given length.
+        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(err("receive from ctnetlink", io::Error::last_os_error()));
+        }
+        Ok(n as usize)
+    }
+
+    /// Read messages until DONE (dump) or the ACK/error of `seq`; hand bodies to `each`.
+    fn read(&self, seq: u32, mut each: impl FnMut(&[u8])) -> Result<(), NetopsError> {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = self.recv(&mut buf)?;
+            let mut b = &buf[..n];
+            while b.len() >= 16 {
+                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                let ty = u16::from_ne_bytes([b[4], b[5]]);
+                let mseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+                if len < 16 || len > b.len() {
+                    return Err(err(
+                        "parse ctnetlink answer",
+                        io::ErrorKind::InvalidData.into(),
+                    ));
+                }
+                let body = &b[16..len];
+                if mseq == seq {
+                    match ty {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR => {
+                            let code = body
+                                .get(..4)
+                                .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                                .unwrap_or(0);
+                            if code == 0 || -code == libc::ENOENT {
+                                return Ok(());
+                            }
+                            return Err(err(
+                                "ctnetlink request",
+                                io::Error::from_raw_os_error(-code),
+                            ));
+                        }
+                        _ => each(body.get(4..).unwrap_or(&[])),
+                    }
+                }
+                b = &b[((len + 3) & !3).min(b.len())..];
+            }
+        }
+    }
+}
+
+/// Delete every entry of the current netns that matches one of `matches`; returns how many
+/// were deleted. Entries gone meanwhile count as deleted.
+pub fn delete(matches: &[CtMatch]) -> Result<usize, NetopsError> {
+    if matches.is_empty() {
+        return Ok(0);
+    }
+    let sock = Socket::open()?;
+    let mut seq = 1u32;
+    let mut deleted = 0;
+    for v6 in [false, true] {
+        let fam: Vec<&CtMatch> = matches.iter().filter(|m| m.v6() == v6).collect();
+        if fam.is_empty() {
+            continue;
+        }
+        let mut keys = Vec::new();
+        sock.send(&message(
+            IPCTNL_MSG_CT_GET,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            v6,
+            &[],
+        ))?;
+        sock.read(seq, |body| {
+            let e = parse_entry(body);
+            if !e.key.is_empty() && fam.iter().any(|m| e.matches(m)) {
+                keys.push(e.key);
+            }
+        })?;
+        for key in keys {
+            seq += 1;
+            sock.send(&message(
+                IPCTNL_MSG_CT_DELETE,
+                NLM_F_REQUEST | NLM_F_ACK,
+                seq,
+                v6,
+                &key,
+            ))?;
+            sock.read(seq, |_| {})?;
+            deleted += 1;
+        }
+        seq += 1;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(payload);
+        pad(&mut v);
+        v
+    }
+
+    fn tuple(src: [u8; 4], dst: [u8; 4], proto: u8, dport: u16) -> Vec<u8> {
+        let ip = [nla(CTA_IP_V4_SRC, &src), nla(CTA_IP_V4_DST, &dst)].concat();
+        let pr = [
+            nla(CTA_PROTO_NUM, &[proto]),
+            nla(2, &1234u16.to_be_bytes()),
+            nla(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+        ]
+        .concat();
+        [
+            nla(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
+            nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &pr),
+        ]
+        .concat()
+    }
+
+    /// A DNAT'd UDP flow: outside 192.0.2.9 -> host 192.0.2.1:5300, answered by pod 10.1.0.5:80.
+    fn dnat_entry() -> Vec<u8> {
+        let orig = nla(
+            CTA_TUPLE_ORIG | NLA_F_NESTED,
+            &tuple([192, 0, 2, 9], [192, 0, 2, 1], 17, 5300),
+        );
+        let reply = nla(
+            CTA_TUPLE_REPLY | NLA_F_NESTED,
+            &tuple([10, 1, 0, 5], [192, 0, 2, 9], 17, 1234),
+        );
+        [orig, reply, nla(3, &[0, 0, 0, 1])].concat()
+    }
+
+    #[test]
+    fn a_dnat_entry_matches_its_published_port_and_the_pod_address() {
+        let e = parse_entry(&dnat_entry());
+        assert_eq!(e.proto, Some(17));
+        assert_eq!(e.orig_dport, Some(5300));
+        let udp = |port| CtMatch::DstPort {
+            v6: false,
+            proto: 17,
+            port,
+        };
+        assert!(e.matches(&udp(5300)));
+        assert!(!e.matches(&udp(5301)));
+        assert!(!e.matches(&CtMatch::DstPort {
+            v6: false,
+            proto: 6,
+            port: 5300
+        }));
+        assert!(e.matches(&CtMatch::Address("10.1.0.5".parse().unwrap())));
+        assert!(!e.matches(&CtMatch::Address("10.1.0.6".parse().unwrap())));
+    }
+
+    #[test]
+    fn the_delete_key_is_the_original_tuple_as_received() {
+        let body = dnat_entry();
+        let e = parse_entry(&body);
+        let orig_len = usize::from(u16::from_ne_bytes([body[0], body[1]]));
+        assert_eq!(e.key, body[..orig_len]);
+        let m = message(
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            7,
+            false,
+            &e.key,
+        );
+        assert_eq!(m.len(), 20 + e.key.len());
+        assert_eq!(
+            u16::from_ne_bytes([m[4], m[5]]),
+            0x0102,
+            "ctnetlink << 8 | DELETE"
+        );
+        assert_eq!(m[16], libc::AF_INET as u8);
+    }
+
+    #[test]
+    fn truncated_attributes_stop_parsing_without_panic() {
+        let body = dnat_entry();
+        for n in 0..body.len() {
+            let _ = parse_entry(&body[..n]);
+        }
+    }
+}

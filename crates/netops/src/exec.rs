@@ -1,0 +1,172 @@
+//! [`KernelExec`]: the [`Executor`] of [`Op`]s over netlink.
+
+use std::collections::HashMap;
+
+use crate::{
+    ops::{Executor, Ns, Op},
+    BridgePortOpts, IfName, Link, Netlink, NetopsError, VethSpec,
+};
+
+/// Runs [`Op`]s over netlink: host ops on `host`, pod ops on `pod`. Links are looked up by
+/// name once and remembered.
+pub struct KernelExec<'a, 'k> {
+    pub host: &'a Netlink<'k>,
+    pub pod: &'a Netlink<'k>,
+    links: HashMap<(Ns, IfName), Link>,
+}
+
+impl<'a, 'k> KernelExec<'a, 'k> {
+    pub fn new(host: &'a Netlink<'k>, pod: &'a Netlink<'k>) -> Self {
+        Self {
+            host,
+            pod,
+            links: HashMap::new(),
+        }
+    }
+
+    fn nl(&self, ns: Ns) -> &'a Netlink<'k> {
+        match ns {
+            Ns::Host => self.host,
+            Ns::Pod => self.pod,
+        }
+    }
+
+    /// The link `name` in `ns` (cached; [`NetopsError::LinkNotFound`] when absent).
+    pub fn link(&mut self, ns: Ns, name: &IfName) -> Result<Link, NetopsError> {
+        if let Some(l) = self.links.get(&(ns, name.clone())) {
+            return Ok(l.clone());
+        }
+        let l = self.nl(ns).require_link(name)?;
+        self.links.insert((ns, name.clone()), l.clone());
+        Ok(l)
+    }
+
+    /// Read `name` again (after a step changed it, e.g. its MAC).
+    pub fn refresh(&mut self, ns: Ns, name: &IfName) -> Result<Link, NetopsError> {
+        self.links.remove(&(ns, name.clone()));
+        self.link(ns, name)
+    }
+
+    fn forget(&mut self, ns: Ns, name: &IfName) {
+        self.links.remove(&(ns, name.clone()));
+    }
+}
+
+impl Executor<Op> for KernelExec<'_, '_> {
+    type Error = NetopsError;
+
+    fn exec(&mut self, op: &Op) -> Result<bool, NetopsError> {
+        match op {
+            Op::CreateBridge { name, mtu } => {
+                let b = self.host.ensure_bridge(name, *mtu, false)?;
+                self.links.insert((Ns::Host, name.clone()), b.link);
+                Ok(b.created)
+            }
+            Op::DeleteBridgeIfUnused { name } => {
+                let Some(br) = self.host.link(name)? else {
+                    return Ok(false);
+                };
+                if !br.is_bridge() || !self.host.ports(&br)?.is_empty() {
+                    return Ok(false);
+                }
+                self.forget(Ns::Host, name);
+                self.host.delete_link(name)
+            }
+            Op::SealBridge { name } => self.host.seal_bridge(name),
+            Op::UnsealBridge { name } => self.host.unseal_bridge(name),
+            Op::PinMac { link } => {
+                let l = self.link(Ns::Host, link)?;
+                match l.mac {
+                    Some(mac) => self.host.set_mac(&l, mac).map(|()| true),
+                    None => Ok(false),
+                }
+            }
+            Op::SetUp { ns, link } => {
+                let l = self.link(*ns, link)?;
+                self.nl(*ns).set_up(&l).map(|()| true)
+            }
+            Op::SetPromisc { link, on } => {
+                let l = self.link(Ns::Host, link)?;
+                self.host.set_promisc(&l, *on).map(|()| true)
+            }
+            Op::CreateVeth {
+                host,
+                peer,
+                mtu,
+                peer_mac,
+                ..
+            } => {
+                let pair = self.host.create_veth(
+                    &VethSpec {
+                        host_name: host.to_string(),
+                        peer_name: peer.to_string(),
+                        mtu: *mtu,
+                        peer_mac: *peer_mac,
+                        up: true,
+                    },
+                    self.pod,
+                )?;
+                self.links.insert((Ns::Host, host.clone()), pair.host);
+                self.links.insert((Ns::Pod, peer.clone()), pair.peer);
+                Ok(true)
+            }
+            Op::DeleteLink { ns, link } => {
+                self.forget(*ns, link);
+                self.nl(*ns).delete_link(link)
+            }
+            Op::SetMaster { link, bridge } => {
+                let l = self.link(Ns::Host, link)?;
+                let b = self.link(Ns::Host, bridge)?;
+                self.host.attach_to_bridge(&l, &b).map(|()| true)
+            }
+            Op::SetBridgePort {
+                link,
+                hairpin,
+                isolated,
+            } => {
+                let l = self.link(Ns::Host, link)?;
+                let opts = BridgePortOpts {
+                    hairpin: *hairpin,
+                    isolated: *isolated,
+                };
+                self.host.set_bridge_port(&l, opts).map(|()| true)
+            }
+            Op::AddAddr {
+                ns,
+                link,
+                cidr,
+                dad,
+            } => {
+                let l = self.link(*ns, link)?;
+                match self.nl(*ns).add_address(&l, *cidr, *dad) {
+                    Ok(()) => Ok(true),
+                    // Added concurrently by another ADD of the same network: not ours to undo.
+                    Err(e) if e.is_exists() => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Op::DelAddr { ns, link, cidr } => {
+                let l = self.link(*ns, link)?;
+                self.nl(*ns).delete_address(&l, *cidr)
+            }
+            Op::AddRoute { ns, link, route } => {
+                let l = self.link(*ns, link)?;
+                self.nl(*ns).add_route(&l, route).map(|()| true)
+            }
+            Op::DelRoute { ns, link, route } => {
+                let l = self.link(*ns, link)?;
+                self.nl(*ns).delete_route(&l, route)
+            }
+            Op::SetSysctl { key, value } => {
+                if crate::sysctl::read(key)? == *value {
+                    return Ok(false);
+                }
+                crate::sysctl::write(key, value).map(|()| true)
+            }
+        }
+    }
+
+    fn is_gone(e: &NetopsError) -> bool {
+        e.is_not_found()
+    }
+}

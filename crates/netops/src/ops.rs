@@ -1,0 +1,498 @@
+//! Kernel work as values: a plan is a `Vec` of [`Op`]s built by a pure function, printed as the
+//! `ip` commands it matches (golden-tested), and run by [`apply`] over an [`Executor`] that
+//! records the inverse of every step it completed. A failure at step k undoes k-1..1, newest
+//! first, and reports the undo failures beside (never instead of) the original error.
+//!
+//! `KernelExec` (feature `netlink`) runs ops over netlink (host and pod handles); [`Recorder`] is the in-tree
+//! fake that records what it was asked and fails where a test tells it to, so rollback after a
+//! failure at every step is a unit test without root.
+//!
+//! Inverses ([`Reversible::inverse`]) follow one policy: what an attachment owns (its veth, its
+//! addresses and routes) is undone; shared things it created (a bridge) are removed only when
+//! nothing else uses them; shared settings (bridge up, a pinned MAC, `ip_forward`) stay.
+
+use std::{fmt, path::PathBuf};
+
+use ipnetwork::IpNetwork;
+
+use crate::{IfName, MacAddr, RouteSpec, SysctlKey};
+
+/// Priority of the seal rules of internal bridges ([`Op::SealBridge`]): before the main
+/// table's rule (32766), after the local table's (0).
+pub const SEAL_RULE_PRIORITY: u32 = 10;
+
+/// Which network namespace an op runs in: the plugin's (host) or the pod's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ns {
+    Host,
+    Pod,
+}
+
+/// One kernel operation. Each variant documents the `ip` command it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `ip link add NAME [mtu MTU] type bridge` (a bridge created concurrently is reused).
+    CreateBridge { name: IfName, mtu: Option<u32> },
+    /// `ip link del NAME`, only while no port is enslaved to it (inverse of `CreateBridge`).
+    DeleteBridgeIfUnused { name: IfName },
+    /// The kernel-level seal of an internal network's bridge: policy rules (IPv4 and IPv6) that
+    /// drop what is routed in from it, independent of nftables. Idempotent.
+    /// Equivalent: `ip rule add iif NAME priority SEAL_RULE_PRIORITY unreachable` (both families).
+    SealBridge { name: IfName },
+    /// Remove that seal (a non-internal bridge of the same name). Idempotent.
+    UnsealBridge { name: IfName },
+    /// `ip link set NAME address <its current address>`: a bridge whose MAC was never set
+    /// takes the lowest MAC of its ports, which changes as pods come and go.
+    PinMac { link: IfName },
+    /// `ip link set NAME up`.
+    SetUp { ns: Ns, link: IfName },
+    /// `ip link set NAME promisc on|off`.
+    SetPromisc { link: IfName, on: bool },
+    /// `ip link add HOST [mtu M] up type veth peer name PEER netns NETNS [address MAC]`: the
+    /// peer is created in the pod under its final name (no move, no rename).
+    CreateVeth {
+        host: IfName,
+        peer: IfName,
+        netns: PathBuf,
+        mtu: Option<u32>,
+        peer_mac: Option<MacAddr>,
+    },
+    /// `ip link del NAME` (either end of a veth removes both).
+    DeleteLink { ns: Ns, link: IfName },
+    /// `ip link set LINK master BRIDGE up`.
+    SetMaster { link: IfName, bridge: IfName },
+    /// `ip link set LINK type bridge_slave [hairpin on|off] [isolated on|off]`.
+    SetBridgePort {
+        link: IfName,
+        hairpin: Option<bool>,
+        isolated: Option<bool>,
+    },
+    /// `ip addr add CIDR dev LINK [nodad]` (nodad: IPv6 without duplicate address detection).
+    AddAddr {
+        ns: Ns,
+        link: IfName,
+        cidr: IpNetwork,
+        dad: bool,
+    },
+    /// `ip addr del CIDR dev LINK`.
+    DelAddr {
+        ns: Ns,
+        link: IfName,
+        cidr: IpNetwork,
+    },
+    /// `ip route add DST [via GW] dev LINK [metric N]`.
+    AddRoute {
+        ns: Ns,
+        link: IfName,
+        route: RouteSpec,
+    },
+    /// `ip route del DST [via GW] dev LINK [metric N]`.
+    DelRoute {
+        ns: Ns,
+        link: IfName,
+        route: RouteSpec,
+    },
+    /// `sysctl -w KEY=VALUE` in the host netns.
+    SetSysctl { key: SysctlKey, value: String },
+}
+
+/// A step whose inverse can be computed from the step alone.
+pub trait Reversible: Sized {
+    /// What undoes this step once it changed the kernel; `None` when nothing must be undone
+    /// (the change is shared and harmless, or the inverse of an earlier step removes it).
+    fn inverse(&self) -> Option<Self>;
+}
+
+impl Reversible for Op {
+    fn inverse(&self) -> Option<Op> {
+        Some(match self {
+            Op::CreateBridge { name, .. } => Op::DeleteBridgeIfUnused { name: name.clone() },
+            Op::SetPromisc { link, on } => Op::SetPromisc {
+                link: link.clone(),
+                on: !on,
+            },
+            Op::CreateVeth { host, .. } => Op::DeleteLink {
+                ns: Ns::Host,
+                link: host.clone(),
+            },
+            Op::AddAddr { ns, link, cidr, .. } => Op::DelAddr {
+                ns: *ns,
+                link: link.clone(),
+                cidr: *cidr,
+            },
+            Op::DelAddr { ns, link, cidr } => Op::AddAddr {
+                ns: *ns,
+                link: link.clone(),
+                cidr: *cidr,
+                dad: false,
+            },
+            Op::AddRoute { ns, link, route } => Op::DelRoute {
+                ns: *ns,
+                link: link.clone(),
+                route: route.clone(),
+            },
+            Op::DelRoute { ns, link, route } => Op::AddRoute {
+                ns: *ns,
+                link: link.clone(),
+                route: route.clone(),
+            },
+            // A seal stays when an ADD fails: an internal bridge must never be left open.
+            Op::DeleteBridgeIfUnused { .. }
+            | Op::SealBridge { .. }
+            | Op::UnsealBridge { .. }
+            | Op::PinMac { .. }
+            | Op::SetUp { .. }
+            | Op::SetMaster { .. }
+            | Op::SetBridgePort { .. }
+            | Op::DeleteLink { .. }
+            | Op::SetSysctl { .. } => return None,
+        })
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn route_text(r: &RouteSpec) -> String {
+    let dst = if r.dst.prefix() == 0 {
+        "default".to_string()
+    } else {
+        r.dst.to_string()
+    };
+    let mut s = dst;
+    if let Some(gw) = r.gw {
+        s += &format!(" via {gw}");
+    }
+    s
+}
+
+impl Op {
+    /// The `ip` (or `sysctl`) command this op matches; pod-side ops get `-n NETNS`.
+    pub fn command(&self, pod_netns: &str) -> String {
+        let ip = |ns: &Ns| match ns {
+            Ns::Host => "ip".to_string(),
+            Ns::Pod => format!("ip -n {pod_netns}"),
+        };
+        let metric = |r: &RouteSpec| {
+            r.priority
+                .map(|p| format!(" metric {p}"))
+                .unwrap_or_default()
+        };
+        match self {
+            Op::CreateBridge { name, mtu } => format!(
+                "ip link add {name}{} type bridge",
+                mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
+            ),
+            Op::DeleteBridgeIfUnused { name } => {
+                format!("ip link del {name}  # if it has no ports")
+            }
+            Op::SealBridge { name } => {
+                format!(
+                    "ip rule add iif {name} priority {SEAL_RULE_PRIORITY} unreachable  # -4 and -6"
+                )
+            }
+            Op::UnsealBridge { name } => format!(
+                "ip rule del iif {name} priority {SEAL_RULE_PRIORITY} unreachable  # -4 and -6"
+            ),
+            Op::PinMac { link } => format!("ip link set {link} address <its own>  # pin"),
+            Op::SetUp { ns, link } => format!("{} link set {link} up", ip(ns)),
+            Op::SetPromisc { link, on } => format!("ip link set {link} promisc {}", on_off(*on)),
+            Op::CreateVeth {
+                host,
+                peer,
+                netns,
+                mtu,
+                peer_mac,
+            } => {
+                let mtu = mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+                format!(
+                    "ip link add {host}{mtu} up type veth peer name {peer} netns {}{}{mtu}",
+                    netns.display(),
+                    peer_mac
+                        .map(|m| format!(" address {m}"))
+                        .unwrap_or_default(),
+                )
+            }
+            Op::DeleteLink { ns, link } => format!("{} link del {link}", ip(ns)),
+            Op::SetMaster { link, bridge } => format!("ip link set {link} master {bridge} up"),
+            Op::SetBridgePort {
+                link,
+                hairpin,
+                isolated,
+            } => {
+                let mut s = format!("ip link set {link} type bridge_slave");
+                if let Some(h) = hairpin {
+                    s += &format!(" hairpin {}", on_off(*h));
+                }
+                if let Some(i) = isolated {
+                    s += &format!(" isolated {}", on_off(*i));
+                }
+                s
+            }
+            Op::AddAddr {
+                ns,
+                link,
+                cidr,
+                dad,
+            } => format!(
+                "{} addr add {cidr} dev {link}{}",
+                ip(ns),
+                if cidr.is_ipv6() && !dad { " nodad" } else { "" }
+            ),
+            Op::DelAddr { ns, link, cidr } => format!("{} addr del {cidr} dev {link}", ip(ns)),
+            Op::AddRoute { ns, link, route } => format!(
+                "{} route add {} dev {link}{}",
+                ip(ns),
+                route_text(route),
+                metric(route)
+            ),
+            Op::DelRoute { ns, link, route } => format!(
+                "{} route del {} dev {link}{}",
+                ip(ns),
+                route_text(route),
+                metric(route)
+            ),
+            Op::SetSysctl { key, value } => format!("sysctl -w {key}={value}"),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.command("POD"))
+    }
+}
+
+/// Runs one step. `Ok(true)` when the step changed the kernel (its inverse is recorded),
+/// `Ok(false)` when the kernel already was so (nothing to undo).
+pub trait Executor<S> {
+    type Error;
+    fn exec(&mut self, step: &S) -> Result<bool, Self::Error>;
+    /// An undo step that fails because its object is already gone counts as done.
+    fn is_gone(_e: &Self::Error) -> bool {
+        false
+    }
+}
+
+/// The inverses of the steps applied so far, oldest first.
+#[derive(Debug)]
+pub struct Undo<S>(pub Vec<S>);
+
+/// A step failed: which one, why, and what went wrong while undoing the steps before it.
+#[derive(Debug)]
+pub struct Failure<S, E> {
+    /// 0-based index of the failed step.
+    pub step: usize,
+    /// The failed step.
+    pub op: S,
+    pub error: E,
+    /// Undo steps that failed (already logged); the original error stays the answer.
+    pub undo_errors: Vec<E>,
+}
+
+/// Run `steps` in order. On a failure at step k, run the recorded inverses of steps k-1..1
+/// newest first (going on past undo failures) and return the failure.
+pub fn apply<S, X>(steps: &[S], x: &mut X) -> Result<Undo<S>, Failure<S, X::Error>>
+where
+    S: Reversible + Clone + fmt::Debug,
+    X: Executor<S>,
+    X::Error: fmt::Display,
+{
+    let mut undo = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        match x.exec(s) {
+            Ok(true) => undo.extend(s.inverse()),
+            Ok(false) => {}
+            Err(error) => {
+                return Err(Failure {
+                    step: i,
+                    op: s.clone(),
+                    error,
+                    undo_errors: rollback(Undo(undo), x),
+                })
+            }
+        }
+    }
+    Ok(Undo(undo))
+}
+
+/// Run the inverses newest first; keep going after a failure; "gone" counts as done.
+pub fn rollback<S, X>(undo: Undo<S>, x: &mut X) -> Vec<X::Error>
+where
+    S: fmt::Debug,
+    X: Executor<S>,
+    X::Error: fmt::Display,
+{
+    let mut errs = Vec::new();
+    for s in undo.0.into_iter().rev() {
+        match x.exec(&s) {
+            Ok(_) => {}
+            Err(e) if X::is_gone(&e) => {}
+            Err(e) => {
+                log::warn!("undo {s:?} failed: {e}");
+                errs.push(e);
+            }
+        }
+    }
+    errs
+}
+
+/// The in-tree fake: records every step it is asked to run and fails the calls whose 0-based
+/// index (counting undo steps too) is in `fail_at`.
+#[derive(Debug)]
+pub struct Recorder<S> {
+    pub calls: Vec<S>,
+    pub fail_at: Vec<usize>,
+}
+
+impl<S> Default for Recorder<S> {
+    fn default() -> Self {
+        Self {
+            calls: Vec::new(),
+            fail_at: Vec::new(),
+        }
+    }
+}
+
+impl<S> Recorder<S> {
+    /// A recorder that fails its `k`-th call.
+    pub fn failing_at(k: usize) -> Self {
+        Self {
+            calls: Vec::new(),
+            fail_at: vec![k],
+        }
+    }
+}
+
+/// The error a [`Recorder`] injects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("injected failure at call {0}")]
+pub struct Injected(pub usize);
+
+impl<S: Clone> Executor<S> for Recorder<S> {
+    type Error = Injected;
+    fn exec(&mut self, step: &S) -> Result<bool, Injected> {
+        let n = self.calls.len();
+        self.calls.push(step.clone());
+        if self.fail_at.contains(&n) {
+            return Err(Injected(n));
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> IfName {
+        IfName::new(s).unwrap()
+    }
+
+    fn ops() -> Vec<Op> {
+        vec![
+            Op::CreateBridge {
+                name: n("cni0"),
+                mtu: None,
+            },
+            Op::SetUp {
+                ns: Ns::Host,
+                link: n("cni0"),
+            },
+            Op::CreateVeth {
+                host: n("veth1"),
+                peer: n("eth0"),
+                netns: "/run/netns/x".into(),
+                mtu: Some(1400),
+                peer_mac: None,
+            },
+            Op::AddAddr {
+                ns: Ns::Pod,
+                link: n("eth0"),
+                cidr: "fd00::2/64".parse().unwrap(),
+                dad: false,
+            },
+            Op::AddRoute {
+                ns: Ns::Pod,
+                link: n("eth0"),
+                route: RouteSpec {
+                    dst: "::/0".parse().unwrap(),
+                    gw: Some("fd00::1".parse().unwrap()),
+                    priority: None,
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn ops_print_as_ip_commands() {
+        let text: Vec<String> = ops().iter().map(|o| o.command("/run/netns/x")).collect();
+        assert_eq!(
+            text,
+            [
+                "ip link add cni0 type bridge",
+                "ip link set cni0 up",
+                "ip link add veth1 mtu 1400 up type veth peer name eth0 netns /run/netns/x mtu 1400",
+                "ip -n /run/netns/x addr add fd00::2/64 dev eth0 nodad",
+                "ip -n /run/netns/x route add default via fd00::1 dev eth0",
+            ]
+        );
+    }
+
+    #[test]
+    fn failure_at_every_step_undoes_the_earlier_steps_newest_first() {
+        let plan = ops();
+        for k in 0..plan.len() {
+            let mut rec = Recorder::failing_at(k);
+            let f = apply(&plan, &mut rec).unwrap_err();
+            assert_eq!(f.step, k);
+            assert!(f.undo_errors.is_empty());
+            let want: Vec<Op> = plan[..k].iter().rev().filter_map(Op::inverse).collect();
+            assert_eq!(rec.calls[..=k], plan[..=k], "step {k}: applied in order");
+            assert_eq!(
+                rec.calls[k + 1..],
+                want[..],
+                "step {k}: undone newest first"
+            );
+        }
+    }
+
+    #[test]
+    fn an_undo_failure_is_reported_beside_the_original_error() {
+        // The route (call 4) fails, then the first undo step (call 5, the address) too.
+        let plan = ops();
+        let mut rec = Recorder {
+            calls: Vec::new(),
+            fail_at: vec![4, 5],
+        };
+        let f = apply(&plan, &mut rec).unwrap_err();
+        assert_eq!(f.error, Injected(4));
+        assert_eq!(f.undo_errors, [Injected(5)]);
+        assert_eq!(
+            rec.calls.len(),
+            5 + 3,
+            "undo went on to the veth and the bridge"
+        );
+    }
+
+    #[test]
+    fn inverses_undo_what_the_attachment_owns_and_keep_shared_settings() {
+        assert_eq!(
+            ops()[2].inverse(),
+            Some(Op::DeleteLink {
+                ns: Ns::Host,
+                link: n("veth1")
+            })
+        );
+        assert_eq!(ops()[1].inverse(), None, "bridge up is shared");
+        assert_eq!(
+            ops()[0].inverse(),
+            Some(Op::DeleteBridgeIfUnused { name: n("cni0") })
+        );
+    }
+}
