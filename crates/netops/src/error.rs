@@ -85,6 +85,30 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[error("link {name} in {netns} is not the expected VXLAN device: want {want}, found {have}")]
+    VxlanMismatch {
+        name: String,
+        netns: String,
+        want: String,
+        have: String,
+    },
+    #[error("{op} fdb entry {mac} dst {dst} on {dev} in {netns}: {source}")]
+    Fdb {
+        op: &'static str,
+        mac: String,
+        dst: std::net::IpAddr,
+        dev: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("{op} neighbour {ip} on {dev} in {netns}: {source}")]
+    Neighbour {
+        op: &'static str,
+        ip: std::net::IpAddr,
+        dev: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
     #[error("invalid route {dst}: {reason}")]
     InvalidRoute { dst: String, reason: String },
     #[error("{what}: needs a pod handle from Kernel::pod")]
@@ -122,11 +146,14 @@ impl NetopsError {
             | Self::Link { source, .. }
             | Self::Address { source, .. }
             | Self::Route { source, .. }
-            | Self::Dump { source, .. } => netlink_errno(source),
+            | Self::Dump { source, .. }
+            | Self::Fdb { source, .. }
+            | Self::Neighbour { source, .. } => netlink_errno(source),
             Self::NotANetns { .. }
             | Self::InvalidIfName { .. }
             | Self::InvalidSysctlKey { .. }
             | Self::NotABridge { .. }
+            | Self::VxlanMismatch { .. }
             | Self::InvalidRoute { .. }
             | Self::NeedsPodHandle { .. }
             | Self::Unsupported { .. } => None,
@@ -183,6 +210,7 @@ impl From<NetopsError> for cni_core::CniError {
             NetopsError::InvalidIfName { .. } => C::InvalidEnvironment,
             NetopsError::InvalidSysctlKey { .. }
             | NetopsError::NotABridge { .. }
+            | NetopsError::VxlanMismatch { .. }
             | NetopsError::InvalidRoute { .. }
             | NetopsError::Unsupported { .. } => C::InvalidConfig,
             NetopsError::HostVethExists { .. } | NetopsError::PeerExists { .. } => C::Conflict,

@@ -17,6 +17,9 @@
 //!   [`set_bridge_port`](Netlink::set_bridge_port), addresses, routes, link
 //!   reads, idempotent [`delete_link`](Netlink::delete_link). Each documents
 //!   the `ip` command it matches.
+//! - VXLAN: [`ensure_vxlan`](Netlink::ensure_vxlan), FDB entries
+//!   ([`fdb_add`](Netlink::fdb_add), [`fdb_del`](Netlink::fdb_del),
+//!   [`fdb_entries`](Netlink::fdb_entries)), permanent neighbours.
 //! - [`sysctl`]: validated `net.*` keys, read/write in the current or a given netns.
 //! - [`UndoLog`]: record inverses of applied steps; roll back in reverse.
 //! - Errors: one [`NetopsError`], errno kept; [`errno::is_not_found`] and
@@ -47,6 +50,7 @@ mod netns;
 pub mod sysctl;
 mod types;
 mod undo;
+mod vxlan;
 
 pub use error::{errno, netlink_errno, NetopsError};
 pub use ipnetwork::IpNetwork;
@@ -58,6 +62,7 @@ pub use types::{
     RouteSpec, VethPair, VethSpec,
 };
 pub use undo::{Side, UndoLog, UndoOp};
+pub use vxlan::{FdbEntry, VxlanInfo, VxlanSpec, FLOOD_MAC, VXLAN_PORT};
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const IFNAMSIZ_MAX: usize = 15;
