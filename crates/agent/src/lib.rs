@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd::{Client, EventKind, Kv, LeaseKeeper};
+use etcd::{Client, EventKind, Kv, LeaseKeeper, Options};
 use netops::{FdbEntry, Kernel, MacAddr, Netlink, FLOOD_MAC};
 use overlay_plugin::{
     config::vni_of_name,
@@ -392,7 +392,16 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
         .first_ipv4(&ul)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} has no IPv4 address (the VTEP)", args.underlay))?;
-    let client = Client::new(&args.endpoints).map_err(|e| e.to_string())?;
+    // A watch that hears nothing for 10 s is reopened (from the revision it reached): a member
+    // that vanished without closing the connection cannot leave the agent deaf.
+    let client = Client::with_options(
+        &args.endpoints,
+        Options {
+            watch_idle_timeout: Some(Duration::from_secs(10)),
+            ..Options::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
     log::info!(
         "node {} vtep {me} ({}), etcd {:?} prefix {}",
         args.node,
