@@ -9,8 +9,11 @@ packages=(
     golang-go golang-github-appc-cni-dev containernetworking-plugins
     podman containerd runc busybox-static
     jq curl ca-certificates build-essential time strace python3
+    # etcd-ipam and the overlay tests start their own members (own ports and data dirs); the
+    # package's etcd.service, if systemd starts it, is neither used nor disturbed.
+    etcd-server etcd-client
 )
-tools=(nft ip conntrack go curl jq busybox podman containerd runc strace python3)
+tools=(nft ip conntrack go curl jq busybox podman containerd runc strace python3 etcd etcdctl)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

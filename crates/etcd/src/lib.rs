@@ -1,0 +1,974 @@
+//! A small blocking etcd v3 client over the JSON gateway (`/v3/kv/*`, `/v3/lease/*`,
+//! `/v3/watch`), HTTP/1.1 through `ureq`, with multi-endpoint failover.
+//!
+//! Why the gateway and not gRPC: no protoc at build time, a few hundred kB of binary, and a
+//! request per endpoint, so one dead member never fails a call (the gRPC client's
+//! multi-endpoint connect does, on etcd 3.4).
+//!
+//! Failover: every call starts at the endpoint that answered last, and on a connect error, a
+//! timeout or an "unavailable" answer (no leader, leader changed, 5xx) moves on to the next,
+//! round and round with a short backoff until [`Options::retry_deadline`]. A write whose
+//! answer was lost may therefore be applied twice: puts and deletes don't care; a
+//! create-if-absent txn answers "exists" the second time, so callers compare the value they
+//! find with the one they wrote (see [`Client::create_or_get`]).
+//!
+//! ```no_run
+//! let c = etcd::Client::new(&["http://127.0.0.1:2379".to_string()])?;
+//! c.put("/cnirs/hosts/a", br#"{"vtep":"10.240.0.1"}"#, None)?;
+//! assert!(!c.create("/cnirs/hosts/a", b"x", None)?);
+//! let (kvs, rev) = c.range_prefix("/cnirs/hosts/")?;
+//! for ev in c.watch_prefix("/cnirs/hosts/", rev + 1)? {
+//!     let ev = ev?;
+//!     eprintln!("{:?} {}", ev.kind, String::from_utf8_lossy(&ev.kv.key));
+//! #   break;
+//! }
+//! # let _ = kvs;
+//! # Ok::<(), etcd::EtcdError>(())
+//! ```
+
+use std::{
+    io::{BufReader, Read},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+mod wire;
+
+/// gRPC status codes the gateway reports, that mean "try again, maybe elsewhere".
+const GRPC_DEADLINE_EXCEEDED: i64 = 4;
+const GRPC_NOT_FOUND: i64 = 5;
+const GRPC_UNAVAILABLE: i64 = 14;
+
+/// Everything that can go wrong talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("no etcd endpoints given")]
+    NoEndpoints,
+    #[error("bad etcd endpoint {0:?}: want http://host:port")]
+    BadEndpoint(String),
+    #[error("etcd unreachable ({endpoints}) for {path}: {last}")]
+    Unavailable {
+        endpoints: String,
+        path: String,
+        last: String,
+    },
+    #[error("etcd {path} on {endpoint}: {message} (grpc code {code})")]
+    Server {
+        endpoint: String,
+        path: String,
+        code: i64,
+        message: String,
+    },
+    #[error("etcd {path} on {endpoint}: unreadable answer: {source}")]
+    Decode {
+        endpoint: String,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("etcd lease {0:x} not found (expired or revoked)")]
+    LeaseNotFound(i64),
+    #[error("etcd watch from revision {requested} compacted (oldest kept {compact_revision}): list again")]
+    Compacted {
+        requested: i64,
+        compact_revision: i64,
+    },
+    #[error("etcd watch canceled: {0}")]
+    WatchCanceled(String),
+}
+
+/// One key with its metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    /// 0 when the key has no lease.
+    pub lease: i64,
+}
+
+impl Kv {
+    /// The key as text (keys in our schema are UTF-8).
+    pub fn key_str(&self) -> String {
+        String::from_utf8_lossy(&self.key).into_owned()
+    }
+}
+
+/// How a [`Compare`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// What a [`Compare`] looks at, with the operand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompareTarget {
+    Version(i64),
+    /// 0 means "the key does not exist".
+    CreateRevision(i64),
+    ModRevision(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+/// One condition of a txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+impl Compare {
+    pub fn create_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Self {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::CreateRevision(rev),
+        }
+    }
+    pub fn mod_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Self {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::ModRevision(rev),
+        }
+    }
+    pub fn value(key: impl AsRef<[u8]>, op: CompareOp, value: impl AsRef<[u8]>) -> Self {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::Value(value.as_ref().to_vec()),
+        }
+    }
+    pub fn version(key: impl AsRef<[u8]>, op: CompareOp, version: i64) -> Self {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::Version(version),
+        }
+    }
+    /// The key does not exist.
+    pub fn absent(key: impl AsRef<[u8]>) -> Self {
+        Self::create_revision(key, CompareOp::Equal, 0)
+    }
+}
+
+/// One operation of a txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Get {
+        key: Vec<u8>,
+        range_end: Option<Vec<u8>>,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    },
+    Delete {
+        key: Vec<u8>,
+        range_end: Option<Vec<u8>>,
+    },
+}
+
+impl Op {
+    pub fn get(key: impl AsRef<[u8]>) -> Self {
+        Op::Get {
+            key: key.as_ref().to_vec(),
+            range_end: None,
+        }
+    }
+    pub fn get_prefix(prefix: impl AsRef<[u8]>) -> Self {
+        let p = prefix.as_ref();
+        Op::Get {
+            key: p.to_vec(),
+            range_end: Some(prefix_end(p)),
+        }
+    }
+    pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, lease: Option<i64>) -> Self {
+        Op::Put {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            lease,
+        }
+    }
+    pub fn delete(key: impl AsRef<[u8]>) -> Self {
+        Op::Delete {
+            key: key.as_ref().to_vec(),
+            range_end: None,
+        }
+    }
+    pub fn delete_prefix(prefix: impl AsRef<[u8]>) -> Self {
+        let p = prefix.as_ref();
+        Op::Delete {
+            key: p.to_vec(),
+            range_end: Some(prefix_end(p)),
+        }
+    }
+}
+
+/// The answer to one txn operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResponse {
+    Get(Vec<Kv>),
+    Put,
+    Delete(i64),
+}
+
+/// The answer to a txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResponse {
+    /// The compares held, so the success ops ran (else the failure ops ran).
+    pub succeeded: bool,
+    /// The store revision after the txn.
+    pub revision: i64,
+    pub responses: Vec<OpResponse>,
+}
+
+/// What [`Client::create_or_get`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The key was absent and now holds our value.
+    Created { revision: i64 },
+    /// The key exists (possibly written by us on an earlier try whose answer was lost).
+    Exists(Kv),
+}
+
+/// Event kind of a watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change seen by a watch. For a delete, `kv` has only the key and mod_revision;
+/// `prev_kv` has the value it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    pub kv: Kv,
+    pub prev_kv: Option<Kv>,
+}
+
+/// Timeouts and retries.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// TCP connect to one endpoint.
+    pub connect_timeout: Duration,
+    /// One request to one endpoint, answer included.
+    pub request_timeout: Duration,
+    /// How long a call goes on trying endpoints (a leader election takes ~1.5 s).
+    pub retry_deadline: Duration,
+    /// A watch stream that sends nothing for this long is reopened (None: wait forever).
+    /// etcd sends nothing on an idle watch unless started with
+    /// `--experimental-watch-progress-notify-interval`; watches ask for progress notifies.
+    pub watch_idle_timeout: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(3),
+            retry_deadline: Duration::from_secs(15),
+            watch_idle_timeout: None,
+        }
+    }
+}
+
+/// The range end that selects every key starting with `prefix`: the prefix with its last
+/// byte + 1 (trailing 0xff bytes dropped first); `\0` (all keys) for an empty or all-0xff
+/// prefix.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Checks one endpoint: `http://host:port` (a trailing `/` is dropped).
+pub fn parse_endpoint(ep: &str) -> Result<String, EtcdError> {
+    let bad = || EtcdError::BadEndpoint(ep.to_string());
+    let rest = ep.strip_prefix("http://").ok_or_else(bad)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = if let Some(v6) = host.strip_prefix('[') {
+        v6.strip_suffix(']')
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(format!("http://{rest}"))
+}
+
+/// A blocking etcd v3 client over the JSON gateway. Cheap to clone; Send + Sync.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    agent: ureq::Agent,
+    /// For watches: no overall timeout.
+    stream_agent: ureq::Agent,
+    preferred: AtomicUsize,
+    opts: Options,
+}
+
+/// Why one attempt on one endpoint failed.
+enum Attempt {
+    /// Try the next endpoint.
+    Retry(String),
+    /// Give up: the answer is final.
+    Fatal(EtcdError),
+}
+
+impl Client {
+    /// A client over `endpoints` (each `http://host:port`), with default [`Options`].
+    /// Nothing is contacted yet.
+    pub fn new(endpoints: &[String]) -> Result<Client, EtcdError> {
+        Self::with_options(endpoints, Options::default())
+    }
+
+    pub fn with_options(endpoints: &[String], opts: Options) -> Result<Client, EtcdError> {
+        if endpoints.is_empty() {
+            return Err(EtcdError::NoEndpoints);
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|e| parse_endpoint(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let base = |global: Option<Duration>| -> ureq::Agent {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(opts.connect_timeout))
+                .timeout_global(global)
+                .timeout_per_read(if global.is_none() {
+                    opts.watch_idle_timeout
+                } else {
+                    None
+                })
+                .build()
+                .into()
+        };
+        let agent = base(Some(opts.request_timeout));
+        let stream_agent = base(None);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                agent,
+                stream_agent,
+                preferred: AtomicUsize::new(0),
+                opts,
+            }),
+        })
+    }
+
+    /// The endpoints, normalized.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// POSTs `body` to `path`, failing over between endpoints; decodes the answer.
+    fn call<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, EtcdError> {
+        let inner = &self.inner;
+        let n = inner.endpoints.len();
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut last = String::new();
+        loop {
+            let first = inner.preferred.load(Ordering::Relaxed) % n;
+            for i in 0..n {
+                let idx = (first + i) % n;
+                let ep = &inner.endpoints[idx];
+                match self.attempt(ep, path, body) {
+                    Ok(v) => {
+                        inner.preferred.store(idx, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Err(Attempt::Fatal(e)) => return Err(e),
+                    Err(Attempt::Retry(why)) => {
+                        log::debug!("etcd {path} on {ep}: {why}; trying the next endpoint");
+                        last = format!("{ep}: {why}");
+                    }
+                }
+            }
+            if start.elapsed() + backoff > inner.opts.retry_deadline {
+                return Err(EtcdError::Unavailable {
+                    endpoints: inner.endpoints.join(","),
+                    path: path.to_string(),
+                    last,
+                });
+            }
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    fn attempt<T: DeserializeOwned>(
+        &self,
+        ep: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, Attempt> {
+        let url = format!("{ep}{path}");
+        let payload = body.to_string();
+        let mut resp = match self
+            .inner
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(payload.as_bytes())
+        {
+            Ok(r) => r,
+            Err(e) => return Err(Attempt::Retry(e.to_string())),
+        };
+        let status = resp.status().as_u16();
+        let bytes = match resp.body_mut().with_config().limit(64 << 20).read_to_vec() {
+            Ok(b) => b,
+            Err(e) => return Err(Attempt::Retry(format!("reading the answer: {e}"))),
+        };
+        if status != 200 {
+            let err: wire::ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+            let message = if err.message.is_empty() {
+                err.error
+            } else {
+                err.message
+            };
+            if status >= 500 || matches!(err.code, GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED) {
+                return Err(Attempt::Retry(format!("HTTP {status}: {message}")));
+            }
+            return Err(Attempt::Fatal(EtcdError::Server {
+                endpoint: ep.to_string(),
+                path: path.to_string(),
+                code: err.code,
+                message,
+            }));
+        }
+        serde_json::from_slice(&bytes).map_err(|source| {
+            Attempt::Fatal(EtcdError::Decode {
+                endpoint: ep.to_string(),
+                path: path.to_string(),
+                source,
+            })
+        })
+    }
+
+    /// One key, if it exists.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Kv>, EtcdError> {
+        let r: wire::RangeResponse =
+            self.call("/v3/kv/range", &wire::range_body(key.as_ref(), None))?;
+        Ok(r.kvs.into_iter().next().map(Kv::from))
+    }
+
+    /// Every key starting with `prefix`, sorted by key, and the store revision they were read
+    /// at (watch from `revision + 1` to see every later change).
+    pub fn range_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<(Vec<Kv>, i64), EtcdError> {
+        let p = prefix.as_ref();
+        let r: wire::RangeResponse =
+            self.call("/v3/kv/range", &wire::range_body(p, Some(&prefix_end(p))))?;
+        Ok((r.kvs.into_iter().map(Kv::from).collect(), r.header.revision))
+    }
+
+    /// Sets `key`, attached to `lease` if given; returns the new revision.
+    pub fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        lease: Option<i64>,
+    ) -> Result<i64, EtcdError> {
+        let r: wire::PutResponse = self.call(
+            "/v3/kv/put",
+            &wire::put_body(key.as_ref(), value.as_ref(), lease),
+        )?;
+        Ok(r.header.revision)
+    }
+
+    /// Deletes `key`; returns how many keys went (0 or 1).
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<i64, EtcdError> {
+        let r: wire::DeleteRangeResponse =
+            self.call("/v3/kv/deleterange", &wire::range_body(key.as_ref(), None))?;
+        Ok(r.deleted)
+    }
+
+    /// Deletes every key starting with `prefix`; returns how many went.
+    pub fn delete_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<i64, EtcdError> {
+        let p = prefix.as_ref();
+        let r: wire::DeleteRangeResponse = self.call(
+            "/v3/kv/deleterange",
+            &wire::range_body(p, Some(&prefix_end(p))),
+        )?;
+        Ok(r.deleted)
+    }
+
+    /// A transaction: if every compare holds, run `success`, else `failure`.
+    pub fn txn(
+        &self,
+        compares: &[Compare],
+        success: &[Op],
+        failure: &[Op],
+    ) -> Result<TxnResponse, EtcdError> {
+        let r: wire::TxnResponse =
+            self.call("/v3/kv/txn", &wire::txn_body(compares, success, failure))?;
+        let responses = r
+            .responses
+            .into_iter()
+            .map(|op| {
+                if let Some(g) = op.response_range {
+                    OpResponse::Get(g.kvs.into_iter().map(Kv::from).collect())
+                } else if let Some(d) = op.response_delete_range {
+                    OpResponse::Delete(d.deleted)
+                } else {
+                    debug_assert!(op.response_put.is_some());
+                    OpResponse::Put
+                }
+            })
+            .collect();
+        Ok(TxnResponse {
+            succeeded: r.succeeded,
+            revision: r.header.revision,
+            responses,
+        })
+    }
+
+    /// Puts `key` only if it does not exist (create revision 0); true when it was created.
+    pub fn create(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        lease: Option<i64>,
+    ) -> Result<bool, EtcdError> {
+        let key = key.as_ref();
+        Ok(self
+            .txn(&[Compare::absent(key)], &[Op::put(key, value, lease)], &[])?
+            .succeeded)
+    }
+
+    /// Like [`Client::create`], but when the key exists, returns what it holds (one round trip).
+    /// A caller that finds its own value there knows an earlier try of its own won.
+    pub fn create_or_get(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        lease: Option<i64>,
+    ) -> Result<Created, EtcdError> {
+        let key = key.as_ref();
+        let r = self.txn(
+            &[Compare::absent(key)],
+            &[Op::put(key, value, lease)],
+            &[Op::get(key)],
+        )?;
+        if r.succeeded {
+            return Ok(Created::Created {
+                revision: r.revision,
+            });
+        }
+        let kv = r.responses.into_iter().find_map(|op| match op {
+            OpResponse::Get(kvs) => kvs.into_iter().next(),
+            _ => None,
+        });
+        // Deleted between the compare and the get cannot happen (a txn is atomic); an empty
+        // answer would mean a gateway surprise, reported as a key with no value.
+        Ok(Created::Exists(kv.unwrap_or_else(|| Kv {
+            key: key.to_vec(),
+            ..Kv::default()
+        })))
+    }
+
+    /// A lease of `ttl_s` seconds; returns its id.
+    pub fn lease_grant(&self, ttl_s: i64) -> Result<i64, EtcdError> {
+        let body = serde_json::json!({ "TTL": ttl_s.to_string(), "ID": "0" });
+        let r: wire::LeaseGrantResponse = self.call("/v3/lease/grant", &body)?;
+        if !r.error.is_empty() || r.id == 0 {
+            return Err(EtcdError::Server {
+                endpoint: String::new(),
+                path: "/v3/lease/grant".into(),
+                code: 0,
+                message: r.error,
+            });
+        }
+        Ok(r.id)
+    }
+
+    /// Renews lease `id` once; returns its TTL. `LeaseNotFound` when it has expired.
+    pub fn lease_keepalive(&self, id: i64) -> Result<i64, EtcdError> {
+        let body =
+            serde_json::to_value(wire::LeaseId { id: id.to_string() }).unwrap_or(Value::Null);
+        let r: wire::LeaseKeepAliveFrame = self.call("/v3/lease/keepalive", &body)?;
+        match r.result {
+            Some(res) if res.ttl > 0 => Ok(res.ttl),
+            _ => Err(EtcdError::LeaseNotFound(id)),
+        }
+    }
+
+    /// Revokes lease `id`, deleting its keys. A lease already gone is not an error.
+    pub fn lease_revoke(&self, id: i64) -> Result<(), EtcdError> {
+        let body =
+            serde_json::to_value(wire::LeaseId { id: id.to_string() }).unwrap_or(Value::Null);
+        match self.call::<Value>("/v3/lease/revoke", &body) {
+            Ok(_) => Ok(()),
+            Err(EtcdError::Server {
+                code: GRPC_NOT_FOUND,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps lease `id` alive from a background thread every `every` until the returned
+    /// guard is dropped (or the lease is found gone: see [`LeaseKeeper::lost`]).
+    pub fn keep_alive(&self, id: i64, every: Duration) -> LeaseKeeper {
+        let state = Arc::new(Mutex::new(KeeperState::default()));
+        let (client, st) = (self.clone(), Arc::clone(&state));
+        let handle = thread::spawn(move || loop {
+            {
+                let s = st.lock().unwrap_or_else(|p| p.into_inner());
+                if s.stop {
+                    return;
+                }
+            }
+            match client.lease_keepalive(id) {
+                Ok(_) => {}
+                Err(EtcdError::LeaseNotFound(_)) => {
+                    st.lock().unwrap_or_else(|p| p.into_inner()).lost = true;
+                    return;
+                }
+                Err(e) => log::warn!("etcd lease {id:x} keepalive: {e}"),
+            }
+            let deadline = Instant::now() + every;
+            while Instant::now() < deadline {
+                if st.lock().unwrap_or_else(|p| p.into_inner()).stop {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50).min(every));
+            }
+        });
+        LeaseKeeper {
+            id,
+            state,
+            handle: Some(handle),
+        }
+    }
+
+    /// A blocking stream of changes to keys under `prefix`, from `start_revision` (0: from
+    /// now). The stream reopens itself on another endpoint when its connection drops,
+    /// resuming after the last event it delivered, so no event is lost or repeated.
+    /// It yields `Err` when no endpoint answers within the retry deadline (the next call tries
+    /// again), and `Err(Compacted)` then ends when the revision is gone (list again).
+    pub fn watch_prefix(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        start_revision: i64,
+    ) -> Result<Watch, EtcdError> {
+        let p = prefix.as_ref();
+        let mut w = Watch {
+            client: self.clone(),
+            key: p.to_vec(),
+            range_end: prefix_end(p),
+            next_revision: start_revision,
+            stream: None,
+            pending: Default::default(),
+            done: false,
+        };
+        w.open()?;
+        Ok(w)
+    }
+}
+
+#[derive(Default)]
+struct KeeperState {
+    stop: bool,
+    lost: bool,
+}
+
+/// Keeps a lease alive until dropped; dropping it does not revoke the lease.
+pub struct LeaseKeeper {
+    id: i64,
+    state: Arc<Mutex<KeeperState>>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl LeaseKeeper {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+    /// The lease expired before a renewal reached etcd (its keys are gone).
+    pub fn lost(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).lost
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+type FrameStream = serde_json::StreamDeserializer<
+    'static,
+    serde_json::de::IoRead<BufReader<Box<dyn Read + Send>>>,
+    wire::WatchFrame,
+>;
+
+/// A watch: an iterator of [`WatchEvent`]s, blocking in `next()`.
+pub struct Watch {
+    client: Client,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    /// Where a reopened stream starts (0: from now).
+    next_revision: i64,
+    stream: Option<FrameStream>,
+    pending: std::collections::VecDeque<WatchEvent>,
+    done: bool,
+}
+
+impl Watch {
+    /// Opens the stream on the first endpoint that takes it (failover as for every call).
+    fn open(&mut self) -> Result<(), EtcdError> {
+        let inner = &self.client.inner;
+        let n = inner.endpoints.len();
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut last = String::new();
+        let body = wire::watch_body(&self.key, &self.range_end, self.next_revision, true);
+        loop {
+            let first = inner.preferred.load(Ordering::Relaxed) % n;
+            for i in 0..n {
+                let idx = (first + i) % n;
+                let ep = &inner.endpoints[idx];
+                match self.open_on(ep, &body) {
+                    Ok((stream, created_at)) => {
+                        inner.preferred.store(idx, Ordering::Relaxed);
+                        if self.next_revision <= 0 {
+                            // "From now" means from the first open: a reopened stream must
+                            // not skip what happened in between.
+                            self.next_revision = created_at + 1;
+                        }
+                        self.stream = Some(stream);
+                        return Ok(());
+                    }
+                    Err(Attempt::Fatal(e)) => return Err(e),
+                    Err(Attempt::Retry(why)) => last = format!("{ep}: {why}"),
+                }
+            }
+            if start.elapsed() + backoff > inner.opts.retry_deadline {
+                return Err(EtcdError::Unavailable {
+                    endpoints: inner.endpoints.join(","),
+                    path: "/v3/watch".into(),
+                    last,
+                });
+            }
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Opens one stream; returns it with the revision it was created at.
+    fn open_on(&self, ep: &str, body: &Value) -> Result<(FrameStream, i64), Attempt> {
+        let resp = self
+            .client
+            .inner
+            .stream_agent
+            .post(&format!("{ep}/v3/watch"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes())
+            .map_err(|e| Attempt::Retry(e.to_string()))?;
+        if resp.status().as_u16() != 200 {
+            return Err(Attempt::Retry(format!("HTTP {}", resp.status())));
+        }
+        let reader: Box<dyn Read + Send> = Box::new(resp.into_body().into_reader());
+        let mut stream = serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter();
+        // The first frame says "created" (or canceled, or an error): a member without quorum
+        // or a compacted start revision shows here.
+        match stream.next() {
+            Some(Ok(wire::WatchFrame {
+                result: Some(r), ..
+            })) if r.created && !r.canceled => Ok((stream, r.header.revision)),
+            Some(Ok(wire::WatchFrame {
+                result: Some(r), ..
+            })) if r.compact_revision > 0 => Err(Attempt::Fatal(EtcdError::Compacted {
+                requested: self.next_revision,
+                compact_revision: r.compact_revision,
+            })),
+            Some(Ok(wire::WatchFrame { error: Some(e), .. })) => Err(Attempt::Retry(format!(
+                "grpc code {}: {}",
+                e.grpc_code, e.message
+            ))),
+            Some(Ok(other)) => Err(Attempt::Retry(format!("unexpected first frame {other:?}"))),
+            Some(Err(e)) => Err(Attempt::Retry(format!("reading the stream: {e}"))),
+            None => Err(Attempt::Retry("stream closed before it was created".into())),
+        }
+    }
+
+    /// The revision a reopened stream would start from.
+    pub fn next_revision(&self) -> i64 {
+        self.next_revision
+    }
+}
+
+impl Iterator for Watch {
+    type Item = Result<WatchEvent, EtcdError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            if self.stream.is_none() {
+                if let Err(e) = self.open() {
+                    if matches!(e, EtcdError::Compacted { .. }) {
+                        self.done = true;
+                    }
+                    return Some(Err(e));
+                }
+            }
+            let frame = self.stream.as_mut().and_then(|s| s.next());
+            match frame {
+                Some(Ok(wire::WatchFrame {
+                    result: Some(r), ..
+                })) => {
+                    if r.compact_revision > 0 {
+                        self.done = true;
+                        return Some(Err(EtcdError::Compacted {
+                            requested: self.next_revision,
+                            compact_revision: r.compact_revision,
+                        }));
+                    }
+                    if r.canceled {
+                        // Canceled by the server (e.g. the member lost its leader for long):
+                        // reopen elsewhere.
+                        log::info!("etcd watch canceled ({}); reopening", r.cancel_reason);
+                        self.stream = None;
+                        continue;
+                    }
+                    if r.events.is_empty() && !r.created {
+                        // A progress notify: everything up to header.revision was sent.
+                        self.next_revision = self.next_revision.max(r.header.revision + 1);
+                    }
+                    for ev in r.events {
+                        let kv = Kv::from(ev.kv);
+                        self.next_revision = self.next_revision.max(kv.mod_revision + 1);
+                        let kind = if ev.kind == "DELETE" {
+                            EventKind::Delete
+                        } else {
+                            EventKind::Put
+                        };
+                        self.pending.push_back(WatchEvent {
+                            kind,
+                            kv,
+                            prev_kv: ev.prev_kv.map(Kv::from),
+                        });
+                    }
+                }
+                Some(Ok(wire::WatchFrame { error: Some(e), .. })) => {
+                    log::info!("etcd watch stream error ({}); reopening", e.message);
+                    self.stream = None;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    log::info!("etcd watch stream broke ({e}); reopening");
+                    self.stream = None;
+                }
+                None => {
+                    log::info!("etcd watch stream ended; reopening");
+                    self.stream = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"/cnirs/"), b"/cnirs0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
+    }
+
+    #[test]
+    fn endpoints_are_http_host_port() {
+        assert_eq!(
+            parse_endpoint("http://10.0.0.1:2379/").unwrap(),
+            "http://10.0.0.1:2379"
+        );
+        assert_eq!(
+            parse_endpoint("http://[::1]:2379").unwrap(),
+            "http://[::1]:2379"
+        );
+        assert_eq!(
+            parse_endpoint("http://etcd-1.local:2379").unwrap(),
+            "http://etcd-1.local:2379"
+        );
+        for bad in [
+            "https://10.0.0.1:2379",
+            "10.0.0.1:2379",
+            "http://10.0.0.1",
+            "http://10.0.0.1:0",
+            "http://10.0.0.1:99999",
+            "http://:2379",
+            "http://a b:2379",
+            "http://[zz]:1",
+            "http://h:1/v3",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(Client::new(&[]), Err(EtcdError::NoEndpoints)));
+    }
+
+    #[test]
+    fn a_dead_endpoint_fails_over_then_gives_up_with_every_endpoint_named() {
+        // Two ports nothing listens on (bound then closed): connect is refused at once.
+        let dead: Vec<String> = (0..2)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                format!("http://{}", l.local_addr().unwrap())
+            })
+            .collect();
+        let opts = Options {
+            retry_deadline: Duration::from_millis(200),
+            ..Options::default()
+        };
+        let c = Client::with_options(&dead, opts).unwrap();
+        match c.get("k") {
+            Err(EtcdError::Unavailable { endpoints, .. }) => {
+                assert!(endpoints.contains(&dead[0][7..]) && endpoints.contains(&dead[1][7..]))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
