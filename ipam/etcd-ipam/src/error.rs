@@ -1,0 +1,50 @@
+//! The crate's error type; mapped once to a `CniError` at the plugin's edge.
+
+use std::net::IpAddr;
+
+use cni_core::{CniError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Code 11: etcd did not answer (every endpoint tried until the deadline), or refused.
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
+
+    /// Code 104: every address of a range set is held, dead nodes' included.
+    #[error("no IP addresses available in range set {index} ({ranges}) of network {network}")]
+    Exhausted {
+        network: String,
+        index: usize,
+        ranges: String,
+    },
+
+    /// Code 103: a requested address is held by another attachment.
+    #[error("requested IP address {ip} is already held by {owner}")]
+    Taken { ip: IpAddr, owner: String },
+
+    /// Code 103: the attachment already holds another address of the range set.
+    #[error("this attachment already holds {held}; release it before requesting {requested}")]
+    AlreadyHolds { held: IpAddr, requested: IpAddr },
+
+    /// Code 105: CHECK found no address for the attachment.
+    #[error("no address held by {container}/{ifname} in range set {index} ({ranges}) of network {network}")]
+    NotHeld {
+        container: String,
+        ifname: String,
+        network: String,
+        index: usize,
+        ranges: String,
+    },
+}
+
+impl From<Error> for CniError {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Etcd(_) => ErrorCode::TryAgainLater,
+            Error::Exhausted { .. } => ErrorCode::AddressesExhausted,
+            Error::Taken { .. } | Error::AlreadyHolds { .. } => ErrorCode::Conflict,
+            Error::NotHeld { .. } => ErrorCode::CheckFailed,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
