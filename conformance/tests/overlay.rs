@@ -161,6 +161,28 @@ fn pods_on_three_hosts_reach_each_other_with_the_overlay_mtu_and_del_propagates(
         "{:?}",
         c.fdb(0, "cnirsvx4242")
     );
+    // CHECK passes on a live pod; GC on h1 listing only p0 drops the record of a pod it does
+    // not list (g, on h1) and leaves p0's and h3's alone.
+    c.tool(0, &conf).check(&pods[0]).assert_ok();
+    let g = c.host(0).pod("g");
+    let rg = c.tool(0, &conf).add(&g).assert_ok().json().clone();
+    let t0 = c.tool(0, &conf);
+    let keep = json!([{"containerID": t0.container_id_for(&pods[0]), "ifname": "eth0"}]);
+    c.tool(0, &conf).valid_attachments(keep).gc().assert_ok();
+    let left = c.keys(0, "pods/ov/");
+    assert!(
+        !left.iter().any(|k| k.ends_with(&format!("/{}", ip(&rg)))),
+        "{left:?}"
+    );
+    assert!(
+        left.iter().any(|k| k.ends_with(&format!("/{}", ips[0]))),
+        "{left:?}"
+    );
+    assert!(
+        left.iter().any(|k| k.ends_with(&format!("/{}", ips[2]))),
+        "{left:?}"
+    );
+    c.tool(0, &conf).del(&g).assert_ok();
     for i in [0, 2] {
         c.tool(i, &conf).del(&pods[i]).assert_ok();
     }
