@@ -6,7 +6,7 @@ CARGO      ?= cargo
 PREFIX     ?= /opt/cni/bin
 BIN_DIR    := $(CURDIR)/target/release
 PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local overlay
-TOOLS      := cnirs-reconcile cnirs-agent
+TOOLS      := cnirs cnirs-reconcile cnirs-agent
 CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.
 KTHREADS   ?= 6
@@ -70,6 +70,8 @@ install: build
 	for p in $(PLUGINS) $(TOOLS); do install -m 0755 $(BIN_DIR)/$$p $(DESTDIR)$(PREFIX)/$$p; done
 	install -D -m 0644 contrib/systemd/cnirs-reconcile.service \
 		$(DESTDIR)/etc/systemd/system/cnirs-reconcile.service
+	install -D -m 0644 contrib/systemd/cnirs-watch.service \
+		$(DESTDIR)/etc/systemd/system/cnirs-watch.service
 	install -D -m 0644 contrib/systemd/cnirs-agent.service \
 		$(DESTDIR)/etc/systemd/system/cnirs-agent.service
 

@@ -9,11 +9,12 @@ packages=(
     golang-go golang-github-appc-cni-dev containernetworking-plugins
     podman containerd runc busybox-static
     jq curl ca-certificates build-essential time strace python3
+    protobuf-compiler  # protoc: the k8s-cri crate (CRI client of conformance/tests/cri.rs)
     # etcd-ipam and the overlay tests start their own members (own ports and data dirs); the
     # package's etcd.service, if systemd starts it, is neither used nor disturbed.
     etcd-server etcd-client
 )
-tools=(nft ip conntrack go curl jq busybox podman containerd runc strace python3 etcd etcdctl)
+tools=(nft ip conntrack go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

@@ -175,6 +175,7 @@ impl TestNet {
             cni_args: None,
             valid_attachments: None,
             extra_env: Vec::new(),
+            mount_ns: None,
         }
     }
 }
@@ -192,9 +193,18 @@ pub struct Cnitool<'a> {
     cni_args: Option<String>,
     valid_attachments: Option<Value>,
     extra_env: Vec<(String, String)>,
+    mount_ns: Option<&'a crate::MountNs>,
 }
 
-impl Cnitool<'_> {
+impl<'a> Cnitool<'a> {
+    /// Run cnitool (and so the plugins) inside `mns` with the plugins' DEFAULT state root
+    /// (no `CNIRS_RUN_DIR`): `mns` gives it a private `/run/cni-rs`
+    /// ([`crate::MountNs::private_dirs`]).
+    pub fn mount_ns(mut self, mns: &'a crate::MountNs) -> Self {
+        self.mount_ns = Some(mns);
+        self
+    }
+
     /// Plugin directories (CNI_PATH), e.g. `&[reference_cni_path()]`.
     pub fn cni_path(mut self, dirs: &[PathBuf]) -> Self {
         self.cni_path = join_path(dirs);
@@ -256,14 +266,19 @@ impl Cnitool<'_> {
     }
 
     fn run(&self, args: &[&str], container_id: Option<String>) -> CmdOutput {
-        let tool = cnitool_path();
-        let mut cmd = self.net.host().command(&tool.display().to_string());
+        let tool = cnitool_path().display().to_string();
+        let mut cmd = match self.mount_ns {
+            Some(m) => m.command(self.net.host(), &tool),
+            None => self.net.host().command(&tool),
+        };
         cmd.args(args)
             .env("NETCONFPATH", &self.netconf_dir)
             .env("CNI_PATH", &self.cni_path)
             .env("CNI_IFNAME", &self.ifname)
-            .env("CNI_CACHE_DIR", self.net.cache_dir())
-            .env("CNIRS_RUN_DIR", self.net.run_dir());
+            .env("CNI_CACHE_DIR", self.net.cache_dir());
+        if self.mount_ns.is_none() {
+            cmd.env("CNIRS_RUN_DIR", self.net.run_dir());
+        }
         if let Some(id) = container_id {
             cmd.env("CNI_CONTAINERID", id);
         }

@@ -27,6 +27,7 @@
 //! root or when a tool is missing.
 
 pub mod cni;
+pub mod cri;
 pub mod etcd;
 pub mod exec;
 pub mod mountns;

@@ -80,6 +80,43 @@ impl MountNs {
         Self { holder }
     }
 
+    /// A mount namespace that sees the machine's mounts (as a slave: netns created later under
+    /// `/run/netns` show up in it) except for a private, empty tmpfs on each of `dirs`
+    /// (e.g. `/run/cni-rs`, the plugins' default state root), created if missing. Tests that
+    /// run the plugins with their default paths do it in here, so they share nothing.
+    #[track_caller]
+    pub fn private_dirs(dirs: &[&str]) -> Self {
+        let mut script = String::from("set -e\n");
+        for d in dirs {
+            script.push_str(&format!(
+                "mkdir -p {0}\nmount -t tmpfs cnirs-private {0}\n",
+                sh_quote(d)
+            ));
+        }
+        script.push_str("echo ready\nexec sleep 600\n");
+        let mut holder = command("unshare")
+            .args(["--mount", "--propagation", "slave", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start unshare (util-linux)");
+        let mut line = String::new();
+        let stdout = holder.stdout.take().expect("holder stdout");
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        if line.trim() != "ready" {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            panic!("private mount namespace setup failed (script:\n{script})");
+        }
+        Self { holder }
+    }
+
+    /// `/proc/PID/ns/mnt` of the namespace.
+    pub fn path(&self) -> String {
+        format!("/proc/{}/ns/mnt", self.holder.id())
+    }
+
     /// `nsenter --mount=/proc/PID/ns/mnt --net=NETNS program` (cleared environment).
     pub fn command(&self, netns: &Netns, program: &str) -> Command {
         let mut cmd = command("nsenter");

@@ -43,6 +43,17 @@ impl Netns {
         Self::named(name)
     }
 
+    /// A namespace someone else made and owns, by path (a CRI pod's `/proc/PID/ns/net`): for
+    /// the helpers that enter it ([`Netns::run_in`], [`crate::TcpServer`],
+    /// [`crate::tcp_request`]); `command`, `exec` and `ip` need a named netns.
+    pub fn foreign(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        Self {
+            name: path.display().to_string(),
+            path,
+        }
+    }
+
     /// The name under /run/netns.
     pub fn name(&self) -> &str {
         &self.name

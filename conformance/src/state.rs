@@ -106,6 +106,19 @@ impl HostState {
                 });
             }
         }
+        // Policy rules other than the kernel's defaults (the internal-bridge seal).
+        for fam in ["-4", "-6"] {
+            for r in arr(&ns.ip_json(&[fam, "rule", "show"])) {
+                let prio = r.get("priority").and_then(Value::as_u64).unwrap_or(0);
+                if [0, 32766, 32767].contains(&prio) {
+                    continue;
+                }
+                items.insert(Item {
+                    kind: "rule",
+                    text: format!("{fam} {r}"),
+                });
+            }
+        }
         let nft = run(ns.command("nft").args(["-j", "list", "ruleset"]));
         nft.assert_ok();
         let nft_raw = nft.json().clone();
@@ -261,7 +274,11 @@ pub fn legit_leftover<'b>(bridges: &'b [&'b str]) -> impl Fn(&Item) -> bool + 'b
         }),
         "file" => {
             let name = i.text.rsplit('/').next().unwrap_or_default();
-            i.text.ends_with('/') || name == "lock = " || name.starts_with("last_reserved_ip.")
+            // table.json: which `inet cnirs` the state last filled; the skeleton stays too.
+            i.text.ends_with('/')
+                || name == "lock = "
+                || name.starts_with("table.json = ")
+                || name.starts_with("last_reserved_ip.")
         }
         _ => false,
     }

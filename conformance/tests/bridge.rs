@@ -854,13 +854,29 @@ fn internal_bridge_is_sealed_on_the_host() {
     assert_none("internal-bridge sealed paths", negative);
     assert!(srv.peers().is_empty(), "the outside saw {:?}", srv.peers());
     drop(srv);
-    // Control: the seal is the host's firewall (the internal_br set), not routing: without
-    // the element the same pod reaches the outside.
+    // Two seals: the host's firewall (the internal_br set) and, independent of nftables,
+    // policy rules `iif BR unreachable`. Either alone holds; without both the pod gets out.
     net.host()
         .exec_ok("nft", &["flush", "set", "inet", "cnirs", "internal_br"]);
     assert!(
+        !can_ping(&i2, &far),
+        "without internal_br, the kernel-level seal still holds"
+    );
+    for fam in ["-4", "-6"] {
+        net.host().ip(&[
+            fam,
+            "rule",
+            "del",
+            "priority",
+            "10",
+            "iif",
+            "cnirs-brint",
+            "unreachable",
+        ]);
+    }
+    assert!(
         can_ping(&i2, &far),
-        "without internal_br, i2 -> far works (so the seal above was the firewall's)"
+        "without internal_br and the seal rules, i2 -> far works (so both were the seals)"
     );
 
     ti.del(&i1).assert_ok();

@@ -206,7 +206,10 @@ fn legit_leftover<'a>(bridge: &'a str, forward_rules: bool) -> impl Fn(&Item) ->
         }
         "file" => {
             let name = i.text.rsplit('/').next().unwrap_or_default();
-            i.text.ends_with('/') || name == "lock = " || name.starts_with("last_reserved_ip.")
+            i.text.ends_with('/')
+                || name == "lock = "
+                || name.starts_with("table.json = ")
+                || name.starts_with("last_reserved_ip.")
         }
         _ => false,
     }

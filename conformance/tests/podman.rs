@@ -449,3 +449,33 @@ fn podman_publishes_a_port_of_a_container_on_two_networks() {
     podman.ok(&["rm", "-f", "-t", "0", "two"]);
     assert_settles(&net, &before, &[&br_a, &br_b], "after `podman rm -f two`");
 }
+
+/// podman's own reload test flushes an iptables chain; ours flushes the whole ruleset (what
+/// `systemctl restart nftables` and `firewall-cmd --reload` do), and `podman network reload`
+/// (DEL + ADD of every network of the container) brings the published port back.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn podman_network_reload_after_flush_ruleset_brings_ports_back() {
+    let net = TestNet::new();
+    let podman = Podman::new(&net);
+    podman.network_create("cnirs-rl", "10.241.5.0/24");
+    podman
+        .run_httpd("rl", &["--network", "cnirs-rl", "-p", "127.0.0.1:18082:80"])
+        .assert_ok();
+    assert_eq!(get_local(&net, 18082).as_deref(), Some(BODY));
+
+    net.host().exec_ok("nft", &["flush", "ruleset"]);
+    assert_eq!(
+        http_get(net.host(), "127.0.0.1", 18082),
+        None,
+        "negative control: the flush took the published port away"
+    );
+
+    podman.ok(&["network", "reload", "rl"]);
+    assert_eq!(
+        get_local(&net, 18082).as_deref(),
+        Some(BODY),
+        "published port after `podman network reload`"
+    );
+    podman.ok(&["rm", "-f", "-t", "0", "rl"]);
+}

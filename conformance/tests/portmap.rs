@@ -891,3 +891,32 @@ fn many_pods_each_with_a_mapping() {
         .without(known_leftover)
         .assert_empty("after DEL of every pod");
 }
+
+/// The runtime's DEL after an ADD portmap refused carries the same refused mappings: portmap's
+/// DEL must succeed anyway, or libcni stops the chain's DEL there and bridge's veth and
+/// host-local's lease stay (what containerd's CRI showed before keys matched as in Go).
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn del_of_a_refused_mapping_succeeds_and_the_chain_leaves_nothing() {
+    let net = TestNet::new();
+    let conf = conf(&net, "pmbad", "cnirs-pm9", &["10.225.9.0/24"], true);
+    let before = warm_up(&net, &conf);
+    let pod = net.pod("bad");
+    for mapping in [
+        pm(8093, "tcp", "::1"),
+        json!({ "hostPort": 0, "containerPort": 80 }),
+        json!({ "hostPort": "x" }),
+    ] {
+        let t = net
+            .cnitool(&conf)
+            .cap_args(cap(std::slice::from_ref(&mapping)));
+        let r = t.add(&pod);
+        r.assert_err();
+        assert_eq!(r.cni_error_code(), Some(7), "{mapping}: code\n{r}");
+        t.del(&pod).assert_ok();
+        before
+            .diff(&HostState::of(&net))
+            .without(known_leftover)
+            .assert_empty(&format!("after ADD refused ({mapping}) and DEL"));
+    }
+}

@@ -3,6 +3,8 @@
 //!
 //! Unknown keys are ignored (runtimes inject their own); bad values are refused with code 7 and
 //! the JSON path of the field (`ipam.ranges[0][0].subnet: ...`), broken JSON with code 6.
+//! Keys are matched as Go's `encoding/json` matches them (exact, else case-insensitive), so
+//! `HostPort` from containerd's CRI fills `hostPort`: see [`crate::gokeys`].
 
 use std::collections::HashMap;
 
@@ -11,6 +13,7 @@ use serde_json::Value;
 
 use crate::{
     error::{CniError, ErrorCode},
+    gokeys::GoKeys,
     result::Dns,
 };
 
@@ -55,27 +58,12 @@ pub struct Attachment {
 }
 
 /// Parse `bytes` as `T`, mapping syntax errors to code 6 and bad values to code 7 naming the
-/// field's path.
+/// field's path. Keys match struct fields as Go's `encoding/json` matches them ([`GoKeys`]).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CniError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => CniError::config(
-                if path == "." { "config" } else { &path },
-                strip_position(&inner),
-            ),
-            _ => CniError::new(
-                ErrorCode::Decode,
-                format!("decoding network config: {inner}"),
-            ),
-        }
-    })?;
     // One JSON document and nothing after it (the reference refuses `{..}garbage` too).
-    de.end()
+    let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| CniError::new(ErrorCode::Decode, format!("decoding network config: {e}")))?;
-    Ok(value)
+    parse_value(&value, "")
 }
 
 /// serde_json appends "at line 1 column 42": useless once we name the field.
@@ -87,14 +75,17 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// Parse a runtime/args sub-object (already a `Value`), naming `field` in errors.
+/// Parse a config object or sub-object (`runtimeConfig`, already a `Value`) as `T`, keys
+/// matched as Go matches them; a bad value is code 7 naming `field` and the path under it
+/// (`field` empty: the path alone, or `config` for the whole document).
 pub fn parse_value<T: DeserializeOwned>(value: &Value, field: &str) -> Result<T, CniError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    serde_path_to_error::deserialize(GoKeys(value)).map_err(|e| {
         let path = e.path().to_string();
-        let full = if path == "." {
-            field.to_string()
-        } else {
-            format!("{field}.{path}")
+        let full = match (field.is_empty(), path == ".") {
+            (true, true) => "config".to_string(),
+            (true, false) => path,
+            (false, true) => field.to_string(),
+            (false, false) => format!("{field}.{path}"),
         };
         CniError::config(&full, strip_position(&e.into_inner()))
     })
@@ -198,5 +189,28 @@ mod tests {
         .unwrap();
         assert_eq!(c.ipam.unwrap().plugin_type, "host-local");
         assert_eq!(c.valid_attachments.unwrap()[0].container_id, "c1");
+    }
+
+    /// libcni's NetConf is decoded by Go's encoding/json too: `CNIVersion`, `Type`, `IPAM`,
+    /// `RuntimeConfig` reach every plugin (isolation reads nothing else).
+    #[test]
+    fn common_keys_match_case_insensitively_as_go_does() {
+        let c: NetConf = parse(
+            br#"{"CNIVersion":"1.0.0","Name":"n","Type":"isolation","IPAM":{"Type":"host-local"},
+                "Capabilities":{"portMappings":true},"RuntimeConfig":{"PortMappings":[]},
+                "PrevResult":{"cniVersion":"1.0.0"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cni_version.as_deref(), Some("1.0.0"));
+        assert_eq!(
+            (c.name.as_str(), c.plugin_type.as_str()),
+            ("n", "isolation")
+        );
+        assert_eq!(c.ipam.unwrap().plugin_type, "host-local");
+        assert_eq!(c.capabilities.get("portMappings"), Some(&true));
+        assert!(c.runtime_config.is_some() && c.prev_result.is_some());
+        let e = parse::<NetConf>(br#"{"Name":5}"#).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.msg.contains("name"), "{}", e.msg);
     }
 }

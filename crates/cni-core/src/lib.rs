@@ -3,6 +3,7 @@
 //! - [`skel`]: the dispatcher (`CNI_*` env + stdin -> verb -> result/error on stdout);
 //! - [`args`]: the environment, validated per command;
 //! - [`conf`]: the common config keys and typed parsing with errors naming the field;
+//! - [`gokeys`]: keys matched case-insensitively, as Go's `encoding/json` does;
 //! - [`result`]: the ADD result in every spec version, with conversion both ways;
 //! - [`error`]: `CniError` and its codes (spec 1-99, ours 100+);
 //! - [`delegate`]: running the IPAM plugin found on `CNI_PATH`;
@@ -14,6 +15,7 @@ pub mod args;
 pub mod conf;
 pub mod delegate;
 pub mod error;
+pub mod gokeys;
 pub mod logging;
 pub mod result;
 pub mod skel;

@@ -209,7 +209,7 @@ fn run_command(
         let asked = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| {
-                v.get("cniVersion")
+                crate::gokeys::pointer(&v, &["cniVersion"])
                     .and_then(|s| s.as_str())
                     .map(str::to_string)
             })

@@ -79,6 +79,13 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[error("{op} seal rule iif {iif} in {netns}: {source}")]
+    Rule {
+        op: &'static str,
+        iif: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
     #[error("list {what} in {netns}: {source}")]
     Dump {
         what: &'static str,
@@ -146,6 +153,7 @@ impl NetopsError {
             | Self::Link { source, .. }
             | Self::Address { source, .. }
             | Self::Route { source, .. }
+            | Self::Rule { source, .. }
             | Self::Dump { source, .. }
             | Self::Fdb { source, .. }
             | Self::Neighbour { source, .. } => netlink_errno(source),

@@ -30,6 +30,9 @@ use crate::{
     validate_ifname, NetNs, NetopsError,
 };
 
+mod seal;
+pub use seal::SEAL_RULE_PRIORITY;
+
 const HOST: &str = "host";
 
 /// Owns the tokio current_thread runtime and the netlink connection of the

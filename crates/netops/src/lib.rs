@@ -54,7 +54,7 @@ mod vxlan;
 
 pub use error::{errno, netlink_errno, NetopsError};
 pub use ipnetwork::IpNetwork;
-pub use kernel::{Kernel, Netlink};
+pub use kernel::{Kernel, Netlink, SEAL_RULE_PRIORITY};
 pub use netns::NetNs;
 pub use sysctl::SysctlKey;
 pub use types::{

@@ -20,6 +20,25 @@ pub trait NftBackend: Send + Sync {
     fn query(&self, _args: &[&str]) -> Result<Option<String>, NftError> {
         Ok(None)
     }
+
+    /// Does table `inet cnirs` exist, and which one is it (its handle, never reused within a
+    /// namespace)? One netlink request, no exec. Fakes and backends that run nft elsewhere
+    /// answer [`TableProbe::Unknown`] (then nothing is checked).
+    fn probe_table(&self) -> Result<TableProbe, NftError> {
+        Ok(TableProbe::Unknown)
+    }
+}
+
+/// What [`NftBackend::probe_table`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableProbe {
+    /// This backend cannot tell.
+    #[default]
+    Unknown,
+    /// No table `inet cnirs`.
+    Missing,
+    /// The table, with its handle.
+    Present(u64),
 }
 
 impl<T: NftBackend + ?Sized> NftBackend for Arc<T> {
@@ -29,6 +48,10 @@ impl<T: NftBackend + ?Sized> NftBackend for Arc<T> {
 
     fn query(&self, args: &[&str]) -> Result<Option<String>, NftError> {
         (**self).query(args)
+    }
+
+    fn probe_table(&self) -> Result<TableProbe, NftError> {
+        (**self).probe_table()
     }
 }
 
@@ -123,6 +146,21 @@ impl NftBackend for NftCli {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
     }
+
+    /// `NFT_MSG_GETTABLE inet cnirs` in this thread's netns; Unknown when nft runs elsewhere
+    /// (a prefix such as `ip netns exec`).
+    fn probe_table(&self) -> Result<TableProbe, NftError> {
+        if !self.prefix.is_empty() {
+            return Ok(TableProbe::Unknown);
+        }
+        let handle = crate::nfnl::Nfnl::open()
+            .and_then(|mut s| s.table_handle(crate::nfnl::NFPROTO_INET, "cnirs"))
+            .map_err(|source| NftError::Netlink {
+                what: "get table inet cnirs",
+                source,
+            })?;
+        Ok(handle.map_or(TableProbe::Missing, TableProbe::Present))
+    }
 }
 
 /// In-tree fake: records every script; fails the calls that [`RecordingNft::fail_next`] queued.
@@ -130,6 +168,7 @@ impl NftBackend for NftCli {
 pub struct RecordingNft {
     scripts: Mutex<Vec<String>>,
     failures: Mutex<VecDeque<bool>>,
+    table: Mutex<TableProbe>,
 }
 
 impl RecordingNft {
@@ -148,6 +187,13 @@ impl RecordingNft {
     /// Every script applied so far (failed ones included).
     pub fn scripts(&self) -> Vec<String> {
         self.scripts.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// What [`NftBackend::probe_table`] answers from now on (default Unknown).
+    pub fn set_table(&self, probe: TableProbe) {
+        if let Ok(mut t) = self.table.lock() {
+            *t = probe;
+        }
     }
 
     /// Forget the recorded scripts.
@@ -176,5 +222,9 @@ impl NftBackend for RecordingNft {
             });
         }
         Ok(())
+    }
+
+    fn probe_table(&self) -> Result<TableProbe, NftError> {
+        Ok(self.table.lock().map(|t| *t).unwrap_or_default())
     }
 }

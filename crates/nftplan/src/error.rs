@@ -55,6 +55,23 @@ pub enum NftError {
         /// Why.
         reason: &'static str,
     },
+    /// A netlink request of our own (table probe, netns cookie) failed.
+    #[error("netlink ({what}): {source}")]
+    Netlink {
+        /// What was asked.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The table was missing (or replaced) and restoring it failed: the attachment would not
+    /// be sealed, so the call fails.
+    #[error("table inet cnirs is missing or was replaced (a firewall reload or `nft flush ruleset`?) and restoring it from {state} failed: {source}")]
+    Restore {
+        /// The state directory restored from.
+        state: PathBuf,
+        /// Why it failed.
+        source: Box<NftError>,
+    },
     /// CHECK of an attachment the state does not know.
     #[error("no {feature} attachment {attachment} in firewall state")]
     NotAttached {
@@ -83,7 +100,10 @@ impl From<NftError> for cni_core::CniError {
             NftError::Invalid { .. } => C::InvalidConfig,
             NftError::NotAttached { .. } => C::CheckFailed,
             NftError::Io { .. } | NftError::State { .. } => C::Io,
-            NftError::Nft { .. } | NftError::Spawn { .. } => C::Firewall,
+            NftError::Nft { .. }
+            | NftError::Spawn { .. }
+            | NftError::Netlink { .. }
+            | NftError::Restore { .. } => C::Firewall,
         };
         cni_core::CniError::new(code, e.to_string())
     }

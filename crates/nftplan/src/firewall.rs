@@ -2,15 +2,15 @@
 
 use std::{
     collections::BTreeSet,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use crate::{
-    backend::{NftBackend, NftCli},
+    backend::{NftBackend, NftCli, TableProbe},
     batch::{Batch, Elem},
+    nsstate::{self, NetnsId},
     state::{AttRecord, Locked, NetRecord, PortOwner},
-    types::{Attachment, Feature, IfName, NetworkElems, PortMapping},
+    types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping},
     NftError,
 };
 
@@ -29,19 +29,24 @@ impl std::fmt::Debug for Firewall {
     }
 }
 
-/// `$CNIRS_RUN_DIR` (default `/run/cni-rs`) + `/netns-<inode of this thread's netns>`: state is
-/// per network namespace, like the nft table it describes.
-pub fn default_state_dir() -> Result<PathBuf, NftError> {
-    let root = std::env::var_os("CNIRS_RUN_DIR")
+/// `$CNIRS_RUN_DIR`, default `/run/cni-rs`: the root of every namespace's state directory.
+pub fn run_root() -> PathBuf {
+    std::env::var_os("CNIRS_RUN_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
-    // thread-self, not self: a thread that entered another netns with setns sees its own.
-    let ns = Path::new("/proc/thread-self/ns/net");
-    let ino = std::fs::metadata(ns)
-        .map_err(|e| NftError::io(ns, e))?
-        .ino();
-    Ok(root.join(format!("netns-{ino}")))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+/// [`run_root`] + `/netns-<inode>-<cookie>` of this thread's netns: state is per network
+/// namespace, like the nft table it describes, and bound to the netns cookie, which the kernel
+/// never reuses. The first call in a namespace removes what dead namespaces at the same inode
+/// left, and adopts the layout before the cookie only when it provably belongs here (see
+/// [`crate::nsstate`]).
+pub fn default_state_dir() -> Result<PathBuf, NftError> {
+    let id = NetnsId::current()?;
+    nsstate::resolve(&run_root(), id, || {
+        matches!(NftCli::new().probe_table(), Ok(TableProbe::Present(_)))
+    })
 }
 
 impl Firewall {
@@ -71,18 +76,35 @@ impl Firewall {
     /// Register a bridge attachment; the first one of the network adds its elements
     /// (`managed_br`, `same_br`, `internal_br`, `masq4/6`). No nft exec when nothing is new.
     pub fn attach_network(&self, a: &Attachment, n: &NetworkElems) -> Result<(), NftError> {
+        self.attach_network_pod(a, n, None)
+    }
+
+    /// [`Firewall::attach_network`], recording the pod side of the attachment (addresses,
+    /// MAC, host veth) in the same locked write, for `cnirs inspect`; DEL and GC drop it with
+    /// the attachment.
+    pub fn attach_network_pod(
+        &self,
+        a: &Attachment,
+        n: &NetworkElems,
+        pod: Option<PodIface>,
+    ) -> Result<(), NftError> {
         let own: Vec<Elem> = n
             .spoof_check
             .iter()
             .flat_map(|(port, mac)| Elem::spoof_check(port, mac).into_iter().flatten())
             .collect();
-        self.attach(Feature::Network, a, Elem::for_network(n), own)
+        self.attach(Feature::Network, a, Elem::for_network(n), own, pod)
     }
 
     /// Drop a bridge attachment; the last one of the network removes its elements.
-    /// Ok when the attachment is unknown (DEL is idempotent).
-    pub fn detach_network(&self, a: &Attachment) -> Result<(), NftError> {
-        self.detach(Feature::Network, a)
+    /// Ok when the attachment is unknown (DEL is idempotent). Returns the internal bridge
+    /// whose last attachment this was (its kernel-level seal may go too).
+    pub fn detach_network(&self, a: &Attachment) -> Result<Option<IfName>, NftError> {
+        let removed = self.detach(Feature::Network, a)?;
+        Ok(removed.into_iter().find_map(|e| match e {
+            Elem::InternalBr { bridge } => Some(bridge),
+            _ => None,
+        }))
     }
 
     /// Which network elements of this attachment are missing from the kernel (empty = fine).
@@ -101,12 +123,13 @@ impl Firewall {
                 bridge: bridge.clone(),
             }],
             Vec::new(),
+            None,
         )
     }
 
     /// Drop an isolation attachment (idempotent).
     pub fn detach_isolation(&self, a: &Attachment) -> Result<(), NftError> {
-        self.detach(Feature::Isolation, a)
+        self.detach(Feature::Isolation, a).map(drop)
     }
 
     /// Missing isolation elements of this attachment.
@@ -137,6 +160,7 @@ impl Firewall {
             }
         }
         let st = Locked::lock(&self.dir)?;
+        let stale = self.stale_table(&st)?;
         let rec = st.att(Feature::Portmap, a)?;
         let old: Vec<PortMapping> = rec.as_ref().map(|r| ports_of(&r.elems)).unwrap_or_default();
         let old_standby: Vec<PortMapping> =
@@ -190,7 +214,10 @@ impl Firewall {
             .map(port_elem)
             .collect();
         if gone_maps.is_empty() && new.is_empty() && standby == old_standby && rec.is_some() {
-            return Ok(());
+            return match &stale {
+                Some(elems) => self.restore(&st, elems),
+                None => Ok(()),
+            };
         }
         // Intent first: the record (pending) and the owners, then the kernel. A kill anywhere
         // leaves a record from which DEL or GC removes whatever reached the kernel.
@@ -199,6 +226,7 @@ impl Firewall {
             elems: old.iter().chain(active.iter()).map(port_elem).collect(),
             pending: true,
             standby: standby.clone(),
+            pod: None,
         };
         record.elems.dedup();
         st.put_att(Feature::Portmap, &record)?;
@@ -230,6 +258,16 @@ impl Firewall {
         }
         let gone: Vec<Elem> = gone_maps.iter().map(port_elem).collect();
         let mut b = Batch::new();
+        if let Some(restore) = &stale {
+            // Everything the state knew (this attachment's old ports included, so that the
+            // removal below finds them), then the change.
+            let rest: Vec<Elem> = restore
+                .iter()
+                .filter(|e| !new.contains(e))
+                .cloned()
+                .collect();
+            b.skeleton().add(&rest);
+        }
         b.remove(&gone).add(&new);
         if let Err(e) = self.run(&b) {
             // Nothing changed in the kernel: put the owners and the record back.
@@ -241,6 +279,9 @@ impl Firewall {
                 None => st.drop_att(Feature::Portmap, a)?,
             }
             return Err(e);
+        }
+        if stale.is_some() {
+            self.note_table(&st)?;
         }
         record.elems = active.iter().map(port_elem).collect();
         record.pending = false;
@@ -317,6 +358,7 @@ impl Firewall {
                     elems: Vec::new(),
                     pending: false,
                     standby: Vec::new(),
+                    pod: None,
                 },
             )?;
         }
@@ -406,20 +448,15 @@ impl Firewall {
     }
 
     /// Load the skeleton (repairing its rules) and re-add every element the state knows, in one
-    /// transaction: the way back after `nft flush ruleset` or a firewall reload.
-    pub fn reconcile(&self) -> Result<(), NftError> {
+    /// transaction: the way back after `nft flush ruleset` or a firewall reload. Returns how
+    /// many elements it (re-)added.
+    pub fn reconcile(&self) -> Result<usize, NftError> {
         let st = Locked::lock(&self.dir)?;
-        let mut elems: BTreeSet<Elem> = BTreeSet::new();
-        for (_, rec) in st.all_nets()? {
-            elems.extend(rec.elems);
-        }
-        for rec in st.all_atts(Feature::Portmap)? {
-            elems.extend(rec.elems);
-        }
-        let elems: Vec<Elem> = elems.into_iter().collect();
+        let elems: Vec<Elem> = self.state_elems(&st)?.into_iter().collect();
         let mut b = Batch::new();
         b.skeleton().add(&elems);
         self.nft.apply(b.text())?;
+        self.note_table(&st)?;
         // The firewall plugin's rules live in the host's own chains, which a reload may have
         // recreated empty.
         for (feature, rec) in st.all_nets()? {
@@ -427,7 +464,86 @@ impl Firewall {
                 crate::foreign::allow(self.nft.as_ref(), bridge)?;
             }
         }
+        Ok(elems.len())
+    }
+
+    /// True when the state records nothing (no plugin attached anything here).
+    pub fn state_is_empty(&self) -> Result<bool, NftError> {
+        if !self.dir.exists() {
+            return Ok(true);
+        }
+        Locked::lock(&self.dir)?.is_empty()
+    }
+
+    /// Is table `inet cnirs` the one this state last filled? `None` when the backend cannot
+    /// tell; otherwise what the kernel answered and the handle recorded.
+    pub fn table_is_current(&self) -> Result<Option<bool>, NftError> {
+        let st = Locked::lock(&self.dir)?;
+        Ok(match self.nft.probe_table()? {
+            TableProbe::Unknown => None,
+            TableProbe::Missing => Some(false),
+            TableProbe::Present(h) => Some(st.table_handle()? == Some(h)),
+        })
+    }
+
+    /// Every element the state records (networks of every feature, published ports).
+    fn state_elems(&self, st: &Locked) -> Result<BTreeSet<Elem>, NftError> {
+        let mut elems: BTreeSet<Elem> = BTreeSet::new();
+        for (_, rec) in st.all_nets()? {
+            elems.extend(rec.elems);
+        }
+        for rec in st.all_atts(Feature::Portmap)? {
+            elems.extend(rec.elems);
+        }
+        Ok(elems)
+    }
+
+    /// The fail-closed check of every attaching call (one netlink request): when table
+    /// `inet cnirs` is missing or is not the one this state last filled, the elements to
+    /// restore with the skeleton, in the same batch as the call's own.
+    fn stale_table(&self, st: &Locked) -> Result<Option<BTreeSet<Elem>>, NftError> {
+        let probe = self.nft.probe_table()?;
+        let recorded = st.table_handle()?;
+        match probe {
+            TableProbe::Unknown => return Ok(None),
+            TableProbe::Present(h) if recorded == Some(h) => return Ok(None),
+            _ => {}
+        }
+        let elems = self.state_elems(st)?;
+        if recorded.is_some() || !elems.is_empty() {
+            log::warn!(
+                "table inet cnirs {} (flushed or reloaded?): restoring the skeleton and {} \
+                 element(s) from {}",
+                if probe == TableProbe::Missing {
+                    "is missing"
+                } else {
+                    "was replaced"
+                },
+                elems.len(),
+                self.dir.display()
+            );
+        }
+        Ok(Some(elems))
+    }
+
+    /// Record which table the state now describes.
+    fn note_table(&self, st: &Locked) -> Result<(), NftError> {
+        if let TableProbe::Present(h) = self.nft.probe_table()? {
+            st.put_table_handle(h)?;
+        }
         Ok(())
+    }
+
+    /// Apply a restore batch (skeleton + `elems`) on its own; a failure is [`NftError::Restore`].
+    fn restore(&self, st: &Locked, elems: &BTreeSet<Elem>) -> Result<(), NftError> {
+        let list: Vec<Elem> = elems.iter().cloned().collect();
+        let mut b = Batch::new();
+        b.skeleton().add(&list);
+        self.nft.apply(b.text()).map_err(|e| NftError::Restore {
+            state: self.dir.clone(),
+            source: Box::new(e),
+        })?;
+        self.note_table(st)
     }
 
     /// Load (or repair) the skeleton only.
@@ -447,12 +563,16 @@ impl Firewall {
         a: &Attachment,
         elems: Vec<Elem>,
         own: Vec<Elem>,
+        pod: Option<PodIface>,
     ) -> Result<(), NftError> {
         let st = Locked::lock(&self.dir)?;
+        let stale = self.stale_table(&st)?;
         // The attachment first (with its own elements as intent): from here on DEL knows it
         // and what it may have put in the kernel, whatever happens next.
         let prior = st.att(feature, a)?;
         let created = prior.is_none();
+        let pod_changed = pod.is_some() && prior.as_ref().map(|r| &r.pod) != Some(&pod);
+        let pod = pod.or_else(|| prior.as_ref().and_then(|r| r.pod.clone()));
         let mut own_new: Vec<Elem> = match &prior {
             Some(r) if !r.pending => own
                 .iter()
@@ -462,7 +582,7 @@ impl Firewall {
             _ => own.clone(),
         };
         own_new.dedup();
-        if created || !own_new.is_empty() {
+        if created || !own_new.is_empty() || pod_changed {
             st.put_att(
                 feature,
                 &AttRecord {
@@ -470,6 +590,7 @@ impl Firewall {
                     elems: own.clone(),
                     pending: !own_new.is_empty(),
                     standby: Vec::new(),
+                    pod: pod.clone(),
                 },
             )?;
         }
@@ -481,7 +602,11 @@ impl Firewall {
             .collect();
         new.extend(net.pending.iter().cloned()); // a dead writer's unfinished batch
         if new.is_empty() && own_new.is_empty() {
-            return Ok(());
+            // Nothing new, but what this attachment depends on must be in the kernel.
+            return match &stale {
+                Some(elems) => self.restore(&st, elems),
+                None => Ok(()),
+            };
         }
         // Intent, then the kernel, then done: a kill at any point leaves a record of every
         // element that may be in the kernel.
@@ -491,8 +616,23 @@ impl Firewall {
         let mut list: Vec<Elem> = new.into_iter().collect();
         list.extend(own_new);
         let mut b = Batch::new();
+        if let Some(restore) = &stale {
+            let rest: Vec<Elem> = restore
+                .iter()
+                .filter(|e| !list.contains(e))
+                .cloned()
+                .collect();
+            b.skeleton().add(&rest);
+        }
         b.add(&list);
-        if let Err(e) = self.run(&b) {
+        let applied = self.run(&b).map_err(|e| match &stale {
+            Some(_) => NftError::Restore {
+                state: self.dir.clone(),
+                source: Box::new(e),
+            },
+            None => e,
+        });
+        if let Err(e) = applied {
             match &prior {
                 Some(r) => st.put_att(feature, r)?,
                 None => st.drop_att(feature, a)?,
@@ -504,6 +644,9 @@ impl Firewall {
             }
             return Err(e);
         }
+        if stale.is_some() {
+            self.note_table(&st)?;
+        }
         net.pending.clear();
         st.put_net(feature, &net)?;
         if !own.is_empty() {
@@ -514,13 +657,15 @@ impl Firewall {
                     elems: own,
                     pending: false,
                     standby: Vec::new(),
+                    pod,
                 },
             )?;
         }
         Ok(())
     }
 
-    fn detach(&self, feature: Feature, a: &Attachment) -> Result<(), NftError> {
+    /// Returns the network elements removed (empty unless this was the network's last one).
+    fn detach(&self, feature: Feature, a: &Attachment) -> Result<Vec<Elem>, NftError> {
         let st = Locked::lock(&self.dir)?;
         if let Some(rec) = st.att(feature, a)? {
             if feature != Feature::Portmap && !rec.elems.is_empty() {
@@ -529,12 +674,13 @@ impl Firewall {
         }
         st.drop_att(feature, a)?;
         if st.has_atts(feature, &a.network)? {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let net = st.net(feature, &a.network)?;
         let elems = self.unshared(&st, feature, &net)?;
         self.remove_tolerant(&elems, &[])?;
-        st.drop_net(feature, &a.network)
+        st.drop_net(feature, &a.network)?;
+        Ok(elems)
     }
 
     fn check(&self, feature: Feature, a: &Attachment) -> Result<Vec<Elem>, NftError> {
@@ -669,7 +815,7 @@ impl Firewall {
 
     /// Which of `elems` are not in the kernel: one `get element` batch, and element by element
     /// only when that fails.
-    fn missing(&self, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
+    pub(crate) fn missing(&self, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
         let mut b = Batch::new();
         b.get(elems);
         if b.is_empty() || self.nft.apply(b.text()).is_ok() {
@@ -723,7 +869,7 @@ pub fn missing_error(
     Err(cni_core::CniError::new(
         cni_core::ErrorCode::CheckFailed,
         format!(
-            "{what} missing for {a}: {} (after a firewall reload, run cnirs-reconcile)",
+            "{what} missing for {a}: {} (after a firewall reload, run `cnirs reconcile`, or keep `cnirs watch` running)",
             list.join(", ")
         ),
     ))

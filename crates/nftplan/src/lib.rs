@@ -48,10 +48,20 @@
 //! that work, so the process waits for an RCU grace period. Any batch that deletes (element
 //! delete, `flush chain` in the skeleton) pays it; pure adds do not.
 //!
+//! # Fail closed
+//!
+//! Every attaching call first asks the kernel (one netlink `GETTABLE`, no exec) whether table
+//! `inet cnirs` is the one this state last filled (same handle; handles are never reused in a
+//! namespace). If it is missing or was replaced (`nft flush ruleset`, a firewall reload), the
+//! call restores the skeleton and every element of the state in the same batch as its own
+//! elements, or fails ([`NftError::Restore`]): it never answers success unsealed.
+//!
 //! # State
 //!
-//! Owners and refcounts live in files under `$CNIRS_RUN_DIR/netns-<inode>` (see
-//! [`default_state_dir`]), one flock held across read-modify-write and the nft exec. Network
+//! Owners and refcounts live in files under `$CNIRS_RUN_DIR/netns-<inode>-<cookie>` (see
+//! [`default_state_dir`] and [`nsstate`]: bound to the netns cookie, which the kernel never
+//! reuses, so a new namespace never inherits a dead one's state), one flock held across
+//! read-modify-write and the nft exec. Network
 //! elements are refcounted by attachments; port mappings are owned by exactly one attachment
 //! and a second claimant gets [`NftError::Conflict`].
 
@@ -60,15 +70,20 @@ mod batch;
 mod error;
 mod firewall;
 mod foreign;
+mod inventory;
+pub mod nfnl;
+pub mod nsstate;
 mod state;
 mod types;
 
-pub use backend::{NftBackend, NftCli, RecordingNft};
+pub use backend::{NftBackend, NftCli, RecordingNft, TableProbe};
 pub use batch::{Batch, Elem, SKELETON, SKELETON_RULES, TABLE};
 pub use error::NftError;
-pub use firewall::{default_state_dir, missing_error, Firewall, DEFAULT_RUN_DIR};
+pub use firewall::{default_state_dir, missing_error, run_root, Firewall, DEFAULT_RUN_DIR};
+pub use inventory::{AttachmentView, NetworkView, PortView};
 pub use ipnetwork::IpNetwork;
-pub use types::{Attachment, Feature, IfName, NetworkElems, PortMapping, Protocol};
+pub use nsstate::NetnsId;
+pub use types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping, Protocol};
 
 #[cfg(test)]
 mod tests;

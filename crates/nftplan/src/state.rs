@@ -5,6 +5,7 @@
 //! <dir>/<feature>/<network>/network.json       network-level elements of that feature
 //! <dir>/<feature>/<network>/a/<cid>@<ifname>   one file per attachment (portmap: its elements)
 //! <dir>/ports/<v4|v6>-<proto>-<port>.json      owners of that host port: [{host_ip, owner}]
+//! <dir>/table.json                             {handle}: the inet cnirs table last filled
 //! ```
 //! Names are escaped for the file system (`%XX` for anything but `[A-Za-z0-9_.-]`). Files are
 //! 0600, directories 0700, every write is a rename of a temporary file. No call reads all
@@ -25,7 +26,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
     batch::Elem,
-    types::{Attachment, Feature, IfName, PortKey, PortMapping},
+    types::{Attachment, Feature, IfName, PodIface, PortKey, PortMapping},
     NftError,
 };
 
@@ -84,6 +85,9 @@ pub(crate) struct AttRecord {
     /// them over when that attachment goes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub standby: Vec<PortMapping>,
+    /// The pod side of a bridge attachment, as ADD left it (read by `cnirs inspect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodIface>,
 }
 
 /// One owner of a host port.
@@ -97,6 +101,12 @@ pub(crate) struct PortOwner {
     /// Waiting behind the active owner (same container, another attachment).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub standby: bool,
+}
+
+/// `table.json`: which table the elements were last restored into.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct TableRecord {
+    handle: u64,
 }
 
 /// Escape a name for use as one path component.
@@ -264,6 +274,20 @@ impl Locked {
             }
         }
         Ok(out)
+    }
+
+    /// The handle of the `inet cnirs` table this state last filled (`table.json`).
+    pub fn table_handle(&self) -> Result<Option<u64>, NftError> {
+        Ok(read_json::<TableRecord>(&self.dir.join("table.json"))?.map(|t| t.handle))
+    }
+
+    pub fn put_table_handle(&self, handle: u64) -> Result<(), NftError> {
+        write_json(&self.dir, "table.json", &TableRecord { handle })
+    }
+
+    /// True when no feature records a network (nothing to restore).
+    pub fn is_empty(&self) -> Result<bool, NftError> {
+        Ok(self.all_nets()?.is_empty() && self.all_atts(Feature::Portmap)?.is_empty())
     }
 
     pub fn port_owners(&self, k: &PortKey) -> Result<Vec<PortOwner>, NftError> {

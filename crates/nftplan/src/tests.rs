@@ -616,3 +616,96 @@ fn state_written_by_a_newer_version_does_not_break_del() {
     );
     assert!(!path.exists());
 }
+
+fn internal_a() -> NetworkElems {
+    NetworkElems {
+        internal: true,
+        masq: vec![],
+        ..net_a()
+    }
+}
+
+#[test]
+fn an_attach_after_a_flush_restores_the_table_in_its_own_batch() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    nft.set_table(TableProbe::Missing);
+    f.attach_network(&att("net-a", "c1"), &internal_a())
+        .unwrap();
+    let first = nft.scripts();
+    assert_eq!(
+        first.len(),
+        1,
+        "skeleton and elements in one batch: {first:?}"
+    );
+    assert!(first[0].starts_with("add table inet cnirs"), "{}", first[0]);
+    assert!(
+        first[0].contains("internal_br { \"cnirs-a\" }"),
+        "{}",
+        first[0]
+    );
+
+    // The table is there and is the one recorded: the 2nd pod execs nothing.
+    nft.set_table(TableProbe::Present(7));
+    f.attach_network(&att("net-a", "c0"), &internal_a())
+        .unwrap();
+    nft.clear();
+    f.attach_network(&att("net-a", "c2"), &internal_a())
+        .unwrap();
+    assert!(nft.scripts().is_empty(), "{:?}", nft.scripts());
+
+    // `nft flush ruleset`: the next pod of the network seals it again, ports come back too.
+    f.add_ports(
+        &att("net-a", "c2"),
+        &[pm(None, 8080, Protocol::Tcp, "10.213.1.9", 80)],
+    )
+    .unwrap();
+    nft.set_table(TableProbe::Missing);
+    nft.clear();
+    f.attach_network(&att("net-a", "c3"), &internal_a())
+        .unwrap();
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].contains("add table inet cnirs"), "{}", s[0]);
+    assert!(s[0].contains("internal_br { \"cnirs-a\" }"), "{}", s[0]);
+    assert!(s[0].contains("pm4_any { tcp . 8080"), "{}", s[0]);
+
+    // Replaced by someone else (another handle): restored as well.
+    nft.set_table(TableProbe::Present(9));
+    nft.clear();
+    f.attach_network(&att("net-a", "c4"), &internal_a())
+        .unwrap();
+    assert!(nft.scripts()[0].contains("internal_br { \"cnirs-a\" }"));
+}
+
+#[test]
+fn a_failed_restore_fails_the_call() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    nft.set_table(TableProbe::Present(1));
+    f.attach_network(&att("net-a", "c1"), &internal_a())
+        .unwrap();
+    nft.set_table(TableProbe::Missing);
+    nft.fail_next(&[true, true]);
+    let e = f
+        .attach_network(&att("net-a", "c2"), &internal_a())
+        .unwrap_err();
+    assert!(matches!(e, NftError::Restore { .. }), "{e}");
+    assert!(e.to_string().contains("missing or was replaced"), "{e}");
+}
+
+#[test]
+fn last_detach_of_an_internal_network_names_its_bridge() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    f.attach_network(&att("net-a", "c1"), &internal_a())
+        .unwrap();
+    f.attach_network(&att("net-a", "c2"), &internal_a())
+        .unwrap();
+    assert_eq!(f.detach_network(&att("net-a", "c1")).unwrap(), None);
+    assert_eq!(
+        f.detach_network(&att("net-a", "c2")).unwrap(),
+        Some(br("cnirs-a"))
+    );
+    assert_eq!(f.detach_network(&att("net-a", "c2")).unwrap(), None);
+}

@@ -315,3 +315,18 @@ pub struct NetworkElems {
     /// An internal-bridge network: nothing in, nothing out.
     pub internal: bool,
 }
+
+/// The pod side of a bridge attachment as ADD set it up: what `cnirs inspect` shows without a
+/// libcni cache or a conflist. Recorded with the attachment, dropped with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIface {
+    /// The pod interface's addresses (CIDR).
+    #[serde(default)]
+    pub ips: Vec<IpNetwork>,
+    /// The pod interface's MAC, `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The host end of the veth (a port of the bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifname: Option<IfName>,
+}

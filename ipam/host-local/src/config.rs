@@ -590,4 +590,54 @@ mod tests {
         assert_eq!(d.search, ["a.com", "b.com"]);
         assert_eq!(d.options, ["ndots:2", "edns0"]);
     }
+
+    /// Go's encoding/json matches keys case-insensitively: `IPRanges` (the capability as
+    /// containerd's go-cni names the field), `RangeStart`, `DataDir`, `Routes`... all parse.
+    #[test]
+    fn keys_match_case_insensitively_as_go_does() {
+        let c = String::from(
+            r#"{"cniVersion":"1.0.0","name":"n","IPAM":{"Type":"host-local",
+                "Ranges":[[{"Subnet":"10.7.0.0/24","RangeStart":"10.7.0.10","RangeEnd":"10.7.0.20","Gateway":"10.7.0.1"}]],
+                "Routes":[{"Dst":"0.0.0.0/0","GW":"10.7.0.1"}],"DataDir":"/tmp/go"},
+             "RuntimeConfig":{"IPRanges":[[{"Subnet":"10.8.0.0/24"}]],"IPs":["10.8.0.5"]},
+             "Args":{"CNI":{"IPs":["10.7.0.12"]}}}"#,
+        );
+        let cfg = parse(c.as_bytes(), Version::V1_0_0, &CniArgs::default()).unwrap();
+        assert_eq!(cfg.range_sets.len(), 2, "ipRanges first, then ranges");
+        assert_eq!(cfg.range_sets[0].0[0].subnet.to_string(), "10.8.0.0/24");
+        let r = &cfg.range_sets[1].0[0];
+        assert_eq!(
+            (r.start.to_string(), r.end.to_string()),
+            ("10.7.0.10".into(), "10.7.0.20".into())
+        );
+        assert_eq!(cfg.routes.len(), 1);
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/go"));
+        let got: Vec<String> = cfg
+            .requested_per_set()
+            .unwrap()
+            .iter()
+            .map(|r| r.map(|r| r.ip.to_string()).unwrap_or_default())
+            .collect();
+        assert_eq!(got, ["10.8.0.5", "10.7.0.12"]);
+        let e = bad(r#"{"Ranges":[[{"Subnet":"10.7.0.0/33"}]]}"#);
+        assert!(e.contains("ipam.ranges[0][0].subnet"), "{e}");
+    }
+
+    /// The CRI's capability args as go-cni spells them: `ipRanges` entries with Go field
+    /// names (empty strings for unset fields) become the first range set; the rest is ignored.
+    #[test]
+    fn cri_capability_args_are_accepted() {
+        let c = format!(
+            r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"type":"host-local"}},"runtimeConfig":{}}}"#,
+            r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#
+        );
+        let cfg = parse(c.as_bytes(), Version::V1_0_0, &CniArgs::default()).unwrap();
+        assert_eq!(cfg.range_sets.len(), 1);
+        assert_eq!(cfg.range_sets[0].0[0].subnet.to_string(), "10.9.0.0/24");
+        assert_eq!(cfg.range_sets[0].0[0].gateway.to_string(), "10.9.0.1");
+    }
 }

@@ -1,7 +1,7 @@
 //! The bridge plugin's config: the reference plugin's keys, typed and validated before any
 //! side effect.
 
-use cni_core::{args::validate_ifname, conf::parse_value, CniError, Request};
+use cni_core::{args::validate_ifname, conf::parse_value, gokeys, CniError, Request};
 use serde::Deserialize;
 
 /// The reference bridge plugin's keys (plugins/main/bridge/bridge.go `NetConf`).
@@ -167,7 +167,7 @@ fn mac_request(req: &Request, raw: &RawConf) -> Result<Option<[u8; 6]>, CniError
     if let Some(m) = raw
         .args
         .as_ref()
-        .and_then(|a| a.pointer("/cni/mac"))
+        .and_then(|a| gokeys::pointer(a, &["cni", "mac"]))
         .and_then(|v| v.as_str())
     {
         found = Some((m.to_string(), "args.cni.mac"));

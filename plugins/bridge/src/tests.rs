@@ -109,7 +109,8 @@ fn bad_values_name_their_field() {
         ),
         (r#""isGateway":"yes""#, "isGateway"),
     ] {
-        let conf = CONF.replacen('{', &format!("{{{patch},"), 1);
+        // After CONF's own keys: a repeated key's last value counts, as in Go.
+        let conf = format!("{},{patch}}}", &CONF[..CONF.len() - 1]);
         let e = config::parse(&req(&conf), Mode::External).unwrap_err();
         assert_eq!(e.code(), 7, "{patch}: {}", e.msg);
         assert!(
@@ -128,4 +129,48 @@ fn pod_address_equal_to_gateway_is_refused() {
         serde_json::json!({"cniVersion":"1.0.0","ips":[{"address":"10.5.0.1/24","gateway":"10.5.0.1"}]}),
     );
     assert_eq!(plan::build(&spec, &r, &bad).unwrap_err().code(), 7);
+}
+
+/// Go's encoding/json matches keys case-insensitively; hand-written conflists and runtimes
+/// rely on it (`IsGateway`, `IPMasq`, `args.CNI.MAC`).
+#[test]
+fn keys_match_case_insensitively_as_go_does() {
+    let conf = r#"{"cniVersion":"1.0.0","name":"n1","Type":"bridge","Bridge":"br-go",
+        "IsGateway":true,"IPMasq":true,"HairpinMode":true,"MTU":1400,"PortIsolation":true,
+        "MacSpoofChk":true,"EnableDAD":true,"IPAM":{"type":"host-local"},
+        "Args":{"CNI":{"MAC":"0a:58:0a:00:00:09"}}}"#;
+    let spec = config::parse(&req(conf), Mode::External).unwrap();
+    assert_eq!(spec.bridge, "br-go");
+    assert!(spec.is_gateway && spec.ip_masq && spec.hairpin && spec.port_isolation);
+    assert!(spec.macspoofchk && spec.enable_dad && spec.has_ipam);
+    assert_eq!(spec.mtu, Some(1400));
+    assert_eq!(spec.mac, Some([0x0a, 0x58, 0x0a, 0, 0, 9]));
+    let conf = r#"{"cniVersion":"1.0.0","name":"n1","type":"bridge",
+        "RuntimeConfig":{"MAC":"0a:58:0a:00:00:0a"}}"#;
+    let spec = config::parse(&req(conf), Mode::External).unwrap();
+    assert_eq!(spec.mac, Some([0x0a, 0x58, 0x0a, 0, 0, 0x0a]));
+    // A bad value under a Go spelling is still code 7 naming the field.
+    let e = config::parse(
+        &req(r#"{"cniVersion":"1.0.0","name":"n1","type":"bridge","IsGateway":"yes"}"#),
+        Mode::External,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), 7);
+    assert!(e.msg.contains("isGateway"), "{}", e.msg);
+}
+
+/// containerd's CRI hands every capability a conflist declares to the plugin; the ones that
+/// are not bridge's (bandwidth, dns, pod annotations, portMappings, ipRanges) are ignored.
+#[test]
+fn cri_capability_args_are_accepted() {
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"n1","type":"bridge","bridge":"br-t","runtimeConfig":{}}}"#,
+        r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#
+    );
+    let spec = config::parse(&req(&conf), Mode::External).unwrap();
+    assert_eq!(spec.mac, None);
 }

@@ -13,7 +13,7 @@ use netops::{
     BridgePortOpts, Family, Kernel, Link, NetNs, Netlink, NetopsError, RouteSpec, Side, SysctlKey,
     UndoLog, UndoOp, VethSpec,
 };
-use nftplan::{Attachment, Feature, Firewall, IfName, NetworkElems};
+use nftplan::{Attachment, Feature, Firewall, IfName, NetworkElems, PodIface};
 
 use crate::{
     config::{self, BridgeSpec, Mode},
@@ -83,6 +83,13 @@ fn apply(
     undo: &mut UndoLog,
 ) -> Result<Observed, CniError> {
     let br = host.ensure_bridge(&plan.bridge, plan.bridge_mtu, false)?;
+    // The kernel-level seal of an internal network (policy rules, independent of nftables),
+    // before any pod is plugged in; a new non-internal bridge drops a stale one.
+    if plan.firewall.internal {
+        host.seal_bridge(&plan.bridge)?;
+    } else if br.created {
+        host.unseal_bridge(&plan.bridge)?;
+    }
     if br.created {
         // Pin the bridge MAC, or it follows the lowest port MAC as pods come and go.
         if let Some(mac) = br.link.mac {
@@ -148,7 +155,7 @@ fn apply(
         ensure_sysctl("net.ipv6.conf.all.forwarding")?;
     }
     // Last step, so nothing after it can fail and leave elements behind.
-    fw.attach_network(
+    fw.attach_network_pod(
         att,
         &NetworkElems {
             bridge: IfName::new(&plan.firewall.bridge)?,
@@ -160,6 +167,11 @@ fn apply(
                 _ => None,
             },
         },
+        Some(PodIface {
+            ips: plan.pod_addrs.clone(),
+            mac: pair.peer.mac.map(|m| mac_string(&m.0)),
+            host_ifname: IfName::new(&plan.host_veth).ok(),
+        }),
     )?;
     Ok(Observed {
         bridge_mac: br.link.mac.map(|m| mac_string(&m.0)).unwrap_or_default(),
@@ -225,9 +237,15 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
     if let Err(e) = delete_links(req) {
         errors.push(e);
     }
-    let fw = Firewall::open().and_then(|fw| fw.detach_network(&Attachment::of(req)?));
-    if let Err(e) = fw {
-        errors.push(e.into());
+    match Firewall::open().and_then(|fw| fw.detach_network(&Attachment::of(req)?)) {
+        // The internal network's last attachment: its kernel-level seal goes too.
+        Ok(Some(bridge)) => {
+            if let Err(e) = Kernel::new().and_then(|k| k.host().unseal_bridge(bridge.as_str())) {
+                errors.push(e.into());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(e.into()),
     }
     if spec.has_ipam {
         if let Err(e) = req.delegate_ipam(Command::Del) {

@@ -156,4 +156,28 @@ mod tests {
             assert!(e.msg.contains(field), "{}", e.msg);
         }
     }
+
+    #[test]
+    fn keys_match_case_insensitively_as_go_does() {
+        assert_eq!(
+            parse_with(r#","IngressPolicy":"same-bridge""#).unwrap(),
+            Ingress::SameBridge
+        );
+        let e = parse_with(r#","Backend":"firewalld""#).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.msg.contains("backend"), "{}", e.msg);
+    }
+
+    #[test]
+    fn cri_capability_args_are_accepted() {
+        let rc = r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#;
+        assert_eq!(
+            parse_with(&format!(r#","runtimeConfig":{rc}"#)).unwrap(),
+            Ingress::Open
+        );
+    }
 }

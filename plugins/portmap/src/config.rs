@@ -297,4 +297,84 @@ mod tests {
         );
         assert_eq!(bridge_of(&prev), Some("cni0"));
     }
+
+    fn conf(rc: &str) -> String {
+        format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"portmap","runtimeConfig":{rc}}}"#)
+    }
+
+    fn parse_conf(conf: &str) -> Result<PortmapSpec, CniError> {
+        parse(
+            &Request::build(
+                cni_core::Command::Add,
+                "c",
+                Some("/run/netns/p"),
+                "eth0",
+                conf.as_bytes(),
+            )
+            .unwrap(),
+        )
+    }
+
+    /// containerd's CRI (go-cni) sends portMappings with Go's field names: the key that made
+    /// every hostPort pod fail under Kubernetes.
+    #[test]
+    fn cri_go_field_names_are_mappings() {
+        let spec = parse_conf(&conf(
+            r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":"127.0.0.1"},
+                {"HostPort":5353,"ContainerPort":53,"Protocol":"UDP","HostIP":""}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(spec.mappings.len(), 2);
+        assert_eq!(spec.mappings[0].host_port, 8080);
+        assert_eq!(spec.mappings[0].container_port, 80);
+        assert_eq!(spec.mappings[0].host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(spec.mappings[1].protocol, Protocol::Udp);
+        assert_eq!(spec.mappings[1].host_ip, None);
+        // The capability key itself, and the reference's own config keys, fold too.
+        let spec = parse_conf(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"portmap","RuntimeConfig":{"PortMappings":[{"hostPort":1,"containerPort":2}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.mappings[0].host_port, 1);
+        let e = parse_conf(r#"{"cniVersion":"1.0.0","name":"n","type":"portmap","SNAT":false}"#)
+            .unwrap_err();
+        assert!(e.msg.contains("snat"), "{}", e.msg);
+        let e = parse_conf(r#"{"cniVersion":"1.0.0","name":"n","type":"portmap","MasqAll":true}"#)
+            .unwrap_err();
+        assert!(e.msg.contains("masqAll"), "{}", e.msg);
+    }
+
+    #[test]
+    fn bad_values_under_go_names_are_code_7_naming_the_field() {
+        for (rc, field) in [
+            (
+                r#"{"portMappings":[{"HostPort":"x","ContainerPort":80}]}"#,
+                "runtimeConfig.portMappings[0].hostPort",
+            ),
+            (
+                r#"{"portMappings":[{"HostPort":0,"ContainerPort":80}]}"#,
+                "runtimeConfig.portMappings[0].hostPort",
+            ),
+            (
+                r#"{"portMappings":[{"HostPort":80,"ContainerPort":80,"HostIP":"nope"}]}"#,
+                "runtimeConfig.portMappings[0].hostIP",
+            ),
+            (r#"{"portMappings":[{"HostPort":80}]}"#, "containerPort"),
+        ] {
+            let e = parse_conf(&conf(rc)).unwrap_err();
+            assert_eq!(e.code(), 7, "{rc}");
+            assert!(e.msg.contains(field), "{rc}: {} should name {field}", e.msg);
+        }
+    }
+
+    #[test]
+    fn cri_capability_args_are_accepted() {
+        let spec = parse_conf(&conf(r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#)).unwrap();
+        assert_eq!(spec.mappings.len(), 1);
+        assert_eq!(spec.mappings[0].host_port, 8080);
+    }
 }

@@ -92,11 +92,19 @@ impl Plugin for Portmap {
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let spec = config::parse(req)?;
         // Mappings from the config are a hint (they need the pod address from prevResult);
-        // the firewall state knows this attachment's elements without them.
-        let dnats = match req.prev_result() {
-            Ok(Some(prev)) => config::plan(&spec, &prev, &req.ifname),
+        // the firewall state knows this attachment's elements without them. A config ADD
+        // refused must not fail DEL too: a runtime's DEL of the chain stops at the first
+        // plugin that fails (libcni), so bridge's veth and host-local's lease would stay.
+        let spec = match config::parse(req) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                log::info!("{}: DEL goes on without the mappings: {}", req.tag(), e.msg);
+                None
+            }
+        };
+        let dnats = match (spec, req.prev_result()) {
+            (Some(spec), Ok(Some(prev))) => config::plan(&spec, &prev, &req.ifname),
             _ => Vec::new(),
         };
         let mappings: Vec<PortMapping> = dnats.iter().map(to_nft).collect();

@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use cni_core::{conf::parse_value, CniError, CniResult, ErrorCode, Plugin, Request};
+use cni_core::{conf::parse_value, gokeys, CniError, CniResult, ErrorCode, Plugin, Request};
 use netops::{Kernel, Link, MacAddr, NetNs, NetopsError, SysctlKey};
 use serde::{Deserialize, Serialize};
 
@@ -139,7 +139,7 @@ pub fn parse(req: &Request) -> Result<Spec, CniError> {
     if let Some(m) = raw
         .args
         .as_ref()
-        .and_then(|a| a.pointer("/cni/mac"))
+        .and_then(|a| gokeys::pointer(a, &["cni", "mac"]))
         .and_then(|v| v.as_str())
     {
         mac = Some((m.to_string(), "args.cni.mac".into()));
@@ -200,7 +200,11 @@ fn backup_path(data_dir: &Path, req: &Request) -> PathBuf {
 fn lenient_data_dir(req: &Request) -> PathBuf {
     serde_json::from_slice::<serde_json::Value>(&req.stdin)
         .ok()
-        .and_then(|v| v.get("dataDir").and_then(|d| d.as_str()).map(PathBuf::from))
+        .and_then(|v| {
+            gokeys::pointer(&v, &["dataDir"])
+                .and_then(|d| d.as_str())
+                .map(PathBuf::from)
+        })
         .filter(|p| p.is_absolute())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
@@ -486,5 +490,41 @@ mod tests {
             serde_json::to_string(&b).unwrap(),
             r#"{"Mac":"0a:00:00:00:00:01","Mtu":1500}"#
         );
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_as_go_does() {
+        let s = parse(&req(
+            r#","Sysctl":{"net.core.somaxconn":"500"},"MTU":1400,"Promisc":true,"TxQLen":100,"AllMulti":true,"DataDir":"/tmp/t""#,
+        ))
+        .unwrap();
+        assert_eq!(s.sysctls.len(), 1);
+        assert_eq!(
+            (s.mtu, s.promisc, s.txqlen, s.allmulti),
+            (Some(1400), Some(true), Some(100), Some(true))
+        );
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/t"));
+        let s = parse(&req(r#","Args":{"CNI":{"MAC":"0a:58:0a:00:00:07"}}"#)).unwrap();
+        assert_eq!(s.mac, Some("0a:58:0a:00:00:07".parse().unwrap()));
+        let s = parse(&req(r#","RuntimeConfig":{"Mac":"0a:58:0a:00:00:08"}"#)).unwrap();
+        assert_eq!(s.mac, Some("0a:58:0a:00:00:08".parse().unwrap()));
+        assert_eq!(
+            lenient_data_dir(&req(r#","DataDir":"/tmp/u""#)),
+            PathBuf::from("/tmp/u")
+        );
+        let e = parse(&req(r#","MTU":"big""#)).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.msg.contains("mtu"), "{}", e.msg);
+    }
+
+    #[test]
+    fn cri_capability_args_are_accepted() {
+        let rc = r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+    "ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"","RangeEnd":"","Gateway":""}]],
+    "bandwidth":{"IngressRate":1000000,"IngressBurst":2000000,"EgressRate":1000000,"EgressBurst":2000000},
+    "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local"],"Options":["ndots:5"]},
+    "io.kubernetes.cri.pod-annotations":{"kubernetes.io/ingress-bandwidth":"1M","a":"b"}}"#;
+        let s = parse(&req(&format!(r#","runtimeConfig":{rc}"#))).unwrap();
+        assert_eq!(s.mac, None);
     }
 }

@@ -1,34 +1,34 @@
-//! `cnirs-reconcile`: put the suite's nftables table (`inet cnirs`) back after something
+//! `cnirs reconcile`: put the suite's nftables table (`inet cnirs`) back after something
 //! removed it (`nft flush ruleset`, `systemctl reload nftables`, `firewall-cmd --reload`).
 //!
 //! The plugins keep what they installed in state files under
-//! `$CNIRS_RUN_DIR/netns-<inode>/` (default `/run/cni-rs`); this tool loads the table skeleton
-//! and re-adds every element that state knows, in one nft transaction
+//! `$CNIRS_RUN_DIR/netns-<inode>-<cookie>/` (default `/run/cni-rs`); this loads the table
+//! skeleton and re-adds every element that state knows, in one nft transaction
 //! ([`nftplan::Firewall::reconcile`]), for the network namespace it runs in
-//! (`ip netns exec NS cnirs-reconcile` for another one).
+//! (`ip netns exec NS cnirs reconcile` for another one). It also removes the state directories
+//! of namespaces that no longer exist ([`nftplan::nsstate::gc_dead`]).
 //!
 //! ```text
-//! cnirs-reconcile            repair (exit 0 ok, 1 failed)
-//! cnirs-reconcile --check    report what is missing, change nothing
+//! cnirs reconcile            repair (exit 0 ok, 1 failed)
+//! cnirs reconcile --check    report what is missing, change nothing
 //!                            (exit 0 nothing missing, 1 something missing, 2 cannot tell)
 //! ```
-//! Logs go to stderr (the journal under systemd); `CNIRS_LOG` sets the level (default `info`).
-//! Nothing is written to stdout.
-
 use std::{
     io::Write,
     process::ExitCode,
     sync::{Arc, Mutex},
 };
 
-use log::{LevelFilter, Log, Metadata, Record};
-use nftplan::{Firewall, NftBackend, NftCli, NftError, SKELETON, TABLE};
+use nftplan::{
+    nsstate, run_root, Firewall, NetnsId, NftBackend, NftCli, NftError, SKELETON, TABLE,
+};
 use serde_json::Value;
 
-const USAGE: &str = "usage: cnirs-reconcile [--check]
+const USAGE: &str = "usage: cnirs reconcile [--check]
 
 Rebuild the nftables table `inet cnirs` of the CNI plugins (skeleton and every element their
-state under $CNIRS_RUN_DIR, default /run/cni-rs, records) in the current network namespace.
+state under $CNIRS_RUN_DIR, default /run/cni-rs, records) in the current network namespace,
+and remove the state of network namespaces that no longer exist.
 
   --check    report what is missing from the kernel and change nothing
              (exit 0: nothing missing, 1: something missing, 2: cannot tell)
@@ -57,10 +57,9 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     Ok(mode)
 }
 
-fn main() -> ExitCode {
-    init_log();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse_args(&args) {
+/// `cnirs reconcile ARGS`.
+pub fn run(args: &[String]) -> ExitCode {
+    match parse_args(args) {
         Ok(Mode::Help) => {
             let _ = std::io::stderr().write_all(USAGE.as_bytes());
             ExitCode::SUCCESS
@@ -82,7 +81,7 @@ fn main() -> ExitCode {
                     log::warn!("missing: {m}");
                 }
                 log::warn!(
-                    "{} thing(s) missing from {TABLE}; run cnirs-reconcile to repair",
+                    "{} thing(s) missing from {TABLE}; run `cnirs reconcile` to repair",
                     missing.len()
                 );
                 ExitCode::from(1)
@@ -113,15 +112,23 @@ fn firewall() -> Result<Option<Firewall>, NftError> {
     Ok(Some(fw))
 }
 
-/// `nft -f - <<< skeleton + every element of the state`.
+/// `nft -f - <<< skeleton + every element of the state`, after removing dead namespaces'
+/// state.
 fn repair() -> Result<(), NftError> {
+    let gone = nsstate::gc_dead(&run_root(), NetnsId::current()?)?;
+    if !gone.is_empty() {
+        log::info!(
+            "removed the state of {} network namespace(s) that no longer exist",
+            gone.len()
+        );
+    }
     let Some(fw) = firewall()? else {
         return Ok(());
     };
     let t = std::time::Instant::now();
-    fw.reconcile()?;
+    let n = fw.reconcile()?;
     log::info!(
-        "table {TABLE} reconciled from {} in {:?}",
+        "table {TABLE} reconciled from {} ({n} elements) in {:?}",
         fw.state_dir().display(),
         t.elapsed()
     );
@@ -190,7 +197,7 @@ fn get_line(line: &str) -> Option<String> {
 
 /// Chains of the skeleton that are missing or hold fewer rules than the skeleton adds
 /// (`listing` is `nft -j list table inet cnirs`).
-fn missing_rules(listing: &str) -> Vec<String> {
+pub(crate) fn missing_rules(listing: &str) -> Vec<String> {
     let mut want: Vec<(&str, usize)> = Vec::new();
     let prefix = format!("add rule {TABLE} ");
     let chain_prefix = format!("add chain {TABLE} ");
@@ -230,45 +237,6 @@ fn missing_rules(listing: &str) -> Vec<String> {
         }
     }
     out
-}
-
-// ---- logging: stderr only ----
-
-struct StderrLog;
-
-impl Log for StderrLog {
-    fn enabled(&self, m: &Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-
-    fn log(&self, r: &Record) {
-        if self.enabled(r.metadata()) {
-            let line = format!("cnirs-reconcile {} {}\n", r.level(), r.args());
-            let _ = std::io::stderr().write_all(line.as_bytes());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLog = StderrLog;
-
-fn init_log() {
-    let level = match std::env::var("CNIRS_LOG")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "off" => LevelFilter::Off,
-        "error" => LevelFilter::Error,
-        "warn" => LevelFilter::Warn,
-        "debug" => LevelFilter::Debug,
-        "trace" => LevelFilter::Trace,
-        _ => LevelFilter::Info,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
 }
 
 #[cfg(test)]

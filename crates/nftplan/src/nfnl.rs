@@ -1,0 +1,397 @@
+//! The few nf_tables netlink messages the suite sends itself (no `nft` exec): "does table
+//! `inet cnirs` exist, and which one is it" (`NFT_MSG_GETTABLE`, a few µs), the ruleset
+//! generation (`NFT_MSG_GETGEN`), the netns cookie of the socket (`SO_NETNS_COOKIE`), and the
+//! parsing of change events (`NFNLGRP_NFTABLES`) for `cnirs watch`.
+//!
+//! Messages are built and parsed by hand: `netlink-packet-*` has no nf_tables family, and the
+//! five messages used here are a header and one or two attributes each. Parsing is pure and
+//! unit-tested on captured bytes.
+
+use std::io;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+const NLMSG_HDRLEN: usize = 16;
+const NFGEN_HDRLEN: usize = 4;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+
+/// `NFPROTO_INET`: the family of `inet cnirs`.
+pub const NFPROTO_INET: u8 = 1;
+/// `NFPROTO_BRIDGE`: the family of `bridge cnirs`.
+pub const NFPROTO_BRIDGE: u8 = 7;
+/// The multicast group nf_tables announces every committed change on.
+pub const NFNLGRP_NFTABLES: u32 = 7;
+
+/// `SO_NETNS_COOKIE` (Linux 5.14; 71 on every architecture but mips/sparc/parisc/alpha).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// nf_tables message types (`enum nf_tables_msg_types`), as found in the low byte of
+/// `nlmsg_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+#[allow(missing_docs)]
+pub enum NftMsg {
+    NewTable = 0,
+    GetTable = 1,
+    DelTable = 2,
+    NewChain = 3,
+    DelChain = 5,
+    NewRule = 6,
+    DelRule = 8,
+    NewSet = 9,
+    DelSet = 11,
+    NewSetElem = 12,
+    DelSetElem = 14,
+    NewGen = 15,
+    GetGen = 16,
+    Other = 255,
+}
+
+impl NftMsg {
+    fn from_u8(v: u8) -> NftMsg {
+        use NftMsg::*;
+        match v {
+            0 => NewTable,
+            1 => GetTable,
+            2 => DelTable,
+            3 => NewChain,
+            5 => DelChain,
+            6 => NewRule,
+            8 => DelRule,
+            9 => NewSet,
+            11 => DelSet,
+            12 => NewSetElem,
+            14 => DelSetElem,
+            15 => NewGen,
+            16 => GetGen,
+            _ => Other,
+        }
+    }
+}
+
+/// One nf_tables message, reduced to what the watcher needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftEvent {
+    /// What happened.
+    pub msg: NftMsg,
+    /// `nfgen_family` (NFPROTO_*).
+    pub family: u8,
+    /// The table the object belongs to (attribute 1 of every table/chain/rule/set/elem
+    /// message is its table's name).
+    pub table: Option<String>,
+    /// NEWGEN: the generation id just committed.
+    pub gen_id: Option<u32>,
+    /// NEWGEN: pid and name of the process that committed it.
+    pub proc_pid: Option<u32>,
+    /// NEWGEN: process name.
+    pub proc_name: Option<String>,
+}
+
+/// The messages of an answer as (nf_tables message type, attributes), or the netlink error.
+type Answer = Result<Vec<(u8, Vec<u8>)>, io::Error>;
+
+/// A netlink socket on NETLINK_NETFILTER in the calling thread's network namespace.
+pub struct Nfnl {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Nfnl {
+    /// Open and bind (no groups).
+    pub fn open() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Nfnl {
+            sock,
+            seq: 0,
+            buf: Vec::with_capacity(1 << 16),
+        })
+    }
+
+    /// The socket's file descriptor (to poll it).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sock.as_raw_fd()
+    }
+
+    /// The cookie of the network namespace this socket lives in: a 64-bit id the kernel
+    /// never hands out twice (unlike the namespace's inode number).
+    pub fn netns_cookie(&self) -> io::Result<u64> {
+        netns_cookie_of(self.raw_fd())
+    }
+
+    /// Join nf_tables' change events; `rcvbuf` bytes of receive buffer (a reload can emit
+    /// thousands of messages at once).
+    pub fn subscribe(&self, rcvbuf: usize) -> io::Result<()> {
+        self.sock.add_membership(NFNLGRP_NFTABLES)?;
+        // A full buffer drops events (ENOBUFS on the next recv); the caller treats that as
+        // "something changed".
+        if let Err(e) = self.sock.set_rx_buf_sz(rcvbuf) {
+            log::debug!("SO_RCVBUF {rcvbuf}: {e}");
+        }
+        Ok(())
+    }
+
+    /// The handle of table `family name`, `None` when it does not exist. A table's handle is
+    /// drawn from a per-netns counter that only grows: a table deleted and created again (by
+    /// us or by anyone) has a new handle.
+    pub fn table_handle(&mut self, family: u8, name: &str) -> io::Result<Option<u64>> {
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, 1, &cstr(name)); // NFTA_TABLE_NAME
+        let msgs = self.request(NftMsg::GetTable, family, &attrs)?;
+        match msgs {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+            Ok(msgs) => Ok(msgs
+                .iter()
+                .filter(|(t, _)| *t == NftMsg::NewTable as u8)
+                .find_map(|(_, body)| attr(body, 4).and_then(be_u64))), // NFTA_TABLE_HANDLE
+        }
+    }
+
+    /// The current ruleset generation (incremented by every commit).
+    pub fn generation(&mut self) -> io::Result<u32> {
+        let msgs = self.request(NftMsg::GetGen, 0, &[])??;
+        msgs.iter()
+            .filter(|(t, _)| *t == NftMsg::NewGen as u8)
+            .find_map(|(_, body)| attr(body, 1).and_then(be_u32)) // NFTA_GEN_ID
+            .ok_or_else(|| io::Error::other("no NFTA_GEN_ID in the GETGEN answer"))
+    }
+
+    /// Block until events arrive; returns them parsed. An `ENOBUFS` error means events were
+    /// lost.
+    pub fn recv_events(&mut self) -> io::Result<Vec<NftEvent>> {
+        self.buf.clear();
+        self.sock.recv(&mut self.buf, 0)?;
+        Ok(parse_events(&self.buf))
+    }
+
+    /// Send one request and collect the answer: `Ok(Ok(messages))`, or `Ok(Err(errno))` for a
+    /// netlink error answer.
+    fn request(&mut self, msg: NftMsg, family: u8, attrs: &[u8]) -> io::Result<Answer> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let len = NLMSG_HDRLEN + NFGEN_HDRLEN + attrs.len();
+        let mut m = Vec::with_capacity(len);
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg as u16).to_ne_bytes());
+        m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
+        m.extend_from_slice(attrs);
+        self.sock.send(&m, 0)?;
+        let mut out = Vec::new();
+        loop {
+            self.buf.clear();
+            self.sock.recv(&mut self.buf, 0)?;
+            for (ty, flags_seq, body) in split(&self.buf) {
+                if flags_seq != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_ERROR => {
+                        let code = body
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .unwrap_or(-libc::EIO);
+                        if code == 0 {
+                            return Ok(Ok(out));
+                        }
+                        return Ok(Err(io::Error::from_raw_os_error(-code)));
+                    }
+                    NLMSG_DONE => return Ok(Ok(out)),
+                    t if t >> 8 == NFNL_SUBSYS_NFTABLES => {
+                        out.push((
+                            (t & 0xff) as u8,
+                            body.get(NFGEN_HDRLEN..).unwrap_or(&[]).to_vec(),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// `getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE)`.
+pub fn netns_cookie_of(fd: std::os::fd::RawFd) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes given; the kernel writes at
+    // most `len` bytes; a bad fd is reported as an error, not UB.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Split a datagram into (nlmsg_type, seq, payload) triples.
+fn split(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= buf.len() {
+        let h = &buf[off..];
+        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if len < NLMSG_HDRLEN || off + len > buf.len() {
+            break;
+        }
+        let ty = u16::from_ne_bytes([h[4], h[5]]);
+        let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+        out.push((ty, seq, &buf[off + NLMSG_HDRLEN..off + len]));
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// Parse every nf_tables message of a datagram (others are skipped).
+pub fn parse_events(buf: &[u8]) -> Vec<NftEvent> {
+    split(buf)
+        .into_iter()
+        .filter(|(ty, _, _)| ty >> 8 == NFNL_SUBSYS_NFTABLES)
+        .map(|(ty, _, body)| {
+            let msg = NftMsg::from_u8((ty & 0xff) as u8);
+            let family = body.first().copied().unwrap_or(0);
+            let attrs = body.get(NFGEN_HDRLEN..).unwrap_or(&[]);
+            let s = |t| attr(attrs, t).map(|v| String::from_utf8_lossy(trim_nul(v)).into_owned());
+            if msg == NftMsg::NewGen {
+                NftEvent {
+                    msg,
+                    family,
+                    table: None,
+                    gen_id: attr(attrs, 1).and_then(be_u32),
+                    proc_pid: attr(attrs, 2).and_then(be_u32),
+                    proc_name: s(3),
+                }
+            } else {
+                NftEvent {
+                    msg,
+                    family,
+                    table: s(1),
+                    gen_id: None,
+                    proc_pid: None,
+                    proc_name: None,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The payload of the first attribute of type `ty` (nested/byteorder flags masked off).
+fn attr(attrs: &[u8], ty: u16) -> Option<&[u8]> {
+    let mut off = 0;
+    while off + 4 <= attrs.len() {
+        let len = u16::from_ne_bytes([attrs[off], attrs[off + 1]]) as usize;
+        let t = u16::from_ne_bytes([attrs[off + 2], attrs[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > attrs.len() {
+            return None;
+        }
+        if t == ty {
+            return Some(&attrs[off + 4..off + len]);
+        }
+        off += (len + 3) & !3;
+    }
+    None
+}
+
+fn put_attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(payload);
+    out.resize(out.len() + ((len + 3) & !3) - len, 0);
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn trim_nul(v: &[u8]) -> &[u8] {
+    v.split(|b| *b == 0).next().unwrap_or(v)
+}
+
+fn be_u32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
+}
+
+fn be_u64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn msg(ty: u8, family: u8, attrs: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + NFGEN_HDRLEN + attrs.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | ty as u16).to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&[family, 0, 0, 0]);
+        m.extend_from_slice(attrs);
+        m
+    }
+
+    #[test]
+    fn events_of_a_flush_then_a_generation() {
+        let mut a = Vec::new();
+        put_attr(&mut a, 1, &cstr("cnirs"));
+        put_attr(&mut a, 3, &7u64.to_be_bytes());
+        let mut buf = msg(NftMsg::DelTable as u8, NFPROTO_INET, &a);
+        let mut g = Vec::new();
+        put_attr(&mut g, 1, &42u32.to_be_bytes());
+        put_attr(&mut g, 2, &1234u32.to_be_bytes());
+        put_attr(&mut g, 3, &cstr("nft"));
+        buf.extend(msg(NftMsg::NewGen as u8, 0, &g));
+        let ev = parse_events(&buf);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].msg, NftMsg::DelTable);
+        assert_eq!(ev[0].family, NFPROTO_INET);
+        assert_eq!(ev[0].table.as_deref(), Some("cnirs"));
+        assert_eq!(ev[1].msg, NftMsg::NewGen);
+        assert_eq!(ev[1].gen_id, Some(42));
+        assert_eq!(ev[1].proc_pid, Some(1234));
+        assert_eq!(ev[1].proc_name.as_deref(), Some("nft"));
+    }
+
+    #[test]
+    fn truncated_datagrams_do_not_panic() {
+        let mut a = Vec::new();
+        put_attr(&mut a, 1, &cstr("cnirs"));
+        let buf = msg(NftMsg::DelChain as u8, NFPROTO_INET, &a);
+        for cut in 0..buf.len() {
+            let _ = parse_events(&buf[..cut]);
+        }
+        assert_eq!(parse_events(&buf)[0].msg, NftMsg::DelChain);
+    }
+
+    #[test]
+    fn attributes_are_padded_to_four_bytes() {
+        let mut a = Vec::new();
+        put_attr(&mut a, 1, b"ab\0");
+        put_attr(&mut a, 4, &9u64.to_be_bytes());
+        assert_eq!(a.len(), 8 + 12);
+        assert_eq!(attr(&a, 4).and_then(be_u64), Some(9));
+    }
+}

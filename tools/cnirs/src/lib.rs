@@ -1,0 +1,261 @@
+//! `cnirs`, the suite's admin tool: one module per subcommand, `main` only dispatches.
+//!
+//! ```text
+//! cnirs ls [--json]                     the networks of this netns
+//! cnirs inspect NETWORK [--json]        one network: attachments, ports, drift
+//! cnirs reconcile [--check]             rebuild table inet cnirs from the plugins' state (once)
+//! cnirs watch                           stay in the foreground, repair the table whenever it goes
+//! cnirs completion bash|zsh|fish|...    shell completion script
+//! ```
+//! Logs go to stderr (the journal under systemd); `CNIRS_LOG` sets the level (default `info`).
+//! Only `ls`, `inspect` and `completion` write to stdout: their output.
+
+use std::{io::Write, process::ExitCode};
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+pub mod inspect;
+pub mod logging;
+pub mod reconcile;
+pub mod watch;
+
+const ABOUT: &str = "Admin tool of the cni-rs CNI plugins";
+
+const LONG_ABOUT: &str = "\
+Admin tool of the cni-rs CNI plugins (bridge, internal-bridge, portmap, isolation, firewall).
+
+It works on the network namespace it runs in, as the plugins do: their nftables table
+(inet cnirs) and the state under $CNIRS_RUN_DIR that records what they set up. Use
+`ip netns exec NS cnirs ...` for another namespace.
+
+`ls` and `inspect` show the networks and who is attached, from what the plugins recorded at
+ADD (addresses, MAC, published ports), with no libcni cache and no conflist, and what the
+kernel is missing for a network (drift). `reconcile` and `watch` put the table back after a
+firewall reload or `nft flush ruleset`.";
+
+const AFTER_LONG_HELP: &str = "\
+EXIT STATUS
+  0  success
+  1  the command failed: unknown network (inspect), state or kernel unreadable, repair
+     failed (reconcile), something missing (reconcile --check)
+  2  usage error; for reconcile --check: cannot tell
+
+ENVIRONMENT
+  CNIRS_RUN_DIR  root of the plugins' state (default /run/cni-rs); one directory per
+                 network namespace, netns-<inode>-<cookie>
+  CNIRS_LOG      error|warn|info|debug|off: log level on stderr (default info)
+  CNIRS_NFT      the nft binary (default: nft on PATH)
+
+EXAMPLES
+  cnirs ls
+  cnirs inspect frontend --json | jq '.attachments[].ips'
+  ip netns exec host1 cnirs inspect backend
+  cnirs reconcile --check || cnirs reconcile
+  cnirs completion bash > /etc/bash_completion.d/cnirs";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cnirs",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List the networks known in this network namespace
+    #[command(
+        long_about = "\
+List the networks known in this network namespace: one line per network with its bridge,
+how many attachments (container id + interface) it has, its subnets, and whether it is
+internal (internal-bridge: nothing in, nothing out) or isolated (isolation plugin).
+A network is known from the first ADD of one of our plugins until its last DEL or GC.",
+        after_long_help = "\
+EXIT STATUS
+  0  listed (also when there is no network)
+  1  the state could not be read
+  2  usage error"
+    )]
+    Ls {
+        /// Print a JSON array of {name, bridge, attachments (count), subnets, internal,
+        /// isolated}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one network: attachments, addresses, MACs, ports, and drift
+    #[command(
+        long_about = "\
+Show one network: its bridge, subnets, internal/isolated/masquerade settings, every
+attachment (container id, interface name, addresses, MAC, host veth, published ports) and
+its drift: what the kernel is missing for it (the table inet cnirs or its rules, the
+network's set and map elements, the bridge, a pod's host veth). Drift is checked the way
+CNI CHECK and `cnirs reconcile --check` check it; `cnirs reconcile` repairs the table.
+An unknown network exits 1.",
+        after_long_help = "\
+EXIT STATUS
+  0  shown, with or without drift (`cnirs reconcile --check` is the yes/no test)
+  1  no such network in this namespace, or the state or kernel could not be read
+  2  usage error
+
+EXAMPLES
+  cnirs inspect frontend
+  cnirs inspect frontend --json | jq -r '.attachments[] | [.containerId, .ips[0]] | @tsv'
+  ip netns exec host1 cnirs inspect backend --no-trunc"
+    )]
+    Inspect {
+        /// The CNI network name (conflist `name`)
+        network: String,
+        /// Print one JSON object: name, bridge, subnets, internal, isolated, masquerade,
+        /// drift, attachments [{containerId, ifname, ips, mac, hostIfname, ports [{hostIP,
+        /// hostPort, containerPort, protocol, containerIP}]}]
+        #[arg(long)]
+        json: bool,
+        /// Show hex container ids whole (human output cuts them to 12 characters)
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Rebuild table inet cnirs from the plugins' state
+    #[command(long_about = "\
+Rebuild the nftables table inet cnirs (skeleton and every element the plugins' state
+records) in one transaction, restore the firewall plugin's FORWARD rules, and remove the
+state of network namespaces that no longer exist.")]
+    Reconcile {
+        /// Report what is missing from the kernel, change nothing (exit 0: nothing missing,
+        /// 1: something missing, 2: cannot tell)
+        #[arg(long, short)]
+        check: bool,
+    },
+    /// Stay in the foreground; repair the table whenever it goes
+    #[command(long_about = "\
+Run in the foreground in the current network namespace; restore table inet cnirs from the
+plugins' state within milliseconds whenever a flush, a table delete or a ruleset reload
+removes it. Logs each repair on stderr. Exits 0 on SIGTERM or SIGINT.")]
+    Watch,
+    /// Print a shell completion script
+    #[command(long_about = "\
+Print a completion script for SHELL on stdout, e.g.
+  cnirs completion bash > /etc/bash_completion.d/cnirs
+  cnirs completion zsh > \"${fpath[1]}/_cnirs\"
+  cnirs completion fish > ~/.config/fish/completions/cnirs.fish")]
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Cmd {
+    fn name(&self) -> &'static str {
+        match self {
+            Cmd::Ls { .. } => "ls",
+            Cmd::Inspect { .. } => "inspect",
+            Cmd::Reconcile { .. } => "reconcile",
+            Cmd::Watch => "watch",
+            Cmd::Completion { .. } => "completion",
+        }
+    }
+}
+
+/// Dispatch `args` (without the program name) to a subcommand.
+pub fn main(args: &[String]) -> ExitCode {
+    let argv = std::iter::once("cnirs".to_owned()).chain(args.iter().cloned());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are "errors" printed on stdout with status 0.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    logging::init(&format!("cnirs {}", cli.cmd.name()));
+    match cli.cmd {
+        Cmd::Ls { json } => inspect::ls(json),
+        Cmd::Inspect {
+            network,
+            json,
+            no_trunc,
+        } => inspect::inspect(&network, json, no_trunc),
+        Cmd::Reconcile { check } => {
+            let args: Vec<String> = if check {
+                vec!["--check".to_owned()]
+            } else {
+                Vec::new()
+            };
+            reconcile::run(&args)
+        }
+        Cmd::Watch => watch::run(&[]),
+        Cmd::Completion { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cnirs", &mut buf);
+            match std::io::stdout().write_all(&buf) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("writing the script: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_each_subcommand() {
+        let p = |v: &[&str]| Cli::try_parse_from(v.iter().copied()).map(|c| c.cmd);
+        assert!(matches!(
+            p(&["cnirs", "ls", "--json"]).unwrap(),
+            Cmd::Ls { json: true }
+        ));
+        assert!(matches!(
+            p(&["cnirs", "inspect", "frontend"]).unwrap(),
+            Cmd::Inspect { ref network, json: false, no_trunc: false } if network == "frontend"
+        ));
+        assert!(matches!(
+            p(&["cnirs", "reconcile", "--check"]).unwrap(),
+            Cmd::Reconcile { check: true }
+        ));
+        assert!(p(&["cnirs", "inspect"]).is_err(), "NETWORK is required");
+        assert!(p(&["cnirs", "completion", "tcsh"]).is_err());
+        assert!(p(&["cnirs", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn completion_scripts_name_the_subcommands() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cnirs", &mut buf);
+            let s = String::from_utf8(buf).unwrap();
+            for sub in ["ls", "inspect", "reconcile", "watch", "completion"] {
+                assert!(s.contains(sub), "{shell}: {sub} missing");
+            }
+        }
+    }
+
+    #[test]
+    fn long_help_documents_exit_codes() {
+        let h = Cli::command().render_long_help().to_string();
+        assert!(
+            h.contains("EXIT STATUS") && h.contains("ENVIRONMENT"),
+            "{h}"
+        );
+    }
+}

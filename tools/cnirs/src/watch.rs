@@ -1,0 +1,291 @@
+//! `cnirs watch`: stay in the foreground in the current network namespace, listen to
+//! nf_tables' change events (NETLINK_NETFILTER, group NFNLGRP_NFTABLES) and restore table
+//! `inet cnirs` from the plugins' state as soon as a committed transaction removed part of it:
+//! `nft flush ruleset`, `nft delete table inet cnirs`, `nft -f` of a file starting with
+//! `flush ruleset` (nftables.service, firewalld), a deleted chain, set, or rules.
+//!
+//! Decision per transaction (the events of one commit end with a NEWGEN message): it touched
+//! our tables (`inet cnirs`, `bridge cnirs`) with a DELTABLE, DELCHAIN or DELSET, or deleted
+//! more rules than it added (the skeleton's own `flush chain` + re-add is balanced). Element
+//! deletes are the plugins' DEL and are left alone. Our own repair is such a balanced
+//! transaction (the skeleton flushes each chain and adds its rules again), so it never
+//! triggers another repair; no generation bookkeeping is needed, and none could be exact (a
+//! commit can land between our repair and a `GETGEN`). Lost events (ENOBUFS) trigger a check
+//! of the table. SIGTERM/SIGINT exit 0.
+
+use std::{os::fd::BorrowedFd, process::ExitCode, time::Instant};
+
+use nftplan::{
+    nfnl::{Nfnl, NftEvent, NftMsg, NFPROTO_BRIDGE, NFPROTO_INET},
+    Firewall, NftError,
+};
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::{
+        signal::{SigSet, Signal},
+        signalfd::{SfdFlags, SignalFd},
+    },
+};
+
+const USAGE: &str = "usage: cnirs watch
+
+Run in the foreground in the current network namespace; restore the CNI plugins' nftables
+table (inet cnirs) from their state within milliseconds whenever a flush, a table delete or
+a ruleset reload removes it. Logs each repair on stderr. Exits 0 on SIGTERM or SIGINT.
+";
+
+/// Receive buffer for events: `nft flush ruleset` on a big ruleset emits one message per
+/// rule, set and chain.
+const RCVBUF: usize = 8 << 20;
+
+/// What one transaction did to our tables, accumulated until its NEWGEN.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    table_deleted: bool,
+    chains_deleted: usize,
+    sets_deleted: usize,
+    rules_deleted: usize,
+    rules_added: usize,
+}
+
+impl Tracker {
+    /// Feed one event; at the end of a transaction that removed part of our table, the reason
+    /// for a repair (what went missing, and who committed it).
+    pub fn feed(&mut self, ev: &NftEvent) -> Option<String> {
+        let ours = ev.table.as_deref() == Some("cnirs")
+            && (ev.family == NFPROTO_INET || ev.family == NFPROTO_BRIDGE);
+        match ev.msg {
+            NftMsg::DelTable if ours => self.table_deleted = true,
+            NftMsg::DelChain if ours => self.chains_deleted += 1,
+            NftMsg::DelSet if ours => self.sets_deleted += 1,
+            NftMsg::DelRule if ours => self.rules_deleted += 1,
+            NftMsg::NewRule if ours => self.rules_added += 1,
+            NftMsg::NewGen => {
+                let t = std::mem::take(self);
+                let mut what = Vec::new();
+                if t.table_deleted {
+                    what.push("the table was deleted".to_owned());
+                }
+                if t.chains_deleted > 0 {
+                    what.push(format!("{} chain(s) deleted", t.chains_deleted));
+                }
+                if t.sets_deleted > 0 {
+                    what.push(format!("{} set(s)/map(s) deleted", t.sets_deleted));
+                }
+                if t.rules_deleted > t.rules_added {
+                    what.push(format!(
+                        "{} rule(s) deleted",
+                        t.rules_deleted - t.rules_added
+                    ));
+                }
+                if what.is_empty() {
+                    return None;
+                }
+                let by = match (&ev.proc_name, ev.proc_pid) {
+                    (Some(n), Some(p)) => format!(
+                        " (committed by {n}[{p}], generation {})",
+                        ev.gen_id.unwrap_or(0)
+                    ),
+                    _ => String::new(),
+                };
+                return Some(format!("{}{by}", what.join(", ")));
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// `cnirs watch ARGS`.
+pub fn run(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        log::info!("\n{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(a) = args.first() {
+        log::error!("unknown argument {a:?}\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    match watch() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("{0}: {1}")]
+    Setup(&'static str, std::io::Error),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+}
+
+fn watch() -> Result<(), WatchError> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block()
+        .map_err(|e| WatchError::Setup("block SIGTERM/SIGINT", e.into()))?;
+    let sigs = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| WatchError::Setup("signalfd", e.into()))?;
+
+    let mut events = Nfnl::open().map_err(|e| WatchError::Setup("netlink socket", e))?;
+    events
+        .subscribe(RCVBUF)
+        .map_err(|e| WatchError::Setup("join NFNLGRP_NFTABLES", e))?;
+    let mut tracker = Tracker::default();
+
+    // Subscribed first, then checked: nothing that happens from here on is missed.
+    let state = Firewall::open()?;
+    log::info!(
+        "watching nftables in this network namespace (state {})",
+        state.state_dir().display()
+    );
+    match state.table_is_current() {
+        Ok(Some(true)) => {}
+        Ok(_) if state.state_is_empty().unwrap_or(true) => {}
+        Ok(_) => repair("at start: table inet cnirs missing or not the one recorded"),
+        Err(e) => log::warn!("cannot probe the table: {e}"),
+    }
+
+    loop {
+        let (ev_fd, sig_fd) = (
+            // SAFETY: the fd belongs to `events`, alive for this whole iteration.
+            unsafe { BorrowedFd::borrow_raw(events.raw_fd()) },
+            std::os::fd::AsFd::as_fd(&sigs),
+        );
+        let mut fds = [
+            PollFd::new(ev_fd, PollFlags::POLLIN),
+            PollFd::new(sig_fd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(WatchError::Setup("poll", e.into())),
+        }
+        let sig_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
+        let ev_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        if sig_ready {
+            let sig = sigs.read_signal().ok().flatten().map(|s| s.ssi_signo);
+            log::info!("signal {}: exiting", sig.unwrap_or(0));
+            return Ok(());
+        }
+        if !ev_ready {
+            continue;
+        }
+        match events.recv_events() {
+            Ok(evs) => {
+                for ev in &evs {
+                    if let Some(reason) = tracker.feed(ev) {
+                        repair(&reason);
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                log::warn!("nftables events were lost (receive buffer full): checking the table");
+                let fw = Firewall::open()?;
+                if fw.table_is_current()? != Some(true) {
+                    repair("events lost and table inet cnirs is missing or was replaced");
+                }
+                tracker = Tracker::default();
+            }
+            Err(e) => return Err(WatchError::Setup("receive nftables events", e)),
+        }
+    }
+}
+
+/// Restore the table from the state of this namespace, logging what happened.
+fn repair(reason: &str) {
+    let t = Instant::now();
+    let fw = match Firewall::open() {
+        Ok(fw) => fw,
+        Err(e) => {
+            log::error!("repair ({reason}): cannot open the state: {e}");
+            return;
+        }
+    };
+    if fw.state_is_empty().unwrap_or(false) {
+        log::info!("{reason}: no plugin state here, nothing to restore");
+        return;
+    }
+    match fw.reconcile() {
+        Ok(n) => log::info!(
+            "repaired table inet cnirs: {reason}; restored the skeleton and {n} element(s) in {:?}",
+            t.elapsed()
+        ),
+        Err(e) => log::error!("repair failed ({reason}): {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ev(msg: NftMsg, table: &str) -> NftEvent {
+        NftEvent {
+            msg,
+            family: NFPROTO_INET,
+            table: Some(table.to_owned()),
+            gen_id: None,
+            proc_pid: None,
+            proc_name: None,
+        }
+    }
+
+    fn gen(id: u32) -> NftEvent {
+        NftEvent {
+            msg: NftMsg::NewGen,
+            family: 0,
+            table: None,
+            gen_id: Some(id),
+            proc_pid: Some(42),
+            proc_name: Some("nft".into()),
+        }
+    }
+
+    #[test]
+    fn a_flush_ruleset_asks_for_a_repair_naming_what_went() {
+        let mut t = Tracker::default();
+        assert!(t.feed(&ev(NftMsg::DelRule, "cnirs")).is_none());
+        assert!(t.feed(&ev(NftMsg::DelChain, "cnirs")).is_none());
+        assert!(t.feed(&ev(NftMsg::DelTable, "cnirs")).is_none());
+        let r = t.feed(&gen(5)).unwrap();
+        assert!(r.contains("table was deleted"), "{r}");
+        assert!(r.contains("1 chain(s)"), "{r}");
+        assert!(r.contains("nft[42]"), "{r}");
+        // The transaction state is reset after its NEWGEN.
+        assert!(t.feed(&gen(6)).is_none());
+    }
+
+    #[test]
+    fn skeleton_reload_and_element_deletes_and_other_tables_are_not_repairs() {
+        let mut t = Tracker::default();
+        for _ in 0..3 {
+            t.feed(&ev(NftMsg::DelRule, "cnirs"));
+            t.feed(&ev(NftMsg::NewRule, "cnirs"));
+        }
+        t.feed(&ev(NftMsg::DelSetElem, "cnirs"));
+        t.feed(&ev(NftMsg::DelTable, "filter"));
+        assert!(t.feed(&gen(7)).is_none());
+        t.feed(&ev(NftMsg::DelRule, "cnirs"));
+        assert!(t.feed(&gen(8)).unwrap().contains("1 rule(s) deleted"));
+    }
+
+    #[test]
+    fn our_own_repair_is_not_a_reason_for_another() {
+        // The skeleton on an existing table: each chain flushed and its rules added again.
+        let mut t = Tracker::default();
+        for _ in 0..18 {
+            t.feed(&ev(NftMsg::DelRule, "cnirs"));
+        }
+        for _ in 0..19 {
+            t.feed(&ev(NftMsg::NewRule, "cnirs"));
+        }
+        t.feed(&ev(NftMsg::NewSetElem, "cnirs"));
+        assert!(t.feed(&gen(12)).is_none());
+    }
+}
