@@ -5,7 +5,7 @@
 CARGO      ?= cargo
 PREFIX     ?= /opt/cni/bin
 BIN_DIR    := $(CURDIR)/target/release
-PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local overlay
+PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay
 TOOLS      := cnirs cnirs-reconcile cnirs-agent
 CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.

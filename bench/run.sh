@@ -5,6 +5,8 @@
 #
 #   BENCH_QUICK=1   N = 1, 20, 50 and 4 workers x 50 pods (about a minute)
 #   BENCH_OUT=DIR   where results.json, summary.md and add-latency.png go (target/bench)
+#   BENCH_DNS_ONLY=1  only the dnsname section (ADD with and without dnsname, query latency of
+#                   our resolver and of dnsmasq run as containers/dnsname runs it): seconds
 #
 # The driver is bench/bench.py (Python 3, standard library only; matplotlib is used for the
 # plot when it is installed, else a built-in PNG writer draws it). strace is optional: without

@@ -2,7 +2,8 @@
 # make demo: the seed scenario (shared/seeds: "Docker network isolation") played with the
 # suite's binaries through cnitool (libcni), inside throw-away network namespaces:
 #
-#   frontend  (bridge + host-local + portmap + isolation)        web, api
+#   frontend  (bridge + host-local + portmap + isolation          web, api
+#              + dnsname: web finds api by name)
 #   backend   (internal-bridge + host-local + isolation,          api, db
 #              subnet 172.20.0.0/16, range 172.20.0.2-254, gw 172.20.0.1)
 #   web publishes 127.0.0.1:8080 -> :80;  "outside" is a netns routed beyond the host netns.
@@ -24,7 +25,8 @@ say() { printf '%s\n' "$*" >&2; }
 cnitool() { # cnitool VERB NET POD IFNAME [CAP_ARGS]
     ip netns exec "$H" env NETCONFPATH="$tmp/net.d" CNI_PATH="$BIN" CNI_CONTAINERID="$3" \
         CNI_IFNAME="$4" CNI_CACHE_DIR="$tmp/cache" CNIRS_RUN_DIR="$tmp/run" \
-        CAP_ARGS="${5:-}" "$CNITOOL" "$1" "$2" "/run/netns/$id-$3"
+        CAP_ARGS="${5:-}" CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=$3" \
+        CNIRS_DNS_RESOLV_CONF="$tmp/resolv.conf" "$CNITOOL" "$1" "$2" "/run/netns/$id-$3"
 }
 
 cleanup() {
@@ -37,7 +39,8 @@ cleanup() {
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
         ip netns del "$ns" 2>/dev/null
     done
-    rm -rf "$tmp"
+    rm -rf "$tmp" "/etc/netns/$id-web"
+    rmdir /etc/netns 2>/dev/null
 }
 trap cleanup EXIT
 
@@ -54,6 +57,9 @@ ip -n "$H" route add default via 203.0.113.2
 
 # --- networks: the shipped seed conflists, with dataDir moved into the temp dir ---
 mkdir -p "$tmp/net.d" "$tmp/cache" "$tmp/run"
+# dnsname's resolver forwards other names to the "outside" (nothing answers there): no query
+# of the demo ever reaches a real resolver.
+echo "nameserver 203.0.113.2" > "$tmp/resolv.conf"
 for f in "$repo"/conf-examples/seed/*.conflist; do
     jq --arg d "$tmp/ipam" '(.plugins[] | select(.ipam) | .ipam.dataDir) = $d' "$f" \
         > "$tmp/net.d/$(basename "$f")"
@@ -62,8 +68,14 @@ done
 # --- pods ---
 for p in "${pods[@]}"; do ip netns add "$id-$p"; done
 addr() { jq -r '.ips[0].address | split("/")[0]'; }
-web=$(cnitool add frontend web eth0 \
-    '{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"}]}' | addr)
+web_result=$(cnitool add frontend web eth0 \
+    '{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"}]}')
+web=$(addr <<<"$web_result")
+# What a runtime does with the result's dns: web's resolv.conf (ip netns exec mounts
+# /etc/netns/NAME/resolv.conf over /etc/resolv.conf for the commands it runs in web).
+mkdir -p "/etc/netns/$id-web"
+jq -r '(.dns.nameservers[] | "nameserver \(.)"), "search \(.dns.search | join(" "))"' \
+    <<<"$web_result" > "/etc/netns/$id-web/resolv.conf"
 api_front=$(cnitool add frontend api eth0 | addr)
 api_back=$(cnitool add backend api eth1 | addr)
 db=$(cnitool add backend db eth0 | addr)
@@ -98,6 +110,7 @@ row() { # label from-netns url expected(yes/no)
 }
 echo "Reachability (HTTP), seed scenario:"
 row "web -> api (frontend)"           "$id-web" "http://$api_front/" yes
+row "web -> http://api/ (by name)"    "$id-web" "http://api/"        yes
 row "api -> db (backend)"             "$id-api" "http://$db/"        yes
 row "web -> db"                       "$id-web" "http://$db/"        no
 row "db -> web"                       "$id-db"  "http://$web/"       no
@@ -112,6 +125,13 @@ row "outside -> db"                   "$O"      "http://$db/"        no
 ip -n "$id-db" route add default via 172.20.0.1
 row "db (own default route) -> outside" "$id-db" "http://203.0.113.2/" no
 row "db (own default route) -> web"   "$id-db"  "http://$web/"       no
+dnsrow() { # label from-netns name server expected(yes/no)
+    local got=no mark=ok
+    ip netns exec "$2" busybox nslookup "$3" "$4" >/dev/null 2>&1 && got=yes
+    [[ "$got" == "$5" ]] || { mark="DIFFERS"; fails=$((fails + 1)); }
+    printf '  %-34s expected %-4s measured %-4s %-8s %s\n' "$1" "$5" "$got" "$mark" "DNS query"
+}
+dnsrow "db (own route) -> api, frontend DNS" "$id-db" api 10.89.0.1 no
 row "host -> 127.0.0.1:8080 (web)"    "$H"      "http://127.0.0.1:8080/" yes
 row "host -> 203.0.113.1:8080"        "$H"      "http://203.0.113.1:8080/" no
 row "outside -> 203.0.113.1:8080"     "$O"      "http://203.0.113.1:8080/" no

@@ -211,6 +211,19 @@ impl EtcdCluster {
         std::fs::read_to_string(&self.lock()[i].log).unwrap_or_default()
     }
 
+    /// The index of the member that leads now (waits up to 10 s for an election).
+    pub fn leader(&self) -> usize {
+        let c = self.client();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = (0..self.len()).find(|&i| c.is_leader(i) == Some(true)) {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no etcd leader within 10 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILLs member `i` by PID and reaps it.
     pub fn kill(&self, i: usize) {
         let mut members = self.lock();

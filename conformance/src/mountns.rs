@@ -17,7 +17,8 @@ use crate::{command, Netns};
 /// `/var/lib` and `/opt` (so nothing the clients write there reaches the machine), then each
 /// `(source, target)` bind-mounted. Sources are first bind-mounted under `stage` (a dir of the
 /// test's temp dir), so a source under a tmpfs'd tree (e.g. `CNIRS_BIN_DIR=/opt/cni/bin`)
-/// stays visible. Targets outside those tmpfs must already exist.
+/// stays visible. Targets outside those tmpfs must already exist (a file source goes onto an
+/// existing file, e.g. `/etc/resolv.conf`).
 pub struct MountNs {
     holder: Child,
 }
@@ -32,7 +33,13 @@ impl MountNs {
         let mut script = String::from("set -e\n");
         for (n, (src, _)) in binds.iter().enumerate() {
             let staged = stage.join(n.to_string());
-            std::fs::create_dir_all(&staged).unwrap();
+            // A file is bind-mounted onto a file, a directory onto a directory.
+            if src.is_file() {
+                std::fs::create_dir_all(stage).unwrap();
+                std::fs::write(&staged, b"").unwrap();
+            } else {
+                std::fs::create_dir_all(&staged).unwrap();
+            }
             script.push_str(&format!(
                 "mount --bind {} {}\n",
                 sh_quote(&src.display().to_string()),
@@ -48,7 +55,7 @@ impl MountNs {
                 .iter()
                 .any(|p| dst.starts_with(p));
             assert!(
-                tmpfs || Path::new(dst).is_dir(),
+                tmpfs || Path::new(dst).exists(),
                 "{dst} must exist on this machine as a mount point (install the client's \
                  package, which creates it)"
             );

@@ -180,20 +180,26 @@ fn ctr_run_rm_cni_gets_an_address_goes_out_masqueraded_and_leaves_nothing() {
         .spawn()
         .expect("cannot start ctr");
 
-    // While it runs: a veth on the bridge, a lease, a masquerade element.
+    // While it runs: a veth on the bridge, a lease, a masquerade element. Sampled once
+    // libcni cached the chain's result (the whole ADD is done), not when the veth appears
+    // (mid-ADD: the elements may not be there yet).
     let deadline = Instant::now() + Duration::from_secs(20);
     let during = loop {
         let s = HostState::of(&net);
         let d = before.diff(&s);
-        if d.added
+        let veth = d
+            .added
             .iter()
-            .any(|i| i.kind == "link" && i.text.contains("\"veth"))
-        {
+            .any(|i| i.kind == "link" && i.text.contains("\"veth"));
+        let cached = d.added.iter().any(|i| {
+            i.kind == "file" && i.text.starts_with("cache/results/") && !i.text.ends_with('/')
+        });
+        if veth && cached {
             break s;
         }
         assert!(
             Instant::now() < deadline,
-            "no veth appeared while ctr runs; containerd log:\n{}",
+            "no veth and cached result appeared while ctr runs; containerd log:\n{}",
             containerd.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));

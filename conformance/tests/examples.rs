@@ -23,6 +23,7 @@ const OUR_TYPES: &[(&str, &str)] = &[
     ("isolation", "plugins/isolation"),
     ("firewall", "plugins/firewall"),
     ("tuning", "plugins/tuning"),
+    ("dnsname", "plugins/dnsname"),
     ("host-local", "ipam/host-local"),
 ];
 

@@ -20,7 +20,8 @@
 //! setting rlimit type 7: operation not permitted"); lower limits need no capability.
 //!
 //! Proven: `podman network create` (our plugin dir only) writes bridge + portmap + firewall +
-//! tuning at cniVersion 0.4.0, the same as conf-examples/podman/podman-generated.conflist;
+//! tuning + dnsname (podman adds dnsname because it finds our `dnsname` binary) at
+//! cniVersion 0.4.0, the same as conf-examples/podman/podman-generated.conflist;
 //! `podman run -d --network NET -p 127.0.0.1:PORT:80` serves busybox httpd of the container
 //! on 127.0.0.1:PORT of the host netns; `podman network connect`/`disconnect` of a second
 //! network adds and removes eth1 (reachable from the host while connected); `podman rm -f`
@@ -67,7 +68,14 @@ impl<'a> Podman<'a> {
     #[track_caller]
     fn new(net: &'a TestNet) -> Self {
         require_tools(&["podman", "conmon", "runc", "nsenter", "unshare"]);
-        for p in ["bridge", "host-local", "portmap", "firewall", "tuning"] {
+        for p in [
+            "bridge",
+            "host-local",
+            "portmap",
+            "firewall",
+            "tuning",
+            "dnsname",
+        ] {
             plugin_bin(p);
         }
         let base = net.tmp().join("podman");
@@ -105,6 +113,10 @@ impl<'a> Podman<'a> {
         std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
         std::fs::write(rootfs.join("www/index.html"), BODY).unwrap();
         let (data, cache, run, bin) = (net.data_dir(), net.cache_dir(), net.run_dir(), cni_path());
+        // The host's resolvers as podman and dnsname's resolver see them: the test's host
+        // netns' own loopback, where nothing listens (no query ever leaves the test).
+        let resolv = base.join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
         // host-local's default dataDir and libcni's cache -> data/ (networks/, results/);
         // tuning's records -> cache/tuning/; our firewall state -> run/; our binaries (only)
         // -> /opt/cni/bin, as `make install` puts them.
@@ -115,6 +127,7 @@ impl<'a> Podman<'a> {
                 (&cache, "/run/cni"),
                 (&run, "/run/cni-rs"),
                 (&bin, "/opt/cni/bin"),
+                (&resolv, "/etc/resolv.conf"),
             ],
         );
         Self {
@@ -295,9 +308,11 @@ fn podman_network_create_writes_the_documented_conflist() {
         .iter()
         .map(|p| p["type"].as_str().unwrap())
         .collect();
+    // podman 4.3's CNI backend appends dnsname when it finds a `dnsname` binary in its plugin
+    // dirs: ours.
     assert_eq!(
         types,
-        ["bridge", "portmap", "firewall", "tuning"],
+        ["bridge", "portmap", "firewall", "tuning", "dnsname"],
         "{got:#}"
     );
     // Same as the documented copy but for what the user chose (name, subnet) and the bridge
@@ -478,4 +493,94 @@ fn podman_network_reload_after_flush_ruleset_brings_ports_back() {
         "published port after `podman network reload`"
     );
     podman.ok(&["rm", "-f", "-t", "0", "rl"]);
+}
+
+/// `busybox nslookup NAME` inside container `ctr` (its own resolv.conf): the addresses
+/// answered, empty if none.
+fn ctr_lookup(podman: &Podman, ctr: &str, name: &str) -> Vec<String> {
+    let out = podman.run(&["exec", ctr, "/bin/busybox", "nslookup", name]);
+    let mut in_answer = false;
+    let mut v = Vec::new();
+    for line in out.stdout.lines() {
+        if line.starts_with("Name:") {
+            in_answer = true;
+        } else if in_answer {
+            if let Some(a) = line.strip_prefix("Address:") {
+                v.push(a.trim().to_owned());
+            }
+        }
+    }
+    v
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn podman_containers_resolve_each_other_by_name_and_alias() {
+    let net = TestNet::new();
+    let podman = Podman::new(&net);
+    let conf = podman.network_create("cnirs-dns", "10.241.20.0/24");
+    let dnsname = conf["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "dnsname")
+        .unwrap_or_else(|| panic!("no dnsname in {conf:#}"));
+    assert_eq!(dnsname["domainName"], "dns.podman", "{conf:#}");
+    let br = conf["plugins"][0]["bridge"].as_str().unwrap().to_owned();
+    let before = HostState::of(&net);
+
+    podman
+        .run_httpd(
+            "api",
+            &["--network", "cnirs-dns", "--network-alias", "backend"],
+        )
+        .assert_ok();
+    podman
+        .run_httpd("web", &["--network", "cnirs-dns"])
+        .assert_ok();
+    let api_ip = inet_of(&podman.ctr_addrs("api", "eth0").unwrap()).unwrap();
+    let web_ip = inet_of(&podman.ctr_addrs("web", "eth0").unwrap()).unwrap();
+
+    // podman wrote the gateway and the domain from our result into the containers.
+    let rc = podman.ok(&["exec", "web", "/bin/busybox", "cat", "/etc/resolv.conf"]);
+    assert!(
+        rc.stdout.contains("nameserver 10.241.20.1"),
+        "{}",
+        rc.stdout
+    );
+    assert!(rc.stdout.contains("dns.podman"), "{}", rc.stdout);
+
+    // By name, bare and qualified, both ways, and by the alias.
+    assert_eq!(
+        ctr_lookup(&podman, "web", "api"),
+        std::slice::from_ref(&api_ip)
+    );
+    assert_eq!(
+        ctr_lookup(&podman, "web", "api.dns.podman"),
+        std::slice::from_ref(&api_ip)
+    );
+    assert_eq!(
+        ctr_lookup(&podman, "web", "backend"),
+        std::slice::from_ref(&api_ip)
+    );
+    assert_eq!(ctr_lookup(&podman, "api", "web.dns.podman"), [web_ip]);
+    assert!(ctr_lookup(&podman, "web", "nosuch.dns.podman").is_empty());
+    // web reaches api by the address its name resolved to.
+    assert!(can_ping_eventually(net.host(), &api_ip, 3));
+    let out = podman.ok(&[
+        "exec",
+        "web",
+        "/bin/busybox",
+        "ping",
+        "-c1",
+        "-W2",
+        &ctr_lookup(&podman, "web", "api")[0],
+    ]);
+    assert!(out.stdout.contains("1 packets received"), "{out}");
+
+    // rm: the name goes with the container; the last one stops the resolver.
+    podman.ok(&["rm", "-f", "-t", "0", "api"]);
+    assert!(ctr_lookup(&podman, "web", "api").is_empty());
+    podman.ok(&["rm", "-f", "-t", "0", "web"]);
+    assert_settles(&net, &before, &[&br], "after `podman rm -f api web`");
 }

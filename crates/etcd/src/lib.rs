@@ -599,6 +599,20 @@ impl Client {
         })))
     }
 
+    /// Whether the member at endpoint `index` is the leader (`/v3/maintenance/status` on that
+    /// endpoint only, no failover): Some(true|false), or None when it does not answer.
+    pub fn is_leader(&self, index: usize) -> Option<bool> {
+        let ep = self.inner.endpoints.get(index)?;
+        match self.attempt::<wire::StatusResponse>(
+            ep,
+            "/v3/maintenance/status",
+            &Value::Object(Default::default()),
+        ) {
+            Ok(r) => Some(r.leader != 0 && r.leader == r.header.member_id),
+            Err(_) => None,
+        }
+    }
+
     /// A lease of `ttl_s` seconds; returns its id.
     pub fn lease_grant(&self, ttl_s: i64) -> Result<i64, EtcdError> {
         let body = serde_json::json!({ "TTL": ttl_s.to_string(), "ID": "0" });

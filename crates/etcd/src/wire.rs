@@ -120,6 +120,34 @@ pub(crate) struct LeaseGrantResponse {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub(crate) struct StatusHeader {
+    #[serde(default, deserialize_with = "de_u64")]
+    pub member_id: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StatusResponse {
+    #[serde(default)]
+    pub header: StatusHeader,
+    #[serde(default, deserialize_with = "de_u64")]
+    pub leader: u64,
+}
+
+/// A uint64 sent as a string (member ids use the whole range).
+pub(crate) fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int {
+        S(String),
+        N(u64),
+    }
+    match Int::deserialize(d)? {
+        Int::N(n) => Ok(n),
+        Int::S(s) => s.parse().map_err(de::Error::custom),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct LeaseKeepAliveFrame {
     pub result: Option<LeaseGrantResponse>,
 }

@@ -13,7 +13,10 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use etcd::{Created, EtcdError, Kv};
-use host_local::range::{from_u128, to_u128, Range, RangeSet};
+use host_local::{
+    allocator::Requested,
+    range::{from_u128, to_u128, Range, RangeSet},
+};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
@@ -336,8 +339,10 @@ impl Allocator<'_> {
         set: &RangeSet,
         id: &str,
         ifname: &str,
-        requested: Option<IpAddr>,
+        requested: Option<&Requested>,
     ) -> Result<Option<Got>, Error> {
+        let requested_field = requested.map(|r| r.field.clone());
+        let requested = requested.map(|r| r.ip);
         // 0. ADD again for an attachment that holds an address answers that address.
         if let Some((ip, _)) = view.held_by(set, id, ifname) {
             if requested.is_none_or(|r| r == ip) {
@@ -350,6 +355,12 @@ impl Allocator<'_> {
         }
         // 1. A requested address, wherever it lies.
         if let Some(ip) = requested {
+            if !set.is_allocatable(ip) {
+                return Err(Error::Config {
+                    field: requested_field.unwrap_or_default(),
+                    problem: format!("{ip} is the gateway, network or broadcast address"),
+                });
+            }
             if let Some(g) = self.try_ip(view, set, ip, id, ifname)? {
                 return Ok(Some(g));
             }
@@ -436,7 +447,7 @@ impl Allocator<'_> {
         set: &RangeSet,
         id: &str,
         ifname: &str,
-        requested: Option<IpAddr>,
+        requested: Option<&Requested>,
     ) -> Result<Option<Got>, Error> {
         if let Some(g) = self.allocate(view, set, id, ifname, requested)? {
             return Ok(Some(g));

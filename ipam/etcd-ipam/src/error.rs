@@ -10,6 +10,10 @@ pub enum Error {
     #[error(transparent)]
     Etcd(#[from] etcd::EtcdError),
 
+    /// Code 7: a requested address cannot be handed out; names where it came from.
+    #[error("invalid config: {field}: {problem}")]
+    Config { field: String, problem: String },
+
     /// Code 104: every address of a range set is held, dead nodes' included.
     #[error("no IP addresses available in range set {index} ({ranges}) of network {network}")]
     Exhausted {
@@ -40,6 +44,7 @@ pub enum Error {
 impl From<Error> for CniError {
     fn from(e: Error) -> Self {
         let code = match &e {
+            Error::Config { field, problem } => return CniError::config(field, problem),
             Error::Etcd(_) => ErrorCode::TryAgainLater,
             Error::Exhausted { .. } => ErrorCode::AddressesExhausted,
             Error::Taken { .. } | Error::AlreadyHolds { .. } => ErrorCode::Conflict,

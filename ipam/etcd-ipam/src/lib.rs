@@ -102,7 +102,7 @@ pub fn add(
     let mut got: Vec<Got> = Vec::new();
     for (index, set) in cfg.ipam.range_sets.iter().enumerate() {
         let res = a
-            .allocate_or_reclaim(&mut view, set, id, ifname, requested[index].map(|r| r.ip))
+            .allocate_or_reclaim(&mut view, set, id, ifname, requested[index])
             .and_then(|g| {
                 g.ok_or_else(|| Error::Exhausted {
                     network: cfg.network.clone(),

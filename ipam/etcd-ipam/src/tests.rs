@@ -240,6 +240,11 @@ fn a_requested_address_is_honoured_or_refused_with_103() {
         add(&s, &c, "b", "c2", "eth0").unwrap_err().code(),
         ErrorCode::Conflict.as_u32()
     );
+    let gw = conf.to_string().replace("10.9.0.77", "10.9.0.1");
+    let req = Request::build(Command::Add, "c", Some("/x"), "eth0", gw.as_bytes()).unwrap();
+    let e = add(&s, &config::parse(&req).unwrap(), "a", "c3", "eth0").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidConfig.as_u32());
+    assert!(e.to_string().contains("args.cni.ips"), "{e}");
 }
 
 #[test]

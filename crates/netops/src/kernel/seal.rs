@@ -85,3 +85,24 @@ impl Netlink<'_> {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_rule_is_iif_unreachable_at_its_priority_in_both_families() {
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let m = seal_message("cnirs-int", fam);
+            assert_eq!(m.header.family, fam);
+            assert_eq!(m.header.action, RuleAction::Unreachable);
+            assert_eq!(m.header.table, 0);
+            assert!(m
+                .attributes
+                .contains(&RuleAttribute::Priority(SEAL_RULE_PRIORITY)));
+            assert!(m
+                .attributes
+                .contains(&RuleAttribute::Iifname("cnirs-int".into())));
+        }
+    }
+}

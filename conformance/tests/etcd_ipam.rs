@@ -1,0 +1,230 @@
+//! etcd-ipam against real etcd 3.4 members started by the test: through cnitool and the bridge
+//! plugin (pods get their addresses and reach each other), and as a bare binary from many
+//! simulated nodes at once (no duplicate address, one of three members killed mid-test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use std::{collections::HashSet, net::IpAddr, time::Duration};
+
+use conformance::{
+    can_ping, cni_path,
+    etcd::{EtcdCluster, MemberSpec},
+    plugin_bin, run_with, TestNet,
+};
+use serde_json::{json, Value};
+
+fn etcd_key_count(c: &etcd::Client, prefix: &str) -> usize {
+    c.range_prefix(prefix).unwrap().0.len()
+}
+
+#[test]
+#[ignore]
+fn bridge_pods_get_dual_stack_addresses_recorded_in_etcd_and_del_releases_them() {
+    let net = TestNet::new();
+    // One member inside the test's host netns, on its loopback (the plugins run there).
+    let host_ns = net.host().path().to_path_buf();
+    let cluster = EtcdCluster::start(vec![MemberSpec {
+        name: "m0".into(),
+        netns: Some(host_ns.clone()),
+        ip: IpAddr::from([127, 0, 0, 1]),
+        client_port: 2379,
+        peer_port: 2380,
+    }]);
+    let conf = json!({"cniVersion": "1.0.0", "name": "ov1", "plugins": [{
+        "type": "bridge", "bridge": "br-eipam", "isGateway": true,
+        "ipam": {"type": "etcd-ipam", "etcdEndpoints": cluster.endpoints(), "etcdPrefix": "/t1",
+                 "ranges": [[{"subnet": "10.213.4.0/24"}], [{"subnet": "fd00:213:4::/64"}]]}}]});
+    let tool = net.cnitool(&conf).env("CNIRS_NODE_NAME", "host-a");
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let ra = tool.add(&a).assert_ok().json().clone();
+    tool.add(&b).assert_ok();
+    let addr = |r: &Value, i: usize| r["ips"][i]["address"].as_str().unwrap().to_string();
+    let (a4, a6) = (addr(&ra, 0), addr(&ra, 1));
+    assert!(a4.starts_with("10.213.4.") && a4.ends_with("/24"), "{ra}");
+    assert!(a6.starts_with("fd00:213:4:") && a6.ends_with("/64"), "{ra}");
+    let ip_a = a4.split('/').next().unwrap().to_string();
+    assert!(can_ping(&b, &ip_a), "b reaches a at {ip_a}");
+    tool.check(&a).assert_ok();
+
+    // The records, read from inside the host netns with the crate's own client.
+    let eps = cluster.endpoints();
+    let read = |key: String| {
+        let eps = eps.clone();
+        conformance::in_netns(&host_ns, move || {
+            let c = etcd::Client::new(&eps).unwrap();
+            (
+                c.get(&key).unwrap().map(|kv| kv.value),
+                etcd_key_count(&c, "/t1/ipam/ov1/ips/"),
+            )
+        })
+        .unwrap()
+    };
+    let (rec, count) = read(format!("/t1/ipam/ov1/ips/{ip_a}"));
+    let rec: Value = serde_json::from_slice(&rec.expect("ips key of pod a")).unwrap();
+    assert_eq!(rec["node"], "host-a");
+    assert_eq!(rec["ifname"], "eth0");
+    assert_eq!(count, 4, "two pods, two families");
+
+    tool.del(&a).assert_ok();
+    tool.del(&a).assert_ok();
+    let (rec, count) = read(format!("/t1/ipam/ov1/ips/{ip_a}"));
+    assert!(rec.is_none(), "DEL released a's address");
+    assert_eq!(count, 2);
+    tool.del(&b).assert_ok();
+    drop(cluster);
+}
+
+/// Runs the release binary as a runtime would, for `node`.
+fn call(cmd: &str, conf: &Value, node: &str, id: &str) -> conformance::CmdOutput {
+    let mut c = std::process::Command::new(plugin_bin("etcd-ipam"));
+    c.env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", "/var/run/netns/etcd-ipam-test-unused")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path())
+        .env("CNIRS_NODE_NAME", node);
+    run_with(&mut c, conf.to_string().as_bytes(), Duration::from_secs(60))
+}
+
+fn parallel_adds(conf: &Value, batch: &str, n: usize, nodes: usize) -> Vec<IpAddr> {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let conf = conf.clone();
+            let id = format!("{batch}-{i}");
+            std::thread::spawn(move || {
+                let out = call("ADD", &conf, &format!("node{}", i % nodes), &id);
+                out.assert_ok();
+                out.json()["ips"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|ip| {
+                        let a = ip["address"].as_str().unwrap();
+                        a.split('/').next().unwrap().parse::<IpAddr>().unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+#[test]
+#[ignore]
+fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_killed_mid_test() {
+    let cluster = EtcdCluster::local(3);
+    let conf = json!({"cniVersion": "1.1.0", "name": "par", "type": "etcd-ipam",
+        "ipam": {"type": "etcd-ipam", "etcdEndpoints": cluster.endpoints(), "etcdPrefix": "/t2",
+                 "ranges": [[{"subnet": "10.213.8.0/24"}], [{"subnet": "fd00:213:8::/64"}]]}});
+    let first = parallel_adds(&conf, "a", 16, 4);
+    assert_eq!(first.len(), 32);
+    assert_eq!(first.iter().collect::<HashSet<_>>().len(), 32, "{first:?}");
+
+    // Kill the first endpoint (every plugin starts there) while the next 16 ADDs run.
+    let (conf2, killer) = (conf.clone(), {
+        let pid = cluster.pid(0).unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: kill(2) on the PID of the etcd member this test started and holds.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        })
+    });
+    let second = parallel_adds(&conf2, "b", 16, 4);
+    killer.join().unwrap();
+    cluster.kill(0); // reap it
+    let all: HashSet<IpAddr> = first.iter().chain(&second).copied().collect();
+    assert_eq!(all.len(), 64, "no duplicate across 32 ADDs x 2 families");
+
+    // Each node allocated inside blocks it claimed: 4 nodes x 2 families, no more.
+    let c = etcd::Client::new(&cluster.endpoints()[1..]).unwrap();
+    let blocks = c.range_prefix("/t2/ipam/par/blocks/").unwrap().0;
+    assert_eq!(
+        blocks.len(),
+        8,
+        "{:?}",
+        blocks.iter().map(|b| b.key_str()).collect::<Vec<_>>()
+    );
+    assert_eq!(etcd_key_count(&c, "/t2/ipam/par/ips/"), 64);
+
+    // ADD again answers the same address; DEL (twice) releases; GC on node0 with nothing
+    // valid releases node0's and nobody else's.
+    let again = call("ADD", &conf, "node1", "a-1");
+    again.assert_ok();
+    let a1: IpAddr = again.json()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(first.contains(&a1));
+    call("DEL", &conf, "node1", "a-1").assert_ok();
+    call("DEL", &conf, "node1", "a-1").assert_ok();
+    assert_eq!(etcd_key_count(&c, "/t2/ipam/par/ips/"), 62);
+    let mut gc_conf = conf.clone();
+    gc_conf["cni.dev/valid-attachments"] = json!([]);
+    let mut gc = std::process::Command::new(plugin_bin("etcd-ipam"));
+    gc.env_clear()
+        .env("CNI_COMMAND", "GC")
+        .env("CNI_PATH", cni_path())
+        .env("CNIRS_NODE_NAME", "node0");
+    run_with(
+        &mut gc,
+        gc_conf.to_string().as_bytes(),
+        Duration::from_secs(60),
+    )
+    .assert_ok();
+    // node0 had 8 of the 32 attachments (2 addresses each).
+    assert_eq!(etcd_key_count(&c, "/t2/ipam/par/ips/"), 62 - 16);
+    let mut st = std::process::Command::new(plugin_bin("etcd-ipam"));
+    st.env_clear()
+        .env("CNI_COMMAND", "STATUS")
+        .env("CNI_PATH", cni_path());
+    run_with(
+        &mut st,
+        conf.to_string().as_bytes(),
+        Duration::from_secs(60),
+    )
+    .assert_ok();
+}
+
+#[test]
+#[ignore]
+fn a_full_range_takes_back_what_a_node_held_once_its_leased_host_key_is_gone() {
+    let cluster = EtcdCluster::local(1);
+    let c = cluster.client();
+    // A /29: 5 addresses. Node "gone" takes them all while its agent's key is alive.
+    let conf = json!({"cniVersion": "1.1.0", "name": "dead", "type": "etcd-ipam",
+        "ipam": {"type": "etcd-ipam", "etcdEndpoints": cluster.endpoints(), "etcdPrefix": "/t3",
+                 "ranges": [[{"subnet": "10.213.9.0/29"}]]}});
+    let lease = c.lease_grant(60).unwrap();
+    c.put("/t3/hosts/gone", r#"{"vtep":"10.240.0.9"}"#, Some(lease))
+        .unwrap();
+    c.put("/t3/hosts/alive", r#"{"vtep":"10.240.0.1"}"#, None)
+        .unwrap();
+    for i in 0..5 {
+        call("ADD", &conf, "gone", &format!("g{i}")).assert_ok();
+    }
+    let full = call("ADD", &conf, "alive", "a0");
+    assert_eq!(full.cni_error_code(), Some(104), "{full}");
+    // The host dies: its lease ends (revoked here rather than waited for).
+    c.lease_revoke(lease).unwrap();
+    assert!(c.get("/t3/hosts/gone").unwrap().is_none());
+    let out = call("ADD", &conf, "alive", "a0");
+    out.assert_ok();
+    let ips = c.range_prefix("/t3/ipam/dead/ips/").unwrap().0;
+    assert_eq!(ips.len(), 1, "the dead node's 5 addresses went, ours came");
+    let rec: Value = serde_json::from_slice(&ips[0].value).unwrap();
+    assert_eq!(rec["node"], "alive");
+    assert!(
+        c.range_prefix("/t3/ipam/dead/blocks/")
+            .unwrap()
+            .0
+            .is_empty(),
+        "its block went too"
+    );
+}
