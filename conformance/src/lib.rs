@@ -33,6 +33,7 @@ pub mod exec;
 pub mod mountns;
 pub mod netns;
 pub mod nft;
+pub mod overlay;
 pub mod state;
 pub mod traffic;
 

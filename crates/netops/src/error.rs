@@ -104,6 +104,32 @@ pub enum NetopsError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("link {name} in {netns} is not the expected VXLAN device: want {want}, found {have}")]
+    VxlanMismatch {
+        name: String,
+        netns: String,
+        want: String,
+        have: String,
+    },
+    #[cfg(feature = "netlink")]
+    #[error("{op} fdb entry {mac} dst {dst} on {dev} in {netns}: {source}")]
+    Fdb {
+        op: &'static str,
+        mac: String,
+        dst: std::net::IpAddr,
+        dev: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[cfg(feature = "netlink")]
+    #[error("{op} neighbour {ip} on {dev} in {netns}: {source}")]
+    Neighbour {
+        op: &'static str,
+        ip: std::net::IpAddr,
+        dev: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
     #[error("invalid route {dst}: {reason}")]
     InvalidRoute { dst: String, reason: String },
     #[error("{what}: needs a pod handle from Kernel::pod")]
@@ -145,11 +171,14 @@ impl NetopsError {
             | Self::Address { source, .. }
             | Self::Route { source, .. }
             | Self::Rule { source, .. }
-            | Self::Dump { source, .. } => netlink_errno(source),
+            | Self::Dump { source, .. }
+            | Self::Fdb { source, .. }
+            | Self::Neighbour { source, .. } => netlink_errno(source),
             Self::NotANetns { .. }
             | Self::InvalidIfName(_)
             | Self::InvalidSysctlKey { .. }
             | Self::NotABridge { .. }
+            | Self::VxlanMismatch { .. }
             | Self::InvalidRoute { .. }
             | Self::NeedsPodHandle { .. }
             | Self::Unsupported { .. } => None,
@@ -205,6 +234,7 @@ impl NetopsError {
             | NetopsError::InvalidIfName(_) => C::InvalidEnvironment,
             NetopsError::InvalidSysctlKey { .. }
             | NetopsError::NotABridge { .. }
+            | NetopsError::VxlanMismatch { .. }
             | NetopsError::InvalidRoute { .. }
             | NetopsError::Unsupported { .. } => C::InvalidConfig,
             NetopsError::HostVethExists { .. } | NetopsError::PeerExists { .. } => C::Conflict,

@@ -46,11 +46,11 @@ pub struct Kernel {
 /// A netlink connection bound to one netns, usable synchronously.
 /// Obtained from [`Kernel::host`] or [`Kernel::pod`].
 pub struct Netlink<'k> {
-    rt: &'k Runtime,
-    handle: Handle,
+    pub(crate) rt: &'k Runtime,
+    pub(crate) handle: Handle,
     /// The pod netns this socket is bound to (`None` = host).
     ns: Option<NetNs>,
-    label: String,
+    pub(crate) label: String,
 }
 
 fn connect(netns: &str) -> Result<Handle, NetopsError> {
@@ -104,7 +104,7 @@ impl Kernel {
     }
 }
 
-fn link_from_msg(m: LinkMessage) -> Link {
+pub(crate) fn link_from_msg(m: LinkMessage) -> Link {
     let mut l = Link {
         index: m.header.index,
         admin_up: m.header.flags.contains(LinkFlags::Up),
@@ -145,11 +145,11 @@ fn link_from_msg(m: LinkMessage) -> Link {
     l
 }
 
-fn is_nl_not_found(e: &rtnetlink::Error) -> bool {
+pub(crate) fn is_nl_not_found(e: &rtnetlink::Error) -> bool {
     netlink_errno(e).is_some_and(errno::is_not_found)
 }
 
-fn is_nl_exists(e: &rtnetlink::Error) -> bool {
+pub(crate) fn is_nl_exists(e: &rtnetlink::Error) -> bool {
     netlink_errno(e).is_some_and(errno::is_exists)
 }
 
@@ -198,7 +198,12 @@ impl Netlink<'_> {
         self.ns.as_ref()
     }
 
-    fn link_err(&self, op: &'static str, name: &str, source: rtnetlink::Error) -> NetopsError {
+    pub(crate) fn link_err(
+        &self,
+        op: &'static str,
+        name: &str,
+        source: rtnetlink::Error,
+    ) -> NetopsError {
         NetopsError::Link {
             op,
             name: name.to_string(),
@@ -244,7 +249,12 @@ impl Netlink<'_> {
         })
     }
 
-    fn set_link(&self, op: &'static str, name: &str, msg: LinkMessage) -> Result<(), NetopsError> {
+    pub(crate) fn set_link(
+        &self,
+        op: &'static str,
+        name: &str,
+        msg: LinkMessage,
+    ) -> Result<(), NetopsError> {
         let req = self.handle.link().set(msg).execute();
         self.rt
             .block_on(req)

@@ -21,6 +21,9 @@
 //!   [`set_bridge_port`](Netlink::set_bridge_port), addresses, routes, link
 //!   reads, idempotent [`delete_link`](Netlink::delete_link). Each documents
 //!   the `ip` command it matches.
+//! - VXLAN: [`ensure_vxlan`](Netlink::ensure_vxlan), FDB entries
+//!   ([`fdb_add`](Netlink::fdb_add), [`fdb_del`](Netlink::fdb_del),
+//!   [`fdb_entries`](Netlink::fdb_entries)), permanent neighbours.
 //! - [`sysctl`]: validated `net.*` keys, read/write in the current or a given netns.
 //! - [`ops`]: kernel work as values ([`Op`], printed as `ip` commands), [`apply`] with an
 //!   undo of every completed step, [`KernelExec`] over netlink and the [`Recorder`] fake.
@@ -56,6 +59,8 @@ mod netns;
 pub mod ops;
 pub mod sysctl;
 mod types;
+#[cfg(feature = "netlink")]
+mod vxlan;
 
 #[cfg(feature = "netlink")]
 pub use error::netlink_errno;
@@ -72,6 +77,8 @@ pub use types::{
     BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, RouteInfo,
     RouteSpec, VethPair, VethSpec,
 };
+#[cfg(feature = "netlink")]
+pub use vxlan::{FdbEntry, VxlanInfo, VxlanSpec, FLOOD_MAC, VXLAN_PORT};
 
 pub use netbase::{IfName, InvalidIfName, IFNAMSIZ_MAX};
 

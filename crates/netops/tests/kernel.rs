@@ -680,3 +680,98 @@ fn concurrent_ensure_bridge_agrees_on_one_bridge() {
     assert!(results.iter().all(|b| b.link.admin_up));
     assert!(h.link_json("brrace").is_some());
 }
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn vxlan_is_created_on_a_bridge_with_flood_and_pod_fdb_entries_and_neighbours() {
+    need_root!();
+    let h = TestNs::new("h");
+    h.ip_ok(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"]);
+    h.ip_ok(&["link", "set", "ul0p", "up"]);
+    h.ip_ok(&["addr", "add", "10.240.9.1/24", "dev", "ul0"]);
+    h.ip_ok(&["link", "set", "ul0", "up"]);
+    h.ip_ok(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.240.9.254",
+        "dev",
+        "ul0",
+    ]);
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let ul = host.default_route_link().unwrap().unwrap();
+        assert_eq!(ul.name, "ul0");
+        let local = host.first_ipv4(&ul).unwrap().unwrap();
+        assert_eq!(local.to_string(), "10.240.9.1");
+        let spec = netops::VxlanSpec {
+            name: "vx42".into(),
+            vni: 42,
+            local,
+            underlay: Some(ul.index),
+            port: netops::VXLAN_PORT,
+            learning: false,
+            mtu: Some(1450),
+        };
+        let vx = host.ensure_vxlan(&spec).unwrap();
+        assert!(vx.created);
+        assert_eq!(vx.vni, Some(42));
+        let again = host.ensure_vxlan(&spec).unwrap();
+        assert!(!again.created);
+        // Same name, other VNI: not ours.
+        let e = host
+            .ensure_vxlan(&netops::VxlanSpec {
+                vni: 43,
+                ..spec.clone()
+            })
+            .unwrap_err();
+        assert!(matches!(e, NetopsError::VxlanMismatch { .. }), "{e}");
+        let br = host.ensure_bridge("br42", Some(1450), false).unwrap().link;
+        host.attach_to_bridge(&vx.link, &br).unwrap();
+        let flood = |d: &str| netops::FdbEntry {
+            mac: netops::FLOOD_MAC.0,
+            dst: d.parse().unwrap(),
+        };
+        let pod = netops::FdbEntry {
+            mac: [0x0a, 0x58, 0, 0, 0, 7],
+            dst: "10.240.9.2".parse().unwrap(),
+        };
+        for e in [flood("10.240.9.2"), flood("10.240.9.3"), pod] {
+            host.fdb_add(&vx.link, &e).unwrap();
+            host.fdb_add(&vx.link, &e).unwrap(); // idempotent
+        }
+        let mut have = host.fdb_entries(&vx.link).unwrap();
+        have.sort();
+        let mut want = vec![flood("10.240.9.2"), flood("10.240.9.3"), pod];
+        want.sort();
+        assert_eq!(have, want);
+        assert!(host.fdb_del(&vx.link, &flood("10.240.9.2")).unwrap());
+        // Deleting it again is not an error (the kernel may or may not say ENOENT).
+        host.fdb_del(&vx.link, &flood("10.240.9.2")).unwrap();
+        assert_eq!(host.fdb_entries(&vx.link).unwrap().len(), 2);
+        let ip = "10.99.0.7".parse().unwrap();
+        host.neigh_replace(&br, ip, MacAddr(pod.mac)).unwrap();
+        host.neigh_replace(&br, ip, MacAddr(pod.mac)).unwrap();
+        assert!(host.neigh_del(&br, ip).unwrap());
+        assert!(!host.neigh_del(&br, ip).unwrap());
+        assert_eq!(host.vxlans().unwrap().len(), 1);
+    });
+    let j = h.link_json("vx42").unwrap();
+    let d = &j["linkinfo"]["info_data"];
+    assert_eq!(d["id"], 42);
+    assert_eq!(d["port"], 4789);
+    assert_eq!(d["learning"], false);
+    assert_eq!(d["local"], "10.240.9.1");
+    assert_eq!(j["master"], "br42");
+    assert_eq!(j["mtu"], 1450);
+    let o = Command::new("bridge")
+        .args(["-n", &h.name, "fdb", "show", "dev", "vx42"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("00:00:00:00:00:00 dst 10.240.9.3"), "{text}");
+    assert!(text.contains("0a:58:00:00:00:07 dst 10.240.9.2"), "{text}");
+    assert!(!text.contains("00:00:00:00:00:00 dst 10.240.9.2"), "{text}");
+}

@@ -36,12 +36,14 @@ add chain inet cnirs prerouting { type nat hook prerouting priority dstnat; poli
 add chain inet cnirs output { type nat hook output priority -100; policy accept; }
 add chain inet cnirs postrouting { type nat hook postrouting priority srcnat; policy accept; }
 add chain inet cnirs raw_pre { type filter hook prerouting priority raw; policy accept; }
+add chain inet cnirs input { type filter hook input priority filter; policy accept; }
 flush chain inet cnirs portmap
 flush chain inet cnirs forward
 flush chain inet cnirs prerouting
 flush chain inet cnirs output
 flush chain inet cnirs postrouting
 flush chain inet cnirs raw_pre
+flush chain inet cnirs input
 add rule inet cnirs forward iifname . oifname @same_br accept
 add rule inet cnirs forward ct state established,related accept
 add rule inet cnirs forward oifname @internal_br drop
@@ -60,6 +62,7 @@ add rule inet cnirs postrouting ct status dnat ip saddr 127.0.0.0/8 oifname @man
 add rule inet cnirs postrouting ip saddr @masq4 ip daddr != 224.0.0.0/4 oifname != @managed_br masquerade
 add rule inet cnirs postrouting ip6 saddr @masq6 ip6 daddr != ff00::/8 oifname != @managed_br masquerade
 add rule inet cnirs raw_pre iifname != "lo" ip daddr 127.0.0.0/8 fib daddr type local drop
+add rule inet cnirs input iifname @internal_br fib daddr . iif type != { local, broadcast, multicast } drop
 add table bridge cnirs
 add set bridge cnirs spoof_ports { type ifname; }
 add set bridge cnirs spoof_ok { type ifname . ether_addr; }
@@ -70,7 +73,7 @@ add rule bridge cnirs prerouting iifname @spoof_ports iifname . ether saddr != @
 
 /// Number of rules the skeleton installs in `inet cnirs` (tests count them after concurrent
 /// loads); `bridge cnirs` holds one more, the MAC spoof check.
-pub const SKELETON_RULES: usize = 18;
+pub const SKELETON_RULES: usize = 19;
 
 /// The bridge-family table: frames from a pod port whose source MAC is not the pod's are
 /// dropped (`macspoofchk`), one `spoof_ports` and one `spoof_ok` element per pod.

@@ -19,7 +19,8 @@
 //! iif == oif), established accept, internal drops, `ct status dnat` to our bridges accept,
 //! isolated-to-isolated drop. prerouting/output: `fib daddr type local jump portmap` (DNAT
 //! through the maps). postrouting: hairpin and 127.0.0.1 masquerade, masquerade of masq subnets
-//! leaving our bridges. raw_pre: Docker's "drop remote loopback" guard.
+//! leaving our bridges. raw_pre: Docker's "drop remote loopback" guard. input: a pod on an internal
+//! bridge reaches the host only at the bridge's own addresses, never at its other interfaces'.
 //!
 //! # Text batches, not the `nftables` crate
 //!

@@ -89,6 +89,7 @@ fn skeleton_flushes_each_chain_after_declaring_it_and_counts_its_rules() {
         "output",
         "postrouting",
         "raw_pre",
+        "input",
     ] {
         let decl = lines
             .iter()

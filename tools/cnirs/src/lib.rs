@@ -137,6 +137,27 @@ Run in the foreground in the current network namespace; restore table inet cnirs
 plugins' state within milliseconds whenever a flush, a table delete or a ruleset reload
 removes it. Logs each repair on stderr. Exits 0 on SIGTERM or SIGINT.")]
     Watch,
+    /// Run the overlay's node agent (foreground; SIGTERM stops it)
+    #[command(long_about = "\
+Run the overlay's node agent in the foreground, in the host's network namespace: register
+this host (the IPv4 address of --underlay is its VTEP) under <prefix>/hosts/<node> on a lease,
+and keep the remote FDB entries of every overlay network on this host equal to what etcd's
+<prefix>/hosts/ and <prefix>/pods/ say. Survives the loss of an etcd member (lists and
+watches again). SIGTERM/SIGINT revoke the lease and exit 0. Same as `cnirs-agent`.")]
+    Agent {
+        /// etcd endpoints, http://host:port, comma-separated
+        #[arg(long, required = true, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
+        /// The interface whose IPv4 address is this host's VTEP
+        #[arg(long)]
+        underlay: String,
+        /// Default: $CNIRS_NODE_NAME, else the hostname
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Default /cnirs (the conflists' etcdPrefix)
+        #[arg(long)]
+        etcd_prefix: Option<String>,
+    },
     /// Print a shell completion script
     #[command(long_about = "\
 Print a completion script for SHELL on stdout, e.g.
@@ -156,6 +177,7 @@ impl Cmd {
             Cmd::Inspect { .. } => "inspect",
             Cmd::Reconcile { .. } => "reconcile",
             Cmd::Watch => "watch",
+            Cmd::Agent { .. } => "agent",
             Cmd::Completion { .. } => "completion",
         }
     }
@@ -192,6 +214,26 @@ pub fn main(args: &[String]) -> ExitCode {
             reconcile::run(&args)
         }
         Cmd::Watch => watch::run(&[]),
+        Cmd::Agent {
+            etcd_endpoints,
+            underlay,
+            node_name,
+            etcd_prefix,
+        } => {
+            let mut a = vec![
+                "--etcd-endpoints".to_owned(),
+                etcd_endpoints.join(","),
+                "--underlay".to_owned(),
+                underlay,
+            ];
+            if let Some(n) = node_name {
+                a.extend(["--node-name".to_owned(), n]);
+            }
+            if let Some(p) = etcd_prefix {
+                a.extend(["--etcd-prefix".to_owned(), p]);
+            }
+            agent::cli(&a)
+        }
         Cmd::Completion { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "cnirs", &mut buf);
@@ -219,6 +261,28 @@ mod tests {
     #[test]
     fn parses_each_subcommand() {
         let p = |v: &[&str]| Cli::try_parse_from(v.iter().copied()).map(|c| c.cmd);
+        match p(&[
+            "cnirs",
+            "agent",
+            "--etcd-endpoints",
+            "http://10.240.0.1:2379,http://10.240.0.2:2379",
+            "--underlay",
+            "ul0",
+        ])
+        .unwrap()
+        {
+            Cmd::Agent {
+                etcd_endpoints,
+                underlay,
+                node_name: None,
+                etcd_prefix: None,
+            } => {
+                assert_eq!(etcd_endpoints.len(), 2);
+                assert_eq!(underlay, "ul0");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(p(&["cnirs", "agent", "--underlay", "ul0"]).is_err());
         assert!(matches!(
             p(&["cnirs", "ls", "--json"]).unwrap(),
             Cmd::Ls { json: true }

@@ -1,0 +1,308 @@
+//! A simulated cluster for the overlay: an underlay netns with a bridge (the "switch", also the
+//! hosts' router at 10.240.0.254 with a "far" address 198.51.100.1 on its lo), N host netns on it
+//! (`ul0` = 10.240.0.N/24, default route via the switch), an etcd member in each host netns on its
+//! underlay address, the node agent (`cnirs-agent`) in each, and pods behind each host.
+//!
+//! Every address lives only inside namespaces made here; every process is stopped by PID and
+//! every netns and dir deleted on Drop.
+//!
+//! ```no_run
+//! use conformance::overlay::OverlayCluster;
+//! let c = OverlayCluster::start(3);
+//! let conf = c.conflist("ov", 42, "10.250.0.0/16", serde_json::json!({"isGateway": true}));
+//! let (pa, pb) = (c.host(0).pod("a"), c.host(1).pod("b"));
+//! let ra = c.tool(0, &conf).add(&pa).assert_ok().json().clone();
+//! c.tool(1, &conf).add(&pb).assert_ok();
+//! assert!(conformance::can_ping_eventually(&pb, &conformance::first_ip(&ra), 20));
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::cni::{cni_path, Cnitool};
+use crate::etcd::{EtcdCluster, MemberSpec};
+use crate::netns::TestNet;
+
+/// The underlay interface in every host netns (the same name everywhere, so one conflist and
+/// one agent command line fit every host).
+pub const UNDERLAY_IF: &str = "ul0";
+/// The switch's own address: the hosts' default gateway.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 240, 0, 254);
+/// A "server on the internet" behind the router (on the underlay netns's lo).
+pub const FAR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// The underlay address of host `i` (0-based): 10.240.0.(i+1).
+pub fn host_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 240, 0, (i + 1) as u8)
+}
+
+/// The node name of host `i`.
+pub fn node_name(i: usize) -> String {
+    format!("h{}", i + 1)
+}
+
+pub struct OverlayCluster {
+    agents: Mutex<Vec<Option<Child>>>,
+    etcd: EtcdCluster,
+    hosts: Vec<TestNet>,
+    underlay: TestNet,
+    logs: PathBuf,
+}
+
+impl OverlayCluster {
+    /// `n` hosts on one underlay, an etcd member and an agent on each; returns when every
+    /// agent has registered its host.
+    #[track_caller]
+    pub fn start(n: usize) -> Self {
+        let underlay = TestNet::new();
+        let sw = underlay.host().clone();
+        sw.ip(&["link", "add", "ulbr", "type", "bridge"]);
+        sw.ip(&["link", "set", "ulbr", "up"]);
+        sw.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "ulbr"]);
+        sw.ip(&["addr", "add", &format!("{FAR}/32"), "dev", "lo"]);
+        let mut hosts = Vec::new();
+        for i in 0..n {
+            let h = TestNet::new();
+            let port = format!("ulh{}", i + 1);
+            sw.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                UNDERLAY_IF,
+                "netns",
+                h.host().name(),
+            ]);
+            sw.ip(&["link", "set", &port, "master", "ulbr", "up"]);
+            h.host().ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", host_addr(i)),
+                "dev",
+                UNDERLAY_IF,
+            ]);
+            h.host().ip(&["link", "set", UNDERLAY_IF, "up"]);
+            h.host()
+                .ip(&["route", "add", "default", "via", &ROUTER.to_string()]);
+            hosts.push(h);
+        }
+        let specs = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| MemberSpec::in_netns(&node_name(i), h.host().path(), host_addr(i).into()))
+            .collect();
+        let etcd = EtcdCluster::start(specs);
+        let logs = underlay.tmp().join("agents");
+        if let Err(e) = std::fs::create_dir_all(&logs) {
+            panic!("mkdir {}: {e}", logs.display());
+        }
+        let c = Self {
+            agents: Mutex::new((0..n).map(|_| None).collect()),
+            etcd,
+            hosts,
+            underlay,
+            logs,
+        };
+        for i in 0..n {
+            c.start_agent(i);
+        }
+        c.wait_hosts_registered(n);
+        c
+    }
+
+    /// Host `i`'s TestNet: its `host()` netns is the simulated host; `pod(..)` makes pods there.
+    pub fn host(&self, i: usize) -> &TestNet {
+        &self.hosts[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// The underlay (switch + router + far) netns.
+    pub fn underlay(&self) -> &TestNet {
+        &self.underlay
+    }
+
+    pub fn etcd(&self) -> &EtcdCluster {
+        &self.etcd
+    }
+
+    /// `http://10.240.0.N:2379` of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.etcd.endpoints()
+    }
+
+    /// An overlay conflist (the same for every host): `overlay` with etcd-ipam over `subnet`
+    /// (gateway .1), `extra` merged into the overlay plugin's config.
+    pub fn conflist(&self, name: &str, vni: u32, subnet: &str, extra: Value) -> Value {
+        let mut plugin = json!({
+            "type": "overlay",
+            "vni": vni,
+            "underlay": UNDERLAY_IF,
+            "ipam": {
+                "type": "etcd-ipam",
+                "etcdEndpoints": self.endpoints(),
+                "ranges": [[{"subnet": subnet}]],
+            },
+        });
+        if let (Some(p), Some(e)) = (plugin.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                p.insert(k.clone(), v.clone());
+            }
+        }
+        json!({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]})
+    }
+
+    /// cnitool on host `i` with `CNIRS_NODE_NAME` = `h<i+1>`.
+    pub fn tool(&self, i: usize, conflist: &Value) -> Cnitool<'_> {
+        self.hosts[i]
+            .cnitool(conflist)
+            .env("CNIRS_NODE_NAME", &node_name(i))
+    }
+
+    /// Start (or restart) the agent of host `i`, logging to the cluster's temp dir.
+    #[track_caller]
+    pub fn start_agent(&self, i: usize) {
+        let bin = cni_path().join("cnirs-agent");
+        assert!(
+            bin.is_file(),
+            "{} missing: cargo build --release -p agent",
+            bin.display()
+        );
+        let log = self.logs.join(format!("{}.log", node_name(i)));
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
+            Ok(f) => f,
+            Err(e) => panic!("open {}: {e}", log.display()),
+        };
+        let mut cmd = self.hosts[i].host().command(&bin.display().to_string());
+        cmd.args([
+            "--etcd-endpoints",
+            &self.endpoints().join(","),
+            "--underlay",
+            UNDERLAY_IF,
+            "--node-name",
+            &node_name(i),
+        ])
+        .env("CNIRS_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("spawn {}: {e}", bin.display()),
+        };
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut old) = agents[i].replace(child) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    /// SIGTERM the agent of host `i` and wait for it; returns its exit code.
+    pub fn stop_agent(&self, i: usize) -> Option<i32> {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut child = agents[i].take()?;
+        // SAFETY: kill(2) on the PID of a child we own and have not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The agent log of host `i`.
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{}.log", node_name(i)))).unwrap_or_default()
+    }
+
+    /// Keys under `/cnirs/<sub>` (e.g. `hosts/`), read with etcdctl inside host `from`.
+    pub fn keys(&self, from: usize, sub: &str) -> Vec<String> {
+        let out = self.hosts[from].host().exec(
+            "etcdctl",
+            &[
+                "--endpoints",
+                &self.endpoints().join(","),
+                "get",
+                "--prefix",
+                "--keys-only",
+                &format!("/cnirs/{sub}"),
+            ],
+        );
+        out.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[track_caller]
+    fn wait_hosts_registered(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let have = self.keys(0, "hosts/").len();
+            if have >= n {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = (0..n).map(|i| self.agent_log(i)).collect();
+                panic!("only {have} of {n} hosts registered; agent logs:\n{logs:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The remote FDB entries of `dev` on host `i`, as `bridge fdb show` prints them.
+    pub fn fdb(&self, i: usize, dev: &str) -> Vec<String> {
+        let out = crate::exec::run(crate::exec::command("bridge").args([
+            "-n",
+            self.hosts[i].host().name(),
+            "fdb",
+            "show",
+            "dev",
+            dev,
+        ]));
+        out.stdout
+            .lines()
+            .filter(|l| l.contains(" dst "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for OverlayCluster {
+    fn drop(&mut self) {
+        let agents = std::mem::take(&mut *self.agents.lock().unwrap_or_else(|p| p.into_inner()));
+        for mut c in agents.into_iter().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Fields then drop in order: etcd members (by PID), host netns, the underlay.
+    }
+}
