@@ -176,10 +176,12 @@ impl OverlayCluster {
     /// Start (or restart) the agent of host `i`, logging to the cluster's temp dir.
     #[track_caller]
     pub fn start_agent(&self, i: usize) {
-        let bin = cni_path().join("cnirs-agent");
+        // `cnirs agent`: the node agent plus the nftables watcher (`cnirs-agent` is the agent
+        // alone).
+        let bin = cni_path().join("cnirs");
         assert!(
             bin.is_file(),
-            "{} missing: cargo build --release -p agent",
+            "{} missing: cargo build --release -p cnirs",
             bin.display()
         );
         let log = self.logs.join(format!("{}.log", node_name(i)));
@@ -193,6 +195,7 @@ impl OverlayCluster {
         };
         let mut cmd = self.hosts[i].host().command(&bin.display().to_string());
         cmd.args([
+            "agent",
             "--etcd-endpoints",
             &self.endpoints().join(","),
             "--underlay",

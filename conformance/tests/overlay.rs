@@ -302,6 +302,23 @@ fn internal_overlay_is_sealed_across_hosts() {
     }
     assert!(!can_connect_tcp(&i1, &FAR.to_string(), srv.port()));
     assert!(srv.peers().is_empty(), "{:?}", srv.peers());
+    // A firewall reload on host 1: `cnirs agent` (its watcher) puts the table back, and the
+    // pods stay sealed throughout.
+    c.host(0).host().exec_ok("nft", &["flush", "ruleset"]);
+    assert!(
+        eventually(50, || c
+            .host(0)
+            .host()
+            .exec("nft", &["list", "table", "inet", "cnirs"])
+            .success()),
+        "the agent restores table inet cnirs after a flush:\n{}",
+        c.agent_log(0)
+    );
+    assert!(
+        !can_ping(&i1, &host_addr(1).to_string()),
+        "sealed after the flush"
+    );
+    assert!(!can_connect_tcp(&i1, &FAR.to_string(), srv.port()));
     // Control: the external overlay's pod does reach the far server.
     assert!(
         can_ping_eventually(&e1, &FAR.to_string(), 20),

@@ -232,6 +232,17 @@ pub fn main(args: &[String]) -> ExitCode {
             if let Some(p) = etcd_prefix {
                 a.extend(["--etcd-prefix".to_owned(), p]);
             }
+            // The agent also does what `cnirs watch` does: a flush or reload of nftables on
+            // this host is repaired while the agent runs. The watcher blocks SIGTERM only in
+            // its own thread, so the agent's handler still gets it; the process ends with the
+            // agent.
+            if let Err(e) = std::thread::Builder::new()
+                .name("watch".into())
+                .spawn(|| watch::run(&[]))
+            {
+                log::error!("starting the nftables watcher: {e}");
+                return ExitCode::from(1);
+            }
             agent::cli(&a)
         }
         Cmd::Completion { shell } => {
