@@ -204,6 +204,8 @@ impl OverlayCluster {
             &node_name(i),
         ])
         .env("CNIRS_LOG", "info")
+        // The plugins' state of this host (its watcher restores the table from it).
+        .env("CNIRS_RUN_DIR", self.hosts[i].run_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(file);

@@ -238,7 +238,7 @@ pub fn main(args: &[String]) -> ExitCode {
             // agent.
             if let Err(e) = std::thread::Builder::new()
                 .name("watch".into())
-                .spawn(|| watch::run(&[]))
+                .spawn(watch::run_beside_agent)
             {
                 log::error!("starting the nftables watcher: {e}");
                 return ExitCode::from(1);

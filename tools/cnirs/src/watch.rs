@@ -106,12 +106,20 @@ pub fn run(args: &[String]) -> ExitCode {
         log::error!("unknown argument {a:?}\n{USAGE}");
         return ExitCode::from(2);
     }
-    match watch() {
+    match watch(true) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The watcher inside `cnirs agent`: the same loop, but it leaves SIGTERM/SIGINT to the agent
+/// (a signalfd here would race the agent's handler for them); it ends with the process.
+pub fn run_beside_agent() {
+    if let Err(e) = watch(false) {
+        log::error!("nftables watcher: {e}");
     }
 }
 
@@ -123,14 +131,21 @@ enum WatchError {
     Nft(#[from] NftError),
 }
 
-fn watch() -> Result<(), WatchError> {
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGINT);
-    mask.thread_block()
-        .map_err(|e| WatchError::Setup("block SIGTERM/SIGINT", e.into()))?;
-    let sigs = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| WatchError::Setup("signalfd", e.into()))?;
+/// Watch until SIGTERM/SIGINT (`own_signals`: read through a signalfd) or forever.
+fn watch(own_signals: bool) -> Result<(), WatchError> {
+    let sigs = if own_signals {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block()
+            .map_err(|e| WatchError::Setup("block SIGTERM/SIGINT", e.into()))?;
+        Some(
+            SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+                .map_err(|e| WatchError::Setup("signalfd", e.into()))?,
+        )
+    } else {
+        None
+    };
 
     let mut events = Nfnl::open().map_err(|e| WatchError::Setup("netlink socket", e))?;
     events
@@ -152,23 +167,27 @@ fn watch() -> Result<(), WatchError> {
     }
 
     loop {
-        let (ev_fd, sig_fd) = (
-            // SAFETY: the fd belongs to `events`, alive for this whole iteration.
-            unsafe { BorrowedFd::borrow_raw(events.raw_fd()) },
-            std::os::fd::AsFd::as_fd(&sigs),
-        );
-        let mut fds = [
-            PollFd::new(ev_fd, PollFlags::POLLIN),
-            PollFd::new(sig_fd, PollFlags::POLLIN),
-        ];
+        // SAFETY: the fd belongs to `events`, alive for this whole iteration.
+        let ev_fd = unsafe { BorrowedFd::borrow_raw(events.raw_fd()) };
+        let mut fds = vec![PollFd::new(ev_fd, PollFlags::POLLIN)];
+        if let Some(sigs) = &sigs {
+            fds.push(PollFd::new(
+                std::os::fd::AsFd::as_fd(sigs),
+                PollFlags::POLLIN,
+            ));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(WatchError::Setup("poll", e.into())),
         }
-        let sig_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
+        let sig_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
         let ev_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        if sig_ready {
+        drop(fds);
+        if let (true, Some(sigs)) = (sig_ready, &sigs) {
             let sig = sigs.read_signal().ok().flatten().map(|s| s.ssi_signo);
             log::info!("signal {}: exiting", sig.unwrap_or(0));
             return Ok(());
