@@ -53,8 +53,8 @@ pub struct DiskStore {
     dir: PathBuf,
     entries: BTreeMap<IpAddr, Entry>,
     tmp_seq: u32,
-    /// `Some(generation)` when a complete [`index`] was found.
-    index_generation: Option<u64>,
+    /// A complete [`index`] was found.
+    indexed: bool,
     /// The entries differ from what the index on disk says (or it was not valid).
     dirty: bool,
     _lock: Flock<File>,
@@ -146,7 +146,7 @@ impl DiskStore {
             dir,
             entries: BTreeMap::new(),
             tmp_seq: 0,
-            index_generation: None,
+            indexed: false,
             dirty: true,
             _lock: lock,
         };
@@ -158,7 +158,7 @@ impl DiskStore {
     /// index when it knows the file, else from the file itself.
     fn load(&mut self) -> Result<(), Error> {
         let mut hint = index::load(&self.dir);
-        self.index_generation = hint.as_ref().map(|i| i.generation);
+        self.indexed = hint.is_some();
         // Clean only if every listed lease was known and every known lease was listed.
         let mut clean = hint.is_some();
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("reading", &self.dir, e))?;
@@ -262,7 +262,7 @@ impl DiskStore {
 
     /// Whether every lease owner came from the index (no lease file was read).
     pub fn from_index(&self) -> bool {
-        self.index_generation.is_some() && !self.dirty
+        self.indexed && !self.dirty
     }
 }
 
@@ -282,7 +282,7 @@ impl Drop for DiskStore {
                 Entry::Stale(_) => None,
             })
             .collect();
-        if let Err(e) = index::store(&self.dir, self.index_generation, &leases) {
+        if let Err(e) = index::store(&self.dir, &leases) {
             log::warn!("writing the lease index of {}: {e}", self.dir.display());
         }
     }
@@ -576,7 +576,7 @@ mod tests {
                 .unwrap()
                 .lines()
                 .count(),
-            4
+            3
         );
         assert!(
             DiskStore::open(tmp.path(), "n").unwrap().from_index(),

@@ -30,12 +30,8 @@ const MAGIC: &str = "cnirs-host-local-index v1";
 /// What a complete index file says.
 #[derive(Debug)]
 pub struct Index {
-    pub generation: u64,
     pub leases: BTreeMap<IpAddr, Owner>,
 }
-
-/// Generations only tell writes apart when debugging; they wrap.
-const GENERATIONS: u64 = 1 << 32;
 
 /// The index of `dir`, when it is present and complete; `None` means "read every lease".
 pub fn load(dir: &Path) -> Option<Index> {
@@ -47,13 +43,11 @@ fn parse(text: &str) -> Option<Index> {
     if lines.next()? != MAGIC {
         return None;
     }
-    let generation: u64 = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
     let mut leases = BTreeMap::new();
     for line in lines {
         if let Some(n) = line.strip_prefix("end ") {
             // Only a complete file counts (a write cut short has no end line).
-            return (n.parse::<usize>().ok()? == leases.len())
-                .then_some(Index { generation, leases });
+            return (n.parse::<usize>().ok()? == leases.len()).then_some(Index { leases });
         }
         let mut f = line.split('\t');
         let ip: IpAddr = f.next()?.parse().ok()?;
@@ -70,8 +64,9 @@ fn parse(text: &str) -> Option<Index> {
     None
 }
 
-fn render(generation: u64, leases: &BTreeMap<IpAddr, Owner>) -> String {
-    let mut s = format!("{MAGIC}\ngeneration {generation}\n");
+/// The same leases always render the same bytes (no counter, no time).
+fn render(leases: &BTreeMap<IpAddr, Owner>) -> String {
+    let mut s = format!("{MAGIC}\n");
     for (ip, o) in leases {
         s.push_str(&ip.to_string());
         s.push('\t');
@@ -88,19 +83,14 @@ fn render(generation: u64, leases: &BTreeMap<IpAddr, Owner>) -> String {
 
 /// Record `leases` (called under the network's lock, after the last change). The file is
 /// rewritten in place: a crash mid-write leaves a torn file, which [`load`] ignores.
-pub fn store(
-    dir: &Path,
-    previous: Option<u64>,
-    leases: &BTreeMap<IpAddr, Owner>,
-) -> std::io::Result<()> {
-    let generation = previous.map_or(0, |g| (g + 1) % GENERATIONS);
+pub fn store(dir: &Path, leases: &BTreeMap<IpAddr, Owner>) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o644)
         .open(dir.join(INDEX_FILE))?;
-    f.write_all(render(generation, leases).as_bytes())
+    f.write_all(render(leases).as_bytes())
 }
 
 #[cfg(test)]
@@ -118,9 +108,8 @@ mod tests {
                 ifname: None,
             },
         );
-        let text = render(7, &m);
+        let text = render(&m);
         let i = parse(&text).unwrap();
-        assert_eq!(i.generation, 7);
         assert_eq!(i.leases, m);
         // A write cut short anywhere is no index.
         for cut in 0..text.len() - 1 {
