@@ -256,8 +256,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, items: &mut BTreeSet<Item>) {
 
 /// What legitimately stays after the last pod of the `bridges`' networks is gone: the bridges,
 /// their addresses and routes, the firewall tables' skeleton (sets and maps without elements),
-/// bookkeeping files with no owner in them (host-local's `lock`, `last_reserved_ip.N` and an
-/// empty `.cnirs-index`,
+/// bookkeeping files with no owner in them (host-local's `lock` and `last_reserved_ip.N`,
 /// nftplan's `lock`, directories such as libcni's `cache/results/`). Leases, firewall
 /// elements, cached results and state records are not.
 pub fn legit_leftover<'b>(bridges: &'b [&'b str]) -> impl Fn(&Item) -> bool + 'b {
@@ -280,8 +279,6 @@ pub fn legit_leftover<'b>(bridges: &'b [&'b str]) -> impl Fn(&Item) -> bool + 'b
                 || name == "lock = "
                 || name.starts_with("table.json = ")
                 || name.starts_with("last_reserved_ip.")
-                // host-local's lease index when it lists no lease.
-                || (name.starts_with(".cnirs-index = ") && i.text.trim_end().ends_with("\nend 0"))
         }
         _ => false,
     }

@@ -507,7 +507,12 @@ mod tests {
     fn a_lease_written_by_someone_else_is_read() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("n");
-        drop(DiskStore::open(tmp.path(), "n").unwrap());
+        {
+            let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+            assert!(s
+                .reserve(&Owner::new("c1", "eth0"), ip("10.0.0.2"), 0)
+                .unwrap());
+        }
         assert!(DiskStore::open(tmp.path(), "n").unwrap().from_index());
         // What the reference does: O_EXCL create of <ip> holding "id\r\nifname".
         fs::write(dir.join("10.0.0.5"), "ref\r\neth0").unwrap();
@@ -525,9 +530,15 @@ mod tests {
         assert_eq!(s.get_by_id("late", "eth0"), [ip("10.0.0.6")]);
         drop(s);
         // The rebuilt index knows both.
-        let s = DiskStore::open(tmp.path(), "n").unwrap();
+        let mut s = DiskStore::open(tmp.path(), "n").unwrap();
         assert!(s.from_index());
         assert_eq!(s.get_by_id("ref", "eth0"), [ip("10.0.0.5")]);
+        // The last lease gone, no index file stays.
+        s.release_by_id("ref", "eth0").unwrap();
+        s.release_by_id("late", "eth0").unwrap();
+        s.release_by_id("c1", "eth0").unwrap();
+        drop(s);
+        assert!(!dir.join(index::INDEX_FILE).exists());
     }
 
     #[test]

@@ -81,9 +81,18 @@ fn render(leases: &BTreeMap<IpAddr, Owner>) -> String {
     s
 }
 
-/// Record `leases` (called under the network's lock, after the last change). The file is
-/// rewritten in place: a crash mid-write leaves a torn file, which [`load`] ignores.
+/// Record `leases` (called under the network's lock, after the last change); no leases, no
+/// file. The file is rewritten in place: a crash mid-write leaves a torn file, which [`load`]
+/// ignores.
 pub fn store(dir: &Path, leases: &BTreeMap<IpAddr, Owner>) -> std::io::Result<()> {
+    if leases.is_empty() {
+        // Nothing to remember: leave no file behind (the network's last DEL leaves the
+        // directory as the reference would).
+        return match fs::remove_file(dir.join(INDEX_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
