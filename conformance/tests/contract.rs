@@ -26,7 +26,6 @@ const BINARIES: &[&str] = &[
     "portmap",
     "isolation",
     "host-local",
-    "etcd-ipam",
 ];
 
 /// Exactly what every binary must advertise.
@@ -43,8 +42,7 @@ const POISON_CODE: u64 = 7;
 
 /// A config for `bin` that passes every generic check of the contract and that the plugin
 /// itself refuses (code 7) before doing anything: `mtu` of the wrong type for the bridges,
-/// `snat` for portmap, no `prevResult` for isolation, `ipam.ranges` for host-local,
-/// `ipam.etcdEndpoints` for etcd-ipam.
+/// `snat` for portmap, no `prevResult` for isolation, `ipam.ranges` for host-local.
 fn poisoned(bin: &str, version: &str, name: &str, data_dir: &Path) -> Value {
     let mut c = match bin {
         "bridge" | "internal-bridge" => json!({
@@ -58,12 +56,6 @@ fn poisoned(bin: &str, version: &str, name: &str, data_dir: &Path) -> Value {
         "host-local" => json!({
             "type": "bridge",
             "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": "poison"}
-        }),
-        // Refused before etcd is contacted: nothing listens there anyway.
-        "etcd-ipam" => json!({
-            "type": "etcd-ipam",
-            "ipam": {"type": "etcd-ipam", "etcdEndpoints": "poison",
-                     "ranges": [[{"subnet": "10.231.0.0/24"}]]}
         }),
         other => panic!("no poisoned config for {other}"),
     };
@@ -773,10 +765,6 @@ fn bad_inputs_leave_nothing_behind() {
                 bridge_plugin_conf(&net, bin, "cnirs-b0", "10.232.0.0/24")
             }
             "host-local" => bridge_plugin_conf(&net, "bridge", "cnirs-b0", "10.232.0.0/24"),
-            // Nothing listens there: every case must be refused before etcd is tried.
-            "etcd-ipam" => json!({"type": "etcd-ipam", "ipam": {"type": "etcd-ipam",
-                "etcdEndpoints": ["http://127.0.0.1:9"],
-                "ranges": [[{"subnet": "10.232.0.0/24"}]]}}),
             "portmap" => json!({"type": "portmap", "capabilities": {"portMappings": true},
                                 "runtimeConfig": {"portMappings": [
                                     {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
@@ -1328,15 +1316,12 @@ fn drop_in(reference_bridge: bool) {
             || (i.kind == "file"
                 && (i.text.ends_with("/dropin/") || i.text.contains("dropin/lock")))
             || (i.kind == "file" && i.text.starts_with("cache/"))
-            // Our suite's table and its state dir (lock, empty dirs, which table it filled)
-            // outlive the last DEL.
+            // Our suite's table and its state dir (lock, empty dirs) outlive the last DEL.
             || (i.kind == "nft" && !reference_bridge)
             || (i.kind == "file"
                 && !reference_bridge
                 && i.text.starts_with("run/")
-                && (i.text.ends_with('/')
-                    || i.text.ends_with("/lock = ")
-                    || i.text.contains("/table.json = ")))
+                && (i.text.ends_with('/') || i.text.ends_with("/lock = ")))
     });
     diff.assert_empty("drop-in ADD/DEL");
 }
