@@ -60,13 +60,17 @@ impl<T: NftBackend + ?Sized> NftBackend for Arc<T> {
 pub struct NftCli {
     program: PathBuf,
     prefix: Vec<String>,
+    /// Element batches go over nfnetlink in-process (see `nlbatch`): only when nft would run
+    /// in this namespace and nobody chose the nft program (`$CNIRS_NFT`, tests' fakes).
+    netlink: bool,
 }
 
 impl NftCli {
     /// `$CNIRS_NFT` if set, else `/usr/sbin/nft`, `/sbin/nft`, else `nft` from `PATH`.
     pub fn new() -> Self {
-        let program = std::env::var_os("CNIRS_NFT")
-            .filter(|v| !v.is_empty())
+        let chosen = std::env::var_os("CNIRS_NFT").filter(|v| !v.is_empty());
+        let netlink = chosen.is_none();
+        let program = chosen
             .map(PathBuf::from)
             .or_else(|| {
                 ["/usr/sbin/nft", "/sbin/nft"]
@@ -79,6 +83,7 @@ impl NftCli {
         NftCli {
             program,
             prefix: Vec::new(),
+            netlink,
         }
     }
 
@@ -87,6 +92,7 @@ impl NftCli {
         NftCli {
             program: program.into(),
             prefix: prefix.iter().map(|s| (*s).to_owned()).collect(),
+            netlink: false,
         }
     }
 }
@@ -100,6 +106,14 @@ impl Default for NftCli {
 impl NftBackend for NftCli {
     /// `nft -f - <<< script`
     fn apply(&self, script: &str) -> Result<(), NftError> {
+        if self.netlink {
+            if let Some(ops) = crate::nlbatch::parse(script) {
+                return crate::nlbatch::apply(&ops).map_err(|source| NftError::Netlink {
+                    what: "element batch",
+                    source,
+                });
+            }
+        }
         let spawn_err = |source| NftError::Spawn {
             program: self.program.display().to_string(),
             source,

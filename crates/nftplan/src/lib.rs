@@ -72,6 +72,7 @@ mod firewall;
 mod foreign;
 mod inventory;
 pub mod nfnl;
+mod nlbatch;
 pub mod nsstate;
 mod state;
 mod types;

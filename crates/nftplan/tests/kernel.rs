@@ -645,3 +645,89 @@ fn timings_inside_a_netns() {
     eprintln!("TIMINGS: {report}");
     assert!(e.elems("managed_br").is_empty());
 }
+
+/// The in-process netlink element batches (`NftCli::new()` in this netns) leave exactly what
+/// `nft -f` leaves for the same scripts, answer errors the same way, and CHECK's `get` reads
+/// find present and miss absent elements.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn netlink_element_batches_match_nft_text() {
+    require_root!();
+    let (text, nl) = (Env::new("nltext"), Env::new("nlnl"));
+    let b = br("cnirs-nl");
+    let port = IfName::new("vethnl0").unwrap();
+    let elems: Vec<Elem> = [
+        Elem::ManagedBr { bridge: b.clone() },
+        Elem::SameBr { bridge: b.clone() },
+        Elem::IsolatedBr { bridge: b.clone() },
+        Elem::Port {
+            mapping: pm(Some("10.0.0.5"), 8080, "10.213.1.2", 80),
+        },
+        Elem::Port {
+            mapping: pm(None, 53, "10.213.1.3", 5353),
+        },
+        Elem::Port {
+            mapping: pm(Some("fd00::5"), 443, "fd00:213::2", 8443),
+        },
+        Elem::Port {
+            mapping: pm(None, 8081, "fd00:213::3", 81),
+        },
+    ]
+    .into_iter()
+    .chain(Elem::spoof_check(&port, "02:00:00:00:00:0a").unwrap())
+    .collect();
+    let mut add = Batch::new();
+    add.add(&elems);
+    let mut del = Batch::new();
+    del.remove(&elems[..2]).delete(&elems[3..4]);
+    let load = |env: &Env| {
+        let mut s = Batch::new();
+        s.skeleton();
+        env.ns.backend().apply(s.text()).unwrap();
+    };
+    load(&text);
+    load(&nl);
+    text.ns.backend().apply(add.text()).unwrap();
+    text.ns.backend().apply(del.text()).unwrap();
+    let (a, d) = (add.text().to_owned(), del.text().to_owned());
+    let missing_get = {
+        let mut g = Batch::new();
+        g.get(&elems[3..4]);
+        g.text().to_owned()
+    };
+    let present_get = {
+        let mut g = Batch::new();
+        g.get(&elems[4..]);
+        g.text().to_owned()
+    };
+    let (strict_missing, got_missing, got_present) = nl.ns.run_in(move || {
+        let cli = NftCli::new();
+        cli.apply(&a).unwrap();
+        cli.apply(&d).unwrap();
+        // A strict delete of what is gone fails, as with nft, and changes nothing.
+        let strict = cli.apply(&d);
+        (strict, cli.apply(&missing_get), cli.apply(&present_get))
+    });
+    assert!(
+        matches!(strict_missing, Err(NftError::Netlink { .. })),
+        "{strict_missing:?}"
+    );
+    assert!(got_missing.is_err(), "get of a deleted element must fail");
+    got_present.unwrap();
+    for set in [
+        "managed_br",
+        "same_br",
+        "isolated_br",
+        "pm4",
+        "pm4_any",
+        "pm6",
+        "pm6_any",
+    ] {
+        assert_eq!(nl.elems(set), text.elems(set), "set {set}");
+    }
+    assert_eq!(nl.elems("pm6_any").len(), 1);
+    assert!(nl.elems("managed_br").is_empty());
+    let spoof = |env: &Env| env.ns.nft(&["list", "table", "bridge", "cnirs"]);
+    assert_eq!(spoof(&nl), spoof(&text));
+    assert!(spoof(&nl).contains("02:00:00:00:00:0a"), "{}", spoof(&nl));
+}

@@ -25,6 +25,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::{
     error::Error,
+    index,
     store::{Lease, Owner, Store},
 };
 
@@ -52,6 +53,10 @@ pub struct DiskStore {
     dir: PathBuf,
     entries: BTreeMap<IpAddr, Entry>,
     tmp_seq: u32,
+    /// A complete [`index`] was found.
+    indexed: bool,
+    /// The entries differ from what the index on disk says (or it was not valid).
+    dirty: bool,
     _lock: Flock<File>,
 }
 
@@ -141,13 +146,21 @@ impl DiskStore {
             dir,
             entries: BTreeMap::new(),
             tmp_seq: 0,
+            indexed: false,
+            dirty: true,
             _lock: lock,
         };
         store.load()?;
         Ok(store)
     }
 
+    /// List the directory (the truth for which leases exist) and take each owner from the
+    /// index when it knows the file, else from the file itself.
     fn load(&mut self) -> Result<(), Error> {
+        let mut hint = index::load(&self.dir);
+        self.indexed = hint.is_some();
+        // Clean only if every listed lease was known and every known lease was listed.
+        let mut clean = hint.is_some();
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("reading", &self.dir, e))?;
         for entry in rd {
             let entry = entry.map_err(|e| Error::io("reading", &self.dir, e))?;
@@ -163,6 +176,11 @@ impl DiskStore {
             let Ok(ip) = name.parse::<IpAddr>() else {
                 continue; // lock, last_reserved_ip.*, anything else
             };
+            if let Some(owner) = hint.as_mut().and_then(|h| h.leases.remove(&ip)) {
+                self.entries.insert(ip, Entry::Lease(owner));
+                continue;
+            }
+            clean = false;
             let path = entry.path();
             let e = match read_small(&path) {
                 Ok(bytes) => match parse_owner(&bytes) {
@@ -179,6 +197,17 @@ impl DiskStore {
             }
             self.entries.insert(ip, e);
         }
+        if let Some(h) = &hint {
+            if !h.leases.is_empty() {
+                log::info!(
+                    "{}: {} indexed lease(s) removed by someone else",
+                    self.dir.display(),
+                    h.leases.len()
+                );
+                clean = false;
+            }
+        }
+        self.dirty = !clean;
         Ok(())
     }
 
@@ -230,15 +259,45 @@ impl DiskStore {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Whether every lease owner came from the index (no lease file was read).
+    pub fn from_index(&self) -> bool {
+        self.indexed && !self.dirty
+    }
+}
+
+impl Drop for DiskStore {
+    /// Record the leases in the index while the lock is still held (fields, the lock among
+    /// them, drop after this body). Stale files are left out, so each call reads them again
+    /// until they are reclaimed.
+    fn drop(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let leases: BTreeMap<IpAddr, Owner> = self
+            .entries
+            .iter()
+            .filter_map(|(ip, e)| match e {
+                Entry::Lease(o) => Some((*ip, o.clone())),
+                Entry::Stale(_) => None,
+            })
+            .collect();
+        if let Err(e) = index::store(&self.dir, &leases) {
+            log::warn!("writing the lease index of {}: {e}", self.dir.display());
+        }
+    }
 }
 
 impl Store for DiskStore {
     fn reserve(&mut self, owner: &Owner, ip: IpAddr, range_set: usize) -> Result<bool, Error> {
+        // Any attempt touches the directory (temp file, link): the index is rewritten.
+        self.dirty = true;
         let path = self.ip_path(ip);
         match self.entries.get(&ip) {
             Some(Entry::Lease(_)) => return Ok(false),
             Some(Entry::Stale(why)) => {
                 log::warn!("reclaiming stale reservation {} ({why})", path.display());
+                self.dirty = true;
                 self.remove(&path)?;
                 self.entries.remove(&ip);
             }
@@ -266,6 +325,7 @@ impl Store for DiskStore {
             Err(e) => return Err(Error::io("linking", &path, e)),
         }
         self.entries.insert(ip, Entry::Lease(owner.clone()));
+        self.dirty = true;
 
         // The round-robin cursor: a hint, replaced atomically, not worth an fsync.
         let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
@@ -279,6 +339,7 @@ impl Store for DiskStore {
 
     fn release(&mut self, ip: IpAddr) -> Result<(), Error> {
         let path = self.ip_path(ip);
+        self.dirty = true;
         self.remove(&path)?;
         self.entries.remove(&ip);
         Ok(())
@@ -400,5 +461,137 @@ mod tests {
             DiskStore::open(tmp.path(), "../x"),
             Err(Error::Config { .. })
         ));
+    }
+
+    #[test]
+    fn the_index_answers_while_the_listing_matches_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n");
+        {
+            let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+            assert!(!s.from_index(), "first open reads the files");
+            assert!(s
+                .reserve(&Owner::new("c1", "eth0"), ip("10.0.0.2"), 0)
+                .unwrap());
+        }
+        assert!(dir.join(index::INDEX_FILE).exists());
+        let s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert!(s.from_index(), "nothing changed: the index answers");
+        assert_eq!(s.get_by_id("c1", "eth0"), [ip("10.0.0.2")]);
+        drop(s);
+        // Proof that the index, not the file, answered: an owner only the index names.
+        let text = fs::read_to_string(dir.join(index::INDEX_FILE)).unwrap();
+        fs::write(
+            dir.join(index::INDEX_FILE),
+            text.replace("\tc1\t", "\tghost\t"),
+        )
+        .unwrap();
+        let s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert_eq!(s.get_by_id("ghost", "eth0"), [ip("10.0.0.2")]);
+        // ...but a lease the index names without its file does not exist.
+        drop(s);
+        let text = fs::read_to_string(dir.join(index::INDEX_FILE)).unwrap();
+        fs::write(
+            dir.join(index::INDEX_FILE),
+            text.replace("end 1", "10.0.0.7\tphantom\teth0\nend 2"),
+        )
+        .unwrap();
+        let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert!(s.get_by_id("phantom", "eth0").is_empty());
+        assert!(s
+            .reserve(&Owner::new("c9", "eth0"), ip("10.0.0.7"), 0)
+            .unwrap());
+    }
+
+    #[test]
+    fn a_lease_written_by_someone_else_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n");
+        {
+            let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+            assert!(s
+                .reserve(&Owner::new("c1", "eth0"), ip("10.0.0.2"), 0)
+                .unwrap());
+        }
+        assert!(DiskStore::open(tmp.path(), "n").unwrap().from_index());
+        // What the reference does: O_EXCL create of <ip> holding "id\r\nifname".
+        fs::write(dir.join("10.0.0.5"), "ref\r\neth0").unwrap();
+        let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert!(!s.from_index(), "an unknown file was read");
+        assert_eq!(s.get_by_id("ref", "eth0"), [ip("10.0.0.5")]);
+        assert!(!s
+            .reserve(&Owner::new("c", "eth0"), ip("10.0.0.5"), 0)
+            .unwrap());
+        // Even while we hold the lock and before our index is written (a writer ignoring
+        // the lock): the next call lists it.
+        fs::write(dir.join("10.0.0.6"), "late\r\neth0").unwrap();
+        drop(s);
+        let s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert_eq!(s.get_by_id("late", "eth0"), [ip("10.0.0.6")]);
+        drop(s);
+        // The rebuilt index knows both.
+        let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert!(s.from_index());
+        assert_eq!(s.get_by_id("ref", "eth0"), [ip("10.0.0.5")]);
+        // The last lease gone, no index file stays.
+        s.release_by_id("ref", "eth0").unwrap();
+        s.release_by_id("late", "eth0").unwrap();
+        s.release_by_id("c1", "eth0").unwrap();
+        drop(s);
+        assert!(!dir.join(index::INDEX_FILE).exists());
+    }
+
+    #[test]
+    fn a_lease_removed_by_someone_else_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n");
+        {
+            let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+            assert!(s
+                .reserve(&Owner::new("c1", "eth0"), ip("10.0.0.2"), 0)
+                .unwrap());
+            assert!(s
+                .reserve(&Owner::new("c2", "eth0"), ip("10.0.0.3"), 0)
+                .unwrap());
+        }
+        // The reference's DEL: remove the file.
+        fs::remove_file(dir.join("10.0.0.2")).unwrap();
+        let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert!(!s.from_index());
+        assert!(s.get_by_id("c1", "eth0").is_empty());
+        assert_eq!(s.get_by_id("c2", "eth0"), [ip("10.0.0.3")]);
+        assert!(s
+            .reserve(&Owner::new("c3", "eth0"), ip("10.0.0.2"), 0)
+            .unwrap());
+    }
+
+    #[test]
+    fn a_torn_index_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n");
+        {
+            let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+            assert!(s
+                .reserve(&Owner::new("c1", "eth0"), ip("10.0.0.2"), 0)
+                .unwrap());
+        }
+        let good = fs::read_to_string(dir.join(index::INDEX_FILE)).unwrap();
+        let torn = good[..good.len() - 6].replace("\tc1\t", "\tghost\t");
+        fs::write(dir.join(index::INDEX_FILE), torn).unwrap();
+        let s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert!(!s.from_index());
+        assert_eq!(s.get_by_id("c1", "eth0"), [ip("10.0.0.2")]);
+        drop(s);
+        assert_eq!(
+            fs::read_to_string(dir.join(index::INDEX_FILE))
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
+        assert!(
+            DiskStore::open(tmp.path(), "n").unwrap().from_index(),
+            "rewritten whole"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod allocator;
 pub mod config;
 pub mod disk;
 pub mod error;
+pub mod index;
 pub mod range;
 pub mod store;
 
