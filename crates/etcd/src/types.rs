@@ -1,0 +1,281 @@
+//! The client's values: errors, keys and values, txn compares and ops, watch events, options.
+
+use super::*;
+
+/// Everything that can go wrong talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("no etcd endpoints given")]
+    NoEndpoints,
+    #[error("bad etcd endpoint {0:?}: want http://host:port")]
+    BadEndpoint(String),
+    #[error("etcd unreachable ({endpoints}) for {path}: {last}")]
+    Unavailable {
+        endpoints: String,
+        path: String,
+        last: String,
+    },
+    #[error("etcd {path} on {endpoint}: {message} (grpc code {code})")]
+    Server {
+        endpoint: String,
+        path: String,
+        code: i64,
+        message: String,
+    },
+    #[error("etcd {path} on {endpoint}: unreadable answer: {source}")]
+    Decode {
+        endpoint: String,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("etcd lease {0:x} not found (expired or revoked)")]
+    LeaseNotFound(i64),
+    #[error("etcd watch from revision {requested} compacted (oldest kept {compact_revision}): list again")]
+    Compacted {
+        requested: i64,
+        compact_revision: i64,
+    },
+    #[error("etcd watch canceled: {0}")]
+    WatchCanceled(String),
+}
+
+/// One key with its metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    /// 0 when the key has no lease.
+    pub lease: i64,
+}
+
+impl Kv {
+    /// The key as text (keys in our schema are UTF-8).
+    pub fn key_str(&self) -> String {
+        String::from_utf8_lossy(&self.key).into_owned()
+    }
+}
+
+/// How a [`Compare`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// What a [`Compare`] looks at, with the operand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompareTarget {
+    Version(i64),
+    /// 0 means "the key does not exist".
+    CreateRevision(i64),
+    ModRevision(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+/// One condition of a txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+impl Compare {
+    pub fn create_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Self {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::CreateRevision(rev),
+        }
+    }
+    pub fn mod_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Self {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::ModRevision(rev),
+        }
+    }
+    pub fn value(key: impl AsRef<[u8]>, op: CompareOp, value: impl AsRef<[u8]>) -> Self {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::Value(value.as_ref().to_vec()),
+        }
+    }
+    pub fn version(key: impl AsRef<[u8]>, op: CompareOp, version: i64) -> Self {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::Version(version),
+        }
+    }
+    /// The key does not exist.
+    pub fn absent(key: impl AsRef<[u8]>) -> Self {
+        Self::create_revision(key, CompareOp::Equal, 0)
+    }
+}
+
+/// One operation of a txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Get {
+        key: Vec<u8>,
+        range_end: Option<Vec<u8>>,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    },
+    Delete {
+        key: Vec<u8>,
+        range_end: Option<Vec<u8>>,
+    },
+}
+
+impl Op {
+    pub fn get(key: impl AsRef<[u8]>) -> Self {
+        Op::Get {
+            key: key.as_ref().to_vec(),
+            range_end: None,
+        }
+    }
+    pub fn get_prefix(prefix: impl AsRef<[u8]>) -> Self {
+        let p = prefix.as_ref();
+        Op::Get {
+            key: p.to_vec(),
+            range_end: Some(prefix_end(p)),
+        }
+    }
+    pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, lease: Option<i64>) -> Self {
+        Op::Put {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            lease,
+        }
+    }
+    pub fn delete(key: impl AsRef<[u8]>) -> Self {
+        Op::Delete {
+            key: key.as_ref().to_vec(),
+            range_end: None,
+        }
+    }
+    pub fn delete_prefix(prefix: impl AsRef<[u8]>) -> Self {
+        let p = prefix.as_ref();
+        Op::Delete {
+            key: p.to_vec(),
+            range_end: Some(prefix_end(p)),
+        }
+    }
+}
+
+/// The answer to one txn operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResponse {
+    Get(Vec<Kv>),
+    Put,
+    Delete(i64),
+}
+
+/// The answer to a txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResponse {
+    /// The compares held, so the success ops ran (else the failure ops ran).
+    pub succeeded: bool,
+    /// The store revision after the txn.
+    pub revision: i64,
+    pub responses: Vec<OpResponse>,
+}
+
+/// What [`Client::create_or_get`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The key was absent and now holds our value.
+    Created { revision: i64 },
+    /// The key exists (possibly written by us on an earlier try whose answer was lost).
+    Exists(Kv),
+}
+
+/// Event kind of a watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change seen by a watch. For a delete, `kv` has only the key and mod_revision;
+/// `prev_kv` has the value it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    pub kv: Kv,
+    pub prev_kv: Option<Kv>,
+}
+
+/// Timeouts and retries.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// TCP connect to one endpoint.
+    pub connect_timeout: Duration,
+    /// One request to one endpoint, answer included.
+    pub request_timeout: Duration,
+    /// How long a call goes on trying endpoints (a leader election takes ~1.5 s).
+    pub retry_deadline: Duration,
+    /// A watch stream that sends nothing for this long is reopened (None: wait forever).
+    /// etcd sends nothing on an idle watch unless started with
+    /// `--experimental-watch-progress-notify-interval`; watches ask for progress notifies.
+    pub watch_idle_timeout: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(3),
+            retry_deadline: Duration::from_secs(15),
+            watch_idle_timeout: None,
+        }
+    }
+}
+
+/// The range end that selects every key starting with `prefix`: the prefix with its last
+/// byte + 1 (trailing 0xff bytes dropped first); `\0` (all keys) for an empty or all-0xff
+/// prefix.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Checks one endpoint: `http://host:port` (a trailing `/` is dropped).
+pub fn parse_endpoint(ep: &str) -> Result<String, EtcdError> {
+    let bad = || EtcdError::BadEndpoint(ep.to_string());
+    let rest = ep.strip_prefix("http://").ok_or_else(bad)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = if let Some(v6) = host.strip_prefix('[') {
+        v6.strip_suffix(']')
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(format!("http://{rest}"))
+}
