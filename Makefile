@@ -53,8 +53,11 @@ demo: deps build cnitool
 demo-overlay: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) demo/overlay.sh
 
+# The bridge chain against the reference, then the overlay section (appended to the summary).
 bench: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/run.sh
+	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/overlay.sh
+	{ echo; cat target/bench/overlay.md; } >> target/bench/summary.md
 
 # ADD p50 of an overlay pod on 3 simulated hosts vs a local bridge pod; ADD-to-reachability.
 bench-overlay: deps build cnitool
