@@ -106,7 +106,7 @@ row() { # label from-netns url expected(yes/no)
     [[ $rc -eq 0 ]] && got=yes
     local mark="ok"
     [[ "$got" == "$4" ]] || { mark="DIFFERS"; fails=$((fails + 1)); }
-    printf '  %-34s expected %-4s measured %-4s %-8s %s\n' "$1" "$4" "$got" "$mark" "$(why $rc)"
+    printf '  %-36s expected %-4s measured %-4s %-8s %s\n' "$1" "$4" "$got" "$mark" "$(why $rc)"
 }
 echo "Reachability (HTTP), seed scenario:"
 row "web -> api (frontend)"           "$id-web" "http://$api_front/" yes
@@ -129,7 +129,7 @@ dnsrow() { # label from-netns name server expected(yes/no)
     local got=no mark=ok
     ip netns exec "$2" busybox nslookup "$3" "$4" >/dev/null 2>&1 && got=yes
     [[ "$got" == "$5" ]] || { mark="DIFFERS"; fails=$((fails + 1)); }
-    printf '  %-34s expected %-4s measured %-4s %-8s %s\n' "$1" "$5" "$got" "$mark" "DNS query"
+    printf '  %-36s expected %-4s measured %-4s %-8s %s\n' "$1" "$5" "$got" "$mark" "DNS query"
 }
 dnsrow "db (own route) -> api, frontend DNS" "$id-db" api 10.89.0.1 no
 row "host -> 127.0.0.1:8080 (web)"    "$H"      "http://127.0.0.1:8080/" yes
