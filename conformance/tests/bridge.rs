@@ -926,13 +926,54 @@ fn internal_bridge_is_sealed_on_the_host() {
     assert_none("internal-bridge sealed paths", negative);
     assert!(srv.peers().is_empty(), "the outside saw {:?}", srv.peers());
     drop(srv);
+    // CHECK reports a missing kernel-level seal rule, and passes again once it is back.
+    let subnet_rule = |verb: &str| {
+        net.host().ip(&[
+            "-4",
+            "rule",
+            verb,
+            "priority",
+            "10",
+            "to",
+            "10.233.1.0/24",
+            "unreachable",
+        ]);
+    };
+    subnet_rule("del");
+    let chk = ti.check(&i1);
+    chk.assert_err();
+    assert!(
+        format!("{chk}").contains("to 10.233.1.0/24 unreachable"),
+        "CHECK names the missing seal rule: {chk}"
+    );
+    subnet_rule("add");
+    ti.check(&i1).assert_ok();
+
     // Two seals: the host's firewall (the internal_br set) and, independent of nftables,
-    // policy rules `iif BR unreachable`. Either alone holds; without both the pod gets out.
+    // policy rules: `iif BR unreachable` (out) and `to SUBNET unreachable` unless from the
+    // host itself (in). Either alone holds; without both the pod gets out and the outside in.
     net.host()
         .exec_ok("nft", &["flush", "set", "inet", "cnirs", "internal_br"]);
     assert!(
         !can_ping(&i2, &far),
         "without internal_br, the kernel-level seal still holds"
+    );
+    net.host().exec_ok("nft", &["flush", "ruleset"]);
+    assert_none(
+        "after nft flush ruleset, routed into the internal network",
+        vec![
+            ping_check("outside->i1", &out.ns, ip1.clone()),
+            ping_check("outside->i1 v6", &out.ns, ip1_6.clone()),
+            ping_check("e->i1", &e, ip1.clone()),
+            ping_check("i2->far", &i2, far.clone()),
+        ],
+    );
+    assert_all(
+        "after nft flush ruleset, the host and the bridge itself",
+        vec![
+            ping_eventually_check("host->i1", net.host(), ip1.clone()),
+            ping_eventually_check("i1->i2 (switched)", &i1, ip2.clone()),
+        ],
     );
     for fam in ["-4", "-6"] {
         net.host().ip(&[
@@ -947,12 +988,48 @@ fn internal_bridge_is_sealed_on_the_host() {
         ]);
     }
     assert!(
-        can_ping(&i2, &far),
-        "without internal_br and the seal rules, i2 -> far works (so both were the seals)"
+        !can_ping(&out.ns, &ip1),
+        "without the iif rules, the subnet rule still keeps the outside out"
+    );
+    subnet_rule("del");
+    net.host().ip(&[
+        "-6",
+        "rule",
+        "del",
+        "priority",
+        "10",
+        "to",
+        "fd00:233::/64",
+        "unreachable",
+    ]);
+    assert_all(
+        "without nftables and the seal rules (so those were the seals)",
+        vec![
+            ping_eventually_check("i2->far", &i2, far.clone()),
+            ping_eventually_check("outside->i1", &out.ns, ip1.clone()),
+            ping_eventually_check("outside->i1 v6", &out.ns, ip1_6.clone()),
+        ],
     );
 
+    // The next ADD seals again; the network's last DEL removes every seal rule.
+    let i3 = net.pod("i3");
+    ti.add(&i3).assert_ok();
+    let rules = || {
+        let v4 = net.host().ip(&["-4", "rule"]).stdout.clone();
+        v4 + &net.host().ip(&["-6", "rule"]).stdout
+    };
+    let sealed = rules();
+    for want in ["iif cnirs-brint", "to 10.233.1.0/24", "to fd00:233::/64"] {
+        assert!(sealed.contains(want), "{want} after ADD:\n{sealed}");
+    }
     ti.del(&i1).assert_ok();
     ti.del(&i2).assert_ok();
+    assert!(rules().contains("to 10.233.1.0/24"), "{}", rules());
+    ti.del(&i3).assert_ok();
+    let left = rules();
+    for gone in ["cnirs-brint", "10.233.1.0", "fd00:233::"] {
+        assert!(!left.contains(gone), "{gone} after the last DEL:\n{left}");
+    }
     te.del(&e).assert_ok();
     eprintln!("internal_bridge_is_sealed_on_the_host: {:?}", t0.elapsed());
 }

@@ -139,7 +139,8 @@ fn seal_rules(net: &TestNet) -> Vec<String> {
             .as_array()
             .unwrap()
         {
-            if r["iif"] == "cnirs-fci" {
+            // `iif BR` (out of the network) and the subnet rules (into it).
+            if r["iif"] == "cnirs-fci" || r["dst"] == "10.236.1.0" || r["dst"] == "fd00:236:1::" {
                 out.push(format!("{fam} {r}"));
             }
         }
@@ -252,7 +253,7 @@ fn reused_inode(layout: Layout) {
         "the internal ADD in the new namespace must seal: {:?}",
         internal_elems(&net2)
     );
-    assert_eq!(seal_rules(&net2).len(), 2, "{:?}", seal_rules(&net2));
+    assert_eq!(seal_rules(&net2).len(), 6, "{:?}", seal_rules(&net2));
     // The port the dead namespace's pod held is free here.
     let add = r
         .tool(&net2, &ported_conf(&net2))
@@ -359,16 +360,21 @@ fn flush_between_adds(layout: Layout) {
     );
     // Control: the rules are what holds (without them b gets out).
     let rules = seal_rules(&net);
-    assert_eq!(rules.len(), 2, "{rules:?}");
-    for fam in ["-4", "-6"] {
+    assert_eq!(rules.len(), 6, "{rules:?}");
+    for (fam, sel, what) in [
+        ("-4", "iif", "cnirs-fci"),
+        ("-6", "iif", "cnirs-fci"),
+        ("-4", "to", "10.236.1.0/24"),
+        ("-6", "to", "fd00:236:1::/64"),
+    ] {
         net.host().ip(&[
             fam,
             "rule",
             "del",
             "priority",
             "10",
-            "iif",
-            "cnirs-fci",
+            sel,
+            what,
             "unreachable",
         ]);
     }
@@ -379,11 +385,11 @@ fn flush_between_adds(layout: Layout) {
     // Put it back the way an ADD does, then take everything down.
     let d = net.pod("d");
     ti().add(&d).assert_ok();
-    assert_eq!(seal_rules(&net).len(), 2);
+    assert_eq!(seal_rules(&net).len(), 6);
     for p in [&a, &b] {
         ti().del(p).assert_ok();
     }
-    assert_eq!(seal_rules(&net).len(), 2, "d is still attached");
+    assert_eq!(seal_rules(&net).len(), 6, "d is still attached");
     ti().del(&d).assert_ok();
     assert!(seal_rules(&net).is_empty(), "{:?}", seal_rules(&net));
     tp().del(&c).assert_ok();

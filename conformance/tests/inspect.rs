@@ -221,6 +221,29 @@ fn ls_and_inspect_show_what_the_pods_have() {
         (&k["internal"], &k["isolated"]),
         (&json!(true), &json!(false))
     );
+    assert_eq!(k["drift"], json!([]), "healthy internal network: {k}");
+    // A missing kernel-level seal rule is drift.
+    let rule = [
+        "-4",
+        "rule",
+        "del",
+        "priority",
+        "10",
+        "to",
+        "10.217.2.0/24",
+        "unreachable",
+    ];
+    net.host().ip(&rule);
+    let drift = strs(&inspect_json(&net, "back")["drift"]);
+    assert_eq!(
+        drift,
+        ["seal rule ip -4 rule priority 10 to 10.217.2.0/24 unreachable"],
+        "{drift:?}"
+    );
+    let mut add = rule;
+    add[2] = "add";
+    net.host().ip(&add);
+    assert_eq!(inspect_json(&net, "back")["drift"], json!([]));
     let at = attachment(&k, &cid_a, "eth1");
     let (addrs, mac) = pod_side(&a, "eth1");
     assert_eq!(

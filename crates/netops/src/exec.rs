@@ -72,8 +72,8 @@ impl Executor<Op> for KernelExec<'_, '_> {
                 self.forget(Ns::Host, name);
                 self.host.delete_link(name)
             }
-            Op::SealBridge { name } => self.host.seal_bridge(name),
-            Op::UnsealBridge { name } => self.host.unseal_bridge(name),
+            Op::SealBridge { name, subnets } => self.host.seal_bridge(name, subnets),
+            Op::UnsealBridge { name, subnets } => self.host.unseal_bridge(name, subnets),
             Op::PinMac { link } => {
                 let l = self.link(Ns::Host, link)?;
                 match l.mac {

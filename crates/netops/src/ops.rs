@@ -36,11 +36,19 @@ pub enum Op {
     /// `ip link del NAME`, only while no port is enslaved to it (inverse of `CreateBridge`).
     DeleteBridgeIfUnused { name: IfName },
     /// The kernel-level seal of an internal network's bridge: policy rules (IPv4 and IPv6) that
-    /// drop what is routed in from it, independent of nftables. Idempotent.
-    /// Equivalent: `ip rule add iif NAME priority SEAL_RULE_PRIORITY unreachable` (both families).
-    SealBridge { name: IfName },
+    /// refuse what is routed out of it, and what is routed into its `subnets` from anywhere
+    /// but the host itself, independent of nftables. Idempotent. Equivalent:
+    /// `ip rule add iif NAME priority 10 unreachable` (both families), and per subnet
+    /// `ip rule add priority 9 to SUBNET iif lo lookup main` + `ip rule add priority 10 to SUBNET unreachable`.
+    SealBridge {
+        name: IfName,
+        subnets: Vec<IpNetwork>,
+    },
     /// Remove that seal (a non-internal bridge of the same name). Idempotent.
-    UnsealBridge { name: IfName },
+    UnsealBridge {
+        name: IfName,
+        subnets: Vec<IpNetwork>,
+    },
     /// `ip link set NAME address <its current address>`: a bridge whose MAC was never set
     /// takes the lowest MAC of its ports, which changes as pods come and go.
     PinMac { link: IfName },
@@ -150,6 +158,20 @@ impl Reversible for Op {
     }
 }
 
+/// The `ip rule` commands of a seal, one line per rule pair.
+fn seal_text(verb: &str, name: &IfName, subnets: &[IpNetwork]) -> String {
+    let p = SEAL_RULE_PRIORITY;
+    let mut s = format!("ip rule {verb} iif {name} priority {p} unreachable  # -4 and -6");
+    for n in subnets {
+        let n = IpNetwork::new(n.network(), n.prefix()).unwrap_or(*n);
+        s += &format!(
+            "\nip rule {verb} to {n} iif lo priority {} lookup main; ip rule {verb} to {n} priority {p} unreachable",
+            p - 1
+        );
+    }
+    s
+}
+
 fn on_off(b: bool) -> &'static str {
     if b {
         "on"
@@ -191,14 +213,8 @@ impl Op {
             Op::DeleteBridgeIfUnused { name } => {
                 format!("ip link del {name}  # if it has no ports")
             }
-            Op::SealBridge { name } => {
-                format!(
-                    "ip rule add iif {name} priority {SEAL_RULE_PRIORITY} unreachable  # -4 and -6"
-                )
-            }
-            Op::UnsealBridge { name } => format!(
-                "ip rule del iif {name} priority {SEAL_RULE_PRIORITY} unreachable  # -4 and -6"
-            ),
+            Op::SealBridge { name, subnets } => seal_text("add", name, subnets),
+            Op::UnsealBridge { name, subnets } => seal_text("del", name, subnets),
             Op::PinMac { link } => format!("ip link set {link} address <its own>  # pin"),
             Op::SetUp { ns, link } => format!("{} link set {link} up", ip(ns)),
             Op::SetPromisc { link, on } => format!("ip link set {link} promisc {}", on_off(*on)),

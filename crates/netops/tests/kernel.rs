@@ -775,3 +775,83 @@ fn vxlan_is_created_on_a_bridge_with_flood_and_pod_fdb_entries_and_neighbours() 
     assert!(text.contains("0a:58:00:00:00:07 dst 10.240.9.2"), "{text}");
     assert!(!text.contains("00:00:00:00:00:00 dst 10.240.9.2"), "{text}");
 }
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn seal_rules_are_added_reported_when_missing_and_removed() {
+    need_root!();
+    let h = TestNs::new("h");
+    let subnets = [net("10.98.0.0/24"), net("fd00:98::/64")];
+    let (t_iif, t_all) = in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        // Cost: the iif rules alone, then with one subnet per family (each timed on a
+        // clean slate; printed, never asserted).
+        // Averages over 50 rounds after a warm-up round.
+        let time = |subnets: &[IpNetwork]| {
+            assert!(host.seal_bridge("cnirs-s0", subnets).unwrap());
+            assert!(host.unseal_bridge("cnirs-s0", subnets).unwrap());
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..50 {
+                let t0 = Instant::now();
+                assert!(host.seal_bridge("cnirs-s0", subnets).unwrap());
+                total += t0.elapsed();
+                assert!(host.unseal_bridge("cnirs-s0", subnets).unwrap());
+            }
+            total / 50
+        };
+        let t_iif = time(&[]);
+        let t_all = time(&subnets);
+        assert!(host.seal_bridge("cnirs-s0", &subnets).unwrap());
+        assert!(host.missing_seal("cnirs-s0", &subnets).unwrap().is_empty());
+        // Idempotent: nothing new the second time.
+        assert!(!host.seal_bridge("cnirs-s0", &subnets).unwrap());
+        (t_iif, t_all)
+    });
+    eprintln!("seal_bridge: iif rules {t_iif:?}, iif + 2 subnets {t_all:?}");
+    let v4 = h.json(&["-4", "rule"]);
+    let has = |prio: u64, key: &str, val: &str, last: (&str, &str)| {
+        v4.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["priority"] == prio && r[key] == val && r[last.0] == last.1)
+    };
+    assert!(has(9, "dst", "10.98.0.0", ("iif", "lo")), "{v4}");
+    assert!(has(9, "dst", "10.98.0.0", ("table", "main")), "{v4}");
+    assert!(
+        has(10, "dst", "10.98.0.0", ("action", "unreachable")),
+        "{v4}"
+    );
+    assert!(
+        has(10, "iif", "cnirs-s0", ("action", "unreachable")),
+        "{v4}"
+    );
+    h.ip_ok(&[
+        "-6",
+        "rule",
+        "del",
+        "priority",
+        "10",
+        "to",
+        "fd00:98::/64",
+        "unreachable",
+    ]);
+    let gone = in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let m = host.missing_seal("cnirs-s0", &subnets).unwrap();
+        assert!(host.unseal_bridge("cnirs-s0", &subnets).unwrap());
+        assert!(!host.unseal_bridge("cnirs-s0", &subnets).unwrap());
+        (m, host.missing_seal("cnirs-s0", &subnets).unwrap().len())
+    });
+    assert_eq!(
+        gone.0,
+        ["ip -6 rule priority 10 to fd00:98::/64 unreachable"]
+    );
+    assert_eq!(gone.1, 6, "all six rules gone after unseal");
+    let show = format!("{}{}", h.json(&["-4", "rule"]), h.json(&["-6", "rule"]));
+    assert!(
+        !show.contains("cnirs-s0") && !show.contains("10.98.0.0") && !show.contains("fd00:98"),
+        "{show}"
+    );
+}

@@ -329,10 +329,27 @@ pub fn build(
     }
     // The kernel-level seal of an internal network (policy rules, independent of nftables),
     // before any pod is plugged in; a new non-internal bridge drops a stale one.
+    // The seal covers the pod's subnets too: nothing is routed into them but from the host.
+    let mut subnets: Vec<IpNetwork> = Vec::new();
+    for ip in &ipam.ips {
+        let a = ip.address;
+        let n = IpNetwork::new(a.network(), a.prefix()).unwrap_or(a);
+        if !subnets.contains(&n) {
+            subnets.push(n);
+        }
+    }
     if spec.mode == Mode::Internal {
-        net(Op::SealBridge { name: br.clone() });
+        net(Op::SealBridge {
+            name: br.clone(),
+            subnets,
+        });
     } else if view.bridge.is_none() {
-        net(Op::UnsealBridge { name: br.clone() });
+        // Only the bridge's own rules: subnet rules of the same subnet may belong to a live
+        // internal network elsewhere, and a stale one fails closed.
+        net(Op::UnsealBridge {
+            name: br.clone(),
+            subnets: Vec::new(),
+        });
     }
     if spec.promisc && !view.bridge.as_ref().is_some_and(|b| b.promisc) {
         net(Op::SetPromisc {

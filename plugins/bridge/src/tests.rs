@@ -135,6 +135,7 @@ fn golden_internal_bridge_drops_default_routes_masquerade_and_forwarding() {
 ip link add br-t type bridge
 ip link set br-t address <its own>  # pin
 ip rule add iif br-t priority 10 unreachable  # -4 and -6
+ip rule add to 10.6.0.0/24 iif lo priority 9 lookup main; ip rule add to 10.6.0.0/24 priority 10 unreachable
 ip link add VETH up type veth peer name eth0 netns /run/netns/p
 ip link set VETH master br-t up
 ip link set VETH type bridge_slave hairpin on

@@ -9,6 +9,7 @@
 //! gone and prevResult missing.
 
 use cni_core::{CniError, CniResult, Command, IfName, Request};
+use ipnetwork::IpNetwork;
 use netops::{Kernel, Link, NetNs, Netlink, NetopsError};
 use nftplan::{Attachment, Feature, Firewall, NftError};
 
@@ -100,7 +101,12 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
     match Firewall::open().and_then(|fw| fw.detach_network(&attachment(req)?)) {
         // The internal network's last attachment: its kernel-level seal goes too.
         Ok(Some(bridge)) => {
-            if let Err(e) = Kernel::new().and_then(|k| k.host().unseal_bridge(bridge.as_str())) {
+            let unseal = Kernel::new().and_then(|k| {
+                let host = k.host();
+                let subnets = seal_subnets(req, &host, bridge.as_str())?;
+                host.unseal_bridge(bridge.as_str(), &subnets)
+            });
+            if let Err(e) = unseal {
                 errors.push(e.into());
             }
         }
@@ -113,6 +119,38 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
         }
     }
     combine(errors)
+}
+
+/// The subnets an internal network's seal covers, as DEL and CHECK know them: those of the
+/// pod's addresses in the previous result and of the bridge's own addresses.
+fn seal_subnets(
+    req: &Request,
+    host: &Netlink<'_>,
+    bridge: &str,
+) -> Result<Vec<IpNetwork>, NetopsError> {
+    let mut out: Vec<IpNetwork> = Vec::new();
+    let mut push = |a: IpNetwork| {
+        if let std::net::IpAddr::V6(v6) = a.ip() {
+            if v6.segments()[0] & 0xffc0 == 0xfe80 {
+                return; // link-local: never routed
+            }
+        }
+        let n = IpNetwork::new(a.network(), a.prefix()).unwrap_or(a);
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    };
+    if let Ok(Some(prev)) = req.prev_result() {
+        for ip in prev.container_ips(&req.ifname) {
+            push(ip.address);
+        }
+    }
+    if let Some(br) = host.link(bridge)?.filter(|l| l.is_bridge()) {
+        for a in host.addresses(&br, None)? {
+            push(a);
+        }
+    }
+    Ok(out)
 }
 
 /// Delete the host veth by its derived name (which removes the pod end too); when it is not
@@ -160,6 +198,17 @@ fn check_inner(req: &Request, mode: Mode) -> Result<(), BridgeError> {
     })?;
     check_pod_link(req, &prev, &pod, &link)?;
     check_host_side(req, &spec, &prev, &host)?;
+    if spec.mode == Mode::Internal {
+        let subnets = seal_subnets(req, &host, spec.bridge.as_str())?;
+        let missing = host.missing_seal(spec.bridge.as_str(), &subnets)?;
+        if !missing.is_empty() {
+            return Err(check_failed(format!(
+                "kernel-level seal of {} incomplete, missing: {}",
+                spec.bridge,
+                missing.join("; ")
+            )));
+        }
+    }
     if spec.has_ipam {
         req.delegate_ipam(Command::Check)?;
     }

@@ -3,8 +3,9 @@
 //!
 //! What is known comes from the plugins' records ([`nftplan::Firewall::inventory`]); what the
 //! kernel lacks (`drift`) from the same checks as CHECK and `cnirs reconcile --check`: the
-//! table and its skeleton rules, each of the network's elements (`nft get element`), and the
-//! bridge with its pods' host veths (netlink).
+//! table and its skeleton rules, each of the network's elements (`nft get element`), an
+//! internal network's kernel-level seal rules, and the bridge with its pods' host veths
+//! (netlink).
 
 use std::{io::Write, process::ExitCode};
 
@@ -107,6 +108,10 @@ fn drift(fw: &Firewall, net: &NetworkView) -> Result<Vec<String>, InspectError> 
     if let Some(br) = &net.bridge {
         let kernel = netops::Kernel::new()?;
         let host = kernel.host();
+        if net.internal {
+            let missing = host.missing_seal(br.as_str(), &net.subnets)?;
+            out.extend(missing.into_iter().map(|r| format!("seal rule {r}")));
+        }
         match host.link(br.as_str())? {
             Some(l) if l.is_bridge() => {
                 for a in &net.attachments {
