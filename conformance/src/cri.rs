@@ -380,10 +380,11 @@ impl CriNode {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let socket = self.socket.clone();
-        let channel = self
-            .rt
-            .block_on(
+        // The socket file appears at bind(), a moment before listen(): connect until it
+        // answers (ECONNREFUSED in between), within the same deadline.
+        let channel = loop {
+            let socket = self.socket.clone();
+            let res = self.rt.block_on(
                 Endpoint::from_static("http://[::]:50051").connect_with_connector(
                     tower::service_fn(move |_: Uri| {
                         let socket = socket.clone();
@@ -394,8 +395,19 @@ impl CriNode {
                         }
                     }),
                 ),
-            )
-            .expect("cannot connect to the CRI socket");
+            );
+            match res {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot connect to the CRI socket: {e:?}; log:\n{}",
+                        self.log_text()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
         self.runtime = Some(RuntimeServiceClient::new(channel));
         // The CRI answers once its CNI config is loaded (NetworkReady).
         let deadline = Instant::now() + Duration::from_secs(30);
