@@ -309,7 +309,8 @@ fn attr(attrs: &[u8], ty: u16) -> Option<&[u8]> {
     None
 }
 
-fn put_attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+/// One netlink attribute (length, type, payload, padded to 4 bytes).
+pub(crate) fn put_attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&ty.to_ne_bytes());
@@ -317,7 +318,8 @@ fn put_attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     out.resize(out.len() + ((len + 3) & !3) - len, 0);
 }
 
-fn cstr(s: &str) -> Vec<u8> {
+/// A NUL-terminated string attribute payload.
+pub(crate) fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v

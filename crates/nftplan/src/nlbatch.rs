@@ -11,6 +11,8 @@ use std::{io, net::IpAddr};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
+use crate::nfnl::{cstr, put_attr};
+
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
@@ -184,20 +186,6 @@ pub fn parse(script: &str) -> Option<Vec<Op>> {
         .collect::<Option<_>>()?;
     let gets = ops.iter().filter(|o| o.verb == Verb::Get).count();
     (!ops.is_empty() && (gets == 0 || gets == ops.len())).then_some(ops)
-}
-
-fn put_attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(out.len() + ((len + 3) & !3) - len, 0);
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
 }
 
 fn msg(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) {
