@@ -487,17 +487,21 @@ impl Netlink<'_> {
         })
     }
 
-    /// The links enslaved to `bridge`. Equivalent: `ip link show master BRIDGE`.
-    pub fn ports(&self, bridge: &Link) -> Result<Vec<Link>, NetopsError> {
-        let msgs: Vec<LinkMessage> = self
-            .rt
+    /// Every link of this netns, as netlink messages. Equivalent: `ip -d link show`.
+    pub(crate) fn dump_links(&self) -> Result<Vec<LinkMessage>, NetopsError> {
+        self.rt
             .block_on(self.handle.link().get().execute().try_collect())
             .map_err(|source| NetopsError::Dump {
                 what: "links",
                 netns: self.label.clone(),
                 source: Box::new(source),
-            })?;
-        Ok(msgs
+            })
+    }
+
+    /// The links enslaved to `bridge`. Equivalent: `ip link show master BRIDGE`.
+    pub fn ports(&self, bridge: &Link) -> Result<Vec<Link>, NetopsError> {
+        Ok(self
+            .dump_links()?
             .into_iter()
             .map(link_from_msg)
             .filter(|l| l.master == Some(bridge.index))

@@ -191,15 +191,8 @@ impl Netlink<'_> {
 
     /// Every VXLAN device of this netns. Equivalent: `ip -d link show type vxlan`.
     pub fn vxlans(&self) -> Result<Vec<VxlanInfo>, NetopsError> {
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(self.handle.link().get().execute().try_collect())
-            .map_err(|source| NetopsError::Dump {
-                what: "links",
-                netns: self.label.clone(),
-                source: Box::new(source),
-            })?;
-        Ok(msgs
+        Ok(self
+            .dump_links()?
             .into_iter()
             .map(vxlan_from_msg)
             .filter(|(l, ..)| l.kind.as_deref() == Some("vxlan"))
