@@ -577,8 +577,15 @@ impl CriNode {
     /// StopPodSandbox then RemovePodSandbox, as kubelet does when a pod is deleted.
     #[track_caller]
     pub fn stop_and_remove(&self, id: &str) {
-        if let Err(e) = self.stop_pod(id) {
-            panic!("StopPodSandbox {id}: {e}\nlog:\n{}", self.log_text());
+        // kubelet retries StopPodSandbox; so do we: right after a pod's pause process dies,
+        // containerd 1.6 may answer once with "ttrpc: closed" while its shim goes away.
+        let mut tries = 0;
+        while let Err(e) = self.stop_pod(id) {
+            tries += 1;
+            if tries >= 10 {
+                panic!("StopPodSandbox {id}: {e}\nlog:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(300));
         }
         if let Err(e) = self.remove_pod(id) {
             panic!("RemovePodSandbox {id}: {e}\nlog:\n{}", self.log_text());
