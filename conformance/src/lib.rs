@@ -47,7 +47,9 @@ pub use netns::{
     in_netns, listed_netns, outside_addrs, process_prefix, Netns, Outside, TestNet, NAME_PREFIX,
 };
 pub use nft::nft_elems;
-pub use state::{legit_leftover, HostState, Item, StateDiff};
+pub use state::{
+    legit_leftover, retired_links, wait_retired_gone, HostState, Item, StalledDeleter, StateDiff,
+};
 pub use traffic::{
     can_connect_tcp, can_ping, can_ping_eventually, first_ip, http_get, ip_of, ping, reaches,
     tcp_request, HttpServer, TcpServer,

@@ -112,13 +112,24 @@ impl Netns {
         out.json().clone()
     }
 
-    /// Names of all links (`ip -n NAME -j link show`).
+    /// Names of all links (`ip -n NAME -j link show`), once the links a bridge DEL retired
+    /// (`cnirsx…`, deleted by its detached process) are gone (waits up to 60 s: a busy kernel
+    /// can hold a veth delete that long; any still
+    /// there are listed).
     #[track_caller]
     pub fn link_names(&self) -> Vec<String> {
-        json_array(&self.ip_json(&["link", "show"]))
-            .iter()
-            .filter_map(|l| l.get("ifname")?.as_str().map(str::to_owned))
-            .collect()
+        let mut names = Vec::new();
+        for _ in 0..3000 {
+            names = json_array(&self.ip_json(&["link", "show"]))
+                .iter()
+                .filter_map(|l| l.get("ifname")?.as_str().map(str::to_owned))
+                .collect();
+            if !names.iter().any(|n| n.starts_with("cnirsx")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        names
     }
 
     /// `ip -n NAME -j -d link show dev IFNAME`, `None` if there is no such link.

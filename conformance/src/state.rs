@@ -49,6 +49,7 @@ impl HostState {
     /// Snapshot of `ns` plus files under each `(prefix, dir)`.
     #[track_caller]
     pub fn capture(ns: &Netns, dirs: &[(&str, &Path)]) -> Self {
+        wait_retired_gone(ns);
         let mut items = BTreeSet::new();
         let links_raw = ns.ip_json(&["-d", "link", "show"]);
         for l in arr(&links_raw) {
@@ -281,5 +282,77 @@ pub fn legit_leftover<'b>(bridges: &'b [&'b str]) -> impl Fn(&Item) -> bool + 'b
                 || name.starts_with("last_reserved_ip.")
         }
         _ => false,
+    }
+}
+
+/// Wait (up to 60 s) until the links a bridge DEL retired (`cnirsx…`, deleted by a detached
+/// process after DEL answered) are gone, so a snapshot sees the settled kernel. Links still
+/// there afterwards stay in the snapshot (and show as a leak in a diff).
+pub fn wait_retired_gone(ns: &Netns) {
+    ns.link_names();
+}
+
+/// The retired links (`cnirsx…`) in `ns`, as `ip -j link show` objects.
+pub fn retired_links(ns: &Netns) -> Vec<Value> {
+    arr(&ns.ip_json(&["-d", "link", "show"]))
+        .iter()
+        .filter(|l| {
+            l.get("ifname")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.starts_with("cnirsx"))
+        })
+        .cloned()
+        .collect()
+}
+
+/// A bridge DEL's detached deleter held still by the `CNIRS_RETIRE_STALL` test hook (it writes
+/// its pid to [`StalledDeleter::file`] and waits instead of deleting). SIGKILLed on drop.
+pub struct StalledDeleter {
+    pub file: std::path::PathBuf,
+    pid: Option<i32>,
+}
+
+impl StalledDeleter {
+    pub fn new(net: &TestNet, tag: &str) -> Self {
+        Self {
+            file: net.tmp().join(format!("retire-stall-{tag}")),
+            pid: None,
+        }
+    }
+
+    /// The deleter's pid, once it wrote it (waits up to 10 s).
+    #[track_caller]
+    pub fn pid(&mut self) -> i32 {
+        for _ in 0..500 {
+            if let Some(p) = std::fs::read_to_string(&self.file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                self.pid = Some(p);
+                return p;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("no detached deleter wrote {}", self.file.display());
+    }
+
+    /// SIGKILL the deleter and reap nothing (it is not our child); true if it was alive.
+    pub fn kill(&mut self) -> bool {
+        let Some(p) = self.pid.take() else {
+            return false;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{p}")).exists();
+        let _ = std::fs::remove_file(&self.file);
+        run(std::process::Command::new("kill").args(["-KILL", &p.to_string()]));
+        alive
+    }
+}
+
+impl Drop for StalledDeleter {
+    fn drop(&mut self) {
+        if self.pid.is_none() && self.file.exists() {
+            self.pid();
+        }
+        self.kill();
     }
 }

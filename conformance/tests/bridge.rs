@@ -1160,3 +1160,115 @@ fn bridge_macspoofchk_drops_frames_from_another_mac() {
     );
     tool.del(&b).assert_ok();
 }
+
+// ---------------------------------------------------------------- DEL off the kernel's clock
+
+/// DEL retires the pair (down, off the bridge, renamed on both sides) and leaves the slow
+/// kernel delete to a detached process. The deleter is held still here (test hook), so every
+/// check runs while the old pair still exists: the address, the host veth name and the pod's
+/// ifname are free at once, no traffic reaches the old pod, and after a SIGKILL of the deleter
+/// the retired link is all that is left, which GC removes.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn bridge_del_frees_everything_at_once_and_gc_removes_a_killed_deleters_link() {
+    let net = TestNet::new();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    // Two addresses only: a's address is the one a new ADD can get after DEL a.
+    let c = conf(
+        &net,
+        "cnirs-doff",
+        "bridge",
+        "cnirs-brdo",
+        json!([[{"subnet": "10.238.7.0/24", "rangeStart": "10.238.7.10", "rangeEnd": "10.238.7.11"}]]),
+        json!({}),
+    );
+    let tool = net.cnitool(&c);
+    let before = HostState::of(&net);
+    let ra = tool.add(&a).assert_ok().json().clone();
+    let rb = tool.add(&b).assert_ok().json().clone();
+    let (ip_a, ip_b) = (ip(&ra, 0), ip(&rb, 0));
+    assert_all(
+        "before DEL",
+        vec![ping_eventually_check("b->a", &b, ip_a.clone())],
+    );
+    let cid_a = tool.container_id_for(&a);
+    let veth_a = host_veth_name("cnirs-doff", &cid_a, "eth0");
+
+    let mut stall = StalledDeleter::new(&net, "a");
+    let stalled = net
+        .cnitool(&c)
+        .env("CNIRS_RETIRE_STALL", stall.file.to_str().unwrap());
+    stalled.del(&a).assert_ok();
+    stall.pid();
+
+    // The pair is still there, retired: down and unbridged on the host, down in the pod.
+    let host_retired = retired_links(net.host());
+    assert_eq!(host_retired.len(), 1, "{host_retired:?}");
+    let l = &host_retired[0];
+    assert!(
+        l.get("master").is_none(),
+        "retired host end still bridged: {l}"
+    );
+    let flags: Vec<&str> = l["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!flags.contains(&"UP"), "retired host end is up: {l}");
+    assert!(net.host().link(&veth_a).is_none(), "host veth name freed");
+    assert!(a.link("eth0").is_none(), "pod ifname freed");
+    let pod_retired = retired_links(&a);
+    assert_eq!(pod_retired.len(), 1, "{pod_retired:?}");
+    // (3) no traffic reaches the old pod.
+    assert_none(
+        "after DEL a",
+        vec![ping_check("b->old a", &b, ip_a.clone())],
+    );
+
+    // (1) the same ifname in the same netns, the same container id, the freed address: at once.
+    let ra2 = tool.add(&a).assert_ok().json().clone();
+    assert_eq!(ip(&ra2, 0), ip_a, "the freed address is allocated again");
+    assert_eq!(ra2["interfaces"][1]["name"], veth_a.as_str(), "{ra2}");
+    // From the new pod: b's neighbour entry for ip_a still names the old MAC until it hears
+    // from the new one (as with any address reused by a new interface).
+    assert_all(
+        "the new pod a",
+        vec![ping_eventually_check("new a->b", &a, ip_b.clone())],
+    );
+    tool.check(&a).assert_ok();
+
+    // (4) SIGKILL of the deleter: only the retired link is left; GC removes it and keeps the
+    // live attachments.
+    assert!(stall.kill(), "the deleter was alive until killed");
+    assert_eq!(retired_links(net.host()).len(), 1, "retired link left");
+    let cid_b = tool.container_id_for(&b);
+    net.cnitool(&c)
+        .valid_attachments(json!([
+            {"containerID": cid_a, "ifname": "eth0"},
+            {"containerID": cid_b, "ifname": "eth0"},
+        ]))
+        .gc()
+        .assert_ok();
+    assert!(retired_links(net.host()).is_empty(), "GC removed it");
+    assert!(
+        retired_links(&a).is_empty(),
+        "the pod end went with the pair"
+    );
+    assert!(lease(&net, "cnirs-doff", &ip_a).exists(), "a's lease kept");
+    assert!(lease(&net, "cnirs-doff", &ip_b).exists(), "b's lease kept");
+    assert_all(
+        "after GC",
+        vec![
+            ping_eventually_check("new a->b", &a, ip_b.clone()),
+            ping_eventually_check("b->new a", &b, ip_a.clone()),
+        ],
+    );
+
+    tool.del(&a).assert_ok();
+    tool.del(&b).assert_ok();
+    before
+        .diff(&HostState::of(&net))
+        .without(legit_leftover(&["cnirs-brdo"]))
+        .assert_empty("after every DEL");
+}

@@ -981,3 +981,39 @@ fn del_of_a_refused_mapping_succeeds_and_the_chain_leaves_nothing() {
             .assert_empty(&format!("after ADD refused ({mapping}) and DEL"));
     }
 }
+
+/// Right after a bridge DEL answers (its kernel delete held back in the detached deleter, by
+/// the test hook), the same hostPort is published again by another pod and answers from it;
+/// the old pod is unreachable.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn same_host_port_is_published_again_right_after_del() {
+    let net = TestNet::new();
+    let out = net.outside();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let conf = conf(&net, "pmdoff", "cnirs-pm9", &["10.229.1.0/24"], true);
+    let mut stall = StalledDeleter::new(&net, "a");
+    let tool_a = net
+        .cnitool(&conf)
+        .cap_args(cap(&[pm(8090, "tcp", "")]))
+        .env("CNIRS_RETIRE_STALL", stall.file.to_str().unwrap());
+    let tool_b = net.cnitool(&conf).cap_args(cap(&[pm(8090, "tcp", "")]));
+    tool_a.add(&a).assert_ok();
+    let _srv_a = TcpServer::start(&a, "0.0.0.0", 80, "pod-a");
+    let host_v4 = out.host_v4.to_string();
+    assert_answers(&out.ns, &host_v4, 8090, "pod-a", "before DEL");
+
+    tool_a.del(&a).assert_ok();
+    stall.pid();
+    assert_eq!(retired_links(net.host()).len(), 1, "the old pair, retired");
+    assert_refused(&out.ns, &host_v4, 8090, "after DEL a");
+
+    tool_b.add(&b).assert_ok();
+    let _srv_b = TcpServer::start(&b, "0.0.0.0", 80, "pod-b");
+    assert_answers(&out.ns, &host_v4, 8090, "pod-b", "the port published again");
+    assert_eq!(port_elem_counts(&net), [0, 1, 0, 0]);
+
+    stall.kill();
+    tool_b.del(&b).assert_ok();
+    assert_eq!(port_elem_counts(&net), [0, 0, 0, 0]);
+}

@@ -31,7 +31,9 @@ use crate::{
 };
 
 mod addr;
+mod retire;
 mod seal;
+pub use retire::{retired_name, RETIRED_PREFIX, STALL_ENV as RETIRE_STALL_ENV};
 pub use seal::SEAL_RULE_PRIORITY;
 
 const HOST: &str = "host";

@@ -69,7 +69,9 @@ pub use error::{errno, NetopsError};
 pub use exec::KernelExec;
 pub use ipnetwork::IpNetwork;
 #[cfg(feature = "netlink")]
-pub use kernel::{Kernel, Netlink, SEAL_RULE_PRIORITY};
+pub use kernel::{
+    retired_name, Kernel, Netlink, RETIRED_PREFIX, RETIRE_STALL_ENV, SEAL_RULE_PRIORITY,
+};
 pub use netns::NetNs;
 pub use ops::{apply, rollback, Executor, Failure, Ns, Op, Recorder, Reversible, Undo};
 pub use sysctl::SysctlKey;

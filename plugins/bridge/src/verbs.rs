@@ -153,28 +153,28 @@ fn seal_subnets(
     Ok(out)
 }
 
-/// Delete the host veth by its derived name (which removes the pod end too); when it is not
-/// there (created by another implementation, or already gone) delete `CNI_IFNAME` in the
+/// Retire the host veth by its derived name (down, off the bridge, renamed, with its pod end;
+/// the kernel's slow delete runs detached, see [`netops::Netlink::retire_veth`]); when it is
+/// not there (created by another implementation, or already gone) delete `CNI_IFNAME` in the
 /// netns if the netns still exists, as the reference does.
 fn delete_links(req: &Request) -> Result<(), BridgeError> {
     let kernel = Kernel::new()?;
     let host = kernel.host();
     let name = plan::host_veth_name(&req.conf.name, &req.container_id, &req.ifname)
         .map_err(NetopsError::from)?;
-    if host.delete_link(&name)? {
-        return Ok(());
-    }
-    let Some(path) = &req.netns else {
-        return Ok(());
+    let ns = match req.netns.as_ref().map(NetNs::open) {
+        None | Some(Err(NetopsError::NetnsNotFound { .. } | NetopsError::NotANetns { .. })) => None,
+        Some(Ok(ns)) => Some(ns),
+        Some(Err(e)) => return Err(e.into()),
     };
-    match NetNs::open(path) {
-        Ok(ns) => {
-            kernel.pod(&ns)?.delete_link(&req.ifname)?;
-            Ok(())
-        }
-        Err(NetopsError::NetnsNotFound { .. } | NetopsError::NotANetns { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
+    let pod = ns.as_ref().map(|ns| kernel.pod(ns)).transpose()?;
+    if host.retire_veth(&name, pod.as_ref().map(|p| (p, req.ifname.as_str())))? {
+        return Ok(());
     }
+    if let Some(pod) = &pod {
+        pod.delete_link(&req.ifname)?;
+    }
+    Ok(())
 }
 
 pub fn check(req: &Request, mode: Mode) -> Result<(), CniError> {
@@ -306,6 +306,10 @@ fn check_host_side(
 pub fn gc(req: &Request, mode: Mode) -> Result<(), CniError> {
     let spec = config::parse(req, mode)?;
     let mut errors: Vec<BridgeError> = Vec::new();
+    // Links a DEL retired but whose detached deleter was killed.
+    if let Err(e) = Kernel::new().and_then(|k| k.host().delete_retired()) {
+        errors.push(e.into());
+    }
     if let Err(e) =
         Firewall::open().and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
     {
