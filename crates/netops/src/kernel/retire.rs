@@ -154,3 +154,19 @@ fn spawn_detached(f: impl FnOnce()) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retired_names_are_valid_unique_and_never_derived_by_add() {
+        for i in [0, 1, 42, u32::MAX] {
+            let n = retired_name(i);
+            assert!(crate::validate_ifname(&n).is_ok(), "{n}");
+            assert!(n.len() <= 15, "{n}");
+            assert!(!n.starts_with("veth") && !n.starts_with("eth"), "{n}");
+        }
+        assert_ne!(retired_name(1), retired_name(2));
+    }
+}
