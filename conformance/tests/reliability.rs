@@ -811,3 +811,35 @@ fn full_reboot_then_new_pods_and_gc() {
         .without(|i| i.kind == "file" && i.text.starts_with("cache/"))
         .assert_empty("after reboot, GC and DEL of the new pods");
 }
+
+/// A bridge DEL whose detached deleter is SIGKILLed leaves only a retired link
+/// (`cnirsx…`); `cnirs-reconcile` deletes it and the host is back to its state before ADD.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn killed_del_deleter_leaves_a_retired_link_reconcile_removes() {
+    let net = TestNet::new();
+    let pod = net.pod("k");
+    let conf = chain_conf(&net, "reldoff", "cnirs-rbdo", "10.226.9.0/24");
+    let tool = net.cnitool(&conf).cap_args(ports(8095, 80));
+    tool.add(&pod).assert_ok();
+    tool.del(&pod).assert_ok();
+    let base = HostState::of(&net);
+
+    tool.add(&pod).assert_ok();
+    let mut stall = StalledDeleter::new(&net, "k");
+    net.cnitool(&conf)
+        .cap_args(ports(8095, 80))
+        .env("CNIRS_RETIRE_STALL", stall.file.to_str().unwrap())
+        .del(&pod)
+        .assert_ok();
+    stall.pid();
+    assert!(stall.kill(), "the deleter was alive until killed");
+    assert_eq!(
+        retired_links(net.host()).len(),
+        1,
+        "the retired link is left"
+    );
+    run_reconcile(&net, &[]).assert_ok();
+    assert!(retired_links(net.host()).is_empty(), "reconcile deleted it");
+    leaks(&base, &net).assert_empty("after DEL, kill and reconcile");
+}

@@ -115,6 +115,13 @@ fn firewall() -> Result<Option<Firewall>, NftError> {
 /// `nft -f - <<< skeleton + every element of the state`, after removing dead namespaces'
 /// state.
 fn repair() -> Result<(), NftError> {
+    // Veth pairs a bridge DEL retired whose detached deleter was killed (the kernel is the
+    // truth: nothing in the state names them). A failure here does not stop the repair.
+    match netops::Kernel::new().and_then(|k| k.host().delete_retired()) {
+        Ok(0) => {}
+        Ok(n) => log::info!("deleted {n} retired link(s) a killed DEL left"),
+        Err(e) => log::warn!("retired links: {e}"),
+    }
     let gone = nsstate::gc_dead(&run_root(), NetnsId::current()?)?;
     if !gone.is_empty() {
         log::info!(
