@@ -305,54 +305,62 @@ pub fn retired_links(ns: &Netns) -> Vec<Value> {
         .collect()
 }
 
-/// A bridge DEL's detached deleter held still by the `CNIRS_RETIRE_STALL` test hook (it writes
-/// its pid to [`StalledDeleter::file`] and waits instead of deleting). SIGKILLed on drop.
+/// The detached processes of a DEL (`netbase::detach`) held still by the `CNIRS_RETIRE_STALL`
+/// test hook: every plugin of the chain that parked work appends its detached process's pid to
+/// [`StalledDeleter::file`] before it exits, and that process waits instead of working.
+/// SIGKILLed on drop.
 pub struct StalledDeleter {
     pub file: std::path::PathBuf,
-    pid: Option<i32>,
+    pids: Vec<i32>,
 }
 
 impl StalledDeleter {
     pub fn new(net: &TestNet, tag: &str) -> Self {
         Self {
             file: net.tmp().join(format!("retire-stall-{tag}")),
-            pid: None,
+            pids: Vec::new(),
         }
     }
 
-    /// The deleter's pid, once it wrote it (waits up to 10 s).
+    /// The pids written so far (each plugin writes its line before it exits, so after the
+    /// DEL answered they are all there).
+    pub fn pids(&mut self) -> Vec<i32> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        for p in text.lines().filter_map(|l| l.trim().parse().ok()) {
+            if !self.pids.contains(&p) {
+                self.pids.push(p);
+            }
+        }
+        self.pids.clone()
+    }
+
+    /// The first detached process's pid; panics when none was written (a DEL that answered
+    /// wrote it already).
     #[track_caller]
     pub fn pid(&mut self) -> i32 {
-        for _ in 0..500 {
-            if let Some(p) = std::fs::read_to_string(&self.file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                self.pid = Some(p);
-                return p;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        match self.pids().first() {
+            Some(&p) => p,
+            None => panic!("no detached process wrote {}", self.file.display()),
         }
-        panic!("no detached deleter wrote {}", self.file.display());
     }
 
-    /// SIGKILL the deleter and reap nothing (it is not our child); true if it was alive.
+    /// SIGKILL every stalled process and reap nothing (they are not our children); true if
+    /// all of them were alive until then.
     pub fn kill(&mut self) -> bool {
-        let Some(p) = self.pid.take() else {
-            return false;
-        };
-        let alive = std::path::Path::new(&format!("/proc/{p}")).exists();
+        let pids = self.pids();
         let _ = std::fs::remove_file(&self.file);
-        run(std::process::Command::new("kill").args(["-KILL", &p.to_string()]));
+        self.pids.clear();
+        let mut alive = !pids.is_empty();
+        for p in pids {
+            alive &= std::path::Path::new(&format!("/proc/{p}")).exists();
+            run(std::process::Command::new("kill").args(["-KILL", &p.to_string()]));
+        }
         alive
     }
 }
 
 impl Drop for StalledDeleter {
     fn drop(&mut self) {
-        if self.pid.is_none() && self.file.exists() {
-            self.pid();
-        }
         self.kill();
     }
 }

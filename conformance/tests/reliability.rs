@@ -843,3 +843,180 @@ fn killed_del_deleter_leaves_a_retired_link_reconcile_removes() {
     assert!(retired_links(net.host()).is_empty(), "reconcile deleted it");
     leaks(&base, &net).assert_empty("after DEL, kill and reconcile");
 }
+
+// ---------------------------------------------------------------------------------------------
+// DEL off the kernel's clock (issue 19)
+
+/// The detached processes' open fds, as `/proc/PID/fd` link targets.
+fn open_fds(pid: i32) -> Vec<String> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut out: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Field 6 of `/proc/PID/stat`: the session id.
+fn session_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// The full chain (bridge + host-local + portmap + isolation), its DEL's detached part held
+/// still (`CNIRS_RETIRE_STALL`). When the DEL answered:
+/// (f) cnitool got EOF on the plugins' pipes although the detached processes still live: each
+///     is in its own session and holds only /dev/null and netlink sockets, no pipe;
+/// (c) the old pod's address and its published port answer nothing;
+/// (b)+(d) another pod gets the freed address (the range has two) and the same hostPort, which
+///     answers from it;
+/// (a) a new ADD with the same ifname in the old pod's netns works, while the old pair still
+///     exists (retired);
+/// (e) after a SIGKILL of the detached processes, GC (`cnitool gc`) or `cnirs-reconcile`
+///     leaves the host as it was before the first ADD.
+fn del_answers_with_everything_free(layout_default: bool, cleanup_with_reconcile: bool) {
+    let net = TestNet::new();
+    let out = net.outside();
+    let (a, b, c) = (net.pod("a"), net.pod("b"), net.pod("c"));
+    let mns = layout_default.then(|| MountNs::private_dirs(&["/run/cni-rs"]));
+    let name = if layout_default { "reldfd" } else { "reldft" };
+    let mut conf = chain_conf(&net, name, "cnirs-rdf", "10.226.10.0/24");
+    conf["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.226.10.0/24", "rangeStart": "10.226.10.10", "rangeEnd": "10.226.10.11"}]]);
+    let tool = |port: Option<u16>| {
+        let t = net.cnitool(&conf);
+        let t = match &mns {
+            Some(m) => t.mount_ns(m),
+            None => t,
+        };
+        match port {
+            Some(p) => t.cap_args(ports(p, 80)),
+            None => t,
+        }
+    };
+    let before = HostState::of(&net);
+
+    let ra = tool(Some(8097)).add(&a).assert_ok().json().clone();
+    let rb = tool(None).add(&b).assert_ok().json().clone();
+    let (ip_a, ip_b) = (first_ip(&ra), first_ip(&rb));
+    let _srv_a = TcpServer::start(&a, "0.0.0.0", 80, "pod-a");
+    let host_v4 = out.host_v4.to_string();
+    assert!(can_ping_eventually(&b, &ip_a, 3), "b->a before DEL");
+    let via_port = tcp_request(&out.ns, &host_v4, 8097).unwrap_or_default();
+    assert!(
+        via_port.starts_with("pod-a "),
+        "port before DEL: {via_port:?}"
+    );
+
+    let mut stall = StalledDeleter::new(&net, "a");
+    tool(Some(8097))
+        .env("CNIRS_RETIRE_STALL", stall.file.to_str().unwrap())
+        .del(&a)
+        .assert_ok();
+
+    // (f) cnitool returned: every plugin's stdout/stderr reached EOF. The detached processes
+    // (bridge's, portmap's and isolation's: each parked a socket) are alive and hold no pipe.
+    let pids = stall.pids();
+    assert!(
+        pids.len() >= 3,
+        "one detached process per plugin that deleted: {pids:?}"
+    );
+    let ours = session_of(std::process::id() as i32);
+    for &p in &pids {
+        let fds = open_fds(p);
+        assert!(
+            fds.iter()
+                .all(|f| f == "/dev/null" || f.starts_with("socket:[")),
+            "detached {p} holds more than /dev/null and its sockets: {fds:?}"
+        );
+        assert!(!fds.iter().any(|f| f.starts_with("pipe:")), "{fds:?}");
+        assert_eq!(session_of(p), p, "detached {p} leads its own session");
+        assert_ne!(session_of(p), ours);
+    }
+    assert_eq!(
+        retired_links(net.host()).len(),
+        1,
+        "the old pair, retired, still there"
+    );
+
+    // (c) nothing reaches the old pod.
+    assert!(
+        !can_ping(&b, &ip_a),
+        "b still reaches the old pod at {ip_a}"
+    );
+    assert!(!can_connect_tcp(&b, &ip_a, 80), "old pod's :80 from b");
+    assert!(
+        !can_connect_tcp(&out.ns, &host_v4, 8097),
+        "the old pod's published port still accepts"
+    );
+
+    // (b) + (d): another pod, the freed address and the same hostPort, at once.
+    let rc = tool(Some(8097)).add(&c).assert_ok().json().clone();
+    assert_eq!(first_ip(&rc), ip_a, "the freed address is allocated again");
+    let _srv_c = TcpServer::start(&c, "0.0.0.0", 80, "pod-c");
+    let via_port = tcp_request(&out.ns, &host_v4, 8097).unwrap_or_default();
+    assert!(
+        via_port.starts_with("pod-c "),
+        "port published again: {via_port:?}"
+    );
+    tool(Some(8097)).del(&c).assert_ok();
+
+    // (a) the same ifname in the same netns, while the old pair still exists.
+    assert!(a.link("eth0").is_none(), "pod ifname freed");
+    assert_eq!(retired_links(&a).len(), 1, "a's old end, retired");
+    let ra2 = tool(None).add(&a).assert_ok().json().clone();
+    assert_eq!(first_ip(&ra2), ip_a);
+    assert!(can_ping_eventually(&a, &ip_b, 3), "new a->b");
+
+    // (e) kill the detached part: only retired links are left, and cleanup removes them.
+    assert!(
+        stall.kill(),
+        "the detached processes were alive until killed"
+    );
+    assert_eq!(retired_links(net.host()).len(), 1, "retired link left");
+    if cleanup_with_reconcile {
+        let mut cmd = match &mns {
+            Some(m) => m.command(net.host(), &reconcile_bin().display().to_string()),
+            None => {
+                let mut c = net.host().command(&reconcile_bin().display().to_string());
+                c.env("CNIRS_RUN_DIR", net.run_dir());
+                c
+            }
+        };
+        run(&mut cmd).assert_ok();
+    } else {
+        tool(None)
+            .valid_attachments(json!([
+                {"containerID": tool(None).container_id_for(&a), "ifname": "eth0"},
+                {"containerID": tool(None).container_id_for(&b), "ifname": "eth0"},
+            ]))
+            .gc()
+            .assert_ok();
+    }
+    assert!(retired_links(net.host()).is_empty(), "cleanup removed it");
+    assert!(
+        retired_links(&a).is_empty(),
+        "the pod end went with the pair"
+    );
+    assert!(can_ping_eventually(&a, &ip_b, 3), "a->b after cleanup");
+
+    tool(None).del(&a).assert_ok();
+    tool(None).del(&b).assert_ok();
+    leaks(&before, &net)
+        .without(legit_leftover(&["cnirs-rdf"]))
+        .assert_empty("after DEL, kill, cleanup and DEL");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn del_answers_with_everything_free_test_dir_gc() {
+    del_answers_with_everything_free(false, false);
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn del_answers_with_everything_free_default_paths_reconcile() {
+    del_answers_with_everything_free(true, true);
+}

@@ -276,16 +276,25 @@ fn run_command(
 }
 
 /// `main` of every binary: real environment and stdio, logging set up.
+///
+/// A DEL may park work only the kernel can observe (a veth delete, the close of an nfnetlink
+/// socket after a batch that deleted): it runs in a detached process once the answer is out
+/// (`netbase::detach`), so the runtime sees this process exit without waiting for it.
 pub fn run(plugin: &dyn Plugin) -> i32 {
     crate::logging::init(plugin.name());
     let var = |k: &str| std::env::var(k).ok();
-    dispatch(
+    if var("CNI_COMMAND").as_deref() == Some("DEL") {
+        netbase::detach::enable();
+    }
+    let code = dispatch(
         plugin,
         &var,
         &mut std::io::stdin().lock(),
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
-    )
+    );
+    netbase::detach::finish();
+    code
 }
 
 #[cfg(test)]

@@ -6,10 +6,13 @@
 //!   so it can be written into nft text as is);
 //! - [`MacAddr`]: an Ethernet address, parsed from and printed as `aa:bb:cc:dd:ee:ff`;
 //! - [`Protocol`]: tcp / udp / sctp, as CNI `portMappings` and nft spell them;
-//! - [`logging`]: the log backend of every binary (stderr and an optional file, never stdout).
+//! - [`logging`]: the log backend of every binary (stderr and an optional file, never stdout);
+//! - [`detach`]: work only the kernel can observe (a slow delete, a socket whose close waits),
+//!   handed to a detached process after a DEL answered: the one place the suite forks.
 //!
-//! No dependency on the CNI contract or the kernel: everything here is pure.
+//! No dependency on the CNI contract or the kernel; everything but [`detach`] is pure.
 
+pub mod detach;
 mod ifname;
 pub mod logging;
 mod mac;

@@ -94,9 +94,43 @@ pub struct NftEvent {
 /// The messages of an answer as (nf_tables message type, attributes), or the netlink error.
 type Answer = Result<Vec<(u8, Vec<u8>)>, io::Error>;
 
+/// A bound NETLINK_NETFILTER socket whose close is handed to `netbase::detach` (during a DEL:
+/// closed by the detached process). The kernel makes the close of such a socket wait for
+/// nf_tables' pending destroy work, an RCU grace period (~10 ms) after any batch that deleted
+/// something, in this netns, by anyone; the commit itself was acknowledged before.
+pub(crate) struct NfSocket(pub(crate) Socket);
+
+impl NfSocket {
+    /// Open, bind (no groups) and connect to the kernel.
+    pub(crate) fn open() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(NfSocket(sock))
+    }
+}
+
+impl std::ops::Deref for NfSocket {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        &self.0
+    }
+}
+
+impl Drop for NfSocket {
+    fn drop(&mut self) {
+        // A duplicate keeps the socket open: closing ours then releases nothing (and waits
+        // for nothing); the duplicate is closed where `netbase::detach` says.
+        use std::os::fd::AsFd;
+        if let Ok(fd) = self.0.as_fd().try_clone_to_owned() {
+            netbase::detach::park_fd(fd);
+        }
+    }
+}
+
 /// A netlink socket on NETLINK_NETFILTER in the calling thread's network namespace.
 pub struct Nfnl {
-    sock: Socket,
+    sock: NfSocket,
     seq: u32,
     buf: Vec<u8>,
 }
@@ -104,11 +138,8 @@ pub struct Nfnl {
 impl Nfnl {
     /// Open and bind (no groups).
     pub fn open() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
         Ok(Nfnl {
-            sock,
+            sock: NfSocket::open()?,
             seq: 0,
             buf: Vec::with_capacity(1 << 16),
         })

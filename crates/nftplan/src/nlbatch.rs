@@ -9,8 +9,6 @@
 
 use std::{io, net::IpAddr};
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
-
 use crate::nfnl::{cstr, put_attr};
 
 const NLMSG_ERROR: u16 = 2;
@@ -293,17 +291,11 @@ fn answers(buf: &[u8]) -> Vec<(u16, u32, Option<i32>)> {
     out
 }
 
-fn open() -> io::Result<Socket> {
-    let mut sock = Socket::new(NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
-    Ok(sock)
-}
-
 /// Run `ops` in this thread's network namespace: changes as one transaction (all or nothing,
 /// like `nft -f`), gets one request each. The first error wins.
 pub fn apply(ops: &[Op]) -> io::Result<()> {
-    let sock = open()?;
+    // Closed by `netbase::detach` (after a DEL answered): see `NfSocket`.
+    let sock = crate::nfnl::NfSocket::open()?;
     let mut buf = Vec::with_capacity(1 << 16);
     if ops.iter().all(|o| o.verb == Verb::Get) {
         for (i, op) in ops.iter().enumerate() {

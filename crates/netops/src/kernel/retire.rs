@@ -1,22 +1,30 @@
 //! DEL without the kernel's wait: a veth delete spends 15-30 ms in an RCU barrier, while
 //! `down` + rename costs ~1 ms. [`Netlink::retire_veth`] makes the pair unobservable at once
 //! (both ends down, host end off its bridge, both renamed to a name no ADD derives, so the
-//! interface names are free again) and leaves the delete itself to a detached process. A
+//! interface names are free again) and leaves the delete itself to the detached process of
+//! `netbase::detach` (a plain synchronous netlink socket, [`delete_link_sync`]). A
 //! retired link a killed deleter left behind is removed by [`Netlink::delete_retired`] (GC).
 
 use futures::TryStreamExt;
-use rtnetlink::{packet_route::link::LinkMessage, LinkUnspec};
+use rtnetlink::{
+    packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST},
+    packet_route::{
+        link::{LinkAttribute, LinkMessage},
+        RouteNetlinkMessage,
+    },
+    sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},
+    LinkUnspec,
+};
 
-use super::{link_from_msg, Kernel, Netlink};
+use super::{link_from_msg, Netlink};
 use crate::NetopsError;
 
 /// Prefix of retired link names. ADD derives `veth<hex>` (bridge) or the runtime's ifname
 /// (`eth0`…), never this prefix.
 pub const RETIRED_PREFIX: &str = "cnirsx";
 
-/// Test hook: when set to a file path, the detached deleter writes its pid there and waits
-/// forever instead of deleting (so a test can SIGKILL it and check GC cleans up).
-pub const STALL_ENV: &str = "CNIRS_RETIRE_STALL";
+/// Test hook of the detached deleter (see `netbase::detach::STALL_ENV`).
+pub const STALL_ENV: &str = netbase::detach::STALL_ENV;
 
 /// The retired name of the link with this index: unique in its netns (the kernel never
 /// reuses a live index), 14 bytes.
@@ -49,8 +57,9 @@ impl Netlink<'_> {
     /// still exists: that end is set down and renamed too, so a new ADD with the same ifname in
     /// the same netns works right away. `Ok(false)` if there is no link `host_name`.
     ///
-    /// When the deleter cannot be detached (fork fails, or this process has other threads, where
-    /// fork is unsafe), the delete runs here, synchronously.
+    /// The delete is parked with `netbase::detach::park_job`: it runs in the detached process
+    /// after a DEL has answered, or here, synchronously, when parking is off or the process
+    /// cannot detach.
     pub fn retire_veth(
         &self,
         host_name: &str,
@@ -67,19 +76,13 @@ impl Netlink<'_> {
                 }
             }
         }
-        if !spawn_detached(|| {
-            if let Ok(path) = std::env::var(STALL_ENV) {
-                let _ = std::fs::write(path, std::process::id().to_string());
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
-                }
+        // The slow delete: in the detached process when this is a DEL (see `netbase::detach`),
+        // here otherwise. The retired name is unique while the link exists.
+        netbase::detach::park_job(move || {
+            if let Err(e) = delete_link_sync(&retired) {
+                log::warn!("deleting retired link {retired}: {e}");
             }
-            if let Ok(k) = Kernel::new() {
-                let _ = k.host().delete_link(&retired);
-            }
-        }) {
-            self.delete_link(&retired)?;
-        }
+        });
         Ok(true)
     }
 
@@ -104,55 +107,54 @@ impl Netlink<'_> {
     }
 }
 
-fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .map(|v| v.trim() == "1")
-        })
-        .unwrap_or(false)
-}
-
-/// Run `f` in a grandchild in its own session, with stdio on /dev/null and every other fd
-/// closed (so the runtime's pipes close when this process exits, and no lock is inherited).
-/// Returns false (and runs nothing) when it could not detach.
-#[allow(unsafe_code, clippy::exit)]
-fn spawn_detached(f: impl FnOnce()) -> bool {
-    if !single_threaded() {
-        return false;
-    }
-    // SAFETY: this process has one thread (checked above), so the child may run ordinary code.
-    // The children only ever leave through `_exit`, never returning into the caller.
-    unsafe {
-        match libc::fork() {
-            -1 => false,
-            0 => {
-                libc::setsid();
-                // A failed second fork runs `f` here: the caller then waits for it.
-                if matches!(libc::fork(), 0 | -1) {
-                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                    if null >= 0 {
-                        for fd in 0..3 {
-                            libc::dup2(null, fd);
-                        }
-                    }
-                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                    f();
+/// Delete link `name` in this process's netns over a plain synchronous netlink socket opened
+/// here (no tokio, no state of this process: it runs in the detached process after its fd
+/// cleanup). A link already gone (ENODEV) is not an error.
+pub fn delete_link_sync(name: &str) -> std::io::Result<()> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    sock.send(&dellink_request(name, 1), 0)?;
+    let mut buf = Vec::with_capacity(8192);
+    loop {
+        buf.clear();
+        sock.recv(&mut buf, 0)?;
+        let mut off = 0;
+        while off < buf.len() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let len = msg.header.length as usize;
+            if msg.header.sequence_number == 1 {
+                if let NetlinkPayload::Error(e) = msg.payload {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(c) if -c.get() == libc::ENODEV => Ok(()),
+                        Some(_) => Err(e.to_io()),
+                    };
                 }
-                libc::_exit(0)
             }
-            pid => {
-                let mut status = 0;
-                while libc::waitpid(pid, &mut status, 0) == -1
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-                {
-                }
-                true
+            if len == 0 {
+                break;
             }
+            off += (len + 3) & !3;
         }
     }
+}
+
+/// `RTM_DELLINK` of the link named `name` (ifindex 0: by name), acked.
+fn dellink_request(name: &str, seq: u32) -> Vec<u8> {
+    let mut link = LinkMessage::default();
+    link.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    let mut msg = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)),
+    );
+    msg.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    msg.header.sequence_number = seq;
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
 }
 
 #[cfg(test)]
@@ -168,5 +170,21 @@ mod tests {
             assert!(!n.starts_with("veth") && !n.starts_with("eth"), "{n}");
         }
         assert_ne!(retired_name(1), retired_name(2));
+    }
+
+    #[test]
+    fn dellink_request_names_the_link_and_asks_for_an_ack() {
+        let m = dellink_request("cnirsx0000002a", 7);
+        let u16_at = |o: usize| u16::from_ne_bytes([m[o], m[o + 1]]);
+        let u32_at = |o: usize| u32::from_ne_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
+        assert_eq!(m.len(), 16 + 16 + 20);
+        assert_eq!(u32_at(0) as usize, m.len());
+        assert_eq!(u16_at(4), 17, "RTM_DELLINK");
+        assert_eq!(u16_at(6), 1 | 4, "NLM_F_REQUEST | NLM_F_ACK");
+        assert_eq!(u32_at(8), 7, "seq");
+        assert!(m[16..32].iter().all(|&b| b == 0), "ifindex 0: by name");
+        assert_eq!(u16_at(32), 4 + 15, "IFLA_IFNAME length");
+        assert_eq!(u16_at(34), 3, "IFLA_IFNAME");
+        assert_eq!(&m[36..51], b"cnirsx0000002a\0");
     }
 }

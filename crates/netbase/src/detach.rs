@@ -1,0 +1,265 @@
+//! Work only the kernel can observe, taken off the runtime's clock: the one place the suite
+//! forks.
+//!
+//! Some kernel calls answer at once but make their caller wait afterwards: a veth delete sits
+//! in an RCU barrier (15-30 ms), and closing an nfnetlink socket after a batch that deleted
+//! something waits for nf_tables' destroy work (an RCU grace period, ~10 ms), although the
+//! commit was already done. During a DEL the code that would pay such a wait hands it here
+//! instead: [`park_fd`] (a socket whose close waits) and [`park_job`] (work that needs no
+//! state of this process, e.g. "delete the retired link `cnirsx…`"). When the verb has
+//! answered, [`finish`] forks once: a grandchild in its own session, with stdio on
+//! `/dev/null` and every inherited fd closed except the parked ones, runs the jobs, closes the
+//! parked fds and exits, while this process exits at once, so the runtime's pipes reach EOF
+//! without waiting for it.
+//!
+//! Nothing parked may matter to a later call: the caller makes its effect visible first (a
+//! link set down and renamed, an nft commit acknowledged). A grandchild killed half-way leaves
+//! only what GC removes (retired links).
+//!
+//! Parking is off unless [`enable`] was called (the skeleton calls it for DEL): then
+//! [`park_fd`] closes the fd and [`park_job`] runs the job right away.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+/// Test hook: when set to a file path, [`finish`] appends the detached process's pid to it
+/// (one line, written before this process returns) and the detached process waits forever
+/// instead of doing its work, so a test can look at the state in between and SIGKILL it.
+pub const STALL_ENV: &str = "CNIRS_RETIRE_STALL";
+
+/// A piece of work for the detached process. It runs after the fd cleanup: it must open
+/// whatever it needs itself.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+struct Parked {
+    enabled: bool,
+    fds: Vec<OwnedFd>,
+    jobs: Vec<Job>,
+}
+
+static PARKED: Mutex<Parked> = Mutex::new(Parked {
+    enabled: false,
+    fds: Vec::new(),
+    jobs: Vec::new(),
+});
+
+fn parked() -> std::sync::MutexGuard<'static, Parked> {
+    PARKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Let [`park_fd`] / [`park_job`] defer their work to [`finish`].
+pub fn enable() {
+    parked().enabled = true;
+}
+
+/// Whether parking is on.
+pub fn enabled() -> bool {
+    parked().enabled
+}
+
+/// Close `fd` in the detached process (now, when parking is off).
+pub fn park_fd(fd: OwnedFd) {
+    let mut p = parked();
+    if p.enabled {
+        p.fds.push(fd);
+    } else {
+        drop(p);
+        drop(fd);
+    }
+}
+
+/// Run `job` in the detached process (now, when parking is off).
+pub fn park_job(job: impl FnOnce() + Send + 'static) {
+    let mut p = parked();
+    if p.enabled {
+        p.jobs.push(Box::new(job));
+    } else {
+        drop(p);
+        job();
+    }
+}
+
+/// Hand everything parked to a detached process and return at once; with nothing parked,
+/// nothing happens. When it cannot detach (fork fails, or this process has other threads,
+/// where fork is unsafe) the work runs here. Call it once, after the answer was written.
+pub fn finish() {
+    let (fds, jobs) = {
+        let mut p = parked();
+        p.enabled = false;
+        (std::mem::take(&mut p.fds), std::mem::take(&mut p.jobs))
+    };
+    if fds.is_empty() && jobs.is_empty() {
+        return;
+    }
+    let stall = std::env::var_os(STALL_ENV);
+    let keep: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut work = Some((fds, jobs));
+    let detached = single_threaded()
+        && spawn_detached(&keep, stall.as_deref(), || {
+            if let Some((fds, jobs)) = work.take() {
+                run(fds, jobs);
+            }
+        });
+    // Detached: the child owns its copies; closing ours releases nothing.
+    if let Some((fds, jobs)) = work.take() {
+        if detached {
+            drop((fds, jobs));
+        } else {
+            run(fds, jobs);
+        }
+    }
+}
+
+fn run(fds: Vec<OwnedFd>, jobs: Vec<Job>) {
+    for job in jobs {
+        job();
+    }
+    drop(fds);
+}
+
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .map(|v| v.trim() == "1")
+        })
+        .unwrap_or(false)
+}
+
+/// The fd ranges to close so that only 0-2 and `keep` stay open: `(first, last)` inclusive.
+fn close_ranges(keep: &[RawFd]) -> Vec<(u32, u32)> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut out = Vec::new();
+    let mut from = 3u32;
+    for fd in keep {
+        if fd > from {
+            out.push((from, fd - 1));
+        }
+        from = fd + 1;
+    }
+    out.push((from, u32::MAX));
+    out
+}
+
+/// Run `f` in a grandchild in its own session, with stdio on /dev/null and every fd but
+/// `keep` closed (so the runtime's pipes close when this process exits and no lock is
+/// inherited). With `stall`, the grandchild's pid is appended to that file before this
+/// returns, and the grandchild waits forever instead of running `f`. Returns false (and `f`
+/// has not run) when it could not detach.
+#[allow(unsafe_code, clippy::exit)]
+fn spawn_detached(keep: &[RawFd], stall: Option<&std::ffi::OsStr>, f: impl FnOnce()) -> bool {
+    let ranges = close_ranges(keep);
+    // SAFETY: the caller checked this process has one thread, so the children may run
+    // ordinary code (allocate, take locks). The children only ever leave through `_exit`,
+    // never returning into the caller.
+    unsafe {
+        let mut pipe = [-1; 2];
+        // The intermediate child reports whether the grandchild exists (1 byte) so that a
+        // failed second fork leaves the work to the caller.
+        if libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return false;
+        }
+        match libc::fork() {
+            -1 => {
+                libc::close(pipe[0]);
+                libc::close(pipe[1]);
+                false
+            }
+            0 => {
+                libc::close(pipe[0]);
+                libc::setsid();
+                match libc::fork() {
+                    -1 => libc::_exit(1),
+                    0 => {}
+                    grandchild => {
+                        if let Some(path) = stall {
+                            append_pid(path, grandchild);
+                        }
+                        libc::write(pipe[1], b"1".as_ptr().cast(), 1);
+                        libc::_exit(0)
+                    }
+                }
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    for fd in 0..3 {
+                        libc::dup2(null, fd);
+                    }
+                }
+                for (first, last) in ranges {
+                    libc::syscall(libc::SYS_close_range, first, last, 0u32);
+                }
+                if stall.is_some() {
+                    loop {
+                        libc::pause();
+                    }
+                }
+                f();
+                libc::_exit(0)
+            }
+            pid => {
+                libc::close(pipe[1]);
+                let mut byte = 0u8;
+                let n = loop {
+                    let n = libc::read(pipe[0], (&raw mut byte).cast(), 1);
+                    if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
+                    {
+                        break n;
+                    }
+                };
+                libc::close(pipe[0]);
+                let mut status = 0;
+                while libc::waitpid(pid, &mut status, 0) == -1
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
+                n == 1
+            }
+        }
+    }
+}
+
+fn append_pid(path: &std::ffi::OsStr, pid: libc::pid_t) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{pid}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_ranges_keep_stdio_and_the_parked_fds() {
+        assert_eq!(close_ranges(&[]), vec![(3, u32::MAX)]);
+        assert_eq!(close_ranges(&[5]), vec![(3, 4), (6, u32::MAX)]);
+        assert_eq!(close_ranges(&[3, 4, 9, 1]), vec![(5, 8), (10, u32::MAX)]);
+        assert_eq!(close_ranges(&[7, 7, 6]), vec![(3, 5), (8, u32::MAX)]);
+    }
+
+    #[test]
+    fn without_enable_parked_work_runs_at_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        park_job(move || tx.send(1).unwrap_or(()));
+        assert_eq!(rx.try_recv().ok(), Some(1));
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        park_fd(OwnedFd::from(a));
+        // The peer sees EOF: our end was closed, not parked.
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &b, &mut buf).unwrap(), 0);
+    }
+}
