@@ -934,13 +934,8 @@ fn del_answers_with_everything_free(layout_default: bool, cleanup_with_reconcile
             "detached {p} holds more than /dev/null and its sockets: {fds:?}"
         );
         assert!(!fds.iter().any(|f| f.starts_with("pipe:")), "{fds:?}");
-        // setsid in the intermediate child: a session of its own (not a leader, so no tty).
-        assert_ne!(
-            session_of(p),
-            ours,
-            "detached {p} is in a session of its own"
-        );
-        assert_ne!(session_of(p), p);
+        assert_eq!(session_of(p), p, "detached {p} leads a session of its own");
+        assert_ne!(session_of(p), ours);
     }
     assert_eq!(
         retired_links(net.host()).len(),

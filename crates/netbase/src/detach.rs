@@ -7,16 +7,16 @@
 //! commit was already done. During a DEL the code that would pay such a wait hands it here
 //! instead: [`park_fd`] (a socket whose close waits) and [`park_job`] (work that needs no
 //! state of this process, e.g. "delete the retired link `cnirsx…`"). When the verb has
-//! answered, [`finish`] forks once: a grandchild in its own session, with stdio on
+//! answered, [`finish`] forks once: a child in a session of its own, with stdio on
 //! `/dev/null` and every inherited fd closed except the parked ones, runs the jobs, closes the
 //! parked fds and exits, while this process exits at once, so the runtime's pipes reach EOF
 //! without waiting for it.
 //!
 //! Nothing parked may matter to a later call: the caller makes its effect visible first (a
-//! link set down and renamed, an nft commit acknowledged). A grandchild killed half-way leaves
+//! link set down and renamed, an nft commit acknowledged). A child killed half-way leaves
 //! only what GC removes (retired links).
 //!
-//! Parking is off unless [`enable`] was called (the skeleton calls it for DEL): then
+//! Parking is off unless [`enable`] was called (the skeleton calls it for DEL); while off,
 //! [`park_fd`] closes the fd and [`park_job`] runs the job right away.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -151,44 +151,24 @@ fn close_ranges(keep: &[RawFd]) -> Vec<(u32, u32)> {
     out
 }
 
-/// Run `f` in a grandchild in its own session, with stdio on /dev/null and every fd but
-/// `keep` closed (so the runtime's pipes close when this process exits and no lock is
-/// inherited). With `stall`, the grandchild's pid is appended to that file before this
-/// returns, and the grandchild waits forever instead of running `f`. Returns false (and `f`
-/// has not run) when it could not detach.
+/// Run `f` in a child in a session of its own (signals to the runtime's process group do not
+/// reach it), with stdio on /dev/null and every fd but `keep` closed (so the runtime's pipes
+/// close when this process exits and no lock is inherited). This process does not wait for
+/// it: when it exits the child is re-parented (to init or the runtime's subreaper, which reaps
+/// it). With `stall`, the child's pid is appended to that file before this returns, and the
+/// child waits forever instead of running `f`. Returns false (and `f` has not run) when the
+/// fork failed.
 #[allow(unsafe_code, clippy::exit)]
 fn spawn_detached(keep: &[RawFd], stall: Option<&std::ffi::OsStr>, f: impl FnOnce()) -> bool {
     let ranges = close_ranges(keep);
-    // SAFETY: the caller checked this process has one thread, so the children may run
-    // ordinary code (allocate, take locks). The children only ever leave through `_exit`,
-    // never returning into the caller.
+    // SAFETY: the caller checked this process has one thread, so the child may run ordinary
+    // code (allocate, take locks). The child only ever leaves through `_exit`, never
+    // returning into the caller.
     unsafe {
-        let mut pipe = [-1; 2];
-        // The intermediate child reports whether the grandchild exists (1 byte) so that a
-        // failed second fork leaves the work to the caller.
-        if libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return false;
-        }
         match libc::fork() {
-            -1 => {
-                libc::close(pipe[0]);
-                libc::close(pipe[1]);
-                false
-            }
+            -1 => false,
             0 => {
-                libc::close(pipe[0]);
                 libc::setsid();
-                match libc::fork() {
-                    -1 => libc::_exit(1),
-                    0 => {}
-                    grandchild => {
-                        if let Some(path) = stall {
-                            append_pid(path, grandchild);
-                        }
-                        libc::write(pipe[1], b"1".as_ptr().cast(), 1);
-                        libc::_exit(0)
-                    }
-                }
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
                 if null >= 0 {
                     for fd in 0..3 {
@@ -206,23 +186,11 @@ fn spawn_detached(keep: &[RawFd], stall: Option<&std::ffi::OsStr>, f: impl FnOnc
                 f();
                 libc::_exit(0)
             }
-            pid => {
-                libc::close(pipe[1]);
-                let mut byte = 0u8;
-                let n = loop {
-                    let n = libc::read(pipe[0], (&raw mut byte).cast(), 1);
-                    if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
-                    {
-                        break n;
-                    }
-                };
-                libc::close(pipe[0]);
-                let mut status = 0;
-                while libc::waitpid(pid, &mut status, 0) == -1
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-                {
+            child => {
+                if let Some(path) = stall {
+                    append_pid(path, child);
                 }
-                n == 1
+                true
             }
         }
     }
