@@ -23,7 +23,6 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLA_TYPE_MASK: u16 = 0x3fff;
-#[cfg(test)]
 const NLA_F_NESTED: u16 = 0x8000;
 
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -37,6 +36,13 @@ const CTA_IP_V6_SRC: u16 = 3;
 const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_FILTER: u16 = 25;
+const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+const CTA_FILTER_REPLY_FLAGS: u16 = 2;
+const CTA_FILTER_F_CTA_IP_SRC: u32 = 1 << 0;
+const CTA_FILTER_F_CTA_IP_DST: u32 = 1 << 1;
+const CTA_FILTER_F_CTA_PROTO_NUM: u32 = 1 << 3;
+const CTA_FILTER_F_CTA_PROTO_DST_PORT: u32 = 1 << 5;
 
 /// Which entries to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +154,75 @@ fn parse_entry(body: &[u8]) -> Entry {
 
 fn pad(v: &mut Vec<u8>) {
     v.resize(v.len().next_multiple_of(4), 0);
+}
+
+fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + payload.len() + 3);
+    v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(payload);
+    pad(&mut v);
+    v
+}
+
+fn ip_bytes(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// The attributes of the kernel-side filtered flushes (`IPCTNL_MSG_CT_DELETE` without a full
+/// tuple, with `CTA_FILTER`: the kernel walks its table without building a dump, ~0.1 ms
+/// instead of ~10 ms) that together delete what `m` matches: one per tuple position (the
+/// kernel ANDs the fields of one filter). A kernel without filtered flushes parses the partial
+/// tuple as an exact one and refuses it (EINVAL: no protocol); it never flushes more.
+fn flush_filters(m: &CtMatch) -> Vec<Vec<u8>> {
+    let one = |dir: u16, flags_ty: u16, flags: u32, tuple: Vec<u8>| {
+        [
+            attr(dir | NLA_F_NESTED, &tuple),
+            attr(
+                CTA_FILTER | NLA_F_NESTED,
+                &attr(flags_ty, &flags.to_ne_bytes()),
+            ),
+        ]
+        .concat()
+    };
+    match *m {
+        CtMatch::DstPort { proto, port, .. } => {
+            let pr = [
+                attr(CTA_PROTO_NUM, &[proto]),
+                attr(CTA_PROTO_DST_PORT, &port.to_be_bytes()),
+            ]
+            .concat();
+            vec![one(
+                CTA_TUPLE_ORIG,
+                CTA_FILTER_ORIG_FLAGS,
+                CTA_FILTER_F_CTA_PROTO_NUM | CTA_FILTER_F_CTA_PROTO_DST_PORT,
+                attr(CTA_TUPLE_PROTO | NLA_F_NESTED, &pr),
+            )]
+        }
+        CtMatch::Address(a) => {
+            let (src, dst) = match a {
+                IpAddr::V4(_) => (CTA_IP_V4_SRC, CTA_IP_V4_DST),
+                IpAddr::V6(_) => (CTA_IP_V6_SRC, CTA_IP_V6_DST),
+            };
+            let mut out = Vec::new();
+            for (dir, flags_ty) in [
+                (CTA_TUPLE_ORIG, CTA_FILTER_ORIG_FLAGS),
+                (CTA_TUPLE_REPLY, CTA_FILTER_REPLY_FLAGS),
+            ] {
+                for (ty, flag) in [
+                    (src, CTA_FILTER_F_CTA_IP_SRC),
+                    (dst, CTA_FILTER_F_CTA_IP_DST),
+                ] {
+                    let ip = attr(CTA_TUPLE_IP | NLA_F_NESTED, &attr(ty, &ip_bytes(a)));
+                    out.push(one(dir, flags_ty, flag, ip));
+                }
+            }
+            out
+        }
+    }
 }
 
 /// A request: nlmsghdr + nfgenmsg(family, v0, res_id 0) + `attrs`.
@@ -269,14 +344,34 @@ impl Socket {
     }
 }
 
+/// [`flush_filters`] of every match, one acked request each; the first error stops.
+fn flush(sock: &Socket, matches: &[CtMatch]) -> Result<(), NetopsError> {
+    let mut seq = 0x1000u32;
+    for m in matches {
+        for attrs in flush_filters(m) {
+            seq += 1;
+            sock.send(&message(
+                IPCTNL_MSG_CT_DELETE,
+                NLM_F_REQUEST | NLM_F_ACK,
+                seq,
+                m.v6(),
+                &attrs,
+            ))?;
+            sock.read(seq, |_| {})?;
+        }
+    }
+    Ok(())
+}
+
 /// `nf_conntrack_count` of the calling thread's netns is 0 (unreadable: not known to be 0).
 fn netns_has_no_entries() -> bool {
     std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
         .is_ok_and(|s| s.trim() == "0")
 }
 
-/// Delete every entry of the current netns that matches one of `matches`; returns how many
-/// were deleted. Entries gone meanwhile count as deleted.
+/// Delete every entry of the current netns that matches one of `matches`: with the kernel's
+/// filtered flushes (returns 0: the kernel does not count), else (an older kernel) one dump per
+/// family and one delete per matching entry (returns how many; entries gone meanwhile count).
 ///
 /// A dump walks the kernel's whole conntrack hash (shared by every netns: 262144 buckets on a
 /// 24 GiB machine, 10-20 ms) even when this netns has no entry; so when the netns's own count
@@ -286,6 +381,15 @@ pub fn delete(matches: &[CtMatch]) -> Result<usize, NetopsError> {
         return Ok(0);
     }
     let sock = Socket::open()?;
+    match flush(&sock, matches) {
+        Ok(()) => return Ok(0),
+        Err(NetopsError::Conntrack { source, .. })
+            if source.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            log::debug!("no filtered conntrack flush in this kernel: dump and delete");
+        }
+        Err(e) => return Err(e),
+    }
     let mut seq = 1u32;
     let mut deleted = 0;
     for v6 in [false, true] {
@@ -414,5 +518,68 @@ mod tests {
         for n in 0..body.len() {
             let _ = parse_entry(&body[..n]);
         }
+    }
+
+    #[test]
+    fn flush_filters_name_one_tuple_position_each() {
+        let u16_at = |b: &[u8], o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        let a = CtMatch::Address("10.1.2.3".parse().unwrap());
+        let f = flush_filters(&a);
+        assert_eq!(f.len(), 4, "orig src, orig dst, reply src, reply dst");
+        // CTA_TUPLE_ORIG { CTA_TUPLE_IP { CTA_IP_V4_SRC 10.1.2.3 } } CTA_FILTER { ORIG_FLAGS 1 }
+        assert_eq!(
+            f[0],
+            [
+                nla(
+                    CTA_TUPLE_ORIG | NLA_F_NESTED,
+                    &nla(
+                        CTA_TUPLE_IP | NLA_F_NESTED,
+                        &nla(CTA_IP_V4_SRC, &[10, 1, 2, 3])
+                    )
+                ),
+                nla(
+                    CTA_FILTER | NLA_F_NESTED,
+                    &nla(CTA_FILTER_ORIG_FLAGS, &1u32.to_ne_bytes())
+                ),
+            ]
+            .concat()
+        );
+        assert_eq!(u16_at(&f[3], 2), CTA_TUPLE_REPLY | NLA_F_NESTED);
+        let reply_flags = &f[3][f[3].len() - 8..];
+        assert_eq!(u16_at(reply_flags, 2), CTA_FILTER_REPLY_FLAGS);
+        assert_eq!(
+            &reply_flags[4..],
+            &2u32.to_ne_bytes(),
+            "CTA_FILTER_F_CTA_IP_DST"
+        );
+        let v6 = flush_filters(&CtMatch::Address("fd00::5".parse().unwrap()));
+        assert_eq!(u16_at(&v6[1], 10), CTA_IP_V6_DST);
+
+        let p = flush_filters(&CtMatch::DstPort {
+            v6: false,
+            proto: 17,
+            port: 5309,
+        });
+        assert_eq!(
+            p,
+            vec![[
+                nla(
+                    CTA_TUPLE_ORIG | NLA_F_NESTED,
+                    &nla(
+                        CTA_TUPLE_PROTO | NLA_F_NESTED,
+                        &[
+                            nla(CTA_PROTO_NUM, &[17]),
+                            nla(CTA_PROTO_DST_PORT, &5309u16.to_be_bytes())
+                        ]
+                        .concat()
+                    )
+                ),
+                nla(
+                    CTA_FILTER | NLA_F_NESTED,
+                    &nla(CTA_FILTER_ORIG_FLAGS, &(8u32 | 32).to_ne_bytes())
+                ),
+            ]
+            .concat()]
+        );
     }
 }
