@@ -19,8 +19,20 @@ all: build
 deps:
 	scripts/install-deps.sh --if-missing
 
+# The per-pod plugins are linked statically (glibc's crt-static): a process start without the
+# dynamic loader is ~0.3 ms shorter, paid by every plugin of every ADD/CHECK/DEL. They are built
+# for the host triple explicitly so build scripts and proc-macros stay dynamic, then linked into
+# target/release over the dynamic copies. The rest (etcd clients, resolver, admin tools) stay
+# dynamic: they resolve host names through glibc's NSS.
+HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
+STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning
+
 build:
 	$(CARGO) build --release --workspace --bins
+	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
+		$(CARGO) build --release --target $(HOST_TRIPLE) --bins $(addprefix -p ,$(STATIC_BINS))
+	for b in $(STATIC_BINS); do ln -f target/$(HOST_TRIPLE)/release/$$b target/release/$$b; done
 
 cnitool: $(CNITOOL)
 

@@ -1272,3 +1272,58 @@ fn bridge_del_frees_everything_at_once_and_gc_removes_a_killed_deleters_link() {
         .without(legit_leftover(&["cnirs-brdo"]))
         .assert_empty("after every DEL");
 }
+
+/// An internal network whose bridge has no address (`isGateway: false`) and whose last DEL
+/// comes without a prevResult (a runtime that lost its cache): the subnet seal rules go too,
+/// from the network's own record.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn internal_bridge_last_del_without_prev_result_removes_the_subnet_seal() {
+    let net = TestNet::new();
+    let p = net.pod("p");
+    let c = conf(
+        &net,
+        "cnirs-intng",
+        "internal-bridge",
+        "cnirs-brintng",
+        ranges(&["10.233.7.0/24", "fd00:233:7::/64"]),
+        json!({"isGateway": false}),
+    );
+    let rules = |net: &TestNet| -> Vec<String> {
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            for r in net
+                .host()
+                .ip_json(&[fam, "rule", "show"])
+                .as_array()
+                .unwrap()
+            {
+                if r["iif"] == "cnirs-brintng"
+                    || r["dst"] == "10.233.7.0"
+                    || r["dst"] == "fd00:233:7::"
+                {
+                    out.push(format!("{fam} {r}"));
+                }
+            }
+        }
+        out
+    };
+    net.cnitool(&c).add(&p).assert_ok();
+    assert!(net.host().link("cnirs-brintng").is_some());
+    assert_eq!(
+        net.host().addrs("cnirs-brintng"),
+        Vec::<String>::new(),
+        "isGateway false: no address on the bridge"
+    );
+    assert_eq!(rules(&net).len(), 6, "{:?}", rules(&net));
+    // The plugin alone, as a runtime without a cache calls it: no prevResult.
+    let env = cni_env(
+        "DEL",
+        &net.cnitool(&c).container_id_for(&p),
+        &p.path().display().to_string(),
+        "eth0",
+    );
+    net.run_plugin(&plugin_bin("internal-bridge"), &env, &plugin_conf(&c))
+        .assert_ok();
+    assert!(rules(&net).is_empty(), "{:?}", rules(&net));
+}

@@ -11,7 +11,7 @@ use crate::{
     nsstate::{self, NetnsId},
     state::{AttRecord, Locked, NetRecord, PortOwner},
     types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping},
-    NftError,
+    IpNetwork, NftError,
 };
 
 mod ports;
@@ -102,13 +102,25 @@ impl Firewall {
 
     /// Drop a bridge attachment; the last one of the network removes its elements.
     /// Ok when the attachment is unknown (DEL is idempotent). Returns the internal bridge
-    /// whose last attachment this was (its kernel-level seal may go too).
-    pub fn detach_network(&self, a: &Attachment) -> Result<Option<IfName>, NftError> {
+    /// whose last attachment this was, with the subnets its record held (its kernel-level
+    /// seal may go too; the record knows them when the runtime sends no prevResult and the
+    /// bridge has no address).
+    pub fn detach_network(&self, a: &Attachment) -> Result<Option<LastInternal>, NftError> {
         let removed = self.detach(Feature::Network, a)?;
-        Ok(removed.into_iter().find_map(|e| match e {
-            Elem::InternalBr { bridge } => Some(bridge),
+        let Some(bridge) = removed.iter().find_map(|e| match e {
+            Elem::InternalBr { bridge } => Some(bridge.clone()),
             _ => None,
-        }))
+        }) else {
+            return Ok(None);
+        };
+        let subnets = removed
+            .iter()
+            .filter_map(|e| match e {
+                Elem::BrNet { bridge: b, subnet } if *b == bridge => Some(*subnet),
+                _ => None,
+            })
+            .collect();
+        Ok(Some(LastInternal { bridge, subnets }))
     }
 
     /// Which network elements of this attachment are missing from the kernel (empty = fine).
@@ -621,6 +633,15 @@ impl Firewall {
         }
         Ok(out)
     }
+}
+
+/// The last attachment of an internal network is gone: its bridge and the subnets it held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastInternal {
+    /// The internal network's bridge.
+    pub bridge: IfName,
+    /// Its subnets (network addresses), as the attachments recorded them.
+    pub subnets: Vec<IpNetwork>,
 }
 
 /// CHECK's verdict on what [`Firewall::check_network`] and its siblings found missing:

@@ -80,7 +80,9 @@ mod types;
 pub use backend::{NftBackend, NftCli, RecordingNft, TableProbe};
 pub use batch::{Batch, Elem, SKELETON, SKELETON_RULES, TABLE};
 pub use error::NftError;
-pub use firewall::{default_state_dir, missing_error, run_root, Firewall, DEFAULT_RUN_DIR};
+pub use firewall::{
+    default_state_dir, missing_error, run_root, Firewall, LastInternal, DEFAULT_RUN_DIR,
+};
 pub use inventory::{AttachmentView, NetworkView, PortView};
 pub use ipnetwork::IpNetwork;
 pub use nsstate::NetnsId;

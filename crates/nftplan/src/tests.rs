@@ -621,6 +621,10 @@ fn internal_a() -> NetworkElems {
     NetworkElems {
         internal: true,
         masq: vec![],
+        subnets: vec![
+            "10.213.1.7/24".parse().unwrap(),
+            "fd00:213::/64".parse().unwrap(),
+        ],
         ..net_a()
     }
 }
@@ -703,9 +707,18 @@ fn last_detach_of_an_internal_network_names_its_bridge() {
     f.attach_network(&att("net-a", "c2"), &internal_a())
         .unwrap();
     assert_eq!(f.detach_network(&att("net-a", "c1")).unwrap(), None);
-    assert_eq!(
-        f.detach_network(&att("net-a", "c2")).unwrap(),
-        Some(br("cnirs-a"))
-    );
+    let last = f.detach_network(&att("net-a", "c2")).unwrap().unwrap();
+    assert_eq!(last.bridge, br("cnirs-a"));
+    // The record's subnets, for the seal's removal without a prevResult.
+    let mut want: Vec<IpNetwork> = internal_a()
+        .subnets
+        .iter()
+        .map(|s| IpNetwork::new(s.network(), s.prefix()).unwrap())
+        .collect();
+    want.sort();
+    let mut got = last.subnets.clone();
+    got.sort();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
     assert_eq!(f.detach_network(&att("net-a", "c2")).unwrap(), None);
 }

@@ -7,10 +7,14 @@
 //! ```
 //!
 //! IPv6 file names are the RFC 5952 text (`fd00::2`), as Go's `net.IP.String` prints them.
-//! A reservation is written to a temp file in the same directory, fsynced, then `link(2)`ed to
-//! its final name (EEXIST = taken: the reference's O_EXCL semantics), so no reader ever sees an
-//! empty or partial lease. Empty or unreadable lease files found under the lock (a crash of an
-//! older writer) are stale: logged, and reclaimed when their address is needed or on GC.
+//! A reservation is created with `O_EXCL` (EEXIST = taken), as the reference does, and written
+//! under the lock, so no reader that honours the lock sees it half-written. Nothing is fsynced
+//! (the reference does not either): a lease only matters while its pod's netns lives, and no
+//! netns outlives a host crash. Empty or unreadable lease files found under the lock (a writer
+//! killed mid-call, or a crash) are stale: logged, and reclaimed when their address is needed
+//! or on GC. `last_reserved_ip.<n>` and the index are overwritten in place, never truncated to
+//! zero or renamed over: on ext4 those two patterns force a writeback of the old blocks
+//! (`auto_da_alloc`), which cost 1-5 ms per ADD here.
 
 use std::{
     collections::BTreeMap,
@@ -52,7 +56,6 @@ enum Entry {
 pub struct DiskStore {
     dir: PathBuf,
     entries: BTreeMap<IpAddr, Entry>,
-    tmp_seq: u32,
     /// A complete [`index`] was found.
     indexed: bool,
     /// The entries differ from what the index on disk says (or it was not valid).
@@ -145,7 +148,6 @@ impl DiskStore {
         let mut store = Self {
             dir,
             entries: BTreeMap::new(),
-            tmp_seq: 0,
             indexed: false,
             dirty: true,
             _lock: lock,
@@ -216,37 +218,6 @@ impl DiskStore {
         self.dir.join(ip.to_string())
     }
 
-    /// Write `content` to a new temp file in the directory (fsynced when `sync`); returns its
-    /// path.
-    fn write_temp(&mut self, content: &[u8], sync: bool) -> Result<PathBuf, Error> {
-        loop {
-            self.tmp_seq += 1;
-            let tmp = self.dir.join(format!(
-                "{TMP_PREFIX}{}-{}",
-                std::process::id(),
-                self.tmp_seq
-            ));
-            let mut f = match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-            {
-                Ok(f) => f,
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io("creating", &tmp, e)),
-            };
-            let res = f
-                .write_all(content)
-                .and_then(|()| if sync { f.sync_all() } else { Ok(()) });
-            if let Err(e) = res {
-                let _ = fs::remove_file(&tmp);
-                return Err(Error::io("writing", &tmp, e));
-            }
-            return Ok(tmp);
-        }
-    }
-
     fn remove(&self, path: &Path) -> Result<(), Error> {
         match fs::remove_file(path) {
             Ok(()) => Ok(()),
@@ -264,6 +235,40 @@ impl DiskStore {
     pub fn from_index(&self) -> bool {
         self.indexed && !self.dirty
     }
+}
+
+/// Create `path` with `content`, failing (`Ok(false)`) when it exists: the reference's
+/// `O_CREATE|O_EXCL` reservation. A write error removes the file again.
+fn create_excl(path: &Path, content: &[u8]) -> std::io::Result<bool> {
+    let mut f = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if let Err(e) = f.write_all(content) {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Replace the content of `path` (created if missing) in place: write from offset 0, then cut
+/// the file to the new length. Never truncates to zero first (see the module's note on ext4).
+pub(crate) fn overwrite(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all_at(content, 0)?;
+    f.set_len(content.len() as u64)
 }
 
 impl Drop for DiskStore {
@@ -307,12 +312,9 @@ impl Store for DiskStore {
             Some(ifname) => format!("{}{LINE_BREAK}{ifname}", owner.container_id.trim()),
             None => owner.container_id.trim().to_string(),
         };
-        let tmp = self.write_temp(content.as_bytes(), true)?;
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+        match create_excl(&path, content.as_bytes()) {
+            Ok(true) => {}
+            Ok(false) => {
                 // Someone not honouring the lock: respect their file.
                 let entry = fs::read(&path)
                     .ok()
@@ -322,18 +324,14 @@ impl Store for DiskStore {
                 self.entries.insert(ip, entry);
                 return Ok(false);
             }
-            Err(e) => return Err(Error::io("linking", &path, e)),
+            Err(e) => return Err(Error::io("creating", &path, e)),
         }
         self.entries.insert(ip, Entry::Lease(owner.clone()));
         self.dirty = true;
 
-        // The round-robin cursor: a hint, replaced atomically, not worth an fsync.
+        // The round-robin cursor: a hint (the reference reads it under the same lock).
         let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
-        let tmp = self.write_temp(ip.to_string().as_bytes(), false)?;
-        if let Err(e) = fs::rename(&tmp, &last) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io("writing", &last, e));
-        }
+        overwrite(&last, ip.to_string().as_bytes()).map_err(|e| Error::io("writing", &last, e))?;
         Ok(true)
     }
 
@@ -480,22 +478,18 @@ mod tests {
         assert_eq!(s.get_by_id("c1", "eth0"), [ip("10.0.0.2")]);
         drop(s);
         // Proof that the index, not the file, answered: an owner only the index names.
-        let text = fs::read_to_string(dir.join(index::INDEX_FILE)).unwrap();
-        fs::write(
-            dir.join(index::INDEX_FILE),
-            text.replace("\tc1\t", "\tghost\t"),
-        )
-        .unwrap();
+        let mut idx = index::load(&dir).unwrap();
+        idx.leases
+            .insert(ip("10.0.0.2"), Owner::new("ghost", "eth0"));
+        index::store(&dir, &idx.leases).unwrap();
         let s = DiskStore::open(tmp.path(), "n").unwrap();
         assert_eq!(s.get_by_id("ghost", "eth0"), [ip("10.0.0.2")]);
         // ...but a lease the index names without its file does not exist.
         drop(s);
-        let text = fs::read_to_string(dir.join(index::INDEX_FILE)).unwrap();
-        fs::write(
-            dir.join(index::INDEX_FILE),
-            text.replace("end 1", "10.0.0.7\tphantom\teth0\nend 2"),
-        )
-        .unwrap();
+        let mut idx = index::load(&dir).unwrap();
+        idx.leases
+            .insert(ip("10.0.0.7"), Owner::new("phantom", "eth0"));
+        index::store(&dir, &idx.leases).unwrap();
         let mut s = DiskStore::open(tmp.path(), "n").unwrap();
         assert!(s.get_by_id("phantom", "eth0").is_empty());
         assert!(s

@@ -13,20 +13,13 @@
 //! never rewritten in place with another owner. `last_reserved_ip.<n>` is rewritten in place
 //! and is therefore always read from its own file, never from the index.
 
-use std::{
-    collections::BTreeMap,
-    fs::{self, OpenOptions},
-    io::Write,
-    net::IpAddr,
-    os::unix::fs::OpenOptionsExt,
-    path::Path,
-};
+use std::{collections::BTreeMap, fs, net::IpAddr, path::Path};
 
 use crate::store::Owner;
 
 /// The index file's name.
 pub const INDEX_FILE: &str = ".cnirs-index";
-const MAGIC: &str = "cnirs-host-local-index v1";
+const MAGIC: &str = "cnirs-host-local-index v2";
 /// What a complete index file says.
 #[derive(Debug)]
 pub struct Index {
@@ -39,16 +32,23 @@ pub fn load(dir: &Path) -> Option<Index> {
 }
 
 fn parse(text: &str) -> Option<Index> {
-    let mut lines = text.lines();
-    if lines.next()? != MAGIC {
+    let mut lines = text.split_inclusive('\n');
+    if lines.next()?.trim_end_matches('\n') != MAGIC {
         return None;
     }
     let mut leases = BTreeMap::new();
-    for line in lines {
-        if let Some(n) = line.strip_prefix("end ") {
-            // Only a complete file counts (a write cut short has no end line).
-            return (n.parse::<usize>().ok()? == leases.len()).then_some(Index { leases });
+    let mut body = MAGIC.len() + 1;
+    for raw in lines {
+        let line = raw.strip_suffix('\n')?;
+        if let Some(tail) = line.strip_prefix("end ") {
+            // Only a complete file counts: the count and the hash of everything before this
+            // line (a write cut short, or new lines over old ones, fails one or the other).
+            let (n, hash) = tail.split_once(' ')?;
+            let whole = n.parse::<usize>().ok()? == leases.len()
+                && u64::from_str_radix(hash, 16).ok()? == fnv1a(&text.as_bytes()[..body]);
+            return whole.then_some(Index { leases });
         }
+        body += raw.len();
         let mut f = line.split('\t');
         let ip: IpAddr = f.next()?.parse().ok()?;
         let container_id = f.next()?.to_string();
@@ -64,6 +64,14 @@ fn parse(text: &str) -> Option<Index> {
     None
 }
 
+/// FNV-1a, 64 bits: enough to tell a torn file from a whole one (not a defence against an
+/// adversary, who could write the lease files themselves).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The same leases always render the same bytes (no counter, no time).
 fn render(leases: &BTreeMap<IpAddr, Owner>) -> String {
     let mut s = format!("{MAGIC}\n");
@@ -77,13 +85,15 @@ fn render(leases: &BTreeMap<IpAddr, Owner>) -> String {
         }
         s.push('\n');
     }
-    s.push_str(&format!("end {}\n", leases.len()));
+    let hash = fnv1a(s.as_bytes());
+    s.push_str(&format!("end {} {hash:016x}\n", leases.len()));
     s
 }
 
 /// Record `leases` (called under the network's lock, after the last change); no leases, no
-/// file. The file is rewritten in place: a crash mid-write leaves a torn file, which [`load`]
-/// ignores.
+/// file. The file is overwritten in place: a write cut short leaves new lines followed by old
+/// ones, which [`load`] ignores (the `end` line carries the count and a hash of every line
+/// before it).
 pub fn store(dir: &Path, leases: &BTreeMap<IpAddr, Owner>) -> std::io::Result<()> {
     if leases.is_empty() {
         // Nothing to remember: leave no file behind (the network's last DEL leaves the
@@ -93,13 +103,7 @@ pub fn store(dir: &Path, leases: &BTreeMap<IpAddr, Owner>) -> std::io::Result<()
             _ => Ok(()),
         };
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(dir.join(INDEX_FILE))?;
-    f.write_all(render(leases).as_bytes())
+    crate::disk::overwrite(&dir.join(INDEX_FILE), render(leases).as_bytes())
 }
 
 #[cfg(test)]
@@ -125,5 +129,20 @@ mod tests {
             assert!(parse(&text[..cut]).is_none(), "cut at {cut}");
         }
         assert!(parse(&text.replace("end 2", "end 3")).is_none());
+        // New content written over a longer old file and cut short before the final length.
+        let mut longer = m.clone();
+        longer.insert("10.0.0.3".parse().unwrap(), Owner::new("c3", "eth0"));
+        let old = render(&longer);
+        let mut shorter = m.clone();
+        shorter.remove(&"fd00::2".parse().unwrap());
+        let new = render(&shorter);
+        for cut in 0..new.len() {
+            let mixed = format!("{}{}", &new[..cut], &old[cut.min(old.len())..]);
+            if mixed != old {
+                assert!(parse(&mixed).is_none(), "mixed at {cut}");
+            }
+        }
+        // A line changed in place is caught by the hash.
+        assert!(parse(&text.replace("c1", "c9")).is_none());
     }
 }

@@ -100,11 +100,16 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
     }
     match Firewall::open().and_then(|fw| fw.detach_network(&attachment(req)?)) {
         // The internal network's last attachment: its kernel-level seal goes too.
-        Ok(Some(bridge)) => {
+        Ok(Some(last)) => {
             let unseal = Kernel::new().and_then(|k| {
                 let host = k.host();
-                let subnets = seal_subnets(req, &host, bridge.as_str())?;
-                host.unseal_bridge(bridge.as_str(), &subnets)
+                let mut subnets = seal_subnets(req, &host, last.bridge.as_str())?;
+                for s in last.subnets {
+                    if !subnets.contains(&s) {
+                        subnets.push(s);
+                    }
+                }
+                host.unseal_bridge(last.bridge.as_str(), &subnets)
             });
             if let Err(e) = unseal {
                 errors.push(e.into());
