@@ -901,3 +901,50 @@ fn netlink_interval_elements_match_nft() {
     nl.ns.nft(&["-f", path.to_str().unwrap()]);
     assert_eq!(snapshot(&nl), empty, "nft deleted what we added");
 }
+
+/// The skeleton and the listings through libnftables in-process (`NftCli::new()` in this
+/// netns): the same table as `nft -f`, errors reported with nft's text, listings equal to
+/// `nft -j`'s.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn libnftables_runs_the_skeleton_and_listings_in_process() {
+    require_root!();
+    let (cli, lib) = (Env::new("skcli"), Env::new("sklib"));
+    let mut s = Batch::new();
+    s.skeleton();
+    cli.ns.backend().apply(s.text()).unwrap();
+    let text = s.text().to_owned();
+    let (loaded, again, bad, listing, chains, missing) = lib.ns.run_in(move || {
+        let nft = NftCli::new();
+        let loaded = nft.apply(&text);
+        let again = nft.apply(&text);
+        let bad = nft.apply("add rule inet cnirs no_such_chain accept\n");
+        let listing = nft.query(&["list", "table", "inet", "cnirs"]).unwrap();
+        let chains = nft.query(&["-a", "list", "chain", "inet", "cnirs", "forward"]);
+        let missing = nft
+            .query(&["list", "table", "ip", "no_such_table"])
+            .unwrap();
+        (loaded, again, bad, listing, chains.unwrap(), missing)
+    });
+    loaded.unwrap();
+    again.unwrap();
+    match bad {
+        Err(NftError::Nft { stderr, .. }) => {
+            assert!(stderr.contains("No such file or directory"), "{stderr}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let list = |env: &Env| env.ns.nft(&["list", "table", "inet", "cnirs"]);
+    assert_eq!(list(&lib), list(&cli));
+    assert_eq!(lib.rules(), SKELETON_RULES, "the reload left one copy");
+    let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+    assert_eq!(json(&listing.unwrap()), lib.json());
+    let chains = json(&chains.unwrap());
+    let cli_chains = json(
+        &lib.ns
+            .nft(&["-j", "-a", "list", "chain", "inet", "cnirs", "forward"]),
+    );
+    assert_eq!(chains, cli_chains);
+    assert!(chains.to_string().contains("\"handle\""), "{chains}");
+    assert_eq!(missing, None);
+}
