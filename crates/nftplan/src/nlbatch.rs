@@ -20,10 +20,11 @@
 //!
 //! `get` is exact where nft's is not: [`crate::Batch::get`] asks nft for the interval holding
 //! the network address (nft 1.0.6 fails a `get` of a subnet with an adjacent one beside it) and
-//! names the subnet in a trailing comment; here the answer's keys must be the subnet's own
-//! (rbtree: the start element at the network address and the end element at last + 1; pipapo:
-//! the element's key and key end), so another network's interval holding that address is no
-//! match.
+//! names the subnet in a trailing comment. Here a pipapo `get` of the start key must answer the
+//! subnet's own key and key end. The rbtree's `get` is no help: asked for an end element whose
+//! key is also an adjacent interval's start, kernel 6.18 may answer the next interval's end
+//! (three adjacent /24s show it), so an rbtree set is dumped (one request, a few elements per
+//! network) and must hold the start element, the end element and nothing between them.
 
 use std::{io, net::IpAddr};
 
@@ -33,8 +34,11 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use crate::nfnl::{attr, cstr, put_attr};
 
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
+/// `NLM_F_ROOT | NLM_F_MATCH`.
+const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -96,10 +100,8 @@ pub struct Op {
     /// `NFPROTO_INET` or `NFPROTO_BRIDGE`.
     pub family: u8,
     pub set: String,
-    /// What the message carries (`get`: one request per element, by key and flags).
+    /// What the message carries (`get`: what must be there, see [`apply`]).
     pub elems: Vec<SetElem>,
-    /// `get` only: the element the kernel must answer to each request, exactly.
-    pub want: Vec<SetElem>,
 }
 
 #[derive(Clone, Copy)]
@@ -241,7 +243,7 @@ fn bounds(text: &str, field: Field) -> Option<Bounds> {
 fn interval_elems(verb: Verb, layout: &Layout, text: &str) -> Option<Vec<SetElem>> {
     match *layout {
         Layout::Range(field) => {
-            let (start, last, end) = bounds(text.trim(), field)?;
+            let (start, _, end) = bounds(text.trim(), field)?;
             let mut v = Vec::new();
             if verb == Verb::Add && start.iter().any(|b| *b != 0) {
                 v.push(SetElem {
@@ -249,13 +251,7 @@ fn interval_elems(verb: Verb, layout: &Layout, text: &str) -> Option<Vec<SetElem
                     ..SetElem::key(vec![0; start.len()])
                 });
             }
-            let probe_last = verb == Verb::Get && last != start;
             v.push(SetElem::key(start));
-            if probe_last {
-                // The interval holding our last address must be ours (starts at our start):
-                // no other boundary inside the subnet (two adjacent halves are not our subnet).
-                v.push(SetElem::key(last));
-            }
             if let Some(end) = end {
                 v.push(SetElem {
                     flags: INTERVAL_END,
@@ -279,18 +275,6 @@ fn interval_elems(verb: Verb, layout: &Layout, text: &str) -> Option<Vec<SetElem
         }
         Layout::Plain(..) => None,
     }
-}
-
-/// The exact answers to an rbtree `get`'s requests (start, [last,] [end]): the start element
-/// for both the start and the last address, the end element for the end.
-fn range_answers(asked: &[SetElem]) -> Vec<SetElem> {
-    asked
-        .iter()
-        .map(|e| match asked.first() {
-            Some(start) if e.flags & INTERVAL_END == 0 => start.clone(),
-            _ => e.clone(),
-        })
-        .collect()
 }
 
 /// Marker of the comment [`crate::Batch::get`] appends to the `get` of an interval: the subnet
@@ -363,17 +347,11 @@ fn parse_line(line: &str) -> Option<Op> {
             interval_elems(verb, &layout, text)?
         }
     };
-    let want = match (verb, &layout) {
-        (Verb::Get, Layout::Range(_)) => range_answers(&elems),
-        (Verb::Get, _) => elems.clone(),
-        _ => Vec::new(),
-    };
     Some(Op {
         verb,
         family,
         set: set.to_owned(),
         elems,
-        want,
     })
 }
 
@@ -457,30 +435,49 @@ pub fn encode_get(op: &Op, elem: &SetElem, seq: u32) -> Vec<u8> {
     m
 }
 
-/// The first element of a `NEWSETELEM` answer (the payload after the nfgenmsg header).
-pub fn answer_elem(payload: &[u8]) -> Option<SetElem> {
-    let attrs = payload.get(4..)?;
-    let list = attr(attrs, 3)?; // NFTA_SET_ELEM_LIST_ELEMENTS
-    let body = attr(list, 1)?; // the first NFTA_LIST_ELEM
-    let value = |ty| {
-        attr(body, ty)
-            .and_then(|n| attr(n, DATA_VALUE))
-            .map(<[u8]>::to_vec)
+/// The attributes of a netlink attribute stream as (type without flags, payload).
+fn attrs_of(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while buf.len() >= 4 {
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
+        if len < 4 || len > buf.len() {
+            break;
+        }
+        out.push((ty, &buf[4..len]));
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+    }
+    out
+}
+
+/// The elements of a `NEWSETELEM` message (the payload after the netlink header).
+pub fn message_elems(payload: &[u8]) -> Vec<SetElem> {
+    let Some(list) = payload.get(4..).and_then(|a| attr(a, 3)) else {
+        return Vec::new(); // NFTA_SET_ELEM_LIST_ELEMENTS
     };
-    Some(SetElem {
-        key: value(ELEM_KEY)?,
-        key_end: value(ELEM_KEY_END),
-        flags: attr(body, ELEM_FLAGS)
-            .and_then(|f| Some(u32::from_be_bytes(f.get(..4)?.try_into().ok()?)))
-            .unwrap_or(0),
-        data: value(ELEM_DATA),
-    })
+    attrs_of(list)
+        .into_iter()
+        .filter_map(|(_, body)| {
+            let value = |ty| {
+                attr(body, ty)
+                    .and_then(|n| attr(n, DATA_VALUE))
+                    .map(<[u8]>::to_vec)
+            };
+            Some(SetElem {
+                key: value(ELEM_KEY)?,
+                key_end: value(ELEM_KEY_END),
+                flags: attr(body, ELEM_FLAGS)
+                    .and_then(|f| Some(u32::from_be_bytes(f.get(..4)?.try_into().ok()?)))
+                    .unwrap_or(0),
+                data: value(ELEM_DATA),
+            })
+        })
+        .collect()
 }
 
 /// Is `found` (what the kernel answered) the element asked for, exactly? Its key, the
-/// interval-end flag and (concatenated intervals) the key end must be ours: an rbtree answers
-/// a start key with the start of the interval that holds it, pipapo with the element whose
-/// range holds it.
+/// interval-end flag and (concatenated intervals) the key end must be ours: pipapo answers a
+/// start key with the element whose range holds it.
 pub fn is_exact(asked: &SetElem, found: &SetElem) -> bool {
     found.key == asked.key
         && (found.flags & INTERVAL_END) == (asked.flags & INTERVAL_END)
@@ -554,6 +551,68 @@ fn answers(buf: &[u8]) -> Vec<(u16, u32, Option<i32>, &[u8])> {
     out
 }
 
+/// The elements of every `NEWSETELEM` message answering `seq`, until its ack (`get`) or
+/// `NLMSG_DONE` (dump); a netlink error answer is returned as the error.
+fn collect(sock: &Socket, seq: u32, buf: &mut Vec<u8>) -> io::Result<Vec<SetElem>> {
+    let mut out = Vec::new();
+    loop {
+        buf.clear();
+        sock.recv(buf, 0)?;
+        for (ty, s, code, payload) in answers(buf) {
+            if s != seq {
+                continue;
+            }
+            match code {
+                Some(0) => return Ok(out),
+                Some(c) => return Err(io::Error::from_raw_os_error(-c)),
+                None if ty == NLMSG_DONE => return Ok(out),
+                None if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM => {
+                    out.extend(message_elems(payload));
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Every element of `op`'s set (`GETSETELEM` dump).
+fn dump(sock: &Socket, op: &Op, seq: u32, buf: &mut Vec<u8>) -> io::Result<Vec<SetElem>> {
+    let mut m = Vec::new();
+    let mut attrs = Vec::new();
+    put_attr(&mut attrs, 1, &cstr("cnirs")); // NFTA_SET_ELEM_LIST_TABLE
+    put_attr(&mut attrs, 2, &cstr(&op.set)); // NFTA_SET_ELEM_LIST_SET
+    msg(
+        &mut m,
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        op.family,
+        0,
+        &attrs,
+    );
+    sock.send(&m, 0)?;
+    collect(sock, seq, buf)
+}
+
+/// Does a dump of an rbtree set hold exactly the interval `asked` describes (its start element,
+/// its end element unless the interval runs to the top of the address space) with no element
+/// between them (which would make it two intervals, or part of another)?
+pub fn holds_interval(dump: &[SetElem], asked: &[SetElem]) -> bool {
+    let is_end = |e: &SetElem| e.flags & INTERVAL_END != 0;
+    let Some(start) = asked.iter().find(|e| !is_end(e)) else {
+        return false;
+    };
+    let end = asked.iter().find(|e| is_end(e)).map(|e| e.key.as_slice());
+    let has = |key: &[u8], end_flag: bool| {
+        dump.iter()
+            .any(|e| e.key.as_slice() == key && is_end(e) == end_flag)
+    };
+    let inside = |e: &SetElem| {
+        e.key.as_slice() > start.key.as_slice() && end.is_none_or(|k| e.key.as_slice() < k)
+    };
+    has(&start.key, false) && end.is_none_or(|k| has(k, true)) && !dump.iter().any(inside)
+}
+
 fn open() -> io::Result<Socket> {
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
@@ -568,29 +627,31 @@ pub fn apply(ops: &[Op]) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1 << 16);
     if ops.iter().all(|o| o.verb == Verb::Get) {
         let mut seq = 0u32;
+        let mut dumps: Vec<(u8, &str, Vec<SetElem>)> = Vec::new();
         for op in ops {
-            for (elem, want) in op.elems.iter().zip(&op.want) {
+            if matches!(layout(op.family, &op.set), Some(Layout::Range(_))) {
+                let at = match dumps
+                    .iter()
+                    .position(|(f, s, _)| *f == op.family && *s == op.set)
+                {
+                    Some(at) => at,
+                    None => {
+                        seq += 1;
+                        let all = dump(&sock, op, seq, &mut buf)?;
+                        dumps.push((op.family, &op.set, all));
+                        dumps.len() - 1
+                    }
+                };
+                if !holds_interval(&dumps[at].2, &op.elems) {
+                    return Err(io::Error::from_raw_os_error(libc::ENOENT));
+                }
+                continue;
+            }
+            for elem in &op.elems {
                 seq += 1;
                 sock.send(&encode_get(op, elem, seq), 0)?;
-                let mut found = None;
-                'answer: loop {
-                    buf.clear();
-                    sock.recv(&mut buf, 0)?;
-                    for (ty, s, code, payload) in answers(&buf) {
-                        if s != seq {
-                            continue;
-                        }
-                        match code {
-                            Some(0) => break 'answer,
-                            Some(c) => return Err(io::Error::from_raw_os_error(-c)),
-                            None if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM => {
-                                found = found.or_else(|| answer_elem(payload));
-                            }
-                            None => {}
-                        }
-                    }
-                }
-                if !found.is_some_and(|f| is_exact(want, &f)) {
+                let found = collect(&sock, seq, &mut buf)?;
+                if !found.first().is_some_and(|f| is_exact(elem, f)) {
                     return Err(io::Error::from_raw_os_error(libc::ENOENT));
                 }
             }
@@ -825,28 +886,16 @@ mod tests {
              get element inet cnirs br_net4 { \"cnirs-a\" . 10.0.1.0 } # interval \"cnirs-a\" . 10.0.1.0/24\n"
         );
         let ops = parse(b.text()).unwrap();
-        // rbtree: the start, the last address and the end element, each asked by key (and
-        // the end flag); the start element must answer the first two.
-        assert_eq!(ops[0].elems.len(), 3);
+        // rbtree: what the set's dump must hold, the start and the end element.
+        let start = SetElem::key(vec![10, 0, 1, 0]);
+        let end = SetElem {
+            flags: INTERVAL_END,
+            ..SetElem::key(vec![10, 0, 2, 0])
+        };
+        assert_eq!(ops[0].elems, [start.clone(), end.clone()]);
         assert_eq!(
-            elements(&ops[0], true),
-            hex("10 00 01 80  0c 00 01 80 08 00 01 00 0a 00 01 00
-                 10 00 02 80  0c 00 01 80 08 00 01 00 0a 00 01 ff
-                 18 00 03 80  08 00 03 00 00 00 00 01  0c 00 01 80 08 00 01 00 0a 00 02 00")
-        );
-        assert_eq!(ops[0].want[1], ops[0].elems[0]);
-        assert_eq!(ops[0].want[2], ops[0].elems[2]);
-        assert_eq!(ops[1].want, ops[1].elems);
-        // A /32 has no inner address to ask; /0 no end.
-        assert_eq!(
-            one("get element inet cnirs masq4 { 10.0.0.1 } # interval 10.0.0.1/32")
-                .elems
-                .len(),
-            2
-        );
-        assert_eq!(
-            one("get element inet cnirs masq4 { 0.0.0.0 } # interval 0.0.0.0/0").want,
-            [SetElem::key(vec![0; 4]), SetElem::key(vec![0; 4])]
+            one("get element inet cnirs masq4 { 0.0.0.0 } # interval 0.0.0.0/0").elems,
+            [SetElem::key(vec![0; 4])]
         );
         // pipapo: the key only, as nft asks; the answer's key end is checked here.
         assert_eq!(
@@ -863,14 +912,70 @@ mod tests {
             ..full.clone()
         };
         assert!(!is_exact(full, &wider), "another range is no match");
-        // rbtree: the start of an interval that holds our address is not ours.
-        let start = &ops[0].elems[0];
-        assert!(!is_exact(start, &SetElem::key(vec![10, 0, 0, 0])));
         let end_as_start = SetElem {
             flags: 0,
-            ..ops[0].elems[2].clone()
+            ..end.clone()
         };
-        assert!(!is_exact(&ops[0].elems[2], &end_as_start));
+        assert!(!is_exact(&end, &end_as_start));
+        // rbtree dumps: ours alone, between adjacent neighbours, and what is not ours.
+        let e = |k: [u8; 4], end: bool| SetElem {
+            flags: if end { INTERVAL_END } else { 0 },
+            ..SetElem::key(k.to_vec())
+        };
+        let asked = &ops[0].elems;
+        let zero = e([0; 4], true);
+        assert!(holds_interval(
+            &[zero.clone(), start.clone(), end.clone()],
+            asked
+        ));
+        let adjacent = [
+            zero.clone(),
+            e([10, 0, 0, 0], false),
+            e([10, 0, 1, 0], true),
+            start.clone(),
+            end.clone(),
+            e([10, 0, 2, 0], false),
+            e([10, 0, 3, 0], true),
+        ];
+        assert!(holds_interval(&adjacent, asked));
+        for (what, dump) in [
+            ("empty", vec![]),
+            ("no end", vec![zero.clone(), start.clone()]),
+            ("no start", vec![zero.clone(), end.clone()]),
+            (
+                "ends flipped",
+                vec![e([10, 0, 1, 0], true), e([10, 0, 2, 0], false)],
+            ),
+            (
+                "two halves",
+                vec![
+                    start.clone(),
+                    e([10, 0, 1, 128], true),
+                    e([10, 0, 1, 128], false),
+                    end.clone(),
+                ],
+            ),
+            (
+                "inside a wider one",
+                vec![e([10, 0, 0, 0], false), e([10, 0, 4, 0], true)],
+            ),
+            (
+                "a wider one from our start",
+                vec![start.clone(), e([10, 0, 4, 0], true)],
+            ),
+        ] {
+            assert!(!holds_interval(&dump, asked), "{what}");
+        }
+        // To the top of the space: no end element, nothing after the start.
+        let top = one("get element inet cnirs masq4 { 255.255.255.0 } # interval 255.255.255.0/24");
+        assert!(holds_interval(
+            &[zero, e([255, 255, 255, 0], false)],
+            &top.elems
+        ));
+        assert!(!holds_interval(
+            &[e([255, 255, 255, 0], false), e([255, 255, 255, 128], true)],
+            &top.elems
+        ));
         // The comment must agree with the key nft is asked.
         for bad in [
             "get element inet cnirs masq4 { 10.0.1.0 }",
@@ -884,16 +989,20 @@ mod tests {
 
     #[test]
     fn answers_are_read_back() {
-        // A NEWSETELEM answer as the kernel sends it for an rbtree end element.
-        let op = one("delete element inet cnirs masq4 { 10.0.0.0/24 }");
+        // NEWSETELEM messages as the kernel sends them (a dump: several elements each).
+        let op = one("add element inet cnirs masq4 { 10.0.0.0/24 }");
         let mut payload = vec![1, 0, 0, 0];
-        payload.extend(elem_attrs(&op, &op.elems[1..], false));
-        let got = answer_elem(&payload).unwrap();
-        assert_eq!(got, op.elems[1]);
-        assert!(is_exact(&op.elems[1], &got));
-        assert!(answer_elem(&payload[..payload.len() - 4]).is_none());
+        payload.extend(elem_attrs(&op, &op.elems, false));
+        assert_eq!(message_elems(&payload), op.elems);
+        let pipapo = one("add element inet cnirs br_net6 { \"b\" . fd00::/64 }");
+        let mut payload = vec![1, 0, 0, 0];
+        payload.extend(elem_attrs(&pipapo, &pipapo.elems, false));
+        let got = message_elems(&payload);
+        assert_eq!(got, pipapo.elems);
+        assert!(is_exact(&pipapo.elems[0], &got[0]));
+        assert!(message_elems(&payload[..payload.len() - 4]).is_empty());
         for cut in 0..payload.len() {
-            let _ = answer_elem(&payload[..cut]);
+            let _ = message_elems(&payload[..cut]);
         }
     }
 }

@@ -948,3 +948,59 @@ fn libnftables_runs_the_skeleton_and_listings_in_process() {
     assert!(chains.to_string().contains("\"handle\""), "{chains}");
     assert_eq!(missing, None);
 }
+
+/// Three networks side by side (10.244.1-3.0/24, as the conformance test and nerdctl number
+/// them), added in every order: `get` of each subnet finds it exactly.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn netlink_get_of_three_adjacent_subnets() {
+    require_root!();
+    let env = Env::new("adj3");
+    let mut s = Batch::new();
+    s.skeleton();
+    env.ns.backend().apply(s.text()).unwrap();
+    // Each network: its masquerade interval and its hairpin element, all on one bridge so that
+    // the pipapo ranges are adjacent too.
+    let nets: Vec<Vec<Elem>> = (1..=3)
+        .map(|i| {
+            let subnet = format!("10.244.{i}.0/24").parse().unwrap();
+            vec![
+                Elem::masq(subnet),
+                Elem::BrNet {
+                    bridge: br("cnirs-adj"),
+                    subnet,
+                },
+            ]
+        })
+        .collect();
+    for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1]] {
+        let nets = nets.clone();
+        let found = env.ns.run_in(move || {
+            let cli = NftCli::new();
+            for i in order {
+                let mut b = Batch::new();
+                b.add(&nets[i]);
+                cli.apply(b.text()).unwrap();
+            }
+            let found: Vec<_> = nets
+                .iter()
+                .flatten()
+                .map(|e| {
+                    let mut b = Batch::new();
+                    b.get(std::slice::from_ref(e));
+                    cli.apply(b.text()).map_err(|err| format!("{e}: {err}"))
+                })
+                .collect();
+            for net in &nets {
+                let mut b = Batch::new();
+                b.remove(net);
+                cli.apply(b.text()).unwrap();
+            }
+            found
+        });
+        assert!(
+            found.iter().all(Result::is_ok),
+            "order {order:?}: {found:?}"
+        );
+    }
+}
