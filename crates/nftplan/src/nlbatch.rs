@@ -341,7 +341,6 @@ fn parse_line(line: &str) -> Option<Op> {
                     }
                     c
                 }
-                (Verb::Get, None) => return None,
                 _ => body,
             };
             interval_elems(verb, &layout, text)?
@@ -976,9 +975,12 @@ mod tests {
             &[e([255, 255, 255, 0], false), e([255, 255, 255, 128], true)],
             &top.elems
         ));
-        // The comment must agree with the key nft is asked.
+        // A subnet asked as such (`cnirs reconcile` does) is read the same way.
+        assert_eq!(one("get element inet cnirs masq4 { 10.0.1.0/24 }"), ops[0]);
+        // The comment must agree with the key nft is asked; a bare address is nft's business.
         for bad in [
             "get element inet cnirs masq4 { 10.0.1.0 }",
+            "get element inet cnirs br_net4 { \"b\" . 10.0.1.0 }",
             "get element inet cnirs masq4 { 10.0.2.0 } # interval 10.0.1.0/24",
             "get element inet cnirs masq4 { 10.0.1.0 } # interval 10.0.1.0",
             "get element inet cnirs managed_br { \"b\" } # interval \"b\"/1",
