@@ -4,9 +4,16 @@
 //! way (dlopen included) against ~8-11 ms for `nft -f -` on the test machine.
 //!
 //! The library is opened with `dlopen` on first use: no link-time dependency, and a host
-//! without `libnftables.so.1` (or a static build) answers `None`, so the caller spawns `nft`
-//! as before. One context per call, calls serialised (libnftables keeps some global state),
-//! output and errors buffered: nothing reaches our stdout (the CNI result) or stderr.
+//! without `libnftables.so.1` answers `None`, so the caller spawns `nft` as before. One context
+//! per call, calls serialised (libnftables keeps some global state), output and errors
+//! buffered: nothing reaches our stdout (the CNI result) or stderr.
+//!
+//! `make build` links the per-pod plugins statically (glibc `crt-static`). glibc's `dlopen`
+//! from a static binary loads its own copy of `libc.so.6` beside the linked one, which glibc
+//! supports only when both come from the same glibc build; so a static binary opens the library
+//! only when the banner of the host's `libc.so.6` ("GNU C Library (Debian GLIBC 2.36-9+deb12u14)
+//! stable release version 2.36.") is the one linked into it, else it spawns `nft` (binaries
+//! copied to another host, or a glibc upgraded since the build).
 
 use std::{
     ffi::{c_char, c_int, c_uint, c_void, CStr, CString},
@@ -38,7 +45,50 @@ fn lib() -> Option<&'static Lib> {
     LIB.get_or_init(load).as_ref()
 }
 
+/// The glibc banner in `bytes` (an executable or `libc.so.6`): a C string of its own (a NUL
+/// before it), up to its NUL. The needle is put together at run time: as one literal it would
+/// sit in this very executable, among other string literals, and be found first.
+fn glibc_banner(bytes: &[u8]) -> Option<&[u8]> {
+    let needle = format!("GNU C {}y (", "Librar");
+    memchr::memmem::find_iter(bytes, needle.as_bytes())
+        .filter(|at| *at > 0 && bytes[at - 1] == 0)
+        .find_map(|at| {
+            let rest = &bytes[at..];
+            Some(&rest[..memchr::memchr(0, rest)?])
+        })
+}
+
+/// A static binary: is the host's `libc.so.6` (where the dynamic loader finds it on the usual
+/// layouts) the very glibc build linked into this executable?
+fn same_glibc_build() -> bool {
+    let Ok(own) = std::fs::read("/proc/self/exe") else {
+        return false;
+    };
+    let arch = std::env::consts::ARCH;
+    let host = [
+        format!("/lib/{arch}-linux-gnu/libc.so.6"),
+        format!("/usr/lib/{arch}-linux-gnu/libc.so.6"),
+        "/lib64/libc.so.6".to_owned(),
+        "/usr/lib64/libc.so.6".to_owned(),
+        "/usr/lib/libc.so.6".to_owned(),
+        "/lib/libc.so.6".to_owned(),
+    ]
+    .into_iter()
+    .find_map(|p| std::fs::read(p).ok());
+    let same = match (glibc_banner(&own), host.as_deref().and_then(glibc_banner)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        log::debug!("static binary and host glibc differ: spawning nft");
+    }
+    same
+}
+
 fn load() -> Option<Lib> {
+    if cfg!(target_feature = "crt-static") && !same_glibc_build() {
+        return None;
+    }
     // SAFETY: dlopen with a constant, NUL-terminated name; the handle is never closed (the
     // function pointers taken from it live as long as the process).
     let h = unsafe {
@@ -164,6 +214,19 @@ pub(crate) fn query(args: &[&str]) -> Option<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glibc_banners_are_found() {
+        let so = b"\x7fELF..GNU C Library (not this).\0GNU C Library (Debian GLIBC 2.36-9+deb12u14) stable release version 2.36.\n\0x";
+        assert_eq!(
+            glibc_banner(so),
+            Some(
+                &b"GNU C Library (Debian GLIBC 2.36-9+deb12u14) stable release version 2.36.\n"[..]
+            )
+        );
+        assert_eq!(glibc_banner(b"no banner"), None);
+        assert_eq!(glibc_banner(b"GNU C Library (unterminated"), None);
+    }
 
     #[test]
     fn only_plain_listings_are_taken() {
