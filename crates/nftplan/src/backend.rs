@@ -60,8 +60,10 @@ impl<T: NftBackend + ?Sized> NftBackend for Arc<T> {
 pub struct NftCli {
     program: PathBuf,
     prefix: Vec<String>,
-    /// Element batches go over nfnetlink in-process (see `nlbatch`): only when nft would run
-    /// in this namespace and nobody chose the nft program (`$CNIRS_NFT`, tests' fakes).
+    /// Element batches go over nfnetlink in-process (see `nlbatch`), other scripts and the
+    /// listings through libnftables in-process when it loads (see `libnft`): only when nft
+    /// would run in this namespace and nobody chose the nft program (`$CNIRS_NFT`, tests'
+    /// fakes).
     netlink: bool,
 }
 
@@ -113,6 +115,13 @@ impl NftBackend for NftCli {
                     source,
                 });
             }
+            // The rest (the skeleton, a reload) through libnftables in-process, if it is there.
+            if let Some(outcome) = crate::libnft::apply(script) {
+                return outcome.map_err(|stderr| NftError::Nft {
+                    status: "libnftables: failed".to_owned(),
+                    stderr,
+                });
+            }
         }
         let spawn_err = |source| NftError::Spawn {
             program: self.program.display().to_string(),
@@ -142,8 +151,13 @@ impl NftBackend for NftCli {
         })
     }
 
-    /// `nft -j ARGS`, stdout captured.
+    /// `nft -j ARGS`, stdout captured (libnftables in-process when it can).
     fn query(&self, args: &[&str]) -> Result<Option<String>, NftError> {
+        if self.netlink {
+            if let Some(answer) = crate::libnft::query(args) {
+                return Ok(answer);
+            }
+        }
         let out = Command::new(&self.program)
             .args(&self.prefix)
             .arg("-j")

@@ -347,11 +347,20 @@ impl Batch {
         self
     }
 
-    /// `nft get element inet cnirs SET { KEY }`: fails if the element is missing.
+    /// `nft get element inet cnirs SET { KEY }`: fails if the element is missing. An interval
+    /// is asked by its network address (see [`Elem::query_key_text`]) and named in a trailing
+    /// comment (`# interval 10.1.0.0/24`), which nft skips and the in-process reader
+    /// (`nlbatch`) uses to demand that exact subnet.
     pub fn get(&mut self, elems: &[Elem]) -> &mut Self {
         for e in elems {
+            let comment = match e {
+                Elem::Masq { .. } | Elem::BrNet { .. } => {
+                    format!("{}{}", crate::nlbatch::INTERVAL_COMMENT, e.key_text())
+                }
+                _ => String::new(),
+            };
             self.line(&format!(
-                "get element {} {} {{ {} }}",
+                "get element {} {} {{ {} }}{comment}",
                 e.table(),
                 e.set_name(),
                 e.query_key_text()

@@ -71,6 +71,7 @@ mod error;
 mod firewall;
 mod foreign;
 mod inventory;
+mod libnft;
 pub mod nfnl;
 mod nlbatch;
 pub mod nsstate;

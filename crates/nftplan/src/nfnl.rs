@@ -324,7 +324,7 @@ pub fn parse_events(buf: &[u8]) -> Vec<NftEvent> {
 }
 
 /// The payload of the first attribute of type `ty` (nested/byteorder flags masked off).
-fn attr(attrs: &[u8], ty: u16) -> Option<&[u8]> {
+pub(crate) fn attr(attrs: &[u8], ty: u16) -> Option<&[u8]> {
     let mut off = 0;
     while off + 4 <= attrs.len() {
         let len = u16::from_ne_bytes([attrs[off], attrs[off + 1]]) as usize;

@@ -731,3 +731,276 @@ fn netlink_element_batches_match_nft_text() {
     assert_eq!(spoof(&nl), spoof(&text));
     assert!(spoof(&nl).contains("02:00:00:00:00:0a"), "{}", spoof(&nl));
 }
+
+/// The interval sets over nfnetlink: `masq4/6` (rbtree: start and end elements) and
+/// `br_net4/6` (pipapo: key and key end) hold after our `add` exactly what nft's own `add`
+/// leaves (listing and raw elements), `get` finds only the exact subnet, adjacent subnets of
+/// two networks come and go in either order, and what nft added we delete and vice versa.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn netlink_interval_elements_match_nft() {
+    require_root!();
+    let (text, nl) = (Env::new("ivtext"), Env::new("ivnl"));
+    let (a, b) = (br("cnirs-iva"), br("cnirs-ivb"));
+    let net = |s: &str| s.parse::<ipnetwork::IpNetwork>().unwrap();
+    let brnet = |bridge: &IfName, s: &str| Elem::BrNet {
+        bridge: bridge.clone(),
+        subnet: net(s),
+    };
+    // Two networks with adjacent subnets (as nerdctl numbers them), v4 and v6.
+    let net_a = vec![
+        Elem::masq(net("10.4.0.0/24")),
+        Elem::masq(net("fd00:4::/64")),
+        brnet(&a, "10.4.0.0/24"),
+        brnet(&a, "fd00:4::/64"),
+    ];
+    let net_b = vec![
+        Elem::masq(net("10.4.1.0/24")),
+        Elem::masq(net("fd00:4:0:1::/64")),
+        brnet(&b, "10.4.1.0/24"),
+        brnet(&b, "fd00:4:0:1::/64"),
+    ];
+    let sets = ["masq4", "masq6", "br_net4", "br_net6"];
+    for env in [&text, &nl] {
+        let mut s = Batch::new();
+        s.skeleton();
+        env.ns.backend().apply(s.text()).unwrap();
+    }
+    let raw = |env: &Env, set: &str| {
+        env.ns
+            .nft(&["--debug=netlink", "list", "set", "inet", "cnirs", set])
+    };
+    let snapshot =
+        |env: &Env| -> Vec<Vec<serde_json::Value>> { sets.iter().map(|s| env.elems(s)).collect() };
+    let text_of = |f: &dyn Fn(&mut Batch)| {
+        let mut b = Batch::new();
+        f(&mut b);
+        b.text().to_owned()
+    };
+    let empty = snapshot(&nl);
+    assert!(empty.iter().all(Vec::is_empty));
+
+    // Add A then B: nft in one namespace, netlink in the other.
+    for elems in [&net_a, &net_b] {
+        let t = text_of(&|b| {
+            b.add(elems);
+        });
+        text.ns.backend().apply(&t).unwrap();
+        nl.ns.run_in(move || NftCli::new().apply(&t)).unwrap();
+        assert_eq!(snapshot(&nl), snapshot(&text));
+        for set in sets {
+            assert_eq!(raw(&nl, set), raw(&text, set), "raw elements of {set}");
+        }
+    }
+    assert_eq!(nl.elems("masq4").len(), 2, "{:?}", nl.elems("masq4"));
+
+    // get: every element of both networks is there; subnets that merely overlap, contain, or
+    // are the union of ours are not.
+    let absent = vec![
+        Elem::masq(net("10.4.0.0/23")),
+        Elem::masq(net("10.4.0.0/25")),
+        Elem::masq(net("10.4.0.128/25")),
+        Elem::masq(net("10.4.2.0/24")),
+        Elem::masq(net("fd00:4::/63")),
+        brnet(&a, "10.4.0.0/25"),
+        brnet(&a, "10.4.0.0/23"),
+        brnet(&a, "10.4.1.0/24"),
+        brnet(&b, "10.4.0.0/24"),
+        brnet(&b, "fd00:4::/64"),
+    ];
+    let gets = |env: &Env, elems: Vec<Elem>| -> Vec<bool> {
+        env.ns.run_in(move || {
+            let cli = NftCli::new();
+            elems
+                .iter()
+                .map(|e| {
+                    cli.apply(&text_of(&|b| {
+                        b.get(std::slice::from_ref(e));
+                    }))
+                    .is_ok()
+                })
+                .collect()
+        })
+    };
+    let all: Vec<Elem> = net_a.iter().chain(&net_b).cloned().collect();
+    assert!(gets(&nl, all.clone()).iter().all(|ok| *ok));
+    let found = gets(&nl, absent.clone());
+    assert!(
+        found.iter().all(|ok| !*ok),
+        "{:?}",
+        absent
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| **f)
+            .collect::<Vec<_>>()
+    );
+    // One batch of gets, as CHECK sends it.
+    let t = text_of(&|b| {
+        b.get(&all);
+    });
+    nl.ns.run_in(move || NftCli::new().apply(&t)).unwrap();
+
+    // Remove A (the last DEL of a network: add + delete in one transaction): B stays whole,
+    // the set reads as if only B had been added.
+    let t = text_of(&|b| {
+        b.remove(&net_a);
+    });
+    text.ns.backend().apply(&t).unwrap();
+    nl.ns.run_in(move || NftCli::new().apply(&t)).unwrap();
+    assert_eq!(snapshot(&nl), snapshot(&text));
+    for set in sets {
+        assert_eq!(raw(&nl, set), raw(&text, set), "raw elements of {set}");
+    }
+    assert_eq!(gets(&nl, net_a.clone()), [false; 4]);
+    assert_eq!(gets(&nl, net_b.clone()), [true; 4]);
+    // A strict delete of what is gone fails and changes nothing.
+    let before = snapshot(&nl);
+    let t = text_of(&|b| {
+        b.delete(&net_a[..1]);
+    });
+    assert!(nl.ns.run_in(move || NftCli::new().apply(&t)).is_err());
+    assert_eq!(snapshot(&nl), before);
+
+    // A again (now beside B), then B goes first: the other order.
+    let t = text_of(&|b| {
+        b.add(&net_a);
+    });
+    nl.ns.run_in(move || NftCli::new().apply(&t)).unwrap();
+    assert!(gets(&nl, all.clone()).iter().all(|ok| *ok));
+    let t = text_of(&|b| {
+        b.remove(&net_b);
+    });
+    nl.ns.run_in(move || NftCli::new().apply(&t)).unwrap();
+    assert_eq!(gets(&nl, net_a.clone()), [true; 4]);
+    assert_eq!(gets(&nl, net_b.clone()), [false; 4]);
+    let t = text_of(&|b| {
+        b.remove(&net_a);
+    });
+    nl.ns.run_in(move || NftCli::new().apply(&t)).unwrap();
+    assert_eq!(snapshot(&nl), empty, "both gone: empty sets");
+
+    // Interop: nft adds, we delete; we add, nft deletes.
+    let t = text_of(&|b| {
+        b.add(&net_b);
+    });
+    let nft_add = t;
+    std::fs::write(text.dir.path().join("add.nft"), &nft_add).unwrap();
+    let path = text.dir.path().join("add.nft");
+    nl.ns.nft(&["-f", path.to_str().unwrap()]);
+    assert_eq!(gets(&nl, net_b.clone()), [true; 4]);
+    let t = text_of(&|b| {
+        b.delete(&net_b);
+    });
+    nl.ns.run_in(move || NftCli::new().apply(&t)).unwrap();
+    assert_eq!(snapshot(&nl), empty, "we deleted what nft added");
+    nl.ns.run_in(move || NftCli::new().apply(&nft_add)).unwrap();
+    let t = text_of(&|b| {
+        b.delete(&net_b);
+    });
+    std::fs::write(&path, &t).unwrap();
+    nl.ns.nft(&["-f", path.to_str().unwrap()]);
+    assert_eq!(snapshot(&nl), empty, "nft deleted what we added");
+}
+
+/// The skeleton and the listings through libnftables in-process (`NftCli::new()` in this
+/// netns): the same table as `nft -f`, errors reported with nft's text, listings equal to
+/// `nft -j`'s.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn libnftables_runs_the_skeleton_and_listings_in_process() {
+    require_root!();
+    let (cli, lib) = (Env::new("skcli"), Env::new("sklib"));
+    let mut s = Batch::new();
+    s.skeleton();
+    cli.ns.backend().apply(s.text()).unwrap();
+    let text = s.text().to_owned();
+    let (loaded, again, bad, listing, chains, missing) = lib.ns.run_in(move || {
+        let nft = NftCli::new();
+        let loaded = nft.apply(&text);
+        let again = nft.apply(&text);
+        let bad = nft.apply("add rule inet cnirs no_such_chain accept\n");
+        let listing = nft.query(&["list", "table", "inet", "cnirs"]).unwrap();
+        let chains = nft.query(&["-a", "list", "chain", "inet", "cnirs", "forward"]);
+        let missing = nft
+            .query(&["list", "table", "ip", "no_such_table"])
+            .unwrap();
+        (loaded, again, bad, listing, chains.unwrap(), missing)
+    });
+    loaded.unwrap();
+    again.unwrap();
+    match bad {
+        Err(NftError::Nft { stderr, .. }) => {
+            assert!(stderr.contains("No such file or directory"), "{stderr}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let list = |env: &Env| env.ns.nft(&["list", "table", "inet", "cnirs"]);
+    assert_eq!(list(&lib), list(&cli));
+    assert_eq!(lib.rules(), SKELETON_RULES, "the reload left one copy");
+    let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+    assert_eq!(json(&listing.unwrap()), lib.json());
+    let chains = json(&chains.unwrap());
+    let cli_chains = json(
+        &lib.ns
+            .nft(&["-j", "-a", "list", "chain", "inet", "cnirs", "forward"]),
+    );
+    assert_eq!(chains, cli_chains);
+    assert!(chains.to_string().contains("\"handle\""), "{chains}");
+    assert_eq!(missing, None);
+}
+
+/// Three networks side by side (10.244.1-3.0/24, as the conformance test and nerdctl number
+/// them), added in every order: `get` of each subnet finds it exactly.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn netlink_get_of_three_adjacent_subnets() {
+    require_root!();
+    let env = Env::new("adj3");
+    let mut s = Batch::new();
+    s.skeleton();
+    env.ns.backend().apply(s.text()).unwrap();
+    // Each network: its masquerade interval and its hairpin element, all on one bridge so that
+    // the pipapo ranges are adjacent too.
+    let nets: Vec<Vec<Elem>> = (1..=3)
+        .map(|i| {
+            let subnet = format!("10.244.{i}.0/24").parse().unwrap();
+            vec![
+                Elem::masq(subnet),
+                Elem::BrNet {
+                    bridge: br("cnirs-adj"),
+                    subnet,
+                },
+            ]
+        })
+        .collect();
+    for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1]] {
+        let nets = nets.clone();
+        let found = env.ns.run_in(move || {
+            let cli = NftCli::new();
+            for i in order {
+                let mut b = Batch::new();
+                b.add(&nets[i]);
+                cli.apply(b.text()).unwrap();
+            }
+            let found: Vec<_> = nets
+                .iter()
+                .flatten()
+                .map(|e| {
+                    let mut b = Batch::new();
+                    b.get(std::slice::from_ref(e));
+                    cli.apply(b.text()).map_err(|err| format!("{e}: {err}"))
+                })
+                .collect();
+            for net in &nets {
+                let mut b = Batch::new();
+                b.remove(net);
+                cli.apply(b.text()).unwrap();
+            }
+            found
+        });
+        assert!(
+            found.iter().all(Result::is_ok),
+            "order {order:?}: {found:?}"
+        );
+    }
+}
