@@ -277,13 +277,19 @@ fn run_command(
 
 /// `main` of every binary: real environment and stdio, logging set up.
 ///
-/// A DEL may park work only the kernel can observe (a veth delete, the close of an nfnetlink
-/// socket after a batch that deleted): it runs in a detached process once the answer is out
-/// (`netbase::detach`), so the runtime sees this process exit without waiting for it.
+/// A verb may park work only the kernel can observe (a veth delete, the close of an nfnetlink
+/// socket): it runs in a detached process once the answer is out (`netbase::detach`), so the
+/// runtime sees this process exit without waiting for it. Every verb that may touch nftables
+/// parks its nfnetlink sockets, not DEL alone: the release of one waits for any pending
+/// nf_tables destroy work in the whole kernel (one RCU grace period, ~10 ms), so an ADD or
+/// CHECK right after some DEL would pay for it.
 pub fn run(plugin: &dyn Plugin) -> i32 {
     crate::logging::init(plugin.name());
     let var = |k: &str| std::env::var(k).ok();
-    if var("CNI_COMMAND").as_deref() == Some("DEL") {
+    if matches!(
+        var("CNI_COMMAND").as_deref(),
+        Some("ADD" | "DEL" | "CHECK" | "GC")
+    ) {
         netbase::detach::enable();
     }
     let code = dispatch(
