@@ -127,13 +127,15 @@ fn run(fds: Vec<OwnedFd>, jobs: Vec<Job>, detached: bool) {
 /// and, while destroy work is pending, flushes it (an RCU grace period) with the mutex held:
 /// closed at once, our sockets would make the next plugin's commit wait ~10 ms (measured: the
 /// chain's portmap DEL went from 1.5 to 13 ms after isolation's). `membarrier(GLOBAL)` is one
-/// grace period (`synchronize_rcu`); the sleep covers the work item's own.
+/// grace period (`synchronize_rcu`); the sleep covers the work item's own and lets the
+/// runtime's next call (an ADD right after this DEL) finish first: with 10 ms, one ADD in two
+/// right after a DEL still paid 5-15 ms, with 60 ms none did (16 alternated samples each).
 #[allow(unsafe_code)]
 fn settle() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: membarrier takes no pointers; an error (EINVAL on nohz_full) only means no wait.
     let ok = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) } == 0;
-    std::thread::sleep(std::time::Duration::from_millis(if ok { 10 } else { 50 }));
+    std::thread::sleep(std::time::Duration::from_millis(if ok { 60 } else { 100 }));
 }
 
 fn single_threaded() -> bool {
