@@ -99,6 +99,25 @@ impl Netns {
         run_ok("ip", &full)
     }
 
+    /// The kernel-level seal of an internal bridge as `ip -4/-6 rule` shows it: every rule with
+    /// `iif BRIDGE`, or whose destination is one of `dsts` (network addresses), as
+    /// "`-4|-6` JSON".
+    #[track_caller]
+    pub fn seal_rules(&self, bridge: &str, dsts: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            if let Value::Array(rules) = self.ip_json(&[fam, "rule", "show"]) {
+                for r in rules {
+                    let dst = r["dst"].as_str().unwrap_or_default();
+                    if r["iif"] == bridge || dsts.contains(&dst) {
+                        out.push(format!("{fam} {r}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// `ip -n NAME -j args...` parsed (e.g. `&["-d", "link", "show"]`).
     #[track_caller]
     pub fn ip_json(&self, args: &[&str]) -> Value {

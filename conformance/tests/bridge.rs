@@ -1289,24 +1289,9 @@ fn internal_bridge_last_del_without_prev_result_removes_the_subnet_seal() {
         ranges(&["10.233.7.0/24", "fd00:233:7::/64"]),
         json!({"isGateway": false}),
     );
-    let rules = |net: &TestNet| -> Vec<String> {
-        let mut out = Vec::new();
-        for fam in ["-4", "-6"] {
-            for r in net
-                .host()
-                .ip_json(&[fam, "rule", "show"])
-                .as_array()
-                .unwrap()
-            {
-                if r["iif"] == "cnirs-brintng"
-                    || r["dst"] == "10.233.7.0"
-                    || r["dst"] == "fd00:233:7::"
-                {
-                    out.push(format!("{fam} {r}"));
-                }
-            }
-        }
-        out
+    let rules = |net: &TestNet| {
+        net.host()
+            .seal_rules("cnirs-brintng", &["10.233.7.0", "fd00:233:7::"])
     };
     net.cnitool(&c).add(&p).assert_ok();
     assert!(net.host().link("cnirs-brintng").is_some());

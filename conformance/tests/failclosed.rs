@@ -131,21 +131,9 @@ fn sealed_in_nft(net: &TestNet) -> bool {
 
 /// The kernel-level seal: `ip -4/-6 rule` with `iif cnirs-fci` and action unreachable.
 fn seal_rules(net: &TestNet) -> Vec<String> {
-    let mut out = Vec::new();
-    for fam in ["-4", "-6"] {
-        for r in net
-            .host()
-            .ip_json(&[fam, "rule", "show"])
-            .as_array()
-            .unwrap()
-        {
-            // `iif BR` (out of the network) and the subnet rules (into it).
-            if r["iif"] == "cnirs-fci" || r["dst"] == "10.236.1.0" || r["dst"] == "fd00:236:1::" {
-                out.push(format!("{fam} {r}"));
-            }
-        }
-    }
-    out
+    // `iif BR` (out of the network) and the subnet rules (into it).
+    net.host()
+        .seal_rules("cnirs-fci", &["10.236.1.0", "fd00:236:1::"])
 }
 
 /// Poll `f` until it holds or `deadline` passes; the time it took.

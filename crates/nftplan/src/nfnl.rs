@@ -13,11 +13,11 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 const NLMSG_HDRLEN: usize = 16;
 const NFGEN_HDRLEN: usize = 4;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
+pub(crate) const NLM_F_REQUEST: u16 = 1;
+pub(crate) const NLM_F_ACK: u16 = 4;
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
 /// `NFPROTO_INET`: the family of `inet cnirs`.
 pub const NFPROTO_INET: u8 = 1;

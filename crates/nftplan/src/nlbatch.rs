@@ -31,16 +31,13 @@ use std::{io, net::IpAddr};
 use ipnetwork::IpNetwork;
 use netlink_sys::Socket;
 
-use crate::nfnl::{attr, cstr, put_attr};
+use crate::nfnl::{
+    attr, cstr, put_attr, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST,
+};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
 /// `NLM_F_ROOT | NLM_F_MATCH`.
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
