@@ -111,6 +111,12 @@ impl Plugin for HostLocal {
         };
         let released = store.release_by_id(&req.container_id, &req.ifname)?;
         log::info!("{}: released {released:?}", req.tag());
+        // An empty or unreadable lease file seen under the lock is a writer killed between
+        // create and write (a runtime's ADD timed out): no owner will ever DEL it, so the
+        // network's next DEL removes it. DEL goes on past a failure here.
+        if let Err(e) = store.drop_stale() {
+            log::warn!("{}: removing stale reservations: {e}", req.tag());
+        }
         Ok(())
     }
 

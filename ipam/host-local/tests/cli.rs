@@ -398,3 +398,19 @@ fn empty_reservation_file_does_not_block_its_address() {
     );
     assert_eq!(fs::read(dir.join("10.50.0.2")).unwrap(), b"c1\r\neth0");
 }
+
+#[test]
+fn del_removes_the_empty_file_of_a_killed_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = conf("1.0.0", "killed", tmp.path(), V4);
+    let dir = tmp.path().join("killed");
+    assert_eq!(addr(&ours("ADD", "c1", &c), 0), "10.20.0.2/24");
+    // The ADD of c2 was SIGKILLed between O_EXCL create and write.
+    fs::write(dir.join("10.20.0.3"), "").unwrap();
+    let del = ours("DEL", "c2", &c);
+    assert_eq!(del.code, 0, "{}", del.stderr);
+    assert_eq!(leases(&dir), ["10.20.0.2"], "{}", del.stderr);
+    // Idempotent, and the live lease is untouched.
+    assert_eq!(ours("DEL", "c2", &c).code, 0);
+    assert_eq!(fs::read(dir.join("10.20.0.2")).unwrap(), b"c1\r\neth0");
+}
