@@ -242,9 +242,11 @@ impl Firewall {
         }
         if remaining == 0 {
             if feature == Feature::Firewall {
-                return self.drop_forward(&st, network);
+                self.drop_forward(&st, network)?;
+            } else {
+                st.drop_net(feature, network)?;
             }
-            st.drop_net(feature, network)?;
+            st.prune_net_dirs(feature, network);
         }
         Ok(())
     }
@@ -259,6 +261,7 @@ impl Firewall {
         b.skeleton().add(&elems);
         self.nft.apply(b.text())?;
         self.note_table(&st)?;
+        st.prune_all_dirs()?;
         // The firewall plugin's rules live in the host's own chains, which a reload may have
         // recreated empty.
         for (feature, rec) in st.all_nets()? {

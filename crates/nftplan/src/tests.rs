@@ -722,3 +722,27 @@ fn last_detach_of_an_internal_network_names_its_bridge() {
     assert_eq!(got, want);
     assert_eq!(f.detach_network(&att("net-a", "c2")).unwrap(), None);
 }
+
+#[test]
+fn last_detach_keeps_the_network_dirs_and_reconcile_prunes_them() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let a = att("net-a", "c1");
+    let dir = f.state_dir().join("network/net-a");
+    f.attach_network(&a, &net_a()).unwrap();
+    f.detach_network(&a).unwrap();
+    assert!(!dir.join("network.json").exists());
+    assert!(dir.join("a").is_dir(), "kept for the next first ADD");
+    assert!(
+        f.state_is_empty().unwrap(),
+        "an empty directory records nothing"
+    );
+    // A next cycle reuses them; an attached network's directories survive reconcile.
+    f.attach_network(&a, &net_a()).unwrap();
+    f.reconcile().unwrap();
+    assert!(dir.join("a").is_dir() && dir.join("network.json").exists());
+    f.detach_network(&a).unwrap();
+    f.reconcile().unwrap();
+    assert!(!dir.exists());
+    assert!(f.state_dir().join("network").is_dir());
+}
