@@ -69,10 +69,15 @@ fn run_reconcile(net: &TestNet, args: &[&str]) -> CmdOutput {
     run(&mut cmd)
 }
 
-/// Files that legitimately change across ADD/DEL cycles: host-local's round-robin cursor, and
-/// which `inet cnirs` table the state last filled (a new handle after a flush + restore).
+/// Files that legitimately change across ADD/DEL cycles: host-local's round-robin cursor,
+/// which `inet cnirs` table the state last filled (a new handle after a flush + restore), and
+/// the run dir's directories (a network's stay after its last DEL until reconcile prunes them).
 fn volatile(i: &Item) -> bool {
-    i.kind == "file" && (i.text.contains("last_reserved_ip") || i.text.contains("/table.json = "))
+    i.kind == "file"
+        && (i.text.contains("last_reserved_ip")
+            || i.text.contains("/table.json = ")
+            // A network's state directories: kept after its last DEL, pruned by reconcile.
+            || (i.text.starts_with("run/") && i.text.ends_with('/')))
 }
 
 /// A snapshot diff against `base`, without the volatile items.
