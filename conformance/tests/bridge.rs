@@ -367,6 +367,16 @@ fn bridge_dual_stack_reaches_neighbour_over_both() {
             ping_eventually_check("a->gw v6", &a, "fd00:234::1".into()),
         ],
     );
+    // IPv6 is bridged, yet the bridge's ports (host ends) have no IPv6 of their own.
+    let host_end = host_veth_name("cnirs-ds", &tool.container_id_for(&a), "eth0");
+    let addrs = net
+        .host()
+        .ip(&["-6", "-o", "addr", "show", "dev", &host_end]);
+    assert!(addrs.stdout.trim().is_empty(), "{}", addrs.stdout);
+    let routes = net
+        .host()
+        .ip(&["-6", "route", "show", "table", "all", "dev", &host_end]);
+    assert!(routes.stdout.trim().is_empty(), "{}", routes.stdout);
     tool.check(&a).assert_ok();
     tool.del(&a).assert_ok();
     tool.del(&b).assert_ok();

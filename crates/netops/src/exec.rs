@@ -103,6 +103,8 @@ impl Executor<Op> for KernelExec<'_, '_> {
                         mtu: *mtu,
                         peer_mac: *peer_mac,
                         up: true,
+                        // Up with `SetMaster`, after `NoIpv6`.
+                        host_up: false,
                     },
                     self.pod,
                 )?;
@@ -113,6 +115,15 @@ impl Executor<Op> for KernelExec<'_, '_> {
             Op::DeleteLink { ns, link } => {
                 self.forget(*ns, link);
                 self.nl(*ns).delete_link(link)
+            }
+            Op::NoIpv6 { link } => {
+                let key = crate::sysctl::SysctlKey::conf("ipv6", link.as_str(), "disable_ipv6")?;
+                match crate::sysctl::write(&key, "1") {
+                    Ok(()) => Ok(true),
+                    // No /proc/sys/net/ipv6: a kernel without IPv6 (ipv6.disable=1).
+                    Err(e) if e.is_not_found() => Ok(false),
+                    Err(e) => Err(e),
+                }
             }
             Op::SetMaster { link, bridge } => {
                 let l = self.link(Ns::Host, link)?;

@@ -369,10 +369,11 @@ impl Netlink<'_> {
 
     /// Create a veth pair on this (host) handle whose peer is created
     /// directly inside `pod`'s netns under its final name, with MTU and
-    /// optional peer MAC, both ends up if `spec.up`: one RTM_NEWLINK (host end
-    /// up in it) and, for the peer's up, one RTM_SETLINK in the pod. No move,
-    /// no rename. Equivalent: `ip link add HOST [mtu M] up type veth peer name
-    /// PEER netns POD [address MAC] [mtu M] && ip -n POD link set PEER up`.
+    /// optional peer MAC: one RTM_NEWLINK (host end up in it if
+    /// `spec.host_up`) and, if `spec.up`, one RTM_SETLINK in the pod for the
+    /// peer's up. No move, no rename. Equivalent: `ip link add HOST [mtu M]
+    /// [up] type veth peer name PEER netns POD [address MAC] [mtu M] &&
+    /// ip -n POD link set PEER up`.
     ///
     /// A link already named `peer_name` in the pod gives
     /// [`NetopsError::PeerExists`], one named `host_name` here gives
@@ -402,7 +403,7 @@ impl Netlink<'_> {
         if let Some(m) = spec.mtu {
             host = host.mtu(m);
         }
-        if spec.up {
+        if spec.host_up {
             host = host.up();
         }
         if let Err(source) = self

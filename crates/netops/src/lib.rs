@@ -39,7 +39,7 @@
 //! let pod = k.pod(&ns)?;
 //! let br = host.ensure_bridge("cni0", None, false)?.link;
 //! let veth = host.create_veth(&VethSpec { host_name: "veth1234".into(),
-//!     peer_name: "eth0".into(), mtu: None, peer_mac: None, up: true }, &pod)?;
+//!     peer_name: "eth0".into(), mtu: None, peer_mac: None, up: true, host_up: false }, &pod)?;
 //! host.attach_to_bridge(&veth.host, &br)?;
 //! host.set_bridge_port(&veth.host, BridgePortOpts { hairpin: Some(true), isolated: None })?;
 //! pod.loopback_up()?;

@@ -56,7 +56,8 @@ pub enum Op {
     SetUp { ns: Ns, link: IfName },
     /// `ip link set NAME promisc on|off`.
     SetPromisc { link: IfName, on: bool },
-    /// `ip link add HOST [mtu M] up type veth peer name PEER netns NETNS [address MAC]`: the
+    /// `ip link add HOST [mtu M] type veth peer name PEER netns NETNS [address MAC]`, the peer
+    /// up, the host end down (`SetMaster` sets it up): the
     /// peer is created in the pod under its final name (no move, no rename).
     CreateVeth {
         host: IfName,
@@ -67,6 +68,12 @@ pub enum Op {
     },
     /// `ip link del NAME` (either end of a veth removes both).
     DeleteLink { ns: Ns, link: IfName },
+    /// `sysctl -w net.ipv6.conf.LINK.disable_ipv6=1` on a host-side veth that is not up yet:
+    /// a bridge port needs no IPv6 address of its own (IPv6 bridged through it is untouched),
+    /// and each one would add a link-local address and two routes to the host's IPv6 table,
+    /// which the kernel walks whole at every link up and down. Nothing when the host has no
+    /// IPv6.
+    NoIpv6 { link: IfName },
     /// `ip link set LINK master BRIDGE up`.
     SetMaster { link: IfName, bridge: IfName },
     /// `ip link set LINK type bridge_slave [hairpin on|off] [isolated on|off]`.
@@ -151,6 +158,7 @@ impl Reversible for Op {
             | Op::PinMac { .. }
             | Op::SetUp { .. }
             | Op::SetMaster { .. }
+            | Op::NoIpv6 { .. }
             | Op::SetBridgePort { .. }
             | Op::DeleteLink { .. }
             | Op::SetSysctl { .. } => return None,
@@ -227,7 +235,7 @@ impl Op {
             } => {
                 let mtu = mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
                 format!(
-                    "ip link add {host}{mtu} up type veth peer name {peer} netns {}{}{mtu}",
+                    "ip link add {host}{mtu} type veth peer name {peer} netns {}{}{mtu}",
                     netns.display(),
                     peer_mac
                         .map(|m| format!(" address {m}"))
@@ -236,6 +244,7 @@ impl Op {
             }
             Op::DeleteLink { ns, link } => format!("{} link del {link}", ip(ns)),
             Op::SetMaster { link, bridge } => format!("ip link set {link} master {bridge} up"),
+            Op::NoIpv6 { link } => format!("sysctl -w net.ipv6.conf.{link}.disable_ipv6=1"),
             Op::SetBridgePort {
                 link,
                 hairpin,
@@ -453,7 +462,7 @@ mod tests {
             [
                 "ip link add cni0 type bridge",
                 "ip link set cni0 up",
-                "ip link add veth1 mtu 1400 up type veth peer name eth0 netns /run/netns/x mtu 1400",
+                "ip link add veth1 mtu 1400 type veth peer name eth0 netns /run/netns/x mtu 1400",
                 "ip -n /run/netns/x addr add fd00::2/64 dev eth0 nodad",
                 "ip -n /run/netns/x route add default via fd00::1 dev eth0",
             ]

@@ -68,8 +68,10 @@ pub struct VethSpec {
     pub peer_name: String,
     pub mtu: Option<u32>,
     pub peer_mac: Option<MacAddr>,
-    /// Bring both ends administratively up.
+    /// Bring the peer administratively up.
     pub up: bool,
+    /// Bring the host end up in the same request (else it stays down until set up).
+    pub host_up: bool,
 }
 
 /// Result of [`crate::Netlink::create_veth`]; `host` is read from the host

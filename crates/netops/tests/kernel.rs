@@ -116,6 +116,7 @@ fn veth(host: &str, peer: &str) -> VethSpec {
         mtu: None,
         peer_mac: None,
         up: true,
+        host_up: true,
     }
 }
 
@@ -270,6 +271,7 @@ fn port_is_enslaved_up_with_hairpin_and_isolated_and_promisc_toggles() {
             .create_veth(
                 &VethSpec {
                     up: false,
+                    host_up: false,
                     ..veth("veth0", "eth0")
                 },
                 &pod,

@@ -401,6 +401,9 @@ pub fn build(
         mtu: spec.mtu,
         peer_mac: spec.mac,
     });
+    net(Op::NoIpv6 {
+        link: host_veth.clone(),
+    });
     net(Op::SetMaster {
         link: host_veth.clone(),
         bridge: br.clone(),

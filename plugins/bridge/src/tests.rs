@@ -84,7 +84,8 @@ ip link set br-t address <its own>  # pin
 ip rule del iif br-t priority 10 unreachable  # -4 and -6
 ip addr add 10.5.0.1/24 dev br-t
 ip addr add fd00:5::1/64 dev br-t nodad
-ip link add VETH up type veth peer name eth0 netns /run/netns/p
+ip link add VETH type veth peer name eth0 netns /run/netns/p
+sysctl -w net.ipv6.conf.VETH.disable_ipv6=1
 ip link set VETH master br-t up
 ip link set VETH type bridge_slave hairpin on
 ip -n /run/netns/p link set lo up
@@ -108,7 +109,8 @@ fn golden_second_pod_on_a_warm_host_only_adds_its_own_parts() {
     let p = plan_of(&conf, Mode::External, &dual(), &warm());
     let veth = plan::host_veth_name("n1", "ctr1", "eth0").unwrap();
     let want = "\
-ip link add VETH mtu 1400 up type veth peer name eth0 netns /run/netns/p mtu 1400
+ip link add VETH mtu 1400 type veth peer name eth0 netns /run/netns/p mtu 1400
+sysctl -w net.ipv6.conf.VETH.disable_ipv6=1
 ip link set VETH master br-t up
 ip -n /run/netns/p addr add 10.5.0.3/24 dev eth0
 ip -n /run/netns/p addr add fd00:5::3/64 dev eth0
@@ -136,7 +138,8 @@ ip link add br-t type bridge
 ip link set br-t address <its own>  # pin
 ip rule add iif br-t priority 10 unreachable  # -4 and -6
 ip rule add to 10.6.0.0/24 iif lo priority 9 lookup main; ip rule add to 10.6.0.0/24 priority 10 unreachable
-ip link add VETH up type veth peer name eth0 netns /run/netns/p
+ip link add VETH type veth peer name eth0 netns /run/netns/p
+sysctl -w net.ipv6.conf.VETH.disable_ipv6=1
 ip link set VETH master br-t up
 ip link set VETH type bridge_slave hairpin on
 ip -n /run/netns/p addr add 10.6.0.3/24 dev eth0
