@@ -596,8 +596,41 @@ def leaks(c, settle_s=5.0):
     return res
 
 
+def busy(c):
+    """Processes still running a binary of chain `c` (ours: the detached kernel cleanup a DEL
+    or ADD leaves behind after answering)."""
+    n = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.readlink("/proc/%s/exe" % pid).startswith(c.bindir + "/"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+SETTLE = {"waits": 0, "ms": 0.0}
+
+
+def settle(c, limit_s=2.0):
+    """Wait (untimed) until chain `c`'s background work is done, so the next timed call, of
+    either chain, starts on a quiet kernel: the cleanup holds the rtnl lock and flushes
+    nf_tables' global destroy work, which would otherwise land on whichever call comes next."""
+    t0 = time.perf_counter()
+    while busy(c) and time.perf_counter() - t0 < limit_s:
+        time.sleep(0.002)
+    waited = (time.perf_counter() - t0) * 1e3
+    if waited > 1:
+        SETTLE["waits"] += 1
+        SETTLE["ms"] += waited
+
+
 def bench_latency(chains):
-    """ADD/CHECK/DEL of the Nth pod while N-1 exist; the fill ADDs feed the plot."""
+    """ADD/CHECK/DEL of the Nth pod while N-1 exist; the fill ADDs feed the plot. Each chain's
+    background work settles before the next chain's calls. At the first stage, also ADD right
+    after a DEL of the same pod (a pod restart), where that work is still running."""
     log("latency: stages %s, %d samples each" % (STAGES, K))
     fill = {c.key: [] for c in chains}  # (pods existing, ms, ok)
     stages = {c.key: {} for c in chains}
@@ -623,12 +656,28 @@ def bench_latency(chains):
                 port = PORT_BASE_LAT + n - 1
                 for verb in ("add", "check", "del"):
                     runs[c.key][verb].append(c.cnitool(verb, c.pods[probe], cid, port))
+                settle(c)
+        if n == STAGES[0]:
+            for c in chains:
+                runs[c.key]["restart"] = []
+            for k in range(K):
+                order = chains if k % 2 == 0 else chains[::-1]
+                for c in order:
+                    port = PORT_BASE_LAT + n - 1
+                    pod = c.pods[probe]
+                    c.cnitool("add", pod, "old%d" % k, port)
+                    c.cnitool("del", pod, "old%d" % k, port)
+                    runs[c.key]["restart"].append(c.cnitool("add", pod, "new%d" % k, port))
+                    c.cnitool("del", pod, "new%d" % k, port)
+                    settle(c)
         for c in chains:
             stages[c.key][n] = {v: summ(rs) for v, rs in runs[c.key].items()}
             s = stages[c.key][n]
-            log("  N=%d %s: ADD p50 %.1f ms, CHECK p50 %.1f ms (%d/%d ok), DEL p50 %.1f ms" % (
+            log("  N=%d %s: ADD p50 %.1f ms, CHECK p50 %.1f ms (%d/%d ok), DEL p50 %.1f ms%s" % (
                 n, c.key, s["add"]["p50_ms"], s["check"]["p50_ms"], s["check"]["ok"],
-                s["check"]["n"], s["del"]["p50_ms"]))
+                s["check"]["n"], s["del"]["p50_ms"],
+                ", ADD after DEL p50 %.1f ms" % s["restart"]["p50_ms"] if "restart" in s else ""))
+    log("  settling: %d waits, %.0f ms in all (untimed)" % (SETTLE["waits"], SETTLE["ms"]))
     return stages, fill
 
 
@@ -1157,6 +1206,10 @@ def build_summary(R):
             if verb == "add":
                 row("CPU user+sys per ADD, pod %d (ms, cnitool tree)" % n,
                     so["cpu_ms_p50"], sr["cpu_ms_p50"])
+    so, sr = lat[o][nmin].get("restart"), lat[r][nmin].get("restart")
+    if so and sr:
+        row("ADD p50 right after a DEL of the same pod, pod %d (ms)" % nmin, so["p50_ms"],
+            sr["p50_ms"])
     a1, an = lat[o][nmin]["add"]["p50_ms"], lat[o][nmax]["add"]["p50_ms"]
     growth = ratio(an, a1)
     rows.append(("ADD p50 pod %d / pod %d" % (nmax, nmin), fmt(growth, "x", 2),
