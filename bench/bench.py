@@ -645,6 +645,8 @@ def bench_latency(chains):
                 if not r.ok:
                     log("  %s fill ADD %d failed: %s" % (c.key, i, _short(r.err or r.out)))
         existing = max(existing, n - 1)
+        for c in chains:  # the fill's own background work, before the first timed call
+            settle(c)
         if existing:
             log("  filled to %d pods in %.1f s" % (existing, time.perf_counter() - t0))
         runs = {c.key: {"add": [], "check": [], "del": []} for c in chains}
