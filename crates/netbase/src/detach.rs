@@ -4,7 +4,7 @@
 //! Some kernel calls answer at once but make their caller wait afterwards: a veth delete sits
 //! in an RCU barrier (15-30 ms), and closing an nfnetlink socket after a batch that deleted
 //! something waits for nf_tables' destroy work (an RCU grace period, ~10 ms), although the
-//! commit was already done. During a DEL the code that would pay such a wait hands it here
+//! commit was already done. During a verb the code that would pay such a wait hands it here
 //! instead: [`park_fd`] (a socket whose close waits) and [`park_job`] (work that needs no
 //! state of this process, e.g. "delete the retired link `cnirsx…`"). When the verb has
 //! answered, [`finish`] forks once: a child in a session of its own, with stdio on
@@ -16,7 +16,8 @@
 //! link set down and renamed, an nft commit acknowledged). A child killed half-way leaves
 //! only what GC removes (retired links).
 //!
-//! Parking is off unless [`enable`] was called (the skeleton calls it for DEL); while off,
+//! Parking is off unless [`enable`] was called (the skeleton calls it for ADD, DEL, CHECK and
+//! GC: the release of an nfnetlink socket waits whichever verb closes it); while off,
 //! [`park_fd`] closes the fd and [`park_job`] runs the job right away.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -8,7 +8,7 @@
 //! - [`Protocol`]: tcp / udp / sctp, as CNI `portMappings` and nft spell them;
 //! - [`logging`]: the log backend of every binary (stderr and an optional file, never stdout);
 //! - [`detach`]: work only the kernel can observe (a slow delete, a socket whose close waits),
-//!   handed to a detached process after a DEL answered: the one place the suite forks.
+//!   handed to a detached process after a verb answered: the one place the suite forks.
 //!
 //! No dependency on the CNI contract or the kernel; everything but [`detach`] is pure.
 

@@ -433,41 +433,32 @@ pub fn delete(matches: &[CtMatch]) -> Result<usize, NetopsError> {
 mod tests {
     use super::*;
 
-    fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(payload);
-        pad(&mut v);
-        v
-    }
-
     fn tuple(src: [u8; 4], dst: [u8; 4], proto: u8, dport: u16) -> Vec<u8> {
-        let ip = [nla(CTA_IP_V4_SRC, &src), nla(CTA_IP_V4_DST, &dst)].concat();
+        let ip = [attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)].concat();
         let pr = [
-            nla(CTA_PROTO_NUM, &[proto]),
-            nla(2, &1234u16.to_be_bytes()),
-            nla(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+            attr(CTA_PROTO_NUM, &[proto]),
+            attr(2, &1234u16.to_be_bytes()),
+            attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
         ]
         .concat();
         [
-            nla(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
-            nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &pr),
+            attr(CTA_TUPLE_IP | NLA_F_NESTED, &ip),
+            attr(CTA_TUPLE_PROTO | NLA_F_NESTED, &pr),
         ]
         .concat()
     }
 
     /// A DNAT'd UDP flow: outside 192.0.2.9 -> host 192.0.2.1:5300, answered by pod 10.1.0.5:80.
     fn dnat_entry() -> Vec<u8> {
-        let orig = nla(
+        let orig = attr(
             CTA_TUPLE_ORIG | NLA_F_NESTED,
             &tuple([192, 0, 2, 9], [192, 0, 2, 1], 17, 5300),
         );
-        let reply = nla(
+        let reply = attr(
             CTA_TUPLE_REPLY | NLA_F_NESTED,
             &tuple([10, 1, 0, 5], [192, 0, 2, 9], 17, 1234),
         );
-        [orig, reply, nla(3, &[0, 0, 0, 1])].concat()
+        [orig, reply, attr(3, &[0, 0, 0, 1])].concat()
     }
 
     #[test]
@@ -531,16 +522,16 @@ mod tests {
         assert_eq!(
             f[0],
             [
-                nla(
+                attr(
                     CTA_TUPLE_ORIG | NLA_F_NESTED,
-                    &nla(
+                    &attr(
                         CTA_TUPLE_IP | NLA_F_NESTED,
-                        &nla(CTA_IP_V4_SRC, &[10, 1, 2, 3])
+                        &attr(CTA_IP_V4_SRC, &[10, 1, 2, 3])
                     )
                 ),
-                nla(
+                attr(
                     CTA_FILTER | NLA_F_NESTED,
-                    &nla(CTA_FILTER_ORIG_FLAGS, &1u32.to_ne_bytes())
+                    &attr(CTA_FILTER_ORIG_FLAGS, &1u32.to_ne_bytes())
                 ),
             ]
             .concat()
@@ -564,20 +555,20 @@ mod tests {
         assert_eq!(
             p,
             vec![[
-                nla(
+                attr(
                     CTA_TUPLE_ORIG | NLA_F_NESTED,
-                    &nla(
+                    &attr(
                         CTA_TUPLE_PROTO | NLA_F_NESTED,
                         &[
-                            nla(CTA_PROTO_NUM, &[17]),
-                            nla(CTA_PROTO_DST_PORT, &5309u16.to_be_bytes())
+                            attr(CTA_PROTO_NUM, &[17]),
+                            attr(CTA_PROTO_DST_PORT, &5309u16.to_be_bytes())
                         ]
                         .concat()
                     )
                 ),
-                nla(
+                attr(
                     CTA_FILTER | NLA_F_NESTED,
-                    &nla(CTA_FILTER_ORIG_FLAGS, &(8u32 | 32).to_ne_bytes())
+                    &attr(CTA_FILTER_ORIG_FLAGS, &(8u32 | 32).to_ne_bytes())
                 ),
             ]
             .concat()]

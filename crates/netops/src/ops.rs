@@ -56,9 +56,9 @@ pub enum Op {
     SetUp { ns: Ns, link: IfName },
     /// `ip link set NAME promisc on|off`.
     SetPromisc { link: IfName, on: bool },
-    /// `ip link add HOST [mtu M] type veth peer name PEER netns NETNS [address MAC]`, the peer
-    /// up, the host end down (`SetMaster` sets it up): the
-    /// peer is created in the pod under its final name (no move, no rename).
+    /// `ip link add HOST [mtu M] type veth peer name PEER netns NETNS [address MAC]`: the peer
+    /// is created in the pod under its final name (no move, no rename) and set up; the host end
+    /// stays down until `SetMaster` (after `NoIpv6`).
     CreateVeth {
         host: IfName,
         peer: IfName,

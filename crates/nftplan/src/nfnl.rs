@@ -273,7 +273,7 @@ pub fn netns_cookie_of(fd: std::os::fd::RawFd) -> io::Result<u64> {
 }
 
 /// Split a datagram into (nlmsg_type, seq, payload) triples.
-fn split(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+pub(crate) fn split(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + NLMSG_HDRLEN <= buf.len() {
@@ -323,21 +323,27 @@ pub fn parse_events(buf: &[u8]) -> Vec<NftEvent> {
         .collect()
 }
 
-/// The payload of the first attribute of type `ty` (nested/byteorder flags masked off).
-pub(crate) fn attr(attrs: &[u8], ty: u16) -> Option<&[u8]> {
-    let mut off = 0;
-    while off + 4 <= attrs.len() {
-        let len = u16::from_ne_bytes([attrs[off], attrs[off + 1]]) as usize;
-        let t = u16::from_ne_bytes([attrs[off + 2], attrs[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > attrs.len() {
+/// The attributes of a netlink attribute stream as (type, payload), nested/byteorder flags
+/// masked off; a truncated attribute ends the stream.
+pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
             return None;
         }
-        if t == ty {
-            return Some(&attrs[off + 4..off + len]);
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
+        if len < 4 || len > buf.len() {
+            return None;
         }
-        off += (len + 3) & !3;
-    }
-    None
+        let payload = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((ty, payload))
+    })
+}
+
+/// The payload of the first attribute of type `ty` (nested/byteorder flags masked off).
+pub(crate) fn attr(buf: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(buf).find_map(|(t, p)| (t == ty).then_some(p))
 }
 
 /// One netlink attribute (length, type, payload, padded to 4 bytes).

@@ -32,7 +32,8 @@ use ipnetwork::IpNetwork;
 use netlink_sys::Socket;
 
 use crate::nfnl::{
-    attr, cstr, put_attr, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST,
+    attr, attrs, cstr, put_attr, split, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_REQUEST,
 };
 
 /// `NLM_F_ROOT | NLM_F_MATCH`.
@@ -431,28 +432,12 @@ pub fn encode_get(op: &Op, elem: &SetElem, seq: u32) -> Vec<u8> {
     m
 }
 
-/// The attributes of a netlink attribute stream as (type without flags, payload).
-fn attrs_of(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while buf.len() >= 4 {
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            break;
-        }
-        out.push((ty, &buf[4..len]));
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-    }
-    out
-}
-
 /// The elements of a `NEWSETELEM` message (the payload after the netlink header).
 pub fn message_elems(payload: &[u8]) -> Vec<SetElem> {
     let Some(list) = payload.get(4..).and_then(|a| attr(a, 3)) else {
         return Vec::new(); // NFTA_SET_ELEM_LIST_ELEMENTS
     };
-    attrs_of(list)
-        .into_iter()
+    attrs(list)
         .filter_map(|(_, body)| {
             let value = |ty| {
                 attr(body, ty)
@@ -529,22 +514,16 @@ pub fn encode_batch(ops: &[Op], base: u32) -> Vec<u8> {
 /// (type, seq, first 4 bytes of payload as an errno answer, payload) of each message in a
 /// datagram.
 fn answers(buf: &[u8]) -> Vec<(u16, u32, Option<i32>, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let h = &buf[off..];
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        if len < 16 || off + len > buf.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes([h[4], h[5]]);
-        let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-        let code = (ty == NLMSG_ERROR && len >= 20)
-            .then(|| i32::from_ne_bytes([h[16], h[17], h[18], h[19]]));
-        out.push((ty, seq, code, &buf[off + 16..off + len]));
-        off += (len + 3) & !3;
-    }
-    out
+    split(buf)
+        .into_iter()
+        .map(|(ty, seq, payload)| {
+            let code = match payload {
+                [a, b, c, d, ..] if ty == NLMSG_ERROR => Some(i32::from_ne_bytes([*a, *b, *c, *d])),
+                _ => None,
+            };
+            (ty, seq, code, payload)
+        })
+        .collect()
 }
 
 /// The elements of every `NEWSETELEM` message answering `seq`, until its ack (`get`) or
@@ -612,7 +591,7 @@ pub fn holds_interval(dump: &[SetElem], asked: &[SetElem]) -> bool {
 /// Run `ops` in this thread's network namespace: changes as one transaction (all or nothing,
 /// like `nft -f`), gets one request each. The first error wins.
 pub fn apply(ops: &[Op]) -> io::Result<()> {
-    // Closed by `netbase::detach` (after a DEL answered): see `NfSocket`.
+    // Closed by `netbase::detach` (after the verb answered): see `NfSocket`.
     let sock = crate::nfnl::NfSocket::open()?;
     let mut buf = Vec::with_capacity(1 << 16);
     if ops.iter().all(|o| o.verb == Verb::Get) {
