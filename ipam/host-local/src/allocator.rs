@@ -94,10 +94,9 @@ pub fn allocate(
             return allocation(req.ip, r, true);
         }
         let holder = store
-            .leases()
-            .into_iter()
-            .find(|l| l.ip == req.ip)
-            .map(|l| l.owner.to_string())
+            .lease_iter()
+            .find(|(ip, _)| *ip == req.ip)
+            .map(|(_, owner)| owner.to_string())
             .unwrap_or_else(|| "another container".to_string());
         return Err(Error::Taken {
             ip: req.ip,
@@ -131,9 +130,8 @@ pub fn allocate(
 /// How many addresses of `set` are still free (saturating for huge IPv6 sets).
 pub fn free_addresses(store: &dyn Store, set: &RangeSet) -> u128 {
     let used = store
-        .leases()
-        .iter()
-        .filter(|l| set.is_allocatable(l.ip))
+        .lease_iter()
+        .filter(|(ip, _)| set.is_allocatable(*ip))
         .count() as u128;
     set.capacity().saturating_sub(used)
 }

@@ -30,7 +30,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::{
     error::Error,
     index,
-    store::{Lease, Owner, Store},
+    store::{Owner, Store},
 };
 
 /// The reference's default `dataDir`.
@@ -159,10 +159,14 @@ impl DiskStore {
     /// List the directory (the truth for which leases exist) and take each owner from the
     /// index when it knows the file, else from the file itself.
     fn load(&mut self) -> Result<(), Error> {
-        let mut hint = index::load(&self.dir);
+        let hint = index::load(&self.dir);
         self.indexed = hint.is_some();
         // Clean only if every listed lease was known and every known lease was listed.
         let mut clean = hint.is_some();
+        let mut known = hint.map(|h| h.leases).unwrap_or_default();
+        // Listed files the index knows (each address once: only canonical names count).
+        let mut listed_known = Vec::with_capacity(known.len());
+        let mut found = Vec::new();
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("reading", &self.dir, e))?;
         for entry in rd {
             let entry = entry.map_err(|e| Error::io("reading", &self.dir, e))?;
@@ -178,8 +182,8 @@ impl DiskStore {
             let Ok(ip) = name.parse::<IpAddr>() else {
                 continue; // lock, last_reserved_ip.*, anything else
             };
-            if let Some(owner) = hint.as_mut().and_then(|h| h.leases.remove(&ip)) {
-                self.entries.insert(ip, Entry::Lease(owner));
+            if known.contains_key(&ip) && is_canonical(ip, name) {
+                listed_known.push(ip);
                 continue;
             }
             clean = false;
@@ -197,18 +201,25 @@ impl DiskStore {
                     path.display()
                 );
             }
-            self.entries.insert(ip, e);
+            found.push((ip, e));
         }
-        if let Some(h) = &hint {
-            if !h.leases.is_empty() {
-                log::info!(
-                    "{}: {} indexed lease(s) removed by someone else",
-                    self.dir.display(),
-                    h.leases.len()
-                );
-                clean = false;
-            }
+        if listed_known.len() != known.len() {
+            let listed: std::collections::HashSet<IpAddr> = listed_known.into_iter().collect();
+            let before = known.len();
+            known.retain(|ip, _| listed.contains(ip));
+            log::info!(
+                "{}: {} indexed lease(s) removed by someone else",
+                self.dir.display(),
+                before - known.len()
+            );
+            clean = false;
         }
+        // Already in address order: a bulk build, no search per lease.
+        self.entries = known
+            .into_iter()
+            .map(|(ip, owner)| (ip, Entry::Lease(owner)))
+            .collect();
+        self.entries.extend(found);
         self.dirty = !clean;
         Ok(())
     }
@@ -235,6 +246,13 @@ impl DiskStore {
     pub fn from_index(&self) -> bool {
         self.indexed && !self.dirty
     }
+}
+
+/// Whether `name` is how we (and Go's `net.IP.String`) write `ip`. IPv4 text that parses is
+/// always canonical (no leading zeros, four decimal octets); IPv6 has other spellings
+/// (`FD00::2`, `fd00:0::2`) whose files are read as unknown ones.
+fn is_canonical(ip: IpAddr, name: &str) -> bool {
+    ip.is_ipv4() || ip.to_string() == name
 }
 
 /// Create `path` with `content`, failing (`Ok(false)`) when it exists: the reference's
@@ -279,15 +297,7 @@ impl Drop for DiskStore {
         if !self.dirty {
             return;
         }
-        let leases: BTreeMap<IpAddr, Owner> = self
-            .entries
-            .iter()
-            .filter_map(|(ip, e)| match e {
-                Entry::Lease(o) => Some((*ip, o.clone())),
-                Entry::Stale(_) => None,
-            })
-            .collect();
-        if let Err(e) = index::store(&self.dir, &leases) {
+        if let Err(e) = index::store(&self.dir, self.lease_iter()) {
             log::warn!("writing the lease index of {}: {e}", self.dir.display());
         }
     }
@@ -348,17 +358,11 @@ impl Store for DiskStore {
         fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 
-    fn leases(&self) -> Vec<Lease> {
-        self.entries
-            .iter()
-            .filter_map(|(ip, e)| match e {
-                Entry::Lease(owner) => Some(Lease {
-                    ip: *ip,
-                    owner: owner.clone(),
-                }),
-                Entry::Stale(_) => None,
-            })
-            .collect()
+    fn lease_iter(&self) -> Box<dyn Iterator<Item = (IpAddr, &Owner)> + '_> {
+        Box::new(self.entries.iter().filter_map(|(ip, e)| match e {
+            Entry::Lease(owner) => Some((*ip, owner)),
+            Entry::Stale(_) => None,
+        }))
     }
 
     fn drop_stale(&mut self) -> Result<usize, Error> {
@@ -481,7 +485,7 @@ mod tests {
         let mut idx = index::load(&dir).unwrap();
         idx.leases
             .insert(ip("10.0.0.2"), Owner::new("ghost", "eth0"));
-        index::store(&dir, &idx.leases).unwrap();
+        index::store(&dir, idx.leases.iter().map(|(i, o)| (*i, o))).unwrap();
         let s = DiskStore::open(tmp.path(), "n").unwrap();
         assert_eq!(s.get_by_id("ghost", "eth0"), [ip("10.0.0.2")]);
         // ...but a lease the index names without its file does not exist.
@@ -489,12 +493,41 @@ mod tests {
         let mut idx = index::load(&dir).unwrap();
         idx.leases
             .insert(ip("10.0.0.7"), Owner::new("phantom", "eth0"));
-        index::store(&dir, &idx.leases).unwrap();
+        index::store(&dir, idx.leases.iter().map(|(i, o)| (*i, o))).unwrap();
         let mut s = DiskStore::open(tmp.path(), "n").unwrap();
         assert!(s.get_by_id("phantom", "eth0").is_empty());
         assert!(s
             .reserve(&Owner::new("c9", "eth0"), ip("10.0.0.7"), 0)
             .unwrap());
+    }
+
+    #[test]
+    fn only_canonical_names_count_as_indexed() {
+        // IPv4 text that parses has one spelling; `load` relies on it.
+        for other in ["10.0.0.02", "010.0.0.2", "10.0.2", "10.0.0.2 "] {
+            assert!(other.parse::<IpAddr>().is_err(), "{other}");
+        }
+        assert!(is_canonical(ip("fd00::2"), "fd00::2"));
+        assert!(!is_canonical(ip("fd00::2"), "FD00::2"));
+        assert!(!is_canonical(ip("fd00::2"), "fd00:0::2"));
+        // An IPv6 lease under another spelling, beside the indexed one: both files are seen,
+        // the index is not trusted as clean, and the indexed lease is not lost.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n");
+        {
+            let mut s = DiskStore::open(tmp.path(), "n").unwrap();
+            assert!(s
+                .reserve(&Owner::new("c1", "eth0"), ip("fd00::2"), 0)
+                .unwrap());
+            assert!(s
+                .reserve(&Owner::new("c2", "eth0"), ip("fd00::3"), 0)
+                .unwrap());
+        }
+        fs::write(dir.join("FD00::2"), "c1\r\neth0").unwrap();
+        let s = DiskStore::open(tmp.path(), "n").unwrap();
+        assert!(!s.from_index());
+        assert_eq!(s.get_by_id("c1", "eth0"), [ip("fd00::2")]);
+        assert_eq!(s.get_by_id("c2", "eth0"), [ip("fd00::3")]);
     }
 
     #[test]

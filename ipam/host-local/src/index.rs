@@ -13,13 +13,13 @@
 //! never rewritten in place with another owner. `last_reserved_ip.<n>` is rewritten in place
 //! and is therefore always read from its own file, never from the index.
 
-use std::{collections::BTreeMap, fs, net::IpAddr, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, fs, net::IpAddr, path::Path};
 
 use crate::store::Owner;
 
 /// The index file's name.
 pub const INDEX_FILE: &str = ".cnirs-index";
-const MAGIC: &str = "cnirs-host-local-index v2";
+const MAGIC: &str = "cnirs-host-local-index v3";
 /// What a complete index file says.
 #[derive(Debug)]
 pub struct Index {
@@ -36,7 +36,7 @@ fn parse(text: &str) -> Option<Index> {
     if lines.next()?.trim_end_matches('\n') != MAGIC {
         return None;
     }
-    let mut leases = BTreeMap::new();
+    let mut leases = Vec::new();
     let mut body = MAGIC.len() + 1;
     for raw in lines {
         let line = raw.strip_suffix('\n')?;
@@ -45,38 +45,70 @@ fn parse(text: &str) -> Option<Index> {
             // line (a write cut short, or new lines over old ones, fails one or the other).
             let (n, hash) = tail.split_once(' ')?;
             let whole = n.parse::<usize>().ok()? == leases.len()
-                && u64::from_str_radix(hash, 16).ok()? == fnv1a(&text.as_bytes()[..body]);
-            return whole.then_some(Index { leases });
+                && u64::from_str_radix(hash, 16).ok()? == digest(&text.as_bytes()[..body]);
+            // Written in address order: collecting is a bulk build.
+            return whole.then(|| Index {
+                leases: leases.into_iter().collect(),
+            });
         }
         body += raw.len();
         let mut f = line.split('\t');
         let ip: IpAddr = f.next()?.parse().ok()?;
         let container_id = f.next()?.to_string();
         let ifname = f.next().map(str::to_string);
-        leases.insert(
+        leases.push((
             ip,
             Owner {
                 container_id,
                 ifname,
             },
-        );
+        ));
     }
     None
 }
 
-/// FNV-1a, 64 bits: enough to tell a torn file from a whole one (not a defence against an
-/// adversary, who could write the lease files themselves).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// XXH3, 64 bits: enough to tell a torn file from a whole one (not a defence against an
+/// adversary, who could write the lease files themselves). A byte-wise hash (v2 used FNV-1a)
+/// cost 0.1 ms per 40 KB index, read and written on every call.
+fn digest(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
-/// The same leases always render the same bytes (no counter, no time).
-fn render(leases: &BTreeMap<IpAddr, Owner>) -> String {
-    let mut s = format!("{MAGIC}\n");
+/// `ip` as `Display` writes it; IPv4 by hand (the formatter costs about 0.2 µs an address,
+/// and every call renders every lease).
+fn push_ip(s: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if o >= 100 {
+                    s.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    s.push(char::from(b'0' + o / 10 % 10));
+                }
+                s.push(char::from(b'0' + o % 10));
+            }
+        }
+        // Writing to a String cannot fail.
+        IpAddr::V6(_) => {
+            let _ = write!(s, "{ip}");
+        }
+    }
+}
+
+/// The same leases always render the same bytes (no counter, no time); `leases` in address
+/// order.
+fn render<'a>(leases: impl Iterator<Item = (IpAddr, &'a Owner)>) -> String {
+    let mut s = String::with_capacity(64 * 1024);
+    s.push_str(MAGIC);
+    s.push('\n');
+    let mut n = 0usize;
     for (ip, o) in leases {
-        s.push_str(&ip.to_string());
+        n += 1;
+        push_ip(&mut s, ip);
         s.push('\t');
         s.push_str(&o.container_id);
         if let Some(i) = &o.ifname {
@@ -85,17 +117,21 @@ fn render(leases: &BTreeMap<IpAddr, Owner>) -> String {
         }
         s.push('\n');
     }
-    let hash = fnv1a(s.as_bytes());
-    s.push_str(&format!("end {} {hash:016x}\n", leases.len()));
+    let hash = digest(s.as_bytes());
+    s.push_str(&format!("end {n} {hash:016x}\n"));
     s
 }
 
-/// Record `leases` (called under the network's lock, after the last change); no leases, no
-/// file. The file is overwritten in place: a write cut short leaves new lines followed by old
-/// ones, which [`load`] ignores (the `end` line carries the count and a hash of every line
-/// before it).
-pub fn store(dir: &Path, leases: &BTreeMap<IpAddr, Owner>) -> std::io::Result<()> {
-    if leases.is_empty() {
+/// Record `leases` (called under the network's lock, after the last change, in address
+/// order); no leases, no file. The file is overwritten in place: a write cut short leaves new
+/// lines followed by old ones, which [`load`] ignores (the `end` line carries the count and a
+/// hash of every line before it).
+pub fn store<'a>(
+    dir: &Path,
+    leases: impl Iterator<Item = (IpAddr, &'a Owner)>,
+) -> std::io::Result<()> {
+    let mut leases = leases.peekable();
+    if leases.peek().is_none() {
         // Nothing to remember: leave no file behind (the network's last DEL leaves the
         // directory as the reference would).
         return match fs::remove_file(dir.join(INDEX_FILE)) {
@@ -121,7 +157,7 @@ mod tests {
                 ifname: None,
             },
         );
-        let text = render(&m);
+        let text = render(m.iter().map(|(i, o)| (*i, o)));
         let i = parse(&text).unwrap();
         assert_eq!(i.leases, m);
         // A write cut short anywhere is no index.
@@ -132,15 +168,28 @@ mod tests {
         // New content written over a longer old file and cut short before the final length.
         let mut longer = m.clone();
         longer.insert("10.0.0.3".parse().unwrap(), Owner::new("c3", "eth0"));
-        let old = render(&longer);
+        let old = render(longer.iter().map(|(i, o)| (*i, o)));
         let mut shorter = m.clone();
         shorter.remove(&"fd00::2".parse().unwrap());
-        let new = render(&shorter);
+        let new = render(shorter.iter().map(|(i, o)| (*i, o)));
         for cut in 0..new.len() {
             let mixed = format!("{}{}", &new[..cut], &old[cut.min(old.len())..]);
             if mixed != old {
                 assert!(parse(&mixed).is_none(), "mixed at {cut}");
             }
+        }
+        // Addresses render as `Display` writes them (the lease file names).
+        for a in [
+            "0.0.0.0",
+            "10.0.0.9",
+            "10.20.100.255",
+            "192.168.1.10",
+            "fd00::2",
+            "::",
+        ] {
+            let mut t = String::new();
+            push_ip(&mut t, a.parse().unwrap());
+            assert_eq!(t, a);
         }
         // A line changed in place is caught by the hash.
         assert!(parse(&text.replace("c1", "c9")).is_none());

@@ -63,8 +63,19 @@ pub trait Store {
     /// The address last reserved in range set `range_set`, if known.
     fn last_reserved(&self, range_set: usize) -> Option<IpAddr>;
 
-    /// Every valid lease (stale entries excluded), in address order.
-    fn leases(&self) -> Vec<Lease>;
+    /// Every valid lease (stale entries excluded), in address order, borrowed: ADD and DEL walk
+    /// every lease of the network, so no owner is copied.
+    fn lease_iter(&self) -> Box<dyn Iterator<Item = (IpAddr, &Owner)> + '_>;
+
+    /// Every valid lease, in address order, copied.
+    fn leases(&self) -> Vec<Lease> {
+        self.lease_iter()
+            .map(|(ip, owner)| Lease {
+                ip,
+                owner: owner.clone(),
+            })
+            .collect()
+    }
 
     /// Remove entries that are neither a valid lease nor bookkeeping (e.g. empty files left by
     /// a crash); returns how many.
@@ -74,10 +85,9 @@ pub trait Store {
 
     /// Addresses held by (id, ifname), or by a legacy id-only lease of `id`.
     fn get_by_id(&self, id: &str, ifname: &str) -> Vec<IpAddr> {
-        self.leases()
-            .into_iter()
-            .filter(|l| l.owner.is(id, ifname) || l.owner.is_legacy_of(id))
-            .map(|l| l.ip)
+        self.lease_iter()
+            .filter(|(_, o)| o.is(id, ifname) || o.is_legacy_of(id))
+            .map(|(ip, _)| ip)
             .collect()
     }
 
@@ -85,12 +95,7 @@ pub trait Store {
     /// releases those only when (id, ifname) holds nothing, which leaks a legacy lease once
     /// an ADD added a lease of another range set next to it). Returns the released addresses.
     fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
-        let ips: Vec<IpAddr> = self
-            .leases()
-            .iter()
-            .filter(|l| l.owner.is(id, ifname) || l.owner.is_legacy_of(id))
-            .map(|l| l.ip)
-            .collect();
+        let ips = self.get_by_id(id, ifname);
         for ip in &ips {
             self.release(*ip)?;
         }
@@ -124,13 +129,7 @@ impl Store for MemStore {
         self.last.get(&range_set).copied()
     }
 
-    fn leases(&self) -> Vec<Lease> {
-        self.leases
-            .iter()
-            .map(|(ip, owner)| Lease {
-                ip: *ip,
-                owner: owner.clone(),
-            })
-            .collect()
+    fn lease_iter(&self) -> Box<dyn Iterator<Item = (IpAddr, &Owner)> + '_> {
+        Box::new(self.leases.iter().map(|(ip, owner)| (*ip, owner)))
     }
 }
