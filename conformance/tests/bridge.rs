@@ -285,7 +285,7 @@ fn bridge_pod_on_two_networks_reaches_both() {
         "bridge",
         "cnirs-brB",
         ranges(&["10.232.2.0/24"]),
-        json!({"isDefaultGateway": true}),
+        json!({"isDefaultGateway": true, "multicastSnooping": true}),
     );
     let (t1, t2) = (net.cnitool(&c1), net.cnitool(&c2));
     let t2p = net.cnitool(&c2).ifname("eth1");
@@ -295,6 +295,14 @@ fn bridge_pod_on_two_networks_reaches_both() {
     let r2 = t2.add(&n2).assert_ok().json().clone();
     assert_eq!(p.addrs("eth0"), vec![format!("{}/24", ip(&rp1, 0))]);
     assert_eq!(p.addrs("eth1"), vec![format!("{}/24", ip(&rp2, 0))]);
+    // IGMP/MLD snooping: off on the bridges we create unless the conf asks for it.
+    for (br, want) in [("cnirs-brA", 0), ("cnirs-brB", 1)] {
+        let l = net.host().link(br).expect(br);
+        assert_eq!(
+            l["linkinfo"]["info_data"]["mcast_snooping"], want,
+            "{br}: {l}"
+        );
+    }
     // Two host veths, one per network, on their own bridges.
     let cid = t1.container_id_for(&p);
     for (netname, ifname, br) in [

@@ -57,8 +57,17 @@ impl Executor<Op> for KernelExec<'_, '_> {
 
     fn exec(&mut self, op: &Op) -> Result<bool, NetopsError> {
         match op {
-            Op::CreateBridge { name, mtu } => {
-                let b = self.host.ensure_bridge(name, *mtu, false)?;
+            Op::CreateBridge {
+                name,
+                mtu,
+                mcast_snooping,
+            } => {
+                let new = crate::NewBridge {
+                    mtu: *mtu,
+                    vlan_filtering: false,
+                    mcast_snooping: *mcast_snooping,
+                };
+                let b = self.host.ensure_bridge(name, &new)?;
                 self.links.insert((Ns::Host, name.clone()), b.link);
                 Ok(b.created)
             }

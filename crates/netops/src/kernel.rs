@@ -13,8 +13,8 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
         link::{
-            InfoBridgePort, InfoData, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-            LinkMessage,
+            InfoBridge, InfoBridgePort, InfoData, InfoPortData, InfoVeth, LinkAttribute, LinkFlags,
+            LinkInfo, LinkMessage,
         },
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
         AddressFamily,
@@ -138,6 +138,13 @@ pub(crate) fn link_from_msg(m: LinkMessage) -> Link {
                             }
                             l.bridge_port = Some(f);
                         }
+                        LinkInfo::Data(InfoData::Bridge(bs)) => {
+                            for b in bs {
+                                if let InfoBridge::MulticastSnooping(v) = b {
+                                    l.mcast_snooping = Some(v);
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -231,26 +238,21 @@ impl Netlink<'_> {
     }
 
     /// Make sure a bridge `name` exists and is up; create it if missing.
-    /// Equivalent: `ip link add NAME [mtu MTU] type bridge [vlan_filtering 1]
-    /// && ip link set NAME up`. A racing creator (EEXIST) is tolerated by
+    /// Equivalent: `ip link add NAME [mtu MTU] type bridge mcast_snooping 0|1
+    /// [vlan_filtering 1] && ip link set NAME up`. A racing creator (EEXIST) is tolerated by
     /// reading the link again. A non-bridge link with that name is
     /// [`NetopsError::NotABridge`]. The bridge MAC is left to the kernel.
-    /// MTU and vlan_filtering apply only when the bridge is created here.
-    pub fn ensure_bridge(
-        &self,
-        name: &str,
-        mtu: Option<u32>,
-        vlan_filtering: bool,
-    ) -> Result<BridgeInfo, NetopsError> {
+    /// `new` applies only when the bridge is created here.
+    pub fn ensure_bridge(&self, name: &str, new: &NewBridge) -> Result<BridgeInfo, NetopsError> {
         let mut created = false;
         let link = match self.link(name)? {
             Some(l) => l,
             None => {
-                let mut b = LinkBridge::new(name);
-                if let Some(m) = mtu {
+                let mut b = LinkBridge::new(name).mcast_snooping(new.mcast_snooping);
+                if let Some(m) = new.mtu {
                     b = b.mtu(m);
                 }
-                if vlan_filtering {
+                if new.vlan_filtering {
                     b = b.vlan_filtering(true);
                 }
                 match self

@@ -31,13 +31,13 @@
 //!   [`errno::is_exists`] classify by number.
 //!
 //! ```no_run
-//! use netops::{Kernel, NetNs, VethSpec, RouteSpec, BridgePortOpts};
+//! use netops::{Kernel, NetNs, NewBridge, VethSpec, RouteSpec, BridgePortOpts};
 //! # fn main() -> Result<(), netops::NetopsError> {
 //! let k = Kernel::new()?;
 //! let host = k.host();
 //! let ns = NetNs::open("/var/run/netns/pod1")?;
 //! let pod = k.pod(&ns)?;
-//! let br = host.ensure_bridge("cni0", None, false)?.link;
+//! let br = host.ensure_bridge("cni0", &NewBridge::default())?.link;
 //! let veth = host.create_veth(&VethSpec { host_name: "veth1234".into(),
 //!     peer_name: "eth0".into(), mtu: None, peer_mac: None, up: true, host_up: false }, &pod)?;
 //! host.attach_to_bridge(&veth.host, &br)?;
@@ -76,8 +76,8 @@ pub use netns::NetNs;
 pub use ops::{apply, rollback, Executor, Failure, Ns, Op, Recorder, Reversible, Undo};
 pub use sysctl::SysctlKey;
 pub use types::{
-    BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, RouteInfo,
-    RouteSpec, VethPair, VethSpec,
+    BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, NewBridge,
+    RouteInfo, RouteSpec, VethPair, VethSpec,
 };
 #[cfg(feature = "netlink")]
 pub use vxlan::{FdbEntry, VxlanInfo, VxlanSpec, FLOOD_MAC, VXLAN_PORT};

@@ -31,8 +31,13 @@ pub enum Ns {
 /// One kernel operation. Each variant documents the `ip` command it matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// `ip link add NAME [mtu MTU] type bridge` (a bridge created concurrently is reused).
-    CreateBridge { name: IfName, mtu: Option<u32> },
+    /// `ip link add NAME [mtu MTU] type bridge mcast_snooping 0|1` (a bridge created
+    /// concurrently, or already there, is reused as it is).
+    CreateBridge {
+        name: IfName,
+        mtu: Option<u32>,
+        mcast_snooping: bool,
+    },
     /// `ip link del NAME`, only while no port is enslaved to it (inverse of `CreateBridge`).
     DeleteBridgeIfUnused { name: IfName },
     /// The kernel-level seal of an internal network's bridge: policy rules (IPv4 and IPv6) that
@@ -214,9 +219,14 @@ impl Op {
                 .unwrap_or_default()
         };
         match self {
-            Op::CreateBridge { name, mtu } => format!(
-                "ip link add {name}{} type bridge",
-                mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
+            Op::CreateBridge {
+                name,
+                mtu,
+                mcast_snooping,
+            } => format!(
+                "ip link add {name}{} type bridge mcast_snooping {}",
+                mtu.map(|m| format!(" mtu {m}")).unwrap_or_default(),
+                u8::from(*mcast_snooping)
             ),
             Op::DeleteBridgeIfUnused { name } => {
                 format!("ip link del {name}  # if it has no ports")
@@ -424,6 +434,7 @@ mod tests {
             Op::CreateBridge {
                 name: n("cni0"),
                 mtu: None,
+                mcast_snooping: false,
             },
             Op::SetUp {
                 ns: Ns::Host,
@@ -460,7 +471,7 @@ mod tests {
         assert_eq!(
             text,
             [
-                "ip link add cni0 type bridge",
+                "ip link add cni0 type bridge mcast_snooping 0",
                 "ip link set cni0 up",
                 "ip link add veth1 mtu 1400 type veth peer name eth0 netns /run/netns/x mtu 1400",
                 "ip -n /run/netns/x addr add fd00::2/64 dev eth0 nodad",

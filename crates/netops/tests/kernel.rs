@@ -13,7 +13,7 @@ use std::{
 
 use netops::{
     apply, errno, sysctl, BridgePortOpts, Family, IfName, IpNetwork, Kernel, KernelExec, MacAddr,
-    NetNs, NetopsError, Ns, Op, RouteSpec, SysctlKey, VethSpec,
+    NetNs, NetopsError, NewBridge, Ns, Op, RouteSpec, SysctlKey, VethSpec,
 };
 use serde_json::Value;
 
@@ -134,33 +134,66 @@ fn bridge_is_created_up_then_reused_and_non_bridge_is_refused() {
         let host = k.host();
         // This kernel may lack CONFIG_BRIDGE_VLAN_FILTERING: then EOPNOTSUPP
         // and no bridge left behind.
-        match host.ensure_bridge("brv", None, true) {
+        match host.ensure_bridge(
+            "brv",
+            &NewBridge {
+                vlan_filtering: true,
+                ..Default::default()
+            },
+        ) {
             Ok(b) => assert!(b.created),
             Err(e) => {
                 assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");
                 assert!(host.link("brv").unwrap().is_none());
             }
         }
-        let b = host.ensure_bridge("br0", Some(1400), false).unwrap();
+        let b = host
+            .ensure_bridge(
+                "br0",
+                &NewBridge {
+                    mtu: Some(1400),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert!(b.created);
         assert_eq!(b.link.kind.as_deref(), Some("bridge"));
         assert_eq!(b.link.mtu, 1400);
         assert!(b.link.admin_up);
         assert!(b.link.mac.is_some());
-        let again = host.ensure_bridge("br0", None, false).unwrap();
+        // Made here: no multicast snooping unless asked for.
+        assert_eq!(
+            host.require_link("br0").unwrap().mcast_snooping,
+            Some(false)
+        );
+        let again = host.ensure_bridge("br0", &NewBridge::default()).unwrap();
         assert!(!again.created);
         assert_eq!(again.link.index, b.link.index);
+        let snoop = NewBridge {
+            mcast_snooping: true,
+            ..Default::default()
+        };
+        host.ensure_bridge("br2", &snoop).unwrap();
+        assert_eq!(host.require_link("br2").unwrap().mcast_snooping, Some(true));
 
-        // A bridge made by someone else, down: reused and brought up.
+        // A bridge made by someone else, down: reused (as it is) and brought up.
         h.ip_ok(&["link", "add", "br1", "type", "bridge"]);
-        let other = host.ensure_bridge("br1", None, false).unwrap();
+        let other = host.ensure_bridge("br1", &NewBridge::default()).unwrap();
         assert!(!other.created);
-        assert!(host.require_link("br1").unwrap().admin_up);
+        let br1 = host.require_link("br1").unwrap();
+        assert!(br1.admin_up);
+        assert_eq!(
+            br1.mcast_snooping,
+            Some(true),
+            "the kernel's default, left alone"
+        );
 
         h.ip_ok(&[
             "link", "add", "notbr", "type", "veth", "peer", "name", "notbr-p",
         ]);
-        let e = host.ensure_bridge("notbr", None, false).unwrap_err();
+        let e = host
+            .ensure_bridge("notbr", &NewBridge::default())
+            .unwrap_err();
         assert!(
             matches!(e, NetopsError::NotABridge { ref kind, .. } if kind.as_deref() == Some("veth")),
             "{e}"
@@ -266,7 +299,10 @@ fn port_is_enslaved_up_with_hairpin_and_isolated_and_promisc_toggles() {
         let ns = NetNs::open(&p.path).unwrap();
         let pod = k.pod(&ns).unwrap();
         let host = k.host();
-        let br = host.ensure_bridge("cni0", None, false).unwrap().link;
+        let br = host
+            .ensure_bridge("cni0", &NewBridge::default())
+            .unwrap()
+            .link;
         let pair = host
             .create_veth(
                 &VethSpec {
@@ -449,7 +485,10 @@ fn bridge_address_is_added_once_reported_and_deleted_idempotently() {
     in_host(&h, || {
         let k = Kernel::new().unwrap();
         let host = k.host();
-        let br = host.ensure_bridge("cni0", None, false).unwrap().link;
+        let br = host
+            .ensure_bridge("cni0", &NewBridge::default())
+            .unwrap()
+            .link;
         assert!(host.ensure_address(&br, net("10.99.0.1/24")).unwrap());
         assert!(!host.ensure_address(&br, net("10.99.0.1/24")).unwrap());
         assert!(host.ensure_address(&br, net("fd99::1/64")).unwrap());
@@ -554,6 +593,7 @@ fn failed_op_rolls_back_the_bridge_veth_and_addresses_in_the_kernel() {
             Op::CreateBridge {
                 name: n("cni0"),
                 mtu: None,
+                mcast_snooping: false,
             },
             Op::AddAddr {
                 ns: Ns::Host,
@@ -611,13 +651,19 @@ fn attachment_sequence_is_fast() {
     let (times, total) = in_host(&h, || {
         let k = Kernel::new().unwrap();
         let host = k.host();
-        let br = host.ensure_bridge("cni0", None, false).unwrap().link;
+        let br = host
+            .ensure_bridge("cni0", &NewBridge::default())
+            .unwrap()
+            .link;
         host.ensure_address(&br, net("10.97.0.1/24")).unwrap();
         let t0 = Instant::now();
         let ns = NetNs::open(&p.path).unwrap();
         let pod = k.pod(&ns).unwrap();
         let t_pod = t0.elapsed();
-        let br = host.ensure_bridge("cni0", None, false).unwrap().link;
+        let br = host
+            .ensure_bridge("cni0", &NewBridge::default())
+            .unwrap()
+            .link;
         let t_br = t0.elapsed();
         let pair = host.create_veth(&veth("veth0", "eth0"), &pod).unwrap();
         let t_veth = t0.elapsed();
@@ -669,7 +715,9 @@ fn concurrent_ensure_bridge_agrees_on_one_bridge() {
                 s.spawn(|| {
                     NetNs::open(&h.path).unwrap().enter().unwrap();
                     let k = Kernel::new().unwrap();
-                    k.host().ensure_bridge("brrace", None, false).unwrap()
+                    k.host()
+                        .ensure_bridge("brrace", &NewBridge::default())
+                        .unwrap()
                 })
             })
             .collect();
@@ -730,7 +778,16 @@ fn vxlan_is_created_on_a_bridge_with_flood_and_pod_fdb_entries_and_neighbours() 
             })
             .unwrap_err();
         assert!(matches!(e, NetopsError::VxlanMismatch { .. }), "{e}");
-        let br = host.ensure_bridge("br42", Some(1450), false).unwrap().link;
+        let br = host
+            .ensure_bridge(
+                "br42",
+                &NewBridge {
+                    mtu: Some(1450),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .link;
         host.attach_to_bridge(&vx.link, &br).unwrap();
         let flood = |d: &str| netops::FdbEntry {
             mac: netops::FLOOD_MAC.0,

@@ -40,6 +40,10 @@ struct RawConf {
     runtime_config: Option<serde_json::Value>,
     #[serde(default)]
     args: Option<serde_json::Value>,
+    /// Ours (the reference has no such key): IGMP/MLD snooping on a bridge this plugin
+    /// creates. Off by default (see `netops::NewBridge`).
+    #[serde(default)]
+    multicast_snooping: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +81,8 @@ pub struct BridgeSpec {
     pub macspoofchk: bool,
     pub mac: Option<MacAddr>,
     pub has_ipam: bool,
+    /// `mcast_snooping` of a bridge created by this plugin.
+    pub mcast_snooping: bool,
 }
 
 pub fn parse(req: &Request, mode: Mode) -> Result<BridgeSpec, CniError> {
@@ -153,6 +159,7 @@ pub fn parse(req: &Request, mode: Mode) -> Result<BridgeSpec, CniError> {
         port_isolation: raw.port_isolation,
         macspoofchk: raw.macspoofchk,
         mac,
+        mcast_snooping: raw.multicast_snooping,
         has_ipam: req
             .conf
             .ipam

@@ -318,6 +318,7 @@ pub fn build(
             net(Op::CreateBridge {
                 name: br.clone(),
                 mtu: spec.mtu,
+                mcast_snooping: spec.mcast_snooping,
             });
             net(Op::PinMac { link: br.clone() });
         }

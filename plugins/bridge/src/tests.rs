@@ -79,7 +79,7 @@ fn golden_first_pod_on_a_fresh_host_creates_everything() {
     let p = plan_of(CONF, Mode::External, &dual(), &fresh());
     let veth = plan::host_veth_name("n1", "ctr1", "eth0").unwrap();
     let want = "\
-ip link add br-t type bridge
+ip link add br-t type bridge mcast_snooping 0
 ip link set br-t address <its own>  # pin
 ip rule del iif br-t priority 10 unreachable  # -4 and -6
 ip addr add 10.5.0.1/24 dev br-t
@@ -134,7 +134,7 @@ fn golden_internal_bridge_drops_default_routes_masquerade_and_forwarding() {
     let p = plan_of(&conf, Mode::Internal, &with_default, &view);
     let veth = plan::host_veth_name("n1", "ctr1", "eth0").unwrap();
     let want = "\
-ip link add br-t type bridge
+ip link add br-t type bridge mcast_snooping 0
 ip link set br-t address <its own>  # pin
 ip rule add iif br-t priority 10 unreachable  # -4 and -6
 ip rule add to 10.6.0.0/24 iif lo priority 9 lookup main; ip rule add to 10.6.0.0/24 priority 10 unreachable

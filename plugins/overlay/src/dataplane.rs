@@ -71,7 +71,11 @@ pub fn ensure(
     mtu: u32,
     remote_vteps: impl FnOnce() -> Result<Vec<Ipv4Addr>, CniError>,
 ) -> Result<(), OverlayError> {
-    let br = host.ensure_bridge(&spec.bridge, Some(mtu), false)?.link;
+    let new = netops::NewBridge {
+        mtu: Some(mtu),
+        ..Default::default()
+    };
+    let br = host.ensure_bridge(&spec.bridge, &new)?.link;
     let mac = MacAddr(gateway_mac(spec.vni));
     if br.mac != Some(mac) {
         host.set_mac(&br, mac)?;
