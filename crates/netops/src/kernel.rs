@@ -4,7 +4,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, RawFd},
 };
 
 use futures::TryStreamExt;
@@ -43,7 +43,15 @@ const HOST: &str = "host";
 /// that will use it; all calls block on that runtime.
 pub struct Kernel {
     rt: Runtime,
-    host: Handle,
+    host: Conn,
+}
+
+/// A connection's request handle, and its socket's fd (owned by the connection task, which
+/// lives as long as the runtime) for socket options.
+#[derive(Clone)]
+struct Conn {
+    handle: Handle,
+    fd: RawFd,
 }
 
 /// A netlink connection bound to one netns, usable synchronously.
@@ -54,16 +62,19 @@ pub struct Netlink<'k> {
     /// The pod netns this socket is bound to (`None` = host).
     ns: Option<NetNs>,
     pub(crate) label: String,
+    /// The socket's fd (see [`Conn`]).
+    pub(crate) fd: RawFd,
 }
 
-fn connect(netns: &str) -> Result<Handle, NetopsError> {
-    let (conn, handle, _) =
+fn connect(netns: &str) -> Result<Conn, NetopsError> {
+    let (mut conn, handle, _) =
         rtnetlink::new_connection().map_err(|source| NetopsError::Connection {
             netns: netns.to_string(),
             source,
         })?;
+    let fd = conn.socket_mut().as_raw_fd();
     tokio::spawn(conn);
-    Ok(handle)
+    Ok(Conn { handle, fd })
 }
 
 impl Kernel {
@@ -85,9 +96,10 @@ impl Kernel {
     pub fn host(&self) -> Netlink<'_> {
         Netlink {
             rt: &self.rt,
-            handle: self.host.clone(),
+            handle: self.host.handle.clone(),
             ns: None,
             label: HOST.into(),
+            fd: self.host.fd,
         }
     }
 
@@ -97,12 +109,13 @@ impl Kernel {
     pub fn pod(&self, ns: &NetNs) -> Result<Netlink<'_>, NetopsError> {
         let label = ns.path().display().to_string();
         let _g = self.rt.enter();
-        let handle = ns.run(|| connect(&label))??;
+        let conn = ns.run(|| connect(&label))??;
         Ok(Netlink {
             rt: &self.rt,
-            handle,
+            handle: conn.handle,
             ns: Some(ns.try_clone()?),
             label,
+            fd: conn.fd,
         })
     }
 }
