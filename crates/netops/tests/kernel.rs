@@ -525,6 +525,14 @@ fn delete_link_is_idempotent_in_host_and_pod() {
         );
         assert!(!pod.delete_link("eth0").unwrap());
         assert!(!host.delete_link("veth0").unwrap());
+
+        // A pair gone between the lookup and the retire (its pod netns being destroyed, as
+        // when the runtime deletes the netns before DEL): nothing to retire, no error.
+        host.create_veth(&veth("veth1", "eth1"), &pod).unwrap();
+        let stale = host.require_link("veth1").unwrap();
+        assert!(pod.delete_link("eth1").unwrap());
+        assert!(!host.retire_veth_link(&stale, Some((&pod, "eth1"))).unwrap());
+        assert!(!host.retire_veth("veth1", Some((&pod, "eth1"))).unwrap());
         assert!(host.link("nosuch").unwrap().is_none());
         let e = host.require_link("nosuch").unwrap_err();
         assert!(e.is_not_found(), "{e}");

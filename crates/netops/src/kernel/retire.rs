@@ -17,7 +17,7 @@ use rtnetlink::{
 };
 
 use super::{link_from_msg, Netlink};
-use crate::NetopsError;
+use crate::{Link, NetopsError};
 
 /// Prefix of retired link names. ADD derives `veth<hex>` (bridge) or the runtime's ifname
 /// (`eth0`…), never this prefix.
@@ -68,11 +68,29 @@ impl Netlink<'_> {
         let Some(host) = self.link(host_name)? else {
             return Ok(false);
         };
-        let retired = self.retire(host.index, host_name)?;
+        self.retire_veth_link(&host, pod)
+    }
+
+    /// [`Netlink::retire_veth`] of a link already looked up. A link that is gone by the time
+    /// it is changed (its pod netns was being destroyed, which deletes the pair) is
+    /// `Ok(false)`, as if the lookup had not found it; so is a pod end gone the same way.
+    pub fn retire_veth_link(
+        &self,
+        host: &Link,
+        pod: Option<(&Netlink<'_>, &str)>,
+    ) -> Result<bool, NetopsError> {
+        let retired = match self.retire(host.index, &host.name) {
+            Ok(n) => n,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e),
+        };
         if let Some((pod, ifname)) = pod {
             if let Some(peer) = pod.link(ifname)? {
                 if peer.kind.as_deref() == Some("veth") {
-                    pod.retire(peer.index, ifname)?;
+                    match pod.retire(peer.index, ifname) {
+                        Err(e) if !e.is_not_found() => return Err(e),
+                        _ => {}
+                    }
                 }
             }
         }
