@@ -12,9 +12,9 @@
 //! (the reference does not either): a lease only matters while its pod's netns lives, and no
 //! netns outlives a host crash. Empty or unreadable lease files found under the lock (a writer
 //! killed mid-call, or a crash) are stale: logged, and reclaimed when their address is needed,
-//! at the network's next DEL, or on GC. `last_reserved_ip.<n>` and the index are overwritten in place, never truncated to
-//! zero or renamed over: on ext4 those two patterns force a writeback of the old blocks
-//! (`auto_da_alloc`), which cost 1-5 ms per ADD here.
+//! at the network's next DEL, or on GC. `last_reserved_ip.<n>` and the index are overwritten
+//! in place, never truncated to zero or renamed over: on ext4 those two patterns force a
+//! writeback of the old blocks (`auto_da_alloc`), which cost 1-5 ms per ADD here.
 
 use std::{
     collections::BTreeMap,
