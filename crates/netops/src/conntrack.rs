@@ -9,21 +9,17 @@
 //! moves to another pod (or the pod is gone) the old entry must be removed, or the traffic
 //! keeps going to the old address.
 
-use std::{io, net::IpAddr};
+use std::{io, mem::ManuallyDrop, net::IpAddr};
 
-use crate::NetopsError;
+use crate::{
+    rawnl::{self, attr, attrs, pad, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST},
+    NetopsError,
+};
 
 const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const NLA_F_NESTED: u16 = 0x8000;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -85,24 +81,6 @@ impl Entry {
     }
 }
 
-/// The netlink attributes of `b`: (type without flags, payload, whole attribute).
-fn attrs<'a>(mut b: &'a [u8]) -> impl Iterator<Item = (u16, &'a [u8], &'a [u8])> + 'a {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let (whole, payload) = (&b[..len], &b[4..len]);
-        let next = (len + 3) & !3;
-        b = b.get(next..).unwrap_or(&[]);
-        Some((ty, payload, whole))
-    })
-}
-
 fn ip_of(ty: u16, p: &[u8]) -> Option<IpAddr> {
     match ty {
         CTA_IP_V4_SRC | CTA_IP_V4_DST => <[u8; 4]>::try_from(p).ok().map(IpAddr::from),
@@ -150,19 +128,6 @@ fn parse_entry(body: &[u8]) -> Entry {
         }
     }
     e
-}
-
-fn pad(v: &mut Vec<u8>) {
-    v.resize(v.len().next_multiple_of(4), 0);
-}
-
-fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(4 + payload.len() + 3);
-    v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(payload);
-    pad(&mut v);
-    v
 }
 
 fn ip_bytes(a: IpAddr) -> Vec<u8> {
@@ -227,29 +192,22 @@ fn flush_filters(m: &CtMatch) -> Vec<Vec<u8>> {
 
 /// A request: nlmsghdr + nfgenmsg(family, v0, res_id 0) + `attrs`.
 fn message(kind: u16, flags: u16, seq: u32, v6: bool, attrs: &[u8]) -> Vec<u8> {
-    let len = 16 + 4 + attrs.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
     let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
-    m.extend_from_slice(&[family, 0, 0, 0]);
-    m.extend_from_slice(attrs);
-    m
+    let body = [&[family, 0, 0, 0][..], attrs].concat();
+    rawnl::message((NFNL_SUBSYS_CTNETLINK << 8) | kind, flags, seq, &body)
 }
 
-struct Socket(libc::c_int);
+/// A ctnetlink socket whose close is parked.
+struct Socket(ManuallyDrop<rawnl::Socket>);
 
 impl Drop for Socket {
     fn drop(&mut self) {
         // A NETLINK_NETFILTER socket: its close waits for nf_tables' pending destroy work (an
         // RCU grace period after a batch that deleted, e.g. portmap's elements just before),
         // so during a DEL the detached process closes it (`netbase::detach`).
-        // SAFETY: we own this fd (returned by socket()) and hand it over once.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(self.0) };
-        netbase::detach::park_fd(fd);
+        // SAFETY: taken once, here, and `self.0` is not used after.
+        let s = unsafe { ManuallyDrop::take(&mut self.0) };
+        netbase::detach::park_fd(s.into_fd());
     }
 }
 
@@ -259,87 +217,28 @@ fn err(what: &'static str, source: io::Error) -> NetopsError {
 
 impl Socket {
     fn open() -> Result<Self, NetopsError> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(err("open ctnetlink socket", io::Error::last_os_error()));
-        }
-        Ok(Socket(fd))
+        rawnl::Socket::open(NETLINK_NETFILTER)
+            .map(|s| Socket(ManuallyDrop::new(s)))
+            .map_err(|e| err("open ctnetlink socket", e))
     }
 
     fn send(&self, m: &[u8]) -> Result<(), NetopsError> {
-        // SAFETY: zeroed sockaddr_nl is valid (kernel as destination); `m` outlives the call.
-        let n = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                self.0,
-                m.as_ptr().cast(),
-                m.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(err("send to ctnetlink", io::Error::last_os_error()));
-        }
-        Ok(())
+        self.0.send(m).map_err(|e| err("send to ctnetlink", e))
     }
 
-    fn recv(&self, buf: &mut [u8]) -> Result<usize, NetopsError> {
-        // SAFETY: `buf` is a valid writable buffer of the given length.
-        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(err("receive from ctnetlink", io::Error::last_os_error()));
-        }
-        Ok(n as usize)
-    }
-
-    /// Read messages until DONE (dump) or the ACK/error of `seq`; hand bodies to `each`.
+    /// Read until DONE (dump) or the ACK/error of `seq`; hand bodies (past the nfgenmsg) to
+    /// `each`. ENOENT (the entry went meanwhile) is no error.
     fn read(&self, seq: u32, mut each: impl FnMut(&[u8])) -> Result<(), NetopsError> {
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = self.recv(&mut buf)?;
-            let mut b = &buf[..n];
-            while b.len() >= 16 {
-                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let ty = u16::from_ne_bytes([b[4], b[5]]);
-                let mseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-                if len < 16 || len > b.len() {
-                    return Err(err(
-                        "parse ctnetlink answer",
-                        io::ErrorKind::InvalidData.into(),
-                    ));
-                }
-                let body = &b[16..len];
-                if mseq == seq {
-                    match ty {
-                        NLMSG_DONE => return Ok(()),
-                        NLMSG_ERROR => {
-                            let code = body
-                                .get(..4)
-                                .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                                .unwrap_or(0);
-                            if code == 0 || -code == libc::ENOENT {
-                                return Ok(());
-                            }
-                            return Err(err(
-                                "ctnetlink request",
-                                io::Error::from_raw_os_error(-code),
-                            ));
-                        }
-                        _ => each(body.get(4..).unwrap_or(&[])),
-                    }
-                }
-                b = &b[((len + 3) & !3).min(b.len())..];
+        match self
+            .0
+            .read(seq, false, |_, body| each(body.get(4..).unwrap_or(&[])))
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(err("parse ctnetlink answer", e))
             }
+            Err(e) => Err(err("ctnetlink request", e)),
+            Ok(()) => Ok(()),
         }
     }
 }

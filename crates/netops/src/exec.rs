@@ -127,7 +127,7 @@ impl Executor<Op> for KernelExec<'_, '_> {
             }
             Op::NoIpv6 { link } => {
                 let key = crate::sysctl::SysctlKey::conf("ipv6", link.as_str(), "disable_ipv6")?;
-                match crate::sysctl::write(&key, "1") {
+                match crate::sysctl::write_fresh(&key, "1") {
                     Ok(()) => Ok(true),
                     // No /proc/sys/net/ipv6: a kernel without IPv6 (ipv6.disable=1).
                     Err(e) if e.is_not_found() => Ok(false),

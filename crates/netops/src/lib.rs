@@ -57,6 +57,7 @@ mod exec;
 mod kernel;
 mod netns;
 pub mod ops;
+mod rawnl;
 pub mod sysctl;
 mod types;
 #[cfg(feature = "netlink")]

@@ -12,8 +12,10 @@ use std::{
 };
 
 use netops::{
-    apply, errno, sysctl, BridgePortOpts, Family, IfName, IpNetwork, Kernel, KernelExec, MacAddr,
-    NetNs, NetopsError, NewBridge, Ns, Op, RouteSpec, SysctlKey, VethSpec,
+    apply, errno,
+    sysctl::{self, Ipv4Conf},
+    BridgePortOpts, Family, IfName, IpNetwork, Kernel, KernelExec, MacAddr, NetNs, NetopsError,
+    NewBridge, Ns, Op, RouteSpec, SysctlKey, VethSpec,
 };
 use serde_json::Value;
 
@@ -541,6 +543,65 @@ fn delete_link_is_idempotent_in_host_and_pod() {
     assert!(p.link_json("eth0").is_none());
     let e = NetNs::open(format!("/run/netns/cnirs-t{}-gone", std::process::id())).unwrap_err();
     assert!(matches!(e, NetopsError::NetnsNotFound { .. }));
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn sysctls_read_over_rtnetlink_and_written_through_a_fresh_procfs_match_proc_sys() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    let fwd4 = SysctlKey::parse("net.ipv4.ip_forward").unwrap();
+    let fwd6 = SysctlKey::parse("net.ipv6.conf.all.forwarding").unwrap();
+    in_host(&h, || {
+        assert_eq!(sysctl::forwarding(Family::V4).unwrap(), Some(false));
+        assert_eq!(sysctl::forwarding(Family::V6).unwrap(), Some(false));
+        sysctl::write(&fwd4, "1").unwrap();
+        assert_eq!(sysctl::forwarding(Family::V4).unwrap(), Some(true));
+        assert_eq!(sysctl::forwarding(Family::V6).unwrap(), Some(false));
+        sysctl::write(&fwd6, "1").unwrap();
+        assert_eq!(sysctl::forwarding(Family::V6).unwrap(), Some(true));
+
+        let k = Kernel::new().unwrap();
+        let ns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&ns).unwrap();
+        k.host().create_veth(&veth("veth0", "eth0"), &pod).unwrap();
+        let rl = SysctlKey::conf("ipv4", "veth0", "route_localnet").unwrap();
+        assert_eq!(
+            sysctl::ipv4_conf("veth0", Ipv4Conf::RouteLocalnet).unwrap(),
+            0
+        );
+        assert!(sysctl::ensure_ipv4_conf_one("veth0", Ipv4Conf::RouteLocalnet).unwrap());
+        assert_eq!(sysctl::read(&rl).unwrap(), "1");
+        assert!(!sysctl::ensure_ipv4_conf_one("veth0", Ipv4Conf::RouteLocalnet).unwrap());
+        sysctl::write(&rl, "0").unwrap();
+        assert_eq!(
+            sysctl::ipv4_conf("veth0", Ipv4Conf::RouteLocalnet).unwrap(),
+            0
+        );
+        let e = sysctl::ipv4_conf("nosuch0", Ipv4Conf::RouteLocalnet).unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        assert!(
+            e.to_string()
+                .contains("net.ipv4.conf.nosuch0.route_localnet"),
+            "{e}"
+        );
+
+        let off = SysctlKey::conf("ipv6", "veth0", "disable_ipv6").unwrap();
+        assert_eq!(sysctl::read(&off).unwrap(), "0");
+        sysctl::write_fresh(&off, "1").unwrap();
+        assert_eq!(sysctl::read(&off).unwrap(), "1");
+        let e = sysctl::write_fresh(
+            &SysctlKey::conf("ipv6", "nosuch0", "disable_ipv6").unwrap(),
+            "1",
+        )
+        .unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        // the pod's netns saw none of it
+        assert_eq!(sysctl::read_in(&ns, &fwd4).unwrap(), "0");
+        let pod_off = SysctlKey::conf("ipv6", "eth0", "disable_ipv6").unwrap();
+        assert_eq!(sysctl::read_in(&ns, &pod_off).unwrap(), "0");
+    });
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! ([`observe`]).
 
 use cni_core::IfName;
-use netops::{Executor, Family, KernelExec, Netlink, NetopsError, Ns, SysctlKey};
+use netops::{Executor, Family, KernelExec, Netlink, NetopsError, Ns};
 use nftplan::{Firewall, NetworkElems, PodIface};
 
 use crate::{
@@ -41,18 +41,17 @@ pub fn read_view(
             .iter()
             .any(|r| r.dst.prefix() == 0))
     };
-    let one = |key: &str| -> Result<bool, NetopsError> {
-        Ok(netops::sysctl::read(&SysctlKey::parse(key)?)? == "1")
-    };
     Ok(KernelView {
         bridge,
         pod_has_ifname,
         pod_lo_up,
         pod_default_v4: defaults(Family::V4)?,
         pod_default_v6: defaults(Family::V6)?,
-        forward_v4: one("net.ipv4.ip_forward")?,
-        // A host without IPv6 has no such file: then nothing will be asked of it either.
-        forward_v6: one("net.ipv6.conf.all.forwarding").unwrap_or(false),
+        // Over rtnetlink: an open under /proc/sys/net on the host walks past every younger netns
+        // (netops::sysctl).
+        forward_v4: netops::sysctl::forwarding(Family::V4)?.unwrap_or(false),
+        // A host without IPv6: then nothing will be asked of it either.
+        forward_v6: netops::sysctl::forwarding(Family::V6)?.unwrap_or(false),
     })
 }
 

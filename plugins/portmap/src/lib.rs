@@ -55,7 +55,7 @@ fn to_nft(d: &Dnat) -> PortMapping {
 /// bridge, which the kernel only allows with `route_localnet` on it. The firewall table
 /// masquerades them and drops 127/8 arriving from anywhere but lo.
 fn enable_route_localnet(bridge: &str) -> Result<(), NetopsError> {
-    netops::sysctl::ensure_one(&netops::SysctlKey::conf("ipv4", bridge, "route_localnet")?)?;
+    netops::sysctl::ensure_ipv4_conf_one(bridge, netops::sysctl::Ipv4Conf::RouteLocalnet)?;
     Ok(())
 }
 
