@@ -199,6 +199,11 @@ fn bridge_two_pods_gateway_masquerade_and_del() {
     let (ip_a, ip_b) = (ip(&ra, 0), ip(&rb, 0));
     assert_ne!(ip_a, ip_b);
     assert_eq!(a.addrs("eth0"), vec![format!("{ip_a}/24")]);
+    // An IPv4-only network: the pod's interface has no IPv6 at all (no link-local address to
+    // probe, solicit or report from), as Docker does.
+    let v6 = a.ip(&["-6", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(v6.stdout.trim().is_empty(), "{}", v6.stdout);
+    assert_eq!(a.sysctl("net.ipv6.conf.eth0.disable_ipv6"), "1");
 
     // The result names bridge, host veth (the derived name), pod interface.
     let cid_a = tool.container_id_for(&a);
@@ -375,6 +380,9 @@ fn bridge_dual_stack_reaches_neighbour_over_both() {
             ping_eventually_check("a->gw v6", &a, "fd00:234::1".into()),
         ],
     );
+    // With an IPv6 address from IPAM the pod keeps IPv6 whole, its link-local address too.
+    let ll = a.ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]);
+    assert!(ll.stdout.contains("fe80::"), "{}", ll.stdout);
     // IPv6 is bridged, yet the bridge's ports (host ends) have no IPv6 of their own.
     let host_end = host_veth_name("cnirs-ds", &tool.container_id_for(&a), "eth0");
     let addrs = net

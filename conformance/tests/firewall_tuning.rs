@@ -604,6 +604,7 @@ fn tuning_sets_and_restores_the_pod_interface() {
         json!({"mtu": 1400, "mac": NEW_MAC, "txQLen": 4321, "sysctl": {
             "net.ipv4.conf.IFNAME.arp_filter": "1",
             "net.ipv4.conf.eth0.arp_ignore": "2",
+            "net.ipv6.conf.IFNAME.disable_ipv6": "0",
             "net.core.somaxconn": "777"}}),
     );
     let pod = net.pod("t");
@@ -620,6 +621,10 @@ fn tuning_sets_and_restores_the_pod_interface() {
     assert_eq!(pod.sysctl("net.ipv4.conf.eth0.arp_filter"), "1");
     assert_eq!(pod.sysctl("net.ipv4.conf.eth0.arp_ignore"), "2");
     assert_eq!(pod.sysctl("net.core.somaxconn"), "777");
+    // The bridge turned IPv6 off on an IPv4-only network; tuning after it turns it back on.
+    assert_eq!(pod.sysctl("net.ipv6.conf.eth0.disable_ipv6"), "0");
+    let ll = pod.ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]);
+    assert!(ll.stdout.contains("fe80::"), "{}", ll.stdout);
     assert_ne!(
         net.host().sysctl("net.core.somaxconn"),
         "777",

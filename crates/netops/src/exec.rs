@@ -125,15 +125,7 @@ impl Executor<Op> for KernelExec<'_, '_> {
                 self.forget(*ns, link);
                 self.nl(*ns).delete_link(link)
             }
-            Op::NoIpv6 { link } => {
-                let key = crate::sysctl::SysctlKey::conf("ipv6", link.as_str(), "disable_ipv6")?;
-                match crate::sysctl::write_fresh(&key, "1") {
-                    Ok(()) => Ok(true),
-                    // No /proc/sys/net/ipv6: a kernel without IPv6 (ipv6.disable=1).
-                    Err(e) if e.is_not_found() => Ok(false),
-                    Err(e) => Err(e),
-                }
-            }
+            Op::NoIpv6 { ns, link } => self.nl(*ns).disable_ipv6(link),
             Op::SetMaster { link, bridge } => {
                 let l = self.link(Ns::Host, link)?;
                 let b = self.link(Ns::Host, bridge)?;

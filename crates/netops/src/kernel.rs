@@ -231,6 +231,24 @@ impl Netlink<'_> {
     }
 
     /// Like [`Netlink::link`] but a missing link is [`NetopsError::LinkNotFound`].
+    /// `sysctl -w net.ipv6.conf.LINK.disable_ipv6=1` in this socket's netns, through a procfs
+    /// instance of its own ([`crate::sysctl::write_fresh`]). False when the kernel has no IPv6
+    /// (no such file).
+    pub fn disable_ipv6(&self, link: &crate::IfName) -> Result<bool, NetopsError> {
+        let key = crate::sysctl::SysctlKey::conf("ipv6", link.as_str(), "disable_ipv6")?;
+        let write = || crate::sysctl::write_fresh(&key, "1");
+        let res = match &self.ns {
+            None => write(),
+            Some(ns) => crate::sysctl::in_ns(ns, write),
+        };
+        match res {
+            Ok(()) => Ok(true),
+            // No /proc/sys/net/ipv6: a kernel without IPv6 (ipv6.disable=1).
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn require_link(&self, name: &str) -> Result<Link, NetopsError> {
         self.link(name)?.ok_or_else(|| NetopsError::LinkNotFound {
             name: name.to_string(),

@@ -383,7 +383,10 @@ pub fn write_fresh(key: &SysctlKey, value: &str) -> Result<(), NetopsError> {
     res.map_err(|source| sysctl_err(key.to_string(), source))
 }
 
-fn in_ns<T>(ns: &NetNs, f: impl FnOnce() -> Result<T, NetopsError>) -> Result<T, NetopsError> {
+pub(crate) fn in_ns<T>(
+    ns: &NetNs,
+    f: impl FnOnce() -> Result<T, NetopsError>,
+) -> Result<T, NetopsError> {
     let netns = ns.path().display().to_string();
     ns.run(f)?.map_err(|e| match e {
         NetopsError::Sysctl { key, source, .. } => NetopsError::Sysctl { key, netns, source },

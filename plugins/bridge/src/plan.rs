@@ -403,8 +403,20 @@ pub fn build(
         peer_mac: spec.mac,
     });
     net(Op::NoIpv6 {
+        ns: Ns::Host,
         link: host_veth.clone(),
     });
+    // Before the host end comes up (the carrier): IPAM gave the pod only IPv4 addresses, so
+    // its interface gets no IPv6 address of its own either, as Docker does on an IPv4-only
+    // network (netops `Op::NoIpv6`). Without IPAM (a plain L2 network) IPv6 stays, for an
+    // outside router's advertisements. A tuning plugin after this one can turn it back on
+    // (`net.ipv6.conf.IFNAME.disable_ipv6: "0"`).
+    if !ips.is_empty() && !ips.iter().any(|i| i.address.is_ipv6()) {
+        net(Op::NoIpv6 {
+            ns: Ns::Pod,
+            link: pod_if.clone(),
+        });
+    }
     net(Op::SetMaster {
         link: host_veth.clone(),
         bridge: br.clone(),

@@ -140,6 +140,7 @@ ip rule add iif br-t priority 10 unreachable  # -4 and -6
 ip rule add to 10.6.0.0/24 iif lo priority 9 lookup main; ip rule add to 10.6.0.0/24 priority 10 unreachable
 ip link add VETH type veth peer name eth0 netns /run/netns/p
 sysctl -w net.ipv6.conf.VETH.disable_ipv6=1
+nsenter --net=/run/netns/p sysctl -w net.ipv6.conf.eth0.disable_ipv6=1
 ip link set VETH master br-t up
 ip link set VETH type bridge_slave hairpin on
 ip -n /run/netns/p addr add 10.6.0.3/24 dev eth0
@@ -356,4 +357,24 @@ fn cri_capability_args_are_accepted() {
     );
     let spec = config::parse(&req(&conf), Mode::External).unwrap();
     assert_eq!(spec.mac, None);
+}
+
+#[test]
+fn the_pod_interface_loses_ipv6_only_when_ipam_gives_it_ipv4_alone() {
+    let pod_off = "nsenter --net=/run/netns/p sysctl -w net.ipv6.conf.eth0.disable_ipv6=1\n";
+    let v4 = ipam(serde_json::json!({"cniVersion":"1.0.0",
+        "ips":[{"address":"10.5.0.3/24","gateway":"10.5.0.1"}]}));
+    let text = plan_of(CONF, Mode::External, &v4, &warm()).text();
+    // before the host end comes up: the pod's carrier starts there
+    let at = text.find(pod_off).expect(&text);
+    assert!(at < text.find(" master br-t up").unwrap(), "{text}");
+    assert!(!plan_of(CONF, Mode::External, &dual(), &warm())
+        .text()
+        .contains(pod_off));
+    // no IPAM at all: a plain L2 network keeps IPv6 for an outside router
+    let l2 = r#"{"cniVersion":"1.0.0","name":"n1","type":"bridge","bridge":"br-t"}"#;
+    let empty = ipam(serde_json::json!({"cniVersion":"1.0.0"}));
+    let text = plan_of(l2, Mode::External, &empty, &warm()).text();
+    assert!(text.contains("type veth peer name eth0"), "{text}");
+    assert!(!text.contains(pod_off), "{text}");
 }
