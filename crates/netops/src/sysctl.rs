@@ -364,7 +364,8 @@ pub(crate) fn fresh_proc() -> Option<OwnedFd> {
 /// [`write`], through a procfs instance of its own when the kernel lets us make one (module
 /// doc: in an old netns, a plain open under `/proc/sys/net` costs a walk past every younger
 /// netns); else through `/proc/sys`. For the one sysctl written on every ADD that rtnetlink
-/// cannot set, a veth's `disable_ipv6`.
+/// cannot set, a veth's `disable_ipv6`. A refusal on the private instance (a security module
+/// that labels it apart, say) is retried through `/proc/sys`; a missing key is an answer.
 pub fn write_fresh(key: &SysctlKey, value: &str) -> Result<(), NetopsError> {
     let Some(mnt) = fresh_proc() else {
         return write(key, value);
@@ -380,7 +381,14 @@ pub fn write_fresh(key: &SysctlKey, value: &str) -> Result<(), NetopsError> {
     let res = opened
         .map_err(io::Error::from)
         .and_then(|fd| fs::File::from(fd).write_all(value.as_bytes()));
-    res.map_err(|source| sysctl_err(key.to_string(), source))
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(sysctl_err(key.to_string(), e)),
+        Err(e) => {
+            log::debug!("{key} through a private procfs: {e}; through /proc/sys");
+            write(key, value)
+        }
+    }
 }
 
 pub(crate) fn in_ns<T>(
