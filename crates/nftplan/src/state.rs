@@ -232,16 +232,15 @@ impl Locked {
         remove_file(&self.att_path(feature, a))
     }
 
-    /// True when the network still has at least one attachment (one `readdir` entry).
+    /// True when the network still has at least one attachment. Asked at every detach, so it
+    /// reads the directory a few entries at a time and stops at the first record: `read_dir`
+    /// (glibc's 32 KB buffer) has the kernel list every attachment of the network first, 0.25
+    /// ms at 500 pods.
     pub fn has_atts(&self, feature: Feature, network: &str) -> Result<bool, NftError> {
         let dir = self.net_dir(feature, network).join("a");
-        match fs::read_dir(&dir) {
-            Ok(mut it) => Ok(it.any(|e| {
-                e.map(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .unwrap_or(true)
-            })),
+        match any_record(&dir) {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(NftError::io(dir, e)),
+            r => r.map_err(|e| NftError::io(dir, e)),
         }
     }
 
@@ -312,6 +311,20 @@ impl Locked {
             .unwrap_or_default();
         write_json(&self.dir.join("ports"), &name, &owners)
     }
+}
+
+/// True when `dir` holds an entry whose name does not start with a dot (`.`, `..`, a write's
+/// temporary file), read with `getdents64` into a buffer of a few entries.
+fn any_record(dir: &Path) -> std::io::Result<bool> {
+    let fd = fs::File::open(dir)?;
+    let mut buf = Vec::with_capacity(1024); // a few entries; one name is at most 280 bytes
+    let mut it = rustix::fs::RawDir::new(&fd, buf.spare_capacity_mut());
+    while let Some(e) = it.next() {
+        if !e?.file_name().to_bytes().starts_with(b".") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, NftError> {
@@ -427,6 +440,26 @@ fn overwrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_record_skips_dot_names_across_many_small_reads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("a");
+        assert_eq!(
+            any_record(&d).unwrap_err().kind(),
+            ErrorKind::NotFound,
+            "a missing directory is the caller's to judge"
+        );
+        fs::create_dir(&d).unwrap();
+        assert!(!any_record(&d).unwrap());
+        // Far more dot entries (write temporaries) than one 1 KB read holds.
+        for i in 0..200 {
+            fs::write(d.join(format!(".{}-{i}.tmp", "x".repeat(60))), "").unwrap();
+        }
+        assert!(!any_record(&d).unwrap());
+        fs::write(d.join("ctr@eth0"), "{}").unwrap();
+        assert!(any_record(&d).unwrap());
+    }
 
     #[test]
     fn records_are_rewritten_in_place_when_they_fit() {
