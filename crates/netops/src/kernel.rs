@@ -230,7 +230,6 @@ impl Netlink<'_> {
         }
     }
 
-    /// Like [`Netlink::link`] but a missing link is [`NetopsError::LinkNotFound`].
     /// `sysctl -w net.ipv6.conf.LINK.disable_ipv6=1` in this socket's netns, through a procfs
     /// instance of its own ([`crate::sysctl::write_fresh`]). False when the kernel has no IPv6
     /// (no such file).
@@ -249,6 +248,7 @@ impl Netlink<'_> {
         }
     }
 
+    /// Like [`Netlink::link`] but a missing link is [`NetopsError::LinkNotFound`].
     pub fn require_link(&self, name: &str) -> Result<Link, NetopsError> {
         self.link(name)?.ok_or_else(|| NetopsError::LinkNotFound {
             name: name.to_string(),

@@ -148,18 +148,6 @@ pub fn write(key: &SysctlKey, value: &str) -> Result<(), NetopsError> {
     })
 }
 
-/// Set a sysctl of the calling thread's netns to 1 unless it already is: a read is cheaper
-/// than a write (writing `ip_forward` resets every interface's forwarding flags in the
-/// kernel), and most calls find it set. Returns true when it was written here.
-/// Equivalent: `[ "$(sysctl -n KEY)" = 1 ] || sysctl -w KEY=1`.
-pub fn ensure_one(key: &SysctlKey) -> Result<bool, NetopsError> {
-    if read(key)? == "1" {
-        return Ok(false);
-    }
-    write(key, "1")?;
-    Ok(true)
-}
-
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_SETLINK: u16 = 19;
@@ -317,7 +305,8 @@ pub fn set_ipv4_conf(link: &str, conf: Ipv4Conf, value: u32) -> Result<(), Netop
     .map_err(|e| sysctl_err(conf.key(link), e))
 }
 
-/// [`ensure_one`] of an IPv4 per-link setting, over rtnetlink. True when it was set here.
+/// Set an IPv4 per-link setting to 1 unless it already is, over rtnetlink: most calls find it
+/// set, and a read changes nothing. True when it was set here.
 pub fn ensure_ipv4_conf_one(link: &str, conf: Ipv4Conf) -> Result<bool, NetopsError> {
     if ipv4_conf(link, conf)? == 1 {
         return Ok(false);
@@ -367,13 +356,15 @@ pub(crate) fn fresh_proc() -> Option<OwnedFd> {
 /// cannot set, a veth's `disable_ipv6`. A refusal on the private instance (a security module
 /// that labels it apart, say) is retried through `/proc/sys`; a missing key is an answer.
 pub fn write_fresh(key: &SysctlKey, value: &str) -> Result<(), NetopsError> {
-    let Some(mnt) = fresh_proc() else {
+    // One instance per process (a pod's ADD writes on the host and in the pod).
+    static FRESH: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    let Some(mnt) = FRESH.get_or_init(fresh_proc) else {
         return write(key, value);
     };
     let rel = key.path();
     let rel = rel.strip_prefix("/proc").unwrap_or(&rel);
     let opened = nix::fcntl::openat(
-        &mnt,
+        mnt,
         rel,
         nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
