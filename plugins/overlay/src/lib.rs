@@ -14,7 +14,9 @@ pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod error;
-pub mod schema;
+
+/// The record types and keys, shared with etcd-ipam and the agent (crates/cluster).
+pub use ::cluster::schema;
 
 use cni_core::{CniError, CniResult, Plugin, Request};
 use netops::Kernel;
