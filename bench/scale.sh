@@ -45,7 +45,7 @@ trap cleanup EXIT
 for t in etcd jq ip bridge; do command -v "$t" >/dev/null || { echo "scale.sh: needs $t" >&2; exit 1; }; done
 [[ -x "$BIN/cnirs-scale" ]] || { echo "scale.sh: no $BIN/cnirs-scale (make build)" >&2; exit 1; }
 # A thousand agents hold ~3 connections each: raise the descriptor limit for etcd and the sim.
-ulimit -n 1048576 2>/dev/null || ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 mkdir -p "$OUT"
 conf > "$tmp/conf.json"
 

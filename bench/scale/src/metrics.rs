@@ -57,7 +57,12 @@ pub fn etcd_metrics(endpoint: &str) -> BTreeMap<String, f64> {
     let Ok(mut resp) = ureq::get(&url).call() else {
         return out;
     };
-    let Ok(text) = resp.body_mut().with_config().limit(64 << 20).read_to_string() else {
+    let Ok(text) = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+    else {
         return out;
     };
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -157,12 +162,14 @@ pub fn kernel_entries(netns: &str) -> KernelEntries {
             .filter(|e| ours(e, "dev"))
             .filter(|e| e["state"].to_string().contains("PERMANENT"))
             .count();
-        k.routes += json_of(&["ip", "-n", netns, fam, "-j", "route", "show", "table", "all"])
-            .iter()
-            .filter(|e| ours(e, "dev"))
-            .filter(|e| e.get("protocol").and_then(Value::as_str) != Some("kernel"))
-            .filter(|e| e.get("table").and_then(Value::as_str) != Some("local"))
-            .count();
+        k.routes += json_of(&[
+            "ip", "-n", netns, fam, "-j", "route", "show", "table", "all",
+        ])
+        .iter()
+        .filter(|e| ours(e, "dev"))
+        .filter(|e| e.get("protocol").and_then(Value::as_str) != Some("kernel"))
+        .filter(|e| e.get("table").and_then(Value::as_str) != Some("local"))
+        .count();
     }
     k
 }

@@ -54,7 +54,10 @@ impl HostSide for SimHostSide<'_> {
         _mtu: u32,
         remote_vteps: &mut dyn FnMut() -> Result<Vec<Ipv4Addr>, CniError>,
     ) -> Result<(), OverlayError> {
-        let (_, created) = self.host.kernel.ensure_vxlan(&spec.vxlan, spec.vni, ul.vtep);
+        let (_, created) = self
+            .host
+            .kernel
+            .ensure_vxlan(&spec.vxlan, spec.vni, ul.vtep);
         if created {
             self.host.shared.with_device.fetch_add(1, Ordering::SeqCst);
             match remote_vteps() {
@@ -196,11 +199,10 @@ impl SimHost {
         let (side, att) = (SimHostSide { host: self }, SimAttachment { host: self });
         let req = self.request(Command::Add, id, conf)?;
         let res = overlay_plugin::add(&self.ctx(&side, &att), &req)?;
-        let ip = res
-            .ips
-            .first()
-            .map(|i| i.address.ip())
-            .ok_or_else(|| CniError::new(cni_core::ErrorCode::Io, "no address in the result"))?;
+        let ip =
+            res.ips.first().map(|i| i.address.ip()).ok_or_else(|| {
+                CniError::new(cni_core::ErrorCode::Io, "no address in the result")
+            })?;
         let mac = res
             .interfaces
             .get(1)

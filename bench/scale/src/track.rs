@@ -46,7 +46,9 @@ impl Inner {
                 applied,
                 last,
             }) if applied >= want => {
-                let ms = last.map_or(0.0, |l| l.saturating_duration_since(*t0).as_secs_f64() * 1e3);
+                let ms = last.map_or(0.0, |l| {
+                    l.saturating_duration_since(*t0).as_secs_f64() * 1e3
+                });
                 Some((ms, *phase))
             }
             _ => None,
