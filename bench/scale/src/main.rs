@@ -8,6 +8,7 @@
 
 mod metrics;
 mod params;
+mod records;
 mod run;
 mod sim;
 mod track;
@@ -23,7 +24,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run::run(&params) {
+    let result = if params.records {
+        records::run(&params)
+    } else {
+        run::run(&params)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cnirs-scale: {e}");

@@ -16,6 +16,8 @@ pub struct Params {
     pub workers: usize,
     /// The fill stops here even if it is not complete (the run still measures the churn).
     pub fill_budget: Duration,
+    /// The whole run (registration, fill, churn, measures) aims to end within this.
+    pub budget: Duration,
     /// ...or when this process grows past this many MiB.
     pub max_rss_mib: f64,
     pub endpoints: Vec<String>,
@@ -28,6 +30,11 @@ pub struct Params {
     pub subnet: String,
     pub vni: u32,
     pub network: String,
+    /// `records`: the other hosts as etcd records only (see records.rs); default: simulated
+    /// hosts running the agent loop and the overlay ADD/DEL.
+    pub records: bool,
+    /// Probe agents in `records` mode.
+    pub probes: usize,
 }
 
 fn env<T: std::str::FromStr>(key: &str, default: T) -> Result<T, String> {
@@ -66,6 +73,7 @@ impl Params {
             churn: Duration::from_secs_f64(env("SCALE_CHURN_S", 60.0f64)?),
             workers: env("SCALE_WORKERS", 8usize)?.max(1),
             fill_budget: Duration::from_secs_f64(env("SCALE_FILL_BUDGET_S", 480.0f64)?),
+            budget: Duration::from_secs_f64(env("SCALE_BUDGET_S", 780.0f64)?),
             max_rss_mib: env("SCALE_MAX_RSS_MIB", 8192.0f64)?,
             endpoints,
             real_pid,
@@ -81,6 +89,8 @@ impl Params {
             subnet: env("SCALE_SUBNET", "10.64.0.0/12".to_string())?,
             vni: env("SCALE_VNI", 4242u32)?,
             network: env("SCALE_NETWORK", "scale".to_string())?,
+            records: env("SCALE_MODE", String::new())? == "records",
+            probes: env("SCALE_PROBES", 4usize)?,
         };
         if p.hosts < 2 {
             return Err("SCALE_N must be at least 2".into());
