@@ -105,25 +105,5 @@ if [[ "${MODE:-}" == records ]]; then cp "$OUT/scale.json" "$OUT/scale-records-n
 grep -c . "$tmp/agent.log" > /dev/null && echo "scale.sh: real agent log tail:" >&2 && tail -3 "$tmp/agent.log" >&2
 
 # The plot: convergence and the real agent's CPU against N, from every run kept here.
-if command -v gnuplot > /dev/null; then
-    for f in "$OUT"/scale-n*.json; do
-        jq -r '[.hosts, .converge_p50_ms, .converge_p99_ms, .agent_cpu_pct] | @tsv' "$f"
-    done | sort -n > "$tmp/plot.tsv"
-    gnuplot <<GP
-set terminal pngcairo size 900,520
-set output "$OUT/scale.png"
-set title "Overlay control plane vs cluster size (P=$P pods/host, churn $CHURN/s)"
-set logscale x
-set xlabel "hosts (N)"
-set ylabel "ADD -> applied on every other host (ms)"
-set y2label "real host's agent CPU (% of a core)"
-set ytics nomirror
-set y2tics
-set grid
-set key top left
-plot "$tmp/plot.tsv" using 1:2 with linespoints title "convergence p50", \
-     "$tmp/plot.tsv" using 1:3 with linespoints title "convergence p99", \
-     "$tmp/plot.tsv" using 1:4 axes x1y2 with linespoints title "agent CPU %"
-GP
-fi
+"$repo/bench/scale-plot.sh" "$OUT" "$OUT/scale.png"
 jq . "$OUT/scale.json"

@@ -385,8 +385,8 @@ pub fn run(p: &Params) -> Result<(), String> {
                 if let Some(ms) = w.add_pod(h, Phase::Churn) {
                     lock(&w.churn_add_ms).push(ms);
                     w.churn_adds[h].fetch_add(1, Ordering::Relaxed);
+                    done_cycles.fetch_add(1, Ordering::Relaxed);
                 }
-                done_cycles.fetch_add(1, Ordering::Relaxed);
                 true
             });
             churn_over.store(true, Ordering::Relaxed);
