@@ -219,3 +219,6 @@ pub fn gc(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
         Some(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests;
