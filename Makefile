@@ -11,7 +11,7 @@ CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.
 KTHREADS   ?= 6
 
-.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay soak install clean
+.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay bench-scale soak install clean
 
 all: build
 
@@ -74,6 +74,12 @@ bench: deps build cnitool
 # ADD p50 of an overlay pod on 3 simulated hosts vs a local bridge pod; ADD-to-reachability.
 bench-overlay: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/overlay.sh
+
+# The overlay's control plane at cluster scale (docs/scale.md): a 3-member etcd, N simulated
+# hosts (real agent loop and overlay/etcd-ipam ADD/DEL, fake kernels) and one real host.
+# Knobs: N (1000), P (110), CHURN (100/s), DURATION (60 s). Writes target/bench/scale.json.
+bench-scale: deps build
+	CNIRS_BIN_DIR=$(BIN_DIR) bench/scale.sh
 
 # The long reliability run: 2,000 ADD/DEL over 16 workers and 200 SIGKILLs mid-ADD (~3 min).
 soak: deps build cnitool
