@@ -109,7 +109,8 @@ impl Drop for Proc {
 
 /// dnsmasq as a DHCP server (no DNS) in the server netns.
 struct Dnsmasq {
-    proc: Proc,
+    /// Stopped (by PID) when dropped.
+    _proc: Proc,
     leases: PathBuf,
     log: PathBuf,
 }
@@ -141,7 +142,7 @@ impl Dnsmasq {
         .arg(format!("--log-facility={}", log.display()))
         .arg("--log-dhcp");
         let d = Self {
-            proc: Proc::start("dnsmasq", cmd),
+            _proc: Proc::start("dnsmasq", cmd),
             leases,
             log,
         };
@@ -330,6 +331,8 @@ fn dhcp_lease_is_acquired_renewed_and_released_on_del() {
 
     // Renewed: a second DHCPACK (a DHCPREQUEST at T1), the lease's expiry pushed on.
     let expiry0: u64 = lease[0].parse().unwrap();
+    // (dnsmasq pings an address before offering it: the first DISCOVER may go unanswered.)
+    let discovers = dnsmasq.count("DHCPDISCOVER", &mac);
     wait_for("a renewal", Duration::from_secs(T1 * 5 + 10), || {
         dnsmasq.count("DHCPACK", &mac) >= 2
             && dnsmasq
@@ -339,13 +342,14 @@ fn dhcp_lease_is_acquired_renewed_and_released_on_del() {
     });
     assert_eq!(
         dnsmasq.count("DHCPDISCOVER", &mac),
-        1,
-        "renewals do not start over"
+        discovers,
+        "renewals do not start over:\n{}",
+        dnsmasq.log_text()
     );
     tool.check(&pod).assert_ok();
     assert_eq!(
         dnsmasq.count("DHCPDISCOVER", &mac),
-        1,
+        discovers,
         "CHECK keeps the held lease"
     );
 
@@ -379,24 +383,28 @@ fn dhcp_lease_is_acquired_renewed_and_released_on_del() {
     assert!(out.stdout.contains("daemon"), "{out}");
 }
 
-/// STATUS answers 50 without a daemon and 0 with one.
+/// STATUS (CNI 1.1) answers 50 without a daemon and 0 with one. Run on the plugin directly:
+/// the reference main plugins in Debian (1.1.1) do not speak 1.1.0.
 #[test]
 #[ignore]
 fn dhcp_status_tells_whether_the_daemon_answers() {
     let net = TestNet::new();
-    let socket = net.tmp().join("none/dhcp.sock");
-    let mut c = conflist(&socket);
-    c["cniVersion"] = json!("1.1.0");
-    let dir = plugin_dir(&net, "status", &plugin_bin("dhcp"));
-    let out = net.cnitool(&c).cni_path(&[dir.clone()]).status();
-    assert_eq!(out.cni_error_code(), Some(50), "{out}");
-    let daemon = Daemon::start(&net, &plugin_bin("dhcp"), "status", &[]);
-    let c = {
-        let mut c = conflist(&daemon.socket);
-        c["cniVersion"] = json!("1.1.0");
-        c
+    let status = |socket: &Path| {
+        let conf = json!({"cniVersion": "1.1.0", "name": "dhcp-net", "type": MAIN_TYPE,
+            "ipam": {"type": "dhcp", "daemonSocketPath": socket}});
+        net.run_plugin(
+            &plugin_bin("dhcp"),
+            &[("CNI_COMMAND", "STATUS")],
+            &conf.to_string(),
+        )
     };
-    net.cnitool(&c).cni_path(&[dir]).status().assert_ok();
+    let out = status(&net.tmp().join("none/dhcp.sock"));
+    assert_eq!(out.cni_error_code(), Some(50), "{out}");
+    let mut daemon = Daemon::start(&net, &plugin_bin("dhcp"), "status", &[]);
+    status(&daemon.socket).assert_ok();
+    assert!(daemon.proc.stop());
+    let out = status(&daemon.socket);
+    assert_eq!(out.cni_error_code(), Some(50), "stopped daemon: {out}");
 }
 
 /// The same conflist with the reference plugin and daemon: the pod ends up with the same
