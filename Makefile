@@ -103,9 +103,11 @@ install: build
 	install -D -m 0644 contrib/systemd/cnirs-dhcp.socket \
 		$(DESTDIR)/etc/systemd/system/cnirs-dhcp.socket
 
-# Every binary the package and the image carry (the conformance test reads this list).
+# Every binary the package and the image carry: the plugins, then the tools (one line each;
+# conformance/tests/package.rs reads them).
 print-bins:
-	@echo $(PLUGINS) $(TOOLS)
+	@echo $(PLUGINS)
+	@echo $(TOOLS)
 
 # target/deb/cnirs_<version>_<arch>.deb, with dpkg-deb only (offline): docs/install.md.
 deb: build
