@@ -222,7 +222,7 @@ fn bridge_with_static_gives_the_pod_what_the_reference_static_gives() {
     for (what, tweak) in variants {
         let mut seen = Vec::new();
         for dir in [&ours, &theirs] {
-            let tool = tweak(net.cnitool(&conflist).cni_path(&[dir.clone()]));
+            let tool = tweak(net.cnitool(&conflist).cni_path(std::slice::from_ref(dir)));
             let r = tool.add(&pod).assert_ok().json().clone();
             tool.check(&pod).assert_ok();
             let ips: Vec<Value> = r["ips"].as_array().unwrap().clone();

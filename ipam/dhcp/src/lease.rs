@@ -72,7 +72,7 @@ pub enum LeaseError {
     #[error("netns {path}: {source}")]
     Netns {
         path: PathBuf,
-        source: netops::NetopsError,
+        source: Box<netops::NetopsError>,
     },
     #[error("error looking up {ifname:?} in {netns}: {reason}")]
     Link {
@@ -249,7 +249,7 @@ fn keeper(
         Err(source) => {
             return fail(LeaseError::Netns {
                 path: params.netns.clone(),
-                source,
+                source: Box::new(source),
             })
         }
     };
@@ -258,7 +258,7 @@ fn keeper(
         Err(source) => {
             return fail(LeaseError::Netns {
                 path: params.netns.clone(),
-                source,
+                source: Box::new(source),
             })
         }
     };
@@ -267,7 +267,7 @@ fn keeper(
         Err(source) => {
             return fail(LeaseError::Netns {
                 path: params.netns.clone(),
-                source,
+                source: Box::new(source),
             })
         }
     };
@@ -343,6 +343,10 @@ fn commit(current: &Arc<Mutex<Lease>>, lease: Lease) {
     }
 }
 
+/// One exchange on a fresh packet socket of the lease's interface.
+type Exchange<'a> = dyn Fn(&dyn Fn(&mut PacketSocket) -> Result<Lease, ProtoError>) -> Result<Lease, ProtoError>
+    + 'a;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Bound,
@@ -357,9 +361,7 @@ fn maintain(
     settings: &Settings,
     rx: &Receiver<Cmd>,
     current: &Arc<Mutex<Lease>>,
-    exchange: &dyn Fn(
-        &dyn Fn(&mut PacketSocket) -> Result<Lease, ProtoError>,
-    ) -> Result<Lease, ProtoError>,
+    exchange: &Exchange<'_>,
 ) {
     let mut state = State::Bound;
     let release = || {

@@ -173,7 +173,7 @@ impl Transport for PacketSocket {
                 }
                 return Err(e);
             }
-            if sa.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if sa.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let n = usize::try_from(n).unwrap_or(0);
