@@ -8,6 +8,7 @@
 # clients, the admin tool and its agent: glibc's resolver needs NSS, which a static glibc
 # cannot load) get the exact glibc files they were linked against, found with ldd, so
 # `cnirs agent` runs in the image too (the DaemonSet's agent container).
+# PODMAN overrides the podman command line (e.g. a private --root for tests).
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
@@ -52,5 +53,6 @@ LABEL org.opencontainers.image.title="cnirs" \\
       org.opencontainers.image.description="CNI plugins in Rust; the entrypoint installs them into /host/opt/cni/bin"
 ENTRYPOINT ["/opt/cni/bin/cnirs-install"]
 CONF
-podman build --pull=never --network=none -q -t "$tag" -f "$stage/Containerfile" "$stage" >/dev/null
+read -r -a podman <<< "${PODMAN:-podman}"
+"${podman[@]}" build --pull=never --network=none -q -t "$tag" -f "$stage/Containerfile" "$stage" >/dev/null
 echo "$tag"

@@ -224,6 +224,67 @@ impl GlobalLock {
     }
 }
 
+/// podman with a private store in `dir` (nothing left in the machine's), the flags this
+/// machine's root needs (cgroupfs, runc; no CAP_SYS_RESOURCE for runc's default rlimits).
+struct Podman {
+    global: Vec<String>,
+}
+
+impl Podman {
+    fn new(dir: &Path) -> Self {
+        let d = |s: &str| dir.join(s).display().to_string();
+        let global = [
+            "--root",
+            &d("root"),
+            "--runroot",
+            &d("runroot"),
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--runtime",
+            "runc",
+            "--events-backend",
+            "file",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Self { global }
+    }
+
+    /// The command line, for scripts (`PODMAN=...`).
+    fn line(&self) -> String {
+        std::iter::once("podman".to_owned())
+            .chain(self.global.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn run(&self, args: &[&str]) -> CmdOutput {
+        run_with(
+            command("podman").args(&self.global).args(args),
+            b"",
+            std::time::Duration::from_secs(120),
+        )
+    }
+
+    /// `podman run --rm --network=none` with rlimits root may set here, then `args`.
+    fn run_image(&self, args: &[&str]) -> CmdOutput {
+        let mut all = vec![
+            "run",
+            "--rm",
+            "--network=none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+}
+
 #[test]
 #[ignore]
 fn image_copies_every_binary_into_the_mounted_host_dir() {
@@ -231,47 +292,34 @@ fn image_copies_every_binary_into_the_mounted_host_dir() {
     require_tools(&["podman", "make"]);
     let _lock = GlobalLock::take();
     let (plugins, tools) = makefile_bins();
-    let tag = format!("localhost/cnirs-test:{}", std::process::id());
+    let tmp = tempfile::tempdir().unwrap();
+    let podman = Podman::new(&tmp.path().join("podman"));
+    let tag = "localhost/cnirs-test:latest";
     let mut build = command(workspace_root().join("scripts/build-image.sh"));
     build
-        .arg(&tag)
+        .env("PODMAN", podman.line())
+        .arg(tag)
         .arg(cni_path())
         .args(plugins.iter().chain(&tools));
     let built = run_with(&mut build, b"", std::time::Duration::from_secs(600));
-    struct Rmi(String);
-    impl Drop for Rmi {
-        fn drop(&mut self) {
-            let _ = run(command("podman").args(["rmi", "-f", &self.0]));
-        }
-    }
-    let _rmi = Rmi(tag.clone());
     assert!(built.success(), "build-image: {built}");
 
-    let inspect = run_ok(
-        "podman",
-        &[
-            "image",
-            "inspect",
-            "--format",
-            "{{json .Config.Entrypoint}}",
-            &tag,
-        ],
+    let inspect = podman.run(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Entrypoint}}",
+        tag,
+    ]);
+    assert_eq!(
+        inspect.stdout.trim(),
+        r#"["/opt/cni/bin/cnirs-install"]"#,
+        "{inspect}"
     );
-    assert_eq!(inspect.stdout.trim(), r#"["/opt/cni/bin/cnirs-install"]"#);
     // FROM scratch: no shell in the image.
-    let sh = run(command("podman").args([
-        "run",
-        "--rm",
-        "--network=none",
-        "--entrypoint",
-        "/bin/sh",
-        &tag,
-        "-c",
-        "true",
-    ]));
+    let sh = podman.run_image(&["--entrypoint", "/bin/sh", tag, "-c", "true"]);
     assert!(!sh.success(), "the image has a shell: {sh}");
 
-    let tmp = tempfile::tempdir().unwrap();
     let (bin, netd, cfg) = (
         tmp.path().join("opt-cni-bin"),
         tmp.path().join("net.d"),
@@ -287,23 +335,16 @@ fn image_copies_every_binary_into_the_mounted_host_dir() {
     )
     .unwrap();
     let vol = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
-    let out = run_with(
-        command("podman").args([
-            "run",
-            "--rm",
-            "--network=none",
-            "-v",
-            &vol(&bin, "/host/opt/cni/bin"),
-            "-v",
-            &vol(&netd, "/host/etc/cni/net.d"),
-            "-v",
-            &vol(&cfg, "/etc/cnirs:ro"),
-            &tag,
-            "--conflist=/etc/cnirs/10-cnirs.conflist",
-        ]),
-        b"",
-        std::time::Duration::from_secs(120),
-    );
+    let out = podman.run_image(&[
+        "-v",
+        &vol(&bin, "/host/opt/cni/bin"),
+        "-v",
+        &vol(&netd, "/host/etc/cni/net.d"),
+        "-v",
+        &vol(&cfg, "/etc/cnirs:ro"),
+        tag,
+        "--conflist=/etc/cnirs/10-cnirs.conflist",
+    ]);
     assert!(out.success(), "the image's entrypoint: {out}");
     check_installed(&bin, &plugins, &tools, "image");
     assert_eq!(std::fs::read(bin.join("flannel")).unwrap(), b"not ours");
@@ -313,15 +354,7 @@ fn image_copies_every_binary_into_the_mounted_host_dir() {
     );
 
     // The dynamic tools run inside the image too (its bundled glibc): the agent container.
-    let help = run(command("podman").args([
-        "run",
-        "--rm",
-        "--network=none",
-        "--entrypoint",
-        "/opt/cni/bin/cnirs",
-        &tag,
-        "--help",
-    ]));
+    let help = podman.run_image(&["--entrypoint", "/opt/cni/bin/cnirs", tag, "--help"]);
     assert!(
         help.success() && help.stdout.contains("agent"),
         "cnirs in the image: {help}"
