@@ -79,5 +79,5 @@ echo /etc/default/cnirs-agent > "$stage/DEBIAN/conffiles"
 
 mkdir -p "$out"
 deb="$out/${pkg}_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Zgzip --build "$stage" "$deb" >/dev/null
 echo "$deb"

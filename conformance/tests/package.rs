@@ -105,7 +105,7 @@ fn deb_installs_every_binary_into_a_scratch_root_beside_the_reference_package() 
         .arg(tmp.path().join("out"))
         .arg(cni_path())
         .args(plugins.iter().chain(&tools));
-    let out = run(&mut build);
+    let out = run_with(&mut build, b"", std::time::Duration::from_secs(600));
     assert!(out.success(), "build-deb: {out}");
     let deb = PathBuf::from(out.stdout.trim());
     assert!(deb.is_file(), "{out}");
