@@ -799,6 +799,11 @@ fn bad_inputs_leave_nothing_behind() {
                                     {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
                                 "prevResult": fake_prev("eth0", &np)}),
             "isolation" => json!({"type": "isolation", "prevResult": fake_prev("eth0", &np)}),
+            "static" => json!({"type": "static", "ipam": {"type": "static",
+                "addresses": [{"address": "10.232.0.5/24"}]}}),
+            // No daemon listens there: every case must be refused before it is dialled.
+            "dhcp" => json!({"type": "dhcp", "ipam": {"type": "dhcp",
+                "daemonSocketPath": net.tmp().join("no-daemon/dhcp.sock")}}),
             other => panic!("{other}"),
         };
         with_common(plugin, version, name)
