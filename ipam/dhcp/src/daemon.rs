@@ -170,7 +170,7 @@ impl Daemon {
                 dead.stop();
             }
             let netns = PathBuf::from(format!("{}{}", self.settings.host_prefix, args.netns));
-            let h = LeaseHandle::acquire(
+            let acquired = LeaseHandle::acquire(
                 LeaseParams {
                     client_id: id.clone(),
                     netns,
@@ -179,9 +179,16 @@ impl Daemon {
                     options,
                 },
                 self.settings.clone(),
-            )
-            .map_err(|e| e.to_string())?;
-            *held = Some(h);
+            );
+            match acquired {
+                Ok(h) => *held = Some(h),
+                Err(e) => {
+                    drop(held);
+                    drop(slot);
+                    self.forget_if_idle(&id);
+                    return Err(e.to_string());
+                }
+            }
         }
         let lease = held
             .as_ref()
@@ -201,12 +208,22 @@ impl Daemon {
         if let Some(h) = handle {
             h.stop();
         }
+        drop(slot);
+        self.forget_if_idle(&id);
+        Ok(())
+    }
+
+    /// Drop the entry of `id` when it holds no lease and no other call holds it (one may be
+    /// acquiring again).
+    fn forget_if_idle(&self, id: &str) {
         if let Ok(mut m) = self.leases.lock() {
-            if m.get(&id).is_some_and(|s| Arc::strong_count(s) == 1) {
-                m.remove(&id);
+            let idle = m.get(id).is_some_and(|s| {
+                Arc::strong_count(s) == 1 && s.try_lock().is_ok_and(|g| g.is_none())
+            });
+            if idle {
+                m.remove(id);
             }
         }
-        Ok(())
     }
 }
 
@@ -502,6 +519,10 @@ mod tests {
                 ..Default::default()
             };
             let e = rpc::call::<GoResult>(&path, rpc::ALLOCATE, &args).unwrap_err();
+            assert!(
+                daemon.leases.lock().unwrap().is_empty(),
+                "a failed allocate keeps nothing"
+            );
             match e {
                 RpcError::Remote { method, msg } => {
                     assert_eq!(method, rpc::ALLOCATE);
@@ -509,8 +530,12 @@ mod tests {
                 }
                 other => panic!("{other}"),
             }
-            // Release of something never allocated: fine.
+            // Release of something never allocated: fine, and nothing is kept for it.
             rpc::call::<Empty>(&path, rpc::RELEASE, &args).unwrap();
         });
+        assert!(
+            daemon.leases.lock().unwrap().is_empty(),
+            "no entry left behind"
+        );
     }
 }
