@@ -317,6 +317,12 @@ fn dhcp_lease_is_acquired_renewed_and_released_on_del() {
         "the pod reaches the DHCP server"
     );
 
+    // Without -broadcast the server answers by unicast (the control of the -broadcast test).
+    assert!(
+        !dnsmasq.log_text().contains("broadcast response"),
+        "{}",
+        dnsmasq.log_text()
+    );
     // The server holds a lease for the pod's MAC under the reference's client id.
     let mac = pod_mac(&pod);
     let lease = dnsmasq.lease_of(&ip).expect("dnsmasq has the lease");
@@ -381,6 +387,48 @@ fn dhcp_lease_is_acquired_renewed_and_released_on_del() {
     let out = tool.add(&net.pod("p2"));
     assert!(!out.success());
     assert!(out.stdout.contains("daemon"), "{out}");
+}
+
+/// `-hostprefix` (a daemon whose view of the host's files is under a prefix, as in a
+/// container with the host's root mounted) and `-broadcast`: the daemon listens on
+/// PREFIX+socket and opens PREFIX+netns; the plugin, on the host, dials the plain path. Here
+/// the prefix is a symlink to `/`, standing for the host's root mounted into a container.
+#[test]
+#[ignore]
+fn dhcp_daemon_takes_a_host_prefix_and_asks_for_broadcast_answers() {
+    let net = TestNet::new();
+    let srv = parent_network(&net);
+    let dnsmasq = Dnsmasq::start(&net, &srv);
+    let socket = net.tmp().join("prefixed/dhcp.sock");
+    let prefix = net.tmp().join("hostroot");
+    std::os::unix::fs::symlink("/", &prefix).unwrap();
+    let mut cmd = command("ip");
+    cmd.args(["netns", "exec", net.host().name()])
+        .arg(plugin_bin("dhcp"))
+        .args(["daemon", "-broadcast", "-timeout=2s"])
+        .arg(format!("-hostprefix={}", prefix.display()))
+        .arg(format!("-socketpath={}", socket.display()));
+    let mut daemon = Proc::start("dhcp daemon", cmd);
+    wait_for("the prefixed socket", Duration::from_secs(10), || {
+        socket.exists()
+    });
+    let dir = plugin_dir(&net, "prefix", &plugin_bin("dhcp"));
+    let tool = net.cnitool(&conflist(&socket)).cni_path(&[dir]);
+    let pod = net.pod("p1");
+    let r = tool.add(&pod).assert_ok().json().clone();
+    let ip = lease_ip(&r);
+    assert!(dnsmasq.lease_of(&ip).is_some(), "{r}");
+    assert!(
+        dnsmasq.log_text().contains("broadcast response"),
+        "dnsmasq answered by broadcast:\n{}",
+        dnsmasq.log_text()
+    );
+    tool.del(&pod).assert_ok();
+    wait_for("the release", Duration::from_secs(10), || {
+        dnsmasq.lease_of(&ip).is_none()
+    });
+    assert!(daemon.stop());
+    assert!(!socket.exists(), "socket removed on exit");
 }
 
 /// STATUS (CNI 1.1) answers 50 without a daemon and 0 with one. Run on the plugin directly:
