@@ -7,11 +7,16 @@ PREFIX     ?= /opt/cni/bin
 BIN_DIR    := $(CURDIR)/target/release
 PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay
 TOOLS      := cnirs cnirs-reconcile cnirs-agent
+# IPAM static and dhcp (with its daemon: `dhcp daemon`); the image's entrypoint.
+PLUGINS    += static dhcp
+TOOLS      += cnirs-install
+VERSION    := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+IMAGE      ?= localhost/cnirs:$(VERSION)
 CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.
 KTHREADS   ?= 6
 
-.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay bench-scale soak install clean
+.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay bench-scale soak install clean deb image print-bins
 
 all: build
 
@@ -27,11 +32,15 @@ deps:
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
 STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning
+# cnirs-install runs as the entrypoint of a FROM-scratch image: it must be static.
+STATIC_BINS += static dhcp cnirs-install
+# Cargo packages of the static binaries (`static` is a Rust keyword: its package is static-ipam).
+STATIC_PKGS  = $(patsubst static,static-ipam,$(STATIC_BINS))
 
 build:
 	$(CARGO) build --release --workspace --bins
 	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
-		$(CARGO) build --release --target $(HOST_TRIPLE) --bins $(addprefix -p ,$(STATIC_BINS))
+		$(CARGO) build --release --target $(HOST_TRIPLE) --bins $(addprefix -p ,$(STATIC_PKGS))
 	for b in $(STATIC_BINS); do ln -f target/$(HOST_TRIPLE)/release/$$b target/release/$$b; done
 
 cnitool: $(CNITOOL)
@@ -95,6 +104,24 @@ install: build
 		$(DESTDIR)/etc/systemd/system/cnirs-watch.service
 	install -D -m 0644 contrib/systemd/cnirs-agent.service \
 		$(DESTDIR)/etc/systemd/system/cnirs-agent.service
+	install -D -m 0644 contrib/systemd/cnirs-dhcp.service \
+		$(DESTDIR)/etc/systemd/system/cnirs-dhcp.service
+	install -D -m 0644 contrib/systemd/cnirs-dhcp.socket \
+		$(DESTDIR)/etc/systemd/system/cnirs-dhcp.socket
+
+# Every binary the package and the image carry: the plugins, then the tools (one line each;
+# conformance/tests/package.rs reads them).
+print-bins:
+	@echo $(PLUGINS)
+	@echo $(TOOLS)
+
+# target/deb/cnirs_<version>_<arch>.deb, with dpkg-deb only (offline): docs/install.md.
+deb: build
+	scripts/build-deb.sh target/deb $(BIN_DIR) $(PLUGINS) $(TOOLS)
+
+# A FROM-scratch OCI image in podman's local store ($(IMAGE)), nothing pulled: docs/install.md.
+image: build
+	scripts/build-image.sh $(IMAGE) $(BIN_DIR) $(PLUGINS) $(TOOLS)
 
 clean:
 	$(CARGO) clean
