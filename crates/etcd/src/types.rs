@@ -7,8 +7,19 @@ use super::*;
 pub enum EtcdError {
     #[error("no etcd endpoints given")]
     NoEndpoints,
-    #[error("bad etcd endpoint {0:?}: want http://host:port")]
+    #[error("bad etcd endpoint {0:?}: want http://host:port or https://host:port")]
     BadEndpoint(String),
+    /// The TLS settings cannot work (checked before anything is sent).
+    #[error("etcd TLS: {0}")]
+    TlsSetup(#[from] TlsSetupError),
+    /// TLS with a member failed: its certificate is not verified by the CA, or it refused
+    /// ours. Final (no retry until the deadline): it is a configuration problem.
+    #[error("etcd {path} on {endpoint}: TLS failed: {message}")]
+    Tls {
+        endpoint: String,
+        path: String,
+        message: String,
+    },
     #[error("etcd unreachable ({endpoints}) for {path}: {last}")]
     Unavailable {
         endpoints: String,
@@ -232,6 +243,8 @@ pub struct Options {
     /// etcd sends nothing on an idle watch unless started with
     /// `--experimental-watch-progress-notify-interval`; watches ask for progress notifies.
     pub watch_idle_timeout: Option<Duration>,
+    /// TLS for `https://` endpoints (see [`Tls::for_endpoints`]); `None` for `http://`.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Options {
@@ -241,6 +254,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(3),
             retry_deadline: Duration::from_secs(15),
             watch_idle_timeout: None,
+            tls: None,
         }
     }
 }
@@ -259,10 +273,15 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Checks one endpoint: `http://host:port` (a trailing `/` is dropped).
+/// Checks one endpoint: `http://host:port` or `https://host:port` (a trailing `/` is
+/// dropped).
 pub fn parse_endpoint(ep: &str) -> Result<String, EtcdError> {
     let bad = || EtcdError::BadEndpoint(ep.to_string());
-    let rest = ep.strip_prefix("http://").ok_or_else(bad)?;
+    let (scheme, rest) = if let Some(r) = ep.strip_prefix("https://") {
+        ("https", r)
+    } else {
+        ("http", ep.strip_prefix("http://").ok_or_else(bad)?)
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     let host_ok = if let Some(v6) = host.strip_prefix('[') {
@@ -277,5 +296,5 @@ pub fn parse_endpoint(ep: &str) -> Result<String, EtcdError> {
     if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(bad());
     }
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }
