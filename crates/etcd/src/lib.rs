@@ -46,7 +46,7 @@ mod wire;
 
 use stream::KeeperState;
 pub use stream::{LeaseKeeper, Watch};
-pub use tls::{Tls, TlsFile, TlsPaths, TlsSetupError};
+pub use tls::{tls_from_conf, ConfTlsError, Tls, TlsFile, TlsPaths, TlsSetupError};
 pub use types::*;
 
 /// gRPC status codes the gateway reports, that mean "try again, maybe elsewhere".
@@ -77,7 +77,7 @@ enum Attempt {
     Fatal(EtcdError),
     /// TLS failed with this member (certificate not verified, ours refused): try the others,
     /// but do not wait for any of them to change its mind.
-    Tls(String),
+    Tls(TlsFile, String),
 }
 
 impl Client {
@@ -163,18 +163,19 @@ impl Client {
                         log::debug!("etcd {path} on {ep}: {why}; trying the next endpoint");
                         last = format!("{ep}: {why}");
                     }
-                    Err(Attempt::Tls(why)) => {
+                    Err(Attempt::Tls(file, why)) => {
                         log::debug!("etcd {path} on {ep}: TLS: {why}; trying the next endpoint");
-                        tls_failed.get_or_insert((ep.clone(), why));
+                        tls_failed.get_or_insert((ep.clone(), file, why));
                     }
                 }
             }
             // A TLS failure does not heal by waiting: report it now rather than after the
             // retry deadline.
-            if let Some((endpoint, message)) = tls_failed {
+            if let Some((endpoint, file, message)) = tls_failed {
                 return Err(EtcdError::Tls {
                     endpoint,
                     path: path.to_string(),
+                    file,
                     message,
                 });
             }
@@ -483,7 +484,7 @@ impl Client {
 /// A transport error: TLS failures apart (final for this member), the rest worth a retry.
 fn transport_failure(e: &ureq::Error, with_cert: bool, context: &str) -> Attempt {
     match tls::tls_failure(e, with_cert) {
-        Some(why) => Attempt::Tls(why),
+        Some((file, why)) => Attempt::Tls(file, why),
         None => Attempt::Retry(format!("{context}{e}")),
     }
 }

@@ -81,15 +81,16 @@ impl Watch {
                     }
                     Err(Attempt::Fatal(e)) => return Err(e),
                     Err(Attempt::Retry(why)) => last = format!("{ep}: {why}"),
-                    Err(Attempt::Tls(why)) => {
-                        tls_failed.get_or_insert((ep.clone(), why));
+                    Err(Attempt::Tls(file, why)) => {
+                        tls_failed.get_or_insert((ep.clone(), file, why));
                     }
                 }
             }
-            if let Some((endpoint, message)) = tls_failed {
+            if let Some((endpoint, file, message)) = tls_failed {
                 return Err(EtcdError::Tls {
                     endpoint,
                     path: "/v3/watch".into(),
+                    file,
                     message,
                 });
             }

@@ -32,6 +32,35 @@ pub enum TlsFile {
     Key,
 }
 
+impl TlsFile {
+    /// The key naming this file in a conflist's `ipam` section (etcd-ipam, overlay).
+    pub fn conf_key(self) -> &'static str {
+        match self {
+            TlsFile::Ca => "etcdCACertFile",
+            TlsFile::Cert => "etcdCertFile",
+            TlsFile::Key => "etcdKeyFile",
+        }
+    }
+
+    /// The command-line flag naming this file (`cnirs agent`, flannel's names).
+    pub fn flag(self) -> &'static str {
+        match self {
+            TlsFile::Ca => "--etcd-cafile",
+            TlsFile::Cert => "--etcd-certfile",
+            TlsFile::Key => "--etcd-keyfile",
+        }
+    }
+
+    /// The environment variable standing in for the flag.
+    pub fn env(self) -> &'static str {
+        match self {
+            TlsFile::Ca => "CNIRS_ETCD_CAFILE",
+            TlsFile::Cert => "CNIRS_ETCD_CERTFILE",
+            TlsFile::Key => "CNIRS_ETCD_KEYFILE",
+        }
+    }
+}
+
 /// Where the TLS material is, as configured (all optional; see [`Tls::for_endpoints`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsPaths {
@@ -101,6 +130,15 @@ impl fmt::Debug for Tls {
         f.debug_struct("Tls").field("paths", &self.paths).finish()
     }
 }
+
+/// Two setups are the same when they come from the same files.
+impl PartialEq for Tls {
+    fn eq(&self, other: &Self) -> bool {
+        self.paths == other.paths
+    }
+}
+
+impl Eq for Tls {}
 
 impl Tls {
     /// The TLS a client of `endpoints` needs given `paths`: `None` for `http://` endpoints
@@ -261,16 +299,64 @@ fn read_certs(which: TlsFile, path: &Path) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
+/// A TLS problem in a conflist's `ipam` keys: the key at fault (`etcdCACertFile`, ...,
+/// `etcdEndpoints`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfTlsError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// TLS from a conflist's `ipam` keys (`etcdCACertFile`, `etcdCertFile`, `etcdKeyFile`, as
+/// given, `None` or empty when absent), read and checked against the endpoints' scheme:
+/// shared by etcd-ipam and the overlay plugin, which read the same keys. Paths must be
+/// absolute (a plugin's working directory is the runtime's business).
+pub fn tls_from_conf(
+    endpoints: &[String],
+    files: [Option<&str>; 3],
+) -> Result<Option<Tls>, ConfTlsError> {
+    let mut paths = TlsPaths::default();
+    for (file, value) in [TlsFile::Ca, TlsFile::Cert, TlsFile::Key]
+        .into_iter()
+        .zip(files)
+    {
+        let Some(v) = value.filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let p = PathBuf::from(v);
+        if !p.is_absolute() {
+            return Err(ConfTlsError {
+                key: file.conf_key(),
+                message: format!("{v:?}: want an absolute path"),
+            });
+        }
+        match file {
+            TlsFile::Ca => paths.ca = Some(p),
+            TlsFile::Cert => paths.cert = Some(p),
+            TlsFile::Key => paths.key = Some(p),
+        }
+    }
+    Tls::for_endpoints(endpoints, &paths).map_err(|e| ConfTlsError {
+        key: e.file().map_or("etcdEndpoints", TlsFile::conf_key),
+        message: e.to_string(),
+    })
+}
+
 /// The TLS failure inside a transport error, if that is what it is: a certificate the CA does
 /// not verify, or an alert from the member (our certificate refused, or none sent:
 /// `with_cert` says which).
-pub(crate) fn tls_failure(e: &ureq::Error, with_cert: bool) -> Option<String> {
+pub(crate) fn tls_failure(e: &ureq::Error, with_cert: bool) -> Option<(TlsFile, String)> {
     let rustls_err = match e {
         ureq::Error::Rustls(r) => Some(r),
         ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
         _ => None,
     }?;
     use rustls::{AlertDescription as A, Error as R};
+    let file = match rustls_err {
+        R::InvalidCertificate(_) => TlsFile::Ca,
+        _ => TlsFile::Cert,
+    };
     let hint = match rustls_err {
         R::InvalidCertificate(_) => {
             " (the member's certificate is not signed by the configured CA, or does not name \
@@ -288,7 +374,7 @@ pub(crate) fn tls_failure(e: &ureq::Error, with_cert: bool) -> Option<String> {
         }
         _ => "",
     };
-    Some(format!("{rustls_err}{hint}"))
+    Some((file, format!("{rustls_err}{hint}")))
 }
 
 #[cfg(test)]

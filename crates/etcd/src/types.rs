@@ -18,6 +18,9 @@ pub enum EtcdError {
     Tls {
         endpoint: String,
         path: String,
+        /// The setting to look at: the CA (the member's certificate was not verified) or the
+        /// client certificate (refused, or none given).
+        file: TlsFile,
         message: String,
     },
     #[error("etcd unreachable ({endpoints}) for {path}: {last}")]
@@ -49,6 +52,29 @@ pub enum EtcdError {
     },
     #[error("etcd watch canceled: {0}")]
     WatchCanceled(String),
+}
+
+impl EtcdError {
+    /// For a TLS setup or handshake problem: which file setting it is about (the caller names
+    /// it with its own key or flag).
+    pub fn tls_file(&self) -> Option<TlsFile> {
+        match self {
+            EtcdError::Tls { file, .. } => Some(*file),
+            EtcdError::TlsSetup(e) => e.file(),
+            _ => None,
+        }
+    }
+
+    /// A configuration problem (TLS, endpoints) rather than an outage: retrying cannot help.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            EtcdError::Tls { .. }
+                | EtcdError::TlsSetup(_)
+                | EtcdError::BadEndpoint(_)
+                | EtcdError::NoEndpoints
+        )
+    }
 }
 
 /// One key with its metadata.

@@ -22,7 +22,7 @@ use netops::Kernel;
 use crate::{
     cluster::Cluster,
     config::OverlaySpec,
-    schema::{node_name, PodRecord},
+    schema::{node, node_name, PodRecord},
 };
 
 pub struct Overlay;
@@ -61,14 +61,16 @@ impl Plugin for Overlay {
 
 fn add(req: &Request) -> Result<CniResult, CniError> {
     let spec = config::parse(req)?;
-    let node = node_name();
+    let me = node();
+    let node = me.name.clone();
     let kernel = Kernel::new().map_err(error::OverlayError::from)?;
     let host = kernel.host();
     let ul = dataplane::underlay(&host, &spec)?;
     let mtu = dataplane::pod_mtu(&spec, &ul)?;
     let stdin = config::bridge_stdin(req, &spec, mtu)?;
     let cluster = Cluster::connect(&spec)?;
-    cluster.register_network(&spec, subnets_of(req))?;
+    // Node identity and the network's VNI, before the first side effect.
+    cluster.preflight(&spec, &me, ul.vtep, subnets_of(req))?;
     dataplane::ensure(&host, &spec, &ul, mtu, || cluster.remote_vteps(ul.vtep))?;
     let result = bridge_seam::add(req, stdin.clone(), spec.internal)?;
     let registered = register(&cluster, &spec, req, &node, ul.vtep, &result);
@@ -130,7 +132,7 @@ fn subnets_of(req: &Request) -> Vec<String> {
 }
 
 fn del(req: &Request) -> Result<(), CniError> {
-    let spec = config::parse(req)?;
+    let spec = config::parse_for_del(req)?;
     let node = node_name();
     let mut errors = Vec::new();
     // The MTU only matters to ADD; the bridge code's DEL ignores it.
@@ -182,18 +184,28 @@ fn check(req: &Request) -> Result<(), CniError> {
 
 fn gc(req: &Request) -> Result<(), CniError> {
     let spec = config::parse(req)?;
-    let node = node_name();
+    let me = node();
     let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
     let mut errors = Vec::new();
     if let Err(e) = bridge_seam::gc(req, stdin, spec.internal) {
         errors.push(e);
     }
     let valid = req.valid_attachments();
-    let removed = Cluster::connect(&spec).and_then(|c| {
-        c.remove_pods(&spec.network, &node, |r| {
-            !valid
-                .iter()
-                .any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
+    // Only records this host provably wrote: its node name, and its VTEP (a host that shares
+    // the name must not collect the other's pods); none when the VTEP cannot be told.
+    let vtep = Kernel::new()
+        .map_err(error::OverlayError::from)
+        .and_then(|k| dataplane::underlay(&k.host(), &spec))
+        .map(|u| u.vtep)
+        .map_err(CniError::from);
+    let removed = vtep.and_then(|vtep| {
+        let c = Cluster::connect(&spec)?;
+        c.check_node(&me, vtep)?;
+        c.remove_pods(&spec.network, &me.name, |r| {
+            r.vtep == vtep
+                && !valid
+                    .iter()
+                    .any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
         })
     });
     if let Err(e) = removed {
