@@ -13,8 +13,9 @@ packages=(
     # etcd-ipam and the overlay tests start their own members (own ports and data dirs); the
     # package's etcd.service, if systemd starts it, is neither used nor disturbed.
     etcd-server etcd-client
+    openssl  # scripts/make-test-ca.sh: the test CA of the etcd TLS tests and demo
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl openssl)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

@@ -601,6 +601,12 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
         reg.revoke(&client);
         return Err(e);
     }
+    // The table once from the state (skeleton and every recorded element, the gate
+    // included, in one transaction, as `cnirs reconcile` does): a gate rule deleted by hand
+    // while no agent ran comes back, with no moment where anything recorded is missing.
+    if let Err(e) = fw.reconcile() {
+        log::warn!("reconcile table inet cnirs: {e}");
+    }
     let (tx, rx) = mpsc::channel();
     let watcher_stop = Arc::new(AtomicBool::new(false));
     {

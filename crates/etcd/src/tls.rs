@@ -51,6 +51,15 @@ impl TlsFile {
         }
     }
 
+    /// What the file is, in words.
+    pub fn noun(self) -> &'static str {
+        match self {
+            TlsFile::Ca => "CA file",
+            TlsFile::Cert => "client certificate file",
+            TlsFile::Key => "client key file",
+        }
+    }
+
     /// The environment variable standing in for the flag.
     pub fn env(self) -> &'static str {
         match self {
@@ -88,7 +97,7 @@ impl TlsPaths {
 pub enum TlsSetupError {
     #[error("https:// endpoints need a CA file to verify the etcd members")]
     NoCa,
-    #[error("{have:?} file given without the {missing:?} file: give both or neither")]
+    #[error("the {} is given without the {}: give both or neither", have.noun(), missing.noun())]
     Half { have: TlsFile, missing: TlsFile },
     #[error("{endpoint} is plain http:// but TLS files are set: use https:// (or drop the TLS settings)")]
     Plaintext { endpoint: String },
