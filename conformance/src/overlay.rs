@@ -250,6 +250,19 @@ impl OverlayCluster {
     /// owns the child.
     #[track_caller]
     pub fn spawn_agent(&self, i: usize, node: &str, extra: &[&str], log: &str) -> Child {
+        let mut args = self.agent_etcd_args();
+        args.extend(
+            ["--underlay", UNDERLAY_IF, "--node-name", node]
+                .iter()
+                .chain(extra)
+                .map(|a| a.to_string()),
+        );
+        self.spawn_agent_args(i, &args, log)
+    }
+
+    /// `cnirs agent ARGS` on host `i` (no flag added: the caller gives the etcd flags too).
+    #[track_caller]
+    pub fn spawn_agent_args(&self, i: usize, args: &[String], log: &str) -> Child {
         // `cnirs agent`: the node agent plus the nftables watcher (`cnirs-agent` is the agent
         // alone).
         let bin = cni_path().join("cnirs");
@@ -269,9 +282,7 @@ impl OverlayCluster {
         };
         let mut cmd = self.hosts[i].host().command(&bin.display().to_string());
         cmd.arg("agent")
-            .args(self.agent_etcd_args())
-            .args(["--underlay", UNDERLAY_IF, "--node-name", node])
-            .args(extra)
+            .args(args)
             .env("CNIRS_LOG", "info")
             // The plugins' state of this host (its watcher restores the table from it).
             .env("CNIRS_RUN_DIR", self.hosts[i].run_dir())

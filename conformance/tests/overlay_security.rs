@@ -99,7 +99,15 @@ fn spoof_towards_host1(ns: &Netns, dev: &str, vni: u32, src: &str, pod_ip: &str,
     ns.ip(&["addr", "add", src, "dev", dev]);
     ns.ip(&["link", "set", dev, "up"]);
     ns.ip(&[
-        "neigh", "replace", pod_ip, "lladdr", pod_mac, "dev", dev, "nud", "permanent",
+        "neigh",
+        "replace",
+        pod_ip,
+        "lladdr",
+        pod_mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
     ]);
 }
 
@@ -152,9 +160,10 @@ fn remove_gate_rules(c: &OverlayCluster, i: usize) -> usize {
         .filter_map(|l| l.rsplit("# handle ").next().map(|h| h.trim().to_owned()))
         .collect();
     for h in &handles {
-        c.host(i)
-            .host()
-            .exec_ok("nft", &["delete", "rule", "inet", "cnirs", "input", "handle", h]);
+        c.host(i).host().exec_ok(
+            "nft",
+            &["delete", "rule", "inet", "cnirs", "input", "handle", h],
+        );
     }
     handles.len()
 }
@@ -207,7 +216,10 @@ fn spoofed_vxlan_from_a_stranger_reaches_no_pod_of_a_normal_or_internal_overlay(
         "a stranger's VXLAN reached a pod of the internal overlay"
     );
     // A member's own pod still reaches it while the stranger is refused.
-    assert!(can_ping(&n2, &ip(&rn1)), "n2 -> n1 with the stranger around");
+    assert!(
+        can_ping(&n2, &ip(&rn1)),
+        "n2 -> n1 with the stranger around"
+    );
 
     // Control: the agent of host 1 stopped (it would restore the rules at once) and the two
     // gate rules deleted: the same datagrams arrive. So the drops above were the gate's.
@@ -263,7 +275,8 @@ fn strangers_stay_out_after_nft_flush_ruleset_under_a_running_agent() {
     // with the member elements in one transaction.
     c.host(0).host().exec_ok("nft", &["flush", "ruleset"]);
     assert!(
-        eventually(50, || set_text(&c, 0, "vtep4").contains(&host_addr(1).to_string())),
+        eventually(50, || set_text(&c, 0, "vtep4")
+            .contains(&host_addr(1).to_string())),
         "members restored with the table:\n{}",
         c.agent_log(0)
     );
@@ -276,7 +289,10 @@ fn strangers_stay_out_after_nft_flush_ruleset_under_a_running_agent() {
         !udp_arrives(&p1, &s, &ip(&r1), 7102),
         "a stranger's VXLAN reached a pod after the restore"
     );
-    assert!(can_ping(&p2, &ip(&r1)), "members still pass after the restore");
+    assert!(
+        can_ping(&p2, &ip(&r1)),
+        "members still pass after the restore"
+    );
     assert!(
         c.agent_log(0).contains("repaired table inet cnirs"),
         "{}",
@@ -306,7 +322,10 @@ fn a_host_that_leaves_is_out_of_the_other_gates_at_once_and_back_when_it_returns
         set_text(&c, 0, "vtep4"),
         c.agent_log(0)
     );
-    eprintln!("h3 out of h1's gate {:?} after its lease was revoked", t.elapsed());
+    eprintln!(
+        "h3 out of h1's gate {:?} after its lease was revoked",
+        t.elapsed()
+    );
     // Its pod's VXLAN (outer source 10.240.0.3) is now dropped at h1: the FDB entries of both
     // ends are still there (a restarting agent leaves them), only the gate stops it.
     assert!(!can_ping(&p3, &ip(&r1)), "p3 (h3 gone) -> p1 must fail");
@@ -317,7 +336,10 @@ fn a_host_that_leaves_is_out_of_the_other_gates_at_once_and_back_when_it_returns
         "{}",
         c.agent_log(0)
     );
-    assert!(can_ping_eventually(&p3, &ip(&r1), 30), "p3 -> p1 after h3 returned");
+    assert!(
+        can_ping_eventually(&p3, &ip(&r1), 30),
+        "p3 -> p1 after h3 returned"
+    );
     c.tool(0, &conf).del(&p1).assert_ok();
     c.tool(2, &conf).del(&p3).assert_ok();
 }
@@ -343,8 +365,16 @@ fn assert_nothing_left(c: &OverlayCluster, links_before: &[String], what: &str) 
         links_before,
         "{what}: links left behind"
     );
-    assert!(c.keys(0, "ipam/").is_empty(), "{what}: {:?}", c.keys(0, "ipam/"));
-    assert!(c.keys(0, "pods/").is_empty(), "{what}: {:?}", c.keys(0, "pods/"));
+    assert!(
+        c.keys(0, "ipam/").is_empty(),
+        "{what}: {:?}",
+        c.keys(0, "ipam/")
+    );
+    assert!(
+        c.keys(0, "pods/").is_empty(),
+        "{what}: {:?}",
+        c.keys(0, "pods/")
+    );
 }
 
 #[test]
@@ -402,13 +432,20 @@ fn clients_without_a_certificate_or_with_a_strangers_get_clear_errors_and_leave_
     }
     // The agent without a certificate: exits 1 at once, saying why; registers nothing.
     let before = c.keys(0, "hosts/");
-    let mut agent: Child = c.spawn_agent(
-        2,
+    let args: Vec<String> = [
+        "--etcd-endpoints",
+        &c.endpoints().join(","),
+        "--etcd-cafile",
+        &pki.ca().display().to_string(),
+        "--underlay",
+        UNDERLAY_IF,
+        "--node-name",
         "h-nocert",
-        &["--etcd-certfile=", "--etcd-keyfile="],
-        "nocert.log",
-    );
-    // Empty flags count as unset; the CA alone is left.
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut agent: Child = c.spawn_agent_args(2, &args, "nocert.log");
     let status = wait_exit(&mut agent, Duration::from_secs(20));
     let log = c.log_file("nocert.log");
     assert_eq!(status, Some(1), "{log}");
@@ -461,8 +498,18 @@ fn a_node_name_held_by_another_host_is_refused_and_the_holder_does_not_flap() {
     let v = c.etcdctl(0, &["get", "--print-value-only", "/cnirs/hosts/h1"]);
     assert!(v.stdout.contains("10.240.0.1"), "{v}");
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(fdb_lines(&c.agent_log(0)), h1_fdb_before, "{}", c.agent_log(0));
-    assert_eq!(fdb_lines(&c.agent_log(1)), h2_fdb_before, "{}", c.agent_log(1));
+    assert_eq!(
+        fdb_lines(&c.agent_log(0)),
+        h1_fdb_before,
+        "{}",
+        c.agent_log(0)
+    );
+    assert_eq!(
+        fdb_lines(&c.agent_log(1)),
+        h2_fdb_before,
+        "{}",
+        c.agent_log(1)
+    );
     assert!(can_ping(&p2, &ip(&r1)));
 
     // An overlay ADD on host 3 under the name h1 fails before any side effect.
