@@ -13,6 +13,7 @@
 hosts=(h1 h2 h3)
 U="$id-ul"
 pids=()
+declare -A agent_pid=()
 tls="${CNIRS_ETCD_TLS:-1}"
 scheme=http; [[ "$tls" == 1 ]] && scheme=https
 endpoints="$scheme://10.240.0.1:2379,$scheme://10.240.0.2:2379,$scheme://10.240.0.3:2379"
@@ -92,7 +93,7 @@ cluster_up() {
         ip netns exec "$id-$h" env CNIRS_LOG=info CNIRS_RUN_DIR="$tmp/run-$h" \
             "$BIN/cnirs-agent" --etcd-endpoints "$endpoints" "${agent_tls[@]}" \
             --underlay ul0 --node-name "$h" >"$tmp/agent-$h.log" 2>&1 &
-        pids+=($!)
+        pids+=($!); agent_pid[$h]=$!
     done
     mkdir -p "$tmp/net.d"
     say "3 hosts, 3 etcd members ($scheme${etcd_tls:+, client certificates required}), 3 agents up"

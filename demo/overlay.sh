@@ -39,6 +39,7 @@ for p in api db web store cache; do
     mac["$p"]=$(jq -r '.interfaces[] | select(.name == "eth0") | .mac' <<< "$r")
     say "$p on ${where[$p]} (${netof[$p]}): ${ip[$p]}"
 done
+ip[h1]=10.240.0.1 ip[h2]=10.240.0.2 ip[internet]=198.51.100.1
 
 # --- a stranger on the underlay: not in etcd, its own VXLAN devices towards h2 ---
 S="$id-stranger"
@@ -99,6 +100,16 @@ for k in $(printf '%s\n' "${!expect[@]}" | sort); do
     mark=ok; [[ "$got" == "${expect[$k]}" ]] || { mark=DIFFERS; fail=1; }
     printf '%-8s %-10s %-9s %-9s %s\n' "$from@${where[$from]:-underlay}" "$to" "${expect[$k]}" "$got" "$mark"
 done
+# Control for the stranger rows: h2's agent stopped (it would put the rules back) and the two
+# gate rules deleted, the same datagram does get into db. So the "no" above is the gate's.
+kill "${agent_pid[h2]}"; wait "${agent_pid[h2]}" 2>/dev/null || true
+for h in $(ip netns exec "$id-h2" nft -a list chain inet cnirs input |
+    sed -n 's/.*@vtep_ports.*# handle \([0-9]*\)$/\1/p'); do
+    ip netns exec "$id-h2" nft delete rule inet cnirs input handle "$h"
+done
+got=no; stranger_reaches db 7001 && got=yes
+mark=ok; [[ "$got" == yes ]] || { mark=DIFFERS; fail=1; }
+printf '%-8s %-10s %-9s %-9s %s\n' "stranger@underlay" "db (control: h2's gate rules removed)" yes "$got" "$mark"
 if [[ $fail -ne 0 ]]; then
     say "demo-overlay: the measured matrix differs from the expected one"
     for h in "${hosts[@]}"; do say "--- agent $h"; tail -5 "$tmp/agent-$h.log" >&2; done
