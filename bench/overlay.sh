@@ -4,7 +4,8 @@
 #   - ADD p50 of an overlay pod (overlay + etcd-ipam on a 3-member etcd), pods spread on 3 hosts;
 #   - ADD p50 of a local bridge pod (bridge + host-local) on one of those hosts, same cnitool;
 #   - time from the start of an ADD on h1 to the first ping answered from a pod on h2.
-# BENCH_N pods per series (default 30). Writes target/bench/overlay.md. Leaves nothing behind.
+# BENCH_N pods per series (default 30). etcd over mutual TLS (CNIRS_ETCD_TLS=0: plain http, to
+# see what TLS costs). Writes target/bench/overlay.md. Leaves nothing behind.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,7 +50,7 @@ for i in $(seq 10); do
 done
 mkdir -p "$OUT"
 {
-    echo "| overlay bench (3 hosts, 3-member etcd, N=$N) | p50 |"
+    echo "| overlay bench (3 hosts, 3-member etcd over $scheme${etcd_tls:+ with client certificates}, N=$N) | p50 |"
     echo "|---|---|"
     echo "| ADD overlay + etcd-ipam, pods on 3 hosts | $(p50 < "$tmp/ov.ms") ms |"
     echo "| ADD bridge + host-local, same host and cnitool | $(p50 < "$tmp/br.ms") ms |"

@@ -16,8 +16,9 @@ packages=(
     gnuplot-nox  # make bench-scale's plot
     dnsmasq-base  # the DHCP server of the dhcp IPAM tests (the binary, no system service)
     python3-yaml  # conf-examples/kubernetes/*.yaml parsed by tests/examples.rs
+    openssl  # scripts/make-test-ca.sh: the test CA of the etcd TLS tests and demo
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

@@ -20,6 +20,11 @@
 //! let urls = c.endpoints(); // http://10.240.0.N:2379, reachable from those netns only
 //! ```
 //!
+//! TLS: [`EtcdCluster::start_tls`] starts the members with `--client-cert-auth
+//! --trusted-ca-file` and `https://` client URLs, certificates made by
+//! `scripts/make-test-ca.sh` ([`TestPki`]); [`EtcdCluster::client`] then presents the PKI's
+//! client certificate.
+//!
 //! Members started here die with the test process even when it is killed (PR_SET_PDEATHSIG
 //! from a spawner thread that lives as long as the process), and [`EtcdCluster::shared_local`]
 //! gives a test file one cluster whose members and dir go at exit.
@@ -41,6 +46,79 @@ use std::{
 
 use crate::netns::in_netns;
 
+/// A throwaway CA with a server certificate for the members and client certificates, made by
+/// `scripts/make-test-ca.sh` (openssl, ECDSA P-256) in a temp dir removed on Drop.
+#[derive(Debug)]
+pub struct TestPki {
+    dir: PathBuf,
+}
+
+static PKIS: AtomicUsize = AtomicUsize::new(0);
+
+impl TestPki {
+    /// A new CA; the server certificate names every address in `ips` (and 127.0.0.1); one
+    /// client certificate `client` plus one per name in `clients`.
+    #[track_caller]
+    pub fn new(ips: &[IpAddr], clients: &[&str]) -> Self {
+        crate::require_tools(&["openssl"]);
+        let n = PKIS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cnirs-t{}-pki{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let script = crate::workspace_root().join("scripts/make-test-ca.sh");
+        let mut all: Vec<String> = vec!["127.0.0.1".into()];
+        all.extend(ips.iter().map(IpAddr::to_string));
+        let mut cmd = Command::new(&script);
+        cmd.arg(&dir).args(["--ip", &all.join(",")]);
+        for c in clients {
+            cmd.args(["--client", c]);
+        }
+        let out = crate::exec::run(&mut cmd);
+        assert!(out.success(), "{} failed: {out}", script.display());
+        TestPki { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `NAME.pem` (`client` is the default client certificate, `server` the members').
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
+
+    /// CA plus the client certificate `name`, for an etcd client.
+    pub fn paths(&self, name: &str) -> etcd::TlsPaths {
+        etcd::TlsPaths {
+            ca: Some(self.ca()),
+            cert: Some(self.cert(name)),
+            key: Some(self.key(name)),
+        }
+    }
+
+    /// etcdctl's flags for client `name`.
+    pub fn etcdctl_args(&self, name: &str) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.ca().display()),
+            format!("--cert={}", self.cert(name).display()),
+            format!("--key={}", self.key(name).display()),
+        ]
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// One member to start.
 #[derive(Debug, Clone)]
 pub struct MemberSpec {
@@ -50,6 +128,8 @@ pub struct MemberSpec {
     pub ip: IpAddr,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Clients speak TLS with a client certificate (set by [`EtcdCluster::start_tls`]).
+    pub tls: bool,
 }
 
 impl MemberSpec {
@@ -61,6 +141,7 @@ impl MemberSpec {
             ip,
             client_port: 2379,
             peer_port: 2380,
+            tls: false,
         }
     }
 
@@ -72,6 +153,7 @@ impl MemberSpec {
             ip: IpAddr::from([127, 0, 0, 1]),
             client_port: free_port(),
             peer_port: free_port(),
+            tls: false,
         }
     }
 
@@ -82,9 +164,10 @@ impl MemberSpec {
         }
     }
 
-    /// `http://ip:client_port`.
+    /// `http://ip:client_port` (`https://` with TLS).
     pub fn client_url(&self) -> String {
-        format!("http://{}:{}", self.host(), self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host(), self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
@@ -110,6 +193,7 @@ pub struct EtcdCluster {
     dir: PathBuf,
     token: String,
     members: Mutex<Vec<Member>>,
+    pki: Option<TestPki>,
 }
 
 static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
@@ -144,6 +228,35 @@ impl EtcdCluster {
     /// Starts every member (all at once, as a new cluster) and waits until each serves a
     /// linearizable read. Panics with the members' logs if they don't within 30 s.
     pub fn start(specs: Vec<MemberSpec>) -> Self {
+        Self::start_with(specs, None)
+    }
+
+    /// Like [`EtcdCluster::start`], but every member serves clients over TLS and requires a
+    /// client certificate signed by `pki`'s CA (`--client-cert-auth --trusted-ca-file`); peers
+    /// stay plain http on their own port.
+    pub fn start_tls(mut specs: Vec<MemberSpec>, pki: TestPki) -> Self {
+        for s in &mut specs {
+            s.tls = true;
+        }
+        Self::start_with(specs, Some(pki))
+    }
+
+    /// The PKI of a TLS cluster.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref()
+    }
+
+    /// Client options for this cluster (TLS with the PKI's `client` certificate, if any).
+    pub fn options(&self) -> etcd::Options {
+        etcd::Options {
+            tls: self.pki.as_ref().map(|p| {
+                etcd::Tls::load(&p.paths("client")).expect("load the test PKI's client TLS")
+            }),
+            ..etcd::Options::default()
+        }
+    }
+
+    fn start_with(specs: Vec<MemberSpec>, pki: Option<TestPki>) -> Self {
         crate::require_tools(&["etcd"]);
         let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let token = format!("cnirs-t{}-{n}", std::process::id());
@@ -163,6 +276,7 @@ impl EtcdCluster {
             dir,
             token,
             members: Mutex::new(members),
+            pki,
         };
         let count = c.len();
         for i in 0..count {
@@ -198,7 +312,7 @@ impl EtcdCluster {
 
     /// A client over every member (usable from the netns the members listen in).
     pub fn client(&self) -> etcd::Client {
-        etcd::Client::new(&self.endpoints()).expect("etcd client")
+        etcd::Client::with_options(&self.endpoints(), self.options()).expect("etcd client")
     }
 
     /// Member `i`'s PID while it runs.
@@ -272,8 +386,17 @@ impl EtcdCluster {
             .args(["--initial-advertise-peer-urls", &spec.peer_url()])
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", state])
-            .args(["--initial-cluster-token", &self.token])
-            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(["--initial-cluster-token", &self.token]);
+        if let Some(pki) = &self.pki {
+            cmd.arg("--cert-file")
+                .arg(pki.cert("server"))
+                .arg("--key-file")
+                .arg(pki.key("server"))
+                .arg("--trusted-ca-file")
+                .arg(pki.ca())
+                .arg("--client-cert-auth");
+        }
+        cmd.args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             // Idle watches hear from the server every second, so a client notices a dead
             // member through its read timeout.
             .args(["--experimental-watch-progress-notify-interval", "1s"])
@@ -299,13 +422,15 @@ impl EtcdCluster {
             let m = &self.lock()[i];
             (m.spec.client_url(), m.spec.netns.clone())
         };
+        let base = self.options();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let probe_url = url.clone();
+            let base = base.clone();
             let probe = move || {
                 let opts = etcd::Options {
                     retry_deadline: Duration::from_millis(300),
-                    ..etcd::Options::default()
+                    ..base
                 };
                 etcd::Client::with_options(&[probe_url], opts)
                     .and_then(|c| c.get("/cnirs-test-probe"))

@@ -3,6 +3,11 @@
 //! (`ul0` = 10.240.0.N/24, default route via the switch), an etcd member in each host netns on its
 //! underlay address, the node agent (`cnirs-agent`) in each, and pods behind each host.
 //!
+//! etcd speaks TLS with client certificates by default (`--client-cert-auth`, a CA made by
+//! `scripts/make-test-ca.sh`): the conflists carry `etcdCACertFile`/`etcdCertFile`/
+//! `etcdKeyFile`, the agents `--etcd-cafile`/`--etcd-certfile`/`--etcd-keyfile`.
+//! [`OverlayCluster::start_plain`] keeps plain http.
+//!
 //! Every address lives only inside namespaces made here; every process is stopped by PID and
 //! every netns and dir deleted on Drop.
 //!
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::cni::{cni_path, Cnitool};
-use crate::etcd::{EtcdCluster, MemberSpec};
+use crate::etcd::{EtcdCluster, MemberSpec, TestPki};
 use crate::netns::TestNet;
 
 /// The underlay interface in every host netns (the same name everywhere, so one conflist and
@@ -55,10 +60,21 @@ pub struct OverlayCluster {
 }
 
 impl OverlayCluster {
-    /// `n` hosts on one underlay, an etcd member and an agent on each; returns when every
-    /// agent has registered its host.
+    /// `n` hosts on one underlay, an etcd member (TLS, client certificates required) and an
+    /// agent on each; returns when every agent has registered its host.
     #[track_caller]
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, true)
+    }
+
+    /// [`OverlayCluster::start`] with etcd on plain http.
+    #[track_caller]
+    pub fn start_plain(n: usize) -> Self {
+        Self::start_with(n, false)
+    }
+
+    #[track_caller]
+    fn start_with(n: usize, tls: bool) -> Self {
         let underlay = TestNet::new();
         let sw = underlay.host().clone();
         sw.ip(&["link", "add", "ulbr", "type", "bridge"]);
@@ -99,7 +115,12 @@ impl OverlayCluster {
             .enumerate()
             .map(|(i, h)| MemberSpec::in_netns(&node_name(i), h.host().path(), host_addr(i).into()))
             .collect();
-        let etcd = EtcdCluster::start(specs);
+        let etcd = if tls {
+            let ips: Vec<std::net::IpAddr> = (0..n).map(|i| host_addr(i).into()).collect();
+            EtcdCluster::start_tls(specs, TestPki::new(&ips, &["agent"]))
+        } else {
+            EtcdCluster::start(specs)
+        };
         let logs = underlay.tmp().join("agents");
         if let Err(e) = std::fs::create_dir_all(&logs) {
             panic!("mkdir {}: {e}", logs.display());
@@ -140,9 +161,42 @@ impl OverlayCluster {
         &self.etcd
     }
 
-    /// `http://10.240.0.N:2379` of every member.
+    /// `http(s)://10.240.0.N:2379` of every member.
     pub fn endpoints(&self) -> Vec<String> {
         self.etcd.endpoints()
+    }
+
+    /// The cluster's PKI (None with plain http).
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.etcd.pki()
+    }
+
+    /// The `ipam` keys that point at etcd: endpoints and, with TLS, the CA and the `client`
+    /// certificate.
+    pub fn etcd_ipam_keys(&self) -> Value {
+        let mut v = json!({"etcdEndpoints": self.endpoints()});
+        if let Some(p) = self.pki() {
+            v["etcdCACertFile"] = json!(p.ca());
+            v["etcdCertFile"] = json!(p.cert("client"));
+            v["etcdKeyFile"] = json!(p.key("client"));
+        }
+        v
+    }
+
+    /// The agent's etcd flags (endpoints and, with TLS, the `agent` certificate).
+    pub fn agent_etcd_args(&self) -> Vec<String> {
+        let mut a = vec!["--etcd-endpoints".to_owned(), self.endpoints().join(",")];
+        if let Some(p) = self.pki() {
+            a.extend([
+                "--etcd-cafile".to_owned(),
+                p.ca().display().to_string(),
+                "--etcd-certfile".to_owned(),
+                p.cert("agent").display().to_string(),
+                "--etcd-keyfile".to_owned(),
+                p.key("agent").display().to_string(),
+            ]);
+        }
+        a
     }
 
     /// An overlay conflist (the same for every host): `overlay` with etcd-ipam over `subnet`
@@ -154,10 +208,17 @@ impl OverlayCluster {
             "underlay": UNDERLAY_IF,
             "ipam": {
                 "type": "etcd-ipam",
-                "etcdEndpoints": self.endpoints(),
                 "ranges": [[{"subnet": subnet}]],
             },
         });
+        if let (Some(ipam), Some(keys)) = (
+            plugin["ipam"].as_object_mut(),
+            self.etcd_ipam_keys().as_object(),
+        ) {
+            for (k, v) in keys {
+                ipam.insert(k.clone(), v.clone());
+            }
+        }
         if let (Some(p), Some(e)) = (plugin.as_object_mut(), extra.as_object()) {
             for (k, v) in e {
                 p.insert(k.clone(), v.clone());
@@ -176,6 +237,32 @@ impl OverlayCluster {
     /// Start (or restart) the agent of host `i`, logging to the cluster's temp dir.
     #[track_caller]
     pub fn start_agent(&self, i: usize) {
+        let child = self.spawn_agent(i, &node_name(i), &[], &format!("{}.log", node_name(i)));
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut old) = agents[i].replace(child) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    /// Spawn one more `cnirs agent` on host `i` under `node` (its etcd flags plus `extra`),
+    /// logging to `log` in the cluster's log dir ([`OverlayCluster::log_file`]); the caller
+    /// owns the child.
+    #[track_caller]
+    pub fn spawn_agent(&self, i: usize, node: &str, extra: &[&str], log: &str) -> Child {
+        let mut args = self.agent_etcd_args();
+        args.extend(
+            ["--underlay", UNDERLAY_IF, "--node-name", node]
+                .iter()
+                .chain(extra)
+                .map(|a| a.to_string()),
+        );
+        self.spawn_agent_args(i, &args, log)
+    }
+
+    /// `cnirs agent ARGS` on host `i` (no flag added: the caller gives the etcd flags too).
+    #[track_caller]
+    pub fn spawn_agent_args(&self, i: usize, args: &[String], log: &str) -> Child {
         // `cnirs agent`: the node agent plus the nftables watcher (`cnirs-agent` is the agent
         // alone).
         let bin = cni_path().join("cnirs");
@@ -184,7 +271,7 @@ impl OverlayCluster {
             "{} missing: cargo build --release -p cnirs",
             bin.display()
         );
-        let log = self.logs.join(format!("{}.log", node_name(i)));
+        let log = self.logs.join(log);
         let file = match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -194,30 +281,23 @@ impl OverlayCluster {
             Err(e) => panic!("open {}: {e}", log.display()),
         };
         let mut cmd = self.hosts[i].host().command(&bin.display().to_string());
-        cmd.args([
-            "agent",
-            "--etcd-endpoints",
-            &self.endpoints().join(","),
-            "--underlay",
-            UNDERLAY_IF,
-            "--node-name",
-            &node_name(i),
-        ])
-        .env("CNIRS_LOG", "info")
-        // The plugins' state of this host (its watcher restores the table from it).
-        .env("CNIRS_RUN_DIR", self.hosts[i].run_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(file);
-        let child = match cmd.spawn() {
+        cmd.arg("agent")
+            .args(args)
+            .env("CNIRS_LOG", "info")
+            // The plugins' state of this host (its watcher restores the table from it).
+            .env("CNIRS_RUN_DIR", self.hosts[i].run_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        match cmd.spawn() {
             Ok(c) => c,
             Err(e) => panic!("spawn {}: {e}", bin.display()),
-        };
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut old) = agents[i].replace(child) {
-            let _ = old.kill();
-            let _ = old.wait();
         }
+    }
+
+    /// A file in the agents' log dir.
+    pub fn log_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(name)).unwrap_or_default()
     }
 
     /// SIGTERM the agent of host `i` and wait for it; returns its exit code.
@@ -247,18 +327,23 @@ impl OverlayCluster {
         std::fs::read_to_string(self.logs.join(format!("{}.log", node_name(i)))).unwrap_or_default()
     }
 
+    /// etcdctl inside host `from` with the cluster's endpoints (and the `client`
+    /// certificate), then `args`.
+    pub fn etcdctl(&self, from: usize, args: &[&str]) -> crate::CmdOutput {
+        let mut all: Vec<String> = vec!["--endpoints".into(), self.endpoints().join(",")];
+        if let Some(p) = self.pki() {
+            all.extend(p.etcdctl_args("client"));
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.hosts[from].host().exec("etcdctl", &refs)
+    }
+
     /// Keys under `/cnirs/<sub>` (e.g. `hosts/`), read with etcdctl inside host `from`.
     pub fn keys(&self, from: usize, sub: &str) -> Vec<String> {
-        let out = self.hosts[from].host().exec(
-            "etcdctl",
-            &[
-                "--endpoints",
-                &self.endpoints().join(","),
-                "get",
-                "--prefix",
-                "--keys-only",
-                &format!("/cnirs/{sub}"),
-            ],
+        let out = self.etcdctl(
+            from,
+            &["get", "--prefix", "--keys-only", &format!("/cnirs/{sub}")],
         );
         out.stdout
             .lines()

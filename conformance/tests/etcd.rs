@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use conformance::etcd::EtcdCluster;
-use etcd::{Compare, CompareOp, Created, EtcdError, EventKind, Op, OpResponse};
+use conformance::etcd::{EtcdCluster, MemberSpec, TestPki};
+use etcd::{
+    Compare, CompareOp, Created, EtcdError, EventKind, Op, OpResponse, Tls, TlsFile, TlsPaths,
+    TlsSetupError,
+};
 
 fn shared() -> etcd::Client {
     EtcdCluster::shared_local().client()
@@ -210,4 +213,135 @@ fn killing_the_leader_only_delays_writes_until_a_new_one_is_elected() {
     let new_leader = cluster.leader();
     assert_ne!(new_leader, leader);
     assert_eq!(c.range_prefix("/t/leader/").unwrap().0.len(), 6);
+}
+
+/// A single TLS member on loopback requiring client certificates (`--client-cert-auth`),
+/// with a second, unrelated CA for the strangers.
+fn tls_member() -> (EtcdCluster, TestPki) {
+    let pki = TestPki::new(&[], &[]);
+    let stranger = TestPki::new(&[], &[]);
+    (
+        EtcdCluster::start_tls(vec![MemberSpec::local("m0")], pki),
+        stranger,
+    )
+}
+
+fn client_with(cluster: &EtcdCluster, paths: &TlsPaths) -> Result<etcd::Client, EtcdError> {
+    let tls = Tls::for_endpoints(&cluster.endpoints(), paths)?;
+    etcd::Client::with_options(
+        &cluster.endpoints(),
+        etcd::Options {
+            tls,
+            ..etcd::Options::default()
+        },
+    )
+}
+
+#[test]
+#[ignore]
+fn over_mutual_tls_calls_and_watches_work_with_the_clusters_client_certificate() {
+    let (cluster, _) = tls_member();
+    assert!(cluster.endpoint(0).starts_with("https://127.0.0.1:"));
+    let pki = cluster.pki().unwrap();
+    let c = client_with(&cluster, &pki.paths("client")).unwrap();
+    let (_, rev) = c.range_prefix("/t/tls/").unwrap();
+    c.put("/t/tls/a", "1", None).unwrap();
+    assert_eq!(c.get("/t/tls/a").unwrap().unwrap().value, b"1");
+    let ev = c
+        .watch_prefix("/t/tls/", rev + 1)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.kv.key_str(), "/t/tls/a");
+    // Control for the refusals below: the same member, the same call, a good client.
+    assert!(c.lease_grant(5).is_ok());
+}
+
+#[test]
+#[ignore]
+fn a_client_without_certificate_or_with_a_strangers_is_refused_at_once_with_a_clear_error() {
+    let (cluster, stranger) = tls_member();
+    let pki = cluster.pki().unwrap();
+    // The CA only: the member wants a certificate. The error is final (Tls), not a 15 s
+    // retry that ends in Unavailable.
+    let no_cert = TlsPaths {
+        ca: Some(pki.ca()),
+        ..TlsPaths::default()
+    };
+    let c = client_with(&cluster, &no_cert).unwrap();
+    match c.put("/t/tls/x", "1", None) {
+        Err(EtcdError::Tls { message, .. }) => {
+            assert!(message.contains("client certificate"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A certificate from another CA.
+    let foreign = TlsPaths {
+        ca: Some(pki.ca()),
+        cert: Some(stranger.cert("client")),
+        key: Some(stranger.key("client")),
+    };
+    match client_with(&cluster, &foreign).unwrap().get("/t/tls/x") {
+        Err(EtcdError::Tls { message, .. }) => assert!(message.contains("refused"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    // A CA that does not verify the member (ours is fine, theirs is not).
+    let wrong_ca = TlsPaths {
+        ca: Some(stranger.ca()),
+        ..pki.paths("client")
+    };
+    let c = client_with(&cluster, &wrong_ca).unwrap();
+    match c.get("/t/tls/x") {
+        Err(EtcdError::Tls { message, .. }) => {
+            assert!(
+                message.contains("not signed by the configured CA"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.watch_prefix("/t/tls/", 0),
+        Err(EtcdError::Tls { .. })
+    ));
+    // Nothing was written by any of them.
+    let good = client_with(&cluster, &pki.paths("client")).unwrap();
+    assert!(good.get("/t/tls/x").unwrap().is_none());
+}
+
+#[test]
+#[ignore]
+fn tls_files_that_cannot_work_are_refused_before_any_connection_naming_the_file() {
+    let (cluster, stranger) = tls_member();
+    let pki = cluster.pki().unwrap();
+    // A key that belongs to another certificate.
+    let mismatched = TlsPaths {
+        key: Some(stranger.key("client")),
+        ..pki.paths("client")
+    };
+    let e = Tls::load(&mismatched).unwrap_err();
+    assert_eq!(e.file(), Some(TlsFile::Key), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&*stranger.key("client").to_string_lossy()),
+        "{e}"
+    );
+    // A certificate file that holds a key.
+    let swapped = TlsPaths {
+        cert: Some(pki.key("client")),
+        ..pki.paths("client")
+    };
+    let e = Tls::load(&swapped).unwrap_err();
+    assert_eq!(e.file(), Some(TlsFile::Cert), "{e}");
+    // http:// with TLS files, https:// without a CA.
+    let http = vec!["http://127.0.0.1:1".to_string()];
+    assert!(matches!(
+        Tls::for_endpoints(&http, &pki.paths("client")),
+        Err(TlsSetupError::Plaintext { .. })
+    ));
+    assert!(matches!(
+        Tls::for_endpoints(&cluster.endpoints(), &TlsPaths::default()),
+        Err(TlsSetupError::NoCa)
+    ));
 }

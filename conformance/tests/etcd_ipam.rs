@@ -29,6 +29,7 @@ fn bridge_pods_get_dual_stack_addresses_recorded_in_etcd_and_del_releases_them()
         ip: IpAddr::from([127, 0, 0, 1]),
         client_port: 2379,
         peer_port: 2380,
+        tls: false,
     }]);
     let conf = json!({"cniVersion": "1.0.0", "name": "ov1", "plugins": [{
         "type": "bridge", "bridge": "br-eipam", "isGateway": true,

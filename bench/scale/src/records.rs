@@ -240,6 +240,7 @@ pub fn run(p: &Params) -> Result<(), String> {
         kernel.ensure_vxlan(&cluster::vxlan_name(p.vni), p.vni, vtep(i));
         let node = Node {
             name: Writer::node(i),
+            source: "the scale harness",
             vtep: vtep(i),
             prefix: PREFIX.into(),
         };

@@ -152,6 +152,7 @@ fn start_agents(w: &World<'_>, stop: &Arc<AtomicBool>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         let node = Node {
             name: h.name.clone(),
+            source: "the scale harness",
             vtep: h.vtep,
             prefix: cluster::DEFAULT_PREFIX.to_string(),
         };

@@ -187,7 +187,10 @@ impl SimHost {
 
     fn ctx<'a>(&'a self, side: &'a SimHostSide<'a>, att: &'a SimAttachment<'a>) -> Ctx<'a> {
         Ctx {
-            node: self.name.clone(),
+            node: cluster::schema::NodeName {
+                name: self.name.clone(),
+                source: "the scale harness",
+            },
             host: side,
             attachment: att,
             etcd: Some(&self.client),

@@ -1,11 +1,12 @@
 //! The agent's kernel side behind a trait: what it reads and writes on the host, nothing else.
-//! [`netops::Netlink`] is the real one (rtnetlink, the host netns); [`FakeKernel`] is a
+//! [`KernelDataplane`] is the real one (rtnetlink in the host netns, and the overlay gate of
+//! table `inet cnirs` through [`nftplan::Firewall`]); [`FakeKernel`] is a
 //! recording, stateful fake for unit tests and for the scale harness (`bench/scale`), where a
 //! thousand simulated hosts run the agent's loop in one process.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
 };
@@ -22,23 +23,57 @@ pub trait Dataplane {
     fn fdb_add(&self, dev: &Link, entry: &FdbEntry) -> Result<(), NetopsError>;
     /// Delete one; `Ok(false)` when it was not there. Equivalent: `bridge fdb del`.
     fn fdb_del(&self, dev: &Link, entry: &FdbEntry) -> Result<bool, NetopsError>;
+    /// The overlay gate: VXLAN to `ports` is admitted only from `members` (one transaction,
+    /// never an empty window for members that stay). Returns (added, removed).
+    fn set_gate(
+        &self,
+        ports: &BTreeSet<u16>,
+        members: &BTreeSet<IpAddr>,
+    ) -> Result<(usize, usize), String>;
+    /// The firewall table back from its recorded state (skeleton, elements, gate), as
+    /// `cnirs reconcile` does.
+    fn restore(&self) -> Result<(), String>;
 }
 
-impl Dataplane for Netlink<'_> {
+/// The host's kernel: rtnetlink for the VXLAN devices and FDBs, `inet cnirs` for the gate.
+pub struct KernelDataplane<'a> {
+    host: Netlink<'a>,
+    fw: nftplan::Firewall,
+}
+
+impl<'a> KernelDataplane<'a> {
+    pub fn new(host: Netlink<'a>, fw: nftplan::Firewall) -> Self {
+        Self { host, fw }
+    }
+}
+
+impl Dataplane for KernelDataplane<'_> {
     fn vxlans(&self) -> Result<Vec<VxlanInfo>, NetopsError> {
-        Netlink::vxlans(self)
+        self.host.vxlans()
     }
 
     fn fdb_entries(&self, dev: &Link) -> Result<Vec<FdbEntry>, NetopsError> {
-        Netlink::fdb_entries(self, dev)
+        self.host.fdb_entries(dev)
     }
 
     fn fdb_add(&self, dev: &Link, entry: &FdbEntry) -> Result<(), NetopsError> {
-        Netlink::fdb_add(self, dev, entry)
+        self.host.fdb_add(dev, entry)
     }
 
     fn fdb_del(&self, dev: &Link, entry: &FdbEntry) -> Result<bool, NetopsError> {
-        Netlink::fdb_del(self, dev, entry)
+        self.host.fdb_del(dev, entry)
+    }
+
+    fn set_gate(
+        &self,
+        ports: &BTreeSet<u16>,
+        members: &BTreeSet<IpAddr>,
+    ) -> Result<(usize, usize), String> {
+        self.fw.set_vteps(ports, members).map_err(|e| e.to_string())
+    }
+
+    fn restore(&self) -> Result<(), String> {
+        self.fw.reconcile().map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -62,6 +97,8 @@ struct State {
     record: bool,
     /// The next `fdb_add` fails (once).
     fail_next_add: bool,
+    /// The gate: admitted ports and member VTEPs.
+    gate: (BTreeSet<u16>, BTreeSet<IpAddr>),
 }
 
 /// A host's VXLAN devices and FDBs in memory, with the kernel's semantics for what the agent
@@ -216,5 +253,28 @@ impl Dataplane for FakeKernel {
 
     fn fdb_del(&self, dev: &Link, entry: &FdbEntry) -> Result<bool, NetopsError> {
         self.change(dev, entry, FdbChange::Del)
+    }
+
+    fn set_gate(
+        &self,
+        ports: &BTreeSet<u16>,
+        members: &BTreeSet<IpAddr>,
+    ) -> Result<(usize, usize), String> {
+        let mut s = self.lock();
+        let (old_ports, old) = std::mem::replace(&mut s.gate, (ports.clone(), members.clone()));
+        let added = ports.difference(&old_ports).count() + members.difference(&old).count();
+        let removed = old_ports.difference(ports).count() + old.difference(members).count();
+        Ok((added, removed))
+    }
+
+    fn restore(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl FakeKernel {
+    /// The gate's member VTEPs as the agent last set them.
+    pub fn gate_members(&self) -> BTreeSet<IpAddr> {
+        self.lock().gate.1.clone()
     }
 }

@@ -2,11 +2,20 @@
 //!
 //! ```text
 //! cnirs-agent --etcd-endpoints URL[,URL...] --underlay IFACE [--node-name N] [--etcd-prefix P]
+//!             [--etcd-cafile F --etcd-certfile F --etcd-keyfile F]
 //! ```
 //!
 //! Runs in the foreground, in the host's network namespace:
 //! - registers `<prefix>/hosts/<node>` = `{"vtep": <underlay IPv4>}` on a 10 s lease, renewed
-//!   every 3 s (a dead host's key expires; a lost lease is granted and written again);
+//!   every 3 s (a dead host's key expires; a lost lease is granted and the key created again),
+//!   only if absent or already this VTEP's (a create-if-absent txn: two agents starting at once
+//!   under one name cannot both win). A name held by another VTEP stops the agent, at start
+//!   or later (exit 1, naming the node and both VTEPs): it never overwrites another host;
+//! - keeps the overlay gate of `table inet cnirs` ([`nftplan::Firewall::set_vteps`]): VXLAN
+//!   from a source that is not a registered host's VTEP is dropped before decapsulation. A host
+//!   that leaves is out as soon as its key goes (watch event), the set is changed in one
+//!   transaction (never empty for the members that stay), and it stays in the kernel when the
+//!   agent stops;
 //! - lists and watches `<prefix>/` (hosts, pods, networks) and keeps, on every local overlay
 //!   VXLAN device (`cnirsvx<vni>`), exactly the remote FDB entries the cluster asks for: one
 //!   all-zero flood entry per remote VTEP, one `pod MAC -> VTEP` entry per remote pod
@@ -17,11 +26,6 @@
 //!   from the new revision, through the client's endpoint failover;
 //! - SIGTERM/SIGINT: revokes its lease (the host leaves the cluster at once) and exits 0. The
 //!   FDB entries stay: the data plane keeps working while the agent restarts.
-//!
-//! As a library: [`run_node`] is the whole loop with the etcd client, the node's identity and
-//! the kernel side ([`Dataplane`]) handed in, so many simulated hosts can run it in one process
-//! against a [`FakeKernel`] (the scale harness, `bench/scale`); [`run`] is the command's
-//! version on the real kernel.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -38,24 +42,33 @@ use cluster::{
     schema::{self, HostRecord, Key, NetworkRecord, PodRecord},
     vni_of_name,
 };
-use etcd::{Client, EventKind, Kv, LeaseKeeper, Options};
-use netops::{FdbEntry, Kernel, MacAddr, FLOOD_MAC};
+use etcd::{Client, Compare, CompareOp, EventKind, Kv, LeaseKeeper, Op, OpResponse, Options};
+use netops::{FdbEntry, Kernel, MacAddr, FLOOD_MAC, VXLAN_PORT};
 
 pub mod dataplane;
-pub use dataplane::{Dataplane, FakeKernel};
+pub use dataplane::{Dataplane, FakeKernel, KernelDataplane};
 
 pub const USAGE: &str = "usage: cnirs-agent --etcd-endpoints URL[,URL...] --underlay IFACE [--node-name N] [--etcd-prefix P]
+                   [--etcd-cafile FILE --etcd-certfile FILE --etcd-keyfile FILE]
 
 The overlay's node agent: registers this host (its VTEP, the IPv4 address of IFACE) in etcd
-under <prefix>/hosts/<node> and programs the remote FDB entries of every overlay network on
-this host from <prefix>/hosts/ and <prefix>/pods/. Foreground; SIGTERM stops it.
+under <prefix>/hosts/<node>, programs the remote FDB entries of every overlay network on
+this host from <prefix>/hosts/ and <prefix>/pods/, and admits VXLAN only from registered
+hosts (sets vtep4/vtep6 of table inet cnirs). Foreground; SIGTERM stops it.
 
-  --etcd-endpoints  comma-separated http://host:port list (failover in order)
+  --etcd-endpoints  comma-separated http://host:port or https://host:port list (failover)
   --underlay        the interface whose IPv4 address is this host's VTEP
-  --node-name       default: $CNIRS_NODE_NAME, else the hostname
+  --node-name       default: $CNIRS_NODE_NAME, else the hostname; must be unique in the
+                    cluster (a name registered by another VTEP stops the agent)
   --etcd-prefix     default /cnirs (the conflists' etcdPrefix)
+  --etcd-cafile     CA that verifies the etcd members (required for https://);
+                    default $CNIRS_ETCD_CAFILE
+  --etcd-certfile   client certificate (etcd --client-cert-auth); default $CNIRS_ETCD_CERTFILE
+  --etcd-keyfile    its private key; default $CNIRS_ETCD_KEYFILE
 
 CNIRS_LOG=error|warn|info|debug sets the log level (default info).
+Exit status: 0 on SIGTERM/SIGINT, 1 on failure (node name taken, etcd TLS refused, ...),
+2 on a usage error.
 ";
 
 /// Lease TTL of `hosts/<node>`; renewed every [`RENEW`].
@@ -69,12 +82,26 @@ pub struct Args {
     pub endpoints: Vec<String>,
     pub underlay: String,
     pub node: String,
+    /// Where the node name came from: `--node-name`, `CNIRS_NODE_NAME` or `the hostname`.
+    pub node_source: &'static str,
     pub prefix: String,
+    /// TLS files from the flags or their environment variables (read at start).
+    pub tls: etcd::TlsPaths,
 }
 
-/// `None` for `--help`.
+/// `None` for `--help`. Defaults from the process environment.
 pub fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
+    parse_args_env(args, &|k| std::env::var(k).ok())
+}
+
+/// [`parse_args`] with the environment injected (`CNIRS_NODE_NAME`, `CNIRS_ETCD_*FILE`).
+pub fn parse_args_env(
+    args: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Args>, String> {
+    use etcd::TlsFile;
     let (mut endpoints, mut underlay, mut node, mut prefix) = (None, None, None, None);
+    let mut files: [Option<String>; 3] = [None, None, None];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -93,8 +120,27 @@ pub fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
             "--underlay" => underlay = Some(value()?),
             "--node-name" => node = Some(value()?),
             "--etcd-prefix" => prefix = Some(value()?),
+            "--etcd-cafile" => files[0] = Some(value()?),
+            "--etcd-certfile" => files[1] = Some(value()?),
+            "--etcd-keyfile" => files[2] = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    let mut tls = etcd::TlsPaths::default();
+    for (i, which) in [TlsFile::Ca, TlsFile::Cert, TlsFile::Key]
+        .into_iter()
+        .enumerate()
+    {
+        let v = files[i]
+            .take()
+            .or_else(|| env(which.env()))
+            .filter(|v| !v.is_empty());
+        let slot = match which {
+            TlsFile::Ca => &mut tls.ca,
+            TlsFile::Cert => &mut tls.cert,
+            TlsFile::Key => &mut tls.key,
+        };
+        *slot = v.map(std::path::PathBuf::from);
     }
     let endpoints: Vec<String> = endpoints
         .ok_or("--etcd-endpoints is required")?
@@ -107,9 +153,17 @@ pub fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
     }
     let underlay = underlay.ok_or("--underlay is required")?;
     netops::validate_ifname(&underlay).map_err(|e| format!("--underlay: {e}"))?;
-    let node = node.unwrap_or_else(schema::node_name);
+    let (node, node_source) = match node {
+        Some(n) => (n, "--node-name"),
+        None => match env("CNIRS_NODE_NAME").filter(|n| !n.is_empty()) {
+            Some(n) => (n, "CNIRS_NODE_NAME"),
+            None => (schema::node().name, "the hostname"),
+        },
+    };
     if node.is_empty() || node.contains('/') {
-        return Err(format!("--node-name {node:?}: empty or contains '/'"));
+        return Err(format!(
+            "node name {node:?} (from {node_source}): empty or contains '/'"
+        ));
     }
     let prefix = prefix.unwrap_or_else(|| cluster::DEFAULT_PREFIX.to_string());
     if !prefix.starts_with('/') {
@@ -119,7 +173,9 @@ pub fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
         endpoints,
         underlay,
         node,
+        node_source,
         prefix: prefix.trim_end_matches('/').to_string(),
+        tls,
     }))
 }
 
@@ -352,25 +408,110 @@ fn watcher(client: Client, prefix: String, tx: mpsc::Sender<Msg>, stop: Arc<Atom
     }
 }
 
+/// What [`claim`] found at `hosts/<node>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is ours (created now, or already this VTEP's and now on our lease).
+    Ours,
+    /// Another host holds the name: its VTEP (None when its value is unreadable).
+    Taken(Option<Ipv4Addr>),
+}
+
+/// Create `key` = `value` on `lease` if absent; if it holds this VTEP already (our own earlier
+/// registration: a restart within the lease, or a lease of ours that expired), move it to
+/// `lease` with a compare on its revision; never touch a key naming another VTEP. Atomic: of
+/// two agents racing for one name, one wins and the other sees [`Claim::Taken`].
+pub fn claim(
+    client: &Client,
+    key: &str,
+    value: &[u8],
+    lease: i64,
+    me: Ipv4Addr,
+) -> Result<Claim, etcd::EtcdError> {
+    let mut compare = Compare::absent(key);
+    for _ in 0..5 {
+        let r = client.txn(
+            std::slice::from_ref(&compare),
+            &[Op::put(key, value, Some(lease))],
+            &[Op::get(key)],
+        )?;
+        if r.succeeded {
+            return Ok(Claim::Ours);
+        }
+        let kv = r.responses.into_iter().find_map(|op| match op {
+            OpResponse::Get(kvs) => kvs.into_iter().next(),
+            _ => None,
+        });
+        let Some(kv) = kv else {
+            compare = Compare::absent(key); // deleted in between: create it
+            continue;
+        };
+        match serde_json::from_slice::<HostRecord>(&kv.value) {
+            Ok(h) if h.vtep == me => {
+                if kv.lease == lease && kv.value == value {
+                    return Ok(Claim::Ours);
+                }
+                compare = Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision);
+            }
+            Ok(h) => return Ok(Claim::Taken(Some(h.vtep))),
+            Err(_) => return Ok(Claim::Taken(None)),
+        }
+    }
+    // Changed under us five times in a row: someone else is writing it.
+    Ok(Claim::Taken(None))
+}
+
+/// The message for a node name held by another host.
+pub fn taken_message(
+    key: &str,
+    node: &str,
+    source: &str,
+    theirs: Option<Ipv4Addr>,
+    me: Ipv4Addr,
+) -> String {
+    let theirs = theirs.map_or_else(
+        || "an unreadable value".to_string(),
+        |v| format!("VTEP {v}"),
+    );
+    format!(
+        "node name {node:?} (from {source}) is held by another host: {key} has {theirs}, this \
+         host's VTEP is {me}. Two hosts cannot share a node name: give this one its own with \
+         --node-name (or CNIRS_NODE_NAME). Not registering, not overwriting."
+    )
+}
+
 /// `hosts/<node>` on a lease, kept alive.
 struct Registration {
     keeper: Option<LeaseKeeper>,
 }
 
 impl Registration {
+    /// Keep `hosts/<node>` ours. Err (stop the agent) when another host holds the name.
     fn ensure(
         &mut self,
         client: &Client,
-        key: &str,
+        node: &Node,
         value: &[u8],
-        view: &View,
-        node: &str,
+        view: Option<&View>,
         me: Ipv4Addr,
-    ) {
+    ) -> Result<(), String> {
+        let key = schema::host_key(&node.prefix, &node.name);
+        if let Some(other) = view
+            .and_then(|v| v.hosts.get(&node.name))
+            .filter(|v| **v != me)
+        {
+            return Err(taken_message(
+                &key,
+                &node.name,
+                node.source,
+                Some(*other),
+                me,
+            ));
+        }
         let lost = self.keeper.as_ref().is_none_or(|k| k.lost());
-        let missing = view.hosts.get(node) != Some(&me);
-        if !lost && !missing {
-            return;
+        let missing = view.is_some_and(|v| v.hosts.get(&node.name) != Some(&me));
+        if !lost && !missing && view.is_some() {
+            return Ok(());
         }
         let lease = match self.keeper.as_ref().filter(|_| !lost) {
             Some(k) => k.id(),
@@ -379,15 +520,28 @@ impl Registration {
                     self.keeper = Some(client.keep_alive(id, RENEW));
                     id
                 }
+                Err(e) if e.is_config() => return Err(format!("lease for {key}: {e}")),
                 Err(e) => {
                     log::warn!("lease for {key}: {e}");
-                    return;
+                    return Ok(());
                 }
             },
         };
-        match client.put(key, value, Some(lease)) {
-            Ok(_) => log::info!("registered {key} (lease {lease:x})"),
-            Err(e) => log::warn!("register {key}: {e}"),
+        match claim(client, &key, value, lease, me) {
+            Ok(Claim::Ours) => {
+                if lost || missing {
+                    log::info!("registered {key} (vtep {me}, lease {lease:x})");
+                }
+                Ok(())
+            }
+            Ok(Claim::Taken(theirs)) => {
+                Err(taken_message(&key, &node.name, node.source, theirs, me))
+            }
+            Err(e) if e.is_config() => Err(format!("register {key}: {e}")),
+            Err(e) => {
+                log::warn!("register {key}: {e}");
+                Ok(())
+            }
         }
     }
 
@@ -402,11 +556,26 @@ impl Registration {
     }
 }
 
+/// Keep the overlay gate equal to the registered hosts (logging changes).
+fn gate(dataplane: &dyn Dataplane, view: &View) {
+    let members: BTreeSet<std::net::IpAddr> = view.hosts.values().map(|v| (*v).into()).collect();
+    match dataplane.set_gate(&BTreeSet::from([VXLAN_PORT]), &members) {
+        Ok((0, 0)) => {}
+        Ok((added, removed)) => log::info!(
+            "vxlan gate: {added} added, {removed} removed; members {:?}",
+            view.hosts
+        ),
+        Err(e) => log::warn!("vxlan gate (table inet cnirs): {e}"),
+    }
+}
+
 /// Who this host is in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     /// `hosts/<name>`.
     pub name: String,
+    /// Where the name came from (`--node-name`, `CNIRS_NODE_NAME`, the hostname), for messages.
+    pub source: &'static str,
     /// The VTEP: the underlay IPv4 address other hosts send this host's VXLAN traffic to.
     pub vtep: Ipv4Addr,
     /// The etcd prefix, without a trailing `/`.
@@ -426,16 +595,23 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
         .first_ipv4(&ul)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} has no IPv4 address (the VTEP)", args.underlay))?;
+    // TLS files read and checked before anything is registered or programmed.
+    let tls = etcd::Tls::for_endpoints(&args.endpoints, &args.tls).map_err(|e| match e.file() {
+        Some(f) => format!("{} (or ${}): {e}", f.flag(), f.env()),
+        None => format!("--etcd-endpoints: {e}"),
+    })?;
     // A watch that hears nothing for 10 s is reopened (from the revision it reached): a member
     // that vanished without closing the connection cannot leave the agent deaf.
     let client = Client::with_options(
         &args.endpoints,
         Options {
             watch_idle_timeout: Some(Duration::from_secs(10)),
+            tls,
             ..Options::default()
         },
     )
     .map_err(|e| e.to_string())?;
+    let fw = nftplan::Firewall::open().map_err(|e| format!("nftables state: {e}"))?;
     log::info!(
         "node {} vtep {me} ({}), etcd {:?} prefix {}",
         args.node,
@@ -445,15 +621,18 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
     );
     let node = Node {
         name: args.node.clone(),
+        source: args.node_source,
         vtep: me,
         prefix: args.prefix.clone(),
     };
-    run_node(&client, &node, &host, stop, &Stats::default())
+    let dataplane = KernelDataplane::new(host, fw);
+    run_node(&client, &node, &dataplane, stop, &Stats::default())
 }
 
-/// The agent's loop until `stop` is set: register `node` on a lease, list and watch
-/// `<prefix>/`, keep `dataplane`'s VXLAN devices' FDBs at [`desired_fdb`]; on stop, revoke the
-/// lease. Spawns a watch thread (and the lease's keep-alive thread); both end with it.
+/// The agent's loop until `stop` is set: claim `hosts/<node>` on a lease (Err at once when
+/// another host holds the name), list and watch `<prefix>/`, keep `dataplane`'s VXLAN devices'
+/// FDBs at [`desired_fdb`] and its gate at the registered VTEPs; on stop, revoke the lease.
+/// Spawns a watch thread (and the lease's keep-alive thread); both end with it.
 pub fn run_node(
     client: &Client,
     node: &Node,
@@ -464,6 +643,19 @@ pub fn run_node(
     let me = node.vtep;
     let key = schema::host_key(&node.prefix, &node.name);
     let value = serde_json::to_vec(&HostRecord { vtep: me }).map_err(|e| e.to_string())?;
+    // The name first: an agent whose node name another host holds stops here, having
+    // changed nothing (no watch, no FDB entry, no gate).
+    let mut reg = Registration { keeper: None };
+    if let Err(e) = reg.ensure(client, node, &value, None, me) {
+        reg.revoke(client);
+        return Err(e);
+    }
+    // The table once from the state (skeleton and every recorded element, the gate
+    // included, in one transaction, as `cnirs reconcile` does): a gate rule deleted by hand
+    // while no agent ran comes back, with no moment where anything recorded is missing.
+    if let Err(e) = dataplane.restore() {
+        log::warn!("reconcile table inet cnirs: {e}");
+    }
     let (tx, rx) = mpsc::channel();
     let watcher_stop = Arc::new(AtomicBool::new(false));
     {
@@ -474,8 +666,6 @@ pub fn run_node(
             .map_err(|e| format!("spawn watcher: {e}"))?;
     }
     let mut view = View::default();
-    let mut reg = Registration { keeper: None };
-    reg.ensure(client, &key, &value, &view, &node.name, me);
     let mut synced = false;
     let mut last_sync = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -497,13 +687,19 @@ pub fn run_node(
             continue; // nothing programmed before the first full list
         }
         if dirty || last_sync.elapsed() >= RESYNC {
+            if let Err(e) = reg.ensure(client, node, &value, Some(&view), me) {
+                // Lost to another host: stop programming for a name that is not ours.
+                watcher_stop.store(true, Ordering::SeqCst);
+                reg.revoke(client);
+                return Err(e);
+            }
             let (added, removed) = reconcile(dataplane, &view, me);
             stats.reconciles.fetch_add(1, Ordering::Relaxed);
             stats.fdb_added.fetch_add(added as u64, Ordering::Relaxed);
             stats
                 .fdb_removed
                 .fetch_add(removed as u64, Ordering::Relaxed);
-            reg.ensure(client, &key, &value, &view, &node.name, me);
+            gate(dataplane, &view);
             last_sync = Instant::now();
         }
     }
@@ -554,6 +750,8 @@ mod tests {
         assert_eq!(a.underlay, "ul0");
         assert_eq!(a.node, "h1");
         assert_eq!(a.prefix, "/cnirs");
+        assert_eq!(a.node_source, "--node-name");
+        assert!(a.tls.is_empty());
         assert_eq!(parse_args(&s(&["--help"])).unwrap(), None);
         assert!(parse_args(&s(&["--underlay", "ul0"])).is_err());
         assert!(parse_args(&s(&["--etcd-endpoints", "http://x:1"])).is_err());
@@ -573,6 +771,67 @@ mod tests {
             "an-interface-name-too-long"
         ]))
         .is_err());
+    }
+
+    #[test]
+    fn tls_files_and_node_name_come_from_flags_else_the_environment() {
+        let env = |k: &str| match k {
+            "CNIRS_ETCD_CAFILE" => Some("/env/ca.pem".to_string()),
+            "CNIRS_ETCD_CERTFILE" => Some("/env/c.pem".to_string()),
+            "CNIRS_ETCD_KEYFILE" => Some("/env/k.pem".to_string()),
+            "CNIRS_NODE_NAME" => Some("from-env".to_string()),
+            _ => None,
+        };
+        let base = ["--etcd-endpoints", "https://x:1", "--underlay", "ul0"];
+        let a = parse_args_env(&s(&base), &env).unwrap().unwrap();
+        assert_eq!(
+            a.tls.ca.as_deref(),
+            Some(std::path::Path::new("/env/ca.pem"))
+        );
+        assert_eq!(
+            a.tls.key.as_deref(),
+            Some(std::path::Path::new("/env/k.pem"))
+        );
+        assert_eq!(
+            (a.node.as_str(), a.node_source),
+            ("from-env", "CNIRS_NODE_NAME")
+        );
+        let mut with_flags = base.to_vec();
+        with_flags.extend(["--etcd-cafile=/flag/ca.pem", "--node-name", "n1"]);
+        let a = parse_args_env(&s(&with_flags), &env).unwrap().unwrap();
+        assert_eq!(
+            a.tls.ca.as_deref(),
+            Some(std::path::Path::new("/flag/ca.pem"))
+        );
+        assert_eq!(
+            a.tls.cert.as_deref(),
+            Some(std::path::Path::new("/env/c.pem"))
+        );
+        assert_eq!(a.node, "n1");
+        let none = |_: &str| None;
+        let a = parse_args_env(&s(&base), &none).unwrap().unwrap();
+        assert!(a.tls.is_empty());
+        assert_eq!(a.node_source, "the hostname");
+    }
+
+    #[test]
+    fn the_taken_message_names_the_node_both_vteps_and_the_flag() {
+        let m = taken_message(
+            "/cnirs/hosts/h1",
+            "h1",
+            "--node-name",
+            Some("10.240.0.1".parse().unwrap()),
+            "10.240.0.3".parse().unwrap(),
+        );
+        for want in [
+            "\"h1\"",
+            "10.240.0.1",
+            "10.240.0.3",
+            "--node-name",
+            "/cnirs/hosts/h1",
+        ] {
+            assert!(m.contains(want), "{want}: {m}");
+        }
     }
 
     fn pod(node: &str, vtep: &str, mac: &str) -> Vec<u8> {
@@ -638,48 +897,5 @@ mod tests {
         );
         // An unknown VNI: floods only.
         assert_eq!(desired_fdb(&v, me, 99).len(), 1);
-    }
-
-    #[test]
-    fn reconcile_brings_local_devices_to_the_view_and_leaves_others_alone() {
-        let p = "/cnirs";
-        let mut v = View::default();
-        v.apply(p, "/cnirs/hosts/h1", Some(br#"{"vtep":"10.240.0.1"}"#));
-        v.apply(p, "/cnirs/hosts/h2", Some(br#"{"vtep":"10.240.0.2"}"#));
-        v.apply(p, "/cnirs/networks/a", Some(br#"{"vni":7}"#));
-        v.apply(
-            p,
-            "/cnirs/pods/a/10.1.0.2",
-            Some(&pod("h2", "10.240.0.2", "0a:58:0a:01:00:02")),
-        );
-        let me: Ipv4Addr = "10.240.0.1".parse().unwrap();
-        let k = FakeKernel::recording();
-        k.ensure_vxlan("cnirsvx7", 7, me);
-        // A device of another VTEP (not ours to program) and one not named by us.
-        k.ensure_vxlan("cnirsvx8", 8, "10.240.0.9".parse().unwrap());
-        k.ensure_vxlan("other", 7, me);
-        let stale = FdbEntry {
-            mac: [0x0a, 0x58, 0, 0, 0, 9],
-            dst: "10.240.0.3".parse().unwrap(),
-        };
-        for d in ["cnirsvx7", "cnirsvx8", "other"] {
-            assert!(k.insert(d, stale));
-        }
-        k.fail_next_add();
-        let (added, removed) = reconcile(&k, &v, me);
-        assert_eq!(
-            (added, removed),
-            (1, 1),
-            "one add failed, the stale entry went"
-        );
-        assert_eq!(reconcile(&k, &v, me), (1, 0), "the failed add is retried");
-        assert_eq!(k.fdb("cnirsvx7"), desired_fdb(&v, me, 7));
-        assert_eq!(k.fdb("cnirsvx8").into_iter().collect::<Vec<_>>(), [stale]);
-        assert_eq!(k.fdb("other").into_iter().collect::<Vec<_>>(), [stale]);
-        assert_eq!(
-            reconcile(&k, &v, me),
-            (0, 0),
-            "level-triggered: nothing left to do"
-        );
     }
 }

@@ -82,17 +82,37 @@ pub fn classify<'a>(prefix: &str, key: &'a str) -> Key<'a> {
 
 /// This node's name: `$CNIRS_NODE_NAME` if set, else the hostname.
 pub fn node_name() -> String {
+    node().name
+}
+
+/// A node name and where it came from (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName {
+    pub name: String,
+    /// `CNIRS_NODE_NAME`, `the hostname`, or `--node-name`.
+    pub source: &'static str,
+}
+
+/// This node's name with its source: `$CNIRS_NODE_NAME` if set, else the hostname.
+pub fn node() -> NodeName {
     if let Some(n) = std::env::var("CNIRS_NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
     {
-        return n;
+        return NodeName {
+            name: n,
+            source: "CNIRS_NODE_NAME",
+        };
     }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+        .unwrap_or_else(|| "localhost".to_string());
+    NodeName {
+        name,
+        source: "the hostname",
+    }
 }
 
 #[cfg(test)]

@@ -40,11 +40,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 mod stream;
+mod tls;
 mod types;
 mod wire;
 
 use stream::KeeperState;
 pub use stream::{LeaseKeeper, Watch};
+pub use tls::{tls_from_conf, ConfTlsError, Tls, TlsFile, TlsPaths, TlsSetupError};
 pub use types::*;
 
 /// gRPC status codes the gateway reports, that mean "try again, maybe elsewhere".
@@ -73,10 +75,14 @@ enum Attempt {
     Retry(String),
     /// Give up: the answer is final.
     Fatal(EtcdError),
+    /// TLS failed with this member (certificate not verified, ours refused): try the others,
+    /// but do not wait for any of them to change its mind.
+    Tls(TlsFile, String),
 }
 
 impl Client {
-    /// A client over `endpoints` (each `http://host:port`), with default [`Options`].
+    /// A client over `endpoints` (each `http://host:port`, or `https://` with
+    /// [`Options::tls`]), with default [`Options`].
     /// Nothing is contacted yet.
     pub fn new(endpoints: &[String]) -> Result<Client, EtcdError> {
         Self::with_options(endpoints, Options::default())
@@ -90,8 +96,13 @@ impl Client {
             .iter()
             .map(|e| parse_endpoint(e))
             .collect::<Result<Vec<_>, _>>()?;
+        check_schemes(&endpoints, opts.tls.as_ref())?;
+        let tls = opts.tls.as_ref().map(Tls::ureq_config).unwrap_or_default();
+        // One agent per purpose, each keeping its connections (and so its TLS sessions) for
+        // every later call of this process.
         let base = |global: Option<Duration>| -> ureq::Agent {
             ureq::Agent::config_builder()
+                .tls_config(tls.clone())
                 .http_status_as_error(false)
                 .timeout_connect(Some(opts.connect_timeout))
                 .timeout_global(global)
@@ -116,6 +127,14 @@ impl Client {
         })
     }
 
+    fn with_cert(&self) -> bool {
+        self.inner
+            .opts
+            .tls
+            .as_ref()
+            .is_some_and(Tls::has_client_cert)
+    }
+
     /// The endpoints, normalized.
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
@@ -130,6 +149,7 @@ impl Client {
         let mut last = String::new();
         loop {
             let first = inner.preferred.load(Ordering::Relaxed) % n;
+            let mut tls_failed = None;
             for i in 0..n {
                 let idx = (first + i) % n;
                 let ep = &inner.endpoints[idx];
@@ -143,7 +163,21 @@ impl Client {
                         log::debug!("etcd {path} on {ep}: {why}; trying the next endpoint");
                         last = format!("{ep}: {why}");
                     }
+                    Err(Attempt::Tls(file, why)) => {
+                        log::debug!("etcd {path} on {ep}: TLS: {why}; trying the next endpoint");
+                        tls_failed.get_or_insert((ep.clone(), file, why));
+                    }
                 }
+            }
+            // A TLS failure does not heal by waiting: report it now rather than after the
+            // retry deadline.
+            if let Some((endpoint, file, message)) = tls_failed {
+                return Err(EtcdError::Tls {
+                    endpoint,
+                    path: path.to_string(),
+                    file,
+                    message,
+                });
             }
             if start.elapsed() + backoff > inner.opts.retry_deadline {
                 return Err(EtcdError::Unavailable {
@@ -173,12 +207,18 @@ impl Client {
             .send(payload.as_bytes())
         {
             Ok(r) => r,
-            Err(e) => return Err(Attempt::Retry(e.to_string())),
+            Err(e) => return Err(transport_failure(&e, self.with_cert(), "")),
         };
         let status = resp.status().as_u16();
         let bytes = match resp.body_mut().with_config().limit(64 << 20).read_to_vec() {
             Ok(b) => b,
-            Err(e) => return Err(Attempt::Retry(format!("reading the answer: {e}"))),
+            Err(e) => {
+                return Err(transport_failure(
+                    &e,
+                    self.with_cert(),
+                    "reading the answer: ",
+                ))
+            }
         };
         if status != 200 {
             let err: wire::ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -441,6 +481,32 @@ impl Client {
     }
 }
 
+/// A transport error: TLS failures apart (final for this member), the rest worth a retry.
+fn transport_failure(e: &ureq::Error, with_cert: bool, context: &str) -> Attempt {
+    match tls::tls_failure(e, with_cert) {
+        Some((file, why)) => Attempt::Tls(file, why),
+        None => Attempt::Retry(format!("{context}{e}")),
+    }
+}
+
+/// `https://` endpoints need [`Options::tls`]; `http://` ones must not have it; one scheme.
+fn check_schemes(endpoints: &[String], tls: Option<&Tls>) -> Result<(), EtcdError> {
+    let http = endpoints.iter().find(|e| e.starts_with("http://"));
+    let https = endpoints.iter().find(|e| e.starts_with("https://"));
+    let err = match (http, https, tls) {
+        (Some(h), Some(s), _) => TlsSetupError::MixedSchemes {
+            http: h.clone(),
+            https: s.clone(),
+        },
+        (Some(h), None, Some(_)) => TlsSetupError::Plaintext {
+            endpoint: h.clone(),
+        },
+        (None, Some(_), None) => TlsSetupError::NoCa,
+        _ => return Ok(()),
+    };
+    Err(err.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,8 +533,16 @@ mod tests {
             parse_endpoint("http://etcd-1.local:2379").unwrap(),
             "http://etcd-1.local:2379"
         );
+        assert_eq!(
+            parse_endpoint("https://10.0.0.1:2379/").unwrap(),
+            "https://10.0.0.1:2379"
+        );
+        assert!(matches!(
+            Client::new(&["https://10.0.0.1:2379".into()]),
+            Err(EtcdError::TlsSetup(TlsSetupError::NoCa))
+        ));
         for bad in [
-            "https://10.0.0.1:2379",
+            "ftp://10.0.0.1:2379",
             "10.0.0.1:2379",
             "http://10.0.0.1",
             "http://10.0.0.1:0",

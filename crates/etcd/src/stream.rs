@@ -64,6 +64,7 @@ impl Watch {
         let body = wire::watch_body(&self.key, &self.range_end, self.next_revision, true);
         loop {
             let first = inner.preferred.load(Ordering::Relaxed) % n;
+            let mut tls_failed = None;
             for i in 0..n {
                 let idx = (first + i) % n;
                 let ep = &inner.endpoints[idx];
@@ -80,7 +81,18 @@ impl Watch {
                     }
                     Err(Attempt::Fatal(e)) => return Err(e),
                     Err(Attempt::Retry(why)) => last = format!("{ep}: {why}"),
+                    Err(Attempt::Tls(file, why)) => {
+                        tls_failed.get_or_insert((ep.clone(), file, why));
+                    }
                 }
+            }
+            if let Some((endpoint, file, message)) = tls_failed {
+                return Err(EtcdError::Tls {
+                    endpoint,
+                    path: "/v3/watch".into(),
+                    file,
+                    message,
+                });
             }
             if start.elapsed() + backoff > inner.opts.retry_deadline {
                 return Err(EtcdError::Unavailable {
@@ -103,7 +115,7 @@ impl Watch {
             .post(&format!("{ep}/v3/watch"))
             .header("Content-Type", "application/json")
             .send(body.to_string().as_bytes())
-            .map_err(|e| Attempt::Retry(e.to_string()))?;
+            .map_err(|e| transport_failure(&e, self.client.with_cert(), ""))?;
         if resp.status().as_u16() != 200 {
             return Err(Attempt::Retry(format!("HTTP {}", resp.status())));
         }

@@ -7,8 +7,22 @@ use super::*;
 pub enum EtcdError {
     #[error("no etcd endpoints given")]
     NoEndpoints,
-    #[error("bad etcd endpoint {0:?}: want http://host:port")]
+    #[error("bad etcd endpoint {0:?}: want http://host:port or https://host:port")]
     BadEndpoint(String),
+    /// The TLS settings cannot work (checked before anything is sent).
+    #[error("etcd TLS: {0}")]
+    TlsSetup(#[from] TlsSetupError),
+    /// TLS with a member failed: its certificate is not verified by the CA, or it refused
+    /// ours. Final (no retry until the deadline): it is a configuration problem.
+    #[error("etcd {path} on {endpoint}: TLS failed: {message}")]
+    Tls {
+        endpoint: String,
+        path: String,
+        /// The setting to look at: the CA (the member's certificate was not verified) or the
+        /// client certificate (refused, or none given).
+        file: TlsFile,
+        message: String,
+    },
     #[error("etcd unreachable ({endpoints}) for {path}: {last}")]
     Unavailable {
         endpoints: String,
@@ -38,6 +52,29 @@ pub enum EtcdError {
     },
     #[error("etcd watch canceled: {0}")]
     WatchCanceled(String),
+}
+
+impl EtcdError {
+    /// For a TLS setup or handshake problem: which file setting it is about (the caller names
+    /// it with its own key or flag).
+    pub fn tls_file(&self) -> Option<TlsFile> {
+        match self {
+            EtcdError::Tls { file, .. } => Some(*file),
+            EtcdError::TlsSetup(e) => e.file(),
+            _ => None,
+        }
+    }
+
+    /// A configuration problem (TLS, endpoints) rather than an outage: retrying cannot help.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            EtcdError::Tls { .. }
+                | EtcdError::TlsSetup(_)
+                | EtcdError::BadEndpoint(_)
+                | EtcdError::NoEndpoints
+        )
+    }
 }
 
 /// One key with its metadata.
@@ -232,6 +269,8 @@ pub struct Options {
     /// etcd sends nothing on an idle watch unless started with
     /// `--experimental-watch-progress-notify-interval`; watches ask for progress notifies.
     pub watch_idle_timeout: Option<Duration>,
+    /// TLS for `https://` endpoints (see [`Tls::for_endpoints`]); `None` for `http://`.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Options {
@@ -241,6 +280,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(3),
             retry_deadline: Duration::from_secs(15),
             watch_idle_timeout: None,
+            tls: None,
         }
     }
 }
@@ -259,10 +299,15 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Checks one endpoint: `http://host:port` (a trailing `/` is dropped).
+/// Checks one endpoint: `http://host:port` or `https://host:port` (a trailing `/` is
+/// dropped).
 pub fn parse_endpoint(ep: &str) -> Result<String, EtcdError> {
     let bad = || EtcdError::BadEndpoint(ep.to_string());
-    let rest = ep.strip_prefix("http://").ok_or_else(bad)?;
+    let (scheme, rest) = if let Some(r) = ep.strip_prefix("https://") {
+        ("https", r)
+    } else {
+        ("http", ep.strip_prefix("http://").ok_or_else(bad)?)
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     let host_ok = if let Some(v6) = host.strip_prefix('[') {
@@ -277,5 +322,5 @@ pub fn parse_endpoint(ep: &str) -> Result<String, EtcdError> {
     if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(bad());
     }
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }

@@ -30,6 +30,9 @@ add map inet cnirs pm4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr 
 add map inet cnirs pm4_any { type inet_proto . inet_service : ipv4_addr . inet_service; }
 add map inet cnirs pm6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
 add map inet cnirs pm6_any { type inet_proto . inet_service : ipv6_addr . inet_service; }
+add set inet cnirs vtep_ports { type inet_service; }
+add set inet cnirs vtep4 { type ipv4_addr; }
+add set inet cnirs vtep6 { type ipv6_addr; }
 add chain inet cnirs portmap
 add chain inet cnirs forward { type filter hook forward priority filter; policy accept; }
 add chain inet cnirs prerouting { type nat hook prerouting priority dstnat; policy accept; }
@@ -63,6 +66,8 @@ add rule inet cnirs postrouting ip saddr @masq4 ip daddr != 224.0.0.0/4 oifname 
 add rule inet cnirs postrouting ip6 saddr @masq6 ip6 daddr != ff00::/8 oifname != @managed_br masquerade
 add rule inet cnirs raw_pre iifname != "lo" ip daddr 127.0.0.0/8 fib daddr type local drop
 add rule inet cnirs input iifname @internal_br fib daddr . iif type != { local, broadcast, multicast } drop
+add rule inet cnirs input udp dport @vtep_ports ip saddr != @vtep4 drop
+add rule inet cnirs input udp dport @vtep_ports ip6 saddr != @vtep6 drop
 add table bridge cnirs
 add set bridge cnirs spoof_ports { type ifname; }
 add set bridge cnirs spoof_ok { type ifname . ether_addr; }
@@ -73,7 +78,7 @@ add rule bridge cnirs prerouting iifname @spoof_ports iifname . ether saddr != @
 
 /// Number of rules the skeleton installs in `inet cnirs` (tests count them after concurrent
 /// loads); `bridge cnirs` holds one more, the MAC spoof check.
-pub const SKELETON_RULES: usize = 19;
+pub const SKELETON_RULES: usize = 21;
 
 /// The bridge-family table: frames from a pod port whose source MAC is not the pod's are
 /// dropped (`macspoofchk`), one `spoof_ports` and one `spoof_ok` element per pod.
@@ -131,6 +136,16 @@ pub enum Elem {
         port: IfName,
         /// the pod interface's MAC, `aa:bb:cc:dd:ee:ff`
         mac: String,
+    },
+    /// `vtep_ports { 4789 }`: a UDP port of our overlays, gated by `vtep4`/`vtep6`.
+    VtepPort {
+        /// the VXLAN UDP port
+        port: u16,
+    },
+    /// `vtep4 { 10.240.0.1 }` / `vtep6 { .. }`: a member VTEP of the overlay cluster.
+    Vtep {
+        /// the member's underlay address
+        addr: std::net::IpAddr,
     },
     /// `pm4 / pm4_any / pm6 / pm6_any { ... }`
     Port {
@@ -202,6 +217,13 @@ impl Elem {
             } => "br_net6",
             Elem::SpoofPort { .. } => "spoof_ports",
             Elem::SpoofOk { .. } => "spoof_ok",
+            Elem::VtepPort { .. } => "vtep_ports",
+            Elem::Vtep {
+                addr: std::net::IpAddr::V4(_),
+            } => "vtep4",
+            Elem::Vtep {
+                addr: std::net::IpAddr::V6(_),
+            } => "vtep6",
             Elem::Port { mapping } => match (mapping.container_ip.is_ipv6(), mapping.host_ip) {
                 (false, Some(_)) => "pm4",
                 (false, None) => "pm4_any",
@@ -249,6 +271,8 @@ impl Elem {
             Elem::BrNet { bridge, subnet } => format!("\"{bridge}\" . {subnet}"),
             Elem::SpoofPort { port } => format!("\"{port}\""),
             Elem::SpoofOk { port, mac } => format!("\"{port}\" . {mac}"),
+            Elem::VtepPort { port } => port.to_string(),
+            Elem::Vtep { addr } => addr.to_string(),
             Elem::Port { mapping } => match mapping.host_ip {
                 Some(ip) => format!(
                     "{ip} . {} . {}",
@@ -290,6 +314,7 @@ impl Elem {
         match self {
             Elem::Masq { subnet } | Elem::BrNet { subnet, .. } => Some(subnet.is_ipv6()),
             Elem::Port { mapping } => Some(mapping.container_ip.is_ipv6()),
+            Elem::Vtep { addr } => Some(addr.is_ipv6()),
             _ => None,
         }
     }

@@ -14,13 +14,16 @@
 //! masq4/6     { subnet, interval }       ipMasq subnets
 //! pm4/pm6     { addr . proto . port : addr . port }   host-address-specific published ports
 //! pm4_any/pm6_any { proto . port : addr . port }      0.0.0.0 / :: published ports
+//! vtep_ports { port }, vtep4/vtep6 { addr }           the overlay gate (node agent's)
 //! ```
 //! forward: same-bridge accept (br_netfilter makes bridged traffic cross this hook with
 //! iif == oif), established accept, internal drops, `ct status dnat` to our bridges accept,
 //! isolated-to-isolated drop. prerouting/output: `fib daddr type local jump portmap` (DNAT
 //! through the maps). postrouting: hairpin and 127.0.0.1 masquerade, masquerade of masq subnets
 //! leaving our bridges. raw_pre: Docker's "drop remote loopback" guard. input: a pod on an internal
-//! bridge reaches the host only at the bridge's own addresses, never at its other interfaces'.
+//! bridge reaches the host only at the bridge's own addresses, never at its other interfaces';
+//! VXLAN (udp dport @vtep_ports) whose outer source is not in vtep4/vtep6 is dropped before
+//! decapsulation ([`Firewall::set_vteps`]).
 //!
 //! # Text batches, not the `nftables` crate
 //!

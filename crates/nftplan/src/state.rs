@@ -6,6 +6,7 @@
 //! <dir>/<feature>/<network>/a/<cid>@<ifname>   one file per attachment (portmap: its elements)
 //! <dir>/ports/<v4|v6>-<proto>-<port>.json      owners of that host port: [{host_ip, owner}]
 //! <dir>/table.json                             {handle}: the inet cnirs table last filled
+//! <dir>/vtep.json                              {elems}: the overlay gate (node agent)
 //! ```
 //! Names are escaped for the file system (`%XX` for anything but `[A-Za-z0-9_.-]`). Files are
 //! 0600, directories 0700, every write is a rename of a temporary file. No call reads all
@@ -101,6 +102,14 @@ pub(crate) struct PortOwner {
     /// Waiting behind the active owner (same container, another attachment).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub standby: bool,
+}
+
+/// `vtep.json`: the overlay gate's elements (ports and member VTEPs), owned by the node agent
+/// alone; `elems` may be a superset of the kernel's while a change is being applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct VtepRecord {
+    #[serde(deserialize_with = "known_elems")]
+    pub elems: BTreeSet<Elem>,
 }
 
 /// `table.json`: which table the elements were last restored into.
@@ -291,9 +300,20 @@ impl Locked {
         write_json(&self.dir, "table.json", &TableRecord { handle })
     }
 
-    /// True when no feature records a network (nothing to restore).
+    /// True when no feature records a network and no gate is set (nothing to restore).
     pub fn is_empty(&self) -> Result<bool, NftError> {
-        Ok(self.all_nets()?.is_empty() && self.all_atts(Feature::Portmap)?.is_empty())
+        Ok(self.all_nets()?.is_empty()
+            && self.all_atts(Feature::Portmap)?.is_empty()
+            && self.vteps()?.elems.is_empty())
+    }
+
+    /// The overlay gate (`vtep.json`; empty when absent).
+    pub fn vteps(&self) -> Result<VtepRecord, NftError> {
+        Ok(read_json(&self.dir.join("vtep.json"))?.unwrap_or_default())
+    }
+
+    pub fn put_vteps(&self, rec: &VtepRecord) -> Result<(), NftError> {
+        write_json(&self.dir, "vtep.json", rec)
     }
 
     pub fn port_owners(&self, k: &PortKey) -> Result<Vec<PortOwner>, NftError> {

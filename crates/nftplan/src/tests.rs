@@ -746,3 +746,104 @@ fn last_detach_keeps_the_network_dirs_and_reconcile_prunes_them() {
     assert!(!dir.exists());
     assert!(f.state_dir().join("network").is_dir());
 }
+
+fn vteps(v: &[&str]) -> std::collections::BTreeSet<IpAddr> {
+    v.iter().map(|s| ip(s)).collect()
+}
+
+#[test]
+fn the_overlay_gate_changes_members_in_one_transaction_and_never_empties_the_set() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let ports: std::collections::BTreeSet<u16> = [4789].into();
+    assert_eq!(
+        f.set_vteps(&ports, &vteps(&["10.240.0.1", "10.240.0.2"]))
+            .unwrap(),
+        (3, 0)
+    );
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        s[0],
+        "add element inet cnirs vtep_ports { 4789 }\n\
+         add element inet cnirs vtep4 { 10.240.0.1 }\n\
+         add element inet cnirs vtep4 { 10.240.0.2 }\n"
+    );
+    // h2 leaves, h3 joins: one batch adds h3 and deletes h2 (tolerantly); h1 is untouched.
+    nft.clear();
+    assert_eq!(
+        f.set_vteps(&ports, &vteps(&["10.240.0.1", "10.240.0.3"]))
+            .unwrap(),
+        (1, 1)
+    );
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].contains("add element inet cnirs vtep4 { 10.240.0.3 }"));
+    assert!(s[0].contains("delete element inet cnirs vtep4 { 10.240.0.2 }"));
+    assert!(!s[0].contains("10.240.0.1"), "{}", s[0]);
+    // Unchanged: a `get` of every element (level-triggered), nothing added.
+    nft.clear();
+    assert_eq!(
+        f.set_vteps(&ports, &vteps(&["10.240.0.1", "10.240.0.3"]))
+            .unwrap(),
+        (0, 0)
+    );
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1);
+    assert!(s[0].starts_with("get element inet cnirs vtep_ports { 4789 }"));
+    // An element someone deleted comes back.
+    nft.clear();
+    nft.fail_next(&[true, false, true, false]);
+    assert_eq!(
+        f.set_vteps(&ports, &vteps(&["10.240.0.1", "10.240.0.3"]))
+            .unwrap(),
+        (1, 0)
+    );
+    let s = nft.scripts();
+    assert_eq!(
+        s.last().unwrap(),
+        "add element inet cnirs vtep4 { 10.240.0.1 }\n"
+    );
+    // IPv6 members go to vtep6.
+    assert_eq!(
+        Elem::Vtep {
+            addr: ip("fd00::1")
+        }
+        .to_string(),
+        "vtep6 { fd00::1 }"
+    );
+}
+
+#[test]
+fn the_gate_is_part_of_the_state_restored_with_the_table() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    assert!(f.state_is_empty().unwrap());
+    f.set_vteps(&[4789].into(), &vteps(&["10.240.0.1"]))
+        .unwrap();
+    assert!(!f.state_is_empty().unwrap(), "the watcher restores a gate");
+    nft.clear();
+    assert_eq!(f.reconcile().unwrap(), 2);
+    let s = nft.scripts();
+    assert!(
+        s[0].starts_with(SKELETON),
+        "one transaction: skeleton first"
+    );
+    assert!(s[0].contains("add element inet cnirs vtep_ports { 4789 }"));
+    assert!(s[0].contains("add element inet cnirs vtep4 { 10.240.0.1 }"));
+    // A flushed table seen by the agent itself: skeleton, plugin elements and the new gate
+    // in one batch, without the member that left.
+    f.attach_network(&att("a", "c1"), &net_a()).unwrap();
+    nft.set_table(TableProbe::Present(7));
+    f.reconcile().unwrap();
+    nft.set_table(TableProbe::Missing);
+    nft.clear();
+    f.set_vteps(&[4789].into(), &vteps(&["10.240.0.2"]))
+        .unwrap();
+    let s = nft.scripts();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].starts_with(SKELETON));
+    assert!(s[0].contains("managed_br { \"cnirs-a\" }"));
+    assert!(s[0].contains("vtep4 { 10.240.0.2 }"));
+    assert!(!s[0].contains("10.240.0.1"), "{}", s[0]);
+}

@@ -675,6 +675,16 @@ fn netlink_element_batches_match_nft_text() {
     ]
     .into_iter()
     .chain(Elem::spoof_check(&port, "02:00:00:00:00:0a").unwrap())
+    // The overlay gate.
+    .chain([
+        Elem::VtepPort { port: 4789 },
+        Elem::Vtep {
+            addr: "10.240.0.1".parse().unwrap(),
+        },
+        Elem::Vtep {
+            addr: "fd00:240::1".parse().unwrap(),
+        },
+    ])
     .collect();
     let mut add = Batch::new();
     add.add(&elems);
@@ -722,9 +732,13 @@ fn netlink_element_batches_match_nft_text() {
         "pm4_any",
         "pm6",
         "pm6_any",
+        "vtep_ports",
+        "vtep4",
+        "vtep6",
     ] {
         assert_eq!(nl.elems(set), text.elems(set), "set {set}");
     }
+    assert_eq!(nl.elems("vtep4").len(), 1);
     assert_eq!(nl.elems("pm6_any").len(), 1);
     assert!(nl.elems("managed_br").is_empty());
     let spoof = |env: &Env| env.ns.nft(&["list", "table", "bridge", "cnirs"]);

@@ -1,5 +1,7 @@
 //! The `ipam` section: host-local's `ranges`/`routes` (and `subnet`..., `resolvConf`, requested
-//! `ips`), parsed by host-local's own code, plus `etcdEndpoints` and `etcdPrefix`.
+//! `ips`), parsed by host-local's own code, plus `etcdEndpoints`, `etcdPrefix` and the TLS
+//! files `etcdCACertFile`, `etcdCertFile`, `etcdKeyFile` (read and checked here, before any
+//! side effect).
 
 use cni_core::{CniError, Request};
 use host_local::config::IpamConfig;
@@ -17,6 +19,10 @@ struct RawNet {
 struct RawIpam {
     etcd_endpoints: Option<serde_json::Value>,
     etcd_prefix: Option<String>,
+    #[serde(rename = "etcdCACertFile")]
+    etcd_ca_cert_file: Option<String>,
+    etcd_cert_file: Option<String>,
+    etcd_key_file: Option<String>,
 }
 
 /// The validated config.
@@ -30,6 +36,8 @@ pub struct Config {
     pub prefix: String,
     /// The network name, usable in a key.
     pub network: String,
+    /// TLS for `https://` endpoints, loaded and checked.
+    pub tls: Option<etcd::Tls>,
 }
 
 impl Config {
@@ -51,6 +59,15 @@ pub fn parse(req: &Request) -> Result<Config, CniError> {
     let raw = raw.ipam.unwrap_or_default();
     let endpoints = endpoints(raw.etcd_endpoints.as_ref())?;
     let prefix = prefix(raw.etcd_prefix.as_deref())?;
+    let tls = etcd::tls_from_conf(
+        &endpoints,
+        [
+            raw.etcd_ca_cert_file.as_deref(),
+            raw.etcd_cert_file.as_deref(),
+            raw.etcd_key_file.as_deref(),
+        ],
+    )
+    .map_err(|e| CniError::config(&format!("ipam.{}", e.key), e.message))?;
     let network = req.conf.name.clone();
     if network.is_empty() || network.contains('/') {
         return Err(CniError::config(
@@ -66,7 +83,13 @@ pub fn parse(req: &Request) -> Result<Config, CniError> {
         endpoints,
         prefix,
         network,
+        tls,
     })
+}
+
+/// The `ipam` key naming a TLS file.
+pub fn tls_field(file: etcd::TlsFile) -> String {
+    format!("ipam.{}", file.conf_key())
 }
 
 fn endpoints(v: Option<&serde_json::Value>) -> Result<Vec<String>, CniError> {
@@ -162,7 +185,23 @@ mod tests {
 
     #[test]
     fn missing_or_bad_endpoints_and_prefixes_are_code_7_naming_the_field() {
+        let https_no_ca = serde_json::json!({"ranges": ranges(),
+            "etcdEndpoints": ["https://a:1"]});
+        let cert_no_key = serde_json::json!({"ranges": ranges(),
+            "etcdEndpoints": ["https://a:1"], "etcdCACertFile": "/nonexistent/ca.pem",
+            "etcdCertFile": "/nonexistent/c.pem"});
+        let http_with_ca = serde_json::json!({"ranges": ranges(),
+            "etcdEndpoints": ["http://a:1"], "etcdCACertFile": "/nonexistent/ca.pem"});
+        let relative = serde_json::json!({"ranges": ranges(),
+            "etcdEndpoints": ["https://a:1"], "etcdCACertFile": "ca.pem"});
+        let unreadable = serde_json::json!({"ranges": ranges(),
+            "etcdEndpoints": ["https://a:1"], "etcdCACertFile": "/nonexistent/ca.pem"});
         for (ipam, field) in [
+            (https_no_ca, "ipam.etcdCACertFile"),
+            (cert_no_key, "ipam.etcdKeyFile"),
+            (http_with_ca, "ipam.etcdEndpoints"),
+            (relative, "ipam.etcdCACertFile"),
+            (unreadable, "/nonexistent/ca.pem"),
             (
                 serde_json::json!({"ranges": ranges()}),
                 "ipam.etcdEndpoints",
@@ -176,7 +215,7 @@ mod tests {
                 "ipam.etcdEndpoints",
             ),
             (
-                serde_json::json!({"ranges": ranges(), "etcdEndpoints": ["https://a:1"]}),
+                serde_json::json!({"ranges": ranges(), "etcdEndpoints": ["ftp://a:1"]}),
                 "ipam.etcdEndpoints[0]",
             ),
             (

@@ -45,6 +45,15 @@ impl From<Error> for CniError {
     fn from(e: Error) -> Self {
         let code = match &e {
             Error::Config { field, problem } => return CniError::config(field, problem),
+            // A TLS failure at first contact (CA does not verify the member, our certificate
+            // refused or missing) is the config's fault: code 7 naming the key.
+            Error::Etcd(etcd_err) if etcd_err.is_config() => {
+                let field = etcd_err
+                    .tls_file()
+                    .map(crate::config::tls_field)
+                    .unwrap_or_else(|| "ipam.etcdEndpoints".to_string());
+                return CniError::config(&field, etcd_err);
+            }
             Error::Etcd(_) => ErrorCode::TryAgainLater,
             Error::Exhausted { .. } => ErrorCode::AddressesExhausted,
             Error::Taken { .. } | Error::AlreadyHolds { .. } => ErrorCode::Conflict,

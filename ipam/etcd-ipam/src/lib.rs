@@ -73,7 +73,11 @@ impl EtcdIpam {
 
     fn open(&self, req: &Request) -> Result<(Config, etcd::Client), CniError> {
         let cfg = config::parse(req)?;
-        let client = etcd::Client::with_options(&cfg.endpoints, self.options.clone())
+        let opts = etcd::Options {
+            tls: cfg.tls.clone(),
+            ..self.options.clone()
+        };
+        let client = etcd::Client::with_options(&cfg.endpoints, opts)
             .map_err(|e| CniError::config("ipam.etcdEndpoints", e))?;
         Ok((cfg, client))
     }

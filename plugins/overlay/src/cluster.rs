@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use cni_core::{CniError, ErrorCode};
-use etcd::{Client, Compare, CompareOp, Created, EtcdError, Op};
+use etcd::{Client, Compare, CompareOp, Created, EtcdError, Op, OpResponse};
 
 use crate::{
     config::OverlaySpec,
@@ -12,11 +12,41 @@ use crate::{
 };
 
 fn etcd_err(what: &str, e: EtcdError) -> CniError {
+    if e.is_config() {
+        // TLS at first contact: the CA does not verify the member, or our certificate was
+        // refused or is missing. The config's fault: code 7 naming the key.
+        let field = e.tls_file().map_or_else(
+            || "ipam.etcdEndpoints".to_string(),
+            |f| format!("ipam.{}", f.conf_key()),
+        );
+        return CniError::config(&field, format!("etcd: {what}: {e}"));
+    }
     let code = match e {
         EtcdError::Unavailable { .. } => ErrorCode::TryAgainLater,
         _ => ErrorCode::Io,
     };
     CniError::new(code, format!("etcd: {what}: {e}"))
+}
+
+/// Code 7 when `hosts/<node>` (its value `value`) names another VTEP than `vtep`.
+fn check_identity(
+    key: &str,
+    value: &[u8],
+    node: &crate::schema::NodeName,
+    vtep: Ipv4Addr,
+) -> Result<(), CniError> {
+    match serde_json::from_slice::<HostRecord>(value) {
+        Ok(h) if h.vtep != vtep => Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "node name {:?} ({}) is registered in etcd ({key}) by another host, VTEP {}; \
+                 this host's VTEP is {vtep}: two hosts share one node name. Give each host its \
+                 own (CNIRS_NODE_NAME for the plugins, the same for the agent's --node-name)",
+                node.name, node.source, h.vtep
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub struct Cluster {
@@ -26,7 +56,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn connect(spec: &OverlaySpec) -> Result<Self, CniError> {
-        let client = Client::new(&spec.etcd_endpoints)
+        if let Some((field, msg)) = &spec.etcd_tls_error {
+            return Err(CniError::config(field, msg));
+        }
+        let opts = etcd::Options {
+            tls: spec.etcd_tls.clone(),
+            ..etcd::Options::default()
+        };
+        let client = Client::with_options(&spec.etcd_endpoints, opts)
             .map_err(|e| CniError::config("ipam.etcdEndpoints", e))?;
         Ok(Self {
             client,
@@ -42,11 +79,45 @@ impl Cluster {
         }
     }
 
-    /// `networks/<network>`, put if absent. A network registered with another VNI is a
-    /// conflict: two overlays of one name on different VNIs would never meet.
-    pub fn register_network(
+    /// The first etcd step of ADD, before any side effect: `hosts/<node>` must not name
+    /// another VTEP (two hosts sharing a node name would record pods, and delete them, under
+    /// each other's name), and `networks/<network>` must not name another VNI. One read
+    /// (a txn) in the usual case; the network is then created if absent.
+    pub fn preflight(
         &self,
         spec: &OverlaySpec,
+        node: &crate::schema::NodeName,
+        vtep: Ipv4Addr,
+        subnets: Vec<String>,
+    ) -> Result<(), CniError> {
+        let host_key = schema::host_key(&self.prefix, &node.name);
+        let net_key = schema::network_key(&self.prefix, &spec.network);
+        let r = self
+            .client
+            .txn(
+                &[Compare::absent(&net_key)],
+                &[Op::get(&host_key)],
+                &[Op::get(&host_key), Op::get(&net_key)],
+            )
+            .map_err(|e| etcd_err(&format!("read {host_key} and {net_key}"), e))?;
+        let mut gets = r.responses.into_iter().filter_map(|op| match op {
+            OpResponse::Get(kvs) => Some(kvs.into_iter().next()),
+            _ => None,
+        });
+        if let Some(host) = gets.next().flatten() {
+            check_identity(&host_key, &host.value, node, vtep)?;
+        }
+        match gets.next().flatten() {
+            Some(kv) => self.check_vni(spec, &net_key, &kv.value),
+            None => self.register_network(spec, &net_key, subnets),
+        }
+    }
+
+    /// `networks/<network>`, put if absent.
+    fn register_network(
+        &self,
+        spec: &OverlaySpec,
+        key: &str,
         subnets: Vec<String>,
     ) -> Result<(), CniError> {
         let rec = NetworkRecord {
@@ -54,25 +125,47 @@ impl Cluster {
             subnets,
             internal: spec.internal,
         };
-        let key = schema::network_key(&self.prefix, &spec.network);
         let value =
             serde_json::to_vec(&rec).map_err(|e| CniError::new(ErrorCode::Io, e.to_string()))?;
         match self
             .client
-            .create_or_get(&key, &value, None)
+            .create_or_get(key, &value, None)
             .map_err(|e| etcd_err(&format!("register {key}"), e))?
         {
             Created::Created { .. } => Ok(()),
-            Created::Exists(kv) => match serde_json::from_slice::<NetworkRecord>(&kv.value) {
-                Ok(have) if have.vni != spec.vni => Err(CniError::new(
-                    ErrorCode::Conflict,
-                    format!(
-                        "network {} is VNI {} in the cluster ({key}), this config says {}",
-                        spec.network, have.vni, spec.vni
-                    ),
-                )),
-                _ => Ok(()),
-            },
+            Created::Exists(kv) => self.check_vni(spec, key, &kv.value),
+        }
+    }
+
+    /// A network registered with another VNI is a conflict: two overlays of one name on
+    /// different VNIs would never meet.
+    fn check_vni(&self, spec: &OverlaySpec, key: &str, value: &[u8]) -> Result<(), CniError> {
+        match serde_json::from_slice::<NetworkRecord>(value) {
+            Ok(have) if have.vni != spec.vni => Err(CniError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "network {} is VNI {} in the cluster ({key}), this config says {}",
+                    spec.network, have.vni, spec.vni
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `hosts/<node>` must be absent or name `vtep` (GC's guard, like ADD's).
+    pub fn check_node(
+        &self,
+        node: &crate::schema::NodeName,
+        vtep: Ipv4Addr,
+    ) -> Result<(), CniError> {
+        let key = schema::host_key(&self.prefix, &node.name);
+        match self
+            .client
+            .get(&key)
+            .map_err(|e| etcd_err(&format!("get {key}"), e))?
+        {
+            Some(kv) => check_identity(&key, &kv.value, node, vtep),
+            None => Ok(()),
         }
     }
 

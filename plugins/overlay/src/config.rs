@@ -36,6 +36,12 @@ struct RawIpam {
     etcd_endpoints: Option<Vec<String>>,
     #[serde(default)]
     etcd_prefix: Option<String>,
+    #[serde(default, rename = "etcdCACertFile")]
+    etcd_ca_cert_file: Option<String>,
+    #[serde(default)]
+    etcd_cert_file: Option<String>,
+    #[serde(default)]
+    etcd_key_file: Option<String>,
 }
 
 /// A validated overlay config.
@@ -52,6 +58,11 @@ pub struct OverlaySpec {
     pub vxlan: String,
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
+    /// TLS to etcd (`ipam.etcdCACertFile`, `etcdCertFile`, `etcdKeyFile`), loaded and checked.
+    pub etcd_tls: Option<etcd::Tls>,
+    /// Set by [`parse_for_del`] when the TLS keys are wrong: DEL still cleans up the host,
+    /// and reports this for its etcd step.
+    pub etcd_tls_error: Option<(String, String)>,
 }
 
 /// `cnirsbr<vni>`: the default bridge of an overlay.
@@ -68,7 +79,18 @@ pub fn gateway_mac(vni: u32) -> [u8; 6] {
     [0x02, 0x63, 0x6e, v[1], v[2], v[3]]
 }
 
+/// Parse and validate everything (ADD, CHECK, STATUS, GC).
 pub fn parse(req: &Request) -> Result<OverlaySpec, CniError> {
+    parse_with(req, true)
+}
+
+/// For DEL: a TLS problem does not stop the host-side cleanup; it is kept in
+/// [`OverlaySpec::etcd_tls_error`] and fails the etcd step only.
+pub fn parse_for_del(req: &Request) -> Result<OverlaySpec, CniError> {
+    parse_with(req, false)
+}
+
+fn parse_with(req: &Request, strict_tls: bool) -> Result<OverlaySpec, CniError> {
     let raw: RawConf = req.parse_conf()?;
     let vni = match &raw.vni {
         None | Some(Value::Null) => return Err(CniError::config("vni", "missing (1..16777215)")),
@@ -91,6 +113,9 @@ pub fn parse(req: &Request) -> Result<OverlaySpec, CniError> {
     let ipam = raw.ipam.unwrap_or(RawIpam {
         etcd_endpoints: None,
         etcd_prefix: None,
+        etcd_ca_cert_file: None,
+        etcd_cert_file: None,
+        etcd_key_file: None,
     });
     let endpoints = ipam.etcd_endpoints.unwrap_or_default();
     if endpoints.is_empty() {
@@ -103,10 +128,25 @@ pub fn parse(req: &Request) -> Result<OverlaySpec, CniError> {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
             return Err(CniError::config(
                 "ipam.etcdEndpoints",
-                format!("{e:?} is not an http:// URL"),
+                format!("{e:?} is not an http:// or https:// URL"),
             ));
         }
     }
+    // The same keys etcd-ipam reads: files read and checked now, before any side effect.
+    let (etcd_tls, etcd_tls_error) = match etcd::tls_from_conf(
+        &endpoints,
+        [
+            ipam.etcd_ca_cert_file.as_deref(),
+            ipam.etcd_cert_file.as_deref(),
+            ipam.etcd_key_file.as_deref(),
+        ],
+    ) {
+        Ok(t) => (t, None),
+        Err(e) if strict_tls => {
+            return Err(CniError::config(&format!("ipam.{}", e.key), e.message))
+        }
+        Err(e) => (None, Some((format!("ipam.{}", e.key), e.message))),
+    };
     let prefix = ipam
         .etcd_prefix
         .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
@@ -126,6 +166,8 @@ pub fn parse(req: &Request) -> Result<OverlaySpec, CniError> {
         vxlan: vxlan_name(vni),
         etcd_endpoints: endpoints,
         etcd_prefix: prefix.trim_end_matches('/').to_string(),
+        etcd_tls,
+        etcd_tls_error,
     })
 }
 
@@ -207,6 +249,21 @@ mod tests {
         let mut c = base();
         c["ipam"]["etcdEndpoints"] = serde_json::json!(["10.0.0.1:2379"]);
         assert!(parse(&req(c)).is_err());
+        // TLS keys are checked before any side effect, naming the key.
+        let mut c = base();
+        c["ipam"]["etcdEndpoints"] = serde_json::json!(["https://10.240.0.1:2379"]);
+        let e = parse(&req(c.clone())).unwrap_err();
+        assert!(e.msg.contains("ipam.etcdCACertFile"), "{}", e.msg);
+        c["ipam"]["etcdCACertFile"] = serde_json::json!("/nonexistent/ca.pem");
+        let e = parse(&req(c.clone())).unwrap_err();
+        assert!(e.msg.contains("/nonexistent/ca.pem"), "{}", e.msg);
+        c["ipam"]["etcdCertFile"] = serde_json::json!("/nonexistent/c.pem");
+        let e = parse(&req(c)).unwrap_err();
+        assert!(e.msg.contains("ipam.etcdKeyFile"), "{}", e.msg);
+        let mut c = base();
+        c["ipam"]["etcdCACertFile"] = serde_json::json!("/nonexistent/ca.pem");
+        let e = parse(&req(c)).unwrap_err();
+        assert!(e.msg.contains("ipam.etcdEndpoints"), "{}", e.msg);
         let mut c = base();
         c["underlay"] = serde_json::json!("a-very-long-interface");
         assert!(parse(&req(c)).unwrap_err().msg.contains("underlay"));

@@ -45,8 +45,8 @@ pub trait Attachment {
 
 /// One verb's context.
 pub struct Ctx<'a> {
-    /// This node's name (`hosts/<node>`, the pod records' `node`).
-    pub node: String,
+    /// This node's name (`hosts/<node>`, the pod records' `node`) and where it came from.
+    pub node: crate::schema::NodeName,
     pub host: &'a dyn HostSide,
     pub attachment: &'a dyn Attachment,
     /// `Some`: this client (the config's prefix still applies); `None`: connect to the config's
@@ -59,7 +59,7 @@ impl<'a> Ctx<'a> {
     /// call from the config.
     pub fn real(host: &'a KernelHost, attachment: &'a BridgeAttachment) -> Self {
         Ctx {
-            node: crate::schema::node_name(),
+            node: crate::schema::node(),
             host,
             attachment,
             etcd: None,

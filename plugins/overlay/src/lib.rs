@@ -80,11 +80,12 @@ pub fn add(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, CniError> {
     let mtu = dataplane::pod_mtu(&spec, &ul)?;
     let stdin = config::bridge_stdin(req, &spec, mtu)?;
     let cluster = cluster(ctx, &spec)?;
-    cluster.register_network(&spec, subnets_of(req))?;
+    // Node identity and the network's VNI, before the first side effect.
+    cluster.preflight(&spec, &ctx.node, ul.vtep, subnets_of(req))?;
     ctx.host
         .ensure(&spec, &ul, mtu, &mut || cluster.remote_vteps(ul.vtep))?;
     let result = ctx.attachment.add(req, stdin.clone(), spec.internal)?;
-    let registered = register(&cluster, &spec, req, &ctx.node, ul.vtep, &result);
+    let registered = register(&cluster, &spec, req, &ctx.node.name, ul.vtep, &result);
     if let Err(e) = registered {
         log::warn!(
             "{}: registering the pod failed, rolling back: {e}",
@@ -144,8 +145,8 @@ fn subnets_of(req: &Request) -> Vec<String> {
 
 /// DEL (see the module doc).
 pub fn del(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
-    let spec = config::parse(req)?;
-    let node = &ctx.node;
+    let spec = config::parse_for_del(req)?;
+    let node = &ctx.node.name;
     let mut errors = Vec::new();
     // The MTU only matters to ADD; the bridge code's DEL ignores it.
     let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
@@ -197,18 +198,28 @@ pub fn check(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
 /// GC: the attachments' GC, then this node's pod records that `valid` does not list.
 pub fn gc(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
     let spec = config::parse(req)?;
-    let node = &ctx.node;
+    let me = &ctx.node;
     let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
     let mut errors = Vec::new();
     if let Err(e) = ctx.attachment.gc(req, stdin, spec.internal) {
         errors.push(e);
     }
     let valid = req.valid_attachments();
-    let removed = cluster(ctx, &spec).and_then(|c| {
-        c.remove_pods(&spec.network, node, |r| {
-            !valid
-                .iter()
-                .any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
+    // Only records this host provably wrote: its node name, and its VTEP (a host that shares
+    // the name must not collect the other's pods); none when the VTEP cannot be told.
+    let vtep = ctx
+        .host
+        .underlay(&spec)
+        .map(|u| u.vtep)
+        .map_err(CniError::from);
+    let removed = vtep.and_then(|vtep| {
+        let c = cluster(ctx, &spec)?;
+        c.check_node(me, vtep)?;
+        c.remove_pods(&spec.network, &me.name, |r| {
+            r.vtep == vtep
+                && !valid
+                    .iter()
+                    .any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
         })
     });
     if let Err(e) = removed {

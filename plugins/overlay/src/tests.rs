@@ -104,7 +104,10 @@ fn req(cmd: Command) -> Request {
 fn add_with_etcd_down_fails_try_again_before_any_device_or_attachment() {
     let (host, att, etcd) = (Recorder::default(), Recorder::default(), dead_etcd());
     let ctx = Ctx {
-        node: "h1".into(),
+        node: crate::schema::NodeName {
+            name: "h1".into(),
+            source: "a test",
+        },
         host: &host,
         attachment: &att,
         etcd: Some(&etcd),
@@ -125,7 +128,10 @@ fn del_goes_on_past_a_failed_detach_and_reports_both_failures() {
     };
     let etcd = dead_etcd();
     let ctx = Ctx {
-        node: "h1".into(),
+        node: crate::schema::NodeName {
+            name: "h1".into(),
+            source: "a test",
+        },
         host: &host,
         attachment: &att,
         etcd: Some(&etcd),

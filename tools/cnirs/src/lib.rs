@@ -142,16 +142,29 @@ removes it. Logs each repair on stderr. Exits 0 on SIGTERM or SIGINT.")]
 Run the overlay's node agent in the foreground, in the host's network namespace: register
 this host (the IPv4 address of --underlay is its VTEP) under <prefix>/hosts/<node> on a lease,
 and keep the remote FDB entries of every overlay network on this host equal to what etcd's
-<prefix>/hosts/ and <prefix>/pods/ say. Survives the loss of an etcd member (lists and
-watches again). SIGTERM/SIGINT revoke the lease and exit 0. Same as `cnirs-agent`.")]
+<prefix>/hosts/ and <prefix>/pods/ say. VXLAN is admitted only from registered hosts (sets
+vtep4/vtep6 of table inet cnirs). Survives the loss of an etcd member (lists and watches
+again). A node name held by another host's VTEP stops it (exit 1). SIGTERM/SIGINT revoke the
+lease and exit 0. Also does what `cnirs watch` does. Same as `cnirs-agent` plus the watcher.")]
     Agent {
-        /// etcd endpoints, http://host:port, comma-separated
+        /// etcd endpoints, http://host:port or https://host:port, comma-separated
         #[arg(long, required = true, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        /// CA that verifies the etcd members (required for https://); default
+        /// $CNIRS_ETCD_CAFILE
+        #[arg(long)]
+        etcd_cafile: Option<String>,
+        /// Client certificate for etcd's --client-cert-auth; default $CNIRS_ETCD_CERTFILE
+        #[arg(long)]
+        etcd_certfile: Option<String>,
+        /// The client certificate's private key; default $CNIRS_ETCD_KEYFILE
+        #[arg(long)]
+        etcd_keyfile: Option<String>,
         /// The interface whose IPv4 address is this host's VTEP
         #[arg(long)]
         underlay: String,
-        /// Default: $CNIRS_NODE_NAME, else the hostname
+        /// Default: $CNIRS_NODE_NAME, else the hostname. Unique per host: a name another
+        /// host's VTEP holds stops the agent (exit 1)
         #[arg(long)]
         node_name: Option<String>,
         /// Default /cnirs (the conflists' etcdPrefix)
@@ -216,6 +229,9 @@ pub fn main(args: &[String]) -> ExitCode {
         Cmd::Watch => watch::run(&[]),
         Cmd::Agent {
             etcd_endpoints,
+            etcd_cafile,
+            etcd_certfile,
+            etcd_keyfile,
             underlay,
             node_name,
             etcd_prefix,
@@ -231,6 +247,15 @@ pub fn main(args: &[String]) -> ExitCode {
             }
             if let Some(p) = etcd_prefix {
                 a.extend(["--etcd-prefix".to_owned(), p]);
+            }
+            for (flag, v) in [
+                ("--etcd-cafile", etcd_cafile),
+                ("--etcd-certfile", etcd_certfile),
+                ("--etcd-keyfile", etcd_keyfile),
+            ] {
+                if let Some(v) = v {
+                    a.extend([flag.to_owned(), v]);
+                }
             }
             // The agent also does what `cnirs watch` does: a flush or reload of nftables on
             // this host is repaired while the agent runs. The watcher blocks SIGTERM only in
@@ -287,6 +312,8 @@ mod tests {
                 underlay,
                 node_name: None,
                 etcd_prefix: None,
+                etcd_cafile: None,
+                ..
             } => {
                 assert_eq!(etcd_endpoints.len(), 2);
                 assert_eq!(underlay, "ul0");
