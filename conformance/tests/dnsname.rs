@@ -852,7 +852,7 @@ fn own_names_answer_aaaa_with_nodata_and_ptr_for_pods() {
         assert!(d.flag("aa"), "{}", d.raw);
         assert_eq!(
             dig(&client, gw, &[name, "A"]).data("A"),
-            [ip.clone()],
+            std::slice::from_ref(&ip),
             "{name}"
         );
     }
