@@ -492,6 +492,12 @@ fn dual_stack_names_answer_a_and_aaaa_on_both_gateways() {
             "A and AAAA through {server}"
         );
     }
+    // PTR in ip6.arpa and in-addr.arpa for the pod's addresses.
+    for ip in &ips {
+        let addr = ip.split('/').next().unwrap();
+        let ptr = dig(&b, "fd00:213:55::1", &["-x", addr]);
+        assert_eq!(ptr.data("PTR"), ["six.dns.test."], "{}", ptr.raw);
+    }
     ta.check(&a).assert_ok();
     ta.del(&a).assert_ok();
     net.cnitool(&conf).del(&b).assert_ok();
