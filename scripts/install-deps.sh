@@ -13,8 +13,11 @@ packages=(
     # etcd-ipam and the overlay tests start their own members (own ports and data dirs); the
     # package's etcd.service, if systemd starts it, is neither used nor disturbed.
     etcd-server etcd-client
+    # dnsname: dig in the kernel tests, dnsmasq as their upstream and as the bench's yardstick
+    # (dnsmasq-base: the binary without a system service), dnsperf in the bench.
+    bind9-dnsutils dnsmasq-base dnsperf
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl dig dnsmasq dnsperf)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

@@ -604,6 +604,7 @@ impl Drop for Upstream {
 }
 
 fn upstream(net: &TestNet, addr: &str, label: &str) -> Upstream {
+    require_tools(&["dnsmasq"]);
     let mut args: Vec<String> = [
         "-k",
         "--conf-file=/dev/null",
@@ -714,6 +715,7 @@ impl Dig {
 /// `ip netns exec FROM dig @SERVER ARGS... +tries=1 +time=6` (one try, longer than the
 /// resolver's 4 s budget, so a SERVFAIL of ours is seen).
 fn dig(from: &Netns, server: &str, args: &[&str]) -> Dig {
+    require_tools(&["dig"]);
     let at = format!("@{server}");
     let mut all = vec![at.as_str(), "+tries=1", "+time=6"];
     all.extend_from_slice(args);
