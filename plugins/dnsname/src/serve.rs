@@ -21,7 +21,10 @@ use std::{
     net::SocketAddr,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Duration,
 };
 
@@ -48,6 +51,33 @@ const MAX_INFLIGHT: usize = 1024;
 const MAX_TCP_CONNS: usize = 128;
 /// How long a TCP connection may stay idle between queries (RFC 7766: seconds).
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// The least time between two log lines of one kind that a query can cause (SERVFAIL, drops):
+/// a chatty container and a dead upstream must not fill the log file.
+const LOG_EVERY_SECS: u64 = 60;
+
+/// At most one log line per [`LOG_EVERY_SECS`]; counts the ones it held back.
+#[derive(Default)]
+struct LogLimit {
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogLimit {
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    fn ready(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now < last + LOG_EVERY_SECS {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.last.store(now.max(1), Ordering::Relaxed);
+        Some(self.held.swap(0, Ordering::Relaxed))
+    }
+}
 
 /// The resolver's failures (logged to its log file; the plugin sees "did not start").
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +122,8 @@ struct State {
     forward: bool,
     zone: RwLock<Arc<(Stamp, Zone)>>,
     upstreams: Mutex<Upstreams>,
+    servfail_log: LogLimit,
+    drop_log: LogLimit,
 }
 
 impl State {
@@ -109,6 +141,8 @@ impl State {
                     .map(|ip| SocketAddr::new(*ip, cfg.port))
                     .collect(),
             )),
+            servfail_log: LogLimit::default(),
+            drop_log: LogLimit::default(),
         };
         h.reload(true);
         h
@@ -196,11 +230,14 @@ impl State {
         match forward::forward(&servers, q, tcp, limit).await {
             Some(reply) => reply,
             None => {
-                log::info!(
-                    "no upstream of {servers:?} answered {} {}: SERVFAIL",
-                    q.query.name(),
-                    q.query.query_type()
-                );
+                if let Some(held) = self.servfail_log.ready() {
+                    log::info!(
+                        "no upstream of {servers:?} answered {} {}: SERVFAIL ({held} more since \
+                         the last such line)",
+                        q.query.name(),
+                        q.query.query_type()
+                    );
+                }
                 q.bare_answer(ResponseCode::ServFail, true)
             }
         }
@@ -228,7 +265,12 @@ async fn serve_udp(sock: Arc<UdpSocket>, state: Arc<State>) {
             }
             Action::Forward(q, limit) => {
                 let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                    log::warn!("{MAX_INFLIGHT} queries in flight: dropped one from {peer}");
+                    if let Some(held) = state.drop_log.ready() {
+                        log::warn!(
+                            "{MAX_INFLIGHT} queries in flight: dropped one from {peer} ({held} \
+                             more since the last such line)"
+                        );
+                    }
                     continue;
                 };
                 let (sock, state) = (sock.clone(), state.clone());
@@ -256,7 +298,12 @@ async fn serve_tcp(listener: TcpListener, state: Arc<State>) {
             }
         };
         let Ok(permit) = conns.clone().try_acquire_owned() else {
-            log::warn!("{MAX_TCP_CONNS} tcp connections open: closed one from {peer}");
+            if let Some(held) = state.drop_log.ready() {
+                log::warn!(
+                    "{MAX_TCP_CONNS} tcp connections open: closed one from {peer} ({held} more \
+                     since the last such line)"
+                );
+            }
             continue;
         };
         let state = state.clone();

@@ -456,3 +456,14 @@ fn loops_to_ourselves_are_not_forwarded() {
     dir.remove().unwrap();
     server.join().unwrap().unwrap();
 }
+
+#[test]
+fn log_lines_a_query_causes_are_limited_and_counted() {
+    let l = LogLimit::default();
+    assert_eq!(l.ready(), Some(0));
+    assert_eq!(l.ready(), None);
+    assert_eq!(l.ready(), None);
+    // A minute later: the next line says two were held back.
+    l.last.fetch_sub(LOG_EVERY_SECS, Ordering::Relaxed);
+    assert_eq!(l.ready(), Some(2));
+}
