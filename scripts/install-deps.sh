@@ -16,6 +16,8 @@ packages=(
     # dnsname: dig in the kernel tests, dnsmasq as their upstream and as the bench's yardstick
     # (dnsmasq-base: the binary without a system service), dnsperf in the bench.
     bind9-dnsutils dnsmasq-base dnsperf
+    # scripts/podman-bats.sh only (podman's own networking tests; the Go dnsname as yardstick)
+    bats ncat golang-github-containernetworking-plugin-dnsname
 )
 tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl dig dnsmasq dnsperf)
 
