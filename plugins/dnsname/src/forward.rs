@@ -170,10 +170,12 @@ impl std::fmt::Display for TryError {
 }
 
 /// One UDP try: a fresh socket (random source port) connected to `server`; replies that are
-/// not ours are dropped and we keep listening until `deadline`.
+/// not ours are dropped and we keep listening until `deadline`. A reply is read into `limit`
+/// + 1 bytes (the client's UDP size): anything longer goes to the client truncated anyway.
 async fn try_udp(
     server: SocketAddr,
     q: &ClientQuery,
+    limit: usize,
     deadline: Instant,
 ) -> Result<(Vec<u8>, Checked), TryError> {
     let id = random_id();
@@ -184,7 +186,7 @@ async fn try_udp(
     let s = UdpSocket::bind(bind).await.map_err(TryError::Io)?;
     s.connect(server).await.map_err(TryError::Io)?;
     s.send(&q.upstream_packet(id)).await.map_err(TryError::Io)?;
-    let mut buf = vec![0u8; wire::MAX_TCP];
+    let mut buf = vec![0u8; limit.saturating_add(1).min(wire::MAX_TCP)];
     loop {
         let n = tokio::time::timeout_at(deadline, s.recv(&mut buf))
             .await
@@ -253,7 +255,7 @@ pub async fn forward(
             let got = if tcp {
                 try_tcp(*server, q, deadline).await
             } else {
-                try_udp(*server, q, deadline).await
+                try_udp(*server, q, limit, deadline).await
             };
             match got {
                 Ok((reply, c)) if c.try_next() => {

@@ -186,7 +186,8 @@ fn answers_names_aliases_and_nxdomain_and_follows_the_entries_file() {
 
 /// A scripted upstream on `ip`:`port`, UDP and TCP, until dropped. Knows up.test:
 /// `aonly` (A only: AAAA is NODATA + SOA), `nx*` (NXDOMAIN + SOA), `refused` (REFUSED),
-/// `big` (TXT, too large for UDP: TC there), `who` (TXT: `label`), `mine-<label>` (A);
+/// `big` (TXT, too large for UDP: TC there), `rude` (the same TXT, sent whole over UDP
+/// whatever the client's size), `who` (TXT: `label`), `mine-<label>` (A);
 /// stays silent for
 /// `silent`; REFUSED for anything else.
 struct Stub {
@@ -241,7 +242,7 @@ fn stub_answer(q: &Message, label: &str) -> Option<Message> {
             m.metadata.response_code = ResponseCode::NXDomain;
             m.add_authority(soa);
         }
-        ("big.up.test.", RecordType::TXT) => {
+        ("big.up.test." | "rude.up.test.", RecordType::TXT) => {
             for i in 0..30 {
                 m.add_answer(Record::from_rdata(
                     qn.clone(),
@@ -286,7 +287,9 @@ fn stub(ip: &str, port: u16, label: &'static str) -> Stub {
             let q = Message::from_vec(&buf[..n]).unwrap();
             if let Some(m) = stub_answer(&q, label) {
                 let mut b = m.to_vec().unwrap();
-                if b.len() > usize::from(q.max_payload()) {
+                // `rude`: an upstream that ignores the client's UDP size.
+                let rude = m.queries[0].name().to_ascii().starts_with("rude");
+                if b.len() > usize::from(q.max_payload()) && !rude {
                     b = m.truncate().to_vec().unwrap();
                 }
                 udp.send_to(&b, peer).unwrap();
@@ -370,6 +373,10 @@ fn forwarded_answers_pass_through_as_the_upstream_gave_them() {
     let big = tcp_ask(port, &message("big.up.test.", RecordType::TXT, Some(1232)));
     assert!(!big.metadata.truncation);
     assert_eq!(big.answers.len(), 30);
+    // An upstream that sends it whole over UDP anyway: we cut it to the client's size, TC set.
+    let rude = udp_ask(port, &message("rude.up.test.", RecordType::TXT, Some(1232)));
+    assert!(rude.metadata.truncation && rude.answers.is_empty(), "{rude:?}");
+    assert!(rude.metadata.authoritative, "the upstream's header");
     // Our names are still ours.
     assert_eq!(ips(&query(port, "api.", RecordType::A)), ["10.0.0.2"]);
 
