@@ -375,7 +375,10 @@ fn forwarded_answers_pass_through_as_the_upstream_gave_them() {
     assert_eq!(big.answers.len(), 30);
     // An upstream that sends it whole over UDP anyway: we cut it to the client's size, TC set.
     let rude = udp_ask(port, &message("rude.up.test.", RecordType::TXT, Some(1232)));
-    assert!(rude.metadata.truncation && rude.answers.is_empty(), "{rude:?}");
+    assert!(
+        rude.metadata.truncation && rude.answers.is_empty(),
+        "{rude:?}"
+    );
     assert!(rude.metadata.authoritative, "the upstream's header");
     // Our names are still ours.
     assert_eq!(ips(&query(port, "api.", RecordType::A)), ["10.0.0.2"]);
