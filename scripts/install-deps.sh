@@ -14,11 +14,15 @@ packages=(
     # package's etcd.service, if systemd starts it, is neither used nor disturbed.
     etcd-server etcd-client
     gnuplot-nox  # make bench-scale's plot
-    dnsmasq-base  # the DHCP server of the dhcp IPAM tests (the binary, no system service)
+    dnsmasq-base  # the DHCP server of the dhcp IPAM tests, dnsname's test upstream (no service)
     python3-yaml  # conf-examples/kubernetes/*.yaml parsed by tests/examples.rs
     openssl  # scripts/make-test-ca.sh: the test CA of the etcd TLS tests and demo
+    # dnsname: dig in the kernel tests, dnsperf in the bench.
+    bind9-dnsutils dnsperf
+    # scripts/podman-bats.sh only (podman's own networking tests; the Go dnsname as yardstick)
+    bats ncat golang-github-containernetworking-plugin-dnsname
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl dig dnsperf)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

@@ -8,6 +8,11 @@
 //! in the outside netns; the plugins are pointed at it with `CNIRS_DNS_RESOLV_CONF`. Every
 //! resolver a test starts is stopped by pid when the test ends.
 //!
+//! Forwarding (issue 29): dnsmasq run as an authoritative server in the test's host netns (on
+//! 127.0.0.1 and on systemd-resolved's 127.0.0.53) is the host's upstream; `dig` from a pod
+//! shows what reaches the client: NODATA with the upstream's SOA, NXDOMAIN, REFUSED, TC over
+//! UDP and the whole answer over TCP; our own names answer AAAA with NODATA and PTR.
+//!
 //! Run alone: `cargo test -p conformance --test dnsname -- --ignored` (after `make build cnitool`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
@@ -487,6 +492,12 @@ fn dual_stack_names_answer_a_and_aaaa_on_both_gateways() {
             "A and AAAA through {server}"
         );
     }
+    // PTR in ip6.arpa and in-addr.arpa for the pod's addresses.
+    for ip in &ips {
+        let addr = ip.split('/').next().unwrap();
+        let ptr = dig(&b, "fd00:213:55::1", &["-x", addr]);
+        assert_eq!(ptr.data("PTR"), ["six.dns.test."], "{}", ptr.raw);
+    }
     ta.check(&a).assert_ok();
     ta.del(&a).assert_ok();
     net.cnitool(&conf).del(&b).assert_ok();
@@ -569,4 +580,358 @@ fn parallel_adds_and_dels_share_one_resolver() {
         }
     });
     assert!(net_dirs(&net).is_empty(), "{:?}", net_dirs(&net));
+}
+
+// ------------------------------------------------------------------ forwarding (issue 29)
+
+/// The zone every upstream of these tests serves authoritatively (dnsmasq's auth mode: AA,
+/// and the zone's SOA in NODATA and NXDOMAIN answers).
+const UP_ZONE: &str = "up.test";
+
+/// dnsmasq run as an authoritative server for [`UP_ZONE`] on `addr`:53 inside the test's host
+/// netns: `aonly` (A only), `both` (A and AAAA), `big` (30 TXT records of 200 bytes: too large
+/// for UDP), `who` (TXT: the upstream's label), any other name of the zone NXDOMAIN, and
+/// REFUSED for every name outside it. Killed by pid when dropped.
+struct Upstream {
+    child: Child,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upstream(net: &TestNet, addr: &str, label: &str) -> Upstream {
+    require_tools(&["dnsmasq"]);
+    let mut args: Vec<String> = [
+        "-k",
+        "--conf-file=/dev/null",
+        "--pid-file=",
+        "-u",
+        "root",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--log-facility=-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--listen-address={addr}"));
+    args.push("--host-record=aonly.up.test,198.51.100.10".into());
+    args.push("--host-record=both.up.test,198.51.100.11,2001:db8:213::11".into());
+    args.push(format!("--txt-record=who.up.test,{label}"));
+    for i in 0..30 {
+        args.push(format!(
+            "--txt-record=big.up.test,{i:03}{}",
+            "x".repeat(197)
+        ));
+    }
+    args.push(format!("--auth-zone={UP_ZONE}"));
+    // The address, not `lo`: with an interface, dnsmasq binds every address of it and a
+    // second instance finds 127.0.0.1 taken. Authoritative answers (AA, SOA in negative
+    // answers) come only on an address configured on the interface: 127.0.0.1, not
+    // 127.0.0.53 (recursive-style answers there, as a stub resolver gives).
+    args.push(format!("--auth-server=ns.{UP_ZONE},{addr}"));
+    args.push(format!("--auth-soa=7,hostmaster.{UP_ZONE}"));
+    let child = net
+        .host()
+        .command("dnsmasq")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq (scripts/install-deps.sh)");
+    let up = Upstream { child };
+    // Ready when it answers, itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let d = dig(net.host(), addr, &["who.up.test", "TXT", "+time=1"]);
+        if d.data("TXT") == [format!("\"{label}\"")] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dnsmasq on {addr} never answered: {}",
+            d.raw
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    up
+}
+
+/// What `dig` printed, parsed.
+#[derive(Debug, Default)]
+struct Dig {
+    /// NOERROR, NXDOMAIN, REFUSED, SERVFAIL... (empty: no answer at all).
+    status: String,
+    /// Header flags (`qr`, `aa`, `tc`, `rd`, `ra`).
+    flags: Vec<String>,
+    /// `(name, type, data)` of the answer section.
+    answer: Vec<(String, String, String)>,
+    /// `(name, type, data)` of the authority section.
+    authority: Vec<(String, String, String)>,
+    /// dig said ";; Truncated, retrying in TCP mode."
+    retried_over_tcp: bool,
+    raw: String,
+}
+
+impl Dig {
+    fn data(&self, rtype: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .answer
+            .iter()
+            .filter(|(_, t, _)| t == rtype)
+            .map(|(_, _, d)| d.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn flag(&self, f: &str) -> bool {
+        self.flags.iter().any(|x| x == f)
+    }
+
+    /// NOERROR with no answer and the SOA of `zone` in the authority section.
+    #[track_caller]
+    fn assert_nodata_with_soa(&self, zone: &str) {
+        assert_eq!(self.status, "NOERROR", "{}", self.raw);
+        assert!(self.answer.is_empty(), "{}", self.raw);
+        assert_eq!(
+            self.authority
+                .iter()
+                .map(|(n, t, _)| (n.to_lowercase(), t.as_str()))
+                .collect::<Vec<_>>(),
+            [(format!("{zone}."), "SOA")],
+            "{}",
+            self.raw
+        );
+    }
+}
+
+/// `ip netns exec FROM dig @SERVER ARGS... +tries=1 +time=6` (one try, longer than the
+/// resolver's 4 s budget, so a SERVFAIL of ours is seen).
+fn dig(from: &Netns, server: &str, args: &[&str]) -> Dig {
+    require_tools(&["dig"]);
+    let at = format!("@{server}");
+    let mut all = vec![at.as_str(), "+tries=1", "+time=6"];
+    all.extend_from_slice(args);
+    let out = from.exec("dig", &all);
+    let raw = format!("{}{}", out.stdout, out.stderr);
+    let mut d = Dig {
+        raw: raw.clone(),
+        ..Dig::default()
+    };
+    let mut section = "";
+    for line in out.stdout.lines() {
+        if line.starts_with(";; Truncated, retrying in TCP mode") {
+            d.retried_over_tcp = true;
+        } else if let Some(rest) = line.strip_prefix(";; ->>HEADER<<-") {
+            if let Some(s) = rest.split("status: ").nth(1) {
+                d.status = s.split(',').next().unwrap_or("").trim().to_owned();
+            }
+        } else if let Some(rest) = line.strip_prefix(";; flags:") {
+            let flags = rest.split(';').next().unwrap_or("");
+            d.flags = flags.split_whitespace().map(str::to_owned).collect();
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+        } else if line.starts_with(';') || line.trim().is_empty() {
+            section = if line.trim().is_empty() { "" } else { section };
+        } else if !section.is_empty() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 5 {
+                let rr = (f[0].to_owned(), f[3].to_owned(), f[4..].join(" "));
+                if section == "answer" {
+                    d.answer.push(rr);
+                } else {
+                    d.authority.push(rr);
+                }
+            }
+        }
+    }
+    d
+}
+
+/// A resolv.conf for the plugins (`CNIRS_DNS_RESOLV_CONF`) naming `servers`, written in place
+/// (the resolver must notice the change by itself).
+fn write_resolv_conf(path: &Path, servers: &[&str]) {
+    let text: String = servers
+        .iter()
+        .map(|s| format!("nameserver {s}\n"))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn forwarded_answers_reach_pods_as_the_upstream_gave_them_and_large_ones_over_tcp() {
+    let net = TestNet::new();
+    let _guard = Resolvers {
+        net: &net,
+        upstream: None,
+    };
+    let _up = upstream(&net, "127.0.0.1", "local");
+    let rc = net.tmp().join("resolv.conf");
+    write_resolv_conf(&rc, &["127.0.0.1"]);
+    let conf = conflist(&net, "dnf", "br-dnf", "10.213.60.0/24");
+    let gw = "10.213.60.1";
+    let client = net.pod("client");
+    net.cnitool(&conf)
+        .env("CNIRS_DNS_RESOLV_CONF", rc.to_str().unwrap())
+        .cni_args("K8S_POD_NAME=client")
+        .add(&client)
+        .assert_ok();
+
+    // The A-only name: A answered; AAAA is NOERROR/NODATA with the upstream's SOA, and the
+    // upstream's flags (AA) pass through.
+    let a = dig(&client, gw, &["aonly.up.test", "A"]);
+    assert_eq!(a.data("A"), ["198.51.100.10"], "{}", a.raw);
+    let aaaa = dig(&client, gw, &["AOnly.up.test", "AAAA"]);
+    aaaa.assert_nodata_with_soa(UP_ZONE);
+    assert!(aaaa.flag("aa"), "upstream's AA lost: {}", aaaa.raw);
+    assert!(
+        aaaa.raw.contains("AOnly.up.test."),
+        "the client's question: {}",
+        aaaa.raw
+    );
+    // busybox nslookup asks A and AAAA: it must succeed (it exits 1 on a SERVFAIL).
+    let out = client.exec(BUSYBOX, &["nslookup", "aonly.up.test", gw]);
+    assert!(out.success(), "busybox nslookup failed: {out}");
+    assert!(out.stdout.contains("198.51.100.10"), "{out}");
+    let both = dig(&client, gw, &["both.up.test", "AAAA"]);
+    assert_eq!(both.data("AAAA"), ["2001:db8:213::11"], "{}", both.raw);
+    // NXDOMAIN with the zone's SOA; REFUSED as the upstream said it.
+    let nx = dig(&client, gw, &["nothing.up.test", "A"]);
+    assert_eq!(nx.status, "NXDOMAIN", "{}", nx.raw);
+    assert_eq!(nx.authority.len(), 1, "{}", nx.raw);
+    let refused = dig(&client, gw, &["elsewhere.example", "A"]);
+    assert_eq!(refused.status, "REFUSED", "{}", refused.raw);
+    // Too large for UDP: TC set (for the client's EDNS0 size), then complete over TCP.
+    let udp = dig(
+        &client,
+        gw,
+        &["big.up.test", "TXT", "+ignore", "+bufsize=1232"],
+    );
+    assert!(udp.flag("tc"), "no TC over UDP: {}", udp.raw);
+    let full = dig(&client, gw, &["big.up.test", "TXT"]);
+    assert!(full.retried_over_tcp, "{}", full.raw);
+    assert!(!full.flag("tc"), "{}", full.raw);
+    assert_eq!(full.data("TXT").len(), 30, "{}", full.raw);
+    let noedns = dig(&client, gw, &["big.up.test", "TXT", "+noedns", "+ignore"]);
+    assert!(noedns.flag("tc"), "512 bytes without EDNS0: {}", noedns.raw);
+    let tcp = dig(&client, gw, &["big.up.test", "TXT", "+tcp"]);
+    assert_eq!(tcp.data("TXT").len(), 30, "{}", tcp.raw);
+    net.cnitool(&conf).del(&client).assert_ok();
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn own_names_answer_aaaa_with_nodata_and_ptr_for_pods() {
+    let net = TestNet::new();
+    let _guard = Resolvers {
+        net: &net,
+        upstream: None,
+    };
+    let conf = conflist(&net, "dno", "br-dno", "10.213.61.0/24");
+    let gw = "10.213.61.1";
+    let (api, client) = (net.pod("api"), net.pod("client"));
+    let r = net
+        .cnitool(&conf)
+        .cni_args("K8S_POD_NAME=api")
+        .cap_args(json!({"aliases": {"dno": ["db"]}}))
+        .add(&api)
+        .assert_ok()
+        .json()
+        .clone();
+    net.cnitool(&conf)
+        .cni_args("K8S_POD_NAME=client")
+        .add(&client)
+        .assert_ok();
+    let ip = first_ip(&r);
+    // An IPv4-only pod: AAAA is NODATA with the network's SOA, bare and qualified, any case.
+    for name in ["api.dns.test", "API.DNS.TEST", "api", "db"] {
+        let d = dig(&client, gw, &[name, "AAAA"]);
+        d.assert_nodata_with_soa(DOMAIN);
+        assert!(d.flag("aa"), "{}", d.raw);
+        assert_eq!(
+            dig(&client, gw, &[name, "A"]).data("A"),
+            std::slice::from_ref(&ip),
+            "{name}"
+        );
+    }
+    let out = client.exec(BUSYBOX, &["nslookup", "api", gw]);
+    assert!(out.success(), "busybox nslookup api: {out}");
+    // An unknown name in the domain: NXDOMAIN with the SOA.
+    let nx = dig(&client, gw, &["nope.dns.test", "AAAA"]);
+    assert_eq!(nx.status, "NXDOMAIN", "{}", nx.raw);
+    // PTR for the pod's address: its names under the domain.
+    let ptr = dig(&client, gw, &["-x", &ip]);
+    assert_eq!(ptr.status, "NOERROR", "{}", ptr.raw);
+    assert_eq!(
+        ptr.data("PTR"),
+        ["api.dns.test.", "db.dns.test."],
+        "{}",
+        ptr.raw
+    );
+    let out = client.exec(BUSYBOX, &["nslookup", &ip, gw]);
+    assert!(out.stdout.contains("api.dns.test"), "{out}");
+    net.cnitool(&conf).del(&api).assert_ok();
+    net.cnitool(&conf).del(&client).assert_ok();
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn upstreams_are_tried_in_order_a_resolved_stub_works_and_resolv_conf_changes_apply() {
+    let net = TestNet::new();
+    let _guard = Resolvers {
+        net: &net,
+        upstream: None,
+    };
+    // systemd-resolved's stub address, and a second upstream on 127.0.0.1.
+    let _resolved = upstream(&net, "127.0.0.53", "resolved");
+    let _local = upstream(&net, "127.0.0.1", "local");
+    let rc = net.tmp().join("resolv.conf");
+    write_resolv_conf(&rc, &["127.0.0.53"]);
+    let conf = conflist(&net, "dnu", "br-dnu", "10.213.62.0/24");
+    let gw = "10.213.62.1";
+    let client = net.pod("client");
+    net.cnitool(&conf)
+        .env("CNIRS_DNS_RESOLV_CONF", rc.to_str().unwrap())
+        .cni_args("K8S_POD_NAME=client")
+        .add(&client)
+        .assert_ok();
+    let who = |want: &str| {
+        let d = dig(&client, gw, &["who.up.test", "TXT"]);
+        assert_eq!(d.data("TXT"), [format!("\"{want}\"")], "{}", d.raw);
+    };
+    who("resolved");
+    // resolv.conf changed in place: the next query uses it, no signal, no ADD.
+    write_resolv_conf(&rc, &["127.0.0.1", "127.0.0.53"]);
+    who("local");
+    // The first upstream does not listen (port unreachable): the next answers.
+    write_resolv_conf(&rc, &["127.0.0.9", "127.0.0.53"]);
+    who("resolved");
+    // No upstream answers at all: SERVFAIL, ours (and only then).
+    write_resolv_conf(&rc, &["127.0.0.9", "127.0.0.10"]);
+    let sf = dig(&client, gw, &["who.up.test", "TXT"]);
+    assert_eq!(sf.status, "SERVFAIL", "{}", sf.raw);
+    // A silent upstream (takes the query, never answers) is given up for the next in time.
+    let silent = net
+        .host()
+        .run_in(|| std::net::UdpSocket::bind("127.0.0.11:53").unwrap())
+        .unwrap();
+    write_resolv_conf(&rc, &["127.0.0.11", "127.0.0.1"]);
+    who("local");
+    let mut buf = [0u8; 512];
+    silent.set_nonblocking(true).unwrap();
+    assert!(
+        silent.recv(&mut buf).is_ok(),
+        "the silent upstream was never asked"
+    );
+    net.cnitool(&conf).del(&client).assert_ok();
 }

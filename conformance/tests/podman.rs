@@ -584,3 +584,92 @@ fn podman_containers_resolve_each_other_by_name_and_alias() {
     podman.ok(&["rm", "-f", "-t", "0", "web"]);
     assert_settles(&net, &before, &[&br], "after `podman rm -f api web`");
 }
+
+/// The host's resolver for the forwarding test: dnsmasq on 127.0.0.1:53 of the test's host
+/// netns (what the private /etc/resolv.conf names), `--no-resolv`, with `google.com` as an
+/// `--address` (an A record; AAAA of that name is REFUSED: the scenario podman's
+/// `podman network create` test met) and `aonly.test` as a local `--host-record` (A only;
+/// AAAA is NOERROR with no answer, as real resolvers answer). Killed by pid when dropped.
+struct HostResolver(std::process::Child);
+
+impl Drop for HostResolver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn podman_containers_get_upstream_answers_as_given_never_servfail() {
+    let net = TestNet::new();
+    require_tools(&["dnsmasq", "dig"]);
+    let up = HostResolver(
+        net.host()
+            .command("dnsmasq")
+            .args([
+                "-k",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+                "-u",
+                "root",
+                "--no-resolv",
+                "--no-hosts",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--address=/google.com/198.51.100.30",
+                "--host-record=aonly.test,198.51.100.31",
+                // Local: answered from the record above (NODATA for AAAA), never forwarded.
+                "--local=/aonly.test/",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    let dig = |args: &[&str]| {
+        let mut all = vec!["@127.0.0.1", "+time=1", "+tries=1"];
+        all.extend_from_slice(args);
+        net.host().exec("dig", &all)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dig(&["+short", "google.com", "A"])
+        .stdout
+        .contains("198.51.100.30")
+    {
+        assert!(Instant::now() < deadline, "dnsmasq never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The upstream as the containers' resolver will find it.
+    assert!(dig(&["google.com", "AAAA"])
+        .stdout
+        .contains("status: REFUSED"));
+    let nodata = dig(&["aonly.test", "AAAA"]);
+    assert!(nodata.stdout.contains("status: NOERROR"), "{nodata}");
+    assert!(nodata.stdout.contains("ANSWER: 0"), "{nodata}");
+
+    let podman = Podman::new(&net);
+    let conf = podman.network_create("cnirs-fwd", "10.241.21.0/24");
+    let br = conf["plugins"][0]["bridge"].as_str().unwrap().to_owned();
+    let before = HostState::of(&net);
+    podman
+        .run_httpd("c", &["--network", "cnirs-fwd"])
+        .assert_ok();
+    // An A-only name: busybox asks A and AAAA, gets the A and a NODATA, and exits 0.
+    let out = podman.run(&["exec", "c", "/bin/busybox", "nslookup", "aonly.test"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("198.51.100.31"), "{out}");
+    // podman's own test: `nslookup google.com`. The A comes through and the upstream's
+    // REFUSED for the AAAA reaches the container as REFUSED, not as a SERVFAIL of ours.
+    // (busybox 1.35 exits 1 on any error code, REFUSED included; the Go dnsname's dnsmasq
+    // sends no answer at all to a query without EDNS0 that its upstream refused, so busybox
+    // waits 5 s and exits 0: see docs/dnsname.md.)
+    let out = podman.run(&["exec", "c", "/bin/busybox", "nslookup", "google.com"]);
+    assert!(out.stdout.contains("198.51.100.30"), "{out}");
+    assert!(out.stdout.contains("REFUSED"), "{out}");
+    assert!(!out.stdout.contains("SERVFAIL"), "{out}");
+    podman.ok(&["rm", "-f", "-t", "0", "c"]);
+    assert_settles(&net, &before, &[&br], "after `podman rm -f c`");
+    drop(up);
+}

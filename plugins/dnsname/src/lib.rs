@@ -9,9 +9,12 @@
 //! of attachments that are gone, CHECK verifies the entry and that the resolver is up.
 
 pub mod daemon;
+pub mod forward;
 pub mod names;
 pub mod serve;
 pub mod store;
+pub mod wire;
+pub mod zone;
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 

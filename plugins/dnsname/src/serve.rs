@@ -1,50 +1,83 @@
-//! The resolver of one network (`dnsname --serve <dir>`), on hickory-dns.
+//! The resolver of one network (`dnsname --serve <dir>`), on hickory-dns's message types.
 //!
 //! - Listens on the network's gateway addresses, port 53, UDP and TCP, each socket bound to
 //!   the bridge (SO_BINDTODEVICE): a packet that came in on another interface, e.g. from a pod
 //!   of another network routed to this gateway address, finds no socket.
-//! - Answers A and AAAA for the names and aliases in `entries.json`, bare and under the
-//!   network's domain, with the authoritative bit; NXDOMAIN for any other name in the domain
-//!   and for unknown single-label names (they are never sent upstream).
-//! - Forwards every other name to the resolvers of `resolv_conf` (hickory-resolver).
+//! - Answers the network's own names itself (see [`crate::zone`]): A/AAAA/ANY for names and
+//!   aliases, bare and under the domain, any case; NODATA + SOA for a type a name has no
+//!   record of; PTR for pods' addresses; NXDOMAIN for other names in the domain and for
+//!   single-label names (never sent upstream).
+//! - Forwards every other query to the host's resolvers (see [`crate::forward`]) and passes
+//!   their answer on as they gave it (see [`crate::wire`]); answers REFUSED instead when the
+//!   network does not forward (`forward: false`).
 //! - Re-reads `entries.json` when its identity (inode, size, mtime) changed, checked before
 //!   each answer, so an answer never lags a finished ADD or DEL; SIGHUP also re-reads it and
 //!   the upstreams. Exits on SIGTERM/SIGINT, when its directory is gone, and when its bridge
 //!   is gone or was made again (checked every second).
 
 use std::{
-    collections::BTreeMap,
     fs::{File, OpenOptions},
     io::Write,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Duration,
 };
 
-use hickory_proto::{
-    op::{Header, HeaderCounts, Metadata, ResponseCode},
-    rr::{rdata, RData, Record, RecordType},
-};
-use hickory_resolver::{
-    config::{NameServerConfig, ResolverConfig, ResolverOpts},
-    net::runtime::{Time, TokioRuntimeProvider},
-    Resolver, TokioResolver,
-};
-use hickory_server::{
-    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
-    zone_handler::MessageResponseBuilder,
-    Server,
-};
+use hickory_proto::{op::ResponseCode, rr::DNSClass};
 use nix::fcntl::{Flock, FlockArg};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    signal::unix::{signal, SignalKind},
+    sync::Semaphore,
+};
 
-use crate::store::{DaemonConfig, Entries, NetDir};
+use crate::{
+    forward::{self, Upstreams},
+    store::{DaemonConfig, Entries, NetDir},
+    wire::{self, ClientQuery, Incoming},
+    zone::{self, Local, Zone},
+};
 
-/// TTL of our own answers: short, names come and go with containers.
-const TTL: u32 = 5;
+/// Forwarded queries in flight at once; more are dropped (the client asks again).
+const MAX_INFLIGHT: usize = 1024;
+/// TCP connections at once; more are closed at once.
+const MAX_TCP_CONNS: usize = 128;
+/// How long a TCP connection may stay idle between queries (RFC 7766: seconds).
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// The least time between two log lines of one kind that a query can cause (SERVFAIL, drops):
+/// a chatty container and a dead upstream must not fill the log file.
+const LOG_EVERY_SECS: u64 = 60;
+
+/// At most one log line per [`LOG_EVERY_SECS`]; counts the ones it held back.
+#[derive(Default)]
+struct LogLimit {
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogLimit {
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    fn ready(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now < last + LOG_EVERY_SECS {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.last.store(now.max(1), Ordering::Relaxed);
+        Some(self.held.swap(0, Ordering::Relaxed))
+    }
+}
 
 /// The resolver's failures (logged to its log file; the plugin sees "did not start").
 #[derive(Debug, thiserror::Error)]
@@ -75,33 +108,41 @@ fn stamp(path: &Path) -> Stamp {
         .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
-struct Zone {
-    stamp: Stamp,
-    names: BTreeMap<String, Vec<IpAddr>>,
+/// What to do with one incoming packet.
+enum Action {
+    Reply(Vec<u8>),
+    Forward(Box<ClientQuery>, usize),
+    Nothing,
 }
 
-/// The resolver's state, shared by the server's handler and the signal loop.
+/// The resolver's state, shared by the listeners and the signal loop.
 struct State {
     entries_path: PathBuf,
     domain: String,
     forward: bool,
-    resolv_conf: PathBuf,
-    zone: RwLock<Arc<Zone>>,
-    upstream: RwLock<Option<Arc<TokioResolver>>>,
+    zone: RwLock<Arc<(Stamp, Zone)>>,
+    upstreams: Mutex<Upstreams>,
+    servfail_log: LogLimit,
+    drop_log: LogLimit,
 }
 
 impl State {
-    fn new(dir: &NetDir, cfg: &DaemonConfig) -> Self {
+    fn new(dir: &NetDir, cfg: &DaemonConfig, upstream_port: u16) -> Self {
         let h = Self {
             entries_path: dir.file("entries.json"),
             domain: cfg.domain.clone(),
             forward: cfg.forward,
-            resolv_conf: cfg.resolv_conf.clone(),
-            zone: RwLock::new(Arc::new(Zone {
-                stamp: None,
-                names: BTreeMap::new(),
-            })),
-            upstream: RwLock::new(None),
+            zone: RwLock::new(Arc::new((None, Zone::default()))),
+            upstreams: Mutex::new(Upstreams::new(
+                cfg.resolv_conf.clone(),
+                upstream_port,
+                cfg.listen
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, cfg.port))
+                    .collect(),
+            )),
+            servfail_log: LogLimit::default(),
+            drop_log: LogLimit::default(),
         };
         h.reload(true);
         h
@@ -111,182 +152,192 @@ impl State {
     /// `force`, the upstreams.
     fn reload(&self, force: bool) {
         let now = stamp(&self.entries_path);
-        let current = self.zone.read().map(|z| z.stamp).unwrap_or(None);
+        let current = self.zone.read().map(|z| z.0).unwrap_or(None);
         if force || now != current {
             let entries = NetDir::at(self.entries_path.parent().unwrap_or(Path::new("/")))
                 .entries()
                 .unwrap_or_else(|e| {
-                    log::warn!("keeping the old names: {e}");
+                    log::warn!("no names: {e}");
                     Entries::default()
                 });
-            let names = entries.table(&self.domain);
-            log::debug!("{} names loaded", names.len());
+            let mtime = std::fs::metadata(&self.entries_path)
+                .and_then(|m| m.modified())
+                .ok();
+            let zone = Zone::new(&entries, &self.domain, zone::serial_of(mtime));
+            log::debug!("{} names loaded", zone.len());
             if let Ok(mut z) = self.zone.write() {
-                *z = Arc::new(Zone { stamp: now, names });
+                *z = Arc::new((now, zone));
             }
         }
         if force && self.forward {
-            let r = upstream(&self.resolv_conf).map(Arc::new);
-            if let Err(e) = &r {
-                log::warn!("no upstream resolvers: {e}");
-            }
-            if let Ok(mut u) = self.upstream.write() {
-                *u = r.ok();
+            if let Ok(mut u) = self.upstreams.lock() {
+                u.current(true);
             }
         }
     }
 
-    fn lookup_local(&self, name: &str) -> Local {
+    fn zone(&self) -> Arc<(Stamp, Zone)> {
         self.reload(false);
-        let zone = match self.zone.read() {
-            Ok(z) => z.clone(),
-            Err(_) => return Local::NotOurs,
+        self.zone
+            .read()
+            .map(|z| z.clone())
+            .unwrap_or_else(|_| Arc::new((None, Zone::default())))
+    }
+
+    /// Answers `packet` from the zone, or says it goes upstream. `tcp`: it came over TCP.
+    fn decide(&self, packet: &[u8], tcp: bool) -> Action {
+        let q = match wire::parse(packet) {
+            Incoming::Query(q) => q,
+            Incoming::Reply(r) => return Action::Reply(r),
+            Incoming::Ignore => return Action::Nothing,
         };
-        if let Some(ips) = zone.names.get(name) {
-            return Local::Found(ips.clone());
-        }
-        let in_domain = !self.domain.is_empty()
-            && (name == self.domain || name.ends_with(&format!(".{}", self.domain)));
-        if in_domain || !name.contains('.') {
-            Local::NxDomain
+        let limit = if tcp { wire::MAX_TCP } else { q.udp_limit() };
+        let class = q.query.query_class();
+        let local = if matches!(class, DNSClass::IN | DNSClass::ANY) {
+            self.zone().1.answer(q.query.name(), q.query.query_type())
         } else {
             Local::NotOurs
+        };
+        match local {
+            Local::Answer { .. } if q.bad_edns_version() => {
+                Action::Reply(q.bare_answer(ResponseCode::BADVERS, self.forward))
+            }
+            Local::Answer {
+                nxdomain,
+                answers,
+                authority,
+            } => {
+                let rcode = if nxdomain {
+                    ResponseCode::NXDomain
+                } else {
+                    ResponseCode::NoError
+                };
+                Action::Reply(q.local_answer(rcode, answers, authority, self.forward, limit))
+            }
+            Local::NotOurs if !self.forward => {
+                Action::Reply(q.bare_answer(ResponseCode::Refused, false))
+            }
+            Local::NotOurs => Action::Forward(q, limit),
+        }
+    }
+
+    /// The upstreams' answer to `q` for the client, or our SERVFAIL when none answered.
+    async fn forward(&self, q: &ClientQuery, limit: usize, tcp: bool) -> Vec<u8> {
+        let servers = match self.upstreams.lock() {
+            Ok(mut u) => u.current(false),
+            Err(_) => Arc::new(Vec::new()),
+        };
+        match forward::forward(&servers, q, tcp, limit).await {
+            Some(reply) => reply,
+            None => {
+                if let Some(held) = self.servfail_log.ready() {
+                    log::info!(
+                        "no upstream of {servers:?} answered {} {}: SERVFAIL ({held} more since \
+                         the last such line)",
+                        q.query.name(),
+                        q.query.query_type()
+                    );
+                }
+                q.bare_answer(ResponseCode::ServFail, true)
+            }
         }
     }
 }
 
-enum Local {
-    Found(Vec<IpAddr>),
-    NxDomain,
-    NotOurs,
-}
-
-/// A resolver for the nameservers of `resolv_conf` (hickory's own resolv.conf parser), with
-/// no hosts file, no search list and a short timeout.
-fn upstream(resolv_conf: &Path) -> Result<TokioResolver, ServeError> {
-    let text =
-        std::fs::read(resolv_conf).map_err(io(format!("reading {}", resolv_conf.display())))?;
-    let (parsed, _) = hickory_resolver::system_conf::parse_resolv_conf(&text)
-        .map_err(|e| ServeError::Config(format!("{}: {e}", resolv_conf.display())))?;
-    let servers: Vec<NameServerConfig> = parsed
-        .name_servers()
-        .iter()
-        .map(|ns| NameServerConfig::udp_and_tcp(ns.ip))
-        .collect();
-    if servers.is_empty() {
-        return Err(ServeError::Config(format!(
-            "{}: no nameserver",
-            resolv_conf.display()
-        )));
-    }
-    let mut opts = ResolverOpts::default();
-    opts.timeout = Duration::from_secs(2);
-    opts.attempts = 2;
-    opts.ndots = 0;
-    opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-    opts.preserve_intermediates = true;
-    let b = Resolver::builder_with_config(
-        ResolverConfig::from_name_servers(servers),
-        TokioRuntimeProvider::default(),
-    )
-    .with_options(opts);
-    b.build()
-        .map_err(|e| ServeError::Config(format!("building the forwarder: {e}")))
-}
-
-struct Handler(Arc<State>);
-
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response: R,
-    ) -> ResponseInfo {
-        let mut meta = Metadata::response_from_request(&request.metadata);
-        let (owner, qtype) = match request.request_info() {
-            Ok(info) => (
-                info.query.original().name().clone(),
-                info.query.original().query_type(),
-            ),
-            Err(_) => {
-                meta.response_code = ResponseCode::FormErr;
-                return send(request, &mut response, meta, &[]).await;
+/// Serves one UDP socket: our names answered in line, forwarded queries in their own task.
+async fn serve_udp(sock: Arc<UdpSocket>, state: Arc<State>) {
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                log::debug!("udp receive: {e}");
+                continue;
             }
         };
-        let name = owner.to_string();
-        let key = name.trim_end_matches('.').to_ascii_lowercase();
-        match self.0.lookup_local(&key) {
-            Local::Found(ips) => {
-                meta.authoritative = true;
-                let records: Vec<Record> = ips
-                    .iter()
-                    .filter_map(|ip| match (ip, qtype) {
-                        (IpAddr::V4(a), RecordType::A | RecordType::ANY) => {
-                            Some(RData::A(rdata::A(*a)))
-                        }
-                        (IpAddr::V6(a), RecordType::AAAA | RecordType::ANY) => {
-                            Some(RData::AAAA(rdata::AAAA(*a)))
-                        }
-                        _ => None,
-                    })
-                    .map(|rd| Record::from_rdata(owner.clone(), TTL, rd))
-                    .collect();
-                send(request, &mut response, meta, &records).await
-            }
-            Local::NxDomain => {
-                meta.authoritative = true;
-                meta.response_code = ResponseCode::NXDomain;
-                send(request, &mut response, meta, &[]).await
-            }
-            Local::NotOurs => {
-                meta.recursion_available = true;
-                let resolver = self.0.upstream.read().ok().and_then(|u| u.clone());
-                let Some(resolver) = resolver.filter(|_| self.0.forward) else {
-                    meta.response_code = ResponseCode::Refused;
-                    return send(request, &mut response, meta, &[]).await;
-                };
-                match resolver.lookup(owner.clone(), qtype).await {
-                    Ok(lookup) => {
-                        let records = lookup.answers().to_vec();
-                        send(request, &mut response, meta, &records).await
-                    }
-                    Err(e) => {
-                        meta.response_code = if e.is_nx_domain() {
-                            ResponseCode::NXDomain
-                        } else if e.is_no_records_found() {
-                            ResponseCode::NoError
-                        } else {
-                            log::debug!("forwarding {name} {qtype}: {e}");
-                            ResponseCode::ServFail
-                        };
-                        send(request, &mut response, meta, &[]).await
-                    }
+        match state.decide(&buf[..n], false) {
+            Action::Nothing => {}
+            Action::Reply(r) => {
+                if let Err(e) = sock.send_to(&r, peer).await {
+                    log::debug!("udp answer to {peer}: {e}");
                 }
+            }
+            Action::Forward(q, limit) => {
+                let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                    if let Some(held) = state.drop_log.ready() {
+                        log::warn!(
+                            "{MAX_INFLIGHT} queries in flight: dropped one from {peer} ({held} \
+                             more since the last such line)"
+                        );
+                    }
+                    continue;
+                };
+                let (sock, state) = (sock.clone(), state.clone());
+                tokio::spawn(async move {
+                    let r = state.forward(&q, limit, false).await;
+                    if let Err(e) = sock.send_to(&r, peer).await {
+                        log::debug!("udp answer to {peer}: {e}");
+                    }
+                    drop(permit);
+                });
             }
         }
     }
 }
 
-async fn send<R: ResponseHandler>(
-    request: &Request,
-    response: &mut R,
-    meta: Metadata,
-    answers: &[Record],
-) -> ResponseInfo {
-    let builder = MessageResponseBuilder::new(&request.queries, None);
-    let msg = builder.build(meta, answers.iter(), [], [], []);
-    match response.send_response(msg).await {
-        Ok(info) => info,
-        Err(e) => {
-            log::debug!("sending an answer: {e}");
-            let mut failed = meta;
-            failed.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata: failed,
-                counts: HeaderCounts::default(),
-            })
-        }
+/// Serves one TCP listener: each connection in its own task, queries one after the other.
+async fn serve_tcp(listener: TcpListener, state: Arc<State>) {
+    let conns = Arc::new(Semaphore::new(MAX_TCP_CONNS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                log::debug!("tcp accept: {e}");
+                continue;
+            }
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            if let Some(held) = state.drop_log.ready() {
+                log::warn!(
+                    "{MAX_TCP_CONNS} tcp connections open: closed one from {peer} ({held} more \
+                     since the last such line)"
+                );
+            }
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tcp_connection(stream, &state).await {
+                log::debug!("tcp {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_connection(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
+            Ok(Ok(n)) => usize::from(n),
+            // EOF, error or idle: the client is done.
+            _ => return Ok(()),
+        };
+        let mut packet = vec![0u8; len];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        };
+        let reply = match state.decide(&packet, true) {
+            Action::Nothing => continue,
+            Action::Reply(r) => r,
+            Action::Forward(q, limit) => state.forward(&q, limit, true).await,
+        };
+        let n = u16::try_from(reply.len()).unwrap_or(u16::MAX);
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&n.to_be_bytes());
+        framed.extend_from_slice(&reply[..usize::from(n)]);
+        stream.write_all(&framed).await?;
     }
 }
 
@@ -351,26 +402,38 @@ pub fn serve(dir: &Path) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(io("tokio runtime"))?;
-    rt.block_on(run(dir, cfg, ready))
+    rt.block_on(run(dir, cfg, 53, ready))
 }
 
-/// The resolver's loop: binds, calls `on_ready`, serves until told to stop.
+/// The resolver's loop: binds, calls `on_ready`, serves until told to stop. Upstreams are
+/// asked on `upstream_port` (53; tests use another).
 async fn run(
     dir: NetDir,
     cfg: DaemonConfig,
+    upstream_port: u16,
     on_ready: impl FnOnce() -> Result<(), ServeError>,
 ) -> Result<(), ServeError> {
-    let state = Arc::new(State::new(&dir, &cfg));
-    let mut server = Server::new(Handler(state.clone()));
+    let state = Arc::new(State::new(&dir, &cfg, upstream_port));
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
     for ip in &cfg.listen {
         let addr = SocketAddr::new(*ip, cfg.port);
         let dev = cfg.device.as_deref();
-        let udp = tokio::net::UdpSocket::from_std(socket(addr, Type::DGRAM, dev)?.into())
-            .map_err(io(format!("udp {addr}")))?;
-        server.register_socket(udp);
-        let tcp = tokio::net::TcpListener::from_std(socket(addr, Type::STREAM, dev)?.into())
-            .map_err(io(format!("tcp {addr}")))?;
-        server.register_listener(tcp, Duration::from_secs(5), 32);
+        udp.push(
+            UdpSocket::from_std(socket(addr, Type::DGRAM, dev)?.into())
+                .map_err(io(format!("udp {addr}")))?,
+        );
+        tcp.push(
+            TcpListener::from_std(socket(addr, Type::STREAM, dev)?.into())
+                .map_err(io(format!("tcp {addr}")))?,
+        );
+    }
+    let mut tasks = Vec::new();
+    for s in udp {
+        tasks.push(tokio::spawn(serve_udp(Arc::new(s), state.clone())));
+    }
+    for l in tcp {
+        tasks.push(tokio::spawn(serve_tcp(l, state.clone())));
     }
     log::info!(
         "network {}: answering for {} on {:?} port {} (device {:?})",
@@ -413,7 +476,9 @@ async fn run(
             }
         }
     }
-    let _ = server.shutdown_gracefully().await;
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
 }
 
@@ -436,128 +501,4 @@ fn ready() -> Result<(), ServeError> {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The resolver on 127.0.0.1 (no device binding, no root): what it answers, and that a
-    //! change of its entries file shows in the next answer.
-
-    use std::net::UdpSocket;
-
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::Name;
-
-    use super::*;
-    use crate::store::Entry;
-
-    fn query(port: u16, name: &str, qtype: RecordType) -> Message {
-        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
-        m.metadata.recursion_desired = true;
-        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.send_to(&m.to_vec().unwrap(), ("127.0.0.1", port))
-            .unwrap();
-        let mut buf = [0u8; 1500];
-        let n = s.recv(&mut buf).unwrap();
-        Message::from_vec(&buf[..n]).unwrap()
-    }
-
-    fn ips(m: &Message) -> Vec<String> {
-        let mut v: Vec<String> = m
-            .answers
-            .iter()
-            .map(|r| match &r.data {
-                RData::A(a) => a.0.to_string(),
-                RData::AAAA(a) => a.0.to_string(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn answers_names_aliases_and_nxdomain_and_follows_the_entries_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = NetDir::at(tmp.path().join("n"));
-        let _l = dir.lock(true).unwrap();
-        // A port of our own: bind 0, read it, free it (the resolver binds it right after).
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cfg = DaemonConfig {
-            network: "n".into(),
-            domain: "dns.test".into(),
-            listen: vec!["127.0.0.1".parse().unwrap()],
-            port,
-            device: None,
-            resolv_conf: "/nonexistent".into(),
-            forward: false,
-        };
-        let entry = |id: &str, name: &str, ip: &str| Entry {
-            container_id: id.into(),
-            ifname: "eth0".into(),
-            name: name.into(),
-            aliases: vec!["db".into()],
-            ips: vec![ip.parse().unwrap(), "fd00::2".parse().unwrap()],
-        };
-        let mut entries = Entries::default();
-        entries.upsert(entry("c1", "api", "10.0.0.2"));
-        dir.write_entries(&entries).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let server = {
-            let (dir, cfg) = (dir.clone(), cfg.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(run(dir, cfg, move || {
-                    tx.send(()).unwrap();
-                    Ok(())
-                }))
-            })
-        };
-        rx.recv_timeout(Duration::from_secs(10)).unwrap();
-
-        let a = query(port, "API.dns.test.", RecordType::A);
-        assert_eq!(a.metadata.response_code, ResponseCode::NoError);
-        assert!(a.metadata.authoritative);
-        assert_eq!(ips(&a), ["10.0.0.2"]);
-        assert_eq!(ips(&query(port, "api.", RecordType::AAAA)), ["fd00::2"]);
-        assert_eq!(
-            ips(&query(port, "db.dns.test.", RecordType::A)),
-            ["10.0.0.2"]
-        );
-        let mx = query(port, "api.dns.test.", RecordType::MX);
-        assert_eq!(mx.metadata.response_code, ResponseCode::NoError);
-        assert!(mx.answers.is_empty());
-        for nx in ["web.dns.test.", "web."] {
-            assert_eq!(
-                query(port, nx, RecordType::A).metadata.response_code,
-                ResponseCode::NXDomain,
-                "{nx}"
-            );
-        }
-        // forward: false -> the rest is refused.
-        assert_eq!(
-            query(port, "example.org.", RecordType::A)
-                .metadata
-                .response_code,
-            ResponseCode::Refused
-        );
-        // A new entry answers at once (no signal: the file changed), a removed one is gone.
-        entries.upsert(entry("c2", "web", "10.0.0.3"));
-        entries.remove("c1", "eth0");
-        dir.write_entries(&entries).unwrap();
-        assert_eq!(ips(&query(port, "web.", RecordType::A)), ["10.0.0.3"]);
-        assert_eq!(
-            query(port, "api.", RecordType::A).metadata.response_code,
-            ResponseCode::NXDomain
-        );
-        // The resolver exits when its directory goes.
-        dir.remove().unwrap();
-        server.join().unwrap().unwrap();
-    }
-}
+mod tests;

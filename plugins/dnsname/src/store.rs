@@ -105,6 +105,36 @@ impl Entries {
         }
         t
     }
+
+    /// The reverse table: each address of an attachment -> its names (name first, then
+    /// aliases) under `domain`, fully qualified (`api.dns.podman.`), no duplicates.
+    pub fn reverse(&self, domain: &str) -> BTreeMap<IpAddr, Vec<String>> {
+        let mut t: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for e in &self.entries {
+            let names: Vec<String> = std::iter::once(&e.name)
+                .chain(&e.aliases)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    let n = n.to_ascii_lowercase();
+                    if domain.is_empty() || n.ends_with(&format!(".{domain}")) {
+                        format!("{n}.")
+                    } else {
+                        format!("{n}.{domain}.")
+                    }
+                })
+                .collect();
+            for ip in &e.ips {
+                let v = t.entry(*ip).or_default();
+                for n in &names {
+                    if !v.contains(n) {
+                        v.push(n.clone());
+                    }
+                }
+            }
+        }
+        t.retain(|_, v| !v.is_empty());
+        t
+    }
 }
 
 /// What the resolver of one network is told at start (a change restarts it).
