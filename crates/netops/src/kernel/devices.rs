@@ -145,6 +145,15 @@ impl Netlink<'_> {
         res
     }
 
+    /// Rename a link (it must be down). Equivalent: `ip link set NAME name NEW`.
+    pub fn rename(&self, link: &Link, new: &str) -> Result<(), NetopsError> {
+        validate_ifname(new)?;
+        let msg = LinkUnspec::new_with_index(link.index)
+            .name(new.to_string())
+            .build();
+        self.set_link("rename", &link.name, msg)
+    }
+
     /// Set (or, with "", clear) a link's alias. Equivalent: `ip link set NAME alias TEXT`.
     pub fn set_alias(&self, link: &Link, alias: &str) -> Result<(), NetopsError> {
         let msg = LinkUnspec::new_with_index(link.index).alias(alias).build();
