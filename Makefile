@@ -5,7 +5,8 @@
 CARGO      ?= cargo
 PREFIX     ?= /opt/cni/bin
 BIN_DIR    := $(CURDIR)/target/release
-PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay
+PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay \
+              loopback bandwidth ptp macvlan host-device tap
 TOOLS      := cnirs cnirs-reconcile cnirs-agent
 CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.
@@ -26,7 +27,8 @@ deps:
 # dynamic: they resolve host names through glibc's NSS.
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
-STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning
+STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning \
+               loopback bandwidth ptp macvlan host-device tap
 
 build:
 	$(CARGO) build --release --workspace --bins

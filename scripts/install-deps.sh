@@ -13,8 +13,9 @@ packages=(
     # etcd-ipam and the overlay tests start their own members (own ports and data dirs); the
     # package's etcd.service, if systemd starts it, is neither used nor disturbed.
     etcd-server etcd-client
+    iperf3  # bandwidth shaping measured between a pod and its host (conformance/tests/node.rs)
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl iperf3 tc)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

@@ -35,7 +35,7 @@ mod devices;
 mod retire;
 mod seal;
 pub mod tc;
-pub use devices::AddrFlags;
+pub use devices::{AddrFlags, RouteExtra};
 pub use retire::{retired_name, RETIRED_PREFIX, STALL_ENV as RETIRE_STALL_ENV};
 pub use seal::SEAL_RULE_PRIORITY;
 

@@ -78,7 +78,7 @@ pub use exec::KernelExec;
 pub use ipnetwork::IpNetwork;
 #[cfg(feature = "netlink")]
 pub use kernel::{
-    retired_name, tc, AddrFlags, Kernel, Netlink, RETIRED_PREFIX, RETIRE_STALL_ENV,
+    retired_name, tc, AddrFlags, Kernel, Netlink, RouteExtra, RETIRED_PREFIX, RETIRE_STALL_ENV,
     SEAL_RULE_PRIORITY,
 };
 pub use netns::NetNs;

@@ -1181,35 +1181,44 @@ fn addresses_without_prefix_route_and_routes_with_a_source() {
         );
         let gw: std::net::IpAddr = "10.78.0.1".parse().unwrap();
         let src: std::net::IpAddr = "10.78.0.5".parse().unwrap();
-        host.add_route_src(
+        host.add_route_ext(
             &l,
             &RouteSpec {
                 dst: net("10.78.0.1/32"),
                 gw: None,
                 priority: None,
             },
-            Some(src),
+            &netops::RouteExtra {
+                src: Some(src),
+                host_scope: false,
+            },
         )
         .unwrap();
-        host.add_route_src(
+        host.add_route_ext(
             &l,
             &RouteSpec {
                 dst: net("10.78.0.0/24"),
                 gw: Some(gw),
                 priority: None,
             },
-            Some(src),
+            &netops::RouteExtra {
+                src: Some(src),
+                host_scope: false,
+            },
         )
         .unwrap();
         let e = host
-            .add_route_src(
+            .add_route_ext(
                 &l,
                 &RouteSpec {
                     dst: net("10.79.0.0/24"),
                     gw: Some(gw),
                     priority: None,
                 },
-                Some("fd00::1".parse().unwrap()),
+                &netops::RouteExtra {
+                    src: Some("fd00::1".parse().unwrap()),
+                    host_scope: false,
+                },
             )
             .unwrap_err();
         assert!(matches!(e, NetopsError::InvalidRoute { .. }), "{e}");

@@ -2,12 +2,12 @@
 //! that runs them ([`Effects`]: netops' `KernelExec` for [`netops::Op`]s, netops calls for the
 //! rest).
 
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
 use netops::{
     AddrFlags, Executor, IfName, KernelExec, Link, MacAddr, MacvlanMode, MacvlanSpec, NetNs,
-    Netlink, NetopsError, Ns, Op, Reversible, RouteSpec, SysctlKey, TapSpec,
+    Netlink, NetopsError, Ns, Op, Reversible, RouteExtra, RouteSpec, SysctlKey, TapSpec,
 };
 
 use crate::LinkError;
@@ -37,12 +37,12 @@ pub enum Step {
         link: IfName,
         cidr: IpNetwork,
     },
-    /// `ip route add DST [via GW] dev LINK src SRC`.
-    AddRouteSrc {
+    /// `ip route add DST [via GW] dev LINK [src SRC] [scope host]`.
+    AddRouteExt {
         ns: Ns,
         link: IfName,
         route: RouteSpec,
-        src: IpAddr,
+        extra: RouteExtra,
     },
     /// `ip link add link MASTER name NAME netns POD type macvlan mode MODE` (master on the host,
     /// or in the pod with `master_in_pod`), down.
@@ -97,7 +97,7 @@ impl Reversible for Step {
                 link: link.clone(),
                 cidr: *cidr,
             }),
-            Step::AddRouteSrc {
+            Step::AddRouteExt {
                 ns, link, route, ..
             } => Step::Net(Op::DelRoute {
                 ns: *ns,
@@ -159,15 +159,17 @@ impl Step {
                 ip(ns),
                 if cidr.is_ipv6() { " nodad" } else { "" }
             ),
-            Step::AddRouteSrc {
+            Step::AddRouteExt {
                 ns,
                 link,
                 route,
-                src,
+                extra,
             } => {
                 let via = route.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+                let src = extra.src.map(|s| format!(" src {s}")).unwrap_or_default();
+                let scope = if extra.host_scope { " scope host" } else { "" };
                 format!(
-                    "{} route add {}{via} dev {link} src {src}",
+                    "{} route add {}{via} dev {link}{src}{scope}",
                     ip(ns),
                     route.dst
                 )
@@ -353,14 +355,14 @@ impl Executor<Step> for Effects<'_, '_> {
                 self.nl(*ns).add_address_with(&l, *cidr, flags)?;
                 Ok(true)
             }
-            Step::AddRouteSrc {
+            Step::AddRouteExt {
                 ns,
                 link,
                 route,
-                src,
+                extra,
             } => {
                 let l = self.fresh(*ns, link)?;
-                self.nl(*ns).add_route_src(&l, route, Some(*src))?;
+                self.nl(*ns).add_route_ext(&l, route, extra)?;
                 Ok(true)
             }
             Step::CreateMacvlan {
@@ -539,7 +541,7 @@ mod tests {
             s.command("/run/netns/p"),
             "ip link add link ens3 name eth0 netns /run/netns/p mtu 1400 type macvlan mode vepa"
         );
-        let r = Step::AddRouteSrc {
+        let r = Step::AddRouteExt {
             ns: Ns::Pod,
             link: n("eth0"),
             route: RouteSpec {
@@ -547,7 +549,10 @@ mod tests {
                 gw: Some("10.1.0.1".parse().unwrap()),
                 priority: None,
             },
-            src: "10.1.0.5".parse().unwrap(),
+            extra: RouteExtra {
+                src: Some("10.1.0.5".parse().unwrap()),
+                host_scope: false,
+            },
         };
         assert_eq!(
             r.command("P"),

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
 use ipnetwork::IpNetwork;
-use netops::{Kernel, NetNs, NetopsError, Ns, Op, RouteSpec, SysctlKey};
+use netops::{Kernel, NetNs, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
 use nftplan::{Attachment, Feature, Firewall};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
@@ -127,7 +127,11 @@ pub fn plan(
             link: ifname.clone(),
             cidr: ip.address,
         });
-        steps.push(Step::AddRouteSrc {
+        let src = RouteExtra {
+            src: Some(pod_ip),
+            host_scope: false,
+        };
+        steps.push(Step::AddRouteExt {
             ns: Ns::Pod,
             link: ifname.clone(),
             route: RouteSpec {
@@ -135,9 +139,9 @@ pub fn plan(
                 gw: None,
                 priority: None,
             },
-            src: pod_ip,
+            extra: src,
         });
-        steps.push(Step::AddRouteSrc {
+        steps.push(Step::AddRouteExt {
             ns: Ns::Pod,
             link: ifname.clone(),
             route: RouteSpec {
@@ -145,7 +149,7 @@ pub fn plan(
                 gw: Some(gw),
                 priority: None,
             },
-            src: pod_ip,
+            extra: src,
         });
         host_steps.push(Step::Net(Op::AddAddr {
             ns: Ns::Host,
@@ -153,7 +157,8 @@ pub fn plan(
             cidr: host_prefix(gw),
             dad: false,
         }));
-        host_steps.push(Step::Net(Op::AddRoute {
+        // The reference's `AddHostRoute`: scope host.
+        host_steps.push(Step::AddRouteExt {
             ns: Ns::Host,
             link: veth.clone(),
             route: RouteSpec {
@@ -161,7 +166,11 @@ pub fn plan(
                 gw: None,
                 priority: None,
             },
-        }));
+            extra: RouteExtra {
+                src: None,
+                host_scope: true,
+            },
+        });
     }
     steps.extend(iface::route_steps(ifname, ipam));
     steps.extend(host_steps);
@@ -419,9 +428,9 @@ mod tests {
                 "ip -n P route add default via 10.1.1.1 dev eth0",
                 "ip link set veth0123456789a up",
                 "ip addr add 10.1.1.1/32 dev veth0123456789a",
-                "ip route add 10.1.1.5/32 dev veth0123456789a",
+                "ip route add 10.1.1.5/32 dev veth0123456789a scope host",
                 "ip addr add fd00:1::1/128 dev veth0123456789a nodad",
-                "ip route add fd00:1::5/128 dev veth0123456789a",
+                "ip route add fd00:1::5/128 dev veth0123456789a scope host",
             ]
         );
     }

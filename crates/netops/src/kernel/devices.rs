@@ -220,16 +220,17 @@ impl Netlink<'_> {
             })
     }
 
-    /// [`Netlink::add_route`] with a preferred source address. Equivalent: `ip route add DST
-    /// [via GW] dev LINK src SRC` (a gateway-less IPv4 route is scope link).
-    pub fn add_route_src(
+    /// [`Netlink::add_route`] with a preferred source address and/or host scope.
+    /// Equivalent: `ip route add DST [via GW] dev LINK [src SRC] [scope host]` (a gateway-less
+    /// IPv4 route is scope link unless `host_scope`).
+    pub fn add_route_ext(
         &self,
         link: &Link,
         r: &RouteSpec,
-        src: Option<IpAddr>,
+        extra: &RouteExtra,
     ) -> Result<(), NetopsError> {
         let mut msg = self.route_message(link, r)?;
-        if let Some(s) = src {
+        if let Some(s) = extra.src {
             if s.is_ipv4() != r.dst.is_ipv4() {
                 return Err(NetopsError::InvalidRoute {
                     dst: r.dst.to_string(),
@@ -240,6 +241,9 @@ impl Netlink<'_> {
                 IpAddr::V4(v) => RouteAddress::Inet(v),
                 IpAddr::V6(v) => RouteAddress::Inet6(v),
             }));
+        }
+        if extra.host_scope {
+            msg.header.scope = RouteScope::Host;
         }
         self.rt
             .block_on(self.handle.route().add(msg).execute())
@@ -252,4 +256,13 @@ impl Netlink<'_> {
                 source: Box::new(source),
             })
     }
+}
+
+/// What [`Netlink::add_route_ext`] adds to a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteExtra {
+    /// `src`: the preferred source address.
+    pub src: Option<IpAddr>,
+    /// `scope host` (the reference's `AddHostRoute`).
+    pub host_scope: bool,
 }
