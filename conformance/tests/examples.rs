@@ -25,6 +25,12 @@ const OUR_TYPES: &[(&str, &str)] = &[
     ("tuning", "plugins/tuning"),
     ("dnsname", "plugins/dnsname"),
     ("host-local", "ipam/host-local"),
+    ("loopback", "plugins/loopback"),
+    ("bandwidth", "plugins/bandwidth"),
+    ("ptp", "plugins/ptp"),
+    ("macvlan", "plugins/macvlan"),
+    ("host-device", "plugins/host-device"),
+    ("tap", "plugins/tap"),
 ];
 
 /// Versions libcni 1.1.2 (containerd 1.6, our cnitool) can load and convert results to.
