@@ -209,7 +209,7 @@ fn the_checker_catches_bad_conflists() {
         json!({"cniVersion": "1.0.0", "name": "../x", "plugins": [{"type": "bridge"}]}),
         json!({"cniVersion": "1.0.0", "name": "x", "plugins": []}),
         json!({"cniVersion": "1.0.0", "name": "x", "type": "bridge"}),
-        json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "macvlan"}]}),
+        json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "vlan"}]}),
         json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "bridge", "ipam": {"type": "dhcp"}}]}),
         json!({"cniVersion": "1.0.0", "cniVersions": ["2.0.0"], "name": "x", "plugins": [{"type": "bridge"}]}),
     ];
