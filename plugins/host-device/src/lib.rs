@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use cni_core::{CniError, CniResult, Command, ErrorCode, IfName, Plugin, Request};
 use ipnetwork::IpNetwork;
-use netops::{Family, Kernel, Link, MacAddr, NetNs, Netlink, NetopsError, Ns, Op};
+use netops::{Kernel, Link, MacAddr, NetNs, Netlink, NetopsError, Ns, Op};
 use podif::{iface, Effects, HostState, LinkError, Step};
 use serde::{Deserialize, Serialize};
 
@@ -468,7 +468,6 @@ fn check(req: &Request) -> Result<(), LinkError> {
             l.name
         )));
     }
-    let _ = pod.addresses(&l, Some(Family::V4))?;
     Ok(())
 }
 
