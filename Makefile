@@ -8,11 +8,16 @@ BIN_DIR    := $(CURDIR)/target/release
 PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay \
               loopback bandwidth ptp macvlan host-device tap
 TOOLS      := cnirs cnirs-reconcile cnirs-agent
+# IPAM static and dhcp (with its daemon: `dhcp daemon`); the image's entrypoint.
+PLUGINS    += static dhcp
+TOOLS      += cnirs-install
+VERSION    := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+IMAGE      ?= localhost/cnirs:$(VERSION)
 CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.
 KTHREADS   ?= 6
 
-.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay soak install clean
+.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay bench-scale soak install clean deb image print-bins
 
 all: build
 
@@ -29,11 +34,15 @@ HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
 STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning \
                loopback bandwidth ptp macvlan host-device tap
+# cnirs-install runs as the entrypoint of a FROM-scratch image: it must be static.
+STATIC_BINS += static dhcp cnirs-install
+# Cargo packages of the static binaries (`static` is a Rust keyword: its package is static-ipam).
+STATIC_PKGS  = $(patsubst static,static-ipam,$(STATIC_BINS))
 
 build:
 	$(CARGO) build --release --workspace --bins
 	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
-		$(CARGO) build --release --target $(HOST_TRIPLE) --bins $(addprefix -p ,$(STATIC_BINS))
+		$(CARGO) build --release --target $(HOST_TRIPLE) --bins $(addprefix -p ,$(STATIC_PKGS))
 	for b in $(STATIC_BINS); do ln -f target/$(HOST_TRIPLE)/release/$$b target/release/$$b; done
 
 cnitool: $(CNITOOL)
@@ -77,6 +86,12 @@ bench: deps build cnitool
 bench-overlay: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/overlay.sh
 
+# The overlay's control plane at cluster scale (docs/scale.md): a 3-member etcd, N simulated
+# hosts (real agent loop and overlay/etcd-ipam ADD/DEL, fake kernels) and one real host.
+# Knobs: N (1000), P (110), CHURN (100/s), DURATION (60 s). Writes target/bench/scale.json.
+bench-scale: deps build
+	CNIRS_BIN_DIR=$(BIN_DIR) bench/scale.sh
+
 # The long reliability run: 2,000 ADD/DEL over 16 workers and 200 SIGKILLs mid-ADD (~3 min).
 soak: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) CNIRS_SOAK_OPS=2000 CNIRS_CRASH_POINTS=200 \
@@ -91,6 +106,24 @@ install: build
 		$(DESTDIR)/etc/systemd/system/cnirs-watch.service
 	install -D -m 0644 contrib/systemd/cnirs-agent.service \
 		$(DESTDIR)/etc/systemd/system/cnirs-agent.service
+	install -D -m 0644 contrib/systemd/cnirs-dhcp.service \
+		$(DESTDIR)/etc/systemd/system/cnirs-dhcp.service
+	install -D -m 0644 contrib/systemd/cnirs-dhcp.socket \
+		$(DESTDIR)/etc/systemd/system/cnirs-dhcp.socket
+
+# Every binary the package and the image carry: the plugins, then the tools (one line each;
+# conformance/tests/package.rs reads them).
+print-bins:
+	@echo $(PLUGINS)
+	@echo $(TOOLS)
+
+# target/deb/cnirs_<version>_<arch>.deb, with dpkg-deb only (offline): docs/install.md.
+deb: build
+	scripts/build-deb.sh target/deb $(BIN_DIR) $(PLUGINS) $(TOOLS)
+
+# A FROM-scratch OCI image in podman's local store ($(IMAGE)), nothing pulled: docs/install.md.
+image: build
+	scripts/build-image.sh $(IMAGE) $(BIN_DIR) $(PLUGINS) $(TOOLS)
 
 clean:
 	$(CARGO) clean

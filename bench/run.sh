@@ -8,7 +8,7 @@
 #   BENCH_DNS_ONLY=1  only the dnsname section (ADD with and without dnsname, query latency of
 #                   our resolver and of dnsmasq run as containers/dnsname runs it): seconds
 #
-# The driver is bench/bench.py (Python 3, standard library only; matplotlib is used for the
+# The driver is bench/bench.py with its modules in bench/cnibench/ (Python 3, standard library only; matplotlib is used for the
 # plot when it is installed, else a built-in PNG writer draws it). strace is optional: without
 # it the breakdown of our ADD has no syscall section. Everything the bench creates (netns,
 # temp dirs) is deleted at the end, on failure and on Ctrl-C too.

@@ -13,9 +13,12 @@ packages=(
     # etcd-ipam and the overlay tests start their own members (own ports and data dirs); the
     # package's etcd.service, if systemd starts it, is neither used nor disturbed.
     etcd-server etcd-client
+    gnuplot-nox  # make bench-scale's plot
+    dnsmasq-base  # the DHCP server of the dhcp IPAM tests (the binary, no system service)
+    python3-yaml  # conf-examples/kubernetes/*.yaml parsed by tests/examples.rs
     iperf3  # bandwidth shaping measured between a pod and its host (conformance/tests/node.rs)
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl iperf3 tc)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb iperf3 tc)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0
@@ -23,6 +26,7 @@ if [[ "${1:-}" == "--if-missing" ]]; then
     [[ -d /usr/share/gocode/src/github.com/containernetworking/cni/libcni ]] || missing=1
     [[ -x /usr/lib/cni/bridge ]] || missing=1
     [[ -x /usr/bin/time ]] || missing=1  # the package, not the shell keyword
+    python3 -c 'import yaml' 2>/dev/null || missing=1
     [[ $missing -eq 0 ]] && exit 0
 fi
 if [[ "$(id -u)" -ne 0 ]]; then

@@ -359,7 +359,7 @@ impl Drop for EtcdCluster {
 /// Spawns `cmd` from a thread that lives as long as the process, with PR_SET_PDEATHSIG =
 /// SIGKILL: the child dies with the test process even if the process is killed (the signal
 /// follows the death of the spawning *thread*, hence the long-lived thread).
-fn spawn_tied_to_process(cmd: Command) -> Child {
+pub fn spawn_tied_to_process(cmd: Command) -> Child {
     type Req = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Req>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {

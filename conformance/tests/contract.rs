@@ -27,6 +27,8 @@ const BINARIES: &[&str] = &[
     "isolation",
     "host-local",
     "etcd-ipam",
+    "static",
+    "dhcp",
     "bandwidth",
     "ptp",
     "macvlan",
@@ -70,6 +72,16 @@ fn poisoned(bin: &str, version: &str, name: &str, data_dir: &Path) -> Value {
             "ipam": {"type": "etcd-ipam", "etcdEndpoints": "poison",
                      "ranges": [[{"subnet": "10.231.0.0/24"}]]}
         }),
+        "static" => json!({
+            "type": "bridge",
+            "ipam": {"type": "static", "addresses": "poison"}
+        }),
+        // Refused before the daemon is dialled (none listens on that path anyway).
+        "dhcp" => json!({
+            "type": "bridge",
+            "ipam": {"type": "dhcp", "priority": "poison",
+                     "daemonSocketPath": "/nonexistent/cnirs-contract/dhcp.sock"}
+        }),
         "bandwidth" => json!({"type": "bandwidth", "ingressRate": "poison",
                               "capabilities": {"bandwidth": true}}),
         "ptp" | "tap" => json!({"type": bin, "mtu": "poison",
@@ -96,6 +108,10 @@ fn poison_bites(bin: &str, cmd: &str) -> bool {
         (bin, cmd),
         ("portmap", "DEL" | "GC" | "STATUS")
             | ("isolation", "DEL" | "GC" | "STATUS")
+            // static holds nothing: DEL, GC and STATUS do not read the config.
+            | ("static", "DEL" | "GC" | "STATUS")
+            // dhcp's GC has nothing to do (the daemon keeps no list to collect).
+            | ("dhcp", "GC")
             | (
                 "bandwidth" | "ptp" | "macvlan" | "host-device" | "tap",
                 "DEL" | "GC" | "STATUS"
@@ -814,6 +830,11 @@ fn bad_inputs_leave_nothing_behind() {
                                     {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
                                 "prevResult": fake_prev("eth0", &np)}),
             "isolation" => json!({"type": "isolation", "prevResult": fake_prev("eth0", &np)}),
+            "static" => json!({"type": "static", "ipam": {"type": "static",
+                "addresses": [{"address": "10.232.0.5/24"}]}}),
+            // No daemon listens there: every case must be refused before it is dialled.
+            "dhcp" => json!({"type": "dhcp", "ipam": {"type": "dhcp",
+                "daemonSocketPath": net.tmp().join("no-daemon/dhcp.sock")}}),
             "bandwidth" => json!({"type": "bandwidth", "ingressRate": 1_000_000,
                                   "ingressBurst": 100_000, "prevResult": fake_prev("eth0", &np)}),
             "ptp" | "tap" => json!({"type": bin, "ipam": {"type": "host-local",

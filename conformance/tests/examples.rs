@@ -25,6 +25,10 @@ const OUR_TYPES: &[(&str, &str)] = &[
     ("tuning", "plugins/tuning"),
     ("dnsname", "plugins/dnsname"),
     ("host-local", "ipam/host-local"),
+    ("static", "ipam/static"),
+    ("dhcp", "ipam/dhcp"),
+    ("etcd-ipam", "ipam/etcd-ipam"),
+    ("overlay", "plugins/overlay"),
     ("loopback", "plugins/loopback"),
     ("bandwidth", "plugins/bandwidth"),
     ("ptp", "plugins/ptp"),
@@ -168,9 +172,10 @@ fn every_example_is_a_valid_conflist_of_our_plugins() {
             .unwrap()
             .display()
             .to_string();
-        if rel.ends_with("README.md") || rel.ends_with(".toml") {
+        if rel.ends_with("README.md") || rel.ends_with(".toml") || rel.ends_with(".yaml") {
             // READMEs say where each runtime's file goes; .toml are runtime config fragments
-            // (conf-examples/containerd/config-cri.toml is loaded by tests/cri.rs).
+            // (conf-examples/containerd/config-cri.toml is loaded by tests/cri.rs); .yaml are
+            // Kubernetes manifests (checked below, their conflists included).
             continue;
         }
         if !rel.ends_with(".conflist") {
@@ -210,7 +215,7 @@ fn the_checker_catches_bad_conflists() {
         json!({"cniVersion": "1.0.0", "name": "x", "plugins": []}),
         json!({"cniVersion": "1.0.0", "name": "x", "type": "bridge"}),
         json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "vlan"}]}),
-        json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "bridge", "ipam": {"type": "dhcp"}}]}),
+        json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "bridge", "ipam": {"type": "whereabouts"}}]}),
         json!({"cniVersion": "1.0.0", "cniVersions": ["2.0.0"], "name": "x", "plugins": [{"type": "bridge"}]}),
     ];
     for c in cases {
@@ -219,6 +224,196 @@ fn the_checker_catches_bad_conflists() {
     let good = json!({"cniVersion": "1.0.0", "name": "x", "plugins": [
         {"type": "bridge", "ipam": {"type": "host-local"}}, {"type": "portmap"}]});
     assert_eq!(conflist_problems(&good), Vec::<String>::new());
+}
+
+/// Every document of a YAML file, as JSON (python3's yaml: no YAML crate in the workspace).
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let out = run(command("python3").args([
+        "-c",
+        "import sys, json, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        &path.display().to_string(),
+    ]));
+    assert!(out.success(), "{}: not YAML: {out}", path.display());
+    let docs: Vec<Value> = serde_json::from_str(out.stdout.trim()).unwrap();
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// Problems of the DaemonSet manifest (empty when fine): it parses, its ConfigMap's conflist is
+/// a valid conflist of our plugins, the init container installs the binaries and that
+/// conflist into the host's dirs, the agent runs privileged in the host's network, every
+/// mount has its volume, and the image is the one `make image` tags.
+fn manifest_problems(docs: &[Value]) -> Vec<String> {
+    let mut p = Vec::new();
+    let of_kind = |k: &'static str| docs.iter().find(move |d| d["kind"] == k);
+    let Some(cm) = of_kind("ConfigMap") else {
+        return vec!["no ConfigMap".into()];
+    };
+    let Some(ds) = of_kind("DaemonSet") else {
+        return vec!["no DaemonSet".into()];
+    };
+    let cm_name = cm["metadata"]["name"].as_str().unwrap_or_default();
+    let conflists: Vec<(&String, &Value)> = cm["data"]
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| k.ends_with(".conflist")).collect())
+        .unwrap_or_default();
+    if conflists.len() != 1 {
+        p.push(format!(
+            "ConfigMap {cm_name}: {} conflists, want one",
+            conflists.len()
+        ));
+    }
+    for (key, text) in &conflists {
+        match serde_json::from_str::<Value>(text.as_str().unwrap_or_default()) {
+            Ok(v) => p.extend(
+                conflist_problems(&v)
+                    .into_iter()
+                    .map(|e| format!("{key}: {e}")),
+            ),
+            Err(e) => p.push(format!("{key}: not JSON: {e}")),
+        }
+    }
+    let spec = &ds["spec"]["template"]["spec"];
+    let labels = &ds["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in ds["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        if &labels[k] != v {
+            p.push(format!(
+                "selector {k}={v} does not match the pod template's labels"
+            ));
+        }
+    }
+    if spec["hostNetwork"] != true {
+        p.push("the DaemonSet's pods must use hostNetwork".into());
+    }
+    let version = std::fs::read_to_string(workspace_root().join("Cargo.toml"))
+        .unwrap()
+        .lines()
+        .skip_while(|l| *l != "[workspace.package]")
+        .find_map(|l| {
+            l.strip_prefix("version = \"")
+                .map(|v| v.trim_end_matches('"').to_owned())
+        })
+        .unwrap();
+    let image = format!("localhost/cnirs:{version}");
+    let volumes: Vec<&Value> = spec["volumes"].as_array().into_iter().flatten().collect();
+    let host_paths: Vec<&str> = volumes
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    for want in ["/opt/cni/bin", "/etc/cni/net.d"] {
+        if !host_paths.contains(&want) {
+            p.push(format!("no hostPath volume for {want}"));
+        }
+    }
+    if !volumes.iter().any(|v| v["configMap"]["name"] == cm_name) {
+        p.push(format!("no volume from ConfigMap {cm_name}"));
+    }
+    let containers: Vec<(&str, &Value)> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| {
+            spec[*k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |c| (*k, c))
+        })
+        .collect();
+    for (_, c) in &containers {
+        let name = c["name"].as_str().unwrap_or("?");
+        if c["image"] != image.as_str() {
+            p.push(format!(
+                "{name}: image {} is not {image} (make image)",
+                c["image"]
+            ));
+        }
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            if !volumes.iter().any(|v| v["name"] == m["name"]) {
+                p.push(format!("{name}: mount {} has no volume", m["name"]));
+            }
+        }
+    }
+    let args_of = |c: &Value| -> Vec<String> {
+        ["command", "args"]
+            .iter()
+            .flat_map(|k| c[*k].as_array().into_iter().flatten())
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+    let install = containers.iter().find(|(k, c)| {
+        *k == "initContainers" && args_of(c).iter().any(|a| a.starts_with("--dest="))
+    });
+    match install {
+        None => p.push("no init container installing the binaries (--dest=...)".into()),
+        Some((_, c)) => {
+            let args = args_of(c);
+            let key = conflists.first().map(|(k, _)| k.as_str()).unwrap_or("?");
+            for want in [
+                "--dest=/host/opt/cni/bin".to_owned(),
+                format!("--conflist=/etc/cnirs/{key}"),
+                "--conf-dir=/host/etc/cni/net.d".to_owned(),
+            ] {
+                if !args.contains(&want) {
+                    p.push(format!("install-cni: missing {want}"));
+                }
+            }
+        }
+    }
+    let agent = containers.iter().find(|(k, c)| {
+        *k == "containers"
+            && args_of(c).get(..2)
+                == Some(&["/opt/cni/bin/cnirs".to_owned(), "agent".to_owned()][..])
+    });
+    match agent {
+        None => p.push("no container running `cnirs agent`".into()),
+        Some((_, c)) => {
+            let sc = &c["securityContext"];
+            if sc["privileged"] != true
+                || !sc["capabilities"]["add"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "NET_ADMIN"))
+            {
+                p.push("the agent must be privileged with NET_ADMIN".into());
+            }
+            let usage =
+                std::fs::read_to_string(workspace_root().join("crates/agent/src/lib.rs")).unwrap();
+            for a in args_of(c).iter().filter(|a| a.starts_with("--")) {
+                let flag = a.split('=').next().unwrap_or_default();
+                if !usage.contains(flag) {
+                    p.push(format!("cnirs agent has no flag {flag}"));
+                }
+            }
+        }
+    }
+    p
+}
+
+#[test]
+fn the_kubernetes_manifest_parses_and_installs_a_valid_conflist_and_the_agent() {
+    let path = examples_dir().join("kubernetes/cnirs.yaml");
+    let docs = yaml_docs(&path);
+    let problems = manifest_problems(&docs);
+    assert!(
+        problems.is_empty(),
+        "{}:\n{}",
+        path.display(),
+        problems.join("\n")
+    );
+    // The checker can fail: a broken copy is caught.
+    let mut broken = docs.clone();
+    for d in &mut broken {
+        if d["kind"] == "DaemonSet" {
+            d["spec"]["template"]["spec"]["hostNetwork"] = json!(false);
+            d["spec"]["template"]["spec"]["volumes"] = json!([]);
+        }
+    }
+    assert!(
+        manifest_problems(&broken).len() >= 3,
+        "{:?}",
+        manifest_problems(&broken)
+    );
 }
 
 #[test]

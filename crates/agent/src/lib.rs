@@ -17,24 +17,32 @@
 //!   from the new revision, through the client's endpoint failover;
 //! - SIGTERM/SIGINT: revokes its lease (the host leaves the cluster at once) and exits 0. The
 //!   FDB entries stay: the data plane keeps working while the agent restarts.
+//!
+//! As a library: [`run_node`] is the whole loop with the etcd client, the node's identity and
+//! the kernel side ([`Dataplane`]) handed in, so many simulated hosts can run it in one process
+//! against a [`FakeKernel`] (the scale harness, `bench/scale`); [`run`] is the command's
+//! version on the real kernel.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     process::ExitCode,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc,
     },
     time::{Duration, Instant},
 };
 
-use etcd::{Client, EventKind, Kv, LeaseKeeper, Options};
-use netops::{FdbEntry, Kernel, MacAddr, Netlink, FLOOD_MAC};
-use overlay_plugin::{
-    config::vni_of_name,
+use cluster::{
     schema::{self, HostRecord, Key, NetworkRecord, PodRecord},
+    vni_of_name,
 };
+use etcd::{Client, EventKind, Kv, LeaseKeeper, Options};
+use netops::{FdbEntry, Kernel, MacAddr, FLOOD_MAC};
+
+pub mod dataplane;
+pub use dataplane::{Dataplane, FakeKernel};
 
 pub const USAGE: &str = "usage: cnirs-agent --etcd-endpoints URL[,URL...] --underlay IFACE [--node-name N] [--etcd-prefix P]
 
@@ -103,7 +111,7 @@ pub fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
     if node.is_empty() || node.contains('/') {
         return Err(format!("--node-name {node:?}: empty or contains '/'"));
     }
-    let prefix = prefix.unwrap_or_else(|| overlay_plugin::config::DEFAULT_PREFIX.to_string());
+    let prefix = prefix.unwrap_or_else(|| cluster::DEFAULT_PREFIX.to_string());
     if !prefix.starts_with('/') {
         return Err(format!("--etcd-prefix {prefix:?} does not start with /"));
     }
@@ -239,7 +247,7 @@ pub fn desired_fdb(view: &View, me: Ipv4Addr, vni: u32) -> BTreeSet<FdbEntry> {
 
 /// Bring every local overlay VXLAN device's remote entries to `desired_fdb`. Returns
 /// (added, removed).
-pub fn reconcile(host: &Netlink<'_>, view: &View, me: Ipv4Addr) -> (usize, usize) {
+pub fn reconcile(host: &dyn Dataplane, view: &View, me: Ipv4Addr) -> (usize, usize) {
     let (mut added, mut removed) = (0, 0);
     let devices = match host.vxlans() {
         Ok(d) => d,
@@ -286,6 +294,20 @@ enum Msg {
     Snapshot(Vec<Kv>),
     Put(Kv),
     Delete(Kv),
+}
+
+/// What one agent did, counted as it goes (read by the scale harness).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Full lists of `<prefix>/` (the first, and one after every broken watch).
+    pub lists: AtomicU64,
+    /// Watch events received (puts and deletes).
+    pub events: AtomicU64,
+    /// Passes of [`reconcile`].
+    pub reconciles: AtomicU64,
+    /// FDB entries added and removed.
+    pub fdb_added: AtomicU64,
+    pub fdb_removed: AtomicU64,
 }
 
 /// List + watch `<prefix>/` forever, re-listing whenever the watch breaks.
@@ -380,7 +402,19 @@ impl Registration {
     }
 }
 
-/// Run the agent until `stop` is set.
+/// Who this host is in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// `hosts/<name>`.
+    pub name: String,
+    /// The VTEP: the underlay IPv4 address other hosts send this host's VXLAN traffic to.
+    pub vtep: Ipv4Addr,
+    /// The etcd prefix, without a trailing `/`.
+    pub prefix: String,
+}
+
+/// Run the agent until `stop` is set, on this host's kernel: the VTEP is the first IPv4
+/// address of `--underlay`.
 pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
     let kernel = Kernel::new().map_err(|e| e.to_string())?;
     let host = kernel.host();
@@ -409,12 +443,31 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
         args.endpoints,
         args.prefix
     );
-    let key = schema::host_key(&args.prefix, &args.node);
+    let node = Node {
+        name: args.node.clone(),
+        vtep: me,
+        prefix: args.prefix.clone(),
+    };
+    run_node(&client, &node, &host, stop, &Stats::default())
+}
+
+/// The agent's loop until `stop` is set: register `node` on a lease, list and watch
+/// `<prefix>/`, keep `dataplane`'s VXLAN devices' FDBs at [`desired_fdb`]; on stop, revoke the
+/// lease. Spawns a watch thread (and the lease's keep-alive thread); both end with it.
+pub fn run_node(
+    client: &Client,
+    node: &Node,
+    dataplane: &dyn Dataplane,
+    stop: &AtomicBool,
+    stats: &Stats,
+) -> Result<(), String> {
+    let me = node.vtep;
+    let key = schema::host_key(&node.prefix, &node.name);
     let value = serde_json::to_vec(&HostRecord { vtep: me }).map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel();
     let watcher_stop = Arc::new(AtomicBool::new(false));
     {
-        let (c, p, s) = (client.clone(), args.prefix.clone(), watcher_stop.clone());
+        let (c, p, s) = (client.clone(), node.prefix.clone(), watcher_stop.clone());
         std::thread::Builder::new()
             .name("watch".into())
             .spawn(move || watcher(c, p, tx, s))
@@ -422,16 +475,16 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
     }
     let mut view = View::default();
     let mut reg = Registration { keeper: None };
-    reg.ensure(&client, &key, &value, &view, &args.node, me);
+    reg.ensure(client, &key, &value, &view, &node.name, me);
     let mut synced = false;
     let mut last_sync = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let mut dirty = false;
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(m) => {
-                apply(&mut view, &args.prefix, m, &mut synced);
+                apply(&mut view, &node.prefix, m, &mut synced, stats);
                 while let Ok(m) = rx.try_recv() {
-                    apply(&mut view, &args.prefix, m, &mut synced);
+                    apply(&mut view, &node.prefix, m, &mut synced, stats);
                 }
                 dirty = true;
             }
@@ -444,25 +497,37 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
             continue; // nothing programmed before the first full list
         }
         if dirty || last_sync.elapsed() >= RESYNC {
-            reconcile(&host, &view, me);
-            reg.ensure(&client, &key, &value, &view, &args.node, me);
+            let (added, removed) = reconcile(dataplane, &view, me);
+            stats.reconciles.fetch_add(1, Ordering::Relaxed);
+            stats.fdb_added.fetch_add(added as u64, Ordering::Relaxed);
+            stats
+                .fdb_removed
+                .fetch_add(removed as u64, Ordering::Relaxed);
+            reg.ensure(client, &key, &value, &view, &node.name, me);
             last_sync = Instant::now();
         }
     }
     log::info!("stopping: revoking the lease of {key}");
     watcher_stop.store(true, Ordering::SeqCst);
-    reg.revoke(&client);
+    reg.revoke(client);
     Ok(())
 }
 
-fn apply(view: &mut View, prefix: &str, m: Msg, synced: &mut bool) {
+fn apply(view: &mut View, prefix: &str, m: Msg, synced: &mut bool, stats: &Stats) {
     match m {
         Msg::Snapshot(kvs) => {
+            stats.lists.fetch_add(1, Ordering::Relaxed);
             *view = View::from_kvs(prefix, &kvs);
             *synced = true;
         }
-        Msg::Put(kv) => view.apply(prefix, &kv.key_str(), Some(&kv.value)),
-        Msg::Delete(kv) => view.apply(prefix, &kv.key_str(), None),
+        Msg::Put(kv) => {
+            stats.events.fetch_add(1, Ordering::Relaxed);
+            view.apply(prefix, &kv.key_str(), Some(&kv.value))
+        }
+        Msg::Delete(kv) => {
+            stats.events.fetch_add(1, Ordering::Relaxed);
+            view.apply(prefix, &kv.key_str(), None)
+        }
     }
 }
 
@@ -573,5 +638,48 @@ mod tests {
         );
         // An unknown VNI: floods only.
         assert_eq!(desired_fdb(&v, me, 99).len(), 1);
+    }
+
+    #[test]
+    fn reconcile_brings_local_devices_to_the_view_and_leaves_others_alone() {
+        let p = "/cnirs";
+        let mut v = View::default();
+        v.apply(p, "/cnirs/hosts/h1", Some(br#"{"vtep":"10.240.0.1"}"#));
+        v.apply(p, "/cnirs/hosts/h2", Some(br#"{"vtep":"10.240.0.2"}"#));
+        v.apply(p, "/cnirs/networks/a", Some(br#"{"vni":7}"#));
+        v.apply(
+            p,
+            "/cnirs/pods/a/10.1.0.2",
+            Some(&pod("h2", "10.240.0.2", "0a:58:0a:01:00:02")),
+        );
+        let me: Ipv4Addr = "10.240.0.1".parse().unwrap();
+        let k = FakeKernel::recording();
+        k.ensure_vxlan("cnirsvx7", 7, me);
+        // A device of another VTEP (not ours to program) and one not named by us.
+        k.ensure_vxlan("cnirsvx8", 8, "10.240.0.9".parse().unwrap());
+        k.ensure_vxlan("other", 7, me);
+        let stale = FdbEntry {
+            mac: [0x0a, 0x58, 0, 0, 0, 9],
+            dst: "10.240.0.3".parse().unwrap(),
+        };
+        for d in ["cnirsvx7", "cnirsvx8", "other"] {
+            assert!(k.insert(d, stale));
+        }
+        k.fail_next_add();
+        let (added, removed) = reconcile(&k, &v, me);
+        assert_eq!(
+            (added, removed),
+            (1, 1),
+            "one add failed, the stale entry went"
+        );
+        assert_eq!(reconcile(&k, &v, me), (1, 0), "the failed add is retried");
+        assert_eq!(k.fdb("cnirsvx7"), desired_fdb(&v, me, 7));
+        assert_eq!(k.fdb("cnirsvx8").into_iter().collect::<Vec<_>>(), [stale]);
+        assert_eq!(k.fdb("other").into_iter().collect::<Vec<_>>(), [stale]);
+        assert_eq!(
+            reconcile(&k, &v, me),
+            (0, 0),
+            "level-triggered: nothing left to do"
+        );
     }
 }

@@ -289,7 +289,7 @@ fn run_command(
 /// socket): it runs in a detached process once the answer is out (`netbase::detach`), so the
 /// runtime sees this process exit without waiting for it. Every verb that may touch nftables
 /// parks its nfnetlink sockets, not DEL alone: the release of one waits for any pending
-/// nf_tables destroy work in the whole kernel (one RCU grace period, ~10 ms), so an ADD or
+/// nf_tables destroy work in the whole kernel (one RCU grace period), so an ADD or
 /// CHECK right after some DEL would pay for it.
 pub fn run(plugin: &dyn Plugin) -> i32 {
     crate::logging::init(plugin.name());

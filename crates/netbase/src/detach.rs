@@ -2,8 +2,8 @@
 //! forks.
 //!
 //! Some kernel calls answer at once but make their caller wait afterwards: a veth delete sits
-//! in an RCU barrier (15-30 ms), and closing an nfnetlink socket after a batch that deleted
-//! something waits for nf_tables' destroy work (an RCU grace period, ~10 ms), although the
+//! in an RCU barrier, and closing an nfnetlink socket after a batch that deleted something
+//! waits for nf_tables' destroy work (an RCU grace period), although the
 //! commit was already done. During a verb the code that would pay such a wait hands it here
 //! instead: [`park_fd`] (a socket whose close waits) and [`park_job`] (work that needs no
 //! state of this process, e.g. "delete the retired link `cnirsx…`"). When the verb has
@@ -126,11 +126,10 @@ fn run(fds: Vec<OwnedFd>, jobs: Vec<Job>, detached: bool) {
 /// Wait until nf_tables' destroy work of our commits has most likely run, before the parked
 /// sockets close. The release of any nfnetlink socket takes the netns' nf_tables commit mutex
 /// and, while destroy work is pending, flushes it (an RCU grace period) with the mutex held:
-/// closed at once, our sockets would make the next plugin's commit wait ~10 ms (measured: the
-/// chain's portmap DEL went from 1.5 to 13 ms after isolation's). `membarrier(GLOBAL)` is one
-/// grace period (`synchronize_rcu`); the sleep covers the work item's own and lets the
-/// runtime's next call (an ADD right after this DEL) finish first: with 10 ms, one ADD in two
-/// right after a DEL still paid 5-15 ms, with 60 ms none did (16 alternated samples each).
+/// closed at once, our sockets would make the next plugin's commit wait for it.
+/// `membarrier(GLOBAL)` is one grace period (`synchronize_rcu`); the sleep covers the work
+/// item's own and lets the runtime's next call (an ADD right after this DEL) finish first. How
+/// the length of the sleep was chosen: docs/performance.md.
 #[allow(unsafe_code)]
 fn settle() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;

@@ -82,8 +82,8 @@ pub enum Op {
     ///   the host's IPv6 table, which the kernel walks whole at every link up and down.
     /// - Pod side, on a network that gives the pod no IPv6 address (what Docker does on an
     ///   IPv4-only network): no link-local address, so no DAD probe, router solicitation or MLD
-    ///   report, each multicast the bridge floods to every other pod of the network (with 500
-    ///   pods, 1.7 ms of CPU per new pod here, spent while the runtime's next call runs).
+    ///   report, each a multicast the bridge floods to every other pod of the network, a CPU
+    ///   cost per new pod that grows with the pods on the bridge (docs/performance.md).
     NoIpv6 { ns: Ns, link: IfName },
     /// `ip link set LINK master BRIDGE up`.
     SetMaster { link: IfName, bridge: IfName },

@@ -9,9 +9,9 @@
 //! directory of every netns as a dentry of the one `/proc/sys/net`, all with the same name, so
 //! they share one hash chain; a lookup from a netns compares its way past the entries of every
 //! netns that opened that directory after its own (`proc_sys_compare`, under a global
-//! spinlock). The host's netns is the oldest: with 1000 pod namespaces that once touched a
+//! spinlock). The host's netns is the oldest: with many pod namespaces that once touched a
 //! sysctl (a runtime or another plugin writing the pod's `accept_dad`, say), each open on the
-//! host cost 0.13-0.5 ms here, against 5 us in a young netns. A request over rtnetlink does not
+//! host costs far more than in a young netns (docs/performance.md). A request over rtnetlink does not
 //! walk paths; the one write per pod that has no netlink form ([`write_fresh`], IPv6's
 //! `disable_ipv6`) goes through a procfs instance of its own, whose dcache starts empty.
 

@@ -24,7 +24,7 @@ pub struct NewBridge {
     /// IGMP/MLD snooping (`mcast_snooping`). Off by default, as Kata's and Incus's container
     /// bridges have it: with no querier on the segment (the usual case) the bridge floods
     /// multicast to every port either way, while snooping re-arms two timers on every port
-    /// whenever any port joins or leaves (0.25 ms per join at 500 ports here), and is known
+    /// whenever any port joins or leaves (a cost per join that grows with the ports), and is known
     /// to delay IPv6 neighbour discovery.
     pub mcast_snooping: bool,
 }

@@ -18,56 +18,10 @@ use host_local::{
     range::{from_u128, to_u128, Range, RangeSet},
 };
 use ipnetwork::IpNetwork;
-use serde::{Deserialize, Serialize};
+
+pub use cluster::ipam::{BlockRecord, IpRecord, Keys};
 
 use crate::{error::Error, store::Store};
-
-/// Value of `ips/<ip>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IpRecord {
-    pub node: String,
-    pub container_id: String,
-    pub ifname: String,
-}
-
-impl IpRecord {
-    pub fn is(&self, container_id: &str, ifname: &str) -> bool {
-        self.container_id == container_id && self.ifname == ifname
-    }
-}
-
-/// Value of `blocks/<cidr>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockRecord {
-    pub node: String,
-}
-
-/// Key names under `<prefix>/ipam/<network>/`.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub network_prefix: String,
-}
-
-impl Keys {
-    pub fn new(network_prefix: &str) -> Self {
-        Keys {
-            network_prefix: network_prefix.to_string(),
-        }
-    }
-    pub fn ip(&self, ip: IpAddr) -> String {
-        format!("{}ips/{ip}", self.network_prefix)
-    }
-    /// `/` in the CIDR is written `_`.
-    pub fn block(&self, block: IpNetwork) -> String {
-        format!(
-            "{}blocks/{}_{}",
-            self.network_prefix,
-            block.network(),
-            block.prefix()
-        )
-    }
-}
 
 /// What the network's keys said when read, updated as this call writes.
 #[derive(Debug, Default, Clone)]

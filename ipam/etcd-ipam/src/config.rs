@@ -5,7 +5,7 @@ use cni_core::{CniError, Request};
 use host_local::config::IpamConfig;
 use serde::Deserialize;
 
-pub const DEFAULT_PREFIX: &str = "/cnirs";
+pub use cluster::DEFAULT_PREFIX;
 
 #[derive(Debug, Default, Deserialize)]
 struct RawNet {
@@ -35,12 +35,12 @@ pub struct Config {
 impl Config {
     /// `<prefix>/ipam/<network>/`.
     pub fn network_prefix(&self) -> String {
-        format!("{}/ipam/{}/", self.prefix, self.network)
+        cluster::ipam::network_prefix(&self.prefix, &self.network)
     }
 
     /// `<prefix>/hosts/`.
     pub fn hosts_prefix(&self) -> String {
-        format!("{}/hosts/", self.prefix)
+        cluster::schema::hosts_prefix(&self.prefix)
     }
 }
 

@@ -14,7 +14,7 @@
 //! killed mid-call, or a crash) are stale: logged, and reclaimed when their address is needed,
 //! at the network's next DEL, or on GC. `last_reserved_ip.<n>` and the index are overwritten
 //! in place, never truncated to zero or renamed over: on ext4 those two patterns force a
-//! writeback of the old blocks (`auto_da_alloc`), which cost 1-5 ms per ADD here.
+//! writeback of the old blocks (`auto_da_alloc`), paid by every ADD.
 
 use std::{
     collections::BTreeMap,

@@ -34,6 +34,14 @@ impl Cluster {
         })
     }
 
+    /// Over a client the caller already has (keys under `prefix`).
+    pub fn with_client(client: Client, prefix: &str) -> Self {
+        Self {
+            client,
+            prefix: prefix.to_string(),
+        }
+    }
+
     /// `networks/<network>`, put if absent. A network registered with another VNI is a
     /// conflict: two overlays of one name on different VNIs would never meet.
     pub fn register_network(

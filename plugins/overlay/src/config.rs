@@ -6,12 +6,11 @@ use cni_core::{args::validate_ifname, CniError, Request};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Largest VNI (24 bits).
-pub const VNI_MAX: u32 = 16_777_215;
 /// VXLAN over IPv4 costs 50 bytes (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// `etcdPrefix` default (shared with etcd-ipam and the agent).
-pub const DEFAULT_PREFIX: &str = "/cnirs";
+/// Shared with etcd-ipam and the agent: the `etcdPrefix` default, the VNI range, and the
+/// VXLAN device name the agent finds the devices by.
+pub use cluster::{vni_of_name, vxlan_name, DEFAULT_PREFIX, VNI_MAX};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -53,19 +52,6 @@ pub struct OverlaySpec {
     pub vxlan: String,
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
-}
-
-/// `cnirsvx<vni>`: at most 15 bytes for any VNI; the agent finds the devices by it.
-pub fn vxlan_name(vni: u32) -> String {
-    format!("cnirsvx{vni}")
-}
-
-/// The VNI of a device named by [`vxlan_name`].
-pub fn vni_of_name(name: &str) -> Option<u32> {
-    name.strip_prefix("cnirsvx")?
-        .parse()
-        .ok()
-        .filter(|v| (1..=VNI_MAX).contains(v))
 }
 
 /// `cnirsbr<vni>`: the default bridge of an overlay.

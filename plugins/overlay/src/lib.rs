@@ -8,22 +8,24 @@
 //!
 //! DEL: the bridge attachment's DEL (from network, container and ifname alone), then this
 //! node's `pods/` records of the attachment. Both go on past failures.
+//!
+//! Every verb takes a [`Ctx`] (node name, host kernel steps, bridge attachment, optional etcd
+//! client): the plugin builds the real one, tests and the scale harness build fakes.
 
 pub mod bridge_seam;
 pub mod cluster;
 pub mod config;
+pub mod ctx;
 pub mod dataplane;
 pub mod error;
-pub mod schema;
+
+/// The record types and keys, shared with etcd-ipam and the agent (crates/cluster).
+pub use ::cluster::schema;
 
 use cni_core::{CniError, CniResult, Plugin, Request};
-use netops::Kernel;
 
-use crate::{
-    cluster::Cluster,
-    config::OverlaySpec,
-    schema::{node_name, PodRecord},
-};
+pub use crate::ctx::{Attachment, BridgeAttachment, Ctx, HostSide, KernelHost};
+use crate::{cluster::Cluster, config::OverlaySpec, schema::PodRecord};
 
 pub struct Overlay;
 
@@ -37,47 +39,58 @@ impl Plugin for Overlay {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        add(req)
+        let (host, attachment) = (KernelHost::default(), BridgeAttachment);
+        add(&Ctx::real(&host, &attachment), req)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        del(req)
+        let (host, attachment) = (KernelHost::default(), BridgeAttachment);
+        del(&Ctx::real(&host, &attachment), req)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        check(req)
+        let (host, attachment) = (KernelHost::default(), BridgeAttachment);
+        check(&Ctx::real(&host, &attachment), req)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
         let spec = config::parse(req)?;
         let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
-        bridge_seam::status(req, stdin, spec.internal)
+        BridgeAttachment.status(req, stdin, spec.internal)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        gc(req)
+        let (host, attachment) = (KernelHost::default(), BridgeAttachment);
+        gc(&Ctx::real(&host, &attachment), req)
     }
 }
 
-fn add(req: &Request) -> Result<CniResult, CniError> {
+/// The context's etcd client, or one from the config.
+fn cluster(ctx: &Ctx<'_>, spec: &OverlaySpec) -> Result<Cluster, CniError> {
+    match ctx.etcd {
+        Some(c) => Ok(Cluster::with_client(c.clone(), &spec.etcd_prefix)),
+        None => Cluster::connect(spec),
+    }
+}
+
+/// ADD (see the module doc).
+pub fn add(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, CniError> {
     let spec = config::parse(req)?;
-    let node = node_name();
-    let kernel = Kernel::new().map_err(error::OverlayError::from)?;
-    let host = kernel.host();
-    let ul = dataplane::underlay(&host, &spec)?;
+    let ul = ctx.host.underlay(&spec)?;
     let mtu = dataplane::pod_mtu(&spec, &ul)?;
     let stdin = config::bridge_stdin(req, &spec, mtu)?;
-    let cluster = Cluster::connect(&spec)?;
+    let cluster = cluster(ctx, &spec)?;
     cluster.register_network(&spec, subnets_of(req))?;
-    dataplane::ensure(&host, &spec, &ul, mtu, || cluster.remote_vteps(ul.vtep))?;
-    let result = bridge_seam::add(req, stdin.clone(), spec.internal)?;
-    let registered = register(&cluster, &spec, req, &node, ul.vtep, &result);
+    ctx.host
+        .ensure(&spec, &ul, mtu, &mut || cluster.remote_vteps(ul.vtep))?;
+    let result = ctx.attachment.add(req, stdin.clone(), spec.internal)?;
+    let registered = register(&cluster, &spec, req, &ctx.node, ul.vtep, &result);
     if let Err(e) = registered {
         log::warn!(
             "{}: registering the pod failed, rolling back: {e}",
             req.tag()
         );
-        if let Err(u) = bridge_seam::del(req, stdin, spec.internal) {
+        if let Err(u) = ctx.attachment.del(req, stdin, spec.internal) {
             log::warn!("{}: rollback: {u}", req.tag());
         }
         return Err(e);
@@ -129,17 +142,18 @@ fn subnets_of(req: &Request) -> Vec<String> {
     out
 }
 
-fn del(req: &Request) -> Result<(), CniError> {
+/// DEL (see the module doc).
+pub fn del(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
     let spec = config::parse(req)?;
-    let node = node_name();
+    let node = &ctx.node;
     let mut errors = Vec::new();
     // The MTU only matters to ADD; the bridge code's DEL ignores it.
     let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
-    if let Err(e) = bridge_seam::del(req, stdin, spec.internal) {
+    if let Err(e) = ctx.attachment.del(req, stdin, spec.internal) {
         errors.push(e);
     }
-    let removed = Cluster::connect(&spec).and_then(|c| {
-        c.remove_pods(&spec.network, &node, |r| {
+    let removed = cluster(ctx, &spec).and_then(|c| {
+        c.remove_pods(&spec.network, node, |r| {
             r.container_id == req.container_id && r.ifname == req.ifname
         })
     });
@@ -160,14 +174,14 @@ fn del(req: &Request) -> Result<(), CniError> {
     }
 }
 
-fn check(req: &Request) -> Result<(), CniError> {
+/// CHECK: the attachment, the network's devices, the pod's records.
+pub fn check(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
     let spec = config::parse(req)?;
     let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
-    bridge_seam::check(req, stdin, spec.internal)?;
-    let kernel = Kernel::new().map_err(error::OverlayError::from)?;
-    dataplane::check(&kernel.host(), &spec)?;
+    ctx.attachment.check(req, stdin, spec.internal)?;
+    ctx.host.check(&spec)?;
     let prev = req.require_prev_result()?;
-    let cluster = Cluster::connect(&spec)?;
+    let cluster = cluster(ctx, &spec)?;
     for ip in prev.container_ips(&req.ifname) {
         let ip = ip.address.ip();
         if !cluster.pod_registered(&spec.network, &ip, &req.container_id, &req.ifname)? {
@@ -180,17 +194,18 @@ fn check(req: &Request) -> Result<(), CniError> {
     Ok(())
 }
 
-fn gc(req: &Request) -> Result<(), CniError> {
+/// GC: the attachments' GC, then this node's pod records that `valid` does not list.
+pub fn gc(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
     let spec = config::parse(req)?;
-    let node = node_name();
+    let node = &ctx.node;
     let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
     let mut errors = Vec::new();
-    if let Err(e) = bridge_seam::gc(req, stdin, spec.internal) {
+    if let Err(e) = ctx.attachment.gc(req, stdin, spec.internal) {
         errors.push(e);
     }
     let valid = req.valid_attachments();
-    let removed = Cluster::connect(&spec).and_then(|c| {
-        c.remove_pods(&spec.network, &node, |r| {
+    let removed = cluster(ctx, &spec).and_then(|c| {
+        c.remove_pods(&spec.network, node, |r| {
             !valid
                 .iter()
                 .any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
@@ -204,3 +219,6 @@ fn gc(req: &Request) -> Result<(), CniError> {
         Some(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,5 @@
-//! DEL without the kernel's wait: a veth delete spends 15-30 ms in an RCU barrier, while
-//! `down` + rename costs ~1 ms. [`Netlink::retire_veth`] makes the pair unobservable at once
+//! DEL without the kernel's wait: a veth delete waits for an RCU barrier, while `down` +
+//! rename does not (docs/performance.md has the figures). [`Netlink::retire_veth`] makes the pair unobservable at once
 //! (both ends down, host end off its bridge, both renamed to a name no ADD derives, so the
 //! interface names are free again) and leaves the delete itself to the detached process of
 //! `netbase::detach` (a plain synchronous netlink socket, [`delete_link_sync`]). A
