@@ -6,8 +6,9 @@
 //!
 //! Every run uses a CNI_PATH directory made for it, holding exactly the binaries it names
 //! (ours from the release build, or the reference's): a missing binary of ours can never be
-//! replaced by the reference's unnoticed. IPAM is the reference `static` where two runs must
-//! give the pod the same addresses (ours is another branch's work), else our host-local.
+//! replaced by the reference's unnoticed. IPAM is `static` (ours with our plugin, the
+//! reference's with the reference) where two runs must give the pod the same addresses, else
+//! our host-local.
 //!
 //! Rates are asserted as the issue asks (within ±15% of the limit over the seconds after the
 //! first, the first second at most 2x the limit): a shaping limit is the behaviour under test,
@@ -541,7 +542,7 @@ fn ptp_pod_is_the_references_and_routes_through_the_host() {
     let pod = net.pod("p");
     let mut snaps = Vec::new();
     for (tag, ours, refs) in [
-        ("ours", &["ptp"][..], &["static"][..]),
+        ("ours", &["ptp", "static"][..], &[][..]),
         ("ref", &[][..], &["ptp", "static"][..]),
     ] {
         let tool = net
@@ -707,7 +708,7 @@ fn macvlan_every_mode_gives_the_references_pod_and_the_default_master() {
         let pod = net.pod(mode);
         let mut snaps = Vec::new();
         for (tag, ours, refs) in [
-            ("ours", &["macvlan"][..], &["static"][..]),
+            ("ours", &["macvlan", "static"][..], &[][..]),
             ("ref", &[][..], &["macvlan", "static"][..]),
         ] {
             let tool =
@@ -739,7 +740,7 @@ fn macvlan_every_mode_gives_the_references_pod_and_the_default_master() {
 fn macvlan_bridge_mode_pods_talk_private_mode_pods_do_not() {
     let net = TestNet::new();
     let _lan = lan(&net);
-    let bin = bin_dir(&net, "o", &["macvlan"], &["static"]);
+    let bin = bin_dir(&net, "o", &["macvlan", "static"], &[]);
     for (mode, talk) in [("bridge", true), ("private", false)] {
         let a = net.pod(&format!("{mode}a"));
         let b = net.pod(&format!("{mode}b"));
@@ -778,7 +779,7 @@ fn macvlan_bridge_mode_pods_talk_private_mode_pods_do_not() {
 fn macvlan_mtu_above_the_master_is_refused_and_link_in_container_uses_the_pods_master() {
     let net = TestNet::new();
     let _lan = lan(&net);
-    let bin = bin_dir(&net, "o", &["macvlan"], &["static"]);
+    let bin = bin_dir(&net, "o", &["macvlan", "static"], &[]);
     let pod = net.pod("p");
     let mut c = macvlan_conf(
         "mvmtu",
@@ -898,7 +899,7 @@ fn host_device_moves_in_as_the_reference_and_comes_back_with_name_and_addresses(
         );
         let mut snaps = Vec::new();
         for (tag, ours, refs) in [
-            ("ours", &["host-device"][..], &["static"][..]),
+            ("ours", &["host-device", "static"][..], &[][..]),
             ("ref", &[][..], &["host-device", "static"][..]),
         ] {
             let tool = net
@@ -1018,7 +1019,7 @@ fn tap_is_made_in_the_pod_with_its_owner_queues_mtu_mac_bridge_and_addresses() {
     );
     let tool = net
         .cnitool(&conf)
-        .cni_path(&[bin_dir(&net, "o", &["tap"], &["static"])])
+        .cni_path(&[bin_dir(&net, "o", &["tap", "static"], &[])])
         .ifname("tap0");
     let r = tool.add(&pod).assert_ok().json().clone();
     assert_eq!(r["interfaces"][0]["mac"], "02:28:00:00:00:07", "{r}");
@@ -1037,7 +1038,7 @@ fn tap_is_made_in_the_pod_with_its_owner_queues_mtu_mac_bridge_and_addresses() {
     // A second ADD of the same name is refused, not attached to the existing device.
     let again = net
         .cnitool(&conf)
-        .cni_path(&[bin_dir(&net, "o2", &["tap"], &["static"])])
+        .cni_path(&[bin_dir(&net, "o2", &["tap", "static"], &[])])
         .ifname("tap0")
         .container_id("other");
     let out = again.add(&pod);
