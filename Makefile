@@ -5,7 +5,8 @@
 CARGO      ?= cargo
 PREFIX     ?= /opt/cni/bin
 BIN_DIR    := $(CURDIR)/target/release
-PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay
+PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay \
+              loopback bandwidth ptp macvlan host-device tap
 TOOLS      := cnirs cnirs-reconcile cnirs-agent
 # IPAM static and dhcp (with its daemon: `dhcp daemon`); the image's entrypoint.
 PLUGINS    += static dhcp
@@ -31,7 +32,8 @@ deps:
 # dynamic: they resolve host names through glibc's NSS.
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
-STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning
+STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning \
+               loopback bandwidth ptp macvlan host-device tap
 # cnirs-install runs as the entrypoint of a FROM-scratch image: it must be static.
 STATIC_BINS += static dhcp cnirs-install
 # Cargo packages of the static binaries (`static` is a Rust keyword: its package is static-ipam).

@@ -21,8 +21,9 @@ packages=(
     bind9-dnsutils dnsperf
     # scripts/podman-bats.sh only (podman's own networking tests; the Go dnsname as yardstick)
     bats ncat golang-github-containernetworking-plugin-dnsname
+    iperf3  # bandwidth shaping measured between a pod and its host (conformance/tests/node.rs)
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl dig dnsperf)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl dig dnsperf iperf3 tc)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

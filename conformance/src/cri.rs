@@ -2,8 +2,8 @@
 //!
 //! [`CriNode`] starts a containerd 1.6 of its own inside the test's host netns and a private
 //! mount namespace ([`MountNs`]: tmpfs over `/run`, `/var/lib`, `/opt`), with the CRI plugin
-//! pointed at a bin dir (our release binaries plus the reference `loopback`, which the CRI
-//! always calls for `lo`) and a conflist dir of the test's. Its pause image is built here, offline:
+//! pointed at a bin dir holding only our release binaries (the CRI also runs `loopback` for
+//! `lo`, and `bandwidth` for the bandwidth capability: ours) and a conflist dir of the test's. Its pause image is built here, offline:
 //! an OCI archive whose one layer is `/bin/busybox` (busybox-static), imported with
 //! `ctr -n k8s.io images import`. The test talks to it over the CRI's gRPC socket with the
 //! `k8s-cri` (v1) client, one call at a time on a current-thread tokio runtime.
@@ -225,7 +225,8 @@ pub fn build_pause_image(dir: &Path) -> PathBuf {
     archive
 }
 
-/// A bin dir for the CRI: links to our release binaries, plus the reference `loopback`.
+/// A bin dir for the CRI: links to our release binaries and nothing else (no reference
+/// plugin is on its path: the CRI's `loopback` and `bandwidth` are ours).
 fn bin_dir(dir: &Path) -> PathBuf {
     let bin = dir.join("cni-bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -237,13 +238,10 @@ fn bin_dir(dir: &Path) -> PathBuf {
         "isolation",
         "firewall",
         "tuning",
+        "loopback",
+        "bandwidth",
     ] {
         std::os::unix::fs::symlink(crate::plugin_bin(p), bin.join(p)).unwrap();
-    }
-    // The CRI always runs `loopback` for `lo`; `bandwidth` chains after ours for the
-    // bandwidth capability (neither is a plugin of this suite).
-    for p in ["loopback", "bandwidth"] {
-        std::os::unix::fs::symlink(crate::reference_plugin_bin(p), bin.join(p)).unwrap();
     }
     bin
 }

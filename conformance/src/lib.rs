@@ -30,6 +30,7 @@ pub mod cni;
 pub mod cri;
 pub mod etcd;
 pub mod exec;
+pub mod iperf;
 pub mod mountns;
 pub mod netns;
 pub mod nft;
@@ -42,6 +43,7 @@ pub use cni::{
     reference_plugin_bin, workspace_root, Cnitool, REFERENCE_CNI_PATH,
 };
 pub use exec::{command, have_tool, run, run_ok, run_with, CmdOutput};
+pub use iperf::{iperf3_receive, Iperf3Server, Rates};
 pub use mountns::MountNs;
 pub use netns::{
     in_netns, listed_netns, outside_addrs, process_prefix, Netns, Outside, TestNet, NAME_PREFIX,

@@ -29,6 +29,11 @@ const BINARIES: &[&str] = &[
     "etcd-ipam",
     "static",
     "dhcp",
+    "bandwidth",
+    "ptp",
+    "macvlan",
+    "host-device",
+    "tap",
 ];
 
 /// Exactly what every binary must advertise.
@@ -77,6 +82,13 @@ fn poisoned(bin: &str, version: &str, name: &str, data_dir: &Path) -> Value {
             "ipam": {"type": "dhcp", "priority": "poison",
                      "daemonSocketPath": "/nonexistent/cnirs-contract/dhcp.sock"}
         }),
+        "bandwidth" => json!({"type": "bandwidth", "ingressRate": "poison",
+                              "capabilities": {"bandwidth": true}}),
+        "ptp" | "tap" => json!({"type": bin, "mtu": "poison",
+                                "ipam": {"type": "host-local", "dataDir": data_dir,
+                                         "ranges": [[{"subnet": "10.231.0.0/24"}]]}}),
+        "macvlan" => json!({"type": "macvlan", "mode": "poison"}),
+        "host-device" => json!({"type": "host-device", "device": 5}),
         other => panic!("no poisoned config for {other}"),
     };
     c["cniVersion"] = json!(version);
@@ -90,6 +102,8 @@ fn poisoned(bin: &str, version: &str, name: &str, data_dir: &Path) -> Value {
 /// the plain tests leave that pair to the kernel test `bad_inputs_leave_nothing_behind`, so a
 /// broken contract check can never act on the machine's own netns.
 fn poison_bites(bin: &str, cmd: &str) -> bool {
+    // The interface plugins and bandwidth do not parse their own keys on DEL (it must succeed
+    // on a config ADD refused), GC and STATUS.
     !matches!(
         (bin, cmd),
         ("portmap", "DEL" | "GC" | "STATUS")
@@ -98,6 +112,10 @@ fn poison_bites(bin: &str, cmd: &str) -> bool {
             | ("static", "DEL" | "GC" | "STATUS")
             // dhcp's GC has nothing to do (the daemon keeps no list to collect).
             | ("dhcp", "GC")
+            | (
+                "bandwidth" | "ptp" | "macvlan" | "host-device" | "tap",
+                "DEL" | "GC" | "STATUS"
+            )
     )
 }
 
@@ -664,11 +682,24 @@ fn unknown_cni_args_need_ignore_unknown() {
             if !poison_bites(bin, cmd) {
                 continue;
             }
+            // The reference bandwidth, ptp and host-device parse no CNI_ARGS and refuse none:
+            // neither do ours (an unknown key reaches the plugin, as below).
+            let any_args = matches!(*bin, "bandwidth" | "ptp" | "host-device");
             for args in [
                 "FOO=bar",
                 "K8S_POD_NAME=p;FOO=bar",
                 "IgnoreUnknown=0;FOO=bar",
             ] {
+                if any_args {
+                    let out = p.call(
+                        bin,
+                        cmd,
+                        |e| drop(e.insert("CNI_ARGS".into(), args.into())),
+                        &conf,
+                    );
+                    check_reached_plugin(&mut f, &format!("{bin} {cmd} CNI_ARGS={args:?}"), &out);
+                    continue;
+                }
                 let out = p.call(
                     bin,
                     cmd,
@@ -804,6 +835,12 @@ fn bad_inputs_leave_nothing_behind() {
             // No daemon listens there: every case must be refused before it is dialled.
             "dhcp" => json!({"type": "dhcp", "ipam": {"type": "dhcp",
                 "daemonSocketPath": net.tmp().join("no-daemon/dhcp.sock")}}),
+            "bandwidth" => json!({"type": "bandwidth", "ingressRate": 1_000_000,
+                                  "ingressBurst": 100_000, "prevResult": fake_prev("eth0", &np)}),
+            "ptp" | "tap" => json!({"type": bin, "ipam": {"type": "host-local",
+                "dataDir": net.data_dir(), "ranges": [[{"subnet": "10.232.1.0/24"}]]}}),
+            "macvlan" => json!({"type": "macvlan", "master": "eth0"}),
+            "host-device" => json!({"type": "host-device", "device": "cnirs-nodev"}),
             other => panic!("{other}"),
         };
         with_common(plugin, version, name)
@@ -974,7 +1011,12 @@ fn bad_inputs_leave_nothing_behind() {
                 1,
             ),
         ];
+        // bandwidth, ptp and host-device read no CNI_ARGS, as the reference: none is unknown.
+        let any_args = matches!(*bin, "bandwidth" | "ptp" | "host-device");
         for (what, cmd, edit, conf, code) in cases {
+            if any_args && what.contains("CNI_ARGS") {
+                continue;
+            }
             let mut env = base_env(cmd);
             edit(&mut env);
             let out = net.run_plugin(&exe, &env, &conf.to_string());

@@ -9,9 +9,10 @@
 //! is [`HostState`]: links, addresses, routes, nft elements, leases, libcni's cache and our
 //! state files, compared with before the first pod.
 //!
-//! Needs root, containerd 1.6 (`containerd`, `ctr`), `runc`, the reference `loopback` plugin
-//! (containernetworking-plugins), busybox-static, and the release binaries. Run alone:
-//! `cargo test -p conformance --test cri -- --ignored`.
+//! Needs root, containerd 1.6 (`containerd`, `ctr`), `runc`, busybox-static, and the release
+//! binaries; no reference plugin is on the CRI's plugin path (its `loopback` and `bandwidth`
+//! are ours). Run alone, under the global lock:
+//! `flock /tmp/cnirs-global.lock cargo test -p conformance --test cri -- --ignored`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
@@ -262,11 +263,12 @@ fn pods_survive_a_containerd_restart_and_tear_down_cleanly_afterwards() {
 
 /// Every capability containerd's CRI passes, declared by the plugins of the chain: ours accept
 /// (portMappings) or ignore (dns, io.kubernetes.cri.pod-annotations, bandwidth) them as the
-/// reference does, and bandwidth shaping is the reference `bandwidth` plugin's, chained after
-/// ours: it finds the pod's host veth in our result and shapes it.
+/// reference does, and our `bandwidth`, chained after them, finds the pod's host veth in the
+/// result and shapes it: a TBF on the veth and one on an IFB, with containerd's burst
+/// (math.MaxUint32 bits for a rate-only annotation) capped to 100 ms of the rate.
 #[test]
 #[ignore = "kernel test (root): run by make conformance"]
-fn cri_capability_args_reach_the_chain_and_reference_bandwidth_shapes_our_veth() {
+fn cri_capability_args_reach_the_chain_and_our_bandwidth_shapes_the_veth() {
     require();
     let net = TestNet::new();
     let out = net.outside();
@@ -297,18 +299,42 @@ fn cri_capability_args_reach_the_chain_and_reference_bandwidth_shapes_our_veth()
         8097,
         "cri-shaped"
     ));
-    // The reference bandwidth plugin put a tbf qdisc on our host-side veth.
-    let veth = net
-        .host()
-        .link_names()
-        .into_iter()
+    // Our bandwidth plugin put a TBF on the host-side veth (towards the pod) and on an IFB
+    // (from the pod), the burst capped: 100 ms of 10 Mbit/s is 125000 bytes.
+    let links = net.host().link_names();
+    let veth = links
+        .iter()
         .find(|l| l.starts_with("veth"))
         .expect("the pod's host veth");
-    let tc = run(net
-        .host()
-        .command("tc")
-        .args(["qdisc", "show", "dev", &veth]));
-    assert!(tc.stdout.contains("tbf"), "no tbf qdisc on {veth}: {tc:?}");
+    let ifb = links
+        .iter()
+        .find(|l| l.starts_with("bwp"))
+        .unwrap_or_else(|| panic!("no IFB among {links:?}"));
+    for dev in [veth, ifb] {
+        let tc = run(net
+            .host()
+            .command("tc")
+            .args(["-j", "qdisc", "show", "dev", dev]));
+        let q: Value = serde_json::from_str(&tc.stdout).unwrap();
+        let tbf = q
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["kind"] == "tbf")
+            .unwrap_or_else(|| panic!("no tbf qdisc on {dev}: {tc:?}"));
+        assert_eq!(tbf["options"]["rate"], 1_250_000, "{dev}: {tbf}");
+        assert_eq!(tbf["options"]["burst"], 125_000, "{dev}: {tbf}");
+    }
+    // No reference plugin was on the CRI's plugin path.
+    let bin = net.tmp().join("cri/cni-bin");
+    for e in std::fs::read_dir(&bin).unwrap() {
+        let target = std::fs::read_link(e.unwrap().path()).unwrap();
+        assert!(
+            !target.starts_with(REFERENCE_CNI_PATH),
+            "a reference plugin is on the CRI's path: {}",
+            target.display()
+        );
+    }
     node.stop_and_remove(&id);
     assert_nothing_left(&net, &before, "after the shaped pod was removed");
 }

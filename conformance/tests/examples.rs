@@ -29,6 +29,12 @@ const OUR_TYPES: &[(&str, &str)] = &[
     ("dhcp", "ipam/dhcp"),
     ("etcd-ipam", "ipam/etcd-ipam"),
     ("overlay", "plugins/overlay"),
+    ("loopback", "plugins/loopback"),
+    ("bandwidth", "plugins/bandwidth"),
+    ("ptp", "plugins/ptp"),
+    ("macvlan", "plugins/macvlan"),
+    ("host-device", "plugins/host-device"),
+    ("tap", "plugins/tap"),
 ];
 
 /// Versions libcni 1.1.2 (containerd 1.6, our cnitool) can load and convert results to.
@@ -208,7 +214,7 @@ fn the_checker_catches_bad_conflists() {
         json!({"cniVersion": "1.0.0", "name": "../x", "plugins": [{"type": "bridge"}]}),
         json!({"cniVersion": "1.0.0", "name": "x", "plugins": []}),
         json!({"cniVersion": "1.0.0", "name": "x", "type": "bridge"}),
-        json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "macvlan"}]}),
+        json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "vlan"}]}),
         json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "bridge", "ipam": {"type": "whereabouts"}}]}),
         json!({"cniVersion": "1.0.0", "cniVersions": ["2.0.0"], "name": "x", "plugins": [{"type": "bridge"}]}),
     ];

@@ -138,6 +138,12 @@ pub trait Plugin {
         &[]
     }
 
+    /// True for a plugin that reads no `CNI_ARGS` key and so refuses none, as the reference
+    /// plugins that never parse them (loopback, bandwidth, ptp, host-device) accept any.
+    fn any_args(&self) -> bool {
+        false
+    }
+
     fn add(&self, req: &Request) -> Result<CniResult, CniError>;
     fn del(&self, req: &Request) -> Result<(), CniError>;
     fn check(&self, req: &Request) -> Result<(), CniError>;
@@ -251,7 +257,9 @@ fn run_command(
         _ => {}
     }
     conf::validate_network_name(&conf.name)?;
-    env.args.check_known(plugin.known_args())?;
+    if !plugin.any_args() {
+        env.args.check_known(plugin.known_args())?;
+    }
 
     let req = Request {
         command,

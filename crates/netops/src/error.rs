@@ -45,6 +45,8 @@ pub enum NetopsError {
         name: String,
         source: Box<rtnetlink::Error>,
     },
+    #[error("a link named {name} already exists in {netns}")]
+    NameTaken { name: String, netns: String },
     #[error("create veth {host}: a link named {host} already exists on the host")]
     HostVethExists { host: String },
     #[error("create veth peer {peer}: a link named {peer} already exists in netns {netns}")]
@@ -130,6 +132,21 @@ pub enum NetopsError {
         netns: String,
         source: Box<rtnetlink::Error>,
     },
+    #[cfg(feature = "netlink")]
+    #[error("tc: {op} on {link} in {netns}: {source}")]
+    Tc {
+        op: &'static str,
+        link: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("tap {name} in {netns}: {what}: {source}")]
+    Tap {
+        name: String,
+        netns: String,
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("invalid route {dst}: {reason}")]
     InvalidRoute { dst: String, reason: String },
     #[error("{what}: needs a pod handle from Kernel::pod")]
@@ -160,10 +177,13 @@ impl NetopsError {
             | Self::Runtime(source)
             | Self::Connection { source, .. }
             | Self::Sysctl { source, .. }
-            | Self::Conntrack { source, .. } => source.raw_os_error(),
+            | Self::Conntrack { source, .. }
+            | Self::Tap { source, .. } => source.raw_os_error(),
             Self::NetnsNotFound { .. } => Some(libc::ENOENT),
             Self::LinkNotFound { .. } => Some(libc::ENODEV),
-            Self::HostVethExists { .. } | Self::PeerExists { .. } => Some(libc::EEXIST),
+            Self::HostVethExists { .. } | Self::PeerExists { .. } | Self::NameTaken { .. } => {
+                Some(libc::EEXIST)
+            }
             #[cfg(feature = "netlink")]
             Self::CreateBridge { source, .. }
             | Self::CreateVeth { source, .. }
@@ -173,7 +193,8 @@ impl NetopsError {
             | Self::Rule { source, .. }
             | Self::Dump { source, .. }
             | Self::Fdb { source, .. }
-            | Self::Neighbour { source, .. } => netlink_errno(source),
+            | Self::Neighbour { source, .. }
+            | Self::Tc { source, .. } => netlink_errno(source),
             Self::NotANetns { .. }
             | Self::InvalidIfName(_)
             | Self::InvalidSysctlKey { .. }
@@ -237,7 +258,9 @@ impl NetopsError {
             | NetopsError::VxlanMismatch { .. }
             | NetopsError::InvalidRoute { .. }
             | NetopsError::Unsupported { .. } => C::InvalidConfig,
-            NetopsError::HostVethExists { .. } | NetopsError::PeerExists { .. } => C::Conflict,
+            NetopsError::HostVethExists { .. }
+            | NetopsError::PeerExists { .. }
+            | NetopsError::NameTaken { .. } => C::Conflict,
             NetopsError::NetnsOpen { .. } => C::Io,
             _ => C::Kernel,
         }

@@ -13,8 +13,8 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
         link::{
-            InfoBridge, InfoBridgePort, InfoData, InfoPortData, InfoVeth, LinkAttribute, LinkFlags,
-            LinkInfo, LinkMessage,
+            InfoBridge, InfoBridgePort, InfoData, InfoMacVlan, InfoPortData, InfoVeth,
+            LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
         },
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
         AddressFamily,
@@ -31,8 +31,11 @@ use crate::{
 };
 
 mod addr;
+mod devices;
 mod retire;
 mod seal;
+pub mod tc;
+pub use devices::{AddrFlags, RouteExtra};
 pub use retire::{retired_name, RETIRED_PREFIX, STALL_ENV as RETIRE_STALL_ENV};
 pub use seal::SEAL_RULE_PRIORITY;
 
@@ -135,6 +138,9 @@ pub(crate) fn link_from_msg(m: LinkMessage) -> Link {
             LinkAttribute::Mtu(v) => l.mtu = v,
             LinkAttribute::TxQueueLen(v) => l.txqlen = v,
             LinkAttribute::Controller(c) if c != 0 => l.master = Some(c),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a),
+            LinkAttribute::Link(p) if p != 0 => l.parent = Some(p),
+            LinkAttribute::LinkNetNsId(id) => l.link_netnsid = Some(id),
             LinkAttribute::OperState(s) => l.oper_state = s.to_string(),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
@@ -150,6 +156,13 @@ pub(crate) fn link_from_msg(m: LinkMessage) -> Link {
                                 }
                             }
                             l.bridge_port = Some(f);
+                        }
+                        LinkInfo::Data(InfoData::MacVlan(ms)) => {
+                            for m in ms {
+                                if let InfoMacVlan::Mode(mode) = m {
+                                    l.macvlan_mode = Some(devices::macvlan_mode_from(mode));
+                                }
+                            }
                         }
                         LinkInfo::Data(InfoData::Bridge(bs)) => {
                             for b in bs {

@@ -24,6 +24,12 @@
 //! - VXLAN: [`ensure_vxlan`](Netlink::ensure_vxlan), FDB entries
 //!   ([`fdb_add`](Netlink::fdb_add), [`fdb_del`](Netlink::fdb_del),
 //!   [`fdb_entries`](Netlink::fdb_entries)), permanent neighbours.
+//! - Other links: macvlan ([`create_macvlan`](Netlink::create_macvlan)), IFB
+//!   ([`create_ifb`](Netlink::create_ifb)), TAP ([`create_tap`], over `/dev/net/tun`), moving a
+//!   link between namespaces under a new name ([`move_link`](Netlink::move_link)).
+//! - Traffic control: TBF ([`add_tbf`](Netlink::add_tbf)), ingress and clsact qdiscs, u32
+//!   filters with a mirred redirect ([`add_u32_filter`](Netlink::add_u32_filter)), read back
+//!   with [`qdiscs`](Netlink::qdiscs) and [`u32_filters`](Netlink::u32_filters).
 //! - [`sysctl`]: validated `net.*` keys, read/write in the current or a given netns.
 //! - [`ops`]: kernel work as values ([`Op`], printed as `ip` commands), [`apply`] with an
 //!   undo of every completed step, [`KernelExec`] over netlink and the [`Recorder`] fake.
@@ -59,6 +65,7 @@ mod netns;
 pub mod ops;
 mod rawnl;
 pub mod sysctl;
+mod tap;
 mod types;
 #[cfg(feature = "netlink")]
 mod vxlan;
@@ -71,14 +78,16 @@ pub use exec::KernelExec;
 pub use ipnetwork::IpNetwork;
 #[cfg(feature = "netlink")]
 pub use kernel::{
-    retired_name, Kernel, Netlink, RETIRED_PREFIX, RETIRE_STALL_ENV, SEAL_RULE_PRIORITY,
+    retired_name, tc, AddrFlags, Kernel, Netlink, RouteExtra, RETIRED_PREFIX, RETIRE_STALL_ENV,
+    SEAL_RULE_PRIORITY,
 };
 pub use netns::NetNs;
 pub use ops::{apply, rollback, Executor, Failure, Ns, Op, Recorder, Reversible, Undo};
 pub use sysctl::SysctlKey;
+pub use tap::{create_tap, tap_flags, TapSpec};
 pub use types::{
-    BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, NewBridge,
-    RouteInfo, RouteSpec, VethPair, VethSpec,
+    BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, MacvlanMode,
+    MacvlanSpec, NewBridge, RouteInfo, RouteSpec, VethPair, VethSpec,
 };
 #[cfg(feature = "netlink")]
 pub use vxlan::{FdbEntry, VxlanInfo, VxlanSpec, FLOOD_MAC, VXLAN_PORT};

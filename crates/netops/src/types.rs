@@ -61,6 +61,73 @@ pub struct Link {
     pub bridge_port: Option<BridgePortFlags>,
     /// `mcast_snooping` when this link is a bridge.
     pub mcast_snooping: Option<bool>,
+    /// `IFLA_IFALIAS` (`ip link set NAME alias TEXT`), when set.
+    pub alias: Option<String>,
+    /// `IFLA_LINK`: the ifindex of the lower device (a macvlan's master, a veth's peer), in
+    /// this netns or, with `link_netnsid`, another one.
+    pub parent: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the parent lives in another netns (its id as seen from here).
+    pub link_netnsid: Option<i32>,
+    /// The macvlan mode when this link is a macvlan.
+    pub macvlan_mode: Option<MacvlanMode>,
+}
+
+/// A macvlan's mode (`ip link add ... type macvlan mode MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacvlanMode {
+    Private,
+    Vepa,
+    Bridge,
+    Passthru,
+    /// Any other kernel value (source mode, or a future one).
+    Other(u32),
+}
+
+impl MacvlanMode {
+    /// The name `ip` and the reference plugin use (`bridge`, `private`, `vepa`, `passthru`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Private => "private",
+            Self::Vepa => "vepa",
+            Self::Bridge => "bridge",
+            Self::Passthru => "passthru",
+            Self::Other(_) => "other",
+        }
+    }
+
+    /// The mode named `s`, as the reference accepts them ("" is bridge).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "" | "bridge" => Self::Bridge,
+            "private" => Self::Private,
+            "vepa" => Self::Vepa,
+            "passthru" => Self::Passthru,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for MacvlanMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Other(v) => write!(f, "mode {v}"),
+            m => f.write_str(m.as_str()),
+        }
+    }
+}
+
+/// A macvlan to create ([`crate::Netlink::create_macvlan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacvlanSpec {
+    /// Its final name in the netns it is created in.
+    pub name: String,
+    /// The master's ifindex in the netns of the handle that creates it.
+    pub master: u32,
+    pub mode: MacvlanMode,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    /// `bcqueuelen`: the broadcast queue length (kernel default when `None`).
+    pub bcqueuelen: Option<u32>,
 }
 
 impl Link {

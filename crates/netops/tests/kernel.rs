@@ -983,3 +983,399 @@ fn seal_rules_are_added_reported_when_missing_and_removed() {
         "{show}"
     );
 }
+
+// ---- macvlan, IFB, TAP, moving links, tc (issue 28) ----
+
+/// `tc -j qdisc show dev NAME` in `ns`.
+fn tc_json(ns: &TestNs, args: &[&str]) -> Value {
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "tc", "-j"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tc {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if o.stdout.trim_ascii().is_empty() {
+        return Value::Array(vec![]);
+    }
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn macvlan_is_created_in_the_pod_under_its_final_name_even_when_the_host_has_that_name() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    h.ip_ok(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
+    h.ip_ok(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let pod = k.pod(&NetNs::open(&p.path).unwrap()).unwrap();
+        let master = host.require_link("up0").unwrap();
+        for (mode, name) in [
+            (netops::MacvlanMode::Bridge, "bridge"),
+            (netops::MacvlanMode::Private, "private"),
+            (netops::MacvlanMode::Vepa, "vepa"),
+        ] {
+            let l = host
+                .create_macvlan(
+                    &netops::MacvlanSpec {
+                        name: "eth0".into(),
+                        master: master.index,
+                        mode,
+                        mtu: Some(1400),
+                        mac: Some("02:42:ac:11:00:09".parse().unwrap()),
+                        bcqueuelen: None,
+                    },
+                    Some(&pod),
+                )
+                .unwrap();
+            assert_eq!(l.kind.as_deref(), Some("macvlan"));
+            assert_eq!(l.macvlan_mode, Some(mode));
+            assert_eq!(l.mtu, 1400);
+            assert_eq!(l.mac.unwrap().to_string(), "02:42:ac:11:00:09");
+            assert!(l.link_netnsid.is_some(), "the master is in another netns");
+            let j = p.link_json("eth0").unwrap();
+            assert_eq!(j["linkinfo"]["info_data"]["mode"], name, "{j}");
+            // A second one of the same name in the pod: EEXIST, nothing created.
+            let e = host
+                .create_macvlan(
+                    &netops::MacvlanSpec {
+                        name: "eth0".into(),
+                        master: master.index,
+                        mode,
+                        mtu: None,
+                        mac: None,
+                        bcqueuelen: None,
+                    },
+                    Some(&pod),
+                )
+                .unwrap_err();
+            assert!(e.is_exists(), "{e}");
+            assert!(pod.delete_link("eth0").unwrap());
+        }
+        assert!(
+            host.link("eth0").unwrap().is_some(),
+            "the host's eth0 untouched"
+        );
+        // Passthru takes the master's MAC; one per master.
+        let pt = host
+            .create_macvlan(
+                &netops::MacvlanSpec {
+                    name: "net1".into(),
+                    master: master.index,
+                    mode: netops::MacvlanMode::Passthru,
+                    mtu: None,
+                    mac: None,
+                    bcqueuelen: None,
+                },
+                Some(&pod),
+            )
+            .unwrap();
+        assert_eq!(pt.macvlan_mode, Some(netops::MacvlanMode::Passthru));
+        // linkInContainer: master and macvlan in the pod.
+        p.ip_ok(&[
+            "link", "add", "inner", "type", "veth", "peer", "name", "innerp",
+        ]);
+        let inner = pod.require_link("inner").unwrap();
+        let l = pod
+            .create_macvlan(
+                &netops::MacvlanSpec {
+                    name: "net2".into(),
+                    master: inner.index,
+                    mode: netops::MacvlanMode::Bridge,
+                    mtu: None,
+                    mac: None,
+                    bcqueuelen: None,
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(l.parent, Some(inner.index));
+        assert_eq!(l.link_netnsid, None);
+    });
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn a_link_moves_into_the_pod_renamed_with_its_alias_and_back() {
+    need_root!();
+    let h = TestNs::new("h");
+    let p = TestNs::new("p");
+    h.ip_ok(&["link", "add", "hd0", "type", "veth", "peer", "name", "hd0p"]);
+    h.ip_ok(&["addr", "add", "10.77.0.1/24", "dev", "hd0"]);
+    p.ip_ok(&[
+        "link", "add", "taken", "type", "veth", "peer", "name", "takenp",
+    ]);
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let pns = NetNs::open(&p.path).unwrap();
+        let pod = k.pod(&pns).unwrap();
+        let dev = host.require_link("hd0").unwrap();
+        host.set_alias(&dev, "hd0").unwrap();
+        assert_eq!(
+            host.require_link("hd0").unwrap().alias.as_deref(),
+            Some("hd0")
+        );
+        // A name taken in the pod: refused, the device stays where it was.
+        let e = host.move_link(&dev, &pod, "taken").unwrap_err();
+        assert!(e.is_exists(), "{e}");
+        assert!(host.link("hd0").unwrap().is_some());
+        host.move_link(&dev, &pod, "net0").unwrap();
+        assert!(host.link("hd0").unwrap().is_none());
+        let inpod = pod.require_link("net0").unwrap();
+        assert_eq!(inpod.alias.as_deref(), Some("hd0"), "the alias travels");
+        assert!(!inpod.admin_up);
+        assert!(
+            pod.addresses(&inpod, Some(Family::V4)).unwrap().is_empty(),
+            "moved without addresses"
+        );
+        // Its own name taken in the pod: it arrives under the new one all the same.
+        p.ip_ok(&["link", "add", "hd1", "type", "veth", "peer", "name", "hd1p"]);
+        h.ip_ok(&["link", "add", "hd1", "type", "veth", "peer", "name", "hd1x"]);
+        let hd1 = host.require_link("hd1").unwrap();
+        host.move_link(&hd1, &pod, "net1").unwrap();
+        assert!(pod.link("net1").unwrap().is_some());
+        // And back, under its old name.
+        pod.move_link(&inpod, &host, "hd0").unwrap();
+        let back = host.require_link("hd0").unwrap();
+        host.set_alias(&back, "").unwrap();
+        assert_eq!(host.require_link("hd0").unwrap().alias, None);
+    });
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn addresses_without_prefix_route_and_routes_with_a_source() {
+    need_root!();
+    let h = TestNs::new("h");
+    h.ip_ok(&["link", "add", "a0", "type", "veth", "peer", "name", "a0p"]);
+    h.ip_ok(&["link", "set", "a0", "up"]);
+    h.ip_ok(&["link", "set", "a0p", "up"]);
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let l = host.require_link("a0").unwrap();
+        let flags = netops::AddrFlags {
+            nodad: true,
+            noprefixroute: true,
+        };
+        host.add_address_with(&l, net("10.78.0.5/24"), flags)
+            .unwrap();
+        host.add_address_with(&l, net("fd00:78::5/64"), flags)
+            .unwrap();
+        let routes = host.routes(Some(&l), None).unwrap();
+        assert!(
+            !routes
+                .iter()
+                .any(|r| r.dst == net("10.78.0.0/24") || r.dst == net("fd00:78::/64")),
+            "a prefix route was made: {routes:?}"
+        );
+        let gw: std::net::IpAddr = "10.78.0.1".parse().unwrap();
+        let src: std::net::IpAddr = "10.78.0.5".parse().unwrap();
+        host.add_route_ext(
+            &l,
+            &RouteSpec {
+                dst: net("10.78.0.1/32"),
+                gw: None,
+                priority: None,
+            },
+            &netops::RouteExtra {
+                src: Some(src),
+                host_scope: false,
+            },
+        )
+        .unwrap();
+        host.add_route_ext(
+            &l,
+            &RouteSpec {
+                dst: net("10.78.0.0/24"),
+                gw: Some(gw),
+                priority: None,
+            },
+            &netops::RouteExtra {
+                src: Some(src),
+                host_scope: false,
+            },
+        )
+        .unwrap();
+        let e = host
+            .add_route_ext(
+                &l,
+                &RouteSpec {
+                    dst: net("10.79.0.0/24"),
+                    gw: Some(gw),
+                    priority: None,
+                },
+                &netops::RouteExtra {
+                    src: Some("fd00::1".parse().unwrap()),
+                    host_scope: false,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, NetopsError::InvalidRoute { .. }), "{e}");
+    });
+    let v = h.json(&["-4", "route", "show", "dev", "a0"]);
+    let text = v.to_string();
+    assert!(
+        text.contains(r#""dst":"10.78.0.1","#) && text.contains(r#""scope":"link""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""gateway":"10.78.0.1""#) && text.contains(r#""prefsrc":"10.78.0.5""#),
+        "{text}"
+    );
+    let a = h.json(&["addr", "show", "dev", "a0"]).to_string();
+    assert!(a.contains("noprefixroute"), "{a}");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn tap_is_persistent_exclusive_and_owned() {
+    need_root!();
+    let p = TestNs::new("p");
+    let pns = NetNs::open(&p.path).unwrap();
+    let spec = netops::TapSpec {
+        name: "tap0".into(),
+        multi_queue: true,
+        vnet_hdr: true,
+        owner: Some(54321),
+        group: Some(54322),
+    };
+    netops::create_tap(&pns, &spec).unwrap();
+    let j = p
+        .link_json("tap0")
+        .expect("tap0 exists after the fd was closed");
+    let info = &j["linkinfo"]["info_data"];
+    assert_eq!(info["type"], "tap", "{j}");
+    assert_eq!(info["multi_queue"], true, "{j}");
+    assert_eq!(info["vnet_hdr"], true, "{j}");
+    assert_eq!(info["pi"], false, "{j}");
+    assert_eq!(info["user"], 54321, "{j}");
+    assert_eq!(info["group"], 54322, "{j}");
+    // IFF_TUN_EXCL: the same name again is refused, not attached to.
+    let e = netops::create_tap(&pns, &spec).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EBUSY), "{e}");
+    // A plain one, no owner: anyone with CAP_NET_ADMIN only.
+    netops::create_tap(
+        &pns,
+        &netops::TapSpec {
+            name: "tap1".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let j = p.link_json("tap1").unwrap();
+    assert_eq!(j["linkinfo"]["info_data"]["multi_queue"], false, "{j}");
+    assert!(j["linkinfo"]["info_data"].get("user").is_none(), "{j}");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn ifb_tbf_ingress_and_a_redirect_filter_as_the_reference_bandwidth_sets_them() {
+    need_root!();
+    let h = TestNs::new("h");
+    h.ip_ok(&["link", "add", "vh", "type", "veth", "peer", "name", "vp"]);
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let veth = host.require_link("vh").unwrap();
+        let ifb = host.create_ifb("bwp0", Some(1400)).unwrap();
+        assert_eq!(ifb.kind.as_deref(), Some("ifb"));
+        assert!(ifb.admin_up);
+        assert_eq!(ifb.mtu, 1400);
+        assert!(host.create_ifb("bwp0", None).unwrap_err().is_exists());
+        // 20 Mbit/s, 256 KB bucket.
+        let tbf = netops::tc::TbfParams {
+            rate: 2_500_000,
+            buffer: 1_600_000,
+            limit: 318_500,
+        };
+        host.add_tbf(&ifb, &tbf).unwrap();
+        host.add_tbf(&veth, &tbf).unwrap();
+        assert!(host.add_tbf(&veth, &tbf).unwrap_err().is_exists());
+        host.add_ingress_qdisc(&veth).unwrap();
+        let redirect = netops::tc::U32Filter {
+            parent: netops::tc::PARENT_INGRESS,
+            prio: 1,
+            protocol: netops::tc::ETH_P_ALL,
+            keys: vec![],
+            classid: Some(0x0001_0001),
+            redirect: Some(ifb.index),
+        };
+        host.add_u32_filter(&veth, &redirect).unwrap();
+        let pass = netops::tc::U32Filter {
+            parent: netops::tc::PARENT_INGRESS,
+            prio: 2,
+            protocol: netops::tc::ETH_P_IP,
+            keys: vec![netops::tc::U32Match {
+                val: 0x0a00_0000,
+                mask: 0xff00_0000,
+                off: 16,
+            }],
+            classid: None,
+            redirect: None,
+        };
+        host.add_u32_filter(&veth, &pass).unwrap();
+        // Read back exactly as sent.
+        let qd = host.qdiscs(&ifb).unwrap();
+        let root = qd.iter().find(|q| q.kind == "tbf").expect("tbf on the ifb");
+        assert_eq!(root.tbf, Some(tbf));
+        assert_eq!(root.handle, netops::tc::ROOT_HANDLE);
+        let qd = host.qdiscs(&veth).unwrap();
+        assert!(qd
+            .iter()
+            .any(|q| q.kind == "ingress" && q.handle == netops::tc::INGRESS_HANDLE));
+        let fs = host.u32_filters(&veth, netops::tc::PARENT_INGRESS).unwrap();
+        assert_eq!(fs, vec![redirect.clone(), pass.clone()], "{fs:?}");
+        // Above 4 GB/s the rate goes in TCA_TBF_RATE64.
+        let fast = netops::tc::TbfParams {
+            rate: 6_250_000_000,
+            buffer: 15_625,
+            limit: 100_000_000,
+        };
+        assert!(host.delete_qdisc(&ifb, 0xffff_ffff).unwrap());
+        host.add_tbf(&ifb, &fast).unwrap();
+        assert_eq!(
+            host.qdiscs(&ifb).unwrap().iter().find_map(|q| q.tbf),
+            Some(fast)
+        );
+        // Delete: root and ingress; again is Ok(false).
+        assert!(host.delete_qdisc(&veth, 0xffff_ffff).unwrap());
+        assert!(host.delete_qdisc(&veth, 0xffff_fff1).unwrap());
+        assert!(!host.delete_qdisc(&veth, 0xffff_fff1).unwrap());
+        assert!(!host.delete_qdisc(&veth, 0xffff_ffff).unwrap());
+        assert!(host
+            .u32_filters(&veth, netops::tc::PARENT_INGRESS)
+            .unwrap()
+            .is_empty());
+        // clsact: both hooks.
+        host.add_clsact(&veth).unwrap();
+        let eg = netops::tc::U32Filter {
+            parent: netops::tc::PARENT_CLSACT_EGRESS,
+            ..redirect.clone()
+        };
+        host.add_u32_filter(&veth, &eg).unwrap();
+        assert_eq!(
+            host.u32_filters(&veth, netops::tc::PARENT_CLSACT_EGRESS)
+                .unwrap(),
+            vec![eg]
+        );
+    });
+    // What `tc` sees: the reference's shape.
+    let v = tc_json(&h, &["qdisc", "show", "dev", "bwp0"]).to_string();
+    assert!(
+        v.contains(r#""kind":"tbf""#) && v.contains(r#""handle":"1:""#),
+        "{v}"
+    );
+    let f = tc_json(&h, &["filter", "show", "dev", "vh", "egress"]).to_string();
+    assert!(f.contains("mirred") && f.contains("bwp0"), "{f}");
+}

@@ -128,6 +128,24 @@ impl Firewall {
         self.check(Feature::Network, a)
     }
 
+    /// A routed attachment (`ptp` with `ipMasq`): the pod's subnets masqueraded when they
+    /// leave the host (`masq4/6`, shared by the network's attachments), and the pod's host-side
+    /// link in `managed_br` (owned by the attachment), so traffic routed into one of our pods
+    /// keeps its source, as the reference's per-subnet exception keeps it. DEL and CHECK are
+    /// [`Firewall::detach_network`] and [`Firewall::check_network`].
+    pub fn attach_routed(
+        &self,
+        a: &Attachment,
+        link: &IfName,
+        masq: &[ipnetwork::IpNetwork],
+    ) -> Result<(), NftError> {
+        let shared = masq.iter().map(|s| Elem::masq(*s)).collect();
+        let own = vec![Elem::ManagedBr {
+            bridge: link.clone(),
+        }];
+        self.attach(Feature::Network, a, shared, own, None)
+    }
+
     // ---- isolation ----
 
     /// Register an isolation attachment: `isolated_br { bridge }` while any exists.

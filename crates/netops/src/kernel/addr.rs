@@ -135,7 +135,11 @@ impl Netlink<'_> {
         }
     }
 
-    fn route_message(&self, link: &Link, r: &RouteSpec) -> Result<RouteMessage, NetopsError> {
+    pub(super) fn route_message(
+        &self,
+        link: &Link,
+        r: &RouteSpec,
+    ) -> Result<RouteMessage, NetopsError> {
         let bad = |reason: String| NetopsError::InvalidRoute {
             dst: r.dst.to_string(),
             reason,

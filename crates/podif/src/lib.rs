@@ -1,0 +1,194 @@
+//! The shared half of the plugins that give a pod one interface of their own kind (`ptp`,
+//! `macvlan`, `host-device`, `tap`), so each plugin is its config, its plan and little else.
+//!
+//! - [`step`]: kernel steps as values ([`Step`]: netops' [`netops::Op`]s plus macvlan, TAP,
+//!   moving a link, addresses without prefix route, routes with a source, pod sysctls, state
+//!   files), each printed as the command it matches, with its inverse; [`Effects`] runs them.
+//! - [`iface`]: the IPAM half (the reference's `ipam.ConfigureIface`): the steps that put
+//!   IPAM's addresses and routes on the pod interface, the result, the CHECK of what a result
+//!   says against the kernel, and the common DEL.
+//! - [`LinkError`]: the plugins' error, mapped to CNI codes once.
+//!
+//! Every plugin's ADD is: parse and validate -> read the kernel -> IPAM -> plan (pure) ->
+//! [`run`] (apply with undo; IPAM DEL when anything after IPAM fails) -> result.
+
+pub mod iface;
+pub mod step;
+
+use cni_core::{error::from_classified, CniError, ErrorCode, Request};
+use netops::NetopsError;
+
+pub use step::{restore_host, Effects, HostState, Step};
+
+/// The error of the interface plugins: every failure keeps its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Kernel(#[from] NetopsError),
+    #[error("{source}")]
+    Step {
+        step: usize,
+        command: String,
+        #[source]
+        source: Box<LinkError>,
+    },
+    #[error("{0}")]
+    Check(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<LinkError> for CniError {
+    fn from(e: LinkError) -> CniError {
+        match e {
+            LinkError::Cni(c) => c,
+            LinkError::Kernel(k) => from_classified(k.class(), &k, k.hint()),
+            LinkError::Check(m) => CniError::new(ErrorCode::CheckFailed, m),
+            LinkError::Conflict(m) => CniError::new(ErrorCode::Conflict, m),
+            LinkError::Config(m) => CniError::new(ErrorCode::InvalidConfig, m),
+            LinkError::Io { what, source } => CniError::io(what, &source),
+            LinkError::Step {
+                step,
+                command,
+                source,
+            } => {
+                let inner = CniError::from(*source);
+                let at = format!("at step {step}: {command}");
+                let details = if inner.details.is_empty() {
+                    at
+                } else {
+                    format!("{}; {at}", inner.details)
+                };
+                CniError::new(inner.code, inner.msg).with_details(details)
+            }
+        }
+    }
+}
+
+/// Apply `steps` with an undo of every completed one; on a failure, undo and (when `ipam`
+/// ran) release the address before answering with the step's error. On success, the undo of
+/// the whole plan, for a later step of the plugin's own that fails ([`rollback`]).
+pub fn run(
+    req: &Request,
+    steps: &[Step],
+    fx: &mut Effects<'_, '_>,
+    ipam_ran: bool,
+) -> Result<netops::Undo<Step>, LinkError> {
+    let ns_label = req
+        .netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    log::debug!(
+        "{}: plan:\n{}",
+        req.tag(),
+        steps
+            .iter()
+            .map(|s| s.command(&ns_label))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let res = netops::apply(steps, fx).map_err(|f| {
+        for u in &f.undo_errors {
+            log::warn!("{}: rollback: {u}", req.tag());
+        }
+        LinkError::Step {
+            step: f.step + 1,
+            command: f.op.command(&ns_label),
+            source: Box::new(f.error),
+        }
+    });
+    if res.is_err() && ipam_ran {
+        release_ipam(req);
+    }
+    res
+}
+
+/// Undo a plan [`run`] completed (a later step failed), then release the address.
+pub fn rollback(req: &Request, undo: netops::Undo<Step>, fx: &mut Effects<'_, '_>, ipam_ran: bool) {
+    for e in netops::rollback(undo, fx) {
+        log::warn!("{}: rollback: {e}", req.tag());
+    }
+    if ipam_ran {
+        release_ipam(req);
+    }
+}
+
+/// A deterministic host-side veth name from (network, container id, ifname): `veth` + 11 hex
+/// digits of their FNV-1a hash, so DEL finds it without the netns or a previous result (the
+/// bridge plugin's rule).
+pub fn host_veth_name(
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<netops::IfName, LinkError> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [network, container_id, ifname] {
+        for b in part.bytes().chain(std::iter::once(0u8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    Ok(
+        netops::IfName::new(&format!("veth{:011x}", h & 0xfff_ffff_ffff))
+            .map_err(NetopsError::from)?,
+    )
+}
+
+/// IPAM DEL after a failed ADD (logged, never replacing the ADD's error).
+pub fn release_ipam(req: &Request) {
+    if let Err(e) = req.delegate_ipam(cni_core::Command::Del) {
+        log::warn!(
+            "{}: releasing the address after a failed ADD: {e}",
+            req.tag()
+        );
+    }
+}
+
+/// True when the config names an IPAM plugin (`ipam.type`): the plugins are L2-only without.
+pub fn has_ipam(req: &Request) -> bool {
+    req.conf
+        .ipam
+        .as_ref()
+        .is_some_and(|i| !i.plugin_type.is_empty())
+}
+
+/// The MAC a runtime or the config asks for, with the reference's precedence: the config's
+/// `mac`, overridden by `CNI_ARGS` `MAC`, overridden by `runtimeConfig.mac`. Multicast
+/// addresses are refused.
+pub fn requested_mac(
+    req: &Request,
+    conf: Option<&str>,
+    runtime: Option<&str>,
+) -> Result<Option<netops::MacAddr>, CniError> {
+    let mut mac: Option<(&str, &str)> = conf.filter(|m| !m.is_empty()).map(|m| (m, "mac"));
+    if let Some(m) = req.args.get("MAC").filter(|m| !m.is_empty()) {
+        mac = Some((m, "CNI_ARGS MAC"));
+    }
+    if let Some(m) = runtime.filter(|m| !m.is_empty()) {
+        mac = Some((m, "runtimeConfig.mac"));
+    }
+    let Some((s, field)) = mac else {
+        return Ok(None);
+    };
+    let m: netops::MacAddr = s
+        .parse()
+        .map_err(|_| CniError::config(field, format!("{s:?} is not a MAC address")))?;
+    if !m.is_unicast() {
+        return Err(CniError::config(
+            field,
+            format!("{s} is a multicast address"),
+        ));
+    }
+    Ok(Some(m))
+}

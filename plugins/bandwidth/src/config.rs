@@ -1,0 +1,338 @@
+//! The config: `ingressRate`/`ingressBurst`/`egressRate`/`egressBurst` at the top level of the
+//! plugin's config or in `runtimeConfig.bandwidth` (the `bandwidth` capability), keys matched
+//! as Go matches them (containerd's CRI sends `IngressRate`, ...). As in the reference, any of
+//! those keys at the top level makes the top-level entry the one used, and
+//! `runtimeConfig.bandwidth` is then ignored.
+//!
+//! `shapedSubnets` / `unshapedSubnets` (CIDR lists, one or the other) were in the reference's
+//! v1.5 releases (reverted from its main branch in v1.6): here they select which traffic the
+//! limits apply to, by the remote address.
+
+use cni_core::{conf::parse_value, CniError, Request};
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+/// One direction's limit as configured: bits per second and bits of burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub rate: u64,
+    pub burst: u64,
+}
+
+/// Which traffic is shaped, by the remote end's address.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Subnets {
+    /// Everything (the reference's only behaviour on its main branch).
+    #[default]
+    All,
+    /// `shapedSubnets`: only traffic with these.
+    Only(Vec<IpNetwork>),
+    /// `unshapedSubnets`: everything but traffic with these.
+    Except(Vec<IpNetwork>),
+}
+
+/// What to set up: at least one direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Towards the pod (shaped on the host veth, or an IFB with subnets).
+    pub ingress: Option<Limit>,
+    /// From the pod (shaped on an IFB the host veth's incoming traffic is redirected to).
+    pub egress: Option<Limit>,
+    pub subnets: Subnets,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    ingress_rate: Option<u64>,
+    ingress_burst: Option<u64>,
+    egress_rate: Option<u64>,
+    egress_burst: Option<u64>,
+    shaped_subnets: Option<Vec<String>>,
+    unshaped_subnets: Option<Vec<String>>,
+}
+
+impl Entry {
+    fn present(&self) -> bool {
+        self.ingress_rate.is_some()
+            || self.ingress_burst.is_some()
+            || self.egress_rate.is_some()
+            || self.egress_burst.is_some()
+            || self.shaped_subnets.is_some()
+            || self.unshaped_subnets.is_some()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuntimeConfig {
+    bandwidth: Option<Entry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    ingress_rate: Option<u64>,
+    ingress_burst: Option<u64>,
+    egress_rate: Option<u64>,
+    egress_burst: Option<u64>,
+    shaped_subnets: Option<Vec<String>>,
+    unshaped_subnets: Option<Vec<String>>,
+    runtime_config: Option<serde_json::Value>,
+}
+
+/// The largest burst the reference accepts: `burst/8 < MaxUint32` (a 32-bit byte count).
+const MAX_BURST_BYTES: u64 = u32::MAX as u64;
+
+fn limit(rate: u64, burst: u64, field: &str) -> Result<Option<Limit>, CniError> {
+    match (rate, burst) {
+        (0, 0) => Ok(None),
+        (r, 0) if r != 0 => Err(CniError::config(
+            &format!("{field}Burst"),
+            "if rate is set, burst must also be set",
+        )),
+        (0, _) => Err(CniError::config(
+            &format!("{field}Rate"),
+            "if burst is set, rate must also be set",
+        )),
+        (_, b) if b / 8 >= MAX_BURST_BYTES => Err(CniError::config(
+            &format!("{field}Burst"),
+            "burst cannot be more than 4GB",
+        )),
+        // TBF counts bytes per second: below 8 bit/s the rate is zero bytes.
+        (r, _) if r < 8 => Err(CniError::config(
+            &format!("{field}Rate"),
+            format!("{r} bit/s is below the kernel's smallest rate (8 bit/s)"),
+        )),
+        (rate, burst) => Ok(Some(Limit { rate, burst })),
+    }
+}
+
+fn subnets(list: &[String], field: &str) -> Result<Vec<IpNetwork>, CniError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n: IpNetwork = s.parse().map_err(|e| {
+                CniError::config(&format!("{field}[{i}]"), format!("bad subnet {s:?}: {e}"))
+            })?;
+            if !s.contains('/') {
+                return Err(CniError::config(
+                    &format!("{field}[{i}]"),
+                    format!("bad subnet {s:?}: not in CIDR notation"),
+                ));
+            }
+            Ok(IpNetwork::new(n.network(), n.prefix()).unwrap_or(n))
+        })
+        .collect()
+}
+
+/// The validated request, `None` when it asks for nothing (no entry, or every value zero):
+/// then ADD passes the previous result on untouched.
+pub fn parse(req: &Request) -> Result<Option<Spec>, CniError> {
+    let raw: RawConf = req.parse_conf()?;
+    let top = Entry {
+        ingress_rate: raw.ingress_rate,
+        ingress_burst: raw.ingress_burst,
+        egress_rate: raw.egress_rate,
+        egress_burst: raw.egress_burst,
+        shaped_subnets: raw.shaped_subnets,
+        unshaped_subnets: raw.unshaped_subnets,
+    };
+    let (entry, prefix) = if top.present() {
+        (top, "")
+    } else {
+        let rc: RuntimeConfig = match &raw.runtime_config {
+            Some(v) => parse_value(v, "runtimeConfig")?,
+            None => RuntimeConfig::default(),
+        };
+        match rc.bandwidth {
+            Some(e) => (e, "runtimeConfig.bandwidth."),
+            None => return Ok(None),
+        }
+    };
+    let ingress = limit(
+        entry.ingress_rate.unwrap_or(0),
+        entry.ingress_burst.unwrap_or(0),
+        &format!("{prefix}ingress"),
+    )?;
+    let egress = limit(
+        entry.egress_rate.unwrap_or(0),
+        entry.egress_burst.unwrap_or(0),
+        &format!("{prefix}egress"),
+    )?;
+    let shaped = entry.shaped_subnets.unwrap_or_default();
+    let unshaped = entry.unshaped_subnets.unwrap_or_default();
+    let subnets = match (shaped.is_empty(), unshaped.is_empty()) {
+        (true, true) => Subnets::All,
+        (false, true) => Subnets::Only(subnets(&shaped, &format!("{prefix}shapedSubnets"))?),
+        (true, false) => {
+            Subnets::Except(subnets(&unshaped, &format!("{prefix}unshapedSubnets"))?)
+        }
+        (false, false) => {
+            return Err(CniError::config(
+                &format!("{prefix}shapedSubnets"),
+                "unshapedSubnets and shapedSubnets cannot be both specified, one of them should be discarded",
+            ))
+        }
+    };
+    if ingress.is_none() && egress.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Spec {
+        ingress,
+        egress,
+        subnets,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use cni_core::Command;
+
+    use super::*;
+
+    fn req(conf: &str) -> Request {
+        Request::build(
+            Command::Add,
+            "c1",
+            Some("/run/netns/p"),
+            "eth0",
+            conf.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn spec(conf: &str) -> Result<Option<Spec>, CniError> {
+        parse(&req(conf))
+    }
+
+    const HEAD: &str = r#""cniVersion":"1.0.0","name":"n","type":"bandwidth""#;
+
+    #[test]
+    fn top_level_keys_win_over_runtime_config() {
+        let s = spec(&format!(
+            r#"{{{HEAD},"ingressRate":8000,"ingressBurst":16000,
+                "runtimeConfig":{{"bandwidth":{{"egressRate":1000,"egressBurst":1000}}}}}}"#
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.ingress,
+            Some(Limit {
+                rate: 8000,
+                burst: 16000
+            })
+        );
+        assert_eq!(
+            s.egress, None,
+            "runtimeConfig ignored once a top-level key is there"
+        );
+    }
+
+    #[test]
+    fn runtime_config_as_containerd_spells_it() {
+        // go-cni marshals its BandWidth struct with Go field names and MaxUint32 bursts.
+        let s = spec(&format!(
+            r#"{{{HEAD},"runtimeConfig":{{"bandwidth":{{"IngressRate":10000000,"IngressBurst":4294967295,
+                "EgressRate":10000000,"EgressBurst":4294967295}}}}}}"#
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.ingress,
+            Some(Limit {
+                rate: 10_000_000,
+                burst: 4_294_967_295
+            })
+        );
+        assert_eq!(s.egress, s.ingress);
+        assert_eq!(s.subnets, Subnets::All);
+    }
+
+    #[test]
+    fn cri_o_burst_just_under_4gb_is_accepted_and_4gb_is_refused() {
+        let ok = (u64::from(u32::MAX)) * 8 - 1;
+        let s = spec(&format!(
+            r#"{{{HEAD},"egressRate":1000000,"egressBurst":{ok}}}"#
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.egress.unwrap().burst, ok);
+        let e = spec(&format!(
+            r#"{{{HEAD},"egressRate":1000000,"egressBurst":{}}}"#,
+            ok + 1
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(
+            e.msg.contains("egressBurst") && e.msg.contains("4GB"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn nothing_asked_is_none() {
+        assert_eq!(spec(&format!("{{{HEAD}}}")).unwrap(), None);
+        assert_eq!(
+            spec(&format!(
+                r#"{{{HEAD},"runtimeConfig":{{"bandwidth":{{}}}}}}"#
+            ))
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            spec(&format!(r#"{{{HEAD},"ingressRate":0,"ingressBurst":0}}"#)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn rate_and_burst_go_together_and_values_are_checked() {
+        for (conf, field) in [
+            (r#""ingressRate":1000"#, "ingressBurst"),
+            (r#""egressBurst":1000"#, "egressRate"),
+            (r#""ingressRate":7,"ingressBurst":1000"#, "ingressRate"),
+            (r#""ingressRate":-1,"ingressBurst":1000"#, "ingressRate"),
+            (r#""ingressRate":1.5e6,"ingressBurst":1000"#, "ingressRate"),
+        ] {
+            let e = spec(&format!("{{{HEAD},{conf}}}")).unwrap_err();
+            assert_eq!(e.code(), 7, "{conf}");
+            assert!(e.msg.contains(field), "{conf}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn subnets_one_list_or_the_other_in_cidr_notation() {
+        let s = spec(&format!(
+            r#"{{{HEAD},"egressRate":1000,"egressBurst":1000,"unshapedSubnets":["10.1.2.3/16","fd00::/64"]}}"#
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.subnets,
+            Subnets::Except(vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "fd00::/64".parse().unwrap()
+            ])
+        );
+        let s = spec(&format!(
+            r#"{{{HEAD},"runtimeConfig":{{"bandwidth":{{"egressRate":1000,"egressBurst":1000,"ShapedSubnets":["192.168.0.0/24"]}}}}}}"#
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(matches!(s.subnets, Subnets::Only(ref v) if v.len() == 1));
+        for bad in [
+            r#""shapedSubnets":["10.0.0.0/8"],"unshapedSubnets":["10.1.0.0/16"]"#,
+            r#""shapedSubnets":["10.0.0.1"]"#,
+            r#""shapedSubnets":["nonsense/8"]"#,
+        ] {
+            let e = spec(&format!(
+                r#"{{{HEAD},"egressRate":1000,"egressBurst":1000,{bad}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(e.code(), 7, "{bad}");
+            assert!(e.msg.contains("ubnets"), "{bad}: {}", e.msg);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! `macvlan`: a drop-in for the reference macvlan plugin (podman's macvlan networks). The pod
+//! gets a macvlan of `master` (default: the link of the host's default route), created in the
+//! pod's netns directly under `CNI_IFNAME`, in mode `bridge` (default), `private`, `vepa` or
+//! `passthru`; `mtu` (at most the master's), `mac` (also `CNI_ARGS MAC` and
+//! `runtimeConfig.mac`), `bcqueuelen`, `linkInContainer` (the master is in the pod's netns).
+//! With `ipam` the interface gets IPAM's addresses and routes; without, it is only brought up
+//! (L2).
+//!
+//! parse and validate (master, MTU, MAC) -> IPAM -> plan (pure) -> apply with undo -> result.
+
+use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
+use netops::{Kernel, MacAddr, MacvlanMode, NetNs, Netlink, NetopsError, Ns, Op, SysctlKey};
+use podif::{iface, Effects, LinkError, Step};
+use serde::Deserialize;
+
+pub struct Macvlan;
+
+#[derive(Debug, Default, Deserialize)]
+struct RuntimeConfig {
+    mac: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    master: Option<String>,
+    mode: Option<String>,
+    mtu: Option<i64>,
+    mac: Option<String>,
+    link_in_container: Option<bool>,
+    bcqueuelen: Option<u32>,
+    runtime_config: Option<RuntimeConfig>,
+}
+
+/// The validated config (the master resolved later, against the kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// `None`: the link of the default route.
+    pub master: Option<IfName>,
+    pub mode: MacvlanMode,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub link_in_container: bool,
+    pub bcqueuelen: Option<u32>,
+    pub l3: bool,
+}
+
+pub fn parse(req: &Request) -> Result<Spec, CniError> {
+    let raw: RawConf = req.parse_conf()?;
+    let mode_s = raw.mode.unwrap_or_default();
+    let mode = MacvlanMode::parse(&mode_s)
+        .ok_or_else(|| CniError::config("mode", format!("unknown macvlan mode: {mode_s:?}")))?;
+    let master = match raw.master.as_deref() {
+        None | Some("") => None,
+        Some(m) => Some(IfName::new(m).map_err(|e| CniError::config("master", e))?),
+    };
+    let mtu = match raw.mtu {
+        None | Some(0) => None,
+        Some(m) if m < 0 => {
+            return Err(CniError::config(
+                "mtu",
+                format!("invalid MTU {m}, must be >= 0"),
+            ))
+        }
+        Some(m) => Some(u32::try_from(m).map_err(|_| CniError::config("mtu", "too large"))?),
+    };
+    let mac = podif::requested_mac(
+        req,
+        raw.mac.as_deref(),
+        raw.runtime_config.as_ref().and_then(|r| r.mac.as_deref()),
+    )?;
+    Ok(Spec {
+        master,
+        mode,
+        mtu,
+        mac,
+        link_in_container: raw.link_in_container.unwrap_or(false),
+        bcqueuelen: raw.bcqueuelen.filter(|q| *q != 0),
+        l3: podif::has_ipam(req),
+    })
+}
+
+/// The master as the kernel has it: named, or the default route's link, in the host's netns or
+/// (`linkInContainer`) the pod's; its MTU bounds ours.
+fn resolve_master(spec: &Spec, host: &Netlink<'_>, pod: &Netlink<'_>) -> Result<IfName, LinkError> {
+    let nl = if spec.link_in_container { pod } else { host };
+    let link = match &spec.master {
+        Some(m) => nl.link(m)?.ok_or_else(|| {
+            LinkError::Config(format!(
+                "failed to lookup master {m:?} in {}: no such link",
+                nl.netns_label()
+            ))
+        })?,
+        None => nl.default_route_link_any()?.ok_or_else(|| {
+            LinkError::Config(format!(
+                "no master given and no default route interface found in {}",
+                nl.netns_label()
+            ))
+        })?,
+    };
+    iface::check_mtu(spec.mtu, &link)?;
+    Ok(IfName::new(&link.name).map_err(NetopsError::from)?)
+}
+
+/// The pure plan: the macvlan in the pod, then (L3) the notify sysctls and IPAM's addresses
+/// and routes, or (L2) the link up.
+pub fn plan(
+    spec: &Spec,
+    master: &IfName,
+    ifname: &IfName,
+    ipam: &CniResult,
+) -> Result<Vec<Step>, LinkError> {
+    let mut steps = vec![Step::CreateMacvlan {
+        name: ifname.clone(),
+        master: master.clone(),
+        master_in_pod: spec.link_in_container,
+        mode: spec.mode,
+        mtu: spec.mtu,
+        mac: spec.mac,
+        bcqueuelen: spec.bcqueuelen,
+    }];
+    if spec.l3 {
+        for (fam, leaf) in [("ipv4", "arp_notify"), ("ipv6", "ndisc_notify")] {
+            steps.push(Step::PodSysctl {
+                key: SysctlKey::conf(fam, ifname.as_str(), leaf)?,
+                value: "1".into(),
+                required: false,
+            });
+        }
+        steps.extend(iface::configure_steps(ifname, ipam)?);
+    } else {
+        steps.push(Step::Net(Op::SetUp {
+            ns: Ns::Pod,
+            link: ifname.clone(),
+        }));
+    }
+    Ok(steps)
+}
+
+fn add(req: &Request) -> Result<CniResult, LinkError> {
+    let spec = parse(req)?;
+    let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
+    let netns = req.netns()?.clone();
+    let ns = NetNs::open(&netns)?;
+    let kernel = Kernel::new()?;
+    let host = kernel.host();
+    let pod = kernel.pod(&ns)?;
+    let master = resolve_master(&spec, &host, &pod)?;
+    if pod.link(&ifname)?.is_some() {
+        return Err(LinkError::Conflict(format!(
+            "interface {ifname} already exists in {}",
+            netns.display()
+        )));
+    }
+    let ipam = if spec.l3 {
+        iface::ipam_add(req)?
+    } else {
+        CniResult::default()
+    };
+    let steps = match plan(&spec, &master, &ifname, &ipam) {
+        Ok(s) => s,
+        Err(e) => {
+            if spec.l3 {
+                podif::release_ipam(req);
+            }
+            return Err(e);
+        }
+    };
+    let mut fx = Effects::new(&host, &pod, &ns);
+    let undo = podif::run(req, &steps, &mut fx, spec.l3)?;
+    match pod.require_link(&ifname) {
+        Ok(l) => {
+            let i = iface::pod_interface(&l, &netns.display().to_string());
+            Ok(iface::result(
+                vec![i],
+                0,
+                &ipam,
+                req.conf.dns.clone().unwrap_or_default(),
+            ))
+        }
+        Err(e) => {
+            podif::rollback(req, undo, &mut fx, spec.l3);
+            Err(e.into())
+        }
+    }
+}
+
+fn check(req: &Request) -> Result<(), LinkError> {
+    let spec = parse(req)?;
+    if spec.l3 {
+        req.delegate_ipam(Command::Check)?;
+    }
+    let prev = req.require_prev_result()?;
+    let ns = NetNs::open(req.netns()?)?;
+    let kernel = Kernel::new()?;
+    let host = kernel.host();
+    let pod = kernel.pod(&ns)?;
+    resolve_master(&spec, &host, &pod)?;
+    iface::check_pod_iface(req, &prev, &pod, |l| {
+        if l.kind.as_deref() != Some("macvlan") {
+            return Err(format!("interface {} is not a macvlan", l.name));
+        }
+        if l.macvlan_mode != Some(spec.mode) {
+            return Err(format!(
+                "interface {} is a macvlan in mode {}, the config says {}",
+                l.name,
+                l.macvlan_mode.map(|m| m.to_string()).unwrap_or_default(),
+                spec.mode
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+impl Plugin for Macvlan {
+    fn name(&self) -> &'static str {
+        "macvlan"
+    }
+
+    fn known_args(&self) -> &'static [&'static str] {
+        &["MAC"]
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        Ok(add(req)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        iface::del_pod_link(req)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        Ok(check(req)?)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        if podif::has_ipam(req) {
+            req.delegate_ipam(Command::Gc)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        if podif::has_ipam(req) {
+            req.delegate_ipam(Command::Status)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cni_core::IpConfig;
+
+    use super::*;
+
+    fn req(conf: &str, args: &str) -> Request {
+        let mut r = Request::build(
+            Command::Add,
+            "c1",
+            Some("/run/netns/p"),
+            "eth0",
+            conf.as_bytes(),
+        )
+        .unwrap();
+        r.args = cni_core::CniArgs::parse(args).unwrap();
+        r
+    }
+
+    const HEAD: &str = r#""cniVersion":"1.0.0","name":"n","type":"macvlan""#;
+
+    #[test]
+    fn modes_and_defaults() {
+        let s = parse(&req(&format!("{{{HEAD}}}"), "")).unwrap();
+        assert_eq!(s.mode, MacvlanMode::Bridge);
+        assert_eq!(s.master, None);
+        assert!(!s.l3);
+        for (m, want) in [
+            ("private", MacvlanMode::Private),
+            ("vepa", MacvlanMode::Vepa),
+            ("passthru", MacvlanMode::Passthru),
+        ] {
+            let s = parse(&req(
+                &format!(r#"{{{HEAD},"mode":"{m}","master":"eth1"}}"#),
+                "",
+            ))
+            .unwrap();
+            assert_eq!(s.mode, want);
+        }
+        let e = parse(&req(&format!(r#"{{{HEAD},"mode":"source"}}"#), "")).unwrap_err();
+        assert!(e.msg.contains("mode"), "{}", e.msg);
+        let e = parse(&req(&format!(r#"{{{HEAD},"mtu":-1}}"#), "")).unwrap_err();
+        assert!(e.msg.contains("mtu"), "{}", e.msg);
+    }
+
+    #[test]
+    fn mac_precedence_is_the_references() {
+        let conf = format!(
+            r#"{{{HEAD},"mac":"02:00:00:00:00:01","runtimeConfig":{{"mac":"02:00:00:00:00:03"}}}}"#
+        );
+        let s = parse(&req(&conf, "MAC=02:00:00:00:00:02")).unwrap();
+        assert_eq!(s.mac.unwrap().to_string(), "02:00:00:00:00:03");
+        let s = parse(&req(
+            &format!(r#"{{{HEAD},"mac":"02:00:00:00:00:01"}}"#),
+            "MAC=02:00:00:00:00:02",
+        ))
+        .unwrap();
+        assert_eq!(s.mac.unwrap().to_string(), "02:00:00:00:00:02");
+        let e = parse(&req(
+            &format!(r#"{{{HEAD},"mac":"01:00:5e:00:00:01"}}"#),
+            "",
+        ))
+        .unwrap_err();
+        assert!(e.msg.contains("multicast"), "{}", e.msg);
+    }
+
+    #[test]
+    fn l3_plan_notifies_then_configures() {
+        let spec = parse(&req(
+            &format!(
+                r#"{{{HEAD},"master":"ens3","mode":"vepa","mtu":1400,"ipam":{{"type":"static"}}}}"#
+            ),
+            "",
+        ))
+        .unwrap();
+        let ipam = CniResult {
+            ips: vec![IpConfig {
+                address: "192.168.1.5/24".parse().unwrap(),
+                gateway: None,
+                interface: None,
+            }],
+            ..Default::default()
+        };
+        let steps = plan(
+            &spec,
+            &IfName::new("ens3").unwrap(),
+            &IfName::new("eth0").unwrap(),
+            &ipam,
+        )
+        .unwrap();
+        let text: Vec<String> = steps.iter().map(|s| s.command("P")).collect();
+        assert_eq!(
+            text,
+            [
+                "ip link add link ens3 name eth0 netns P mtu 1400 type macvlan mode vepa",
+                "nsenter --net=P sysctl -w net.ipv4.conf.eth0.arp_notify=1  # best effort",
+                "nsenter --net=P sysctl -w net.ipv6.conf.eth0.ndisc_notify=1  # best effort",
+                "ip -n P addr add 192.168.1.5/24 dev eth0",
+                "ip -n P link set eth0 up",
+            ]
+        );
+    }
+}

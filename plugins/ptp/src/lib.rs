@@ -1,0 +1,461 @@
+//! `ptp`: a drop-in for the reference ptp plugin (kindnet runs it). Each pod gets a veth whose
+//! host end holds the gateway address (`/32`, `/128`) and a host route to the pod; the pod's
+//! addresses carry no prefix route, only a link route to the gateway and the subnet through
+//! it, so every packet goes through the host, routed. Keys: `mtu`, `ipMasq` (masquerade of the
+//! pod's subnets leaving the host, in the suite's nftables table; `ipMasqBackend` is accepted
+//! and the backend is always nftables), `dns`, `ipam`.
+//!
+//! parse -> IPAM -> plan (pure: [`plan`], printed as `ip` commands) -> apply with undo ->
+//! firewall (with `ipMasq`) -> result (host veth, pod interface, addresses on the pod's).
+//! The host veth is named from (network, container id, ifname), so DEL needs neither the netns
+//! nor a previous result.
+
+use std::net::IpAddr;
+
+use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
+use ipnetwork::IpNetwork;
+use netops::{Kernel, NetNs, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
+use nftplan::{Attachment, Feature, Firewall};
+use podif::{iface, Effects, LinkError, Step};
+use serde::Deserialize;
+
+pub struct Ptp;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    ip_masq: Option<bool>,
+    ip_masq_backend: Option<String>,
+    mtu: Option<i64>,
+}
+
+/// The validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub ip_masq: bool,
+    pub mtu: Option<u32>,
+}
+
+pub fn parse(req: &Request) -> Result<Spec, CniError> {
+    let raw: RawConf = req.parse_conf()?;
+    let mtu = match raw.mtu {
+        None | Some(0) => None,
+        Some(m) if (68..=65535).contains(&m) => u32::try_from(m).ok(),
+        Some(m) => return Err(CniError::config("mtu", format!("{m} is outside 68..65535"))),
+    };
+    match raw.ip_masq_backend.as_deref() {
+        None | Some("" | "iptables" | "nftables") => {}
+        Some(b) => {
+            return Err(CniError::config(
+                "ipMasqBackend",
+                format!("{b:?}: expected \"iptables\" or \"nftables\""),
+            ))
+        }
+    }
+    if req
+        .conf
+        .ipam
+        .as_ref()
+        .is_none_or(|i| i.plugin_type.is_empty())
+    {
+        return Err(CniError::config("ipam.type", "ptp needs an IPAM plugin"));
+    }
+    Ok(Spec {
+        ip_masq: raw.ip_masq.unwrap_or(false),
+        mtu,
+    })
+}
+
+fn host_prefix(ip: IpAddr) -> IpNetwork {
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(ip, bits).unwrap_or_else(|_| IpNetwork::from(ip))
+}
+
+fn subnet_of(a: &IpNetwork) -> IpNetwork {
+    IpNetwork::new(a.network(), a.prefix()).unwrap_or(*a)
+}
+
+/// The pure plan: forwarding on, the veth (peer in the pod under `ifname`), the pod's
+/// addresses without prefix routes, its link route to each gateway and the subnet through it,
+/// IPAM's routes, then the host end up with each gateway address and a route to the pod.
+pub fn plan(
+    spec: &Spec,
+    veth: &IfName,
+    ifname: &IfName,
+    netns: &std::path::Path,
+    ipam: &CniResult,
+) -> Result<Vec<Step>, LinkError> {
+    let mut steps = Vec::new();
+    let has = |v6: bool| ipam.ips.iter().any(|i| i.address.is_ipv6() == v6);
+    if has(false) {
+        steps.push(Step::Net(Op::SetSysctl {
+            key: SysctlKey::parse("net.ipv4.ip_forward")?,
+            value: "1".into(),
+        }));
+    }
+    if has(true) {
+        steps.push(Step::Net(Op::SetSysctl {
+            key: SysctlKey::parse("net.ipv6.conf.all.forwarding")?,
+            value: "1".into(),
+        }));
+    }
+    steps.push(Step::Net(Op::CreateVeth {
+        host: veth.clone(),
+        peer: ifname.clone(),
+        netns: netns.to_path_buf(),
+        mtu: spec.mtu,
+        peer_mac: None,
+    }));
+    steps.extend(iface::ipv6_steps(ifname, ipam)?);
+    let mut host_steps = vec![Step::Net(Op::SetUp {
+        ns: Ns::Host,
+        link: veth.clone(),
+    })];
+    for ip in &ipam.ips {
+        let gw = ip.gateway.ok_or_else(|| {
+            LinkError::Cni(CniError::new(
+                cni_core::ErrorCode::Delegate,
+                format!(
+                    "IPAM gave {} no gateway: ptp puts the gateway on the host end",
+                    ip.address
+                ),
+            ))
+        })?;
+        let pod_ip = ip.address.ip();
+        steps.push(Step::AddAddrNoPrefix {
+            ns: Ns::Pod,
+            link: ifname.clone(),
+            cidr: ip.address,
+        });
+        let src = RouteExtra {
+            src: Some(pod_ip),
+            host_scope: false,
+        };
+        steps.push(Step::AddRouteExt {
+            ns: Ns::Pod,
+            link: ifname.clone(),
+            route: RouteSpec {
+                dst: host_prefix(gw),
+                gw: None,
+                priority: None,
+            },
+            extra: src,
+        });
+        steps.push(Step::AddRouteExt {
+            ns: Ns::Pod,
+            link: ifname.clone(),
+            route: RouteSpec {
+                dst: subnet_of(&ip.address),
+                gw: Some(gw),
+                priority: None,
+            },
+            extra: src,
+        });
+        host_steps.push(Step::Net(Op::AddAddr {
+            ns: Ns::Host,
+            link: veth.clone(),
+            cidr: host_prefix(gw),
+            dad: false,
+        }));
+        // The reference's `AddHostRoute`: scope host.
+        host_steps.push(Step::AddRouteExt {
+            ns: Ns::Host,
+            link: veth.clone(),
+            route: RouteSpec {
+                dst: host_prefix(pod_ip),
+                gw: None,
+                priority: None,
+            },
+            extra: RouteExtra {
+                src: None,
+                host_scope: true,
+            },
+        });
+    }
+    steps.extend(iface::route_steps(ifname, ipam));
+    steps.extend(host_steps);
+    Ok(steps)
+}
+
+fn ifname(req: &Request) -> Result<IfName, LinkError> {
+    Ok(IfName::new(&req.ifname).map_err(NetopsError::from)?)
+}
+
+fn veth_name(req: &Request) -> Result<IfName, LinkError> {
+    podif::host_veth_name(&req.conf.name, &req.container_id, &req.ifname)
+}
+
+fn attachment(req: &Request) -> Result<Attachment, LinkError> {
+    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
+        .map_err(|e| LinkError::Config(e.to_string()))
+}
+
+fn add(req: &Request) -> Result<CniResult, LinkError> {
+    let spec = parse(req)?;
+    let ifname = ifname(req)?;
+    let veth = veth_name(req)?;
+    let netns = req.netns()?.clone();
+    let ns = NetNs::open(&netns)?;
+    let kernel = Kernel::new()?;
+    let host = kernel.host();
+    let pod = kernel.pod(&ns)?;
+    if pod.link(&ifname)?.is_some() {
+        return Err(LinkError::Conflict(format!(
+            "interface {ifname} already exists in {}",
+            netns.display()
+        )));
+    }
+    let fw = if spec.ip_masq {
+        Some(Firewall::open().map_err(|e| LinkError::Config(e.to_string()))?)
+    } else {
+        None
+    };
+    let ipam = iface::ipam_add(req)?;
+    let steps = match plan(&spec, &veth, &ifname, &netns, &ipam) {
+        Ok(s) => s,
+        Err(e) => {
+            podif::release_ipam(req);
+            return Err(e);
+        }
+    };
+    let mut fx = Effects::new(&host, &pod, &ns);
+    let undo = podif::run(req, &steps, &mut fx, true)?;
+    let finish = (|| -> Result<CniResult, LinkError> {
+        if let Some(fw) = &fw {
+            let masq: Vec<IpNetwork> = ipam.ips.iter().map(|i| subnet_of(&i.address)).collect();
+            fw.attach_routed(&attachment(req)?, &veth, &masq)
+                .map_err(|e| LinkError::Cni(e.into_cni()))?;
+        }
+        let h = host.require_link(&veth)?;
+        let p = pod.require_link(&ifname)?;
+        let interfaces = vec![
+            cni_core::Interface {
+                name: h.name.clone(),
+                mac: h.mac.map(|m| m.to_string()).unwrap_or_default(),
+                ..Default::default()
+            },
+            iface::pod_interface(&p, &netns.display().to_string()),
+        ];
+        // The plugin's dns only when set: else IPAM's passes on.
+        let dns = match &req.conf.dns {
+            Some(d) if !d.is_empty() => d.clone(),
+            _ => ipam.dns.clone(),
+        };
+        Ok(iface::result(interfaces, 1, &ipam, dns))
+    })();
+    if finish.is_err() {
+        podif::rollback(req, undo, &mut fx, true);
+    }
+    finish
+}
+
+fn del(req: &Request) -> Result<(), CniError> {
+    let mut errors: Vec<CniError> = Vec::new();
+    if let Err(e) = req.delegate_ipam(Command::Del) {
+        errors.push(e);
+    }
+    let links = (|| -> Result<(), LinkError> {
+        let kernel = Kernel::new()?;
+        let host = kernel.host();
+        // The veth by its derived name (both ends go); else CNI_IFNAME in the pod.
+        if host.delete_link(&veth_name(req)?)? {
+            return Ok(());
+        }
+        if let Some(ns) = iface::del_netns(req)? {
+            kernel.pod(&ns)?.delete_link(&req.ifname)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = links {
+        errors.push(e.into());
+    }
+    let fw = Firewall::open().and_then(|fw| {
+        let a = Attachment::new(&req.conf.name, &req.container_id, &req.ifname)?;
+        fw.detach_network(&a).map(drop)
+    });
+    if let Err(e) = fw {
+        errors.push(e.into_cni());
+    }
+    cni_core::error::combine(errors)
+}
+
+fn check(req: &Request) -> Result<(), LinkError> {
+    let spec = parse(req)?;
+    req.delegate_ipam(Command::Check)?;
+    let prev = req.require_prev_result()?;
+    let ns = NetNs::open(req.netns()?)?;
+    let kernel = Kernel::new()?;
+    let host = kernel.host();
+    let pod = kernel.pod(&ns)?;
+    let link = iface::check_pod_iface(req, &prev, &pod, |l| {
+        if l.kind.as_deref() == Some("veth") {
+            Ok(())
+        } else {
+            Err(format!("interface {} is not a veth", l.name))
+        }
+    })?;
+    // Its peer is the host end the result names.
+    let peer = link
+        .parent
+        .and_then(|i| host.link_by_index(i).ok().flatten());
+    let named = prev
+        .interfaces
+        .iter()
+        .any(|i| i.sandbox.is_empty() && Some(&i.name) == peer.as_ref().map(|p| &p.name));
+    if !named {
+        return Err(LinkError::Check(format!(
+            "the veth peer of {} is not the host interface of the result",
+            req.ifname
+        )));
+    }
+    if spec.ip_masq {
+        let fw = Firewall::open().map_err(|e| LinkError::Cni(e.into_cni()))?;
+        let a = attachment(req)?;
+        let missing = fw
+            .check_network(&a)
+            .map_err(|e| LinkError::Cni(e.into_cni()))?;
+        nftplan::missing_error("masquerade elements", &a, &missing)
+            .map_err(|e| LinkError::Cni(e.into_cni()))?;
+    }
+    Ok(())
+}
+
+fn gc(req: &Request) -> Result<(), CniError> {
+    let mut errors = Vec::new();
+    if let Err(e) =
+        Firewall::open().and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
+    {
+        errors.push(e.into_cni());
+    }
+    if let Err(e) = req.delegate_ipam(Command::Gc) {
+        errors.push(e);
+    }
+    cni_core::error::combine(errors)
+}
+
+/// nftplan's errors as CNI errors (its class picks the code).
+trait IntoCni {
+    fn into_cni(self) -> CniError;
+}
+
+impl IntoCni for nftplan::NftError {
+    fn into_cni(self) -> CniError {
+        cni_core::error::from_classified(self.class(), &self, None)
+    }
+}
+
+impl Plugin for Ptp {
+    fn name(&self) -> &'static str {
+        "ptp"
+    }
+
+    fn any_args(&self) -> bool {
+        true
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        Ok(add(req)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        del(req)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        Ok(check(req)?)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        gc(req)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        req.delegate_ipam(Command::Status).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cni_core::{IpConfig, Route};
+
+    use super::*;
+
+    #[test]
+    fn the_plan_routes_everything_through_the_host_end() {
+        let ipam = CniResult {
+            ips: vec![
+                IpConfig {
+                    address: "10.1.1.5/24".parse().unwrap(),
+                    gateway: Some("10.1.1.1".parse().unwrap()),
+                    interface: None,
+                },
+                IpConfig {
+                    address: "fd00:1::5/64".parse().unwrap(),
+                    gateway: Some("fd00:1::1".parse().unwrap()),
+                    interface: None,
+                },
+            ],
+            routes: vec![Route::new("0.0.0.0/0".parse().unwrap(), None)],
+            ..Default::default()
+        };
+        let steps = plan(
+            &Spec {
+                ip_masq: false,
+                mtu: Some(1400),
+            },
+            &IfName::new("veth0123456789a").unwrap(),
+            &IfName::new("eth0").unwrap(),
+            std::path::Path::new("/run/netns/p"),
+            &ipam,
+        )
+        .unwrap();
+        let text: Vec<String> = steps.iter().map(|s| s.command("P")).collect();
+        assert_eq!(
+            text,
+            [
+                "sysctl -w net.ipv4.ip_forward=1",
+                "sysctl -w net.ipv6.conf.all.forwarding=1",
+                "ip link add veth0123456789a mtu 1400 type veth peer name eth0 netns /run/netns/p mtu 1400",
+                "nsenter --net=P sysctl -w net.ipv6.conf.lo.disable_ipv6=0  # best effort",
+                "nsenter --net=P sysctl -w net.ipv6.conf.eth0.disable_ipv6=0  # best effort",
+                "nsenter --net=P sysctl -w net.ipv6.conf.eth0.keep_addr_on_down=1",
+                "ip -n P addr add 10.1.1.5/24 dev eth0 noprefixroute",
+                "ip -n P route add 10.1.1.1/32 dev eth0 src 10.1.1.5",
+                "ip -n P route add 10.1.1.0/24 via 10.1.1.1 dev eth0 src 10.1.1.5",
+                "ip -n P addr add fd00:1::5/64 dev eth0 nodad noprefixroute",
+                "ip -n P route add fd00:1::1/128 dev eth0 src fd00:1::5",
+                "ip -n P route add fd00:1::/64 via fd00:1::1 dev eth0 src fd00:1::5",
+                "ip -n P route add default via 10.1.1.1 dev eth0",
+                "ip link set veth0123456789a up",
+                "ip addr add 10.1.1.1/32 dev veth0123456789a",
+                "ip route add 10.1.1.5/32 dev veth0123456789a scope host",
+                "ip addr add fd00:1::1/128 dev veth0123456789a nodad",
+                "ip route add fd00:1::5/128 dev veth0123456789a scope host",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipam_result_without_gateway_is_refused() {
+        let ipam = CniResult {
+            ips: vec![IpConfig {
+                address: "10.1.1.5/24".parse().unwrap(),
+                gateway: None,
+                interface: None,
+            }],
+            ..Default::default()
+        };
+        let e = plan(
+            &Spec {
+                ip_masq: false,
+                mtu: None,
+            },
+            &IfName::new("veth0").unwrap(),
+            &IfName::new("eth0").unwrap(),
+            std::path::Path::new("/x"),
+            &ipam,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no gateway"), "{e}");
+    }
+}

@@ -1,0 +1,278 @@
+//! `tap`: a drop-in for the reference tap plugin. The pod gets a persistent TAP device named
+//! `CNI_IFNAME` (for a VM monitor running in the pod to attach to), made in the pod's netns
+//! through `/dev/net/tun`: no packet-information header, a virtio-net header (`vnet_hdr`),
+//! `multiQueue`, `owner`/`group` allowed to attach without privileges, `mtu`, `mac` (also
+//! `CNI_ARGS MAC` and `runtimeConfig.mac`), `bridge` (a bridge in the pod to enslave it to).
+//! With `ipam` it gets IPAM's addresses and routes; without, it is only brought up.
+//! `selinuxContext` is accepted where SELinux is off (nothing to label) and refused where it
+//! is on (this plugin does not label).
+//!
+//! parse -> IPAM -> plan (pure) -> apply with undo -> result.
+
+use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
+use netops::{Kernel, MacAddr, NetNs, NetopsError, Ns, Op, SysctlKey, TapSpec};
+use podif::{iface, Effects, LinkError, Step};
+use serde::Deserialize;
+
+pub struct Tap;
+
+#[derive(Debug, Default, Deserialize)]
+struct RuntimeConfig {
+    mac: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    multi_queue: Option<bool>,
+    mtu: Option<i64>,
+    mac: Option<String>,
+    owner: Option<u32>,
+    group: Option<u32>,
+    selinux_context: Option<String>,
+    bridge: Option<String>,
+    runtime_config: Option<RuntimeConfig>,
+}
+
+/// The validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub multi_queue: bool,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub bridge: Option<IfName>,
+    pub l3: bool,
+}
+
+fn selinux_enabled() -> bool {
+    std::path::Path::new("/sys/fs/selinux/enforce").exists()
+}
+
+pub fn parse(req: &Request) -> Result<Spec, CniError> {
+    let raw: RawConf = req.parse_conf()?;
+    let mtu = match raw.mtu {
+        None | Some(0) => None,
+        Some(m) if (68..=65521).contains(&m) => u32::try_from(m).ok(),
+        Some(m) => return Err(CniError::config("mtu", format!("{m} is outside 68..65521"))),
+    };
+    if raw
+        .selinux_context
+        .as_deref()
+        .is_some_and(|c| !c.is_empty())
+        && selinux_enabled()
+    {
+        return Err(CniError::config(
+            "selinuxContext",
+            "SELinux is enabled and this plugin does not label the device: remove the key or use \
+             the reference tap plugin",
+        ));
+    }
+    let bridge = match raw.bridge.as_deref() {
+        None | Some("") => None,
+        Some(b) => Some(IfName::new(b).map_err(|e| CniError::config("bridge", e))?),
+    };
+    Ok(Spec {
+        multi_queue: raw.multi_queue.unwrap_or(false),
+        mtu,
+        mac: podif::requested_mac(
+            req,
+            raw.mac.as_deref(),
+            raw.runtime_config.as_ref().and_then(|r| r.mac.as_deref()),
+        )?,
+        owner: raw.owner,
+        group: raw.group,
+        bridge,
+        l3: podif::has_ipam(req),
+    })
+}
+
+/// The pure plan: the TAP, its MTU and MAC, its bridge, then IPAM's addresses and routes (or
+/// just up).
+pub fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
+    let mut steps = vec![Step::CreateTap(TapSpec {
+        name: ifname.to_string(),
+        multi_queue: spec.multi_queue,
+        vnet_hdr: true,
+        owner: spec.owner,
+        group: spec.group,
+    })];
+    if spec.mtu.is_some() || spec.mac.is_some() {
+        steps.push(Step::SetLinkAttrs {
+            ns: Ns::Pod,
+            link: ifname.clone(),
+            mtu: spec.mtu,
+            mac: spec.mac,
+        });
+    }
+    if let Some(b) = &spec.bridge {
+        steps.push(Step::SetPodMaster {
+            link: ifname.clone(),
+            bridge: b.clone(),
+        });
+    }
+    if spec.l3 {
+        steps.push(Step::PodSysctl {
+            key: SysctlKey::conf("ipv4", ifname.as_str(), "arp_notify")?,
+            value: "1".into(),
+            required: false,
+        });
+        steps.extend(iface::configure_steps(ifname, ipam)?);
+    } else {
+        steps.push(Step::Net(Op::SetUp {
+            ns: Ns::Pod,
+            link: ifname.clone(),
+        }));
+    }
+    Ok(steps)
+}
+
+fn add(req: &Request) -> Result<CniResult, LinkError> {
+    let spec = parse(req)?;
+    let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
+    let netns = req.netns()?.clone();
+    let ns = NetNs::open(&netns)?;
+    let kernel = Kernel::new()?;
+    let host = kernel.host();
+    let pod = kernel.pod(&ns)?;
+    if pod.link(&ifname)?.is_some() {
+        return Err(LinkError::Conflict(format!(
+            "interface {ifname} already exists in {}",
+            netns.display()
+        )));
+    }
+    if let Some(b) = &spec.bridge {
+        if pod.link(b)?.is_none_or(|l| !l.is_bridge()) {
+            return Err(LinkError::Config(format!(
+                "bridge {b} not found in {} (the tap plugin enslaves to a bridge in the pod)",
+                netns.display()
+            )));
+        }
+    }
+    let ipam = if spec.l3 {
+        iface::ipam_add(req)?
+    } else {
+        CniResult::default()
+    };
+    let steps = match plan(&spec, &ifname, &ipam) {
+        Ok(s) => s,
+        Err(e) => {
+            if spec.l3 {
+                podif::release_ipam(req);
+            }
+            return Err(e);
+        }
+    };
+    let mut fx = Effects::new(&host, &pod, &ns);
+    let undo = podif::run(req, &steps, &mut fx, spec.l3)?;
+    match pod.require_link(&ifname) {
+        Ok(l) => {
+            let i = iface::pod_interface(&l, &netns.display().to_string());
+            Ok(iface::result(
+                vec![i],
+                0,
+                &ipam,
+                req.conf.dns.clone().unwrap_or_default(),
+            ))
+        }
+        Err(e) => {
+            podif::rollback(req, undo, &mut fx, spec.l3);
+            Err(e.into())
+        }
+    }
+}
+
+fn check(req: &Request) -> Result<(), LinkError> {
+    let spec = parse(req)?;
+    if spec.l3 {
+        req.delegate_ipam(Command::Check)?;
+    }
+    let prev = req.require_prev_result()?;
+    let ns = NetNs::open(req.netns()?)?;
+    let kernel = Kernel::new()?;
+    let pod = kernel.pod(&ns)?;
+    let link = iface::check_pod_iface(req, &prev, &pod, |l| {
+        if l.kind.as_deref() == Some("tun") {
+            Ok(())
+        } else {
+            Err(format!("interface {} is not a tap", l.name))
+        }
+    })?;
+    if let Some(b) = &spec.bridge {
+        let br = pod.link(b)?;
+        if br.is_none() || link.master != br.map(|b| b.index) {
+            return Err(LinkError::Check(format!(
+                "{} is not a port of {b}",
+                link.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Plugin for Tap {
+    fn name(&self) -> &'static str {
+        "tap"
+    }
+
+    fn known_args(&self) -> &'static [&'static str] {
+        &["MAC"]
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        Ok(add(req)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        iface::del_pod_link(req)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        Ok(check(req)?)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        if podif::has_ipam(req) {
+            req.delegate_ipam(Command::Gc)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        if podif::has_ipam(req) {
+            req.delegate_ipam(Command::Status)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_makes_the_tap_then_sets_it_up() {
+        let r = Request::build(
+            Command::Add,
+            "c1",
+            Some("/run/netns/p"),
+            "tap0",
+            br#"{"cniVersion":"1.0.0","name":"n","type":"tap","multiQueue":true,"mtu":1400,
+               "mac":"02:00:00:00:00:07","owner":1000,"group":1000,"bridge":"br0"}"#,
+        )
+        .unwrap();
+        let spec = parse(&r).unwrap();
+        let steps = plan(&spec, &IfName::new("tap0").unwrap(), &CniResult::default()).unwrap();
+        let text: Vec<String> = steps.iter().map(|s| s.command("P")).collect();
+        assert_eq!(
+            text,
+            [
+                "ip -n P tuntap add mode tap name tap0 multi_queue vnet_hdr user 1000 group 1000",
+                "ip -n P link set tap0 mtu 1400 address 02:00:00:00:00:07",
+                "ip -n P link set tap0 master br0",
+                "ip -n P link set tap0 up",
+            ]
+        );
+    }
+}
