@@ -149,7 +149,7 @@ impl FakeKernel {
                 ..Link::default()
             },
             vni: Some(vni),
-            local: Some(local),
+            local: Some(local.into()),
             port: Some(netops::VXLAN_PORT),
             created: false,
         };

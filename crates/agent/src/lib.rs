@@ -316,7 +316,7 @@ pub fn reconcile(host: &dyn Dataplane, view: &View, me: Ipv4Addr) -> (usize, usi
         let Some(vni) = vni_of_name(&dev.link.name) else {
             continue;
         };
-        if dev.local != Some(me) {
+        if dev.local != Some(me.into()) {
             continue;
         }
         let want = desired_fdb(view, me, vni);

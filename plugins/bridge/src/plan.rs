@@ -450,6 +450,7 @@ pub fn build(
                 dst: r.dst,
                 gw: r.gw,
                 priority: r.priority,
+                onlink: false,
             },
         });
     }

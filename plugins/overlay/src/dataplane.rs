@@ -83,11 +83,12 @@ pub fn ensure(
     let vx = host.ensure_vxlan(&VxlanSpec {
         name: spec.vxlan.clone(),
         vni: spec.vni,
-        local: ul.vtep,
+        local: ul.vtep.into(),
         underlay: Some(ul.link.index),
         port: VXLAN_PORT,
         learning: false,
         mtu: Some(mtu),
+        mac: None,
     })?;
     if let Some(other) = vx.link.master.filter(|m| *m != br.index) {
         return Err(CniError::new(
