@@ -99,6 +99,14 @@ pub enum Elem {
         /// bridge
         bridge: IfName,
     },
+    /// `same_br { "iif" . "oif" }`: traffic between two devices of one network (the overlay's
+    /// bridge and its VXLAN device) is the network's own.
+    SamePair {
+        /// input interface
+        iif: IfName,
+        /// output interface
+        oif: IfName,
+    },
     /// `internal_br { "br" }`
     InternalBr {
         /// bridge
@@ -186,6 +194,28 @@ impl Elem {
         v
     }
 
+    /// The elements of a network whose bridge routes to `peers`, other devices of the same
+    /// network (the overlay's VXLAN device): each peer is managed and sealed like the bridge,
+    /// and traffic between the bridge and a peer, both ways, is the network's own.
+    pub fn for_network_peers(n: &NetworkElems, peers: &[IfName]) -> Vec<Elem> {
+        let mut v = Self::for_network(n);
+        for p in peers {
+            v.push(Elem::ManagedBr { bridge: p.clone() });
+            v.push(Elem::SamePair {
+                iif: n.bridge.clone(),
+                oif: p.clone(),
+            });
+            v.push(Elem::SamePair {
+                iif: p.clone(),
+                oif: n.bridge.clone(),
+            });
+            if n.internal {
+                v.push(Elem::InternalBr { bridge: p.clone() });
+            }
+        }
+        v
+    }
+
     /// A masquerade element, normalised to the network address (`10.1.2.3/24` -> `10.1.2.0/24`).
     pub fn masq(subnet: IpNetwork) -> Elem {
         // UNWRAP-free: the prefix comes from a valid network, so re-building cannot fail; fall
@@ -198,7 +228,7 @@ impl Elem {
     pub fn set_name(&self) -> &'static str {
         match self {
             Elem::ManagedBr { .. } => "managed_br",
-            Elem::SameBr { .. } => "same_br",
+            Elem::SameBr { .. } | Elem::SamePair { .. } => "same_br",
             Elem::InternalBr { .. } => "internal_br",
             Elem::IsolatedBr { .. } => "isolated_br",
             Elem::Masq {
@@ -267,6 +297,7 @@ impl Elem {
             | Elem::InternalBr { bridge }
             | Elem::IsolatedBr { bridge } => format!("\"{bridge}\""),
             Elem::SameBr { bridge } => format!("\"{bridge}\" . \"{bridge}\""),
+            Elem::SamePair { iif, oif } => format!("\"{iif}\" . \"{oif}\""),
             Elem::Masq { subnet } => subnet.to_string(),
             Elem::BrNet { bridge, subnet } => format!("\"{bridge}\" . {subnet}"),
             Elem::SpoofPort { port } => format!("\"{port}\""),

@@ -847,3 +847,36 @@ fn the_gate_is_part_of_the_state_restored_with_the_table() {
     assert!(s[0].contains("vtep4 { 10.240.0.2 }"));
     assert!(!s[0].contains("10.240.0.1"), "{}", s[0]);
 }
+
+#[test]
+fn a_bridges_peer_is_managed_paired_sealed_and_isolated_like_the_bridge() {
+    let nft = RecordingNft::new();
+    let (_d, f) = fw(&nft);
+    let mut n = net_a();
+    n.internal = true;
+    let vx = br("cnirsvx42");
+    let texts: Vec<String> = Elem::for_network_peers(&n, std::slice::from_ref(&vx))
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    for want in [
+        "managed_br { \"cnirsvx42\" }",
+        "same_br { \"cnirs-a\" . \"cnirsvx42\" }",
+        "same_br { \"cnirsvx42\" . \"cnirs-a\" }",
+        "internal_br { \"cnirsvx42\" }",
+    ] {
+        assert!(texts.contains(&want.to_string()), "{want}: {texts:?}");
+    }
+    assert!(!texts.contains(&"same_br { \"cnirsvx42\" . \"cnirsvx42\" }".to_string()));
+    f.attach_network_peers(&att("a", "c1"), &n, std::slice::from_ref(&vx), None)
+        .unwrap();
+    assert!(f.network_in_use("a").unwrap());
+    nft.clear();
+    f.attach_isolation(&att("a", "c1"), &br("cnirs-a")).unwrap();
+    let s = nft.scripts().join("\n");
+    assert!(s.contains("isolated_br { \"cnirs-a\" }"), "{s}");
+    assert!(s.contains("isolated_br { \"cnirsvx42\" }"), "{s}");
+    f.detach_isolation(&att("a", "c1")).unwrap();
+    f.detach_network(&att("a", "c1")).unwrap();
+    assert!(!f.network_in_use("a").unwrap());
+}
