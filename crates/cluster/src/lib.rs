@@ -20,9 +20,16 @@ pub const DEFAULT_PREFIX: &str = "/cnirs";
 /// Largest VNI (24 bits).
 pub const VNI_MAX: u32 = 16_777_215;
 
-/// Priority of a network's lookup rules (`to RANGE lookup TABLE`): after the `local` table
-/// (0), before the internal networks' seal (9, 10) and `main` (32766).
-pub const NET_RULE_PRIORITY: u32 = 8;
+/// Priority of a network's lookup rule (`to RANGE lookup TABLE`): after the `local` table (0)
+/// and after the internal networks' seals (9, 10: `iif BRIDGE unreachable` must stop an
+/// internal network's traffic before any other network's range is looked up), before `main`
+/// (32766).
+pub const NET_RULE_PRIORITY: u32 = 11;
+
+/// Priority of an internal network's lookup rules (`iif BRIDGE|VXLAN|lo to RANGE lookup
+/// TABLE`): ahead of its own seal (9, 10), so its pods reach each other across hosts and
+/// nothing else does.
+pub const INTERNAL_NET_RULE_PRIORITY: u32 = 8;
 
 /// `cnirsvx<vni>`: the VXLAN device of an overlay network on a host; at most 15 bytes for any
 /// VNI. The agent finds the devices it programs by this name.

@@ -7,7 +7,7 @@
 //! cnirsbrV   bridge, MAC 02:63:6e:VNI, the range's gateway (GW/range prefix), send_redirects 0
 //! cnirsvxV   VXLAN, not a bridge port, MAC from (VNI, VTEP), local VTEP, nolearning
 //! table T    RANGE dev cnirsbrV; unreachable default; (the agent adds the remote blocks)
-//! rules      8: to RANGE lookup T                      (internal: iif cnirsbrV / cnirsvxV / lo
+//! rules      11: to RANGE lookup T                     (internal: 8: iif cnirsbrV / cnirsvxV / lo
 //!                                                       to RANGE lookup T; 10: iif cnirsvxV
 //!                                                       unreachable, and the bridge's seal)
 //! pod        ADDR/block-prefix, default via GW onlink  (or RANGE via GW onlink)
@@ -21,7 +21,7 @@ use bridge_plugin::{
 };
 use cluster::{
     ipam::{BLOCK_PREFIX_V4, BLOCK_PREFIX_V6},
-    route_table, vxlan_mac, NET_RULE_PRIORITY,
+    route_table, vxlan_mac, INTERNAL_NET_RULE_PRIORITY, NET_RULE_PRIORITY,
 };
 use cni_core::{CniResult, IfName};
 use ipnetwork::IpNetwork;
@@ -136,10 +136,15 @@ pub fn rules(spec: &OverlaySpec) -> Vec<RuleSpec> {
         } else {
             vec![None]
         };
+        let priority = if spec.internal {
+            INTERNAL_NET_RULE_PRIORITY
+        } else {
+            NET_RULE_PRIORITY
+        };
         for iif in iifs {
             out.push(RuleSpec {
                 v6: s.is_ipv6(),
-                priority: NET_RULE_PRIORITY,
+                priority,
                 iif,
                 dst: Some(*s),
                 action: RuleAction::Lookup(table),
@@ -278,8 +283,8 @@ mod tests {
         assert_eq!(
             r,
             [
-                format!("ip -4 rule priority 8 to 10.64.0.0/12 lookup {t}"),
-                format!("ip -6 rule priority 8 to fd64::/64 lookup {t}"),
+                format!("ip -4 rule priority 11 to 10.64.0.0/12 lookup {t}"),
+                format!("ip -6 rule priority 11 to fd64::/64 lookup {t}"),
             ]
         );
         let routes: Vec<String> = table_routes(&s).iter().map(TableRoute::text).collect();
@@ -355,7 +360,7 @@ mod tests {
         );
         assert!(
             down.iter()
-                .any(|t| t.starts_with("ip -4 rule del priority 8")),
+                .any(|t| t.starts_with("ip -4 rule del priority 11")),
             "{down:?}"
         );
         assert!(

@@ -193,7 +193,7 @@ fn the_first_add_on_a_host_registers_the_network_and_creates_the_device_exclusiv
         "type vxlan id 42 local 10.240.0.1",
         "ip -4 route add 10.64.0.0/12 dev cnirsbr42 table",
         "ip -4 route add unreachable default table",
-        "ip -4 rule add priority 8 to 10.64.0.0/12 lookup",
+        "ip -4 rule add priority 11 to 10.64.0.0/12 lookup",
         "addr add 10.64.1.5/26 dev eth0",
         "route add default via 10.64.0.1 onlink dev eth0",
         "sysctl -w net.ipv4.conf.cnirsbr42.send_redirects=0",
