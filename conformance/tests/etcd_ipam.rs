@@ -235,7 +235,11 @@ fn a_full_range_takes_back_what_a_node_held_once_its_leased_host_key_is_gone() {
     let out = call("ADD", &conf, "alive", "a0");
     out.assert_ok();
     let ips = held(&c, "/t3", "dead");
-    assert_eq!(ips.len(), 1, "the dead node's 5 addresses went, ours came: {ips:?}");
+    assert_eq!(
+        ips.len(),
+        1,
+        "the dead node's 5 addresses went, ours came: {ips:?}"
+    );
     assert_eq!(ips[0].0, "alive");
     let blocks = c.range_prefix("/t3/blocks/dead/").unwrap().0;
     assert!(

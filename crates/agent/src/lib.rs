@@ -43,7 +43,7 @@ use std::{
 };
 
 use cluster::{
-    peers::View,
+    peers::{Change, View},
     schema::{self, HostRecord},
 };
 use etcd::{Client, EventKind, Kv, Op, Options};
@@ -88,6 +88,52 @@ pub const LEASE_TTL_S: i64 = 30;
 pub const RENEW: Duration = Duration::from_secs(10);
 /// Full re-check against the kernel, even with no news from etcd.
 pub const RESYNC: Duration = Duration::from_secs(2);
+
+/// How often the agent looks at its devices and the kernel ([`run_node_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// The full re-check against the kernel ([`RESYNC`]).
+    pub resync: Duration,
+    /// The longest wait for news (etcd events, a device created) between two looks.
+    pub poll: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            resync: RESYNC,
+            poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a batch of news asks the agent to redo.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Everything against the kernel (a network changed, a list, a device came or went).
+    all: bool,
+    /// Only these hosts' entries.
+    nodes: BTreeSet<String>,
+    /// The gate's members may have changed.
+    hosts: bool,
+}
+
+impl Dirty {
+    fn note(&mut self, c: Change, host_key: bool) {
+        match c {
+            Change::None => {}
+            Change::All => self.all = true,
+            Change::Node(n) => {
+                self.nodes.insert(n);
+                self.hosts |= host_key;
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.all || self.hosts || !self.nodes.is_empty()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -477,6 +523,18 @@ pub fn run_node(
     stop: &AtomicBool,
     stats: &Stats,
 ) -> Result<(), String> {
+    run_node_with(client, node, dataplane, stop, stats, Timing::default())
+}
+
+/// [`run_node`] with its [`Timing`] (the scale harness runs a thousand agents on two cores).
+pub fn run_node_with(
+    client: &Client,
+    node: &Node,
+    dataplane: &dyn Dataplane,
+    stop: &AtomicBool,
+    stats: &Stats,
+    timing: Timing,
+) -> Result<(), String> {
     let me = node.vtep;
     let key = schema::host_key(&node.prefix, &node.name);
     let value = serde_json::to_vec(&HostRecord { vtep: me }).map_err(|e| e.to_string())?;
@@ -512,13 +570,14 @@ pub fn run_node(
     let mut last_sync = Instant::now();
     let mut last_networks = Instant::now();
     let mut unknown = 0;
+    let mut programmer = reconcile::Programmer::default();
+    let mut dirty = Dirty::default();
     while !stop.load(Ordering::SeqCst) {
-        let mut dirty = false;
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        match rx.recv_timeout(timing.poll) {
             Ok(m) => {
-                dirty |= apply(&mut view, &node.prefix, m, &mut synced, stats);
+                apply(&mut view, &node.prefix, m, &mut synced, stats, &mut dirty);
                 while let Ok(m) = rx.try_recv() {
-                    dirty |= apply(&mut view, &node.prefix, m, &mut synced, stats);
+                    apply(&mut view, &node.prefix, m, &mut synced, stats, &mut dirty);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -530,35 +589,46 @@ pub fn run_node(
             continue; // nothing programmed before the first full list
         }
         // A device created by a network's first pod (or gone with its last).
-        dirty |= dataplane.links_changed();
+        dirty.all |= dataplane.links_changed();
         // A device of a network this agent has not seen listed: read networks/ again (its
         // record is written before its first device), at most once a resync period.
-        if unknown > 0 && last_networks.elapsed() >= RESYNC {
+        if unknown > 0 && last_networks.elapsed() >= timing.resync {
             last_networks = Instant::now();
             match client.range_prefix(schema::networks_prefix(&node.prefix)) {
                 Ok((kvs, _)) => {
                     for kv in kvs {
-                        dirty |= view.apply(&node.prefix, &kv.key_str(), Some(&kv.value));
+                        let c = view.apply(&node.prefix, &kv.key_str(), Some(&kv.value));
+                        dirty.note(c, false);
                     }
                 }
                 Err(e) => log::warn!("list networks: {e}"),
             }
         }
-        if dirty || last_sync.elapsed() >= RESYNC {
-            if let Err(e) = reg.ensure(client, node, &value, Some(&view), me) {
-                // Lost to another host: stop programming for a name that is not ours.
-                watcher_stop.store(true, Ordering::SeqCst);
-                reg.revoke(client);
-                return Err(e);
-            }
-            let c = reconcile::reconcile(dataplane, &view, &node.name, me);
-            unknown = c.unknown_vnis;
-            stats.reconciles.fetch_add(1, Ordering::Relaxed);
-            stats.added.fetch_add(c.added as u64, Ordering::Relaxed);
-            stats.removed.fetch_add(c.removed as u64, Ordering::Relaxed);
-            gate(dataplane, &view);
-            last_sync = Instant::now();
+        let resync = last_sync.elapsed() >= timing.resync;
+        if !dirty.any() && !resync {
+            continue;
         }
+        if let Err(e) = reg.ensure(client, node, &value, Some(&view), me) {
+            // Lost to another host: stop programming for a name that is not ours.
+            watcher_stop.store(true, Ordering::SeqCst);
+            reg.revoke(client);
+            return Err(e);
+        }
+        let c = if dirty.all || resync {
+            let c = programmer.full(dataplane, &view, &node.name, me);
+            unknown = c.unknown_vnis;
+            last_sync = Instant::now();
+            c
+        } else {
+            programmer.nodes(dataplane, &view, me, &dirty.nodes)
+        };
+        stats.reconciles.fetch_add(1, Ordering::Relaxed);
+        stats.added.fetch_add(c.added as u64, Ordering::Relaxed);
+        stats.removed.fetch_add(c.removed as u64, Ordering::Relaxed);
+        if dirty.hosts || dirty.all || resync {
+            gate(dataplane, &view);
+        }
+        dirty = Dirty::default();
     }
     log::info!("stopping: revoking the lease of {key}");
     watcher_stop.store(true, Ordering::SeqCst);
@@ -566,8 +636,16 @@ pub fn run_node(
     Ok(())
 }
 
-/// Apply one message to the view; true when it changed.
-fn apply(view: &mut View, prefix: &str, m: Msg, synced: &mut bool, stats: &Stats) -> bool {
+/// Apply one message to the view, noting what it asks to redo.
+fn apply(
+    view: &mut View,
+    prefix: &str,
+    m: Msg,
+    synced: &mut bool,
+    stats: &Stats,
+    dirty: &mut Dirty,
+) {
+    let is_host = |k: &str| matches!(schema::classify(prefix, k), schema::Key::Host { .. });
     match m {
         Msg::Snapshot(kvs) => {
             stats.lists.fetch_add(1, Ordering::Relaxed);
@@ -575,18 +653,23 @@ fn apply(view: &mut View, prefix: &str, m: Msg, synced: &mut bool, stats: &Stats
             for kv in &kvs {
                 v.apply(prefix, &kv.key_str(), Some(&kv.value));
             }
-            let changed = *view != v;
+            if *view != v {
+                dirty.all = true;
+            }
             *view = v;
             *synced = true;
-            changed
         }
         Msg::Put(kv) => {
             stats.events.fetch_add(1, Ordering::Relaxed);
-            view.apply(prefix, &kv.key_str(), Some(&kv.value))
+            let k = kv.key_str();
+            let c = view.apply(prefix, &k, Some(&kv.value));
+            dirty.note(c, is_host(&k));
         }
         Msg::Delete(kv) => {
             stats.events.fetch_add(1, Ordering::Relaxed);
-            view.apply(prefix, &kv.key_str(), None)
+            let k = kv.key_str();
+            let c = view.apply(prefix, &k, None);
+            dirty.note(c, is_host(&k));
         }
     }
 }

@@ -2,8 +2,15 @@
 //! blocks in the device's network, one FDB entry, one permanent neighbour and the routes of
 //! its blocks ([`cluster::peers::peers`]). Entries on our devices that the cluster does not
 //! ask for go (a host that left, a block released, a flood entry of the L2 design).
+//!
+//! [`Programmer::full`] compares with the kernel (the periodic resync, a device that came or
+//! went); [`Programmer::nodes`] changes only the entries of the hosts an event was about,
+//! against what this agent applied last: a block claimed anywhere costs each host O(1).
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use cluster::{
     peers::{peers, Peer, View},
@@ -31,23 +38,54 @@ pub struct DeviceEntries {
     pub routes: BTreeSet<PeerRoute>,
 }
 
-/// What the device of `vni` on the host `me` (VTEP `vtep`) should hold. Pure.
-pub fn desired(view: &View, me: &str, vtep: IpAddr, vni: u32) -> DeviceEntries {
-    let ps = peers(view, me, vtep, vni);
-    warn_collisions(&ps, vni);
-    let mut d = DeviceEntries::default();
-    for p in ps {
-        d.fdb.insert(FdbEntry {
+impl DeviceEntries {
+    /// One peer's entries.
+    pub fn of(p: &Peer) -> Self {
+        let mut d = DeviceEntries::default();
+        d.add(p);
+        d
+    }
+
+    fn add(&mut self, p: &Peer) {
+        self.fdb.insert(FdbEntry {
             mac: p.mac,
             dst: p.vtep,
         });
-        d.neigh.insert((IpAddr::V6(p.next_hop), MacAddr(p.mac)));
-        for r in p.routes {
-            d.routes.insert(PeerRoute {
-                dst: r,
+        self.neigh.insert((IpAddr::V6(p.next_hop), MacAddr(p.mac)));
+        for r in &p.routes {
+            self.routes.insert(PeerRoute {
+                dst: *r,
                 via: p.next_hop,
             });
         }
+    }
+
+    fn extend(&mut self, o: &DeviceEntries) {
+        self.fdb.extend(o.fdb.iter().copied());
+        self.neigh.extend(o.neigh.iter().copied());
+        self.routes.extend(o.routes.iter().copied());
+    }
+}
+
+/// What the device of `vni` on the host `me` (VTEP `vtep`) should hold, per remote host. Pure.
+pub fn desired_by_node(
+    view: &View,
+    me: &str,
+    vtep: IpAddr,
+    vni: u32,
+) -> BTreeMap<String, DeviceEntries> {
+    let ps = peers(view, me, vtep, vni);
+    warn_collisions(&ps, vni);
+    ps.iter()
+        .map(|p| (p.node.clone(), DeviceEntries::of(p)))
+        .collect()
+}
+
+/// What the device of `vni` on the host `me` (VTEP `vtep`) should hold. Pure.
+pub fn desired(view: &View, me: &str, vtep: IpAddr, vni: u32) -> DeviceEntries {
+    let mut d = DeviceEntries::default();
+    for e in desired_by_node(view, me, vtep, vni).values() {
+        d.extend(e);
     }
     d
 }
@@ -89,16 +127,15 @@ fn have(host: &dyn Dataplane, dev: &Link, table: u32) -> Result<DeviceEntries, S
     })
 }
 
-/// One device to `want`: adds (FDB, neighbours, then routes that use them), then removals in
-/// the reverse order. Returns (added, removed).
-fn sync(host: &dyn Dataplane, dev: &Link, table: u32, want: &DeviceEntries) -> (usize, usize) {
-    let h = match have(host, dev, table) {
-        Ok(h) => h,
-        Err(e) => {
-            log::warn!("{e}");
-            return (0, 0);
-        }
-    };
+/// One device from `h` to `want`: adds (FDB, neighbours, then routes that use them), then
+/// removals in the reverse order. Returns (added, removed).
+fn sync(
+    host: &dyn Dataplane,
+    dev: &Link,
+    table: u32,
+    h: &DeviceEntries,
+    want: &DeviceEntries,
+) -> (usize, usize) {
     let (mut added, mut removed) = (0, 0);
     let count = |r: Result<(), netops::NetopsError>, n: &mut usize| match r {
         Ok(()) => *n += 1,
@@ -131,37 +168,118 @@ fn sync(host: &dyn Dataplane, dev: &Link, table: u32, want: &DeviceEntries) -> (
     (added, removed)
 }
 
-/// Every local overlay device whose VTEP is `vtep` (devices of another VTEP are not ours to
-/// program) to [`desired`].
-pub fn reconcile(host: &dyn Dataplane, view: &View, me: &str, vtep: IpAddr) -> Changes {
-    let mut c = Changes::default();
-    let devices: Vec<VxlanInfo> = match host.vxlans() {
-        Ok(d) => d,
-        Err(e) => {
-            log::warn!("list vxlan devices: {e}");
-            return c;
-        }
-    };
-    for dev in devices {
-        let Some(vni) = vni_of_name(&dev.link.name) else {
-            continue;
+/// A device this agent programs, and what it applied there per remote host.
+struct Device {
+    link: Link,
+    vni: u32,
+    applied: BTreeMap<String, DeviceEntries>,
+}
+
+/// The agent's programming of its devices, remembering what it applied.
+#[derive(Default)]
+pub struct Programmer {
+    devices: HashMap<String, Device>,
+}
+
+impl Programmer {
+    /// Every local overlay device whose VTEP is `vtep` (devices of another VTEP are not ours
+    /// to program) to [`desired`], compared with what the kernel holds.
+    pub fn full(&mut self, host: &dyn Dataplane, view: &View, me: &str, vtep: IpAddr) -> Changes {
+        let mut c = Changes::default();
+        let devices: Vec<VxlanInfo> = match host.vxlans() {
+            Ok(d) => d,
+            Err(e) => {
+                log::warn!("list vxlan devices: {e}");
+                return c;
+            }
         };
-        if dev.local != Some(vtep) {
-            continue;
+        let mut now = HashMap::new();
+        for dev in devices {
+            let Some(vni) = vni_of_name(&dev.link.name) else {
+                continue;
+            };
+            if dev.local != Some(vtep) {
+                continue;
+            }
+            if view.networks_of(vni).is_empty() {
+                c.unknown_vnis += 1;
+                continue;
+            }
+            let by_node = desired_by_node(view, me, vtep, vni);
+            let mut want = DeviceEntries::default();
+            for e in by_node.values() {
+                want.extend(e);
+            }
+            let table = route_table(vni);
+            match have(host, &dev.link, table) {
+                Ok(h) => {
+                    let (a, r) = sync(host, &dev.link, table, &h, &want);
+                    c.added += a;
+                    c.removed += r;
+                }
+                Err(e) => log::warn!("{e}"),
+            }
+            now.insert(
+                dev.link.name.clone(),
+                Device {
+                    link: dev.link,
+                    vni,
+                    applied: by_node,
+                },
+            );
         }
-        if view.networks_of(vni).is_empty() {
-            c.unknown_vnis += 1;
-            continue;
-        }
-        let want = desired(view, me, vtep, vni);
-        let (a, r) = sync(host, &dev.link, route_table(vni), &want);
-        c.added += a;
-        c.removed += r;
+        self.devices = now;
+        log_changes(&c);
+        c
     }
+
+    /// Only the entries of `nodes` on every device programmed so far, against what was applied
+    /// there last (no kernel read): the cost of a block claimed or a host gone is O(1) per
+    /// device.
+    pub fn nodes(
+        &mut self,
+        host: &dyn Dataplane,
+        view: &View,
+        vtep: IpAddr,
+        nodes: &BTreeSet<String>,
+    ) -> Changes {
+        let mut c = Changes::default();
+        for d in self.devices.values_mut() {
+            let table = route_table(d.vni);
+            for n in nodes {
+                let want = view
+                    .peer(n, vtep, d.vni)
+                    .map(|p| DeviceEntries::of(&p))
+                    .unwrap_or_default();
+                let old = d.applied.get(n).cloned().unwrap_or_default();
+                if want == old {
+                    continue;
+                }
+                let (a, r) = sync(host, &d.link, table, &old, &want);
+                c.added += a;
+                c.removed += r;
+                if want == DeviceEntries::default() {
+                    d.applied.remove(n);
+                } else {
+                    d.applied.insert(n.clone(), want);
+                }
+            }
+        }
+        log_changes(&c);
+        c
+    }
+}
+
+fn log_changes(c: &Changes) {
     if c.added + c.removed > 0 {
         log::info!("overlay entries: {} added, {} removed", c.added, c.removed);
     }
-    c
+}
+
+/// Every local overlay device whose VTEP is `vtep` to [`desired`] (a [`Programmer::full`]
+/// pass with nothing remembered).
+pub fn reconcile(host: &dyn Dataplane, view: &View, me: &str, vtep: IpAddr) -> Changes {
+    Programmer::default().full(host, view, me, vtep)
 }
 
 #[cfg(test)]
@@ -264,5 +382,40 @@ mod tests {
             .collect();
         // Routes go before the neighbour they use, the neighbour before the FDB entry.
         assert!(matches!(dels[0], Entry::Route(..)) && matches!(dels[3], Entry::Fdb(_)));
+    }
+
+    #[test]
+    fn an_event_changes_only_the_entries_of_the_host_it_is_about() {
+        let k = FakeKernel::recording();
+        k.ensure_vxlan("cnirsvx7", 7, me(), None);
+        let mut v = view();
+        let mut p = Programmer::default();
+        let c = p.full(&k, &v, "h1", me());
+        assert_eq!(c.added, 7);
+        let before = k.log().len();
+        // h2 claims the buddy of 10.64.0.128/26: its two routes become... it now holds
+        // 64/26, 128/26 and 192/26: the /26 and the /25 (128/25).
+        v.apply(
+            "/cnirs",
+            "/cnirs/blocks/a/10.64.0.192_26",
+            Some(br#"{"node":"h2"}"#),
+        );
+        let c = p.nodes(&k, &v, me(), &BTreeSet::from(["h2".to_string()]));
+        assert_eq!(
+            (c.added, c.removed),
+            (1, 1),
+            "10.64.0.128/25 in, 10.64.0.128/26 out"
+        );
+        let changed: Vec<Entry> = k.log()[before..].iter().map(|(_, e, _)| *e).collect();
+        assert!(
+            changed.iter().all(|e| matches!(e, Entry::Route(..))),
+            "{changed:?}"
+        );
+        // h3 leaves: its three entries go, h2's stay.
+        v.apply("/cnirs", "/cnirs/hosts/h3", None);
+        let c = p.nodes(&k, &v, me(), &BTreeSet::from(["h3".to_string()]));
+        assert_eq!((c.added, c.removed), (0, 3));
+        // The resync finds the kernel as the events left it.
+        assert_eq!(p.full(&k, &v, "h1", me()), Changes::default());
     }
 }

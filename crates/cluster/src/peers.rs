@@ -22,34 +22,118 @@ pub struct View {
     pub networks: BTreeMap<String, NetworkRecord>,
     /// (network, block) -> node
     pub blocks: BTreeMap<(String, IpNetwork), String>,
+    /// node -> its (network, block)s: the index [`View::peer`] reads.
+    by_node: BTreeMap<String, BTreeSet<(String, IpNetwork)>>,
+}
+
+/// What one key changed in a [`View`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// What one node's device needs from the others (its VTEP, its blocks).
+    Node(String),
+    /// Anything (a network's record, a block that moved between nodes).
+    All,
 }
 
 impl View {
     /// Apply one key: `Some(value)` = put, `None` = delete. Unreadable values count as absent;
-    /// keys of other kinds are ignored. Returns whether the view changed.
-    pub fn apply(&mut self, prefix: &str, key: &str, value: Option<&[u8]>) -> bool {
+    /// keys of other kinds are ignored. Says what changed.
+    pub fn apply(&mut self, prefix: &str, key: &str, value: Option<&[u8]>) -> Change {
+        let node_if = |changed: bool, node: &str| {
+            if changed {
+                Change::Node(node.to_string())
+            } else {
+                Change::None
+            }
+        };
         match schema::classify(prefix, key) {
             Key::Host { node } => {
                 match value.and_then(|v| serde_json::from_slice::<HostRecord>(v).ok()) {
-                    Some(h) => self.hosts.insert(node.to_string(), h.vtep) != Some(h.vtep),
-                    None => self.hosts.remove(node).is_some(),
+                    Some(h) => node_if(
+                        self.hosts.insert(node.to_string(), h.vtep) != Some(h.vtep),
+                        node,
+                    ),
+                    None => node_if(self.hosts.remove(node).is_some(), node),
                 }
             }
             Key::Network { network } => {
-                match value.and_then(|v| serde_json::from_slice::<NetworkRecord>(v).ok()) {
-                    Some(n) => self.networks.insert(network.to_string(), n.clone()) != Some(n),
-                    None => self.networks.remove(network).is_some(),
+                let changed =
+                    match value.and_then(|v| serde_json::from_slice::<NetworkRecord>(v).ok()) {
+                        Some(n) => self.networks.insert(network.to_string(), n.clone()) != Some(n),
+                        None => self.networks.remove(network).is_some(),
+                    };
+                if changed {
+                    Change::All
+                } else {
+                    Change::None
                 }
             }
             Key::Block { network, block } => {
                 let k = (network.to_string(), block);
-                match value.and_then(|v| serde_json::from_slice::<BlockRecord>(v).ok()) {
-                    Some(b) => self.blocks.insert(k, b.node.clone()) != Some(b.node),
-                    None => self.blocks.remove(&k).is_some(),
+                let old = match value.and_then(|v| serde_json::from_slice::<BlockRecord>(v).ok()) {
+                    Some(b) => {
+                        let old = self.blocks.insert(k.clone(), b.node.clone());
+                        if old.as_deref() == Some(b.node.as_str()) {
+                            return Change::None;
+                        }
+                        self.by_node
+                            .entry(b.node.clone())
+                            .or_default()
+                            .insert(k.clone());
+                        match old {
+                            None => return Change::Node(b.node),
+                            Some(o) => o,
+                        }
+                    }
+                    None => match self.blocks.remove(&k) {
+                        Some(o) => o,
+                        None => return Change::None,
+                    },
+                };
+                if let Some(set) = self.by_node.get_mut(&old) {
+                    set.remove(&k);
+                    if set.is_empty() {
+                        self.by_node.remove(&old);
+                    }
+                }
+                if value.is_some() {
+                    Change::All // moved from one node to another
+                } else {
+                    Change::Node(old)
                 }
             }
-            Key::Other => false,
+            Key::Other => Change::None,
         }
+    }
+
+    /// `node` as a peer of the device of `vni` on the host whose VTEP is `my_vtep` (None when
+    /// it has no block in the VNI's networks, no known VTEP, a VTEP of the other family, or
+    /// is this host).
+    pub fn peer(&self, node: &str, my_vtep: IpAddr, vni: u32) -> Option<Peer> {
+        let vtep = *self.hosts.get(node)?;
+        if vtep.is_ipv4() != my_vtep.is_ipv4() || vtep == my_vtep {
+            return None;
+        }
+        let nets: BTreeSet<&str> = self.networks_of(vni).into_iter().collect();
+        let blocks: Vec<IpNetwork> = self
+            .by_node
+            .get(node)?
+            .iter()
+            .filter(|(net, _)| nets.contains(net.as_str()))
+            .map(|(_, b)| *b)
+            .collect();
+        if blocks.is_empty() {
+            return None;
+        }
+        let mac = crate::vxlan_mac(vni, vtep);
+        Some(Peer {
+            node: node.to_string(),
+            vtep,
+            mac,
+            next_hop: crate::link_local(mac),
+            routes: aggregate(&blocks),
+        })
     }
 
     /// The networks carried by `vni` (normally one name).
@@ -85,31 +169,11 @@ pub struct Peer {
 /// registered yet) and hosts whose VTEP is of the other family (a VXLAN device tunnels over
 /// one family) are left out.
 pub fn peers(view: &View, me: &str, my_vtep: IpAddr, vni: u32) -> Vec<Peer> {
-    let nets: BTreeSet<&str> = view.networks_of(vni).into_iter().collect();
-    let mut by_node: BTreeMap<&str, Vec<IpNetwork>> = BTreeMap::new();
-    for ((net, block), node) in &view.blocks {
-        if node != me && nets.contains(net.as_str()) {
-            by_node.entry(node.as_str()).or_default().push(*block);
-        }
-    }
-    let mut out = Vec::new();
-    for (node, blocks) in by_node {
-        let Some(vtep) = view.hosts.get(node).copied() else {
-            continue;
-        };
-        if vtep.is_ipv4() != my_vtep.is_ipv4() || vtep == my_vtep {
-            continue;
-        }
-        let mac = crate::vxlan_mac(vni, vtep);
-        out.push(Peer {
-            node: node.to_string(),
-            vtep,
-            mac,
-            next_hop: crate::link_local(mac),
-            routes: aggregate(&blocks),
-        });
-    }
-    out
+    view.by_node
+        .keys()
+        .filter(|n| n.as_str() != me)
+        .filter_map(|n| view.peer(n, my_vtep, vni))
+        .collect()
 }
 
 fn base(n: &IpNetwork) -> u128 {
@@ -254,7 +318,10 @@ mod tests {
         ] {
             let key = format!("/cnirs/blocks/{net}/{cidr}");
             let val = format!(r#"{{"node":"{node}"}}"#);
-            assert!(v.apply(p, &key, Some(val.as_bytes())));
+            assert_eq!(
+                v.apply(p, &key, Some(val.as_bytes())),
+                Change::Node(node.into())
+            );
         }
         v
     }
@@ -284,11 +351,36 @@ mod tests {
     fn the_view_follows_puts_and_deletes_and_ignores_other_keys() {
         let p = "/cnirs";
         let mut v = view();
-        assert!(v.apply(p, "/cnirs/blocks/a/10.64.0.64_26", None));
-        assert!(!v.apply(p, "/cnirs/blocks/a/10.64.0.64_26", None));
-        assert!(!v.apply(p, "/cnirs/ipam/a/ips/10.64.0.0_26/10.64.0.5", Some(b"{}")));
-        assert!(!v.apply(p, "/cnirs/hosts/h2", Some(br#"{"vtep":"10.240.0.2"}"#)));
-        assert!(v.apply(p, "/cnirs/hosts/h2", None));
-        assert!(peers(&v, "h1", "10.240.0.1".parse().unwrap(), 7).is_empty());
+        let h2 = Change::Node("h2".into());
+        assert_eq!(v.apply(p, "/cnirs/blocks/a/10.64.0.64_26", None), h2);
+        assert_eq!(
+            v.apply(p, "/cnirs/blocks/a/10.64.0.64_26", None),
+            Change::None
+        );
+        assert_eq!(
+            v.apply(p, "/cnirs/ipam/a/ips/10.64.0.0_26/10.64.0.5", Some(b"{}")),
+            Change::None
+        );
+        assert_eq!(
+            v.apply(p, "/cnirs/hosts/h2", Some(br#"{"vtep":"10.240.0.2"}"#)),
+            Change::None
+        );
+        // A block that moves between nodes, and a network's record: everything.
+        assert_eq!(
+            v.apply(
+                p,
+                "/cnirs/blocks/a/10.64.0.128_26",
+                Some(br#"{"node":"h3"}"#)
+            ),
+            Change::All
+        );
+        assert_eq!(
+            v.apply(p, "/cnirs/networks/c", Some(br#"{"vni":9}"#)),
+            Change::All
+        );
+        assert_eq!(v.apply(p, "/cnirs/hosts/h2", None), h2);
+        assert!(peers(&v, "h1", "10.240.0.1".parse().unwrap(), 7)
+            .iter()
+            .all(|p| p.node != "h2"));
     }
 }
