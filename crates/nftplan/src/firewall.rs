@@ -7,7 +7,8 @@ use std::{
 
 use crate::{
     backend::{NftBackend, NftCli, TableProbe},
-    batch::{Batch, Elem},
+    batch::Batch,
+    elem::Elem,
     nsstate::{self, NetnsId},
     state::{AttRecord, Locked, NetRecord, PortOwner, VtepRecord},
     types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping},
@@ -257,9 +258,7 @@ impl Firewall {
     pub fn reconcile(&self) -> Result<usize, NftError> {
         let st = Locked::lock(&self.dir)?;
         let elems: Vec<Elem> = self.state_elems(&st)?.into_iter().collect();
-        let mut b = Batch::new();
-        b.skeleton().add(&elems);
-        self.nft.apply(b.text())?;
+        self.nft.apply(Batch::new().skeleton().add(&elems))?;
         self.note_table(&st)?;
         st.prune_all_dirs()?;
         // The firewall plugin's rules live in the host's own chains, which a reload may have
@@ -270,6 +269,14 @@ impl Firewall {
             }
         }
         Ok(elems.len())
+    }
+
+    /// Every element the state records that the kernel lacks (what `cnirs reconcile --check`
+    /// reports): one `get` batch, element by element only when that fails.
+    pub fn missing_elems(&self) -> Result<Vec<Elem>, NftError> {
+        let st = Locked::lock(&self.dir)?;
+        let elems: Vec<Elem> = self.state_elems(&st)?.into_iter().collect();
+        self.missing(&elems)
     }
 
     /// True when the state records nothing (no plugin attached anything here).
@@ -406,7 +413,7 @@ impl Firewall {
         let list: Vec<Elem> = elems.iter().cloned().collect();
         let mut b = Batch::new();
         b.skeleton().add(&list);
-        self.nft.apply(b.text()).map_err(|e| NftError::Restore {
+        self.nft.apply(&b).map_err(|e| NftError::Restore {
             state: self.dir.clone(),
             source: Box::new(e),
         })?;
@@ -415,9 +422,7 @@ impl Firewall {
 
     /// Load (or repair) the skeleton only.
     pub fn ensure_skeleton(&self) -> Result<(), NftError> {
-        let mut b = Batch::new();
-        b.skeleton();
-        self.nft.apply(b.text())
+        self.nft.apply(Batch::new().skeleton())
     }
 
     // ---- internals ----
@@ -640,15 +645,11 @@ impl Firewall {
         if b.is_empty() {
             return Ok(());
         }
-        match self.nft.apply(b.text()) {
+        match self.nft.apply(b) {
             Ok(()) => Ok(()),
             Err(first) => {
                 log::debug!("nft batch failed ({first}); retrying with the skeleton");
-                let mut full = Batch::new();
-                full.skeleton();
-                let mut text = full.text().to_owned();
-                text.push_str(b.text());
-                self.nft.apply(&text)
+                self.nft.apply(Batch::new().skeleton().extend(b))
             }
         }
     }
@@ -668,9 +669,7 @@ impl Firewall {
             .map(|e| (e, true))
             .chain(extra.iter().map(|e| (e, false)))
         {
-            let mut one = Batch::new();
-            one.remove(std::slice::from_ref(e));
-            if let Err(err) = self.nft.apply(one.text()) {
+            if let Err(err) = self.nft.apply(Batch::new().remove(std::slice::from_ref(e))) {
                 log::warn!("cannot remove {e}: {err}");
                 if ours && first_err.is_none() {
                     first_err = Some(err);
@@ -685,14 +684,16 @@ impl Firewall {
     pub(crate) fn missing(&self, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
         let mut b = Batch::new();
         b.get(elems);
-        if b.is_empty() || self.nft.apply(b.text()).is_ok() {
+        if b.is_empty() || self.nft.apply(&b).is_ok() {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
         for e in elems {
-            let mut one = Batch::new();
-            one.get(std::slice::from_ref(e));
-            if self.nft.apply(one.text()).is_err() {
+            if self
+                .nft
+                .apply(Batch::new().get(std::slice::from_ref(e)))
+                .is_err()
+            {
                 out.push(e.clone());
             }
         }

@@ -70,7 +70,9 @@
 
 mod backend;
 mod batch;
+mod elem;
 mod error;
+mod fake;
 mod firewall;
 mod foreign;
 mod inventory;
@@ -78,18 +80,23 @@ mod libnft;
 pub mod nfnl;
 mod nlbatch;
 pub mod nsstate;
+pub mod schema;
+pub mod skeleton;
 mod state;
 mod types;
 
-pub use backend::{NftBackend, NftCli, RecordingNft, TableProbe};
-pub use batch::{Batch, Elem, SKELETON, SKELETON_RULES, TABLE};
+pub use backend::{Engine, NftBackend, NftCli, TableProbe};
+pub use batch::{Batch, Cmd, IpFamily};
+pub use elem::{Elem, Parts, BRIDGE_TABLE, SKELETON_RULES, TABLE};
 pub use error::NftError;
+pub use fake::FakeNft;
 pub use firewall::{
     default_state_dir, missing_error, run_root, Firewall, LastInternal, DEFAULT_RUN_DIR,
 };
 pub use inventory::{AttachmentView, NetworkView, PortView};
 pub use ipnetwork::IpNetwork;
 pub use nsstate::NetnsId;
+pub use skeleton::SKELETON;
 pub use types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping, Protocol};
 
 #[cfg(test)]
