@@ -387,3 +387,6 @@ impl NftBackend for FakeNft {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

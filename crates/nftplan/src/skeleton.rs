@@ -211,3 +211,61 @@ pub fn skeleton_text() -> String {
 
 /// [`skeleton_text`], rendered once per process (when first used).
 pub static SKELETON: LazyLock<String> = LazyLock::new(skeleton_text);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `@name` references of a rule.
+    fn refs(rule: &str) -> Vec<&str> {
+        rule.split_whitespace()
+            .filter_map(|w| w.strip_prefix('@'))
+            .collect()
+    }
+
+    #[test]
+    fn rules_use_only_sets_of_their_table_and_every_set_is_used() {
+        for r in RULES {
+            assert!(
+                CHAINS
+                    .iter()
+                    .any(|c| c.family == r.family && c.name == r.chain),
+                "rules for an undeclared chain {}",
+                r.chain
+            );
+            for rule in r.rules {
+                for name in refs(rule) {
+                    assert!(
+                        SETS.iter().any(|d| d.family == r.family && d.name == name),
+                        "{rule}: no set {name} in {}",
+                        r.family.table()
+                    );
+                }
+            }
+        }
+        for d in SETS {
+            let used = RULES
+                .iter()
+                .filter(|r| r.family == d.family)
+                .flat_map(|r| r.rules.iter())
+                .any(|rule| refs(rule).contains(&d.name));
+            assert!(used, "set {} is used by no rule", d.name);
+        }
+    }
+
+    #[test]
+    fn declarations_follow_the_schema() {
+        let text = skeleton_text();
+        for want in [
+            "add set inet cnirs same_br { type ifname . ifname; }",
+            "add set inet cnirs masq6 { type ipv6_addr; flags interval; }",
+            "add set inet cnirs br_net4 { type ifname . ipv4_addr; flags interval; }",
+            "add map inet cnirs pm6_any { type inet_proto . inet_service : ipv6_addr . inet_service; }",
+            "add set bridge cnirs spoof_ok { type ifname . ether_addr; }",
+        ] {
+            assert!(text.lines().any(|l| l == want), "{want}");
+        }
+        assert_eq!(rule_count(Family::Bridge), 1);
+        assert_eq!(chain_rules(Family::Inet, "forward").count(), 6);
+    }
+}

@@ -903,3 +903,40 @@ fn the_gate_is_part_of_the_state_restored_with_the_table() {
         bridge: br("cnirs-a")
     }));
 }
+
+#[test]
+fn forward_rules_go_in_once_per_bridge_and_leave_with_the_last_attachment() {
+    let nft = FakeNft::new();
+    nft.add_forward_chain(IpFamily::V4, true);
+    nft.add_forward_chain(IpFamily::V6, false);
+    let (_d, f) = fw(&nft);
+    let b = br("cni0");
+    f.attach_forward(&att("n", "c1"), &b).unwrap();
+    let rules = nft.forward_rules(IpFamily::V4);
+    assert_eq!(rules.len(), 3, "{}", nft.dump());
+    assert!(rules.iter().all(|r| r.ends_with("comment \"cnirs:cni0\"")));
+    assert!(
+        nft.forward_rules(IpFamily::V6).is_empty(),
+        "a chain that accepts needs nothing"
+    );
+    nft.clear();
+    f.attach_forward(&att("n", "c2"), &b).unwrap();
+    assert!(
+        nft.batches().is_empty(),
+        "the 2nd pod of the network runs nothing"
+    );
+    f.detach_forward(&att("n", "c1")).unwrap();
+    assert_eq!(nft.forward_rules(IpFamily::V4).len(), 3);
+    f.detach_forward(&att("n", "c2")).unwrap();
+    assert!(nft.forward_rules(IpFamily::V4).is_empty());
+    f.detach_forward(&att("n", "c2")).unwrap();
+
+    // A reload recreates the host chain empty: reconcile puts the rules back, GC takes them.
+    f.attach_forward(&att("n", "c3"), &b).unwrap();
+    nft.flush_ruleset();
+    nft.add_forward_chain(IpFamily::V4, true);
+    f.reconcile().unwrap();
+    assert_eq!(nft.forward_rules(IpFamily::V4), rules);
+    f.gc(Feature::Firewall, "n", &[]).unwrap();
+    assert!(nft.forward_rules(IpFamily::V4).is_empty(), "{}", nft.dump());
+}
