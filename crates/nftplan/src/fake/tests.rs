@@ -152,7 +152,7 @@ fn the_skeleton_keeps_elements_and_a_new_table_gets_a_new_handle() {
         .unwrap();
     nft.apply(Batch::new().skeleton()).unwrap();
     assert_eq!(nft.probe_table().unwrap(), TableProbe::Present(h1));
-    assert_eq!(nft.elems(), [e.clone()]);
+    assert_eq!(nft.elems(), std::slice::from_ref(&e));
     nft.replace_table();
     assert!(nft.elems().is_empty());
     let TableProbe::Present(h2) = nft.probe_table().unwrap() else {
