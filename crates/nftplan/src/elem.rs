@@ -238,8 +238,9 @@ impl Elem {
         concat_text(&self.parts().key, Value::to_string)
     }
 
-    /// The key to ask `get element` with: an interval by its network address (see
-    /// [`Value::query_text`]).
+    /// The key to ask `get element` with: an interval by its network address (nft 1.0.6
+    /// fails `get element` of an interval that has an adjacent one beside it, while a single
+    /// address finds the interval that holds it).
     pub fn query_key_text(&self) -> String {
         concat_text(&self.parts().key, Value::query_text)
     }
