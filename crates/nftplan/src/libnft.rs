@@ -109,8 +109,8 @@ fn load() -> Option<Lib> {
     // SAFETY: each transmute turns a symbol of libnftables' public API
     // (nftables/libnftables.h, stable since 0.9) into the function pointer type that repeats
     // its C signature.
-    unsafe {
-        Some(Lib {
+    let lib = unsafe {
+        Lib {
             ctx_new: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> Ctx>(sym(
                 c"nft_ctx_new",
             )?),
@@ -139,8 +139,10 @@ fn load() -> Option<Lib> {
                 unsafe extern "C" fn(Ctx, *const c_char) -> c_int,
             >(sym(c"nft_run_cmd_from_buffer")?),
             lock: Mutex::new(()),
-        })
-    }
+        }
+    };
+    log::debug!("libnftables.so.1 loaded: the skeleton, rules and listings run in-process");
+    Some(lib)
 }
 
 /// What one run answered: success with the output text, or failure with the error text.
