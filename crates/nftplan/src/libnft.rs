@@ -1,7 +1,6 @@
 //! libnftables in-process: the scripts `nlbatch` does not encode (the skeleton, a reload) and
 //! the `nft -j` listings, run by the same library the `nft` program is a thin wrapper of,
-//! without starting that program. Loading the skeleton into a fresh namespace takes ~2 ms this
-//! way (dlopen included) against ~8-11 ms for `nft -f -` on the test machine.
+//! without starting that program (docs/performance.md has what that saves).
 //!
 //! The library is opened with `dlopen` on first use: no link-time dependency, and a host
 //! without `libnftables.so.1` answers `None`, so the caller spawns `nft` as before. One context

@@ -1,6 +1,6 @@
 //! Element batches over nfnetlink, in-process: what `nft -f` sends for `add`/`delete element`
 //! of our sets and maps, and for `get element` (CHECK), without starting an `nft` process
-//! (~2 ms each on this machine). The commands come typed ([`crate::Batch`]); each element is
+//! (a process start each). The commands come typed ([`crate::Batch`]); each element is
 //! encoded from its values and its set's entry in [`crate::schema::SETS`], never from text.
 //!
 //! Keys and data are encoded as nf_tables stores them: each field of a concatenation padded
@@ -31,7 +31,7 @@ use crate::{
         attr, attrs, cstr, put_attr, split, NFNL_SUBSYS_NFTABLES, NLMSG_ERROR, NLM_F_ACK,
         NLM_F_REQUEST,
     },
-    schema::{Layout, SetDef, Value},
+    schema::{Layout, SetDef, Value, TABLE_NAME},
 };
 
 mod io;
@@ -120,7 +120,7 @@ pub fn plan(batch: &Batch) -> Option<Vec<Op>> {
             Cmd::Add(e) => Some(encode(Verb::Add, e)),
             Cmd::Delete(e) => Some(encode(Verb::Delete, e)),
             Cmd::Get(e) => Some(encode(Verb::Get, e)),
-            _ => None,
+            Cmd::Skeleton | Cmd::AllowForward { .. } | Cmd::DeleteForwardRule { .. } => None,
         })
         .collect::<Option<_>>()?;
     let gets = ops.iter().filter(|o| o.verb == Verb::Get).count();
@@ -220,7 +220,7 @@ fn elem_body(e: &SetElem, get: bool) -> Vec<u8> {
 /// element nested under its index + 1, as libnftnl numbers them.
 fn elem_attrs(op: &Op, elems: &[SetElem], get: bool) -> Vec<u8> {
     let mut a = Vec::new();
-    put_attr(&mut a, 1, &cstr("cnirs")); // NFTA_SET_ELEM_LIST_TABLE
+    put_attr(&mut a, 1, &cstr(TABLE_NAME)); // NFTA_SET_ELEM_LIST_TABLE
     put_attr(&mut a, 2, &cstr(op.set.name)); // NFTA_SET_ELEM_LIST_SET
     let mut list = Vec::new();
     for (i, e) in elems.iter().enumerate() {

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     nfnl::{cstr, put_attr, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLM_F_REQUEST},
-    schema::{Layout, SetDef},
+    schema::{Layout, SetDef, TABLE_NAME},
 };
 
 /// The elements of every `NEWSETELEM` message answering `seq`, until its ack (`get`) or
@@ -42,7 +42,7 @@ fn collect(sock: &Socket, seq: u32, buf: &mut Vec<u8>) -> io::Result<Vec<SetElem
 fn dump(sock: &Socket, op: &Op, seq: u32, buf: &mut Vec<u8>) -> io::Result<Vec<SetElem>> {
     let mut m = Vec::new();
     let mut attrs = Vec::new();
-    put_attr(&mut attrs, 1, &cstr("cnirs")); // NFTA_SET_ELEM_LIST_TABLE
+    put_attr(&mut attrs, 1, &cstr(TABLE_NAME)); // NFTA_SET_ELEM_LIST_TABLE
     put_attr(&mut attrs, 2, &cstr(op.set.name)); // NFTA_SET_ELEM_LIST_SET
     msg(
         &mut m,

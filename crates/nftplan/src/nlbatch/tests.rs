@@ -157,6 +157,14 @@ fn every_set_of_the_schema_encodes_its_fields() {
         assert_eq!(fields, p.set.key, "{e}");
         let data: Vec<_> = p.data.iter().map(crate::schema::Value::field).collect();
         assert_eq!(data, p.set.data, "{e}");
+        // A prefix is the last key field of an interval set, and nowhere else.
+        let is_net = |v: &crate::schema::Value| matches!(v, crate::schema::Value::Net(_));
+        let nets: Vec<bool> = p.key.iter().chain(&p.data).map(is_net).collect();
+        let mut want = vec![false; nets.len()];
+        if p.set.interval {
+            want[p.key.len() - 1] = true;
+        }
+        assert_eq!(nets, want, "{e}");
         let op = encode(Verb::Add, e);
         let start = op.elems.iter().find(|x| x.flags == 0).unwrap();
         let want: usize = p.set.key.iter().map(|f| len(f, p.set.key.len())).sum();
