@@ -1,4 +1,4 @@
-//! libnftables in-process: the scripts `nlbatch` does not encode (the skeleton, a reload) and
+//! libnftables in-process: the batches `nlbatch` does not encode (the skeleton, rules) and
 //! the `nft -j` listings, run by the same library the `nft` program is a thin wrapper of,
 //! without starting that program (docs/performance.md has what that saves).
 //!

@@ -1,6 +1,6 @@
 //! Element batches over nfnetlink, in-process: what `nft -f` sends for `add`/`delete element`
-//! of our sets and maps, and for `get element` (CHECK), without starting an `nft` process
-//! (a process start each). The commands come typed ([`crate::Batch`]); each element is
+//! of our sets and maps, and for `get element` (CHECK), without starting an `nft` process.
+//! The commands come typed ([`crate::Batch`]); each element is
 //! encoded from its values and its set's entry in [`crate::schema::SETS`], never from text.
 //!
 //! Keys and data are encoded as nf_tables stores them: each field of a concatenation padded
