@@ -130,12 +130,9 @@ pub fn plan(batch: &Batch) -> Option<Vec<Op>> {
 /// `values` as one key: each value's bytes (`end`: a prefix's last address instead of its
 /// network address), each padded to 4 bytes in a concatenation.
 fn concat(values: &[Value], end: bool) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(values.len() * 16);
     for v in values {
-        match v.range_end() {
-            Some((last, _)) if end => out.extend_from_slice(&last),
-            _ => out.extend_from_slice(&v.bytes()),
-        }
+        v.put(&mut out, end);
         if values.len() > 1 {
             out.resize((out.len() + 3) & !3, 0);
         }
@@ -157,11 +154,7 @@ pub fn encode(verb: Verb, e: &Elem) -> Op {
         }],
         Layout::Ranges => {
             let start = concat(&p.key, false);
-            let past = p
-                .key
-                .first()
-                .and_then(Value::range_end)
-                .and_then(|(_, p)| p);
+            let past = p.key.first().and_then(Value::past_end);
             let mut v = Vec::new();
             if verb == Verb::Add && start.iter().any(|b| *b != 0) {
                 v.push(SetElem::end(vec![0; start.len()]));

@@ -279,48 +279,43 @@ impl Value {
         }
     }
 
-    /// The bytes nf_tables stores (a prefix: its network address), unpadded.
-    pub(crate) fn bytes(&self) -> Vec<u8> {
+    /// Append the bytes nf_tables stores, unpadded: a prefix's network address, or with
+    /// `last` its last address.
+    pub(crate) fn put(&self, out: &mut Vec<u8>, last: bool) {
         match self {
             Value::Ifname(n) => {
-                let mut v = n.as_str().as_bytes().to_vec();
-                v.resize(16, 0); // IFNAMSIZ
-                v
+                let at = out.len();
+                out.extend_from_slice(n.as_str().as_bytes());
+                out.resize(at + 16, 0); // IFNAMSIZ
             }
-            Value::Ether(m) => m.0.to_vec(),
-            Value::Addr(IpAddr::V4(a)) => a.octets().to_vec(),
-            Value::Addr(IpAddr::V6(a)) => a.octets().to_vec(),
-            Value::Proto(p) => vec![p.number()],
-            Value::Port(p) => p.to_be_bytes().to_vec(),
-            Value::Net(n) => match n.network() {
-                IpAddr::V4(a) => a.octets().to_vec(),
-                IpAddr::V6(a) => a.octets().to_vec(),
-            },
+            Value::Ether(m) => out.extend_from_slice(&m.0),
+            Value::Addr(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
+            Value::Addr(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
+            Value::Proto(p) => out.push(p.number()),
+            Value::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
+            Value::Net(IpNetwork::V4(n)) => {
+                let (start, end) = v4_range(n);
+                out.extend_from_slice(&if last { end } else { start }.to_be_bytes());
+            }
+            Value::Net(IpNetwork::V6(n)) => {
+                let (start, end) = v6_range(n);
+                out.extend_from_slice(&if last { end } else { start }.to_be_bytes());
+            }
         }
     }
 
-    /// A prefix's last address, and one past it unless that overflows (`0.0.0.0/0`), as
-    /// bytes; `None` for values that are not prefixes.
-    pub(crate) fn range_end(&self) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
-        let Value::Net(n) = self else { return None };
-        Some(match n {
-            IpNetwork::V4(n) => {
-                let mask = u32::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
-                let last = u32::from(n.network()) | mask;
-                (
-                    last.to_be_bytes().to_vec(),
-                    last.checked_add(1).map(|e| e.to_be_bytes().to_vec()),
-                )
+    /// One past a prefix's last address, as bytes; `None` when that overflows (`0.0.0.0/0`)
+    /// or the value is not a prefix.
+    pub(crate) fn past_end(&self) -> Option<Vec<u8>> {
+        match self {
+            Value::Net(IpNetwork::V4(n)) => {
+                Some(v4_range(n).1.checked_add(1)?.to_be_bytes().to_vec())
             }
-            IpNetwork::V6(n) => {
-                let mask = u128::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
-                let last = u128::from(n.network()) | mask;
-                (
-                    last.to_be_bytes().to_vec(),
-                    last.checked_add(1).map(|e| e.to_be_bytes().to_vec()),
-                )
+            Value::Net(IpNetwork::V6(n)) => {
+                Some(v6_range(n).1.checked_add(1)?.to_be_bytes().to_vec())
             }
-        })
+            _ => None,
+        }
     }
 
     /// How nft asks for this value in `get element`: a prefix by its network address (nft
@@ -348,6 +343,24 @@ impl fmt::Display for Value {
             Value::Net(n) => write!(f, "{n}"),
         }
     }
+}
+
+/// A v4 prefix's first and last address.
+fn v4_range(n: &ipnetwork::Ipv4Network) -> (u32, u32) {
+    let start = u32::from(n.network());
+    (
+        start,
+        start | u32::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0),
+    )
+}
+
+/// A v6 prefix's first and last address.
+fn v6_range(n: &ipnetwork::Ipv6Network) -> (u128, u128) {
+    let start = u128::from(n.network());
+    (
+        start,
+        start | u128::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0),
+    )
 }
 
 /// `a . b . c`.
