@@ -147,7 +147,8 @@ impl NftCli {
         &self.engine
     }
 
-    /// `program prefix... ARGS` with `input` on stdin; Ok(stdout) on success.
+    /// `program prefix... ARGS` with `input` on stdin: `Err` when it cannot be run,
+    /// `Ok(Ok(stdout))` when it exits 0, `Ok(Err(..))` with its stderr when it fails.
     fn program(
         &self,
         args: &[&str],
