@@ -588,10 +588,15 @@ fn parallel_adds_and_dels_share_one_resolver() {
 /// and the zone's SOA in NODATA and NXDOMAIN answers).
 const UP_ZONE: &str = "up.test";
 
+/// A name outside the zone with an A record (`--address`) whose AAAA the upstream refuses:
+/// google.com in podman's `podman network create` test against a host resolver refusing AAAA.
+const A_REFUSED: &str = "arefused.example";
+
 /// dnsmasq run as an authoritative server for [`UP_ZONE`] on `addr`:53 inside the test's host
 /// netns: `aonly` (A only), `both` (A and AAAA), `big` (30 TXT records of 200 bytes: too large
 /// for UDP), `who` (TXT: the upstream's label), any other name of the zone NXDOMAIN, and
-/// REFUSED for every name outside it. Killed by pid when dropped.
+/// REFUSED for every name outside it but [`A_REFUSED`]'s AAAA (its A is 198.51.100.12).
+/// Killed by pid when dropped.
 struct Upstream {
     child: Child,
 }
@@ -629,6 +634,7 @@ fn upstream(net: &TestNet, addr: &str, label: &str) -> Upstream {
             "x".repeat(197)
         ));
     }
+    args.push(format!("--address=/{A_REFUSED}/198.51.100.12"));
     args.push(format!("--auth-zone={UP_ZONE}"));
     // The address, not `lo`: with an interface, dnsmasq binds every address of it and a
     // second instance finds 127.0.0.1 taken. Authoritative answers (AA, SOA in negative
@@ -809,8 +815,28 @@ fn forwarded_answers_reach_pods_as_the_upstream_gave_them_and_large_ones_over_tc
     let nx = dig(&client, gw, &["nothing.up.test", "A"]);
     assert_eq!(nx.status, "NXDOMAIN", "{}", nx.raw);
     assert_eq!(nx.authority.len(), 1, "{}", nx.raw);
+    // REFUSED, to dig's query (EDNS0 with a COOKIE option), as the upstream said it; over
+    // TCP to any query.
     let refused = dig(&client, gw, &["elsewhere.example", "A"]);
     assert_eq!(refused.status, "REFUSED", "{}", refused.raw);
+    let tcp = dig(&client, gw, &["elsewhere.example", "A", "+tcp", "+noedns"]);
+    assert_eq!(tcp.status, "REFUSED", "{}", tcp.raw);
+    // Over UDP without EDNS0 options (no OPT, as busybox, glibc and musl ask; or an empty
+    // one): no answer at all, as dnsmasq (the Go dnsname) gives none. dig waits 6 s, more
+    // than our 4 s budget, so a SERVFAIL or REFUSED of ours would show.
+    for opts in ["+noedns", "+nocookie"] {
+        let none = dig(&client, gw, &["elsewhere.example", "A", opts]);
+        assert_eq!(none.status, "", "{opts}: {}", none.raw);
+        assert!(none.raw.contains("timed out"), "{opts}: {}", none.raw);
+    }
+    // So busybox's nslookup of a name whose AAAA the upstream refuses prints the A and exits
+    // 0, as with the Go dnsname (an answer REFUSED makes it exit 1).
+    let up = dig(net.host(), "127.0.0.1", &[A_REFUSED, "AAAA", "+noedns"]);
+    assert_eq!(up.status, "REFUSED", "the upstream refuses: {}", up.raw);
+    let out = client.exec(BUSYBOX, &["nslookup", A_REFUSED, gw]);
+    assert!(out.success(), "busybox nslookup {A_REFUSED}: {out}");
+    assert!(out.stdout.contains("198.51.100.12"), "{out}");
+    assert!(!out.stdout.contains("REFUSED"), "{out}");
     // Too large for UDP: TC set (for the client's EDNS0 size), then complete over TCP.
     let udp = dig(
         &client,
