@@ -1,5 +1,6 @@
 """The dnsname section: ADD with and without dnsname, and the query latency of our resolver
-against dnsmasq run as containers/dnsname runs it."""
+against dnsmasq run as containers/dnsname runs it, for a pod's name and for a name forwarded to
+the host's resolver (dnsmasq on the chain's host netns' 127.0.0.1, serving FWD_NAME)."""
 
 import os
 import shutil
@@ -15,6 +16,9 @@ from cnibench.report import fmt
 SUBNET_DNS = ("10.212.0.0/16", "10.212.0.1")
 DNS_PODS = 10 if QUICK else 30
 DNS_QUERIES = 300 if QUICK else 1000
+# The name the bench's upstream serves, with TTL 0 (dnsmasq's default for its own records):
+# ours (no cache) and dnsmasq (nothing to cache) forward every query for it.
+FWD_NAME, FWD_ADDR = "fwd.bench.test", "198.51.100.7"
 
 
 def dns_packet(qid, name, qtype=1):
@@ -78,6 +82,17 @@ def bench_dnsname():
     chains = [with_dns, without]
     for c in chains:
         c.setup(DNS_PODS)
+    dnsmasq = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None)
+    upstream = None
+    if dnsmasq:  # the host's resolver: FWD_NAME only, on the chain's host netns' lo
+        with InNs(with_dns.ns):
+            upstream = subprocess.Popen(
+                [dnsmasq, "-k", "-u", "root", "--conf-file=/dev/null", "--pid-file=",
+                 "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
+                 "--host-record=%s,%s" % (FWD_NAME, FWD_ADDR)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait_answer(with_dns.ns, "127.0.0.1", 53, FWD_NAME) is None:
+            log("  the upstream dnsmasq does not answer: no forwarded rows")
     adds = {c.key: [] for c in chains}
     dels = {c.key: [] for c in chains}
     for i in range(DNS_PODS):
@@ -90,10 +105,10 @@ def bench_dnsname():
                 log("  %s ADD %d failed: %s" % (c.key, i, _short(r.err or r.out)))
     gw = SUBNET_DNS[1]
     ours_q = query_latency(with_dns.pods[0], gw, 53, "p1.dns.bench", DNS_QUERIES)
-    forwarded = query_latency(with_dns.pods[0], gw, 53, "p1", 50)
+    forwarded = query_latency(with_dns.pods[0], gw, 53, FWD_NAME, DNS_QUERIES)
     R = {"pods": DNS_PODS}
-    # dnsmasq as containers/dnsname drives it, on the same bridge (port 5353: ours has 53).
-    dnsmasq = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None)
+    # dnsmasq as containers/dnsname drives it, on the same bridge (port 5353: ours has 53),
+    # forwarding to the same upstream.
     if dnsmasq:
         d = os.path.join(TMP, "dnsmasq")
         os.makedirs(d, exist_ok=True)
@@ -103,7 +118,8 @@ def bench_dnsname():
         with open(os.path.join(d, "dnsmasq.conf"), "w") as f:
             f.write("strict-order\nlocal=/dns.bench/\ndomain=dns.bench\nexpand-hosts\n"
                     "pid-file=%s/pid\nexcept-interface=lo\nbind-dynamic\nno-hosts\n"
-                    "interface=cnibench0\naddn-hosts=%s/hosts\nport=5353\nno-resolv\n" % (d, d))
+                    "interface=cnibench0\naddn-hosts=%s/hosts\nport=5353\nno-resolv\n"
+                    "server=127.0.0.1\n" % (d, d))
         with InNs(with_dns.ns):
             t0 = time.perf_counter()
             p = subprocess.run([dnsmasq, "-u", "root", "--conf-file=%s/dnsmasq.conf" % d],
@@ -113,10 +129,11 @@ def bench_dnsname():
             first = wait_answer(with_dns.pods[0], gw, 5353, "p1.dns.bench")
             R["dnsmasq"] = {
                 "version": subprocess.run([dnsmasq, "--version"], capture_output=True,
-                                          text=True).stdout.split("\n")[0],
+                                          text=True).stdout.split("  ")[0],
                 "start_ms": spawn_ms, "first_answer_ms": first,
                 "query": query_latency(with_dns.pods[0], gw, 5353, "p1.dns.bench",
-                                       DNS_QUERIES)}
+                                       DNS_QUERIES),
+                "forwarded": query_latency(with_dns.pods[0], gw, 5353, FWD_NAME, DNS_QUERIES)}
             try:
                 with open(os.path.join(d, "pid")) as f:
                     os.kill(int(f.read().strip()), signal.SIGTERM)
@@ -124,6 +141,9 @@ def bench_dnsname():
                 log("  stopping dnsmasq: %s" % e)
         else:
             log("  dnsmasq did not start: %s" % _short(p.stderr))
+    if upstream:
+        upstream.terminate()
+        upstream.wait()
     for i in range(DNS_PODS):
         for c in (chains if i % 2 == 0 else chains[::-1]):
             dels[c.key].append(c.cnitool("del", c.pods[i], "dns%d" % i, 30000 + i))
@@ -132,12 +152,13 @@ def bench_dnsname():
         R[c.key] = {"add_first": summ(a[:1]), "add_rest": summ(a[1:]),
                     "del_rest": summ(dl[:-1]), "del_last": summ(dl[-1:])}
     R["ours_query"] = ours_q
-    R["forward_refused_p50_ms"] = forwarded["p50_ms"]
+    R["ours_forwarded"] = forwarded
     log("  ADD pod 1: %.1f ms with dnsname, %.1f without; ADD p50 pods 2..%d: %.1f / %.1f ms" % (
         R["dns"]["add_first"]["p50_ms"], R["nodns"]["add_first"]["p50_ms"], DNS_PODS,
         R["dns"]["add_rest"]["p50_ms"], R["nodns"]["add_rest"]["p50_ms"]))
-    log("  query p50 %.3f ms p99 %.3f ms (%d/%d answered)" % (
-        ours_q["p50_ms"] or -1, ours_q["p99_ms"] or -1, ours_q["ok"], ours_q["n"]))
+    for what, q in (("query", ours_q), ("forwarded", forwarded)):
+        log("  %s p50 %.3f ms p99 %.3f ms (%d/%d answered)" % (
+            what, q["p50_ms"] or -1, q["p99_ms"] or -1, q["ok"], q["n"]))
     return R
 
 
@@ -146,24 +167,28 @@ def build_dns_summary(D):
     rows = ["## dnsname", "",
             "Our chain with and without `dnsname` (%d pods each, alternated; pod 1 starts the "
             "network's resolver, the last DEL stops it). Queries: one at a time over UDP from a "
-            "pod to the gateway, an A record of a pod of the network." % D["pods"], "",
+            "pod to the gateway: an A record of a pod of the network (local), and %s, which "
+            "the resolver forwards to the host's resolver, dnsmasq on 127.0.0.1 (forwarded: TTL "
+            "0, so neither caches it)."
+            % (D["pods"], FWD_NAME), "",
             "| | with dnsname | without |", "|---|---|---|"]
     for label, k in (("ADD, pod 1 (ms)", "add_first"), ("ADD p50, pods 2.. (ms)", "add_rest"),
                      ("DEL p50, all but the last (ms)", "del_rest"),
                      ("DEL, last pod (ms)", "del_last")):
         rows.append("| %s | %s | %s |" % (label, f(D["dns"][k]["p50_ms"]),
                                           f(D["nodns"][k]["p50_ms"])))
-    q = D["ours_query"]
-    rows += ["", "| resolver | start (ms) | query p50 (ms) | query p99 (ms) | answered |",
-             "|---|---|---|---|---|",
-             "| ours (hickory-dns), `dnsname --serve` | in ADD pod 1 | %s | %s | %d/%d |" % (
-                 f(q["p50_ms"]), f(q["p99_ms"]), q["ok"], q["n"])]
+    rows += ["", "| resolver | start (ms) | query | p50 (ms) | p99 (ms) | answered |",
+             "|---|---|---|---|---|---|"]
+    row = "| %s | %s | %s | %s | %s | %d/%d |"
+    for kind, q in (("local", D["ours_query"]), ("forwarded", D["ours_forwarded"])):
+        rows.append(row % ("ours, `dnsname --serve`", "in ADD pod 1", kind, f(q["p50_ms"]),
+                           f(q["p99_ms"]), q["ok"], q["n"]))
     m = D.get("dnsmasq")
     if m:
-        mq = m["query"]
-        rows.append("| %s, as containers/dnsname runs it | %s (+ %s to first answer) | %s | %s "
-                    "| %d/%d |" % (m["version"], f(m["start_ms"]), f(m["first_answer_ms"]),
-                                   f(mq["p50_ms"]), f(mq["p99_ms"]), mq["ok"], mq["n"]))
+        start = "%s (+ %s to first answer)" % (f(m["start_ms"]), f(m["first_answer_ms"]))
+        for kind, q in (("local", m["query"]), ("forwarded", m["forwarded"])):
+            rows.append(row % ("%s, as containers/dnsname runs it" % m["version"], start, kind,
+                               f(q["p50_ms"]), f(q["p99_ms"]), q["ok"], q["n"]))
     rows.append("")
     return "\n".join(rows)
 

@@ -588,6 +588,10 @@ fn parallel_adds_and_dels_share_one_resolver() {
 /// and the zone's SOA in NODATA and NXDOMAIN answers).
 const UP_ZONE: &str = "up.test";
 
+/// A name with an A record whose AAAA the upstream refuses (see [`refusing_upstream`]):
+/// google.com in podman's `podman network create` test against a host resolver refusing AAAA.
+const A_REFUSED: &str = "arefused.example";
+
 /// dnsmasq run as an authoritative server for [`UP_ZONE`] on `addr`:53 inside the test's host
 /// netns: `aonly` (A only), `both` (A and AAAA), `big` (30 TXT records of 200 bytes: too large
 /// for UDP), `who` (TXT: the upstream's label), any other name of the zone NXDOMAIN, and
@@ -657,6 +661,42 @@ fn upstream(net: &TestNet, addr: &str, label: &str) -> Upstream {
             std::time::Instant::now() < deadline,
             "dnsmasq on {addr} never answered: {}",
             d.raw
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    up
+}
+
+/// dnsmasq on `addr`:53 as a host resolver that knows [`A_REFUSED`] only as an A record
+/// (`--address`, 198.51.100.12) and, with no upstream of its own, refuses its AAAA and every
+/// other name (an authoritative dnsmasq refuses every name outside its zone, A included).
+fn refusing_upstream(net: &TestNet, addr: &str) -> Upstream {
+    let child = net
+        .host()
+        .command("dnsmasq")
+        .args([
+            "-k",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "-u",
+            "root",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--listen-address={addr}"))
+        .arg(format!("--address=/{A_REFUSED}/198.51.100.12"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq (scripts/install-deps.sh)");
+    let up = Upstream { child };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dig(net.host(), addr, &[A_REFUSED, "A", "+time=1"]).data("A") != ["198.51.100.12"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dnsmasq on {addr} never answered"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -809,8 +849,31 @@ fn forwarded_answers_reach_pods_as_the_upstream_gave_them_and_large_ones_over_tc
     let nx = dig(&client, gw, &["nothing.up.test", "A"]);
     assert_eq!(nx.status, "NXDOMAIN", "{}", nx.raw);
     assert_eq!(nx.authority.len(), 1, "{}", nx.raw);
+    // REFUSED, to dig's query (EDNS0 with a COOKIE option), as the upstream said it; over
+    // TCP to any query.
     let refused = dig(&client, gw, &["elsewhere.example", "A"]);
     assert_eq!(refused.status, "REFUSED", "{}", refused.raw);
+    let tcp = dig(&client, gw, &["elsewhere.example", "A", "+tcp", "+noedns"]);
+    assert_eq!(tcp.status, "REFUSED", "{}", tcp.raw);
+    // Over UDP without EDNS0 options (no OPT, as busybox, glibc and musl ask; or an empty
+    // one): no answer at all, as dnsmasq (the Go dnsname) gives none. dig waits 6 s, more
+    // than our 4 s budget, so a SERVFAIL or REFUSED of ours would show.
+    for opts in ["+noedns", "+nocookie"] {
+        let none = dig(&client, gw, &["elsewhere.example", "A", opts]);
+        assert_eq!(none.status, "", "{opts}: {}", none.raw);
+        assert!(none.raw.contains("timed out"), "{opts}: {}", none.raw);
+    }
+    // So busybox's nslookup of a name whose AAAA the host's resolver refuses prints the A and
+    // exits 0, as with the Go dnsname (an answer REFUSED makes it exit 1).
+    let _refusing = refusing_upstream(&net, "127.0.0.2");
+    write_resolv_conf(&rc, &["127.0.0.2"]);
+    let up = dig(net.host(), "127.0.0.2", &[A_REFUSED, "AAAA", "+noedns"]);
+    assert_eq!(up.status, "REFUSED", "the upstream refuses: {}", up.raw);
+    let out = client.exec(BUSYBOX, &["nslookup", A_REFUSED, gw]);
+    assert!(out.success(), "busybox nslookup {A_REFUSED}: {out}");
+    assert!(out.stdout.contains("198.51.100.12"), "{out}");
+    assert!(!out.stdout.contains("REFUSED"), "{out}");
+    write_resolv_conf(&rc, &["127.0.0.1"]);
     // Too large for UDP: TC set (for the client's EDNS0 size), then complete over TCP.
     let udp = dig(
         &client,

@@ -1,29 +1,31 @@
-//! The one side-effect seam: something that applies an nft script atomically.
+//! The one side-effect seam: something that applies a [`Batch`] atomically. [`NftCli`] is the
+//! real one (which way it reaches the kernel is its [`Engine`], chosen when it is built and
+//! logged once per process); [`crate::FakeNft`] is the in-memory table for tests.
 
 use std::{
-    collections::VecDeque,
+    fmt,
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Once},
 };
 
-use crate::NftError;
+use crate::{batch::Batch, NftError};
 
-/// Applies one nft script as one transaction (`nft -f -`).
+/// Applies one batch as one transaction.
 pub trait NftBackend: Send + Sync {
-    /// Run `script`; Ok when nft exits 0.
-    fn apply(&self, script: &str) -> Result<(), NftError>;
+    /// Run `batch`, all or nothing.
+    fn apply(&self, batch: &Batch) -> Result<(), NftError>;
 
     /// Run `nft -j ARGS` (a listing) and return its JSON text; `None` when nft fails (e.g. the
-    /// table or chain does not exist). Fakes answer `None`: no foreign tables.
+    /// table or chain does not exist). The default: no listing (no foreign tables).
     fn query(&self, _args: &[&str]) -> Result<Option<String>, NftError> {
         Ok(None)
     }
 
     /// Does table `inet cnirs` exist, and which one is it (its handle, never reused within a
-    /// namespace)? One netlink request, no exec. Fakes and backends that run nft elsewhere
-    /// answer [`TableProbe::Unknown`] (then nothing is checked).
+    /// namespace)? One netlink request, no exec. Backends that run nft elsewhere answer
+    /// [`TableProbe::Unknown`] (then nothing is checked).
     fn probe_table(&self) -> Result<TableProbe, NftError> {
         Ok(TableProbe::Unknown)
     }
@@ -42,8 +44,8 @@ pub enum TableProbe {
 }
 
 impl<T: NftBackend + ?Sized> NftBackend for Arc<T> {
-    fn apply(&self, script: &str) -> Result<(), NftError> {
-        (**self).apply(script)
+    fn apply(&self, batch: &Batch) -> Result<(), NftError> {
+        (**self).apply(batch)
     }
 
     fn query(&self, args: &[&str]) -> Result<Option<String>, NftError> {
@@ -55,47 +57,137 @@ impl<T: NftBackend + ?Sized> NftBackend for Arc<T> {
     }
 }
 
-/// The real backend: spawns `nft -f -`, script on stdin, stderr captured.
-#[derive(Debug, Clone)]
-pub struct NftCli {
-    program: PathBuf,
-    prefix: Vec<String>,
-    /// Element batches go over nfnetlink in-process (see `nlbatch`), other scripts and the
-    /// listings through libnftables in-process when it loads (see `libnft`): only when nft
-    /// would run in this namespace and nobody chose the nft program (`$CNIRS_NFT`, tests'
-    /// fakes).
-    netlink: bool,
+/// How [`NftCli`] reaches the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// `$CNIRS_NFT` unset: in this process, in this thread's netns. Batches of element
+    /// changes, and batches of `get`s, over nfnetlink (encoded from the schema, no text); the
+    /// rest (the skeleton, rules in the host's chains) and the listings through libnftables,
+    /// or through `nft` (the program) when the library does not load (see `libnft.rs`).
+    InProcess {
+        /// The nft program for what libnftables cannot take.
+        nft: PathBuf,
+    },
+    /// Every batch as text through `program prefix... -f -` and listings through
+    /// `program prefix... -j`: `$CNIRS_NFT`, or [`NftCli::with_command`] (`ip netns exec NS
+    /// nft` in tests).
+    Program {
+        /// The program.
+        program: PathBuf,
+        /// Arguments before nft's own.
+        prefix: Vec<String>,
+    },
 }
 
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Engine::InProcess { nft } => write!(
+                f,
+                "element batches over nfnetlink in-process; skeleton, rules and listings through \
+                 libnftables in-process, else {}",
+                nft.display()
+            ),
+            Engine::Program { program, prefix } => {
+                write!(f, "every batch as text through {}", program.display())?;
+                for p in prefix {
+                    write!(f, " {p}")?;
+                }
+                f.write_str(" -f -")
+            }
+        }
+    }
+}
+
+/// The real backend: applies batches to the kernel of this thread's network namespace, the
+/// way its [`Engine`] says.
+#[derive(Debug, Clone)]
+pub struct NftCli {
+    engine: Engine,
+}
+
+static LOGGED: Once = Once::new();
+
 impl NftCli {
-    /// `$CNIRS_NFT` if set, else `/usr/sbin/nft`, `/sbin/nft`, else `nft` from `PATH`.
+    /// [`Engine::Program`] with `$CNIRS_NFT` if set, else [`Engine::InProcess`] with
+    /// `/usr/sbin/nft`, `/sbin/nft`, else `nft` from `PATH` for what libnftables cannot take.
     pub fn new() -> Self {
-        let chosen = std::env::var_os("CNIRS_NFT").filter(|v| !v.is_empty());
-        let netlink = chosen.is_none();
-        let program = chosen
-            .map(PathBuf::from)
-            .or_else(|| {
-                ["/usr/sbin/nft", "/sbin/nft"]
+        let engine = match std::env::var_os("CNIRS_NFT").filter(|v| !v.is_empty()) {
+            Some(program) => Engine::Program {
+                program: PathBuf::from(program),
+                prefix: Vec::new(),
+            },
+            None => Engine::InProcess {
+                nft: ["/usr/sbin/nft", "/sbin/nft"]
                     .iter()
                     .map(Path::new)
                     .find(|p| p.exists())
-                    .map(Path::to_path_buf)
-            })
-            .unwrap_or_else(|| PathBuf::from("nft"));
-        NftCli {
-            program,
-            prefix: Vec::new(),
-            netlink,
-        }
+                    .map_or_else(|| PathBuf::from("nft"), Path::to_path_buf),
+            },
+        };
+        NftCli::with_engine(engine)
     }
 
     /// Run `program prefix... -f -` instead, e.g. `ip netns exec NS nft` in tests.
     pub fn with_command(program: impl Into<PathBuf>, prefix: &[&str]) -> Self {
-        NftCli {
+        NftCli::with_engine(Engine::Program {
             program: program.into(),
             prefix: prefix.iter().map(|s| (*s).to_owned()).collect(),
-            netlink: false,
+        })
+    }
+
+    /// This engine; the first one built in a process is logged (debug).
+    pub fn with_engine(engine: Engine) -> Self {
+        LOGGED.call_once(|| log::debug!("nftables backend: {engine}"));
+        NftCli { engine }
+    }
+
+    /// How this backend reaches the kernel.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// `program prefix... ARGS` with `input` on stdin: `Err` when it cannot be run,
+    /// `Ok(Ok(stdout))` when it exits 0, `Ok(Err(..))` with its stderr when it fails.
+    fn program(
+        &self,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Result<Result<Vec<u8>, NftError>, NftError> {
+        let (program, prefix): (&Path, &[String]) = match &self.engine {
+            Engine::InProcess { nft } => (nft, &[]),
+            Engine::Program { program, prefix } => (program, prefix),
+        };
+        let spawn_err = |source| NftError::Spawn {
+            program: program.display().to_string(),
+            source,
+        };
+        let mut child = Command::new(program)
+            .args(prefix)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+            // A write error (EPIPE: nft died early) shows up as the exit status below.
+            if let Err(e) = stdin.write_all(input.as_bytes()) {
+                log::debug!("writing the nft script: {e}");
+            }
         }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if out.status.success() {
+            return Ok(Ok(out.stdout));
+        }
+        Ok(Err(NftError::Nft {
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
+        }))
     }
 }
 
@@ -106,80 +198,53 @@ impl Default for NftCli {
 }
 
 impl NftBackend for NftCli {
-    /// `nft -f - <<< script`
-    fn apply(&self, script: &str) -> Result<(), NftError> {
-        if self.netlink {
-            if let Some(ops) = crate::nlbatch::parse(script) {
+    fn apply(&self, batch: &Batch) -> Result<(), NftError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Engine::InProcess { .. } = self.engine {
+            if let Some(ops) = crate::nlbatch::plan(batch) {
                 return crate::nlbatch::apply(&ops).map_err(|source| NftError::Netlink {
                     what: "element batch",
                     source,
                 });
             }
-            // The rest (the skeleton, a reload) through libnftables in-process, if it is there.
-            if let Some(outcome) = crate::libnft::apply(script) {
+        }
+        let text = batch.text();
+        if let Engine::InProcess { .. } = self.engine {
+            // The skeleton, rules: libnftables in-process, if it is there.
+            if let Some(outcome) = crate::libnft::apply(&text) {
                 return outcome.map_err(|stderr| NftError::Nft {
                     status: "libnftables: failed".to_owned(),
                     stderr,
                 });
             }
         }
-        let spawn_err = |source| NftError::Spawn {
-            program: self.program.display().to_string(),
-            source,
-        };
-        let mut child = Command::new(&self.program)
-            .args(&self.prefix)
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A write error (EPIPE: nft died early) shows up as the exit status below.
-            if let Err(e) = stdin.write_all(script.as_bytes()) {
-                log::debug!("writing the nft script: {e}");
-            }
-        }
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        if out.status.success() {
-            return Ok(());
-        }
-        Err(NftError::Nft {
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
-        })
+        self.program(&["-f", "-"], Some(&text))?.map(drop)
     }
 
     /// `nft -j ARGS`, stdout captured (libnftables in-process when it can).
     fn query(&self, args: &[&str]) -> Result<Option<String>, NftError> {
-        if self.netlink {
+        if let Engine::InProcess { .. } = self.engine {
             if let Some(answer) = crate::libnft::query(args) {
                 return Ok(answer);
             }
         }
-        let out = Command::new(&self.program)
-            .args(&self.prefix)
-            .arg("-j")
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|source| NftError::Spawn {
-                program: self.program.display().to_string(),
-                source,
-            })?;
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        Ok(self
+            .program(&all, None)?
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out).into_owned()))
     }
 
     /// `NFT_MSG_GETTABLE inet cnirs` in this thread's netns; Unknown when nft runs elsewhere
     /// (a prefix such as `ip netns exec`).
     fn probe_table(&self) -> Result<TableProbe, NftError> {
-        if !self.prefix.is_empty() {
-            return Ok(TableProbe::Unknown);
+        if let Engine::Program { prefix, .. } = &self.engine {
+            if !prefix.is_empty() {
+                return Ok(TableProbe::Unknown);
+            }
         }
         let handle = crate::nfnl::Nfnl::open()
             .and_then(|mut s| s.table_handle(crate::nfnl::NFPROTO_INET, "cnirs"))
@@ -188,71 +253,5 @@ impl NftBackend for NftCli {
                 source,
             })?;
         Ok(handle.map_or(TableProbe::Missing, TableProbe::Present))
-    }
-}
-
-/// In-tree fake: records every script; fails the calls that [`RecordingNft::fail_next`] queued.
-#[derive(Debug, Default)]
-pub struct RecordingNft {
-    scripts: Mutex<Vec<String>>,
-    failures: Mutex<VecDeque<bool>>,
-    table: Mutex<TableProbe>,
-}
-
-impl RecordingNft {
-    /// A fake whose calls all succeed.
-    pub fn new() -> Arc<Self> {
-        Arc::new(RecordingNft::default())
-    }
-
-    /// Queue outcomes for the next calls: `true` = that call fails.
-    pub fn fail_next(&self, outcomes: &[bool]) {
-        if let Ok(mut q) = self.failures.lock() {
-            q.extend(outcomes.iter().copied());
-        }
-    }
-
-    /// Every script applied so far (failed ones included).
-    pub fn scripts(&self) -> Vec<String> {
-        self.scripts.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    /// What [`NftBackend::probe_table`] answers from now on (default Unknown).
-    pub fn set_table(&self, probe: TableProbe) {
-        if let Ok(mut t) = self.table.lock() {
-            *t = probe;
-        }
-    }
-
-    /// Forget the recorded scripts.
-    pub fn clear(&self) {
-        if let Ok(mut s) = self.scripts.lock() {
-            s.clear();
-        }
-    }
-}
-
-impl NftBackend for RecordingNft {
-    fn apply(&self, script: &str) -> Result<(), NftError> {
-        if let Ok(mut s) = self.scripts.lock() {
-            s.push(script.to_owned());
-        }
-        let fail = self
-            .failures
-            .lock()
-            .ok()
-            .and_then(|mut q| q.pop_front())
-            .unwrap_or(false);
-        if fail {
-            return Err(NftError::Nft {
-                status: "exit status: 1".to_owned(),
-                stderr: "fake failure".to_owned(),
-            });
-        }
-        Ok(())
-    }
-
-    fn probe_table(&self) -> Result<TableProbe, NftError> {
-        Ok(self.table.lock().map(|t| *t).unwrap_or_default())
     }
 }

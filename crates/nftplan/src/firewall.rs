@@ -7,13 +7,17 @@ use std::{
 
 use crate::{
     backend::{NftBackend, NftCli, TableProbe},
-    batch::{Batch, Elem},
+    batch::Batch,
+    elem::Elem,
     nsstate::{self, NetnsId},
-    state::{AttRecord, Locked, NetRecord, PortOwner, VtepRecord},
+    state::{AttRecord, Locked, NetRecord, PortOwner},
     types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping},
     IpNetwork, NftError,
 };
 
+mod forward;
+mod gate;
+mod maintain;
 mod ports;
 
 use ports::{port_elem, ports_of};
@@ -210,144 +214,6 @@ impl Firewall {
         self.check(Feature::Isolation, a)
     }
 
-    // ---- the host's own FORWARD chains (firewall plugin) ----
-
-    /// Register a firewall attachment and let `bridge`'s traffic through the host's
-    /// `filter FORWARD` chains that drop by policy (iptables' FORWARD DROP as Docker sets it):
-    /// three rules per bridge, inserted by the network's first attachment (one `nft -j list
-    /// chains`, plus the insert where a chain drops); later attachments run no nft. The
-    /// network's last detach (or GC) removes them.
-    pub fn attach_forward(&self, a: &Attachment, bridge: &IfName) -> Result<(), NftError> {
-        let st = Locked::lock(&self.dir)?;
-        if st.att(Feature::Firewall, a)?.is_none() {
-            st.put_att(
-                Feature::Firewall,
-                &AttRecord {
-                    attachment: a.clone(),
-                    elems: Vec::new(),
-                    pending: false,
-                    standby: Vec::new(),
-                    pod: None,
-                },
-            )?;
-        }
-        let mut net = st.net(Feature::Firewall, &a.network)?;
-        if net.bridge.as_ref() == Some(bridge) {
-            // Recorded only after the network's first attachment put the rules in place: the
-            // 2nd..Nth pod runs no nft. After a reload, `cnirs-reconcile` restores them.
-            return Ok(());
-        }
-        // The rules (idempotent), then the record: a kill in between leaves no record, and the
-        // next attachment of the network inserts them again (a no-op) and records them.
-        crate::foreign::allow(self.nft.as_ref(), bridge)?;
-        net.bridge = Some(bridge.clone());
-        st.put_net(Feature::Firewall, &net)
-    }
-
-    /// Drop a firewall attachment; the network's last one removes its bridge's rules.
-    pub fn detach_forward(&self, a: &Attachment) -> Result<(), NftError> {
-        let st = Locked::lock(&self.dir)?;
-        st.drop_att(Feature::Firewall, a)?;
-        if st.has_atts(Feature::Firewall, &a.network)? {
-            return Ok(());
-        }
-        self.drop_forward(&st, &a.network)
-    }
-
-    fn drop_forward(&self, st: &Locked, network: &str) -> Result<(), NftError> {
-        let net = st.net(Feature::Firewall, network)?;
-        if let Some(bridge) = &net.bridge {
-            crate::foreign::remove(self.nft.as_ref(), bridge)?;
-        }
-        st.drop_net(Feature::Firewall, network)
-    }
-
-    // ---- GC and reconcile ----
-
-    /// Drop every attachment of (`feature`, `network`) whose (container id, ifname) is not in
-    /// `valid`, with its elements; the network's elements go if nothing remains.
-    pub fn gc(
-        &self,
-        feature: Feature,
-        network: &str,
-        valid: &[(String, String)],
-    ) -> Result<(), NftError> {
-        let st = Locked::lock(&self.dir)?;
-        let stale: Vec<AttRecord> = st
-            .atts(feature, network)?
-            .into_iter()
-            .filter(|r| {
-                !valid
-                    .iter()
-                    .any(|(c, i)| *c == r.attachment.container_id && *i == r.attachment.ifname)
-            })
-            .collect();
-        let remaining = st.atts(feature, network)?.len() - stale.len();
-        let mut elems: Vec<Elem> = stale.iter().flat_map(|r| r.elems.clone()).collect();
-        let net = st.net(feature, network)?;
-        if remaining == 0 {
-            elems.extend(self.unshared(&st, feature, &net)?);
-        }
-        self.remove_tolerant(&elems, &[])?;
-        for r in &stale {
-            let owned = ports_of(&r.elems);
-            for m in owned.iter().chain(r.standby.iter()) {
-                self.unown_port(&st, &r.attachment, m)?;
-            }
-            self.hand_over(&st, &owned)?;
-            st.drop_att(feature, &r.attachment)?;
-        }
-        if remaining == 0 {
-            if feature == Feature::Firewall {
-                self.drop_forward(&st, network)?;
-            } else {
-                st.drop_net(feature, network)?;
-            }
-            st.prune_net_dirs(feature, network);
-        }
-        Ok(())
-    }
-
-    /// Load the skeleton (repairing its rules) and re-add every element the state knows, in one
-    /// transaction: the way back after `nft flush ruleset` or a firewall reload. Returns how
-    /// many elements it (re-)added.
-    pub fn reconcile(&self) -> Result<usize, NftError> {
-        let st = Locked::lock(&self.dir)?;
-        let elems: Vec<Elem> = self.state_elems(&st)?.into_iter().collect();
-        let mut b = Batch::new();
-        b.skeleton().add(&elems);
-        self.nft.apply(b.text())?;
-        self.note_table(&st)?;
-        st.prune_all_dirs()?;
-        // The firewall plugin's rules live in the host's own chains, which a reload may have
-        // recreated empty.
-        for (feature, rec) in st.all_nets()? {
-            if let (Feature::Firewall, Some(bridge)) = (feature, &rec.bridge) {
-                crate::foreign::allow(self.nft.as_ref(), bridge)?;
-            }
-        }
-        Ok(elems.len())
-    }
-
-    /// True when the state records nothing (no plugin attached anything here).
-    pub fn state_is_empty(&self) -> Result<bool, NftError> {
-        if !self.dir.exists() {
-            return Ok(true);
-        }
-        Locked::lock(&self.dir)?.is_empty()
-    }
-
-    /// Is table `inet cnirs` the one this state last filled? `None` when the backend cannot
-    /// tell; otherwise what the kernel answered and the handle recorded.
-    pub fn table_is_current(&self) -> Result<Option<bool>, NftError> {
-        let st = Locked::lock(&self.dir)?;
-        Ok(match self.nft.probe_table()? {
-            TableProbe::Unknown => None,
-            TableProbe::Missing => Some(false),
-            TableProbe::Present(h) => Some(st.table_handle()? == Some(h)),
-        })
-    }
-
     /// Every element the state records (networks of every feature, published ports).
     fn state_elems(&self, st: &Locked) -> Result<BTreeSet<Elem>, NftError> {
         let mut elems: BTreeSet<Elem> = BTreeSet::new();
@@ -359,67 +225,6 @@ impl Firewall {
         }
         elems.extend(st.vteps()?.elems);
         Ok(elems)
-    }
-
-    // ---- the overlay gate (node agent) ----
-
-    /// Make the overlay gate exactly `ports` (VXLAN UDP ports) and `members` (the cluster's
-    /// VTEPs): VXLAN to those ports from any other source is dropped before decapsulation.
-    /// Called by the node agent on every change of `hosts/` and every resync; level-triggered:
-    /// elements missing from the kernel (deleted by hand, a flushed table) come back.
-    ///
-    /// One transaction: new elements added and gone ones deleted together, so a member that
-    /// stays is never out, not even for an instant; the record is written first as the union
-    /// of old and new, so a kill halfway leaves nothing in the kernel without a record. The
-    /// gate is part of the state: `reconcile`, `cnirs watch` and every plugin's fail-closed
-    /// restore put it back with the table. Returns (added, removed).
-    pub fn set_vteps(
-        &self,
-        ports: &BTreeSet<u16>,
-        members: &BTreeSet<std::net::IpAddr>,
-    ) -> Result<(usize, usize), NftError> {
-        let want: BTreeSet<Elem> = ports
-            .iter()
-            .map(|p| Elem::VtepPort { port: *p })
-            .chain(members.iter().map(|a| Elem::Vtep { addr: *a }))
-            .collect();
-        let st = Locked::lock(&self.dir)?;
-        let old = st.vteps()?;
-        let add: Vec<Elem> = want.difference(&old.elems).cloned().collect();
-        let gone: Vec<Elem> = old.elems.difference(&want).cloned().collect();
-        if let Some(mut restore) = self.stale_table(&st)? {
-            // The table is gone or was replaced: the skeleton, every element of the state
-            // and the new gate in one transaction.
-            st.put_vteps(&VtepRecord {
-                elems: old.elems.union(&want).cloned().collect(),
-            })?;
-            for e in &gone {
-                restore.remove(e);
-            }
-            restore.extend(want.iter().cloned());
-            self.restore(&st, &restore)?;
-            st.put_vteps(&VtepRecord { elems: want })?;
-            return Ok((add.len(), gone.len()));
-        }
-        if add.is_empty() && gone.is_empty() {
-            // Nothing changed here: check the kernel still has it all.
-            let list: Vec<Elem> = want.iter().cloned().collect();
-            let missing = self.missing(&list)?;
-            if !missing.is_empty() {
-                let mut b = Batch::new();
-                b.add(&missing);
-                self.run(&b)?;
-            }
-            return Ok((missing.len(), 0));
-        }
-        st.put_vteps(&VtepRecord {
-            elems: old.elems.union(&want).cloned().collect(),
-        })?;
-        let mut b = Batch::new();
-        b.add(&add).remove(&gone);
-        self.run(&b)?;
-        st.put_vteps(&VtepRecord { elems: want })?;
-        Ok((add.len(), gone.len()))
     }
 
     /// The fail-closed check of every attaching call (one netlink request): when table
@@ -463,7 +268,7 @@ impl Firewall {
         let list: Vec<Elem> = elems.iter().cloned().collect();
         let mut b = Batch::new();
         b.skeleton().add(&list);
-        self.nft.apply(b.text()).map_err(|e| NftError::Restore {
+        self.nft.apply(&b).map_err(|e| NftError::Restore {
             state: self.dir.clone(),
             source: Box::new(e),
         })?;
@@ -472,9 +277,7 @@ impl Firewall {
 
     /// Load (or repair) the skeleton only.
     pub fn ensure_skeleton(&self) -> Result<(), NftError> {
-        let mut b = Batch::new();
-        b.skeleton();
-        self.nft.apply(b.text())
+        self.nft.apply(Batch::new().skeleton())
     }
 
     // ---- internals ----
@@ -697,15 +500,11 @@ impl Firewall {
         if b.is_empty() {
             return Ok(());
         }
-        match self.nft.apply(b.text()) {
+        match self.nft.apply(b) {
             Ok(()) => Ok(()),
             Err(first) => {
                 log::debug!("nft batch failed ({first}); retrying with the skeleton");
-                let mut full = Batch::new();
-                full.skeleton();
-                let mut text = full.text().to_owned();
-                text.push_str(b.text());
-                self.nft.apply(&text)
+                self.nft.apply(Batch::new().skeleton().extend(b))
             }
         }
     }
@@ -725,9 +524,7 @@ impl Firewall {
             .map(|e| (e, true))
             .chain(extra.iter().map(|e| (e, false)))
         {
-            let mut one = Batch::new();
-            one.remove(std::slice::from_ref(e));
-            if let Err(err) = self.nft.apply(one.text()) {
+            if let Err(err) = self.nft.apply(Batch::new().remove(std::slice::from_ref(e))) {
                 log::warn!("cannot remove {e}: {err}");
                 if ours && first_err.is_none() {
                     first_err = Some(err);
@@ -742,14 +539,16 @@ impl Firewall {
     pub(crate) fn missing(&self, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
         let mut b = Batch::new();
         b.get(elems);
-        if b.is_empty() || self.nft.apply(b.text()).is_ok() {
+        if b.is_empty() || self.nft.apply(&b).is_ok() {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
         for e in elems {
-            let mut one = Batch::new();
-            one.get(std::slice::from_ref(e));
-            if self.nft.apply(one.text()).is_err() {
+            if self
+                .nft
+                .apply(Batch::new().get(std::slice::from_ref(e)))
+                .is_err()
+            {
                 out.push(e.clone());
             }
         }

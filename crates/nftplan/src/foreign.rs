@@ -10,16 +10,19 @@
 
 use serde_json::Value;
 
-use crate::{backend::NftBackend, error::NftError, types::IfName};
+use crate::{
+    backend::NftBackend,
+    batch::{Batch, Cmd, IpFamily},
+    error::NftError,
+    types::IfName,
+};
 
-const FAMILIES: [&str; 2] = ["ip", "ip6"];
-
-fn tag(bridge: &IfName) -> String {
+pub(crate) fn tag(bridge: &IfName) -> String {
     format!("cnirs:{}", bridge.as_str())
 }
 
 /// The `filter FORWARD` chains with a drop policy, from one `nft -j list chains`.
-pub(crate) fn dropping_forward_chains(nft: &dyn NftBackend) -> Result<Vec<&'static str>, NftError> {
+pub(crate) fn dropping_forward_chains(nft: &dyn NftBackend) -> Result<Vec<IpFamily>, NftError> {
     let Some(text) = nft.query(&["list", "chains"])? else {
         return Ok(Vec::new());
     };
@@ -36,9 +39,9 @@ pub(crate) fn dropping_forward_chains(nft: &dyn NftBackend) -> Result<Vec<&'stat
         let is_forward = c.get("table").and_then(Value::as_str) == Some("filter")
             && c.get("name").and_then(Value::as_str) == Some("FORWARD")
             && c.get("policy").and_then(Value::as_str) == Some("drop");
-        if let Some(f) = FAMILIES.iter().find(|f| **f == family) {
-            if is_forward && !out.contains(f) {
-                out.push(*f);
+        if let Some(f) = IpFamily::ALL.into_iter().find(|f| f.keyword() == family) {
+            if is_forward && !out.contains(&f) {
+                out.push(f);
             }
         }
     }
@@ -48,10 +51,11 @@ pub(crate) fn dropping_forward_chains(nft: &dyn NftBackend) -> Result<Vec<&'stat
 /// Handles of the rules tagged for `bridge` in `family filter FORWARD`.
 fn tagged_handles(
     nft: &dyn NftBackend,
-    family: &str,
+    family: IpFamily,
     bridge: &IfName,
 ) -> Result<Vec<u64>, NftError> {
-    let Some(text) = nft.query(&["-a", "list", "chain", family, "filter", "FORWARD"])? else {
+    let args = ["-a", "list", "chain", family.keyword(), "filter", "FORWARD"];
+    let Some(text) = nft.query(&args)? else {
         return Ok(Vec::new());
     };
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -66,36 +70,47 @@ fn tagged_handles(
         .collect())
 }
 
-/// The insert script for one family (pure, golden-tested).
-pub(crate) fn insert_script(family: &str, bridge: &IfName) -> String {
+/// The three rules [`Cmd::AllowForward`] inserts for `bridge`, each tagged with its comment,
+/// in the order they end up in the chain (each `insert` goes on top).
+pub(crate) fn allow_rules(bridge: &IfName) -> [String; 3] {
     let (b, t) = (bridge.as_str(), tag(bridge));
-    format!(
-        "insert rule {family} filter FORWARD oifname \"{b}\" ct status dnat accept comment \"{t}\"\n\
-         insert rule {family} filter FORWARD oifname \"{b}\" ct state established,related accept comment \"{t}\"\n\
-         insert rule {family} filter FORWARD iifname \"{b}\" accept comment \"{t}\"\n"
-    )
+    [
+        format!("iifname \"{b}\" accept comment \"{t}\""),
+        format!("oifname \"{b}\" ct state established,related accept comment \"{t}\""),
+        format!("oifname \"{b}\" ct status dnat accept comment \"{t}\""),
+    ]
+}
+
+/// The text of [`Cmd::AllowForward`] (pure, golden-tested).
+pub(crate) fn insert_text(family: IpFamily, bridge: &IfName) -> String {
+    allow_rules(bridge)
+        .iter()
+        .rev()
+        .map(|r| format!("insert rule {} filter FORWARD {r}\n", family.keyword()))
+        .collect()
 }
 
 pub(crate) fn allow(nft: &dyn NftBackend, bridge: &IfName) -> Result<(), NftError> {
     for family in dropping_forward_chains(nft)? {
         if tagged_handles(nft, family, bridge)?.is_empty() {
-            nft.apply(&insert_script(family, bridge))?;
+            let bridge = bridge.clone();
+            nft.apply(Batch::new().push(Cmd::AllowForward { family, bridge }))?;
         }
     }
     Ok(())
 }
 
 pub(crate) fn remove(nft: &dyn NftBackend, bridge: &IfName) -> Result<(), NftError> {
-    for family in FAMILIES {
+    for family in IpFamily::ALL {
         let handles = tagged_handles(nft, family, bridge)?;
         if handles.is_empty() {
             continue;
         }
-        let script: String = handles
-            .iter()
-            .map(|h| format!("delete rule {family} filter FORWARD handle {h}\n"))
-            .collect();
-        nft.apply(&script)?;
+        let mut b = Batch::new();
+        for handle in handles {
+            b.push(Cmd::DeleteForwardRule { family, handle });
+        }
+        nft.apply(&b)?;
     }
     Ok(())
 }
@@ -106,18 +121,28 @@ mod tests {
 
     #[test]
     fn insert_script_is_tagged_per_bridge() {
-        let s = insert_script("ip", &IfName::new("cni0").unwrap());
+        let bridge = IfName::new("cni0").unwrap();
+        let mut b = Batch::new();
+        b.push(Cmd::AllowForward {
+            family: IpFamily::V4,
+            bridge,
+        })
+        .push(Cmd::DeleteForwardRule {
+            family: IpFamily::V6,
+            handle: 7,
+        });
         assert_eq!(
-            s,
+            b.text(),
             "insert rule ip filter FORWARD oifname \"cni0\" ct status dnat accept comment \"cnirs:cni0\"\n\
              insert rule ip filter FORWARD oifname \"cni0\" ct state established,related accept comment \"cnirs:cni0\"\n\
-             insert rule ip filter FORWARD iifname \"cni0\" accept comment \"cnirs:cni0\"\n"
+             insert rule ip filter FORWARD iifname \"cni0\" accept comment \"cnirs:cni0\"\n\
+             delete rule ip6 filter FORWARD handle 7\n"
         );
     }
 
     struct Listing(&'static str);
     impl NftBackend for Listing {
-        fn apply(&self, _: &str) -> Result<(), NftError> {
+        fn apply(&self, _: &Batch) -> Result<(), NftError> {
             Ok(())
         }
         fn query(&self, _: &[&str]) -> Result<Option<String>, NftError> {
@@ -133,6 +158,6 @@ mod tests {
             {"chain":{"family":"ip6","table":"filter","name":"FORWARD","policy":"accept"}},
             {"chain":{"family":"inet","table":"cnirs","name":"forward","policy":"accept"}}]}"#,
         );
-        assert_eq!(dropping_forward_chains(&l).unwrap(), vec!["ip"]);
+        assert_eq!(dropping_forward_chains(&l).unwrap(), vec![IpFamily::V4]);
     }
 }

@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::{
-    batch::Elem,
+    elem::Elem,
     state::{AttRecord, Locked, NetRecord},
     types::{Feature, IfName, PodIface, PortMapping, Protocol},
     Firewall, NftError,
@@ -223,14 +223,12 @@ fn entry<'a, 'm>(m: &'m mut BTreeMap<&'a str, NetworkView>, name: &'a str) -> &'
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::sync::Arc;
-
     use super::*;
-    use crate::{Attachment, NetworkElems, RecordingNft};
+    use crate::{Attachment, FakeNft, NetworkElems};
 
     fn fw() -> (tempfile::TempDir, Firewall) {
         let dir = tempfile::tempdir().unwrap();
-        let nft = Arc::new(RecordingNft::default());
+        let nft = FakeNft::new();
         let f = Firewall::with_backend(dir.path().join("netns-1-1"), Box::new(nft));
         (dir, f)
     }

@@ -1,10 +1,11 @@
 //! The suite's firewall model. Plugins (bridge, internal-bridge, portmap, isolation, firewall)
-//! call only this crate for firewall work.
+//! and `cnirs` call only this crate for firewall work.
 //!
 //! # The table
 //!
-//! One table, `inet cnirs`, with a fixed skeleton ([`SKELETON`]) and no per-pod or per-network
-//! chains: everything per network or per pod is an element of a set or map ([`Elem`]).
+//! One table, `inet cnirs` (and `bridge cnirs` for the MAC spoof check), with a fixed
+//! skeleton and no per-pod or per-network chains: everything per network or per pod is an
+//! element of a set or map ([`Elem`]). The sets, from [`schema::SETS`]:
 //!
 //! ```text
 //! managed_br  { ifname }                 bridges of ours
@@ -12,9 +13,11 @@
 //! internal_br { ifname }                 internal-bridge networks: nothing in, nothing out
 //! isolated_br { ifname }                 isolation plugin: isolated networks cannot talk
 //! masq4/6     { subnet, interval }       ipMasq subnets
+//! br_net4/6   { ifname . subnet, interval }   subnets on a bridge (hairpin masquerade)
 //! pm4/pm6     { addr . proto . port : addr . port }   host-address-specific published ports
 //! pm4_any/pm6_any { proto . port : addr . port }      0.0.0.0 / :: published ports
 //! vtep_ports { port }, vtep4/vtep6 { addr }           the overlay gate (node agent's)
+//! spoof_ports { ifname }, spoof_ok { ifname . ether_addr }   (bridge cnirs) macspoofchk
 //! ```
 //! forward: same-bridge accept (br_netfilter makes bridged traffic cross this hook with
 //! iif == oif), established accept, internal drops, `ct status dnat` to our bridges accept,
@@ -23,33 +26,95 @@
 //! leaving our bridges. raw_pre: Docker's "drop remote loopback" guard. input: a pod on an internal
 //! bridge reaches the host only at the bridge's own addresses, never at its other interfaces';
 //! VXLAN (udp dport @vtep_ports) whose outer source is not in vtep4/vtep6 is dropped before
-//! decapsulation ([`Firewall::set_vteps`]).
+//! decapsulation ([`Firewall::set_vteps`]). The chains and rules are [`skeleton::CHAINS`] and
+//! [`skeleton::RULES`].
 //!
-//! # Text batches, not the `nftables` crate
+//! # Typed from the plugin to the kernel
 //!
-//! Everything is nft text run with `nft -f -`:
-//! * the skeleton must be text anyway: nft 1.0.6 creates a JSON-declared map whose value is a
-//!   concatenation as a plain set, and a dnat through it segfaults nft;
-//! * one language for skeleton and elements keeps golden tests readable and the whole
-//!   transaction (skeleton + elements on the fallback path) one script;
-//! * the text is built only from validated types ([`IfName`]: kernel rules minus `"` and `\`,
-//!   `IpAddr`, `IpNetwork`, `u16`, [`Protocol`]), never from raw user strings, so it cannot be
-//!   injected into; the crate's known serde pitfalls (`LT`/`GT` swapped, no `verdict` set
-//!   type) do not apply.
+//! ```text
+//! plugin -> Firewall (state, lock, refcounts) -> Batch [Cmd::Add(Elem), Cmd::Delete(..), ..]
+//!        -> NftBackend::apply(&Batch)
+//!             NftCli, Engine::InProcess:  element changes, or gets -> nlbatch: each Elem's
+//!                                         Parts (set + Values) encoded from schema::SETS,
+//!                                         one nfnetlink transaction (no process, no text)
+//!                                         skeleton, host-chain rules -> Batch::text()
+//!                                         -> libnftables in-process, else `nft -f -`
+//!             NftCli, Engine::Program:    Batch::text() -> `$CNIRS_NFT -f -` (or a test's
+//!                                         `ip netns exec NS nft`)
+//!             FakeNft:                    applied to an in-memory table (tests)
+//! ```
+//! * [`schema::SETS`] is the one table of sets and maps (family, name, key and data types,
+//!   `flags interval`). The skeleton's declarations ([`skeleton::skeleton_text`]), the nft
+//!   text of elements, their nf_tables encoding (field sizes, padding, rbtree or pipapo
+//!   layout) and the fake all come from it. [`Elem::parts`] is the one place that says which
+//!   set an element goes to and what its values are.
+//! * A [`Batch`] is a list of typed commands ([`Cmd`]). Its text ([`Batch::text`]) exists for
+//!   logs, golden tests and the backends that run nft; nothing parses it back.
+//! * [`NftCli`] says how it reaches the kernel ([`Engine`]): decided when it is built
+//!   (`$CNIRS_NFT` set or not) and logged once per process at debug level (`CNIRS_LOG=debug`,
+//!   stderr or `CNIRS_LOG_FILE`, never stdout). In-process, a batch of element changes or of
+//!   gets always goes over nfnetlink (an error there is returned, not retried through nft);
+//!   a batch that holds the skeleton or rules goes to libnftables, or to the `nft` program
+//!   when the library does not load (logged once too).
+//!
+//! The skeleton itself stays nft text, loaded by nft (libnftables or the program): nft 1.0.6
+//! creates a JSON-declared map whose value is a concatenation as a plain set (and a dnat
+//! through it segfaults nft), and rule expressions are nft's business. The text is built only
+//! from validated types ([`IfName`]: kernel rules minus `"` and `\`, `IpAddr`, `IpNetwork`,
+//! `u16`, [`Protocol`], `MacAddr`), never from raw user strings, so it cannot be injected
+//! into.
+//!
+//! # Adding a set
+//!
+//! The overlay gate's sets (`vtep_ports`, `vtep4`, `vtep6`) are the worked example:
+//! 1. one entry per set in [`schema::SETS`]: `set(Family::Inet, "vtep4", &[Ipv4])`;
+//!    `ranges(..)` for `flags interval` (the last key field is then a prefix,
+//!    [`schema::Value::Net`]), `map(.., key, data)` for a map;
+//! 2. the [`Elem`] variant it holds (`Vtep { addr: IpAddr }`) and its arm in [`Elem::parts`]:
+//!    the set (`const VTEP4: &SetDef = schema::def("vtep4")`, checked when the crate is built)
+//!    and one [`schema::Value`] per key (and data) field. Elements are recorded in the state
+//!    files as serde JSON tagged by variant: a new variant is skipped, not fatal, by an older
+//!    binary;
+//! 3. the rules that use it in [`skeleton::RULES`] (`udp dport @vtep_ports ip saddr != @vtep4
+//!    drop` in `input`), and `tests/golden/skeleton.nft` updated (a unit test checks that
+//!    every `@set` a rule names is in the schema and that every set is used);
+//! 4. the [`Firewall`] entry point that adds and removes the elements and the state that
+//!    records them: under a [`Feature`] that refcounts them per network (see
+//!    `attach_isolation` for the smallest one), or a record of its own ([`Firewall::set_vteps`]
+//!    and `vtep.json`), included in what `reconcile` and the fail-closed restore put back.
+//!
+//! Text, netlink encoding, CHECK's lookups, reconcile, `cnirs inspect`'s drift and
+//! [`FakeNft`] follow without further code; `every_set_of_the_schema_encodes_its_fields`
+//! (in `nlbatch`) wants one sample element per set, and the kernel test
+//! `netlink_element_batches_match_nft_text` should get one too. The field types are those
+//! of [`schema::Field`]; a verdict map (NetworkPolicy: `type ifname : verdict`) needs one
+//! more, `Field::Verdict` with a `Value::Verdict` whose data nf_tables takes as
+//! `NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN } }`
+//! (and chains made per policy are rules work for libnftables, not this encoder).
+//!
+//! # Testing without root
+//!
+//! [`FakeNft`] is an in-memory nftables with the kernel's semantics (a batch is atomic; `add`
+//! of an existing element is a no-op unless its data differs; `delete` and `get` of a missing
+//! one fail; elements need the skeleton; handles are never reused; the host's FORWARD chains
+//! are listed and edited as the firewall plugin does). Hand it to
+//! [`Firewall::with_backend`] and assert on [`FakeNft::dump`] or [`FakeNft::elems`]; break
+//! things as an admin does with [`FakeNft::flush_ruleset`] or [`FakeNft::replace_table`].
 //!
 //! # Cost per plugin call
 //!
-//! At most one `nft` exec in steady state: an element batch (~2-3 ms). If it fails (table or
-//! set missing: first call, after `nft flush ruleset`) the skeleton and the batch are applied
-//! together once more. Attaching the 2nd..Nth pod of a network execs nothing. The ruleset is
-//! never listed. Deletions tolerate missing elements by `add` + `delete` of the same element in
-//! one transaction (1.0.6 has no `destroy`).
+//! In steady state no process is started: an element batch is one nfnetlink transaction in
+//! the plugin's own process. If it fails (table or set missing: first call, after `nft flush
+//! ruleset`) the skeleton and the batch are applied together once more, through libnftables.
+//! Attaching the 2nd..Nth pod of a network sends nothing. The ruleset is never listed.
+//! Deletions tolerate missing elements by `add` + `delete` of the same element in one
+//! transaction (1.0.6 has no `destroy`).
 //!
-//! Why deleting costs ~10 ms more than adding (measured, kernel 6.18): the time is spent in
-//! nft's `close()` of its netlink socket. Deleted objects go onto nf_tables' destroy list, freed
-//! by a work item after `synchronize_rcu()`; the NETLINK_URELEASE notifier run on close flushes
-//! that work, so the process waits for an RCU grace period. Any batch that deletes (element
-//! delete, `flush chain` in the skeleton) pays it; pure adds do not.
+//! Why a deleting batch costs more than an adding one: the time is spent in the `close()` of
+//! the netlink socket. Deleted objects go onto nf_tables' destroy list, freed by a work item
+//! after `synchronize_rcu()`; the NETLINK_URELEASE notifier run on close flushes that work, so
+//! the closing process waits for an RCU grace period. Our sockets are therefore closed by
+//! `netbase::detach` after the verb answered (see `nfnl::NfSocket`).
 //!
 //! # Fail closed
 //!
@@ -64,13 +129,15 @@
 //! Owners and refcounts live in files under `$CNIRS_RUN_DIR/netns-<inode>-<cookie>` (see
 //! [`default_state_dir`] and [`nsstate`]: bound to the netns cookie, which the kernel never
 //! reuses, so a new namespace never inherits a dead one's state), one flock held across
-//! read-modify-write and the nft exec. Network
-//! elements are refcounted by attachments; port mappings are owned by exactly one attachment
-//! and a second claimant gets [`NftError::Conflict`].
+//! read-modify-write and the kernel batch. Network elements are refcounted by attachments;
+//! port mappings are owned by exactly one attachment and a second claimant gets
+//! [`NftError::Conflict`].
 
 mod backend;
 mod batch;
+mod elem;
 mod error;
+mod fake;
 mod firewall;
 mod foreign;
 mod inventory;
@@ -78,18 +145,23 @@ mod libnft;
 pub mod nfnl;
 mod nlbatch;
 pub mod nsstate;
+pub mod schema;
+pub mod skeleton;
 mod state;
 mod types;
 
-pub use backend::{NftBackend, NftCli, RecordingNft, TableProbe};
-pub use batch::{Batch, Elem, SKELETON, SKELETON_RULES, TABLE};
+pub use backend::{Engine, NftBackend, NftCli, TableProbe};
+pub use batch::{Batch, Cmd, IpFamily};
+pub use elem::{Elem, Parts, BRIDGE_TABLE, SKELETON_RULES, TABLE};
 pub use error::NftError;
+pub use fake::FakeNft;
 pub use firewall::{
     default_state_dir, missing_error, run_root, Firewall, LastInternal, DEFAULT_RUN_DIR,
 };
 pub use inventory::{AttachmentView, NetworkView, PortView};
 pub use ipnetwork::IpNetwork;
 pub use nsstate::NetnsId;
+pub use skeleton::SKELETON;
 pub use types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping, Protocol};
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
-//! libnftables in-process: the scripts `nlbatch` does not encode (the skeleton, a reload) and
+//! libnftables in-process: the batches `nlbatch` does not encode (the skeleton, rules) and
 //! the `nft -j` listings, run by the same library the `nft` program is a thin wrapper of,
-//! without starting that program. Loading the skeleton into a fresh namespace takes ~2 ms this
-//! way (dlopen included) against ~8-11 ms for `nft -f -` on the test machine.
+//! without starting that program (docs/performance.md has what that saves).
 //!
 //! The library is opened with `dlopen` on first use: no link-time dependency, and a host
 //! without `libnftables.so.1` answers `None`, so the caller spawns `nft` as before. One context
@@ -109,8 +108,8 @@ fn load() -> Option<Lib> {
     // SAFETY: each transmute turns a symbol of libnftables' public API
     // (nftables/libnftables.h, stable since 0.9) into the function pointer type that repeats
     // its C signature.
-    unsafe {
-        Some(Lib {
+    let lib = unsafe {
+        Lib {
             ctx_new: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> Ctx>(sym(
                 c"nft_ctx_new",
             )?),
@@ -139,8 +138,10 @@ fn load() -> Option<Lib> {
                 unsafe extern "C" fn(Ctx, *const c_char) -> c_int,
             >(sym(c"nft_run_cmd_from_buffer")?),
             lock: Mutex::new(()),
-        })
-    }
+        }
+    };
+    log::debug!("libnftables.so.1 loaded: the skeleton, rules and listings run in-process");
+    Some(lib)
 }
 
 /// What one run answered: success with the output text, or failure with the error text.

@@ -26,7 +26,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    batch::Elem,
+    elem::Elem,
     types::{Attachment, Feature, IfName, PodIface, PortKey, PortMapping},
     NftError,
 };

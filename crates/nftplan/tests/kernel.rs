@@ -691,25 +691,15 @@ fn netlink_element_batches_match_nft_text() {
     let mut del = Batch::new();
     del.remove(&elems[..2]).delete(&elems[3..4]);
     let load = |env: &Env| {
-        let mut s = Batch::new();
-        s.skeleton();
-        env.ns.backend().apply(s.text()).unwrap();
+        env.ns.backend().apply(Batch::new().skeleton()).unwrap();
     };
     load(&text);
     load(&nl);
-    text.ns.backend().apply(add.text()).unwrap();
-    text.ns.backend().apply(del.text()).unwrap();
-    let (a, d) = (add.text().to_owned(), del.text().to_owned());
-    let missing_get = {
-        let mut g = Batch::new();
-        g.get(&elems[3..4]);
-        g.text().to_owned()
-    };
-    let present_get = {
-        let mut g = Batch::new();
-        g.get(&elems[4..]);
-        g.text().to_owned()
-    };
+    text.ns.backend().apply(&add).unwrap();
+    text.ns.backend().apply(&del).unwrap();
+    let (a, d) = (add.clone(), del.clone());
+    let missing_get = Batch::new().get(&elems[3..4]).clone();
+    let present_get = Batch::new().get(&elems[4..]).clone();
     let (strict_missing, got_missing, got_present) = nl.ns.run_in(move || {
         let cli = NftCli::new();
         cli.apply(&a).unwrap();
@@ -776,9 +766,7 @@ fn netlink_interval_elements_match_nft() {
     ];
     let sets = ["masq4", "masq6", "br_net4", "br_net6"];
     for env in [&text, &nl] {
-        let mut s = Batch::new();
-        s.skeleton();
-        env.ns.backend().apply(s.text()).unwrap();
+        env.ns.backend().apply(Batch::new().skeleton()).unwrap();
     }
     let raw = |env: &Env, set: &str| {
         env.ns
@@ -789,7 +777,7 @@ fn netlink_interval_elements_match_nft() {
     let text_of = |f: &dyn Fn(&mut Batch)| {
         let mut b = Batch::new();
         f(&mut b);
-        b.text().to_owned()
+        b
     };
     let empty = snapshot(&nl);
     assert!(empty.iter().all(Vec::is_empty));
@@ -898,7 +886,7 @@ fn netlink_interval_elements_match_nft() {
         b.add(&net_b);
     });
     let nft_add = t;
-    std::fs::write(text.dir.path().join("add.nft"), &nft_add).unwrap();
+    std::fs::write(text.dir.path().join("add.nft"), nft_add.text()).unwrap();
     let path = text.dir.path().join("add.nft");
     nl.ns.nft(&["-f", path.to_str().unwrap()]);
     assert_eq!(gets(&nl, net_b.clone()), [true; 4]);
@@ -911,7 +899,7 @@ fn netlink_interval_elements_match_nft() {
     let t = text_of(&|b| {
         b.delete(&net_b);
     });
-    std::fs::write(&path, &t).unwrap();
+    std::fs::write(&path, t.text()).unwrap();
     nl.ns.nft(&["-f", path.to_str().unwrap()]);
     assert_eq!(snapshot(&nl), empty, "nft deleted what we added");
 }
@@ -926,13 +914,16 @@ fn libnftables_runs_the_skeleton_and_listings_in_process() {
     let (cli, lib) = (Env::new("skcli"), Env::new("sklib"));
     let mut s = Batch::new();
     s.skeleton();
-    cli.ns.backend().apply(s.text()).unwrap();
-    let text = s.text().to_owned();
+    cli.ns.backend().apply(&s).unwrap();
     let (loaded, again, bad, listing, chains, missing) = lib.ns.run_in(move || {
         let nft = NftCli::new();
-        let loaded = nft.apply(&text);
-        let again = nft.apply(&text);
-        let bad = nft.apply("add rule inet cnirs no_such_chain accept\n");
+        let loaded = nft.apply(&s);
+        let again = nft.apply(&s);
+        // A rule command on a table that does not exist (no iptables-nft here).
+        let bad = nft.apply(Batch::new().push(Cmd::DeleteForwardRule {
+            family: IpFamily::V4,
+            handle: 1,
+        }));
         let listing = nft.query(&["list", "table", "inet", "cnirs"]).unwrap();
         let chains = nft.query(&["-a", "list", "chain", "inet", "cnirs", "forward"]);
         let missing = nft
@@ -970,9 +961,7 @@ fn libnftables_runs_the_skeleton_and_listings_in_process() {
 fn netlink_get_of_three_adjacent_subnets() {
     require_root!();
     let env = Env::new("adj3");
-    let mut s = Batch::new();
-    s.skeleton();
-    env.ns.backend().apply(s.text()).unwrap();
+    env.ns.backend().apply(Batch::new().skeleton()).unwrap();
     // Each network: its masquerade interval and its hairpin element, all on one bridge so that
     // the pipapo ranges are adjacent too.
     let nets: Vec<Vec<Elem>> = (1..=3)
@@ -992,23 +981,18 @@ fn netlink_get_of_three_adjacent_subnets() {
         let found = env.ns.run_in(move || {
             let cli = NftCli::new();
             for i in order {
-                let mut b = Batch::new();
-                b.add(&nets[i]);
-                cli.apply(b.text()).unwrap();
+                cli.apply(Batch::new().add(&nets[i])).unwrap();
             }
             let found: Vec<_> = nets
                 .iter()
                 .flatten()
                 .map(|e| {
-                    let mut b = Batch::new();
-                    b.get(std::slice::from_ref(e));
-                    cli.apply(b.text()).map_err(|err| format!("{e}: {err}"))
+                    cli.apply(Batch::new().get(std::slice::from_ref(e)))
+                        .map_err(|err| format!("{e}: {err}"))
                 })
                 .collect();
             for net in &nets {
-                let mut b = Batch::new();
-                b.remove(net);
-                cli.apply(b.text()).unwrap();
+                cli.apply(Batch::new().remove(net)).unwrap();
             }
             found
         });

@@ -124,6 +124,42 @@ pub fn rollback(req: &Request, undo: netops::Undo<Step>, fx: &mut Effects<'_, '_
     }
 }
 
+/// ADD in the reference's order for a plugin whose IPAM may need the interface to exist (the
+/// dhcp daemon runs its client on it, in the pod): the `link` steps, then IPAM (when `l3`),
+/// then the steps `configure` builds from IPAM's answer. A failure anywhere undoes every step
+/// taken and releases the address. Returns IPAM's result (empty without `l3`) and the undo of
+/// both phases, oldest first, for [`rollback`].
+pub fn link_then_ipam(
+    req: &Request,
+    fx: &mut Effects<'_, '_>,
+    link: &[Step],
+    l3: bool,
+    configure: impl FnOnce(&cni_core::CniResult) -> Result<Vec<Step>, LinkError>,
+) -> Result<(cni_core::CniResult, netops::Undo<Step>), LinkError> {
+    let mut undo = run(req, link, fx, false)?;
+    let ipam = if l3 {
+        match iface::ipam_add(req) {
+            Ok(r) => r,
+            Err(e) => {
+                rollback(req, undo, fx, false);
+                return Err(e);
+            }
+        }
+    } else {
+        cni_core::CniResult::default()
+    };
+    match configure(&ipam).and_then(|steps| run(req, &steps, fx, false)) {
+        Ok(more) => {
+            undo.0.extend(more.0);
+            Ok((ipam, undo))
+        }
+        Err(e) => {
+            rollback(req, undo, fx, l3);
+            Err(e)
+        }
+    }
+}
+
 /// A deterministic host-side veth name from (network, container id, ifname): `veth` + 11 hex
 /// digits of their FNV-1a hash, so DEL finds it without the netns or a previous result (the
 /// bridge plugin's rule).

@@ -10,7 +10,10 @@
 //! - Order and time: upstreams are tried in file order, each try with its own random ID and
 //!   source port, over UDP for a UDP client and over TCP for a TCP client. A reply with
 //!   SERVFAIL, NOTIMP or REFUSED sends us to the next upstream (glibc does the same), and
-//!   goes to the client only if no upstream does better. Every query gets [`BUDGET`] (4 s):
+//!   goes to the client only if no upstream does better, and then not at all when it is a
+//!   REFUSED or SERVFAIL over UDP to a query without EDNS0 options: dnsmasq, which the Go
+//!   dnsname runs, answers nothing then, and we match it (see
+//!   [`ClientQuery::dnsmasq_withholds`]). Every query gets [`BUDGET`] (4 s):
 //!   each try gets `BUDGET / number of upstreams`, at most [`MAX_TRY`] (2 s), and when every
 //!   upstream stayed silent and time is left, the silent ones are asked again. glibc waits
 //!   5 s for an answer before it resends (musl and busybox 2.5 s and 1-2 s but they resend,
@@ -228,20 +231,34 @@ async fn try_tcp(
     Ok((buf, c))
 }
 
-/// Asks `servers` for `q` (over TCP when `tcp`) and returns the answer for the client, with
-/// its size limit `limit`; `None` when no upstream answered at all.
-pub async fn forward(
-    servers: &[SocketAddr],
-    q: &ClientQuery,
-    tcp: bool,
-    limit: usize,
-) -> Option<Vec<u8>> {
+/// What the upstreams made of a forwarded query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The answer for the client.
+    Reply(Vec<u8>),
+    /// Every upstream that answered refused or failed the query (REFUSED, SERVFAIL) and it is
+    /// one dnsmasq gives no answer to then ([`ClientQuery::dnsmasq_withholds`]): nor do we.
+    Withheld,
+    /// No upstream answered at all.
+    Silent,
+}
+
+/// Asks `servers` for `q` (over TCP when `tcp`) and returns what the client gets, within its
+/// size limit `limit`.
+pub async fn forward(servers: &[SocketAddr], q: &ClientQuery, tcp: bool, limit: usize) -> Outcome {
     let start = Instant::now();
     let end = start + BUDGET;
     let each = per_try(servers.len());
     // Per upstream: still worth asking (silent so far)?
     let mut open = vec![true; servers.len()];
-    let mut fallback: Option<Vec<u8>> = None;
+    // The first error reply (SERVFAIL, NOTIMP, REFUSED) the client would get, else the first
+    // one dnsmasq would withhold; with whether it withholds it.
+    let mut fallback: Option<(Vec<u8>, bool)> = None;
+    let done = |fallback: Option<(Vec<u8>, bool)>| match fallback {
+        Some((_, true)) => Outcome::Withheld,
+        Some((reply, false)) => Outcome::Reply(reply),
+        None => Outcome::Silent,
+    };
     while open.iter().any(|o| *o) {
         for (i, server) in servers.iter().enumerate() {
             if !open[i] {
@@ -249,7 +266,7 @@ pub async fn forward(
             }
             let now = Instant::now();
             if now >= end {
-                return fallback;
+                return done(fallback);
             }
             let deadline = (now + each).min(end);
             let got = if tcp {
@@ -266,11 +283,12 @@ pub async fn forward(
                         q.query.query_type()
                     );
                     open[i] = false;
-                    if fallback.is_none() {
-                        fallback = Some(q.from_upstream(&reply, &c, limit));
+                    let withhold = q.dnsmasq_withholds(c.metadata.response_code, tcp);
+                    if fallback.as_ref().is_none_or(|(_, w)| *w && !withhold) {
+                        fallback = Some((q.from_upstream(&reply, &c, limit), withhold));
                     }
                 }
-                Ok((reply, c)) => return Some(q.from_upstream(&reply, &c, limit)),
+                Ok((reply, c)) => return Outcome::Reply(q.from_upstream(&reply, &c, limit)),
                 Err(TryError::Timeout) => {
                     log::debug!("{server}: no answer for {}", q.query.name());
                 }
@@ -282,7 +300,7 @@ pub async fn forward(
             }
         }
     }
-    fallback
+    done(fallback)
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //!   record of; PTR for pods' addresses; NXDOMAIN for other names in the domain and for
 //!   single-label names (never sent upstream).
 //! - Forwards every other query to the host's resolvers (see [`crate::forward`]) and passes
-//!   their answer on as they gave it (see [`crate::wire`]); answers REFUSED instead when the
-//!   network does not forward (`forward: false`).
+//!   their answer on as they gave it (see [`crate::wire`]), except that, as dnsmasq (the Go
+//!   dnsname), it answers nothing when every upstream refused or failed a UDP query without
+//!   EDNS0 options; answers REFUSED instead when the network does not forward
+//!   (`forward: false`).
 //! - Re-reads `entries.json` when its identity (inode, size, mtime) changed, checked before
 //!   each answer, so an answer never lags a finished ADD or DEL; SIGHUP also re-reads it and
 //!   the upstreams. Exits on SIGTERM/SIGINT, when its directory is gone, and when its bridge
@@ -39,7 +41,7 @@ use tokio::{
 };
 
 use crate::{
-    forward::{self, Upstreams},
+    forward::{self, Outcome, Upstreams},
     store::{DaemonConfig, Entries, NetDir},
     wire::{self, ClientQuery, Incoming},
     zone::{self, Local, Zone},
@@ -221,15 +223,25 @@ impl State {
         }
     }
 
-    /// The upstreams' answer to `q` for the client, or our SERVFAIL when none answered.
-    async fn forward(&self, q: &ClientQuery, limit: usize, tcp: bool) -> Vec<u8> {
+    /// The upstreams' answer to `q` for the client, our SERVFAIL when none answered, or
+    /// nothing where dnsmasq answers nothing (an upstream's REFUSED or SERVFAIL to a UDP
+    /// query without EDNS0 options: see [`ClientQuery::dnsmasq_withholds`]).
+    async fn forward(&self, q: &ClientQuery, limit: usize, tcp: bool) -> Option<Vec<u8>> {
         let servers = match self.upstreams.lock() {
             Ok(mut u) => u.current(false),
             Err(_) => Arc::new(Vec::new()),
         };
         match forward::forward(&servers, q, tcp, limit).await {
-            Some(reply) => reply,
-            None => {
+            Outcome::Reply(reply) => Some(reply),
+            Outcome::Withheld => {
+                log::debug!(
+                    "{servers:?} refused or failed {} {}: no answer, as dnsmasq",
+                    q.query.name(),
+                    q.query.query_type()
+                );
+                None
+            }
+            Outcome::Silent => {
                 if let Some(held) = self.servfail_log.ready() {
                     log::info!(
                         "no upstream of {servers:?} answered {} {}: SERVFAIL ({held} more since \
@@ -238,7 +250,7 @@ impl State {
                         q.query.query_type()
                     );
                 }
-                q.bare_answer(ResponseCode::ServFail, true)
+                Some(q.bare_answer(ResponseCode::ServFail, true))
             }
         }
     }
@@ -275,9 +287,10 @@ async fn serve_udp(sock: Arc<UdpSocket>, state: Arc<State>) {
                 };
                 let (sock, state) = (sock.clone(), state.clone());
                 tokio::spawn(async move {
-                    let r = state.forward(&q, limit, false).await;
-                    if let Err(e) = sock.send_to(&r, peer).await {
-                        log::debug!("udp answer to {peer}: {e}");
+                    if let Some(r) = state.forward(&q, limit, false).await {
+                        if let Err(e) = sock.send_to(&r, peer).await {
+                            log::debug!("udp answer to {peer}: {e}");
+                        }
                     }
                     drop(permit);
                 });
@@ -331,7 +344,10 @@ async fn tcp_connection(mut stream: TcpStream, state: &State) -> std::io::Result
         let reply = match state.decide(&packet, true) {
             Action::Nothing => continue,
             Action::Reply(r) => r,
-            Action::Forward(q, limit) => state.forward(&q, limit, true).await,
+            Action::Forward(q, limit) => match state.forward(&q, limit, true).await {
+                Some(r) => r,
+                None => continue,
+            },
         };
         let n = u16::try_from(reply.len()).unwrap_or(u16::MAX);
         let mut framed = Vec::with_capacity(reply.len() + 2);

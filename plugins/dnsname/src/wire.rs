@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use hickory_proto::{
     op::{Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode},
-    rr::Record,
+    rr::{RData, Record, RecordType},
     serialize::binary::{BinDecodable, BinDecoder},
 };
 
@@ -33,6 +33,9 @@ pub struct ClientQuery {
     pub question: Range<usize>,
     /// The client's EDNS0 OPT, if it sent one.
     pub edns: Option<Edns>,
+    /// The OPT record carries data (EDNS0 options: dig's COOKIE, ECS, ...), measured as
+    /// dnsmasq measures it (see [`ClientQuery::dnsmasq_withholds`]).
+    pub edns_options: bool,
 }
 
 /// What to do with a packet that came in.
@@ -95,7 +98,30 @@ pub fn parse(packet: &[u8]) -> Incoming {
         query,
         question: 12..end,
         edns: msg.edns,
+        edns_options: opt_len(packet).is_some_and(|n| n > OPT_BARE),
     }))
+}
+
+/// The length of an OPT record with no options: root name (1), type, class, TTL, RDLENGTH.
+const OPT_BARE: usize = 11;
+
+/// The length in bytes of the first OPT record in `packet`'s additional section, as
+/// dnsmasq's `find_pseudoheader` gives it.
+fn opt_len(packet: &[u8]) -> Option<usize> {
+    let mut d = BinDecoder::new(packet);
+    let c = Header::read(&mut d).ok()?.counts;
+    for _ in 0..c.queries {
+        Query::read(&mut d).ok()?;
+    }
+    for i in 0..u32::from(c.answers) + u32::from(c.authorities) + u32::from(c.additionals) {
+        let start = d.index();
+        let r = Record::<RData>::read(&mut d).ok()?;
+        let additional = i >= u32::from(c.answers) + u32::from(c.authorities);
+        if additional && r.record_type() == RecordType::OPT {
+            return Some(d.index() - start);
+        }
+    }
+    None
 }
 
 impl ClientQuery {
@@ -123,6 +149,24 @@ impl ClientQuery {
             m.set_edns(e);
         }
         m
+    }
+
+    /// Does dnsmasq (2.90, as the Go dnsname runs it: `strict-order`) answer nothing when the
+    /// last upstream's reply to this query carries `rcode`? Its rule (`reply_query` in
+    /// `src/forward.c`): a UDP reply of REFUSED or SERVFAIL to a query it can re-create from
+    /// the reply sends the query to the next upstream and, with none left, to nobody: the
+    /// client gets no answer and waits for its own timeout. It can re-create the query when
+    /// the OPT record it forwarded carries no options (`edns0_len > 11` marks one that does:
+    /// dig's COOKIE, ECS) and the question is not TKEY (a signed exchange). So busybox, glibc
+    /// and musl (no EDNS0), glibc's `options edns0` and `dig +nocookie` (an empty OPT) get
+    /// nothing; dig (COOKIE) gets the REFUSED. Over TCP the first upstream's reply is passed
+    /// on, REFUSED included (`tcp_talk`). Other codes (NOTIMP, NXDOMAIN...) are passed on.
+    pub fn dnsmasq_withholds(&self, rcode: ResponseCode, tcp: bool) -> bool {
+        /// TKEY (RFC 2930), which hickory has no name for.
+        const TKEY: u16 = 249;
+        !tcp && matches!(rcode, ResponseCode::Refused | ResponseCode::ServFail)
+            && !self.edns_options
+            && u16::from(self.query.query_type()) != TKEY
     }
 
     /// An EDNS version we do not speak (RFC 6891 6.1.3: BADVERS).
@@ -368,6 +412,40 @@ mod tests {
         assert!(m.edns.is_some(), "the client sent EDNS0: our OPT goes back");
         // Over TCP the whole reply goes through.
         assert_eq!(q.from_upstream(&reply, &c, MAX_TCP).len(), reply.len());
+    }
+
+    #[test]
+    fn dnsmasq_withholds_refused_and_servfail_over_udp_to_queries_without_edns_options() {
+        use hickory_proto::rr::rdata::opt::EdnsOption;
+        let bare = client(&query("x.example.", RecordType::A, None));
+        let empty_opt = client(&query("x.example.", RecordType::A, Some(1232)));
+        let mut m = Message::from_vec(&query("x.example.", RecordType::A, Some(1232))).unwrap();
+        let mut e = m.edns.clone().unwrap();
+        // dig's COOKIE: an option (8 bytes of client cookie).
+        e.options_mut().insert(EdnsOption::Unknown(10, vec![7; 8]));
+        m.set_edns(e);
+        let cookie = client(&m.to_vec().unwrap());
+        assert!(!bare.edns_options && !empty_opt.edns_options && cookie.edns_options);
+        for rcode in [ResponseCode::Refused, ResponseCode::ServFail] {
+            // busybox, glibc, musl (no OPT); glibc `options edns0`, dig +nocookie (empty OPT).
+            assert!(bare.dnsmasq_withholds(rcode, false), "{rcode}");
+            assert!(empty_opt.dnsmasq_withholds(rcode, false), "{rcode}");
+            // dig: its cookie makes the query one dnsmasq cannot re-create: passed on.
+            assert!(!cookie.dnsmasq_withholds(rcode, false), "{rcode}");
+            // Over TCP dnsmasq passes the first upstream's reply on.
+            assert!(!bare.dnsmasq_withholds(rcode, true), "{rcode}");
+        }
+        for rcode in [
+            ResponseCode::NotImp,
+            ResponseCode::NXDomain,
+            ResponseCode::NoError,
+            ResponseCode::FormErr,
+        ] {
+            assert!(!bare.dnsmasq_withholds(rcode, false), "{rcode}");
+        }
+        // A TKEY question (a signed exchange) is not re-created either.
+        let tkey = client(&query("k.example.", RecordType::Unknown(249), None));
+        assert!(!tkey.dnsmasq_withholds(ResponseCode::Refused, false));
     }
 
     #[test]

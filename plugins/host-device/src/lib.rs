@@ -274,14 +274,13 @@ fn restorable(addrs: Vec<IpNetwork>) -> Vec<IpNetwork> {
         .collect()
 }
 
-/// The pure plan: record, alias, move (renamed), up, then IPAM's addresses and routes.
-pub fn plan(
+/// The pure plan, first half: record, alias, move (renamed), up. Applied before IPAM, as the
+/// reference does: the dhcp daemon needs the interface in the pod.
+pub fn plan_link(
     dev: &IfName,
     restore: HostState,
     ifname: &IfName,
     state: PathBuf,
-    l3: bool,
-    ipam: &CniResult,
 ) -> Result<Vec<Step>, LinkError> {
     let body = serde_json::to_string(&Saved {
         host_name: dev.to_string(),
@@ -289,7 +288,7 @@ pub fn plan(
         up: restore.up,
     })
     .map_err(|e| LinkError::Config(e.to_string()))?;
-    let mut steps = vec![
+    Ok(vec![
         Step::WriteState { path: state, body },
         Step::SetAlias {
             ns: Ns::Host,
@@ -305,7 +304,19 @@ pub fn plan(
             ns: Ns::Pod,
             link: ifname.clone(),
         }),
-    ];
+    ])
+}
+
+/// The whole plan: [`plan_link`], then (L3) IPAM's addresses and routes.
+pub fn plan(
+    dev: &IfName,
+    restore: HostState,
+    ifname: &IfName,
+    state: PathBuf,
+    l3: bool,
+    ipam: &CniResult,
+) -> Result<Vec<Step>, LinkError> {
+    let mut steps = plan_link(dev, restore, ifname, state)?;
     if l3 {
         steps.extend(iface::configure_steps(ifname, ipam)?);
     }
@@ -336,22 +347,16 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
         up: dev.admin_up,
     };
     let state = state_path(req)?;
-    let ipam = if spec.l3 {
-        iface::ipam_add(req)?
-    } else {
-        CniResult::default()
-    };
-    let steps = match plan(&dev_name, restore, &ifname, state, spec.l3, &ipam) {
-        Ok(s) => s,
-        Err(e) => {
-            if spec.l3 {
-                podif::release_ipam(req);
-            }
-            return Err(e);
-        }
-    };
+    let link = plan_link(&dev_name, restore, &ifname, state)?;
     let mut fx = Effects::new(&host, &pod, &ns);
-    let undo = podif::run(req, &steps, &mut fx, spec.l3)?;
+    let l3 = spec.l3;
+    let (ipam, undo) = podif::link_then_ipam(req, &mut fx, &link, l3, |ipam| {
+        if l3 {
+            iface::configure_steps(&ifname, ipam)
+        } else {
+            Ok(Vec::new())
+        }
+    })?;
     match pod.require_link(&ifname) {
         Ok(l) => {
             let i = iface::pod_interface(&l, &netns.display().to_string());

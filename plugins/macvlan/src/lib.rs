@@ -102,14 +102,9 @@ fn resolve_master(spec: &Spec, host: &Netlink<'_>, pod: &Netlink<'_>) -> Result<
     Ok(IfName::new(&link.name).map_err(NetopsError::from)?)
 }
 
-/// The pure plan: the macvlan in the pod, then (L3) the notify sysctls and IPAM's addresses
-/// and routes, or (L2) the link up.
-pub fn plan(
-    spec: &Spec,
-    master: &IfName,
-    ifname: &IfName,
-    ipam: &CniResult,
-) -> Result<Vec<Step>, LinkError> {
+/// The pure plan, first half: the macvlan in the pod (and, L3, its notify sysctls). Applied
+/// before IPAM, as the reference does: the dhcp daemon needs the interface.
+pub fn plan_link(spec: &Spec, master: &IfName, ifname: &IfName) -> Result<Vec<Step>, LinkError> {
     let mut steps = vec![Step::CreateMacvlan {
         name: ifname.clone(),
         master: master.clone(),
@@ -127,13 +122,31 @@ pub fn plan(
                 required: false,
             });
         }
-        steps.extend(iface::configure_steps(ifname, ipam)?);
+    }
+    Ok(steps)
+}
+
+/// The second half, from IPAM's answer: (L3) its addresses and routes, or (L2) the link up.
+pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
+    if spec.l3 {
+        iface::configure_steps(ifname, ipam)
     } else {
-        steps.push(Step::Net(Op::SetUp {
+        Ok(vec![Step::Net(Op::SetUp {
             ns: Ns::Pod,
             link: ifname.clone(),
-        }));
+        })])
     }
+}
+
+/// The whole plan (both halves), as it runs.
+pub fn plan(
+    spec: &Spec,
+    master: &IfName,
+    ifname: &IfName,
+    ipam: &CniResult,
+) -> Result<Vec<Step>, LinkError> {
+    let mut steps = plan_link(spec, master, ifname)?;
+    steps.extend(plan_config(spec, ifname, ipam)?);
     Ok(steps)
 }
 
@@ -152,22 +165,11 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
             netns.display()
         )));
     }
-    let ipam = if spec.l3 {
-        iface::ipam_add(req)?
-    } else {
-        CniResult::default()
-    };
-    let steps = match plan(&spec, &master, &ifname, &ipam) {
-        Ok(s) => s,
-        Err(e) => {
-            if spec.l3 {
-                podif::release_ipam(req);
-            }
-            return Err(e);
-        }
-    };
+    let link = plan_link(&spec, &master, &ifname)?;
     let mut fx = Effects::new(&host, &pod, &ns);
-    let undo = podif::run(req, &steps, &mut fx, spec.l3)?;
+    let (ipam, undo) = podif::link_then_ipam(req, &mut fx, &link, spec.l3, |ipam| {
+        plan_config(&spec, &ifname, ipam)
+    })?;
     match pod.require_link(&ifname) {
         Ok(l) => {
             let i = iface::pod_interface(&l, &netns.display().to_string());

@@ -88,9 +88,9 @@ pub fn parse(req: &Request) -> Result<Spec, CniError> {
     })
 }
 
-/// The pure plan: the TAP, its MTU and MAC, its bridge, then IPAM's addresses and routes (or
-/// just up).
-pub fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
+/// The pure plan, first half: the TAP, its MTU and MAC, its bridge (and, L3, its notify
+/// sysctl). Applied before IPAM, as the reference does: the dhcp daemon needs the interface.
+pub fn plan_link(spec: &Spec, ifname: &IfName) -> Result<Vec<Step>, LinkError> {
     let mut steps = vec![Step::CreateTap(TapSpec {
         name: ifname.to_string(),
         multi_queue: spec.multi_queue,
@@ -118,13 +118,26 @@ pub fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>,
             value: "1".into(),
             required: false,
         });
-        steps.extend(iface::configure_steps(ifname, ipam)?);
+    }
+    Ok(steps)
+}
+
+/// The second half, from IPAM's answer: (L3) its addresses and routes, or (L2) just up.
+pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
+    if spec.l3 {
+        iface::configure_steps(ifname, ipam)
     } else {
-        steps.push(Step::Net(Op::SetUp {
+        Ok(vec![Step::Net(Op::SetUp {
             ns: Ns::Pod,
             link: ifname.clone(),
-        }));
+        })])
     }
+}
+
+/// The whole plan (both halves), as it runs.
+pub fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
+    let mut steps = plan_link(spec, ifname)?;
+    steps.extend(plan_config(spec, ifname, ipam)?);
     Ok(steps)
 }
 
@@ -150,22 +163,11 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
             )));
         }
     }
-    let ipam = if spec.l3 {
-        iface::ipam_add(req)?
-    } else {
-        CniResult::default()
-    };
-    let steps = match plan(&spec, &ifname, &ipam) {
-        Ok(s) => s,
-        Err(e) => {
-            if spec.l3 {
-                podif::release_ipam(req);
-            }
-            return Err(e);
-        }
-    };
+    let link = plan_link(&spec, &ifname)?;
     let mut fx = Effects::new(&host, &pod, &ns);
-    let undo = podif::run(req, &steps, &mut fx, spec.l3)?;
+    let (ipam, undo) = podif::link_then_ipam(req, &mut fx, &link, spec.l3, |ipam| {
+        plan_config(&spec, &ifname, ipam)
+    })?;
     match pod.require_link(&ifname) {
         Ok(l) => {
             let i = iface::pod_interface(&l, &netns.display().to_string());

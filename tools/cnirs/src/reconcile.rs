@@ -13,14 +13,13 @@
 //! cnirs reconcile --check    report what is missing, change nothing
 //!                            (exit 0 nothing missing, 1 something missing, 2 cannot tell)
 //! ```
-use std::{
-    io::Write,
-    process::ExitCode,
-    sync::{Arc, Mutex},
-};
+use std::{io::Write, process::ExitCode};
 
 use nftplan::{
-    nsstate, run_root, Firewall, NetnsId, NftBackend, NftCli, NftError, SKELETON, TABLE,
+    nsstate, run_root,
+    schema::Family,
+    skeleton::{chain_rules, CHAINS},
+    Firewall, NetnsId, NftBackend, NftCli, NftError, TABLE,
 };
 use serde_json::Value;
 
@@ -142,83 +141,39 @@ fn repair() -> Result<(), NftError> {
     Ok(())
 }
 
-/// A backend that applies nothing and keeps the script: what `reconcile` would run.
-#[derive(Default)]
-struct Capture(Mutex<Vec<String>>);
-
-impl NftBackend for Capture {
-    fn apply(&self, script: &str) -> Result<(), NftError> {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(script.to_owned());
-        }
-        Ok(())
-    }
-}
-
 /// Everything that `reconcile` would add and the kernel lacks: the table, skeleton rules per
-/// chain (`nft -j list table inet cnirs`), then each element (`nft get element ...`, one batch,
-/// element by element only if the batch fails).
+/// chain (`nft -j list table inet cnirs`), then each element the state records (one `get`
+/// batch, element by element only if the batch fails).
 fn check() -> Result<Vec<String>, NftError> {
-    let Some(real) = firewall()? else {
+    let Some(fw) = firewall()? else {
         return Ok(Vec::new());
     };
-    let cap = Arc::new(Capture::default());
-    Firewall::with_backend(real.state_dir(), Box::new(cap.clone())).reconcile()?;
-    let script = cap.0.lock().map(|v| v.concat()).unwrap_or_default();
-    let nft = NftCli::new();
     let mut missing = Vec::new();
-
     let (table, rest) = TABLE.split_once(' ').unwrap_or(("inet", "cnirs"));
-    let Some(listing) = nft.query(&["list", "table", table, rest])? else {
+    let Some(listing) = NftCli::new().query(&["list", "table", table, rest])? else {
         missing.push(format!("table {TABLE} (everything)"));
         return Ok(missing);
     };
     missing.extend(missing_rules(&listing));
-
-    let gets: Vec<String> = script.lines().filter_map(get_line).collect();
-    if gets.is_empty() || nft.apply(&lines(&gets)).is_ok() {
-        return Ok(missing);
-    }
-    for g in &gets {
-        if nft.apply(&lines(std::slice::from_ref(g))).is_err() {
-            missing.push(g.trim_start_matches("get ").to_owned());
-        }
-    }
+    missing.extend(fw.missing_elems()?.iter().map(|e| {
+        format!(
+            "element {} {} {{ {} }}",
+            e.table(),
+            e.set_name(),
+            e.key_text()
+        )
+    }));
     Ok(missing)
-}
-
-fn lines(v: &[String]) -> String {
-    let mut s = v.join("\n");
-    s.push('\n');
-    s
-}
-
-/// `add element inet cnirs SET { KEY [: VALUE] }` -> `get element inet cnirs SET { KEY }`.
-fn get_line(line: &str) -> Option<String> {
-    let rest = line.strip_prefix(&format!("add element {TABLE} "))?;
-    let (set, elem) = rest.split_once(" { ")?;
-    let elem = elem.strip_suffix(" }")?;
-    let key = elem.split(" : ").next().unwrap_or(elem);
-    Some(format!("get element {TABLE} {set} {{ {key} }}"))
 }
 
 /// Chains of the skeleton that are missing or hold fewer rules than the skeleton adds
 /// (`listing` is `nft -j list table inet cnirs`).
 pub(crate) fn missing_rules(listing: &str) -> Vec<String> {
-    let mut want: Vec<(&str, usize)> = Vec::new();
-    let prefix = format!("add rule {TABLE} ");
-    let chain_prefix = format!("add chain {TABLE} ");
-    for l in SKELETON.lines() {
-        if let Some(rest) = l.strip_prefix(&chain_prefix) {
-            let name = rest.split_whitespace().next().unwrap_or(rest);
-            want.push((name, 0));
-        } else if let Some(rest) = l.strip_prefix(&prefix) {
-            let name = rest.split_whitespace().next().unwrap_or(rest);
-            if let Some(w) = want.iter_mut().find(|(n, _)| *n == name) {
-                w.1 += 1;
-            }
-        }
-    }
+    let want: Vec<(&str, usize)> = CHAINS
+        .iter()
+        .filter(|c| c.family == Family::Inet)
+        .map(|c| (c.name, chain_rules(c.family, c.name).count()))
+        .collect();
     let v: Value = serde_json::from_str(listing).unwrap_or(Value::Null);
     let objs = v
         .get("nftables")
@@ -257,19 +212,6 @@ mod tests {
         assert_eq!(parse_args(&["--check".into()]).unwrap(), Mode::Check);
         assert_eq!(parse_args(&["--help".into()]).unwrap(), Mode::Help);
         assert!(parse_args(&["--bogus".into()]).is_err());
-    }
-
-    #[test]
-    fn get_lines_drop_map_values() {
-        assert_eq!(
-            get_line("add element inet cnirs pm4_any { tcp . 8080 : 10.1.0.2 . 80 }").unwrap(),
-            "get element inet cnirs pm4_any { tcp . 8080 }"
-        );
-        assert_eq!(
-            get_line("add element inet cnirs same_br { \"br0\" . \"br0\" }").unwrap(),
-            "get element inet cnirs same_br { \"br0\" . \"br0\" }"
-        );
-        assert!(get_line("add rule inet cnirs forward accept").is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query},
-    rr::{rdata, Name, RData, Record, RecordType},
+    rr::{rdata, rdata::opt::EdnsOption, Name, RData, Record, RecordType},
 };
 
 use super::*;
@@ -51,6 +51,50 @@ fn tcp_ask(port: u16, m: &Message) -> Message {
     s.read_exact(&mut buf).unwrap();
     Message::from_vec(&buf).unwrap()
 }
+
+/// `m` with an EDNS0 COOKIE option, as dig sends its queries.
+fn with_cookie(mut m: Message) -> Message {
+    let mut e = m.edns.clone().unwrap_or_else(|| {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        e
+    });
+    e.options_mut().insert(EdnsOption::Unknown(10, vec![7; 8]));
+    m.set_edns(e);
+    m
+}
+
+/// Sends each of `queries` over UDP from a socket of its own and asserts that none gets an
+/// answer within 5 s (longer than the resolver's budget for a forwarded query).
+#[track_caller]
+fn no_answer(port: u16, queries: &[Message]) {
+    let socks: Vec<StdUdp> = queries
+        .iter()
+        .map(|m| {
+            let s = StdUdp::bind("127.0.0.1:0").unwrap();
+            s.send_to(&m.to_vec().unwrap(), ("127.0.0.1", port))
+                .unwrap();
+            s
+        })
+        .collect();
+    let until = std::time::Instant::now() + BUDGET_AND_SOME;
+    let mut buf = vec![0u8; 65535];
+    for (s, m) in socks.iter().zip(queries) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        if let Ok(n) = s.recv(&mut buf) {
+            panic!(
+                "{:?}: answered {:?}",
+                m.queries[0],
+                Message::from_vec(&buf[..n]).map(|r| r.metadata.response_code)
+            );
+        }
+    }
+}
+
+/// Longer than a forwarded query may take ([`forward::BUDGET`]).
+const BUDGET_AND_SOME: Duration = Duration::from_secs(5);
 
 fn query(port: u16, name: &str, qtype: RecordType) -> Message {
     udp_ask(port, &message(name, qtype, None))
@@ -186,7 +230,7 @@ fn answers_names_aliases_and_nxdomain_and_follows_the_entries_file() {
 
 /// A scripted upstream on `ip`:`port`, UDP and TCP, until dropped. Knows up.test:
 /// `aonly` (A only: AAAA is NODATA + SOA), `nx*` (NXDOMAIN + SOA), `refused` (REFUSED),
-/// `big` (TXT, too large for UDP: TC there), `rude` (the same TXT, sent whole over UDP
+/// `servfail` (SERVFAIL), `notimp` and `notimp-<label>` (NOTIMP), `big` (TXT, too large for UDP: TC there), `rude` (the same TXT, sent whole over UDP
 /// whatever the client's size), `who` (TXT: `label`), `mine-<label>` (A);
 /// stays silent for
 /// `silent`; REFUSED for anything else.
@@ -237,6 +281,10 @@ fn stub_answer(q: &Message, label: &str) -> Option<Message> {
         }
         ("aonly.up.test.", _) => {
             m.add_authority(soa);
+        }
+        ("servfail.up.test.", _) => m.metadata.response_code = ResponseCode::ServFail,
+        (n, _) if n == "notimp.up.test." || n == format!("notimp-{label}.up.test.") => {
+            m.metadata.response_code = ResponseCode::NotImp
         }
         (n, _) if n.starts_with("nx") => {
             m.metadata.response_code = ResponseCode::NXDomain;
@@ -356,14 +404,18 @@ fn forwarded_answers_pass_through_as_the_upstream_gave_them() {
         ips(&query(port, "aonly.up.test.", RecordType::A)),
         ["198.51.100.10"]
     );
-    // NXDOMAIN with its SOA; REFUSED from the only upstream.
+    // NXDOMAIN with its SOA; REFUSED from the only upstream (to a query with an EDNS0
+    // option, as dig sends it: see below for the others).
     let nx = query(port, "nx1.up.test.", RecordType::A);
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(nx.authorities.len(), 1);
     assert_eq!(
-        query(port, "refused.up.test.", RecordType::A)
-            .metadata
-            .response_code,
+        udp_ask(
+            port,
+            &with_cookie(message("refused.up.test.", RecordType::A, None))
+        )
+        .metadata
+        .response_code,
         ResponseCode::Refused
     );
     // Too large for UDP: TC (the upstream's, for the client's EDNS0 size); whole over TCP.
@@ -391,11 +443,14 @@ fn forwarded_answers_pass_through_as_the_upstream_gave_them() {
     let mine = query(port, "mine-second.up.test.", RecordType::A);
     assert_eq!(mine.metadata.response_code, ResponseCode::NoError);
     assert_eq!(ips(&mine), ["198.51.100.11"]);
-    // Both refuse: the first refusal goes to the client.
+    // Both refuse: the first refusal goes to the client (it sent an EDNS0 option).
     assert_eq!(
-        query(port, "refused.up.test.", RecordType::A)
-            .metadata
-            .response_code,
+        udp_ask(
+            port,
+            &with_cookie(message("refused.up.test.", RecordType::A, None))
+        )
+        .metadata
+        .response_code,
         ResponseCode::Refused
     );
     // resolv.conf re-read without a signal: now the second comes first.
@@ -415,6 +470,73 @@ fn forwarded_answers_pass_through_as_the_upstream_gave_them() {
     let sf = query(port, "who.up.test.", RecordType::TXT);
     assert_eq!(sf.metadata.response_code, ResponseCode::ServFail);
     assert!(sf.metadata.recursion_available);
+
+    dir.remove().unwrap();
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn refused_or_servfail_to_a_udp_query_without_edns_options_gets_no_answer_as_from_dnsmasq() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = NetDir::at(tmp.path().join("n"));
+    let _l = dir.lock(true).unwrap();
+    dir.write_entries(&Entries::default()).unwrap();
+    let port = free_port();
+    let up = free_port();
+    let _first = stub("127.0.0.1", up, "first");
+    let _second = stub("127.0.0.2", up, "second");
+    let rc = tmp.path().join("resolv.conf");
+    std::fs::write(&rc, "nameserver 127.0.0.1\n").unwrap();
+    let server = start(&dir, port, rc.clone(), true, up);
+    let rcode = |m: Message| m.metadata.response_code;
+
+    // No OPT (busybox, glibc, musl) or an OPT without options (glibc `options edns0`,
+    // dig +nocookie): REFUSED and SERVFAIL are not passed on, nothing is.
+    no_answer(
+        port,
+        &[
+            message("refused.up.test.", RecordType::AAAA, None),
+            message("refused.up.test.", RecordType::A, Some(1232)),
+            message("servfail.up.test.", RecordType::A, None),
+        ],
+    );
+    // With an option (dig's COOKIE) they are; over TCP too, options or not.
+    let cookie = |name| with_cookie(message(name, RecordType::A, None));
+    assert_eq!(
+        rcode(udp_ask(port, &cookie("refused.up.test."))),
+        ResponseCode::Refused
+    );
+    assert_eq!(
+        rcode(udp_ask(port, &cookie("servfail.up.test."))),
+        ResponseCode::ServFail
+    );
+    let plain = message("refused.up.test.", RecordType::A, None);
+    assert_eq!(rcode(tcp_ask(port, &plain)), ResponseCode::Refused);
+    // Other codes are passed on to every client.
+    assert_eq!(
+        rcode(query(port, "notimp.up.test.", RecordType::A)),
+        ResponseCode::NotImp
+    );
+    assert_eq!(
+        rcode(query(port, "nx1.up.test.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
+
+    // Two upstreams: a refusal from the first sends the query on, the second's answer goes
+    // to the client; both refusing: nothing, as dnsmasq with none left.
+    std::fs::write(&rc, "nameserver 127.0.0.1\nnameserver 127.0.0.2\n").unwrap();
+    let mine = query(port, "mine-second.up.test.", RecordType::A);
+    assert_eq!(ips(&mine), ["198.51.100.11"]);
+    no_answer(port, &[message("refused.up.test.", RecordType::A, None)]);
+    // REFUSED from the first, NOTIMP from the second: dnsmasq passes the NOTIMP on.
+    let notimp = query(port, "notimp-second.up.test.", RecordType::A);
+    assert_eq!(rcode(notimp), ResponseCode::NotImp);
+    // The resolver is still there, and still ours when no upstream answers at all.
+    std::fs::write(&rc, "nameserver 127.0.0.3\n").unwrap();
+    assert_eq!(
+        rcode(query(port, "who.up.test.", RecordType::TXT)),
+        ResponseCode::ServFail
+    );
 
     dir.remove().unwrap();
     server.join().unwrap().unwrap();
