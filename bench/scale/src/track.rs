@@ -2,7 +2,8 @@
 //! host with the network's device has a route that covers the block (an agent installs the
 //! block's own /26, or the /25 that merges it with its buddy). Agents may apply before the
 //! harness has noted the ADD's end (the watch is fast): the routes each host added are kept
-//! by destination for a minute, and a block is settled from them when its ADD is noted.
+//! by destination for a minute (longer while they cover a block not yet settled), and a block
+//! is settled from them when its ADD is noted.
 //! An ADD that claimed no block needs nothing applied anywhere (0 ms).
 
 use std::{
@@ -89,7 +90,17 @@ impl Inner {
             return;
         }
         self.last_prune = Some(now);
-        self.routes.retain(|_, hosts| {
+        // Routes covering a block still waiting stay: under load a block can take longer than
+        // KEEP to reach every host, and dropping its first hosts' routes would leave it
+        // unsettled for ever.
+        let waiting: Vec<IpNetwork> = self.waiting.keys().copied().collect();
+        self.routes.retain(|dst, hosts| {
+            if waiting
+                .iter()
+                .any(|b| dst.contains(b.network()) && dst.prefix() <= b.prefix())
+            {
+                return true;
+            }
             hosts.retain(|_, t| now.duration_since(*t) < KEEP);
             !hosts.is_empty()
         });
@@ -230,5 +241,26 @@ mod tests {
         assert_eq!(with_zeros(&[40.0], 2), vec![0.0, 0.0, 40.0]);
         assert_eq!(quantile(&[1.0, 2.0, 3.0], 0.5), 2.0);
         assert_eq!(quantile(&[], 0.99), 0.0);
+    }
+
+    #[test]
+    fn a_block_slower_than_keep_still_settles_and_unrelated_routes_are_pruned() {
+        let t = Tracker::default();
+        let t0 = Instant::now();
+        let b: IpNetwork = "10.64.1.64/26".parse().unwrap();
+        t.added(Some(b), t0, 2, Phase::Fill);
+        t.applied(1, &route("10.64.1.64/26"), Change::Add, t0);
+        t.applied(1, &route("10.64.9.0/26"), Change::Add, t0);
+        // Long after KEEP, a prune: host 1's route for the waiting block stays, the other goes.
+        let late = t0 + KEEP + Duration::from_secs(15);
+        t.added(None, late, 1, Phase::Fill);
+        {
+            let g = t.lock();
+            assert!(g.routes.contains_key(&b));
+            assert!(!g.routes.contains_key(&"10.64.9.0/26".parse().unwrap()));
+        }
+        t.applied(2, &route("10.64.1.64/26"), Change::Add, late);
+        assert_eq!(t.unconverged(Phase::Fill, Duration::ZERO), 0);
+        assert_eq!(t.samples(Phase::Fill).len(), 1);
     }
 }

@@ -21,10 +21,12 @@
 //!   never a pod, never an address), and keeps, on every local overlay VXLAN device
 //!   (`cnirsvx<vni>`), what the cluster asks for: per remote host with blocks in the network,
 //!   one FDB entry, one permanent neighbour and the routes of its blocks
-//!   ([`reconcile::desired`], pure). Changes are applied as they arrive, a device created by a
-//!   network's first pod is programmed as soon as it appears (link notifications), and
-//!   everything is re-checked against the kernel every 2 s (level-triggered: entries someone
-//!   removed come back, stale ones go);
+//!   ([`reconcile::desired`], pure). An event changes only the entries of the host it is
+//!   about, against what was applied there last ([`reconcile::Programmer::nodes`]); a device
+//!   created by a network's first pod is programmed as soon as it appears (link
+//!   notifications), and everything is re-checked against the kernel every 2 s
+//!   ([`reconcile::Programmer::full`], level-triggered: entries someone removed come back,
+//!   stale ones go);
 //! - when the watch breaks (an etcd member died, a compaction), lists again and watches again
 //!   from the new revision, through the client's endpoint failover, backing off with jitter
 //!   so a thousand agents restarted together do not hammer etcd in step;
