@@ -7,8 +7,7 @@
 #     real agent loop and the real overlay/etcd-ipam ADD/DEL, fake kernels; fill P pods per
 #     host, then CHURN pod replacements per second for DURATION seconds.
 # Knobs (env): N (hosts, default 1000), P (110), CHURN (100), DURATION (60), WORKERS (8),
-# FILL_BUDGET_S (480), MAX_RSS_MIB (8192), REAL_PODS (2); MODE=records (the other hosts as etcd
-# records only, PROBES probe agents: per-host figures at full size, see docs/scale.md).
+# FILL_BUDGET_S (480), MAX_RSS_MIB (8192), REAL_PODS (2).
 # Writes target/bench/scale.json (and scale-n<N>.json), and target/bench/scale.png from every
 # scale-n*.json there. Leaves nothing behind (processes stopped by PID, netns and dirs deleted).
 set -euo pipefail
@@ -98,10 +97,10 @@ echo "scale.sh: N=$N P=$P CHURN=$CHURN/s DURATION=${DURATION}s; load: $(cut -d' 
 ip netns exec "$S" env SCALE_ETCD="$eps" SCALE_N="$N" SCALE_P="$P" SCALE_CHURN="$CHURN" \
     SCALE_CHURN_S="$DURATION" SCALE_WORKERS="${WORKERS:-8}" SCALE_FILL_BUDGET_S="${FILL_BUDGET_S:-480}" \
     SCALE_MAX_RSS_MIB="${MAX_RSS_MIB:-8192}" SCALE_REAL_AGENT_PID="$agent_pid" SCALE_REAL_NETNS="$R" \
-    SCALE_REAL_PODS="$REAL_PODS" SCALE_MODE="${MODE:-}" SCALE_PROBES="${PROBES:-4}" SCALE_ETCD_PIDS="$(IFS=,; echo "${etcd_pids[*]}")" \
+    SCALE_REAL_PODS="$REAL_PODS" SCALE_ETCD_PIDS="$(IFS=,; echo "${etcd_pids[*]}")" \
     SCALE_OUT="$OUT/scale.json" CNIRS_LOG="${CNIRS_LOG:-warn}" "$BIN/cnirs-scale"
 kill -0 "$agent_pid" 2>/dev/null || { echo "scale.sh: the real agent died:" >&2; tail -20 "$tmp/agent.log" >&2; exit 1; }
-if [[ "${MODE:-}" == records ]]; then cp "$OUT/scale.json" "$OUT/scale-records-n$N.json"; else cp "$OUT/scale.json" "$OUT/scale-n$N.json"; fi
+cp "$OUT/scale.json" "$OUT/scale-n$N.json"
 grep -c . "$tmp/agent.log" > /dev/null && echo "scale.sh: real agent log tail:" >&2 && tail -3 "$tmp/agent.log" >&2
 
 # The plot: convergence and the real agent's CPU against N, from every run kept here.

@@ -22,8 +22,9 @@ packages=(
     # scripts/podman-bats.sh only (podman's own networking tests; the Go dnsname as yardstick)
     bats ncat golang-github-containernetworking-plugin-dnsname
     iperf3  # bandwidth shaping measured between a pod and its host (conformance/tests/node.rs)
+    tcpdump  # the overlay tests' captures on the underlay (what crosses inside VXLAN)
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl dig dnsperf iperf3 tc)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl dig dnsperf iperf3 tc tcpdump)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0

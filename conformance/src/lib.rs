@@ -26,6 +26,7 @@
 //! `cargo test -p conformance -- --ignored` as root; they fail loudly, never skip, when not
 //! root or when a tool is missing.
 
+pub mod capture;
 pub mod cni;
 pub mod cri;
 pub mod etcd;

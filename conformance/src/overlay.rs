@@ -21,7 +21,7 @@
 //! assert!(conformance::can_ping_eventually(&pb, &conformance::first_ip(&ra), 20));
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
@@ -46,6 +46,15 @@ pub fn host_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 240, 0, (i + 1) as u8)
 }
 
+/// The underlay address of host `i` on an IPv6 underlay ([`OverlayCluster::start_v6`]):
+/// fd40::(i+1).
+pub fn host_addr6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd40, 0, 0, 0, 0, 0, 0, (i + 1) as u16)
+}
+
+/// The switch's own address on an IPv6 underlay: the hosts' default gateway.
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd40, 0, 0, 0, 0, 0, 0, 0xfe);
+
 /// The node name of host `i`.
 pub fn node_name(i: usize) -> String {
     format!("h{}", i + 1)
@@ -57,6 +66,8 @@ pub struct OverlayCluster {
     hosts: Vec<TestNet>,
     underlay: TestNet,
     logs: PathBuf,
+    /// The underlay is IPv6 only ([`OverlayCluster::start_v6`]).
+    v6: bool,
 }
 
 impl OverlayCluster {
@@ -64,22 +75,50 @@ impl OverlayCluster {
     /// agent on each; returns when every agent has registered its host.
     #[track_caller]
     pub fn start(n: usize) -> Self {
-        Self::start_with(n, true)
+        Self::start_with(n, true, false)
     }
 
     /// [`OverlayCluster::start`] with etcd on plain http.
     #[track_caller]
     pub fn start_plain(n: usize) -> Self {
-        Self::start_with(n, false)
+        Self::start_with(n, false, false)
+    }
+
+    /// [`OverlayCluster::start`] on an IPv6-only underlay: `ul0` = fd40::N/64 (no IPv4
+    /// address), default route via fd40::fe, etcd on the hosts' IPv6 addresses: VTEPs are
+    /// IPv6.
+    #[track_caller]
+    pub fn start_v6(n: usize) -> Self {
+        Self::start_with(n, true, true)
+    }
+
+    /// Host `i`'s VTEP (its underlay address).
+    pub fn vtep(&self, i: usize) -> IpAddr {
+        if self.v6 {
+            host_addr6(i).into()
+        } else {
+            host_addr(i).into()
+        }
     }
 
     #[track_caller]
-    fn start_with(n: usize, tls: bool) -> Self {
+    fn start_with(n: usize, tls: bool, v6: bool) -> Self {
         let underlay = TestNet::new();
         let sw = underlay.host().clone();
         sw.ip(&["link", "add", "ulbr", "type", "bridge"]);
         sw.ip(&["link", "set", "ulbr", "up"]);
-        sw.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "ulbr"]);
+        if v6 {
+            sw.ip(&[
+                "addr",
+                "add",
+                &format!("{ROUTER6}/64"),
+                "dev",
+                "ulbr",
+                "nodad",
+            ]);
+        } else {
+            sw.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "ulbr"]);
+        }
         sw.ip(&["addr", "add", &format!("{FAR}/32"), "dev", "lo"]);
         let mut hosts = Vec::new();
         for i in 0..n {
@@ -98,25 +137,48 @@ impl OverlayCluster {
                 h.host().name(),
             ]);
             sw.ip(&["link", "set", &port, "master", "ulbr", "up"]);
-            h.host().ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", host_addr(i)),
-                "dev",
-                UNDERLAY_IF,
-            ]);
+            if v6 {
+                h.host().ip(&[
+                    "addr",
+                    "add",
+                    &format!("{}/64", host_addr6(i)),
+                    "dev",
+                    UNDERLAY_IF,
+                    "nodad",
+                ]);
+            } else {
+                h.host().ip(&[
+                    "addr",
+                    "add",
+                    &format!("{}/24", host_addr(i)),
+                    "dev",
+                    UNDERLAY_IF,
+                ]);
+            }
             h.host().ip(&["link", "set", UNDERLAY_IF, "up"]);
-            h.host()
-                .ip(&["route", "add", "default", "via", &ROUTER.to_string()]);
+            if v6 {
+                h.host()
+                    .ip(&["-6", "route", "add", "default", "via", &ROUTER6.to_string()]);
+            } else {
+                h.host()
+                    .ip(&["route", "add", "default", "via", &ROUTER.to_string()]);
+            }
             hosts.push(h);
         }
+        let addr = |i: usize| -> IpAddr {
+            if v6 {
+                host_addr6(i).into()
+            } else {
+                host_addr(i).into()
+            }
+        };
         let specs = hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| MemberSpec::in_netns(&node_name(i), h.host().path(), host_addr(i).into()))
+            .map(|(i, h)| MemberSpec::in_netns(&node_name(i), h.host().path(), addr(i)))
             .collect();
         let etcd = if tls {
-            let ips: Vec<std::net::IpAddr> = (0..n).map(|i| host_addr(i).into()).collect();
+            let ips: Vec<IpAddr> = (0..n).map(addr).collect();
             EtcdCluster::start_tls(specs, TestPki::new(&ips, &["agent"]))
         } else {
             EtcdCluster::start(specs)
@@ -131,6 +193,7 @@ impl OverlayCluster {
             hosts,
             underlay,
             logs,
+            v6,
         };
         for i in 0..n {
             c.start_agent(i);
@@ -202,13 +265,20 @@ impl OverlayCluster {
     /// An overlay conflist (the same for every host): `overlay` with etcd-ipam over `subnet`
     /// (gateway .1), `extra` merged into the overlay plugin's config.
     pub fn conflist(&self, name: &str, vni: u32, subnet: &str, extra: Value) -> Value {
+        self.conflist_ranges(name, vni, &[subnet], extra)
+    }
+
+    /// [`OverlayCluster::conflist`] with one range set per subnet (dual stack: an IPv4 and an
+    /// IPv6 subnet give every pod one address of each).
+    pub fn conflist_ranges(&self, name: &str, vni: u32, subnets: &[&str], extra: Value) -> Value {
+        let ranges: Vec<Value> = subnets.iter().map(|s| json!([{"subnet": s}])).collect();
         let mut plugin = json!({
             "type": "overlay",
             "vni": vni,
             "underlay": UNDERLAY_IF,
             "ipam": {
                 "type": "etcd-ipam",
-                "ranges": [[{"subnet": subnet}]],
+                "ranges": ranges,
             },
         });
         if let (Some(ipam), Some(keys)) = (
@@ -322,6 +392,16 @@ impl OverlayCluster {
         }
     }
 
+    /// SIGKILL the agent of host `i` (its lease is not revoked: the other hosts keep its
+    /// entries until the lease expires, 30 s after its last renewal).
+    pub fn kill_agent(&self, i: usize) {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut child) = agents[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The agent log of host `i`.
     pub fn agent_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.logs.join(format!("{}.log", node_name(i)))).unwrap_or_default()
@@ -366,6 +446,75 @@ impl OverlayCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether host `i` has a link named `dev`.
+    pub fn has_link(&self, i: usize, dev: &str) -> bool {
+        self.hosts[i].host().link(dev).is_some()
+    }
+
+    /// The MAC of link `dev` on host `i`.
+    pub fn link_mac(&self, i: usize, dev: &str) -> Option<String> {
+        self.hosts[i]
+            .host()
+            .link(dev)
+            .and_then(|l| l["address"].as_str().map(str::to_owned))
+    }
+
+    /// The permanent neighbours of `dev` on host `i` (`ip neigh show dev DEV nud permanent`,
+    /// both families), as "ADDR lladdr MAC".
+    pub fn neighbours(&self, i: usize, dev: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            let v = self.hosts[i].host().ip_json(&[
+                fam,
+                "neigh",
+                "show",
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+            for n in v.as_array().into_iter().flatten() {
+                out.push(format!(
+                    "{} lladdr {}",
+                    n["dst"].as_str().unwrap_or_default(),
+                    n["lladdr"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+        out
+    }
+
+    /// The routes of the network with `vni`'s table on host `i` (both families), as
+    /// "DST via GW dev DEV" or "unreachable DST".
+    pub fn table_routes(&self, i: usize, vni: u32) -> Vec<String> {
+        let table = (0x6300_0000u32 | vni).to_string();
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            // A table with no route left does not exist: nothing to list.
+            let out_json = self.hosts[i]
+                .host()
+                .exec("ip", &["-j", fam, "route", "show", "table", &table]);
+            let v: Value = serde_json::from_str(&out_json.stdout).unwrap_or_default();
+            for r in v.as_array().into_iter().flatten() {
+                let dst = r["dst"].as_str().unwrap_or_default();
+                let text = match (
+                    r["type"].as_str(),
+                    r["gateway"].as_str(),
+                    r["via"]["host"].as_str(),
+                ) {
+                    (Some("unreachable"), ..) => format!("unreachable {dst}"),
+                    (_, Some(gw), _) | (_, None, Some(gw)) => format!(
+                        "{dst} via {gw} dev {}",
+                        r["dev"].as_str().unwrap_or_default()
+                    ),
+                    _ => format!("{dst} dev {}", r["dev"].as_str().unwrap_or_default()),
+                };
+                out.push(text);
+            }
+        }
+        out
     }
 
     /// The remote FDB entries of `dev` on host `i`, as `bridge fdb show` prints them.

@@ -13,8 +13,20 @@ use conformance::{
 };
 use serde_json::{json, Value};
 
-fn etcd_key_count(c: &etcd::Client, prefix: &str) -> usize {
-    c.range_prefix(prefix).unwrap().0.len()
+/// The addresses held in network `net` under `prefix`: keys
+/// `<prefix>/ipam/<net>/nodes/<node>/<cidr>/<ip>` (blocks are `.../nodes/<node>/<cidr>`).
+fn held(c: &etcd::Client, prefix: &str, net: &str) -> Vec<(String, String)> {
+    let p = format!("{prefix}/ipam/{net}/nodes/");
+    c.range_prefix(&p)
+        .unwrap()
+        .0
+        .iter()
+        .filter_map(|kv| {
+            let k = kv.key_str();
+            let parts: Vec<&str> = k.strip_prefix(&p)?.split('/').collect();
+            (parts.len() == 3).then(|| (parts[0].to_string(), parts[2].to_string()))
+        })
+        .collect()
 }
 
 #[test]
@@ -55,22 +67,26 @@ fn bridge_pods_get_dual_stack_addresses_recorded_in_etcd_and_del_releases_them()
             let c = etcd::Client::new(&eps).unwrap();
             (
                 c.get(&key).unwrap().map(|kv| kv.value),
-                etcd_key_count(&c, "/t1/ipam/ov1/ips/"),
+                held(&c, "/t1", "ov1"),
             )
         })
         .unwrap()
     };
-    let (rec, count) = read(format!("/t1/ipam/ov1/ips/{ip_a}"));
-    let rec: Value = serde_json::from_slice(&rec.expect("ips key of pod a")).unwrap();
+    let att = format!("/t1/ipam/ov1/att/{}/eth0", tool.container_id_for(&a));
+    let (rec, addrs) = read(att.clone());
+    let rec: Value = serde_json::from_slice(&rec.expect("index key of pod a")).unwrap();
     assert_eq!(rec["node"], "host-a");
-    assert_eq!(rec["ifname"], "eth0");
-    assert_eq!(count, 4, "two pods, two families");
+    assert!(rec["ips"].to_string().contains(&ip_a), "{rec}");
+    assert_eq!(addrs.len(), 4, "two pods, two families: {addrs:?}");
+    assert!(addrs.iter().all(|(n, _)| n == "host-a"), "{addrs:?}");
+    assert!(addrs.iter().any(|(_, ip)| *ip == ip_a), "{addrs:?}");
 
     tool.del(&a).assert_ok();
     tool.del(&a).assert_ok();
-    let (rec, count) = read(format!("/t1/ipam/ov1/ips/{ip_a}"));
+    let (rec, addrs) = read(att);
     assert!(rec.is_none(), "DEL released a's address");
-    assert_eq!(count, 2);
+    assert_eq!(addrs.len(), 2);
+    assert!(!addrs.iter().any(|(_, ip)| *ip == ip_a), "{addrs:?}");
     tool.del(&b).assert_ok();
     drop(cluster);
 }
@@ -141,14 +157,14 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
 
     // Each node allocated inside blocks it claimed: 4 nodes x 2 families, no more.
     let c = etcd::Client::new(&cluster.endpoints()[1..]).unwrap();
-    let blocks = c.range_prefix("/t2/ipam/par/blocks/").unwrap().0;
+    let blocks = c.range_prefix("/t2/blocks/par/").unwrap().0;
     assert_eq!(
         blocks.len(),
         8,
         "{:?}",
         blocks.iter().map(|b| b.key_str()).collect::<Vec<_>>()
     );
-    assert_eq!(etcd_key_count(&c, "/t2/ipam/par/ips/"), 64);
+    assert_eq!(held(&c, "/t2", "par").len(), 64);
 
     // ADD again answers the same address; DEL (twice) releases; GC on node0 with nothing
     // valid releases node0's and nobody else's.
@@ -165,7 +181,7 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
     assert!(first.contains(&a1));
     call("DEL", &conf, "node1", "a-1").assert_ok();
     call("DEL", &conf, "node1", "a-1").assert_ok();
-    assert_eq!(etcd_key_count(&c, "/t2/ipam/par/ips/"), 62);
+    assert_eq!(held(&c, "/t2", "par").len(), 62);
     let mut gc_conf = conf.clone();
     gc_conf["cni.dev/valid-attachments"] = json!([]);
     let mut gc = std::process::Command::new(plugin_bin("etcd-ipam"));
@@ -180,7 +196,8 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
     )
     .assert_ok();
     // node0 had 8 of the 32 attachments (2 addresses each).
-    assert_eq!(etcd_key_count(&c, "/t2/ipam/par/ips/"), 62 - 16);
+    assert_eq!(held(&c, "/t2", "par").len(), 62 - 16);
+    assert!(!held(&c, "/t2", "par").iter().any(|(n, _)| n == "node0"));
     let mut st = std::process::Command::new(plugin_bin("etcd-ipam"));
     st.env_clear()
         .env("CNI_COMMAND", "STATUS")
@@ -217,15 +234,16 @@ fn a_full_range_takes_back_what_a_node_held_once_its_leased_host_key_is_gone() {
     assert!(c.get("/t3/hosts/gone").unwrap().is_none());
     let out = call("ADD", &conf, "alive", "a0");
     out.assert_ok();
-    let ips = c.range_prefix("/t3/ipam/dead/ips/").unwrap().0;
-    assert_eq!(ips.len(), 1, "the dead node's 5 addresses went, ours came");
-    let rec: Value = serde_json::from_slice(&ips[0].value).unwrap();
-    assert_eq!(rec["node"], "alive");
+    let ips = held(&c, "/t3", "dead");
+    assert_eq!(
+        ips.len(),
+        1,
+        "the dead node's 5 addresses went, ours came: {ips:?}"
+    );
+    assert_eq!(ips[0].0, "alive");
+    let blocks = c.range_prefix("/t3/blocks/dead/").unwrap().0;
     assert!(
-        c.range_prefix("/t3/ipam/dead/blocks/")
-            .unwrap()
-            .0
-            .is_empty(),
-        "its block went too"
+        blocks.iter().all(|b| b.value == br#"{"node":"alive"}"#),
+        "its block went too: {blocks:?}"
     );
 }

@@ -29,16 +29,9 @@ fn ip(r: &Value) -> String {
     ip_of(&first_ip(r)).to_string()
 }
 
-fn mac(r: &Value) -> String {
-    r["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "eth0")
-        .unwrap()["mac"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+/// Host 1's VXLAN device MAC of `vni`.
+fn dev_mac(c: &OverlayCluster, vni: u32) -> String {
+    c.link_mac(0, &format!("cnirsvx{vni}")).unwrap()
 }
 
 /// Poll `f` up to ~`tries` x 100 ms; true as soon as it holds.
@@ -75,9 +68,10 @@ fn stranger(c: &OverlayCluster) -> Netns {
 }
 
 /// In the stranger: a VXLAN device `dev` with `vni` towards host 1, the address `src` on the
-/// pod subnet, and a permanent neighbour for the pod (its IP and MAC), as an attacker who
-/// read them off the wire would set up.
-fn spoof_towards_host1(ns: &Netns, dev: &str, vni: u32, src: &str, pod_ip: &str, pod_mac: &str) {
+/// pod subnet, and a permanent neighbour for the pod's address with host 1's VXLAN device's MAC
+/// (derived from the VNI and host 1's VTEP: anyone can compute it), so host 1 routes what
+/// arrives to the pod.
+fn spoof_towards_host1(ns: &Netns, dev: &str, vni: u32, src: &str, pod_ip: &str, dev_mac: &str) {
     ns.ip(&[
         "link",
         "add",
@@ -103,7 +97,7 @@ fn spoof_towards_host1(ns: &Netns, dev: &str, vni: u32, src: &str, pod_ip: &str,
         "replace",
         pod_ip,
         "lladdr",
-        pod_mac,
+        dev_mac,
         "dev",
         dev,
         "nud",
@@ -205,8 +199,22 @@ fn spoofed_vxlan_from_a_stranger_reaches_no_pod_of_a_normal_or_internal_overlay(
     assert!(set_text(&c, 0, "vtep_ports").contains("4789"));
 
     let s = stranger(&c);
-    spoof_towards_host1(&s, "vxa", 101, "10.246.255.250/16", &ip(&rn1), &mac(&rn1));
-    spoof_towards_host1(&s, "vxb", 102, "10.247.255.250/16", &ip(&ri1), &mac(&ri1));
+    spoof_towards_host1(
+        &s,
+        "vxa",
+        101,
+        "10.246.255.250/16",
+        &ip(&rn1),
+        &dev_mac(&c, 101),
+    );
+    spoof_towards_host1(
+        &s,
+        "vxb",
+        102,
+        "10.247.255.250/16",
+        &ip(&ri1),
+        &dev_mac(&c, 102),
+    );
     assert!(
         !udp_arrives(&n1, &s, &ip(&rn1), 7001),
         "a stranger's VXLAN reached a pod of the normal overlay"
@@ -267,7 +275,14 @@ fn strangers_stay_out_after_nft_flush_ruleset_under_a_running_agent() {
     c.tool(1, &conf).add(&p2).assert_ok();
     assert!(can_ping_eventually(&p2, &ip(&r1), 30), "p2 -> p1");
     let s = stranger(&c);
-    spoof_towards_host1(&s, "vxf", 111, "10.245.255.250/16", &ip(&r1), &mac(&r1));
+    spoof_towards_host1(
+        &s,
+        "vxf",
+        111,
+        "10.245.255.250/16",
+        &ip(&r1),
+        &dev_mac(&c, 111),
+    );
     assert!(!udp_arrives(&p1, &s, &ip(&r1), 7101));
 
     // A firewall reload on host 1. There is a window of a few milliseconds between the flush
@@ -326,8 +341,8 @@ fn a_host_that_leaves_is_out_of_the_other_gates_at_once_and_back_when_it_returns
         "h3 out of h1's gate {:?} after its lease was revoked",
         t.elapsed()
     );
-    // Its pod's VXLAN (outer source 10.240.0.3) is now dropped at h1: the FDB entries of both
-    // ends are still there (a restarting agent leaves them), only the gate stops it.
+    // Its pod's VXLAN (outer source 10.240.0.3) is now dropped at h1 (the gate), and h1 no
+    // longer routes h3's block either.
     assert!(!can_ping(&p3, &ip(&r1)), "p3 (h3 gone) -> p1 must fail");
     // h3 returns: in again.
     c.start_agent(2);
@@ -358,23 +373,16 @@ fn conf_with_tls(c: &OverlayCluster, name: &str, vni: u32, subnet: &str, tls: Va
 }
 
 /// What an ADD must not leave behind: the host's links are as before, no record under
-/// `ipam/` or `pods/`.
+/// `ipam/` or `blocks/`.
 fn assert_nothing_left(c: &OverlayCluster, links_before: &[String], what: &str) {
     assert_eq!(
         c.host(0).host().link_names(),
         links_before,
         "{what}: links left behind"
     );
-    assert!(
-        c.keys(0, "ipam/").is_empty(),
-        "{what}: {:?}",
-        c.keys(0, "ipam/")
-    );
-    assert!(
-        c.keys(0, "pods/").is_empty(),
-        "{what}: {:?}",
-        c.keys(0, "pods/")
-    );
+    for sub in ["ipam/", "blocks/"] {
+        assert!(c.keys(0, sub).is_empty(), "{what}: {:?}", c.keys(0, sub));
+    }
 }
 
 #[test]
@@ -482,7 +490,11 @@ fn a_node_name_held_by_another_host_is_refused_and_the_holder_does_not_flap() {
     let r1 = c.tool(0, &conf).add(&p1).assert_ok().json().clone();
     c.tool(1, &conf).add(&p2).assert_ok();
     assert!(can_ping_eventually(&p2, &ip(&r1), 30));
-    let fdb_lines = |log: &str| log.lines().filter(|l| l.contains("fdb:")).count();
+    let fdb_lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("overlay entries:"))
+            .count()
+    };
     let h1_fdb_before = fdb_lines(&c.agent_log(0));
     let h2_fdb_before = fdb_lines(&c.agent_log(1));
 
@@ -525,7 +537,12 @@ fn a_node_name_held_by_another_host_is_refused_and_the_holder_does_not_flap() {
     let msg = out.json()["msg"].as_str().unwrap_or_default().to_owned();
     assert!(msg.contains("h1") && msg.contains("10.240.0.3"), "{msg}");
     assert_eq!(c.host(2).host().link_names(), links);
-    assert_eq!(c.keys(0, "pods/ovd/").len(), 2, "{:?}", c.keys(0, "pods/"));
+    assert_eq!(
+        c.keys(0, "ipam/ovd/att/").len(),
+        2,
+        "{:?}",
+        c.keys(0, "ipam/")
+    );
 
     // Two agents racing for a new name: one wins, the other exits 1.
     c.stop_agent(2);

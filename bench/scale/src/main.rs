@@ -8,7 +8,6 @@
 
 mod metrics;
 mod params;
-mod records;
 mod run;
 mod sim;
 mod track;
@@ -24,11 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = if params.records {
-        records::run(&params)
-    } else {
-        run::run(&params)
-    };
+    let result = run::run(&params);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

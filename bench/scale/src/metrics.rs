@@ -122,18 +122,19 @@ fn json_of(args: &[&str]) -> Vec<Value> {
 }
 
 /// Entries on the real host that our agent keeps, on the overlay's VXLAN devices: FDB entries
-/// naming a remote VTEP, neighbours and routes through those devices.
+/// naming a remote VTEP (all-zero flood entries counted apart: the routed design has none),
+/// permanent neighbours and routes through those devices, in every table.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KernelEntries {
+    pub fdb: usize,
     pub fdb_flood: usize,
-    pub fdb_pod: usize,
     pub neigh: usize,
     pub routes: usize,
 }
 
 impl KernelEntries {
     pub fn total(&self) -> usize {
-        self.fdb_flood + self.fdb_pod + self.neigh + self.routes
+        self.fdb + self.neigh + self.routes
     }
 }
 
@@ -148,10 +149,9 @@ pub fn kernel_entries(netns: &str) -> KernelEntries {
         if !ours(&e, "ifname") || e.get("dst").is_none() {
             continue;
         }
+        k.fdb += 1;
         if e.get("mac").and_then(Value::as_str) == Some("00:00:00:00:00:00") {
             k.fdb_flood += 1;
-        } else {
-            k.fdb_pod += 1;
         }
     }
     for fam in ["-4", "-6"] {

@@ -30,11 +30,6 @@ pub struct Params {
     pub subnet: String,
     pub vni: u32,
     pub network: String,
-    /// `records`: the other hosts as etcd records only (see records.rs); default: simulated
-    /// hosts running the agent loop and the overlay ADD/DEL.
-    pub records: bool,
-    /// Probe agents in `records` mode.
-    pub probes: usize,
 }
 
 fn env<T: std::str::FromStr>(key: &str, default: T) -> Result<T, String> {
@@ -89,8 +84,6 @@ impl Params {
             subnet: env("SCALE_SUBNET", "10.64.0.0/12".to_string())?,
             vni: env("SCALE_VNI", 4242u32)?,
             network: env("SCALE_NETWORK", "scale".to_string())?,
-            records: env("SCALE_MODE", String::new())? == "records",
-            probes: env("SCALE_PROBES", 4usize)?,
         };
         if p.hosts < 2 {
             return Err("SCALE_N must be at least 2".into());

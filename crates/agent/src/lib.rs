@@ -6,30 +6,36 @@
 //! ```
 //!
 //! Runs in the foreground, in the host's network namespace:
-//! - registers `<prefix>/hosts/<node>` = `{"vtep": <underlay IPv4>}` on a 10 s lease, renewed
-//!   every 3 s (a dead host's key expires; a lost lease is granted and the key created again),
-//!   only if absent or already this VTEP's (a create-if-absent txn: two agents starting at once
-//!   under one name cannot both win). A name held by another VTEP stops the agent, at start
-//!   or later (exit 1, naming the node and both VTEPs): it never overwrites another host;
+//! - registers `<prefix>/hosts/<node>` = `{"vtep": ...}` (the underlay's first IPv4 address,
+//!   or its first global IPv6 address when it has no IPv4 one) on a 30 s lease renewed every
+//!   10 s (a dead host's key expires; a lost lease is granted and the key created again), only
+//!   if absent or already this VTEP's (a create-if-absent txn: two agents starting at once
+//!   under one name cannot both win). A name held by another VTEP stops the agent, at start or
+//!   later (exit 1, naming the node and both VTEPs): it never overwrites another host;
 //! - keeps the overlay gate of `table inet cnirs` ([`nftplan::Firewall::set_vteps`]): VXLAN
 //!   from a source that is not a registered host's VTEP is dropped before decapsulation. A host
 //!   that leaves is out as soon as its key goes (watch event), the set is changed in one
 //!   transaction (never empty for the members that stay), and it stays in the kernel when the
 //!   agent stops;
-//! - lists and watches `<prefix>/` (hosts, pods, networks) and keeps, on every local overlay
-//!   VXLAN device (`cnirsvx<vni>`), exactly the remote FDB entries the cluster asks for: one
-//!   all-zero flood entry per remote VTEP, one `pod MAC -> VTEP` entry per remote pod
-//!   ([`desired_fdb`], pure). Changes are applied as they arrive (well within a second) and
-//!   everything is re-checked against the kernel every 2 s (level-triggered: entries someone
-//!   removed come back, stale ones go);
+//! - lists `hosts/`, `networks/` and `blocks/` and watches `blocks/` and `hosts/` (one stream:
+//!   never a pod, never an address), and keeps, on every local overlay VXLAN device
+//!   (`cnirsvx<vni>`), what the cluster asks for: per remote host with blocks in the network,
+//!   one FDB entry, one permanent neighbour and the routes of its blocks
+//!   ([`reconcile::desired`], pure). An event changes only the entries of the host it is
+//!   about, against what was applied there last ([`reconcile::Programmer::nodes`]); a device
+//!   created by a network's first pod is programmed as soon as it appears (link
+//!   notifications), and everything is re-checked against the kernel every 2 s
+//!   ([`reconcile::Programmer::full`], level-triggered: entries someone removed come back,
+//!   stale ones go);
 //! - when the watch breaks (an etcd member died, a compaction), lists again and watches again
-//!   from the new revision, through the client's endpoint failover;
+//!   from the new revision, through the client's endpoint failover, backing off with jitter
+//!   so a thousand agents restarted together do not hammer etcd in step;
 //! - SIGTERM/SIGINT: revokes its lease (the host leaves the cluster at once) and exits 0. The
-//!   FDB entries stay: the data plane keeps working while the agent restarts.
+//!   kernel entries stay: the data plane keeps working while the agent restarts.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    collections::BTreeSet,
+    net::IpAddr,
     process::ExitCode,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -39,25 +45,32 @@ use std::{
 };
 
 use cluster::{
-    schema::{self, HostRecord, Key, NetworkRecord, PodRecord},
-    vni_of_name,
+    peers::{Change, View},
+    schema::{self, HostRecord},
 };
-use etcd::{Client, Compare, CompareOp, EventKind, Kv, LeaseKeeper, Op, OpResponse, Options};
-use netops::{FdbEntry, Kernel, MacAddr, FLOOD_MAC, VXLAN_PORT};
+use etcd::{Client, EventKind, Kv, Op, Options};
+use netops::{Kernel, VXLAN_PORT};
 
 pub mod dataplane;
+pub mod reconcile;
+mod register;
+
 pub use dataplane::{Dataplane, FakeKernel, KernelDataplane};
+use register::Registration;
+pub use register::{claim, taken_message, Claim};
 
 pub const USAGE: &str = "usage: cnirs-agent --etcd-endpoints URL[,URL...] --underlay IFACE [--node-name N] [--etcd-prefix P]
                    [--etcd-cafile FILE --etcd-certfile FILE --etcd-keyfile FILE]
 
-The overlay's node agent: registers this host (its VTEP, the IPv4 address of IFACE) in etcd
-under <prefix>/hosts/<node>, programs the remote FDB entries of every overlay network on
-this host from <prefix>/hosts/ and <prefix>/pods/, and admits VXLAN only from registered
-hosts (sets vtep4/vtep6 of table inet cnirs). Foreground; SIGTERM stops it.
+The overlay's node agent: registers this host (its VTEP: the IPv4 address of IFACE, or its
+IPv6 address when it has no IPv4 one) in etcd under <prefix>/hosts/<node>, programs on every
+overlay network's VXLAN device of this host the FDB entry, neighbour and block routes of each
+other host with blocks in that network (from <prefix>/hosts/, networks/ and blocks/), and
+admits VXLAN only from registered hosts (sets vtep4/vtep6 of table inet cnirs). Foreground;
+SIGTERM stops it.
 
   --etcd-endpoints  comma-separated http://host:port or https://host:port list (failover)
-  --underlay        the interface whose IPv4 address is this host's VTEP
+  --underlay        the interface whose address is this host's VTEP
   --node-name       default: $CNIRS_NODE_NAME, else the hostname; must be unique in the
                     cluster (a name registered by another VTEP stops the agent)
   --etcd-prefix     default /cnirs (the conflists' etcdPrefix)
@@ -71,11 +84,58 @@ Exit status: 0 on SIGTERM/SIGINT, 1 on failure (node name taken, etcd TLS refuse
 2 on a usage error.
 ";
 
-/// Lease TTL of `hosts/<node>`; renewed every [`RENEW`].
-pub const LEASE_TTL_S: i64 = 10;
-pub const RENEW: Duration = Duration::from_secs(3);
+/// Lease TTL of `hosts/<node>`; renewed every [`RENEW`] (a third of it: two renewals may be
+/// lost before the host drops out).
+pub const LEASE_TTL_S: i64 = 30;
+pub const RENEW: Duration = Duration::from_secs(10);
 /// Full re-check against the kernel, even with no news from etcd.
 pub const RESYNC: Duration = Duration::from_secs(2);
+
+/// How often the agent looks at its devices and the kernel ([`run_node_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// The full re-check against the kernel ([`RESYNC`]).
+    pub resync: Duration,
+    /// The longest wait for news (etcd events, a device created) between two looks.
+    pub poll: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            resync: RESYNC,
+            poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a batch of news asks the agent to redo.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Everything against the kernel (a network changed, a list, a device came or went).
+    all: bool,
+    /// Only these hosts' entries.
+    nodes: BTreeSet<String>,
+    /// The gate's members may have changed.
+    hosts: bool,
+}
+
+impl Dirty {
+    fn note(&mut self, c: Change, host_key: bool) {
+        match c {
+            Change::None => {}
+            Change::All => self.all = true,
+            Change::Node(n) => {
+                self.nodes.insert(n);
+                self.hosts |= host_key;
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.all || self.hosts || !self.nodes.is_empty()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -229,124 +289,8 @@ pub fn cli(args: &[String]) -> ExitCode {
     }
 }
 
-/// The cluster as the agent sees it, rebuilt from keys and values.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct View {
-    /// node -> VTEP
-    pub hosts: BTreeMap<String, Ipv4Addr>,
-    /// network -> VNI
-    pub networks: BTreeMap<String, u32>,
-    /// (network, ip) -> pod
-    pub pods: BTreeMap<(String, String), PodRecord>,
-}
-
-impl View {
-    /// Apply one key: `Some(value)` = put, `None` = delete. Unreadable values count as absent.
-    pub fn apply(&mut self, prefix: &str, key: &str, value: Option<&[u8]>) {
-        match schema::classify(prefix, key) {
-            Key::Host { node } => {
-                match value.and_then(|v| serde_json::from_slice::<HostRecord>(v).ok()) {
-                    Some(h) => self.hosts.insert(node.to_string(), h.vtep),
-                    None => self.hosts.remove(node),
-                };
-            }
-            Key::Network { network } => {
-                match value.and_then(|v| serde_json::from_slice::<NetworkRecord>(v).ok()) {
-                    Some(n) => self.networks.insert(network.to_string(), n.vni),
-                    None => self.networks.remove(network),
-                };
-            }
-            Key::Pod { network, ip } => {
-                let k = (network.to_string(), ip.to_string());
-                match value.and_then(|v| serde_json::from_slice::<PodRecord>(v).ok()) {
-                    Some(p) => self.pods.insert(k, p),
-                    None => self.pods.remove(&k),
-                };
-            }
-            Key::Other => {}
-        }
-    }
-
-    pub fn from_kvs(prefix: &str, kvs: &[Kv]) -> Self {
-        let mut v = View::default();
-        for kv in kvs {
-            v.apply(prefix, &kv.key_str(), Some(&kv.value));
-        }
-        v
-    }
-}
-
-/// The remote FDB entries the VXLAN device of `vni` on the host whose VTEP is `me` should
-/// have: a flood entry per other host, a `MAC -> VTEP` entry per pod on another host of a
-/// network with that VNI. Pure.
-pub fn desired_fdb(view: &View, me: Ipv4Addr, vni: u32) -> BTreeSet<FdbEntry> {
-    let mut out = BTreeSet::new();
-    for vtep in view.hosts.values().filter(|v| **v != me) {
-        out.insert(FdbEntry {
-            mac: FLOOD_MAC.0,
-            dst: (*vtep).into(),
-        });
-    }
-    for ((network, _), pod) in &view.pods {
-        if pod.vtep == me || view.networks.get(network) != Some(&vni) {
-            continue;
-        }
-        if let Ok(mac) = pod.mac.parse::<MacAddr>() {
-            out.insert(FdbEntry {
-                mac: mac.0,
-                dst: pod.vtep.into(),
-            });
-        }
-    }
-    out
-}
-
-/// Bring every local overlay VXLAN device's remote entries to `desired_fdb`. Returns
-/// (added, removed).
-pub fn reconcile(host: &dyn Dataplane, view: &View, me: Ipv4Addr) -> (usize, usize) {
-    let (mut added, mut removed) = (0, 0);
-    let devices = match host.vxlans() {
-        Ok(d) => d,
-        Err(e) => {
-            log::warn!("list vxlan devices: {e}");
-            return (0, 0);
-        }
-    };
-    for dev in devices {
-        let Some(vni) = vni_of_name(&dev.link.name) else {
-            continue;
-        };
-        if dev.local != Some(me) {
-            continue;
-        }
-        let want = desired_fdb(view, me, vni);
-        let have: BTreeSet<FdbEntry> = match host.fdb_entries(&dev.link) {
-            Ok(h) => h.into_iter().collect(),
-            Err(e) => {
-                log::warn!("fdb of {}: {e}", dev.link.name);
-                continue;
-            }
-        };
-        for e in want.difference(&have) {
-            match host.fdb_add(&dev.link, e) {
-                Ok(()) => added += 1,
-                Err(err) => log::warn!("{err}"),
-            }
-        }
-        for e in have.difference(&want) {
-            match host.fdb_del(&dev.link, e) {
-                Ok(_) => removed += 1,
-                Err(err) => log::warn!("{err}"),
-            }
-        }
-    }
-    if added + removed > 0 {
-        log::info!("fdb: {added} added, {removed} removed");
-    }
-    (added, removed)
-}
-
 enum Msg {
+    /// A full list (hosts, networks, blocks) at a revision.
     Snapshot(Vec<Kv>),
     Put(Kv),
     Delete(Kv),
@@ -355,48 +299,126 @@ enum Msg {
 /// What one agent did, counted as it goes (read by the scale harness).
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Full lists of `<prefix>/` (the first, and one after every broken watch).
+    /// Full lists (the first, and one after every broken watch).
     pub lists: AtomicU64,
     /// Watch events received (puts and deletes).
     pub events: AtomicU64,
-    /// Passes of [`reconcile`].
+    /// Passes of [`reconcile::reconcile`].
     pub reconciles: AtomicU64,
-    /// FDB entries added and removed.
-    pub fdb_added: AtomicU64,
-    pub fdb_removed: AtomicU64,
+    /// Kernel entries (FDB, neighbours, routes) added and removed.
+    pub added: AtomicU64,
+    pub removed: AtomicU64,
 }
 
-/// List + watch `<prefix>/` forever, re-listing whenever the watch breaks.
-fn watcher(client: Client, prefix: String, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
-    let p = format!("{prefix}/");
+/// A retry delay that doubles from 0.5 s to 30 s, each wait drawn at random between half and
+/// all of it, so agents that failed together do not come back together.
+struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new(seed: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut h = u64::from(nanos) ^ 0x9e37_79b9_7f4a_7c15;
+        for b in seed.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Self {
+            next: Duration::from_millis(500),
+            seed: h | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(500);
+    }
+
+    fn wait(&mut self, stop: &AtomicBool) {
+        // xorshift64
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let frac = 0.5 + (self.seed % 1000) as f64 / 2000.0;
+        let d = self.next.mul_f64(frac);
+        self.next = (self.next * 2).min(Duration::from_secs(30));
+        let until = Instant::now() + d;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50).min(d));
+        }
+    }
+}
+
+/// The agent's keys: `hosts/`, `networks/`, `blocks/`, read together (one revision).
+fn list(client: &Client, prefix: &str) -> Result<(Vec<Kv>, i64), etcd::EtcdError> {
+    let r = client.txn(
+        &[],
+        &[
+            Op::get_prefix(schema::hosts_prefix(prefix)),
+            Op::get_prefix(schema::networks_prefix(prefix)),
+            Op::get_prefix(schema::blocks_prefix(prefix)),
+        ],
+        &[],
+    )?;
+    let kvs = r
+        .responses
+        .into_iter()
+        .flat_map(|o| match o {
+            etcd::OpResponse::Get(kvs) => kvs,
+            _ => Vec::new(),
+        })
+        .collect();
+    Ok((kvs, r.revision))
+}
+
+/// List, then watch `blocks/` through `hosts/` (adjacent key ranges: one stream) forever,
+/// listing again whenever the watch breaks. `networks/` is read with every list (a network's
+/// record is written before its first device exists, and never changes).
+fn watcher(
+    client: Client,
+    prefix: String,
+    node: String,
+    tx: mpsc::Sender<Msg>,
+    stop: Arc<AtomicBool>,
+) {
+    let from = schema::blocks_prefix(&prefix).into_bytes();
+    let to = etcd::prefix_end(schema::hosts_prefix(&prefix).as_bytes());
+    let mut backoff = Backoff::new(&node);
     while !stop.load(Ordering::SeqCst) {
-        let (kvs, rev) = match client.range_prefix(&p) {
+        let (kvs, rev) = match list(&client, &prefix) {
             Ok(r) => r,
             Err(e) => {
-                log::warn!("list {p}: {e}");
-                std::thread::sleep(Duration::from_millis(500));
+                log::warn!("list {prefix}/hosts, networks, blocks: {e}");
+                backoff.wait(&stop);
                 continue;
             }
         };
         if tx.send(Msg::Snapshot(kvs)).is_err() {
             return;
         }
-        let watch = match client.watch_prefix(&p, rev + 1) {
+        let watch = match client.watch_range(&from, &to, rev + 1) {
             Ok(w) => w,
             Err(e) => {
-                log::warn!("watch {p}: {e}");
-                std::thread::sleep(Duration::from_millis(500));
+                log::warn!("watch {prefix}/blocks, hosts: {e}");
+                backoff.wait(&stop);
                 continue;
             }
         };
+        backoff.reset();
         for ev in watch {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
             let msg = match ev {
                 Ok(ev) => match ev.kind {
                     EventKind::Put => Msg::Put(ev.kv),
                     EventKind::Delete => Msg::Delete(ev.kv),
                 },
                 Err(e) => {
-                    log::warn!("watch {p} broke ({e}): listing again");
+                    log::warn!("watch {prefix}/blocks, hosts broke ({e}): listing again");
                     break;
                 }
             };
@@ -404,161 +426,13 @@ fn watcher(client: Client, prefix: String, tx: mpsc::Sender<Msg>, stop: Arc<Atom
                 return;
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// What [`claim`] found at `hosts/<node>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// The key is ours (created now, or already this VTEP's and now on our lease).
-    Ours,
-    /// Another host holds the name: its VTEP (None when its value is unreadable).
-    Taken(Option<Ipv4Addr>),
-}
-
-/// Create `key` = `value` on `lease` if absent; if it holds this VTEP already (our own earlier
-/// registration: a restart within the lease, or a lease of ours that expired), move it to
-/// `lease` with a compare on its revision; never touch a key naming another VTEP. Atomic: of
-/// two agents racing for one name, one wins and the other sees [`Claim::Taken`].
-pub fn claim(
-    client: &Client,
-    key: &str,
-    value: &[u8],
-    lease: i64,
-    me: Ipv4Addr,
-) -> Result<Claim, etcd::EtcdError> {
-    let mut compare = Compare::absent(key);
-    for _ in 0..5 {
-        let r = client.txn(
-            std::slice::from_ref(&compare),
-            &[Op::put(key, value, Some(lease))],
-            &[Op::get(key)],
-        )?;
-        if r.succeeded {
-            return Ok(Claim::Ours);
-        }
-        let kv = r.responses.into_iter().find_map(|op| match op {
-            OpResponse::Get(kvs) => kvs.into_iter().next(),
-            _ => None,
-        });
-        let Some(kv) = kv else {
-            compare = Compare::absent(key); // deleted in between: create it
-            continue;
-        };
-        match serde_json::from_slice::<HostRecord>(&kv.value) {
-            Ok(h) if h.vtep == me => {
-                if kv.lease == lease && kv.value == value {
-                    return Ok(Claim::Ours);
-                }
-                compare = Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision);
-            }
-            Ok(h) => return Ok(Claim::Taken(Some(h.vtep))),
-            Err(_) => return Ok(Claim::Taken(None)),
-        }
-    }
-    // Changed under us five times in a row: someone else is writing it.
-    Ok(Claim::Taken(None))
-}
-
-/// The message for a node name held by another host.
-pub fn taken_message(
-    key: &str,
-    node: &str,
-    source: &str,
-    theirs: Option<Ipv4Addr>,
-    me: Ipv4Addr,
-) -> String {
-    let theirs = theirs.map_or_else(
-        || "an unreadable value".to_string(),
-        |v| format!("VTEP {v}"),
-    );
-    format!(
-        "node name {node:?} (from {source}) is held by another host: {key} has {theirs}, this \
-         host's VTEP is {me}. Two hosts cannot share a node name: give this one its own with \
-         --node-name (or CNIRS_NODE_NAME). Not registering, not overwriting."
-    )
-}
-
-/// `hosts/<node>` on a lease, kept alive.
-struct Registration {
-    keeper: Option<LeaseKeeper>,
-}
-
-impl Registration {
-    /// Keep `hosts/<node>` ours. Err (stop the agent) when another host holds the name.
-    fn ensure(
-        &mut self,
-        client: &Client,
-        node: &Node,
-        value: &[u8],
-        view: Option<&View>,
-        me: Ipv4Addr,
-    ) -> Result<(), String> {
-        let key = schema::host_key(&node.prefix, &node.name);
-        if let Some(other) = view
-            .and_then(|v| v.hosts.get(&node.name))
-            .filter(|v| **v != me)
-        {
-            return Err(taken_message(
-                &key,
-                &node.name,
-                node.source,
-                Some(*other),
-                me,
-            ));
-        }
-        let lost = self.keeper.as_ref().is_none_or(|k| k.lost());
-        let missing = view.is_some_and(|v| v.hosts.get(&node.name) != Some(&me));
-        if !lost && !missing && view.is_some() {
-            return Ok(());
-        }
-        let lease = match self.keeper.as_ref().filter(|_| !lost) {
-            Some(k) => k.id(),
-            None => match client.lease_grant(LEASE_TTL_S) {
-                Ok(id) => {
-                    self.keeper = Some(client.keep_alive(id, RENEW));
-                    id
-                }
-                Err(e) if e.is_config() => return Err(format!("lease for {key}: {e}")),
-                Err(e) => {
-                    log::warn!("lease for {key}: {e}");
-                    return Ok(());
-                }
-            },
-        };
-        match claim(client, &key, value, lease, me) {
-            Ok(Claim::Ours) => {
-                if lost || missing {
-                    log::info!("registered {key} (vtep {me}, lease {lease:x})");
-                }
-                Ok(())
-            }
-            Ok(Claim::Taken(theirs)) => {
-                Err(taken_message(&key, &node.name, node.source, theirs, me))
-            }
-            Err(e) if e.is_config() => Err(format!("register {key}: {e}")),
-            Err(e) => {
-                log::warn!("register {key}: {e}");
-                Ok(())
-            }
-        }
-    }
-
-    fn revoke(&mut self, client: &Client) {
-        if let Some(k) = self.keeper.take() {
-            let id = k.id();
-            drop(k);
-            if let Err(e) = client.lease_revoke(id) {
-                log::warn!("revoke lease {id:x}: {e}");
-            }
-        }
+        backoff.wait(&stop);
     }
 }
 
 /// Keep the overlay gate equal to the registered hosts (logging changes).
 fn gate(dataplane: &dyn Dataplane, view: &View) {
-    let members: BTreeSet<std::net::IpAddr> = view.hosts.values().map(|v| (*v).into()).collect();
+    let members: BTreeSet<IpAddr> = view.hosts.values().copied().collect();
     match dataplane.set_gate(&BTreeSet::from([VXLAN_PORT]), &members) {
         Ok((0, 0)) => {}
         Ok((added, removed)) => log::info!(
@@ -576,14 +450,14 @@ pub struct Node {
     pub name: String,
     /// Where the name came from (`--node-name`, `CNIRS_NODE_NAME`, the hostname), for messages.
     pub source: &'static str,
-    /// The VTEP: the underlay IPv4 address other hosts send this host's VXLAN traffic to.
-    pub vtep: Ipv4Addr,
+    /// The VTEP: the underlay address other hosts send this host's VXLAN traffic to.
+    pub vtep: IpAddr,
     /// The etcd prefix, without a trailing `/`.
     pub prefix: String,
 }
 
 /// Run the agent until `stop` is set, on this host's kernel: the VTEP is the first IPv4
-/// address of `--underlay`.
+/// address of `--underlay`, or its first global IPv6 address when it has no IPv4 one.
 pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
     let kernel = Kernel::new().map_err(|e| e.to_string())?;
     let host = kernel.host();
@@ -591,10 +465,20 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
         .link(&args.underlay)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no interface {} here", args.underlay))?;
-    let me = host
-        .first_ipv4(&ul)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{} has no IPv4 address (the VTEP)", args.underlay))?;
+    let v4 = host.first_ipv4(&ul).map_err(|e| e.to_string())?;
+    let me: IpAddr = match v4 {
+        Some(v) => v.into(),
+        None => host
+            .first_global_ipv6(&ul)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "{} has neither an IPv4 nor a global IPv6 address (the VTEP)",
+                    args.underlay
+                )
+            })?
+            .into(),
+    };
     // TLS files read and checked before anything is registered or programmed.
     let tls = etcd::Tls::for_endpoints(&args.endpoints, &args.tls).map_err(|e| match e.file() {
         Some(f) => format!("{} (or ${}): {e}", f.flag(), f.env()),
@@ -630,9 +514,10 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
 }
 
 /// The agent's loop until `stop` is set: claim `hosts/<node>` on a lease (Err at once when
-/// another host holds the name), list and watch `<prefix>/`, keep `dataplane`'s VXLAN devices'
-/// FDBs at [`desired_fdb`] and its gate at the registered VTEPs; on stop, revoke the lease.
-/// Spawns a watch thread (and the lease's keep-alive thread); both end with it.
+/// another host holds the name), list and watch the cluster's hosts, networks and blocks, keep
+/// `dataplane`'s VXLAN devices at [`reconcile::desired`] and its gate at the registered VTEPs;
+/// on stop, revoke the lease. Spawns a watch thread (and the lease's keep-alive thread); both
+/// end with it.
 pub fn run_node(
     client: &Client,
     node: &Node,
@@ -640,11 +525,23 @@ pub fn run_node(
     stop: &AtomicBool,
     stats: &Stats,
 ) -> Result<(), String> {
+    run_node_with(client, node, dataplane, stop, stats, Timing::default())
+}
+
+/// [`run_node`] with its [`Timing`] (the scale harness runs a thousand agents on two cores).
+pub fn run_node_with(
+    client: &Client,
+    node: &Node,
+    dataplane: &dyn Dataplane,
+    stop: &AtomicBool,
+    stats: &Stats,
+    timing: Timing,
+) -> Result<(), String> {
     let me = node.vtep;
     let key = schema::host_key(&node.prefix, &node.name);
     let value = serde_json::to_vec(&HostRecord { vtep: me }).map_err(|e| e.to_string())?;
     // The name first: an agent whose node name another host holds stops here, having
-    // changed nothing (no watch, no FDB entry, no gate).
+    // changed nothing (no watch, no entry, no gate).
     let mut reg = Registration { keeper: None };
     if let Err(e) = reg.ensure(client, node, &value, None, me) {
         reg.revoke(client);
@@ -659,24 +556,31 @@ pub fn run_node(
     let (tx, rx) = mpsc::channel();
     let watcher_stop = Arc::new(AtomicBool::new(false));
     {
-        let (c, p, s) = (client.clone(), node.prefix.clone(), watcher_stop.clone());
+        let (c, p, n, s) = (
+            client.clone(),
+            node.prefix.clone(),
+            node.name.clone(),
+            watcher_stop.clone(),
+        );
         std::thread::Builder::new()
             .name("watch".into())
-            .spawn(move || watcher(c, p, tx, s))
+            .spawn(move || watcher(c, p, n, tx, s))
             .map_err(|e| format!("spawn watcher: {e}"))?;
     }
     let mut view = View::default();
     let mut synced = false;
     let mut last_sync = Instant::now();
+    let mut last_networks = Instant::now();
+    let mut unknown = 0;
+    let mut programmer = reconcile::Programmer::default();
+    let mut dirty = Dirty::default();
     while !stop.load(Ordering::SeqCst) {
-        let mut dirty = false;
-        match rx.recv_timeout(Duration::from_millis(200)) {
+        match rx.recv_timeout(timing.poll) {
             Ok(m) => {
-                apply(&mut view, &node.prefix, m, &mut synced, stats);
+                apply(&mut view, &node.prefix, m, &mut synced, stats, &mut dirty);
                 while let Ok(m) = rx.try_recv() {
-                    apply(&mut view, &node.prefix, m, &mut synced, stats);
+                    apply(&mut view, &node.prefix, m, &mut synced, stats, &mut dirty);
                 }
-                dirty = true;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -686,22 +590,47 @@ pub fn run_node(
         if !synced {
             continue; // nothing programmed before the first full list
         }
-        if dirty || last_sync.elapsed() >= RESYNC {
-            if let Err(e) = reg.ensure(client, node, &value, Some(&view), me) {
-                // Lost to another host: stop programming for a name that is not ours.
-                watcher_stop.store(true, Ordering::SeqCst);
-                reg.revoke(client);
-                return Err(e);
+        // A device created by a network's first pod (or gone with its last).
+        dirty.all |= dataplane.links_changed();
+        // A device of a network this agent has not seen listed: read networks/ again (its
+        // record is written before its first device), at most once a resync period.
+        if unknown > 0 && last_networks.elapsed() >= timing.resync {
+            last_networks = Instant::now();
+            match client.range_prefix(schema::networks_prefix(&node.prefix)) {
+                Ok((kvs, _)) => {
+                    for kv in kvs {
+                        let c = view.apply(&node.prefix, &kv.key_str(), Some(&kv.value));
+                        dirty.note(c, false);
+                    }
+                }
+                Err(e) => log::warn!("list networks: {e}"),
             }
-            let (added, removed) = reconcile(dataplane, &view, me);
-            stats.reconciles.fetch_add(1, Ordering::Relaxed);
-            stats.fdb_added.fetch_add(added as u64, Ordering::Relaxed);
-            stats
-                .fdb_removed
-                .fetch_add(removed as u64, Ordering::Relaxed);
-            gate(dataplane, &view);
-            last_sync = Instant::now();
         }
+        let resync = last_sync.elapsed() >= timing.resync;
+        if !dirty.any() && !resync {
+            continue;
+        }
+        if let Err(e) = reg.ensure(client, node, &value, Some(&view), me) {
+            // Lost to another host: stop programming for a name that is not ours.
+            watcher_stop.store(true, Ordering::SeqCst);
+            reg.revoke(client);
+            return Err(e);
+        }
+        let c = if dirty.all || resync {
+            let c = programmer.full(dataplane, &view, &node.name, me);
+            unknown = c.unknown_vnis;
+            last_sync = Instant::now();
+            c
+        } else {
+            programmer.nodes(dataplane, &view, me, &dirty.nodes)
+        };
+        stats.reconciles.fetch_add(1, Ordering::Relaxed);
+        stats.added.fetch_add(c.added as u64, Ordering::Relaxed);
+        stats.removed.fetch_add(c.removed as u64, Ordering::Relaxed);
+        if dirty.hosts || dirty.all || resync {
+            gate(dataplane, &view);
+        }
+        dirty = Dirty::default();
     }
     log::info!("stopping: revoking the lease of {key}");
     watcher_stop.store(true, Ordering::SeqCst);
@@ -709,20 +638,40 @@ pub fn run_node(
     Ok(())
 }
 
-fn apply(view: &mut View, prefix: &str, m: Msg, synced: &mut bool, stats: &Stats) {
+/// Apply one message to the view, noting what it asks to redo.
+fn apply(
+    view: &mut View,
+    prefix: &str,
+    m: Msg,
+    synced: &mut bool,
+    stats: &Stats,
+    dirty: &mut Dirty,
+) {
+    let is_host = |k: &str| matches!(schema::classify(prefix, k), schema::Key::Host { .. });
     match m {
         Msg::Snapshot(kvs) => {
             stats.lists.fetch_add(1, Ordering::Relaxed);
-            *view = View::from_kvs(prefix, &kvs);
+            let mut v = View::default();
+            for kv in &kvs {
+                v.apply(prefix, &kv.key_str(), Some(&kv.value));
+            }
+            if *view != v {
+                dirty.all = true;
+            }
+            *view = v;
             *synced = true;
         }
         Msg::Put(kv) => {
             stats.events.fetch_add(1, Ordering::Relaxed);
-            view.apply(prefix, &kv.key_str(), Some(&kv.value))
+            let k = kv.key_str();
+            let c = view.apply(prefix, &k, Some(&kv.value));
+            dirty.note(c, is_host(&k));
         }
         Msg::Delete(kv) => {
             stats.events.fetch_add(1, Ordering::Relaxed);
-            view.apply(prefix, &kv.key_str(), None)
+            let k = kv.key_str();
+            let c = view.apply(prefix, &k, None);
+            dirty.note(c, is_host(&k));
         }
     }
 }
@@ -832,70 +781,5 @@ mod tests {
         ] {
             assert!(m.contains(want), "{want}: {m}");
         }
-    }
-
-    fn pod(node: &str, vtep: &str, mac: &str) -> Vec<u8> {
-        serde_json::to_vec(&PodRecord {
-            node: node.into(),
-            vtep: vtep.parse().unwrap(),
-            mac: mac.into(),
-            container_id: "c".into(),
-            ifname: "eth0".into(),
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn desired_fdb_floods_to_other_hosts_and_pins_remote_pods_of_the_vni() {
-        let p = "/cnirs";
-        let mut v = View::default();
-        v.apply(p, "/cnirs/hosts/h1", Some(br#"{"vtep":"10.240.0.1"}"#));
-        v.apply(p, "/cnirs/hosts/h2", Some(br#"{"vtep":"10.240.0.2"}"#));
-        v.apply(p, "/cnirs/hosts/h3", Some(br#"{"vtep":"10.240.0.3"}"#));
-        v.apply(p, "/cnirs/networks/a", Some(br#"{"vni":7}"#));
-        v.apply(p, "/cnirs/networks/b", Some(br#"{"vni":8}"#));
-        v.apply(
-            p,
-            "/cnirs/pods/a/10.1.0.2",
-            Some(&pod("h2", "10.240.0.2", "0a:58:0a:01:00:02")),
-        );
-        v.apply(
-            p,
-            "/cnirs/pods/a/10.1.0.3",
-            Some(&pod("h1", "10.240.0.1", "0a:58:0a:01:00:03")),
-        );
-        v.apply(
-            p,
-            "/cnirs/pods/b/10.2.0.2",
-            Some(&pod("h3", "10.240.0.3", "0a:58:0a:02:00:02")),
-        );
-        v.apply(p, "/cnirs/ipam/a/ips/10.1.0.2", Some(b"{}"));
-        let me: Ipv4Addr = "10.240.0.1".parse().unwrap();
-        let want = desired_fdb(&v, me, 7);
-        let flood = |d: &str| FdbEntry {
-            mac: [0; 6],
-            dst: d.parse().unwrap(),
-        };
-        let expect: BTreeSet<FdbEntry> = [
-            flood("10.240.0.2"),
-            flood("10.240.0.3"),
-            FdbEntry {
-                mac: [0x0a, 0x58, 0x0a, 1, 0, 2],
-                dst: "10.240.0.2".parse().unwrap(),
-            },
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(want, expect);
-        // A host leaves: its flood entry goes; a pod is deleted: its entry goes.
-        v.apply(p, "/cnirs/hosts/h3", None);
-        v.apply(p, "/cnirs/pods/a/10.1.0.2", None);
-        let want = desired_fdb(&v, me, 7);
-        assert_eq!(
-            want.into_iter().collect::<Vec<_>>(),
-            vec![flood("10.240.0.2")]
-        );
-        // An unknown VNI: floods only.
-        assert_eq!(desired_fdb(&v, me, 99).len(), 1);
     }
 }

@@ -1,20 +1,27 @@
-//! etcd-ipam's keys under `<prefix>/ipam/<network>/` (see docs/DESIGN-etcd-ipam.md):
+//! etcd-ipam's own keys under `<prefix>/ipam/<network>/` (docs/DESIGN-etcd-ipam.md). No agent
+//! watches them: an ADD or DEL writes here and nowhere else, unless it claims or releases a
+//! block (then also `<prefix>/blocks/<network>/<cidr>`, [`crate::schema::block_key`]).
 //!
 //! ```text
-//! <prefix>/ipam/<network>/blocks/<cidr with / as _>   {"node"}                      claimed once per node
-//! <prefix>/ipam/<network>/ips/<ip>                    {"node","containerId","ifname"}
+//! <prefix>/ipam/<network>/nodes/<node>/<cidr>        {}                               a block of the node
+//! <prefix>/ipam/<network>/nodes/<node>/<cidr>/<ip>   {"containerId","ifname"}         an address held, under its block
+//! <prefix>/ipam/<network>/att/<id>/<ifname>          {"node","ips":[{"ip","block"}]}  what an attachment holds (DEL's index)
 //! ```
+//!
+//! A node reads `nodes/<node>/` (its blocks and their addresses: O(its pods)) and nothing else
+//! of other nodes; an ADD writes its addresses and the attachment's index in one transaction.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-/// Value of `ips/<ip>`.
+use crate::schema::cidr_key;
+
+/// Value of `nodes/<node>/<cidr>/<ip>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpRecord {
-    pub node: String,
     pub container_id: String,
     pub ifname: String,
 }
@@ -25,15 +32,63 @@ impl IpRecord {
     }
 }
 
-/// Value of `blocks/<cidr>`.
+/// One address of an attachment, with its block (the key of its `ips/` record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub ip: IpAddr,
+    pub block: IpNetwork,
+}
+
+/// Value of `att/<id>/<ifname>`: every address the attachment holds, one per range set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockRecord {
+pub struct AttRecord {
     pub node: String,
+    pub ips: Vec<Held>,
+}
+
+/// Value of `nodes/<node>/<cidr>` (nothing yet: its key and revisions are what count).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBlock {}
+
+/// Blocks of IPv4 ranges: /26 (64 addresses).
+pub const BLOCK_PREFIX_V4: u8 = 26;
+/// Blocks of IPv6 ranges: /122 (64 addresses).
+pub const BLOCK_PREFIX_V6: u8 = 122;
+
+/// The block size of a range: /26 for IPv4, /122 for IPv6 (64 addresses), or the range's
+/// subnet itself when it is smaller.
+pub fn block_prefix(subnet: IpNetwork) -> u8 {
+    if subnet.is_ipv4() {
+        subnet.prefix().max(BLOCK_PREFIX_V4)
+    } else {
+        subnet.prefix().max(BLOCK_PREFIX_V6)
+    }
+}
+
+/// The block of `ip` in a range whose subnet has `subnet_prefix` bits.
+pub fn block_of(ip: IpAddr, subnet_prefix: u8) -> Option<IpNetwork> {
+    let p = if ip.is_ipv4() {
+        subnet_prefix.max(BLOCK_PREFIX_V4)
+    } else {
+        subnet_prefix.max(BLOCK_PREFIX_V6)
+    };
+    let n = IpNetwork::new(ip, p).ok()?;
+    IpNetwork::new(n.network(), p).ok()
 }
 
 /// `<prefix>/ipam/<network>/`.
 pub fn network_prefix(prefix: &str, network: &str) -> String {
     format!("{prefix}/ipam/{network}/")
+}
+
+/// The block, and the address if any, of a key under `nodes/<node>/` (`rest` is what
+/// follows that prefix: `<cidr>` or `<cidr>/<ip>`).
+pub fn parse_node_key(rest: &str) -> Option<(IpNetwork, Option<IpAddr>)> {
+    let (b, ip) = match rest.split_once('/') {
+        Some((b, ip)) => (b, Some(ip.parse().ok()?)),
+        None => (rest, None),
+    };
+    Some((crate::schema::parse_cidr_key(b)?, ip))
 }
 
 /// Key names under `<prefix>/ipam/<network>/`.
@@ -48,17 +103,33 @@ impl Keys {
             network_prefix: network_prefix.to_string(),
         }
     }
-    pub fn ip(&self, ip: IpAddr) -> String {
-        format!("{}ips/{ip}", self.network_prefix)
+    /// `nodes/<node>/`: one node's blocks.
+    pub fn node_blocks(&self, node: &str) -> String {
+        format!("{}nodes/{node}/", self.network_prefix)
     }
-    /// `/` in the CIDR is written `_`.
-    pub fn block(&self, block: IpNetwork) -> String {
-        format!(
-            "{}blocks/{}_{}",
-            self.network_prefix,
-            block.network(),
-            block.prefix()
-        )
+    /// `nodes/<node>/<cidr>`.
+    pub fn node_block(&self, node: &str, block: IpNetwork) -> String {
+        format!("{}nodes/{node}/{}", self.network_prefix, cidr_key(block))
+    }
+    /// `nodes/`: every node's blocks.
+    pub fn all_nodes(&self) -> String {
+        format!("{}nodes/", self.network_prefix)
+    }
+    /// `nodes/<node>/<cidr>/`: the addresses held in one block of a node.
+    pub fn block_ips(&self, node: &str, block: IpNetwork) -> String {
+        format!("{}/", self.node_block(node, block))
+    }
+    /// `nodes/<node>/<cidr>/<ip>`.
+    pub fn ip(&self, node: &str, block: IpNetwork, ip: IpAddr) -> String {
+        format!("{}/{ip}", self.node_block(node, block))
+    }
+    /// `att/<id>/<ifname>`.
+    pub fn att(&self, container_id: &str, ifname: &str) -> String {
+        format!("{}att/{container_id}/{ifname}", self.network_prefix)
+    }
+    /// `att/`.
+    pub fn atts(&self) -> String {
+        format!("{}att/", self.network_prefix)
     }
 }
 
@@ -69,20 +140,45 @@ mod tests {
     #[test]
     fn keys_spell_the_documented_layout() {
         let k = Keys::new(&network_prefix("/cnirs", "ov"));
+        let b: IpNetwork = "10.1.0.64/26".parse().unwrap();
         assert_eq!(
-            k.ip("10.1.0.5".parse().unwrap()),
-            "/cnirs/ipam/ov/ips/10.1.0.5"
+            k.node_block("h1", b),
+            "/cnirs/ipam/ov/nodes/h1/10.1.0.64_26"
+        );
+        assert_eq!(k.node_blocks("h1"), "/cnirs/ipam/ov/nodes/h1/");
+        assert_eq!(
+            k.ip("h1", b, "10.1.0.70".parse().unwrap()),
+            "/cnirs/ipam/ov/nodes/h1/10.1.0.64_26/10.1.0.70"
         );
         assert_eq!(
-            k.block("10.1.0.64/26".parse().unwrap()),
-            "/cnirs/ipam/ov/blocks/10.1.0.64_26"
+            k.block_ips("h1", b),
+            "/cnirs/ipam/ov/nodes/h1/10.1.0.64_26/"
         );
+        assert_eq!(k.att("c1", "eth0"), "/cnirs/ipam/ov/att/c1/eth0");
         let r = serde_json::to_value(IpRecord {
-            node: "h1".into(),
             container_id: "c".into(),
             ifname: "eth0".into(),
         })
         .unwrap();
         assert_eq!(r["containerId"], "c");
+    }
+
+    #[test]
+    fn blocks_are_64_addresses_or_the_whole_small_subnet() {
+        assert_eq!(block_prefix("10.64.0.0/12".parse().unwrap()), 26);
+        assert_eq!(block_prefix("10.64.0.0/28".parse().unwrap()), 28);
+        assert_eq!(block_prefix("fd00::/64".parse().unwrap()), 122);
+        assert_eq!(
+            block_of("10.64.1.77".parse().unwrap(), 12)
+                .unwrap()
+                .to_string(),
+            "10.64.1.64/26"
+        );
+        assert_eq!(
+            block_of("fd00::4a".parse().unwrap(), 64)
+                .unwrap()
+                .to_string(),
+            "fd00::40/122"
+        );
     }
 }

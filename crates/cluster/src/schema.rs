@@ -1,29 +1,62 @@
-//! The cluster state in etcd shared by the overlay plugin, etcd-ipam and the node agent
-//! (notes: ETCD-SCHEMA). Keys under `<prefix>`; values are JSON.
+//! The cluster state in etcd that the node agents watch (docs/overlay.md). Keys under
+//! `<prefix>`; values are JSON.
 //!
 //! ```text
-//! <prefix>/hosts/<node>            {"vtep":"10.240.0.1"}                          agent, with a lease
-//! <prefix>/pods/<network>/<ip>     {"node","vtep","mac","containerId","ifname"}   overlay ADD/DEL
-//! <prefix>/networks/<network>      {"vni":N,"subnets":[...],"internal":bool}      overlay ADD (if absent)
+//! <prefix>/hosts/<node>             {"vtep":"10.240.0.1"}                       agent, with a lease
+//! <prefix>/networks/<network>       {"vni":N,"subnets":[...],"internal":bool}   overlay ADD that creates a host's device (if absent)
+//! <prefix>/blocks/<network>/<cidr>  {"node":"h1"}                               etcd-ipam, when a node claims a block
 //! ```
+//!
+//! `<cidr>` is written with `_` for `/` (`10.64.1.0_26`, `fd64::40_122`). Nothing per pod is
+//! here: a pod's ADD changes these keys only when it claims a block for its node.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
-    pub vtep: Ipv4Addr,
+    /// The host's VTEP: its underlay address, IPv4 or (on an IPv6-only underlay) IPv6.
+    pub vtep: IpAddr,
 }
 
+/// Value of `blocks/<network>/<cidr>`: which node holds the block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodRecord {
+pub struct BlockRecord {
     pub node: String,
-    pub vtep: Ipv4Addr,
-    pub mac: String,
-    pub container_id: String,
-    pub ifname: String,
+}
+
+/// A block as a key component: `10.64.1.0_26`.
+pub fn cidr_key(block: IpNetwork) -> String {
+    format!("{}_{}", block.network(), block.prefix())
+}
+
+/// The inverse of [`cidr_key`] (the network address, checked).
+pub fn parse_cidr_key(s: &str) -> Option<IpNetwork> {
+    let (ip, len) = s.rsplit_once('_')?;
+    let n = IpNetwork::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+    (n.network() == n.ip()).then_some(n)
+}
+
+/// `<prefix>/blocks/`: every network's blocks (the agent's watch).
+pub fn blocks_prefix(prefix: &str) -> String {
+    format!("{prefix}/blocks/")
+}
+
+/// `<prefix>/blocks/<network>/`.
+pub fn network_blocks_prefix(prefix: &str, network: &str) -> String {
+    format!("{prefix}/blocks/{network}/")
+}
+
+/// `<prefix>/blocks/<network>/<cidr>`.
+pub fn block_key(prefix: &str, network: &str, block: IpNetwork) -> String {
+    format!("{prefix}/blocks/{network}/{}", cidr_key(block))
+}
+
+/// `<prefix>/networks/`.
+pub fn networks_prefix(prefix: &str) -> String {
+    format!("{prefix}/networks/")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,14 +76,6 @@ pub fn hosts_prefix(prefix: &str) -> String {
     format!("{prefix}/hosts/")
 }
 
-pub fn pod_key(prefix: &str, network: &str, ip: &IpAddr) -> String {
-    format!("{prefix}/pods/{network}/{ip}")
-}
-
-pub fn pods_prefix(prefix: &str, network: &str) -> String {
-    format!("{prefix}/pods/{network}/")
-}
-
 pub fn network_key(prefix: &str, network: &str) -> String {
     format!("{prefix}/networks/{network}")
 }
@@ -59,8 +84,8 @@ pub fn network_key(prefix: &str, network: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key<'a> {
     Host { node: &'a str },
-    Pod { network: &'a str, ip: &'a str },
     Network { network: &'a str },
+    Block { network: &'a str, block: IpNetwork },
     Other,
 }
 
@@ -73,8 +98,11 @@ pub fn classify<'a>(prefix: &str, key: &'a str) -> Key<'a> {
     match (parts.next(), parts.next(), parts.next()) {
         (Some("hosts"), Some(node), None) if !node.is_empty() => Key::Host { node },
         (Some("networks"), Some(network), None) if !network.is_empty() => Key::Network { network },
-        (Some("pods"), Some(network), Some(ip)) if !network.is_empty() && !ip.is_empty() => {
-            Key::Pod { network, ip }
+        (Some("blocks"), Some(network), Some(b)) if !network.is_empty() => {
+            match parse_cidr_key(b) {
+                Some(block) => Key::Block { network, block },
+                None => Key::Other,
+            }
         }
         _ => Key::Other,
     }
@@ -123,38 +151,36 @@ mod tests {
     fn keys_round_trip_through_classify() {
         let p = "/cnirs";
         assert_eq!(classify(p, &host_key(p, "h1")), Key::Host { node: "h1" });
-        let ip: IpAddr = "10.1.0.5".parse().unwrap();
-        assert_eq!(
-            classify(p, &pod_key(p, "ov", &ip)),
-            Key::Pod {
-                network: "ov",
-                ip: "10.1.0.5"
-            }
-        );
+        assert_eq!(classify(p, "/cnirs/pods/ov/10.1.0.5"), Key::Other);
         assert_eq!(
             classify(p, &network_key(p, "ov")),
             Key::Network { network: "ov" }
         );
         assert_eq!(classify(p, "/cnirs/ipam/ov/ips/10.1.0.5"), Key::Other);
+        let b: IpNetwork = "fd64::40/122".parse().unwrap();
+        assert_eq!(block_key(p, "ov", b), "/cnirs/blocks/ov/fd64::40_122");
+        assert_eq!(
+            classify(p, &block_key(p, "ov", b)),
+            Key::Block {
+                network: "ov",
+                block: b
+            }
+        );
+        assert_eq!(classify(p, "/cnirs/blocks/ov/10.1.0.5_24"), Key::Other);
+        assert_eq!(classify(p, "/cnirs/blocks/ov/junk"), Key::Other);
         assert_eq!(classify(p, "/cnirsx/hosts/h1"), Key::Other);
         assert_eq!(classify(p, "/cnirs/hosts/"), Key::Other);
     }
 
     #[test]
     fn records_use_the_shared_field_names() {
-        let p = PodRecord {
-            node: "h1".into(),
-            vtep: "10.240.0.1".parse().unwrap(),
-            mac: "0a:58:00:00:00:01".into(),
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-        };
-        let v = serde_json::to_value(&p).unwrap();
-        assert_eq!(v["containerId"], "c1");
-        assert_eq!(v["vtep"], "10.240.0.1");
+        let b = serde_json::to_value(BlockRecord { node: "h1".into() }).unwrap();
+        assert_eq!(b, serde_json::json!({"node": "h1"}));
         let n: NetworkRecord = serde_json::from_str(r#"{"vni":7}"#).unwrap();
         assert_eq!(n.vni, 7);
         let h: HostRecord = serde_json::from_str(r#"{"vtep":"10.240.0.3"}"#).unwrap();
         assert_eq!(h.vtep.to_string(), "10.240.0.3");
+        let h: HostRecord = serde_json::from_str(r#"{"vtep":"fd40::3"}"#).unwrap();
+        assert!(h.vtep.is_ipv6());
     }
 }

@@ -39,6 +39,7 @@ use std::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub mod store;
 mod stream;
 mod tls;
 mod types;
@@ -467,10 +468,21 @@ impl Client {
         start_revision: i64,
     ) -> Result<Watch, EtcdError> {
         let p = prefix.as_ref();
+        self.watch_range(p, &prefix_end(p), start_revision)
+    }
+
+    /// [`Client::watch_prefix`] over the keys in `[key, range_end)` (several sibling
+    /// prefixes in one stream, e.g. `/cnirs/blocks/` through `/cnirs/hosts/`).
+    pub fn watch_range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        start_revision: i64,
+    ) -> Result<Watch, EtcdError> {
         let mut w = Watch {
             client: self.clone(),
-            key: p.to_vec(),
-            range_end: prefix_end(p),
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
             next_revision: start_revision,
             stream: None,
             pending: Default::default(),

@@ -122,6 +122,9 @@ pub struct Compare {
     pub key: Vec<u8>,
     pub op: CompareOp,
     pub target: CompareTarget,
+    /// `Some`: the condition holds for every key in `[key, range_end)` (and, on etcd, when
+    /// there is none: an absent key compares as revision 0).
+    pub range_end: Option<Vec<u8>>,
 }
 
 impl Compare {
@@ -130,6 +133,7 @@ impl Compare {
             key: key.as_ref().to_vec(),
             op,
             target: CompareTarget::CreateRevision(rev),
+            range_end: None,
         }
     }
     pub fn mod_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Self {
@@ -137,6 +141,7 @@ impl Compare {
             key: key.as_ref().to_vec(),
             op,
             target: CompareTarget::ModRevision(rev),
+            range_end: None,
         }
     }
     pub fn value(key: impl AsRef<[u8]>, op: CompareOp, value: impl AsRef<[u8]>) -> Self {
@@ -144,6 +149,7 @@ impl Compare {
             key: key.as_ref().to_vec(),
             op,
             target: CompareTarget::Value(value.as_ref().to_vec()),
+            range_end: None,
         }
     }
     pub fn version(key: impl AsRef<[u8]>, op: CompareOp, version: i64) -> Self {
@@ -151,11 +157,23 @@ impl Compare {
             key: key.as_ref().to_vec(),
             op,
             target: CompareTarget::Version(version),
+            range_end: None,
         }
     }
     /// The key does not exist.
     pub fn absent(key: impl AsRef<[u8]>) -> Self {
         Self::create_revision(key, CompareOp::Equal, 0)
+    }
+    /// Every key under `prefix` has a mod revision `op rev` (true when there is none): e.g.
+    /// `Less, read + 1` = nothing under the prefix was written since a read at `read`.
+    pub fn prefix_mod_revision(prefix: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Self {
+        let p = prefix.as_ref();
+        Compare {
+            key: p.to_vec(),
+            op,
+            target: CompareTarget::ModRevision(rev),
+            range_end: Some(prefix_end(p)),
+        }
     }
 }
 

@@ -229,6 +229,9 @@ fn compare_body(c: &Compare) -> Value {
         CompareOp::NotEqual => "NOT_EQUAL",
     };
     let mut v = json!({ "key": b64(&c.key), "result": result });
+    if let Some(end) = &c.range_end {
+        v["range_end"] = json!(b64(end));
+    }
     match &c.target {
         CompareTarget::Version(n) => {
             v["target"] = json!("VERSION");

@@ -95,6 +95,15 @@ pub enum NetopsError {
         source: Box<rtnetlink::Error>,
     },
     #[cfg(feature = "netlink")]
+    #[error("{op} {what} in {netns}: {source}")]
+    Policy {
+        op: &'static str,
+        /// The rule or route, as `ip` text.
+        what: String,
+        netns: String,
+        source: Box<rtnetlink::Error>,
+    },
+    #[cfg(feature = "netlink")]
     #[error("list {what} in {netns}: {source}")]
     Dump {
         what: &'static str,
@@ -191,6 +200,7 @@ impl NetopsError {
             | Self::Address { source, .. }
             | Self::Route { source, .. }
             | Self::Rule { source, .. }
+            | Self::Policy { source, .. }
             | Self::Dump { source, .. }
             | Self::Fdb { source, .. }
             | Self::Neighbour { source, .. }

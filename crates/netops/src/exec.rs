@@ -175,6 +175,25 @@ impl Executor<Op> for KernelExec<'_, '_> {
                 }
                 crate::sysctl::write(key, value).map(|()| true)
             }
+            Op::CreateVxlan { spec } => {
+                let info = self.host.ensure_vxlan(spec)?;
+                let name = IfName::new(&spec.name)?;
+                self.links.insert((Ns::Host, name), info.link);
+                Ok(info.created)
+            }
+            Op::SetMac { link, mac } => {
+                let l = self.link(Ns::Host, link)?;
+                if l.mac == Some(*mac) {
+                    return Ok(false);
+                }
+                self.host.set_mac(&l, *mac)?;
+                self.forget(Ns::Host, link);
+                Ok(true)
+            }
+            Op::AddRule { rule } => self.host.add_rule(rule),
+            Op::DelRule { rule } => self.host.delete_rule(rule),
+            Op::AddTableRoute { route } => self.host.add_table_route(route),
+            Op::DelTableRoute { route } => self.host.delete_table_route(route),
         }
     }
 

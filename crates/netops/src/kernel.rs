@@ -32,6 +32,7 @@ use crate::{
 
 mod addr;
 mod devices;
+mod policy;
 mod retire;
 mod seal;
 pub mod tc;

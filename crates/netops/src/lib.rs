@@ -51,7 +51,7 @@
 //! pod.loopback_up()?;
 //! pod.add_address(&veth.peer, "10.88.0.2/16".parse().unwrap(), false)?;
 //! pod.add_route(&veth.peer, &RouteSpec { dst: "0.0.0.0/0".parse().unwrap(),
-//!     gw: Some("10.88.0.1".parse().unwrap()), priority: None })?;
+//!     gw: Some("10.88.0.1".parse().unwrap()), priority: None, onlink: false })?;
 //! # Ok(()) }
 //! ```
 
@@ -61,6 +61,8 @@ mod error;
 mod exec;
 #[cfg(feature = "netlink")]
 mod kernel;
+#[cfg(feature = "netlink")]
+mod linkwatch;
 mod netns;
 pub mod ops;
 mod rawnl;
@@ -81,16 +83,19 @@ pub use kernel::{
     retired_name, tc, AddrFlags, Kernel, Netlink, RouteExtra, RETIRED_PREFIX, RETIRE_STALL_ENV,
     SEAL_RULE_PRIORITY,
 };
+#[cfg(feature = "netlink")]
+pub use linkwatch::LinkWatch;
 pub use netns::NetNs;
 pub use ops::{apply, rollback, Executor, Failure, Ns, Op, Recorder, Reversible, Undo};
 pub use sysctl::SysctlKey;
 pub use tap::{create_tap, tap_flags, TapSpec};
 pub use types::{
     BridgeInfo, BridgePortFlags, BridgePortOpts, Family, InvalidMac, Link, MacAddr, MacvlanMode,
-    MacvlanSpec, NewBridge, RouteInfo, RouteSpec, VethPair, VethSpec,
+    MacvlanSpec, Neighbour, NewBridge, PeerRoute, RouteInfo, RouteSpec, RuleAction, RuleSpec,
+    TableRoute, TableTarget, VethPair, VethSpec, VxlanSpec,
 };
 #[cfg(feature = "netlink")]
-pub use vxlan::{FdbEntry, VxlanInfo, VxlanSpec, FLOOD_MAC, VXLAN_PORT};
+pub use vxlan::{FdbEntry, VxlanInfo, FLOOD_MAC, VXLAN_PORT};
 
 pub use netbase::{IfName, InvalidIfName, IFNAMSIZ_MAX};
 

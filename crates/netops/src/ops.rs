@@ -15,7 +15,10 @@ use std::{fmt, path::PathBuf};
 
 use ipnetwork::IpNetwork;
 
-use crate::{IfName, MacAddr, RouteSpec, SysctlKey};
+use crate::{
+    types::{RuleSpec, TableRoute, VxlanSpec},
+    IfName, MacAddr, RouteSpec, SysctlKey,
+};
 
 /// Priority of the seal rules of internal bridges ([`Op::SealBridge`]): before the main
 /// table's rule (32766), after the local table's (0).
@@ -120,6 +123,20 @@ pub enum Op {
     },
     /// `sysctl -w KEY=VALUE` in the host netns.
     SetSysctl { key: SysctlKey, value: String },
+    /// `ip link add NAME [address MAC] [mtu M] type vxlan id VNI local VTEP dev UNDERLAY
+    /// dstport PORT nolearning` (an existing device made for the same VNI, VTEP and MAC is
+    /// kept, and not undone); its inverse deletes the device this step created.
+    CreateVxlan { spec: VxlanSpec },
+    /// `ip link set LINK address MAC` (a shared setting: no inverse).
+    SetMac { link: IfName, mac: MacAddr },
+    /// `ip rule add ...` (an existing rule is kept, and not undone).
+    AddRule { rule: RuleSpec },
+    /// `ip rule del ...`.
+    DelRule { rule: RuleSpec },
+    /// `ip route add ... table T` in a table of ours (an existing route is kept).
+    AddTableRoute { route: TableRoute },
+    /// `ip route del ... table T`.
+    DelTableRoute { route: TableRoute },
 }
 
 /// A step whose inverse can be computed from the step alone.
@@ -162,6 +179,18 @@ impl Reversible for Op {
                 link: link.clone(),
                 route: route.clone(),
             },
+            Op::CreateVxlan { spec } => Op::DeleteLink {
+                ns: Ns::Host,
+                link: IfName::new(&spec.name).ok()?,
+            },
+            Op::AddRule { rule } => Op::DelRule { rule: rule.clone() },
+            Op::DelRule { rule } => Op::AddRule { rule: rule.clone() },
+            Op::AddTableRoute { route } => Op::DelTableRoute {
+                route: route.clone(),
+            },
+            Op::DelTableRoute { route } => Op::AddTableRoute {
+                route: route.clone(),
+            },
             // A seal stays when an ADD fails: an internal bridge must never be left open.
             Op::DeleteBridgeIfUnused { .. }
             | Op::SealBridge { .. }
@@ -172,6 +201,7 @@ impl Reversible for Op {
             | Op::NoIpv6 { .. }
             | Op::SetBridgePort { .. }
             | Op::DeleteLink { .. }
+            | Op::SetMac { .. }
             | Op::SetSysctl { .. } => return None,
         })
     }
@@ -208,6 +238,9 @@ fn route_text(r: &RouteSpec) -> String {
     let mut s = dst;
     if let Some(gw) = r.gw {
         s += &format!(" via {gw}");
+    }
+    if r.onlink {
+        s += " onlink";
     }
     s
 }
@@ -305,6 +338,26 @@ impl Op {
                 metric(route)
             ),
             Op::SetSysctl { key, value } => format!("sysctl -w {key}={value}"),
+            Op::CreateVxlan { spec } => format!(
+                "ip link add {}{}{} type vxlan id {} local {}{} dstport {}{}",
+                spec.name,
+                spec.mac
+                    .map(|m| format!(" address {m}"))
+                    .unwrap_or_default(),
+                spec.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default(),
+                spec.vni,
+                spec.local,
+                spec.underlay
+                    .map(|i| format!(" dev #{i}"))
+                    .unwrap_or_default(),
+                spec.port,
+                if spec.learning { "" } else { " nolearning" },
+            ),
+            Op::SetMac { link, mac } => format!("ip link set {link} address {mac}"),
+            Op::AddRule { rule } => rule.text().replacen(" rule ", " rule add ", 1),
+            Op::DelRule { rule } => rule.text().replacen(" rule ", " rule del ", 1),
+            Op::AddTableRoute { route } => route.text(),
+            Op::DelTableRoute { route } => route.text().replacen(" route add ", " route del ", 1),
         }
     }
 }
@@ -472,6 +525,7 @@ mod tests {
                     dst: "::/0".parse().unwrap(),
                     gw: Some("fd00::1".parse().unwrap()),
                     priority: None,
+                    onlink: false,
                 },
             },
         ]

@@ -190,6 +190,21 @@ pub struct RouteSpec {
     pub gw: Option<IpAddr>,
     /// Metric (`RTA_PRIORITY`).
     pub priority: Option<u32>,
+    /// `onlink`: the gateway is reached on the link even though no prefix of the link holds
+    /// it (the overlay's pods: their prefix is their block, the gateway the range's).
+    pub onlink: bool,
+}
+
+impl RouteSpec {
+    /// `dst [via gw]`, no metric, not onlink.
+    pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Self {
+        Self {
+            dst,
+            gw,
+            priority: None,
+            onlink: false,
+        }
+    }
 }
 
 /// A route read back from the main table.
@@ -200,4 +215,121 @@ pub struct RouteInfo {
     pub oif: Option<u32>,
     pub priority: Option<u32>,
     pub table: u32,
+}
+
+/// A VXLAN device to create ([`crate::Netlink::ensure_vxlan`], [`crate::Op::CreateVxlan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    /// VNI, 1..=16777215.
+    pub vni: u32,
+    /// This host's VTEP address (`local`), IPv4 or IPv6.
+    pub local: IpAddr,
+    /// ifindex of the underlay interface (`dev`), so the tunnel follows it.
+    pub underlay: Option<u32>,
+    /// UDP destination port, normally [`crate::VXLAN_PORT`].
+    pub port: u16,
+    /// Source-MAC learning on the device; `false` = `nolearning` (the FDB is programmed).
+    pub learning: bool,
+    pub mtu: Option<u32>,
+    /// The device's MAC (`address`); `None` = a random one.
+    pub mac: Option<MacAddr>,
+}
+
+/// What a policy rule does ([`RuleSpec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleAction {
+    /// `lookup TABLE`.
+    Lookup(u32),
+    /// `unreachable`.
+    Unreachable,
+}
+
+/// One policy routing rule: `ip [-6] rule add priority P [iif IIF] [to DST] lookup T | unreachable`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleSpec {
+    /// IPv6 (`-6`) or IPv4; a rule with `dst` takes the family of `dst`.
+    pub v6: bool,
+    pub priority: u32,
+    pub iif: Option<String>,
+    /// Destination prefix (its network address).
+    pub dst: Option<IpNetwork>,
+    pub action: RuleAction,
+}
+
+impl RuleSpec {
+    /// `ip rule` text, for plans and reports.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "ip {} rule priority {}",
+            if self.v6 { "-6" } else { "-4" },
+            self.priority
+        );
+        if let Some(d) = self.dst {
+            let n = IpNetwork::new(d.network(), d.prefix()).unwrap_or(d);
+            s += &format!(" to {n}");
+        }
+        if let Some(i) = &self.iif {
+            s += &format!(" iif {i}");
+        }
+        match self.action {
+            RuleAction::Lookup(t) => s += &format!(" lookup {t}"),
+            RuleAction::Unreachable => s += " unreachable",
+        }
+        s
+    }
+}
+
+/// Where a [`TableRoute`] leads.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TableTarget {
+    /// `dev DEV` (scope link): the destination is on that link.
+    Dev(String),
+    /// `unreachable`: refused with ICMP unreachable.
+    Unreachable,
+}
+
+/// A route of a routing table of ours: `ip route add [unreachable] DST [dev DEV] table T`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRoute {
+    pub table: u32,
+    pub dst: IpNetwork,
+    pub target: TableTarget,
+}
+
+impl TableRoute {
+    /// `ip route` text, for plans and reports.
+    pub fn text(&self) -> String {
+        let fam = if self.dst.is_ipv6() { "-6" } else { "-4" };
+        let dst = if self.dst.prefix() == 0 {
+            "default".to_string()
+        } else {
+            IpNetwork::new(self.dst.network(), self.dst.prefix())
+                .unwrap_or(self.dst)
+                .to_string()
+        };
+        match &self.target {
+            TableTarget::Dev(d) => format!("ip {fam} route add {dst} dev {d} table {}", self.table),
+            TableTarget::Unreachable => {
+                format!("ip {fam} route add unreachable {dst} table {}", self.table)
+            }
+        }
+    }
+}
+
+/// A route of a remote overlay host's block: `ip route add DST via inet6 VIA dev VX onlink
+/// table T` (an IPv4 destination through an IPv6 link-local next hop: Linux >= 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerRoute {
+    pub dst: IpNetwork,
+    pub via: std::net::Ipv6Addr,
+}
+
+/// A neighbour entry as read back (`ip neigh show dev DEV`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neighbour {
+    pub ip: IpAddr,
+    pub mac: MacAddr,
+    /// NUD_PERMANENT (entries someone added, not resolved by the kernel).
+    pub permanent: bool,
 }

@@ -1,13 +1,14 @@
-//! VXLAN devices, their forwarding database (FDB) and permanent neighbours: what an L2 overlay
-//! across hosts needs, over rtnetlink (no `ip`/`bridge` processes).
+//! VXLAN devices, their forwarding database (FDB), permanent neighbours and the routes through
+//! them: what the routed overlay across hosts needs, over rtnetlink (no `ip`/`bridge` processes).
 //!
-//! The model (see plugins/overlay): one VXLAN device per overlay network and host, a port of the
-//! network's bridge, `nolearning`; remote hosts are reached through all-zero FDB entries (one per
-//! remote VTEP: broadcast, unknown unicast and ARP are sent to every remote host), and remote
-//! pods through a static FDB entry `pod MAC -> VTEP` each, so unicast frames go to exactly one
-//! host.
+//! The model (see docs/overlay.md): one VXLAN device per overlay network and host, not a bridge
+//! port, `nolearning`, its MAC derived from (VNI, VTEP). Per remote host that has blocks in the
+//! network: one FDB entry (the host's device MAC -> its VTEP), one permanent neighbour (the
+//! host's IPv6 link-local address, derived from that MAC -> the MAC) and a route per aggregate
+//! of the host's blocks through that link-local next hop (`via inet6` for IPv4). No all-zero
+//! entry: nothing floods between hosts.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
@@ -20,14 +21,18 @@ use rtnetlink::{
         neighbour::{
             NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
         },
-        route::RouteType,
+        route::{
+            RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
+            RouteVia,
+        },
         AddressFamily, RouteNetlinkMessage,
     },
-    LinkVxlan,
+    LinkVxlan, RouteMessageBuilder,
 };
 
 use crate::{
     kernel::{is_nl_exists, is_nl_not_found, link_from_msg},
+    types::{Neighbour, PeerRoute, VxlanSpec},
     validate_ifname, Link, MacAddr, Netlink, NetopsError,
 };
 
@@ -38,29 +43,13 @@ pub const VXLAN_PORT: u16 = 4789;
 /// unknown unicast go to every such VTEP).
 pub const FLOOD_MAC: MacAddr = MacAddr([0; 6]);
 
-/// A VXLAN device to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanSpec {
-    pub name: String,
-    /// VNI, 1..=16777215.
-    pub vni: u32,
-    /// This host's VTEP address (`local`).
-    pub local: Ipv4Addr,
-    /// ifindex of the underlay interface (`dev`), so the tunnel follows it.
-    pub underlay: Option<u32>,
-    /// UDP destination port, normally [`VXLAN_PORT`].
-    pub port: u16,
-    /// Source-MAC learning on the device; `false` = `nolearning` (the FDB is programmed).
-    pub learning: bool,
-    pub mtu: Option<u32>,
-}
-
 /// A VXLAN device as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanInfo {
     pub link: Link,
     pub vni: Option<u32>,
-    pub local: Option<Ipv4Addr>,
+    /// `local`: the VTEP address, IPv4 or IPv6.
+    pub local: Option<IpAddr>,
     pub port: Option<u16>,
     /// True when [`Netlink::ensure_vxlan`] created it.
     pub created: bool,
@@ -76,7 +65,7 @@ pub struct FdbEntry {
 
 fn vxlan_from_msg(
     m: rtnetlink::packet_route::link::LinkMessage,
-) -> (Link, Option<u32>, Option<Ipv4Addr>, Option<u16>) {
+) -> (Link, Option<u32>, Option<IpAddr>, Option<u16>) {
     let (mut vni, mut local, mut port) = (None, None, None);
     for a in &m.attributes {
         if let LinkAttribute::LinkInfo(infos) = a {
@@ -85,7 +74,8 @@ fn vxlan_from_msg(
                     for v in vs {
                         match v {
                             InfoVxlan::Id(id) => vni = Some(*id),
-                            InfoVxlan::Local(l) => local = Some(*l),
+                            InfoVxlan::Local(l) => local = Some(IpAddr::V4(*l)),
+                            InfoVxlan::Local6(l) => local = Some(IpAddr::V6(*l)),
                             InfoVxlan::Port(p) => port = Some(*p),
                             _ => {}
                         }
@@ -123,13 +113,13 @@ impl Netlink<'_> {
         }))
     }
 
-    /// Make sure the VXLAN device `spec.name` exists with `spec.vni` and `spec.local`; create it
-    /// if missing (not up, not enslaved: see [`Netlink::attach_to_bridge`]). A link of that name
-    /// that is not a VXLAN device, or one with another VNI or local address, is an error
+    /// Make sure the VXLAN device `spec.name` exists with `spec.vni`, `spec.local` (and
+    /// `spec.mac` when given); create it if missing (not up). A link of that name that is not a
+    /// VXLAN device, or one with another VNI, local address or MAC, is an error
     /// ([`NetopsError::VxlanMismatch`]): it was not made for this network. A racing creator
     /// (EEXIST) is tolerated by reading the link again.
-    /// Equivalent: `ip link add NAME type vxlan id VNI local IP dev UNDERLAY dstport 4789
-    /// nolearning [mtu MTU]`.
+    /// Equivalent: `ip link add NAME [address MAC] type vxlan id VNI local IP dev UNDERLAY
+    /// dstport 4789 nolearning [mtu MTU]`.
     pub fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<VxlanInfo, NetopsError> {
         validate_ifname(&spec.name)?;
         let mut created = false;
@@ -137,14 +127,20 @@ impl Netlink<'_> {
             Some(i) => i,
             None => {
                 let mut b = LinkVxlan::new(&spec.name, spec.vni)
-                    .local(spec.local)
                     .port(spec.port)
                     .learning(spec.learning);
+                b = match spec.local {
+                    IpAddr::V4(l) => b.local(l),
+                    IpAddr::V6(l) => b.local6(l),
+                };
                 if let Some(dev) = spec.underlay {
                     b = b.dev(dev);
                 }
                 if let Some(m) = spec.mtu {
                     b = b.mtu(m);
+                }
+                if let Some(mac) = spec.mac {
+                    b = b.address(mac.0.to_vec());
                 }
                 match self
                     .rt
@@ -173,16 +169,25 @@ impl Netlink<'_> {
         if info.link.kind.as_deref() != Some("vxlan")
             || info.vni != Some(spec.vni)
             || info.local != Some(spec.local)
+            || spec.mac.is_some_and(|m| info.link.mac != Some(m))
         {
             return Err(NetopsError::VxlanMismatch {
                 name: spec.name.clone(),
                 netns: self.label.clone(),
-                want: format!("vxlan id {} local {}", spec.vni, spec.local),
+                want: format!(
+                    "vxlan id {} local {}{}",
+                    spec.vni,
+                    spec.local,
+                    spec.mac
+                        .map(|m| format!(" address {m}"))
+                        .unwrap_or_default()
+                ),
                 have: format!(
-                    "{} id {:?} local {:?}",
+                    "{} id {:?} local {:?} address {:?}",
                     info.link.kind.as_deref().unwrap_or("non-vxlan link"),
                     info.vni,
-                    info.local
+                    info.local,
+                    info.link.mac.map(|m| m.to_string())
                 ),
             });
         }
@@ -414,5 +419,202 @@ impl Netlink<'_> {
                 IpAddr::V4(v) if !v.is_loopback() && !v.is_link_local() => Some(v),
                 _ => None,
             }))
+    }
+
+    /// The first global IPv6 address of `link` (an IPv6 VTEP address: not link-local, not
+    /// loopback, not multicast). Equivalent: `ip -6 addr show dev LINK scope global`.
+    pub fn first_global_ipv6(&self, link: &Link) -> Result<Option<Ipv6Addr>, NetopsError> {
+        Ok(self
+            .addresses(link, Some(crate::Family::V6))?
+            .into_iter()
+            .find_map(|a| match a.ip() {
+                IpAddr::V6(v)
+                    if !v.is_loopback()
+                        && !v.is_multicast()
+                        && !v.is_unspecified()
+                        && (v.segments()[0] & 0xffc0) != 0xfe80 =>
+                {
+                    Some(v)
+                }
+                _ => None,
+            }))
+    }
+
+    /// The IPv4 and IPv6 neighbours of `dev` (both families; the kernel's own resolutions
+    /// included, see [`Neighbour::permanent`]). Equivalent: `ip neigh show dev DEV`.
+    pub fn neighbours(&self, dev: &Link) -> Result<Vec<Neighbour>, NetopsError> {
+        let req = self.handle.neighbours().get().execute();
+        let msgs: Vec<NeighbourMessage> =
+            self.rt
+                .block_on(req.try_collect())
+                .map_err(|source| NetopsError::Dump {
+                    what: "neighbours",
+                    netns: self.label.clone(),
+                    source: Box::new(source),
+                })?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.ifindex != dev.index
+                || !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6)
+            {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                        ip = Some(IpAddr::V4(*v))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                        ip = Some(IpAddr::V6(*v))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) => {
+                        mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(MacAddr)
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push(Neighbour {
+                    ip,
+                    mac,
+                    permanent: m.header.state == NeighbourState::Permanent,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn peer_route_message(&self, dev: &Link, table: u32, r: &PeerRoute) -> RouteMessage {
+        let mut m = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(r.dst.network(), r.dst.prefix())
+            .map(|b| b.build())
+            .unwrap_or_default();
+        // The builder for one family at a time cannot express an IPv4 destination through an
+        // IPv6 next hop: set the header and attributes here.
+        m.header.table = if table > 255 {
+            rtnetlink::packet_route::route::RouteHeader::RT_TABLE_UNSPEC
+        } else {
+            table as u8
+        };
+        if table > 255 {
+            m.attributes.push(RouteAttribute::Table(table));
+        }
+        m.header.protocol = RouteProtocol::Static;
+        m.header.kind = RouteType::Unicast;
+        m.header.flags.insert(RouteFlags::Onlink);
+        m.attributes.push(RouteAttribute::Oif(dev.index));
+        if r.dst.is_ipv4() {
+            m.attributes
+                .push(RouteAttribute::Via(RouteVia::Inet6(r.via)));
+        } else {
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet6(r.via)));
+        }
+        m
+    }
+
+    fn peer_err(
+        &self,
+        op: &'static str,
+        dev: &Link,
+        r: &PeerRoute,
+        e: rtnetlink::Error,
+    ) -> NetopsError {
+        NetopsError::Route {
+            op,
+            dst: r.dst.to_string(),
+            gw: Some(IpAddr::V6(r.via)),
+            link: dev.name.clone(),
+            netns: self.label.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Add a remote block's route through `dev` in `table`; an identical route is fine.
+    /// Equivalent: `ip route replace DST via inet6 VIA dev DEV onlink table T`.
+    pub fn peer_route_add(&self, dev: &Link, table: u32, r: &PeerRoute) -> Result<(), NetopsError> {
+        let msg = self.peer_route_message(dev, table, r);
+        match self
+            .rt
+            .block_on(self.handle.route().add(msg).replace().execute())
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_nl_exists(&e) => Ok(()),
+            Err(e) => Err(self.peer_err("add", dev, r, e)),
+        }
+    }
+
+    /// Delete one; `Ok(false)` when it was not there.
+    /// Equivalent: `ip route del DST via inet6 VIA dev DEV table T`.
+    pub fn peer_route_del(
+        &self,
+        dev: &Link,
+        table: u32,
+        r: &PeerRoute,
+    ) -> Result<bool, NetopsError> {
+        let msg = self.peer_route_message(dev, table, r);
+        match self.rt.block_on(self.handle.route().del(msg).execute()) {
+            Ok(()) => Ok(true),
+            Err(e) if is_nl_not_found(&e) => Ok(false),
+            Err(e) => Err(self.peer_err("delete", dev, r, e)),
+        }
+    }
+
+    /// The routes of `table` through `dev` whose next hop is an IPv6 address (the remote
+    /// blocks the agent keeps), both families. The dump asks the kernel for that table only.
+    /// Equivalent: `ip route show table T dev DEV; ip -6 route show table T dev DEV`.
+    pub fn peer_routes(&self, dev: &Link, table: u32) -> Result<Vec<PeerRoute>, NetopsError> {
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = if v6 {
+                AddressFamily::Inet6
+            } else {
+                AddressFamily::Inet
+            };
+            if table <= 255 {
+                msg.header.table = table as u8;
+            } else {
+                msg.attributes.push(RouteAttribute::Table(table));
+            }
+            msg.attributes.push(RouteAttribute::Oif(dev.index));
+            let msgs = self.dump_routes_strict(msg)?;
+            for m in msgs {
+                let mut t = u32::from(m.header.table);
+                let (mut dst, mut via, mut oif) = (None, None, None);
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Table(x) => t = *x,
+                        RouteAttribute::Oif(o) => oif = Some(*o),
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                            dst = Some(IpAddr::V4(*d))
+                        }
+                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+                            dst = Some(IpAddr::V6(*d))
+                        }
+                        RouteAttribute::Via(RouteVia::Inet6(g))
+                        | RouteAttribute::Gateway(RouteAddress::Inet6(g)) => via = Some(*g),
+                        _ => {}
+                    }
+                }
+                if t != table || oif != Some(dev.index) {
+                    continue;
+                }
+                let dst = dst.unwrap_or(if v6 {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                });
+                let (Some(via), Ok(dst)) = (
+                    via,
+                    ipnetwork::IpNetwork::new(dst, m.header.destination_prefix_length),
+                ) else {
+                    continue;
+                };
+                out.push(PeerRoute { dst, via });
+            }
+        }
+        Ok(out)
     }
 }

@@ -371,6 +371,7 @@ fn pod_addresses_nodad_and_routes_v4_v6() {
                 dst: net("0.0.0.0/0"),
                 gw: Some("10.244.7.1".parse().unwrap()),
                 priority: None,
+                onlink: false,
             },
         )
         .unwrap();
@@ -380,6 +381,7 @@ fn pod_addresses_nodad_and_routes_v4_v6() {
                 dst: net("192.168.77.0/24"),
                 gw: None,
                 priority: Some(50),
+                onlink: false,
             },
         )
         .unwrap();
@@ -389,6 +391,7 @@ fn pod_addresses_nodad_and_routes_v4_v6() {
                 dst: net("::/0"),
                 gw: Some("fd00:7::1".parse().unwrap()),
                 priority: None,
+                onlink: false,
             },
         )
         .unwrap();
@@ -399,6 +402,7 @@ fn pod_addresses_nodad_and_routes_v4_v6() {
                     dst: net("::/0"),
                     gw: Some("10.0.0.1".parse().unwrap()),
                     priority: None,
+                    onlink: false,
                 },
             )
             .unwrap_err();
@@ -447,7 +451,8 @@ fn pod_addresses_nodad_and_routes_v4_v6() {
                 &RouteSpec {
                     dst: net("192.168.77.0/24"),
                     gw: None,
-                    priority: Some(50)
+                    priority: Some(50),
+                    onlink: false,
                 }
             )
             .unwrap());
@@ -457,7 +462,8 @@ fn pod_addresses_nodad_and_routes_v4_v6() {
                 &RouteSpec {
                     dst: net("192.168.77.0/24"),
                     gw: None,
-                    priority: Some(50)
+                    priority: Some(50),
+                    onlink: false,
                 }
             )
             .unwrap());
@@ -694,6 +700,7 @@ fn failed_op_rolls_back_the_bridge_veth_and_addresses_in_the_kernel() {
                     dst: net("10.99.0.0/16"),
                     gw: Some("192.0.2.1".parse().unwrap()),
                     priority: None,
+                    onlink: false,
                 },
             },
         ];
@@ -755,6 +762,7 @@ fn attachment_sequence_is_fast() {
                 dst: net("0.0.0.0/0"),
                 gw: Some("10.97.0.1".parse().unwrap()),
                 priority: None,
+                onlink: false,
             },
         )
         .unwrap();
@@ -828,11 +836,12 @@ fn vxlan_is_created_on_a_bridge_with_flood_and_pod_fdb_entries_and_neighbours() 
         let spec = netops::VxlanSpec {
             name: "vx42".into(),
             vni: 42,
-            local,
+            local: local.into(),
             underlay: Some(ul.index),
             port: netops::VXLAN_PORT,
             learning: false,
             mtu: Some(1450),
+            mac: None,
         };
         let vx = host.ensure_vxlan(&spec).unwrap();
         assert!(vx.created);
@@ -902,6 +911,145 @@ fn vxlan_is_created_on_a_bridge_with_flood_and_pod_fdb_entries_and_neighbours() 
     assert!(text.contains("00:00:00:00:00:00 dst 10.240.9.3"), "{text}");
     assert!(text.contains("0a:58:00:00:00:07 dst 10.240.9.2"), "{text}");
     assert!(!text.contains("00:00:00:00:00:00 dst 10.240.9.2"), "{text}");
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn routed_overlay_device_entries_rules_and_table_routes_over_netlink() {
+    need_root!();
+    let h = TestNs::new("h");
+    h.ip_ok(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"]);
+    h.ip_ok(&["link", "set", "ul0p", "up"]);
+    h.ip_ok(&["addr", "add", "fd40::1/64", "dev", "ul0", "nodad"]);
+    h.ip_ok(&["link", "set", "ul0", "up"]);
+    h.ip_ok(&["link", "add", "br7", "type", "bridge"]);
+    h.ip_ok(&["link", "set", "br7", "up"]);
+    let mac = MacAddr([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+    let table = 0x6300_0007;
+    let ll: std::net::Ipv6Addr = "fe80::22:22ff:fe22:2222".parse().unwrap();
+    let peer_mac = MacAddr([0x02, 0x22, 0x22, 0x22, 0x22, 0x22]);
+    in_host(&h, || {
+        let k = Kernel::new().unwrap();
+        let host = k.host();
+        let ul = host.require_link("ul0").unwrap();
+        // An IPv6 underlay: the VTEP is the first global IPv6 address.
+        let v6 = host.first_global_ipv6(&ul).unwrap().unwrap();
+        assert_eq!(v6.to_string(), "fd40::1");
+        assert_eq!(host.first_ipv4(&ul).unwrap(), None);
+        let spec = netops::VxlanSpec {
+            name: "vx7".into(),
+            vni: 7,
+            local: v6.into(),
+            underlay: Some(ul.index),
+            port: netops::VXLAN_PORT,
+            learning: false,
+            mtu: Some(1430),
+            mac: Some(mac),
+        };
+        let vx = host.ensure_vxlan(&spec).unwrap();
+        assert!(vx.created);
+        assert_eq!(vx.local, Some(v6.into()));
+        assert_eq!(vx.link.mac, Some(mac));
+        assert!(!host.ensure_vxlan(&spec).unwrap().created);
+        // Another MAC under the same name: not ours.
+        let other = netops::VxlanSpec {
+            mac: Some(MacAddr([0x02, 0, 0, 0, 0, 1])),
+            ..spec.clone()
+        };
+        assert!(matches!(
+            host.ensure_vxlan(&other).unwrap_err(),
+            NetopsError::VxlanMismatch { .. }
+        ));
+        host.set_up(&vx.link).unwrap();
+        // The peer entries: FDB (v6 VTEP), a permanent neighbour, a v4 and a v6 route
+        // through the link-local next hop in our table.
+        let fdb = netops::FdbEntry {
+            mac: peer_mac.0,
+            dst: "fd40::2".parse().unwrap(),
+        };
+        host.fdb_add(&vx.link, &fdb).unwrap();
+        assert_eq!(host.fdb_entries(&vx.link).unwrap(), vec![fdb]);
+        host.neigh_replace(&vx.link, ll.into(), peer_mac).unwrap();
+        let n = host.neighbours(&vx.link).unwrap();
+        assert!(
+            n.iter()
+                .any(|x| x.ip == std::net::IpAddr::V6(ll) && x.mac == peer_mac && x.permanent),
+            "{n:?}"
+        );
+        let routes = [
+            netops::PeerRoute {
+                dst: net("10.77.1.0/25"),
+                via: ll,
+            },
+            netops::PeerRoute {
+                dst: net("fd77::80/121"),
+                via: ll,
+            },
+        ];
+        for r in &routes {
+            host.peer_route_add(&vx.link, table, r).unwrap();
+            host.peer_route_add(&vx.link, table, r).unwrap(); // idempotent
+        }
+        let mut have = host.peer_routes(&vx.link, table).unwrap();
+        have.sort();
+        assert_eq!(have, routes.to_vec());
+        assert!(host.peer_route_del(&vx.link, table, &routes[0]).unwrap());
+        assert!(!host.peer_route_del(&vx.link, table, &routes[0]).unwrap());
+        assert_eq!(host.peer_routes(&vx.link, table).unwrap(), vec![routes[1]]);
+        // The network's table and rules, as ops (with their inverses).
+        let tr = |dst: &str, target: netops::TableTarget| netops::TableRoute {
+            table,
+            dst: net(dst),
+            target,
+        };
+        let troutes = [
+            tr("10.77.0.0/16", netops::TableTarget::Dev("br7".into())),
+            tr("0.0.0.0/0", netops::TableTarget::Unreachable),
+            tr("::/0", netops::TableTarget::Unreachable),
+        ];
+        let rules = [
+            netops::RuleSpec {
+                v6: false,
+                priority: 8,
+                iif: None,
+                dst: Some(net("10.77.0.0/16")),
+                action: netops::RuleAction::Lookup(table),
+            },
+            netops::RuleSpec {
+                v6: true,
+                priority: 10,
+                iif: Some("vx7".into()),
+                dst: None,
+                action: netops::RuleAction::Unreachable,
+            },
+        ];
+        assert_eq!(host.missing_table_routes(&troutes).unwrap().len(), 3);
+        assert_eq!(host.missing_rules(&rules).unwrap().len(), 2);
+        let ops: Vec<Op> = troutes
+            .iter()
+            .map(|r| Op::AddTableRoute { route: r.clone() })
+            .chain(rules.iter().map(|r| Op::AddRule { rule: r.clone() }))
+            .collect();
+        let pod = Kernel::new().unwrap();
+        let podh = pod.host();
+        let mut x = KernelExec::new(&host, &podh);
+        let undo = apply(&ops, &mut x).unwrap();
+        assert_eq!(undo.0.len(), 5, "every step created something");
+        // Again: nothing new, nothing to undo.
+        assert!(apply(&ops, &mut x).unwrap().0.is_empty());
+        let m = host.missing_table_routes(&troutes).unwrap();
+        assert!(m.is_empty(), "{m:?}");
+        assert!(host.missing_rules(&rules).unwrap().is_empty());
+        netops::rollback(undo, &mut x);
+        assert_eq!(host.missing_table_routes(&troutes).unwrap().len(), 3);
+        assert_eq!(host.missing_rules(&rules).unwrap().len(), 2);
+    });
+    let j = h.link_json("vx7").unwrap();
+    assert_eq!(j["linkinfo"]["info_data"]["local6"], "fd40::1");
+    assert_eq!(j["address"], "02:11:22:33:44:55");
+    assert_eq!(j["mtu"], 1430);
+    let r = h.json(&["-6", "route", "show", "table", &table.to_string()]);
+    assert!(r.to_string().contains("fd77::80/121"), "{r}");
 }
 
 #[test]
@@ -1187,6 +1335,7 @@ fn addresses_without_prefix_route_and_routes_with_a_source() {
                 dst: net("10.78.0.1/32"),
                 gw: None,
                 priority: None,
+                onlink: false,
             },
             &netops::RouteExtra {
                 src: Some(src),
@@ -1200,6 +1349,7 @@ fn addresses_without_prefix_route_and_routes_with_a_source() {
                 dst: net("10.78.0.0/24"),
                 gw: Some(gw),
                 priority: None,
+                onlink: false,
             },
             &netops::RouteExtra {
                 src: Some(src),
@@ -1214,6 +1364,7 @@ fn addresses_without_prefix_route_and_routes_with_a_source() {
                     dst: net("10.79.0.0/24"),
                     gw: Some(gw),
                     priority: None,
+                    onlink: false,
                 },
                 &netops::RouteExtra {
                     src: Some("fd00::1".parse().unwrap()),

@@ -38,6 +38,14 @@ pub enum Elem {
         /// bridge
         bridge: IfName,
     },
+    /// `same_br { "iif" . "oif" }`: traffic between two devices of one network (the overlay's
+    /// bridge and its VXLAN device) is the network's own.
+    SamePair {
+        /// input interface
+        iif: IfName,
+        /// output interface
+        oif: IfName,
+    },
     /// `internal_br { "br" }`
     InternalBr {
         /// bridge
@@ -133,6 +141,7 @@ impl Elem {
         let (set, key, data) = match self {
             Elem::ManagedBr { bridge } => (MANAGED_BR, vec![ifname(bridge)], vec![]),
             Elem::SameBr { bridge } => (SAME_BR, vec![ifname(bridge), ifname(bridge)], vec![]),
+            Elem::SamePair { iif, oif } => (SAME_BR, vec![ifname(iif), ifname(oif)], vec![]),
             Elem::InternalBr { bridge } => (INTERNAL_BR, vec![ifname(bridge)], vec![]),
             Elem::IsolatedBr { bridge } => (ISOLATED_BR, vec![ifname(bridge)], vec![]),
             Elem::Masq { subnet } => {
@@ -193,6 +202,28 @@ impl Elem {
             };
             if !v.contains(&e) {
                 v.push(e);
+            }
+        }
+        v
+    }
+
+    /// The elements of a network whose bridge routes to `peers`, other devices of the same
+    /// network (the overlay's VXLAN device): each peer is managed and sealed like the bridge,
+    /// and traffic between the bridge and a peer, both ways, is the network's own.
+    pub fn for_network_peers(n: &NetworkElems, peers: &[IfName]) -> Vec<Elem> {
+        let mut v = Self::for_network(n);
+        for p in peers {
+            v.push(Elem::ManagedBr { bridge: p.clone() });
+            v.push(Elem::SamePair {
+                iif: n.bridge.clone(),
+                oif: p.clone(),
+            });
+            v.push(Elem::SamePair {
+                iif: p.clone(),
+                oif: n.bridge.clone(),
+            });
+            if n.internal {
+                v.push(Elem::InternalBr { bridge: p.clone() });
             }
         }
         v

@@ -104,6 +104,35 @@ impl Firewall {
         self.attach(Feature::Network, a, Elem::for_network(n), own, pod)
     }
 
+    /// [`Firewall::attach_network_pod`] for a network whose bridge routes to `peers`, other
+    /// devices of the network (the overlay's VXLAN device): see [`Elem::for_network_peers`].
+    pub fn attach_network_peers(
+        &self,
+        a: &Attachment,
+        n: &NetworkElems,
+        peers: &[IfName],
+        pod: Option<PodIface>,
+    ) -> Result<(), NftError> {
+        let own: Vec<Elem> = n
+            .spoof_check
+            .iter()
+            .flat_map(|(port, mac)| Elem::spoof_check(port, mac).into_iter().flatten())
+            .collect();
+        self.attach(
+            Feature::Network,
+            a,
+            Elem::for_network_peers(n, peers),
+            own,
+            pod,
+        )
+    }
+
+    /// Whether any bridge attachment of `network` is recorded here (one `readdir`).
+    pub fn network_in_use(&self, network: &str) -> Result<bool, NftError> {
+        let st = Locked::lock(&self.dir)?;
+        st.has_atts(Feature::Network, network)
+    }
+
     /// Drop a bridge attachment; the last one of the network removes its elements.
     /// Ok when the attachment is unknown (DEL is idempotent). Returns the internal bridge
     /// whose last attachment this was, with the subnets its record held (its kernel-level
@@ -152,17 +181,27 @@ impl Firewall {
 
     // ---- isolation ----
 
-    /// Register an isolation attachment: `isolated_br { bridge }` while any exists.
+    /// Register an isolation attachment: `isolated_br { bridge }` while any exists, and the
+    /// same for the devices the network's bridge routes to (its peers: the overlay's VXLAN
+    /// device, read from the network's `same_br` pairs), so traffic routed between two
+    /// isolated networks is dropped whichever of their devices it leaves by.
     pub fn attach_isolation(&self, a: &Attachment, bridge: &IfName) -> Result<(), NftError> {
-        self.attach(
-            Feature::Isolation,
-            a,
-            vec![Elem::IsolatedBr {
-                bridge: bridge.clone(),
-            }],
-            Vec::new(),
-            None,
-        )
+        let peers: Vec<IfName> = {
+            let st = Locked::lock(&self.dir)?;
+            st.net(Feature::Network, &a.network)?
+                .elems
+                .into_iter()
+                .filter_map(|e| match e {
+                    Elem::SamePair { iif, oif } if iif == *bridge => Some(oif),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut elems = vec![Elem::IsolatedBr {
+            bridge: bridge.clone(),
+        }];
+        elems.extend(peers.into_iter().map(|p| Elem::IsolatedBr { bridge: p }));
+        self.attach(Feature::Isolation, a, elems, Vec::new(), None)
     }
 
     /// Drop an isolation attachment (idempotent).

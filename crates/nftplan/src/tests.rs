@@ -940,3 +940,47 @@ fn forward_rules_go_in_once_per_bridge_and_leave_with_the_last_attachment() {
     f.gc(Feature::Firewall, "n", &[]).unwrap();
     assert!(nft.forward_rules(IpFamily::V4).is_empty(), "{}", nft.dump());
 }
+
+#[test]
+fn a_bridges_peer_is_managed_paired_sealed_and_isolated_like_the_bridge() {
+    let nft = FakeNft::new();
+    let (_d, f) = fw(&nft);
+    let mut n = net_a();
+    n.internal = true;
+    let vx = br("cnirsvx42");
+    let texts: Vec<String> = Elem::for_network_peers(&n, std::slice::from_ref(&vx))
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    for want in [
+        "managed_br { \"cnirsvx42\" }",
+        "same_br { \"cnirs-a\" . \"cnirsvx42\" }",
+        "same_br { \"cnirsvx42\" . \"cnirs-a\" }",
+        "internal_br { \"cnirsvx42\" }",
+    ] {
+        assert!(texts.contains(&want.to_string()), "{want}: {texts:?}");
+    }
+    assert!(!texts.contains(&"same_br { \"cnirsvx42\" . \"cnirsvx42\" }".to_string()));
+    f.attach_network_peers(&att("a", "c1"), &n, std::slice::from_ref(&vx), None)
+        .unwrap();
+    assert!(f.network_in_use("a").unwrap());
+    for e in [
+        Elem::ManagedBr { bridge: vx.clone() },
+        Elem::SamePair {
+            iif: br("cnirs-a"),
+            oif: vx.clone(),
+        },
+        Elem::InternalBr { bridge: vx.clone() },
+    ] {
+        assert!(nft.contains(&e), "{e}: {}", nft.dump());
+    }
+    f.attach_isolation(&att("a", "c1"), &br("cnirs-a")).unwrap();
+    for b in ["cnirs-a", "cnirsvx42"] {
+        let e = Elem::IsolatedBr { bridge: br(b) };
+        assert!(nft.contains(&e), "{e}: {}", nft.dump());
+    }
+    f.detach_isolation(&att("a", "c1")).unwrap();
+    f.detach_network(&att("a", "c1")).unwrap();
+    assert!(!f.network_in_use("a").unwrap());
+    assert!(nft.elems().is_empty(), "{}", nft.dump());
+}

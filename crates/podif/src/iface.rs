@@ -96,6 +96,7 @@ pub fn route_steps(link: &IfName, ipam: &CniResult) -> Vec<Step> {
                     dst: r.dst,
                     gw,
                     priority: r.priority,
+                    onlink: false,
                 },
             })
         })

@@ -548,6 +548,7 @@ mod tests {
                 dst: "10.1.0.0/24".parse().unwrap(),
                 gw: Some("10.1.0.1".parse().unwrap()),
                 priority: None,
+                onlink: false,
             },
             extra: RouteExtra {
                 src: Some("10.1.0.5".parse().unwrap()),

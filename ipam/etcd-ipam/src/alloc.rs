@@ -1,137 +1,85 @@
-//! Cluster-wide allocation over a [`Store`].
+//! Cluster-wide allocation over a [`Store`], by blocks that belong to nodes.
 //!
-//! `ips/<ip>` keys are the truth: an address is held exactly when its key exists, and a key is
-//! only ever written by a create-revision txn (put if absent), so two ADDs anywhere can never
-//! hold one address. `blocks/<cidr>` keys only decide *where a node looks first*: a node
-//! claims a block (/26 for IPv4, /122 for IPv6, or the whole subnet when smaller) once, with
-//! the same create txn, and allocates inside it, so nodes don't race each other for the same
-//! low addresses; within the block a node starts at a hash of (container id, ifname), so its
-//! own parallel ADDs rarely collide either. When no block is left to claim, a node borrows a
-//! free address anywhere in the range set (still one create txn): a range is exhausted only
-//! when every address is held.
+//! A node claims a block (/26 for IPv4, /122 for IPv6, or the whole subnet when smaller) with
+//! one transaction that creates `<prefix>/blocks/<net>/<cidr>` (the key the agents watch: who
+//! routes the block) and `ipam/<net>/nodes/<node>/<cidr>` (its own index) only if the first is
+//! absent. Every address a node hands out lies in one of its blocks: the overlay routes a
+//! block to its node, so an address elsewhere would not be reachable. There is no borrowing
+//! from other nodes' blocks, and a requested address in another node's block is refused (103).
+//!
+//! An ADD reads `nodes/<node>/` (its blocks and their addresses) and the attachment's index in
+//! one read, then writes its addresses (one per range set) and the index in one transaction
+//! that holds only if each address is still free and each block still the node's. So an
+//! address is never held twice, and a steady ADD is one write. DEL reads the index and deletes
+//! it with the addresses in one write.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use etcd::{Created, EtcdError, Kv};
-use host_local::{
-    allocator::Requested,
+use cluster::{
+    ipam::{block_prefix, parse_node_key, AttRecord, Held, IpRecord, Keys, NodeBlock},
+    schema::{self, BlockRecord},
+};
+use etcd::{Compare, CompareOp, EtcdError, Kv, Op};
+use ipamconf::{
     range::{from_u128, to_u128, Range, RangeSet},
+    Requested,
 };
 use ipnetwork::IpNetwork;
 
-pub use cluster::ipam::{BlockRecord, IpRecord, Keys};
+use crate::{
+    error::Error,
+    store::{gets, Store},
+};
 
-use crate::{error::Error, store::Store};
-
-/// What the network's keys said when read, updated as this call writes.
+/// What one node's keys said when read (one transaction).
 #[derive(Debug, Default, Clone)]
-pub struct View {
-    /// Address -> (holder, mod revision).
-    pub ips: BTreeMap<IpAddr, (IpRecord, i64)>,
-    /// Block -> (node, mod revision).
-    pub blocks: BTreeMap<IpNetwork, (String, i64)>,
+pub struct NodeView {
+    /// The revision of the read.
+    pub rev: i64,
+    /// This node's blocks -> create revision of their `nodes/` key.
+    pub blocks: BTreeMap<IpNetwork, i64>,
+    /// Addresses held in them -> (holder, block, mod revision).
+    pub ips: BTreeMap<IpAddr, (IpRecord, IpNetwork, i64)>,
+    /// The attachment's index: (record, mod revision), when it holds addresses.
+    pub att: Option<(AttRecord, i64)>,
 }
 
-impl View {
-    /// One range read of the whole network's keys.
-    pub fn read(store: &dyn Store, keys: &Keys) -> Result<View, EtcdError> {
-        let mut v = View::default();
-        for kv in store.list(&keys.network_prefix)? {
-            v.absorb(keys, &kv);
-        }
-        Ok(v)
-    }
-
-    fn absorb(&mut self, keys: &Keys, kv: &Kv) {
+impl NodeView {
+    fn absorb(&mut self, node_prefix: &str, kv: &Kv) {
         let key = kv.key_str();
-        let Some(rest) = key.strip_prefix(&keys.network_prefix) else {
+        let Some((block, ip)) = key.strip_prefix(node_prefix).and_then(parse_node_key) else {
+            log::warn!("ignoring key {key}");
             return;
         };
-        if let Some(ip) = rest.strip_prefix("ips/") {
-            match (
-                ip.parse::<IpAddr>(),
-                serde_json::from_slice::<IpRecord>(&kv.value),
-            ) {
-                (Ok(ip), Ok(rec)) => {
-                    self.ips.insert(ip, (rec, kv.mod_revision));
-                }
-                // Not ours to judge: the address counts as held by nobody we know.
-                (Ok(ip), Err(_)) => {
-                    let rec = IpRecord {
-                        node: String::new(),
-                        container_id: String::new(),
-                        ifname: String::new(),
-                    };
-                    self.ips.insert(ip, (rec, kv.mod_revision));
-                }
-                _ => log::warn!("ignoring key {key}: not an address"),
+        match ip {
+            None => {
+                self.blocks.insert(block, kv.create_revision);
             }
-        } else if let Some(b) = rest.strip_prefix("blocks/") {
-            let net = b.replacen('_', "/", 1).parse::<IpNetwork>();
-            let rec = serde_json::from_slice::<BlockRecord>(&kv.value);
-            match (net, rec) {
-                (Ok(net), Ok(rec)) => {
-                    self.blocks.insert(net, (rec.node, kv.mod_revision));
-                }
-                _ => log::warn!("ignoring key {key}: not a block"),
+            Some(ip) => {
+                let rec = serde_json::from_slice::<IpRecord>(&kv.value).unwrap_or(IpRecord {
+                    container_id: String::new(),
+                    ifname: String::new(),
+                });
+                self.ips.insert(ip, (rec, block, kv.mod_revision));
             }
         }
     }
-
-    /// The address (and its mod revision) `(container_id, ifname)` holds in `set`.
-    pub fn held_by(
-        &self,
-        set: &RangeSet,
-        container_id: &str,
-        ifname: &str,
-    ) -> Option<(IpAddr, i64)> {
-        self.ips
-            .iter()
-            .find(|(ip, (rec, _))| set.contains(**ip) && rec.is(container_id, ifname))
-            .map(|(ip, (_, rev))| (*ip, *rev))
-    }
 }
 
-/// Prefix length of a range's blocks: /26 (IPv4) or /122 (IPv6), 64 addresses, or the
-/// subnet itself when it is smaller.
-pub fn block_prefix(r: &Range) -> u8 {
-    if r.subnet.is_ipv4() {
-        r.subnet.prefix().max(26)
-    } else {
-        r.subnet.prefix().max(122)
-    }
-}
-
-fn block_size(r: &Range) -> u128 {
-    let bits = if r.subnet.is_ipv4() { 32 } else { 128 };
-    1u128 << (bits - u32::from(block_prefix(r)))
-}
-
-/// The block of `r` with base address `base`.
-fn block_at(r: &Range, base: u128) -> Option<IpNetwork> {
-    IpNetwork::new(from_u128(base, r.start), block_prefix(r)).ok()
-}
-
-/// `[first, last]` block base addresses of a range, and how many blocks.
-fn block_span(r: &Range) -> (u128, u128) {
-    let size = block_size(r);
-    let first = to_u128(r.start) & !(size - 1);
-    let last = to_u128(r.end) & !(size - 1);
-    (first, (last - first) / size + 1)
-}
-
-/// The addresses of `set` that can be handed out and lie in `block`.
-pub fn addresses_in_block(set: &RangeSet, block: IpNetwork) -> Vec<IpAddr> {
-    let base = to_u128(block.network());
-    let bits = if block.is_ipv4() { 32 } else { 128 };
-    let size = 1u128 << (bits - u32::from(block.prefix()));
-    if size > 1 << 16 {
-        return Vec::new(); // not one of our blocks
-    }
-    (0..size)
-        .map(|i| from_u128(base + i, block.network()))
-        .filter(|ip| set.is_allocatable(*ip))
-        .collect()
+/// An address this call got (or found the attachment holding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Got {
+    pub ip: IpAddr,
+    /// The range's subnet prefix length and gateway, to answer with.
+    pub prefix: u8,
+    pub gateway: IpAddr,
+    /// The node's block that holds it.
+    pub block: IpNetwork,
+    /// True when this call created it (false: the attachment already held it).
+    pub fresh: bool,
 }
 
 /// FNV-1a: a stable hash (the same on every node and every build) to spread starting points.
@@ -141,284 +89,550 @@ pub fn fnv(s: &str) -> u64 {
     })
 }
 
-/// An address this call got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Got {
-    pub ip: IpAddr,
-    /// The prefix length (from the range's subnet) and gateway to answer with.
-    pub prefix: u8,
-    pub gateway: IpAddr,
-    /// Mod revision of the `ips/` key when this call created it (for rollback); None when the
-    /// container already held the address.
-    pub fresh: Option<i64>,
+fn bits(ip: &IpAddr) -> u32 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
+
+/// The block of `r` that holds `ip`.
+fn block_in(r: &Range, ip: IpAddr) -> Option<IpNetwork> {
+    let p = block_prefix(r.subnet);
+    let n = IpNetwork::new(ip, p).ok()?;
+    IpNetwork::new(n.network(), p).ok()
+}
+
+/// The addresses of `set` that can be handed out and lie in `block`.
+pub fn addresses_in_block(set: &RangeSet, block: IpNetwork) -> Vec<IpAddr> {
+    let base = to_u128(block.network());
+    let size = 1u128 << (bits(&block.network()) - u32::from(block.prefix()));
+    if size > 1 << 16 {
+        return Vec::new(); // not one of our blocks
+    }
+    (0..size)
+        .map(|i| from_u128(base + i, block.network()))
+        .filter(|ip| set.is_allocatable(*ip))
+        .collect()
+}
+
+/// Does `block` belong to `set` (a block of one of its ranges with an address to hand out)?
+fn block_of_set(set: &RangeSet, block: IpNetwork) -> bool {
+    set.0
+        .iter()
+        .any(|r| block_prefix(r.subnet) == block.prefix() && r.subnet.contains(block.network()))
+        && !addresses_in_block(set, block).is_empty()
+}
+
+/// Every block of `set` as (range, first block base, count): lazily walked.
+fn spans(set: &RangeSet) -> Vec<(&Range, u128, u128, u128)> {
+    set.0
+        .iter()
+        .map(|r| {
+            let bp = block_prefix(r.subnet);
+            let size = 1u128 << (bits(&r.start) - u32::from(bp));
+            let first = to_u128(r.start) & !(size - 1);
+            let last = to_u128(r.end) & !(size - 1);
+            (r, first, (last - first) / size + 1, size)
+        })
+        .collect()
+}
+
+/// How many blocks `set` has (saturating for huge IPv6 ranges).
+pub fn block_count(set: &RangeSet) -> u128 {
+    spans(set).iter().fold(0, |a, s| a.saturating_add(s.2))
+}
+
+/// How many unclaimed blocks one ADD tries before it reads the whole network's blocks.
+const BLIND_CLAIMS: usize = 12;
+/// How many times an ADD starts over after a transaction lost a race.
+const ROUNDS: usize = 8;
 
 /// One node's allocator over a store.
 pub struct Allocator<'a> {
     pub store: &'a dyn Store,
     pub keys: Keys,
+    /// The etcd prefix (for `<prefix>/blocks/` and `<prefix>/hosts/`).
+    pub prefix: String,
+    pub network: String,
     pub node: &'a str,
-    /// `<prefix>/hosts/`, for the dead-node rule.
-    pub hosts_prefix: String,
 }
 
-/// How many unclaimed blocks one ADD tries to claim before it borrows instead.
-const MAX_CLAIMS: usize = 16;
-/// How many candidates a borrow walks (huge IPv6 ranges are never full in practice).
-const MAX_BORROW_WALK: usize = 1 << 16;
-
 impl Allocator<'_> {
-    fn got(set: &RangeSet, ip: IpAddr, fresh: Option<i64>) -> Option<Got> {
+    fn node_prefix(&self) -> String {
+        self.keys.node_blocks(self.node)
+    }
+
+    /// This node's blocks and addresses, and the attachment's index: one read.
+    pub fn read(&self, id: &str, ifname: &str) -> Result<NodeView, EtcdError> {
+        let np = self.node_prefix();
+        let r = self.store.txn(
+            &[],
+            &[Op::get_prefix(&np), Op::get(self.keys.att(id, ifname))],
+            &[],
+        )?;
+        let mut v = NodeView {
+            rev: r.revision,
+            ..NodeView::default()
+        };
+        let g = gets(&r);
+        for kv in g.first().copied().unwrap_or_default() {
+            v.absorb(&np, kv);
+        }
+        if let Some(kv) = g.get(1).and_then(|k| k.first()) {
+            match serde_json::from_slice::<AttRecord>(&kv.value) {
+                Ok(a) => v.att = Some((a, kv.mod_revision)),
+                Err(e) => log::warn!("ignoring {}: {e}", kv.key_str()),
+            }
+        }
+        Ok(v)
+    }
+
+    fn got(set: &RangeSet, ip: IpAddr, block: IpNetwork, fresh: bool) -> Option<Got> {
         set.range_for(ip).map(|(_, r)| Got {
             ip,
             prefix: r.subnet.prefix(),
             gateway: r.gateway,
+            block,
             fresh,
         })
     }
 
-    /// Tries to create `ips/<ip>` for the container; Some when it now holds it.
-    fn try_ip(
+    /// A free address of `set` in this node's blocks, starting at a hash of (id, ifname) so a
+    /// node's parallel ADDs rarely try the same one.
+    fn pick(
         &self,
-        view: &mut View,
+        v: &NodeView,
         set: &RangeSet,
-        ip: IpAddr,
         id: &str,
         ifname: &str,
-    ) -> Result<Option<Got>, EtcdError> {
-        if view.ips.contains_key(&ip) {
-            return Ok(None);
-        }
-        let rec = IpRecord {
-            node: self.node.into(),
-            container_id: id.into(),
-            ifname: ifname.into(),
-        };
-        let value = serde_json::to_vec(&rec).unwrap_or_default();
-        match self.store.create(&self.keys.ip(ip), &value)? {
-            Created::Created { revision } => {
-                view.ips.insert(ip, (rec, revision));
-                Ok(Self::got(set, ip, Some(revision)))
+        taken: &BTreeSet<IpAddr>,
+    ) -> Option<(IpAddr, IpNetwork)> {
+        for b in v.blocks.keys().filter(|b| block_of_set(set, **b)) {
+            let mut free: Vec<IpAddr> = addresses_in_block(set, *b)
+                .into_iter()
+                .filter(|ip| !v.ips.contains_key(ip) && !taken.contains(ip))
+                .collect();
+            if free.is_empty() {
+                continue;
             }
-            Created::Exists(kv) => {
-                let theirs: Option<IpRecord> = serde_json::from_slice(&kv.value).ok();
-                match theirs {
-                    // Our own earlier try, whose answer was lost on a failover.
-                    Some(t) if t.is(id, ifname) => {
-                        view.ips.insert(ip, (t, kv.mod_revision));
-                        Ok(Self::got(set, ip, Some(kv.mod_revision)))
-                    }
-                    other => {
-                        let rec = other.unwrap_or(IpRecord {
-                            node: String::new(),
-                            container_id: String::new(),
-                            ifname: String::new(),
-                        });
-                        view.ips.insert(ip, (rec, kv.mod_revision));
-                        Ok(None)
-                    }
-                }
-            }
-        }
-    }
-
-    /// Tries the free addresses of one block, starting at a hash of (id, ifname).
-    fn try_block(
-        &self,
-        view: &mut View,
-        set: &RangeSet,
-        block: IpNetwork,
-        id: &str,
-        ifname: &str,
-    ) -> Result<Option<Got>, EtcdError> {
-        let mut free: Vec<IpAddr> = addresses_in_block(set, block)
-            .into_iter()
-            .filter(|ip| !view.ips.contains_key(ip))
-            .collect();
-        if free.is_empty() {
-            return Ok(None);
-        }
-        let start = (fnv(&format!("{id}/{ifname}")) % free.len() as u64) as usize;
-        free.rotate_left(start);
-        for ip in free {
-            if let Some(g) = self.try_ip(view, set, ip, id, ifname)? {
-                return Ok(Some(g));
-            }
-        }
-        Ok(None)
-    }
-
-    /// An unclaimed block of `set` with a free address, walking from a hash of the node name.
-    fn pick_unclaimed(&self, view: &View, set: &RangeSet) -> Option<IpNetwork> {
-        let spans: Vec<(&Range, u128, u128)> = set
-            .0
-            .iter()
-            .map(|r| {
-                let (f, n) = block_span(r);
-                (r, f, n)
-            })
-            .collect();
-        let total = spans
-            .iter()
-            .fold(0u128, |a, (_, _, n)| a.saturating_add(*n));
-        if total == 0 {
-            return None;
-        }
-        let start = u128::from(fnv(self.node)) % total;
-        let walk = total.min(view.blocks.len() as u128 + 4096);
-        for k in 0..walk {
-            let mut idx = (start + k) % total;
-            for (r, first, n) in &spans {
-                if idx < *n {
-                    let block = block_at(r, first + idx * block_size(r))?;
-                    if !view.blocks.contains_key(&block)
-                        && addresses_in_block(set, block)
-                            .iter()
-                            .any(|ip| !view.ips.contains_key(ip))
-                    {
-                        return Some(block);
-                    }
-                    break;
-                }
-                idx -= n;
-            }
+            let start = (fnv(&format!("{id}/{ifname}")) % free.len() as u64) as usize;
+            free.rotate_left(start);
+            return Some((free[0], *b));
         }
         None
     }
 
-    /// One address of `set` for (id, ifname); see the module doc for the order.
-    pub fn allocate(
-        &self,
-        view: &mut View,
-        set: &RangeSet,
-        id: &str,
-        ifname: &str,
-        requested: Option<&Requested>,
-    ) -> Result<Option<Got>, Error> {
-        let requested_field = requested.map(|r| r.field.clone());
-        let requested = requested.map(|r| r.ip);
-        // 0. ADD again for an attachment that holds an address answers that address.
-        if let Some((ip, _)) = view.held_by(set, id, ifname) {
-            if requested.is_none_or(|r| r == ip) {
-                return Ok(Self::got(set, ip, None));
+    /// Blocks to try claiming for `set`, best first: the buddies of this node's blocks (the
+    /// other half of the smallest aligned prefix holding one of them, then of the next larger,
+    /// so a node's blocks merge into few routes), then even-numbered blocks from a hash of the
+    /// node name (leaving each first block's buddy free for its node), then the odd ones.
+    fn candidates(&self, v: &NodeView, set: &RangeSet, limit: usize) -> Vec<IpNetwork> {
+        let mut out: Vec<IpNetwork> = Vec::new();
+        let push = |b: IpNetwork, out: &mut Vec<IpNetwork>| {
+            if !v.blocks.contains_key(&b) && !out.contains(&b) && block_of_set(set, b) {
+                out.push(b);
             }
-            return Err(Error::AlreadyHolds {
-                held: ip,
-                requested: requested.unwrap_or(ip),
-            });
-        }
-        // 1. A requested address, wherever it lies.
-        if let Some(ip) = requested {
-            if !set.is_allocatable(ip) {
-                return Err(Error::Config {
-                    field: requested_field.unwrap_or_default(),
-                    problem: format!("{ip} is the gateway, network or broadcast address"),
-                });
-            }
-            if let Some(g) = self.try_ip(view, set, ip, id, ifname)? {
-                return Ok(Some(g));
-            }
-            let owner = view
-                .ips
-                .get(&ip)
-                .map(|(r, _)| format!("{}/{} on {}", r.container_id, r.ifname, r.node));
-            return Err(Error::Taken {
-                ip,
-                owner: owner.unwrap_or_default(),
-            });
-        }
-        // 2. This node's blocks.
-        let own: Vec<IpNetwork> = view
-            .blocks
-            .iter()
-            .filter(|(b, (node, _))| node == self.node && !addresses_in_block(set, **b).is_empty())
-            .map(|(b, _)| *b)
-            .collect();
-        for b in own {
-            if let Some(g) = self.try_block(view, set, b, id, ifname)? {
-                return Ok(Some(g));
-            }
-        }
-        // 3. Claim a new block (create txn); a block our own parallel ADD just claimed is ours.
-        for _ in 0..MAX_CLAIMS {
-            let Some(b) = self.pick_unclaimed(view, set) else {
-                break;
-            };
-            let value = serde_json::to_vec(&BlockRecord {
-                node: self.node.into(),
-            })
-            .unwrap_or_default();
-            match self.store.create(&self.keys.block(b), &value)? {
-                Created::Created { revision } => {
-                    log::info!("node {} claimed block {b}", self.node);
-                    view.blocks.insert(b, (self.node.into(), revision));
-                }
-                Created::Exists(kv) => {
-                    let node = serde_json::from_slice::<BlockRecord>(&kv.value)
-                        .map(|r| r.node)
-                        .unwrap_or_default();
-                    let ours = node == self.node;
-                    view.blocks.insert(b, (node, kv.mod_revision));
-                    if !ours {
-                        continue;
+        };
+        for (r, _, _, size) in spans(set) {
+            let bp = block_prefix(r.subnet);
+            let own: Vec<u128> = v
+                .blocks
+                .keys()
+                .filter(|b| b.prefix() == bp && r.subnet.contains(b.network()))
+                .map(|b| to_u128(b.network()))
+                .collect();
+            for level in (r.subnet.prefix()..bp).rev() {
+                let span = 1u128 << (bits(&r.start) - u32::from(level));
+                for o in &own {
+                    let base = o & !(span - 1);
+                    let mut k = 0u128;
+                    while k < span / size && out.len() < limit {
+                        if let Ok(b) = IpNetwork::new(from_u128(base + k * size, r.start), bp) {
+                            push(b, &mut out);
+                        }
+                        k += 1;
                     }
                 }
-            }
-            if let Some(g) = self.try_block(view, set, b, id, ifname)? {
-                return Ok(Some(g));
+                if out.len() >= limit {
+                    return out;
+                }
             }
         }
-        // 4. Borrow any free address of the set (another node's block or an unclaimed corner).
-        self.borrow(view, set, id, ifname)
+        let spans = spans(set);
+        let total: u128 = spans.iter().fold(0, |a, s| a.saturating_add(s.2));
+        if total == 0 {
+            return out;
+        }
+        let start = u128::from(fnv(self.node)) % total;
+        for parity in [0u128, 1] {
+            let mut k = 0u128;
+            while k < total && out.len() < limit && k < (limit as u128) * 64 {
+                let mut idx = (start + k) % total;
+                k += 1;
+                for (r, first, n, size) in &spans {
+                    if idx < *n {
+                        let block_no = (first / size) + idx;
+                        if block_no % 2 == parity {
+                            if let Ok(b) = IpNetwork::new(
+                                from_u128(first + idx * size, r.start),
+                                block_prefix(r.subnet),
+                            ) {
+                                push(b, &mut out);
+                            }
+                        }
+                        break;
+                    }
+                    idx -= n;
+                }
+            }
+        }
+        out
     }
 
-    fn borrow(
+    /// Claim `block` for this node: creates `blocks/<net>/<cidr>` and `nodes/<node>/<cidr>`
+    /// if the first is absent. `Ok(Some(create revision))` when the node holds it now.
+    fn claim(&self, block: IpNetwork) -> Result<Option<i64>, EtcdError> {
+        let global = schema::block_key(&self.prefix, &self.network, block);
+        let mine = self.keys.node_block(self.node, block);
+        let value = serde_json::to_vec(&BlockRecord {
+            node: self.node.to_string(),
+        })
+        .unwrap_or_default();
+        let r = self.store.txn(
+            &[Compare::absent(&global)],
+            &[
+                Op::put(&global, &value, None),
+                Op::put(
+                    &mine,
+                    serde_json::to_vec(&NodeBlock {}).unwrap_or_default(),
+                    None,
+                ),
+            ],
+            &[Op::get(&global), Op::get(&mine)],
+        )?;
+        if r.succeeded {
+            log::info!(
+                "node {} claimed block {block} of {}",
+                self.node,
+                self.network
+            );
+            return Ok(Some(r.revision));
+        }
+        // Ours already (an earlier try whose answer was lost, or a parallel ADD of this node).
+        let g = gets(&r);
+        let holder = g
+            .first()
+            .and_then(|k| k.first())
+            .and_then(|kv| serde_json::from_slice::<BlockRecord>(&kv.value).ok());
+        match (holder, g.get(1).and_then(|k| k.first())) {
+            (Some(h), Some(kv)) if h.node == self.node => Ok(Some(kv.create_revision)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The holder of `block` in the network, if any.
+    fn holder(&self, block: IpNetwork) -> Result<Option<String>, EtcdError> {
+        let key = schema::block_key(&self.prefix, &self.network, block);
+        let r = self.store.txn(&[], &[Op::get(&key)], &[])?;
+        Ok(gets(&r)
+            .first()
+            .and_then(|k| k.first())
+            .and_then(|kv| serde_json::from_slice::<BlockRecord>(&kv.value).ok())
+            .map(|b| b.node))
+    }
+
+    /// A new block for `set`: blind tries first, then (the range filling up) from the list of
+    /// every claimed block. None when the range set has no unclaimed block left.
+    fn claim_for(
         &self,
-        view: &mut View,
+        v: &NodeView,
         set: &RangeSet,
-        id: &str,
-        ifname: &str,
-    ) -> Result<Option<Got>, Error> {
-        let free: Vec<IpAddr> = set
-            .candidates(None)
-            .take(MAX_BORROW_WALK)
-            .map(|(_, ip)| ip)
-            .filter(|ip| !view.ips.contains_key(ip))
+    ) -> Result<Option<(IpNetwork, i64)>, EtcdError> {
+        for b in self.candidates(v, set, BLIND_CLAIMS) {
+            if let Some(rev) = self.claim(b)? {
+                return Ok(Some((b, rev)));
+            }
+        }
+        let (kvs, _) = self
+            .store
+            .list(&schema::network_blocks_prefix(&self.prefix, &self.network))?;
+        let claimed: BTreeSet<IpNetwork> = kvs
+            .iter()
+            .filter_map(|kv| {
+                let k = kv.key_str();
+                schema::parse_cidr_key(k.rsplit('/').next().unwrap_or_default())
+            })
             .collect();
-        for ip in free {
-            if let Some(g) = self.try_ip(view, set, ip, id, ifname)? {
-                return Ok(Some(g));
+        for (r, first, n, size) in spans(set) {
+            let mut tries = 0;
+            let mut k = 0u128;
+            while k < n && tries < BLIND_CLAIMS {
+                let Ok(b) =
+                    IpNetwork::new(from_u128(first + k * size, r.start), block_prefix(r.subnet))
+                else {
+                    k += 1;
+                    continue;
+                };
+                k += 1;
+                if claimed.contains(&b) || v.blocks.contains_key(&b) || !block_of_set(set, b) {
+                    continue;
+                }
+                tries += 1;
+                if let Some(rev) = self.claim(b)? {
+                    return Ok(Some((b, rev)));
+                }
             }
         }
         Ok(None)
     }
 
-    /// Steps 0-4, then, if the set is full, the dead-node rule ([`reclaim_dead_nodes`]) and
-    /// one more borrow.
-    pub fn allocate_or_reclaim(
+    /// What the attachment holds, as answers for the range sets (an ADD repeated).
+    fn held(
         &self,
-        view: &mut View,
-        set: &RangeSet,
+        att: &AttRecord,
+        sets: &[RangeSet],
+        requested: &[Option<&Requested>],
+    ) -> Result<Vec<Got>, Error> {
+        let mut out = Vec::new();
+        for (i, set) in sets.iter().enumerate() {
+            let Some(h) = att.ips.iter().find(|h| set.contains(h.ip)) else {
+                return Err(Error::Stale {
+                    what: format!("the attachment holds no address of range set {i} ({set})"),
+                });
+            };
+            if let Some(r) = requested[i].filter(|r| r.ip != h.ip) {
+                return Err(Error::AlreadyHolds {
+                    held: h.ip,
+                    requested: r.ip,
+                });
+            }
+            out.extend(Self::got(set, h.ip, h.block, false));
+        }
+        Ok(out)
+    }
+
+    /// One address per range set for (id, ifname): see the module doc. `Ok(None)` for the
+    /// index of a range set with no address left (no free address in this node's blocks and
+    /// no block left to claim).
+    pub fn allocate(
+        &self,
+        sets: &[RangeSet],
         id: &str,
         ifname: &str,
-        requested: Option<&Requested>,
-    ) -> Result<Option<Got>, Error> {
-        if let Some(g) = self.allocate(view, set, id, ifname, requested)? {
-            return Ok(Some(g));
+        requested: &[Option<&Requested>],
+    ) -> Result<Result<Vec<Got>, usize>, Error> {
+        for _ in 0..ROUNDS {
+            let mut v = self.read(id, ifname)?;
+            if let Some((att, _)) = &v.att {
+                return Ok(Ok(self.held(att, sets, requested)?));
+            }
+            let mut picks: Vec<(IpAddr, IpNetwork, i64, usize)> = Vec::new();
+            let mut taken = BTreeSet::new();
+            let mut again = false;
+            for (i, set) in sets.iter().enumerate() {
+                let pick = match requested[i] {
+                    Some(r) => self.requested(&mut v, set, r)?,
+                    None => match self.pick(&v, set, id, ifname, &taken) {
+                        Some(p) => Some(p),
+                        None => match self.claim_for(&v, set)? {
+                            Some((b, rev)) => {
+                                v.blocks.insert(b, rev);
+                                self.pick(&v, set, id, ifname, &taken)
+                            }
+                            None => return Ok(Err(i)),
+                        },
+                    },
+                };
+                let Some((ip, block)) = pick else {
+                    again = true;
+                    break;
+                };
+                let rev = v.blocks.get(&block).copied().unwrap_or_default();
+                taken.insert(ip);
+                picks.push((ip, block, rev, i));
+            }
+            if again {
+                continue;
+            }
+            let rec = serde_json::to_vec(&IpRecord {
+                container_id: id.into(),
+                ifname: ifname.into(),
+            })
+            .unwrap_or_default();
+            let att = AttRecord {
+                node: self.node.to_string(),
+                ips: picks
+                    .iter()
+                    .map(|(ip, block, ..)| Held {
+                        ip: *ip,
+                        block: *block,
+                    })
+                    .collect(),
+            };
+            let mut compares = Vec::new();
+            let mut ops = Vec::new();
+            for (ip, block, rev, _) in &picks {
+                let k = self.keys.ip(self.node, *block, *ip);
+                compares.push(Compare::absent(&k));
+                compares.push(Compare::create_revision(
+                    self.keys.node_block(self.node, *block),
+                    CompareOp::Equal,
+                    *rev,
+                ));
+                ops.push(Op::put(k, &rec, None));
+            }
+            let att_key = self.keys.att(id, ifname);
+            compares.push(Compare::absent(&att_key));
+            ops.push(Op::put(
+                &att_key,
+                serde_json::to_vec(&att).unwrap_or_default(),
+                None,
+            ));
+            if self.store.txn(&compares, &ops, &[])?.succeeded {
+                return Ok(Ok(picks
+                    .iter()
+                    .filter_map(|(ip, block, _, i)| Self::got(&sets[*i], *ip, *block, true))
+                    .collect()));
+            }
+            log::debug!("{id}/{ifname}: lost a race for {picks:?}; reading again");
         }
-        let r = reclaim_dead_nodes(self.store, &self.hosts_prefix, &self.keys, self.node)?;
-        if r.ips.is_empty() {
-            return Ok(None);
+        Err(Error::Contention {
+            node: self.node.to_string(),
+        })
+    }
+
+    /// A requested address: free in one of this node's blocks, or in an unclaimed block
+    /// (claimed now). In another node's block it is refused: the overlay routes that block to
+    /// its node.
+    fn requested(
+        &self,
+        v: &mut NodeView,
+        set: &RangeSet,
+        r: &Requested,
+    ) -> Result<Option<(IpAddr, IpNetwork)>, Error> {
+        if !set.is_allocatable(r.ip) {
+            return Err(Error::Config {
+                field: r.field.clone(),
+                problem: format!("{} is the gateway, network or broadcast address", r.ip),
+            });
         }
-        log::warn!(
-            "range full: reclaimed {:?} from dead nodes {:?}",
-            r.ips,
-            r.nodes
-        );
-        for ip in &r.ips {
-            view.ips.remove(ip);
+        let Some(block) = set
+            .range_for(r.ip)
+            .and_then(|(_, range)| block_in(range, r.ip))
+        else {
+            return Err(Error::Config {
+                field: r.field.clone(),
+                problem: format!("{} lies in no range", r.ip),
+            });
+        };
+        if let std::collections::btree_map::Entry::Vacant(slot) = v.blocks.entry(block) {
+            match self.claim(block)? {
+                Some(rev) => {
+                    slot.insert(rev);
+                }
+                None => {
+                    let node = self.holder(block)?.unwrap_or_default();
+                    return Err(Error::OtherNodesBlock {
+                        ip: r.ip,
+                        block,
+                        node,
+                    });
+                }
+            }
         }
-        self.borrow(view, set, id, ifname)
+        if let Some((rec, ..)) = v.ips.get(&r.ip) {
+            return Err(Error::Taken {
+                ip: r.ip,
+                owner: format!("{}/{} on {}", rec.container_id, rec.ifname, self.node),
+            });
+        }
+        Ok(Some((r.ip, block)))
+    }
+
+    /// Release (id, ifname): its index and addresses, in one write when it holds any.
+    pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, EtcdError> {
+        let key = self.keys.att(id, ifname);
+        for _ in 0..ROUNDS {
+            let r = self.store.txn(&[], &[Op::get(&key)], &[])?;
+            let Some(kv) = gets(&r).first().and_then(|k| k.first()).cloned() else {
+                return Ok(Vec::new());
+            };
+            let att: AttRecord = match serde_json::from_slice(&kv.value) {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("{key} unreadable ({e}): deleting it");
+                    AttRecord {
+                        node: String::new(),
+                        ips: Vec::new(),
+                    }
+                }
+            };
+            let node = if att.node.is_empty() {
+                self.node
+            } else {
+                att.node.as_str()
+            };
+            let mut ops = vec![Op::delete(&key)];
+            for h in &att.ips {
+                ops.push(Op::delete(self.keys.ip(node, h.block, h.ip)));
+            }
+            let done = self.store.txn(
+                &[Compare::mod_revision(
+                    &key,
+                    CompareOp::Equal,
+                    kv.mod_revision,
+                )],
+                &ops,
+                &[],
+            )?;
+            if done.succeeded {
+                return Ok(att.ips.iter().map(|h| h.ip).collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Release this node's empty blocks (each only if no address appeared in it since read).
+    pub fn release_empty_blocks(&self) -> Result<Vec<IpNetwork>, EtcdError> {
+        let np = self.node_prefix();
+        let (kvs, rev) = self.store.list(&np)?;
+        let mut v = NodeView::default();
+        for kv in &kvs {
+            v.absorb(&np, kv);
+        }
+        let mut out = Vec::new();
+        for (b, created) in &v.blocks {
+            if v.ips.values().any(|(_, ib, _)| ib == b) {
+                continue;
+            }
+            let mine = self.keys.node_block(self.node, *b);
+            let r = self.store.txn(
+                &[
+                    Compare::create_revision(&mine, CompareOp::Equal, *created),
+                    Compare::prefix_mod_revision(
+                        self.keys.block_ips(self.node, *b),
+                        CompareOp::Less,
+                        rev + 1,
+                    ),
+                ],
+                &[
+                    Op::delete(&mine),
+                    Op::delete(schema::block_key(&self.prefix, &self.network, *b)),
+                ],
+                &[],
+            )?;
+            if r.succeeded {
+                log::info!(
+                    "node {} released empty block {b} of {}",
+                    self.node,
+                    self.network
+                );
+                out.push(*b);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -430,40 +644,74 @@ pub struct Reclaimed {
     pub blocks: Vec<IpNetwork>,
 }
 
-/// The dead-node rule: a node is dead when it has no `hosts/<node>` key (the agent's lease
+/// The dead-node rule: a node is dead when it has no `hosts/<node>` key (its agent's lease
 /// expired) *and* the judge has one (so agents run in this cluster and the judge's own agent
-/// is alive; without agents nobody is ever declared dead). The dead node's `ips/` and
-/// `blocks/` keys of this network are deleted, each only if unchanged since read.
+/// is alive; without agents nobody is ever declared dead). Each block of a dead node goes
+/// with its addresses and their attachments' index keys, in one transaction per block that
+/// holds only if the block's key is unchanged since read.
 pub fn reclaim_dead_nodes(
     store: &dyn Store,
-    hosts_prefix: &str,
-    keys: &Keys,
+    prefix: &str,
+    network: &str,
     judge: &str,
 ) -> Result<Reclaimed, EtcdError> {
-    let live: Vec<String> = store
-        .list(hosts_prefix)?
+    let hosts_prefix = schema::hosts_prefix(prefix);
+    let (hosts, _) = store.list(&hosts_prefix)?;
+    let live: BTreeSet<String> = hosts
         .iter()
-        .filter_map(|kv| kv.key_str().strip_prefix(hosts_prefix).map(str::to_string))
+        .filter_map(|kv| kv.key_str().strip_prefix(&hosts_prefix).map(str::to_string))
         .collect();
     let mut out = Reclaimed::default();
-    if !live.iter().any(|n| n == judge) {
+    if !live.contains(judge) {
         return Ok(out);
     }
-    let view = View::read(store, keys)?;
-    let dead = |node: &str| !node.is_empty() && !live.iter().any(|n| n == node);
-    for (ip, (rec, rev)) in &view.ips {
-        if dead(&rec.node) && store.delete_if(&keys.ip(*ip), *rev)? {
-            out.ips.push(*ip);
-            if !out.nodes.contains(&rec.node) {
-                out.nodes.push(rec.node.clone());
+    let keys = Keys::new(&cluster::ipam::network_prefix(prefix, network));
+    let (blocks, _) = store.list(&schema::network_blocks_prefix(prefix, network))?;
+    for kv in blocks {
+        let key = kv.key_str();
+        let Some(block) = key.rsplit('/').next().and_then(schema::parse_cidr_key) else {
+            continue;
+        };
+        let node = serde_json::from_slice::<BlockRecord>(&kv.value)
+            .map(|b| b.node)
+            .unwrap_or_default();
+        if node.is_empty() || live.contains(&node) {
+            continue;
+        }
+        let (ips, _) = store.list(&keys.block_ips(&node, block))?;
+        let mut ops = vec![
+            Op::delete(&key),
+            Op::delete(keys.node_block(&node, block)),
+            Op::delete_prefix(keys.block_ips(&node, block)),
+        ];
+        let mut released: Vec<IpAddr> = Vec::new();
+        for ipkv in &ips {
+            if let Ok(rec) = serde_json::from_slice::<IpRecord>(&ipkv.value) {
+                ops.push(Op::delete(keys.att(&rec.container_id, &rec.ifname)));
+            }
+            if let Some(ip) = ipkv
+                .key_str()
+                .rsplit('/')
+                .next()
+                .and_then(|s| s.parse().ok())
+            {
+                released.push(ip);
             }
         }
-    }
-    for (b, (node, rev)) in &view.blocks {
-        if dead(node) && store.delete_if(&keys.block(*b), *rev)? {
-            out.blocks.push(*b);
-            if !out.nodes.contains(node) {
-                out.nodes.push(node.clone());
+        let r = store.txn(
+            &[Compare::mod_revision(
+                &key,
+                CompareOp::Equal,
+                kv.mod_revision,
+            )],
+            &ops,
+            &[],
+        )?;
+        if r.succeeded {
+            out.blocks.push(block);
+            out.ips.extend(released);
+            if !out.nodes.contains(&node) {
+                out.nodes.push(node);
             }
         }
     }

@@ -1,10 +1,10 @@
 //! The `ipam` section: host-local's `ranges`/`routes` (and `subnet`..., `resolvConf`, requested
-//! `ips`), parsed by host-local's own code, plus `etcdEndpoints`, `etcdPrefix` and the TLS
+//! `ips`), parsed by the code host-local uses (crates/ipamconf), plus `etcdEndpoints`, `etcdPrefix` and the TLS
 //! files `etcdCACertFile`, `etcdCertFile`, `etcdKeyFile` (read and checked here, before any
 //! side effect).
 
 use cni_core::{CniError, Request};
-use host_local::config::IpamConfig;
+use ipamconf::IpamConfig;
 use serde::Deserialize;
 
 pub use cluster::DEFAULT_PREFIX;
@@ -28,7 +28,7 @@ struct RawIpam {
 /// The validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Ranges, routes, requested addresses: host-local's (its `dataDir` is ignored).
+    /// Ranges, routes, requested addresses: as host-local reads them (`dataDir` is ignored).
     pub ipam: IpamConfig,
     /// `http://host:port`, normalized.
     pub endpoints: Vec<String>,
@@ -45,16 +45,11 @@ impl Config {
     pub fn network_prefix(&self) -> String {
         cluster::ipam::network_prefix(&self.prefix, &self.network)
     }
-
-    /// `<prefix>/hosts/`.
-    pub fn hosts_prefix(&self) -> String {
-        cluster::schema::hosts_prefix(&self.prefix)
-    }
 }
 
 /// Parse and validate; every problem is code 7 naming the field.
 pub fn parse(req: &Request) -> Result<Config, CniError> {
-    let ipam = host_local::config::parse(&req.stdin, req.version, &req.args)?;
+    let ipam = ipamconf::config::parse(&req.stdin, req.version, &req.args)?;
     let raw: RawNet = cni_core::conf::parse(&req.stdin)?;
     let raw = raw.ipam.unwrap_or_default();
     let endpoints = endpoints(raw.etcd_endpoints.as_ref())?;

@@ -14,7 +14,8 @@ pub enum Error {
     #[error("invalid config: {field}: {problem}")]
     Config { field: String, problem: String },
 
-    /// Code 104: every address of a range set is held, dead nodes' included.
+    /// Code 104: this node's blocks of a range set are full and no block is left to claim
+    /// (dead nodes' blocks reclaimed first).
     #[error("no IP addresses available in range set {index} ({ranges}) of network {network}")]
     Exhausted {
         network: String,
@@ -25,6 +26,30 @@ pub enum Error {
     /// Code 103: a requested address is held by another attachment.
     #[error("requested IP address {ip} is already held by {owner}")]
     Taken { ip: IpAddr, owner: String },
+
+    /// Code 103: a requested address lies in a block another node holds (the overlay routes
+    /// each block to its node, so it would not be reachable here).
+    #[error(
+        "requested IP address {ip} lies in block {block}, held by node {node:?}: addresses are \
+         routed to the node that holds their block, so a node hands out only addresses of its \
+         own blocks (request one of this node's, or an address in an unclaimed block)"
+    )]
+    OtherNodesBlock {
+        ip: IpAddr,
+        block: ipnetwork::IpNetwork,
+        node: String,
+    },
+
+    /// Code 11: this node's own parallel ADDs kept taking the addresses this one picked.
+    #[error(
+        "node {node}: lost the race for a free address {rounds} times in a row; try again",
+        rounds = 8
+    )]
+    Contention { node: String },
+
+    /// Code 105 (CHECK) or 7 (ADD): the attachment's record does not fit the config.
+    #[error("{what}")]
+    Stale { what: String },
 
     /// Code 103: the attachment already holds another address of the range set.
     #[error("this attachment already holds {held}; release it before requesting {requested}")]
@@ -54,7 +79,9 @@ impl From<Error> for CniError {
                     .unwrap_or_else(|| "ipam.etcdEndpoints".to_string());
                 return CniError::config(&field, etcd_err);
             }
-            Error::Etcd(_) => ErrorCode::TryAgainLater,
+            Error::Etcd(_) | Error::Contention { .. } => ErrorCode::TryAgainLater,
+            Error::OtherNodesBlock { .. } => ErrorCode::Conflict,
+            Error::Stale { .. } => ErrorCode::CheckFailed,
             Error::Exhausted { .. } => ErrorCode::AddressesExhausted,
             Error::Taken { .. } | Error::AlreadyHolds { .. } => ErrorCode::Conflict,
             Error::NotHeld { .. } => ErrorCode::CheckFailed,

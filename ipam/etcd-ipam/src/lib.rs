@@ -1,32 +1,31 @@
 //! etcd-ipam: host-local's `ranges`/`routes`, with addresses unique across a cluster through
-//! etcd (`etcdEndpoints`, `etcdPrefix`). Keys (see ETCD-SCHEMA / README):
+//! etcd (`etcdEndpoints`, `etcdPrefix`), handed out from blocks that belong to nodes. Keys
+//! (crates/cluster, docs/DESIGN-etcd-ipam.md):
 //!
 //! ```text
-//! <prefix>/ipam/<network>/blocks/<cidr with / as _>   {"node"}                      claimed once per node
-//! <prefix>/ipam/<network>/ips/<ip>                    {"node","containerId","ifname"}
+//! <prefix>/blocks/<network>/<cidr>                   {"node"}                 a node's block (the agents watch these)
+//! <prefix>/ipam/<network>/nodes/<node>/<cidr>        {}                       the same, under the node
+//! <prefix>/ipam/<network>/nodes/<node>/<cidr>/<ip>   {"containerId","ifname"} an address held
+//! <prefix>/ipam/<network>/att/<id>/<ifname>          {"node","ips"}           what an attachment holds
 //! ```
 //!
-//! - [`config`]: the `ipam` section (host-local's parser plus the etcd keys);
+//! - [`config`]: the `ipam` section (host-local's keys through crates/ipamconf, plus etcd's);
 //! - [`alloc`]: blocks, addresses, the dead-node rule, over a [`store::Store`];
 //! - [`store`]: the store trait, implemented by `etcd::Client` and an in-memory fake.
 
 pub mod alloc;
 pub mod config;
 pub mod error;
-pub mod store;
+/// The store trait and its in-memory fake (crates/etcd).
+pub use etcd::store;
 
 use std::net::IpAddr;
 
 use cni_core::{CniError, CniResult, ErrorCode, IpConfig, Plugin, Request};
 use ipnetwork::IpNetwork;
 
-pub use crate::alloc::{reclaim_dead_nodes, Keys, Reclaimed};
-use crate::{
-    alloc::{Allocator, Got, View},
-    config::Config,
-    error::Error,
-    store::Store,
-};
+pub use crate::alloc::{reclaim_dead_nodes, Got, Reclaimed};
+use crate::{alloc::Allocator, config::Config, error::Error, store::Store};
 
 /// The env var naming this node (tests set one per simulated host); else the hostname.
 pub const NODE_ENV: &str = "CNIRS_NODE_NAME";
@@ -86,13 +85,16 @@ impl EtcdIpam {
 fn allocator<'a>(store: &'a dyn Store, cfg: &Config, node: &'a str) -> Allocator<'a> {
     Allocator {
         store,
-        keys: Keys::new(&cfg.network_prefix()),
+        keys: cluster::ipam::Keys::new(&cfg.network_prefix()),
+        prefix: cfg.prefix.clone(),
+        network: cfg.network.clone(),
         node,
-        hosts_prefix: cfg.hosts_prefix(),
     }
 }
 
-/// ADD: one address per range set; on failure, releases what this call created.
+/// ADD: one address per range set, in this node's blocks (one read, one write; a block claim
+/// when the node's blocks are full). When a range set has nothing left, dead nodes' blocks
+/// are reclaimed ([`reclaim_dead_nodes`]) and the ADD tries once more.
 pub fn add(
     store: &dyn Store,
     cfg: &Config,
@@ -102,126 +104,169 @@ pub fn add(
 ) -> Result<Vec<Got>, CniError> {
     let requested = cfg.ipam.requested_per_set()?;
     let a = allocator(store, cfg, node);
-    let mut view = View::read(store, &a.keys).map_err(Error::from)?;
-    let mut got: Vec<Got> = Vec::new();
-    for (index, set) in cfg.ipam.range_sets.iter().enumerate() {
-        let res = a
-            .allocate_or_reclaim(&mut view, set, id, ifname, requested[index])
-            .and_then(|g| {
-                g.ok_or_else(|| Error::Exhausted {
-                    network: cfg.network.clone(),
-                    index,
-                    ranges: set.to_string(),
-                })
-            });
-        match res {
-            Ok(g) => got.push(g),
-            Err(e) => {
-                for g in &got {
-                    if let Some(rev) = g.fresh {
-                        if let Err(re) = store.delete_if(&a.keys.ip(g.ip), rev) {
-                            log::warn!("rolling back {}: {re}", g.ip);
-                        }
-                    }
-                }
-                return Err(e.into());
-            }
+    let sets = &cfg.ipam.range_sets;
+    let mut result = a.allocate(sets, id, ifname, &requested)?;
+    if result.is_err() {
+        let r = reclaim_dead_nodes(store, &cfg.prefix, &cfg.network, node).map_err(Error::from)?;
+        if !r.blocks.is_empty() {
+            log::warn!(
+                "range full: reclaimed blocks {:?} ({} addresses) of dead nodes {:?}",
+                r.blocks,
+                r.ips.len(),
+                r.nodes
+            );
+            result = a.allocate(sets, id, ifname, &requested)?;
         }
     }
-    Ok(got)
+    match result {
+        Ok(got) => Ok(got),
+        Err(index) => Err(Error::Exhausted {
+            network: cfg.network.clone(),
+            index,
+            ranges: sets[index].to_string(),
+        }
+        .into()),
+    }
 }
 
 /// DEL: releases every address (id, ifname) holds in the network. Idempotent.
 pub fn del(
     store: &dyn Store,
     cfg: &Config,
+    node: &str,
     id: &str,
     ifname: &str,
 ) -> Result<Vec<IpAddr>, CniError> {
-    let keys = Keys::new(&cfg.network_prefix());
-    let view = View::read(store, &keys).map_err(Error::from)?;
-    let mut released = Vec::new();
-    for (ip, (rec, rev)) in &view.ips {
-        if rec.is(id, ifname) && store.delete_if(&keys.ip(*ip), *rev).map_err(Error::from)? {
-            released.push(*ip);
-        }
-    }
-    Ok(released)
+    Ok(allocator(store, cfg, node)
+        .release(id, ifname)
+        .map_err(Error::from)?)
 }
 
-/// CHECK: (id, ifname) holds an address in every range set.
-pub fn check(store: &dyn Store, cfg: &Config, id: &str, ifname: &str) -> Result<(), CniError> {
-    let keys = Keys::new(&cfg.network_prefix());
-    let view = View::read(store, &keys).map_err(Error::from)?;
+/// CHECK: (id, ifname) holds an address in every range set, each still recorded under its
+/// node's block.
+pub fn check(
+    store: &dyn Store,
+    cfg: &Config,
+    node: &str,
+    id: &str,
+    ifname: &str,
+) -> Result<Vec<IpAddr>, CniError> {
+    let a = allocator(store, cfg, node);
+    let v = a.read(id, ifname).map_err(Error::from)?;
+    let not_held = |index: usize| Error::NotHeld {
+        container: id.into(),
+        ifname: ifname.into(),
+        network: cfg.network.clone(),
+        index,
+        ranges: cfg.ipam.range_sets[index].to_string(),
+    };
+    let Some((att, _)) = v.att else {
+        return Err(not_held(0).into());
+    };
+    let mut out = Vec::new();
     for (index, set) in cfg.ipam.range_sets.iter().enumerate() {
-        if view.held_by(set, id, ifname).is_none() {
-            return Err(Error::NotHeld {
-                container: id.into(),
-                ifname: ifname.into(),
-                network: cfg.network.clone(),
-                index,
-                ranges: set.to_string(),
+        let h = att
+            .ips
+            .iter()
+            .find(|h| set.contains(h.ip))
+            .ok_or_else(|| not_held(index))?;
+        let key = a.keys.ip(&att.node, h.block, h.ip);
+        let r = store
+            .txn(&[], &[etcd::Op::get(&key)], &[])
+            .map_err(Error::from)?;
+        let rec = store::gets(&r)
+            .first()
+            .and_then(|k| k.first())
+            .and_then(|kv| serde_json::from_slice::<cluster::ipam::IpRecord>(&kv.value).ok());
+        if !rec.is_some_and(|r| r.is(id, ifname)) {
+            return Err(Error::Stale {
+                what: format!(
+                    "{id}/{ifname} is recorded as holding {} but {key} does not name it",
+                    h.ip
+                ),
             }
             .into());
         }
+        out.push(h.ip);
     }
-    Ok(())
+    Ok(out)
 }
 
-/// GC: releases this node's addresses whose attachment is not in `valid`, then this node's
-/// blocks that hold no address any more (a later ADD claims again).
+/// GC: releases this node's attachments that are not in `valid`, then this node's blocks
+/// that hold no address any more (a later ADD claims again). Goes on past failures.
 pub fn gc(
     store: &dyn Store,
     cfg: &Config,
     node: &str,
     valid: &[cni_core::Attachment],
 ) -> Result<Vec<IpAddr>, CniError> {
-    let keys = Keys::new(&cfg.network_prefix());
-    let mut view = View::read(store, &keys).map_err(Error::from)?;
-    let mut released = Vec::new();
-    for (ip, (rec, rev)) in &view.ips {
-        let is_valid = valid.iter().any(|a| rec.is(&a.container_id, &a.ifname));
-        if rec.node == node
-            && !is_valid
-            && store.delete_if(&keys.ip(*ip), *rev).map_err(Error::from)?
-        {
-            released.push(*ip);
+    let a = allocator(store, cfg, node);
+    let (kvs, _) = store.list(&a.keys.node_blocks(node)).map_err(Error::from)?;
+    let mut stale: Vec<(String, String)> = Vec::new();
+    for kv in &kvs {
+        let k = kv.key_str();
+        let is_ip = k
+            .strip_prefix(&a.keys.node_blocks(node))
+            .and_then(cluster::ipam::parse_node_key)
+            .is_some_and(|(_, ip)| ip.is_some());
+        if !is_ip {
+            continue;
+        }
+        let Ok(rec) = serde_json::from_slice::<cluster::ipam::IpRecord>(&kv.value) else {
+            continue;
+        };
+        let is_valid = valid.iter().any(|v| rec.is(&v.container_id, &v.ifname));
+        let pair = (rec.container_id.clone(), rec.ifname.clone());
+        if !is_valid && !stale.contains(&pair) {
+            stale.push(pair);
         }
     }
-    for ip in &released {
-        view.ips.remove(ip);
+    let mut released = Vec::new();
+    let mut errors = Vec::new();
+    for (id, ifname) in &stale {
+        match a.release(id, ifname) {
+            Ok(r) => released.extend(r),
+            Err(e) => errors.push(CniError::from(Error::from(e))),
+        }
     }
-    let empty: Vec<(IpNetwork, i64)> = view
-        .blocks
-        .iter()
-        .filter(|(b, (n, _))| n == node && !view.ips.keys().any(|ip| b.contains(*ip)))
-        .map(|(b, (_, rev))| (*b, *rev))
-        .collect();
-    for (b, rev) in empty {
-        store.delete_if(&keys.block(b), rev).map_err(Error::from)?;
+    if let Err(e) = a.release_empty_blocks() {
+        errors.push(Error::from(e).into());
     }
+    cni_core::error::combine(errors)?;
     Ok(released)
 }
 
-/// STATUS: etcd answers and every range set has a free address.
-pub fn status(store: &dyn Store, cfg: &Config) -> Result<(), CniError> {
-    let keys = Keys::new(&cfg.network_prefix());
-    let view = View::read(store, &keys)
-        .map_err(|e| CniError::new(ErrorCode::NotAvailable, e.to_string()))?;
+/// STATUS: etcd answers, and every range set has a free address in this node's blocks or a
+/// block left to claim.
+pub fn status(store: &dyn Store, cfg: &Config, node: &str) -> Result<(), CniError> {
+    let unavailable = |e: String| CniError::new(ErrorCode::NotAvailable, e);
+    let a = allocator(store, cfg, node);
+    let v = a.read("", "").map_err(|e| unavailable(e.to_string()))?;
+    let (blocks, _) = store
+        .list(&cluster::schema::network_blocks_prefix(
+            &cfg.prefix,
+            &cfg.network,
+        ))
+        .map_err(|e| unavailable(e.to_string()))?;
     for (index, set) in cfg.ipam.range_sets.iter().enumerate() {
-        let held = view
-            .ips
-            .keys()
-            .filter(|ip| set.is_allocatable(**ip))
+        let own_free = v.blocks.keys().any(|b| {
+            alloc::addresses_in_block(set, *b)
+                .iter()
+                .any(|ip| !v.ips.contains_key(ip))
+        });
+        let claimed = blocks
+            .iter()
+            .filter_map(|kv| {
+                cluster::schema::parse_cidr_key(kv.key_str().rsplit('/').next().unwrap_or_default())
+            })
+            .filter(|b| set.0.iter().any(|r| r.subnet.contains(b.network())))
             .count() as u128;
-        if set.capacity() <= held {
-            return Err(CniError::new(
-                ErrorCode::NotAvailable,
-                format!(
-                    "no IP addresses available in range set {index} ({set}) of network {}",
-                    cfg.network
-                ),
-            ));
+        let total = alloc::block_count(set);
+        if !own_free && claimed >= total {
+            return Err(unavailable(format!(
+                "no IP addresses available in range set {index} ({set}) of network {}",
+                cfg.network
+            )));
         }
     }
     Ok(())
@@ -240,7 +285,7 @@ impl Plugin for EtcdIpam {
         let node = self.node()?;
         let (cfg, client) = self.open(req)?;
         let dns = match &cfg.ipam.resolv_conf {
-            Some(p) => host_local::config::read_resolv_conf(p)?,
+            Some(p) => ipamconf::config::read_resolv_conf(p)?,
             None => Default::default(),
         };
         let got = add(&client, &cfg, node, &req.container_id, &req.ifname)?;
@@ -272,14 +317,15 @@ impl Plugin for EtcdIpam {
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let (cfg, client) = self.open(req)?;
-        let released = del(&client, &cfg, &req.container_id, &req.ifname)?;
+        let released = del(&client, &cfg, &self.node, &req.container_id, &req.ifname)?;
         log::info!("{}: released {released:?}", req.tag());
         Ok(())
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
+        let node = self.node()?;
         let (cfg, client) = self.open(req)?;
-        check(&client, &cfg, &req.container_id, &req.ifname)
+        check(&client, &cfg, node, &req.container_id, &req.ifname).map(drop)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
@@ -293,8 +339,9 @@ impl Plugin for EtcdIpam {
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
+        let node = self.node()?;
         let (cfg, client) = self.open(req)?;
-        status(&client, &cfg)
+        status(&client, &cfg, node)
     }
 }
 

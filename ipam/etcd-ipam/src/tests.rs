@@ -8,8 +8,15 @@ use super::*;
 use crate::store::MemStore;
 
 fn cfg(ranges: serde_json::Value) -> Config {
-    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "net1", "type": "bridge",
+    cfg_with(ranges, serde_json::json!({}))
+}
+
+fn cfg_with(ranges: serde_json::Value, extra: serde_json::Value) -> Config {
+    let mut conf = serde_json::json!({"cniVersion": "1.1.0", "name": "net1", "type": "bridge",
         "ipam": {"type": "etcd-ipam", "ranges": ranges, "etcdEndpoints": ["http://127.0.0.1:1"]}});
+    for (k, v) in extra.as_object().unwrap() {
+        conf[k] = v.clone();
+    }
     let req = Request::build(
         Command::Add,
         "c",
@@ -22,11 +29,17 @@ fn cfg(ranges: serde_json::Value) -> Config {
 }
 
 fn dual() -> Config {
-    cfg(serde_json::json!([[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd09::/64"}]]))
+    cfg(serde_json::json!([[{"subnet": "10.9.0.0/16"}], [{"subnet": "fd09::/64"}]]))
 }
 
 fn ips(g: &[Got]) -> Vec<IpAddr> {
     g.iter().map(|g| g.ip).collect()
+}
+
+fn block(ip: IpAddr) -> IpNetwork {
+    let p = if ip.is_ipv4() { 26 } else { 122 };
+    let n = IpNetwork::new(ip, p).unwrap();
+    IpNetwork::new(n.network(), p).unwrap()
 }
 
 #[test]
@@ -36,45 +49,94 @@ fn dual_stack_add_claims_one_block_per_family_and_answers_again_for_the_same_att
     let got = add(&s, &c, "a", "c1", "eth0").unwrap();
     assert_eq!(got.len(), 2);
     assert!(got[0].ip.is_ipv4() && got[1].ip.is_ipv6());
-    assert_eq!((got[0].prefix, got[1].prefix), (24, 64));
+    assert_eq!(
+        (got[0].prefix, got[1].prefix),
+        (16, 64),
+        "the range's prefix"
+    );
     assert_eq!(got[0].gateway, "10.9.0.1".parse::<IpAddr>().unwrap());
-    let blocks = s.list("/cnirs/ipam/net1/blocks/").unwrap();
-    let names: Vec<String> = blocks.iter().map(|k| k.key_str()).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.iter().any(|n| n.ends_with("_26")) && names.iter().any(|n| n.ends_with("_122")));
+    assert_eq!(
+        (got[0].block, got[1].block),
+        (block(got[0].ip), block(got[1].ip))
+    );
+    // The agents' keys: one block per family, naming the node.
+    let blocks = s.list("/cnirs/blocks/net1/").unwrap().0;
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    assert!(blocks.iter().all(|b| b.value == br#"{"node":"a"}"#));
     let again = add(&s, &c, "a", "c1", "eth0").unwrap();
     assert_eq!(ips(&again), ips(&got));
-    assert!(again.iter().all(|g| g.fresh.is_none()));
-    let rec = s
-        .list(&format!("/cnirs/ipam/net1/ips/{}", got[0].ip))
-        .unwrap();
+    assert!(again.iter().all(|g| !g.fresh));
+    // The address under its node's block, and the attachment's index.
+    let key = format!(
+        "/cnirs/ipam/net1/nodes/a/{}/{}",
+        cluster::schema::cidr_key(got[0].block),
+        got[0].ip
+    );
+    let rec = s.list(&key).unwrap().0;
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&rec[0].value).unwrap(),
-        serde_json::json!({"node": "a", "containerId": "c1", "ifname": "eth0"})
+        serde_json::json!({"containerId": "c1", "ifname": "eth0"})
+    );
+    assert_eq!(
+        s.keys("/cnirs/ipam/net1/att/"),
+        ["/cnirs/ipam/net1/att/c1/eth0"]
     );
 }
 
 #[test]
-fn each_node_allocates_inside_its_own_block() {
+fn a_steady_add_is_one_write_and_a_del_one_write() {
     let s = MemStore::default();
-    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/22"}]]));
-    let a: Vec<IpAddr> = (0..5)
+    let c = dual();
+    add(&s, &c, "a", "first", "eth0").unwrap(); // claims the node's blocks
+    let w0 = s.writes();
+    for i in 0..20 {
+        add(&s, &c, "a", &format!("c{i}"), "eth0").unwrap();
+    }
+    assert_eq!(
+        s.writes() - w0,
+        20,
+        "one write per ADD, both families in it"
+    );
+    let w1 = s.writes();
+    for i in 0..20 {
+        assert_eq!(del(&s, &c, "a", &format!("c{i}"), "eth0").unwrap().len(), 2);
+    }
+    assert_eq!(s.writes() - w1, 20, "one write per DEL");
+    // DEL again: nothing held, nothing written.
+    let w2 = s.writes();
+    assert!(del(&s, &c, "a", "c0", "eth0").unwrap().is_empty());
+    assert_eq!(s.writes(), w2);
+}
+
+#[test]
+fn each_node_allocates_inside_its_own_blocks_and_claims_its_blocks_buddy_next() {
+    let s = MemStore::default();
+    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/16"}]]));
+    let a: Vec<IpAddr> = (0..100)
         .map(|i| add(&s, &c, "a", &format!("a{i}"), "eth0").unwrap()[0].ip)
         .collect();
     let b: Vec<IpAddr> = (0..5)
         .map(|i| add(&s, &c, "b", &format!("b{i}"), "eth0").unwrap()[0].ip)
         .collect();
-    let block = |ip: IpAddr| IpNetwork::new(ip, 26).unwrap().network();
-    assert!(a.iter().all(|ip| block(*ip) == block(a[0])), "{a:?}");
-    assert!(b.iter().all(|ip| block(*ip) == block(b[0])), "{b:?}");
-    assert_ne!(block(a[0]), block(b[0]));
+    let blocks_a: HashSet<IpNetwork> = a.iter().map(|ip| block(*ip)).collect();
+    let blocks_b: HashSet<IpNetwork> = b.iter().map(|ip| block(*ip)).collect();
+    assert_eq!(
+        blocks_a.len(),
+        2,
+        "100 addresses need two /26: {blocks_a:?}"
+    );
+    assert_eq!(blocks_b.len(), 1);
+    assert!(blocks_a.is_disjoint(&blocks_b));
+    // a's two blocks are buddies: one route covers them.
+    let v: Vec<IpNetwork> = blocks_a.into_iter().collect();
+    assert_eq!(cluster::peers::aggregate(&v).len(), 1, "{v:?}");
 }
 
 #[test]
 fn parallel_adds_from_several_nodes_never_share_an_address() {
     let s = Arc::new(MemStore::default());
     let c = Arc::new(dual());
-    let handles: Vec<_> = (0..32)
+    let handles: Vec<_> = (0..64)
         .map(|i| {
             let (s, c) = (Arc::clone(&s), Arc::clone(&c));
             std::thread::spawn(move || {
@@ -86,59 +148,59 @@ fn parallel_adds_from_several_nodes_never_share_an_address() {
         .into_iter()
         .flat_map(|h| ips(&h.join().unwrap()))
         .collect();
-    assert_eq!(all.len(), 64);
-    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 64);
+    assert_eq!(all.len(), 128);
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 128);
 }
 
 #[test]
-fn a_small_range_is_shared_by_borrowing_then_exhausted_then_freed() {
+fn a_small_range_is_one_block_another_node_cannot_borrow_from() {
     let s = MemStore::default();
     // A /29 is one block of 5 usable addresses (network, gateway, broadcast skipped).
     let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/29"}]]));
-    let mut held = Vec::new();
-    for i in 0..5 {
-        let node = if i % 2 == 0 { "a" } else { "b" };
-        held.push(add(&s, &c, node, &format!("c{i}"), "eth0").unwrap()[0].ip);
-    }
+    let held: Vec<IpAddr> = (0..5)
+        .map(|i| add(&s, &c, "a", &format!("c{i}"), "eth0").unwrap()[0].ip)
+        .collect();
     assert_eq!(held.iter().collect::<HashSet<_>>().len(), 5);
+    for (node, id) in [("a", "c5"), ("b", "b0")] {
+        let e = add(&s, &c, node, id, "eth0").unwrap_err();
+        assert_eq!(
+            e.code(),
+            ErrorCode::AddressesExhausted.as_u32(),
+            "{node}: {e}"
+        );
+    }
     assert_eq!(
-        s.list("/cnirs/ipam/net1/blocks/").unwrap().len(),
-        1,
-        "b borrowed, claimed nothing"
-    );
-    let e = add(&s, &c, "b", "c5", "eth0").unwrap_err();
-    assert_eq!(e.code(), ErrorCode::AddressesExhausted.as_u32());
-    assert_eq!(
-        status(&s, &c).unwrap_err().code(),
+        status(&s, &c, "a").unwrap_err().code(),
         ErrorCode::NotAvailable.as_u32()
     );
-    assert_eq!(del(&s, &c, "c3", "eth0").unwrap(), vec![held[3]]);
-    assert_eq!(
-        del(&s, &c, "c3", "eth0").unwrap(),
-        Vec::<IpAddr>::new(),
+    assert_eq!(del(&s, &c, "a", "c3", "eth0").unwrap(), vec![held[3]]);
+    assert!(
+        del(&s, &c, "a", "c3", "eth0").unwrap().is_empty(),
         "DEL is idempotent"
     );
-    status(&s, &c).unwrap();
-    assert_eq!(add(&s, &c, "b", "c5", "eth0").unwrap()[0].ip, held[3]);
+    status(&s, &c, "a").unwrap();
+    assert_eq!(add(&s, &c, "a", "c5", "eth0").unwrap()[0].ip, held[3]);
+    // Node b: the block is a's, so b has nothing (no borrowing across nodes).
+    assert_eq!(
+        add(&s, &c, "b", "b0", "eth0").unwrap_err().code(),
+        ErrorCode::AddressesExhausted.as_u32()
+    );
 }
 
 #[test]
-fn a_failed_second_family_rolls_back_the_first() {
+fn an_exhausted_second_family_writes_no_address() {
     let s = MemStore::default();
     let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd09::/126"}]]));
     // fd09::/126: fd09::1 is the gateway, fd09::0 the network: 2 usable.
     add(&s, &c, "a", "c1", "eth0").unwrap();
     add(&s, &c, "a", "c2", "eth0").unwrap();
-    let before = s.list("/cnirs/ipam/net1/ips/").unwrap().len();
+    let before = s.keys("/cnirs/ipam/net1/nodes/").len();
     assert_eq!(
         add(&s, &c, "a", "c3", "eth0").unwrap_err().code(),
         ErrorCode::AddressesExhausted.as_u32()
     );
-    assert_eq!(
-        s.list("/cnirs/ipam/net1/ips/").unwrap().len(),
-        before,
-        "the v4 address went back"
-    );
+    assert_eq!(s.keys("/cnirs/ipam/net1/nodes/").len(), before);
+    assert!(s.keys("/cnirs/ipam/net1/att/c3").is_empty());
 }
 
 #[test]
@@ -154,20 +216,21 @@ fn gc_releases_only_this_nodes_stale_attachments_and_its_empty_blocks() {
     }];
     let released = gc(&s, &c, "a", &valid).unwrap();
     assert_eq!(released.len(), 2, "v4 + v6 of 'stale'");
-    check(&s, &c, "keep", "eth0").unwrap();
-    check(&s, &c, "other-node", "eth0").unwrap();
+    check(&s, &c, "a", "keep", "eth0").unwrap();
+    check(&s, &c, "b", "other-node", "eth0").unwrap();
     assert_eq!(
-        check(&s, &c, "stale", "eth0").unwrap_err().code(),
+        check(&s, &c, "a", "stale", "eth0").unwrap_err().code(),
         ErrorCode::CheckFailed.as_u32()
     );
     // With nothing valid, node a's addresses and then its blocks go; node b's stay.
     gc(&s, &c, "a", &[]).unwrap();
-    let blocks = s.list("/cnirs/ipam/net1/blocks/").unwrap();
+    let (blocks, _) = s.list("/cnirs/blocks/net1/").unwrap();
     assert!(
         blocks.iter().all(|b| b.value == br#"{"node":"b"}"#),
         "{blocks:?}"
     );
     assert_eq!(blocks.len(), 2);
+    assert!(s.keys("/cnirs/ipam/net1/nodes/a/").is_empty());
 }
 
 #[test]
@@ -182,22 +245,19 @@ fn dead_nodes_are_reclaimed_only_when_agents_vouch_and_the_range_is_full() {
         add(&s, &c, "a", "c1", "eth0").unwrap_err().code(),
         ErrorCode::AddressesExhausted.as_u32()
     );
-    // Node a's agent is alive, node "dead" has no hosts/ key: its addresses go.
+    // Node a's agent is alive, node "dead" has no hosts/ key: its block goes.
     s.put("/cnirs/hosts/a", br#"{"vtep":"10.240.0.1"}"#);
     s.put("/cnirs/hosts/alive", br#"{"vtep":"10.240.0.2"}"#);
     let got = add(&s, &c, "a", "c1", "eth0").unwrap();
     assert!(got[0].ip.is_ipv4());
-    let left = s.list("/cnirs/ipam/net1/ips/").unwrap();
+    assert!(s.keys("/cnirs/ipam/net1/nodes/dead/").is_empty());
     assert_eq!(
-        left.len(),
+        s.keys("/cnirs/ipam/net1/att/").len(),
         1,
-        "the dead node's 5 addresses were released, ours taken"
+        "the dead node's attachments went with its block"
     );
-    assert!(s
-        .list("/cnirs/ipam/net1/blocks/")
-        .unwrap()
-        .iter()
-        .all(|b| !b.value.ends_with(br#""dead"}"#)));
+    let (blocks, _) = s.list("/cnirs/blocks/net1/").unwrap();
+    assert!(blocks.iter().all(|b| b.value == br#"{"node":"a"}"#));
 }
 
 #[test]
@@ -213,36 +273,41 @@ fn a_live_node_is_never_reclaimed() {
         add(&s, &c, "a", "c1", "eth0").unwrap_err().code(),
         ErrorCode::AddressesExhausted.as_u32()
     );
-    assert_eq!(s.list("/cnirs/ipam/net1/ips/").unwrap().len(), 5);
+    assert_eq!(s.keys("/cnirs/ipam/net1/att/").len(), 5);
 }
 
 #[test]
-fn a_requested_address_is_honoured_or_refused_with_103() {
+fn a_requested_address_is_honoured_in_a_free_block_and_refused_in_another_nodes() {
     let s = MemStore::default();
-    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "net1", "type": "bridge",
-        "args": {"cni": {"ips": ["10.9.0.77"]}},
-        "ipam": {"type": "etcd-ipam", "ranges": [[{"subnet": "10.9.0.0/24"}]],
-                 "etcdEndpoints": ["http://127.0.0.1:1"]}});
-    let req = Request::build(
-        Command::Add,
-        "c",
-        Some("/x"),
-        "eth0",
-        conf.to_string().as_bytes(),
-    )
-    .unwrap();
-    let c = config::parse(&req).unwrap();
+    let ranges = serde_json::json!([[{"subnet": "10.9.0.0/24"}]]);
+    let want = |ip: &str| {
+        cfg_with(
+            ranges.clone(),
+            serde_json::json!({"args": {"cni": {"ips": [ip]}}}),
+        )
+    };
+    // In an unclaimed block: the block is claimed for the node.
     assert_eq!(
-        add(&s, &c, "a", "c1", "eth0").unwrap()[0].ip,
+        add(&s, &want("10.9.0.77"), "a", "c1", "eth0").unwrap()[0].ip,
         "10.9.0.77".parse::<IpAddr>().unwrap()
     );
+    // Taken on the same node: 103.
     assert_eq!(
-        add(&s, &c, "b", "c2", "eth0").unwrap_err().code(),
+        add(&s, &want("10.9.0.77"), "a", "c2", "eth0")
+            .unwrap_err()
+            .code(),
         ErrorCode::Conflict.as_u32()
     );
-    let gw = conf.to_string().replace("10.9.0.77", "10.9.0.1");
-    let req = Request::build(Command::Add, "c", Some("/x"), "eth0", gw.as_bytes()).unwrap();
-    let e = add(&s, &config::parse(&req).unwrap(), "a", "c3", "eth0").unwrap_err();
+    // In node a's block, asked on node b: 103, naming the block and its node.
+    let e = add(&s, &want("10.9.0.78"), "b", "c3", "eth0").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Conflict.as_u32());
+    assert!(
+        e.msg.contains("10.9.0.64/26") && e.msg.contains("\"a\""),
+        "{}",
+        e.msg
+    );
+    // The gateway: code 7 naming the field.
+    let e = add(&s, &want("10.9.0.1"), "a", "c4", "eth0").unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidConfig.as_u32());
     assert!(e.to_string().contains("args.cni.ips"), "{e}");
 }

@@ -13,12 +13,7 @@ use crate::{
     store::{Owner, Store},
 };
 
-/// An address asked for by the runtime, with the field it came from (for errors).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requested {
-    pub ip: IpAddr,
-    pub field: String,
-}
+pub use ipamconf::Requested;
 
 /// The outcome of [`allocate`].
 #[derive(Debug, Clone, PartialEq, Eq)]

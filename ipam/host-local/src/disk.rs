@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// The reference's default `dataDir`.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+pub use ipamconf::DEFAULT_DATA_DIR;
 /// Prefix of the round-robin cursor files.
 pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 /// The lock file's name.

@@ -72,6 +72,15 @@ impl Error {
     }
 }
 
+impl From<ipamconf::ConfigError> for Error {
+    fn from(e: ipamconf::ConfigError) -> Self {
+        Error::Config {
+            field: e.field,
+            problem: e.problem,
+        }
+    }
+}
+
 impl From<Error> for CniError {
     fn from(e: Error) -> Self {
         match &e {

@@ -10,12 +10,13 @@
 //! - [`store`]: the store trait and an in-memory store; [`disk`]: the reference's disk layout.
 
 pub mod allocator;
-pub mod config;
 pub mod disk;
 pub mod error;
 pub mod index;
-pub mod range;
 pub mod store;
+
+/// The config and ranges, shared with etcd-ipam (crates/ipamconf).
+pub use ipamconf::{config, range};
 
 use cni_core::{CniError, CniResult, IpConfig, Plugin, Request};
 

@@ -84,21 +84,24 @@ impl Executor<Step> for Effects<'_, '_> {
                     Some(m) => Some(m),
                     None => self.kernel.link(Ns::Pod, &self.pod_ifname)?.mac,
                 };
-                self.fw.attach_network_pod(
-                    &n.attachment,
-                    &NetworkElems {
-                        bridge: n.bridge.clone(),
-                        masq: n.masq.clone(),
-                        subnets: n.subnets.clone(),
-                        internal: n.internal,
-                        spoof_check,
-                    },
-                    Some(PodIface {
-                        ips: n.pod_ips.clone(),
-                        mac: pod_mac.map(|m| m.to_string()),
-                        host_ifname: Some(n.host_veth.clone()),
-                    }),
-                )?;
+                let elems = NetworkElems {
+                    bridge: n.bridge.clone(),
+                    masq: n.masq.clone(),
+                    subnets: n.subnets.clone(),
+                    internal: n.internal,
+                    spoof_check,
+                };
+                let pod = Some(PodIface {
+                    ips: n.pod_ips.clone(),
+                    mac: pod_mac.map(|m| m.to_string()),
+                    host_ifname: Some(n.host_veth.clone()),
+                });
+                if n.peers.is_empty() {
+                    self.fw.attach_network_pod(&n.attachment, &elems, pod)?;
+                } else {
+                    self.fw
+                        .attach_network_peers(&n.attachment, &elems, &n.peers, pod)?;
+                }
                 Ok(true)
             }
             Step::DetachFirewall(a) => {

@@ -3,8 +3,9 @@
 //! commands they match ([`Plan::text`], golden-tested), and the CNI result once the kernel
 //! told us the MACs ([`Plan::result`]).
 //!
-//! An overlay network is this plan plus its own ops (a VXLAN device enslaved to the bridge):
-//! [`build`] gives the bridge part, the caller appends [`Step::Net`] ops of its own.
+//! An overlay network is this plan shaped by its caller ([`Shape`]: the bridge's MAC, the pod's
+//! narrower on-link prefix, routes through the gateway, the network's own host ops and the
+//! devices the bridge routes to): [`build_shaped`] gives it, [`build`] is the bridge's own.
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -70,6 +71,29 @@ pub struct FirewallNeeds {
     /// Recorded with the attachment for `cnirs inspect`: the pod's addresses and host veth.
     pub pod_ips: Vec<IpNetwork>,
     pub host_veth: IfName,
+    /// Other devices of the network the bridge routes to (the overlay's VXLAN device): the
+    /// firewall treats them as part of the network.
+    pub peers: Vec<IfName>,
+}
+
+/// What a caller that builds on this plan (the overlay) changes in it; the default is the
+/// bridge plugin's own plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// The bridge's MAC (the overlay's anycast gateway MAC) instead of pinning its own.
+    pub bridge_mac: Option<MacAddr>,
+    /// The longest on-link prefix a pod address gets, (IPv4, IPv6): a pod's prefix is the
+    /// longer of this and the IPAM's (the overlay: its node's block). The bridge keeps the
+    /// IPAM's prefix for its gateway address, and the pod's routes reach the gateway `onlink`.
+    pub pod_prefix: Option<(u8, u8)>,
+    /// Route each IPAM subnet via the gateway in the pod (an overlay pod without
+    /// isDefaultGateway reaches the rest of its range through its host).
+    pub route_subnets: bool,
+    /// The caller's host ops for the network, after the bridge is set up and before the pod's
+    /// veth.
+    pub host_ops: Vec<Op>,
+    /// Devices of the network the bridge routes to ([`FirewallNeeds::peers`]).
+    pub peers: Vec<IfName>,
 }
 
 /// One step of an attachment: kernel work, or the firewall elements (always last, so nothing
@@ -223,6 +247,26 @@ pub fn build(
     ipam: &CniResult,
     view: &KernelView,
 ) -> Result<Plan, BridgeError> {
+    build_shaped(spec, ids, ipam, view, &Shape::default())
+}
+
+/// The pod's prefix for an IPAM address under `shape`.
+fn pod_address(addr: IpNetwork, shape: &Shape) -> IpNetwork {
+    let Some((p4, p6)) = shape.pod_prefix else {
+        return addr;
+    };
+    let p = if addr.is_ipv4() { p4 } else { p6 };
+    IpNetwork::new(addr.ip(), addr.prefix().max(p)).unwrap_or(addr)
+}
+
+/// [`build`] shaped by a caller ([`Shape`]). Pure.
+pub fn build_shaped(
+    spec: &BridgeSpec,
+    ids: &Ids,
+    ipam: &CniResult,
+    view: &KernelView,
+    shape: &Shape,
+) -> Result<Plan, BridgeError> {
     preflight(spec, ids, view)?;
     if ipam.ips.is_empty() && spec.has_ipam {
         return Err(BridgeError::NoAddresses);
@@ -255,7 +299,7 @@ pub fn build(
             }
         }
         ips.push(IpConfig {
-            address: ip.address,
+            address: pod_address(ip.address, shape),
             gateway: gw,
             interface: Some(2),
         });
@@ -281,6 +325,17 @@ pub fn build(
             route.gw = gw_of(r.dst.is_ipv4());
         }
         routes.push(route);
+    }
+    if shape.route_subnets {
+        for ip in &ipam.ips {
+            let dst = subnet_of(&ip.address);
+            let Some(gw) = gw_of(dst.is_ipv4()) else {
+                continue;
+            };
+            if !routes.iter().any(|r| r.dst == dst) {
+                routes.push(Route::new(dst, Some(gw)));
+            }
+        }
     }
     if spec.is_default_gateway {
         for v4 in [true, false] {
@@ -320,13 +375,21 @@ pub fn build(
                 mtu: spec.mtu,
                 mcast_snooping: spec.mcast_snooping,
             });
-            net(Op::PinMac { link: br.clone() });
+            if shape.bridge_mac.is_none() {
+                net(Op::PinMac { link: br.clone() });
+            }
         }
         Some(b) if !b.up => net(Op::SetUp {
             ns: Ns::Host,
             link: br.clone(),
         }),
         Some(_) => {}
+    }
+    if let Some(mac) = shape.bridge_mac {
+        net(Op::SetMac {
+            link: br.clone(),
+            mac,
+        });
     }
     // The kernel-level seal of an internal network (policy rules, independent of nftables),
     // before any pod is plugged in; a new non-internal bridge drops a stale one.
@@ -394,6 +457,9 @@ pub fn build(
         });
     }
 
+    for op in &shape.host_ops {
+        net(op.clone());
+    }
     // The veth, its peer created in the pod under its final name.
     net(Op::CreateVeth {
         host: host_veth.clone(),
@@ -443,6 +509,11 @@ pub fn build(
         });
     }
     for r in &routes {
+        // A gateway outside every prefix of the pod (the overlay's: the pod has its block,
+        // the gateway is the range's) is reached on the link.
+        let onlink = shape.pod_prefix.is_some()
+            && r.gw
+                .is_some_and(|g| !ips.iter().any(|i| i.address.contains(g)));
         net(Op::AddRoute {
             ns: Ns::Pod,
             link: pod_if.clone(),
@@ -450,6 +521,7 @@ pub fn build(
                 dst: r.dst,
                 gw: r.gw,
                 priority: r.priority,
+                onlink,
             },
         });
     }
@@ -466,7 +538,7 @@ pub fn build(
         }
     }
 
-    let mut subnets: Vec<IpNetwork> = ips.iter().map(|i| subnet_of(&i.address)).collect();
+    let mut subnets: Vec<IpNetwork> = ipam.ips.iter().map(|i| subnet_of(&i.address)).collect();
     subnets.dedup();
     let attachment = Attachment::new(&ids.network, &ids.container_id, ids.ifname.as_str())?;
     steps.push(Step::AttachFirewall(FirewallNeeds {
@@ -482,6 +554,7 @@ pub fn build(
         spoof_port: spec.macspoofchk.then(|| host_veth.clone()),
         pod_ips: ips.iter().map(|i| i.address).collect(),
         host_veth: host_veth.clone(),
+        peers: shape.peers.clone(),
     }));
 
     Ok(Plan {

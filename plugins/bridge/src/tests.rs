@@ -378,3 +378,49 @@ fn the_pod_interface_loses_ipv6_only_when_ipam_gives_it_ipv4_alone() {
     assert!(text.contains("type veth peer name eth0"), "{text}");
     assert!(!text.contains(pod_off), "{text}");
 }
+
+/// The overlay's use of the plan API: its bridge MAC, the pod's narrower prefix with the
+/// gateway reached `onlink`, the range routed through the gateway, its host ops before the
+/// veth, its device as a peer of the bridge in the firewall.
+#[test]
+fn a_shaped_plan_narrows_the_pod_prefix_and_keeps_the_bridges() {
+    let r = req(
+        r#"{"cniVersion":"1.0.0","name":"n1","type":"bridge","bridge":"br-t",
+        "isGateway":true,"ipam":{"type":"host-local"}}"#,
+    );
+    let spec = config::parse(&r, Mode::External).unwrap();
+    let shape = plan::Shape {
+        bridge_mac: Some(cni_core::MacAddr([2, 0x63, 0x6e, 0, 0, 7])),
+        pod_prefix: Some((26, 122)),
+        route_subnets: true,
+        host_ops: vec![netops::Op::SetUp {
+            ns: netops::Ns::Host,
+            link: IfName::new("cnirsvx7").unwrap(),
+        }],
+        peers: vec![IfName::new("cnirsvx7").unwrap()],
+    };
+    let ipam = ipam(serde_json::json!({"cniVersion":"1.0.0",
+        "ips":[{"address":"10.5.1.3/16","gateway":"10.5.0.1"}]}));
+    let p = plan::build_shaped(&spec, &ids(&r), &ipam, &fresh(), &shape).unwrap();
+    let text = p.text();
+    let pos = |s: &str| {
+        text.find(s)
+            .unwrap_or_else(|| panic!("{s} missing:\n{text}"))
+    };
+    assert!(!text.contains("# pin"), "{text}");
+    pos("ip link set br-t address 02:63:6e:00:00:07");
+    pos("ip addr add 10.5.0.1/16 dev br-t");
+    pos("ip -n /run/netns/p addr add 10.5.1.3/26 dev eth0");
+    pos("ip -n /run/netns/p route add 10.5.0.0/16 via 10.5.0.1 onlink dev eth0");
+    assert!(pos("ip link set cnirsvx7 up") < pos("type veth peer"));
+    assert_eq!(p.ips[0].address.to_string(), "10.5.1.3/26");
+    let Some(Step::AttachFirewall(f)) = p.steps.last() else {
+        panic!("{text}");
+    };
+    assert_eq!(f.peers, shape.peers);
+    assert_eq!(
+        f.subnets[0].to_string(),
+        "10.5.0.0/16",
+        "the range, not the block"
+    );
+}

@@ -162,7 +162,7 @@ fn seal_subnets(
 /// the kernel's slow delete runs detached, see [`netops::Netlink::retire_veth`]); when it is
 /// not there (created by another implementation, or already gone) delete `CNI_IFNAME` in the
 /// netns if the netns still exists, as the reference does.
-fn delete_links(req: &Request) -> Result<(), BridgeError> {
+pub fn delete_links(req: &Request) -> Result<(), BridgeError> {
     let kernel = Kernel::new()?;
     let host = kernel.host();
     let name = plan::host_veth_name(&req.conf.name, &req.container_id, &req.ifname)
@@ -223,7 +223,7 @@ fn check_inner(req: &Request, mode: Mode) -> Result<(), BridgeError> {
 }
 
 /// Stable properties of the pod side: the MAC we reported, every address and route.
-fn check_pod_link(
+pub fn check_pod_link(
     req: &Request,
     prev: &CniResult,
     pod: &Netlink<'_>,
@@ -275,7 +275,7 @@ fn check_pod_link(
 
 /// The host end exists and is a port of the configured bridge. Its MAC is not compared: it
 /// may legitimately change after ADD.
-fn check_host_side(
+pub fn check_host_side(
     req: &Request,
     spec: &BridgeSpec,
     prev: &CniResult,

@@ -1,16 +1,21 @@
 //! The overlay plugin's own keys (`vni`, `underlay`, `internal`, `mtu`, and the etcd location
-//! from the `ipam` section), validated before any side effect; and the pure derivations from
-//! them: device names, the anycast gateway MAC, the config handed to the bridge code.
+//! and ranges from the `ipam` section), validated before any side effect, and the bridge spec
+//! the overlay's plan is built from (the bridge plugin's keys, with the overlay's bridge name,
+//! MTU and gateway).
 
-use cni_core::{args::validate_ifname, CniError, Request};
+use bridge_plugin::config::{BridgeSpec, Mode};
+use cni_core::{args::validate_ifname, CniError, IfName, Request};
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::Value;
 
 /// VXLAN over IPv4 costs 50 bytes (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// Shared with etcd-ipam and the agent: the `etcdPrefix` default, the VNI range, and the
-/// VXLAN device name the agent finds the devices by.
-pub use cluster::{vni_of_name, vxlan_name, DEFAULT_PREFIX, VNI_MAX};
+/// Over an IPv6 underlay: 70 (outer IPv6 40).
+pub const VXLAN6_OVERHEAD: u32 = 70;
+/// Shared with etcd-ipam and the agent: the `etcdPrefix` default, the VNI range, the device
+/// names and the derived addresses.
+pub use cluster::{gateway_mac, vni_of_name, vxlan_name, DEFAULT_PREFIX, VNI_MAX};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,12 +31,16 @@ struct RawConf {
     #[serde(default)]
     bridge: Option<String>,
     #[serde(default)]
+    is_default_gateway: bool,
+    #[serde(default)]
     ipam: Option<RawIpam>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawIpam {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
     #[serde(default)]
     etcd_endpoints: Option<Vec<String>>,
     #[serde(default)]
@@ -63,20 +72,16 @@ pub struct OverlaySpec {
     /// Set by [`parse_for_del`] when the TLS keys are wrong: DEL still cleans up the host,
     /// and reports this for its etcd step.
     pub etcd_tls_error: Option<(String, String)>,
+    /// The subnets of the IPAM's ranges (`ipam.ranges`, `ipam.subnet`): the network's range
+    /// on every host (its table's local route, its rules, its seal).
+    pub subnets: Vec<IpNetwork>,
+    /// `isDefaultGateway` (the pod's default route via the gateway; else only the range).
+    pub default_gateway: bool,
 }
 
 /// `cnirsbr<vni>`: the default bridge of an overlay.
 pub fn default_bridge(vni: u32) -> String {
     format!("cnirsbr{vni}")
-}
-
-/// The gateway MAC every host gives the network's bridge: `02:63:6e:` + the VNI. The bridges
-/// of one overlay share one L2 segment and, with `isGateway`, one gateway address; with one MAC
-/// too, a pod's gateway is always its own host (an ARP answer from a remote host names the same
-/// MAC, which never leaves the local bridge), so egress and masquerade happen where the pod is.
-pub fn gateway_mac(vni: u32) -> [u8; 6] {
-    let v = vni.to_be_bytes();
-    [0x02, 0x63, 0x6e, v[1], v[2], v[3]]
 }
 
 /// Parse and validate everything (ADD, CHECK, STATUS, GC).
@@ -111,12 +116,22 @@ fn parse_with(req: &Request, strict_tls: bool) -> Result<OverlaySpec, CniError> 
     let bridge = raw.bridge.clone().unwrap_or_else(|| default_bridge(vni));
     validate_ifname(&bridge).map_err(|e| CniError::config("bridge", e.msg))?;
     let ipam = raw.ipam.unwrap_or(RawIpam {
+        kind: None,
         etcd_endpoints: None,
         etcd_prefix: None,
         etcd_ca_cert_file: None,
         etcd_cert_file: None,
         etcd_key_file: None,
     });
+    if let Some(k) = ipam.kind.as_deref().filter(|k| *k != "etcd-ipam") {
+        return Err(CniError::config(
+            "ipam.type",
+            format!(
+                "{k:?}: the overlay routes each node's blocks, which only etcd-ipam hands out \
+                 (use \"etcd-ipam\")"
+            ),
+        ));
+    }
     let endpoints = ipam.etcd_endpoints.unwrap_or_default();
     if endpoints.is_empty() {
         return Err(CniError::config(
@@ -150,6 +165,8 @@ fn parse_with(req: &Request, strict_tls: bool) -> Result<OverlaySpec, CniError> 
     let prefix = ipam
         .etcd_prefix
         .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+    let subnets = range_subnets(req)?;
+    let default_gateway = !raw.internal && raw.is_default_gateway;
     if !prefix.starts_with('/') {
         return Err(CniError::config(
             "ipam.etcdPrefix",
@@ -168,19 +185,39 @@ fn parse_with(req: &Request, strict_tls: bool) -> Result<OverlaySpec, CniError> 
         etcd_prefix: prefix.trim_end_matches('/').to_string(),
         etcd_tls,
         etcd_tls_error,
+        subnets,
+        default_gateway,
     })
 }
 
-/// The config the bridge code sees: ours with `bridge` and `mtu` filled in (the pod MTU is the
-/// overlay's, not the bridge plugin's default). Everything else passes through unchanged.
-pub fn bridge_stdin(req: &Request, spec: &OverlaySpec, mtu: u32) -> Result<Vec<u8>, CniError> {
-    let mut v: Value = serde_json::from_slice(&req.stdin)
-        .map_err(|e| CniError::new(cni_core::ErrorCode::Decode, e.to_string()))?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("bridge".into(), Value::from(spec.bridge.clone()));
-        o.insert("mtu".into(), Value::from(mtu));
+/// The ranges' subnets, each once, parsed by the code etcd-ipam uses (crates/ipamconf).
+fn range_subnets(req: &Request) -> Result<Vec<IpNetwork>, CniError> {
+    let cfg = ipamconf::config::parse(&req.stdin, req.version, &req.args)?;
+    let mut out: Vec<IpNetwork> = Vec::new();
+    for set in &cfg.range_sets {
+        for r in &set.0 {
+            if !out.contains(&r.subnet) {
+                out.push(r.subnet);
+            }
+        }
     }
-    serde_json::to_vec(&v).map_err(|e| CniError::new(cni_core::ErrorCode::Decode, e.to_string()))
+    Ok(out)
+}
+
+/// The bridge attachment's spec: the bridge plugin's keys from the same config, with the
+/// overlay's bridge, the pod MTU, and a gateway on every host (`isGateway` is implied: a pod
+/// reaches everything outside its block through its own host).
+pub fn bridge_spec(req: &Request, spec: &OverlaySpec, mtu: u32) -> Result<BridgeSpec, CniError> {
+    let mode = if spec.internal {
+        Mode::Internal
+    } else {
+        Mode::External
+    };
+    let mut b = bridge_plugin::config::parse(req, mode)?;
+    b.bridge = IfName::new(&spec.bridge).map_err(|e| CniError::config("bridge", e))?;
+    b.mtu = Some(mtu);
+    b.is_gateway = true;
+    Ok(b)
 }
 
 #[cfg(test)]
@@ -201,7 +238,8 @@ mod tests {
 
     fn base() -> Value {
         serde_json::json!({"cniVersion": "1.0.0", "name": "ov", "type": "overlay", "vni": 42,
-            "ipam": {"type": "etcd-ipam", "etcdEndpoints": ["http://10.240.0.1:2379"]}})
+            "ipam": {"type": "etcd-ipam", "etcdEndpoints": ["http://10.240.0.1:2379"],
+                     "ranges": [[{"subnet": "10.64.0.0/12"}]]}})
     }
 
     #[test]
@@ -216,7 +254,6 @@ mod tests {
         assert_eq!(vni_of_name("cnirsvx42"), Some(42));
         assert_eq!(vxlan_name(VNI_MAX).len(), 15);
         assert_eq!(default_bridge(VNI_MAX).len(), 15);
-        assert_eq!(gateway_mac(0x01_02_03), [2, 0x63, 0x6e, 1, 2, 3]);
     }
 
     #[test]
@@ -273,15 +310,31 @@ mod tests {
     }
 
     #[test]
-    fn bridge_sees_our_bridge_and_mtu() {
+    fn the_bridge_spec_is_the_bridge_keys_with_our_bridge_mtu_and_a_gateway() {
         let mut c = base();
         c["ipMasq"] = serde_json::json!(true);
+        c["ipam"]["ranges"] =
+            serde_json::json!([[{"subnet": "10.64.0.0/12"}], [{"subnet": "fd64::/64"}]]);
         let r = req(c);
         let s = parse(&r).unwrap();
-        let v: Value = serde_json::from_slice(&bridge_stdin(&r, &s, 1450).unwrap()).unwrap();
-        assert_eq!(v["bridge"], "cnirsbr42");
-        assert_eq!(v["mtu"], 1450);
-        assert_eq!(v["ipMasq"], true);
-        assert_eq!(v["ipam"]["type"], "etcd-ipam");
+        assert_eq!(
+            s.subnets.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ["10.64.0.0/12", "fd64::/64"]
+        );
+        assert!(!s.default_gateway);
+        let b = bridge_spec(&r, &s, 1450).unwrap();
+        assert_eq!(b.bridge.as_str(), "cnirsbr42");
+        assert_eq!(b.mtu, Some(1450));
+        assert!(b.is_gateway && b.ip_masq);
+        let mut c = base();
+        c["internal"] = serde_json::json!(true);
+        c["isDefaultGateway"] = serde_json::json!(true);
+        let r = req(c);
+        let s = parse(&r).unwrap();
+        assert!(
+            !s.default_gateway,
+            "an internal network has no default route"
+        );
+        assert!(bridge_spec(&r, &s, 1450).unwrap().is_gateway);
     }
 }

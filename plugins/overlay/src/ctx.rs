@@ -1,131 +1,102 @@
-//! What the verbs are handed instead of building it inside: the node's name, the host's kernel
-//! steps ([`HostSide`]), the bridge attachment ([`Attachment`]) and, optionally, an etcd client.
-//! The plugin runs with [`KernelHost`] + [`BridgeAttachment`] ([`Ctx::real`]); the scale
-//! harness (`bench/scale`) runs the same ADD/DEL with fakes of both, so etcd-ipam's allocation
-//! and the network/pod registration are the real code against a real etcd.
+//! What the verbs are handed instead of building it inside: the node's name, the host side
+//! ([`HostSide`]: the kernel and the firewall), the IPAM ([`Ipam`]) and, optionally, an etcd
+//! client. The plugin runs with [`KernelHost`](crate::kernel::KernelHost) and
+//! [`DelegateIpam`] ([`Ctx::real`]); unit tests and the scale harness (`bench/scale`) run the
+//! same ADD/DEL with fakes of both, so the orchestration, the plan and the etcd side are the
+//! real code.
 
-use std::{cell::OnceCell, net::Ipv4Addr};
-
-use cni_core::{CniError, CniResult, Request};
-use netops::Kernel;
+use bridge_plugin::{
+    config::BridgeSpec,
+    plan::{Ids, Observed, Plan},
+};
+use cni_core::{CniError, CniResult, Command, Request};
+use netops::Op;
 
 use crate::{
-    bridge_seam,
     config::OverlaySpec,
-    dataplane::{self, Underlay},
     error::OverlayError,
+    plan::{HostView, Underlay},
 };
 
-/// The host-side kernel steps of an overlay network (not the pod's: those are the
-/// attachment's).
+/// A held per-network lock of this host; released when dropped.
+pub struct NetLock(pub Option<Box<dyn std::any::Any>>);
+
+/// The host side of an overlay network: the kernel (host and pod) and the firewall table.
 pub trait HostSide {
-    /// The underlay interface and this host's VTEP address ([`dataplane::underlay`]).
+    /// The underlay interface and this host's VTEP on it: its first IPv4 address, or its first
+    /// global IPv6 address when it has no IPv4 one.
     fn underlay(&self, spec: &OverlaySpec) -> Result<Underlay, OverlayError>;
-    /// The network's bridge and VXLAN device; flood entries from `remote_vteps` when the device
-    /// is new ([`dataplane::ensure`]).
-    fn ensure(
+    /// The network's lock on this host: shared for an ADD whose network device exists,
+    /// exclusive for the ADD that creates it and for the teardown after the last pod.
+    fn lock(&self, spec: &OverlaySpec, exclusive: bool) -> Result<NetLock, OverlayError>;
+    /// What the plan depends on: the bridge and the pod (as the bridge plugin reads them) and
+    /// the network's VXLAN device.
+    fn read(
         &self,
         spec: &OverlaySpec,
+        bspec: &BridgeSpec,
+        ids: &Ids,
+    ) -> Result<HostView, OverlayError>;
+    /// Run the plan's steps, undoing the completed ones when one fails; what the result
+    /// reports.
+    fn apply(&self, plan: &Plan) -> Result<Observed, OverlayError>;
+    /// The pod's side gone: its veth retired, its firewall elements dropped (with an internal
+    /// network's last attachment, the bridge's seal). Goes on past failures.
+    fn detach(&self, req: &Request, spec: &OverlaySpec) -> Vec<OverlayError>;
+    /// Does any pod of the network remain on this host?
+    fn in_use(&self, spec: &OverlaySpec) -> Result<bool, OverlayError>;
+    /// Run `ops` (the network's teardown), each one's "already gone" counting as done. Goes on
+    /// past failures.
+    fn teardown(&self, ops: &[Op]) -> Vec<OverlayError>;
+    /// CHECK of the host and the pod against what ADD left.
+    fn check(
+        &self,
+        req: &Request,
+        spec: &OverlaySpec,
+        bspec: &BridgeSpec,
+        prev: &CniResult,
         ul: &Underlay,
-        mtu: u32,
-        remote_vteps: &mut dyn FnMut() -> Result<Vec<Ipv4Addr>, CniError>,
     ) -> Result<(), OverlayError>;
-    /// CHECK of the network's devices ([`dataplane::check`]).
-    fn check(&self, spec: &OverlaySpec) -> Result<(), OverlayError>;
+    /// GC of the host side: links a DEL retired, firewall records of attachments not in the
+    /// runtime's list.
+    fn gc(&self, req: &Request, spec: &OverlaySpec) -> Vec<OverlayError>;
 }
 
-/// The bridge attachment: veth, addresses, routes, firewall, IPAM delegation, rollback.
-pub trait Attachment {
-    fn add(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<CniResult, CniError>;
-    fn del(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<(), CniError>;
-    fn check(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<(), CniError>;
-    fn gc(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<(), CniError>;
-    fn status(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<(), CniError>;
+/// The IPAM of the network (etcd-ipam).
+pub trait Ipam {
+    fn run(&self, req: &Request, cmd: Command) -> Result<Option<CniResult>, CniError>;
+}
+
+/// The IPAM plugin named by the config, run as the runtime would (`CNI_PATH`).
+#[derive(Default)]
+pub struct DelegateIpam;
+
+impl Ipam for DelegateIpam {
+    fn run(&self, req: &Request, cmd: Command) -> Result<Option<CniResult>, CniError> {
+        req.delegate_ipam(cmd)
+    }
 }
 
 /// One verb's context.
 pub struct Ctx<'a> {
-    /// This node's name (`hosts/<node>`, the pod records' `node`) and where it came from.
+    /// This node's name (`hosts/<node>`, its blocks) and where it came from.
     pub node: crate::schema::NodeName,
     pub host: &'a dyn HostSide,
-    pub attachment: &'a dyn Attachment,
-    /// `Some`: this client (the config's prefix still applies); `None`: connect to the config's
-    /// `etcdEndpoints`.
-    pub etcd: Option<&'a etcd::Client>,
+    pub ipam: &'a dyn Ipam,
+    /// `Some`: this store (a client, or a fake; the config's prefix still applies); `None`:
+    /// connect to the config's `etcdEndpoints`.
+    pub etcd: Option<&'a dyn etcd::store::Store>,
 }
 
 impl<'a> Ctx<'a> {
     /// The plugin's own: the node name from `$CNIRS_NODE_NAME` or the hostname, a client per
     /// call from the config.
-    pub fn real(host: &'a KernelHost, attachment: &'a BridgeAttachment) -> Self {
+    pub fn real(host: &'a dyn HostSide, ipam: &'a dyn Ipam) -> Self {
         Ctx {
             node: crate::schema::node(),
             host,
-            attachment,
+            ipam,
             etcd: None,
         }
-    }
-}
-
-/// The host's kernel over netlink; the connection is opened at the first step that needs it
-/// (DEL needs none).
-#[derive(Default)]
-pub struct KernelHost {
-    kernel: OnceCell<Kernel>,
-}
-
-impl KernelHost {
-    fn kernel(&self) -> Result<&Kernel, OverlayError> {
-        if let Some(k) = self.kernel.get() {
-            return Ok(k);
-        }
-        let k = Kernel::new()?;
-        Ok(self.kernel.get_or_init(|| k))
-    }
-}
-
-impl HostSide for KernelHost {
-    fn underlay(&self, spec: &OverlaySpec) -> Result<Underlay, OverlayError> {
-        dataplane::underlay(&self.kernel()?.host(), spec)
-    }
-
-    fn ensure(
-        &self,
-        spec: &OverlaySpec,
-        ul: &Underlay,
-        mtu: u32,
-        remote_vteps: &mut dyn FnMut() -> Result<Vec<Ipv4Addr>, CniError>,
-    ) -> Result<(), OverlayError> {
-        dataplane::ensure(&self.kernel()?.host(), spec, ul, mtu, remote_vteps)
-    }
-
-    fn check(&self, spec: &OverlaySpec) -> Result<(), OverlayError> {
-        dataplane::check(&self.kernel()?.host(), spec)
-    }
-}
-
-/// The bridge plugin's attachment ([`bridge_seam`]).
-#[derive(Default)]
-pub struct BridgeAttachment;
-
-impl Attachment for BridgeAttachment {
-    fn add(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<CniResult, CniError> {
-        bridge_seam::add(req, stdin, internal)
-    }
-
-    fn del(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<(), CniError> {
-        bridge_seam::del(req, stdin, internal)
-    }
-
-    fn check(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<(), CniError> {
-        bridge_seam::check(req, stdin, internal)
-    }
-
-    fn gc(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<(), CniError> {
-        bridge_seam::gc(req, stdin, internal)
-    }
-
-    fn status(&self, req: &Request, stdin: Vec<u8>, internal: bool) -> Result<(), CniError> {
-        bridge_seam::status(req, stdin, internal)
     }
 }

@@ -1,31 +1,42 @@
-//! `overlay`: a bridge attachment on a network that spans hosts over VXLAN.
+//! `overlay`: a network that spans hosts, routed per node block over VXLAN (docs/overlay.md).
 //!
-//! ADD: parse ([`config`]) -> underlay and VTEP -> `networks/<net>` in etcd -> the network's
-//! bridge with its VXLAN port ([`dataplane`]) -> the bridge attachment ([`bridge_seam`]: IPAM
-//! through etcd-ipam, veth, addresses, routes, firewall) -> `pods/<net>/<ip>` in etcd
-//! ([`cluster`]); a failure there rolls the attachment back. The node agent (crates/agent)
-//! programs the remote FDB entries from `hosts/` and `pods/`.
+//! ADD: parse ([`config`]) -> underlay, VTEP and pod MTU -> one etcd read (node identity, the
+//! network's VNI: [`cluster`]) -> the network's lock and the host's view -> `networks/<net>`
+//! when this host's device is about to be created -> IPAM (etcd-ipam: an address in one of
+//! this node's blocks) -> the plan ([`plan`]: the bridge plugin's plan shaped for a routed
+//! overlay, plus the network's device, table and rules) -> apply (undone on failure, the
+//! address released) -> result. The node agent (crates/agent) programs the other hosts'
+//! blocks on the device.
 //!
-//! DEL: the bridge attachment's DEL (from network, container and ifname alone), then this
-//! node's `pods/` records of the attachment. Both go on past failures.
+//! DEL: the pod's side (veth, firewall elements), the address, and, when no pod of the network
+//! is left on the host, the network's device, table and rules. Goes on past failures.
 //!
-//! Every verb takes a [`Ctx`] (node name, host kernel steps, bridge attachment, optional etcd
-//! client): the plugin builds the real one, tests and the scale harness build fakes.
+//! Every verb takes a [`Ctx`] (node name, host side, IPAM, optional etcd client): the plugin
+//! builds the real one, tests and the scale harness build fakes.
 
-pub mod bridge_seam;
 pub mod cluster;
 pub mod config;
 pub mod ctx;
-pub mod dataplane;
 pub mod error;
+pub mod kernel;
+pub mod plan;
 
 /// The record types and keys, shared with etcd-ipam and the agent (crates/cluster).
 pub use ::cluster::schema;
 
-use cni_core::{CniError, CniResult, Plugin, Request};
+use bridge_plugin::plan::{preflight, Ids};
+use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
 
-pub use crate::ctx::{Attachment, BridgeAttachment, Ctx, HostSide, KernelHost};
-use crate::{cluster::Cluster, config::OverlaySpec, schema::PodRecord};
+use crate::{
+    cluster::Cluster,
+    config::{OverlaySpec, VXLAN6_OVERHEAD, VXLAN_OVERHEAD},
+    error::{combine, OverlayError},
+    plan::Underlay,
+};
+pub use crate::{
+    ctx::{Ctx, DelegateIpam, HostSide, Ipam, NetLock},
+    kernel::KernelHost,
+};
 
 pub struct Overlay;
 
@@ -39,196 +50,181 @@ impl Plugin for Overlay {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let (host, attachment) = (KernelHost::default(), BridgeAttachment);
-        add(&Ctx::real(&host, &attachment), req)
+        let (host, ipam) = (KernelHost::default(), DelegateIpam);
+        add(&Ctx::real(&host, &ipam), req)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let (host, attachment) = (KernelHost::default(), BridgeAttachment);
-        del(&Ctx::real(&host, &attachment), req)
+        let (host, ipam) = (KernelHost::default(), DelegateIpam);
+        del(&Ctx::real(&host, &ipam), req)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let (host, attachment) = (KernelHost::default(), BridgeAttachment);
-        check(&Ctx::real(&host, &attachment), req)
+        let (host, ipam) = (KernelHost::default(), DelegateIpam);
+        check(&Ctx::real(&host, &ipam), req)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        let spec = config::parse(req)?;
-        let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
-        BridgeAttachment.status(req, stdin, spec.internal)
+        config::parse(req)?;
+        DelegateIpam.run(req, Command::Status).map(drop)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let (host, attachment) = (KernelHost::default(), BridgeAttachment);
-        gc(&Ctx::real(&host, &attachment), req)
+        let (host, ipam) = (KernelHost::default(), DelegateIpam);
+        gc(&Ctx::real(&host, &ipam), req)
     }
 }
 
 /// The context's etcd client, or one from the config.
-fn cluster(ctx: &Ctx<'_>, spec: &OverlaySpec) -> Result<Cluster, CniError> {
+fn cluster<'a>(ctx: &Ctx<'a>, spec: &OverlaySpec) -> Result<Cluster<'a>, OverlayError> {
     match ctx.etcd {
-        Some(c) => Ok(Cluster::with_client(c.clone(), &spec.etcd_prefix)),
+        Some(s) => Ok(Cluster::with_store(s, &spec.etcd_prefix)),
         None => Cluster::connect(spec),
     }
 }
 
+/// The pod MTU: `mtu`, or the underlay's minus the VXLAN overhead of its family.
+pub fn pod_mtu(spec: &OverlaySpec, ul: &Underlay) -> Result<u32, CniError> {
+    let overhead = if ul.vtep.is_ipv6() {
+        VXLAN6_OVERHEAD
+    } else {
+        VXLAN_OVERHEAD
+    };
+    match spec.mtu {
+        Some(m) => Ok(m),
+        None => ul
+            .link
+            .mtu
+            .checked_sub(overhead)
+            .filter(|m| *m >= 68)
+            .ok_or_else(|| {
+                CniError::config(
+                    "mtu",
+                    format!("underlay {} MTU {} is too small", ul.link.name, ul.link.mtu),
+                )
+            }),
+    }
+}
+
+fn ids(req: &Request) -> Result<Ids, OverlayError> {
+    Ok(Ids {
+        network: req.conf.name.clone(),
+        container_id: req.container_id.clone(),
+        ifname: IfName::new(&req.ifname).map_err(netops::NetopsError::from)?,
+        netns: req.netns()?.clone(),
+    })
+}
+
 /// ADD (see the module doc).
 pub fn add(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, CniError> {
+    Ok(add_inner(ctx, req)?)
+}
+
+fn add_inner(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, OverlayError> {
     let spec = config::parse(req)?;
     let ul = ctx.host.underlay(&spec)?;
-    let mtu = dataplane::pod_mtu(&spec, &ul)?;
-    let stdin = config::bridge_stdin(req, &spec, mtu)?;
+    let mtu = pod_mtu(&spec, &ul)?;
+    let bspec = config::bridge_spec(req, &spec, mtu)?;
+    let ids = ids(req)?;
     let cluster = cluster(ctx, &spec)?;
-    // Node identity and the network's VNI, before the first side effect.
-    cluster.preflight(&spec, &ctx.node, ul.vtep, subnets_of(req))?;
-    ctx.host
-        .ensure(&spec, &ul, mtu, &mut || cluster.remote_vteps(ul.vtep))?;
-    let result = ctx.attachment.add(req, stdin.clone(), spec.internal)?;
-    let registered = register(&cluster, &spec, req, &ctx.node.name, ul.vtep, &result);
-    if let Err(e) = registered {
-        log::warn!(
-            "{}: registering the pod failed, rolling back: {e}",
-            req.tag()
-        );
-        if let Err(u) = ctx.attachment.del(req, stdin, spec.internal) {
-            log::warn!("{}: rollback: {u}", req.tag());
-        }
-        return Err(e);
+    // Node identity and the network's VNI, before the first side effect: one read.
+    let known = cluster.preflight(&spec, &ctx.node, ul.vtep)?;
+    // The network's device is created by the first ADD on the host, under the exclusive lock;
+    // later ADDs share the lock, so the last DEL cannot remove the device under them.
+    let mut lock = ctx.host.lock(&spec, false)?;
+    let mut view = ctx.host.read(&spec, &bspec, &ids)?;
+    if view.vxlan.is_none() {
+        drop(lock);
+        lock = ctx.host.lock(&spec, true)?;
+        view = ctx.host.read(&spec, &bspec, &ids)?;
     }
-    Ok(result)
-}
-
-fn register(
-    cluster: &Cluster,
-    spec: &OverlaySpec,
-    req: &Request,
-    node: &str,
-    vtep: std::net::Ipv4Addr,
-    result: &CniResult,
-) -> Result<(), CniError> {
-    let mac = bridge_seam::pod_mac(req, result).ok_or_else(|| {
-        CniError::new(
-            cni_core::ErrorCode::Kernel,
-            format!("no MAC for {} in the bridge result", req.ifname),
-        )
-    })?;
-    let ips: Vec<std::net::IpAddr> = result.ips.iter().map(|i| i.address.ip()).collect();
-    cluster.register_pod(
-        &spec.network,
-        &ips,
-        &PodRecord {
-            node: node.to_string(),
-            vtep,
-            mac,
-            container_id: req.container_id.clone(),
-            ifname: req.ifname.clone(),
-        },
-    )
-}
-
-/// The ranges' subnets from the `ipam` section, for `networks/<net>` (informational).
-fn subnets_of(req: &Request) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_slice(&req.stdin).unwrap_or_default();
-    let mut out = Vec::new();
-    if let Some(sets) = v.pointer("/ipam/ranges").and_then(|r| r.as_array()) {
-        for set in sets {
-            for r in set.as_array().into_iter().flatten() {
-                if let Some(s) = r.get("subnet").and_then(|s| s.as_str()) {
-                    out.push(s.to_string());
-                }
-            }
+    preflight(&bspec, &ids, &view.bridge)?;
+    plan::preflight(&spec, &ul, &view)?;
+    if view.vxlan.is_none() || known.is_none() {
+        // Before the device exists: an agent that sees the device finds its network.
+        cluster.register_network(&spec)?;
+    }
+    let ipam = ctx.ipam.run(req, Command::Add)?.unwrap_or_default();
+    let outcome = plan::build(&spec, &bspec, &ids, &ipam, &view, &ul, mtu).and_then(|plan| {
+        log::debug!("{}: plan:\n{}", req.tag(), plan.text());
+        let obs = ctx.host.apply(&plan)?;
+        Ok(plan.result(&obs, &ipam, req.conf.dns.as_ref()))
+    });
+    drop(lock);
+    if outcome.is_err() {
+        if let Err(e) = ctx.ipam.run(req, Command::Del) {
+            log::warn!(
+                "{}: releasing the address after a failed ADD: {e}",
+                req.tag()
+            );
         }
     }
-    out
+    outcome
+}
+
+/// The network's device, table and rules go when no pod of the network is left on the host
+/// (checked again under the exclusive lock: an ADD in flight holds the shared one).
+fn teardown_if_unused(ctx: &Ctx<'_>, spec: &OverlaySpec) -> Vec<OverlayError> {
+    match ctx.host.in_use(spec) {
+        Ok(true) => return Vec::new(),
+        Ok(false) => {}
+        Err(e) => return vec![e],
+    }
+    let _lock = match ctx.host.lock(spec, true) {
+        Ok(l) => l,
+        Err(e) => return vec![e],
+    };
+    match ctx.host.in_use(spec) {
+        Ok(true) => Vec::new(),
+        Ok(false) => ctx.host.teardown(&plan::teardown_ops(spec)),
+        Err(e) => vec![e],
+    }
 }
 
 /// DEL (see the module doc).
 pub fn del(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
     let spec = config::parse_for_del(req)?;
-    let node = &ctx.node.name;
-    let mut errors = Vec::new();
-    // The MTU only matters to ADD; the bridge code's DEL ignores it.
-    let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
-    if let Err(e) = ctx.attachment.del(req, stdin, spec.internal) {
-        errors.push(e);
+    let mut errors = ctx.host.detach(req, &spec);
+    if let Err(e) = ctx.ipam.run(req, Command::Del) {
+        errors.push(e.into());
     }
-    let removed = cluster(ctx, &spec).and_then(|c| {
-        c.remove_pods(&spec.network, node, |r| {
-            r.container_id == req.container_id && r.ifname == req.ifname
-        })
-    });
-    if let Err(e) = removed {
-        errors.push(e);
-    }
-    match errors.len() {
-        0 => Ok(()),
-        _ => {
-            let first = errors.remove(0);
-            let rest: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            if rest.is_empty() {
-                Err(first)
-            } else {
-                Err(CniError::new(first.code, first.msg).with_details(rest.join("; ")))
-            }
-        }
-    }
+    errors.extend(teardown_if_unused(ctx, &spec));
+    combine(errors)
 }
 
-/// CHECK: the attachment, the network's devices, the pod's records.
+/// CHECK: the pod, the host's bridge, device, table, rules and firewall elements, and the
+/// address in etcd (etcd-ipam's CHECK).
 pub fn check(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
     let spec = config::parse(req)?;
-    let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
-    ctx.attachment.check(req, stdin, spec.internal)?;
-    ctx.host.check(&spec)?;
     let prev = req.require_prev_result()?;
-    let cluster = cluster(ctx, &spec)?;
-    for ip in prev.container_ips(&req.ifname) {
-        let ip = ip.address.ip();
-        if !cluster.pod_registered(&spec.network, &ip, &req.container_id, &req.ifname)? {
-            return Err(CniError::new(
-                cni_core::ErrorCode::CheckFailed,
-                format!("{ip} of {} is not registered in etcd", req.tag()),
-            ));
-        }
-    }
+    let ul = ctx.host.underlay(&spec)?;
+    let mtu = pod_mtu(&spec, &ul)?;
+    let bspec = config::bridge_spec(req, &spec, mtu)?;
+    ctx.host.check(req, &spec, &bspec, &prev, &ul)?;
+    ctx.ipam.run(req, Command::Check)?;
     Ok(())
 }
 
-/// GC: the attachments' GC, then this node's pod records that `valid` does not list.
+/// GC: the host side and the IPAM of attachments the runtime does not list (this node's
+/// only: etcd-ipam collects only this node's addresses, never when another host holds the
+/// node name), then the network's device if no pod is left. Reports every failure.
 pub fn gc(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
     let spec = config::parse(req)?;
-    let me = &ctx.node;
-    let stdin = config::bridge_stdin(req, &spec, spec.mtu.unwrap_or(1450))?;
-    let mut errors = Vec::new();
-    if let Err(e) = ctx.attachment.gc(req, stdin, spec.internal) {
-        errors.push(e);
-    }
-    let valid = req.valid_attachments();
-    // Only records this host provably wrote: its node name, and its VTEP (a host that shares
-    // the name must not collect the other's pods); none when the VTEP cannot be told.
-    let vtep = ctx
-        .host
-        .underlay(&spec)
-        .map(|u| u.vtep)
-        .map_err(CniError::from);
-    let removed = vtep.and_then(|vtep| {
+    let mut errors = ctx.host.gc(req, &spec);
+    let identity = ctx.host.underlay(&spec).and_then(|ul| {
         let c = cluster(ctx, &spec)?;
-        c.check_node(me, vtep)?;
-        c.remove_pods(&spec.network, &me.name, |r| {
-            r.vtep == vtep
-                && !valid
-                    .iter()
-                    .any(|a| a.container_id == r.container_id && a.ifname == r.ifname)
-        })
+        c.check_node(&ctx.node, ul.vtep)
     });
-    if let Err(e) = removed {
-        errors.push(e);
+    match identity {
+        Ok(()) => {
+            if let Err(e) = ctx.ipam.run(req, Command::Gc) {
+                errors.push(e.into());
+            }
+        }
+        Err(e) => errors.push(e),
     }
-    match errors.into_iter().next() {
-        None => Ok(()),
-        Some(e) => Err(e),
-    }
+    errors.extend(teardown_if_unused(ctx, &spec));
+    combine(errors)
 }
 
 #[cfg(test)]

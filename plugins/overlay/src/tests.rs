@@ -1,21 +1,36 @@
-//! The verbs' orchestration with fakes handed in through [`Ctx`] (no root, no kernel): what is
-//! touched, in which order, and what is reported when a step fails.
+//! The verbs' orchestration with fakes handed in through [`Ctx`] (no root, no kernel, no
+//! etcd): what is touched, in which order, what is written to the cluster, what is released
+//! and reported when a step fails.
 
-use std::{cell::RefCell, net::Ipv4Addr, time::Duration};
+use std::{cell::RefCell, time::Duration};
 
-use cni_core::{Command, ErrorCode};
-use netops::Link;
+use bridge_plugin::{
+    config::BridgeSpec,
+    plan::{Ids, Observed, Plan},
+};
+use cni_core::{CniResult, Command, ErrorCode, Request};
+use etcd::store::MemStore;
+use netops::{Link, Op};
 
 use super::*;
-use crate::{dataplane::Underlay, error::OverlayError};
+use crate::{
+    ctx::NetLock,
+    plan::{HostView, Underlay},
+};
 
 #[derive(Default)]
-struct Recorder {
+struct FakeHost {
     calls: RefCell<Vec<String>>,
-    fail_del: bool,
+    /// The network's device exists (as this network's).
+    device: bool,
+    /// Pods of the network remain after this one's DEL.
+    in_use: bool,
+    fail_apply: bool,
+    fail_detach: bool,
+    plans: RefCell<Vec<String>>,
 }
 
-impl Recorder {
+impl FakeHost {
     fn note(&self, what: &str) {
         self.calls.borrow_mut().push(what.to_string());
     }
@@ -24,7 +39,11 @@ impl Recorder {
     }
 }
 
-impl HostSide for Recorder {
+fn vtep() -> std::net::IpAddr {
+    "10.240.0.1".parse().unwrap()
+}
+
+impl HostSide for FakeHost {
     fn underlay(&self, _: &OverlaySpec) -> Result<Underlay, OverlayError> {
         self.note("underlay");
         Ok(Underlay {
@@ -34,46 +53,222 @@ impl HostSide for Recorder {
                 mtu: 1500,
                 ..Link::default()
             },
-            vtep: Ipv4Addr::new(10, 240, 0, 1),
+            vtep: vtep(),
         })
     }
-    fn ensure(
-        &self,
-        _: &OverlaySpec,
-        _: &Underlay,
-        _: u32,
-        _: &mut dyn FnMut() -> Result<Vec<Ipv4Addr>, CniError>,
-    ) -> Result<(), OverlayError> {
-        self.note("ensure");
-        Ok(())
+    fn lock(&self, _: &OverlaySpec, exclusive: bool) -> Result<NetLock, OverlayError> {
+        self.note(if exclusive {
+            "lock-exclusive"
+        } else {
+            "lock-shared"
+        });
+        Ok(NetLock(None))
     }
-    fn check(&self, _: &OverlaySpec) -> Result<(), OverlayError> {
+    fn read(&self, spec: &OverlaySpec, _: &BridgeSpec, _: &Ids) -> Result<HostView, OverlayError> {
+        self.note("read");
+        let mac = netops::MacAddr(::cluster::vxlan_mac(spec.vni, vtep()));
+        Ok(HostView {
+            bridge: Default::default(),
+            vxlan: self
+                .device
+                .then_some((Some(spec.vni), Some(vtep()), Some(mac))),
+        })
+    }
+    fn apply(&self, plan: &Plan) -> Result<Observed, OverlayError> {
+        self.note("apply");
+        self.plans.borrow_mut().push(plan.text());
+        if self.fail_apply {
+            return Err(OverlayError::Check("injected apply failure".into()));
+        }
+        Ok(Observed::default())
+    }
+    fn detach(&self, _: &Request, _: &OverlaySpec) -> Vec<OverlayError> {
+        self.note("detach");
+        if self.fail_detach {
+            return vec![OverlayError::Check("veth delete failed".into())];
+        }
+        Vec::new()
+    }
+    fn in_use(&self, _: &OverlaySpec) -> Result<bool, OverlayError> {
+        Ok(self.in_use)
+    }
+    fn teardown(&self, ops: &[Op]) -> Vec<OverlayError> {
+        self.note(&format!("teardown {}", ops.len()));
+        Vec::new()
+    }
+    fn check(
+        &self,
+        _: &Request,
+        _: &OverlaySpec,
+        _: &BridgeSpec,
+        _: &CniResult,
+        _: &Underlay,
+    ) -> Result<(), OverlayError> {
         self.note("check");
         Ok(())
     }
+    fn gc(&self, _: &Request, _: &OverlaySpec) -> Vec<OverlayError> {
+        self.note("gc");
+        vec![OverlayError::Check("a retired link would not go".into())]
+    }
 }
 
-impl Attachment for Recorder {
-    fn add(&self, _: &Request, _: Vec<u8>, _: bool) -> Result<CniResult, CniError> {
-        self.note("attach");
-        Ok(CniResult::default())
-    }
-    fn del(&self, _: &Request, _: Vec<u8>, _: bool) -> Result<(), CniError> {
-        self.note("detach");
-        if self.fail_del {
-            return Err(CniError::new(ErrorCode::Kernel, "veth delete failed"));
+#[derive(Default)]
+struct FakeIpam {
+    calls: RefCell<Vec<Command>>,
+    fail: Option<Command>,
+}
+
+impl Ipam for FakeIpam {
+    fn run(&self, _: &Request, cmd: Command) -> Result<Option<CniResult>, CniError> {
+        self.calls.borrow_mut().push(cmd);
+        if self.fail == Some(cmd) {
+            return Err(CniError::new(
+                ErrorCode::TryAgainLater,
+                "etcd-ipam: etcd down",
+            ));
         }
-        Ok(())
+        Ok((cmd == Command::Add).then(|| {
+            CniResult::from_json(
+                &serde_json::json!({"cniVersion": "1.0.0",
+                    "ips": [{"address": "10.64.1.5/12", "gateway": "10.64.0.1"}]}),
+                "ipam",
+            )
+            .unwrap()
+        }))
     }
-    fn check(&self, _: &Request, _: Vec<u8>, _: bool) -> Result<(), CniError> {
-        Ok(())
+}
+
+fn req(cmd: Command, extra: serde_json::Value) -> Request {
+    let mut conf = serde_json::json!({"cniVersion": "1.0.0", "name": "ov", "type": "overlay",
+        "vni": 42, "isDefaultGateway": true, "ipam": {"type": "etcd-ipam",
+        "etcdEndpoints": ["http://127.0.0.1:1"], "ranges": [[{"subnet": "10.64.0.0/12"}]]}});
+    for (k, v) in extra.as_object().unwrap() {
+        conf[k] = v.clone();
     }
-    fn gc(&self, _: &Request, _: Vec<u8>, _: bool) -> Result<(), CniError> {
-        Ok(())
+    Request::build(cmd, "c1", Some("/x"), "eth0", conf.to_string().as_bytes()).unwrap()
+}
+
+fn ctx<'a>(host: &'a FakeHost, ipam: &'a FakeIpam, store: &'a dyn etcd::store::Store) -> Ctx<'a> {
+    Ctx {
+        node: crate::schema::NodeName {
+            name: "h1".into(),
+            source: "a test",
+        },
+        host,
+        ipam,
+        etcd: Some(store),
     }
-    fn status(&self, _: &Request, _: Vec<u8>, _: bool) -> Result<(), CniError> {
-        Ok(())
+}
+
+#[test]
+fn the_first_add_on_a_host_registers_the_network_and_creates_the_device_exclusively() {
+    let (host, ipam, store) = (
+        FakeHost::default(),
+        FakeIpam::default(),
+        MemStore::default(),
+    );
+    let r = add(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Add, serde_json::json!({})),
+    )
+    .unwrap();
+    assert_eq!(
+        host.calls(),
+        [
+            "underlay",
+            "lock-shared",
+            "read",
+            "lock-exclusive",
+            "read",
+            "apply"
+        ]
+    );
+    assert_eq!(*ipam.calls.borrow(), [Command::Add]);
+    assert_eq!(store.keys("/cnirs/networks/"), ["/cnirs/networks/ov"]);
+    assert_eq!(store.writes(), 1, "the network's record, nothing per pod");
+    let plan = host.plans.borrow()[0].clone();
+    for want in [
+        "ip link add cnirsvx42 address 02:",
+        "type vxlan id 42 local 10.240.0.1",
+        "ip -4 route add 10.64.0.0/12 dev cnirsbr42 table",
+        "ip -4 route add unreachable default table",
+        "ip -4 rule add priority 11 to 10.64.0.0/12 lookup",
+        "addr add 10.64.1.5/26 dev eth0",
+        "route add default via 10.64.0.1 onlink dev eth0",
+        "sysctl -w net.ipv4.conf.cnirsbr42.send_redirects=0",
+    ] {
+        assert!(plan.contains(want), "{want} missing from:\n{plan}");
     }
+    // The result says what the pod has: its block as its prefix.
+    assert_eq!(r.ips[0].address.to_string(), "10.64.1.5/26");
+}
+
+#[test]
+fn a_later_add_shares_the_lock_writes_nothing_and_creates_no_device() {
+    let host = FakeHost {
+        device: true,
+        ..FakeHost::default()
+    };
+    let (ipam, store) = (FakeIpam::default(), MemStore::default());
+    store.put("/cnirs/networks/ov", br#"{"vni":42}"#);
+    let w = store.writes();
+    add(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Add, serde_json::json!({})),
+    )
+    .unwrap();
+    assert_eq!(host.calls(), ["underlay", "lock-shared", "read", "apply"]);
+    assert_eq!(store.writes(), w, "no etcd write of the overlay's own");
+    assert!(!host.plans.borrow()[0].contains("type vxlan"));
+}
+
+#[test]
+fn a_failed_apply_releases_the_address() {
+    let host = FakeHost {
+        fail_apply: true,
+        ..FakeHost::default()
+    };
+    let (ipam, store) = (FakeIpam::default(), MemStore::default());
+    let e = add(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Add, serde_json::json!({})),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::CheckFailed.as_u32(), "{e}");
+    assert_eq!(*ipam.calls.borrow(), [Command::Add, Command::Del]);
+}
+
+#[test]
+fn a_network_of_another_vni_or_a_shared_node_name_is_refused_before_any_side_effect() {
+    let (host, ipam, store) = (
+        FakeHost::default(),
+        FakeIpam::default(),
+        MemStore::default(),
+    );
+    store.put("/cnirs/networks/ov", br#"{"vni":7}"#);
+    let e = add(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Add, serde_json::json!({})),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Conflict.as_u32(), "{e}");
+    assert_eq!(host.calls(), ["underlay"]);
+    assert!(ipam.calls.borrow().is_empty());
+    let store = MemStore::default();
+    store.put("/cnirs/hosts/h1", br#"{"vtep":"10.240.0.3"}"#);
+    let e = add(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Add, serde_json::json!({})),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidConfig.as_u32(), "{e}");
+    assert!(
+        e.msg.contains("10.240.0.3") && e.msg.contains("h1"),
+        "{}",
+        e.msg
+    );
+    assert!(ipam.calls.borrow().is_empty());
 }
 
 /// A client whose only endpoint refuses connections, giving up after 200 ms.
@@ -93,53 +288,115 @@ fn dead_etcd() -> etcd::Client {
     .unwrap()
 }
 
-fn req(cmd: Command) -> Request {
-    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "ov", "type": "overlay",
-        "vni": 42, "ipam": {"type": "etcd-ipam", "etcdEndpoints": ["http://127.0.0.1:1"],
-        "ranges": [[{"subnet": "10.1.0.0/16"}]]}});
-    Request::build(cmd, "c1", Some("/x"), "eth0", conf.to_string().as_bytes()).unwrap()
-}
-
 #[test]
-fn add_with_etcd_down_fails_try_again_before_any_device_or_attachment() {
-    let (host, att, etcd) = (Recorder::default(), Recorder::default(), dead_etcd());
-    let ctx = Ctx {
-        node: crate::schema::NodeName {
-            name: "h1".into(),
-            source: "a test",
-        },
-        host: &host,
-        attachment: &att,
-        etcd: Some(&etcd),
-    };
-    let e = add(&ctx, &req(Command::Add)).unwrap_err();
-    assert_eq!(e.code, ErrorCode::TryAgainLater, "{e}");
-    // The underlay is read (to know the VTEP and MTU); nothing is created.
+fn add_with_etcd_down_fails_try_again_before_any_lock_device_or_address() {
+    let (host, ipam, etcd) = (FakeHost::default(), FakeIpam::default(), dead_etcd());
+    let e = add(
+        &ctx(&host, &ipam, &etcd),
+        &req(Command::Add, serde_json::json!({})),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::TryAgainLater.as_u32(), "{e}");
     assert_eq!(host.calls(), ["underlay"]);
-    assert!(att.calls().is_empty());
+    assert!(ipam.calls.borrow().is_empty());
 }
 
 #[test]
-fn del_goes_on_past_a_failed_detach_and_reports_both_failures() {
-    let host = Recorder::default();
-    let att = Recorder {
-        fail_del: true,
-        ..Recorder::default()
+fn del_goes_on_past_every_failure_reports_them_all_and_takes_the_last_pods_network_away() {
+    let host = FakeHost {
+        fail_detach: true,
+        ..FakeHost::default()
     };
-    let etcd = dead_etcd();
-    let ctx = Ctx {
-        node: crate::schema::NodeName {
-            name: "h1".into(),
-            source: "a test",
-        },
-        host: &host,
-        attachment: &att,
-        etcd: Some(&etcd),
+    let ipam = FakeIpam {
+        fail: Some(Command::Del),
+        ..FakeIpam::default()
     };
-    let e = del(&ctx, &req(Command::Del)).unwrap_err();
-    assert_eq!(att.calls(), ["detach"]);
-    assert!(host.calls().is_empty(), "DEL needs no host step");
-    // The first failure is the error; the etcd one is in the details.
-    assert_eq!(e.code, ErrorCode::Kernel, "{e}");
-    assert!(e.details.contains("etcd"), "{}", e.details);
+    let store = MemStore::default();
+    let e = del(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Del, serde_json::json!({})),
+    )
+    .unwrap_err();
+    // The first failure decides the code; the IPAM's is in the details.
+    assert_eq!(e.code(), ErrorCode::CheckFailed.as_u32(), "{e}");
+    assert!(e.details.contains("etcd down"), "{}", e.details);
+    // No pod left: the device, table and rules go, under the exclusive lock.
+    let calls = host.calls();
+    assert_eq!(calls[..2], ["detach", "lock-exclusive"]);
+    assert!(calls[2].starts_with("teardown "), "{calls:?}");
+    assert_eq!(store.writes(), 0, "DEL writes nothing of the overlay's own");
+}
+
+#[test]
+fn del_of_one_pod_among_several_leaves_the_network_on_the_host() {
+    let host = FakeHost {
+        in_use: true,
+        ..FakeHost::default()
+    };
+    let (ipam, store) = (FakeIpam::default(), MemStore::default());
+    del(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Del, serde_json::json!({})),
+    )
+    .unwrap();
+    assert_eq!(host.calls(), ["detach"]);
+    assert_eq!(*ipam.calls.borrow(), [Command::Del]);
+}
+
+#[test]
+fn gc_reports_every_failure_not_only_the_first() {
+    let host = FakeHost {
+        in_use: true,
+        ..FakeHost::default()
+    };
+    let ipam = FakeIpam {
+        fail: Some(Command::Gc),
+        ..FakeIpam::default()
+    };
+    let store = MemStore::default();
+    let e = gc(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Gc, serde_json::json!({})),
+    )
+    .unwrap_err();
+    assert!(e.msg.contains("retired link"), "{}", e.msg);
+    assert!(e.details.contains("etcd down"), "{}", e.details);
+    // A node name held by another VTEP: this host's GC collects no address.
+    let store = MemStore::default();
+    store.put("/cnirs/hosts/h1", br#"{"vtep":"10.240.0.9"}"#);
+    let ipam = FakeIpam::default();
+    let e = gc(
+        &ctx(&host, &ipam, &store),
+        &req(Command::Gc, serde_json::json!({})),
+    )
+    .unwrap_err();
+    assert!(e.details.contains("10.240.0.9"), "{}", e.details);
+    assert!(ipam.calls.borrow().is_empty());
+}
+
+#[test]
+fn an_ipam_other_than_etcd_ipam_is_refused() {
+    let mut conf = serde_json::json!({"cniVersion": "1.0.0", "name": "ov", "type": "overlay",
+        "vni": 42, "ipam": {"type": "host-local", "etcdEndpoints": ["http://127.0.0.1:1"],
+        "ranges": [[{"subnet": "10.64.0.0/12"}]]}});
+    let r = Request::build(
+        Command::Add,
+        "c1",
+        Some("/x"),
+        "eth0",
+        conf.to_string().as_bytes(),
+    )
+    .unwrap();
+    let e = config::parse(&r).unwrap_err();
+    assert!(e.msg.contains("ipam.type"), "{}", e.msg);
+    conf["ipam"]["type"] = serde_json::json!("etcd-ipam");
+    let r = Request::build(
+        Command::Add,
+        "c1",
+        Some("/x"),
+        "eth0",
+        conf.to_string().as_bytes(),
+    )
+    .unwrap();
+    config::parse(&r).unwrap();
 }

@@ -138,6 +138,7 @@ pub fn plan(
                 dst: host_prefix(gw),
                 gw: None,
                 priority: None,
+                onlink: false,
             },
             extra: src,
         });
@@ -148,6 +149,7 @@ pub fn plan(
                 dst: subnet_of(&ip.address),
                 gw: Some(gw),
                 priority: None,
+                onlink: false,
             },
             extra: src,
         });
@@ -165,6 +167,7 @@ pub fn plan(
                 dst: host_prefix(pod_ip),
                 gw: None,
                 priority: None,
+                onlink: false,
             },
             extra: RouteExtra {
                 src: None,

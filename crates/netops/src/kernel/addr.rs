@@ -166,6 +166,9 @@ impl Netlink<'_> {
         if let Some(p) = r.priority {
             b = b.priority(p);
         }
+        if r.onlink {
+            b = b.onlink();
+        }
         Ok(b.build())
     }
 
@@ -271,6 +274,40 @@ impl Netlink<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+impl Netlink<'_> {
+    /// A route dump filtered by the kernel on the table and output interface that `msg`
+    /// carries (`rtm_table`/`RTA_TABLE`, `RTA_OIF`) under strict checking; without strict
+    /// checking (an old kernel) every route comes back and the caller's filter applies.
+    pub(crate) fn dump_routes_strict(
+        &self,
+        mut msg: RouteMessage,
+    ) -> Result<Vec<RouteMessage>, NetopsError> {
+        use rtnetlink::packet_route::route::RouteType;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unspec;
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.destination_prefix_length = 0;
+        msg.header.source_prefix_length = 0;
+        msg.header.tos = 0;
+        let strict = self.strict_check(true);
+        let msgs = self.rt.block_on(
+            self.handle
+                .route()
+                .get(msg)
+                .execute()
+                .try_collect::<Vec<_>>(),
+        );
+        if strict {
+            self.strict_check(false);
+        }
+        msgs.map_err(|source| NetopsError::Dump {
+            what: "routes",
+            netns: self.label.clone(),
+            source: Box::new(source),
+        })
     }
 }
 

@@ -16,11 +16,16 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::{
-    allocator::Requested,
-    disk::DEFAULT_DATA_DIR,
-    error::Error,
     range::{canonical, from_u128, to_u128, Range, RangeSet},
+    ConfigError as Error, DEFAULT_DATA_DIR,
 };
+
+/// An address asked for by the runtime, with the field it came from (for errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requested {
+    pub ip: IpAddr,
+    pub field: String,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -103,13 +108,13 @@ fn parse_ip(s: &str, field: &str) -> Result<IpAddr, Error> {
     s.trim()
         .parse::<IpAddr>()
         .map(canonical)
-        .map_err(|_| Error::config(field, format!("{s:?} is not an IP address")))
+        .map_err(|_| Error::new(field, format!("{s:?} is not an IP address")))
 }
 
 /// `a.b.c.d/n` or `x::/n` (a prefix length, not a netmask, as Go's `ParseCIDR`).
 fn parse_cidr(s: &str, field: &str) -> Result<IpNetwork, Error> {
     let bad = || {
-        Error::config(
+        Error::new(
             field,
             format!("{s:?} is not a CIDR (address/prefix length)"),
         )
@@ -127,11 +132,11 @@ fn parse_cidr(s: &str, field: &str) -> Result<IpNetwork, Error> {
 fn build_range(raw: &RawRange, field: &str) -> Result<Range, Error> {
     let subnet_field = format!("{field}.subnet");
     let Some(subnet_s) = non_empty(&raw.subnet) else {
-        return Err(Error::config(&subnet_field, "missing"));
+        return Err(Error::new(&subnet_field, "missing"));
     };
     let subnet = parse_cidr(subnet_s, &subnet_field)?;
     if subnet.ip() != subnet.network() {
-        return Err(Error::config(
+        return Err(Error::new(
             &subnet_field,
             format!(
                 "{subnet} has host bits set: the network address is {}/{}",
@@ -142,7 +147,7 @@ fn build_range(raw: &RawRange, field: &str) -> Result<Range, Error> {
     }
     let bits = if subnet.is_ipv4() { 32 } else { 128 };
     if subnet.prefix() > bits - 2 {
-        return Err(Error::config(
+        return Err(Error::new(
             &subnet_field,
             format!("{subnet} is too small to allocate from"),
         ));
@@ -152,16 +157,13 @@ fn build_range(raw: &RawRange, field: &str) -> Result<Range, Error> {
         let f = format!("{field}.{key}");
         let ip = parse_ip(s, &f)?;
         if ip.is_ipv4() != subnet.is_ipv4() {
-            return Err(Error::config(
+            return Err(Error::new(
                 &f,
                 format!("{ip} is not of the same address family as subnet {subnet}"),
             ));
         }
         if !subnet.contains(ip) {
-            return Err(Error::config(
-                &f,
-                format!("{ip} is outside subnet {subnet}"),
-            ));
+            return Err(Error::new(&f, format!("{ip} is outside subnet {subnet}")));
         }
         Ok(Some(ip))
     };
@@ -175,7 +177,7 @@ fn build_range(raw: &RawRange, field: &str) -> Result<Range, Error> {
         None => subnet.broadcast(),
     };
     if to_u128(end) < to_u128(start) {
-        return Err(Error::config(
+        return Err(Error::new(
             format!("{field}.rangeEnd"),
             format!("{end} is before rangeStart {start}"),
         ));
@@ -191,7 +193,7 @@ fn build_range(raw: &RawRange, field: &str) -> Result<Range, Error> {
 /// One range set, as the reference's `RangeSet.Canonicalize`.
 fn build_set(raw: &[RawRange], field: &str) -> Result<RangeSet, Error> {
     if raw.is_empty() {
-        return Err(Error::config(field, "empty range set"));
+        return Err(Error::new(field, "empty range set"));
     }
     let mut ranges: Vec<Range> = Vec::with_capacity(raw.len());
     for (j, r) in raw.iter().enumerate() {
@@ -199,7 +201,7 @@ fn build_set(raw: &[RawRange], field: &str) -> Result<RangeSet, Error> {
         let range = build_range(r, &f)?;
         if let Some(first) = ranges.first() {
             if first.subnet.is_ipv4() != range.subnet.is_ipv4() {
-                return Err(Error::config(
+                return Err(Error::new(
                     format!("{f}.subnet"),
                     format!(
                         "{} mixes address families with {} in one range set",
@@ -209,7 +211,7 @@ fn build_set(raw: &[RawRange], field: &str) -> Result<RangeSet, Error> {
             }
         }
         if let Some((k, other)) = ranges.iter().enumerate().find(|(_, o)| o.overlaps(&range)) {
-            return Err(Error::config(
+            return Err(Error::new(
                 &f,
                 format!("range {range} overlaps {field}[{k}] ({other})"),
             ));
@@ -221,7 +223,7 @@ fn build_set(raw: &[RawRange], field: &str) -> Result<RangeSet, Error> {
 
 fn build(raw: RawNet, version: Version, cni_args: &CniArgs) -> Result<IpamConfig, Error> {
     let Some(ipam) = raw.ipam else {
-        return Err(Error::config("ipam", "missing"));
+        return Err(Error::new("ipam", "missing"));
     };
 
     // (field prefix, set) in the reference's order.
@@ -251,7 +253,7 @@ fn build(raw: RawNet, version: Version, cni_args: &CniArgs) -> Result<IpamConfig
         sets.push((f.clone(), build_set(s, &f)?));
     }
     if sets.is_empty() {
-        return Err(Error::config(
+        return Err(Error::new(
             "ipam.ranges",
             "no IP ranges specified (set ipam.ranges or ipam.subnet)",
         ));
@@ -260,10 +262,7 @@ fn build(raw: RawNet, version: Version, cni_args: &CniArgs) -> Result<IpamConfig
         for (fj, sj) in &sets[..i] {
             for ri in &si.0 {
                 if let Some(rj) = sj.0.iter().find(|rj| rj.overlaps(ri)) {
-                    return Err(Error::config(
-                        fi,
-                        format!("range {ri} overlaps {rj} of {fj}"),
-                    ));
+                    return Err(Error::new(fi, format!("range {ri} overlaps {rj} of {fj}")));
                 }
             }
         }
@@ -271,7 +270,7 @@ fn build(raw: RawNet, version: Version, cni_args: &CniArgs) -> Result<IpamConfig
     if version < Version::V0_3_0 {
         let v4 = sets.iter().filter(|(_, s)| s.is_ipv4()).count();
         if v4 > 1 || sets.len() - v4 > 1 {
-            return Err(Error::config(
+            return Err(Error::new(
                 "ipam.ranges",
                 format!("cniVersion {version} allows at most one address per family"),
             ));
@@ -282,7 +281,7 @@ fn build(raw: RawNet, version: Version, cni_args: &CniArgs) -> Result<IpamConfig
     for (i, r) in ipam.routes.iter().flatten().enumerate() {
         let f = format!("ipam.routes[{i}]");
         let Some(dst) = non_empty(&r.dst) else {
-            return Err(Error::config(format!("{f}.dst"), "missing"));
+            return Err(Error::new(format!("{f}.dst"), "missing"));
         };
         let dst = parse_cidr(dst, &format!("{f}.dst"))?;
         let gw = non_empty(&r.gw)
@@ -357,7 +356,7 @@ impl IpamConfig {
                 None => {
                     let sets: Vec<String> =
                         self.range_sets.iter().map(RangeSet::to_string).collect();
-                    return Err(Error::config(
+                    return Err(Error::new(
                         &req.field,
                         format!(
                             "{} does not fit any range set [{}] (or another requested address already took its set)",
@@ -402,7 +401,7 @@ pub fn read_resolv_conf(path: &Path) -> Result<Dns, Error> {
     std::fs::read_to_string(path)
         .map(|t| parse_resolv_conf(&t))
         .map_err(|e| {
-            Error::config(
+            Error::new(
                 "ipam.resolvConf",
                 format!("reading {}: {e}", path.display()),
             )

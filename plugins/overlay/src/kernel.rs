@@ -1,0 +1,324 @@
+//! [`KernelHost`]: the host side of the overlay on this host's kernel (rtnetlink in the host
+//! and the pod netns) and firewall table, opened at the first step that needs them.
+
+use std::{cell::OnceCell, fs::OpenOptions, os::unix::fs::OpenOptionsExt, path::PathBuf};
+
+use bridge_plugin::{
+    apply::{observe, read_view, Effects},
+    config::BridgeSpec,
+    plan::{Ids, Observed, Plan},
+    verbs, BridgeError,
+};
+use cni_core::{CniResult, IfName, Request};
+use ipnetwork::IpNetwork;
+use netops::{Executor, Family, Kernel, KernelExec, Link, NetNs, Netlink, NetopsError, Op};
+use nftplan::{Attachment, Feature, Firewall};
+
+use crate::{
+    config::OverlaySpec,
+    ctx::{HostSide, NetLock},
+    error::OverlayError,
+    plan::{self, HostView, Underlay},
+};
+
+/// The host's kernel and firewall, opened on first use (DEL of a pod whose network has other
+/// pods needs no netlink connection of its own beyond the veth's).
+#[derive(Default)]
+pub struct KernelHost {
+    kernel: OnceCell<Kernel>,
+    fw: OnceCell<Firewall>,
+}
+
+impl KernelHost {
+    fn kernel(&self) -> Result<&Kernel, OverlayError> {
+        if let Some(k) = self.kernel.get() {
+            return Ok(k);
+        }
+        let k = Kernel::new()?;
+        Ok(self.kernel.get_or_init(|| k))
+    }
+
+    fn fw(&self) -> Result<&Firewall, OverlayError> {
+        if let Some(f) = self.fw.get() {
+            return Ok(f);
+        }
+        let f = Firewall::open()?;
+        Ok(self.fw.get_or_init(|| f))
+    }
+}
+
+/// The interface of the default route of a family (lowest metric).
+fn default_link(host: &Netlink<'_>, fam: Family) -> Result<Option<Link>, NetopsError> {
+    let mut routes: Vec<_> = host
+        .routes(None, Some(fam))?
+        .into_iter()
+        .filter(|r| r.dst.prefix() == 0 && r.oif.is_some())
+        .collect();
+    routes.sort_by_key(|r| r.priority.unwrap_or(0));
+    match routes.first().and_then(|r| r.oif) {
+        Some(oif) => host.link_by_index(oif),
+        None => Ok(None),
+    }
+}
+
+/// `underlay` from the config, or the interface of the default route (IPv4, else IPv6); the
+/// VTEP is its first IPv4 address, else its first global IPv6 address.
+pub fn underlay(host: &Netlink<'_>, spec: &OverlaySpec) -> Result<Underlay, OverlayError> {
+    let link = match &spec.underlay {
+        Some(name) => host.link(name)?.ok_or_else(|| {
+            cni_core::CniError::config("underlay", format!("no interface {name} on this host"))
+        })?,
+        None => match default_link(host, Family::V4)? {
+            Some(l) => l,
+            None => default_link(host, Family::V6)?.ok_or_else(|| {
+                cni_core::CniError::config(
+                    "underlay",
+                    "not set, and this host has no default route to take it from",
+                )
+            })?,
+        },
+    };
+    let vtep = match host.first_ipv4(&link)? {
+        Some(v4) => v4.into(),
+        None => host
+            .first_global_ipv6(&link)?
+            .ok_or_else(|| {
+                cni_core::CniError::config(
+                    "underlay",
+                    format!(
+                        "{} has no IPv4 and no global IPv6 address to use as the VTEP",
+                        link.name
+                    ),
+                )
+            })?
+            .into(),
+    };
+    Ok(Underlay { link, vtep })
+}
+
+fn lock_path(dir: &std::path::Path, network: &str) -> PathBuf {
+    let safe: String = network
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    dir.join(format!("overlay-{safe}.lock"))
+}
+
+impl HostSide for KernelHost {
+    fn underlay(&self, spec: &OverlaySpec) -> Result<Underlay, OverlayError> {
+        underlay(&self.kernel()?.host(), spec)
+    }
+
+    fn lock(&self, spec: &OverlaySpec, exclusive: bool) -> Result<NetLock, OverlayError> {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = self.fw()?.state_dir().to_path_buf();
+        let path = lock_path(&dir, &spec.network);
+        let err = |source| OverlayError::Lock {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        let arg = if exclusive {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockShared
+        };
+        let held = Flock::lock(file, arg).map_err(|(_, e)| err(std::io::Error::from(e)))?;
+        Ok(NetLock(Some(Box::new(held))))
+    }
+
+    fn read(
+        &self,
+        spec: &OverlaySpec,
+        bspec: &BridgeSpec,
+        ids: &Ids,
+    ) -> Result<HostView, OverlayError> {
+        let k = self.kernel()?;
+        let host = k.host();
+        let ns = NetNs::open(&ids.netns)?;
+        let pod = k.pod(&ns)?;
+        let bridge = read_view(&host, &pod, bspec, &ids.ifname)?;
+        let vxlan = match host.link(&spec.vxlan)? {
+            None => None,
+            Some(l) if l.kind.as_deref() == Some("vxlan") => {
+                let v = host.vxlan(&spec.vxlan)?;
+                v.map(|v| (v.vni, v.local, v.link.mac))
+            }
+            Some(l) => Some((None, None, l.mac)),
+        };
+        Ok(HostView { bridge, vxlan })
+    }
+
+    fn apply(&self, plan: &Plan) -> Result<Observed, OverlayError> {
+        let k = self.kernel()?;
+        let host = k.host();
+        let ns = NetNs::open(&plan.ids.netns)?;
+        let pod = k.pod(&ns)?;
+        let fw = self.fw()?;
+        let mut fx = Effects {
+            kernel: KernelExec::new(&host, &pod),
+            fw,
+            plan_mac: plan.requested_mac,
+            pod_ifname: plan.ids.ifname.clone(),
+        };
+        let label = plan.ids.netns.display().to_string();
+        netops::apply(&plan.steps, &mut fx).map_err(|f| {
+            for u in &f.undo_errors {
+                log::warn!("rollback: {u}");
+            }
+            BridgeError::Step {
+                step: f.step + 1,
+                command: f.op.command(&label),
+                source: Box::new(f.error),
+            }
+        })?;
+        Ok(observe(&mut fx, plan)?)
+    }
+
+    fn detach(&self, req: &Request, spec: &OverlaySpec) -> Vec<OverlayError> {
+        let mut errors: Vec<OverlayError> = Vec::new();
+        if let Err(e) = verbs::delete_links(req) {
+            errors.push(e.into());
+        }
+        let detached = self.fw().and_then(|fw| {
+            let a = Attachment::new(&spec.network, &req.container_id, &req.ifname)?;
+            Ok(fw.detach_network(&a)?)
+        });
+        match detached {
+            // The internal network's last attachment: its kernel-level seal goes too.
+            Ok(Some(last)) => {
+                let mut subnets: Vec<IpNetwork> = spec.subnets.clone();
+                for s in last.subnets {
+                    if !subnets.contains(&s) {
+                        subnets.push(s);
+                    }
+                }
+                let unseal = self
+                    .kernel()
+                    .and_then(|k| Ok(k.host().unseal_bridge(last.bridge.as_str(), &subnets)?));
+                if let Err(e) = unseal {
+                    errors.push(e);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+        errors
+    }
+
+    fn in_use(&self, spec: &OverlaySpec) -> Result<bool, OverlayError> {
+        Ok(self.fw()?.network_in_use(&spec.network)?)
+    }
+
+    fn teardown(&self, ops: &[Op]) -> Vec<OverlayError> {
+        let k = match self.kernel() {
+            Ok(k) => k,
+            Err(e) => return vec![e],
+        };
+        let host = k.host();
+        let mut x = KernelExec::new(&host, &host);
+        let mut errors = Vec::new();
+        for op in ops {
+            match x.exec(op) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => errors.push(e.into()),
+            }
+        }
+        errors
+    }
+
+    fn check(
+        &self,
+        req: &Request,
+        spec: &OverlaySpec,
+        bspec: &BridgeSpec,
+        prev: &CniResult,
+        ul: &Underlay,
+    ) -> Result<(), OverlayError> {
+        let failed = |m: String| OverlayError::Check(m);
+        let k = self.kernel()?;
+        let host = k.host();
+        let netns = req.netns()?;
+        let ns = NetNs::open(netns)?;
+        let pod = k.pod(&ns)?;
+        let link = pod.link(&req.ifname)?.ok_or_else(|| {
+            failed(format!(
+                "interface {} not found in {}",
+                req.ifname,
+                netns.display()
+            ))
+        })?;
+        verbs::check_pod_link(req, prev, &pod, &link)?;
+        verbs::check_host_side(req, bspec, prev, &host)?;
+        let vx = host
+            .vxlan(&spec.vxlan)?
+            .ok_or_else(|| failed(format!("vxlan {} not found", spec.vxlan)))?;
+        plan::preflight(
+            spec,
+            ul,
+            &HostView {
+                bridge: Default::default(),
+                vxlan: Some((vx.vni, vx.local, vx.link.mac)),
+            },
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        if vx.link.master.is_some() {
+            return Err(failed(format!("{} is a bridge port", spec.vxlan)));
+        }
+        if !vx.link.admin_up {
+            return Err(failed(format!("{} is down", spec.vxlan)));
+        }
+        let routes = host.missing_table_routes(&plan::table_routes(spec))?;
+        let rules = host.missing_rules(&plan::rules(spec))?;
+        let mut missing: Vec<String> = routes.iter().map(|r| r.text()).collect();
+        missing.extend(rules.iter().map(|r| r.text()));
+        if spec.internal {
+            missing.extend(host.missing_seal(&spec.bridge, &spec.subnets)?);
+        }
+        if !missing.is_empty() {
+            return Err(failed(format!(
+                "network {} on this host lacks: {}",
+                spec.network,
+                missing.join("; ")
+            )));
+        }
+        let att = Attachment::new(&spec.network, &req.container_id, &req.ifname)?;
+        let gone = self.fw()?.check_network(&att)?;
+        nftplan::missing_error("firewall elements", &att, &gone)?;
+        Ok(())
+    }
+
+    fn gc(&self, req: &Request, spec: &OverlaySpec) -> Vec<OverlayError> {
+        let mut errors: Vec<OverlayError> = Vec::new();
+        // Links a DEL retired but whose detached deleter was killed.
+        if let Err(e) = self.kernel().and_then(|k| Ok(k.host().delete_retired()?)) {
+            errors.push(e);
+        }
+        let gc = self
+            .fw()
+            .and_then(|fw| Ok(fw.gc(Feature::Network, &spec.network, &req.valid_pairs())?));
+        if let Err(e) = gc {
+            errors.push(e);
+        }
+        errors
+    }
+}
+
+/// An interface name from the spec (validated at parse time).
+pub fn ifname(s: &str) -> Result<IfName, OverlayError> {
+    Ok(IfName::new(s).map_err(NetopsError::from)?)
+}
