@@ -47,12 +47,12 @@ fn add_inner(req: &Request, mode: Mode) -> Result<CniResult, BridgeError> {
         netns: req.netns()?.clone(),
     };
     let ns = NetNs::open(&ids.netns)?;
-    let kernel = Kernel::new()?;
+    let kernel = Kernel::with_detacher(req.detach.clone())?;
     let host = kernel.host();
     let pod = kernel.pod(&ns)?;
     let view = apply::read_view(&host, &pod, &spec, &ids.ifname)?;
     plan::preflight(&spec, &ids, &view)?;
-    let fw = Firewall::open()?;
+    let fw = Firewall::open_with(&req.detach)?;
     let ipam = if spec.has_ipam {
         req.delegate_ipam(Command::Add)?.unwrap_or_default()
     } else {
@@ -98,10 +98,10 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
     if let Err(e) = delete_links(req) {
         errors.push(e);
     }
-    match Firewall::open().and_then(|fw| fw.detach_network(&attachment(req)?)) {
+    match Firewall::open_with(&req.detach).and_then(|fw| fw.detach_network(&attachment(req)?)) {
         // The internal network's last attachment: its kernel-level seal goes too.
         Ok(Some(last)) => {
-            let unseal = Kernel::new().and_then(|k| {
+            let unseal = Kernel::with_detacher(req.detach.clone()).and_then(|k| {
                 let host = k.host();
                 let mut subnets = seal_subnets(req, &host, last.bridge.as_str())?;
                 for s in last.subnets {
@@ -163,7 +163,7 @@ fn seal_subnets(
 /// not there (created by another implementation, or already gone) delete `CNI_IFNAME` in the
 /// netns if the netns still exists, as the reference does.
 fn delete_links(req: &Request) -> Result<(), BridgeError> {
-    let kernel = Kernel::new()?;
+    let kernel = Kernel::with_detacher(req.detach.clone())?;
     let host = kernel.host();
     let name = plan::host_veth_name(&req.conf.name, &req.container_id, &req.ifname)
         .map_err(NetopsError::from)?;
@@ -191,7 +191,7 @@ fn check_inner(req: &Request, mode: Mode) -> Result<(), BridgeError> {
     let prev = req.require_prev_result()?;
     let netns = req.netns()?;
     let ns = NetNs::open(netns)?;
-    let kernel = Kernel::new()?;
+    let kernel = Kernel::with_detacher(req.detach.clone())?;
     let host = kernel.host();
     let pod = kernel.pod(&ns)?;
     let link = pod.link(&req.ifname)?.ok_or_else(|| {
@@ -218,7 +218,7 @@ fn check_inner(req: &Request, mode: Mode) -> Result<(), BridgeError> {
         req.delegate_ipam(Command::Check)?;
     }
     let att = attachment(req)?;
-    let missing = Firewall::open()?.check_network(&att)?;
+    let missing = Firewall::open_with(&req.detach)?.check_network(&att)?;
     Ok(nftplan::missing_error("firewall elements", &att, &missing)?)
 }
 
@@ -312,11 +312,13 @@ pub fn gc(req: &Request, mode: Mode) -> Result<(), CniError> {
     let spec = config::parse(req, mode)?;
     let mut errors: Vec<BridgeError> = Vec::new();
     // Links a DEL retired but whose detached deleter was killed.
-    if let Err(e) = Kernel::new().and_then(|k| k.host().delete_retired()) {
+    if let Err(e) =
+        Kernel::with_detacher(req.detach.clone()).and_then(|k| k.host().delete_retired())
+    {
         errors.push(e.into());
     }
-    if let Err(e) =
-        Firewall::open().and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
+    if let Err(e) = Firewall::open_with(&req.detach)
+        .and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
     {
         errors.push(e.into());
     }

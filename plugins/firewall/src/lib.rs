@@ -92,7 +92,7 @@ fn add(req: &Request) -> Result<CniResult, FirewallError> {
         return Err(CniError::config("prevResult", "no container addresses to let through").into());
     }
     let bridge = prev.bridge()?;
-    let fw = nftplan::Firewall::open()?;
+    let fw = nftplan::Firewall::open_with(&req.detach)?;
     let att = attachment(req)?;
     fw.attach_forward(&att, &bridge)?;
     if ingress == Ingress::SameBridge {
@@ -111,7 +111,7 @@ fn add(req: &Request) -> Result<CniResult, FirewallError> {
 fn del(req: &Request) -> Result<(), CniError> {
     // An unknown policy must not block DEL: always release what this attachment may own.
     let _ = parse(req);
-    let fw = nftplan::Firewall::open().map_err(FirewallError::from)?;
+    let fw = nftplan::Firewall::open_with(&req.detach).map_err(FirewallError::from)?;
     let att = attachment(req).map_err(FirewallError::from)?;
     let errors: Vec<CniError> = [fw.detach_isolation(&att), fw.detach_forward(&att)]
         .into_iter()
@@ -129,7 +129,7 @@ fn check(req: &Request) -> Result<(), FirewallError> {
         return Ok(());
     }
     let att = attachment(req)?;
-    let missing = nftplan::Firewall::open()?.check_isolation(&att)?;
+    let missing = nftplan::Firewall::open_with(&req.detach)?.check_isolation(&att)?;
     Ok(nftplan::missing_error(
         "same-bridge isolation",
         &att,
@@ -139,7 +139,7 @@ fn check(req: &Request) -> Result<(), FirewallError> {
 
 /// GC goes on past a failure too.
 fn gc(req: &Request) -> Result<(), CniError> {
-    let fw = nftplan::Firewall::open().map_err(FirewallError::from)?;
+    let fw = nftplan::Firewall::open_with(&req.detach).map_err(FirewallError::from)?;
     let valid = req.valid_pairs();
     let errors: Vec<CniError> = [Feature::Isolation, Feature::Firewall]
         .into_iter()

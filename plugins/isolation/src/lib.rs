@@ -34,19 +34,19 @@ fn attachment(req: &Request) -> Result<Attachment, NftError> {
 fn add(req: &Request) -> Result<CniResult, IsolationError> {
     let prev = req.require_prev_result()?;
     let bridge = prev.bridge()?;
-    Firewall::open()?.attach_isolation(&attachment(req)?, &bridge)?;
+    Firewall::open_with(&req.detach)?.attach_isolation(&attachment(req)?, &bridge)?;
     Ok(prev)
 }
 
 fn del(req: &Request) -> Result<(), IsolationError> {
-    Ok(Firewall::open()?.detach_isolation(&attachment(req)?)?)
+    Ok(Firewall::open_with(&req.detach)?.detach_isolation(&attachment(req)?)?)
 }
 
 fn check(req: &Request) -> Result<(), IsolationError> {
     let prev = req.require_prev_result()?;
     prev.bridge()?;
     let att = attachment(req)?;
-    let missing = Firewall::open()?.check_isolation(&att)?;
+    let missing = Firewall::open_with(&req.detach)?.check_isolation(&att)?;
     Ok(nftplan::missing_error(
         "isolation elements",
         &att,
@@ -73,7 +73,7 @@ impl Plugin for Isolation {
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let gc = |fw: Firewall| fw.gc(Feature::Isolation, &req.conf.name, &req.valid_pairs());
-        Ok(Firewall::open()
+        Ok(Firewall::open_with(&req.detach)
             .and_then(gc)
             .map_err(IsolationError::from)?)
     }

@@ -103,7 +103,7 @@ fn add(req: &Request) -> Result<CniResult, PortmapError> {
         }
     }
     let mappings: Vec<PortMapping> = dnats.iter().map(to_nft).collect();
-    Firewall::open()?.add_ports(&attachment(req)?, &mappings)?;
+    Firewall::open_with(&req.detach)?.add_ports(&attachment(req)?, &mappings)?;
     Ok(prev)
 }
 
@@ -126,11 +126,12 @@ fn del(req: &Request) -> Result<(), CniError> {
     };
     let mappings: Vec<PortMapping> = dnats.iter().map(to_nft).collect();
     let mut errors: Vec<CniError> = Vec::new();
-    let elems = Firewall::open().and_then(|fw| fw.del_ports(&attachment(req)?, &mappings));
+    let elems =
+        Firewall::open_with(&req.detach).and_then(|fw| fw.del_ports(&attachment(req)?, &mappings));
     if let Err(e) = elems {
         errors.push(PortmapError::from(e).into());
     }
-    match conntrack::delete(&stale_flows(&dnats)) {
+    match conntrack::delete(&stale_flows(&dnats), &req.detach) {
         Ok(n) => log::debug!("{}: {n} conntrack entries deleted", req.tag()),
         Err(e) => errors.push(PortmapError::from(e).into()),
     }
@@ -144,7 +145,7 @@ fn check(req: &Request) -> Result<(), PortmapError> {
         return Ok(());
     }
     let att = attachment(req)?;
-    let missing = Firewall::open()?.check_ports(&att)?;
+    let missing = Firewall::open_with(&req.detach)?.check_ports(&att)?;
     Ok(nftplan::missing_error("published ports", &att, &missing)?)
 }
 
@@ -167,6 +168,8 @@ impl Plugin for Portmap {
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let gc = |fw: Firewall| fw.gc(Feature::Portmap, &req.conf.name, &req.valid_pairs());
-        Ok(Firewall::open().and_then(gc).map_err(PortmapError::from)?)
+        Ok(Firewall::open_with(&req.detach)
+            .and_then(gc)
+            .map_err(PortmapError::from)?)
     }
 }

@@ -206,7 +206,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
         )));
     }
     let fw = if spec.ip_masq {
-        Some(Firewall::open().map_err(|e| LinkError::Config(e.to_string()))?)
+        Some(Firewall::open_with(&req.detach).map_err(|e| LinkError::Config(e.to_string()))?)
     } else {
         None
     };
@@ -269,7 +269,7 @@ fn del(req: &Request) -> Result<(), CniError> {
     if let Err(e) = links {
         errors.push(e.into());
     }
-    let fw = Firewall::open().and_then(|fw| {
+    let fw = Firewall::open_with(&req.detach).and_then(|fw| {
         let a = Attachment::new(&req.conf.name, &req.container_id, &req.ifname)?;
         fw.detach_network(&a).map(drop)
     });
@@ -309,7 +309,7 @@ fn check(req: &Request) -> Result<(), LinkError> {
         )));
     }
     if spec.ip_masq {
-        let fw = Firewall::open().map_err(|e| LinkError::Cni(e.into_cni()))?;
+        let fw = Firewall::open_with(&req.detach).map_err(|e| LinkError::Cni(e.into_cni()))?;
         let a = attachment(req)?;
         let missing = fw
             .check_network(&a)
@@ -322,8 +322,8 @@ fn check(req: &Request) -> Result<(), LinkError> {
 
 fn gc(req: &Request) -> Result<(), CniError> {
     let mut errors = Vec::new();
-    if let Err(e) =
-        Firewall::open().and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
+    if let Err(e) = Firewall::open_with(&req.detach)
+        .and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
     {
         errors.push(e.into_cni());
     }
