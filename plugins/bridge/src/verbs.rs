@@ -16,7 +16,7 @@ use cni_core::{
 };
 use ipnetwork::IpNetwork;
 use netops::{KernelSession, Link, NetopsError, Ns, Op, Session};
-use nftplan::{Attachment, Feature, FirewallCell, NftError};
+use nftplan::{Attachment, Feature, FirewallCell};
 
 use crate::{
     apply::{self, Effects},
@@ -51,11 +51,6 @@ impl Ctx<'_> {
 
 fn check_failed(msg: String) -> BridgeError {
     BridgeError::Check(msg)
-}
-
-/// The key of everything this attachment owns in the firewall state.
-pub fn attachment(req: &Request) -> Result<Attachment, NftError> {
-    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
 }
 
 fn ifname_of(req: &Request) -> Result<IfName, BridgeError> {
@@ -127,7 +122,7 @@ pub fn del(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<(), CniError>
     match ctx
         .fw
         .get()
-        .and_then(|fw| fw.detach_network(&attachment(req)?))
+        .and_then(|fw| fw.detach_network(&Attachment::of(req)?))
     {
         // The internal network's last attachment: its kernel-level seal goes too.
         Ok(Some(last)) => {
@@ -172,7 +167,7 @@ fn seal_subnets(
                 return; // link-local: never routed
             }
         }
-        let n = IpNetwork::new(a.network(), a.prefix()).unwrap_or(a);
+        let n = netbase::subnet(a);
         if !out.contains(&n) {
             out.push(n);
         }
@@ -249,7 +244,7 @@ fn check_inner(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<(), Bridg
     if spec.has_ipam {
         ctx.ipam.run(req, Command::Check)?;
     }
-    let att = attachment(req)?;
+    let att = Attachment::of(req)?;
     let missing = ctx.fw.get()?.check_network(&att)?;
     Ok(nftplan::missing_error("firewall elements", &att, &missing)?)
 }

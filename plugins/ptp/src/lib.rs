@@ -72,7 +72,7 @@ fn host_prefix(ip: IpAddr) -> IpNetwork {
 }
 
 fn subnet_of(a: &IpNetwork) -> IpNetwork {
-    IpNetwork::new(a.network(), a.prefix()).unwrap_or(*a)
+    netbase::subnet(*a)
 }
 
 /// The pure plan: forwarding on, the veth (peer in the pod under `ifname`), the pod's
