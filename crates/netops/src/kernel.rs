@@ -26,6 +26,7 @@ use tokio::runtime::Runtime;
 
 use crate::{
     error::{errno, netlink_errno},
+    netns::NsRef,
     types::*,
     validate_ifname, NetNs, NetopsError,
 };
@@ -69,21 +70,6 @@ pub struct Netlink<'k> {
     /// The socket's fd (see [`Conn`]).
     pub(crate) fd: RawFd,
     pub(crate) detach: &'k netbase::Detacher,
-}
-
-/// A pod netns a view is bound to: its own handle ([`Kernel::pod`]) or its session's.
-pub(crate) enum NsRef<'k> {
-    Owned(NetNs),
-    Borrowed(&'k NetNs),
-}
-
-impl NsRef<'_> {
-    fn get(&self) -> &NetNs {
-        match self {
-            NsRef::Owned(n) => n,
-            NsRef::Borrowed(n) => n,
-        }
-    }
 }
 
 fn connect(netns: &str) -> Result<Conn, NetopsError> {

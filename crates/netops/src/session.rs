@@ -74,7 +74,8 @@ mod real {
     use super::Session;
     use crate::{
         exec::{LinkCache, OpRun},
-        kernel::{Conn, NsRef},
+        kernel::Conn,
+        netns::NsRef,
         Family, IfName, Kernel, Link, NetNs, Netlink, NetopsError, Ns, Op, RouteInfo,
     };
 
