@@ -1,6 +1,10 @@
 //! Delegation to another plugin (IPAM), as the reference `invoke.DelegateAdd` does: find the
 //! binary named by `type` on `CNI_PATH`, run it with our environment (command overridden) and
 //! the same stdin, read its result or its error from stdout; its stderr goes to ours.
+//!
+//! A main plugin reaches its IPAM plugin through the [`Ipam`] trait of its verbs' context:
+//! [`ExecIpam`] runs the binary, [`FakeIpam`] (tests) hands out addresses from a list and
+//! records what it was asked.
 
 use std::{
     io::Write,
@@ -12,7 +16,109 @@ use crate::{
     args::Command,
     error::{CniError, ErrorCode, WireError},
     result::CniResult,
+    skel::Request,
 };
+
+/// The IPAM plugin of a main plugin's config (`ipam.type`), as its verbs see it.
+pub trait Ipam {
+    /// Run it for `command` with the request's stdin and environment. ADD returns its result.
+    fn run(&self, req: &Request, command: Command) -> Result<Option<CniResult>, CniError>;
+}
+
+/// The binary named by `ipam.type`, found on `CNI_PATH` ([`Request::delegate_ipam`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExecIpam;
+
+impl Ipam for ExecIpam {
+    fn run(&self, req: &Request, command: Command) -> Result<Option<CniResult>, CniError> {
+        req.delegate_ipam(command)
+    }
+}
+
+/// An in-memory IPAM for tests: ADD hands the next result of its list to the attachment
+/// (network, container id, ifname) and holds it until DEL or GC; a second ADD of a held
+/// attachment returns what it holds. Failures are injected per command.
+#[derive(Debug, Default)]
+pub struct FakeIpam {
+    results: std::cell::RefCell<std::collections::VecDeque<CniResult>>,
+    held: std::cell::RefCell<Vec<(String, CniResult)>>,
+    calls: std::cell::RefCell<Vec<Command>>,
+    fail: std::cell::RefCell<Vec<(Command, CniError)>>,
+}
+
+impl FakeIpam {
+    /// An IPAM that answers these results, one per ADD, in order.
+    pub fn new(results: impl IntoIterator<Item = CniResult>) -> Self {
+        Self {
+            results: std::cell::RefCell::new(results.into_iter().collect()),
+            ..Self::default()
+        }
+    }
+
+    /// The next call of `command` fails with `e` (each queued failure is used once).
+    pub fn fail(&self, command: Command, e: CniError) {
+        self.fail.borrow_mut().push((command, e));
+    }
+
+    /// Every command it was asked, in order.
+    pub fn calls(&self) -> Vec<Command> {
+        self.calls.borrow().clone()
+    }
+
+    /// The attachments (`network/container/ifname`) holding an address.
+    pub fn held(&self) -> Vec<String> {
+        self.held.borrow().iter().map(|(k, _)| k.clone()).collect()
+    }
+}
+
+impl Ipam for FakeIpam {
+    fn run(&self, req: &Request, command: Command) -> Result<Option<CniResult>, CniError> {
+        self.calls.borrow_mut().push(command);
+        let failing = {
+            let mut fail = self.fail.borrow_mut();
+            fail.iter()
+                .position(|(c, _)| *c == command)
+                .map(|i| fail.remove(i).1)
+        };
+        if let Some(e) = failing {
+            return Err(e);
+        }
+        let key = req.tag();
+        let mut held = self.held.borrow_mut();
+        match command {
+            Command::Add => {
+                if let Some((_, r)) = held.iter().find(|(k, _)| *k == key) {
+                    return Ok(Some(r.clone()));
+                }
+                let r = self.results.borrow_mut().pop_front().ok_or_else(|| {
+                    CniError::new(ErrorCode::Delegate, "fake IPAM: no addresses left")
+                })?;
+                held.push((key, r.clone()));
+                Ok(Some(r))
+            }
+            Command::Del => {
+                held.retain(|(k, _)| *k != key);
+                Ok(None)
+            }
+            Command::Gc => {
+                let keep: Vec<String> = req
+                    .valid_attachments()
+                    .iter()
+                    .map(|a| format!("{}/{}/{}", req.conf.name, a.container_id, a.ifname))
+                    .collect();
+                held.retain(|(k, _)| {
+                    !k.starts_with(&format!("{}/", req.conf.name)) || keep.contains(k)
+                });
+                Ok(None)
+            }
+            Command::Check if !held.iter().any(|(k, _)| *k == key) => Err(CniError::new(
+                ErrorCode::CheckFailed,
+                format!("fake IPAM: {key} holds no address"),
+            )),
+            _ => Ok(None),
+        }
+    }
+}
 
 /// Where `plugin_type` lives on `path`; the name must be a plain file name.
 pub fn find_plugin(plugin_type: &str, path: &[PathBuf], field: &str) -> Result<PathBuf, CniError> {
@@ -118,6 +224,38 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_fake_ipam_holds_an_address_per_attachment_until_del() {
+        let r = |ip: &str| CniResult {
+            ips: vec![crate::IpConfig {
+                address: ip.parse().unwrap(),
+                gateway: None,
+                interface: None,
+            }],
+            ..Default::default()
+        };
+        let ipam = FakeIpam::new([r("10.1.0.2/24"), r("10.1.0.3/24")]);
+        let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"x","ipam":{"type":"f"}}"#;
+        let req = |cmd, cid| Request::build(cmd, cid, None, "eth0", conf).unwrap();
+        let a = ipam
+            .run(&req(Command::Add, "a"), Command::Add)
+            .unwrap()
+            .unwrap();
+        let again = ipam
+            .run(&req(Command::Add, "a"), Command::Add)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a, again, "a held attachment keeps its address");
+        ipam.run(&req(Command::Add, "b"), Command::Add).unwrap();
+        assert_eq!(ipam.held(), ["n/a/eth0", "n/b/eth0"]);
+        ipam.fail(Command::Del, CniError::new(ErrorCode::Io, "disk"));
+        assert!(ipam.run(&req(Command::Del, "a"), Command::Del).is_err());
+        ipam.run(&req(Command::Del, "a"), Command::Del).unwrap();
+        assert_eq!(ipam.held(), ["n/b/eth0"]);
+        assert!(ipam.run(&req(Command::Check, "a"), Command::Check).is_err());
+        assert_eq!(ipam.calls().len(), 6);
+    }
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);

@@ -138,6 +138,12 @@ pub fn from_classified(
     CniError::new(class.into(), e.to_string()).with_details(details.join("; "))
 }
 
+/// A lower crate's error (kernel, firewall) as a CNI error: [`from_classified`] with the class
+/// and hint it gives itself.
+pub fn from_lower<E: netbase::Classified>(e: &E) -> CniError {
+    from_classified(e.class(), e, e.hint())
+}
+
 /// DEL and GC go on past failures: the first failure decides the code and message, every
 /// further one is added to `details`.
 pub fn combine(errors: Vec<CniError>) -> Result<(), CniError> {
@@ -201,6 +207,18 @@ impl CniError {
         self.code.as_u32()
     }
 
+    /// The error of step `step` (1-based) of a plan, `command` being what the step matches:
+    /// this error's code and message, and where it happened at the end of `details`.
+    pub fn at_step(self, step: usize, command: &str) -> Self {
+        let at = format!("at step {step}: {command}");
+        let details = if self.details.is_empty() {
+            at
+        } else {
+            format!("{}; {at}", self.details)
+        };
+        CniError::new(self.code, self.msg).with_details(details)
+    }
+
     /// The JSON object printed on stdout.
     pub fn to_wire(&self, cni_version: &str) -> WireError {
         WireError {
@@ -238,9 +256,139 @@ impl From<WireError> for CniError {
     }
 }
 
+/// A plugin's error enum of the common shape: `Cni(CniError)` (parsing, environment,
+/// delegation: already a CNI error with its code) and one variant per lower crate whose errors
+/// classify themselves ([`netbase::Classified`]: `netops::NetopsError`, `nftplan::NftError`),
+/// each kept with its cause; `From` for each, and the plugin's one mapping to CNI codes,
+/// `From<Enum> for CniError` ([`from_lower`]).
+///
+/// ```
+/// # #[derive(Debug, thiserror::Error)] #[error("x")] pub struct KernelError;
+/// # impl netbase::Classified for KernelError {
+/// #     fn class(&self) -> netbase::ErrorClass { netbase::ErrorClass::Kernel }
+/// # }
+/// cni_core::plugin_error! {
+///     /// The plugin's errors.
+///     pub enum PortmapError {
+///         Kernel(KernelError),
+///     }
+/// }
+/// let e = cni_core::CniError::from(PortmapError::from(KernelError));
+/// assert_eq!(e.code(), 100);
+/// ```
+#[macro_export]
+macro_rules! plugin_error {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($var:ident($ty:ty)),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        $vis enum $name {
+            /// Parsing, environment or delegation: already a CNI error with its code.
+            Cni($crate::CniError),
+            $($var($ty),)*
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                match self {
+                    Self::Cni(e) => ::std::fmt::Display::fmt(e, f),
+                    $(Self::$var(e) => ::std::fmt::Display::fmt(e, f),)*
+                }
+            }
+        }
+
+        /// Transparent: each variant is its cause.
+        impl ::std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn ::std::error::Error + 'static)> {
+                match self {
+                    Self::Cni(e) => ::std::error::Error::source(e),
+                    $(Self::$var(e) => ::std::error::Error::source(e),)*
+                }
+            }
+        }
+
+        impl From<$crate::CniError> for $name {
+            fn from(e: $crate::CniError) -> Self {
+                Self::Cni(e)
+            }
+        }
+
+        $(impl From<$ty> for $name {
+            fn from(e: $ty) -> Self {
+                Self::$var(e)
+            }
+        })*
+
+        /// The one place this plugin's errors become CNI errors.
+        impl From<$name> for $crate::CniError {
+            fn from(e: $name) -> $crate::CniError {
+                match e {
+                    $name::Cni(c) => c,
+                    $($name::$var(e) => $crate::error::from_lower(&e),)*
+                }
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("link eth9 not found")]
+    struct Lower(#[source] std::io::Error);
+
+    impl netbase::Classified for Lower {
+        fn class(&self) -> netbase::ErrorClass {
+            netbase::ErrorClass::Kernel
+        }
+        fn hint(&self) -> Option<&'static str> {
+            Some("is it there?")
+        }
+    }
+
+    crate::plugin_error! {
+        enum Test {
+            Kernel(Lower),
+        }
+    }
+
+    #[test]
+    fn a_plugin_error_keeps_cni_codes_and_maps_lower_errors_by_class() {
+        let c = CniError::from(Test::from(CniError::config("mtu", "too small")));
+        assert_eq!(c.code(), 7);
+        let e = Test::from(Lower(std::io::Error::from_raw_os_error(libc_enodev())));
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "transparent: the cause is kept"
+        );
+        assert_eq!(e.to_string(), "link eth9 not found");
+        let c = CniError::from(e);
+        assert_eq!(c.code(), 100);
+        assert!(c.details.contains("hint: is it there?"), "{}", c.details);
+    }
+
+    fn libc_enodev() -> i32 {
+        19
+    }
+
+    #[test]
+    fn a_failed_step_keeps_its_code_and_says_where_in_details() {
+        let e = CniError::new(ErrorCode::Kernel, "m").with_details("cause");
+        let s = e.at_step(3, "ip link set veth1 master cni0 up");
+        assert_eq!((s.code(), s.msg.as_str()), (100, "m"));
+        assert_eq!(
+            s.details,
+            "cause; at step 3: ip link set veth1 master cni0 up"
+        );
+        let bare = CniError::new(ErrorCode::Kernel, "m").at_step(1, "x");
+        assert_eq!(bare.details, "at step 1: x");
+    }
 
     #[test]
     fn codes_round_trip() {

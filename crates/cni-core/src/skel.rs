@@ -37,6 +37,9 @@ pub struct Request {
     pub stdin: Vec<u8>,
     pub conf: NetConf,
     pub version: Version,
+    /// Where this call parks work only the kernel can observe (`netbase::detach`): deferred
+    /// until the answer is out when the skeleton runs a verb ([`run`]), immediate otherwise.
+    pub detach: netbase::Detacher,
 }
 
 impl Request {
@@ -61,6 +64,7 @@ impl Request {
             stdin: stdin.to_vec(),
             conf,
             version,
+            detach: netbase::Detacher::immediate(),
         })
     }
 
@@ -128,6 +132,18 @@ impl Request {
     }
 }
 
+impl netbase::AttachmentKey for Request {
+    fn network(&self) -> &str {
+        &self.conf.name
+    }
+    fn container_id(&self) -> &str {
+        &self.container_id
+    }
+    fn ifname(&self) -> &str {
+        &self.ifname
+    }
+}
+
 /// What a plugin implements. Unimplemented verbs default to a clear error or a no-op.
 pub trait Plugin {
     /// The CNI type name (`bridge`), used in the `CNI <type> plugin v<version>` banner.
@@ -157,9 +173,28 @@ pub trait Plugin {
     }
 }
 
-/// Run one call; returns the process exit code.
+/// Run one call; returns the process exit code. Work the verb parks runs at once.
 pub fn dispatch(
     plugin: &dyn Plugin,
+    var: &dyn Fn(&str) -> Option<String>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    dispatch_with(
+        plugin,
+        &netbase::Detacher::immediate(),
+        var,
+        stdin,
+        stdout,
+        stderr,
+    )
+}
+
+/// [`dispatch`] with the detacher the verb parks its work with ([`Request::detach`]).
+pub fn dispatch_with(
+    plugin: &dyn Plugin,
+    detach: &netbase::Detacher,
     var: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
@@ -176,7 +211,7 @@ pub fn dispatch(
         return 0;
     };
     let mut version_for_errors = CURRENT.to_string();
-    let outcome = run_command(plugin, &cmd, var, stdin, &mut version_for_errors);
+    let outcome = run_command(plugin, &cmd, detach, var, stdin, &mut version_for_errors);
     match outcome {
         Ok(Some(value)) => match serde_json::to_writer(&mut *stdout, &value) {
             Ok(()) => {
@@ -201,6 +236,7 @@ pub fn dispatch(
 fn run_command(
     plugin: &dyn Plugin,
     cmd: &str,
+    detach: &netbase::Detacher,
     var: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,
     version_for_errors: &mut String,
@@ -271,6 +307,7 @@ fn run_command(
         stdin: bytes,
         conf,
         version,
+        detach: detach.clone(),
     };
     log::debug!("{} {} {}", plugin.name(), command.as_str(), req.tag());
     match command {
@@ -286,28 +323,31 @@ fn run_command(
 /// `main` of every binary: real environment and stdio, logging set up.
 ///
 /// A verb may park work only the kernel can observe (a veth delete, the close of an nfnetlink
-/// socket): it runs in a detached process once the answer is out (`netbase::detach`), so the
-/// runtime sees this process exit without waiting for it. Every verb that may touch nftables
-/// parks its nfnetlink sockets, not DEL alone: the release of one waits for any pending
-/// nf_tables destroy work in the whole kernel (one RCU grace period), so an ADD or
-/// CHECK right after some DEL would pay for it.
+/// socket) with its request's detacher: it runs in a detached process once the answer is out
+/// (`netbase::detach`), so the runtime sees this process exit without waiting for it. Every
+/// verb that may touch nftables gets a deferring detacher, not DEL alone: the release of an
+/// nfnetlink socket waits for any pending nf_tables destroy work in the whole kernel (one RCU
+/// grace period), so an ADD or CHECK right after some DEL would pay for it.
 pub fn run(plugin: &dyn Plugin) -> i32 {
     crate::logging::init(plugin.name());
     let var = |k: &str| std::env::var(k).ok();
-    if matches!(
+    let detach = if matches!(
         var("CNI_COMMAND").as_deref(),
         Some("ADD" | "DEL" | "CHECK" | "GC")
     ) {
-        netbase::detach::enable();
-    }
-    let code = dispatch(
+        netbase::Detacher::deferred()
+    } else {
+        netbase::Detacher::immediate()
+    };
+    let code = dispatch_with(
         plugin,
+        &detach,
         &var,
         &mut std::io::stdin().lock(),
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
     );
-    netbase::detach::finish();
+    detach.finish();
     code
 }
 

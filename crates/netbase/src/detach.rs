@@ -4,111 +4,143 @@
 //! Some kernel calls answer at once but make their caller wait afterwards: a veth delete sits
 //! in an RCU barrier, and closing an nfnetlink socket after a batch that deleted something
 //! waits for nf_tables' destroy work (an RCU grace period), although the
-//! commit was already done. During a verb the code that would pay such a wait hands it here
-//! instead: [`park_fd`] (a socket whose close waits) and [`park_job`] (work that needs no
-//! state of this process, e.g. "delete the retired link `cnirsx…`"). When the verb has
-//! answered, [`finish`] forks once: a child in a session of its own, with stdio on
-//! `/dev/null` and every inherited fd closed except the parked ones, runs the jobs, closes the
-//! parked fds and exits, while this process exits at once, so the runtime's pipes reach EOF
-//! without waiting for it.
+//! commit was already done. During a verb the code that would pay such a wait hands it to the
+//! verb's [`Detacher`] instead: [`Detacher::park_fd`] (a socket whose close waits) and
+//! [`Detacher::park_job`] (work that needs no state of this process, e.g. "delete the retired
+//! link `cnirsx…`"). When the verb has answered, [`Detacher::finish`] forks once: a child in a
+//! session of its own, with stdio on `/dev/null` and every inherited fd closed except the
+//! parked ones, runs the jobs, closes the parked fds and exits, while this process exits at
+//! once, so the runtime's pipes reach EOF without waiting for it.
 //!
 //! Nothing parked may matter to a later call: the caller makes its effect visible first (a
 //! link set down and renamed, an nft commit acknowledged). A child killed half-way leaves
 //! only what GC removes (retired links).
 //!
-//! Parking is off unless [`enable`] was called (the skeleton calls it for ADD, DEL, CHECK and
-//! GC: the release of an nfnetlink socket waits whichever verb closes it); while off,
-//! [`park_fd`] closes the fd and [`park_job`] runs the job right away.
+//! The detacher is part of a verb's context: the skeleton makes a deferring one for ADD, DEL,
+//! CHECK and GC (the release of an nfnetlink socket waits whichever verb closes it) and hands
+//! it, through the request, to whatever opens sockets or retires links (`netops`' kernel
+//! session and conntrack flush, `nftplan`'s backend). Anything else holds
+//! [`Detacher::immediate`] (the default): parked fds are closed and jobs run right away.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::{
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    sync::{Arc, Mutex},
+};
 
-/// Test hook: when set to a file path, [`finish`] appends the detached process's pid to it
-/// (one line, written before this process returns) and the detached process waits forever
-/// instead of doing its work, so a test can look at the state in between and SIGKILL it.
+/// Test hook: when set to a file path, [`Detacher::finish`] appends the detached process's pid
+/// to it (one line, written before this process returns) and the detached process waits
+/// forever instead of doing its work, so a test can look at the state in between and SIGKILL
+/// it.
 pub const STALL_ENV: &str = "CNIRS_RETIRE_STALL";
 
 /// A piece of work for the detached process. It runs after the fd cleanup: it must open
 /// whatever it needs itself.
 pub type Job = Box<dyn FnOnce() + Send>;
 
+#[derive(Default)]
 struct Parked {
-    enabled: bool,
+    deferred: bool,
     fds: Vec<OwnedFd>,
     jobs: Vec<Job>,
 }
 
-static PARKED: Mutex<Parked> = Mutex::new(Parked {
-    enabled: false,
-    fds: Vec::new(),
-    jobs: Vec::new(),
-});
+/// Where a verb parks work only the kernel can observe (module doc). A cheap handle: clones
+/// park into the same list.
+#[derive(Clone, Default)]
+pub struct Detacher(Arc<Mutex<Parked>>);
 
-fn parked() -> std::sync::MutexGuard<'static, Parked> {
-    PARKED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Let [`park_fd`] / [`park_job`] defer their work to [`finish`].
-pub fn enable() {
-    parked().enabled = true;
-}
-
-/// Whether parking is on.
-pub fn enabled() -> bool {
-    parked().enabled
-}
-
-/// Close `fd` in the detached process (now, when parking is off).
-pub fn park_fd(fd: OwnedFd) {
-    let mut p = parked();
-    if p.enabled {
-        p.fds.push(fd);
-    } else {
-        drop(p);
-        drop(fd);
+impl std::fmt::Debug for Detacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.parked();
+        f.debug_struct("Detacher")
+            .field("deferred", &p.deferred)
+            .field("fds", &p.fds.len())
+            .field("jobs", &p.jobs.len())
+            .finish()
     }
 }
 
-/// Run `job` in the detached process (now, when parking is off).
-pub fn park_job(job: impl FnOnce() + Send + 'static) {
-    let mut p = parked();
-    if p.enabled {
-        p.jobs.push(Box::new(job));
-    } else {
-        drop(p);
-        job();
+impl Detacher {
+    /// Parked fds are closed and parked jobs run at once (tools, daemons, tests).
+    pub fn immediate() -> Self {
+        Self::default()
     }
-}
 
-/// Hand everything parked to a detached process and return at once; with nothing parked,
-/// nothing happens. When it cannot detach (fork fails, or this process has other threads,
-/// where fork is unsafe) the work runs here. Call it once, after the answer was written.
-pub fn finish() {
-    let (fds, jobs) = {
-        let mut p = parked();
-        p.enabled = false;
-        (std::mem::take(&mut p.fds), std::mem::take(&mut p.jobs))
-    };
-    if fds.is_empty() && jobs.is_empty() {
-        return;
+    /// Parked work waits for [`Detacher::finish`] (the skeleton's, for a verb).
+    pub fn deferred() -> Self {
+        let d = Self::default();
+        d.parked().deferred = true;
+        d
     }
-    let stall = std::env::var_os(STALL_ENV);
-    let keep: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let mut work = Some((fds, jobs));
-    let detached = single_threaded()
-        && spawn_detached(&keep, stall.as_deref(), || {
-            if let Some((fds, jobs)) = work.take() {
-                run(fds, jobs, true);
-            }
-        });
-    // Detached: the child owns its copies; closing ours releases nothing.
-    if let Some((fds, jobs)) = work.take() {
-        if detached {
-            drop((fds, jobs));
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, Parked> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether parked work waits for [`Detacher::finish`].
+    pub fn is_deferred(&self) -> bool {
+        self.parked().deferred
+    }
+
+    /// How many fds and jobs wait for [`Detacher::finish`] (tests).
+    pub fn pending(&self) -> (usize, usize) {
+        let p = self.parked();
+        (p.fds.len(), p.jobs.len())
+    }
+
+    /// Close `fd` in the detached process (now, when not deferred).
+    pub fn park_fd(&self, fd: OwnedFd) {
+        let mut p = self.parked();
+        if p.deferred {
+            p.fds.push(fd);
         } else {
-            run(fds, jobs, false);
+            drop(p);
+            drop(fd);
+        }
+    }
+
+    /// Run `job` in the detached process (now, when not deferred).
+    pub fn park_job(&self, job: impl FnOnce() + Send + 'static) {
+        let mut p = self.parked();
+        if p.deferred {
+            p.jobs.push(Box::new(job));
+        } else {
+            drop(p);
+            job();
+        }
+    }
+
+    /// Hand everything parked to a detached process and return at once; with nothing parked,
+    /// nothing happens. When it cannot detach (fork fails, or this process has other threads,
+    /// where fork is unsafe) the work runs here. Call it once, after the answer was written;
+    /// the detacher parks nothing afterwards.
+    pub fn finish(&self) {
+        let (fds, jobs) = {
+            let mut p = self.parked();
+            p.deferred = false;
+            (std::mem::take(&mut p.fds), std::mem::take(&mut p.jobs))
+        };
+        if fds.is_empty() && jobs.is_empty() {
+            return;
+        }
+        let stall = std::env::var_os(STALL_ENV);
+        let keep: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut work = Some((fds, jobs));
+        let detached = single_threaded()
+            && spawn_detached(&keep, stall.as_deref(), || {
+                if let Some((fds, jobs)) = work.take() {
+                    run(fds, jobs, true);
+                }
+            });
+        // Detached: the child owns its copies; closing ours releases nothing.
+        if let Some((fds, jobs)) = work.take() {
+            if detached {
+                drop((fds, jobs));
+            } else {
+                run(fds, jobs, false);
+            }
         }
     }
 }
@@ -239,14 +271,35 @@ mod tests {
     }
 
     #[test]
-    fn without_enable_parked_work_runs_at_once() {
+    fn an_immediate_detacher_runs_parked_work_at_once() {
+        let d = Detacher::immediate();
         let (tx, rx) = std::sync::mpsc::channel();
-        park_job(move || tx.send(1).unwrap_or(()));
+        d.park_job(move || tx.send(1).unwrap_or(()));
         assert_eq!(rx.try_recv().ok(), Some(1));
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        park_fd(OwnedFd::from(a));
+        d.park_fd(OwnedFd::from(a));
         // The peer sees EOF: our end was closed, not parked.
         let mut buf = [0u8; 1];
         assert_eq!(std::io::Read::read(&mut &b, &mut buf).unwrap(), 0);
+        assert_eq!(d.pending(), (0, 0));
+    }
+
+    #[test]
+    fn a_deferred_detacher_keeps_work_until_finish_and_clones_share_it() {
+        let d = Detacher::deferred();
+        let clone = d.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        clone.park_job(move || tx.send(1).unwrap_or(()));
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        clone.park_fd(OwnedFd::from(a));
+        assert!(rx.try_recv().is_err(), "the job waits for finish");
+        assert_eq!(d.pending(), (1, 1));
+        b.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1];
+        assert!(
+            std::io::Read::read(&mut &b, &mut buf).is_err(),
+            "the parked end is still open"
+        );
+        assert!(d.is_deferred());
     }
 }

@@ -11,10 +11,15 @@
 
 use std::{io, mem::ManuallyDrop, net::IpAddr};
 
-use crate::{
-    rawnl::{self, attr, attrs, pad, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST},
-    NetopsError,
+use netbase::{
+    nlwire::{
+        self, attr_bytes as attr, attrs, attrs_whole, pad, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP,
+        NLM_F_REQUEST,
+    },
+    Detacher,
 };
+
+use crate::NetopsError;
 
 const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -90,11 +95,11 @@ fn ip_of(ty: u16, p: &[u8]) -> Option<IpAddr> {
 }
 
 fn parse_tuple(t: &[u8], e: &mut Entry, orig: bool) {
-    for (ty, p, _) in attrs(t) {
+    for (ty, p) in attrs(t) {
         match ty {
-            CTA_TUPLE_IP => e.addrs.extend(attrs(p).filter_map(|(t, v, _)| ip_of(t, v))),
+            CTA_TUPLE_IP => e.addrs.extend(attrs(p).filter_map(|(t, v)| ip_of(t, v))),
             CTA_TUPLE_PROTO if orig => {
-                for (pt, pv, _) in attrs(p) {
+                for (pt, pv) in attrs(p) {
                     match (pt, pv) {
                         (CTA_PROTO_NUM, [n]) => e.proto = Some(*n),
                         (CTA_PROTO_DST_PORT, [a, b]) => {
@@ -112,7 +117,7 @@ fn parse_tuple(t: &[u8], e: &mut Entry, orig: bool) {
 /// One ctnetlink message body (after the 4-byte nfgenmsg) as an [`Entry`].
 fn parse_entry(body: &[u8]) -> Entry {
     let mut e = Entry::default();
-    for (ty, p, whole) in attrs(body) {
+    for (ty, p, whole) in attrs_whole(body) {
         match ty {
             CTA_TUPLE_ORIG => {
                 parse_tuple(p, &mut e, true);
@@ -193,21 +198,30 @@ fn flush_filters(m: &CtMatch) -> Vec<Vec<u8>> {
 /// A request: nlmsghdr + nfgenmsg(family, v0, res_id 0) + `attrs`.
 fn message(kind: u16, flags: u16, seq: u32, v6: bool, attrs: &[u8]) -> Vec<u8> {
     let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
-    let body = [&[family, 0, 0, 0][..], attrs].concat();
-    rawnl::message((NFNL_SUBSYS_CTNETLINK << 8) | kind, flags, seq, &body)
+    let mut m = Vec::new();
+    nlwire::nfgen_message(
+        &mut m,
+        (NFNL_SUBSYS_CTNETLINK << 8) | kind,
+        flags,
+        seq,
+        family,
+        0,
+        attrs,
+    );
+    m
 }
 
-/// A ctnetlink socket whose close is parked.
-struct Socket(ManuallyDrop<rawnl::Socket>);
+/// A ctnetlink socket whose close is parked with the verb's detacher.
+struct Socket<'d>(ManuallyDrop<nlwire::Socket>, &'d Detacher);
 
-impl Drop for Socket {
+impl Drop for Socket<'_> {
     fn drop(&mut self) {
         // A NETLINK_NETFILTER socket: its close waits for nf_tables' pending destroy work (an
         // RCU grace period after a batch that deleted, e.g. portmap's elements just before),
         // so during a DEL the detached process closes it (`netbase::detach`).
         // SAFETY: taken once, here, and `self.0` is not used after.
         let s = unsafe { ManuallyDrop::take(&mut self.0) };
-        netbase::detach::park_fd(s.into_fd());
+        self.1.park_fd(s.into_fd());
     }
 }
 
@@ -215,10 +229,10 @@ fn err(what: &'static str, source: io::Error) -> NetopsError {
     NetopsError::Conntrack { what, source }
 }
 
-impl Socket {
-    fn open() -> Result<Self, NetopsError> {
-        rawnl::Socket::open(NETLINK_NETFILTER)
-            .map(|s| Socket(ManuallyDrop::new(s)))
+impl<'d> Socket<'d> {
+    fn open(detach: &'d Detacher) -> Result<Self, NetopsError> {
+        nlwire::Socket::open(NETLINK_NETFILTER)
+            .map(|s| Socket(ManuallyDrop::new(s), detach))
             .map_err(|e| err("open ctnetlink socket", e))
     }
 
@@ -244,7 +258,7 @@ impl Socket {
 }
 
 /// [`flush_filters`] of every match, one acked request each; the first error stops.
-fn flush(sock: &Socket, matches: &[CtMatch]) -> Result<(), NetopsError> {
+fn flush(sock: &Socket<'_>, matches: &[CtMatch]) -> Result<(), NetopsError> {
     let mut seq = 0x1000u32;
     for m in matches {
         for attrs in flush_filters(m) {
@@ -275,12 +289,12 @@ fn table_is_empty() -> bool {
 /// Delete every entry of the current netns that matches one of `matches`: with the kernel's
 /// filtered flushes (returns 0: the kernel does not count), else (an older kernel) one dump per
 /// family and one delete per matching entry (returns how many; entries gone meanwhile count).
-/// An idle netns ([`table_is_empty`]) needs neither.
-pub fn delete(matches: &[CtMatch]) -> Result<usize, NetopsError> {
+/// An idle netns ([`table_is_empty`]) needs neither. The socket's close is parked with `detach`.
+pub fn delete(matches: &[CtMatch], detach: &Detacher) -> Result<usize, NetopsError> {
     if matches.is_empty() || table_is_empty() {
         return Ok(0);
     }
-    let sock = Socket::open()?;
+    let sock = Socket::open(detach)?;
     match flush(&sock, matches) {
         Ok(()) => return Ok(0),
         Err(NetopsError::Conntrack { source, .. })

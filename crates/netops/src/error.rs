@@ -162,6 +162,10 @@ pub enum NetopsError {
     NeedsPodHandle { what: &'static str },
     #[error("{what} is not supported yet")]
     Unsupported { what: &'static str },
+    /// A failure the in-memory kernel ([`crate::FakeNet`]) was told to inject, with the errno
+    /// a test chose.
+    #[error("{op}: injected failure (errno {errno})")]
+    Injected { op: String, errno: i32 },
 }
 
 /// Positive errno carried by a netlink error, if any.
@@ -189,6 +193,7 @@ impl NetopsError {
             | Self::Conntrack { source, .. }
             | Self::Tap { source, .. } => source.raw_os_error(),
             Self::NetnsNotFound { .. } => Some(libc::ENOENT),
+            Self::Injected { errno, .. } => Some(*errno),
             Self::LinkNotFound { .. } => Some(libc::ENODEV),
             Self::HostVethExists { .. } | Self::PeerExists { .. } | Self::NameTaken { .. } => {
                 Some(libc::EEXIST)
@@ -279,6 +284,15 @@ impl NetopsError {
     /// A user hint for an ambiguous errno ("is IPv6 enabled?").
     pub fn hint(&self) -> Option<&'static str> {
         self.errno().and_then(errno::hint)
+    }
+}
+
+impl netbase::Classified for NetopsError {
+    fn class(&self) -> netbase::ErrorClass {
+        NetopsError::class(self)
+    }
+    fn hint(&self) -> Option<&'static str> {
+        NetopsError::hint(self)
     }
 }
 

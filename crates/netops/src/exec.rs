@@ -7,12 +7,15 @@ use crate::{
     BridgePortOpts, IfName, Link, Netlink, NetopsError, VethSpec,
 };
 
+/// The links an op run has created or read, by (netns, name): each is looked up once.
+pub(crate) type LinkCache = HashMap<(Ns, IfName), Link>;
+
 /// Runs [`Op`]s over netlink: host ops on `host`, pod ops on `pod`. Links are looked up by
 /// name once and remembered.
 pub struct KernelExec<'a, 'k> {
     pub host: &'a Netlink<'k>,
     pub pod: &'a Netlink<'k>,
-    links: HashMap<(Ns, IfName), Link>,
+    links: LinkCache,
 }
 
 impl<'a, 'k> KernelExec<'a, 'k> {
@@ -24,10 +27,53 @@ impl<'a, 'k> KernelExec<'a, 'k> {
         }
     }
 
-    fn nl(&self, ns: Ns) -> &'a Netlink<'k> {
+    fn ops(&mut self) -> OpRun<'_, 'a, 'k> {
+        OpRun {
+            host: self.host,
+            pod: Some(self.pod),
+            links: &mut self.links,
+        }
+    }
+
+    /// The link `name` in `ns` (cached; [`NetopsError::LinkNotFound`] when absent).
+    pub fn link(&mut self, ns: Ns, name: &IfName) -> Result<Link, NetopsError> {
+        self.ops().link(ns, name)
+    }
+
+    /// Read `name` again (after a step changed it, e.g. its MAC).
+    pub fn refresh(&mut self, ns: Ns, name: &IfName) -> Result<Link, NetopsError> {
+        self.links.remove(&(ns, name.clone()));
+        self.link(ns, name)
+    }
+}
+
+impl Executor<Op> for KernelExec<'_, '_> {
+    type Error = NetopsError;
+
+    fn exec(&mut self, op: &Op) -> Result<bool, NetopsError> {
+        self.ops().exec(op)
+    }
+
+    fn is_gone(e: &NetopsError) -> bool {
+        e.is_not_found()
+    }
+}
+
+/// One op over the host handle and, when there is one, the pod's, with the link cache of the
+/// run it belongs to ([`KernelExec`], [`crate::KernelSession`]).
+pub(crate) struct OpRun<'c, 'a, 'k> {
+    pub host: &'a Netlink<'k>,
+    pub pod: Option<&'a Netlink<'k>>,
+    pub links: &'c mut LinkCache,
+}
+
+impl<'a, 'k> OpRun<'_, 'a, 'k> {
+    fn nl(&self, ns: Ns) -> Result<&'a Netlink<'k>, NetopsError> {
         match ns {
-            Ns::Host => self.host,
-            Ns::Pod => self.pod,
+            Ns::Host => Ok(self.host),
+            Ns::Pod => self
+                .pod
+                .ok_or(NetopsError::NeedsPodHandle { what: "a pod op" }),
         }
     }
 
@@ -36,26 +82,16 @@ impl<'a, 'k> KernelExec<'a, 'k> {
         if let Some(l) = self.links.get(&(ns, name.clone())) {
             return Ok(l.clone());
         }
-        let l = self.nl(ns).require_link(name)?;
+        let l = self.nl(ns)?.require_link(name)?;
         self.links.insert((ns, name.clone()), l.clone());
         Ok(l)
-    }
-
-    /// Read `name` again (after a step changed it, e.g. its MAC).
-    pub fn refresh(&mut self, ns: Ns, name: &IfName) -> Result<Link, NetopsError> {
-        self.links.remove(&(ns, name.clone()));
-        self.link(ns, name)
     }
 
     fn forget(&mut self, ns: Ns, name: &IfName) {
         self.links.remove(&(ns, name.clone()));
     }
-}
 
-impl Executor<Op> for KernelExec<'_, '_> {
-    type Error = NetopsError;
-
-    fn exec(&mut self, op: &Op) -> Result<bool, NetopsError> {
+    pub fn exec(&mut self, op: &Op) -> Result<bool, NetopsError> {
         match op {
             Op::CreateBridge {
                 name,
@@ -92,7 +128,7 @@ impl Executor<Op> for KernelExec<'_, '_> {
             }
             Op::SetUp { ns, link } => {
                 let l = self.link(*ns, link)?;
-                self.nl(*ns).set_up(&l).map(|()| true)
+                self.nl(*ns)?.set_up(&l).map(|()| true)
             }
             Op::SetPromisc { link, on } => {
                 let l = self.link(Ns::Host, link)?;
@@ -115,7 +151,7 @@ impl Executor<Op> for KernelExec<'_, '_> {
                         // Up with `SetMaster`, after `NoIpv6`.
                         host_up: false,
                     },
-                    self.pod,
+                    self.nl(Ns::Pod)?,
                 )?;
                 self.links.insert((Ns::Host, host.clone()), pair.host);
                 self.links.insert((Ns::Pod, peer.clone()), pair.peer);
@@ -123,9 +159,9 @@ impl Executor<Op> for KernelExec<'_, '_> {
             }
             Op::DeleteLink { ns, link } => {
                 self.forget(*ns, link);
-                self.nl(*ns).delete_link(link)
+                self.nl(*ns)?.delete_link(link)
             }
-            Op::NoIpv6 { ns, link } => self.nl(*ns).disable_ipv6(link),
+            Op::NoIpv6 { ns, link } => self.nl(*ns)?.disable_ipv6(link),
             Op::SetMaster { link, bridge } => {
                 let l = self.link(Ns::Host, link)?;
                 let b = self.link(Ns::Host, bridge)?;
@@ -150,7 +186,7 @@ impl Executor<Op> for KernelExec<'_, '_> {
                 dad,
             } => {
                 let l = self.link(*ns, link)?;
-                match self.nl(*ns).add_address(&l, *cidr, *dad) {
+                match self.nl(*ns)?.add_address(&l, *cidr, *dad) {
                     Ok(()) => Ok(true),
                     // Added concurrently by another ADD of the same network: not ours to undo.
                     Err(e) if e.is_exists() => Ok(false),
@@ -159,15 +195,15 @@ impl Executor<Op> for KernelExec<'_, '_> {
             }
             Op::DelAddr { ns, link, cidr } => {
                 let l = self.link(*ns, link)?;
-                self.nl(*ns).delete_address(&l, *cidr)
+                self.nl(*ns)?.delete_address(&l, *cidr)
             }
             Op::AddRoute { ns, link, route } => {
                 let l = self.link(*ns, link)?;
-                self.nl(*ns).add_route(&l, route).map(|()| true)
+                self.nl(*ns)?.add_route(&l, route).map(|()| true)
             }
             Op::DelRoute { ns, link, route } => {
                 let l = self.link(*ns, link)?;
-                self.nl(*ns).delete_route(&l, route)
+                self.nl(*ns)?.delete_route(&l, route)
             }
             Op::SetSysctl { key, value } => {
                 if crate::sysctl::read(key)? == *value {
@@ -195,9 +231,5 @@ impl Executor<Op> for KernelExec<'_, '_> {
             Op::AddTableRoute { route } => self.host.add_table_route(route),
             Op::DelTableRoute { route } => self.host.delete_table_route(route),
         }
-    }
-
-    fn is_gone(e: &NetopsError) -> bool {
-        e.is_not_found()
     }
 }

@@ -26,6 +26,7 @@ use tokio::runtime::Runtime;
 
 use crate::{
     error::{errno, netlink_errno},
+    netns::NsRef,
     types::*,
     validate_ifname, NetNs, NetopsError,
 };
@@ -37,8 +38,7 @@ mod retire;
 mod seal;
 pub mod tc;
 pub use devices::{AddrFlags, RouteExtra};
-pub use retire::{retired_name, RETIRED_PREFIX, STALL_ENV as RETIRE_STALL_ENV};
-pub use seal::SEAL_RULE_PRIORITY;
+pub use retire::STALL_ENV as RETIRE_STALL_ENV;
 
 const HOST: &str = "host";
 
@@ -48,12 +48,14 @@ const HOST: &str = "host";
 pub struct Kernel {
     rt: Runtime,
     host: Conn,
+    /// Where the views park work only the kernel can observe ([`Netlink::retire_veth`]).
+    detach: netbase::Detacher,
 }
 
 /// A connection's request handle, and its socket's fd (owned by the connection task, which
 /// lives as long as the runtime) for socket options.
 #[derive(Clone)]
-struct Conn {
+pub(crate) struct Conn {
     handle: Handle,
     fd: RawFd,
 }
@@ -64,10 +66,11 @@ pub struct Netlink<'k> {
     pub(crate) rt: &'k Runtime,
     pub(crate) handle: Handle,
     /// The pod netns this socket is bound to (`None` = host).
-    ns: Option<NetNs>,
+    ns: Option<NsRef<'k>>,
     pub(crate) label: String,
     /// The socket's fd (see [`Conn`]).
     pub(crate) fd: RawFd,
+    pub(crate) detach: &'k netbase::Detacher,
 }
 
 fn connect(netns: &str) -> Result<Conn, NetopsError> {
@@ -83,8 +86,14 @@ fn connect(netns: &str) -> Result<Conn, NetopsError> {
 
 impl Kernel {
     /// Build the runtime and open a netlink socket in the calling thread's
-    /// current netns.
+    /// current netns. Work the views park runs at once ([`Kernel::with_detacher`]).
     pub fn new() -> Result<Self, NetopsError> {
+        Self::with_detacher(netbase::Detacher::immediate())
+    }
+
+    /// [`Kernel::new`], parking work only the kernel can observe (the delete of a retired
+    /// veth) with `detach`: the verb's, so it runs after the answer.
+    pub fn with_detacher(detach: netbase::Detacher) -> Result<Self, NetopsError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -93,7 +102,7 @@ impl Kernel {
             let _g = rt.enter();
             connect(HOST)?
         };
-        Ok(Self { rt, host })
+        Ok(Self { rt, host, detach })
     }
 
     /// Operations on the host netns (the one the Kernel was created in).
@@ -104,6 +113,7 @@ impl Kernel {
             ns: None,
             label: HOST.into(),
             fd: self.host.fd,
+            detach: &self.detach,
         }
     }
 
@@ -111,16 +121,27 @@ impl Kernel {
     /// thread, create the socket, setns back, with no `.await` in between.
     /// The socket stays bound to `ns` for its whole life.
     pub fn pod(&self, ns: &NetNs) -> Result<Netlink<'_>, NetopsError> {
+        let conn = self.connect_in(ns)?;
+        Ok(self.view(&conn, NsRef::Owned(ns.try_clone()?)))
+    }
+
+    /// A netlink connection bound to `ns` ([`Kernel::pod`]).
+    pub(crate) fn connect_in(&self, ns: &NetNs) -> Result<Conn, NetopsError> {
         let label = ns.path().display().to_string();
         let _g = self.rt.enter();
-        let conn = ns.run(|| connect(&label))??;
-        Ok(Netlink {
+        ns.run(|| connect(&label))?
+    }
+
+    /// The view of a pod connection.
+    pub(crate) fn view<'k>(&'k self, conn: &Conn, ns: NsRef<'k>) -> Netlink<'k> {
+        Netlink {
             rt: &self.rt,
-            handle: conn.handle,
-            ns: Some(ns.try_clone()?),
-            label,
+            handle: conn.handle.clone(),
+            label: ns.get().path().display().to_string(),
+            ns: Some(ns),
             fd: conn.fd,
-        })
+            detach: &self.detach,
+        }
     }
 }
 
@@ -198,7 +219,7 @@ impl Netlink<'_> {
 
     /// The pod netns this handle is bound to (`None` for the host handle).
     pub fn netns(&self) -> Option<&NetNs> {
-        self.ns.as_ref()
+        self.ns.as_ref().map(NsRef::get)
     }
 
     pub(crate) fn link_err(
@@ -250,7 +271,7 @@ impl Netlink<'_> {
     pub fn disable_ipv6(&self, link: &crate::IfName) -> Result<bool, NetopsError> {
         let key = crate::sysctl::SysctlKey::conf("ipv6", link.as_str(), "disable_ipv6")?;
         let write = || crate::sysctl::write_fresh(&key, "1");
-        let res = match &self.ns {
+        let res = match self.netns() {
             None => write(),
             Some(ns) => crate::sysctl::in_ns(ns, write),
         };
@@ -429,7 +450,7 @@ impl Netlink<'_> {
     pub fn create_veth(&self, spec: &VethSpec, pod: &Netlink<'_>) -> Result<VethPair, NetopsError> {
         validate_ifname(&spec.host_name)?;
         validate_ifname(&spec.peer_name)?;
-        let Some(pod_ns) = pod.ns.as_ref() else {
+        let Some(pod_ns) = pod.netns() else {
             return Err(NetopsError::NeedsPodHandle {
                 what: "create_veth",
             });

@@ -33,6 +33,9 @@
 //! - [`sysctl`]: validated `net.*` keys, read/write in the current or a given netns.
 //! - [`ops`]: kernel work as values ([`Op`], printed as `ip` commands), [`apply`] with an
 //!   undo of every completed step, [`KernelExec`] over netlink and the [`Recorder`] fake.
+//! - [`Session`]: the kernel of one plugin call (host netns and one pod netns) as a trait, so
+//!   a verb is handed it: [`KernelSession`] over netlink, [`FakeNet`] in memory (unit tests of
+//!   a plugin's orchestration, no root).
 //! - Errors: one [`NetopsError`], errno kept; [`errno::is_not_found`] and
 //!   [`errno::is_exists`] classify by number.
 //!
@@ -59,13 +62,14 @@ pub mod conntrack;
 mod error;
 #[cfg(feature = "netlink")]
 mod exec;
+mod fake;
 #[cfg(feature = "netlink")]
 mod kernel;
 #[cfg(feature = "netlink")]
 mod linkwatch;
 mod netns;
 pub mod ops;
-mod rawnl;
+mod session;
 pub mod sysctl;
 mod tap;
 mod types;
@@ -77,16 +81,20 @@ pub use error::netlink_errno;
 pub use error::{errno, NetopsError};
 #[cfg(feature = "netlink")]
 pub use exec::KernelExec;
+pub use fake::{FakeNet, FakeNs};
 pub use ipnetwork::IpNetwork;
 #[cfg(feature = "netlink")]
-pub use kernel::{
-    retired_name, tc, AddrFlags, Kernel, Netlink, RouteExtra, RETIRED_PREFIX, RETIRE_STALL_ENV,
-    SEAL_RULE_PRIORITY,
-};
+pub use kernel::{tc, AddrFlags, Kernel, Netlink, RouteExtra, RETIRE_STALL_ENV};
 #[cfg(feature = "netlink")]
 pub use linkwatch::LinkWatch;
 pub use netns::NetNs;
-pub use ops::{apply, rollback, Executor, Failure, Ns, Op, Recorder, Reversible, Undo};
+pub use ops::{
+    apply, retired_name, rollback, Executor, Failure, Ns, Op, Recorder, Reversible, Undo,
+    RETIRED_PREFIX, SEAL_RULE_PRIORITY,
+};
+#[cfg(feature = "netlink")]
+pub use session::KernelSession;
+pub use session::{Session, SessionExec};
 pub use sysctl::SysctlKey;
 pub use tap::{create_tap, tap_flags, TapSpec};
 pub use types::{

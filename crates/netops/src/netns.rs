@@ -137,6 +137,23 @@ impl NetNs {
     }
 }
 
+/// A pod netns a kernel view is bound to: its own handle (`Kernel::pod`) or its session's.
+#[cfg(feature = "netlink")]
+pub(crate) enum NsRef<'k> {
+    Owned(NetNs),
+    Borrowed(&'k NetNs),
+}
+
+#[cfg(feature = "netlink")]
+impl NsRef<'_> {
+    pub(crate) fn get(&self) -> &NetNs {
+        match self {
+            NsRef::Owned(n) => n,
+            NsRef::Borrowed(n) => n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,16 @@ use crate::{
 /// table's rule (32766), after the local table's (0).
 pub const SEAL_RULE_PRIORITY: u32 = 10;
 
+/// Prefix of retired link names (`Netlink::retire_veth`). ADD derives `veth<hex>` (bridge) or
+/// the runtime's ifname (`eth0`…), never this prefix.
+pub const RETIRED_PREFIX: &str = "cnirsx";
+
+/// The retired name of the link with this index: unique in its netns (the kernel never
+/// reuses a live index), 14 bytes.
+pub fn retired_name(index: u32) -> String {
+    format!("{RETIRED_PREFIX}{index:08x}")
+}
+
 /// Which network namespace an op runs in: the plugin's (host) or the pod's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ns {
@@ -208,11 +218,11 @@ impl Reversible for Op {
 }
 
 /// The `ip rule` commands of a seal, one line per rule pair.
-fn seal_text(verb: &str, name: &IfName, subnets: &[IpNetwork]) -> String {
+pub(crate) fn seal_text(verb: &str, name: &IfName, subnets: &[IpNetwork]) -> String {
     let p = SEAL_RULE_PRIORITY;
     let mut s = format!("ip rule {verb} iif {name} priority {p} unreachable  # -4 and -6");
     for n in subnets {
-        let n = IpNetwork::new(n.network(), n.prefix()).unwrap_or(*n);
+        let n = netbase::subnet(*n);
         s += &format!(
             "\nip rule {verb} to {n} iif lo priority {} lookup main; ip rule {verb} to {n} priority {p} unreachable",
             p - 1

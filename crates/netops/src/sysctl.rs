@@ -22,10 +22,9 @@ use std::{
     path::PathBuf,
 };
 
-use crate::{
-    rawnl::{self, attr, attrs, NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST},
-    validate_ifname, Family, NetNs, NetopsError,
-};
+use netbase::nlwire::{self, attr, attr_bytes, NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST};
+
+use crate::{validate_ifname, Family, NetNs, NetopsError};
 
 /// A validated sysctl key under `net.`. Interface names are kept as one
 /// path component, so names with dots (`br.100`) work.
@@ -178,8 +177,8 @@ fn sysctl_err(key: impl Into<String>, source: io::Error) -> NetopsError {
 /// One request on a fresh `NETLINK_ROUTE` socket of the calling thread's netns; the body of
 /// the first answer of type `answer` (None: the kernel acked without one).
 fn route_request(kind: u16, flags: u16, body: &[u8], answer: u16) -> io::Result<Option<Vec<u8>>> {
-    let sock = rawnl::Socket::open(libc::NETLINK_ROUTE)?;
-    sock.send(&rawnl::message(kind, flags, 1, body))?;
+    let sock = nlwire::Socket::open(libc::NETLINK_ROUTE)?;
+    sock.send(&nlwire::message(kind, flags, 1, body))?;
     let mut out = None;
     sock.read(1, flags & NLM_F_ACK == 0, |ty, b| {
         if ty == answer && out.is_none() {
@@ -200,7 +199,7 @@ pub fn forwarding(family: Family) -> Result<Option<bool>, NetopsError> {
     };
     let body = [
         &[family_byte(family), 0, 0, 0][..],
-        &attr(NETCONFA_IFINDEX, &NETCONFA_IFINDEX_ALL.to_ne_bytes()),
+        &attr_bytes(NETCONFA_IFINDEX, &NETCONFA_IFINDEX_ALL.to_ne_bytes()),
     ]
     .concat();
     let answer = match route_request(RTM_GETNETCONF, NLM_F_REQUEST, &body, RTM_NEWNETCONF) {
@@ -217,9 +216,8 @@ pub fn forwarding(family: Family) -> Result<Option<bool>, NetopsError> {
         Err(e) => return Err(sysctl_err(key, e)),
     };
     let value = answer.as_deref().and_then(|b| {
-        attrs(b.get(4..)?)
-            .find(|(ty, _, _)| *ty == NETCONFA_FORWARDING)
-            .and_then(|(_, p, _)| Some(i32::from_ne_bytes(p.get(..4)?.try_into().ok()?)))
+        let p = attr(b.get(4..)?, NETCONFA_FORWARDING)?;
+        Some(i32::from_ne_bytes(p.get(..4)?.try_into().ok()?))
     });
     match value {
         Some(v) => Ok(Some(v != 0)),
@@ -257,16 +255,16 @@ fn link_by_name(link: &str, more: &[u8]) -> Vec<u8> {
     let mut name = link.as_bytes().to_vec();
     name.push(0);
     let mut b = vec![0u8; 16];
-    b.extend_from_slice(&attr(IFLA_IFNAME, &name));
+    b.extend_from_slice(&attr_bytes(IFLA_IFNAME, &name));
     b.extend_from_slice(more);
     b
 }
 
 /// The value of `conf` in the `IFLA_INET_CONF` array of an `RTM_NEWLINK` body.
 fn inet_conf_of(newlink: &[u8], conf: Ipv4Conf) -> Option<u32> {
-    let (_, spec, _) = attrs(newlink.get(16..)?).find(|(ty, _, _)| *ty == IFLA_AF_SPEC)?;
-    let (_, inet, _) = attrs(spec).find(|(ty, _, _)| *ty == libc::AF_INET as u16)?;
-    let (_, arr, _) = attrs(inet).find(|(ty, _, _)| *ty == IFLA_INET_CONF)?;
+    let spec = attr(newlink.get(16..)?, IFLA_AF_SPEC)?;
+    let inet = attr(spec, libc::AF_INET as u16)?;
+    let arr = attr(inet, IFLA_INET_CONF)?;
     let at = (usize::from(conf.id()) - 1) * 4;
     Some(u32::from_ne_bytes(arr.get(at..at + 4)?.try_into().ok()?))
 }
@@ -289,11 +287,11 @@ pub fn ipv4_conf(link: &str, conf: Ipv4Conf) -> Result<u32, NetopsError> {
 /// `RTM_SETLINK` (`IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`).
 pub fn set_ipv4_conf(link: &str, conf: Ipv4Conf, value: u32) -> Result<(), NetopsError> {
     validate_ifname(link)?;
-    let one = attr(conf.id(), &value.to_ne_bytes());
-    let inet = attr(IFLA_INET_CONF | NLA_F_NESTED, &one);
-    let spec = attr(
+    let one = attr_bytes(conf.id(), &value.to_ne_bytes());
+    let inet = attr_bytes(IFLA_INET_CONF | NLA_F_NESTED, &one);
+    let spec = attr_bytes(
         IFLA_AF_SPEC | NLA_F_NESTED,
-        &attr(libc::AF_INET as u16 | NLA_F_NESTED, &inet),
+        &attr_bytes(libc::AF_INET as u16 | NLA_F_NESTED, &inet),
     );
     route_request(
         RTM_SETLINK,
@@ -430,10 +428,10 @@ mod tests {
     fn inet_conf_is_read_from_its_index_in_the_af_spec_array() {
         let mut arr = vec![0u8; 4 * 32];
         arr[25 * 4..26 * 4].copy_from_slice(&1u32.to_ne_bytes());
-        let inet = attr(libc::AF_INET as u16, &attr(IFLA_INET_CONF, &arr));
+        let inet = attr_bytes(libc::AF_INET as u16, &attr_bytes(IFLA_INET_CONF, &arr));
         let mut body = vec![0u8; 16];
-        body.extend_from_slice(&attr(IFLA_IFNAME, b"br0\0"));
-        body.extend_from_slice(&attr(IFLA_AF_SPEC, &inet));
+        body.extend_from_slice(&attr_bytes(IFLA_IFNAME, b"br0\0"));
+        body.extend_from_slice(&attr_bytes(IFLA_AF_SPEC, &inet));
         assert_eq!(inet_conf_of(&body, Ipv4Conf::RouteLocalnet), Some(1));
         assert_eq!(inet_conf_of(&body[..16], Ipv4Conf::RouteLocalnet), None);
     }

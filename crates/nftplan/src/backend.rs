@@ -10,6 +10,8 @@ use std::{
     sync::{Arc, Once},
 };
 
+use netbase::Detacher;
+
 use crate::{batch::Batch, NftError};
 
 /// Applies one batch as one transaction.
@@ -104,6 +106,8 @@ impl fmt::Display for Engine {
 #[derive(Debug, Clone)]
 pub struct NftCli {
     engine: Engine,
+    /// Where the nfnetlink sockets' closes are parked (module `netbase::detach`).
+    detach: Detacher,
 }
 
 static LOGGED: Once = Once::new();
@@ -139,7 +143,17 @@ impl NftCli {
     /// This engine; the first one built in a process is logged (debug).
     pub fn with_engine(engine: Engine) -> Self {
         LOGGED.call_once(|| log::debug!("nftables backend: {engine}"));
-        NftCli { engine }
+        NftCli {
+            engine,
+            detach: Detacher::immediate(),
+        }
+    }
+
+    /// Park the close of its nfnetlink sockets with `detach` (the verb's: a close waits for
+    /// nf_tables' destroy work after any deleting batch, see `netbase::detach`).
+    pub fn with_detacher(mut self, detach: Detacher) -> Self {
+        self.detach = detach;
+        self
     }
 
     /// How this backend reaches the kernel.
@@ -204,9 +218,11 @@ impl NftBackend for NftCli {
         }
         if let Engine::InProcess { .. } = self.engine {
             if let Some(ops) = crate::nlbatch::plan(batch) {
-                return crate::nlbatch::apply(&ops).map_err(|source| NftError::Netlink {
-                    what: "element batch",
-                    source,
+                return crate::nlbatch::apply(&ops, &self.detach).map_err(|source| {
+                    NftError::Netlink {
+                        what: "element batch",
+                        source,
+                    }
                 });
             }
         }
@@ -246,7 +262,7 @@ impl NftBackend for NftCli {
                 return Ok(TableProbe::Unknown);
             }
         }
-        let handle = crate::nfnl::Nfnl::open()
+        let handle = crate::nfnl::Nfnl::open_with(&self.detach)
             .and_then(|mut s| s.table_handle(crate::nfnl::NFPROTO_INET, "cnirs"))
             .map_err(|source| NftError::Netlink {
                 what: "get table inet cnirs",

@@ -299,9 +299,7 @@ impl Elem {
 
 /// `10.1.2.3/24` -> `10.1.2.0/24`.
 fn network_of(subnet: IpNetwork) -> IpNetwork {
-    // The prefix comes from a valid network, so re-building cannot fail; fall back to the
-    // input if it ever did.
-    IpNetwork::new(subnet.network(), subnet.prefix()).unwrap_or(subnet)
+    netbase::subnet(subnet)
 }
 
 impl fmt::Display for Elem {

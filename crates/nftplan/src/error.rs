@@ -127,3 +127,9 @@ impl NftError {
         }
     }
 }
+
+impl netbase::Classified for NftError {
+    fn class(&self) -> netbase::ErrorClass {
+        NftError::class(self)
+    }
+}

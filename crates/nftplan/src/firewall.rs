@@ -5,6 +5,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use netbase::Detacher;
+
 use crate::{
     backend::{NftBackend, NftCli, TableProbe},
     batch::Batch,
@@ -51,19 +53,63 @@ pub fn run_root() -> PathBuf {
 /// left, and adopts the layout before the cookie only when it provably belongs here (see
 /// [`crate::nsstate`]).
 pub fn default_state_dir() -> Result<PathBuf, NftError> {
+    state_dir_of(&NftCli::new())
+}
+
+fn state_dir_of(nft: &NftCli) -> Result<PathBuf, NftError> {
     let id = NetnsId::current()?;
     nsstate::resolve(&run_root(), id, || {
-        matches!(NftCli::new().probe_table(), Ok(TableProbe::Present(_)))
+        matches!(nft.probe_table(), Ok(TableProbe::Present(_)))
     })
 }
 
+/// A verb's firewall: opened at its first use (a verb that ends before touching it opens
+/// nothing, not even the state directory), its sockets' closes parked with the verb's
+/// detacher; or handed in ready (a test's, over [`crate::FakeNft`]).
+pub struct FirewallCell {
+    cell: std::cell::OnceCell<Firewall>,
+    detach: Detacher,
+}
+
+impl FirewallCell {
+    /// [`Firewall::open_with`] at the first [`FirewallCell::get`].
+    pub fn lazy(detach: &Detacher) -> Self {
+        Self {
+            cell: std::cell::OnceCell::new(),
+            detach: detach.clone(),
+        }
+    }
+
+    /// This firewall.
+    pub fn ready(fw: Firewall) -> Self {
+        Self {
+            cell: std::cell::OnceCell::from(fw),
+            detach: Detacher::immediate(),
+        }
+    }
+
+    /// The firewall, opened now if it was not yet.
+    pub fn get(&self) -> Result<&Firewall, NftError> {
+        if let Some(fw) = self.cell.get() {
+            return Ok(fw);
+        }
+        let fw = Firewall::open_with(&self.detach)?;
+        Ok(self.cell.get_or_init(|| fw))
+    }
+}
+
 impl Firewall {
-    /// The real thing: [`default_state_dir`] and the `nft` binary ([`NftCli::new`]).
+    /// The real thing: [`default_state_dir`] and the kernel ([`NftCli::new`]); its sockets are
+    /// closed at once (tools, daemons).
     pub fn open() -> Result<Self, NftError> {
-        Ok(Firewall::with_backend(
-            default_state_dir()?,
-            Box::new(NftCli::new()),
-        ))
+        Self::open_with(&Detacher::immediate())
+    }
+
+    /// [`Firewall::open`] for a plugin's verb: the close of each nfnetlink socket is parked
+    /// with the verb's `detach` ([`NftCli::with_detacher`]).
+    pub fn open_with(detach: &Detacher) -> Result<Self, NftError> {
+        let nft = NftCli::new().with_detacher(detach.clone());
+        Ok(Firewall::with_backend(state_dir_of(&nft)?, Box::new(nft)))
     }
 
     /// Explicit state directory and backend (tests, a fake, `ip netns exec`).

@@ -156,7 +156,8 @@ pub use elem::{Elem, Parts, BRIDGE_TABLE, SKELETON_RULES, TABLE};
 pub use error::NftError;
 pub use fake::FakeNft;
 pub use firewall::{
-    default_state_dir, missing_error, run_root, Firewall, LastInternal, DEFAULT_RUN_DIR,
+    default_state_dir, missing_error, run_root, Firewall, FirewallCell, LastInternal,
+    DEFAULT_RUN_DIR,
 };
 pub use inventory::{AttachmentView, NetworkView, PortView};
 pub use ipnetwork::IpNetwork;

@@ -154,7 +154,7 @@ fn run_with(script: &str, flags: c_uint) -> Option<Outcome> {
     let text = CString::new(script).ok()?;
     // libnftables exit()s when it cannot open its netlink socket; make sure it can, so that
     // such a failure stays ours to report (by spawning nft, which reports it).
-    netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).ok()?;
+    netbase::nlwire::Socket::open(libc::NETLINK_NETFILTER).ok()?;
     let _serial = lib.lock.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: a context is created, used and freed within this block by this thread only
     // (calls serialised by `lib.lock`); the buffers read are owned by the context and copied

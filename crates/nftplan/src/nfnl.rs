@@ -1,22 +1,21 @@
 //! The few nf_tables netlink messages the suite sends itself (no `nft` exec): "does table
-//! `inet cnirs` exist, and which one is it" (`NFT_MSG_GETTABLE`, a few µs), the ruleset
+//! `inet cnirs` exist, and which one is it" (`NFT_MSG_GETTABLE`), the ruleset
 //! generation (`NFT_MSG_GETGEN`), the netns cookie of the socket (`SO_NETNS_COOKIE`), and the
 //! parsing of change events (`NFNLGRP_NFTABLES`) for `cnirs watch`.
 //!
-//! Messages are built and parsed by hand: `netlink-packet-*` has no nf_tables family, and the
-//! five messages used here are a header and one or two attributes each. Parsing is pure and
-//! unit-tested on captured bytes.
+//! Messages are built and parsed with the suite's one netlink codec (`netbase::nlwire`):
+//! `netlink-packet-*` has no nf_tables family, and the five messages used here are a header
+//! and one or two attributes each. Parsing is pure and unit-tested on captured bytes.
 
 use std::io;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netbase::{
+    nlwire::{
+        self, attr, cstr, messages, put_attr, NFGEN_HDRLEN, NLMSG_DONE, NLM_F_ACK, NLM_F_REQUEST,
+    },
+    Detacher,
+};
 
-const NLMSG_HDRLEN: usize = 16;
-const NFGEN_HDRLEN: usize = 4;
-pub(crate) const NLMSG_ERROR: u16 = 2;
-pub(crate) const NLMSG_DONE: u16 = 3;
-pub(crate) const NLM_F_REQUEST: u16 = 1;
-pub(crate) const NLM_F_ACK: u16 = 4;
 pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
 /// `NFPROTO_INET`: the family of `inet cnirs`.
@@ -94,36 +93,46 @@ pub struct NftEvent {
 /// The messages of an answer as (nf_tables message type, attributes), or the netlink error.
 type Answer = Result<Vec<(u8, Vec<u8>)>, io::Error>;
 
-/// A bound NETLINK_NETFILTER socket whose close is handed to `netbase::detach` (during a DEL:
-/// closed by the detached process). The kernel makes the close of such a socket wait for
-/// nf_tables' pending destroy work, an RCU grace period (~10 ms) after any batch that deleted
-/// something, in this netns, by anyone; the commit itself was acknowledged before.
-pub(crate) struct NfSocket(pub(crate) Socket);
-
-impl NfSocket {
-    /// Open, bind (no groups) and connect to the kernel.
-    pub(crate) fn open() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(NfSocket(sock))
-    }
+/// A bound NETLINK_NETFILTER socket whose close is handed to a [`Detacher`] (the verb's: after
+/// a DEL, closed by the detached process). The kernel makes the close of such a socket wait
+/// for nf_tables' pending destroy work (an RCU grace period, docs/performance.md) after any
+/// batch that deleted something, in this netns, by anyone; the commit itself was acknowledged
+/// before.
+pub(crate) struct NfSocket {
+    sock: Option<nlwire::Socket>,
+    detach: Detacher,
 }
 
-impl std::ops::Deref for NfSocket {
-    type Target = Socket;
-    fn deref(&self) -> &Socket {
-        &self.0
+impl NfSocket {
+    /// Open and bind (no groups); closed through `detach`.
+    pub(crate) fn open(detach: &Detacher) -> io::Result<Self> {
+        let sock = nlwire::Socket::open(libc::NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        Ok(NfSocket {
+            sock: Some(sock),
+            detach: detach.clone(),
+        })
+    }
+
+    fn sock(&self) -> io::Result<&nlwire::Socket> {
+        self.sock
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    pub(crate) fn send(&self, m: &[u8]) -> io::Result<()> {
+        self.sock()?.send(m)
+    }
+
+    pub(crate) fn recv(&self, buf: &mut Vec<u8>) -> io::Result<()> {
+        self.sock()?.recv(buf)
     }
 }
 
 impl Drop for NfSocket {
     fn drop(&mut self) {
-        // A duplicate keeps the socket open: closing ours then releases nothing (and waits
-        // for nothing); the duplicate is closed where `netbase::detach` says.
-        use std::os::fd::AsFd;
-        if let Ok(fd) = self.0.as_fd().try_clone_to_owned() {
-            netbase::detach::park_fd(fd);
+        if let Some(s) = self.sock.take() {
+            self.detach.park_fd(s.into_fd());
         }
     }
 }
@@ -136,10 +145,15 @@ pub struct Nfnl {
 }
 
 impl Nfnl {
-    /// Open and bind (no groups).
+    /// Open and bind (no groups); closed at once when dropped.
     pub fn open() -> io::Result<Self> {
+        Self::open_with(&Detacher::immediate())
+    }
+
+    /// [`Nfnl::open`], its close parked with `detach`.
+    pub fn open_with(detach: &Detacher) -> io::Result<Self> {
         Ok(Nfnl {
-            sock: NfSocket::open()?,
+            sock: NfSocket::open(detach)?,
             seq: 0,
             buf: Vec::with_capacity(1 << 16),
         })
@@ -148,7 +162,7 @@ impl Nfnl {
     /// The socket's file descriptor (to poll it).
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        self.sock.as_raw_fd()
+        self.sock.sock().map_or(-1, |s| s.as_raw_fd())
     }
 
     /// The cookie of the network namespace this socket lives in: a 64-bit id the kernel
@@ -160,10 +174,10 @@ impl Nfnl {
     /// Join nf_tables' change events; `rcvbuf` bytes of receive buffer (a reload can emit
     /// thousands of messages at once).
     pub fn subscribe(&self, rcvbuf: usize) -> io::Result<()> {
-        self.sock.add_membership(NFNLGRP_NFTABLES)?;
+        self.sock.sock()?.add_membership(NFNLGRP_NFTABLES)?;
         // A full buffer drops events (ENOBUFS on the next recv); the caller treats that as
         // "something changed".
-        if let Err(e) = self.sock.set_rx_buf_sz(rcvbuf) {
+        if let Err(e) = self.sock.sock()?.set_rcvbuf(rcvbuf) {
             log::debug!("SO_RCVBUF {rcvbuf}: {e}");
         }
         Ok(())
@@ -198,8 +212,7 @@ impl Nfnl {
     /// Block until events arrive; returns them parsed. An `ENOBUFS` error means events were
     /// lost.
     pub fn recv_events(&mut self) -> io::Result<Vec<NftEvent>> {
-        self.buf.clear();
-        self.sock.recv(&mut self.buf, 0)?;
+        self.sock.recv(&mut self.buf)?;
         Ok(parse_events(&self.buf))
     }
 
@@ -208,43 +221,35 @@ impl Nfnl {
     fn request(&mut self, msg: NftMsg, family: u8, attrs: &[u8]) -> io::Result<Answer> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let len = NLMSG_HDRLEN + NFGEN_HDRLEN + attrs.len();
-        let mut m = Vec::with_capacity(len);
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg as u16).to_ne_bytes());
-        m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
-        m.extend_from_slice(attrs);
-        self.sock.send(&m, 0)?;
+        let mut m = Vec::with_capacity(nlwire::NLMSG_HDRLEN + NFGEN_HDRLEN + attrs.len());
+        nlwire::nfgen_message(
+            &mut m,
+            (NFNL_SUBSYS_NFTABLES << 8) | msg as u16,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            family,
+            0,
+            attrs,
+        );
+        self.sock.send(&m)?;
         let mut out = Vec::new();
         loop {
-            self.buf.clear();
-            self.sock.recv(&mut self.buf, 0)?;
-            for (ty, flags_seq, body) in split(&self.buf) {
-                if flags_seq != seq {
+            self.sock.recv(&mut self.buf)?;
+            for m in messages(&self.buf) {
+                if m.seq != seq {
                     continue;
                 }
-                match ty {
-                    NLMSG_ERROR => {
-                        let code = body
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .unwrap_or(-libc::EIO);
-                        if code == 0 {
-                            return Ok(Ok(out));
-                        }
-                        return Ok(Err(io::Error::from_raw_os_error(-code)));
-                    }
-                    NLMSG_DONE => return Ok(Ok(out)),
-                    t if t >> 8 == NFNL_SUBSYS_NFTABLES => {
+                match m.error_code() {
+                    Some(0) => return Ok(Ok(out)),
+                    Some(code) => return Ok(Err(io::Error::from_raw_os_error(-code))),
+                    None if m.kind == NLMSG_DONE => return Ok(Ok(out)),
+                    None if m.kind >> 8 == NFNL_SUBSYS_NFTABLES => {
                         out.push((
-                            (t & 0xff) as u8,
-                            body.get(NFGEN_HDRLEN..).unwrap_or(&[]).to_vec(),
+                            (m.kind & 0xff) as u8,
+                            m.body.get(NFGEN_HDRLEN..).unwrap_or(&[]).to_vec(),
                         ));
                     }
-                    _ => {}
+                    None => {}
                 }
             }
         }
@@ -272,30 +277,12 @@ pub fn netns_cookie_of(fd: std::os::fd::RawFd) -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// Split a datagram into (nlmsg_type, seq, payload) triples.
-pub(crate) fn split(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + NLMSG_HDRLEN <= buf.len() {
-        let h = &buf[off..];
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        if len < NLMSG_HDRLEN || off + len > buf.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes([h[4], h[5]]);
-        let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-        out.push((ty, seq, &buf[off + NLMSG_HDRLEN..off + len]));
-        off += (len + 3) & !3;
-    }
-    out
-}
-
 /// Parse every nf_tables message of a datagram (others are skipped).
 pub fn parse_events(buf: &[u8]) -> Vec<NftEvent> {
-    split(buf)
-        .into_iter()
-        .filter(|(ty, _, _)| ty >> 8 == NFNL_SUBSYS_NFTABLES)
-        .map(|(ty, _, body)| {
+    messages(buf)
+        .filter(|m| m.kind >> 8 == NFNL_SUBSYS_NFTABLES)
+        .map(|m| {
+            let (ty, body) = (m.kind, m.body);
             let msg = NftMsg::from_u8((ty & 0xff) as u8);
             let family = body.first().copied().unwrap_or(0);
             let attrs = body.get(NFGEN_HDRLEN..).unwrap_or(&[]);
@@ -323,45 +310,6 @@ pub fn parse_events(buf: &[u8]) -> Vec<NftEvent> {
         .collect()
 }
 
-/// The attributes of a netlink attribute stream as (type, payload), nested/byteorder flags
-/// masked off; a truncated attribute ends the stream.
-pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-        Some((ty, payload))
-    })
-}
-
-/// The payload of the first attribute of type `ty` (nested/byteorder flags masked off).
-pub(crate) fn attr(buf: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(buf).find_map(|(t, p)| (t == ty).then_some(p))
-}
-
-/// One netlink attribute (length, type, payload, padded to 4 bytes).
-pub(crate) fn put_attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(out.len() + ((len + 3) & !3) - len, 0);
-}
-
-/// A NUL-terminated string attribute payload.
-pub(crate) fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
 fn trim_nul(v: &[u8]) -> &[u8] {
     v.split(|b| *b == 0).next().unwrap_or(v)
 }
@@ -380,15 +328,10 @@ mod tests {
     use super::*;
 
     fn msg(ty: u8, family: u8, attrs: &[u8]) -> Vec<u8> {
-        let len = NLMSG_HDRLEN + NFGEN_HDRLEN + attrs.len();
         let mut m = Vec::new();
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | ty as u16).to_ne_bytes());
-        m.extend_from_slice(&0u16.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&[family, 0, 0, 0]);
-        m.extend_from_slice(attrs);
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | ty as u16;
+        nlwire::nfgen_message(&mut m, kind, 0, 0, family, 0, attrs);
+        nlwire::pad(&mut m);
         m
     }
 

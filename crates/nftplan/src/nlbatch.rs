@@ -24,13 +24,15 @@
 //! dumped (one request, a few elements per network) and must hold the start element, the end
 //! element and nothing between them.
 
+use netbase::nlwire::{
+    attr, attrs, cstr, messages, nfgen_message, put_attr, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_REQUEST,
+};
+
 use crate::{
     batch::{Batch, Cmd},
     elem::Elem,
-    nfnl::{
-        attr, attrs, cstr, put_attr, split, NFNL_SUBSYS_NFTABLES, NLMSG_ERROR, NLM_F_ACK,
-        NLM_F_REQUEST,
-    },
+    nfnl::NFNL_SUBSYS_NFTABLES,
     schema::{Layout, SetDef, Value, TABLE_NAME},
 };
 
@@ -38,15 +40,11 @@ mod io;
 
 pub use io::apply;
 
-/// `NLM_F_ROOT | NLM_F_MATCH`.
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_CREATE: u16 = 0x400;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NLA_F_NESTED: u16 = 0x8000;
 /// `NFTA_SET_ELEM_*` attribute types.
 const ELEM_KEY: u16 = 1;
 const ELEM_DATA: u16 = 2;
@@ -171,19 +169,6 @@ pub fn encode(verb: Verb, e: &Elem) -> Op {
     }
 }
 
-fn msg(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) {
-    let len = 16 + 4 + attrs.len();
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.push(family);
-    out.push(0);
-    out.extend_from_slice(&res_id.to_be_bytes());
-    out.extend_from_slice(attrs);
-}
-
 /// One `NFTA_LIST_ELEM` body, attributes in libnftnl's order (flags, key, key end, data).
 /// A `get` sends the key and flags only: the kernel looks the element up by its key.
 fn elem_body(e: &SetElem, get: bool) -> Vec<u8> {
@@ -227,7 +212,7 @@ fn elem_attrs(op: &Op, elems: &[SetElem], get: bool) -> Vec<u8> {
 pub fn encode_get(op: &Op, elem: &SetElem, seq: u32) -> Vec<u8> {
     let mut m = Vec::new();
     let attrs = elem_attrs(op, std::slice::from_ref(elem), true);
-    msg(
+    nfgen_message(
         &mut m,
         (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
         NLM_F_REQUEST | NLM_F_ACK,
@@ -280,7 +265,7 @@ pub fn is_exact(asked: &SetElem, found: &SetElem) -> bool {
 pub fn encode_batch(ops: &[Op], base: u32) -> Vec<u8> {
     let mut out = Vec::new();
     let subsys = NFNL_SUBSYS_NFTABLES;
-    msg(
+    nfgen_message(
         &mut out,
         NFNL_MSG_BATCH_BEGIN,
         NLM_F_REQUEST,
@@ -295,7 +280,7 @@ pub fn encode_batch(ops: &[Op], base: u32) -> Vec<u8> {
             Verb::Delete | Verb::Get => (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK),
         };
         let seq = base.wrapping_add(1 + i as u32);
-        msg(
+        nfgen_message(
             &mut out,
             (subsys << 8) | ty,
             flags,
@@ -306,7 +291,7 @@ pub fn encode_batch(ops: &[Op], base: u32) -> Vec<u8> {
         );
     }
     let end = base.wrapping_add(1 + ops.len() as u32);
-    msg(
+    nfgen_message(
         &mut out,
         NFNL_MSG_BATCH_END,
         NLM_F_REQUEST,
@@ -321,15 +306,8 @@ pub fn encode_batch(ops: &[Op], base: u32) -> Vec<u8> {
 /// (type, seq, first 4 bytes of payload as an errno answer, payload) of each message in a
 /// datagram.
 fn answers(buf: &[u8]) -> Vec<(u16, u32, Option<i32>, &[u8])> {
-    split(buf)
-        .into_iter()
-        .map(|(ty, seq, payload)| {
-            let code = match payload {
-                [a, b, c, d, ..] if ty == NLMSG_ERROR => Some(i32::from_ne_bytes([*a, *b, *c, *d])),
-                _ => None,
-            };
-            (ty, seq, code, payload)
-        })
+    messages(buf)
+        .map(|m| (m.kind, m.seq, m.error_code(), m.body))
         .collect()
 }
 

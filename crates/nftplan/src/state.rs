@@ -243,8 +243,8 @@ impl Locked {
 
     /// True when the network still has at least one attachment. Asked at every detach, so it
     /// reads the directory a few entries at a time and stops at the first record: `read_dir`
-    /// (glibc's 32 KB buffer) has the kernel list every attachment of the network first, 0.25
-    /// ms at 500 pods.
+    /// (glibc's 32 KB buffer) has the kernel list every attachment of the network first (the
+    /// cost at 500 pods: docs/performance.md).
     pub fn has_atts(&self, feature: Feature, network: &str) -> Result<bool, NftError> {
         let dir = self.net_dir(feature, network).join("a");
         match any_record(&dir) {
@@ -406,8 +406,8 @@ const IN_PLACE_MAX: u64 = 4096;
 /// Write `dir/name` atomically, mode 0600: in place when the file exists, is at most one page
 /// and the new JSON fits (padded with spaces to the old length: trailing whitespace is valid
 /// JSON), else a temporary file `.name.tmp` renamed over it. Renaming over an existing file
-/// makes ext4 write the new data back at once (`auto_da_alloc`): about 0.1 ms, where the
-/// in-place write costs a few µs.
+/// makes ext4 write the new data back at once (`auto_da_alloc`), which an in-place write does
+/// not (the two costs: docs/performance.md).
 fn write_json<T: Serialize + ?Sized>(dir: &Path, name: &str, value: &T) -> Result<(), NftError> {
     let bytes = serde_json::to_vec(value).map_err(|source| NftError::State {
         path: dir.join(name),

@@ -26,6 +26,12 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// The attachment of a plugin call (the CNI request: network name, `CNI_CONTAINERID`,
+    /// `CNI_IFNAME`).
+    pub fn of(call: &impl netbase::AttachmentKey) -> Result<Self, NftError> {
+        Self::new(call.network(), call.container_id(), call.ifname())
+    }
+
     /// Build an attachment key; the strings are only used in file names (escaped) and messages.
     pub fn new(
         network: impl Into<String>,

@@ -15,7 +15,7 @@
 pub mod iface;
 pub mod step;
 
-use cni_core::{error::from_classified, CniError, ErrorCode, Request};
+use cni_core::{error::from_lower, CniError, ErrorCode, Request};
 use netops::NetopsError;
 
 pub use step::{restore_host, Effects, HostState, Step};
@@ -52,7 +52,7 @@ impl From<LinkError> for CniError {
     fn from(e: LinkError) -> CniError {
         match e {
             LinkError::Cni(c) => c,
-            LinkError::Kernel(k) => from_classified(k.class(), &k, k.hint()),
+            LinkError::Kernel(k) => from_lower(&k),
             LinkError::Check(m) => CniError::new(ErrorCode::CheckFailed, m),
             LinkError::Conflict(m) => CniError::new(ErrorCode::Conflict, m),
             LinkError::Config(m) => CniError::new(ErrorCode::InvalidConfig, m),
@@ -61,16 +61,7 @@ impl From<LinkError> for CniError {
                 step,
                 command,
                 source,
-            } => {
-                let inner = CniError::from(*source);
-                let at = format!("at step {step}: {command}");
-                let details = if inner.details.is_empty() {
-                    at
-                } else {
-                    format!("{}; {at}", inner.details)
-                };
-                CniError::new(inner.code, inner.msg).with_details(details)
-            }
+            } => CniError::from(*source).at_step(step, &command),
         }
     }
 }

@@ -121,7 +121,7 @@ fn subnets(list: &[String], field: &str) -> Result<Vec<IpNetwork>, CniError> {
                     format!("bad subnet {s:?}: not in CIDR notation"),
                 ));
             }
-            Ok(IpNetwork::new(n.network(), n.prefix()).unwrap_or(n))
+            Ok(netbase::subnet(n))
         })
         .collect()
 }

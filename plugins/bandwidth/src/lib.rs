@@ -14,9 +14,7 @@
 pub mod config;
 pub mod plan;
 
-use cni_core::{
-    error::from_classified, CniError, CniResult, ErrorCode, Interface, Plugin, Request,
-};
+use cni_core::{error::from_lower, CniError, CniResult, ErrorCode, Interface, Plugin, Request};
 use netops::{tc, Executor, Kernel, Link, NetNs, Netlink, NetopsError};
 
 use crate::plan::{Step, Target};
@@ -46,7 +44,7 @@ impl From<BandwidthError> for CniError {
     fn from(e: BandwidthError) -> CniError {
         match e {
             BandwidthError::Cni(c) => c,
-            BandwidthError::Kernel(k) => from_classified(k.class(), &k, k.hint()),
+            BandwidthError::Kernel(k) => from_lower(&k),
             BandwidthError::Check(m) => CniError::new(ErrorCode::CheckFailed, m),
             BandwidthError::Conflict(m) => CniError::new(ErrorCode::Conflict, m),
             BandwidthError::Step { command, source } => {

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use cni_core::{error::from_classified, CniError, ErrorCode, IfName};
+use cni_core::{error::from_lower, CniError, ErrorCode, IfName};
 use ipnetwork::IpNetwork;
 use netops::NetopsError;
 use nftplan::NftError;
@@ -54,8 +54,8 @@ impl BridgeError {
         let plain = |code| CniError::new(code, self.to_string());
         match self {
             BridgeError::Cni(c) => c.clone(),
-            BridgeError::Kernel(k) => from_classified(k.class(), k, k.hint()),
-            BridgeError::Firewall(f) => from_classified(f.class(), f, None),
+            BridgeError::Kernel(k) => from_lower(k),
+            BridgeError::Firewall(f) => from_lower(f),
             BridgeError::IfnameTaken { .. } | BridgeError::BridgeAddressTaken { .. } => {
                 plain(ErrorCode::Conflict)
             }
@@ -68,16 +68,7 @@ impl BridgeError {
                 step,
                 command,
                 source,
-            } => {
-                let inner = source.to_cni();
-                let at = format!("at step {step}: {command}");
-                let details = if inner.details.is_empty() {
-                    at
-                } else {
-                    format!("{}; {at}", inner.details)
-                };
-                CniError::new(inner.code, inner.msg).with_details(details)
-            }
+            } => source.to_cni().at_step(*step, command),
         }
     }
 }

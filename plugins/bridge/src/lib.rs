@@ -32,25 +32,27 @@ impl Plugin for Bridge {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        verbs::add(req, self.0)
+        verbs::Ctx::real(req, |ctx| verbs::add(ctx, req, self.0))
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        verbs::del(req, self.0)
+        verbs::Ctx::real(req, |ctx| verbs::del(ctx, req, self.0))
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        verbs::check(req, self.0)
+        verbs::Ctx::real(req, |ctx| verbs::check(ctx, req, self.0))
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        verbs::status(req, self.0)
+        verbs::Ctx::real(req, |ctx| verbs::status(ctx, req, self.0))
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        verbs::gc(req, self.0)
+        verbs::Ctx::real(req, |ctx| verbs::gc(ctx, req, self.0))
     }
 }
 
+#[cfg(test)]
+mod orchestration;
 #[cfg(test)]
 mod tests;

@@ -191,7 +191,7 @@ pub fn host_veth_name(
 }
 
 fn subnet_of(addr: &IpNetwork) -> IpNetwork {
-    IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(*addr)
+    netbase::subnet(*addr)
 }
 
 /// The gateway address IPAM gave for `ip`, or the first address of its subnet (reference:
@@ -397,7 +397,7 @@ pub fn build_shaped(
     let mut subnets: Vec<IpNetwork> = Vec::new();
     for ip in &ipam.ips {
         let a = ip.address;
-        let n = IpNetwork::new(a.network(), a.prefix()).unwrap_or(a);
+        let n = netbase::subnet(a);
         if !subnets.contains(&n) {
             subnets.push(n);
         }

@@ -1,4 +1,6 @@
-//! ADD, DEL, CHECK, GC, STATUS: the only code that touches the kernel and the firewall.
+//! ADD, DEL, CHECK, GC, STATUS: the only code that touches the kernel and the firewall, all
+//! through the call's [`Ctx`] (kernel session, firewall, IPAM), built from the request for a
+//! real run ([`Ctx::real`]) and over fakes by the orchestration tests.
 //!
 //! ADD: validate -> open the netns -> IPAM -> plan (pure) -> apply with an undo log ->
 //! firewall elements (last) -> result. A failure after IPAM rolls back the links and calls
@@ -8,10 +10,13 @@
 //! them, the firewall elements are owned by that key, IPAM releases by it. The netns may be
 //! gone and prevResult missing.
 
-use cni_core::{CniError, CniResult, Command, IfName, Request};
+use cni_core::{
+    delegate::{ExecIpam, Ipam},
+    CniError, CniResult, Command, IfName, Request,
+};
 use ipnetwork::IpNetwork;
-use netops::{Kernel, Link, NetNs, Netlink, NetopsError};
-use nftplan::{Attachment, Feature, Firewall, NftError};
+use netops::{KernelSession, Link, NetopsError, Ns, Op, Session};
+use nftplan::{Attachment, Feature, FirewallCell};
 
 use crate::{
     apply::{self, Effects},
@@ -20,25 +25,44 @@ use crate::{
     plan::{self, Ids},
 };
 
-fn check_failed(msg: String) -> BridgeError {
-    BridgeError::Check(msg)
+/// The side effects of one call, handed to the verbs.
+pub struct Ctx<'a> {
+    /// The kernel: host netns, and the pod's once opened.
+    pub net: &'a mut dyn Session,
+    /// The firewall table and its state (opened at first use).
+    pub fw: &'a FirewallCell,
+    /// The IPAM plugin of the config (`ipam.type`).
+    pub ipam: &'a dyn Ipam,
 }
 
-/// The key of everything this attachment owns in the firewall state.
-pub fn attachment(req: &Request) -> Result<Attachment, NftError> {
-    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
+impl Ctx<'_> {
+    /// Run `verb` with the real kernel, firewall and IPAM binary; work only the kernel can
+    /// observe is parked with the request's detacher.
+    pub fn real<T>(req: &Request, verb: impl FnOnce(&mut Ctx<'_>) -> T) -> T {
+        let mut net = KernelSession::new(req.detach.clone());
+        let fw = FirewallCell::lazy(&req.detach);
+        verb(&mut Ctx {
+            net: &mut net,
+            fw: &fw,
+            ipam: &ExecIpam,
+        })
+    }
+}
+
+fn check_failed(msg: String) -> BridgeError {
+    BridgeError::Check(msg)
 }
 
 fn ifname_of(req: &Request) -> Result<IfName, BridgeError> {
     Ok(IfName::new(&req.ifname).map_err(NetopsError::from)?)
 }
 
-pub fn add(req: &Request, mode: Mode) -> Result<CniResult, CniError> {
-    Ok(add_inner(req, mode)?)
+pub fn add(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<CniResult, CniError> {
+    Ok(add_inner(ctx, req, mode)?)
 }
 
 /// parse -> read the kernel -> IPAM -> plan (pure) -> apply (undo on failure) -> result.
-fn add_inner(req: &Request, mode: Mode) -> Result<CniResult, BridgeError> {
+fn add_inner(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<CniResult, BridgeError> {
     let spec = config::parse(req, mode)?;
     let ids = Ids {
         network: req.conf.name.clone(),
@@ -46,23 +70,20 @@ fn add_inner(req: &Request, mode: Mode) -> Result<CniResult, BridgeError> {
         ifname: ifname_of(req)?,
         netns: req.netns()?.clone(),
     };
-    let ns = NetNs::open(&ids.netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
-    let view = apply::read_view(&host, &pod, &spec, &ids.ifname)?;
+    ctx.net.open_pod(&ids.netns)?;
+    let view = apply::read_view(ctx.net, &spec, &ids.ifname)?;
     plan::preflight(&spec, &ids, &view)?;
-    let fw = Firewall::open()?;
+    let fw = ctx.fw.get()?;
     let ipam = if spec.has_ipam {
-        req.delegate_ipam(Command::Add)?.unwrap_or_default()
+        ctx.ipam.run(req, Command::Add)?.unwrap_or_default()
     } else {
         CniResult::default()
     };
     let outcome = plan::build(&spec, &ids, &ipam, &view).and_then(|plan| {
         log::debug!("{}: plan:\n{}", req.tag(), plan.text());
         let mut fx = Effects {
-            kernel: netops::KernelExec::new(&host, &pod),
-            fw: &fw,
+            net: &mut *ctx.net,
+            fw,
             plan_mac: plan.requested_mac,
             pod_ifname: ids.ifname.clone(),
         };
@@ -77,11 +98,11 @@ fn add_inner(req: &Request, mode: Mode) -> Result<CniResult, BridgeError> {
                 source: Box::new(f.error),
             }
         })?;
-        let obs = apply::observe(&mut fx, &plan)?;
+        let obs = apply::observe(fx.net, &plan)?;
         Ok(plan.result(&obs, &ipam, req.conf.dns.as_ref()))
     });
     if outcome.is_err() && spec.has_ipam {
-        if let Err(e) = req.delegate_ipam(Command::Del) {
+        if let Err(e) = ctx.ipam.run(req, Command::Del) {
             log::warn!(
                 "{}: releasing the address after a failed ADD: {e}",
                 req.tag()
@@ -92,26 +113,32 @@ fn add_inner(req: &Request, mode: Mode) -> Result<CniResult, BridgeError> {
 }
 
 /// DEL goes on past every failure and reports them all: links, firewall elements, IPAM.
-pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
+pub fn del(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<(), CniError> {
     let spec = config::parse(req, mode)?;
     let mut errors: Vec<BridgeError> = Vec::new();
-    if let Err(e) = delete_links(req) {
+    if let Err(e) = delete_links(ctx.net, req) {
         errors.push(e);
     }
-    match Firewall::open().and_then(|fw| fw.detach_network(&attachment(req)?)) {
+    match ctx
+        .fw
+        .get()
+        .and_then(|fw| fw.detach_network(&Attachment::of(req)?))
+    {
         // The internal network's last attachment: its kernel-level seal goes too.
         Ok(Some(last)) => {
-            let unseal = Kernel::new().and_then(|k| {
-                let host = k.host();
-                let mut subnets = seal_subnets(req, &host, last.bridge.as_str())?;
-                for s in last.subnets {
-                    if !subnets.contains(&s) {
-                        subnets.push(s);
+            let mut unseal = || {
+                let mut subnets = seal_subnets(ctx.net, req, last.bridge.as_str())?;
+                for s in &last.subnets {
+                    if !subnets.contains(s) {
+                        subnets.push(*s);
                     }
                 }
-                host.unseal_bridge(last.bridge.as_str(), &subnets)
-            });
-            if let Err(e) = unseal {
+                ctx.net.exec(&Op::UnsealBridge {
+                    name: last.bridge.clone(),
+                    subnets,
+                })
+            };
+            if let Err(e) = unseal() {
                 errors.push(e.into());
             }
         }
@@ -119,7 +146,7 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
         Err(e) => errors.push(e.into()),
     }
     if spec.has_ipam {
-        if let Err(e) = req.delegate_ipam(Command::Del) {
+        if let Err(e) = ctx.ipam.run(req, Command::Del) {
             errors.push(e.into());
         }
     }
@@ -129,8 +156,8 @@ pub fn del(req: &Request, mode: Mode) -> Result<(), CniError> {
 /// The subnets an internal network's seal covers, as DEL and CHECK know them: those of the
 /// pod's addresses in the previous result and of the bridge's own addresses.
 fn seal_subnets(
+    net: &mut dyn Session,
     req: &Request,
-    host: &Netlink<'_>,
     bridge: &str,
 ) -> Result<Vec<IpNetwork>, NetopsError> {
     let mut out: Vec<IpNetwork> = Vec::new();
@@ -140,7 +167,7 @@ fn seal_subnets(
                 return; // link-local: never routed
             }
         }
-        let n = IpNetwork::new(a.network(), a.prefix()).unwrap_or(a);
+        let n = netbase::subnet(a);
         if !out.contains(&n) {
             out.push(n);
         }
@@ -150,8 +177,8 @@ fn seal_subnets(
             push(ip.address);
         }
     }
-    if let Some(br) = host.link(bridge)?.filter(|l| l.is_bridge()) {
-        for a in host.addresses(&br, None)? {
+    if let Some(br) = net.link(Ns::Host, bridge)?.filter(|l| l.is_bridge()) {
+        for a in net.addresses(Ns::Host, &br)? {
             push(a);
         }
     }
@@ -162,50 +189,50 @@ fn seal_subnets(
 /// the kernel's slow delete runs detached, see [`netops::Netlink::retire_veth`]); when it is
 /// not there (created by another implementation, or already gone) delete `CNI_IFNAME` in the
 /// netns if the netns still exists, as the reference does.
-pub fn delete_links(req: &Request) -> Result<(), BridgeError> {
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
+pub fn delete_links(net: &mut dyn Session, req: &Request) -> Result<(), BridgeError> {
     let name = plan::host_veth_name(&req.conf.name, &req.container_id, &req.ifname)
         .map_err(NetopsError::from)?;
-    let ns = match req.netns.as_ref().map(NetNs::open) {
-        None | Some(Err(NetopsError::NetnsNotFound { .. } | NetopsError::NotANetns { .. })) => None,
-        Some(Ok(ns)) => Some(ns),
+    let pod_open = match req.netns.as_deref().map(|p| net.open_pod(p)) {
+        None | Some(Err(NetopsError::NetnsNotFound { .. } | NetopsError::NotANetns { .. })) => {
+            false
+        }
+        Some(Ok(())) => true,
         Some(Err(e)) => return Err(e.into()),
     };
-    let pod = ns.as_ref().map(|ns| kernel.pod(ns)).transpose()?;
-    if host.retire_veth(&name, pod.as_ref().map(|p| (p, req.ifname.as_str())))? {
+    let pod_ifname = pod_open.then_some(req.ifname.as_str());
+    if net.retire_veth(&name, pod_ifname)? {
         return Ok(());
     }
-    if let Some(pod) = &pod {
-        pod.delete_link(&req.ifname)?;
+    if pod_open {
+        net.exec(&Op::DeleteLink {
+            ns: Ns::Pod,
+            link: ifname_of(req)?,
+        })?;
     }
     Ok(())
 }
 
-pub fn check(req: &Request, mode: Mode) -> Result<(), CniError> {
-    Ok(check_inner(req, mode)?)
+pub fn check(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<(), CniError> {
+    Ok(check_inner(ctx, req, mode)?)
 }
 
-fn check_inner(req: &Request, mode: Mode) -> Result<(), BridgeError> {
+fn check_inner(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<(), BridgeError> {
     let spec = config::parse(req, mode)?;
     let prev = req.require_prev_result()?;
     let netns = req.netns()?;
-    let ns = NetNs::open(netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
-    let link = pod.link(&req.ifname)?.ok_or_else(|| {
+    ctx.net.open_pod(netns)?;
+    let link = ctx.net.link(Ns::Pod, &req.ifname)?.ok_or_else(|| {
         check_failed(format!(
             "interface {} not found in {}",
             req.ifname,
             netns.display()
         ))
     })?;
-    check_pod_link(req, &prev, &pod, &link)?;
-    check_host_side(req, &spec, &prev, &host)?;
+    check_pod_link(ctx.net, req, &prev, &link)?;
+    check_host_side(ctx.net, req, &spec, &prev)?;
     if spec.mode == Mode::Internal {
-        let subnets = seal_subnets(req, &host, spec.bridge.as_str())?;
-        let missing = host.missing_seal(spec.bridge.as_str(), &subnets)?;
+        let subnets = seal_subnets(ctx.net, req, spec.bridge.as_str())?;
+        let missing = ctx.net.missing_seal(spec.bridge.as_str(), &subnets)?;
         if !missing.is_empty() {
             return Err(check_failed(format!(
                 "kernel-level seal of {} incomplete, missing: {}",
@@ -215,18 +242,18 @@ fn check_inner(req: &Request, mode: Mode) -> Result<(), BridgeError> {
         }
     }
     if spec.has_ipam {
-        req.delegate_ipam(Command::Check)?;
+        ctx.ipam.run(req, Command::Check)?;
     }
-    let att = attachment(req)?;
-    let missing = Firewall::open()?.check_network(&att)?;
+    let att = Attachment::of(req)?;
+    let missing = ctx.fw.get()?.check_network(&att)?;
     Ok(nftplan::missing_error("firewall elements", &att, &missing)?)
 }
 
 /// Stable properties of the pod side: the MAC we reported, every address and route.
 pub fn check_pod_link(
+    net: &mut dyn Session,
     req: &Request,
     prev: &CniResult,
-    pod: &Netlink<'_>,
     link: &Link,
 ) -> Result<(), BridgeError> {
     if let Some(i) = prev.sandbox_interface(&req.ifname) {
@@ -239,7 +266,7 @@ pub fn check_pod_link(
             )));
         }
     }
-    let addrs = pod.addresses(link, None)?;
+    let addrs = net.addresses(Ns::Pod, link)?;
     for ip in prev.container_ips(&req.ifname) {
         if !addrs.contains(&ip.address) {
             return Err(check_failed(format!(
@@ -254,7 +281,7 @@ pub fn check_pod_link(
             )));
         }
     }
-    let routes = pod.routes(Some(link), None)?;
+    let routes = net.routes(Ns::Pod, Some(link), None)?;
     for r in &prev.routes {
         let found = routes.iter().any(|x| {
             x.dst.network() == r.dst.network()
@@ -276,13 +303,13 @@ pub fn check_pod_link(
 /// The host end exists and is a port of the configured bridge. Its MAC is not compared: it
 /// may legitimately change after ADD.
 pub fn check_host_side(
+    net: &mut dyn Session,
     req: &Request,
     spec: &BridgeSpec,
     prev: &CniResult,
-    host: &Netlink<'_>,
 ) -> Result<(), BridgeError> {
-    let br = host
-        .link(&spec.bridge)?
+    let br = net
+        .link(Ns::Host, &spec.bridge)?
         .filter(|l| l.is_bridge())
         .ok_or_else(|| check_failed(format!("bridge {} not found", spec.bridge)))?;
     let veth = prev
@@ -296,8 +323,8 @@ pub fn check_host_side(
             .map_err(NetopsError::from)?
             .to_string(),
     };
-    let hv = host
-        .link(&veth)?
+    let hv = net
+        .link(Ns::Host, &veth)?
         .ok_or_else(|| check_failed(format!("host interface {veth} not found")))?;
     if hv.master != Some(br.index) {
         return Err(check_failed(format!(
@@ -308,30 +335,32 @@ pub fn check_host_side(
     Ok(())
 }
 
-pub fn gc(req: &Request, mode: Mode) -> Result<(), CniError> {
+pub fn gc(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<(), CniError> {
     let spec = config::parse(req, mode)?;
     let mut errors: Vec<BridgeError> = Vec::new();
     // Links a DEL retired but whose detached deleter was killed.
-    if let Err(e) = Kernel::new().and_then(|k| k.host().delete_retired()) {
+    if let Err(e) = ctx.net.delete_retired() {
         errors.push(e.into());
     }
-    if let Err(e) =
-        Firewall::open().and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
+    if let Err(e) = ctx
+        .fw
+        .get()
+        .and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
     {
         errors.push(e.into());
     }
     if spec.has_ipam {
-        if let Err(e) = req.delegate_ipam(Command::Gc) {
+        if let Err(e) = ctx.ipam.run(req, Command::Gc) {
             errors.push(e.into());
         }
     }
     combine(errors)
 }
 
-pub fn status(req: &Request, mode: Mode) -> Result<(), CniError> {
+pub fn status(ctx: &mut Ctx<'_>, req: &Request, mode: Mode) -> Result<(), CniError> {
     let spec = config::parse(req, mode)?;
     if spec.has_ipam {
-        req.delegate_ipam(Command::Status)?;
+        ctx.ipam.run(req, Command::Status)?;
     }
     Ok(())
 }

@@ -11,32 +11,21 @@
 //!   the pod unreachable where the user expects a zone); `backend: iptables`,
 //!   `iptablesAdminChainName` and `firewalldZone` are accepted and ignored with a log line.
 
-use cni_core::{error::from_classified, CniError, CniResult, Plugin, Request};
-use nftplan::{Attachment, Feature, NftError};
+//!
+//! Its one side effect, the firewall table, is handed to the verbs ([`FirewallCell`]).
+
+use cni_core::{CniError, CniResult, Plugin, Request};
+use nftplan::{Attachment, Feature, FirewallCell, NftError};
 use serde::Deserialize;
 
 pub struct Firewall;
 
-/// The plugin's errors, each with its cause; CNI codes are chosen once, in the `From` below.
-#[derive(Debug, thiserror::Error)]
-pub enum FirewallError {
-    #[error(transparent)]
-    Cni(#[from] CniError),
-    #[error(transparent)]
-    Nft(#[from] NftError),
-}
-
-impl From<FirewallError> for CniError {
-    fn from(e: FirewallError) -> CniError {
-        match e {
-            FirewallError::Cni(c) => c,
-            FirewallError::Nft(f) => from_classified(f.class(), &f, None),
-        }
+cni_core::plugin_error! {
+    /// The plugin's errors, each with its cause; CNI codes are chosen once, by the macro's
+    /// `From<FirewallError> for CniError`.
+    pub enum FirewallError {
+        Nft(NftError),
     }
-}
-
-fn attachment(req: &Request) -> Result<Attachment, NftError> {
-    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,15 +74,15 @@ pub fn parse(req: &Request) -> Result<Ingress, CniError> {
     }
 }
 
-fn add(req: &Request) -> Result<CniResult, FirewallError> {
+fn add(fw: &FirewallCell, req: &Request) -> Result<CniResult, FirewallError> {
     let ingress = parse(req)?;
     let prev = req.require_prev_result()?;
     if prev.container_ips(&req.ifname).is_empty() {
         return Err(CniError::config("prevResult", "no container addresses to let through").into());
     }
     let bridge = prev.bridge()?;
-    let fw = nftplan::Firewall::open()?;
-    let att = attachment(req)?;
+    let fw = fw.get()?;
+    let att = Attachment::of(req)?;
     fw.attach_forward(&att, &bridge)?;
     if ingress == Ingress::SameBridge {
         if let Err(e) = fw.attach_isolation(&att, &bridge) {
@@ -108,11 +97,11 @@ fn add(req: &Request) -> Result<CniResult, FirewallError> {
 }
 
 /// DEL goes on past a failure: both features are released, every failure is reported.
-fn del(req: &Request) -> Result<(), CniError> {
+fn del(fw: &FirewallCell, req: &Request) -> Result<(), CniError> {
     // An unknown policy must not block DEL: always release what this attachment may own.
     let _ = parse(req);
-    let fw = nftplan::Firewall::open().map_err(FirewallError::from)?;
-    let att = attachment(req).map_err(FirewallError::from)?;
+    let fw = fw.get().map_err(FirewallError::from)?;
+    let att = Attachment::of(req).map_err(FirewallError::from)?;
     let errors: Vec<CniError> = [fw.detach_isolation(&att), fw.detach_forward(&att)]
         .into_iter()
         .filter_map(Result::err)
@@ -121,15 +110,15 @@ fn del(req: &Request) -> Result<(), CniError> {
     cni_core::error::combine(errors)
 }
 
-fn check(req: &Request) -> Result<(), FirewallError> {
+fn check(fw: &FirewallCell, req: &Request) -> Result<(), FirewallError> {
     let ingress = parse(req)?;
     let prev = req.require_prev_result()?;
     prev.bridge()?;
     if ingress == Ingress::Open {
         return Ok(());
     }
-    let att = attachment(req)?;
-    let missing = nftplan::Firewall::open()?.check_isolation(&att)?;
+    let att = Attachment::of(req)?;
+    let missing = fw.get()?.check_isolation(&att)?;
     Ok(nftplan::missing_error(
         "same-bridge isolation",
         &att,
@@ -138,8 +127,8 @@ fn check(req: &Request) -> Result<(), FirewallError> {
 }
 
 /// GC goes on past a failure too.
-fn gc(req: &Request) -> Result<(), CniError> {
-    let fw = nftplan::Firewall::open().map_err(FirewallError::from)?;
+fn gc(fw: &FirewallCell, req: &Request) -> Result<(), CniError> {
+    let fw = fw.get().map_err(FirewallError::from)?;
     let valid = req.valid_pairs();
     let errors: Vec<CniError> = [Feature::Isolation, Feature::Firewall]
         .into_iter()
@@ -155,19 +144,19 @@ impl Plugin for Firewall {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
+        Ok(add(&FirewallCell::lazy(&req.detach), req)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        del(req)
+        del(&FirewallCell::lazy(&req.detach), req)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
+        Ok(check(&FirewallCell::lazy(&req.detach), req)?)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        gc(req)
+        gc(&FirewallCell::lazy(&req.detach), req)
     }
 }
 
@@ -235,5 +224,95 @@ mod tests {
             parse_with(&format!(r#","runtimeConfig":{rc}"#)).unwrap(),
             Ingress::Open
         );
+    }
+
+    /// Orchestration over the in-memory firewall (no root): a host whose FORWARD policy
+    /// drops, the pod's bridge accepted there and, with `same-bridge`, isolated.
+    mod orchestration {
+        use std::sync::Arc;
+
+        use nftplan::{FakeNft, FirewallCell, IpFamily};
+
+        use super::*;
+
+        fn world() -> (Arc<FakeNft>, FirewallCell, tempfile::TempDir) {
+            let nft = FakeNft::new();
+            nft.add_forward_chain(IpFamily::V4, true);
+            let dir = tempfile::tempdir().unwrap();
+            let fw = FirewallCell::ready(nftplan::Firewall::with_backend(
+                dir.path().join("netns-1"),
+                Box::new(nft.clone()),
+            ));
+            (nft, fw, dir)
+        }
+
+        fn req(cmd: Command, policy: &str) -> Request {
+            let conf = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"firewall","ingressPolicy":"{policy}",
+                "prevResult":{{"cniVersion":"1.1.0",
+                  "interfaces":[{{"name":"br-a"}},{{"name":"eth0","sandbox":"/run/netns/p"}}],
+                  "ips":[{{"address":"10.1.0.5/24","interface":1}}]}}}}"#
+            );
+            Request::build(cmd, "c1", Some("/run/netns/p"), "eth0", conf.as_bytes()).unwrap()
+        }
+
+        #[test]
+        fn add_accepts_the_bridge_and_isolates_it_and_del_removes_both() {
+            let (nft, fw, _d) = world();
+            add(&fw, &req(Command::Add, "same-bridge")).unwrap();
+            assert!(!nft.forward_rules(IpFamily::V4).is_empty());
+            assert!(!nft.elems_of("isolated_br").is_empty(), "{}", nft.dump());
+            check(&fw, &req(Command::Check, "same-bridge")).unwrap();
+            del(&fw, &req(Command::Del, "same-bridge")).unwrap();
+            assert!(nft.forward_rules(IpFamily::V4).is_empty());
+            assert!(nft.elems_of("isolated_br").is_empty());
+            let e = check(&fw, &req(Command::Check, "same-bridge")).unwrap_err();
+            assert_eq!(
+                CniError::from(e).code(),
+                cni_core::ErrorCode::CheckFailed.as_u32()
+            );
+        }
+
+        #[test]
+        fn a_failed_isolation_undoes_the_forward_accept() {
+            // How many batches the forward accept alone takes.
+            let (nft, fw, _d) = world();
+            add(&fw, &req(Command::Add, "open")).unwrap();
+            let forward = nft.batches().len();
+            assert!(!nft.forward_rules(IpFamily::V4).is_empty());
+
+            let (nft, fw, _d) = world();
+            let mut outcomes = vec![false; forward];
+            // The isolation batch and its retry with the skeleton.
+            outcomes.extend([true; 2]);
+            nft.fail_next(&outcomes);
+            let e = add(&fw, &req(Command::Add, "same-bridge")).unwrap_err();
+            assert_eq!(CniError::from(e).code(), 101);
+            assert!(
+                nft.forward_rules(IpFamily::V4).is_empty(),
+                "the accept is undone: {:?}",
+                nft.forward_rules(IpFamily::V4)
+            );
+        }
+
+        #[test]
+        fn del_goes_on_past_a_failure_and_gc_releases_stale_attachments() {
+            let (nft, fw, _d) = world();
+            add(&fw, &req(Command::Add, "same-bridge")).unwrap();
+            // The isolation release fails (every batch of it): the forward release still
+            // runs, the failure is reported.
+            // (the batch, its retry with the skeleton, the element on its own).
+            nft.fail_next(&[true; 3]);
+            assert!(del(&fw, &req(Command::Del, "same-bridge")).is_err());
+            assert!(nft.forward_rules(IpFamily::V4).is_empty());
+            assert!(!nft.elems_of("isolated_br").is_empty());
+            del(&fw, &req(Command::Del, "same-bridge")).unwrap();
+            assert!(nft.elems_of("isolated_br").is_empty());
+
+            add(&fw, &req(Command::Add, "same-bridge")).unwrap();
+            gc(&fw, &req(Command::Gc, "same-bridge")).unwrap();
+            assert!(nft.forward_rules(IpFamily::V4).is_empty());
+            assert!(nft.elems_of("isolated_br").is_empty());
+        }
     }
 }

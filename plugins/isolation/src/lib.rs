@@ -4,54 +4,48 @@
 //! refcounted per network: the last DEL (or GC) of a network removes it. No rules per pod or
 //! per network: one set element per network.
 
-use cni_core::{error::from_classified, CniError, CniResult, Plugin, Request};
-use nftplan::{Attachment, Feature, Firewall, NftError};
+//!
+//! Its one side effect, the firewall, is handed to the verbs ([`FirewallCell`]).
+
+use cni_core::{CniError, CniResult, Plugin, Request};
+use nftplan::{Attachment, Feature, FirewallCell, NftError};
 
 pub struct Isolation;
 
-/// The plugin's errors, each with its cause; CNI codes are chosen once, in the `From` below.
-#[derive(Debug, thiserror::Error)]
-pub enum IsolationError {
-    #[error(transparent)]
-    Cni(#[from] CniError),
-    #[error(transparent)]
-    Firewall(#[from] NftError),
-}
-
-impl From<IsolationError> for CniError {
-    fn from(e: IsolationError) -> CniError {
-        match e {
-            IsolationError::Cni(c) => c,
-            IsolationError::Firewall(f) => from_classified(f.class(), &f, None),
-        }
+cni_core::plugin_error! {
+    /// The plugin's errors, each with its cause; CNI codes are chosen once, by the macro's
+    /// `From<IsolationError> for CniError`.
+    pub enum IsolationError {
+        Firewall(NftError),
     }
 }
 
-fn attachment(req: &Request) -> Result<Attachment, NftError> {
-    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
-}
-
-fn add(req: &Request) -> Result<CniResult, IsolationError> {
+fn add(fw: &FirewallCell, req: &Request) -> Result<CniResult, IsolationError> {
     let prev = req.require_prev_result()?;
     let bridge = prev.bridge()?;
-    Firewall::open()?.attach_isolation(&attachment(req)?, &bridge)?;
+    fw.get()?.attach_isolation(&Attachment::of(req)?, &bridge)?;
     Ok(prev)
 }
 
-fn del(req: &Request) -> Result<(), IsolationError> {
-    Ok(Firewall::open()?.detach_isolation(&attachment(req)?)?)
+fn del(fw: &FirewallCell, req: &Request) -> Result<(), IsolationError> {
+    Ok(fw.get()?.detach_isolation(&Attachment::of(req)?)?)
 }
 
-fn check(req: &Request) -> Result<(), IsolationError> {
+fn check(fw: &FirewallCell, req: &Request) -> Result<(), IsolationError> {
     let prev = req.require_prev_result()?;
     prev.bridge()?;
-    let att = attachment(req)?;
-    let missing = Firewall::open()?.check_isolation(&att)?;
+    let att = Attachment::of(req)?;
+    let missing = fw.get()?.check_isolation(&att)?;
     Ok(nftplan::missing_error(
         "isolation elements",
         &att,
         &missing,
     )?)
+}
+
+fn gc(fw: &FirewallCell, req: &Request) -> Result<(), IsolationError> {
+    let fw = fw.get()?;
+    Ok(fw.gc(Feature::Isolation, &req.conf.name, &req.valid_pairs())?)
 }
 
 impl Plugin for Isolation {
@@ -60,27 +54,26 @@ impl Plugin for Isolation {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
+        Ok(add(&FirewallCell::lazy(&req.detach), req)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        Ok(del(req)?)
+        Ok(del(&FirewallCell::lazy(&req.detach), req)?)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
+        Ok(check(&FirewallCell::lazy(&req.detach), req)?)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let gc = |fw: Firewall| fw.gc(Feature::Isolation, &req.conf.name, &req.valid_pairs());
-        Ok(Firewall::open()
-            .and_then(gc)
-            .map_err(IsolationError::from)?)
+        Ok(gc(&FirewallCell::lazy(&req.detach), req)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use cni_core::Command;
+
     use super::*;
 
     #[test]
@@ -94,5 +87,46 @@ mod tests {
     fn serde_json_value() -> serde_json::Value {
         serde_json::json!({"cniVersion":"1.0.0","interfaces":[
             {"name":"eth0","sandbox":"/run/netns/x"},{"name":"br-a"},{"name":"vethx"}]})
+    }
+
+    /// Orchestration over the in-memory firewall (no root): the bridge's element is held
+    /// while any attachment of the network holds it.
+    #[test]
+    fn the_bridge_is_isolated_until_the_last_attachment_goes() {
+        let nft = nftplan::FakeNft::new();
+        let dir = tempfile::tempdir().unwrap();
+        let fw = FirewallCell::ready(nftplan::Firewall::with_backend(
+            dir.path().join("netns-1"),
+            Box::new(nft.clone()),
+        ));
+        let req = |cmd, cid: &str| {
+            let mut conf = serde_json::json!({"cniVersion":"1.1.0","name":"n","type":"isolation"});
+            conf["prevResult"] = serde_json_value();
+            Request::build(
+                cmd,
+                cid,
+                Some("/run/netns/x"),
+                "eth0",
+                conf.to_string().as_bytes(),
+            )
+            .unwrap()
+        };
+        add(&fw, &req(Command::Add, "c1")).unwrap();
+        add(&fw, &req(Command::Add, "c2")).unwrap();
+        check(&fw, &req(Command::Check, "c1")).unwrap();
+        assert_eq!(nft.elems_of("isolated_br").len(), 1);
+        del(&fw, &req(Command::Del, "c1")).unwrap();
+        assert_eq!(nft.elems_of("isolated_br").len(), 1, "c2 still holds it");
+        del(&fw, &req(Command::Del, "c2")).unwrap();
+        assert!(nft.elems_of("isolated_br").is_empty());
+        let e = check(&fw, &req(Command::Check, "c1")).unwrap_err();
+        assert_eq!(
+            CniError::from(e).code(),
+            cni_core::ErrorCode::CheckFailed.as_u32()
+        );
+        // GC with nothing valid drops what a lost DEL left.
+        add(&fw, &req(Command::Add, "c3")).unwrap();
+        gc(&fw, &req(Command::Gc, "gc")).unwrap();
+        assert!(nft.elems_of("isolated_br").is_empty());
     }
 }

@@ -12,7 +12,7 @@
 //! set it up if it is not, answer.
 
 use cni_core::{
-    error::from_classified, CniError, CniResult, ErrorCode, Interface, IpConfig, Plugin, Request,
+    error::from_lower, CniError, CniResult, ErrorCode, Interface, IpConfig, Plugin, Request,
 };
 use ipnetwork::IpNetwork;
 use netops::{Family, Kernel, Link, NetNs, Netlink, NetopsError};
@@ -23,7 +23,7 @@ pub struct Loopback;
 pub const LO: &str = "lo";
 
 fn kernel_err(e: NetopsError) -> CniError {
-    from_classified(e.class(), &e, e.hint())
+    from_lower(&e)
 }
 
 /// What the kernel says about `lo`: up or not, its addresses per family.

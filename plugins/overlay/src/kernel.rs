@@ -1,7 +1,12 @@
 //! [`KernelHost`]: the host side of the overlay on this host's kernel (rtnetlink in the host
 //! and the pod netns) and firewall table, opened at the first step that needs them.
 
-use std::{cell::OnceCell, fs::OpenOptions, os::unix::fs::OpenOptionsExt, path::PathBuf};
+use std::{
+    cell::{OnceCell, RefCell},
+    fs::OpenOptions,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
 
 use bridge_plugin::{
     apply::{observe, read_view, Effects},
@@ -11,7 +16,10 @@ use bridge_plugin::{
 };
 use cni_core::{CniResult, IfName, Request};
 use ipnetwork::IpNetwork;
-use netops::{Executor, Family, Kernel, KernelExec, Link, NetNs, Netlink, NetopsError, Op};
+use netbase::Detacher;
+use netops::{
+    Executor, Family, Kernel, KernelExec, KernelSession, Link, Netlink, NetopsError, Op, Session,
+};
 use nftplan::{Attachment, Feature, Firewall};
 
 use crate::{
@@ -22,19 +30,33 @@ use crate::{
 };
 
 /// The host's kernel and firewall, opened on first use (DEL of a pod whose network has other
-/// pods needs no netlink connection of its own beyond the veth's).
-#[derive(Default)]
+/// pods needs no netlink connection of its own beyond the veth's). The pod's side (the bridge's
+/// plan, its reads and checks) runs on a [`KernelSession`], as the bridge's verbs do; work only
+/// the kernel can observe is parked with the request's detacher.
 pub struct KernelHost {
+    detach: Detacher,
     kernel: OnceCell<Kernel>,
     fw: OnceCell<Firewall>,
+    session: RefCell<KernelSession>,
+    pod: RefCell<Option<PathBuf>>,
 }
 
 impl KernelHost {
+    pub fn new(detach: &Detacher) -> Self {
+        Self {
+            detach: detach.clone(),
+            kernel: OnceCell::new(),
+            fw: OnceCell::new(),
+            session: RefCell::new(KernelSession::new(detach.clone())),
+            pod: RefCell::new(None),
+        }
+    }
+
     fn kernel(&self) -> Result<&Kernel, OverlayError> {
         if let Some(k) = self.kernel.get() {
             return Ok(k);
         }
-        let k = Kernel::new()?;
+        let k = Kernel::with_detacher(self.detach.clone())?;
         Ok(self.kernel.get_or_init(|| k))
     }
 
@@ -42,8 +64,22 @@ impl KernelHost {
         if let Some(f) = self.fw.get() {
             return Ok(f);
         }
-        let f = Firewall::open()?;
+        let f = Firewall::open_with(&self.detach)?;
         Ok(self.fw.get_or_init(|| f))
+    }
+
+    /// The session with its pod side bound to `netns` (opened once per path).
+    fn session_in(
+        &self,
+        netns: &Path,
+    ) -> Result<std::cell::RefMut<'_, KernelSession>, NetopsError> {
+        let mut s = self.session.borrow_mut();
+        let mut pod = self.pod.borrow_mut();
+        if pod.as_deref() != Some(netns) {
+            s.open_pod(netns)?;
+            *pod = Some(netns.to_path_buf());
+        }
+        Ok(s)
     }
 }
 
@@ -146,11 +182,9 @@ impl HostSide for KernelHost {
         bspec: &BridgeSpec,
         ids: &Ids,
     ) -> Result<HostView, OverlayError> {
+        let bridge = read_view(&mut *self.session_in(&ids.netns)?, bspec, &ids.ifname)?;
         let k = self.kernel()?;
         let host = k.host();
-        let ns = NetNs::open(&ids.netns)?;
-        let pod = k.pod(&ns)?;
-        let bridge = read_view(&host, &pod, bspec, &ids.ifname)?;
         let vxlan = match host.link(&spec.vxlan)? {
             None => None,
             Some(l) if l.kind.as_deref() == Some("vxlan") => {
@@ -163,13 +197,10 @@ impl HostSide for KernelHost {
     }
 
     fn apply(&self, plan: &Plan) -> Result<Observed, OverlayError> {
-        let k = self.kernel()?;
-        let host = k.host();
-        let ns = NetNs::open(&plan.ids.netns)?;
-        let pod = k.pod(&ns)?;
         let fw = self.fw()?;
+        let mut session = self.session_in(&plan.ids.netns)?;
         let mut fx = Effects {
-            kernel: KernelExec::new(&host, &pod),
+            net: &mut *session,
             fw,
             plan_mac: plan.requested_mac,
             pod_ifname: plan.ids.ifname.clone(),
@@ -185,12 +216,12 @@ impl HostSide for KernelHost {
                 source: Box::new(f.error),
             }
         })?;
-        Ok(observe(&mut fx, plan)?)
+        Ok(observe(fx.net, plan)?)
     }
 
     fn detach(&self, req: &Request, spec: &OverlaySpec) -> Vec<OverlayError> {
         let mut errors: Vec<OverlayError> = Vec::new();
-        if let Err(e) = verbs::delete_links(req) {
+        if let Err(e) = verbs::delete_links(&mut *self.session.borrow_mut(), req) {
             errors.push(e.into());
         }
         let detached = self.fw().and_then(|fw| {
@@ -250,20 +281,21 @@ impl HostSide for KernelHost {
         ul: &Underlay,
     ) -> Result<(), OverlayError> {
         let failed = |m: String| OverlayError::Check(m);
+        let netns = req.netns()?;
+        {
+            let mut session = self.session_in(netns)?;
+            let link = session.link(netops::Ns::Pod, &req.ifname)?.ok_or_else(|| {
+                failed(format!(
+                    "interface {} not found in {}",
+                    req.ifname,
+                    netns.display()
+                ))
+            })?;
+            verbs::check_pod_link(&mut *session, req, prev, &link)?;
+            verbs::check_host_side(&mut *session, req, bspec, prev)?;
+        }
         let k = self.kernel()?;
         let host = k.host();
-        let netns = req.netns()?;
-        let ns = NetNs::open(netns)?;
-        let pod = k.pod(&ns)?;
-        let link = pod.link(&req.ifname)?.ok_or_else(|| {
-            failed(format!(
-                "interface {} not found in {}",
-                req.ifname,
-                netns.display()
-            ))
-        })?;
-        verbs::check_pod_link(req, prev, &pod, &link)?;
-        verbs::check_host_side(req, bspec, prev, &host)?;
         let vx = host
             .vxlan(&spec.vxlan)?
             .ok_or_else(|| failed(format!("vxlan {} not found", spec.vxlan)))?;

@@ -50,17 +50,17 @@ impl Plugin for Overlay {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let (host, ipam) = (KernelHost::default(), DelegateIpam);
+        let (host, ipam) = (KernelHost::new(&req.detach), DelegateIpam);
         add(&Ctx::real(&host, &ipam), req)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let (host, ipam) = (KernelHost::default(), DelegateIpam);
+        let (host, ipam) = (KernelHost::new(&req.detach), DelegateIpam);
         del(&Ctx::real(&host, &ipam), req)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let (host, ipam) = (KernelHost::default(), DelegateIpam);
+        let (host, ipam) = (KernelHost::new(&req.detach), DelegateIpam);
         check(&Ctx::real(&host, &ipam), req)
     }
 
@@ -70,7 +70,7 @@ impl Plugin for Overlay {
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let (host, ipam) = (KernelHost::default(), DelegateIpam);
+        let (host, ipam) = (KernelHost::new(&req.detach), DelegateIpam);
         gc(&Ctx::real(&host, &ipam), req)
     }
 }

@@ -3,42 +3,71 @@
 //! parse ([`config`]) -> bind mappings to the pod's addresses (pure) -> one element batch.
 //! Ownership is tracked per (network, container id, ifname): a port held by another pod is
 //! refused (code 103), DEL removes exactly this pod's elements, GC drops stale owners.
+//!
+//! The verbs reach the firewall and the host's kernel (a `route_localnet` sysctl, conntrack
+//! flushes) only through their [`Ctx`].
 
 pub mod config;
+#[cfg(test)]
+mod orchestration;
 
-use cni_core::{error::from_classified, CniError, CniResult, Plugin, Request};
+use cni_core::{CniError, CniResult, Plugin, Request};
 use config::{Dnat, Protocol};
+use netbase::Detacher;
 use netops::{
     conntrack::{self, CtMatch},
     NetopsError,
 };
-use nftplan::{Attachment, Feature, Firewall, NftError, PortMapping};
+use nftplan::{Attachment, Feature, FirewallCell, NftError, PortMapping};
 
 pub struct Portmap;
 
-/// The plugin's errors, each with its cause; CNI codes are chosen once, in the `From` below.
-#[derive(Debug, thiserror::Error)]
-pub enum PortmapError {
-    #[error(transparent)]
-    Cni(#[from] CniError),
-    #[error(transparent)]
-    Kernel(#[from] NetopsError),
-    #[error(transparent)]
-    Firewall(#[from] NftError),
-}
-
-impl From<PortmapError> for CniError {
-    fn from(e: PortmapError) -> CniError {
-        match e {
-            PortmapError::Cni(c) => c,
-            PortmapError::Kernel(k) => from_classified(k.class(), &k, k.hint()),
-            PortmapError::Firewall(f) => from_classified(f.class(), &f, None),
-        }
+cni_core::plugin_error! {
+    /// The plugin's errors, each with its cause; CNI codes are chosen once, by the macro's
+    /// `From<PortmapError> for CniError`.
+    pub enum PortmapError {
+        Kernel(NetopsError),
+        Firewall(NftError),
     }
 }
 
-fn attachment(req: &Request) -> Result<Attachment, NftError> {
-    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
+/// What portmap asks of the host's kernel besides the firewall.
+pub trait HostKernel {
+    /// `net.ipv4.conf.BRIDGE.route_localnet = 1` ([`enable_route_localnet`]).
+    fn route_localnet(&self, bridge: &str) -> Result<(), NetopsError>;
+    /// Delete the conntrack entries matching `flows` ([`conntrack::delete`]).
+    fn flush_conntrack(&self, flows: &[CtMatch]) -> Result<usize, NetopsError>;
+}
+
+/// The real kernel; the conntrack socket's close is parked with the call's detacher.
+pub struct RealKernel(pub Detacher);
+
+impl HostKernel for RealKernel {
+    fn route_localnet(&self, bridge: &str) -> Result<(), NetopsError> {
+        enable_route_localnet(bridge)
+    }
+
+    fn flush_conntrack(&self, flows: &[CtMatch]) -> Result<usize, NetopsError> {
+        conntrack::delete(flows, &self.0)
+    }
+}
+
+/// The side effects of one call, handed to the verbs.
+pub struct Ctx<'a> {
+    pub fw: &'a FirewallCell,
+    pub kernel: &'a dyn HostKernel,
+}
+
+impl Ctx<'_> {
+    /// Run `verb` with the real firewall and kernel, parking with the request's detacher.
+    pub fn real<T>(req: &Request, verb: impl FnOnce(&Ctx<'_>) -> T) -> T {
+        let fw = FirewallCell::lazy(&req.detach);
+        let kernel = RealKernel(req.detach.clone());
+        verb(&Ctx {
+            fw: &fw,
+            kernel: &kernel,
+        })
+    }
 }
 
 fn to_nft(d: &Dnat) -> PortMapping {
@@ -86,7 +115,7 @@ fn stale_flows(dnats: &[Dnat]) -> Vec<CtMatch> {
     out
 }
 
-fn add(req: &Request) -> Result<CniResult, PortmapError> {
+fn add(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, PortmapError> {
     let spec = config::parse(req)?;
     let prev = req.require_prev_result()?;
     let dnats = config::plan(&spec, &prev, &req.ifname);
@@ -95,7 +124,7 @@ fn add(req: &Request) -> Result<CniResult, PortmapError> {
     }
     if dnats.iter().any(reaches_loopback) {
         match prev.bridge() {
-            Ok(br) => enable_route_localnet(&br)?,
+            Ok(br) => ctx.kernel.route_localnet(&br)?,
             Err(_) => log::info!(
                 "{}: no host interface in prevResult: 127.0.0.1 not published",
                 req.tag()
@@ -103,12 +132,12 @@ fn add(req: &Request) -> Result<CniResult, PortmapError> {
         }
     }
     let mappings: Vec<PortMapping> = dnats.iter().map(to_nft).collect();
-    Firewall::open()?.add_ports(&attachment(req)?, &mappings)?;
+    ctx.fw.get()?.add_ports(&Attachment::of(req)?, &mappings)?;
     Ok(prev)
 }
 
 /// DEL goes on past a failure: the elements, then the conntrack entries; reports both.
-fn del(req: &Request) -> Result<(), CniError> {
+fn del(ctx: &Ctx<'_>, req: &Request) -> Result<(), CniError> {
     // Mappings from the config are a hint (they need the pod address from prevResult);
     // the firewall state knows this attachment's elements without them. A config ADD
     // refused must not fail DEL too: a runtime's DEL of the chain stops at the first
@@ -126,26 +155,34 @@ fn del(req: &Request) -> Result<(), CniError> {
     };
     let mappings: Vec<PortMapping> = dnats.iter().map(to_nft).collect();
     let mut errors: Vec<CniError> = Vec::new();
-    let elems = Firewall::open().and_then(|fw| fw.del_ports(&attachment(req)?, &mappings));
+    let elems = ctx
+        .fw
+        .get()
+        .and_then(|fw| fw.del_ports(&Attachment::of(req)?, &mappings));
     if let Err(e) = elems {
         errors.push(PortmapError::from(e).into());
     }
-    match conntrack::delete(&stale_flows(&dnats)) {
+    match ctx.kernel.flush_conntrack(&stale_flows(&dnats)) {
         Ok(n) => log::debug!("{}: {n} conntrack entries deleted", req.tag()),
         Err(e) => errors.push(PortmapError::from(e).into()),
     }
     cni_core::error::combine(errors)
 }
 
-fn check(req: &Request) -> Result<(), PortmapError> {
+fn check(ctx: &Ctx<'_>, req: &Request) -> Result<(), PortmapError> {
     let spec = config::parse(req)?;
     let prev = req.require_prev_result()?;
     if config::plan(&spec, &prev, &req.ifname).is_empty() {
         return Ok(());
     }
-    let att = attachment(req)?;
-    let missing = Firewall::open()?.check_ports(&att)?;
+    let att = Attachment::of(req)?;
+    let missing = ctx.fw.get()?.check_ports(&att)?;
     Ok(nftplan::missing_error("published ports", &att, &missing)?)
+}
+
+fn gc(ctx: &Ctx<'_>, req: &Request) -> Result<(), PortmapError> {
+    let fw = ctx.fw.get()?;
+    Ok(fw.gc(Feature::Portmap, &req.conf.name, &req.valid_pairs())?)
 }
 
 impl Plugin for Portmap {
@@ -154,19 +191,18 @@ impl Plugin for Portmap {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
+        Ctx::real(req, |ctx| Ok(add(ctx, req)?))
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        del(req)
+        Ctx::real(req, |ctx| del(ctx, req))
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
+        Ctx::real(req, |ctx| Ok(check(ctx, req)?))
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let gc = |fw: Firewall| fw.gc(Feature::Portmap, &req.conf.name, &req.valid_pairs());
-        Ok(Firewall::open().and_then(gc).map_err(PortmapError::from)?)
+        Ctx::real(req, |ctx| Ok(gc(ctx, req)?))
     }
 }

@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
+use cni_core::{error::from_lower, CniError, CniResult, Command, IfName, Plugin, Request};
 use ipnetwork::IpNetwork;
 use netops::{Kernel, NetNs, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
 use nftplan::{Attachment, Feature, Firewall};
@@ -72,7 +72,7 @@ fn host_prefix(ip: IpAddr) -> IpNetwork {
 }
 
 fn subnet_of(a: &IpNetwork) -> IpNetwork {
-    IpNetwork::new(a.network(), a.prefix()).unwrap_or(*a)
+    netbase::subnet(*a)
 }
 
 /// The pure plan: forwarding on, the veth (peer in the pod under `ifname`), the pod's
@@ -189,8 +189,7 @@ fn veth_name(req: &Request) -> Result<IfName, LinkError> {
 }
 
 fn attachment(req: &Request) -> Result<Attachment, LinkError> {
-    Attachment::new(&req.conf.name, &req.container_id, &req.ifname)
-        .map_err(|e| LinkError::Config(e.to_string()))
+    Attachment::of(req).map_err(|e| LinkError::Config(e.to_string()))
 }
 
 fn add(req: &Request) -> Result<CniResult, LinkError> {
@@ -209,7 +208,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
         )));
     }
     let fw = if spec.ip_masq {
-        Some(Firewall::open().map_err(|e| LinkError::Config(e.to_string()))?)
+        Some(Firewall::open_with(&req.detach).map_err(|e| LinkError::Config(e.to_string()))?)
     } else {
         None
     };
@@ -227,7 +226,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
         if let Some(fw) = &fw {
             let masq: Vec<IpNetwork> = ipam.ips.iter().map(|i| subnet_of(&i.address)).collect();
             fw.attach_routed(&attachment(req)?, &veth, &masq)
-                .map_err(|e| LinkError::Cni(e.into_cni()))?;
+                .map_err(|e| LinkError::Cni(from_lower(&e)))?;
         }
         let h = host.require_link(&veth)?;
         let p = pod.require_link(&ifname)?;
@@ -272,12 +271,12 @@ fn del(req: &Request) -> Result<(), CniError> {
     if let Err(e) = links {
         errors.push(e.into());
     }
-    let fw = Firewall::open().and_then(|fw| {
+    let fw = Firewall::open_with(&req.detach).and_then(|fw| {
         let a = Attachment::new(&req.conf.name, &req.container_id, &req.ifname)?;
         fw.detach_network(&a).map(drop)
     });
     if let Err(e) = fw {
-        errors.push(e.into_cni());
+        errors.push(from_lower(&e));
     }
     cni_core::error::combine(errors)
 }
@@ -312,39 +311,28 @@ fn check(req: &Request) -> Result<(), LinkError> {
         )));
     }
     if spec.ip_masq {
-        let fw = Firewall::open().map_err(|e| LinkError::Cni(e.into_cni()))?;
+        let fw = Firewall::open_with(&req.detach).map_err(|e| LinkError::Cni(from_lower(&e)))?;
         let a = attachment(req)?;
         let missing = fw
             .check_network(&a)
-            .map_err(|e| LinkError::Cni(e.into_cni()))?;
+            .map_err(|e| LinkError::Cni(from_lower(&e)))?;
         nftplan::missing_error("masquerade elements", &a, &missing)
-            .map_err(|e| LinkError::Cni(e.into_cni()))?;
+            .map_err(|e| LinkError::Cni(from_lower(&e)))?;
     }
     Ok(())
 }
 
 fn gc(req: &Request) -> Result<(), CniError> {
     let mut errors = Vec::new();
-    if let Err(e) =
-        Firewall::open().and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
+    if let Err(e) = Firewall::open_with(&req.detach)
+        .and_then(|fw| fw.gc(Feature::Network, &req.conf.name, &req.valid_pairs()))
     {
-        errors.push(e.into_cni());
+        errors.push(from_lower(&e));
     }
     if let Err(e) = req.delegate_ipam(Command::Gc) {
         errors.push(e);
     }
     cni_core::error::combine(errors)
-}
-
-/// nftplan's errors as CNI errors (its class picks the code).
-trait IntoCni {
-    fn into_cni(self) -> CniError;
-}
-
-impl IntoCni for nftplan::NftError {
-    fn into_cni(self) -> CniError {
-        cni_core::error::from_classified(self.class(), &self, None)
-    }
 }
 
 impl Plugin for Ptp {

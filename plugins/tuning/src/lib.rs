@@ -12,10 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use cni_core::{
-    conf::parse_value, error::from_classified, gokeys, CniError, CniResult, ErrorCode, Plugin,
-    Request,
-};
+use cni_core::{conf::parse_value, gokeys, CniError, CniResult, ErrorCode, Plugin, Request};
 use netops::{Kernel, Link, MacAddr, NetNs, NetopsError, SysctlKey};
 use serde::{Deserialize, Serialize};
 
@@ -239,21 +236,11 @@ fn save_backup(path: &Path, b: &Backup) -> Result<(), CniError> {
     write().map_err(|e| CniError::io(format!("writing {}", path.display()), &e))
 }
 
-/// The plugin's errors, each with its cause; CNI codes are chosen once, in the `From` below.
-#[derive(Debug, thiserror::Error)]
-pub enum TuningError {
-    #[error(transparent)]
-    Cni(#[from] CniError),
-    #[error(transparent)]
-    Kernel(#[from] NetopsError),
-}
-
-impl From<TuningError> for CniError {
-    fn from(e: TuningError) -> CniError {
-        match e {
-            TuningError::Cni(c) => c,
-            TuningError::Kernel(k) => from_classified(k.class(), &k, k.hint()),
-        }
+cni_core::plugin_error! {
+    /// The plugin's errors, each with its cause; CNI codes are chosen once, by the macro's
+    /// `From<TuningError> for CniError`.
+    pub enum TuningError {
+        Kernel(NetopsError),
     }
 }
 

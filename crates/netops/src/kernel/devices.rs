@@ -66,7 +66,7 @@ impl Netlink<'_> {
         }
         let target = match into {
             Some(t) => {
-                let Some(ns) = t.ns.as_ref() else {
+                let Some(ns) = t.netns() else {
                     return Err(NetopsError::NeedsPodHandle {
                         what: "create_macvlan into another netns",
                     });
@@ -118,7 +118,7 @@ impl Netlink<'_> {
                 netns: to.label.clone(),
             });
         }
-        let target = match &to.ns {
+        let target = match to.netns() {
             Some(ns) => ns.try_clone()?,
             // The host handle: the netns this thread is in.
             None => NetNs::current()?,
@@ -130,7 +130,7 @@ impl Netlink<'_> {
         let res = self.set_link("set netns", &link.name, msg);
         if res.is_err() && self.link(&link.name)?.is_none() {
             if let Some(moved) = to.link(&link.name)? {
-                let home = match &self.ns {
+                let home = match self.netns() {
                     Some(ns) => ns.try_clone()?,
                     None => NetNs::current()?,
                 };

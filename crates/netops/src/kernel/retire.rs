@@ -17,20 +17,10 @@ use rtnetlink::{
 };
 
 use super::{link_from_msg, Netlink};
-use crate::{Link, NetopsError};
-
-/// Prefix of retired link names. ADD derives `veth<hex>` (bridge) or the runtime's ifname
-/// (`eth0`…), never this prefix.
-pub const RETIRED_PREFIX: &str = "cnirsx";
+use crate::{retired_name, Link, NetopsError, RETIRED_PREFIX};
 
 /// Test hook of the detached deleter (see `netbase::detach::STALL_ENV`).
 pub const STALL_ENV: &str = netbase::detach::STALL_ENV;
-
-/// The retired name of the link with this index: unique in its netns (the kernel never
-/// reuses a live index), 14 bytes.
-pub fn retired_name(index: u32) -> String {
-    format!("{RETIRED_PREFIX}{index:08x}")
-}
 
 impl Netlink<'_> {
     fn retire(&self, index: u32, name: &str) -> Result<String, NetopsError> {
@@ -57,9 +47,9 @@ impl Netlink<'_> {
     /// still exists: that end is set down and renamed too, so a new ADD with the same ifname in
     /// the same netns works right away. `Ok(false)` if there is no link `host_name`.
     ///
-    /// The delete is parked with `netbase::detach::park_job`: it runs in the detached process
-    /// after a DEL has answered, or here, synchronously, when parking is off or the process
-    /// cannot detach.
+    /// The delete is parked with the kernel's detacher ([`crate::Kernel::with_detacher`]): it
+    /// runs in the detached process after a DEL has answered, or here, synchronously, when
+    /// the detacher is immediate or the process cannot detach.
     pub fn retire_veth(
         &self,
         host_name: &str,
@@ -96,7 +86,7 @@ impl Netlink<'_> {
         }
         // The slow delete: in the detached process when this is a DEL (see `netbase::detach`),
         // here otherwise. The retired name is unique while the link exists.
-        netbase::detach::park_job(move || {
+        self.detach.park_job(move || {
             if let Err(e) = delete_link_sync(&retired) {
                 log::warn!("deleting retired link {retired}: {e}");
             }

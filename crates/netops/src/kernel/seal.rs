@@ -50,7 +50,7 @@ fn iif_message(bridge: &str, family: AddressFamily) -> RuleMessage {
 
 /// `to SUBNET iif lo lookup main` at priority 9, then `to SUBNET unreachable` at 10.
 fn subnet_messages(subnet: IpNetwork) -> [RuleMessage; 2] {
-    let net = IpNetwork::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
+    let net = netbase::subnet(subnet);
     let base = || {
         let mut m = RuleMessage::default();
         m.header.family = family_of(net.is_ipv6());

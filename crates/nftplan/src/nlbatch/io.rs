@@ -3,14 +3,17 @@
 
 use std::io;
 
-use netlink_sys::Socket;
+use netbase::{
+    nlwire::{cstr, nfgen_message, put_attr, NLMSG_DONE, NLM_F_DUMP, NLM_F_REQUEST},
+    Detacher,
+};
 
 use super::{
-    answers, encode_batch, encode_get, holds_interval, is_exact, message_elems, msg, Op, SetElem,
-    Verb, NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, NLM_F_DUMP,
+    answers, encode_batch, encode_get, holds_interval, is_exact, message_elems, Op, SetElem, Verb,
+    NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM,
 };
 use crate::{
-    nfnl::{cstr, put_attr, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLM_F_REQUEST},
+    nfnl::{NfSocket as Socket, NFNL_SUBSYS_NFTABLES},
     schema::{Layout, SetDef, TABLE_NAME},
 };
 
@@ -19,8 +22,7 @@ use crate::{
 fn collect(sock: &Socket, seq: u32, buf: &mut Vec<u8>) -> io::Result<Vec<SetElem>> {
     let mut out = Vec::new();
     loop {
-        buf.clear();
-        sock.recv(buf, 0)?;
+        sock.recv(buf)?;
         for (ty, s, code, payload) in answers(buf) {
             if s != seq {
                 continue;
@@ -44,7 +46,7 @@ fn dump(sock: &Socket, op: &Op, seq: u32, buf: &mut Vec<u8>) -> io::Result<Vec<S
     let mut attrs = Vec::new();
     put_attr(&mut attrs, 1, &cstr(TABLE_NAME)); // NFTA_SET_ELEM_LIST_TABLE
     put_attr(&mut attrs, 2, &cstr(op.set.name)); // NFTA_SET_ELEM_LIST_SET
-    msg(
+    nfgen_message(
         &mut m,
         (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
         NLM_F_REQUEST | NLM_F_DUMP,
@@ -53,15 +55,15 @@ fn dump(sock: &Socket, op: &Op, seq: u32, buf: &mut Vec<u8>) -> io::Result<Vec<S
         0,
         &attrs,
     );
-    sock.send(&m, 0)?;
+    sock.send(&m)?;
     collect(sock, seq, buf)
 }
 
 /// Run `ops` in this thread's network namespace: changes as one transaction (all or nothing,
-/// like `nft -f`), gets one request each. The first error wins.
-pub fn apply(ops: &[Op]) -> io::Result<()> {
-    // Closed by `netbase::detach` (after the verb answered): see `NfSocket`.
-    let sock = crate::nfnl::NfSocket::open()?;
+/// like `nft -f`), gets one request each. The first error wins. The socket's close is parked
+/// with `detach` (after the verb answered: see `NfSocket`).
+pub fn apply(ops: &[Op], detach: &Detacher) -> io::Result<()> {
+    let sock = Socket::open(detach)?;
     let mut buf = Vec::with_capacity(1 << 16);
     if ops.iter().all(|o| o.verb == Verb::Get) {
         let mut seq = 0u32;
@@ -84,7 +86,7 @@ pub fn apply(ops: &[Op]) -> io::Result<()> {
             }
             for elem in &op.elems {
                 seq += 1;
-                sock.send(&encode_get(op, elem, seq), 0)?;
+                sock.send(&encode_get(op, elem, seq))?;
                 let found = collect(&sock, seq, &mut buf)?;
                 if !found.first().is_some_and(|f| is_exact(elem, f)) {
                     return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -94,13 +96,12 @@ pub fn apply(ops: &[Op]) -> io::Result<()> {
         return Ok(());
     }
     let base = 1;
-    sock.send(&encode_batch(ops, base), 0)?;
+    sock.send(&encode_batch(ops, base))?;
     // One answer per acked message; a failed commit answers the BATCH_BEGIN's seq first.
     let mut pending = ops.len();
     let mut first_err = None;
     while pending > 0 {
-        buf.clear();
-        sock.recv(&mut buf, 0)?;
+        sock.recv(&mut buf)?;
         for (_, seq, code, _) in answers(&buf) {
             let Some(code) = code else { continue };
             if seq != base {
