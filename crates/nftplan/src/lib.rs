@@ -152,7 +152,7 @@ mod types;
 
 pub use backend::{Engine, NftBackend, NftCli, TableProbe};
 pub use batch::{Batch, Cmd, IpFamily};
-pub use elem::{Elem, Parts, BRIDGE_TABLE, SKELETON_RULES, TABLE};
+pub use elem::{Elem, NpDir, NpPorts, Parts, BRIDGE_TABLE, SKELETON_RULES, TABLE};
 pub use error::NftError;
 pub use fake::FakeNft;
 pub use firewall::{

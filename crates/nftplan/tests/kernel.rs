@@ -685,6 +685,8 @@ fn netlink_element_batches_match_nft_text() {
             addr: "fd00:240::1".parse().unwrap(),
         },
     ])
+    // NetworkPolicy: exact, two-field and four-field interval concatenations.
+    .chain(netpol_samples())
     .collect();
     let mut add = Batch::new();
     add.add(&elems);
@@ -1001,4 +1003,37 @@ fn netlink_get_of_three_adjacent_subnets() {
             "order {order:?}: {found:?}"
         );
     }
+}
+
+/// One element of each NetworkPolicy set (v4 and v6, ingress and egress, with and without
+/// ports).
+fn netpol_samples() -> Vec<Elem> {
+    use nftplan::{NpDir, NpPorts, Protocol};
+    let mut v = Vec::new();
+    for (pod, first, last) in [
+        ("10.1.0.2", "10.1.0.0", "10.1.0.255"),
+        ("fd00:1::2", "fd00:1::", "fd00:1::ff"),
+    ] {
+        let pod: std::net::IpAddr = pod.parse().unwrap();
+        for dir in [NpDir::Ingress, NpDir::Egress] {
+            v.push(Elem::NpIsolated { dir, pod });
+            for ports in [
+                None,
+                Some(NpPorts {
+                    protocol: Protocol::Tcp,
+                    first: 80,
+                    last: 81,
+                }),
+            ] {
+                v.push(Elem::NpAllow {
+                    dir,
+                    pod,
+                    first: first.parse().unwrap(),
+                    last: last.parse().unwrap(),
+                    ports,
+                });
+            }
+        }
+    }
+    v
 }
