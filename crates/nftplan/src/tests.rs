@@ -1011,7 +1011,10 @@ fn netpol_elements_change_in_one_batch_and_come_back_after_a_flush() {
     assert!(f.set_netpol(&overlap).is_err());
     // Flushed: the next call restores the skeleton and every element.
     nft.flush_ruleset();
-    assert_eq!(f.check_netpol(&[iso.clone()]).unwrap(), vec![iso.clone()]);
+    assert_eq!(
+        f.check_netpol(std::slice::from_ref(&iso)).unwrap(),
+        vec![iso.clone()]
+    );
     f.set_netpol(&v2).unwrap();
     assert!(nft.contains(&iso) && nft.contains(&allow("10.1.0.255", 81)));
     // Not a netpol element: refused.
