@@ -6,7 +6,7 @@ CARGO      ?= cargo
 PREFIX     ?= /opt/cni/bin
 BIN_DIR    := $(CURDIR)/target/release
 PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay \
-              loopback bandwidth ptp macvlan host-device tap
+              loopback bandwidth ptp macvlan host-device tap netpol
 TOOLS      := cnirs cnirs-reconcile cnirs-agent
 # IPAM static and dhcp (with its daemon: `dhcp daemon`); the image's entrypoint.
 PLUGINS    += static dhcp
@@ -33,11 +33,12 @@ deps:
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
 STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning \
-               loopback bandwidth ptp macvlan host-device tap
+               loopback bandwidth ptp macvlan host-device tap netpol
 # cnirs-install runs as the entrypoint of a FROM-scratch image: it must be static.
 STATIC_BINS += static dhcp cnirs-install
-# Cargo packages of the static binaries (`static` is a Rust keyword: its package is static-ipam).
-STATIC_PKGS  = $(patsubst static,static-ipam,$(STATIC_BINS))
+# Cargo packages of the static binaries (`static` is a Rust keyword: its package is static-ipam;
+# the netpol plugin's is netpol-plugin, next to the netpol library).
+STATIC_PKGS  = $(patsubst netpol,netpol-plugin,$(patsubst static,static-ipam,$(STATIC_BINS)))
 
 build:
 	$(CARGO) build --release --workspace --bins
