@@ -359,7 +359,17 @@ fn after_a_flush_check_fails_and_reconcile_or_the_next_add_isolate_again() {
     assert!(tcp_reaches(&w.b, &a, 80), "flushed: nothing filters");
     let out = w.tool("x", "a").check(&w.a);
     assert!(!out.success(), "CHECK must fail while the rules are missing: {out}");
-    assert!(out.to_string().contains("np_iiso4"), "{out}");
+    // The chain's CHECK stops at bridge (its elements are gone too): netpol's own CHECK,
+    // same network name (libcni's cached result as prevResult), names what it misses.
+    let only = json!({"cniVersion": "1.0.0", "name": "np", "plugins": [{"type": "netpol"}]});
+    let out = w
+        .net
+        .cnitool(&only)
+        .cni_args("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a")
+        .env("CNIRS_POLICY_DIR", &w.policy_dir.display().to_string())
+        .check(&w.a);
+    assert!(!out.success(), "netpol CHECK must fail: {out}");
+    assert!(out.to_string().contains(&format!("np_iiso4 {{ {a} }}")), "{out}");
     w.cnirs(&["reconcile"]).assert_ok();
     assert!(!tcp_reaches(&w.b, &a, 80), "reconcile restored the isolation");
     w.tool("x", "a").check(&w.a).assert_ok();
