@@ -17,7 +17,7 @@ CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.
 KTHREADS   ?= 6
 
-.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay bench-scale soak install clean deb image print-bins
+.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay bench-netpol bench-scale soak install clean deb image print-bins
 
 all: build
 
@@ -86,6 +86,11 @@ bench: deps build cnitool
 # ADD p50 of an overlay pod on 3 simulated hosts vs a local bridge pod; ADD-to-reachability.
 bench-overlay: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/overlay.sh
+
+# NetworkPolicy on one host: netpol ADD with 0 and 200 policies, apply-to-enforcement with 500
+# pods and 200 policies, the table's size (docs/netpol.md). Writes target/bench/netpol.md.
+bench-netpol: build
+	CNIRS_BIN_DIR=$(BIN_DIR) bench/netpol.sh
 
 # The overlay's control plane at cluster scale (docs/scale.md): a 3-member etcd, N simulated
 # hosts (real agent loop and overlay/etcd-ipam ADD/DEL, fake kernels) and one real host.

@@ -265,9 +265,15 @@ fn ingress_and_egress_policies_allow_and_deny_real_tcp_and_udp_at_once() {
 
     w.policy(&["apply", "-f", "-"], INGRESS).assert_ok();
     assert!(tcp_reaches(&w.b, &a, 80), "app=web of x on 80: allowed");
-    assert!(udp_reaches(&w.b, &a, 53), "named port dns (UDP 53) resolved on a");
+    assert!(
+        udp_reaches(&w.b, &a, 53),
+        "named port dns (UDP 53) resolved on a"
+    );
     assert!(!tcp_reaches(&w.b, &a, 81), "81 is no allowed port");
-    assert!(!tcp_reaches(&w.c, &a, 80), "c is app=web but of namespace y");
+    assert!(
+        !tcp_reaches(&w.c, &a, 80),
+        "c is app=web but of namespace y"
+    );
     assert!(!udp_reaches(&w.c, &a, 53));
     assert!(
         tcp_reaches(w.net.host(), &a, 80),
@@ -358,7 +364,10 @@ fn after_a_flush_check_fails_and_reconcile_or_the_next_add_isolate_again() {
     // Said, not hidden: without the table nothing filters, until it is restored.
     assert!(tcp_reaches(&w.b, &a, 80), "flushed: nothing filters");
     let out = w.tool("x", "a").check(&w.a);
-    assert!(!out.success(), "CHECK must fail while the rules are missing: {out}");
+    assert!(
+        !out.success(),
+        "CHECK must fail while the rules are missing: {out}"
+    );
     // The chain's CHECK stops at bridge (its elements are gone too): netpol's own CHECK,
     // same network name (libcni's cached result as prevResult), names what it misses.
     let only = json!({"cniVersion": "1.0.0", "name": "np", "plugins": [{"type": "netpol"}]});
@@ -369,9 +378,15 @@ fn after_a_flush_check_fails_and_reconcile_or_the_next_add_isolate_again() {
         .env("CNIRS_POLICY_DIR", &w.policy_dir.display().to_string())
         .check(&w.a);
     assert!(!out.success(), "netpol CHECK must fail: {out}");
-    assert!(out.to_string().contains(&format!("np_iiso4 {{ {a} }}")), "{out}");
+    assert!(
+        out.to_string().contains(&format!("np_iiso4 {{ {a} }}")),
+        "{out}"
+    );
     w.cnirs(&["reconcile"]).assert_ok();
-    assert!(!tcp_reaches(&w.b, &a, 80), "reconcile restored the isolation");
+    assert!(
+        !tcp_reaches(&w.b, &a, 80),
+        "reconcile restored the isolation"
+    );
     w.tool("x", "a").check(&w.a).assert_ok();
 
     // The next ADD of any pod restores the table with every element too.
@@ -381,5 +396,8 @@ fn after_a_flush_check_fails_and_reconcile_or_the_next_add_isolate_again() {
     w.add(&g, "y", "g").assert_ok();
     assert!(!tcp_reaches(&w.b, &a, 80), "the ADD restored the isolation");
     w.policy(&["delete", "-f", "-"], DENY_X).assert_ok();
-    assert!(tcp_reaches(&w.b, &a, 80), "control: without the policy a is reached");
+    assert!(
+        tcp_reaches(&w.b, &a, 80),
+        "control: without the policy a is reached"
+    );
 }

@@ -157,55 +157,60 @@ struct Allowed {
     ports: BTreeMap<Protocol, Vec<Rect>>,
 }
 
-/// Disjoint rectangles covering exactly the union of `rects`: the peer axis cut at every
-/// edge, each piece with the union of the port ranges over it, equal neighbours merged.
+/// Disjoint rectangles covering exactly the union of `rects`: the port axis cut at every
+/// edge of a port range (a handful: the distinct port ranges of the rules), each piece with
+/// the union of the peer ranges over it, equal neighbours merged. O(k x n log n) for k
+/// distinct port ranges and n peer ranges (the peer axis holds the many values: one per pod).
 fn disjoint(rects: &[Rect]) -> Vec<Rect> {
-    let mut cuts: Vec<u128> = Vec::new();
-    for ((a, b), _) in rects {
-        cuts.push(*a);
-        if let Some(n) = b.checked_add(1) {
-            cuts.push(n);
-        }
+    let mut by_ports: BTreeMap<(u16, u16), Vec<Span>> = BTreeMap::new();
+    for (span, ports) in rects {
+        by_ports.entry(*ports).or_default().push(*span);
+    }
+    let mut cuts: Vec<u32> = Vec::new();
+    for (a, b) in by_ports.keys() {
+        cuts.push(u32::from(*a));
+        cuts.push(u32::from(*b) + 1);
     }
     cuts.sort_unstable();
     cuts.dedup();
-    let mut pieces: Vec<(Span, Vec<Span>)> = Vec::new();
-    for (i, &start) in cuts.iter().enumerate() {
-        let end = cuts.get(i + 1).map_or(u128::MAX, |n| n - 1);
-        let ports = union(
-            rects
+    let mut pieces: Vec<((u32, u32), Vec<Span>)> = Vec::new();
+    for w in cuts.windows(2) {
+        let (lo, hi) = (w[0], w[1] - 1);
+        let peers = union(
+            by_ports
                 .iter()
-                .filter(|((a, b), _)| *a <= start && end <= *b)
-                .map(|(_, (p, q))| (u128::from(*p), u128::from(*q)))
+                .filter(|((a, b), _)| u32::from(*a) <= lo && hi <= u32::from(*b))
+                .flat_map(|(_, spans)| spans.iter().copied())
                 .collect(),
         );
-        if ports.is_empty() {
+        if peers.is_empty() {
             continue;
         }
         match pieces.last_mut() {
-            Some(((_, e), ps)) if e.checked_add(1) == Some(start) && *ps == ports => *e = end,
-            _ => pieces.push(((start, end), ports)),
+            Some(((_, e), ps)) if *e + 1 == lo && *ps == peers => *e = hi,
+            _ => pieces.push(((lo, hi), peers)),
         }
     }
+    let port = |p: u32| u16::try_from(p).unwrap_or(u16::MAX);
     pieces
         .into_iter()
-        .flat_map(|(range, ports)| {
-            ports.into_iter().map(move |(p, q)| {
-                (
-                    range,
-                    (
-                        u16::try_from(p).unwrap_or(u16::MAX),
-                        u16::try_from(q).unwrap_or(u16::MAX),
-                    ),
-                )
-            })
-        })
+        .flat_map(|((lo, hi), peers)| peers.into_iter().map(move |s| (s, (port(lo), port(hi)))))
         .collect()
 }
 
 /// Compile `w` to the elements of the `np_*` sets.
 pub fn compile(w: &World) -> BTreeSet<Elem> {
     let mut out = BTreeSet::new();
+    // Each namespace's labels once, and each rule's peers once per family (they do not
+    // depend on the pod the rule is applied to): compile is O(pods x selecting rules +
+    // rules x pods), not O(pods x rules x pods).
+    let ns_labels: BTreeMap<&str, Labels> = w
+        .pods
+        .iter()
+        .map(|p| (p.namespace.as_str(), w.ns_labels(&p.namespace)))
+        .collect();
+    let mut peers_of: std::collections::HashMap<(usize, bool), Peers<'_>> =
+        std::collections::HashMap::new();
     for pod in &w.pods {
         for dir in [NpDir::Ingress, NpDir::Egress] {
             let selecting: Vec<_> = w.selecting(pod, dir).collect();
@@ -218,7 +223,11 @@ pub fn compile(w: &World) -> BTreeSet<Elem> {
                 let mut allowed = Allowed::default();
                 for (policy, rules) in &selecting {
                     for rule in rules.iter() {
-                        allow_rule(w, policy, rule, pod, dir, v6, &mut allowed);
+                        let key = (std::ptr::from_ref(rule) as usize, v6);
+                        let peers = peers_of
+                            .entry(key)
+                            .or_insert_with(|| peer_ranges(w, &ns_labels, policy, &rule.peers, v6));
+                        allow_rule(peers, rule, pod, dir, &mut allowed);
                     }
                 }
                 let elem = |(a, b): (u128, u128), ports| Elem::NpAllow {
@@ -256,7 +265,13 @@ struct Peers<'a> {
     pods: Vec<(u128, &'a PodInfo)>,
 }
 
-fn peer_ranges<'a>(w: &'a World, policy: &Policy, peers: &[Peer], v6: bool) -> Peers<'a> {
+fn peer_ranges<'a>(
+    w: &'a World,
+    ns_labels: &BTreeMap<&str, Labels>,
+    policy: &Policy,
+    peers: &[Peer],
+    v6: bool,
+) -> Peers<'a> {
     let fam = |a: &&IpAddr| a.is_ipv6() == v6;
     let all_pods = || {
         w.pods
@@ -275,7 +290,8 @@ fn peer_ranges<'a>(w: &'a World, policy: &Policy, peers: &[Peer], v6: bool) -> P
     for peer in peers {
         match peer {
             Peer::Pods { .. } => {
-                for (n, p) in all_pods().filter(|(_, p)| w.peer_selects(&policy.namespace, peer, p))
+                for (n, p) in
+                    all_pods().filter(|(_, p)| selects(ns_labels, &policy.namespace, peer, p))
                 {
                     out.ranges.push((n, n));
                     out.pods.push((n, p));
@@ -296,18 +312,30 @@ fn peer_ranges<'a>(w: &'a World, policy: &Policy, peers: &[Peer], v6: bool) -> P
     out
 }
 
-fn allow_rule(
-    w: &World,
-    policy: &Policy,
-    rule: &Rule,
+/// [`World::peer_selects`] with the namespaces' labels at hand.
+fn selects(
+    ns_labels: &BTreeMap<&str, Labels>,
+    policy_ns: &str,
+    peer: &Peer,
     pod: &PodInfo,
-    dir: NpDir,
-    v6: bool,
-    allowed: &mut Allowed,
-) {
-    let peers = peer_ranges(w, policy, &rule.peers, v6);
+) -> bool {
+    match peer {
+        Peer::Pods { namespaces, pods } => {
+            let ns_ok = match namespaces {
+                None => pod.namespace == policy_ns,
+                Some(sel) => ns_labels
+                    .get(pod.namespace.as_str())
+                    .is_some_and(|l| sel.matches(l)),
+            };
+            ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+        }
+        Peer::Block { .. } => false,
+    }
+}
+
+fn allow_rule(peers: &Peers<'_>, rule: &Rule, pod: &PodInfo, dir: NpDir, allowed: &mut Allowed) {
     if rule.ports.is_empty() {
-        allowed.any.extend(peers.ranges);
+        allowed.any.extend(peers.ranges.iter().copied());
         return;
     }
     for sel in &rule.ports {

@@ -1074,11 +1074,7 @@ fn netpol_ranges_are_replaced_by_wider_ones_in_one_transaction() {
     assert_eq!(first.unwrap(), (2, 0));
     assert_eq!(second.unwrap(), (1, 1));
     assert!(overlap.is_err(), "{overlap:?}");
-    let got: Vec<String> = e
-        .elems("np_in4")
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let got: Vec<String> = e.elems("np_in4").iter().map(|v| v.to_string()).collect();
     assert_eq!(got.len(), 1, "{got:?}");
     // nft shows 10.1.0.0-10.1.0.255 as the prefix it is.
     assert!(
