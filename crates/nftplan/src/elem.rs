@@ -182,6 +182,10 @@ const NP_OUT_ANY4: &SetDef = schema::def("np_out_any4");
 const NP_OUT_ANY6: &SetDef = schema::def("np_out_any6");
 const NP_OUT4: &SetDef = schema::def("np_out4");
 const NP_OUT6: &SetDef = schema::def("np_out6");
+const NP_IN_ONE4: &SetDef = schema::def("np_in_one4");
+const NP_IN_ONE6: &SetDef = schema::def("np_in_one6");
+const NP_OUT_ONE4: &SetDef = schema::def("np_out_one4");
+const NP_OUT_ONE6: &SetDef = schema::def("np_out_one6");
 
 impl Elem {
     /// The element's set and values: the one place that says where a kind of element goes
@@ -239,6 +243,26 @@ impl Elem {
                 ports,
             } => {
                 let v6 = pod.is_ipv6();
+                // One peer address on one port: the hash sets.
+                if let Some(p) = ports.filter(|p| first == last && p.first == p.last) {
+                    let set = match (dir, v6) {
+                        (NpDir::Ingress, false) => NP_IN_ONE4,
+                        (NpDir::Ingress, true) => NP_IN_ONE6,
+                        (NpDir::Egress, false) => NP_OUT_ONE4,
+                        (NpDir::Egress, true) => NP_OUT_ONE6,
+                    };
+                    let key = vec![
+                        Value::Addr(*pod),
+                        Value::Addr(*first),
+                        Value::Proto(p.protocol),
+                        Value::Port(p.first),
+                    ];
+                    return Parts {
+                        set,
+                        key,
+                        data: vec![],
+                    };
+                }
                 let set = match (dir, ports.is_some(), v6) {
                     (NpDir::Ingress, false, false) => NP_IN_ANY4,
                     (NpDir::Ingress, false, true) => NP_IN_ANY6,

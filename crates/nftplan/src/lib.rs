@@ -19,6 +19,7 @@
 //! vtep_ports { port }, vtep4/vtep6 { addr }           the overlay gate (node agent's)
 //! spoof_ports { ifname }, spoof_ok { ifname . ether_addr }   (bridge cnirs) macspoofchk
 //! np_iiso4/6, np_eiso4/6 { addr }                      NetworkPolicy: isolated pods
+//! np_in_one4/6, np_out_one4/6 { addr . addr . inet_proto . inet_service }  one peer, one port
 //! np_in_any4/6, np_out_any4/6 { addr . addr range, interval }   allowed peers, any port
 //! np_in4/6, np_out4/6 { addr . addr range . inet_proto . port range, interval }
 //! ```

@@ -197,6 +197,11 @@ pub const SETS: &[SetDef] = &[
     set(Family::Inet, "np_eiso6", &[Ipv6]),
     ranges(Family::Inet, "np_in_any4", &[Ipv4, Ipv4]),
     ranges(Family::Inet, "np_in_any6", &[Ipv6, Ipv6]),
+    // The common single peer address on a single port: a hash set (O(1) insert), not pipapo.
+    set(Family::Inet, "np_in_one4", &[Ipv4, Ipv4, Proto, Service]),
+    set(Family::Inet, "np_in_one6", &[Ipv6, Ipv6, Proto, Service]),
+    set(Family::Inet, "np_out_one4", &[Ipv4, Ipv4, Proto, Service]),
+    set(Family::Inet, "np_out_one6", &[Ipv6, Ipv6, Proto, Service]),
     ranges(Family::Inet, "np_in4", &[Ipv4, Ipv4, Proto, Service]),
     ranges(Family::Inet, "np_in6", &[Ipv6, Ipv6, Proto, Service]),
     ranges(Family::Inet, "np_out_any4", &[Ipv4, Ipv4]),

@@ -125,8 +125,10 @@ pub const RULES: &[ChainRules] = &[
         I,
         "np_egress",
         &[
+            "ip saddr . ip daddr . meta l4proto . th dport @np_out_one4 return",
             "ip saddr . ip daddr @np_out_any4 return",
             "ip saddr . ip daddr . meta l4proto . th dport @np_out4 return",
+            "ip6 saddr . ip6 daddr . meta l4proto . th dport @np_out_one6 return",
             "ip6 saddr . ip6 daddr @np_out_any6 return",
             "ip6 saddr . ip6 daddr . meta l4proto . th dport @np_out6 return",
             "drop",
@@ -136,8 +138,10 @@ pub const RULES: &[ChainRules] = &[
         I,
         "np_ingress",
         &[
+            "ip daddr . ip saddr . meta l4proto . th dport @np_in_one4 return",
             "ip daddr . ip saddr @np_in_any4 return",
             "ip daddr . ip saddr . meta l4proto . th dport @np_in4 return",
+            "ip6 daddr . ip6 saddr . meta l4proto . th dport @np_in_one6 return",
             "ip6 daddr . ip6 saddr @np_in_any6 return",
             "ip6 daddr . ip6 saddr . meta l4proto . th dport @np_in6 return",
             "drop",

@@ -1033,6 +1033,18 @@ fn netpol_samples() -> Vec<Elem> {
                     ports,
                 });
             }
+            // One address, one port: the hash sets np_in_one*/np_out_one*.
+            v.push(Elem::NpAllow {
+                dir,
+                pod,
+                first: last.parse().unwrap(),
+                last: last.parse().unwrap(),
+                ports: Some(NpPorts {
+                    protocol: Protocol::Udp,
+                    first: 53,
+                    last: 53,
+                }),
+            });
         }
     }
     v
