@@ -6,7 +6,7 @@ CARGO      ?= cargo
 PREFIX     ?= /opt/cni/bin
 BIN_DIR    := $(CURDIR)/target/release
 PLUGINS    := bridge internal-bridge portmap isolation firewall tuning host-local dnsname etcd-ipam overlay \
-              loopback bandwidth ptp macvlan host-device tap
+              loopback bandwidth ptp macvlan host-device tap netpol
 TOOLS      := cnirs cnirs-reconcile cnirs-agent
 # IPAM static and dhcp (with its daemon: `dhcp daemon`); the image's entrypoint.
 PLUGINS    += static dhcp
@@ -17,7 +17,7 @@ CNITOOL    := conformance/cnitool/bin/cnitool
 # Kernel tests mostly wait on the kernel and on child processes: run several at once.
 KTHREADS   ?= 6
 
-.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay bench-scale soak install clean deb image print-bins
+.PHONY: all deps build cnitool unit conformance test lint fmt demo demo-overlay bench bench-overlay bench-netpol bench-scale soak install clean deb image print-bins
 
 all: build
 
@@ -33,11 +33,12 @@ deps:
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
 STATIC_BINS := bridge internal-bridge host-local portmap isolation firewall tuning \
-               loopback bandwidth ptp macvlan host-device tap
+               loopback bandwidth ptp macvlan host-device tap netpol
 # cnirs-install runs as the entrypoint of a FROM-scratch image: it must be static.
 STATIC_BINS += static dhcp cnirs-install
-# Cargo packages of the static binaries (`static` is a Rust keyword: its package is static-ipam).
-STATIC_PKGS  = $(patsubst static,static-ipam,$(STATIC_BINS))
+# Cargo packages of the static binaries (`static` is a Rust keyword: its package is static-ipam;
+# the netpol plugin's is netpol-plugin, next to the netpol library).
+STATIC_PKGS  = $(patsubst netpol,netpol-plugin,$(patsubst static,static-ipam,$(STATIC_BINS)))
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -85,6 +86,11 @@ bench: deps build cnitool
 # ADD p50 of an overlay pod on 3 simulated hosts vs a local bridge pod; ADD-to-reachability.
 bench-overlay: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/overlay.sh
+
+# NetworkPolicy on one host: netpol ADD with 0 and 200 policies, apply-to-enforcement with 500
+# pods and 200 policies, the table's size (docs/netpol.md). Writes target/bench/netpol.md.
+bench-netpol: build
+	CNIRS_BIN_DIR=$(BIN_DIR) bench/netpol.sh
 
 # The overlay's control plane at cluster scale (docs/scale.md): a 3-member etcd, N simulated
 # hosts (real agent loop and overlay/etcd-ipam ADD/DEL, fake kernels) and one real host.

@@ -2,14 +2,14 @@
 //! batches add, delete and ask for. [`Elem::parts`] maps each to its set in the schema and
 //! the values of its key and data; text and netlink encoding are derived from those.
 
-use std::fmt;
+use std::{fmt, net::IpAddr};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     schema::{self, concat_text, MacAddr, SetDef, Value},
-    types::{IfName, NetworkElems, PortMapping},
+    types::{IfName, NetworkElems, PortMapping, Protocol},
 };
 
 /// Family and name of our main table.
@@ -99,6 +99,52 @@ pub enum Elem {
         /// the validated mapping
         mapping: PortMapping,
     },
+    /// `np_iiso4 / np_eiso4 / .. { pod }`: NetworkPolicy isolates this pod address for
+    /// ingress (`np_iiso*`) or egress (`np_eiso*`).
+    NpIsolated {
+        /// ingress or egress
+        dir: NpDir,
+        /// the pod's address
+        pod: IpAddr,
+    },
+    /// `np_in_any4 { pod . peer-range }` / `np_in4 { pod . peer-range . proto . port-range }`
+    /// (and `np_out*` for egress, `*6`): the isolated pod may be reached from (ingress) or
+    /// reach (egress) the peer range, on any protocol or on those ports. Elements of one set
+    /// never overlap (the compiler makes them disjoint).
+    NpAllow {
+        /// ingress or egress
+        dir: NpDir,
+        /// the isolated pod's address
+        pod: IpAddr,
+        /// first address of the peer range (same family as `pod`)
+        first: IpAddr,
+        /// last address of the peer range
+        last: IpAddr,
+        /// protocol and port range (on the destination); `None`: every protocol and port
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ports: Option<NpPorts>,
+    },
+}
+
+/// The direction a NetworkPolicy element applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NpDir {
+    /// traffic to the pod
+    Ingress,
+    /// traffic from the pod
+    Egress,
+}
+
+/// A protocol and a destination port range of an [`Elem::NpAllow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NpPorts {
+    /// tcp, udp or sctp
+    pub protocol: Protocol,
+    /// first port
+    pub first: u16,
+    /// last port (>= first)
+    pub last: u16,
 }
 
 /// An element as its set and the values of its key and (maps) data, one per field of the
@@ -132,6 +178,22 @@ const PM6_ANY: &SetDef = schema::def("pm6_any");
 const VTEP_PORTS: &SetDef = schema::def("vtep_ports");
 const VTEP4: &SetDef = schema::def("vtep4");
 const VTEP6: &SetDef = schema::def("vtep6");
+const NP_IISO4: &SetDef = schema::def("np_iiso4");
+const NP_IISO6: &SetDef = schema::def("np_iiso6");
+const NP_EISO4: &SetDef = schema::def("np_eiso4");
+const NP_EISO6: &SetDef = schema::def("np_eiso6");
+const NP_IN_ANY4: &SetDef = schema::def("np_in_any4");
+const NP_IN_ANY6: &SetDef = schema::def("np_in_any6");
+const NP_IN4: &SetDef = schema::def("np_in4");
+const NP_IN6: &SetDef = schema::def("np_in6");
+const NP_OUT_ANY4: &SetDef = schema::def("np_out_any4");
+const NP_OUT_ANY6: &SetDef = schema::def("np_out_any6");
+const NP_OUT4: &SetDef = schema::def("np_out4");
+const NP_OUT6: &SetDef = schema::def("np_out6");
+const NP_IN_ONE4: &SetDef = schema::def("np_in_one4");
+const NP_IN_ONE6: &SetDef = schema::def("np_in_one6");
+const NP_OUT_ONE4: &SetDef = schema::def("np_out_one4");
+const NP_OUT_ONE6: &SetDef = schema::def("np_out_one6");
 
 impl Elem {
     /// The element's set and values: the one place that says where a kind of element goes
@@ -172,6 +234,59 @@ impl Elem {
                 key.extend([Value::Proto(m.protocol), Value::Port(m.host_port)]);
                 let data = vec![Value::Addr(m.container_ip), Value::Port(m.container_port)];
                 (set, key, data)
+            }
+            Elem::NpIsolated { dir, pod } => {
+                let set = match (dir, pod.is_ipv6()) {
+                    (NpDir::Ingress, false) => NP_IISO4,
+                    (NpDir::Ingress, true) => NP_IISO6,
+                    (NpDir::Egress, false) => NP_EISO4,
+                    (NpDir::Egress, true) => NP_EISO6,
+                };
+                (set, vec![Value::Addr(*pod)], vec![])
+            }
+            Elem::NpAllow {
+                dir,
+                pod,
+                first,
+                last,
+                ports,
+            } => {
+                let v6 = pod.is_ipv6();
+                // One peer address on one port: the hash sets.
+                if let Some(p) = ports.filter(|p| first == last && p.first == p.last) {
+                    let set = match (dir, v6) {
+                        (NpDir::Ingress, false) => NP_IN_ONE4,
+                        (NpDir::Ingress, true) => NP_IN_ONE6,
+                        (NpDir::Egress, false) => NP_OUT_ONE4,
+                        (NpDir::Egress, true) => NP_OUT_ONE6,
+                    };
+                    let key = vec![
+                        Value::Addr(*pod),
+                        Value::Addr(*first),
+                        Value::Proto(p.protocol),
+                        Value::Port(p.first),
+                    ];
+                    return Parts {
+                        set,
+                        key,
+                        data: vec![],
+                    };
+                }
+                let set = match (dir, ports.is_some(), v6) {
+                    (NpDir::Ingress, false, false) => NP_IN_ANY4,
+                    (NpDir::Ingress, false, true) => NP_IN_ANY6,
+                    (NpDir::Ingress, true, false) => NP_IN4,
+                    (NpDir::Ingress, true, true) => NP_IN6,
+                    (NpDir::Egress, false, false) => NP_OUT_ANY4,
+                    (NpDir::Egress, false, true) => NP_OUT_ANY6,
+                    (NpDir::Egress, true, false) => NP_OUT4,
+                    (NpDir::Egress, true, true) => NP_OUT6,
+                };
+                let mut key = vec![Value::Addr(*pod), Value::AddrRange(*first, *last)];
+                if let Some(p) = ports {
+                    key.extend([Value::Proto(p.protocol), Value::PortRange(p.first, p.last)]);
+                }
+                (set, key, vec![])
             }
         };
         Parts { set, key, data }
@@ -254,6 +369,11 @@ impl Elem {
         ])
     }
 
+    /// A NetworkPolicy element (`np_*` sets).
+    pub fn is_netpol(&self) -> bool {
+        matches!(self, Elem::NpIsolated { .. } | Elem::NpAllow { .. })
+    }
+
     /// The set or map holding this element.
     pub fn set_name(&self) -> &'static str {
         self.parts().set.name
@@ -292,6 +412,7 @@ impl Elem {
         p.key.iter().chain(&p.data).find_map(|v| match v {
             Value::Addr(a) => Some(a.is_ipv6()),
             Value::Net(n) => Some(n.is_ipv6()),
+            Value::AddrRange(a, _) => Some(a.is_ipv6()),
             _ => None,
         })
     }

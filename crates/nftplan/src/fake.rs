@@ -143,19 +143,17 @@ impl Tables {
     }
 }
 
-/// Two elements of an interval set whose ranges meet: the same values before the prefix,
-/// and prefixes one of which holds the other's network address.
+/// Two elements of an interval set whose ranges meet: every field's range (a single value,
+/// a prefix, an address or port range) meets the other's.
 fn overlaps(a: &Elem, b: &Elem) -> bool {
     let (pa, pb) = (a.parts(), b.parts());
-    if pa.set.layout() == Layout::Exact {
+    if pa.set.layout() == Layout::Exact || pa.key.len() != pb.key.len() {
         return false;
     }
-    match (pa.key.split_last(), pb.key.split_last()) {
-        (Some((Value::Net(x), xs)), Some((Value::Net(y), ys))) => {
-            xs == ys && (x.contains(y.network()) || y.contains(x.network()))
-        }
-        _ => false,
-    }
+    pa.key.iter().zip(&pb.key).all(|(x, y)| {
+        let ((xl, xh), (yl, yh)) = (x.bounds(), y.bounds());
+        xl <= yh && yl <= xh
+    })
 }
 
 impl FakeNft {

@@ -20,6 +20,7 @@ use crate::{
 mod forward;
 mod gate;
 mod maintain;
+mod netpol;
 mod ports;
 
 use ports::{port_elem, ports_of};
@@ -270,6 +271,7 @@ impl Firewall {
             elems.extend(rec.elems);
         }
         elems.extend(st.vteps()?.elems);
+        elems.extend(st.netpol()?.elems);
         Ok(elems)
     }
 

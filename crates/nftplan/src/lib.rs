@@ -18,6 +18,10 @@
 //! pm4_any/pm6_any { proto . port : addr . port }      0.0.0.0 / :: published ports
 //! vtep_ports { port }, vtep4/vtep6 { addr }           the overlay gate (node agent's)
 //! spoof_ports { ifname }, spoof_ok { ifname . ether_addr }   (bridge cnirs) macspoofchk
+//! np_iiso4/6, np_eiso4/6 { addr }                      NetworkPolicy: isolated pods
+//! np_in_one4/6, np_out_one4/6 { addr . addr . inet_proto . inet_service }  one peer, one port
+//! np_in_any4/6, np_out_any4/6 { addr . addr range, interval }   allowed peers, any port
+//! np_in4/6, np_out4/6 { addr . addr range . inet_proto . port range, interval }
 //! ```
 //! forward: same-bridge accept (br_netfilter makes bridged traffic cross this hook with
 //! iif == oif), established accept, internal drops, `ct status dnat` to our bridges accept,
@@ -87,10 +91,11 @@
 //! [`FakeNft`] follow without further code; `every_set_of_the_schema_encodes_its_fields`
 //! (in `nlbatch`) wants one sample element per set, and the kernel test
 //! `netlink_element_batches_match_nft_text` should get one too. The field types are those
-//! of [`schema::Field`]; a verdict map (NetworkPolicy: `type ifname : verdict`) needs one
-//! more, `Field::Verdict` with a `Value::Verdict` whose data nf_tables takes as
-//! `NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN } }`
-//! (and chains made per policy are rules work for libnftables, not this encoder).
+//! of [`schema::Field`]; a field of an interval concatenation may be a range of its own
+//! ([`schema::Value::AddrRange`], [`schema::Value::PortRange`]: NetworkPolicy's `np_*` sets,
+//! [`Firewall::set_netpol`]). A verdict map would need one more field type, `Field::Verdict`
+//! (nf_tables takes its data as `NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { .. } }`); nothing
+//! uses one today.
 //!
 //! # Testing without root
 //!
@@ -152,7 +157,7 @@ mod types;
 
 pub use backend::{Engine, NftBackend, NftCli, TableProbe};
 pub use batch::{Batch, Cmd, IpFamily};
-pub use elem::{Elem, Parts, BRIDGE_TABLE, SKELETON_RULES, TABLE};
+pub use elem::{Elem, NpDir, NpPorts, Parts, BRIDGE_TABLE, SKELETON_RULES, TABLE};
 pub use error::NftError;
 pub use fake::FakeNft;
 pub use firewall::{

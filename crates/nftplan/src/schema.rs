@@ -187,6 +187,27 @@ pub const SETS: &[SetDef] = &[
     set(Family::Inet, "vtep_ports", &[Service]),
     set(Family::Inet, "vtep4", &[Ipv4]),
     set(Family::Inet, "vtep6", &[Ipv6]),
+    // NetworkPolicy (`netpol`): pods isolated per direction, and what each may reach or be
+    // reached from: `pod . peer range` (a rule without ports: any protocol) or `pod . peer
+    // range . protocol . port range`. Elements grow with the allowed (pod, peer, ports); the
+    // rules do not (see docs/netpol.md).
+    set(Family::Inet, "np_iiso4", &[Ipv4]),
+    set(Family::Inet, "np_iiso6", &[Ipv6]),
+    set(Family::Inet, "np_eiso4", &[Ipv4]),
+    set(Family::Inet, "np_eiso6", &[Ipv6]),
+    ranges(Family::Inet, "np_in_any4", &[Ipv4, Ipv4]),
+    ranges(Family::Inet, "np_in_any6", &[Ipv6, Ipv6]),
+    // The common single peer address on a single port: a hash set (O(1) insert), not pipapo.
+    set(Family::Inet, "np_in_one4", &[Ipv4, Ipv4, Proto, Service]),
+    set(Family::Inet, "np_in_one6", &[Ipv6, Ipv6, Proto, Service]),
+    set(Family::Inet, "np_out_one4", &[Ipv4, Ipv4, Proto, Service]),
+    set(Family::Inet, "np_out_one6", &[Ipv6, Ipv6, Proto, Service]),
+    ranges(Family::Inet, "np_in4", &[Ipv4, Ipv4, Proto, Service]),
+    ranges(Family::Inet, "np_in6", &[Ipv6, Ipv6, Proto, Service]),
+    ranges(Family::Inet, "np_out_any4", &[Ipv4, Ipv4]),
+    ranges(Family::Inet, "np_out_any6", &[Ipv6, Ipv6]),
+    ranges(Family::Inet, "np_out4", &[Ipv4, Ipv4, Proto, Service]),
+    ranges(Family::Inet, "np_out6", &[Ipv6, Ipv6, Proto, Service]),
     set(Family::Bridge, "spoof_ports", &[Ifname]),
     set(Family::Bridge, "spoof_ok", &[Ifname, Ether]),
 ];
@@ -264,6 +285,11 @@ pub enum Value {
     /// A prefix, the last key field of an element of an interval set (`ipv4_addr` /
     /// `ipv6_addr` with `flags interval`).
     Net(IpNetwork),
+    /// An address range, first and last (same family), a field of a concatenation with
+    /// `flags interval` (pipapo: every field is a range).
+    AddrRange(IpAddr, IpAddr),
+    /// A port range, first and last, a field of a concatenation with `flags interval`.
+    PortRange(u16, u16),
 }
 
 impl Value {
@@ -272,10 +298,14 @@ impl Value {
         match self {
             Value::Ifname(_) => Ifname,
             Value::Ether(_) => Ether,
-            Value::Addr(IpAddr::V4(_)) | Value::Net(IpNetwork::V4(_)) => Ipv4,
-            Value::Addr(IpAddr::V6(_)) | Value::Net(IpNetwork::V6(_)) => Ipv6,
+            Value::Addr(IpAddr::V4(_))
+            | Value::Net(IpNetwork::V4(_))
+            | Value::AddrRange(IpAddr::V4(_), _) => Ipv4,
+            Value::Addr(IpAddr::V6(_))
+            | Value::Net(IpNetwork::V6(_))
+            | Value::AddrRange(IpAddr::V6(_), _) => Ipv6,
             Value::Proto(_) => Proto,
-            Value::Port(_) => Service,
+            Value::Port(_) | Value::PortRange(..) => Service,
         }
     }
 
@@ -301,7 +331,19 @@ impl Value {
                 let (start, end) = v6_range(n);
                 out.extend_from_slice(&if last { end } else { start }.to_be_bytes());
             }
+            Value::AddrRange(a, b) => Value::Addr(if last { *b } else { *a }).put(out, false),
+            Value::PortRange(a, b) => {
+                out.extend_from_slice(&if last { b } else { a }.to_be_bytes())
+            }
         }
+    }
+
+    /// The first and last key bytes this value covers (equal for a single value).
+    pub(crate) fn bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        let (mut lo, mut hi) = (Vec::new(), Vec::new());
+        self.put(&mut lo, false);
+        self.put(&mut hi, true);
+        (lo, hi)
     }
 
     /// One past a prefix's last address, as bytes; `None` when that overflows (`0.0.0.0/0`)
@@ -324,6 +366,8 @@ impl Value {
     pub(crate) fn query_text(&self) -> String {
         match self {
             Value::Net(n) => n.network().to_string(),
+            Value::AddrRange(a, _) => a.to_string(),
+            Value::PortRange(a, _) => a.to_string(),
             v => v.to_string(),
         }
     }
@@ -341,6 +385,10 @@ impl fmt::Display for Value {
             Value::Proto(p) => f.write_str(p.as_str()),
             Value::Port(p) => write!(f, "{p}"),
             Value::Net(n) => write!(f, "{n}"),
+            Value::AddrRange(a, b) if a == b => write!(f, "{a}"),
+            Value::AddrRange(a, b) => write!(f, "{a}-{b}"),
+            Value::PortRange(a, b) if a == b => write!(f, "{a}"),
+            Value::PortRange(a, b) => write!(f, "{a}-{b}"),
         }
     }
 }

@@ -27,6 +27,15 @@ const B: Family = Family::Bridge;
 /// Every chain, in skeleton order.
 pub const CHAINS: &[ChainDef] = &[
     chain(I, "portmap", None),
+    chain(I, "np_ingress", None),
+    chain(I, "np_egress", None),
+    // NetworkPolicy, before `forward` (priority filter): its drops are final, its accepts
+    // only end this chain (`forward` still decides).
+    chain(
+        I,
+        "netpol",
+        Some("type filter hook forward priority -5; policy accept;"),
+    ),
     chain(
         I,
         "forward",
@@ -97,6 +106,45 @@ pub const RULES: &[ChainRules] = &[
             "iifname @internal_br drop",
             "ct status dnat oifname @managed_br accept",
             "iifname @isolated_br oifname @isolated_br drop",
+        ],
+    ),
+    // NetworkPolicy: replies pass; an egress-isolated source must be allowed by np_out*, an
+    // ingress-isolated destination by np_in* (both when both are isolated).
+    rules(
+        I,
+        "netpol",
+        &[
+            "ct state established,related accept",
+            "ip saddr @np_eiso4 jump np_egress",
+            "ip6 saddr @np_eiso6 jump np_egress",
+            "ip daddr @np_iiso4 jump np_ingress",
+            "ip6 daddr @np_iiso6 jump np_ingress",
+        ],
+    ),
+    rules(
+        I,
+        "np_egress",
+        &[
+            "ip saddr . ip daddr . meta l4proto . th dport @np_out_one4 return",
+            "ip saddr . ip daddr @np_out_any4 return",
+            "ip saddr . ip daddr . meta l4proto . th dport @np_out4 return",
+            "ip6 saddr . ip6 daddr . meta l4proto . th dport @np_out_one6 return",
+            "ip6 saddr . ip6 daddr @np_out_any6 return",
+            "ip6 saddr . ip6 daddr . meta l4proto . th dport @np_out6 return",
+            "drop",
+        ],
+    ),
+    rules(
+        I,
+        "np_ingress",
+        &[
+            "ip daddr . ip saddr . meta l4proto . th dport @np_in_one4 return",
+            "ip daddr . ip saddr @np_in_any4 return",
+            "ip daddr . ip saddr . meta l4proto . th dport @np_in4 return",
+            "ip6 daddr . ip6 saddr . meta l4proto . th dport @np_in_one6 return",
+            "ip6 daddr . ip6 saddr @np_in_any6 return",
+            "ip6 daddr . ip6 saddr . meta l4proto . th dport @np_in6 return",
+            "drop",
         ],
     ),
     rules(I, "prerouting", &["fib daddr type local jump portmap"]),

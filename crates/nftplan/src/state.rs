@@ -7,6 +7,7 @@
 //! <dir>/ports/<v4|v6>-<proto>-<port>.json      owners of that host port: [{host_ip, owner}]
 //! <dir>/table.json                             {handle}: the inet cnirs table last filled
 //! <dir>/vtep.json                              {elems}: the overlay gate (node agent)
+//! <dir>/netpol.json                            {elems}: NetworkPolicy's elements, all of them
 //! ```
 //! Names are escaped for the file system (`%XX` for anything but `[A-Za-z0-9_.-]`). Files are
 //! 0600, directories 0700, every write is a rename of a temporary file. No call reads all
@@ -108,6 +109,14 @@ pub(crate) struct PortOwner {
 /// alone; `elems` may be a superset of the kernel's while a change is being applied.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct VtepRecord {
+    #[serde(deserialize_with = "known_elems")]
+    pub elems: BTreeSet<Elem>,
+}
+
+/// `netpol.json`: every NetworkPolicy element (isolated pods, allowed peers), as compiled
+/// from the policy store; `elems` may be a superset of the kernel's while a change is applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct NetpolRecord {
     #[serde(deserialize_with = "known_elems")]
     pub elems: BTreeSet<Elem>,
 }
@@ -304,7 +313,17 @@ impl Locked {
     pub fn is_empty(&self) -> Result<bool, NftError> {
         Ok(self.all_nets()?.is_empty()
             && self.all_atts(Feature::Portmap)?.is_empty()
-            && self.vteps()?.elems.is_empty())
+            && self.vteps()?.elems.is_empty()
+            && self.netpol()?.elems.is_empty())
+    }
+
+    /// NetworkPolicy's elements (`netpol.json`; empty when absent).
+    pub fn netpol(&self) -> Result<NetpolRecord, NftError> {
+        Ok(read_json(&self.dir.join("netpol.json"))?.unwrap_or_default())
+    }
+
+    pub fn put_netpol(&self, rec: &NetpolRecord) -> Result<(), NftError> {
+        write_json(&self.dir, "netpol.json", rec)
     }
 
     /// The overlay gate (`vtep.json`; empty when absent).

@@ -984,3 +984,97 @@ fn a_bridges_peer_is_managed_paired_sealed_and_isolated_like_the_bridge() {
     assert!(!f.network_in_use("a").unwrap());
     assert!(nft.elems().is_empty(), "{}", nft.dump());
 }
+
+/// One element of each NetworkPolicy set (v4 and v6, ingress and egress, with and without
+/// ports).
+pub(crate) fn netpol_samples() -> Vec<Elem> {
+    use crate::{NpDir, NpPorts};
+    let mut v = Vec::new();
+    for (pod, first, last) in [
+        ("10.1.0.2", "10.1.0.0", "10.1.0.255"),
+        ("fd00:1::2", "fd00:1::", "fd00:1::ff"),
+    ] {
+        let pod: IpAddr = pod.parse().unwrap();
+        for dir in [NpDir::Ingress, NpDir::Egress] {
+            v.push(Elem::NpIsolated { dir, pod });
+            for ports in [
+                None,
+                Some(NpPorts {
+                    protocol: Protocol::Tcp,
+                    first: 80,
+                    last: 81,
+                }),
+            ] {
+                v.push(Elem::NpAllow {
+                    dir,
+                    pod,
+                    first: first.parse().unwrap(),
+                    last: last.parse().unwrap(),
+                    ports,
+                });
+            }
+            // One address, one port: the hash sets np_in_one*/np_out_one*.
+            v.push(Elem::NpAllow {
+                dir,
+                pod,
+                first: last.parse().unwrap(),
+                last: last.parse().unwrap(),
+                ports: Some(NpPorts {
+                    protocol: Protocol::Udp,
+                    first: 53,
+                    last: 53,
+                }),
+            });
+        }
+    }
+    v
+}
+
+#[test]
+fn netpol_elements_change_in_one_batch_and_come_back_after_a_flush() {
+    use crate::{NpDir, NpPorts};
+    let nft = FakeNft::new();
+    let (_d, f) = fw(&nft);
+    let pod: IpAddr = ip("10.1.0.2");
+    let allow = |last: &str, port_last: u16| Elem::NpAllow {
+        dir: NpDir::Ingress,
+        pod,
+        first: ip("10.1.0.0"),
+        last: ip(last),
+        ports: Some(NpPorts {
+            protocol: Protocol::Tcp,
+            first: 80,
+            last: port_last,
+        }),
+    };
+    let iso = Elem::NpIsolated {
+        dir: NpDir::Ingress,
+        pod,
+    };
+    let v1: std::collections::BTreeSet<Elem> = [iso.clone(), allow("10.1.0.127", 80)].into();
+    assert_eq!(f.set_netpol(&v1).unwrap(), (2, 0));
+    // A wider range replaces the old one in the same transaction: removal first, else the
+    // overlapping add would be refused.
+    let v2: std::collections::BTreeSet<Elem> = [iso.clone(), allow("10.1.0.255", 81)].into();
+    let before = nft.batches().len();
+    assert_eq!(f.set_netpol(&v2).unwrap(), (1, 1));
+    assert_eq!(nft.batches().len(), before + 1, "one transaction");
+    assert!(nft.contains(&allow("10.1.0.255", 81)));
+    assert!(!nft.contains(&allow("10.1.0.127", 80)));
+    // An overlapping element is refused, as the kernel's pipapo refuses it.
+    let overlap: std::collections::BTreeSet<Elem> =
+        [iso.clone(), allow("10.1.0.255", 81), allow("10.1.0.3", 80)].into();
+    assert!(f.set_netpol(&overlap).is_err());
+    // Flushed: the next call restores the skeleton and every element.
+    nft.flush_ruleset();
+    assert_eq!(
+        f.check_netpol(std::slice::from_ref(&iso)).unwrap(),
+        vec![iso.clone()]
+    );
+    f.set_netpol(&v2).unwrap();
+    assert!(nft.contains(&iso) && nft.contains(&allow("10.1.0.255", 81)));
+    // Not a netpol element: refused.
+    let bad: std::collections::BTreeSet<Elem> = [Elem::VtepPort { port: 1 }].into();
+    assert!(f.set_netpol(&bad).is_err());
+    assert_eq!(f.netpol_elems().unwrap(), v2);
+}

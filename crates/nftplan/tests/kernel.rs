@@ -685,6 +685,8 @@ fn netlink_element_batches_match_nft_text() {
             addr: "fd00:240::1".parse().unwrap(),
         },
     ])
+    // NetworkPolicy: exact, two-field and four-field interval concatenations.
+    .chain(netpol_samples())
     .collect();
     let mut add = Batch::new();
     add.add(&elems);
@@ -1001,4 +1003,95 @@ fn netlink_get_of_three_adjacent_subnets() {
             "order {order:?}: {found:?}"
         );
     }
+}
+
+/// One element of each NetworkPolicy set (v4 and v6, ingress and egress, with and without
+/// ports).
+fn netpol_samples() -> Vec<Elem> {
+    use nftplan::{NpDir, NpPorts, Protocol};
+    let mut v = Vec::new();
+    for (pod, first, last) in [
+        ("10.1.0.2", "10.1.0.0", "10.1.0.255"),
+        ("fd00:1::2", "fd00:1::", "fd00:1::ff"),
+    ] {
+        let pod: std::net::IpAddr = pod.parse().unwrap();
+        for dir in [NpDir::Ingress, NpDir::Egress] {
+            v.push(Elem::NpIsolated { dir, pod });
+            for ports in [
+                None,
+                Some(NpPorts {
+                    protocol: Protocol::Tcp,
+                    first: 80,
+                    last: 81,
+                }),
+            ] {
+                v.push(Elem::NpAllow {
+                    dir,
+                    pod,
+                    first: first.parse().unwrap(),
+                    last: last.parse().unwrap(),
+                    ports,
+                });
+            }
+            // One address, one port: the hash sets np_in_one*/np_out_one*.
+            v.push(Elem::NpAllow {
+                dir,
+                pod,
+                first: last.parse().unwrap(),
+                last: last.parse().unwrap(),
+                ports: Some(NpPorts {
+                    protocol: Protocol::Udp,
+                    first: 53,
+                    last: 53,
+                }),
+            });
+        }
+    }
+    v
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn netpol_ranges_are_replaced_by_wider_ones_in_one_transaction() {
+    require_root!();
+    use nftplan::{NpDir, NpPorts, Protocol};
+    let e = Env::new("np");
+    let dir = e.dir.path().join("netns");
+    let allow = |last: &str, port_last: u16| Elem::NpAllow {
+        dir: NpDir::Ingress,
+        pod: "10.1.0.2".parse().unwrap(),
+        first: "10.1.0.0".parse().unwrap(),
+        last: last.parse().unwrap(),
+        ports: Some(NpPorts {
+            protocol: Protocol::Udp,
+            first: 80,
+            last: port_last,
+        }),
+    };
+    let iso = Elem::NpIsolated {
+        dir: NpDir::Ingress,
+        pod: "10.1.0.2".parse().unwrap(),
+    };
+    let (narrow, wide) = (allow("10.1.0.127", 80), allow("10.1.0.255", 90));
+    let (n2, w2, i2) = (narrow.clone(), wide.clone(), iso.clone());
+    let (first, second, overlap) = e.ns.run_in(move || {
+        // In-process: element batches over nfnetlink, as the plugin sends them.
+        let fw = Firewall::with_backend(dir, Box::new(NftCli::new()));
+        let first = fw.set_netpol(&[i2.clone(), n2.clone()].into());
+        let second = fw.set_netpol(&[i2.clone(), w2.clone()].into());
+        // An element overlapping one that stays is refused by the kernel (pipapo).
+        let overlap = fw.set_netpol(&[i2, w2, allow("10.1.0.3", 80)].into());
+        (first, second, overlap)
+    });
+    assert_eq!(first.unwrap(), (2, 0));
+    assert_eq!(second.unwrap(), (1, 1));
+    assert!(overlap.is_err(), "{overlap:?}");
+    let got: Vec<String> = e.elems("np_in4").iter().map(|v| v.to_string()).collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    // nft shows 10.1.0.0-10.1.0.255 as the prefix it is.
+    assert!(
+        got[0].contains(r#"{"addr":"10.1.0.0","len":24}"#) && got[0].contains("[80,90]"),
+        "{got:?}"
+    );
+    assert_eq!(e.elems("np_iiso4").len(), 1);
 }

@@ -5,6 +5,8 @@
 //! cnirs inspect NETWORK [--json]        one network: attachments, ports, drift
 //! cnirs reconcile [--check]             rebuild table inet cnirs from the plugins' state (once)
 //! cnirs watch                           stay in the foreground, repair the table whenever it goes
+//! cnirs policy apply|delete -f FILE     Kubernetes Namespace/Pod/NetworkPolicy objects, at once
+//! cnirs policy ls                       the policies in force and the pods they select
 //! cnirs completion bash|zsh|fish|...    shell completion script
 //! ```
 //! Logs go to stderr (the journal under systemd); `CNIRS_LOG` sets the level (default `info`).
@@ -15,6 +17,7 @@ use std::{io::Write, process::ExitCode};
 use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod inspect;
+pub mod policy;
 pub mod reconcile;
 pub mod watch;
 
@@ -44,6 +47,7 @@ ENVIRONMENT
                  network namespace, netns-<inode>-<cookie>
   CNIRS_LOG      error|warn|info|debug|off: log level on stderr (default info)
   CNIRS_NFT      the nft binary (default: nft on PATH)
+  CNIRS_POLICY_DIR  the objects `cnirs policy apply` stores (default /var/lib/cni-rs/policy)
 
 EXAMPLES
   cnirs ls
@@ -171,6 +175,31 @@ lease and exit 0. Also does what `cnirs watch` does. Same as `cnirs-agent` plus 
         #[arg(long)]
         etcd_prefix: Option<String>,
     },
+    /// Kubernetes NetworkPolicy on this host: apply, delete, list
+    #[command(
+        long_about = "\
+Kubernetes NetworkPolicy (networking.k8s.io/v1) enforced in table inet cnirs for the pods
+the `netpol` plugin attached in this network namespace. `apply -f FILE` and `delete -f FILE`
+take Namespace, Pod (labels, container ports) and NetworkPolicy objects as YAML or JSON (one
+object, a multi-document stream, or a kind: List; `-` reads stdin), validate them as the API
+server does (a file with one invalid object changes nothing) and take effect at once, in one
+nftables transaction. `ls` shows each policy and the pods it selects.",
+        after_long_help = "\
+EXIT STATUS
+  0  done
+  1  invalid objects (the message names the field), objects to delete not found, the state
+     or the kernel failed
+  2  usage error
+
+EXAMPLES
+  cnirs policy apply -f deny-all.yaml
+  kubectl get netpol,pods,ns -A -o yaml | cnirs policy apply -f -
+  cnirs policy ls"
+    )]
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Print a shell completion script
     #[command(long_about = "\
 Print a completion script for SHELL on stdout, e.g.
@@ -183,9 +212,29 @@ Print a completion script for SHELL on stdout, e.g.
     },
 }
 
+/// `cnirs policy ...`.
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Create or replace the objects of FILE and enforce them at once
+    Apply {
+        /// YAML or JSON file (`-`: stdin)
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Delete the objects of FILE (all must exist) and enforce at once
+    Delete {
+        /// YAML or JSON file (`-`: stdin)
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Show the policies in force and the pods each selects
+    Ls,
+}
+
 impl Cmd {
     fn name(&self) -> &'static str {
         match self {
+            Cmd::Policy { .. } => "policy",
             Cmd::Ls { .. } => "ls",
             Cmd::Inspect { .. } => "inspect",
             Cmd::Reconcile { .. } => "reconcile",
@@ -227,6 +276,11 @@ pub fn main(args: &[String]) -> ExitCode {
             reconcile::run(&args)
         }
         Cmd::Watch => watch::run(&[]),
+        Cmd::Policy { cmd } => match cmd {
+            PolicyCmd::Apply { file } => policy::change(&file, false),
+            PolicyCmd::Delete { file } => policy::change(&file, true),
+            PolicyCmd::Ls => policy::ls(),
+        },
         Cmd::Agent {
             etcd_endpoints,
             etcd_cafile,

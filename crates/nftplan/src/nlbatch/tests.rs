@@ -149,6 +149,7 @@ fn every_set_of_the_schema_encodes_its_fields() {
     ]
     .into_iter()
     .chain(Elem::spoof_check(&br, "02:00:00:00:00:0a").unwrap())
+    .chain(crate::tests::netpol_samples())
     .collect();
     let mut seen: Vec<&str> = Vec::new();
     for e in &samples {
@@ -157,14 +158,16 @@ fn every_set_of_the_schema_encodes_its_fields() {
         assert_eq!(fields, p.set.key, "{e}");
         let data: Vec<_> = p.data.iter().map(crate::schema::Value::field).collect();
         assert_eq!(data, p.set.data, "{e}");
-        // A prefix is the last key field of an interval set, and nowhere else.
-        let is_net = |v: &crate::schema::Value| matches!(v, crate::schema::Value::Net(_));
-        let nets: Vec<bool> = p.key.iter().chain(&p.data).map(is_net).collect();
-        let mut want = vec![false; nets.len()];
+        // A range (prefix, address or port range) is the last key field of an interval set
+        // (and maybe others of a concatenation), never in a set without intervals.
+        use crate::schema::Value as V;
+        let is_range = |v: &V| matches!(v, V::Net(_) | V::AddrRange(..) | V::PortRange(..));
+        let ranges: Vec<bool> = p.key.iter().chain(&p.data).map(is_range).collect();
         if p.set.interval {
-            want[p.key.len() - 1] = true;
+            assert!(ranges[p.key.len() - 1], "{e}");
+        } else {
+            assert!(ranges.iter().all(|r| !r), "{e}");
         }
-        assert_eq!(nets, want, "{e}");
         let op = encode(Verb::Add, e);
         let start = op.elems.iter().find(|x| x.flags == 0).unwrap();
         let want: usize = p.set.key.iter().map(|f| len(f, p.set.key.len())).sum();

@@ -1,0 +1,419 @@
+//! The one-host store: the applied objects (`$CNIRS_POLICY_DIR`, default
+//! `/var/lib/cni-rs/policy`, kept across reboots so a pod re-created after one is isolated
+//! again before its ADD returns) and the pods' attachments (addresses, in the firewall's
+//! per-netns run state, gone with the namespace). One flock over both and the kernel batch.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::{self, OpenOptions},
+    io::{ErrorKind, Write},
+    net::IpAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use nftplan::{Elem, Firewall};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::{
+    compile::{compile, World},
+    model::{Namespace, NetworkPolicy, Object, Pod},
+    policy::{validate, PodInfo, Valid},
+    PolicyError,
+};
+
+/// Default directory of the applied objects.
+pub const DEFAULT_POLICY_DIR: &str = "/var/lib/cni-rs/policy";
+
+/// `$CNIRS_POLICY_DIR`, else [`DEFAULT_POLICY_DIR`].
+pub fn policy_dir() -> PathBuf {
+    std::env::var_os("CNIRS_POLICY_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_POLICY_DIR), PathBuf::from)
+}
+
+/// The applied objects (`objects.json`), as they were given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Objects {
+    /// by name
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// by `namespace/name`
+    #[serde(default)]
+    pub pods: BTreeMap<String, Pod>,
+    /// by `namespace/name`
+    #[serde(default)]
+    pub policies: BTreeMap<String, NetworkPolicy>,
+}
+
+/// One pod attachment (`netpol-pods.json` in the firewall's state dir).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodAttachment {
+    /// CNI network name
+    pub network: String,
+    /// CNI_CONTAINERID
+    pub container_id: String,
+    /// CNI_IFNAME
+    pub ifname: String,
+    /// K8S_POD_NAMESPACE
+    pub namespace: String,
+    /// K8S_POD_NAME
+    pub name: String,
+    /// the pod's addresses on that network
+    pub ips: Vec<IpAddr>,
+}
+
+impl PodAttachment {
+    fn key(&self) -> String {
+        att_key(&self.network, &self.container_id, &self.ifname)
+    }
+}
+
+fn att_key(network: &str, cid: &str, ifname: &str) -> String {
+    format!("{network}/{cid}/{ifname}")
+}
+
+/// `namespace/name` of a namespaced object.
+fn ns_key(m: &crate::model::ObjectMeta) -> String {
+    format!("{}/{}", m.namespace.as_deref().unwrap_or("default"), m.name)
+}
+
+/// The store of one host (one network namespace's table).
+pub struct Store {
+    dir: PathBuf,
+    fw: Firewall,
+}
+
+struct Held {
+    _lock: Flock<fs::File>,
+}
+
+impl Store {
+    /// The store at [`policy_dir`] over the firewall of this network namespace.
+    pub fn open() -> Result<Self, PolicyError> {
+        Ok(Store::with(policy_dir(), Firewall::open()?))
+    }
+
+    /// A store at `dir` over `fw` (tests).
+    pub fn with(dir: impl Into<PathBuf>, fw: Firewall) -> Self {
+        Store {
+            dir: dir.into(),
+            fw,
+        }
+    }
+
+    fn lock(&self) -> Result<Held, PolicyError> {
+        mkdir(&self.dir)?;
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| PolicyError::io(&path, e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| PolicyError::io(&path, std::io::Error::from(errno)))?;
+        Ok(Held { _lock: lock })
+    }
+
+    fn atts_path(&self) -> PathBuf {
+        self.fw.state_dir().join("netpol-pods.json")
+    }
+
+    /// The applied objects.
+    pub fn objects(&self) -> Result<Objects, PolicyError> {
+        Ok(read_json(&self.dir.join("objects.json"))?.unwrap_or_default())
+    }
+
+    /// The pod attachments, by `network/container/ifname`.
+    pub fn attachments(&self) -> Result<BTreeMap<String, PodAttachment>, PolicyError> {
+        Ok(read_json(&self.atts_path())?.unwrap_or_default())
+    }
+
+    /// The compiler's input.
+    pub fn world(&self) -> Result<World, PolicyError> {
+        world(&self.objects()?, &self.attachments()?)
+    }
+
+    /// Create or replace `objs` (validated first, all or nothing) and enforce at once.
+    /// Returns the (added, removed) element counts of the kernel transaction.
+    pub fn apply(&self, objs: &[Object]) -> Result<(usize, usize), PolicyError> {
+        validate_all(objs)?;
+        let _l = self.lock()?;
+        let mut o = self.objects()?;
+        for obj in objs {
+            match obj {
+                Object::Namespace(n) => {
+                    o.namespaces.insert(n.metadata.name.clone(), n.clone());
+                }
+                Object::Pod(p) => {
+                    o.pods.insert(ns_key(&p.metadata), p.clone());
+                }
+                Object::NetworkPolicy(p) => {
+                    o.policies.insert(ns_key(&p.metadata), p.clone());
+                }
+            }
+        }
+        self.commit(Some(o), None)
+    }
+
+    /// Delete `objs` (all must exist: else nothing changes) and enforce at once.
+    pub fn delete(&self, objs: &[Object]) -> Result<(usize, usize), PolicyError> {
+        let _l = self.lock()?;
+        let mut o = self.objects()?;
+        let mut missing = Vec::new();
+        for obj in objs {
+            let gone = match obj {
+                Object::Namespace(n) => o.namespaces.remove(&n.metadata.name).is_some(),
+                Object::Pod(p) => o.pods.remove(&ns_key(&p.metadata)).is_some(),
+                Object::NetworkPolicy(p) => o.policies.remove(&ns_key(&p.metadata)).is_some(),
+            };
+            if !gone {
+                missing.push(obj.key());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(PolicyError::NotFound(missing.join(", ")));
+        }
+        self.commit(Some(o), None)
+    }
+
+    /// A pod's attachment (the plugin's ADD): recorded and enforced before it returns.
+    pub fn attach(&self, att: PodAttachment) -> Result<(usize, usize), PolicyError> {
+        let _l = self.lock()?;
+        let mut atts = self.attachments()?;
+        atts.insert(att.key(), att);
+        self.commit(None, Some(atts))
+    }
+
+    /// Forget an attachment (DEL; idempotent).
+    pub fn detach(&self, network: &str, cid: &str, ifname: &str) -> Result<(), PolicyError> {
+        let _l = self.lock()?;
+        let mut atts = self.attachments()?;
+        if atts.remove(&att_key(network, cid, ifname)).is_none() {
+            // Nothing recorded: still converge the kernel (a DEL after a failed ADD).
+            return self.commit(None, None).map(drop);
+        }
+        self.commit(None, Some(atts)).map(drop)
+    }
+
+    /// Forget every attachment of `network` not in `valid` ((container, ifname) pairs).
+    pub fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<(), PolicyError> {
+        let _l = self.lock()?;
+        let mut atts = self.attachments()?;
+        atts.retain(|_, a| {
+            a.network != network
+                || valid
+                    .iter()
+                    .any(|(c, i)| *c == a.container_id && *i == a.ifname)
+        });
+        self.commit(None, Some(atts)).map(drop)
+    }
+
+    /// The elements the kernel must hold for the pod addresses `ips` (CHECK), compiled from
+    /// the store now, and those of them it lacks.
+    pub fn missing_for(&self, ips: &[IpAddr]) -> Result<(Vec<Elem>, Vec<Elem>), PolicyError> {
+        let _l = self.lock()?;
+        let want: Vec<Elem> = compile(&self.world()?)
+            .into_iter()
+            .filter(|e| match e {
+                Elem::NpIsolated { pod, .. } | Elem::NpAllow { pod, .. } => ips.contains(pod),
+                _ => false,
+            })
+            .collect();
+        let missing = self.fw.check_netpol(&want)?;
+        Ok((want, missing))
+    }
+
+    /// Enforce the store as it is (level-triggered repair).
+    pub fn sync(&self) -> Result<(usize, usize), PolicyError> {
+        let _l = self.lock()?;
+        self.commit(None, None)
+    }
+
+    /// Write the new state, compile it and make the kernel hold exactly its elements; when
+    /// the kernel refuses, the old state is written back and the error returned.
+    fn commit(
+        &self,
+        objects: Option<Objects>,
+        atts: Option<BTreeMap<String, PodAttachment>>,
+    ) -> Result<(usize, usize), PolicyError> {
+        let (old_o, old_a) = (self.objects()?, self.attachments()?);
+        let o = objects.clone().unwrap_or_else(|| old_o.clone());
+        let a = atts.clone().unwrap_or_else(|| old_a.clone());
+        let elems = compile(&world(&o, &a)?);
+        if objects.is_some() {
+            write_json(&self.dir, "objects.json", &o)?;
+        }
+        if atts.is_some() {
+            write_json(self.fw.state_dir(), "netpol-pods.json", &a)?;
+        }
+        match self.fw.set_netpol(&elems) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                if objects.is_some() {
+                    write_json(&self.dir, "objects.json", &old_o)?;
+                }
+                if atts.is_some() {
+                    write_json(self.fw.state_dir(), "netpol-pods.json", &old_a)?;
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn validate_all(objs: &[Object]) -> Result<Vec<Valid>, PolicyError> {
+    let mut errs = Vec::new();
+    let mut out = Vec::new();
+    for o in objs {
+        match validate(o) {
+            Ok(v) => out.push(v),
+            Err(e) => errs.push(e.to_string()),
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(PolicyError::Rejected(errs.join("\n")))
+    }
+}
+
+/// The compiler's input from stored objects (validated again: a file edited by hand is
+/// refused, not half-used) and attachments.
+pub fn world(o: &Objects, atts: &BTreeMap<String, PodAttachment>) -> Result<World, PolicyError> {
+    let mut w = World::default();
+    let mut pods: BTreeMap<(String, String), PodInfo> = BTreeMap::new();
+    for n in o.namespaces.values() {
+        if let Valid::Namespace(name, labels) = validate(&Object::Namespace(n.clone()))? {
+            w.namespaces.insert(name, labels);
+        }
+    }
+    for p in o.pods.values() {
+        if let Valid::Pod(info) = validate(&Object::Pod(p.clone()))? {
+            pods.insert((info.namespace.clone(), info.name.clone()), info);
+        }
+    }
+    for p in o.policies.values() {
+        if let Valid::Policy(p) = validate(&Object::NetworkPolicy(p.clone()))? {
+            w.policies.push(p);
+        }
+    }
+    for a in atts.values() {
+        let info = pods
+            .entry((a.namespace.clone(), a.name.clone()))
+            .or_insert_with(|| PodInfo {
+                namespace: a.namespace.clone(),
+                name: a.name.clone(),
+                ..PodInfo::default()
+            });
+        for ip in &a.ips {
+            if !info.ips.contains(ip) {
+                info.ips.push(*ip);
+            }
+        }
+    }
+    w.pods = pods.into_values().collect();
+    Ok(w)
+}
+
+/// What `cnirs policy ls` prints: each policy with its types and the pods it selects (those
+/// with an attachment on this host and those only applied), then the element count.
+pub fn listing(w: &World, elems: &BTreeSet<Elem>) -> String {
+    let mut s = String::new();
+    for p in &w.policies {
+        let types: Vec<&str> = [
+            p.ingress.as_ref().map(|_| "Ingress"),
+            p.egress.as_ref().map(|_| "Egress"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let selected: Vec<String> = w
+            .pods
+            .iter()
+            .filter(|pod| pod.namespace == p.namespace && p.pod_selector.matches(&pod.labels))
+            .map(|pod| {
+                let ips: Vec<String> = pod.ips.iter().map(IpAddr::to_string).collect();
+                if ips.is_empty() {
+                    format!("{} (not on this host)", pod.name)
+                } else {
+                    format!("{} ({})", pod.name, ips.join(", "))
+                }
+            })
+            .collect();
+        s.push_str(&format!(
+            "{}/{}  types={}  podSelector={}  rules: ingress={} egress={}\n  selects: {}\n",
+            p.namespace,
+            p.name,
+            types.join(","),
+            p.pod_selector,
+            p.ingress.as_ref().map_or(0, Vec::len),
+            p.egress.as_ref().map_or(0, Vec::len),
+            if selected.is_empty() {
+                "-".to_owned()
+            } else {
+                selected.join(", ")
+            }
+        ));
+    }
+    let iso = elems
+        .iter()
+        .filter(|e| matches!(e, Elem::NpIsolated { .. }))
+        .count();
+    s.push_str(&format!(
+        "{} policies, {} pods known, {} isolations, {} elements in table inet cnirs\n",
+        w.policies.len(),
+        w.pods.len(),
+        iso,
+        elems.len()
+    ));
+    s
+}
+
+fn mkdir(dir: &Path) -> Result<(), PolicyError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| PolicyError::io(dir, e))
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, PolicyError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| PolicyError::State {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PolicyError::io(path, e)),
+    }
+}
+
+/// Write `name` in `dir` through a temporary file and a rename (0600).
+fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), PolicyError> {
+    mkdir(dir)?;
+    let dst = dir.join(name);
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| PolicyError::State {
+        path: dst.clone(),
+        source,
+    })?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| PolicyError::io(&tmp, e))?;
+    f.write_all(&bytes).map_err(|e| PolicyError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| PolicyError::io(&tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, &dst).map_err(|e| PolicyError::io(&dst, e))
+}
