@@ -77,11 +77,16 @@ demo: deps build cnitool
 demo-overlay: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) demo/overlay.sh
 
-# The bridge chain against the reference, then the overlay section (appended to the summary).
+# The bridge chain against the reference, then the overlay section and the CRI rows (pod start
+# and stop through containerd, ours against the reference: under the global lock, which a caller
+# that already holds it turns off with GLOBAL_LOCK=) appended to the summary.
+GLOBAL_LOCK ?= flock /tmp/cnirs-global.lock
 bench: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/run.sh
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/overlay.sh
 	{ echo; cat target/bench/overlay.md; } >> target/bench/summary.md
+	$(GLOBAL_LOCK) $(CARGO) test -p conformance --test cri_bench -- --ignored --nocapture
+	{ echo; cat target/bench/cri.md; } >> target/bench/summary.md
 
 # ADD p50 of an overlay pod on 3 simulated hosts vs a local bridge pod; ADD-to-reachability.
 bench-overlay: deps build cnitool

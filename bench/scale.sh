@@ -67,7 +67,7 @@ for i in 0 1 2; do
         --initial-advertise-peer-urls "http://127.0.0.1:$((23800 + i))" \
         --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "$id" \
         --heartbeat-interval 100 --election-timeout 1000 \
-        --experimental-watch-progress-notify-interval 1s \
+        --experimental-watch-progress-notify-interval 5s \
         --auto-compaction-mode periodic --auto-compaction-retention 5m \
         --quota-backend-bytes $((8 << 30)) \
         --logger zap --log-outputs stderr --log-level warn > "$tmp/etcd$i.log" 2>&1 &

@@ -225,9 +225,10 @@ pub fn build_pause_image(dir: &Path) -> PathBuf {
     archive
 }
 
-/// A bin dir for the CRI: links to our release binaries and nothing else (no reference
-/// plugin is on its path: the CRI's `loopback` and `bandwidth` are ours).
-fn bin_dir(dir: &Path) -> PathBuf {
+/// A bin dir for the CRI: links to our release binaries, plus `extra` (name, target) links
+/// (none but for the bench: no reference plugin is on the tests' path, the CRI's `loopback`
+/// and `bandwidth` are ours).
+fn bin_dir(dir: &Path, extra: &[(&str, &Path)]) -> PathBuf {
     let bin = dir.join("cni-bin");
     std::fs::create_dir_all(&bin).unwrap();
     for p in [
@@ -242,6 +243,9 @@ fn bin_dir(dir: &Path) -> PathBuf {
         "bandwidth",
     ] {
         std::os::unix::fs::symlink(crate::plugin_bin(p), bin.join(p)).unwrap();
+    }
+    for (name, target) in extra {
+        std::os::unix::fs::symlink(target, bin.join(name)).unwrap();
     }
     bin
 }
@@ -296,10 +300,16 @@ impl CriNode {
     /// `net`'s host netns, imports the pause image and waits until the CRI sees it.
     #[track_caller]
     pub fn start(net: &TestNet, conf_dir: &Path) -> Self {
+        Self::start_with_bins(net, conf_dir, &[])
+    }
+
+    /// [`CriNode::start`] with more plugins on the CRI's path: `(type name, binary)`.
+    #[track_caller]
+    pub fn start_with_bins(net: &TestNet, conf_dir: &Path, extra: &[(&str, &Path)]) -> Self {
         let dir = net.tmp().join("cri");
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("containerd.sock");
-        let bin = bin_dir(&dir);
+        let bin = bin_dir(&dir, extra);
         let config = dir.join("config.toml");
         std::fs::write(&config, containerd_config(&dir, &socket, conf_dir, &bin)).unwrap();
         let (cache, run_dir) = (net.cache_dir(), net.run_dir());

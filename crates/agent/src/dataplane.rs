@@ -150,6 +150,28 @@ fn same_key(a: &Entry, b: &Entry) -> bool {
     }
 }
 
+/// The entries of `entries` keyed like `e` ([`same_key`]): adjacent in the set's order (a
+/// neighbour's address, a route's table and destination come first), so a range finds them
+/// without a scan of the device (3,000 entries at N=1,000, for each of a fill's million adds).
+fn same_keyed(entries: &BTreeSet<Entry>, e: &Entry) -> Vec<Entry> {
+    let from = match *e {
+        Entry::Neigh(ip, _) => Entry::Neigh(ip, MacAddr([0; 6])),
+        Entry::Route(t, r) => Entry::Route(
+            t,
+            PeerRoute {
+                dst: r.dst,
+                via: std::net::Ipv6Addr::UNSPECIFIED,
+            },
+        ),
+        Entry::Fdb(_) => *e,
+    };
+    entries
+        .range(from..)
+        .take_while(|x| same_key(x, e))
+        .copied()
+        .collect()
+}
+
 /// One change the fake saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -313,11 +335,7 @@ impl FakeKernel {
         let changed = match (c, e) {
             // A neighbour or route replaces one with the same key.
             (Change::Add, Entry::Neigh(..) | Entry::Route(..)) => {
-                let old: Vec<Entry> = entries
-                    .iter()
-                    .filter(|x| same_key(x, &e))
-                    .copied()
-                    .collect();
+                let old = same_keyed(entries, &e);
                 if old == [e] {
                     false
                 } else {
@@ -329,11 +347,7 @@ impl FakeKernel {
             }
             (Change::Add, _) => entries.insert(e),
             (Change::Del, Entry::Neigh(..)) => {
-                let old: Vec<Entry> = entries
-                    .iter()
-                    .filter(|x| same_key(x, &e))
-                    .copied()
-                    .collect();
+                let old = same_keyed(entries, &e);
                 for o in &old {
                     entries.remove(o);
                 }

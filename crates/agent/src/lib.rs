@@ -98,6 +98,10 @@ pub struct Timing {
     pub resync: Duration,
     /// The longest wait for news (etcd events, a device created) between two looks.
     pub poll: Duration,
+    /// After news arrives, how long more news is gathered before the kernel is programmed: a
+    /// burst (a cluster's registrations, a fill's first block claims, 1,000 events at
+    /// N=1,000) is one pass, not one per event (each pass re-checks the gate over every host).
+    pub coalesce: Duration,
 }
 
 impl Default for Timing {
@@ -105,6 +109,7 @@ impl Default for Timing {
         Timing {
             resync: RESYNC,
             poll: Duration::from_millis(100),
+            coalesce: Duration::from_millis(50),
         }
     }
 }
@@ -578,7 +583,16 @@ pub fn run_node_with(
         match rx.recv_timeout(timing.poll) {
             Ok(m) => {
                 apply(&mut view, &node.prefix, m, &mut synced, stats, &mut dirty);
-                while let Ok(m) = rx.try_recv() {
+                // Gather the rest of a burst for `coalesce`, then whatever is queued.
+                let until = Instant::now() + timing.coalesce;
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    let next = if left.is_zero() {
+                        rx.try_recv().ok()
+                    } else {
+                        rx.recv_timeout(left).ok()
+                    };
+                    let Some(m) = next else { break };
                     apply(&mut view, &node.prefix, m, &mut synced, stats, &mut dirty);
                 }
             }
