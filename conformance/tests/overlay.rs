@@ -286,15 +286,25 @@ fn dual_stack_pods_reach_each_other_and_their_host_over_both_families() {
 #[ignore = "kernel test (root): run by make conformance"]
 fn dual_stack_pods_reach_each_other_over_an_ipv6_underlay() {
     let c = OverlayCluster::start_v6(3);
-    // VTEPs are IPv6: the gate's vtep6 set carries the members.
-    let v6set = c
-        .host(0)
-        .host()
-        .exec("nft", &["list", "set", "inet", "cnirs", "vtep6"])
-        .stdout;
-    for h in 0..3 {
-        assert!(v6set.contains(&c.vtep(h).to_string()), "{v6set}");
+    // VTEPs are IPv6: the gate's vtep6 set carries the members (the agent fills it from
+    // hosts/ once it has listed them; under load that is after the cluster is up, so wait up
+    // to 10 s).
+    let v6set = || {
+        c.host(0)
+            .host()
+            .exec("nft", &["list", "set", "inet", "cnirs", "vtep6"])
+            .stdout
+    };
+    let all_in = |s: &str| (0..3).all(|h| s.contains(&c.vtep(h).to_string()));
+    let mut seen = v6set();
+    for _ in 0..100 {
+        if all_in(&seen) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        seen = v6set();
     }
+    assert!(all_in(&seen), "{seen}");
     // Over IPv6 VXLAN costs 70 bytes: the pod MTU is 1430.
     dual_stack(&c, 1430);
 }
