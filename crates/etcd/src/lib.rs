@@ -55,6 +55,40 @@ const GRPC_DEADLINE_EXCEEDED: i64 = 4;
 const GRPC_NOT_FOUND: i64 = 5;
 const GRPC_UNAVAILABLE: i64 = 14;
 
+/// ureq's default resolver spawns a thread for every request when a timeout is set, even
+/// for an IP address (a `clone3` before each etcd call of an ADD). Endpoints are usually IP
+/// addresses: those are answered here without a thread, names as ureq does.
+#[derive(Debug)]
+struct LiteralResolver;
+
+impl ureq::unversioned::resolver::Resolver for LiteralResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        use ureq::unversioned::resolver::DefaultResolver;
+        let ip = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok());
+        let port = uri.port_u16().or(match uri.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        });
+        match (ip, port) {
+            (Some(ip), Some(port)) => {
+                let mut v = self.empty();
+                v.push(std::net::SocketAddr::new(ip, port));
+                Ok(v)
+            }
+            _ => DefaultResolver::default().resolve(uri, config, timeout),
+        }
+    }
+}
+
 /// A blocking etcd v3 client over the JSON gateway. Cheap to clone; Send + Sync.
 #[derive(Clone)]
 pub struct Client {
@@ -102,7 +136,7 @@ impl Client {
         // One agent per purpose, each keeping its connections (and so its TLS sessions) for
         // every later call of this process.
         let base = |global: Option<Duration>| -> ureq::Agent {
-            ureq::Agent::config_builder()
+            let config = ureq::Agent::config_builder()
                 .tls_config(tls.clone())
                 .http_status_as_error(false)
                 .timeout_connect(Some(opts.connect_timeout))
@@ -112,8 +146,12 @@ impl Client {
                 } else {
                     None
                 })
-                .build()
-                .into()
+                .build();
+            ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::default(),
+                LiteralResolver,
+            )
         };
         let agent = base(Some(opts.request_timeout));
         let stream_agent = base(None);

@@ -282,44 +282,13 @@ impl Plugin for EtcdIpam {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let node = self.node()?;
         let (cfg, client) = self.open(req)?;
-        let dns = match &cfg.ipam.resolv_conf {
-            Some(p) => ipamconf::config::read_resolv_conf(p)?,
-            None => Default::default(),
-        };
-        let got = add(&client, &cfg, node, &req.container_id, &req.ifname)?;
-        let mut ips = Vec::with_capacity(got.len());
-        for g in &got {
-            let address =
-                IpNetwork::new(g.ip, g.prefix).map_err(|e| CniError::config("ipam.ranges", e))?;
-            ips.push(IpConfig {
-                address,
-                gateway: Some(g.gateway),
-                interface: None,
-            });
-        }
-        log::info!(
-            "{} on {node}: {}",
-            req.tag(),
-            ips.iter()
-                .map(|i| i.address.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        Ok(CniResult {
-            interfaces: Vec::new(),
-            ips,
-            routes: cfg.ipam.routes,
-            dns,
-        })
+        self.add_with(req, &cfg, &client)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let (cfg, client) = self.open(req)?;
-        let released = del(&client, &cfg, &self.node, &req.container_id, &req.ifname)?;
-        log::info!("{}: released {released:?}", req.tag());
-        Ok(())
+        self.del_with(req, &cfg, &client)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -342,6 +311,75 @@ impl Plugin for EtcdIpam {
         let node = self.node()?;
         let (cfg, client) = self.open(req)?;
         status(&client, &cfg, node)
+    }
+}
+
+impl EtcdIpam {
+    /// ADD or DEL over a store the caller already holds: the overlay plugin runs etcd-ipam in
+    /// its own process over its own etcd connection (one TLS handshake per ADD, not two; the
+    /// overlay takes no other IPAM). The same steps and answers as the plugin's.
+    pub fn run_with(
+        &self,
+        req: &Request,
+        cmd: cni_core::Command,
+        store: &dyn Store,
+    ) -> Result<Option<CniResult>, CniError> {
+        let cfg = config::parse(req)?;
+        match cmd {
+            cni_core::Command::Add => self.add_with(req, &cfg, store).map(Some),
+            cni_core::Command::Del => self.del_with(req, &cfg, store).map(|()| None),
+            cni_core::Command::Check => {
+                check(store, &cfg, self.node()?, &req.container_id, &req.ifname).map(|_| None)
+            }
+            other => Err(CniError::new(
+                ErrorCode::InvalidEnvironment,
+                format!("etcd-ipam in process: {other:?} is not run this way"),
+            )),
+        }
+    }
+
+    fn del_with(&self, req: &Request, cfg: &Config, store: &dyn Store) -> Result<(), CniError> {
+        let released = del(store, cfg, &self.node, &req.container_id, &req.ifname)?;
+        log::info!("{}: released {released:?}", req.tag());
+        Ok(())
+    }
+
+    fn add_with(
+        &self,
+        req: &Request,
+        cfg: &Config,
+        store: &dyn Store,
+    ) -> Result<CniResult, CniError> {
+        let node = self.node()?;
+        let dns = match &cfg.ipam.resolv_conf {
+            Some(p) => ipamconf::config::read_resolv_conf(p)?,
+            None => Default::default(),
+        };
+        let got = add(store, cfg, node, &req.container_id, &req.ifname)?;
+        let mut ips = Vec::with_capacity(got.len());
+        for g in &got {
+            let address =
+                IpNetwork::new(g.ip, g.prefix).map_err(|e| CniError::config("ipam.ranges", e))?;
+            ips.push(IpConfig {
+                address,
+                gateway: Some(g.gateway),
+                interface: None,
+            });
+        }
+        log::info!(
+            "{} on {node}: {}",
+            req.tag(),
+            ips.iter()
+                .map(|i| i.address.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(CniResult {
+            interfaces: Vec::new(),
+            ips,
+            routes: cfg.ipam.routes.clone(),
+            dns,
+        })
     }
 }
 

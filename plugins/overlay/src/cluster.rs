@@ -36,19 +36,23 @@ impl<'a> Cluster<'a> {
     }
 
     pub fn connect(spec: &OverlaySpec) -> Result<Self, OverlayError> {
+        Ok(Self {
+            backend: Backend::Client(Self::client(spec)?),
+            prefix: spec.etcd_prefix.clone(),
+        })
+    }
+
+    /// A client of the config's endpoints with its TLS keys (nothing contacted yet).
+    pub fn client(spec: &OverlaySpec) -> Result<Client, cni_core::CniError> {
         if let Some((field, msg)) = &spec.etcd_tls_error {
-            return Err(cni_core::CniError::config(field, msg).into());
+            return Err(cni_core::CniError::config(field, msg));
         }
         let opts = etcd::Options {
             tls: spec.etcd_tls.clone(),
             ..etcd::Options::default()
         };
-        let client = Client::with_options(&spec.etcd_endpoints, opts)
-            .map_err(|e| cni_core::CniError::config("ipam.etcdEndpoints", e))?;
-        Ok(Self {
-            backend: Backend::Client(client),
-            prefix: spec.etcd_prefix.clone(),
-        })
+        Client::with_options(&spec.etcd_endpoints, opts)
+            .map_err(|e| cni_core::CniError::config("ipam.etcdEndpoints", e))
     }
 
     /// Over a store the caller already has (keys under `prefix`).

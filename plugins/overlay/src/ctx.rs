@@ -77,6 +77,27 @@ impl Ipam for DelegateIpam {
     }
 }
 
+/// etcd-ipam run in this process over the overlay's own etcd client: ADD opens one
+/// connection (one TLS handshake) instead of two and starts no second process. The overlay
+/// takes no IPAM but etcd-ipam (config::parse), so nothing a user could swap is bypassed; any
+/// other `ipam.type` is delegated as a runtime would.
+pub struct SharedEtcdIpam<'a> {
+    pub store: &'a dyn etcd::store::Store,
+    pub ipam: etcd_ipam::EtcdIpam,
+}
+
+impl Ipam for SharedEtcdIpam<'_> {
+    fn run(&self, req: &Request, cmd: Command) -> Result<Option<CniResult>, CniError> {
+        let ty = req.conf.ipam.as_ref().map(|i| i.plugin_type.as_str());
+        match (ty, cmd) {
+            (Some("etcd-ipam"), Command::Add | Command::Del | Command::Check) => {
+                self.ipam.run_with(req, cmd, self.store)
+            }
+            _ => req.delegate_ipam(cmd),
+        }
+    }
+}
+
 /// One verb's context.
 pub struct Ctx<'a> {
     /// This node's name (`hosts/<node>`, its blocks) and where it came from.

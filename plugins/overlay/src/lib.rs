@@ -34,7 +34,7 @@ use crate::{
     plan::Underlay,
 };
 pub use crate::{
-    ctx::{Ctx, DelegateIpam, HostSide, Ipam, NetLock},
+    ctx::{Ctx, DelegateIpam, HostSide, Ipam, NetLock, SharedEtcdIpam},
     kernel::KernelHost,
 };
 
@@ -50,8 +50,20 @@ impl Plugin for Overlay {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let (host, ipam) = (KernelHost::new(&req.detach), DelegateIpam);
-        add(&Ctx::real(&host, &ipam), req)
+        // One etcd client for the overlay's reads and etcd-ipam's (run in this process): one
+        // connection, one TLS handshake per ADD (docs/overlay.md, "What an ADD costs").
+        let spec = config::parse(req)?;
+        let client = Cluster::client(&spec)?;
+        let host = KernelHost::new(&req.detach);
+        let ipam = SharedEtcdIpam {
+            store: &client,
+            ipam: etcd_ipam::EtcdIpam::from_env(),
+        };
+        let ctx = Ctx {
+            etcd: Some(&client),
+            ..Ctx::real(&host, &ipam)
+        };
+        add(&ctx, req)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {

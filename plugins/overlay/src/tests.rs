@@ -400,3 +400,62 @@ fn an_ipam_other_than_etcd_ipam_is_refused() {
     .unwrap();
     config::parse(&r).unwrap();
 }
+
+fn shared_ipam(store: &dyn etcd::store::Store) -> crate::SharedEtcdIpam<'_> {
+    crate::SharedEtcdIpam {
+        store,
+        ipam: etcd_ipam::EtcdIpam {
+            node: "h1".into(),
+            options: etcd::Options::default(),
+        },
+    }
+}
+
+#[test]
+fn etcd_ipam_in_process_allocates_in_the_nodes_block_over_the_same_store() {
+    let (host, store) = (FakeHost::default(), MemStore::default());
+    let (ipam, unused) = (shared_ipam(&store), FakeIpam::default());
+    let c = Ctx {
+        ipam: &ipam,
+        ..ctx(&host, &unused, &store)
+    };
+    let r = add(&c, &req(Command::Add, serde_json::json!({}))).unwrap();
+    let ip = r.ips[0].address;
+    assert_eq!(ip.prefix(), 26, "the node's block, not the range: {ip}");
+    assert_eq!(
+        store.keys("/cnirs/ipam/ov/att/"),
+        ["/cnirs/ipam/ov/att/c1/eth0"]
+    );
+    let held = store.keys("/cnirs/ipam/ov/nodes/h1/");
+    assert!(
+        held.iter().any(|k| k.ends_with(&format!("/{}", ip.ip()))),
+        "{ip} held under this node: {held:?}"
+    );
+    assert_eq!(
+        store.keys("/cnirs/blocks/ov/").len(),
+        1,
+        "one block claimed"
+    );
+}
+
+#[test]
+fn etcd_ipam_in_process_releases_the_address_when_apply_fails() {
+    let host = FakeHost {
+        fail_apply: true,
+        ..FakeHost::default()
+    };
+    let store = MemStore::default();
+    let (ipam, unused) = (shared_ipam(&store), FakeIpam::default());
+    let c = Ctx {
+        ipam: &ipam,
+        ..ctx(&host, &unused, &store)
+    };
+    add(&c, &req(Command::Add, serde_json::json!({}))).unwrap_err();
+    assert!(store.keys("/cnirs/ipam/ov/att/").is_empty(), "att released");
+    let held: Vec<String> = store
+        .keys("/cnirs/ipam/ov/nodes/h1/")
+        .into_iter()
+        .filter(|k| k.matches('/').count() > 7)
+        .collect();
+    assert!(held.is_empty(), "no address left held: {held:?}");
+}
