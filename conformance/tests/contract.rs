@@ -25,6 +25,7 @@ const BINARIES: &[&str] = &[
     "internal-bridge",
     "portmap",
     "isolation",
+    "netpol",
     "host-local",
     "etcd-ipam",
     "static",
@@ -62,6 +63,7 @@ fn poisoned(bin: &str, version: &str, name: &str, data_dir: &Path) -> Value {
         "portmap" => json!({"type": "portmap", "snat": "poison",
                             "capabilities": {"portMappings": true}}),
         "isolation" => json!({"type": "isolation"}),
+        "netpol" => json!({"type": "netpol"}),
         "host-local" => json!({
             "type": "bridge",
             "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": "poison"}
@@ -107,7 +109,7 @@ fn poison_bites(bin: &str, cmd: &str) -> bool {
     !matches!(
         (bin, cmd),
         ("portmap", "DEL" | "GC" | "STATUS")
-            | ("isolation", "DEL" | "GC" | "STATUS")
+            | ("isolation" | "netpol", "DEL" | "GC" | "STATUS")
             // static holds nothing: DEL, GC and STATUS do not read the config.
             | ("static", "DEL" | "GC" | "STATUS")
             // dhcp's GC has nothing to do (the daemon keeps no list to collect).
@@ -830,6 +832,7 @@ fn bad_inputs_leave_nothing_behind() {
                                     {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
                                 "prevResult": fake_prev("eth0", &np)}),
             "isolation" => json!({"type": "isolation", "prevResult": fake_prev("eth0", &np)}),
+            "netpol" => json!({"type": "netpol", "prevResult": fake_prev("eth0", &np)}),
             "static" => json!({"type": "static", "ipam": {"type": "static",
                 "addresses": [{"address": "10.232.0.5/24"}]}}),
             // No daemon listens there: every case must be refused before it is dialled.
