@@ -85,7 +85,8 @@ done
 
 # The real host: its agent, then its pods through the real plugin (the first creates the
 # network's bridge and VXLAN device, which the agent then programs).
-ip netns exec "$R" env -i PATH="$PATH" CNIRS_LOG=warn "$BIN/cnirs-agent" --etcd-endpoints "$eps" \
+ip netns exec "$R" env -i PATH="$PATH" CNIRS_LOG=warn CNIRS_RUN_DIR="$tmp/run" \
+    "$BIN/cnirs-agent" --etcd-endpoints "$eps" \
     --underlay ul0 --node-name real > "$tmp/agent.log" 2>&1 &
 agent_pid=$!
 for k in $(seq "$REAL_PODS"); do
