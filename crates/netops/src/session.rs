@@ -137,6 +137,22 @@ mod real {
             })
         }
 
+        /// `f` on the host netns view of this session's kernel (opened if needed), for a
+        /// caller's own host reads and ops beyond [`Session`]'s, on the same connection.
+        pub fn host<T, E: From<NetopsError>>(
+            &mut self,
+            f: impl FnOnce(&Netlink<'_>) -> Result<T, E>,
+        ) -> Result<T, E> {
+            self.open()?;
+            let Some(k) = self.kernel.as_ref() else {
+                return Err(NetopsError::NeedsPodHandle {
+                    what: "a kernel session",
+                }
+                .into());
+            };
+            f(&k.host())
+        }
+
         fn on<T>(
             &mut self,
             ns: Ns,

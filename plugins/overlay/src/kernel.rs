@@ -18,7 +18,7 @@ use cni_core::{CniResult, IfName, Request};
 use ipnetwork::IpNetwork;
 use netbase::Detacher;
 use netops::{
-    Executor, Family, Kernel, KernelExec, KernelSession, Link, Netlink, NetopsError, Op, Session,
+    Executor, Family, KernelExec, KernelSession, Link, Netlink, NetopsError, Op, Session,
 };
 use nftplan::{Attachment, Feature, Firewall};
 
@@ -30,12 +30,12 @@ use crate::{
 };
 
 /// The host's kernel and firewall, opened on first use (DEL of a pod whose network has other
-/// pods needs no netlink connection of its own beyond the veth's). The pod's side (the bridge's
-/// plan, its reads and checks) runs on a [`KernelSession`], as the bridge's verbs do; work only
-/// the kernel can observe is parked with the request's detacher.
+/// pods needs no netlink connection of its own beyond the veth's). One [`KernelSession`] per
+/// call: the pod's side (the bridge's plan, its reads and checks) runs on it as the bridge's
+/// verbs do, and the overlay's own host reads and ops on its host connection; work only the
+/// kernel can observe is parked with the request's detacher.
 pub struct KernelHost {
     detach: Detacher,
-    kernel: OnceCell<Kernel>,
     fw: OnceCell<Firewall>,
     session: RefCell<KernelSession>,
     pod: RefCell<Option<PathBuf>>,
@@ -45,19 +45,18 @@ impl KernelHost {
     pub fn new(detach: &Detacher) -> Self {
         Self {
             detach: detach.clone(),
-            kernel: OnceCell::new(),
             fw: OnceCell::new(),
             session: RefCell::new(KernelSession::new(detach.clone())),
             pod: RefCell::new(None),
         }
     }
 
-    fn kernel(&self) -> Result<&Kernel, OverlayError> {
-        if let Some(k) = self.kernel.get() {
-            return Ok(k);
-        }
-        let k = Kernel::with_detacher(self.detach.clone())?;
-        Ok(self.kernel.get_or_init(|| k))
+    /// `f` on the host netns, over the session's connection.
+    fn host<T>(
+        &self,
+        f: impl FnOnce(&Netlink<'_>) -> Result<T, OverlayError>,
+    ) -> Result<T, OverlayError> {
+        self.session.borrow_mut().host(f)
     }
 
     fn fw(&self) -> Result<&Firewall, OverlayError> {
@@ -148,7 +147,7 @@ fn lock_path(dir: &std::path::Path, network: &str) -> PathBuf {
 
 impl HostSide for KernelHost {
     fn underlay(&self, spec: &OverlaySpec) -> Result<Underlay, OverlayError> {
-        underlay(&self.kernel()?.host(), spec)
+        self.host(|host| underlay(host, spec))
     }
 
     fn lock(&self, spec: &OverlaySpec, exclusive: bool) -> Result<NetLock, OverlayError> {
@@ -183,16 +182,16 @@ impl HostSide for KernelHost {
         ids: &Ids,
     ) -> Result<HostView, OverlayError> {
         let bridge = read_view(&mut *self.session_in(&ids.netns)?, bspec, &ids.ifname)?;
-        let k = self.kernel()?;
-        let host = k.host();
-        let vxlan = match host.link(&spec.vxlan)? {
-            None => None,
-            Some(l) if l.kind.as_deref() == Some("vxlan") => {
-                let v = host.vxlan(&spec.vxlan)?;
-                v.map(|v| (v.vni, v.local, v.link.mac))
-            }
-            Some(l) => Some((None, None, l.mac)),
-        };
+        let vxlan = self.host(|host| {
+            Ok(match host.link(&spec.vxlan)? {
+                None => None,
+                Some(l) if l.kind.as_deref() == Some("vxlan") => {
+                    let v = host.vxlan(&spec.vxlan)?;
+                    v.map(|v| (v.vni, v.local, v.link.mac))
+                }
+                Some(l) => Some((None, None, l.mac)),
+            })
+        })?;
         Ok(HostView { bridge, vxlan })
     }
 
@@ -237,9 +236,8 @@ impl HostSide for KernelHost {
                         subnets.push(s);
                     }
                 }
-                let unseal = self
-                    .kernel()
-                    .and_then(|k| Ok(k.host().unseal_bridge(last.bridge.as_str(), &subnets)?));
+                let unseal =
+                    self.host(|host| Ok(host.unseal_bridge(last.bridge.as_str(), &subnets)?));
                 if let Err(e) = unseal {
                     errors.push(e);
                 }
@@ -255,19 +253,20 @@ impl HostSide for KernelHost {
     }
 
     fn teardown(&self, ops: &[Op]) -> Vec<OverlayError> {
-        let k = match self.kernel() {
-            Ok(k) => k,
-            Err(e) => return vec![e],
-        };
-        let host = k.host();
-        let mut x = KernelExec::new(&host, &host);
         let mut errors = Vec::new();
-        for op in ops {
-            match x.exec(op) {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => errors.push(e.into()),
+        let run = self.host(|host| {
+            let mut x = KernelExec::new(host, host);
+            for op in ops {
+                match x.exec(op) {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => errors.push(e.into()),
+                }
             }
+            Ok(())
+        });
+        if let Err(e) = run {
+            errors.push(e);
         }
         errors
     }
@@ -294,10 +293,8 @@ impl HostSide for KernelHost {
             verbs::check_pod_link(&mut *session, req, prev, &link)?;
             verbs::check_host_side(&mut *session, req, bspec, prev)?;
         }
-        let k = self.kernel()?;
-        let host = k.host();
-        let vx = host
-            .vxlan(&spec.vxlan)?
+        let vx = self
+            .host(|host| Ok(host.vxlan(&spec.vxlan)?))?
             .ok_or_else(|| failed(format!("vxlan {} not found", spec.vxlan)))?;
         plan::preflight(
             spec,
@@ -314,13 +311,16 @@ impl HostSide for KernelHost {
         if !vx.link.admin_up {
             return Err(failed(format!("{} is down", spec.vxlan)));
         }
-        let routes = host.missing_table_routes(&plan::table_routes(spec))?;
-        let rules = host.missing_rules(&plan::rules(spec))?;
-        let mut missing: Vec<String> = routes.iter().map(|r| r.text()).collect();
-        missing.extend(rules.iter().map(|r| r.text()));
-        if spec.internal {
-            missing.extend(host.missing_seal(&spec.bridge, &spec.subnets)?);
-        }
+        let missing = self.host(|host| {
+            let routes = host.missing_table_routes(&plan::table_routes(spec))?;
+            let rules = host.missing_rules(&plan::rules(spec))?;
+            let mut missing: Vec<String> = routes.iter().map(|r| r.text()).collect();
+            missing.extend(rules.iter().map(|r| r.text()));
+            if spec.internal {
+                missing.extend(host.missing_seal(&spec.bridge, &spec.subnets)?);
+            }
+            Ok(missing)
+        })?;
         if !missing.is_empty() {
             return Err(failed(format!(
                 "network {} on this host lacks: {}",
@@ -337,7 +337,7 @@ impl HostSide for KernelHost {
     fn gc(&self, req: &Request, spec: &OverlaySpec) -> Vec<OverlayError> {
         let mut errors: Vec<OverlayError> = Vec::new();
         // Links a DEL retired but whose detached deleter was killed.
-        if let Err(e) = self.kernel().and_then(|k| Ok(k.host().delete_retired()?)) {
+        if let Err(e) = self.host(|host| Ok(host.delete_retired()?)) {
             errors.push(e);
         }
         let gc = self
