@@ -190,6 +190,15 @@ pub fn has_ipam(req: &Request) -> bool {
         .is_some_and(|i| !i.plugin_type.is_empty())
 }
 
+/// `cmd` (GC, STATUS, DEL) passed to the IPAM plugin when the config names one; nothing
+/// otherwise (an L2-only attachment holds no address).
+pub fn delegate_ipam_if_any(req: &Request, cmd: cni_core::Command) -> Result<(), CniError> {
+    if has_ipam(req) {
+        req.delegate_ipam(cmd)?;
+    }
+    Ok(())
+}
+
 /// The MAC a runtime or the config asks for, with the reference's precedence: the config's
 /// `mac`, overridden by `CNI_ARGS` `MAC`, overridden by `runtimeConfig.mac`. Multicast
 /// addresses are refused.

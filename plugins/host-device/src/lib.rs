@@ -379,10 +379,8 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
 /// alias cleared, its addresses and state back; then the state file.
 fn del(req: &Request) -> Result<(), CniError> {
     let mut errors: Vec<CniError> = Vec::new();
-    if podif::has_ipam(req) {
-        if let Err(e) = req.delegate_ipam(Command::Del) {
-            errors.push(e);
-        }
+    if let Err(e) = podif::delegate_ipam_if_any(req, Command::Del) {
+        errors.push(e);
     }
     let path = state_path(req);
     let saved = path.as_ref().ok().and_then(|p| read_saved(p));
@@ -498,17 +496,11 @@ impl Plugin for HostDevice {
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        if podif::has_ipam(req) {
-            req.delegate_ipam(Command::Gc)?;
-        }
-        Ok(())
+        podif::delegate_ipam_if_any(req, Command::Gc)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        if podif::has_ipam(req) {
-            req.delegate_ipam(Command::Status)?;
-        }
-        Ok(())
+        podif::delegate_ipam_if_any(req, Command::Status)
     }
 }
 

@@ -237,17 +237,11 @@ impl Plugin for Macvlan {
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        if podif::has_ipam(req) {
-            req.delegate_ipam(Command::Gc)?;
-        }
-        Ok(())
+        podif::delegate_ipam_if_any(req, Command::Gc)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        if podif::has_ipam(req) {
-            req.delegate_ipam(Command::Status)?;
-        }
-        Ok(())
+        podif::delegate_ipam_if_any(req, Command::Status)
     }
 }
 
