@@ -63,21 +63,21 @@ pub fn rule_message(r: &RuleSpec) -> RuleMessage {
     m
 }
 
-fn attr_priority(m: &RuleMessage) -> Option<u32> {
+pub(super) fn attr_priority(m: &RuleMessage) -> Option<u32> {
     m.attributes.iter().find_map(|a| match a {
         RuleAttribute::Priority(p) => Some(*p),
         _ => None,
     })
 }
 
-fn attr_iif(m: &RuleMessage) -> Option<&str> {
+pub(super) fn attr_iif(m: &RuleMessage) -> Option<&str> {
     m.attributes.iter().find_map(|a| match a {
         RuleAttribute::Iifname(s) => Some(s.as_str()),
         _ => None,
     })
 }
 
-fn attr_dst(m: &RuleMessage) -> Option<std::net::IpAddr> {
+pub(super) fn attr_dst(m: &RuleMessage) -> Option<std::net::IpAddr> {
     m.attributes.iter().find_map(|a| match a {
         RuleAttribute::Destination(d) => Some(*d),
         _ => None,

@@ -19,6 +19,7 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::IpVersion;
 
+use super::policy::{attr_dst, attr_iif, attr_priority, same_rule};
 use super::{is_nl_exists, is_nl_not_found, Netlink};
 use crate::{validate_ifname, NetopsError};
 
@@ -84,49 +85,6 @@ pub fn seal_messages(bridge: &str, subnets: &[IpNetwork]) -> Vec<RuleMessage> {
         out.extend(subnet_messages(*s));
     }
     out
-}
-
-fn attr_priority(m: &RuleMessage) -> Option<u32> {
-    m.attributes.iter().find_map(|a| match a {
-        RuleAttribute::Priority(p) => Some(*p),
-        _ => None,
-    })
-}
-
-fn attr_iif(m: &RuleMessage) -> Option<&str> {
-    m.attributes.iter().find_map(|a| match a {
-        RuleAttribute::Iifname(s) => Some(s.as_str()),
-        _ => None,
-    })
-}
-
-fn attr_dst(m: &RuleMessage) -> Option<std::net::IpAddr> {
-    m.attributes.iter().find_map(|a| match a {
-        RuleAttribute::Destination(d) => Some(*d),
-        _ => None,
-    })
-}
-
-fn rule_table(m: &RuleMessage) -> u32 {
-    m.attributes
-        .iter()
-        .find_map(|a| match a {
-            RuleAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(m.header.table))
-}
-
-/// Does the kernel's rule `have` implement our rule `want` (the fields we set)?
-fn same_rule(want: &RuleMessage, have: &RuleMessage) -> bool {
-    want.header.family == have.header.family
-        && want.header.action == have.header.action
-        && want.header.dst_len == have.header.dst_len
-        && want.header.src_len == have.header.src_len
-        && attr_priority(want) == attr_priority(have)
-        && attr_iif(want) == attr_iif(have)
-        && attr_dst(want) == attr_dst(have)
-        && (want.header.action != RuleAction::ToTable || rule_table(want) == rule_table(have))
 }
 
 /// The `ip rule` text of one seal rule, for reports.
