@@ -94,7 +94,7 @@ fn pods_on_three_hosts_reach_each_other_routed_per_block_and_del_propagates() {
     // The result says what the pod has: its node's block as its on-link prefix.
     for r in &res {
         assert!(
-            r["ips"][0]["address"].as_str().unwrap().ends_with("/26"),
+            r["ips"][0]["address"].as_str().unwrap().ends_with("/25"),
             "{r}"
         );
     }

@@ -50,13 +50,16 @@ pub struct AttRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeBlock {}
 
-/// Blocks of IPv4 ranges: /26 (64 addresses).
-pub const BLOCK_PREFIX_V4: u8 = 26;
-/// Blocks of IPv6 ranges: /122 (64 addresses).
-pub const BLOCK_PREFIX_V6: u8 = 122;
+/// Blocks of IPv4 ranges: /25 (128 addresses: Kubernetes' default 110 pods per node fit one
+/// block, so a node claims one block, and the cluster sees one claim per node, not two).
+pub const BLOCK_PREFIX_V4: u8 = 25;
+/// Blocks of IPv6 ranges: /121 (128 addresses, as IPv4).
+pub const BLOCK_PREFIX_V6: u8 = 121;
 
-/// The block size of a range: /26 for IPv4, /122 for IPv6 (64 addresses), or the range's
-/// subnet itself when it is smaller.
+/// The block size of a range: /25 for IPv4, /121 for IPv6 (128 addresses), or the range's
+/// subnet itself when it is smaller. Every host of a network must use the same size (blocks
+/// are claimed by their CIDR key: a /25 and an overlapping /26 would be two keys), so it is a
+/// constant, not a per-host config key (docs/scale.md).
 pub fn block_prefix(subnet: IpNetwork) -> u8 {
     if subnet.is_ipv4() {
         subnet.prefix().max(BLOCK_PREFIX_V4)
@@ -164,21 +167,21 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_64_addresses_or_the_whole_small_subnet() {
-        assert_eq!(block_prefix("10.64.0.0/12".parse().unwrap()), 26);
+    fn blocks_are_128_addresses_or_the_whole_small_subnet() {
+        assert_eq!(block_prefix("10.64.0.0/12".parse().unwrap()), 25);
         assert_eq!(block_prefix("10.64.0.0/28".parse().unwrap()), 28);
-        assert_eq!(block_prefix("fd00::/64".parse().unwrap()), 122);
+        assert_eq!(block_prefix("fd00::/64".parse().unwrap()), 121);
         assert_eq!(
             block_of("10.64.1.77".parse().unwrap(), 12)
                 .unwrap()
                 .to_string(),
-            "10.64.1.64/26"
+            "10.64.1.0/25"
         );
         assert_eq!(
             block_of("fd00::4a".parse().unwrap(), 64)
                 .unwrap()
                 .to_string(),
-            "fd00::40/122"
+            "fd00::/121"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! Cluster-wide allocation over a [`Store`], by blocks that belong to nodes.
 //!
-//! A node claims a block (/26 for IPv4, /122 for IPv6, or the whole subnet when smaller) with
+//! A node claims a block (/25 for IPv4, /121 for IPv6, or the whole subnet when smaller) with
 //! one transaction that creates `<prefix>/blocks/<net>/<cidr>` (the key the agents watch: who
 //! routes the block) and `ipam/<net>/nodes/<node>/<cidr>` (its own index) only if the first is
 //! absent. Every address a node hands out lies in one of its blocks: the overlay routes a
@@ -33,6 +33,13 @@ use crate::{
     error::Error,
     store::{gets, Store},
 };
+
+mod blocks;
+mod reclaim;
+
+pub use blocks::{addresses_in_block, block_count};
+use blocks::{bits, block_in, block_of_set, spans};
+pub use reclaim::{reclaim_dead_nodes, Reclaimed};
 
 /// What one node's keys said when read (one transaction).
 #[derive(Debug, Default, Clone)]
@@ -87,61 +94,6 @@ pub fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-fn bits(ip: &IpAddr) -> u32 {
-    if ip.is_ipv4() {
-        32
-    } else {
-        128
-    }
-}
-
-/// The block of `r` that holds `ip`.
-fn block_in(r: &Range, ip: IpAddr) -> Option<IpNetwork> {
-    let p = block_prefix(r.subnet);
-    let n = IpNetwork::new(ip, p).ok()?;
-    IpNetwork::new(n.network(), p).ok()
-}
-
-/// The addresses of `set` that can be handed out and lie in `block`.
-pub fn addresses_in_block(set: &RangeSet, block: IpNetwork) -> Vec<IpAddr> {
-    let base = to_u128(block.network());
-    let size = 1u128 << (bits(&block.network()) - u32::from(block.prefix()));
-    if size > 1 << 16 {
-        return Vec::new(); // not one of our blocks
-    }
-    (0..size)
-        .map(|i| from_u128(base + i, block.network()))
-        .filter(|ip| set.is_allocatable(*ip))
-        .collect()
-}
-
-/// Does `block` belong to `set` (a block of one of its ranges with an address to hand out)?
-fn block_of_set(set: &RangeSet, block: IpNetwork) -> bool {
-    set.0
-        .iter()
-        .any(|r| block_prefix(r.subnet) == block.prefix() && r.subnet.contains(block.network()))
-        && !addresses_in_block(set, block).is_empty()
-}
-
-/// Every block of `set` as (range, first block base, count): lazily walked.
-fn spans(set: &RangeSet) -> Vec<(&Range, u128, u128, u128)> {
-    set.0
-        .iter()
-        .map(|r| {
-            let bp = block_prefix(r.subnet);
-            let size = 1u128 << (bits(&r.start) - u32::from(bp));
-            let first = to_u128(r.start) & !(size - 1);
-            let last = to_u128(r.end) & !(size - 1);
-            (r, first, (last - first) / size + 1, size)
-        })
-        .collect()
-}
-
-/// How many blocks `set` has (saturating for huge IPv6 ranges).
-pub fn block_count(set: &RangeSet) -> u128 {
-    spans(set).iter().fold(0, |a, s| a.saturating_add(s.2))
 }
 
 /// How many unclaimed blocks one ADD tries before it reads the whole network's blocks.
@@ -634,86 +586,4 @@ impl Allocator<'_> {
         }
         Ok(out)
     }
-}
-
-/// What [`reclaim_dead_nodes`] released.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Reclaimed {
-    pub nodes: Vec<String>,
-    pub ips: Vec<IpAddr>,
-    pub blocks: Vec<IpNetwork>,
-}
-
-/// The dead-node rule: a node is dead when it has no `hosts/<node>` key (its agent's lease
-/// expired) *and* the judge has one (so agents run in this cluster and the judge's own agent
-/// is alive; without agents nobody is ever declared dead). Each block of a dead node goes
-/// with its addresses and their attachments' index keys, in one transaction per block that
-/// holds only if the block's key is unchanged since read.
-pub fn reclaim_dead_nodes(
-    store: &dyn Store,
-    prefix: &str,
-    network: &str,
-    judge: &str,
-) -> Result<Reclaimed, EtcdError> {
-    let hosts_prefix = schema::hosts_prefix(prefix);
-    let (hosts, _) = store.list(&hosts_prefix)?;
-    let live: BTreeSet<String> = hosts
-        .iter()
-        .filter_map(|kv| kv.key_str().strip_prefix(&hosts_prefix).map(str::to_string))
-        .collect();
-    let mut out = Reclaimed::default();
-    if !live.contains(judge) {
-        return Ok(out);
-    }
-    let keys = Keys::new(&cluster::ipam::network_prefix(prefix, network));
-    let (blocks, _) = store.list(&schema::network_blocks_prefix(prefix, network))?;
-    for kv in blocks {
-        let key = kv.key_str();
-        let Some(block) = key.rsplit('/').next().and_then(schema::parse_cidr_key) else {
-            continue;
-        };
-        let node = serde_json::from_slice::<BlockRecord>(&kv.value)
-            .map(|b| b.node)
-            .unwrap_or_default();
-        if node.is_empty() || live.contains(&node) {
-            continue;
-        }
-        let (ips, _) = store.list(&keys.block_ips(&node, block))?;
-        let mut ops = vec![
-            Op::delete(&key),
-            Op::delete(keys.node_block(&node, block)),
-            Op::delete_prefix(keys.block_ips(&node, block)),
-        ];
-        let mut released: Vec<IpAddr> = Vec::new();
-        for ipkv in &ips {
-            if let Ok(rec) = serde_json::from_slice::<IpRecord>(&ipkv.value) {
-                ops.push(Op::delete(keys.att(&rec.container_id, &rec.ifname)));
-            }
-            if let Some(ip) = ipkv
-                .key_str()
-                .rsplit('/')
-                .next()
-                .and_then(|s| s.parse().ok())
-            {
-                released.push(ip);
-            }
-        }
-        let r = store.txn(
-            &[Compare::mod_revision(
-                &key,
-                CompareOp::Equal,
-                kv.mod_revision,
-            )],
-            &ops,
-            &[],
-        )?;
-        if r.succeeded {
-            out.blocks.push(block);
-            out.ips.extend(released);
-            if !out.nodes.contains(&node) {
-                out.nodes.push(node);
-            }
-        }
-    }
-    Ok(out)
 }

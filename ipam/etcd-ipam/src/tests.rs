@@ -37,7 +37,7 @@ fn ips(g: &[Got]) -> Vec<IpAddr> {
 }
 
 fn block(ip: IpAddr) -> IpNetwork {
-    let p = if ip.is_ipv4() { 26 } else { 122 };
+    let p = if ip.is_ipv4() { 25 } else { 121 };
     let n = IpNetwork::new(ip, p).unwrap();
     IpNetwork::new(n.network(), p).unwrap()
 }
@@ -112,7 +112,7 @@ fn a_steady_add_is_one_write_and_a_del_one_write() {
 fn each_node_allocates_inside_its_own_blocks_and_claims_its_blocks_buddy_next() {
     let s = MemStore::default();
     let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/16"}]]));
-    let a: Vec<IpAddr> = (0..100)
+    let a: Vec<IpAddr> = (0..200)
         .map(|i| add(&s, &c, "a", &format!("a{i}"), "eth0").unwrap()[0].ip)
         .collect();
     let b: Vec<IpAddr> = (0..5)
@@ -123,7 +123,7 @@ fn each_node_allocates_inside_its_own_blocks_and_claims_its_blocks_buddy_next() 
     assert_eq!(
         blocks_a.len(),
         2,
-        "100 addresses need two /26: {blocks_a:?}"
+        "200 addresses need two /25: {blocks_a:?}"
     );
     assert_eq!(blocks_b.len(), 1);
     assert!(blocks_a.is_disjoint(&blocks_b));
@@ -302,7 +302,7 @@ fn a_requested_address_is_honoured_in_a_free_block_and_refused_in_another_nodes(
     let e = add(&s, &want("10.9.0.78"), "b", "c3", "eth0").unwrap_err();
     assert_eq!(e.code(), ErrorCode::Conflict.as_u32());
     assert!(
-        e.msg.contains("10.9.0.64/26") && e.msg.contains("\"a\""),
+        e.msg.contains("10.9.0.0/25") && e.msg.contains("\"a\""),
         "{}",
         e.msg
     );

@@ -194,14 +194,14 @@ fn the_first_add_on_a_host_registers_the_network_and_creates_the_device_exclusiv
         "ip -4 route add 10.64.0.0/12 dev cnirsbr42 table",
         "ip -4 route add unreachable default table",
         "ip -4 rule add priority 11 to 10.64.0.0/12 lookup",
-        "addr add 10.64.1.5/26 dev eth0",
+        "addr add 10.64.1.5/25 dev eth0",
         "route add default via 10.64.0.1 onlink dev eth0",
         "sysctl -w net.ipv4.conf.cnirsbr42.send_redirects=0",
     ] {
         assert!(plan.contains(want), "{want} missing from:\n{plan}");
     }
     // The result says what the pod has: its block as its prefix.
-    assert_eq!(r.ips[0].address.to_string(), "10.64.1.5/26");
+    assert_eq!(r.ips[0].address.to_string(), "10.64.1.5/25");
 }
 
 #[test]
