@@ -6,8 +6,8 @@
 #   - N-1 simulated hosts in one process (target/release/cnirs-scale, in the etcd netns): the
 #     real agent loop and the real overlay/etcd-ipam ADD/DEL, fake kernels; fill P pods per
 #     host, then CHURN pod replacements per second for DURATION seconds.
-# Knobs (env): N (hosts, default 1000), P (110), CHURN (100), DURATION (60), WORKERS (8),
-# FILL_BUDGET_S (480), MAX_RSS_MIB (8192), REAL_PODS (2).
+# Knobs (env): N (hosts, default 1000), P (110), CHURN (100), DURATION (60), WORKERS (16),
+# FILL_BUDGET_S (540, cut to what the 13-min run budget leaves), MAX_RSS_MIB (8192), REAL_PODS (2).
 # Writes target/bench/scale.json (and scale-n<N>.json), and target/bench/scale.png from every
 # scale-n*.json there. Leaves nothing behind (processes stopped by PID, netns and dirs deleted).
 set -euo pipefail
@@ -96,7 +96,7 @@ done
 
 echo "scale.sh: N=$N P=$P CHURN=$CHURN/s DURATION=${DURATION}s; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 ip netns exec "$S" env SCALE_ETCD="$eps" SCALE_N="$N" SCALE_P="$P" SCALE_CHURN="$CHURN" \
-    SCALE_CHURN_S="$DURATION" SCALE_WORKERS="${WORKERS:-8}" SCALE_FILL_BUDGET_S="${FILL_BUDGET_S:-480}" \
+    SCALE_CHURN_S="$DURATION" SCALE_WORKERS="${WORKERS:-16}" SCALE_FILL_BUDGET_S="${FILL_BUDGET_S:-540}" \
     SCALE_MAX_RSS_MIB="${MAX_RSS_MIB:-8192}" SCALE_REAL_AGENT_PID="$agent_pid" SCALE_REAL_NETNS="$R" \
     SCALE_REAL_PODS="$REAL_PODS" SCALE_ETCD_PIDS="$(IFS=,; echo "${etcd_pids[*]}")" \
     SCALE_OUT="$OUT/scale.json" CNIRS_LOG="${CNIRS_LOG:-warn}" "$BIN/cnirs-scale"
