@@ -421,7 +421,7 @@ fn etcd_ipam_in_process_allocates_in_the_nodes_block_over_the_same_store() {
     };
     let r = add(&c, &req(Command::Add, serde_json::json!({}))).unwrap();
     let ip = r.ips[0].address;
-    assert_eq!(ip.prefix(), 26, "the node's block, not the range: {ip}");
+    assert_eq!(ip.prefix(), 25, "the node's block, not the range: {ip}");
     assert_eq!(
         store.keys("/cnirs/ipam/ov/att/"),
         ["/cnirs/ipam/ov/att/c1/eth0"]
