@@ -24,7 +24,7 @@ use cluster::{
 };
 use etcd::{Compare, CompareOp, EtcdError, Kv, Op};
 use ipamconf::{
-    range::{from_u128, to_u128, Range, RangeSet},
+    range::{from_u128, to_u128, RangeSet},
     Requested,
 };
 use ipnetwork::IpNetwork;
