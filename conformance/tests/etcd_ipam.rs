@@ -134,9 +134,10 @@ fn parallel_adds(conf: &Value, batch: &str, n: usize, nodes: usize) -> Vec<IpAdd
 #[ignore]
 fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_killed_mid_test() {
     let cluster = EtcdCluster::local(3);
+    // A /22: eight blocks of 128 addresses, so each of the four nodes claims its own.
     let conf = json!({"cniVersion": "1.1.0", "name": "par", "type": "etcd-ipam",
         "ipam": {"type": "etcd-ipam", "etcdEndpoints": cluster.endpoints(), "etcdPrefix": "/t2",
-                 "ranges": [[{"subnet": "10.213.8.0/24"}], [{"subnet": "fd00:213:8::/64"}]]}});
+                 "ranges": [[{"subnet": "10.213.12.0/22"}], [{"subnet": "fd00:213:8::/64"}]]}});
     let first = parallel_adds(&conf, "a", 16, 4);
     assert_eq!(first.len(), 32);
     assert_eq!(first.iter().collect::<HashSet<_>>().len(), 32, "{first:?}");
