@@ -13,7 +13,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{atomic::AtomicBool, atomic::Ordering, mpsc, Arc},
+    sync::{atomic::AtomicBool, atomic::Ordering, mpsc, Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -174,16 +174,84 @@ impl ObjectStore for EtcdSource {
     }
 }
 
+/// An [`EtcdSource`] that keeps what it read until [`Cached::invalidate`] (the agent's loop:
+/// a watch event invalidates; the periodic re-check of the kernel reads no etcd).
+pub struct Cached {
+    inner: EtcdSource,
+    snap: Mutex<Option<Snapshot>>,
+}
+
+impl Cached {
+    /// Over `inner`, nothing read yet.
+    pub fn new(inner: EtcdSource) -> Self {
+        Cached {
+            inner,
+            snap: Mutex::new(None),
+        }
+    }
+
+    /// The next load reads etcd again.
+    pub fn invalidate(&self) {
+        *self.snap.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+impl ObjectStore for Cached {
+    fn load(&self) -> Result<Snapshot, PolicyError> {
+        let mut g = self.snap.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = g.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = self.inner.load()?;
+        *g = Some(s.clone());
+        Ok(s)
+    }
+
+    fn save(&self, old: &Objects, new: &Objects) -> Result<(), PolicyError> {
+        self.invalidate();
+        self.inner.save(old, new)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn publish(&self, att: &PodAttachment) -> Result<(), PolicyError> {
+        self.inner.publish(att)
+    }
+
+    fn withdraw(&self, network: &str, cid: &str, ifname: &str) -> Result<(), PolicyError> {
+        self.inner.withdraw(network, cid, ifname)
+    }
+
+    fn retain(&self, network: &str, valid: &[(String, String)]) -> Result<(), PolicyError> {
+        self.inner.retain(network, valid)
+    }
+}
+
 /// How often the loop re-enforces with no news (level-triggered), and how long news is
 /// gathered before one pass.
 pub const RESYNC: Duration = Duration::from_secs(2);
 /// See [`RESYNC`].
 pub const COALESCE: Duration = Duration::from_millis(20);
 
-/// The agent's netpol loop until `stop`: enforce `store` (over an [`EtcdSource`] on `client`)
-/// at start, on every change under `<prefix>/netpol/` (a watch), and every [`RESYNC`]. Each
-/// pass is one read of the prefix and one nftables transaction (nothing when nothing changed).
-pub fn run(client: &Client, prefix: &str, store: &crate::Store, stop: &AtomicBool) {
+/// The agent's netpol loop until `stop`: this host's elements kept equal to the objects and
+/// endpoints under `<prefix>/netpol/` (through `client`, as host `node`): enforced at start,
+/// after every change (a watch; one read of the prefix, one nftables transaction per batch of
+/// events gathered for [`COALESCE`]), and re-checked against the kernel every [`RESYNC`]
+/// from what was read last.
+pub fn run(
+    client: &Client,
+    prefix: &str,
+    node: &str,
+    stop: &AtomicBool,
+) -> Result<(), PolicyError> {
+    let src = Arc::new(Cached::new(EtcdSource::new(
+        Arc::new(client.clone()),
+        prefix,
+        node,
+    )));
+    let store = crate::Store::open_with(Box::new(src.clone()))?;
     let (tx, rx) = mpsc::channel::<()>();
     let root = netpol_prefix(prefix);
     let c = client.clone();
@@ -196,6 +264,10 @@ pub fn run(client: &Client, prefix: &str, store: &crate::Store, stop: &AtomicBoo
     let mut last_err = String::new();
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
+        // A sync that fails (etcd unreachable at the re-read) reads again next time.
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         match store.sync() {
             Ok((0, 0)) => last_err.clear(),
             Ok((added, removed)) => {
@@ -206,6 +278,7 @@ pub fn run(client: &Client, prefix: &str, store: &crate::Store, stop: &AtomicBoo
                 );
             }
             Err(e) => {
+                src.invalidate();
                 let msg = e.to_string();
                 if msg != last_err {
                     log::warn!("netpol: enforcing the policies: {msg}");
@@ -216,8 +289,10 @@ pub fn run(client: &Client, prefix: &str, store: &crate::Store, stop: &AtomicBoo
         if rx.recv_timeout(RESYNC).is_ok() {
             std::thread::sleep(COALESCE);
             while rx.try_recv().is_ok() {}
+            src.invalidate();
         }
     }
+    Ok(())
 }
 
 /// Send one `()` per event under `root`, forever (lists again after a compaction).
