@@ -9,11 +9,11 @@
 //! <prefix>/netpol/endpoints/<node>/<network>/<container>/<ifname> PodAttachment  netpol ADD on <node>
 //! ```
 //! One watch per host on `<prefix>/netpol/`; any event re-reads the prefix (one range read),
-//! recompiles and moves this host's elements in one nftables transaction.
+//! recompiles and moves this host's elements in one nftables transaction ([`run`]).
 
 use std::{
     collections::BTreeMap,
-    sync::{atomic::AtomicBool, atomic::Ordering, mpsc, Arc, Mutex, PoisonError},
+    sync::{atomic::AtomicBool, atomic::Ordering, mpsc, Arc},
     time::{Duration, Instant},
 };
 
@@ -174,84 +174,29 @@ impl ObjectStore for EtcdSource {
     }
 }
 
-/// An [`EtcdSource`] that keeps what it read until [`Cached::invalidate`] (the agent's loop:
-/// a watch event invalidates; the periodic re-check of the kernel reads no etcd).
-pub struct Cached {
-    inner: EtcdSource,
-    snap: Mutex<Option<Snapshot>>,
-}
-
-impl Cached {
-    /// Over `inner`, nothing read yet.
-    pub fn new(inner: EtcdSource) -> Self {
-        Cached {
-            inner,
-            snap: Mutex::new(None),
-        }
-    }
-
-    /// The next load reads etcd again.
-    pub fn invalidate(&self) {
-        *self.snap.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-}
-
-impl ObjectStore for Cached {
-    fn load(&self) -> Result<Snapshot, PolicyError> {
-        let mut g = self.snap.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = g.as_ref() {
-            return Ok(s.clone());
-        }
-        let s = self.inner.load()?;
-        *g = Some(s.clone());
-        Ok(s)
-    }
-
-    fn save(&self, old: &Objects, new: &Objects) -> Result<(), PolicyError> {
-        self.invalidate();
-        self.inner.save(old, new)
-    }
-
-    fn shared(&self) -> bool {
-        true
-    }
-
-    fn publish(&self, att: &PodAttachment) -> Result<(), PolicyError> {
-        self.inner.publish(att)
-    }
-
-    fn withdraw(&self, network: &str, cid: &str, ifname: &str) -> Result<(), PolicyError> {
-        self.inner.withdraw(network, cid, ifname)
-    }
-
-    fn retain(&self, network: &str, valid: &[(String, String)]) -> Result<(), PolicyError> {
-        self.inner.retain(network, valid)
-    }
-}
-
-/// How often the loop re-enforces with no news (level-triggered), and how long news is
-/// gathered before one pass.
-pub const RESYNC: Duration = Duration::from_secs(2);
+/// With no news, the loop reads and enforces again this often (a missed event, a record
+/// fixed by hand); after a failed pass, after [`RETRY`]. A flushed table is not this loop's
+/// business: the watcher beside it (`cnirs watch`) restores the recorded elements at once.
+pub const RESYNC: Duration = Duration::from_secs(30);
 /// See [`RESYNC`].
+pub const RETRY: Duration = Duration::from_secs(1);
+/// How long news is gathered before one pass.
 pub const COALESCE: Duration = Duration::from_millis(20);
 
 /// The agent's netpol loop until `stop`: this host's elements kept equal to the objects and
 /// endpoints under `<prefix>/netpol/` (through `client`, as host `node`): enforced at start,
-/// after every change (a watch; one read of the prefix, one nftables transaction per batch of
-/// events gathered for [`COALESCE`]), and re-checked against the kernel every [`RESYNC`]
-/// from what was read last.
+/// after every change (a watch; events gathered for [`COALESCE`]) and every [`RESYNC`]. Each
+/// pass is [`crate::Store::sync`]: under this netns's lock, one read of the prefix (never a
+/// cached one: a pass ordered after an ADD's must not enforce an older view than the ADD
+/// did), one compile, one nftables transaction (nothing when nothing changed).
 pub fn run(
     client: &Client,
     prefix: &str,
     node: &str,
     stop: &AtomicBool,
 ) -> Result<(), PolicyError> {
-    let src = Arc::new(Cached::new(EtcdSource::new(
-        Arc::new(client.clone()),
-        prefix,
-        node,
-    )));
-    let store = crate::Store::open_with(Box::new(src.clone()))?;
+    let src = EtcdSource::new(Arc::new(client.clone()), prefix, node);
+    let store = crate::Store::open_with(Box::new(src))?;
     let (tx, rx) = mpsc::channel::<()>();
     let root = netpol_prefix(prefix);
     let c = client.clone();
@@ -264,10 +209,6 @@ pub fn run(
     let mut last_err = String::new();
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        // A sync that fails (etcd unreachable at the re-read) reads again next time.
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
         match store.sync() {
             Ok((0, 0)) => last_err.clear(),
             Ok((added, removed)) => {
@@ -278,7 +219,6 @@ pub fn run(
                 );
             }
             Err(e) => {
-                src.invalidate();
                 let msg = e.to_string();
                 if msg != last_err {
                     log::warn!("netpol: enforcing the policies: {msg}");
@@ -286,10 +226,10 @@ pub fn run(
                 last_err = msg;
             }
         }
-        if rx.recv_timeout(RESYNC).is_ok() {
+        let wait = if last_err.is_empty() { RESYNC } else { RETRY };
+        if rx.recv_timeout(wait).is_ok() {
             std::thread::sleep(COALESCE);
             while rx.try_recv().is_ok() {}
-            src.invalidate();
         }
     }
     Ok(())

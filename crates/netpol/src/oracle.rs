@@ -110,6 +110,18 @@ impl Oracle {
         self.pods.iter().find(|p| p.ip == ip)
     }
 
+    /// Whether a policy of its namespace selects the pod at `ip` for `Ingress` or `Egress`
+    /// (`dir`): then only what some rule allows passes in that direction.
+    pub fn isolated(&self, ip: IpAddr, dir: &str) -> bool {
+        self.pod_at(ip).is_some_and(|pod| {
+            self.policies.iter().any(|p| {
+                p.metadata.namespace.as_deref() == Some(pod.ns.as_str())
+                    && sel_matches(&p.spec.pod_selector, &pod.labels)
+                    && Self::types(p).iter().any(|t| t == dir)
+            })
+        })
+    }
+
     fn types(p: &NetworkPolicy) -> Vec<String> {
         match &p.spec.policy_types {
             Some(t) if !t.is_empty() => t.clone(),

@@ -50,28 +50,6 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
-/// A source shared with its owner (the agent's loop keeps a handle to invalidate its cache).
-impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
-    fn load(&self) -> Result<Snapshot, PolicyError> {
-        (**self).load()
-    }
-    fn save(&self, old: &Objects, new: &Objects) -> Result<(), PolicyError> {
-        (**self).save(old, new)
-    }
-    fn shared(&self) -> bool {
-        (**self).shared()
-    }
-    fn publish(&self, att: &PodAttachment) -> Result<(), PolicyError> {
-        (**self).publish(att)
-    }
-    fn withdraw(&self, network: &str, cid: &str, ifname: &str) -> Result<(), PolicyError> {
-        (**self).withdraw(network, cid, ifname)
-    }
-    fn retain(&self, network: &str, valid: &[(String, String)]) -> Result<(), PolicyError> {
-        (**self).retain(network, valid)
-    }
-}
-
 /// One host: `objects.json` in the policy dir, kept across reboots.
 #[derive(Debug, Clone)]
 pub struct FileSource {
