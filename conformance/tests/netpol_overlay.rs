@@ -150,14 +150,12 @@ impl World {
                 .host()
                 .set_sysctl("net.bridge.bridge-nf-call-iptables", "1");
         }
-        let w = World {
+        let mut w = World {
             c,
             pods: Vec::new(),
-            objects: Vec::new(),
+            objects: netpol::parse(&objects_yaml()).unwrap(),
         };
-        let mut w = w;
         w.policy("apply", &objects_yaml()).assert_ok();
-        w.objects = netpol::parse(&objects_yaml()).unwrap();
         let conf = w.conflist();
         for (ns, name, host, _) in PODS {
             let netns = w.c.host(host).pod(&format!("{ns}{name}"));
@@ -183,7 +181,29 @@ impl World {
                 _servers: servers,
             });
         }
+        w.wait_routes();
         w
+    }
+
+    /// Every pod reaches every other before any policy (the agents program the other hosts'
+    /// blocks after the first ADDs claim them).
+    fn wait_routes(&self) {
+        let t = Instant::now();
+        for src in &self.pods {
+            for dst in self.pods.iter().filter(|d| d.ip != src.ip) {
+                while tcp_request(&src.netns, &dst.ip.to_string(), 80).is_none() {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(30),
+                        "{}/{} never reaches {}/{}",
+                        src.ns,
+                        src.name,
+                        dst.ns,
+                        dst.name
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
     }
 
     /// overlay (etcd-ipam), then netpol with the same etcd keys.
