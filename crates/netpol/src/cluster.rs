@@ -140,7 +140,7 @@ impl ObjectStore for EtcdSource {
         ops.extend(
             old.keys()
                 .filter(|k| !new.contains_key(*k))
-                .map(|k| Op::delete(k)),
+                .map(Op::delete),
         );
         self.txn(&ops)
     }
