@@ -137,11 +137,7 @@ impl ObjectStore for EtcdSource {
             .filter(|(k, v)| old.get(*k) != Some(*v))
             .map(|(k, v)| Op::put(k, v, None))
             .collect();
-        ops.extend(
-            old.keys()
-                .filter(|k| !new.contains_key(*k))
-                .map(Op::delete),
-        );
+        ops.extend(old.keys().filter(|k| !new.contains_key(*k)).map(Op::delete));
         self.txn(&ops)
     }
 
