@@ -407,6 +407,33 @@ mod tests {
             p(&["cnirs", "reconcile", "--check"]).unwrap(),
             Cmd::Reconcile { check: true }
         ));
+        match p(&[
+            "cnirs",
+            "policy",
+            "apply",
+            "-f",
+            "np.yaml",
+            "--etcd-endpoints",
+            "https://10.240.0.1:2379,https://10.240.0.2:2379",
+            "--etcd-cafile",
+            "/ca.pem",
+        ])
+        .unwrap()
+        {
+            Cmd::Policy {
+                cmd: PolicyCmd::Apply { file },
+                etcd,
+            } => {
+                assert_eq!(file, "np.yaml");
+                assert_eq!(etcd.etcd_endpoints.len(), 2);
+                assert_eq!(etcd.etcd_cafile.as_deref(), Some("/ca.pem"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            p(&["cnirs", "policy", "ls"]).unwrap(),
+            Cmd::Policy { cmd: PolicyCmd::Ls, ref etcd } if etcd.etcd_endpoints.is_empty()
+        ));
         assert!(p(&["cnirs", "inspect"]).is_err(), "NETWORK is required");
         assert!(p(&["cnirs", "completion", "tcsh"]).is_err());
         assert!(p(&["cnirs", "bogus"]).is_err());
