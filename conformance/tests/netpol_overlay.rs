@@ -462,13 +462,15 @@ fn late_pod_on_h2(w: &World) {
     w.policy("apply", &deny).assert_ok();
     w.wait_enforced(&w.oracle(&deny), "deny + from y web");
     let late = w.c.host(1).pod("xlate");
-    let r =
+    let add =
         w.c.tool(1, &w.conflist())
             .cni_args("K8S_POD_NAMESPACE=x;K8S_POD_NAME=late")
-            .add(&late)
-            .assert_ok()
-            .json()
-            .clone();
+            .add(&late);
+    eprintln!(
+        "ADD overlay + netpol (objects in etcd) under 2 policies: {} ms",
+        add.elapsed.as_millis()
+    );
+    let r = add.assert_ok().json().clone();
     let late_ip = first_ip(&r);
     let ip_late = ip_of(&late_ip).to_string();
     assert!(
@@ -493,6 +495,28 @@ fn late_pod_on_h2(w: &World) {
         "y/b (h1) is let in"
     );
     assert!(tcp_request(ya, &ip_late, 80).is_none(), "y/a (h2) is not");
+    // Fail closed under a flush: h2's agent (its watcher) puts the isolation back.
+    w.c.host(1).host().exec_ok("nft", &["flush", "ruleset"]);
+    let t = Instant::now();
+    while !w.set(1, "np_iiso4").contains(&ip_late) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "not restored after a flush"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "h2: isolation back {} ms after nft flush ruleset",
+        t.elapsed().as_millis()
+    );
+    assert!(
+        tcp_request(ya, &ip_late, 80).is_none(),
+        "y/a (h2) is not, after the flush"
+    );
+    assert!(
+        (0..50).any(|_| tcp_request(yb, &ip_late, 80).is_some()),
+        "y/b (h1) is let in again"
+    );
     w.c.tool(1, &w.conflist())
         .cni_args("K8S_POD_NAMESPACE=x;K8S_POD_NAME=late")
         .del(&late)
