@@ -221,7 +221,10 @@ impl World {
 
     /// `cnirs policy VERB -f - --etcd-...` on host 1 (index 0), `yaml` on stdin.
     fn policy(&self, verb: &str, yaml: &str) -> CmdOutput {
-        let mut args: Vec<String> = vec!["policy".into(), verb.into(), "-f".into(), "-".into()];
+        let mut args: Vec<String> = vec!["policy".into(), verb.into()];
+        if verb != "ls" {
+            args.extend(["-f".into(), "-".into()]);
+        }
         args.extend(self.c.agent_etcd_args());
         let mut cmd = self
             .c
@@ -403,6 +406,15 @@ fn truth_tables_across_three_hosts_match_the_oracle() {
             out.assert_ok();
         }
         let took = w.wait_enforced(&o, case);
+        if case.starts_with("default deny") {
+            // `ls` on h1 shows the policy and the pods it selects on every host.
+            let ls = w.policy("ls", "");
+            ls.assert_ok();
+            assert!(
+                ls.stdout.contains("x/deny") && ls.stdout.contains(&ip("x", "b").to_string()),
+                "{ls}"
+            );
+        }
         eprintln!(
             "{case}: enforced on every host {} ms after the apply on h1 returned",
             took.as_millis()
