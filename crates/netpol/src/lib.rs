@@ -9,10 +9,14 @@
 //! The chains (`netpol`, `np_ingress`, `np_egress`) are part of the skeleton and never
 //! change; a policy or pod change only adds and removes set elements.
 
+pub mod cluster;
 pub mod compile;
 pub mod model;
+#[cfg(any(test, feature = "oracle"))]
+pub mod oracle;
 pub mod parse;
 pub mod policy;
+pub mod source;
 pub mod store;
 
 #[cfg(test)]
@@ -22,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use compile::{compile, World};
 pub use parse::parse;
+pub use source::{FileSource, ObjectStore, Snapshot};
 pub use store::{PodAttachment, Store};
 
 /// Errors of the policy code, with their sources.
@@ -68,6 +73,17 @@ pub enum PolicyError {
     /// The firewall.
     #[error(transparent)]
     Nft(#[from] nftplan::NftError),
+    /// etcd (shared objects): unreachable, TLS refused, ...
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd::EtcdError),
+    /// A value under `<prefix>/netpol/` that does not parse.
+    #[error("etcd key {key}: {source}")]
+    Record {
+        /// the key
+        key: String,
+        /// the cause
+        source: serde_json::Error,
+    },
 }
 
 impl PolicyError {

@@ -20,6 +20,7 @@ use crate::{
     compile::{compile, World},
     model::{Namespace, NetworkPolicy, Object, Pod},
     policy::{validate, PodInfo, Valid},
+    source::{with_remote, FileSource, ObjectStore},
     PolicyError,
 };
 
@@ -79,10 +80,12 @@ fn ns_key(m: &crate::model::ObjectMeta) -> String {
     format!("{}/{}", m.namespace.as_deref().unwrap_or("default"), m.name)
 }
 
-/// The store of one host (one network namespace's table).
+/// The store of one host (one network namespace's table), its objects in a file (one host)
+/// or in etcd (shared: [`crate::cluster::EtcdSource`]).
 pub struct Store {
     dir: PathBuf,
     fw: Firewall,
+    src: Box<dyn ObjectStore>,
 }
 
 struct Held {
@@ -97,15 +100,44 @@ impl Store {
 
     /// A store at `dir` over `fw` (tests).
     pub fn with(dir: impl Into<PathBuf>, fw: Firewall) -> Self {
+        let dir = dir.into();
+        let src = Box::new(FileSource::new(dir.clone()));
+        Store::with_source(dir, fw, src)
+    }
+
+    /// A store whose objects live in `src` (`dir`: the lock of a one-host store).
+    pub fn with_source(dir: impl Into<PathBuf>, fw: Firewall, src: Box<dyn ObjectStore>) -> Self {
         Store {
             dir: dir.into(),
             fw,
+            src,
         }
     }
 
+    /// The store at [`policy_dir`] with its objects in `src`, over this netns's firewall.
+    pub fn open_with(src: Box<dyn ObjectStore>) -> Result<Self, PolicyError> {
+        Ok(Store::with_source(policy_dir(), Firewall::open()?, src))
+    }
+
+    /// Whether the objects are shared with other hosts (etcd).
+    pub fn shared(&self) -> bool {
+        self.src.shared()
+    }
+
+    /// One host: the policy dir's lock (objects and kernel of this netns). Shared: the lock
+    /// of this netns's state (its attachments and kernel; the objects are etcd's).
     fn lock(&self) -> Result<Held, PolicyError> {
-        mkdir(&self.dir)?;
-        let path = self.dir.join("lock");
+        let dir = if self.src.shared() {
+            self.fw.state_dir().to_path_buf()
+        } else {
+            self.dir.clone()
+        };
+        mkdir(&dir)?;
+        let path = dir.join(if self.src.shared() {
+            "netpol.lock"
+        } else {
+            "lock"
+        });
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -124,7 +156,7 @@ impl Store {
 
     /// The applied objects.
     pub fn objects(&self) -> Result<Objects, PolicyError> {
-        Ok(read_json(&self.dir.join("objects.json"))?.unwrap_or_default())
+        Ok(self.src.load()?.objects)
     }
 
     /// The pod attachments, by `network/container/ifname`.
@@ -134,63 +166,74 @@ impl Store {
 
     /// The compiler's input.
     pub fn world(&self) -> Result<World, PolicyError> {
-        world(&self.objects()?, &self.attachments()?)
+        let snap = self.src.load()?;
+        world(
+            &snap.objects,
+            &with_remote(&self.attachments()?, &snap.remote),
+        )
     }
 
     /// Create or replace `objs` (validated first, all or nothing) and enforce at once.
     /// Returns the (added, removed) element counts of the kernel transaction.
     pub fn apply(&self, objs: &[Object]) -> Result<(usize, usize), PolicyError> {
         validate_all(objs)?;
+        if self.src.shared() {
+            let old = self.objects()?;
+            let mut o = old.clone();
+            insert_all(&mut o, objs);
+            self.src.save(&old, &o)?;
+            return Ok((0, 0));
+        }
         let _l = self.lock()?;
         let mut o = self.objects()?;
-        for obj in objs {
-            match obj {
-                Object::Namespace(n) => {
-                    o.namespaces.insert(n.metadata.name.clone(), n.clone());
-                }
-                Object::Pod(p) => {
-                    o.pods.insert(ns_key(&p.metadata), p.clone());
-                }
-                Object::NetworkPolicy(p) => {
-                    o.policies.insert(ns_key(&p.metadata), p.clone());
-                }
-            }
-        }
+        insert_all(&mut o, objs);
         self.commit(Some(o), None)
     }
 
-    /// Delete `objs` (all must exist: else nothing changes) and enforce at once.
+    /// Delete `objs` (all must exist: else nothing changes) and enforce at once (shared: only
+    /// written, each host's agent enforces).
     pub fn delete(&self, objs: &[Object]) -> Result<(usize, usize), PolicyError> {
+        if self.src.shared() {
+            let old = self.objects()?;
+            let mut o = old.clone();
+            remove_all(&mut o, objs)?;
+            self.src.save(&old, &o)?;
+            return Ok((0, 0));
+        }
         let _l = self.lock()?;
         let mut o = self.objects()?;
-        let mut missing = Vec::new();
-        for obj in objs {
-            let gone = match obj {
-                Object::Namespace(n) => o.namespaces.remove(&n.metadata.name).is_some(),
-                Object::Pod(p) => o.pods.remove(&ns_key(&p.metadata)).is_some(),
-                Object::NetworkPolicy(p) => o.policies.remove(&ns_key(&p.metadata)).is_some(),
-            };
-            if !gone {
-                missing.push(obj.key());
-            }
-        }
-        if !missing.is_empty() {
-            return Err(PolicyError::NotFound(missing.join(", ")));
-        }
+        remove_all(&mut o, objs)?;
         self.commit(Some(o), None)
     }
 
-    /// A pod's attachment (the plugin's ADD): recorded and enforced before it returns.
+    /// A pod's attachment (the plugin's ADD): recorded and enforced before it returns (and
+    /// published to the other hosts first when shared; withdrawn if enforcing fails).
     pub fn attach(&self, att: PodAttachment) -> Result<(usize, usize), PolicyError> {
         let _l = self.lock()?;
+        self.src.publish(&att)?;
+        let (network, cid, ifname) = (
+            att.network.clone(),
+            att.container_id.clone(),
+            att.ifname.clone(),
+        );
         let mut atts = self.attachments()?;
         atts.insert(att.key(), att);
-        self.commit(None, Some(atts))
+        self.commit(None, Some(atts)).inspect_err(|_| {
+            if let Err(e) = self.src.withdraw(&network, &cid, &ifname) {
+                log::warn!("netpol: withdrawing {network}/{cid}/{ifname}: {e}");
+            }
+        })
     }
 
-    /// Forget an attachment (DEL; idempotent).
+    /// Forget an attachment (DEL; idempotent; goes on past a failure, returns the first).
     pub fn detach(&self, network: &str, cid: &str, ifname: &str) -> Result<(), PolicyError> {
         let _l = self.lock()?;
+        let local = self.detach_locked(network, cid, ifname);
+        let shared = self.src.withdraw(network, cid, ifname);
+        local.and(shared)
+    }
+
+    fn detach_locked(&self, network: &str, cid: &str, ifname: &str) -> Result<(), PolicyError> {
         let mut atts = self.attachments()?;
         if atts.remove(&att_key(network, cid, ifname)).is_none() {
             // Nothing recorded: still converge the kernel (a DEL after a failed ADD).
@@ -209,7 +252,8 @@ impl Store {
                     .iter()
                     .any(|(c, i)| *c == a.container_id && *i == a.ifname)
         });
-        self.commit(None, Some(atts)).map(drop)
+        let local = self.commit(None, Some(atts)).map(drop);
+        local.and(self.src.retain(network, valid))
     }
 
     /// The elements the kernel must hold for the pod addresses `ips` (CHECK), compiled from
@@ -240,12 +284,16 @@ impl Store {
         objects: Option<Objects>,
         atts: Option<BTreeMap<String, PodAttachment>>,
     ) -> Result<(usize, usize), PolicyError> {
-        let (old_o, old_a) = (self.objects()?, self.attachments()?);
+        let snap = self.src.load()?;
+        let (old_o, old_a) = (snap.objects, self.attachments()?);
         let o = objects.clone().unwrap_or_else(|| old_o.clone());
         let a = atts.clone().unwrap_or_else(|| old_a.clone());
-        let elems = compile(&world(&o, &a)?);
+        let mut elems = compile(&world(&o, &with_remote(&a, &snap.remote))?);
+        if self.src.shared() {
+            keep_local(&mut elems, &a);
+        }
         if objects.is_some() {
-            write_json(&self.dir, "objects.json", &o)?;
+            self.src.save(&old_o, &o)?;
         }
         if atts.is_some() {
             write_json(self.fw.state_dir(), "netpol-pods.json", &a)?;
@@ -254,7 +302,7 @@ impl Store {
             Ok(n) => Ok(n),
             Err(e) => {
                 if objects.is_some() {
-                    write_json(&self.dir, "objects.json", &old_o)?;
+                    self.src.save(&o, &old_o)?;
                 }
                 if atts.is_some() {
                     write_json(self.fw.state_dir(), "netpol-pods.json", &old_a)?;
@@ -263,6 +311,52 @@ impl Store {
             }
         }
     }
+}
+
+fn insert_all(o: &mut Objects, objs: &[Object]) {
+    for obj in objs {
+        match obj {
+            Object::Namespace(n) => {
+                o.namespaces.insert(n.metadata.name.clone(), n.clone());
+            }
+            Object::Pod(p) => {
+                o.pods.insert(ns_key(&p.metadata), p.clone());
+            }
+            Object::NetworkPolicy(p) => {
+                o.policies.insert(ns_key(&p.metadata), p.clone());
+            }
+        }
+    }
+}
+
+/// Remove `objs` from `o`; all must be there (else `NotFound` naming the missing ones).
+fn remove_all(o: &mut Objects, objs: &[Object]) -> Result<(), PolicyError> {
+    let mut missing = Vec::new();
+    for obj in objs {
+        let gone = match obj {
+            Object::Namespace(n) => o.namespaces.remove(&n.metadata.name).is_some(),
+            Object::Pod(p) => o.pods.remove(&ns_key(&p.metadata)).is_some(),
+            Object::NetworkPolicy(p) => o.policies.remove(&ns_key(&p.metadata)).is_some(),
+        };
+        if !gone {
+            missing.push(obj.key());
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::NotFound(missing.join(", ")))
+    }
+}
+
+/// Shared objects: this host's kernel holds the elements of its own pods only (a remote
+/// pod's isolation is its own host's business; remote pods stay in as peers).
+fn keep_local(elems: &mut BTreeSet<Elem>, local: &BTreeMap<String, PodAttachment>) {
+    let ips: BTreeSet<IpAddr> = local.values().flat_map(|a| a.ips.iter().copied()).collect();
+    elems.retain(|e| match e {
+        Elem::NpIsolated { pod, .. } | Elem::NpAllow { pod, .. } => ips.contains(pod),
+        _ => true,
+    });
 }
 
 fn validate_all(objs: &[Object]) -> Result<Vec<Valid>, PolicyError> {
@@ -381,7 +475,7 @@ fn mkdir(dir: &Path) -> Result<(), PolicyError> {
         .map_err(|e| PolicyError::io(dir, e))
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, PolicyError> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, PolicyError> {
     match fs::read(path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)
@@ -397,7 +491,11 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, PolicyError>
 }
 
 /// Write `name` in `dir` through a temporary file and a rename (0600).
-fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), PolicyError> {
+pub(crate) fn write_json<T: Serialize>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+) -> Result<(), PolicyError> {
     mkdir(dir)?;
     let dst = dir.join(name);
     let bytes = serde_json::to_vec_pretty(value).map_err(|source| PolicyError::State {

@@ -1,4 +1,4 @@
-//! `netpol`: a chained plugin (after `bridge` or `internal-bridge`) that makes the pod's
+//! `netpol`: a chained plugin (after `bridge`, `internal-bridge` or `overlay`) that makes the pod's
 //! addresses subject to the Kubernetes NetworkPolicies in force on this host before its ADD
 //! returns. The pod is named by `K8S_POD_NAMESPACE` and `K8S_POD_NAME` in `CNI_ARGS` (as
 //! containerd's CRI passes them); its labels and named ports come from the Pod objects given
@@ -7,11 +7,17 @@
 //! policy isolates never answers success reachable. DEL forgets it (idempotent), CHECK wants
 //! every element the policies in force give its addresses, GC forgets attachments the
 //! runtime no longer lists. See docs/netpol.md.
+//!
+//! Across hosts (chained after `overlay`): with `etcdEndpoints` (and `etcdCACertFile`,
+//! `etcdCertFile`, `etcdKeyFile`, `etcdPrefix`, the overlay's `ipam` keys) on this entry, the
+//! objects are read from etcd and the attachment is published there for the other hosts
+//! (`<prefix>/netpol/endpoints/<node>/...`, node from `CNIRS_NODE_NAME` or the hostname).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use cni_core::{error::from_classified, CniError, CniResult, ErrorCode, Plugin, Request};
-use netpol::{PodAttachment, PolicyError, Store};
+use netpol::{cluster::EtcdSource, PodAttachment, PolicyError, Store};
+use serde::Deserialize;
 
 pub struct Netpol;
 
@@ -38,10 +44,66 @@ impl From<NetpolError> for CniError {
             NetpolError::Policy(p @ (PolicyError::Io { .. } | PolicyError::State { .. })) => {
                 CniError::new(ErrorCode::Io, p.to_string())
             }
+            NetpolError::Policy(PolicyError::Etcd(e)) if e.is_config() => {
+                CniError::config("etcdEndpoints", e)
+            }
+            NetpolError::Policy(p @ (PolicyError::Etcd(_) | PolicyError::Record { .. })) => {
+                CniError::new(ErrorCode::TryAgainLater, p.to_string())
+            }
             NetpolError::Policy(p) => CniError::new(ErrorCode::InvalidConfig, p.to_string()),
             m @ NetpolError::Missing { .. } => CniError::new(ErrorCode::Firewall, m.to_string()),
         }
     }
+}
+
+/// The etcd keys of this plugin's entry (all optional: without `etcdEndpoints`, one host).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Conf {
+    #[serde(default)]
+    etcd_endpoints: Vec<String>,
+    etcd_prefix: Option<String>,
+    #[serde(rename = "etcdCACertFile")]
+    etcd_ca_cert_file: Option<String>,
+    etcd_cert_file: Option<String>,
+    etcd_key_file: Option<String>,
+}
+
+/// The store: one host's (no `etcdEndpoints`), or the cluster's objects in etcd. Nothing is
+/// contacted yet.
+fn open(req: &Request) -> Result<Store, NetpolError> {
+    let conf: Conf = req.parse_conf()?;
+    if conf.etcd_endpoints.is_empty() {
+        return Ok(Store::open()?);
+    }
+    let tls = etcd::tls_from_conf(
+        &conf.etcd_endpoints,
+        [
+            conf.etcd_ca_cert_file.as_deref(),
+            conf.etcd_cert_file.as_deref(),
+            conf.etcd_key_file.as_deref(),
+        ],
+    )
+    .map_err(|e| CniError::config(e.key, e.message))?;
+    let prefix = conf
+        .etcd_prefix
+        .unwrap_or_else(|| cluster::DEFAULT_PREFIX.to_owned());
+    if !prefix.starts_with('/') {
+        return Err(
+            CniError::config("etcdPrefix", format!("{prefix:?} does not start with /")).into(),
+        );
+    }
+    let client = etcd::Client::with_options(
+        &conf.etcd_endpoints,
+        etcd::Options {
+            tls,
+            ..etcd::Options::default()
+        },
+    )
+    .map_err(|e| CniError::config("etcdEndpoints", e))?;
+    let node = cluster::schema::node_name();
+    let src = EtcdSource::new(Arc::new(client), &prefix, &node);
+    Ok(Store::open_with(Box::new(src))?)
 }
 
 /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME`: both required (without them the pod cannot be
@@ -70,7 +132,7 @@ fn pod_ips(prev: &CniResult) -> Result<Vec<IpAddr>, CniError> {
     if ips.is_empty() {
         return Err(CniError::new(
             ErrorCode::InvalidConfig,
-            "netpol: prevResult has no ips (chain it after bridge or internal-bridge)",
+            "netpol: prevResult has no ips (chain it after bridge, internal-bridge or overlay)",
         ));
     }
     Ok(ips)
@@ -80,7 +142,7 @@ fn add(req: &Request) -> Result<CniResult, NetpolError> {
     let prev = req.require_prev_result()?;
     let (namespace, name) = pod_of(req)?;
     let ips = pod_ips(&prev)?;
-    Store::open()?.attach(PodAttachment {
+    open(req)?.attach(PodAttachment {
         network: req.conf.name.clone(),
         container_id: req.container_id.clone(),
         ifname: req.ifname.clone(),
@@ -95,7 +157,7 @@ fn check(req: &Request) -> Result<(), NetpolError> {
     let prev = req.require_prev_result()?;
     let (namespace, name) = pod_of(req)?;
     let ips = pod_ips(&prev)?;
-    let (_, missing) = Store::open()?.missing_for(&ips)?;
+    let (_, missing) = open(req)?.missing_for(&ips)?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -122,7 +184,7 @@ impl Plugin for Netpol {
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let del = || -> Result<(), NetpolError> {
-            Ok(Store::open()?.detach(&req.conf.name, &req.container_id, &req.ifname)?)
+            Ok(open(req)?.detach(&req.conf.name, &req.container_id, &req.ifname)?)
         };
         Ok(del()?)
     }
@@ -133,7 +195,7 @@ impl Plugin for Netpol {
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let gc = || -> Result<(), NetpolError> {
-            Ok(Store::open()?.gc(&req.conf.name, &req.valid_pairs())?)
+            Ok(open(req)?.gc(&req.conf.name, &req.valid_pairs())?)
         };
         Ok(gc()?)
     }

@@ -149,7 +149,9 @@ and keep the remote FDB entries of every overlay network on this host equal to w
 <prefix>/hosts/ and <prefix>/pods/ say. VXLAN is admitted only from registered hosts (sets
 vtep4/vtep6 of table inet cnirs). Survives the loss of an etcd member (lists and watches
 again). A node name held by another host's VTEP stops it (exit 1). SIGTERM/SIGINT revoke the
-lease and exit 0. Also does what `cnirs watch` does. Same as `cnirs-agent` plus the watcher.")]
+lease and exit 0. Also does what `cnirs watch` does, and enforces the NetworkPolicies under
+<prefix>/netpol/ for this host's pods (`cnirs policy --etcd-endpoints`). Same as `cnirs-agent`
+plus the watcher and the NetworkPolicy loop.")]
     Agent {
         /// etcd endpoints, http://host:port or https://host:port, comma-separated
         #[arg(long, required = true, value_delimiter = ',')]
@@ -183,7 +185,12 @@ the `netpol` plugin attached in this network namespace. `apply -f FILE` and `del
 take Namespace, Pod (labels, container ports) and NetworkPolicy objects as YAML or JSON (one
 object, a multi-document stream, or a kind: List; `-` reads stdin), validate them as the API
 server does (a file with one invalid object changes nothing) and take effect at once, in one
-nftables transaction. `ls` shows each policy and the pods it selects.",
+nftables transaction. `ls` shows each policy and the pods it selects.
+
+With --etcd-endpoints (or $CNIRS_ETCD_ENDPOINTS) the objects live in etcd under
+<prefix>/netpol/, shared by every host of the overlay: `apply` and `delete` write them in one
+etcd transaction (nothing when one object is invalid) and each host's `cnirs agent` enforces
+them for its own pods, peers on other hosts included.",
         after_long_help = "\
 EXIT STATUS
   0  done
@@ -193,12 +200,16 @@ EXIT STATUS
 
 EXAMPLES
   cnirs policy apply -f deny-all.yaml
+  cnirs policy apply -f deny-all.yaml --etcd-endpoints https://10.240.0.1:2379 \\
+      --etcd-cafile ca.pem --etcd-certfile admin.pem --etcd-keyfile admin-key.pem
   kubectl get netpol,pods,ns -A -o yaml | cnirs policy apply -f -
   cnirs policy ls"
     )]
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+        #[command(flatten)]
+        etcd: policy::EtcdFlags,
     },
     /// Print a shell completion script
     #[command(long_about = "\
@@ -276,10 +287,10 @@ pub fn main(args: &[String]) -> ExitCode {
             reconcile::run(&args)
         }
         Cmd::Watch => watch::run(&[]),
-        Cmd::Policy { cmd } => match cmd {
-            PolicyCmd::Apply { file } => policy::change(&file, false),
-            PolicyCmd::Delete { file } => policy::change(&file, true),
-            PolicyCmd::Ls => policy::ls(),
+        Cmd::Policy { cmd, etcd } => match cmd {
+            PolicyCmd::Apply { file } => policy::change(&file, false, &etcd),
+            PolicyCmd::Delete { file } => policy::change(&file, true, &etcd),
+            PolicyCmd::Ls => policy::ls(&etcd),
         },
         Cmd::Agent {
             etcd_endpoints,
@@ -320,6 +331,15 @@ pub fn main(args: &[String]) -> ExitCode {
                 .spawn(watch::run_beside_agent)
             {
                 log::error!("starting the nftables watcher: {e}");
+                return ExitCode::from(1);
+            }
+            // And it enforces the NetworkPolicies in etcd for this host's pods.
+            let np_args = a.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("netpol".into())
+                .spawn(move || policy::run_beside_agent(&np_args))
+            {
+                log::error!("starting the netpol loop: {e}");
                 return ExitCode::from(1);
             }
             agent::cli(&a)
@@ -386,6 +406,33 @@ mod tests {
         assert!(matches!(
             p(&["cnirs", "reconcile", "--check"]).unwrap(),
             Cmd::Reconcile { check: true }
+        ));
+        match p(&[
+            "cnirs",
+            "policy",
+            "apply",
+            "-f",
+            "np.yaml",
+            "--etcd-endpoints",
+            "https://10.240.0.1:2379,https://10.240.0.2:2379",
+            "--etcd-cafile",
+            "/ca.pem",
+        ])
+        .unwrap()
+        {
+            Cmd::Policy {
+                cmd: PolicyCmd::Apply { file },
+                etcd,
+            } => {
+                assert_eq!(file, "np.yaml");
+                assert_eq!(etcd.etcd_endpoints.len(), 2);
+                assert_eq!(etcd.etcd_cafile.as_deref(), Some("/ca.pem"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            p(&["cnirs", "policy", "ls"]).unwrap(),
+            Cmd::Policy { cmd: PolicyCmd::Ls, ref etcd } if etcd.etcd_endpoints.is_empty()
         ));
         assert!(p(&["cnirs", "inspect"]).is_err(), "NETWORK is required");
         assert!(p(&["cnirs", "completion", "tcsh"]).is_err());

@@ -1,0 +1,190 @@
+//! Random worlds against the oracle.
+
+use super::*;
+
+/// A small deterministic generator (xorshift), so the random cases are the same each run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<T: Clone>(&mut self, v: &[T]) -> T {
+        v[(self.next() % v.len() as u64) as usize].clone()
+    }
+    fn chance(&mut self, in_n: u64) -> bool {
+        self.next().is_multiple_of(in_n)
+    }
+}
+
+fn random_selector(r: &mut Rng, key: &str, values: &[&str]) -> LabelSelector {
+    let v = |r: &mut Rng| r.pick(values).to_owned();
+    match r.next() % 6 {
+        0 => LabelSelector::default(),
+        1 => LabelSelector {
+            match_labels: [(key.to_owned(), v(r))].into(),
+            ..Default::default()
+        },
+        n => LabelSelector {
+            match_expressions: vec![Requirement {
+                key: if r.chance(4) {
+                    "role".into()
+                } else {
+                    key.to_owned()
+                },
+                operator: ["In", "NotIn", "Exists", "DoesNotExist"][(n - 2) as usize].into(),
+                values: if n < 4 { vec![v(r), v(r)] } else { vec![] },
+            }],
+            ..Default::default()
+        },
+    }
+}
+
+fn random_peer(r: &mut Rng) -> Peer {
+    match r.next() % 5 {
+        0 => Peer {
+            pod_selector: Some(random_selector(r, "pod", &PODS)),
+            ..Default::default()
+        },
+        1 => Peer {
+            namespace_selector: Some(random_selector(r, "ns", &NSS)),
+            ..Default::default()
+        },
+        2 => Peer {
+            pod_selector: Some(random_selector(r, "pod", &PODS)),
+            namespace_selector: Some(random_selector(r, "ns", &NSS)),
+            ..Default::default()
+        },
+        _ => {
+            let (cidr, excepts): (&str, &[&str]) = r.pick(&[
+                ("10.0.0.0/16", &["10.0.2.0/24", "10.0.1.1/32"][..]),
+                ("10.0.1.0/24", &["10.0.1.0/31"][..]),
+                ("0.0.0.0/0", &["10.0.0.0/8"][..]),
+                ("192.168.0.0/16", &[][..]),
+                ("10.0.3.0/30", &["10.0.3.2/32"][..]),
+            ]);
+            Peer {
+                ip_block: Some(IpBlock {
+                    cidr: cidr.into(),
+                    except: (!excepts.is_empty() && r.chance(2))
+                        .then(|| excepts.iter().map(|s| (*s).to_owned()).collect()),
+                }),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+fn random_port(r: &mut Rng) -> PolicyPort {
+    let protocol = r
+        .pick(&[None, Some("UDP"), Some("SCTP"), Some("TCP")])
+        .map(str::to_owned);
+    match r.next() % 5 {
+        0 => PolicyPort {
+            protocol,
+            ..Default::default()
+        },
+        1 | 2 => PolicyPort {
+            protocol,
+            port: Some(IntOrString::Int(r.pick(&[80, 81, 79]))),
+            ..Default::default()
+        },
+        3 => PolicyPort {
+            protocol,
+            port: Some(IntOrString::Int(80)),
+            end_port: Some(r.pick(&[80, 81, 100])),
+        },
+        _ => {
+            let p = protocol
+                .clone()
+                .unwrap_or_else(|| "TCP".into())
+                .to_lowercase();
+            PolicyPort {
+                protocol,
+                port: Some(IntOrString::Str(format!("serve-{}-{p}", r.pick(&[80, 81])))),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+fn random_policy(r: &mut Rng, i: usize) -> NetworkPolicy {
+    let rules = |r: &mut Rng| -> Option<Vec<(Option<Vec<Peer>>, Option<Vec<PolicyPort>>)>> {
+        if r.chance(4) {
+            return None;
+        }
+        Some(
+            (0..r.next() % 3)
+                .map(|_| {
+                    let peers = (!r.chance(4))
+                        .then(|| (0..1 + r.next() % 2).map(|_| random_peer(r)).collect());
+                    let ports = (!r.chance(3))
+                        .then(|| (0..1 + r.next() % 2).map(|_| random_port(r)).collect());
+                    (peers, ports)
+                })
+                .collect(),
+        )
+    };
+    let ingress = rules(r).map(|v| {
+        v.into_iter()
+            .map(|(from, ports)| IngressRule { from, ports })
+            .collect()
+    });
+    let egress: Option<Vec<EgressRule>> = rules(r).map(|v| {
+        v.into_iter()
+            .map(|(to, ports)| EgressRule { to, ports })
+            .collect()
+    });
+    let policy_types = r
+        .pick(&[
+            None,
+            Some(vec!["Ingress"]),
+            Some(vec!["Egress"]),
+            Some(vec!["Ingress", "Egress"]),
+        ])
+        .map(|v| v.into_iter().map(str::to_owned).collect());
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: format!("r{i}"),
+            namespace: Some(r.pick(&NSS).to_owned()),
+            labels: BTreeMap::new(),
+        },
+        spec: NetworkPolicySpec {
+            pod_selector: random_selector(r, "pod", &PODS),
+            ingress,
+            egress,
+            policy_types,
+        },
+    }
+}
+
+#[test]
+fn random_policies_match_the_oracle_cell_by_cell() {
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut total = (0, 0);
+    for world in 0..60 {
+        let h = Harness::new();
+        // Some pods get role=db (selectors on `role` then bite).
+        for (n, p) in [(0, 1), (1, 2), (2, 0)] {
+            if r.chance(2) {
+                h.store
+                    .apply(&[Object::Pod(pod_obj(n, p, &[("role", "db")]))])
+                    .unwrap();
+            }
+        }
+        let policies: Vec<Object> = (0..1 + r.next() % 4)
+            .map(|i| Object::NetworkPolicy(random_policy(&mut r, i as usize)))
+            .collect();
+        h.store.apply(&policies).unwrap();
+        let (cells, allowed) = truth_table(&h, &format!("random world {world}"));
+        total = (total.0 + cells, total.1 + allowed);
+    }
+    // Both verdicts occur plenty.
+    assert!(
+        total.1 > total.0 / 5 && total.1 < total.0 * 4 / 5,
+        "{total:?}"
+    );
+}
