@@ -8,6 +8,7 @@
 //! <dir>/table.json                             {handle}: the inet cnirs table last filled
 //! <dir>/vtep.json                              {elems}: the overlay gate (node agent)
 //! <dir>/netpol.json                            {elems}: NetworkPolicy's elements, all of them
+//! <dir>/netpol.log                             changes since: one {"add"|"del": [elems]} a line
 //! ```
 //! Names are escaped for the file system (`%XX` for anything but `[A-Za-z0-9_.-]`). Files are
 //! 0600, directories 0700, every write is a rename of a temporary file. No call reads all
@@ -119,6 +120,16 @@ pub(crate) struct VtepRecord {
 pub(crate) struct NetpolRecord {
     #[serde(deserialize_with = "known_elems")]
     pub elems: BTreeSet<Elem>,
+}
+
+/// One line of `netpol.log`: elements added to or removed from `netpol.json`'s.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NetpolChange {
+    /// elements added (written before the kernel batch: the record stays a superset)
+    Add(Vec<Elem>),
+    /// elements removed (written after it)
+    Del(Vec<Elem>),
 }
 
 /// `table.json`: which table the elements were last restored into.
@@ -317,13 +328,61 @@ impl Locked {
             && self.netpol()?.elems.is_empty())
     }
 
-    /// NetworkPolicy's elements (`netpol.json`; empty when absent).
+    /// NetworkPolicy's elements: `netpol.json` (empty when absent) and the changes of
+    /// `netpol.log` since, in order. A last line cut short (a kill during its write, before
+    /// the kernel batch it announces) is ignored.
     pub fn netpol(&self) -> Result<NetpolRecord, NftError> {
-        Ok(read_json(&self.dir.join("netpol.json"))?.unwrap_or_default())
+        let mut rec: NetpolRecord = read_json(&self.dir.join("netpol.json"))?.unwrap_or_default();
+        let log = self.dir.join("netpol.log");
+        let text = match fs::read_to_string(&log) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(rec),
+            Err(e) => return Err(NftError::io(&log, e)),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<NetpolChange>(line) {
+                Ok(NetpolChange::Add(v)) => rec.elems.extend(v),
+                Ok(NetpolChange::Del(v)) => {
+                    for e in &v {
+                        rec.elems.remove(e);
+                    }
+                }
+                Err(e) if i + 1 == lines.len() => log::warn!("{}: last line: {e}", log.display()),
+                Err(source) => return Err(NftError::State { path: log, source }),
+            }
+        }
+        Ok(rec)
     }
 
+    /// Replace the record by `rec` (and forget the changes log).
     pub fn put_netpol(&self, rec: &NetpolRecord) -> Result<(), NftError> {
-        write_json(&self.dir, "netpol.json", rec)
+        write_json(&self.dir, "netpol.json", rec)?;
+        remove_file(&self.dir.join("netpol.log"))
+    }
+
+    /// Append one change to `netpol.log` (one `write` with `O_APPEND`): the record is not
+    /// rewritten, so a change costs its own size, not the record's.
+    pub fn log_netpol(&self, change: &NetpolChange) -> Result<(), NftError> {
+        let path = self.dir.join("netpol.log");
+        let mut line = serde_json::to_vec(change).map_err(|source| NftError::State {
+            path: path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        mkdir(&self.dir)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| NftError::io(&path, e))?;
+        f.write_all(&line).map_err(|e| NftError::io(&path, e))
+    }
+
+    /// Size of `netpol.log` in bytes (0 when absent): past a bound the record is compacted.
+    pub fn netpol_log_len(&self) -> u64 {
+        fs::metadata(self.dir.join("netpol.log")).map_or(0, |m| m.len())
     }
 
     /// The overlay gate (`vtep.json`; empty when absent).

@@ -1033,18 +1033,20 @@ fn netpol_samples() -> Vec<Elem> {
                     ports,
                 });
             }
-            // One address, one port: the hash sets np_in_one*/np_out_one*.
-            v.push(Elem::NpAllow {
-                dir,
-                pod,
-                first: last.parse().unwrap(),
-                last: last.parse().unwrap(),
-                ports: Some(NpPorts {
-                    protocol: Protocol::Udp,
-                    first: 53,
-                    last: 53,
-                }),
-            });
+            // A pod peer: every port (np_*_pp*, hash), one port (np_*_one*, hash), a port
+            // range (np_*_pr*, pipapo).
+            for (a, b) in [(0, 0), (53, 53), (53, 60)] {
+                v.push(Elem::NpPair {
+                    dir,
+                    pod,
+                    peer: last.parse().unwrap(),
+                    ports: (a != 0).then_some(NpPorts {
+                        protocol: Protocol::Udp,
+                        first: a,
+                        last: b,
+                    }),
+                });
+            }
         }
     }
     v
