@@ -14,6 +14,7 @@ pub mod model;
 pub mod parse;
 pub mod policy;
 pub mod store;
+pub mod typed;
 
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    compile::{compile, World},
+    compile::{compile, compile_touching, World},
     model::{Namespace, NetworkPolicy, Object, Pod},
     policy::{validate, PodInfo, Valid},
     PolicyError,
@@ -180,23 +180,54 @@ impl Store {
         self.commit(Some(o), None)
     }
 
-    /// A pod's attachment (the plugin's ADD): recorded and enforced before it returns.
+    /// A pod's attachment (the plugin's ADD): recorded and enforced before it returns. Only
+    /// the elements that concern its addresses (and those of the attachment it replaces) are
+    /// compiled and changed ([`compile_touching`]): the cost does not grow with the policies
+    /// that do not name it.
     pub fn attach(&self, att: PodAttachment) -> Result<(usize, usize), PolicyError> {
         let _l = self.lock()?;
-        let mut atts = self.attachments()?;
-        atts.insert(att.key(), att);
-        self.commit(None, Some(atts))
+        let old = self.attachments()?;
+        let mut atts = old.clone();
+        let mut ips = att.ips.clone();
+        if let Some(prev) = atts.insert(att.key(), att) {
+            ips.extend(prev.ips);
+        }
+        self.change(&old, atts, &ips)
     }
 
     /// Forget an attachment (DEL; idempotent).
     pub fn detach(&self, network: &str, cid: &str, ifname: &str) -> Result<(), PolicyError> {
         let _l = self.lock()?;
-        let mut atts = self.attachments()?;
-        if atts.remove(&att_key(network, cid, ifname)).is_none() {
+        let old = self.attachments()?;
+        let mut atts = old.clone();
+        match atts.remove(&att_key(network, cid, ifname)) {
+            Some(prev) => self.change(&old, atts, &prev.ips).map(drop),
             // Nothing recorded: still converge the kernel (a DEL after a failed ADD).
-            return self.commit(None, None).map(drop);
+            None => self.commit(None, None).map(drop),
         }
-        self.commit(None, Some(atts)).map(drop)
+    }
+
+    /// Replace the attachments `old` by `atts`, a change that concerns only the addresses
+    /// `ips`: the elements touching them are compiled in both worlds and the difference goes
+    /// to the kernel in one transaction (the record's log appended). The attachments are
+    /// written first, and back when the kernel refuses.
+    fn change(
+        &self,
+        old: &BTreeMap<String, PodAttachment>,
+        atts: BTreeMap<String, PodAttachment>,
+        ips: &[IpAddr],
+    ) -> Result<(usize, usize), PolicyError> {
+        let o = self.objects()?;
+        let before = compile_touching(&world(&o, old)?, ips);
+        let after = compile_touching(&world(&o, &atts)?, ips);
+        let add: Vec<Elem> = after.difference(&before).cloned().collect();
+        let gone: Vec<Elem> = before.difference(&after).cloned().collect();
+        write_json(self.fw.state_dir(), "netpol-pods.json", &atts)?;
+        if let Err(e) = self.fw.change_netpol(&add, &gone) {
+            write_json(self.fw.state_dir(), "netpol-pods.json", old)?;
+            return Err(e.into());
+        }
+        Ok((add.len(), gone.len()))
     }
 
     /// Forget every attachment of `network` not in `valid` ((container, ifname) pairs).
@@ -216,13 +247,7 @@ impl Store {
     /// the store now, and those of them it lacks.
     pub fn missing_for(&self, ips: &[IpAddr]) -> Result<(Vec<Elem>, Vec<Elem>), PolicyError> {
         let _l = self.lock()?;
-        let want: Vec<Elem> = compile(&self.world()?)
-            .into_iter()
-            .filter(|e| match e {
-                Elem::NpIsolated { pod, .. } | Elem::NpAllow { pod, .. } => ips.contains(pod),
-                _ => false,
-            })
-            .collect();
+        let want: Vec<Elem> = compile_touching(&self.world()?, ips).into_iter().collect();
         let missing = self.fw.check_netpol(&want)?;
         Ok((want, missing))
     }
