@@ -241,15 +241,18 @@ struct Compiler<'a> {
     peers_of: HashMap<(usize, bool, bool), Peers<'a>>,
     out: BTreeSet<Elem>,
     pairs: Pairs,
+    /// The pods owning an address of `only` (all pods without it).
+    cands: Vec<&'a PodInfo>,
 }
 
 impl<'a> Compiler<'a> {
     fn new(w: &'a World, only: Option<&'a [IpAddr]>) -> Self {
-        let ns_labels = w
-            .pods
-            .iter()
-            .map(|p| (p.namespace.as_str(), w.ns_labels(&p.namespace)))
-            .collect();
+        let mut ns_labels = BTreeMap::new();
+        for p in &w.pods {
+            if !ns_labels.contains_key(p.namespace.as_str()) {
+                ns_labels.insert(p.namespace.as_str(), w.ns_labels(&p.namespace));
+            }
+        }
         Compiler {
             w,
             only,
@@ -257,6 +260,11 @@ impl<'a> Compiler<'a> {
             peers_of: HashMap::new(),
             out: BTreeSet::new(),
             pairs: Pairs::new(),
+            cands: w
+                .pods
+                .iter()
+                .filter(|p| only.is_none_or(|o| p.ips.iter().any(|ip| o.contains(ip))))
+                .collect(),
         }
     }
 
@@ -287,10 +295,18 @@ impl<'a> Compiler<'a> {
 
     fn peers(&mut self, policy: &Policy, rule: &'a Rule, v6: bool, restricted: bool) -> &Peers<'a> {
         let key = (std::ptr::from_ref(rule) as usize, v6, restricted);
-        let (w, only, ns_labels) = (self.w, self.only.filter(|_| restricted), &self.ns_labels);
+        let only = self.only.filter(|_| restricted);
+        if self.peers_of.contains_key(&key) {
+            return &self.peers_of[&key];
+        }
+        let pods: Vec<&'a PodInfo> = match only {
+            Some(_) => self.cands.clone(),
+            None => self.w.pods.iter().collect(),
+        };
+        let ns_labels = &self.ns_labels;
         self.peers_of
             .entry(key)
-            .or_insert_with(|| peer_ranges(w, ns_labels, policy, &rule.peers, v6, only))
+            .or_insert_with(|| peer_ranges(&pods, ns_labels, policy, &rule.peers, v6, only))
     }
 
     /// Every element of `pod`'s addresses `ips` (all of them, or those in `only`).
@@ -442,7 +458,7 @@ struct Peers<'a> {
 }
 
 fn peer_ranges<'a>(
-    w: &'a World,
+    pods: &[&'a PodInfo],
     ns_labels: &BTreeMap<&str, Labels>,
     policy: &Policy,
     peers: &[Peer],
@@ -451,9 +467,8 @@ fn peer_ranges<'a>(
 ) -> Peers<'a> {
     let fam = move |a: &&IpAddr| a.is_ipv6() == v6 && only.is_none_or(|o| o.contains(a));
     let all_pods = || {
-        w.pods
-            .iter()
-            .flat_map(move |p| p.ips.iter().filter(fam).map(move |ip| (*ip, p)))
+        pods.iter()
+            .flat_map(move |p| p.ips.iter().filter(fam).map(move |ip| (*ip, *p)))
     };
     let mut out = Peers {
         ranges: Vec::new(),

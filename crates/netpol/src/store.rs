@@ -217,9 +217,9 @@ impl Store {
         atts: BTreeMap<String, PodAttachment>,
         ips: &[IpAddr],
     ) -> Result<(usize, usize), PolicyError> {
-        let o = self.objects()?;
-        let before = compile_touching(&world(&o, old)?, ips);
-        let after = compile_touching(&world(&o, &atts)?, ips);
+        let v = Validated::of(&self.objects()?)?;
+        let before = compile_touching(&v.world(old), ips);
+        let after = compile_touching(&v.world(&atts), ips);
         let add: Vec<Elem> = after.difference(&before).cloned().collect();
         let gone: Vec<Elem> = before.difference(&after).cloned().collect();
         write_json(self.fw.state_dir(), "netpol-pods.json", &atts)?;
@@ -309,39 +309,59 @@ fn validate_all(objs: &[Object]) -> Result<Vec<Valid>, PolicyError> {
 /// The compiler's input from stored objects (validated again: a file edited by hand is
 /// refused, not half-used) and attachments.
 pub fn world(o: &Objects, atts: &BTreeMap<String, PodAttachment>) -> Result<World, PolicyError> {
-    let mut w = World::default();
-    let mut pods: BTreeMap<(String, String), PodInfo> = BTreeMap::new();
-    for n in o.namespaces.values() {
-        if let Valid::Namespace(name, labels) = validate(&Object::Namespace(n.clone()))? {
-            w.namespaces.insert(name, labels);
-        }
-    }
-    for p in o.pods.values() {
-        if let Valid::Pod(info) = validate(&Object::Pod(p.clone()))? {
-            pods.insert((info.namespace.clone(), info.name.clone()), info);
-        }
-    }
-    for p in o.policies.values() {
-        if let Valid::Policy(p) = validate(&Object::NetworkPolicy(p.clone()))? {
-            w.policies.push(p);
-        }
-    }
-    for a in atts.values() {
-        let info = pods
-            .entry((a.namespace.clone(), a.name.clone()))
-            .or_insert_with(|| PodInfo {
-                namespace: a.namespace.clone(),
-                name: a.name.clone(),
-                ..PodInfo::default()
-            });
-        for ip in &a.ips {
-            if !info.ips.contains(ip) {
-                info.ips.push(*ip);
+    Ok(Validated::of(o)?.world(atts))
+}
+
+/// The stored objects validated, before the attachments' addresses are added: validated once
+/// when two worlds (before and after an ADD or DEL) are compiled.
+struct Validated {
+    base: World,
+    pods: BTreeMap<(String, String), PodInfo>,
+}
+
+impl Validated {
+    fn of(o: &Objects) -> Result<Self, PolicyError> {
+        let mut base = World::default();
+        let mut pods: BTreeMap<(String, String), PodInfo> = BTreeMap::new();
+        for n in o.namespaces.values() {
+            if let Valid::Namespace(name, labels) = validate(&Object::Namespace(n.clone()))? {
+                base.namespaces.insert(name, labels);
             }
         }
+        for p in o.pods.values() {
+            if let Valid::Pod(info) = validate(&Object::Pod(p.clone()))? {
+                pods.insert((info.namespace.clone(), info.name.clone()), info);
+            }
+        }
+        for p in o.policies.values() {
+            if let Valid::Policy(p) = validate(&Object::NetworkPolicy(p.clone()))? {
+                base.policies.push(p);
+            }
+        }
+        Ok(Validated { base, pods })
     }
-    w.pods = pods.into_values().collect();
-    Ok(w)
+
+    fn world(&self, atts: &BTreeMap<String, PodAttachment>) -> World {
+        let mut pods = self.pods.clone();
+        for a in atts.values() {
+            let info = pods
+                .entry((a.namespace.clone(), a.name.clone()))
+                .or_insert_with(|| PodInfo {
+                    namespace: a.namespace.clone(),
+                    name: a.name.clone(),
+                    ..PodInfo::default()
+                });
+            for ip in &a.ips {
+                if !info.ips.contains(ip) {
+                    info.ips.push(*ip);
+                }
+            }
+        }
+        World {
+            pods: pods.into_values().collect(),
+            ..self.base.clone()
+        }
+    }
 }
 
 /// What `cnirs policy ls` prints: each policy with its types and the pods it selects (those
@@ -425,7 +445,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, PolicyError>
 fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), PolicyError> {
     mkdir(dir)?;
     let dst = dir.join(name);
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| PolicyError::State {
+    let bytes = serde_json::to_vec(value).map_err(|source| PolicyError::State {
         path: dst.clone(),
         source,
     })?;
