@@ -114,11 +114,14 @@ pub const RULES: &[ChainRules] = &[
         I,
         "netpol",
         &[
-            "ct state established,related accept",
+            // 0x01000000: crate::guard::NP_PASS_MARK, what the guard table (`cnirs watch`)
+            // wants on every packet to or from an isolated pod (see guard.rs).
+            "ct state established,related meta mark set meta mark | 0x01000000 accept",
             "ip saddr @np_eiso4 jump np_egress",
             "ip6 saddr @np_eiso6 jump np_egress",
             "ip daddr @np_iiso4 jump np_ingress",
             "ip6 daddr @np_iiso6 jump np_ingress",
+            "meta mark set meta mark | 0x01000000",
         ],
     ),
     rules(
