@@ -122,13 +122,12 @@ pub(crate) struct NetpolRecord {
     pub elems: BTreeSet<Elem>,
 }
 
-/// One line of `netpol.log`: elements added to or removed from `netpol.json`'s.
+/// One line of `netpol.log`: elements added (written before the kernel batch: the record
+/// stays a superset) or removed (after it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum NetpolChange {
-    /// elements added (written before the kernel batch: the record stays a superset)
     Add(Vec<Elem>),
-    /// elements removed (written after it)
     Del(Vec<Elem>),
 }
 
@@ -328,9 +327,8 @@ impl Locked {
             && self.netpol()?.elems.is_empty())
     }
 
-    /// NetworkPolicy's elements: `netpol.json` (empty when absent) and the changes of
-    /// `netpol.log` since, in order. A last line cut short (a kill during its write, before
-    /// the kernel batch it announces) is ignored.
+    /// NetworkPolicy's elements: `netpol.json` (empty when absent) and `netpol.log`'s changes
+    /// since, in order; a last line cut short (a kill during its write) is ignored.
     pub fn netpol(&self) -> Result<NetpolRecord, NftError> {
         let mut rec: NetpolRecord = read_json(&self.dir.join("netpol.json"))?.unwrap_or_default();
         let log = self.dir.join("netpol.log");
@@ -355,7 +353,7 @@ impl Locked {
         Ok(rec)
     }
 
-    /// Replace the record by `rec` (and forget the changes log).
+    /// Replace the record by `rec`, the log folded in.
     pub fn put_netpol(&self, rec: &NetpolRecord) -> Result<(), NftError> {
         write_json(&self.dir, "netpol.json", rec)?;
         remove_file(&self.dir.join("netpol.log"))
@@ -380,7 +378,7 @@ impl Locked {
         f.write_all(&line).map_err(|e| NftError::io(&path, e))
     }
 
-    /// Size of `netpol.log` in bytes (0 when absent): past a bound the record is compacted.
+    /// Size of `netpol.log` in bytes (0 when absent).
     pub fn netpol_log_len(&self) -> u64 {
         fs::metadata(self.dir.join("netpol.log")).map_or(0, |m| m.len())
     }
