@@ -217,9 +217,43 @@ impl Store {
         atts: BTreeMap<String, PodAttachment>,
         ips: &[IpAddr],
     ) -> Result<(usize, usize), PolicyError> {
-        let v = Validated::of(&self.objects()?)?;
-        let before = compile_touching(&v.world(old), ips);
-        let after = compile_touching(&v.world(&atts), ips);
+        let mut w = Validated::of(&self.objects()?)?.world(old);
+        let before = compile_touching(&w, ips);
+        // The world after: only the pods whose attachments changed get their addresses again.
+        let changed: BTreeSet<(&str, &str)> = old
+            .iter()
+            .filter(|(k, a)| atts.get(*k) != Some(*a))
+            .chain(atts.iter().filter(|(k, a)| old.get(*k) != Some(*a)))
+            .map(|(_, a)| (a.namespace.as_str(), a.name.as_str()))
+            .collect();
+        for (ns, name) in changed {
+            let mut now: Vec<IpAddr> = Vec::new();
+            for a in atts
+                .values()
+                .filter(|a| a.namespace == ns && a.name == name)
+            {
+                now.extend(
+                    a.ips
+                        .iter()
+                        .filter(|ip| !now.contains(ip))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            match w
+                .pods
+                .iter_mut()
+                .find(|p| p.namespace == ns && p.name == name)
+            {
+                Some(p) => p.ips = now,
+                None => w.pods.push(PodInfo {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                    ips: now,
+                    ..PodInfo::default()
+                }),
+            }
+        }
+        let after = compile_touching(&w, ips);
         let add: Vec<Elem> = after.difference(&before).cloned().collect();
         let gone: Vec<Elem> = before.difference(&after).cloned().collect();
         write_json(self.fw.state_dir(), "netpol-pods.json", &atts)?;
