@@ -87,6 +87,8 @@ bench: deps build cnitool
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/run.sh
 	CNIRS_BIN_DIR=$(BIN_DIR) CNITOOL=$(CURDIR)/$(CNITOOL) bench/overlay.sh
 	{ echo; cat target/bench/overlay.md; } >> target/bench/summary.md
+	CNIRS_BIN_DIR=$(BIN_DIR) bench/netpol.sh
+	{ echo; cat target/bench/netpol.md; } >> target/bench/summary.md
 	$(GLOBAL_LOCK) $(CARGO) test -p conformance --test cri_bench -- --ignored --nocapture
 	{ echo; cat target/bench/cri.md; } >> target/bench/summary.md
 

@@ -452,3 +452,169 @@ fn a_running_cnirs_watch_restores_the_isolation_after_a_flush() {
     assert!(back, "the watcher did not restore the isolation: {log}");
     assert!(!reached, "restored: a is isolated again");
 }
+
+/// `cnirs watch [--no-guard]` in the test's host netns, logging to `log`; killed by its pid
+/// when dropped.
+struct Watcher {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Watcher {
+    fn start(w: &World, guard: bool, name: &str) -> Self {
+        let log = w.net.tmp().join(name);
+        let mut cmd = w
+            .net
+            .host()
+            .command(&plugin_bin("cnirs").display().to_string());
+        cmd.arg("watch");
+        if !guard {
+            cmd.arg("--no-guard");
+        }
+        let child = cmd
+            .env("CNIRS_RUN_DIR", w.net.run_dir())
+            .env("CNIRS_LOG", "debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let me = Watcher { child, log };
+        let t = std::time::Instant::now();
+        while !me.text().contains("watching") && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            me.text().contains("watching"),
+            "did not start: {}",
+            me.text()
+        );
+        me
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGSTOP / SIGCONT: a stopped watcher keeps its socket (and the guard it owns) but
+    /// restores nothing, which makes the gap after a flush as long as the test wants.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn guard_holds(w: &World, ip: &str) -> bool {
+    let out = w
+        .net
+        .host()
+        .exec("nft", &["list", "set", "inet", "cnirs_guard", "iiso4"]);
+    out.success() && out.to_string().contains(ip)
+}
+
+#[test]
+#[ignore = "kernel: needs root, br_netfilter and the release binaries"]
+fn a_flush_under_a_running_watcher_leaves_no_isolated_pod_reachable() {
+    require_root();
+    let w = World::new();
+    let a = w.ip_a.clone();
+    w.policy(&["apply", "-f", "-"], DENY_X).assert_ok();
+    assert!(!tcp_reaches(&w.b, &a, 80));
+
+    // Control first: a watcher without the guard, stopped: after a flush a is reachable
+    // until the watcher runs again (the gap the guard closes, made long).
+    {
+        let watcher = Watcher::start(&w, false, "watch-noguard.log");
+        watcher.signal("-STOP");
+        w.net.host().exec_ok("nft", &["flush", "ruleset"]);
+        assert!(
+            tcp_reaches(&w.b, &a, 80),
+            "control: without the guard, the gap after a flush lets a probe through"
+        );
+        watcher.signal("-CONT");
+        let t = std::time::Instant::now();
+        while !nft_elems(&w.net, "set", "np_iiso4").contains(&a)
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!tcp_reaches(&w.b, &a, 80), "restored: {}", watcher.text());
+    }
+
+    // With the guard: the same long gap (watcher stopped) lets nothing through.
+    let watcher = Watcher::start(&w, true, "watch-guard.log");
+    let t = std::time::Instant::now();
+    while !guard_holds(&w, &a) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        guard_holds(&w, &a),
+        "the guard mirrors a: {}",
+        watcher.text()
+    );
+    watcher.signal("-STOP");
+    w.net.host().exec_ok("nft", &["flush", "ruleset"]);
+    assert!(
+        guard_holds(&w, &a),
+        "nft flush ruleset skips the owned guard"
+    );
+    assert!(!tcp_reaches(&w.b, &a, 80), "guarded: the gap is closed");
+    assert!(!udp_reaches(&w.b, &a, 53), "guarded: UDP too");
+    watcher.signal("-CONT");
+
+    // Flushes in a loop while b probes a continuously: no probe passes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let probes: Vec<_> = (0..3)
+        .map(|_| {
+            let (b, a, stop) = (w.b.clone(), a.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut tried, mut passed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    tried += 1;
+                    if tcp_reaches(&b, &a, 80) {
+                        passed += 1;
+                    }
+                }
+                (tried, passed)
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        w.net.host().exec_ok("nft", &["flush", "ruleset"]);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (tried, passed) = probes
+        .into_iter()
+        .map(|p| p.join().unwrap())
+        .fold((0, 0), |s, x| (s.0 + x.0, s.1 + x.1));
+    assert!(tried > 0);
+    assert_eq!(
+        passed,
+        0,
+        "{passed} of {tried} probes reached a: {}",
+        watcher.text()
+    );
+    // Control: with the policy deleted the guard forgets a and a is reached again.
+    w.policy(&["delete", "-f", "-"], DENY_X).assert_ok();
+    let t = std::time::Instant::now();
+    while guard_holds(&w, &a) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        tcp_reaches(&w.b, &a, 80),
+        "policy deleted: a is reached again"
+    );
+}

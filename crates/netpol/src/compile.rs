@@ -3,13 +3,17 @@
 //!
 //! For each pod address and direction: if a policy of its namespace selects the pod for that
 //! direction, one `np_iiso`/`np_eiso` element, and the union of what the rules of all those
-//! policies allow, as disjoint elements `pod . peer-range` (rules without ports) and
-//! `pod . peer-range . protocol . port-range`. The rules of the table never change; what grows
-//! is the number of elements: per isolated pod, the distinct peer ranges its policies allow
-//! (pod addresses of the selected peers, ipBlocks less their excepts) times the port ranges.
+//! policies allow, in two kinds of elements that never mix:
+//! - address ranges (`ipBlock`s less their excepts, "any"): disjoint elements `pod .
+//!   peer-range` and `pod . peer-range . protocol . port-range` ([`Elem::NpAllow`]); they do
+//!   not depend on which pods exist;
+//! - pod peers (selectors, and the pods an egress named port is resolved on), one address
+//!   each, never merged with their neighbours ([`Elem::NpPair`]): per (pod, peer) the union of
+//!   the port ranges. So a pod's ADD only adds the elements of its own addresses and those
+//!   where it is the peer ([`compile_touching`]), and changes no other element.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -200,110 +204,295 @@ fn disjoint(rects: &[Rect]) -> Vec<Rect> {
 
 /// Compile `w` to the elements of the `np_*` sets.
 pub fn compile(w: &World) -> BTreeSet<Elem> {
-    let mut out = BTreeSet::new();
-    // Each namespace's labels once, and each rule's peers once per family (they do not
-    // depend on the pod the rule is applied to): compile is O(pods x selecting rules +
-    // rules x pods), not O(pods x rules x pods).
-    let ns_labels: BTreeMap<&str, Labels> = w
-        .pods
-        .iter()
-        .map(|p| (p.namespace.as_str(), w.ns_labels(&p.namespace)))
-        .collect();
-    let mut peers_of: std::collections::HashMap<(usize, bool), Peers<'_>> =
-        std::collections::HashMap::new();
-    for pod in &w.pods {
+    Compiler::new(w, None).run()
+}
+
+/// The elements of [`compile`]`(w)` that concern the addresses `ips` ([`touches`]): those of
+/// the pods owning them and those naming them as a peer. What a pod's ADD or DEL changes.
+/// O(policies + pods the policies naming `ips` select), not O(pods x policies).
+pub fn compile_touching(w: &World, ips: &[IpAddr]) -> BTreeSet<Elem> {
+    Compiler::new(w, Some(ips)).run()
+}
+
+/// Does `e` concern one of `ips` (its pod, or its peer pod)?
+pub fn touches(e: &Elem, ips: &[IpAddr]) -> bool {
+    match e {
+        Elem::NpIsolated { pod, .. } | Elem::NpAllow { pod, .. } => ips.contains(pod),
+        Elem::NpPair { pod, peer, .. } => ips.contains(pod) || ips.contains(peer),
+        _ => false,
+    }
+}
+
+/// The port ranges allowed per protocol towards one peer pod, or every protocol (`any`).
+#[derive(Default)]
+struct PairAcc {
+    any: bool,
+    ports: BTreeMap<Protocol, Vec<(u16, u16)>>,
+}
+
+/// (direction, isolated pod address, peer pod address) -> what is allowed.
+type Pairs = BTreeMap<(NpDir, IpAddr, IpAddr), PairAcc>;
+
+struct Compiler<'a> {
+    w: &'a World,
+    only: Option<&'a [IpAddr]>,
+    ns_labels: BTreeMap<&'a str, Labels>,
+    /// Each rule's peers once per family and scope: (rule address, v6, restricted to `only`).
+    peers_of: HashMap<(usize, bool, bool), Peers<'a>>,
+    out: BTreeSet<Elem>,
+    pairs: Pairs,
+    /// The pods owning an address of `only` (all pods without it).
+    cands: Vec<&'a PodInfo>,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(w: &'a World, only: Option<&'a [IpAddr]>) -> Self {
+        let mut ns_labels = BTreeMap::new();
+        for p in &w.pods {
+            if !ns_labels.contains_key(p.namespace.as_str()) {
+                ns_labels.insert(p.namespace.as_str(), w.ns_labels(&p.namespace));
+            }
+        }
+        Compiler {
+            w,
+            only,
+            ns_labels,
+            peers_of: HashMap::new(),
+            out: BTreeSet::new(),
+            pairs: Pairs::new(),
+            cands: w
+                .pods
+                .iter()
+                .filter(|p| only.is_none_or(|o| p.ips.iter().any(|ip| o.contains(ip))))
+                .collect(),
+        }
+    }
+
+    fn run(mut self) -> BTreeSet<Elem> {
+        let w = self.w;
+        for pod in &w.pods {
+            let own: Vec<IpAddr> = match self.only {
+                None => pod.ips.clone(),
+                Some(only) => pod
+                    .ips
+                    .iter()
+                    .filter(|ip| only.contains(ip))
+                    .copied()
+                    .collect(),
+            };
+            if !own.is_empty() {
+                self.whole_pod(pod, &own);
+            }
+        }
+        if self.only.is_some() {
+            self.as_peer();
+        }
+        for ((dir, pod, peer), acc) in std::mem::take(&mut self.pairs) {
+            emit_pair(&mut self.out, dir, pod, peer, acc);
+        }
+        self.out
+    }
+
+    fn peers(&mut self, policy: &Policy, rule: &'a Rule, v6: bool, restricted: bool) -> &Peers<'a> {
+        let key = (std::ptr::from_ref(rule) as usize, v6, restricted);
+        let only = self.only.filter(|_| restricted);
+        if self.peers_of.contains_key(&key) {
+            return &self.peers_of[&key];
+        }
+        let pods: Vec<&'a PodInfo> = match only {
+            Some(_) => self.cands.clone(),
+            None => self.w.pods.iter().collect(),
+        };
+        let ns_labels = &self.ns_labels;
+        self.peers_of
+            .entry(key)
+            .or_insert_with(|| peer_ranges(&pods, ns_labels, policy, &rule.peers, v6, only))
+    }
+
+    /// Every element of `pod`'s addresses `ips` (all of them, or those in `only`).
+    fn whole_pod(&mut self, pod: &'a PodInfo, ips: &[IpAddr]) {
+        let w = self.w;
         for dir in [NpDir::Ingress, NpDir::Egress] {
             let selecting: Vec<_> = w.selecting(pod, dir).collect();
             if selecting.is_empty() {
                 continue; // not isolated in this direction: default allow
             }
-            for &ip in &pod.ips {
+            for &ip in ips {
                 let v6 = ip.is_ipv6();
-                out.insert(Elem::NpIsolated { dir, pod: ip });
+                self.out.insert(Elem::NpIsolated { dir, pod: ip });
                 let mut allowed = Allowed::default();
                 for (policy, rules) in &selecting {
                     for rule in rules.iter() {
-                        let key = (std::ptr::from_ref(rule) as usize, v6);
-                        let peers = peers_of
-                            .entry(key)
-                            .or_insert_with(|| peer_ranges(w, &ns_labels, policy, &rule.peers, v6));
-                        allow_rule(peers, rule, pod, dir, &mut allowed);
+                        let peers = self.peers(policy, rule, v6, false);
+                        let pairs = allow_rule(peers, rule, pod, dir, &mut allowed);
+                        for (peer, acc) in pairs {
+                            merge(&mut self.pairs, (dir, ip, peer), acc);
+                        }
                     }
                 }
-                let elem = |(a, b): (u128, u128), ports| Elem::NpAllow {
-                    dir,
-                    pod: ip,
-                    first: addr(v6, a),
-                    last: addr(v6, b),
-                    ports,
+                emit_ranges(&mut self.out, dir, ip, allowed);
+            }
+        }
+    }
+
+    /// The pair elements naming an address of `only` as the peer, of the pods that do not own
+    /// one: driven by the policies whose rules name them.
+    fn as_peer(&mut self) {
+        let w = self.w;
+        let only = self.only.unwrap_or_default();
+        for policy in &w.policies {
+            for dir in [NpDir::Ingress, NpDir::Egress] {
+                let Some(rules) = (match dir {
+                    NpDir::Ingress => policy.ingress.as_ref(),
+                    NpDir::Egress => policy.egress.as_ref(),
+                }) else {
+                    continue;
                 };
-                for r in union(allowed.any) {
-                    out.insert(elem(r, None));
-                }
-                for (protocol, rects) in allowed.ports {
-                    for (r, (first, last)) in disjoint(&rects) {
-                        out.insert(elem(
-                            r,
-                            Some(NpPorts {
-                                protocol,
-                                first,
-                                last,
-                            }),
-                        ));
+                for v6 in [false, true] {
+                    let naming: Vec<&'a Rule> = rules
+                        .iter()
+                        .filter(|r| {
+                            let p = self.peers(policy, r, v6, true);
+                            !p.pods.is_empty() || !p.in_ranges.is_empty()
+                        })
+                        .collect();
+                    if naming.is_empty() {
+                        continue;
+                    }
+                    for pod in w.pods.iter().filter(|p| {
+                        p.namespace == policy.namespace && policy.pod_selector.matches(&p.labels)
+                    }) {
+                        for &ip in pod.ips.iter().filter(|ip| ip.is_ipv6() == v6) {
+                            if only.contains(&ip) {
+                                continue; // done whole
+                            }
+                            for rule in &naming {
+                                let peers = self.peers(policy, rule, v6, true);
+                                let mut allowed = Allowed::default();
+                                for (peer, acc) in allow_rule(peers, rule, pod, dir, &mut allowed) {
+                                    merge(&mut self.pairs, (dir, ip, peer), acc);
+                                }
+                            }
+                        }
                     }
                 }
             }
         }
     }
-    out
 }
 
-/// What a peer list matches in family `v6`: address ranges, and the known pods among them
-/// (an egress named port is resolved on each of those).
+fn merge(pairs: &mut Pairs, key: (NpDir, IpAddr, IpAddr), acc: PairAcc) {
+    let e = pairs.entry(key).or_default();
+    e.any |= acc.any;
+    for (proto, mut v) in acc.ports {
+        e.ports.entry(proto).or_default().append(&mut v);
+    }
+}
+
+fn emit_ranges(out: &mut BTreeSet<Elem>, dir: NpDir, ip: IpAddr, allowed: Allowed) {
+    let v6 = ip.is_ipv6();
+    let elem = |(a, b): (u128, u128), ports| Elem::NpAllow {
+        dir,
+        pod: ip,
+        first: addr(v6, a),
+        last: addr(v6, b),
+        ports,
+    };
+    for r in union(allowed.any) {
+        out.insert(elem(r, None));
+    }
+    for (protocol, rects) in allowed.ports {
+        for (r, (first, last)) in disjoint(&rects) {
+            out.insert(elem(
+                r,
+                Some(NpPorts {
+                    protocol,
+                    first,
+                    last,
+                }),
+            ));
+        }
+    }
+}
+
+fn emit_pair(out: &mut BTreeSet<Elem>, dir: NpDir, pod: IpAddr, peer: IpAddr, acc: PairAcc) {
+    if acc.any {
+        out.insert(Elem::NpPair {
+            dir,
+            pod,
+            peer,
+            ports: None,
+        });
+        return;
+    }
+    for (protocol, ranges) in acc.ports {
+        let spans = union(
+            ranges
+                .into_iter()
+                .map(|(a, b)| (u128::from(a), u128::from(b)))
+                .collect(),
+        );
+        for (a, b) in spans {
+            let port = |p: u128| u16::try_from(p).unwrap_or(u16::MAX);
+            out.insert(Elem::NpPair {
+                dir,
+                pod,
+                peer,
+                ports: Some(NpPorts {
+                    protocol,
+                    first: port(a),
+                    last: port(b),
+                }),
+            });
+        }
+    }
+}
+
+/// What a peer list matches in family `v6`: address ranges (`ipBlock`s, "any"), the pods its
+/// selectors select, and the known pods inside its ranges (an egress named port is resolved
+/// on each of those). Restricted to `only`: the pods owning one of those addresses.
 struct Peers<'a> {
     ranges: Vec<(u128, u128)>,
-    pods: Vec<(u128, &'a PodInfo)>,
+    pods: Vec<(IpAddr, &'a PodInfo)>,
+    in_ranges: Vec<(IpAddr, &'a PodInfo)>,
 }
 
 fn peer_ranges<'a>(
-    w: &'a World,
+    pods: &[&'a PodInfo],
     ns_labels: &BTreeMap<&str, Labels>,
     policy: &Policy,
     peers: &[Peer],
     v6: bool,
+    only: Option<&[IpAddr]>,
 ) -> Peers<'a> {
-    let fam = |a: &&IpAddr| a.is_ipv6() == v6;
+    let fam = move |a: &&IpAddr| a.is_ipv6() == v6 && only.is_none_or(|o| o.contains(a));
     let all_pods = || {
-        w.pods
-            .iter()
-            .flat_map(move |p| p.ips.iter().filter(fam).map(move |ip| (num(*ip), p)))
+        pods.iter()
+            .flat_map(move |p| p.ips.iter().filter(fam).map(move |ip| (*ip, *p)))
     };
     let mut out = Peers {
         ranges: Vec::new(),
         pods: Vec::new(),
+        in_ranges: Vec::new(),
     };
     if peers.is_empty() {
         out.ranges.push((0, max(v6)));
-        out.pods.extend(all_pods());
+        out.in_ranges.extend(all_pods());
         return out;
     }
     for peer in peers {
         match peer {
-            Peer::Pods { .. } => {
-                for (n, p) in
-                    all_pods().filter(|(_, p)| selects(ns_labels, &policy.namespace, peer, p))
-                {
-                    out.ranges.push((n, n));
-                    out.pods.push((n, p));
-                }
-            }
+            Peer::Pods { .. } => out
+                .pods
+                .extend(all_pods().filter(|(_, p)| selects(ns_labels, &policy.namespace, peer, p))),
             Peer::Block { cidr, except } if cidr.is_ipv6() == v6 => {
                 let (lo, hi) = net_range(cidr);
                 let holes: Vec<_> = except.iter().map(net_range).collect();
                 let inside = subtract(lo, hi, &holes);
-                out.pods.extend(
-                    all_pods().filter(|(n, _)| inside.iter().any(|(a, b)| a <= n && n <= b)),
-                );
+                out.in_ranges.extend(all_pods().filter(|(ip, _)| {
+                    let n = num(*ip);
+                    inside.iter().any(|(a, b)| *a <= n && n <= *b)
+                }));
                 out.ranges.extend(inside);
             }
             Peer::Block { .. } => {}
@@ -333,13 +522,39 @@ fn selects(
     }
 }
 
-fn allow_rule(peers: &Peers<'_>, rule: &Rule, pod: &PodInfo, dir: NpDir, allowed: &mut Allowed) {
+/// Add what `rule` allows `pod` in `dir`: the address ranges to `allowed`, and the pod peers
+/// returned as (peer address, what) to be merged per pair.
+fn allow_rule(
+    peers: &Peers<'_>,
+    rule: &Rule,
+    pod: &PodInfo,
+    dir: NpDir,
+    allowed: &mut Allowed,
+) -> Vec<(IpAddr, PairAcc)> {
+    let mut pairs = Vec::new();
     if rule.ports.is_empty() {
         allowed.any.extend(peers.ranges.iter().copied());
-        return;
+        for (ip, _) in &peers.pods {
+            pairs.push((
+                *ip,
+                PairAcc {
+                    any: true,
+                    ..PairAcc::default()
+                },
+            ));
+        }
+        return pairs;
     }
+    let pair = |ip: IpAddr, protocol: Protocol, ports: (u16, u16)| {
+        (
+            ip,
+            PairAcc {
+                any: false,
+                ports: BTreeMap::from([(protocol, vec![ports])]),
+            },
+        )
+    };
     for sel in &rule.ports {
-        let rects = allowed.ports.entry(sel.protocol).or_default();
         let ports = match &sel.port {
             PortSpec::All => Some((0, u16::MAX)),
             PortSpec::Range(a, b) => Some((*a, *b)),
@@ -352,16 +567,21 @@ fn allow_rule(peers: &Peers<'_>, rule: &Rule, pod: &PodInfo, dir: NpDir, allowed
             }
             // For egress each destination pod; an address that is no pod cannot match.
             PortSpec::Named(name) => {
-                for (n, p) in &peers.pods {
+                for (ip, p) in peers.pods.iter().chain(&peers.in_ranges) {
                     if let Some(port) = p.named_port(name, sel.protocol) {
-                        rects.push(((*n, *n), (port, port)));
+                        pairs.push(pair(*ip, sel.protocol, (port, port)));
                     }
                 }
                 None
             }
         };
         if let Some(ports) = ports {
+            let rects = allowed.ports.entry(sel.protocol).or_default();
             rects.extend(peers.ranges.iter().map(|r| (*r, ports)));
+            for (ip, _) in &peers.pods {
+                pairs.push(pair(*ip, sel.protocol, ports));
+            }
         }
     }
+    pairs
 }

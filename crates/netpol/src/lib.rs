@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod compile;
+mod listing;
 pub mod model;
 #[cfg(any(test, feature = "oracle"))]
 pub mod oracle;
@@ -18,6 +19,7 @@ pub mod parse;
 pub mod policy;
 pub mod source;
 pub mod store;
+pub mod typed;
 
 #[cfg(test)]
 mod tests;

@@ -17,12 +17,14 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    compile::{compile, World},
+    compile::{compile, compile_touching, World},
     model::{Namespace, NetworkPolicy, Object, Pod},
     policy::{validate, PodInfo, Valid},
     source::{with_remote, FileSource, ObjectStore},
     PolicyError,
 };
+
+pub use crate::listing::listing;
 
 /// Default directory of the applied objects.
 pub const DEFAULT_POLICY_DIR: &str = "/var/lib/cni-rs/policy";
@@ -207,7 +209,10 @@ impl Store {
     }
 
     /// A pod's attachment (the plugin's ADD): recorded and enforced before it returns (and
-    /// published to the other hosts first when shared; withdrawn if enforcing fails).
+    /// published to the other hosts first when shared; withdrawn if enforcing fails). Only
+    /// the elements that concern its addresses (and those of the attachment it replaces) are
+    /// compiled and changed ([`compile_touching`]): the cost does not grow with the policies
+    /// that do not name it.
     pub fn attach(&self, att: PodAttachment) -> Result<(usize, usize), PolicyError> {
         let _l = self.lock()?;
         self.src.publish(&att)?;
@@ -216,9 +221,13 @@ impl Store {
             att.container_id.clone(),
             att.ifname.clone(),
         );
-        let mut atts = self.attachments()?;
-        atts.insert(att.key(), att);
-        self.commit(None, Some(atts)).inspect_err(|_| {
+        let old = self.attachments()?;
+        let mut atts = old.clone();
+        let mut ips = att.ips.clone();
+        if let Some(prev) = atts.insert(att.key(), att) {
+            ips.extend(prev.ips);
+        }
+        self.change(&old, atts, &ips).inspect_err(|_| {
             if let Err(e) = self.src.withdraw(&network, &cid, &ifname) {
                 log::warn!("netpol: withdrawing {network}/{cid}/{ifname}: {e}");
             }
@@ -234,12 +243,90 @@ impl Store {
     }
 
     fn detach_locked(&self, network: &str, cid: &str, ifname: &str) -> Result<(), PolicyError> {
-        let mut atts = self.attachments()?;
-        if atts.remove(&att_key(network, cid, ifname)).is_none() {
+        let old = self.attachments()?;
+        let mut atts = old.clone();
+        match atts.remove(&att_key(network, cid, ifname)) {
+            Some(prev) => self.change(&old, atts, &prev.ips).map(drop),
             // Nothing recorded: still converge the kernel (a DEL after a failed ADD).
-            return self.commit(None, None).map(drop);
+            None => self.commit(None, None).map(drop),
         }
-        self.commit(None, Some(atts)).map(drop)
+    }
+
+    /// Replace the attachments `old` by `atts`, a change that concerns only the addresses
+    /// `ips`: the elements touching them are compiled in both worlds and the difference goes
+    /// to the kernel in one transaction (the record's log appended). The attachments are
+    /// written first, and back when the kernel refuses.
+    fn change(
+        &self,
+        old: &BTreeMap<String, PodAttachment>,
+        atts: BTreeMap<String, PodAttachment>,
+        ips: &[IpAddr],
+    ) -> Result<(usize, usize), PolicyError> {
+        let snap = self.src.load()?;
+        let mut w = Validated::of(&snap.objects)?.world(&with_remote(old, &snap.remote));
+        let before = compile_touching(&w, ips);
+        // The world after: only the pods whose attachments changed get their addresses again.
+        let changed: BTreeSet<(&str, &str)> = old
+            .iter()
+            .filter(|(k, a)| atts.get(*k) != Some(*a))
+            .chain(atts.iter().filter(|(k, a)| old.get(*k) != Some(*a)))
+            .map(|(_, a)| (a.namespace.as_str(), a.name.as_str()))
+            .collect();
+        for (ns, name) in changed {
+            let mut now: Vec<IpAddr> = Vec::new();
+            for a in atts
+                .values()
+                .filter(|a| a.namespace == ns && a.name == name)
+            {
+                now.extend(
+                    a.ips
+                        .iter()
+                        .filter(|ip| !now.contains(ip))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            match w
+                .pods
+                .iter_mut()
+                .find(|p| p.namespace == ns && p.name == name)
+            {
+                Some(p) => p.ips = now,
+                None => w.pods.push(PodInfo {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                    ips: now,
+                    ..PodInfo::default()
+                }),
+            }
+        }
+        let mut after = compile_touching(&w, ips);
+        if self.src.shared() {
+            // Each host holds its own pods' elements only (the others' hosts hold theirs).
+            let mut before = before;
+            keep_local(&mut before, old);
+            keep_local(&mut after, &atts);
+            return self.apply_change(old, &atts, &before, &after);
+        }
+        self.apply_change(old, &atts, &before, &after)
+    }
+
+    /// Write `atts`, then move the kernel from `before` to `after` in one transaction (the
+    /// record's log appended); the attachments `old` are written back when it refuses.
+    fn apply_change(
+        &self,
+        old: &BTreeMap<String, PodAttachment>,
+        atts: &BTreeMap<String, PodAttachment>,
+        before: &BTreeSet<Elem>,
+        after: &BTreeSet<Elem>,
+    ) -> Result<(usize, usize), PolicyError> {
+        let add: Vec<Elem> = after.difference(before).cloned().collect();
+        let gone: Vec<Elem> = before.difference(after).cloned().collect();
+        write_json(self.fw.state_dir(), "netpol-pods.json", atts)?;
+        if let Err(e) = self.fw.change_netpol(&add, &gone) {
+            write_json(self.fw.state_dir(), "netpol-pods.json", old)?;
+            return Err(e.into());
+        }
+        Ok((add.len(), gone.len()))
     }
 
     /// Forget every attachment of `network` not in `valid` ((container, ifname) pairs).
@@ -260,13 +347,7 @@ impl Store {
     /// the store now, and those of them it lacks.
     pub fn missing_for(&self, ips: &[IpAddr]) -> Result<(Vec<Elem>, Vec<Elem>), PolicyError> {
         let _l = self.lock()?;
-        let want: Vec<Elem> = compile(&self.world()?)
-            .into_iter()
-            .filter(|e| match e {
-                Elem::NpIsolated { pod, .. } | Elem::NpAllow { pod, .. } => ips.contains(pod),
-                _ => false,
-            })
-            .collect();
+        let want: Vec<Elem> = compile_touching(&self.world()?, ips).into_iter().collect();
         let missing = self.fw.check_netpol(&want)?;
         Ok((want, missing))
     }
@@ -354,7 +435,9 @@ fn remove_all(o: &mut Objects, objs: &[Object]) -> Result<(), PolicyError> {
 fn keep_local(elems: &mut BTreeSet<Elem>, local: &BTreeMap<String, PodAttachment>) {
     let ips: BTreeSet<IpAddr> = local.values().flat_map(|a| a.ips.iter().copied()).collect();
     elems.retain(|e| match e {
-        Elem::NpIsolated { pod, .. } | Elem::NpAllow { pod, .. } => ips.contains(pod),
+        Elem::NpIsolated { pod, .. } | Elem::NpAllow { pod, .. } | Elem::NpPair { pod, .. } => {
+            ips.contains(pod)
+        }
         _ => true,
     });
 }
@@ -378,93 +461,59 @@ fn validate_all(objs: &[Object]) -> Result<Vec<Valid>, PolicyError> {
 /// The compiler's input from stored objects (validated again: a file edited by hand is
 /// refused, not half-used) and attachments.
 pub fn world(o: &Objects, atts: &BTreeMap<String, PodAttachment>) -> Result<World, PolicyError> {
-    let mut w = World::default();
-    let mut pods: BTreeMap<(String, String), PodInfo> = BTreeMap::new();
-    for n in o.namespaces.values() {
-        if let Valid::Namespace(name, labels) = validate(&Object::Namespace(n.clone()))? {
-            w.namespaces.insert(name, labels);
-        }
-    }
-    for p in o.pods.values() {
-        if let Valid::Pod(info) = validate(&Object::Pod(p.clone()))? {
-            pods.insert((info.namespace.clone(), info.name.clone()), info);
-        }
-    }
-    for p in o.policies.values() {
-        if let Valid::Policy(p) = validate(&Object::NetworkPolicy(p.clone()))? {
-            w.policies.push(p);
-        }
-    }
-    for a in atts.values() {
-        let info = pods
-            .entry((a.namespace.clone(), a.name.clone()))
-            .or_insert_with(|| PodInfo {
-                namespace: a.namespace.clone(),
-                name: a.name.clone(),
-                ..PodInfo::default()
-            });
-        for ip in &a.ips {
-            if !info.ips.contains(ip) {
-                info.ips.push(*ip);
-            }
-        }
-    }
-    w.pods = pods.into_values().collect();
-    Ok(w)
+    Ok(Validated::of(o)?.world(atts))
 }
 
-/// What `cnirs policy ls` prints: each policy with its types and the pods it selects (those
-/// with an attachment on this host and those only applied), then the element count.
-pub fn listing(w: &World, elems: &BTreeSet<Elem>) -> String {
-    let mut s = String::new();
-    for p in &w.policies {
-        let types: Vec<&str> = [
-            p.ingress.as_ref().map(|_| "Ingress"),
-            p.egress.as_ref().map(|_| "Egress"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let selected: Vec<String> = w
-            .pods
-            .iter()
-            .filter(|pod| pod.namespace == p.namespace && p.pod_selector.matches(&pod.labels))
-            .map(|pod| {
-                let ips: Vec<String> = pod.ips.iter().map(IpAddr::to_string).collect();
-                if ips.is_empty() {
-                    format!("{} (not on this host)", pod.name)
-                } else {
-                    format!("{} ({})", pod.name, ips.join(", "))
-                }
-            })
-            .collect();
-        s.push_str(&format!(
-            "{}/{}  types={}  podSelector={}  rules: ingress={} egress={}\n  selects: {}\n",
-            p.namespace,
-            p.name,
-            types.join(","),
-            p.pod_selector,
-            p.ingress.as_ref().map_or(0, Vec::len),
-            p.egress.as_ref().map_or(0, Vec::len),
-            if selected.is_empty() {
-                "-".to_owned()
-            } else {
-                selected.join(", ")
+/// The stored objects validated, before the attachments' addresses are added: validated once
+/// when two worlds (before and after an ADD or DEL) are compiled.
+struct Validated {
+    base: World,
+    pods: BTreeMap<(String, String), PodInfo>,
+}
+
+impl Validated {
+    fn of(o: &Objects) -> Result<Self, PolicyError> {
+        let mut base = World::default();
+        let mut pods: BTreeMap<(String, String), PodInfo> = BTreeMap::new();
+        for n in o.namespaces.values() {
+            if let Valid::Namespace(name, labels) = validate(&Object::Namespace(n.clone()))? {
+                base.namespaces.insert(name, labels);
             }
-        ));
+        }
+        for p in o.pods.values() {
+            if let Valid::Pod(info) = validate(&Object::Pod(p.clone()))? {
+                pods.insert((info.namespace.clone(), info.name.clone()), info);
+            }
+        }
+        for p in o.policies.values() {
+            if let Valid::Policy(p) = validate(&Object::NetworkPolicy(p.clone()))? {
+                base.policies.push(p);
+            }
+        }
+        Ok(Validated { base, pods })
     }
-    let iso = elems
-        .iter()
-        .filter(|e| matches!(e, Elem::NpIsolated { .. }))
-        .count();
-    s.push_str(&format!(
-        "{} policies, {} pods known, {} isolations, {} elements in table inet cnirs\n",
-        w.policies.len(),
-        w.pods.len(),
-        iso,
-        elems.len()
-    ));
-    s
+
+    fn world(&self, atts: &BTreeMap<String, PodAttachment>) -> World {
+        let mut pods = self.pods.clone();
+        for a in atts.values() {
+            let info = pods
+                .entry((a.namespace.clone(), a.name.clone()))
+                .or_insert_with(|| PodInfo {
+                    namespace: a.namespace.clone(),
+                    name: a.name.clone(),
+                    ..PodInfo::default()
+                });
+            for ip in &a.ips {
+                if !info.ips.contains(ip) {
+                    info.ips.push(*ip);
+                }
+            }
+        }
+        World {
+            pods: pods.into_values().collect(),
+            ..self.base.clone()
+        }
+    }
 }
 
 fn mkdir(dir: &Path) -> Result<(), PolicyError> {
@@ -498,7 +547,7 @@ pub(crate) fn write_json<T: Serialize>(
 ) -> Result<(), PolicyError> {
     mkdir(dir)?;
     let dst = dir.join(name);
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| PolicyError::State {
+    let bytes = serde_json::to_vec(value).map_err(|source| PolicyError::State {
         path: dst.clone(),
         source,
     })?;

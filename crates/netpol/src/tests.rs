@@ -271,6 +271,19 @@ fn chain_allows(elems: &[Elem], src: IpAddr, dst: IpAddr, proto: &str, port: u16
                         pp.protocol == proto && pp.first <= port && port <= pp.last
                     })
             }
+            Elem::NpPair {
+                dir: d,
+                pod: p,
+                peer: q,
+                ports,
+            } => {
+                *d == dir
+                    && *p == pod
+                    && *q == peer
+                    && ports.is_none_or(|pp| {
+                        pp.protocol == proto && pp.first <= port && port <= pp.last
+                    })
+            }
             _ => false,
         })
     };
@@ -516,14 +529,16 @@ fn golden_elements_of_a_small_policy() {
         text,
         [
             "np_iiso4 { 10.0.1.1 }",
-            "np_in_any4 { 10.0.1.1 . 10.0.3.3 }",
-            // one address, one port: the hash set
+            // a pod peer on one port (the named one): the hash set
             "np_in_one4 { 10.0.1.1 . 10.0.1.2 . udp . 81 }",
+            // the ipBlock less its except: ranges (pipapo), never merged with pod peers
             "np_in4 { 10.0.1.1 . 10.0.0.0-10.0.0.255 . tcp . 80-90 }",
             "np_in4 { 10.0.1.1 . 10.0.0.0-10.0.0.255 . udp . 81 }",
-            "np_in4 { 10.0.1.1 . 10.0.1.2 . tcp . 80-90 }",
             "np_in4 { 10.0.1.1 . 10.0.2.0-10.0.3.255 . tcp . 80-90 }",
             "np_in4 { 10.0.1.1 . 10.0.2.0-10.0.3.255 . udp . 81 }",
+            // a pod peer on every port (hash), and on a port range
+            "np_in_pp4 { 10.0.1.1 . 10.0.3.3 }",
+            "np_in_pr4 { 10.0.1.1 . 10.0.1.2 . tcp . 80-90 }",
         ],
         "{text:#?}"
     );

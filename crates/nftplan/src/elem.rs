@@ -124,6 +124,23 @@ pub enum Elem {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ports: Option<NpPorts>,
     },
+    /// `np_in_pp4 { pod . peer }` / `np_in_pr4 { pod . peer . proto . port-range }` (and
+    /// `np_out_*`, `*6`): the isolated pod may be reached from (reach) one peer POD address.
+    /// Pod peers are kept apart from the address ranges of `ipBlock`s (never merged with
+    /// their neighbours), so a pod's ADD adds the elements where it is a peer and changes no
+    /// other: `pod . peer` and `pod . peer . proto . port` (`np_*_one*`) are hash sets
+    /// (O(1) insert); only a port range needs pipapo (`np_*_pr*`).
+    NpPair {
+        /// ingress or egress
+        dir: NpDir,
+        /// the isolated pod's address
+        pod: IpAddr,
+        /// the peer pod's address (same family as `pod`)
+        peer: IpAddr,
+        /// protocol and port range; `None`: every protocol and port
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ports: Option<NpPorts>,
+    },
 }
 
 /// The direction a NetworkPolicy element applies to.
@@ -194,6 +211,14 @@ const NP_IN_ONE4: &SetDef = schema::def("np_in_one4");
 const NP_IN_ONE6: &SetDef = schema::def("np_in_one6");
 const NP_OUT_ONE4: &SetDef = schema::def("np_out_one4");
 const NP_OUT_ONE6: &SetDef = schema::def("np_out_one6");
+const NP_IN_PP4: &SetDef = schema::def("np_in_pp4");
+const NP_IN_PP6: &SetDef = schema::def("np_in_pp6");
+const NP_OUT_PP4: &SetDef = schema::def("np_out_pp4");
+const NP_OUT_PP6: &SetDef = schema::def("np_out_pp6");
+const NP_IN_PR4: &SetDef = schema::def("np_in_pr4");
+const NP_IN_PR6: &SetDef = schema::def("np_in_pr6");
+const NP_OUT_PR4: &SetDef = schema::def("np_out_pr4");
+const NP_OUT_PR6: &SetDef = schema::def("np_out_pr6");
 
 impl Elem {
     /// The element's set and values: the one place that says where a kind of element goes
@@ -252,26 +277,6 @@ impl Elem {
                 ports,
             } => {
                 let v6 = pod.is_ipv6();
-                // One peer address on one port: the hash sets.
-                if let Some(p) = ports.filter(|p| first == last && p.first == p.last) {
-                    let set = match (dir, v6) {
-                        (NpDir::Ingress, false) => NP_IN_ONE4,
-                        (NpDir::Ingress, true) => NP_IN_ONE6,
-                        (NpDir::Egress, false) => NP_OUT_ONE4,
-                        (NpDir::Egress, true) => NP_OUT_ONE6,
-                    };
-                    let key = vec![
-                        Value::Addr(*pod),
-                        Value::Addr(*first),
-                        Value::Proto(p.protocol),
-                        Value::Port(p.first),
-                    ];
-                    return Parts {
-                        set,
-                        key,
-                        data: vec![],
-                    };
-                }
                 let set = match (dir, ports.is_some(), v6) {
                     (NpDir::Ingress, false, false) => NP_IN_ANY4,
                     (NpDir::Ingress, false, true) => NP_IN_ANY6,
@@ -286,6 +291,53 @@ impl Elem {
                 if let Some(p) = ports {
                     key.extend([Value::Proto(p.protocol), Value::PortRange(p.first, p.last)]);
                 }
+                (set, key, vec![])
+            }
+            Elem::NpPair {
+                dir,
+                pod,
+                peer,
+                ports,
+            } => {
+                // One port: the hash sets `np_*_one*`.
+                if let Some(p) = ports.filter(|p| p.first == p.last) {
+                    let set = match (dir, pod.is_ipv6()) {
+                        (NpDir::Ingress, false) => NP_IN_ONE4,
+                        (NpDir::Ingress, true) => NP_IN_ONE6,
+                        (NpDir::Egress, false) => NP_OUT_ONE4,
+                        (NpDir::Egress, true) => NP_OUT_ONE6,
+                    };
+                    let key = vec![
+                        Value::Addr(*pod),
+                        Value::Addr(*peer),
+                        Value::Proto(p.protocol),
+                        Value::Port(p.first),
+                    ];
+                    return Parts {
+                        set,
+                        key,
+                        data: vec![],
+                    };
+                }
+                let set = match (dir, ports.is_some(), pod.is_ipv6()) {
+                    (NpDir::Ingress, false, false) => NP_IN_PP4,
+                    (NpDir::Ingress, false, true) => NP_IN_PP6,
+                    (NpDir::Ingress, true, false) => NP_IN_PR4,
+                    (NpDir::Ingress, true, true) => NP_IN_PR6,
+                    (NpDir::Egress, false, false) => NP_OUT_PP4,
+                    (NpDir::Egress, false, true) => NP_OUT_PP6,
+                    (NpDir::Egress, true, false) => NP_OUT_PR4,
+                    (NpDir::Egress, true, true) => NP_OUT_PR6,
+                };
+                let key = match ports {
+                    None => vec![Value::Addr(*pod), Value::Addr(*peer)],
+                    Some(p) => vec![
+                        Value::Addr(*pod),
+                        Value::AddrRange(*peer, *peer),
+                        Value::Proto(p.protocol),
+                        Value::PortRange(p.first, p.last),
+                    ],
+                };
                 (set, key, vec![])
             }
         };
@@ -371,7 +423,10 @@ impl Elem {
 
     /// A NetworkPolicy element (`np_*` sets).
     pub fn is_netpol(&self) -> bool {
-        matches!(self, Elem::NpIsolated { .. } | Elem::NpAllow { .. })
+        matches!(
+            self,
+            Elem::NpIsolated { .. } | Elem::NpAllow { .. } | Elem::NpPair { .. }
+        )
     }
 
     /// The set or map holding this element.

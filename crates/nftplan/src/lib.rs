@@ -145,6 +145,7 @@ mod error;
 mod fake;
 mod firewall;
 mod foreign;
+pub mod guard;
 mod inventory;
 mod libnft;
 pub mod nfnl;

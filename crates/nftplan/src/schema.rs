@@ -208,6 +208,16 @@ pub const SETS: &[SetDef] = &[
     ranges(Family::Inet, "np_out_any6", &[Ipv6, Ipv6]),
     ranges(Family::Inet, "np_out4", &[Ipv4, Ipv4, Proto, Service]),
     ranges(Family::Inet, "np_out6", &[Ipv6, Ipv6, Proto, Service]),
+    // Pod peers, never merged into ranges (an ADD adds elements, changes none): `pod . peer`
+    // (hash) and `pod . peer . protocol . port range` (a port range needs pipapo).
+    set(Family::Inet, "np_in_pp4", &[Ipv4, Ipv4]),
+    set(Family::Inet, "np_in_pp6", &[Ipv6, Ipv6]),
+    set(Family::Inet, "np_out_pp4", &[Ipv4, Ipv4]),
+    set(Family::Inet, "np_out_pp6", &[Ipv6, Ipv6]),
+    ranges(Family::Inet, "np_in_pr4", &[Ipv4, Ipv4, Proto, Service]),
+    ranges(Family::Inet, "np_in_pr6", &[Ipv6, Ipv6, Proto, Service]),
+    ranges(Family::Inet, "np_out_pr4", &[Ipv4, Ipv4, Proto, Service]),
+    ranges(Family::Inet, "np_out_pr6", &[Ipv6, Ipv6, Proto, Service]),
     set(Family::Bridge, "spoof_ports", &[Ifname]),
     set(Family::Bridge, "spoof_ok", &[Ifname, Ether]),
 ];

@@ -8,6 +8,7 @@
 //! <dir>/table.json                             {handle}: the inet cnirs table last filled
 //! <dir>/vtep.json                              {elems}: the overlay gate (node agent)
 //! <dir>/netpol.json                            {elems}: NetworkPolicy's elements, all of them
+//! <dir>/netpol.log                             changes since: one {"add"|"del": [elems]} a line
 //! ```
 //! Names are escaped for the file system (`%XX` for anything but `[A-Za-z0-9_.-]`). Files are
 //! 0600, directories 0700, every write is a rename of a temporary file. No call reads all
@@ -119,6 +120,15 @@ pub(crate) struct VtepRecord {
 pub(crate) struct NetpolRecord {
     #[serde(deserialize_with = "known_elems")]
     pub elems: BTreeSet<Elem>,
+}
+
+/// One line of `netpol.log`: elements added (written before the kernel batch: the record
+/// stays a superset) or removed (after it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NetpolChange {
+    Add(Vec<Elem>),
+    Del(Vec<Elem>),
 }
 
 /// `table.json`: which table the elements were last restored into.
@@ -317,13 +327,60 @@ impl Locked {
             && self.netpol()?.elems.is_empty())
     }
 
-    /// NetworkPolicy's elements (`netpol.json`; empty when absent).
+    /// NetworkPolicy's elements: `netpol.json` (empty when absent) and `netpol.log`'s changes
+    /// since, in order; a last line cut short (a kill during its write) is ignored.
     pub fn netpol(&self) -> Result<NetpolRecord, NftError> {
-        Ok(read_json(&self.dir.join("netpol.json"))?.unwrap_or_default())
+        let mut rec: NetpolRecord = read_json(&self.dir.join("netpol.json"))?.unwrap_or_default();
+        let log = self.dir.join("netpol.log");
+        let text = match fs::read_to_string(&log) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(rec),
+            Err(e) => return Err(NftError::io(&log, e)),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<NetpolChange>(line) {
+                Ok(NetpolChange::Add(v)) => rec.elems.extend(v),
+                Ok(NetpolChange::Del(v)) => {
+                    for e in &v {
+                        rec.elems.remove(e);
+                    }
+                }
+                Err(e) if i + 1 == lines.len() => log::warn!("{}: last line: {e}", log.display()),
+                Err(source) => return Err(NftError::State { path: log, source }),
+            }
+        }
+        Ok(rec)
     }
 
+    /// Replace the record by `rec`, the log folded in.
     pub fn put_netpol(&self, rec: &NetpolRecord) -> Result<(), NftError> {
-        write_json(&self.dir, "netpol.json", rec)
+        write_json(&self.dir, "netpol.json", rec)?;
+        remove_file(&self.dir.join("netpol.log"))
+    }
+
+    /// Append one change to `netpol.log` (one `write` with `O_APPEND`): the record is not
+    /// rewritten, so a change costs its own size, not the record's.
+    pub fn log_netpol(&self, change: &NetpolChange) -> Result<(), NftError> {
+        let path = self.dir.join("netpol.log");
+        let mut line = serde_json::to_vec(change).map_err(|source| NftError::State {
+            path: path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        mkdir(&self.dir)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| NftError::io(&path, e))?;
+        f.write_all(&line).map_err(|e| NftError::io(&path, e))
+    }
+
+    /// Size of `netpol.log` in bytes (0 when absent).
+    pub fn netpol_log_len(&self) -> u64 {
+        fs::metadata(self.dir.join("netpol.log")).map_or(0, |m| m.len())
     }
 
     /// The overlay gate (`vtep.json`; empty when absent).

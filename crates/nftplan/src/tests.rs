@@ -1013,18 +1013,20 @@ pub(crate) fn netpol_samples() -> Vec<Elem> {
                     ports,
                 });
             }
-            // One address, one port: the hash sets np_in_one*/np_out_one*.
-            v.push(Elem::NpAllow {
-                dir,
-                pod,
-                first: last.parse().unwrap(),
-                last: last.parse().unwrap(),
-                ports: Some(NpPorts {
-                    protocol: Protocol::Udp,
-                    first: 53,
-                    last: 53,
-                }),
-            });
+            // A pod peer: every port (np_*_pp*, hash), one port (np_*_one*, hash), a port
+            // range (np_*_pr*, pipapo).
+            for (a, b) in [(0, 0), (53, 53), (53, 60)] {
+                v.push(Elem::NpPair {
+                    dir,
+                    pod,
+                    peer: last.parse().unwrap(),
+                    ports: (a != 0).then_some(NpPorts {
+                        protocol: Protocol::Udp,
+                        first: a,
+                        last: b,
+                    }),
+                });
+            }
         }
     }
     v
@@ -1077,4 +1079,52 @@ fn netpol_elements_change_in_one_batch_and_come_back_after_a_flush() {
     let bad: std::collections::BTreeSet<Elem> = [Elem::VtepPort { port: 1 }].into();
     assert!(f.set_netpol(&bad).is_err());
     assert_eq!(f.netpol_elems().unwrap(), v2);
+}
+
+#[test]
+fn netpol_changes_are_logged_not_rewritten_and_come_back_after_a_flush() {
+    use crate::{NpDir, NpPorts};
+    let nft = FakeNft::new();
+    let (d, f) = fw(&nft);
+    let pod: IpAddr = ip("10.1.0.2");
+    let pair = |peer: &str| Elem::NpPair {
+        dir: NpDir::Ingress,
+        pod,
+        peer: ip(peer),
+        ports: Some(NpPorts {
+            protocol: Protocol::Tcp,
+            first: 80,
+            last: 80,
+        }),
+    };
+    let iso = Elem::NpIsolated {
+        dir: NpDir::Ingress,
+        pod,
+    };
+    let base: std::collections::BTreeSet<Elem> = [iso.clone(), pair("10.1.0.3")].into();
+    f.set_netpol(&base).unwrap();
+    let record = d.path().join("netns-1/netpol.json");
+    let written = std::fs::read(&record).unwrap();
+    let before = nft.batches().len();
+    f.change_netpol(&[pair("10.1.0.4")], &[pair("10.1.0.3")])
+        .unwrap();
+    assert_eq!(nft.batches().len(), before + 1, "one transaction");
+    assert!(nft.contains(&pair("10.1.0.4")) && !nft.contains(&pair("10.1.0.3")));
+    assert_eq!(
+        std::fs::read(&record).unwrap(),
+        written,
+        "record not rewritten"
+    );
+    let now: std::collections::BTreeSet<Elem> = [iso.clone(), pair("10.1.0.4")].into();
+    assert_eq!(f.netpol_elems().unwrap(), now, "record + log");
+    // Flushed: the next change restores the skeleton, the record and its log.
+    nft.flush_ruleset();
+    f.change_netpol(&[pair("10.1.0.5")], &[]).unwrap();
+    assert!(nft.contains(&iso) && nft.contains(&pair("10.1.0.4")));
+    assert!(nft.contains(&pair("10.1.0.5")) && !nft.contains(&pair("10.1.0.3")));
+    // A full set folds the log into the record.
+    f.set_netpol(&now).unwrap();
+    assert!(!d.path().join("netns-1/netpol.log").exists());
+    assert_eq!(f.netpol_elems().unwrap(), now);
+    assert!(f.change_netpol(&[Elem::VtepPort { port: 1 }], &[]).is_err());
 }

@@ -1033,18 +1033,20 @@ fn netpol_samples() -> Vec<Elem> {
                     ports,
                 });
             }
-            // One address, one port: the hash sets np_in_one*/np_out_one*.
-            v.push(Elem::NpAllow {
-                dir,
-                pod,
-                first: last.parse().unwrap(),
-                last: last.parse().unwrap(),
-                ports: Some(NpPorts {
-                    protocol: Protocol::Udp,
-                    first: 53,
-                    last: 53,
-                }),
-            });
+            // A pod peer: every port (np_*_pp*, hash), one port (np_*_one*, hash), a port
+            // range (np_*_pr*, pipapo).
+            for (a, b) in [(0, 0), (53, 53), (53, 60)] {
+                v.push(Elem::NpPair {
+                    dir,
+                    pod,
+                    peer: last.parse().unwrap(),
+                    ports: (a != 0).then_some(NpPorts {
+                        protocol: Protocol::Udp,
+                        first: a,
+                        last: b,
+                    }),
+                });
+            }
         }
     }
     v
@@ -1094,4 +1096,54 @@ fn netpol_ranges_are_replaced_by_wider_ones_in_one_transaction() {
         "{got:?}"
     );
     assert_eq!(e.elems("np_iiso4").len(), 1);
+}
+
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn guard_table_is_owned_survives_a_flush_and_goes_with_its_owner() {
+    require_root!();
+    let ns = Ns::new("guard");
+    let (listing, after_flush, delete, gone) = ns.run_in(|| {
+        let nft = |args: &[&str]| {
+            std::process::Command::new("nft")
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let text = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut g = nftplan::guard::Guard::create().unwrap();
+        let want: std::collections::BTreeSet<(NpDir, std::net::IpAddr)> = [
+            (NpDir::Ingress, "10.9.0.2".parse().unwrap()),
+            (NpDir::Egress, "fd00:9::2".parse().unwrap()),
+        ]
+        .into();
+        assert_eq!(g.sync(&want).unwrap(), (2, 0));
+        // A second guard in the same namespace is refused (one owner).
+        assert!(nftplan::guard::Guard::create().is_err());
+        let listing = text(nft(&["list", "table", "inet", "cnirs_guard"]));
+        assert!(nft(&["flush", "ruleset"]).status.success());
+        let after_flush = text(nft(&["list", "table", "inet", "cnirs_guard"]));
+        let delete = nft(&["delete", "table", "inet", "cnirs_guard"])
+            .status
+            .success();
+        assert_eq!(g.sync(&[].into()).unwrap(), (0, 2));
+        drop(g);
+        let gone = nft(&["list", "table", "inet", "cnirs_guard"])
+            .status
+            .success();
+        (listing, after_flush, delete, gone)
+    });
+    assert!(listing.contains("flags owner"), "{listing}");
+    assert!(
+        listing.contains("10.9.0.2") && listing.contains("fd00:9::2"),
+        "{listing}"
+    );
+    assert!(listing.contains("hook forward priority"), "{listing}");
+    assert!(listing.contains("meta mark"), "{listing}");
+    assert_eq!(
+        after_flush, listing,
+        "nft flush ruleset skips an owned table"
+    );
+    assert!(!delete, "only the owner may delete it");
+    assert!(!gone, "the table goes with its owner's socket");
 }

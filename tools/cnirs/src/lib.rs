@@ -139,8 +139,14 @@ state of network namespaces that no longer exist.")]
     #[command(long_about = "\
 Run in the foreground in the current network namespace; restore table inet cnirs from the
 plugins' state within milliseconds whenever a flush, a table delete or a ruleset reload
-removes it. Logs each repair on stderr. Exits 0 on SIGTERM or SIGINT.")]
-    Watch,
+removes it. Logs each repair on stderr. Exits 0 on SIGTERM or SIGINT. Holds table
+inet cnirs_guard (owned by this process: a flush does not remove it), which drops traffic of
+the pods NetworkPolicy isolates while inet cnirs is missing.")]
+    Watch {
+        /// Do not hold the NetworkPolicy guard table
+        #[arg(long)]
+        no_guard: bool,
+    },
     /// Run the overlay's node agent (foreground; SIGTERM stops it)
     #[command(long_about = "\
 Run the overlay's node agent in the foreground, in the host's network namespace: register
@@ -249,7 +255,7 @@ impl Cmd {
             Cmd::Ls { .. } => "ls",
             Cmd::Inspect { .. } => "inspect",
             Cmd::Reconcile { .. } => "reconcile",
-            Cmd::Watch => "watch",
+            Cmd::Watch { .. } => "watch",
             Cmd::Agent { .. } => "agent",
             Cmd::Completion { .. } => "completion",
         }
@@ -286,7 +292,11 @@ pub fn main(args: &[String]) -> ExitCode {
             };
             reconcile::run(&args)
         }
-        Cmd::Watch => watch::run(&[]),
+        Cmd::Watch { no_guard } => watch::run(&if no_guard {
+            vec!["--no-guard".to_owned()]
+        } else {
+            Vec::new()
+        }),
         Cmd::Policy { cmd, etcd } => match cmd {
             PolicyCmd::Apply { file } => policy::change(&file, false, &etcd),
             PolicyCmd::Delete { file } => policy::change(&file, true, &etcd),

@@ -12,12 +12,21 @@
 //! triggers another repair; no generation bookkeeping is needed, and none could be exact (a
 //! commit can land between our repair and a `GETGEN`). Lost events (ENOBUFS) trigger a check
 //! of the table. SIGTERM/SIGINT exit 0.
+//!
+//! The NetworkPolicy guard (`nftplan::guard`, docs/netpol.md "Fail closed"): the watcher
+//! holds table `inet cnirs_guard`, owned by its socket (a flush from elsewhere skips it), and
+//! mirrors into it the pods NetworkPolicy isolates (from the state's record, after each
+//! transaction that changed elements of `inet cnirs`, and after a repair). While `inet cnirs`
+//! is missing the guard drops their traffic. `--no-guard` runs without it.
 
-use std::{os::fd::BorrowedFd, process::ExitCode, time::Instant};
+use std::{
+    collections::BTreeSet, net::IpAddr, os::fd::BorrowedFd, process::ExitCode, time::Instant,
+};
 
 use nftplan::{
+    guard::{Guard, GUARD_TABLE},
     nfnl::{Nfnl, NftEvent, NftMsg, NFPROTO_BRIDGE, NFPROTO_INET},
-    Firewall, NftError,
+    Elem, Firewall, NftError, NpDir,
 };
 use nix::{
     poll::{poll, PollFd, PollFlags, PollTimeout},
@@ -27,11 +36,14 @@ use nix::{
     },
 };
 
-const USAGE: &str = "usage: cnirs watch
+const USAGE: &str = "usage: cnirs watch [--no-guard]
 
 Run in the foreground in the current network namespace; restore the CNI plugins' nftables
 table (inet cnirs) from their state within milliseconds whenever a flush, a table delete or
 a ruleset reload removes it. Logs each repair on stderr. Exits 0 on SIGTERM or SIGINT.
+Holds table inet cnirs_guard (owned by this process: a flush does not remove it), which
+drops traffic of the pods NetworkPolicy isolates while inet cnirs is missing; --no-guard
+runs without it.
 ";
 
 /// Receive buffer for events: `nft flush ruleset` on a big ruleset emits one message per
@@ -102,11 +114,17 @@ pub fn run(args: &[String]) -> ExitCode {
         log::info!("\n{USAGE}");
         return ExitCode::SUCCESS;
     }
-    if let Some(a) = args.first() {
-        log::error!("unknown argument {a:?}\n{USAGE}");
-        return ExitCode::from(2);
+    let mut guard = true;
+    for a in args {
+        match a.as_str() {
+            "--no-guard" => guard = false,
+            _ => {
+                log::error!("unknown argument {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
     }
-    match watch(true) {
+    match watch(true, guard) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -118,7 +136,7 @@ pub fn run(args: &[String]) -> ExitCode {
 /// The watcher inside `cnirs agent`: the same loop, but it leaves SIGTERM/SIGINT to the agent
 /// (a signalfd here would race the agent's handler for them); it ends with the process.
 pub fn run_beside_agent() {
-    if let Err(e) = watch(false) {
+    if let Err(e) = watch(false, true) {
         log::error!("nftables watcher: {e}");
     }
 }
@@ -132,7 +150,7 @@ enum WatchError {
 }
 
 /// Watch until SIGTERM/SIGINT (`own_signals`: read through a signalfd) or forever.
-fn watch(own_signals: bool) -> Result<(), WatchError> {
+fn watch(own_signals: bool, with_guard: bool) -> Result<(), WatchError> {
     let sigs = if own_signals {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
@@ -165,6 +183,9 @@ fn watch(own_signals: bool) -> Result<(), WatchError> {
         Ok(_) => repair("at start: table inet cnirs missing or not the one recorded"),
         Err(e) => log::warn!("cannot probe the table: {e}"),
     }
+    let mut guard = if with_guard { open_guard() } else { None };
+    sync_guard(&mut guard, &state);
+    let mut elems_changed = false;
 
     loop {
         // SAFETY: the fd belongs to `events`, alive for this whole iteration.
@@ -198,8 +219,16 @@ fn watch(own_signals: bool) -> Result<(), WatchError> {
         match events.recv_events() {
             Ok(evs) => {
                 for ev in &evs {
+                    let ours = ev.table.as_deref() == Some("cnirs") && ev.family == NFPROTO_INET;
+                    if ours && matches!(ev.msg, NftMsg::NewSetElem | NftMsg::DelSetElem) {
+                        elems_changed = true;
+                    }
+                    let end = ev.msg == NftMsg::NewGen;
                     if let Some(reason) = tracker.feed(ev) {
                         repair(&reason);
+                    }
+                    if end && std::mem::take(&mut elems_changed) {
+                        sync_guard(&mut guard, &state);
                     }
                 }
             }
@@ -210,9 +239,48 @@ fn watch(own_signals: bool) -> Result<(), WatchError> {
                     repair("events lost and table inet cnirs is missing or was replaced");
                 }
                 tracker = Tracker::default();
+                sync_guard(&mut guard, &state);
             }
             Err(e) => return Err(WatchError::Setup("receive nftables events", e)),
         }
+    }
+}
+
+/// The guard table, or `None` (logged) when it cannot be created: another watcher of this
+/// namespace holds it (`cnirs watch` beside `cnirs agent`), or the kernel refuses.
+fn open_guard() -> Option<Guard> {
+    match Guard::create() {
+        Ok(g) => {
+            log::info!("holding table inet {GUARD_TABLE} (NetworkPolicy guard)");
+            Some(g)
+        }
+        Err(e) => {
+            log::warn!("no NetworkPolicy guard (table inet {GUARD_TABLE}): {e}");
+            None
+        }
+    }
+}
+
+/// Mirror the pods NetworkPolicy isolates (the state's record) into the guard.
+fn sync_guard(guard: &mut Option<Guard>, state: &Firewall) {
+    let Some(g) = guard else { return };
+    let want: BTreeSet<(NpDir, IpAddr)> = match state.netpol_elems() {
+        Ok(elems) => elems
+            .iter()
+            .filter_map(|e| match e {
+                Elem::NpIsolated { dir, pod } => Some((*dir, *pod)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            log::warn!("NetworkPolicy guard: cannot read the record: {e}");
+            return;
+        }
+    };
+    match g.sync(&want) {
+        Ok((0, 0)) => {}
+        Ok((a, r)) => log::debug!("NetworkPolicy guard: +{a} -{r} isolated address(es)"),
+        Err(e) => log::error!("NetworkPolicy guard: {e}"),
     }
 }
 

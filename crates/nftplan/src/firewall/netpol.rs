@@ -2,7 +2,10 @@
 //! the difference goes to the kernel as one transaction.
 
 use super::*;
-use crate::state::NetpolRecord;
+use crate::state::{NetpolChange, NetpolRecord};
+
+/// Past this size the changes log is folded into `netpol.json` (by the next change).
+const LOG_MAX: u64 = 4 << 20;
 
 impl Firewall {
     /// Make NetworkPolicy's elements exactly `want` (every `Elem::NpIsolated` and
@@ -62,6 +65,51 @@ impl Firewall {
             elems: want.clone(),
         })?;
         Ok((add.len(), gone.len()))
+    }
+
+    /// Add `add` and remove `gone` (NetworkPolicy elements; a pod's ADD or DEL: the elements
+    /// that concern it, computed by the caller): one transaction, the record's changes log
+    /// appended (not the record rewritten), so the cost is the change's, not the table's.
+    /// When the table is missing or was replaced, the skeleton and every recorded element go
+    /// in with the change (fail closed), as in [`Firewall::set_netpol`].
+    pub fn change_netpol(&self, add: &[Elem], gone: &[Elem]) -> Result<(), NftError> {
+        if let Some(e) = add.iter().chain(gone).find(|e| !e.is_netpol()) {
+            return Err(NftError::Invalid {
+                what: "NetworkPolicy element",
+                value: e.to_string(),
+                reason: "not an np_* element",
+            });
+        }
+        let st = Locked::lock(&self.dir)?;
+        if let Some(mut restore) = self.stale_table(&st)? {
+            let mut rec = st.netpol()?;
+            rec.elems.extend(add.iter().cloned());
+            st.put_netpol(&rec)?;
+            for e in gone {
+                restore.remove(e);
+                rec.elems.remove(e);
+            }
+            restore.extend(add.iter().cloned());
+            self.restore(&st, &restore)?;
+            return st.put_netpol(&rec);
+        }
+        if add.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        if st.netpol_log_len() > LOG_MAX {
+            let rec = st.netpol()?;
+            st.put_netpol(&rec)?;
+        }
+        if !add.is_empty() {
+            st.log_netpol(&NetpolChange::Add(add.to_vec()))?;
+        }
+        let mut b = Batch::new();
+        b.remove(gone).add(add);
+        self.run(&b)?;
+        if !gone.is_empty() {
+            st.log_netpol(&NetpolChange::Del(gone.to_vec()))?;
+        }
+        Ok(())
     }
 
     /// Which of `elems` (NetworkPolicy elements a pod needs) the kernel lacks: CHECK.
