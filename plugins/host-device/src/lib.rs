@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cni_core::{CniError, CniResult, Command, ErrorCode, IfName, Plugin, Request};
+use cni_core::{CniError, CniResult, Command, ErrorCode, IfName, Request};
 use ipnetwork::IpNetwork;
 use netops::{Kernel, Link, MacAddr, NetNs, Netlink, NetopsError, Ns, Op};
 use podif::{iface, Effects, HostState, LinkError, Step};
@@ -335,12 +335,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     if dev.name == "lo" {
         return Err(LinkError::Config("refusing to move lo into a pod".into()));
     }
-    if pod.link(&ifname)?.is_some() {
-        return Err(LinkError::Conflict(format!(
-            "interface {ifname} already exists in {}",
-            netns.display()
-        )));
-    }
+    podif::refuse_taken(&pod, &ifname, &netns)?;
     let dev_name = IfName::new(&dev.name).map_err(NetopsError::from)?;
     let restore = HostState {
         addrs: restorable(host.addresses(&dev, None)?),
@@ -350,28 +345,13 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     let link = plan_link(&dev_name, restore, &ifname, state)?;
     let mut fx = Effects::new(&host, &pod, &ns);
     let l3 = spec.l3;
-    let (ipam, undo) = podif::link_then_ipam(req, &mut fx, &link, l3, |ipam| {
+    podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, l3, |ipam| {
         if l3 {
             iface::configure_steps(&ifname, ipam)
         } else {
             Ok(Vec::new())
         }
-    })?;
-    match pod.require_link(&ifname) {
-        Ok(l) => {
-            let i = iface::pod_interface(&l, &netns.display().to_string());
-            Ok(iface::result(
-                vec![i],
-                0,
-                &ipam,
-                req.conf.dns.clone().unwrap_or_default(),
-            ))
-        }
-        Err(e) => {
-            podif::rollback(req, undo, &mut fx, spec.l3);
-            Err(e.into())
-        }
-    }
+    })
 }
 
 /// DEL: IPAM, then the link home (from the pod, or from wherever the host has it when the pod
@@ -474,35 +454,7 @@ fn check(req: &Request) -> Result<(), LinkError> {
     Ok(())
 }
 
-impl Plugin for HostDevice {
-    fn name(&self) -> &'static str {
-        "host-device"
-    }
-
-    fn any_args(&self) -> bool {
-        true
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
-    }
-
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        del(req)
-    }
-
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
-    }
-
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        podif::delegate_ipam_if_any(req, Command::Gc)
-    }
-
-    fn status(&self, req: &Request) -> Result<(), CniError> {
-        podif::delegate_ipam_if_any(req, Command::Status)
-    }
-}
+podif::link_plugin!(HostDevice, "host-device", any_args = true, del = del);
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use cni_core::{error::from_lower, CniError, CniResult, Command, IfName, Plugin, Request};
+use cni_core::{error::from_lower, CniError, CniResult, Command, IfName, Request};
 use ipnetwork::IpNetwork;
 use netops::{Kernel, NetNs, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
 use nftplan::{Attachment, Feature, Firewall};
@@ -201,12 +201,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     let kernel = Kernel::new()?;
     let host = kernel.host();
     let pod = kernel.pod(&ns)?;
-    if pod.link(&ifname)?.is_some() {
-        return Err(LinkError::Conflict(format!(
-            "interface {ifname} already exists in {}",
-            netns.display()
-        )));
-    }
+    podif::refuse_taken(&pod, &ifname, &netns)?;
     let fw = if spec.ip_masq {
         Some(Firewall::open_with(&req.detach).map_err(|e| LinkError::Config(e.to_string()))?)
     } else {
@@ -335,35 +330,14 @@ fn gc(req: &Request) -> Result<(), CniError> {
     cni_core::error::combine(errors)
 }
 
-impl Plugin for Ptp {
-    fn name(&self) -> &'static str {
-        "ptp"
-    }
-
-    fn any_args(&self) -> bool {
-        true
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
-    }
-
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        del(req)
-    }
-
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
-    }
-
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        gc(req)
-    }
-
-    fn status(&self, req: &Request) -> Result<(), CniError> {
-        req.delegate_ipam(Command::Status).map(drop)
-    }
-}
+podif::link_plugin!(
+    Ptp,
+    "ptp",
+    any_args = true,
+    del = del,
+    gc = gc,
+    status = |r| r.delegate_ipam(Command::Status).map(drop)
+);
 
 #[cfg(test)]
 mod tests {

@@ -9,8 +9,8 @@
 //!
 //! parse -> IPAM -> plan (pure) -> apply with undo -> result.
 
-use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
-use netops::{Kernel, MacAddr, NetNs, NetopsError, Ns, Op, SysctlKey, TapSpec};
+use cni_core::{CniError, CniResult, Command, IfName, Request};
+use netops::{Kernel, MacAddr, NetNs, NetopsError, Ns, SysctlKey, TapSpec};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
 
@@ -124,14 +124,7 @@ pub fn plan_link(spec: &Spec, ifname: &IfName) -> Result<Vec<Step>, LinkError> {
 
 /// The second half, from IPAM's answer: (L3) its addresses and routes, or (L2) just up.
 pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
-    if spec.l3 {
-        iface::configure_steps(ifname, ipam)
-    } else {
-        Ok(vec![Step::Net(Op::SetUp {
-            ns: Ns::Pod,
-            link: ifname.clone(),
-        })])
-    }
+    iface::configure_or_up(spec.l3, ifname, ipam)
 }
 
 /// The whole plan (both halves), as it runs.
@@ -149,12 +142,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     let kernel = Kernel::new()?;
     let host = kernel.host();
     let pod = kernel.pod(&ns)?;
-    if pod.link(&ifname)?.is_some() {
-        return Err(LinkError::Conflict(format!(
-            "interface {ifname} already exists in {}",
-            netns.display()
-        )));
-    }
+    podif::refuse_taken(&pod, &ifname, &netns)?;
     if let Some(b) = &spec.bridge {
         if pod.link(b)?.is_none_or(|l| !l.is_bridge()) {
             return Err(LinkError::Config(format!(
@@ -165,24 +153,9 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     }
     let link = plan_link(&spec, &ifname)?;
     let mut fx = Effects::new(&host, &pod, &ns);
-    let (ipam, undo) = podif::link_then_ipam(req, &mut fx, &link, spec.l3, |ipam| {
+    podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
         plan_config(&spec, &ifname, ipam)
-    })?;
-    match pod.require_link(&ifname) {
-        Ok(l) => {
-            let i = iface::pod_interface(&l, &netns.display().to_string());
-            Ok(iface::result(
-                vec![i],
-                0,
-                &ipam,
-                req.conf.dns.clone().unwrap_or_default(),
-            ))
-        }
-        Err(e) => {
-            podif::rollback(req, undo, &mut fx, spec.l3);
-            Err(e.into())
-        }
-    }
+    })
 }
 
 fn check(req: &Request) -> Result<(), LinkError> {
@@ -213,35 +186,7 @@ fn check(req: &Request) -> Result<(), LinkError> {
     Ok(())
 }
 
-impl Plugin for Tap {
-    fn name(&self) -> &'static str {
-        "tap"
-    }
-
-    fn known_args(&self) -> &'static [&'static str] {
-        &["MAC"]
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
-    }
-
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        iface::del_pod_link(req)
-    }
-
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
-    }
-
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        podif::delegate_ipam_if_any(req, Command::Gc)
-    }
-
-    fn status(&self, req: &Request) -> Result<(), CniError> {
-        podif::delegate_ipam_if_any(req, Command::Status)
-    }
-}
+podif::link_plugin!(Tap, "tap", known_args = &["MAC"], del = iface::del_pod_link);
 
 #[cfg(test)]
 mod tests {
