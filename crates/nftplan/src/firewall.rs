@@ -189,6 +189,54 @@ impl Firewall {
         self.note_table(st)
     }
 
+    /// Make a feature's whole recorded set of elements (`old`, written by `put`) exactly
+    /// `want`, in one transaction (`remove_first`: gone elements before new ones, for interval
+    /// sets). The record is written first as the union of old and new, so a kill halfway
+    /// leaves nothing in the kernel without a record; a missing or replaced table gets the
+    /// skeleton, every element of the state and `want` together (fail closed). With nothing
+    /// to change, elements missing from the kernel are put back. Returns (added, removed).
+    fn set_exactly(
+        &self,
+        st: &Locked,
+        old: &BTreeSet<Elem>,
+        want: &BTreeSet<Elem>,
+        remove_first: bool,
+        put: impl Fn(&Locked, BTreeSet<Elem>) -> Result<(), NftError>,
+    ) -> Result<(usize, usize), NftError> {
+        let add: Vec<Elem> = want.difference(old).cloned().collect();
+        let gone: Vec<Elem> = old.difference(want).cloned().collect();
+        if let Some(mut restore) = self.stale_table(st)? {
+            put(st, old.union(want).cloned().collect())?;
+            for e in &gone {
+                restore.remove(e);
+            }
+            restore.extend(want.iter().cloned());
+            self.restore(st, &restore)?;
+            put(st, want.clone())?;
+            return Ok((add.len(), gone.len()));
+        }
+        if add.is_empty() && gone.is_empty() {
+            let list: Vec<Elem> = want.iter().cloned().collect();
+            let missing = self.missing(&list)?;
+            if !missing.is_empty() {
+                let mut b = Batch::new();
+                b.add(&missing);
+                self.run(&b)?;
+            }
+            return Ok((missing.len(), 0));
+        }
+        put(st, old.union(want).cloned().collect())?;
+        let mut b = Batch::new();
+        if remove_first {
+            b.remove(&gone).add(&add);
+        } else {
+            b.add(&add).remove(&gone);
+        }
+        self.run(&b)?;
+        put(st, want.clone())?;
+        Ok((add.len(), gone.len()))
+    }
+
     /// Load (or repair) the skeleton only.
     pub fn ensure_skeleton(&self) -> Result<(), NftError> {
         self.nft.apply(Batch::new().skeleton())
