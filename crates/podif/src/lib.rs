@@ -151,6 +151,34 @@ pub fn link_then_ipam(
     }
 }
 
+/// What a verb of an interface plugin opens in the kernel: the pod's netns (`CNI_NETNS`) and
+/// one netlink connection, which gives the host's and the pod's handles.
+pub struct PodKernel {
+    pub netns: std::path::PathBuf,
+    pub ns: netops::NetNs,
+    kernel: netops::Kernel,
+}
+
+impl PodKernel {
+    /// Open the pod's netns, then the connection.
+    pub fn open(req: &Request) -> Result<Self, LinkError> {
+        let netns = req.netns()?.clone();
+        let ns = netops::NetNs::open(&netns)?;
+        let kernel = netops::Kernel::new()?;
+        Ok(Self { netns, ns, kernel })
+    }
+
+    /// The host's netns.
+    pub fn host(&self) -> netops::Netlink<'_> {
+        self.kernel.host()
+    }
+
+    /// The pod's netns.
+    pub fn pod(&self) -> Result<netops::Netlink<'_>, LinkError> {
+        Ok(self.kernel.pod(&self.ns)?)
+    }
+}
+
 /// ADD's refusal of a name the pod already uses.
 pub fn refuse_taken(
     pod: &netops::Netlink<'_>,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use cni_core::{CniError, CniResult, Command, ErrorCode, IfName, Request};
 use ipnetwork::IpNetwork;
-use netops::{Kernel, Link, MacAddr, NetNs, Netlink, NetopsError, Ns, Op};
+use netops::{Kernel, Link, MacAddr, Netlink, NetopsError, Ns, Op};
 use podif::{iface, Effects, HostState, LinkError, Step};
 use serde::{Deserialize, Serialize};
 
@@ -326,16 +326,14 @@ pub fn plan(
 fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
-    let netns = req.netns()?.clone();
-    let ns = NetNs::open(&netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
+    let k = podif::PodKernel::open(req)?;
+    let (netns, ns) = (&k.netns, &k.ns);
+    let (host, pod) = (k.host(), k.pod()?);
     let dev = find_device(&spec, &host)?;
     if dev.name == "lo" {
         return Err(LinkError::Config("refusing to move lo into a pod".into()));
     }
-    podif::refuse_taken(&pod, &ifname, &netns)?;
+    podif::refuse_taken(&pod, &ifname, netns)?;
     let dev_name = IfName::new(&dev.name).map_err(NetopsError::from)?;
     let restore = HostState {
         addrs: restorable(host.addresses(&dev, None)?),
@@ -343,7 +341,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     };
     let state = state_path(req)?;
     let link = plan_link(&dev_name, restore, &ifname, state)?;
-    let mut fx = Effects::new(&host, &pod, &ns);
+    let mut fx = Effects::new(&host, &pod, ns);
     let l3 = spec.l3;
     podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, l3, |ipam| {
         if l3 {
@@ -441,9 +439,8 @@ fn check(req: &Request) -> Result<(), LinkError> {
         req.delegate_ipam(Command::Check)?;
     }
     let prev = req.require_prev_result()?;
-    let ns = NetNs::open(req.netns()?)?;
-    let kernel = Kernel::new()?;
-    let pod = kernel.pod(&ns)?;
+    let k = podif::PodKernel::open(req)?;
+    let pod = k.pod()?;
     let l = iface::check_pod_iface(req, &prev, &pod, |_| Ok(()))?;
     if l.alias.is_none() {
         return Err(LinkError::Check(format!(

@@ -9,7 +9,7 @@
 //! parse and validate (master, MTU, MAC) -> IPAM -> plan (pure) -> apply with undo -> result.
 
 use cni_core::{CniError, CniResult, Command, IfName, Request};
-use netops::{Kernel, MacAddr, MacvlanMode, NetNs, Netlink, NetopsError, SysctlKey};
+use netops::{MacAddr, MacvlanMode, Netlink, NetopsError, SysctlKey};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
 
@@ -146,15 +146,13 @@ pub fn plan(
 fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
-    let netns = req.netns()?.clone();
-    let ns = NetNs::open(&netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
+    let k = podif::PodKernel::open(req)?;
+    let (netns, ns) = (&k.netns, &k.ns);
+    let (host, pod) = (k.host(), k.pod()?);
     let master = resolve_master(&spec, &host, &pod)?;
-    podif::refuse_taken(&pod, &ifname, &netns)?;
+    podif::refuse_taken(&pod, &ifname, netns)?;
     let link = plan_link(&spec, &master, &ifname)?;
-    let mut fx = Effects::new(&host, &pod, &ns);
+    let mut fx = Effects::new(&host, &pod, ns);
     podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
         plan_config(&spec, &ifname, ipam)
     })
@@ -166,10 +164,8 @@ fn check(req: &Request) -> Result<(), LinkError> {
         req.delegate_ipam(Command::Check)?;
     }
     let prev = req.require_prev_result()?;
-    let ns = NetNs::open(req.netns()?)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
+    let k = podif::PodKernel::open(req)?;
+    let (host, pod) = (k.host(), k.pod()?);
     resolve_master(&spec, &host, &pod)?;
     iface::check_pod_iface(req, &prev, &pod, |l| {
         if l.kind.as_deref() != Some("macvlan") {

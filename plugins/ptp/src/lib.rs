@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use cni_core::{error::from_lower, CniError, CniResult, Command, IfName, Request};
 use ipnetwork::IpNetwork;
-use netops::{Kernel, NetNs, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
+use netops::{Kernel, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
 use nftplan::{Attachment, Feature, Firewall};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
@@ -196,26 +196,24 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = ifname(req)?;
     let veth = veth_name(req)?;
-    let netns = req.netns()?.clone();
-    let ns = NetNs::open(&netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
-    podif::refuse_taken(&pod, &ifname, &netns)?;
+    let k = podif::PodKernel::open(req)?;
+    let (netns, ns) = (&k.netns, &k.ns);
+    let (host, pod) = (k.host(), k.pod()?);
+    podif::refuse_taken(&pod, &ifname, netns)?;
     let fw = if spec.ip_masq {
         Some(Firewall::open_with(&req.detach).map_err(|e| LinkError::Config(e.to_string()))?)
     } else {
         None
     };
     let ipam = iface::ipam_add(req)?;
-    let steps = match plan(&spec, &veth, &ifname, &netns, &ipam) {
+    let steps = match plan(&spec, &veth, &ifname, netns, &ipam) {
         Ok(s) => s,
         Err(e) => {
             podif::release_ipam(req);
             return Err(e);
         }
     };
-    let mut fx = Effects::new(&host, &pod, &ns);
+    let mut fx = Effects::new(&host, &pod, ns);
     let undo = podif::run(req, &steps, &mut fx, true)?;
     let finish = (|| -> Result<CniResult, LinkError> {
         if let Some(fw) = &fw {
@@ -280,10 +278,8 @@ fn check(req: &Request) -> Result<(), LinkError> {
     let spec = parse(req)?;
     req.delegate_ipam(Command::Check)?;
     let prev = req.require_prev_result()?;
-    let ns = NetNs::open(req.netns()?)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
+    let k = podif::PodKernel::open(req)?;
+    let (host, pod) = (k.host(), k.pod()?);
     let link = iface::check_pod_iface(req, &prev, &pod, |l| {
         if l.kind.as_deref() == Some("veth") {
             Ok(())

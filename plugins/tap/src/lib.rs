@@ -10,7 +10,7 @@
 //! parse -> IPAM -> plan (pure) -> apply with undo -> result.
 
 use cni_core::{CniError, CniResult, Command, IfName, Request};
-use netops::{Kernel, MacAddr, NetNs, NetopsError, Ns, SysctlKey, TapSpec};
+use netops::{MacAddr, NetopsError, Ns, SysctlKey, TapSpec};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
 
@@ -137,12 +137,10 @@ pub fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>,
 fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
-    let netns = req.netns()?.clone();
-    let ns = NetNs::open(&netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
-    podif::refuse_taken(&pod, &ifname, &netns)?;
+    let k = podif::PodKernel::open(req)?;
+    let (netns, ns) = (&k.netns, &k.ns);
+    let (host, pod) = (k.host(), k.pod()?);
+    podif::refuse_taken(&pod, &ifname, netns)?;
     if let Some(b) = &spec.bridge {
         if pod.link(b)?.is_none_or(|l| !l.is_bridge()) {
             return Err(LinkError::Config(format!(
@@ -152,7 +150,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
         }
     }
     let link = plan_link(&spec, &ifname)?;
-    let mut fx = Effects::new(&host, &pod, &ns);
+    let mut fx = Effects::new(&host, &pod, ns);
     podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
         plan_config(&spec, &ifname, ipam)
     })
@@ -164,9 +162,8 @@ fn check(req: &Request) -> Result<(), LinkError> {
         req.delegate_ipam(Command::Check)?;
     }
     let prev = req.require_prev_result()?;
-    let ns = NetNs::open(req.netns()?)?;
-    let kernel = Kernel::new()?;
-    let pod = kernel.pod(&ns)?;
+    let k = podif::PodKernel::open(req)?;
+    let pod = k.pod()?;
     let link = iface::check_pod_iface(req, &prev, &pod, |l| {
         if l.kind.as_deref() == Some("tun") {
             Ok(())
