@@ -187,17 +187,8 @@ pub fn check_pod_iface(
     }
     let routes = pod.routes(None, None)?;
     for r in &prev.routes {
-        let found = routes.iter().any(|x| {
-            x.dst.network() == r.dst.network()
-                && x.dst.prefix() == r.dst.prefix()
-                && (r.gw.is_none() || x.gw == r.gw)
-        });
-        if !found {
-            return Err(fail(format!(
-                "route to {}{} missing",
-                r.dst,
-                r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
-            )));
+        if !routes.iter().any(|x| r.is_met_by(&x.dst, x.gw)) {
+            return Err(fail(format!("route to {} missing", r.describe())));
         }
     }
     Ok(link)
