@@ -21,12 +21,7 @@ impl Firewall {
         n: &NetworkElems,
         pod: Option<PodIface>,
     ) -> Result<(), NftError> {
-        let own: Vec<Elem> = n
-            .spoof_check
-            .iter()
-            .flat_map(|(port, mac)| Elem::spoof_check(port, mac).into_iter().flatten())
-            .collect();
-        self.attach(Feature::Network, a, Elem::for_network(n), own, pod)
+        self.attach_network_peers(a, n, &[], pod)
     }
 
     /// [`Firewall::attach_network_pod`] for a network whose bridge routes to `peers`, other
@@ -43,13 +38,8 @@ impl Firewall {
             .iter()
             .flat_map(|(port, mac)| Elem::spoof_check(port, mac).into_iter().flatten())
             .collect();
-        self.attach(
-            Feature::Network,
-            a,
-            Elem::for_network_peers(n, peers),
-            own,
-            pod,
-        )
+        let net = Elem::for_network_peers(n, peers);
+        self.attach(Feature::Network, a, net, own, pod)
     }
 
     /// Whether any bridge attachment of `network` is recorded here (one `readdir`).
