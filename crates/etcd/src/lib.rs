@@ -181,6 +181,17 @@ impl Client {
 
     /// POSTs `body` to `path`, failing over between endpoints; decodes the answer.
     fn call<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, EtcdError> {
+        self.failover(path, |ep| self.attempt(ep, path, body))
+    }
+
+    /// `attempt` on each endpoint in turn, from the one that answered last, round after round
+    /// with a doubling pause until the retry deadline: the first answer wins, a fatal error
+    /// ends it, a TLS failure is reported after its round (it does not heal by waiting).
+    pub(crate) fn failover<T>(
+        &self,
+        path: &str,
+        mut attempt: impl FnMut(&str) -> Result<T, Attempt>,
+    ) -> Result<T, EtcdError> {
         let inner = &self.inner;
         let n = inner.endpoints.len();
         let start = Instant::now();
@@ -192,7 +203,7 @@ impl Client {
             for i in 0..n {
                 let idx = (first + i) % n;
                 let ep = &inner.endpoints[idx];
-                match self.attempt(ep, path, body) {
+                match attempt(ep) {
                     Ok(v) => {
                         inner.preferred.store(idx, Ordering::Relaxed);
                         return Ok(v);
@@ -208,8 +219,6 @@ impl Client {
                     }
                 }
             }
-            // A TLS failure does not heal by waiting: report it now rather than after the
-            // retry deadline.
             if let Some((endpoint, file, message)) = tls_failed {
                 return Err(EtcdError::Tls {
                     endpoint,
