@@ -19,8 +19,8 @@
 use std::net::IpAddr;
 
 use cni_core::{
-    args::CniArgs, conf::parse_value, result::parse_cidr, CniError, CniResult, Dns, ErrorCode,
-    IpConfig, Plugin, Request, Route, Version,
+    args::CniArgs, result::parse_cidr, CniError, CniResult, Dns, ErrorCode, IpConfig, Plugin,
+    Request, Route, Version,
 };
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -151,9 +151,7 @@ fn ip_list(ips: &[String], field: &str) -> Result<Vec<Address>, CniError> {
 /// Parse and validate the config the way the reference's `LoadIPAMConfig` does (see the crate
 /// doc for the order of sources). `version` is the config's negotiated `cniVersion`.
 pub fn load(stdin: &[u8], version: Version, args: &CniArgs) -> Result<StaticConfig, CniError> {
-    let value: Value = serde_json::from_slice(stdin)
-        .map_err(|e| CniError::new(ErrorCode::Decode, format!("decoding network config: {e}")))?;
-    let net: RawNet = parse_value(&value, "")?;
+    let net: RawNet = cni_core::conf::parse(stdin)?;
     let ipam = net
         .ipam
         .ok_or_else(|| CniError::config("ipam", "IPAM config missing 'ipam' key"))?;
