@@ -1,4 +1,3 @@
-
 use cni_core::Command;
 
 use super::*;
