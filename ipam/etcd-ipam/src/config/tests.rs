@@ -1,4 +1,3 @@
-
 use cni_core::{Command, ErrorCode};
 
 use super::*;

@@ -1,4 +1,3 @@
-
 use super::*;
 use cni_core::Command;
 
