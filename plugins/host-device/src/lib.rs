@@ -307,33 +307,16 @@ pub fn plan_link(
     ])
 }
 
-/// The whole plan: [`plan_link`], then (L3) IPAM's addresses and routes.
-pub fn plan(
-    dev: &IfName,
-    restore: HostState,
-    ifname: &IfName,
-    state: PathBuf,
-    l3: bool,
-    ipam: &CniResult,
-) -> Result<Vec<Step>, LinkError> {
-    let mut steps = plan_link(dev, restore, ifname, state)?;
-    if l3 {
-        steps.extend(iface::configure_steps(ifname, ipam)?);
-    }
-    Ok(steps)
-}
-
 fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
     let k = podif::PodKernel::open(req)?;
-    let (netns, ns) = (&k.netns, &k.ns);
     let (host, pod) = (k.host(), k.pod()?);
     let dev = find_device(&spec, &host)?;
     if dev.name == "lo" {
         return Err(LinkError::Config("refusing to move lo into a pod".into()));
     }
-    podif::refuse_taken(&pod, &ifname, netns)?;
+    podif::refuse_taken(&pod, &ifname, &k.netns)?;
     let dev_name = IfName::new(&dev.name).map_err(NetopsError::from)?;
     let restore = HostState {
         addrs: restorable(host.addresses(&dev, None)?),
@@ -341,7 +324,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     };
     let state = state_path(req)?;
     let link = plan_link(&dev_name, restore, &ifname, state)?;
-    let mut fx = Effects::new(&host, &pod, ns);
+    let mut fx = Effects::new(&host, &pod, &k.ns);
     let l3 = spec.l3;
     podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, l3, |ipam| {
         if l3 {

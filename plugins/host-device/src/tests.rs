@@ -1,5 +1,21 @@
 use super::*;
 
+/// The whole plan: [`plan_link`], then (L3) IPAM's addresses and routes.
+fn plan(
+    dev: &IfName,
+    restore: HostState,
+    ifname: &IfName,
+    state: PathBuf,
+    l3: bool,
+    ipam: &CniResult,
+) -> Result<Vec<Step>, LinkError> {
+    let mut steps = plan_link(dev, restore, ifname, state)?;
+    if l3 {
+        steps.extend(iface::configure_steps(ifname, ipam)?);
+    }
+    Ok(steps)
+}
+
 fn req(conf: &str) -> Request {
     Request::build(
         Command::Add,

@@ -131,28 +131,15 @@ pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec
     iface::configure_or_up(spec.l3, ifname, ipam)
 }
 
-/// The whole plan (both halves), as it runs.
-pub fn plan(
-    spec: &Spec,
-    master: &IfName,
-    ifname: &IfName,
-    ipam: &CniResult,
-) -> Result<Vec<Step>, LinkError> {
-    let mut steps = plan_link(spec, master, ifname)?;
-    steps.extend(plan_config(spec, ifname, ipam)?);
-    Ok(steps)
-}
-
 fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
     let k = podif::PodKernel::open(req)?;
-    let (netns, ns) = (&k.netns, &k.ns);
     let (host, pod) = (k.host(), k.pod()?);
     let master = resolve_master(&spec, &host, &pod)?;
-    podif::refuse_taken(&pod, &ifname, netns)?;
+    podif::refuse_taken(&pod, &ifname, &k.netns)?;
     let link = plan_link(&spec, &master, &ifname)?;
-    let mut fx = Effects::new(&host, &pod, ns);
+    let mut fx = Effects::new(&host, &pod, &k.ns);
     podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
         plan_config(&spec, &ifname, ipam)
     })

@@ -2,6 +2,18 @@ use cni_core::IpConfig;
 
 use super::*;
 
+/// The whole plan (both halves), as it runs.
+fn plan(
+    spec: &Spec,
+    master: &IfName,
+    ifname: &IfName,
+    ipam: &CniResult,
+) -> Result<Vec<Step>, LinkError> {
+    let mut steps = plan_link(spec, master, ifname)?;
+    steps.extend(plan_config(spec, ifname, ipam)?);
+    Ok(steps)
+}
+
 fn req(conf: &str, args: &str) -> Request {
     let mut r = Request::build(
         Command::Add,

@@ -197,23 +197,22 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     let ifname = ifname(req)?;
     let veth = veth_name(req)?;
     let k = podif::PodKernel::open(req)?;
-    let (netns, ns) = (&k.netns, &k.ns);
     let (host, pod) = (k.host(), k.pod()?);
-    podif::refuse_taken(&pod, &ifname, netns)?;
+    podif::refuse_taken(&pod, &ifname, &k.netns)?;
     let fw = if spec.ip_masq {
         Some(Firewall::open_with(&req.detach).map_err(|e| LinkError::Config(e.to_string()))?)
     } else {
         None
     };
     let ipam = iface::ipam_add(req)?;
-    let steps = match plan(&spec, &veth, &ifname, netns, &ipam) {
+    let steps = match plan(&spec, &veth, &ifname, &k.netns, &ipam) {
         Ok(s) => s,
         Err(e) => {
             podif::release_ipam(req);
             return Err(e);
         }
     };
-    let mut fx = Effects::new(&host, &pod, ns);
+    let mut fx = Effects::new(&host, &pod, &k.ns);
     let undo = podif::run(req, &steps, &mut fx, true)?;
     let finish = (|| -> Result<CniResult, LinkError> {
         if let Some(fw) = &fw {
@@ -229,7 +228,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
                 mac: h.mac.map(|m| m.to_string()).unwrap_or_default(),
                 ..Default::default()
             },
-            iface::pod_interface(&p, &netns.display().to_string()),
+            iface::pod_interface(&p, &k.netns.display().to_string()),
         ];
         // The plugin's dns only when set: else IPAM's passes on.
         let dns = match &req.conf.dns {

@@ -127,30 +127,22 @@ pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec
     iface::configure_or_up(spec.l3, ifname, ipam)
 }
 
-/// The whole plan (both halves), as it runs.
-pub fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
-    let mut steps = plan_link(spec, ifname)?;
-    steps.extend(plan_config(spec, ifname, ipam)?);
-    Ok(steps)
-}
-
 fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
     let k = podif::PodKernel::open(req)?;
-    let (netns, ns) = (&k.netns, &k.ns);
     let (host, pod) = (k.host(), k.pod()?);
-    podif::refuse_taken(&pod, &ifname, netns)?;
+    podif::refuse_taken(&pod, &ifname, &k.netns)?;
     if let Some(b) = &spec.bridge {
         if pod.link(b)?.is_none_or(|l| !l.is_bridge()) {
             return Err(LinkError::Config(format!(
                 "bridge {b} not found in {} (the tap plugin enslaves to a bridge in the pod)",
-                netns.display()
+                k.netns.display()
             )));
         }
     }
     let link = plan_link(&spec, &ifname)?;
-    let mut fx = Effects::new(&host, &pod, ns);
+    let mut fx = Effects::new(&host, &pod, &k.ns);
     podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
         plan_config(&spec, &ifname, ipam)
     })

@@ -1,5 +1,12 @@
 use super::*;
 
+/// The whole plan (both halves), as it runs.
+fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
+    let mut steps = plan_link(spec, ifname)?;
+    steps.extend(plan_config(spec, ifname, ipam)?);
+    Ok(steps)
+}
+
 #[test]
 fn the_plan_makes_the_tap_then_sets_it_up() {
     let r = Request::build(
