@@ -179,6 +179,16 @@ impl PodKernel {
     }
 }
 
+/// CHECK's start for an interface plugin: IPAM's CHECK when it has IPAM (`l3`), then the
+/// previous result, then the kernel.
+pub fn check_start(req: &Request, l3: bool) -> Result<(cni_core::CniResult, PodKernel), LinkError> {
+    if l3 {
+        req.delegate_ipam(cni_core::Command::Check)?;
+    }
+    let prev = req.require_prev_result()?;
+    Ok((prev, PodKernel::open(req)?))
+}
+
 /// ADD's refusal of a name the pod already uses.
 pub fn refuse_taken(
     pod: &netops::Netlink<'_>,

@@ -418,11 +418,7 @@ fn rename(host: &Netlink<'_>, l: &Link, new: &str) -> Result<(), LinkError> {
 
 fn check(req: &Request) -> Result<(), LinkError> {
     let spec = parse(req)?;
-    if spec.l3 {
-        req.delegate_ipam(Command::Check)?;
-    }
-    let prev = req.require_prev_result()?;
-    let k = podif::PodKernel::open(req)?;
+    let (prev, k) = podif::check_start(req, spec.l3)?;
     let pod = k.pod()?;
     let l = iface::check_pod_iface(req, &prev, &pod, |_| Ok(()))?;
     if l.alias.is_none() {

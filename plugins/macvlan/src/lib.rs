@@ -8,7 +8,7 @@
 //!
 //! parse and validate (master, MTU, MAC) -> IPAM -> plan (pure) -> apply with undo -> result.
 
-use cni_core::{CniError, CniResult, Command, IfName, Request};
+use cni_core::{CniError, CniResult, IfName, Request};
 use netops::{MacAddr, MacvlanMode, Netlink, NetopsError, SysctlKey};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
@@ -147,11 +147,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
 
 fn check(req: &Request) -> Result<(), LinkError> {
     let spec = parse(req)?;
-    if spec.l3 {
-        req.delegate_ipam(Command::Check)?;
-    }
-    let prev = req.require_prev_result()?;
-    let k = podif::PodKernel::open(req)?;
+    let (prev, k) = podif::check_start(req, spec.l3)?;
     let (host, pod) = (k.host(), k.pod()?);
     resolve_master(&spec, &host, &pod)?;
     iface::check_pod_iface(req, &prev, &pod, |l| {

@@ -1,4 +1,4 @@
-use cni_core::IpConfig;
+use cni_core::{Command, IpConfig};
 
 use super::*;
 

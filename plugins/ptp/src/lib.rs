@@ -275,9 +275,7 @@ fn del(req: &Request) -> Result<(), CniError> {
 
 fn check(req: &Request) -> Result<(), LinkError> {
     let spec = parse(req)?;
-    req.delegate_ipam(Command::Check)?;
-    let prev = req.require_prev_result()?;
-    let k = podif::PodKernel::open(req)?;
+    let (prev, k) = podif::check_start(req, true)?;
     let (host, pod) = (k.host(), k.pod()?);
     let link = iface::check_pod_iface(req, &prev, &pod, |l| {
         if l.kind.as_deref() == Some("veth") {

@@ -9,7 +9,7 @@
 //!
 //! parse -> IPAM -> plan (pure) -> apply with undo -> result.
 
-use cni_core::{CniError, CniResult, Command, IfName, Request};
+use cni_core::{CniError, CniResult, IfName, Request};
 use netops::{MacAddr, NetopsError, Ns, SysctlKey, TapSpec};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
@@ -150,11 +150,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
 
 fn check(req: &Request) -> Result<(), LinkError> {
     let spec = parse(req)?;
-    if spec.l3 {
-        req.delegate_ipam(Command::Check)?;
-    }
-    let prev = req.require_prev_result()?;
-    let k = podif::PodKernel::open(req)?;
+    let (prev, k) = podif::check_start(req, spec.l3)?;
     let pod = k.pod()?;
     let link = iface::check_pod_iface(req, &prev, &pod, |l| {
         if l.kind.as_deref() == Some("tun") {

@@ -1,3 +1,5 @@
+use cni_core::Command;
+
 use super::*;
 
 /// The whole plan (both halves), as it runs.
