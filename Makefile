@@ -65,6 +65,7 @@ conformance: deps build cnitool
 test: lint unit conformance
 
 lint:
+	scripts/check-size.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

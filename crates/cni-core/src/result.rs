@@ -60,6 +60,22 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether a kernel route to `dst` via `gw` is this one, for CHECK: the same network and
+    /// prefix, and the same gateway when this one names a gateway.
+    pub fn is_met_by(&self, dst: &IpNetwork, gw: Option<IpAddr>) -> bool {
+        dst.network() == self.dst.network()
+            && dst.prefix() == self.dst.prefix()
+            && (self.gw.is_none() || gw == self.gw)
+    }
+
+    /// `DST[ via GW]`, as CHECK names a route.
+    pub fn describe(&self) -> String {
+        match self.gw {
+            Some(g) => format!("{} via {g}", self.dst),
+            None => self.dst.to_string(),
+        }
+    }
+
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Self {
         Self {
             dst,

@@ -56,54 +56,17 @@ pub struct Watch {
 impl Watch {
     /// Opens the stream on the first endpoint that takes it (failover as for every call).
     pub(crate) fn open(&mut self) -> Result<(), EtcdError> {
-        let inner = &self.client.inner;
-        let n = inner.endpoints.len();
-        let start = Instant::now();
-        let mut backoff = Duration::from_millis(50);
-        let mut last = String::new();
         let body = wire::watch_body(&self.key, &self.range_end, self.next_revision, true);
-        loop {
-            let first = inner.preferred.load(Ordering::Relaxed) % n;
-            let mut tls_failed = None;
-            for i in 0..n {
-                let idx = (first + i) % n;
-                let ep = &inner.endpoints[idx];
-                match self.open_on(ep, &body) {
-                    Ok((stream, created_at)) => {
-                        inner.preferred.store(idx, Ordering::Relaxed);
-                        if self.next_revision <= 0 {
-                            // "From now" means from the first open: a reopened stream must
-                            // not skip what happened in between.
-                            self.next_revision = created_at + 1;
-                        }
-                        self.stream = Some(stream);
-                        return Ok(());
-                    }
-                    Err(Attempt::Fatal(e)) => return Err(e),
-                    Err(Attempt::Retry(why)) => last = format!("{ep}: {why}"),
-                    Err(Attempt::Tls(file, why)) => {
-                        tls_failed.get_or_insert((ep.clone(), file, why));
-                    }
-                }
-            }
-            if let Some((endpoint, file, message)) = tls_failed {
-                return Err(EtcdError::Tls {
-                    endpoint,
-                    path: "/v3/watch".into(),
-                    file,
-                    message,
-                });
-            }
-            if start.elapsed() + backoff > inner.opts.retry_deadline {
-                return Err(EtcdError::Unavailable {
-                    endpoints: inner.endpoints.join(","),
-                    path: "/v3/watch".into(),
-                    last,
-                });
-            }
-            thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+        let (stream, created_at) = self
+            .client
+            .failover("/v3/watch", |ep| self.open_on(ep, &body))?;
+        if self.next_revision <= 0 {
+            // "From now" means from the first open: a reopened stream must not skip what
+            // happened in between.
+            self.next_revision = created_at + 1;
         }
+        self.stream = Some(stream);
+        Ok(())
     }
 
     /// Opens one stream; returns it with the revision it was created at.

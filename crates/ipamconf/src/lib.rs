@@ -6,7 +6,7 @@
 pub mod config;
 pub mod range;
 
-use cni_core::CniError;
+use cni_core::{CniError, CniResult, Dns, IpConfig, Route};
 
 pub use config::{IpamConfig, Requested};
 
@@ -33,5 +33,23 @@ impl ConfigError {
 impl From<ConfigError> for CniError {
     fn from(e: ConfigError) -> Self {
         CniError::config(&e.field, e.problem)
+    }
+}
+
+/// An IPAM ADD's result (addresses, the config's routes, DNS), logged once as
+/// `LABEL: ADDRESS,...`.
+pub fn result(label: &str, ips: Vec<IpConfig>, routes: Vec<Route>, dns: Dns) -> CniResult {
+    log::info!(
+        "{label}: {}",
+        ips.iter()
+            .map(|i| i.address.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    CniResult {
+        interfaces: Vec::new(),
+        ips,
+        routes,
+        dns,
     }
 }

@@ -11,61 +11,14 @@ use std::{
 
 use ipnetwork::IpNetwork;
 
+mod ns;
+
+pub use ns::FakeNs;
+
 use crate::{
     ops::{retired_name, seal_text, RETIRED_PREFIX},
     Family, IfName, Link, MacAddr, NetopsError, Ns, Op, RouteInfo, Session,
 };
-
-/// One netns of the fake.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FakeNs {
-    /// Links by name (index, flags, master as the real kernel reports them).
-    pub links: BTreeMap<String, Link>,
-    /// Addresses by link name.
-    pub addrs: BTreeMap<String, Vec<IpNetwork>>,
-    /// Routes (`oif` = the link's index).
-    pub routes: Vec<RouteInfo>,
-    /// Links whose `disable_ipv6` was set.
-    pub no_ipv6: BTreeSet<String>,
-}
-
-impl FakeNs {
-    /// The names of the links, in order.
-    pub fn names(&self) -> Vec<String> {
-        self.links.keys().cloned().collect()
-    }
-
-    fn require(&self, name: &str, label: &str) -> Result<&Link, NetopsError> {
-        self.links
-            .get(name)
-            .ok_or_else(|| NetopsError::LinkNotFound {
-                name: name.to_string(),
-                netns: label.to_string(),
-            })
-    }
-
-    fn require_mut(&mut self, name: &str, label: &str) -> Result<&mut Link, NetopsError> {
-        self.links
-            .get_mut(name)
-            .ok_or_else(|| NetopsError::LinkNotFound {
-                name: name.to_string(),
-                netns: label.to_string(),
-            })
-    }
-
-    fn remove(&mut self, name: &str) -> Option<Link> {
-        let l = self.links.remove(name)?;
-        self.addrs.remove(name);
-        self.no_ipv6.remove(name);
-        self.routes.retain(|r| r.oif != Some(l.index));
-        for other in self.links.values_mut() {
-            if other.master == Some(l.index) {
-                other.master = None;
-            }
-        }
-        Some(l)
-    }
-}
 
 /// Which calls fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,33 +195,8 @@ impl FakeNet {
 
     fn apply(&mut self, op: &Op) -> Result<bool, NetopsError> {
         match op {
-            Op::CreateBridge { name, mtu, .. } => {
-                if let Some(l) = self.host.links.get(name.as_str()) {
-                    if !l.is_bridge() {
-                        return Err(NetopsError::NotABridge {
-                            name: name.to_string(),
-                            netns: "host".into(),
-                            kind: l.kind.clone(),
-                        });
-                    }
-                    return Ok(false);
-                }
-                let mut l = self.new_link(name, Some("bridge"));
-                l.mtu = mtu.unwrap_or(1500);
-                l.admin_up = true;
-                self.host.links.insert(name.to_string(), l);
-                Ok(true)
-            }
-            Op::DeleteBridgeIfUnused { name } => {
-                let Some(br) = self.host.links.get(name.as_str()) else {
-                    return Ok(false);
-                };
-                let index = br.index;
-                if !br.is_bridge() || self.host.links.values().any(|l| l.master == Some(index)) {
-                    return Ok(false);
-                }
-                Ok(self.host.remove(name).is_some())
-            }
+            Op::CreateBridge { name, mtu, .. } => self.create_bridge(name, *mtu),
+            Op::DeleteBridgeIfUnused { name } => self.delete_bridge_if_unused(name),
             Op::SealBridge { name, subnets } => {
                 let mut added = false;
                 for rule in seal_text("add", name, subnets).lines() {
@@ -393,6 +321,35 @@ impl FakeNet {
             Op::AddTableRoute { route } => Ok(self.policy.insert(route.text())),
             Op::DelTableRoute { route } => Ok(self.policy.remove(&route.text())),
         }
+    }
+
+    fn create_bridge(&mut self, name: &IfName, mtu: Option<u32>) -> Result<bool, NetopsError> {
+        if let Some(l) = self.host.links.get(name.as_str()) {
+            if !l.is_bridge() {
+                return Err(NetopsError::NotABridge {
+                    name: name.to_string(),
+                    netns: "host".into(),
+                    kind: l.kind.clone(),
+                });
+            }
+            return Ok(false);
+        }
+        let mut l = self.new_link(name, Some("bridge"));
+        l.mtu = mtu.unwrap_or(1500);
+        l.admin_up = true;
+        self.host.links.insert(name.to_string(), l);
+        Ok(true)
+    }
+
+    fn delete_bridge_if_unused(&mut self, name: &IfName) -> Result<bool, NetopsError> {
+        let Some(br) = self.host.links.get(name.as_str()) else {
+            return Ok(false);
+        };
+        let index = br.index;
+        if !br.is_bridge() || self.host.links.values().any(|l| l.master == Some(index)) {
+            return Ok(false);
+        }
+        Ok(self.host.remove(name).is_some())
     }
 
     fn create_veth(

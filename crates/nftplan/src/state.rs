@@ -165,20 +165,29 @@ pub(crate) fn mkdir(path: &Path) -> Result<(), NftError> {
         .map_err(|e| NftError::io(path, e))
 }
 
+/// `flock` on `path` (created 0600 when missing), exclusive or shared, held until the value
+/// is dropped.
+pub fn lock_file(path: &Path, exclusive: bool) -> std::io::Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    let arg = if exclusive {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockShared
+    };
+    Flock::lock(file, arg).map_err(|(_, errno)| std::io::Error::from(errno))
+}
+
 impl Locked {
     /// Create `dir` if needed and take the exclusive lock (`flock(LOCK_EX)` on `dir/lock`).
     pub fn lock(dir: &Path) -> Result<Self, NftError> {
         mkdir(dir)?;
         let path = dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| NftError::io(&path, e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| NftError::io(&path, std::io::Error::from(errno)))?;
+        let lock = lock_file(&path, true).map_err(|e| NftError::io(&path, e))?;
         Ok(Locked {
             dir: dir.to_path_buf(),
             _lock: lock,

@@ -61,6 +61,19 @@ pub fn ipv6_steps(link: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkErro
     ])
 }
 
+/// The steps after IPAM of a plugin that brings an L2-only interface up: IPAM's addresses
+/// and routes ([`configure_steps`]) when `l3`, else just the link up.
+pub fn configure_or_up(l3: bool, link: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
+    if l3 {
+        configure_steps(link, ipam)
+    } else {
+        Ok(vec![Step::Net(Op::SetUp {
+            ns: Ns::Pod,
+            link: link.clone(),
+        })])
+    }
+}
+
 /// `ipam.ConfigureIface`: IPv6 enabled when needed, every address (IPv6 without DAD, as the
 /// suite's bridge does), the link up, every route (a route without a gateway goes through the
 /// first gateway of its family, as the reference does).
@@ -174,17 +187,8 @@ pub fn check_pod_iface(
     }
     let routes = pod.routes(None, None)?;
     for r in &prev.routes {
-        let found = routes.iter().any(|x| {
-            x.dst.network() == r.dst.network()
-                && x.dst.prefix() == r.dst.prefix()
-                && (r.gw.is_none() || x.gw == r.gw)
-        });
-        if !found {
-            return Err(fail(format!(
-                "route to {}{} missing",
-                r.dst,
-                r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
-            )));
+        if !routes.iter().any(|x| r.is_met_by(&x.dst, x.gw)) {
+            return Err(fail(format!("route to {} missing", r.describe())));
         }
     }
     Ok(link)

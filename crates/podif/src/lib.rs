@@ -151,6 +151,157 @@ pub fn link_then_ipam(
     }
 }
 
+/// What a verb of an interface plugin opens in the kernel: the pod's netns (`CNI_NETNS`) and
+/// one netlink connection, which gives the host's and the pod's handles.
+pub struct PodKernel {
+    pub netns: std::path::PathBuf,
+    pub ns: netops::NetNs,
+    kernel: netops::Kernel,
+}
+
+impl PodKernel {
+    /// Open the pod's netns, then the connection.
+    pub fn open(req: &Request) -> Result<Self, LinkError> {
+        let netns = req.netns()?.clone();
+        let ns = netops::NetNs::open(&netns)?;
+        let kernel = netops::Kernel::new()?;
+        Ok(Self { netns, ns, kernel })
+    }
+
+    /// The host's netns.
+    pub fn host(&self) -> netops::Netlink<'_> {
+        self.kernel.host()
+    }
+
+    /// The pod's netns.
+    pub fn pod(&self) -> Result<netops::Netlink<'_>, LinkError> {
+        Ok(self.kernel.pod(&self.ns)?)
+    }
+}
+
+/// CHECK's start for an interface plugin: IPAM's CHECK when it has IPAM (`l3`), then the
+/// previous result, then the kernel.
+pub fn check_start(req: &Request, l3: bool) -> Result<(cni_core::CniResult, PodKernel), LinkError> {
+    if l3 {
+        req.delegate_ipam(cni_core::Command::Check)?;
+    }
+    let prev = req.require_prev_result()?;
+    Ok((prev, PodKernel::open(req)?))
+}
+
+/// ADD's refusal of a name the pod already uses.
+pub fn refuse_taken(
+    pod: &netops::Netlink<'_>,
+    ifname: &netops::IfName,
+    netns: &std::path::Path,
+) -> Result<(), LinkError> {
+    match pod.link(ifname)? {
+        Some(_) => Err(LinkError::Conflict(format!(
+            "interface {ifname} already exists in {}",
+            netns.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// ADD of a plugin whose one interface is the pod's `ifname` (macvlan, tap, host-device):
+/// [`link_then_ipam`], then the result naming that interface with IPAM's addresses and the
+/// config's DNS. When the interface cannot be read back, every step is undone and the
+/// address released.
+pub fn add_pod_link(
+    req: &Request,
+    fx: &mut Effects<'_, '_>,
+    pod: &netops::Netlink<'_>,
+    ifname: &netops::IfName,
+    link: &[Step],
+    l3: bool,
+    configure: impl FnOnce(&cni_core::CniResult) -> Result<Vec<Step>, LinkError>,
+) -> Result<cni_core::CniResult, LinkError> {
+    let (ipam, undo) = link_then_ipam(req, fx, link, l3, configure)?;
+    let read = pod
+        .require_link(ifname)
+        .map_err(LinkError::from)
+        .and_then(|l| {
+            let sandbox = req.netns()?.display().to_string();
+            Ok(iface::pod_interface(&l, &sandbox))
+        });
+    match read {
+        Ok(i) => Ok(iface::result(
+            vec![i],
+            0,
+            &ipam,
+            req.conf.dns.clone().unwrap_or_default(),
+        )),
+        Err(e) => {
+            rollback(req, undo, fx, l3);
+            Err(e)
+        }
+    }
+}
+
+/// The `Plugin` impl of an interface plugin from its crate's `add` and `check` (returning
+/// [`LinkError`]) and the given `del`; GC and STATUS go to IPAM when the config names one,
+/// unless given too. `known_args` or `any_args` as the plugin accepts `CNI_ARGS`.
+#[macro_export]
+macro_rules! link_plugin {
+    (@args known_args $v:expr) => {
+        fn known_args(&self) -> &'static [&'static str] {
+            $v
+        }
+    };
+    (@args any_args $v:expr) => {
+        fn any_args(&self) -> bool {
+            $v
+        }
+    };
+    ($ty:ty, $name:literal, $args:ident = $v:expr, del = $del:expr) => {
+        $crate::link_plugin!(
+            $ty,
+            $name,
+            $args = $v,
+            del = $del,
+            gc = |r| $crate::delegate_ipam_if_any(r, ::cni_core::Command::Gc),
+            status = |r| $crate::delegate_ipam_if_any(r, ::cni_core::Command::Status)
+        );
+    };
+    ($ty:ty, $name:literal, $args:ident = $v:expr, del = $del:expr, gc = $gc:expr, status = $status:expr) => {
+        impl ::cni_core::Plugin for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            $crate::link_plugin!(@args $args $v);
+
+            fn add(
+                &self,
+                req: &::cni_core::Request,
+            ) -> Result<::cni_core::CniResult, ::cni_core::CniError> {
+                Ok(add(req)?)
+            }
+
+            fn del(&self, req: &::cni_core::Request) -> Result<(), ::cni_core::CniError> {
+                let del: fn(&::cni_core::Request) -> Result<(), ::cni_core::CniError> = $del;
+                del(req)
+            }
+
+            fn check(&self, req: &::cni_core::Request) -> Result<(), ::cni_core::CniError> {
+                Ok(check(req)?)
+            }
+
+            fn gc(&self, req: &::cni_core::Request) -> Result<(), ::cni_core::CniError> {
+                let gc: fn(&::cni_core::Request) -> Result<(), ::cni_core::CniError> = $gc;
+                gc(req)
+            }
+
+            fn status(&self, req: &::cni_core::Request) -> Result<(), ::cni_core::CniError> {
+                let status: fn(&::cni_core::Request) -> Result<(), ::cni_core::CniError> =
+                    $status;
+                status(req)
+            }
+        }
+    };
+}
+
 /// A deterministic host-side veth name from (network, container id, ifname): `veth` + 11 hex
 /// digits of their FNV-1a hash, so DEL finds it without the netns or a previous result (the
 /// bridge plugin's rule).

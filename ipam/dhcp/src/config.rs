@@ -4,10 +4,9 @@
 
 use std::path::PathBuf;
 
-use cni_core::{conf::parse_value, CniError, ErrorCode};
+use cni_core::CniError;
 use dhcproto::v4::{DhcpOption, OptionCode, UnknownOption};
 use serde::Deserialize;
-use serde_json::Value;
 
 /// The reference daemon's socket (`defaultSocketPath`).
 pub const DEFAULT_SOCKET_PATH: &str = "/run/cni/dhcp.sock";
@@ -65,9 +64,7 @@ pub struct DhcpConfig {
 
 /// Parse the config (keys matched as Go matches them). `ipam` must be there.
 pub fn parse(stdin: &[u8]) -> Result<DhcpConfig, CniError> {
-    let value: Value = serde_json::from_slice(stdin)
-        .map_err(|e| CniError::new(ErrorCode::Decode, format!("decoding network config: {e}")))?;
-    let net: RawNet = parse_value(&value, "")?;
+    let net: RawNet = cni_core::conf::parse(stdin)?;
     let ipam = net
         .ipam
         .ok_or_else(|| CniError::config("ipam", "IPAM config missing 'ipam' key"))?;

@@ -366,20 +366,8 @@ impl EtcdIpam {
                 interface: None,
             });
         }
-        log::info!(
-            "{} on {node}: {}",
-            req.tag(),
-            ips.iter()
-                .map(|i| i.address.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        Ok(CniResult {
-            interfaces: Vec::new(),
-            ips,
-            routes: cfg.ipam.routes.clone(),
-            dns,
-        })
+        let label = format!("{} on {node}", req.tag());
+        Ok(ipamconf::result(&label, ips, cfg.ipam.routes.clone(), dns))
     }
 }
 

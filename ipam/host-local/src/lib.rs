@@ -89,20 +89,7 @@ impl Plugin for HostLocal {
                 }
             }
         }
-        log::info!(
-            "{}: {}",
-            req.tag(),
-            ips.iter()
-                .map(|i| i.address.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        Ok(CniResult {
-            interfaces: Vec::new(),
-            ips,
-            routes: cfg.routes,
-            dns,
-        })
+        Ok(ipamconf::result(&req.tag(), ips, cfg.routes, dns))
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {

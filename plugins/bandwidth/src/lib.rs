@@ -193,6 +193,19 @@ impl Executor<Step> for Effects<'_, '_> {
     }
 }
 
+/// The plan of ADD and CHECK: for the host veth of the pod's interface, on this kernel.
+fn plan_for(
+    req: &Request,
+    spec: &config::Spec,
+    prev: &CniResult,
+    host: &Netlink<'_>,
+    pod: &Netlink<'_>,
+) -> Result<Vec<Step>> {
+    let veth = host_veth(req, prev, host, pod)?;
+    let t = target(req, &veth)?;
+    Ok(plan::build(spec, &t, tc::psched_ticks_per_usec())?)
+}
+
 fn add(req: &Request) -> Result<CniResult> {
     let Some(spec) = config::parse(req)? else {
         // Nothing to shape: the previous result passes on untouched.
@@ -207,10 +220,7 @@ fn add(req: &Request) -> Result<CniResult> {
     let ns = NetNs::open(req.netns()?)?;
     let kernel = Kernel::new()?;
     let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
-    let veth = host_veth(req, &prev, &host, &pod)?;
-    let t = target(req, &veth)?;
-    let steps = plan::build(&spec, &t, tc::psched_ticks_per_usec())?;
+    let steps = plan_for(req, &spec, &prev, &host, &kernel.pod(&ns)?)?;
     log::debug!("{}: plan:\n{}", req.tag(), plan::text(&steps));
     for s in &steps {
         if let Step::AddTbf { link, shaping } = s {
@@ -297,10 +307,7 @@ fn check(req: &Request) -> Result<()> {
     let ns = NetNs::open(req.netns()?)?;
     let kernel = Kernel::new()?;
     let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
-    let veth = host_veth(req, &prev, &host, &pod)?;
-    let t = target(req, &veth)?;
-    let steps = plan::build(&spec, &t, tc::psched_ticks_per_usec())?;
+    let steps = plan_for(req, &spec, &prev, &host, &kernel.pod(&ns)?)?;
     let failed = |s: &Step, why: String| BandwidthError::Check(format!("{why} (expected: {s})"));
     for s in &steps {
         match s {

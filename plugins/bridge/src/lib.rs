@@ -53,6 +53,7 @@ impl Plugin for Bridge {
 }
 
 #[cfg(test)]
+#[path = "tests/orchestration.rs"]
 mod orchestration;
 #[cfg(test)]
 mod tests;

@@ -283,16 +283,10 @@ pub fn check_pod_link(
     }
     let routes = net.routes(Ns::Pod, Some(link), None)?;
     for r in &prev.routes {
-        let found = routes.iter().any(|x| {
-            x.dst.network() == r.dst.network()
-                && x.dst.prefix() == r.dst.prefix()
-                && (r.gw.is_none() || x.gw == r.gw)
-        });
-        if !found {
+        if !routes.iter().any(|x| r.is_met_by(&x.dst, x.gw)) {
             return Err(check_failed(format!(
-                "route to {}{} missing on {}",
-                r.dst,
-                r.gw.map(|g| format!(" via {g}")).unwrap_or_default(),
+                "route to {} missing on {}",
+                r.describe(),
                 req.ifname
             )));
         }

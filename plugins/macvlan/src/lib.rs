@@ -8,8 +8,8 @@
 //!
 //! parse and validate (master, MTU, MAC) -> IPAM -> plan (pure) -> apply with undo -> result.
 
-use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
-use netops::{Kernel, MacAddr, MacvlanMode, NetNs, Netlink, NetopsError, Ns, Op, SysctlKey};
+use cni_core::{CniError, CniResult, IfName, Request};
+use netops::{MacAddr, MacvlanMode, Netlink, NetopsError, SysctlKey};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
 
@@ -128,75 +128,27 @@ pub fn plan_link(spec: &Spec, master: &IfName, ifname: &IfName) -> Result<Vec<St
 
 /// The second half, from IPAM's answer: (L3) its addresses and routes, or (L2) the link up.
 pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
-    if spec.l3 {
-        iface::configure_steps(ifname, ipam)
-    } else {
-        Ok(vec![Step::Net(Op::SetUp {
-            ns: Ns::Pod,
-            link: ifname.clone(),
-        })])
-    }
-}
-
-/// The whole plan (both halves), as it runs.
-pub fn plan(
-    spec: &Spec,
-    master: &IfName,
-    ifname: &IfName,
-    ipam: &CniResult,
-) -> Result<Vec<Step>, LinkError> {
-    let mut steps = plan_link(spec, master, ifname)?;
-    steps.extend(plan_config(spec, ifname, ipam)?);
-    Ok(steps)
+    iface::configure_or_up(spec.l3, ifname, ipam)
 }
 
 fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
-    let netns = req.netns()?.clone();
-    let ns = NetNs::open(&netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
+    let k = podif::PodKernel::open(req)?;
+    let (host, pod) = (k.host(), k.pod()?);
     let master = resolve_master(&spec, &host, &pod)?;
-    if pod.link(&ifname)?.is_some() {
-        return Err(LinkError::Conflict(format!(
-            "interface {ifname} already exists in {}",
-            netns.display()
-        )));
-    }
+    podif::refuse_taken(&pod, &ifname, &k.netns)?;
     let link = plan_link(&spec, &master, &ifname)?;
-    let mut fx = Effects::new(&host, &pod, &ns);
-    let (ipam, undo) = podif::link_then_ipam(req, &mut fx, &link, spec.l3, |ipam| {
+    let mut fx = Effects::new(&host, &pod, &k.ns);
+    podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
         plan_config(&spec, &ifname, ipam)
-    })?;
-    match pod.require_link(&ifname) {
-        Ok(l) => {
-            let i = iface::pod_interface(&l, &netns.display().to_string());
-            Ok(iface::result(
-                vec![i],
-                0,
-                &ipam,
-                req.conf.dns.clone().unwrap_or_default(),
-            ))
-        }
-        Err(e) => {
-            podif::rollback(req, undo, &mut fx, spec.l3);
-            Err(e.into())
-        }
-    }
+    })
 }
 
 fn check(req: &Request) -> Result<(), LinkError> {
     let spec = parse(req)?;
-    if spec.l3 {
-        req.delegate_ipam(Command::Check)?;
-    }
-    let prev = req.require_prev_result()?;
-    let ns = NetNs::open(req.netns()?)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
+    let (prev, k) = podif::check_start(req, spec.l3)?;
+    let (host, pod) = (k.host(), k.pod()?);
     resolve_master(&spec, &host, &pod)?;
     iface::check_pod_iface(req, &prev, &pod, |l| {
         if l.kind.as_deref() != Some("macvlan") {
@@ -215,136 +167,12 @@ fn check(req: &Request) -> Result<(), LinkError> {
     Ok(())
 }
 
-impl Plugin for Macvlan {
-    fn name(&self) -> &'static str {
-        "macvlan"
-    }
-
-    fn known_args(&self) -> &'static [&'static str] {
-        &["MAC"]
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
-    }
-
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        iface::del_pod_link(req)
-    }
-
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
-    }
-
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        podif::delegate_ipam_if_any(req, Command::Gc)
-    }
-
-    fn status(&self, req: &Request) -> Result<(), CniError> {
-        podif::delegate_ipam_if_any(req, Command::Status)
-    }
-}
+podif::link_plugin!(
+    Macvlan,
+    "macvlan",
+    known_args = &["MAC"],
+    del = iface::del_pod_link
+);
 
 #[cfg(test)]
-mod tests {
-    use cni_core::IpConfig;
-
-    use super::*;
-
-    fn req(conf: &str, args: &str) -> Request {
-        let mut r = Request::build(
-            Command::Add,
-            "c1",
-            Some("/run/netns/p"),
-            "eth0",
-            conf.as_bytes(),
-        )
-        .unwrap();
-        r.args = cni_core::CniArgs::parse(args).unwrap();
-        r
-    }
-
-    const HEAD: &str = r#""cniVersion":"1.0.0","name":"n","type":"macvlan""#;
-
-    #[test]
-    fn modes_and_defaults() {
-        let s = parse(&req(&format!("{{{HEAD}}}"), "")).unwrap();
-        assert_eq!(s.mode, MacvlanMode::Bridge);
-        assert_eq!(s.master, None);
-        assert!(!s.l3);
-        for (m, want) in [
-            ("private", MacvlanMode::Private),
-            ("vepa", MacvlanMode::Vepa),
-            ("passthru", MacvlanMode::Passthru),
-        ] {
-            let s = parse(&req(
-                &format!(r#"{{{HEAD},"mode":"{m}","master":"eth1"}}"#),
-                "",
-            ))
-            .unwrap();
-            assert_eq!(s.mode, want);
-        }
-        let e = parse(&req(&format!(r#"{{{HEAD},"mode":"source"}}"#), "")).unwrap_err();
-        assert!(e.msg.contains("mode"), "{}", e.msg);
-        let e = parse(&req(&format!(r#"{{{HEAD},"mtu":-1}}"#), "")).unwrap_err();
-        assert!(e.msg.contains("mtu"), "{}", e.msg);
-    }
-
-    #[test]
-    fn mac_precedence_is_the_references() {
-        let conf = format!(
-            r#"{{{HEAD},"mac":"02:00:00:00:00:01","runtimeConfig":{{"mac":"02:00:00:00:00:03"}}}}"#
-        );
-        let s = parse(&req(&conf, "MAC=02:00:00:00:00:02")).unwrap();
-        assert_eq!(s.mac.unwrap().to_string(), "02:00:00:00:00:03");
-        let s = parse(&req(
-            &format!(r#"{{{HEAD},"mac":"02:00:00:00:00:01"}}"#),
-            "MAC=02:00:00:00:00:02",
-        ))
-        .unwrap();
-        assert_eq!(s.mac.unwrap().to_string(), "02:00:00:00:00:02");
-        let e = parse(&req(
-            &format!(r#"{{{HEAD},"mac":"01:00:5e:00:00:01"}}"#),
-            "",
-        ))
-        .unwrap_err();
-        assert!(e.msg.contains("multicast"), "{}", e.msg);
-    }
-
-    #[test]
-    fn l3_plan_notifies_then_configures() {
-        let spec = parse(&req(
-            &format!(
-                r#"{{{HEAD},"master":"ens3","mode":"vepa","mtu":1400,"ipam":{{"type":"static"}}}}"#
-            ),
-            "",
-        ))
-        .unwrap();
-        let ipam = CniResult {
-            ips: vec![IpConfig {
-                address: "192.168.1.5/24".parse().unwrap(),
-                gateway: None,
-                interface: None,
-            }],
-            ..Default::default()
-        };
-        let steps = plan(
-            &spec,
-            &IfName::new("ens3").unwrap(),
-            &IfName::new("eth0").unwrap(),
-            &ipam,
-        )
-        .unwrap();
-        let text: Vec<String> = steps.iter().map(|s| s.command("P")).collect();
-        assert_eq!(
-            text,
-            [
-                "ip link add link ens3 name eth0 netns P mtu 1400 type macvlan mode vepa",
-                "nsenter --net=P sysctl -w net.ipv4.conf.eth0.arp_notify=1  # best effort",
-                "nsenter --net=P sysctl -w net.ipv6.conf.eth0.ndisc_notify=1  # best effort",
-                "ip -n P addr add 192.168.1.5/24 dev eth0",
-                "ip -n P link set eth0 up",
-            ]
-        );
-    }
-}
+mod tests;

@@ -3,8 +3,6 @@
 
 use std::{
     cell::{OnceCell, RefCell},
-    fs::OpenOptions,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -151,7 +149,6 @@ impl HostSide for KernelHost {
     }
 
     fn lock(&self, spec: &OverlaySpec, exclusive: bool) -> Result<NetLock, OverlayError> {
-        use nix::fcntl::{Flock, FlockArg};
         let dir = self.fw()?.state_dir().to_path_buf();
         let path = lock_path(&dir, &spec.network);
         let err = |source| OverlayError::Lock {
@@ -159,19 +156,7 @@ impl HostSide for KernelHost {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(err)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(err)?;
-        let arg = if exclusive {
-            FlockArg::LockExclusive
-        } else {
-            FlockArg::LockShared
-        };
-        let held = Flock::lock(file, arg).map_err(|(_, e)| err(std::io::Error::from(e)))?;
+        let held = nftplan::lock_file(&path, exclusive).map_err(err)?;
         Ok(NetLock(Some(Box::new(held))))
     }
 

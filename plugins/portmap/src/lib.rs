@@ -9,6 +9,7 @@
 
 pub mod config;
 #[cfg(test)]
+#[path = "tests/orchestration.rs"]
 mod orchestration;
 
 use cni_core::{CniError, CniResult, Plugin, Request};

@@ -12,9 +12,9 @@
 
 use std::net::IpAddr;
 
-use cni_core::{error::from_lower, CniError, CniResult, Command, IfName, Plugin, Request};
+use cni_core::{error::from_lower, CniError, CniResult, Command, IfName, Request};
 use ipnetwork::IpNetwork;
-use netops::{Kernel, NetNs, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
+use netops::{Kernel, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
 use nftplan::{Attachment, Feature, Firewall};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
@@ -196,31 +196,23 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = ifname(req)?;
     let veth = veth_name(req)?;
-    let netns = req.netns()?.clone();
-    let ns = NetNs::open(&netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
-    if pod.link(&ifname)?.is_some() {
-        return Err(LinkError::Conflict(format!(
-            "interface {ifname} already exists in {}",
-            netns.display()
-        )));
-    }
+    let k = podif::PodKernel::open(req)?;
+    let (host, pod) = (k.host(), k.pod()?);
+    podif::refuse_taken(&pod, &ifname, &k.netns)?;
     let fw = if spec.ip_masq {
         Some(Firewall::open_with(&req.detach).map_err(|e| LinkError::Config(e.to_string()))?)
     } else {
         None
     };
     let ipam = iface::ipam_add(req)?;
-    let steps = match plan(&spec, &veth, &ifname, &netns, &ipam) {
+    let steps = match plan(&spec, &veth, &ifname, &k.netns, &ipam) {
         Ok(s) => s,
         Err(e) => {
             podif::release_ipam(req);
             return Err(e);
         }
     };
-    let mut fx = Effects::new(&host, &pod, &ns);
+    let mut fx = Effects::new(&host, &pod, &k.ns);
     let undo = podif::run(req, &steps, &mut fx, true)?;
     let finish = (|| -> Result<CniResult, LinkError> {
         if let Some(fw) = &fw {
@@ -236,7 +228,7 @@ fn add(req: &Request) -> Result<CniResult, LinkError> {
                 mac: h.mac.map(|m| m.to_string()).unwrap_or_default(),
                 ..Default::default()
             },
-            iface::pod_interface(&p, &netns.display().to_string()),
+            iface::pod_interface(&p, &k.netns.display().to_string()),
         ];
         // The plugin's dns only when set: else IPAM's passes on.
         let dns = match &req.conf.dns {
@@ -283,12 +275,8 @@ fn del(req: &Request) -> Result<(), CniError> {
 
 fn check(req: &Request) -> Result<(), LinkError> {
     let spec = parse(req)?;
-    req.delegate_ipam(Command::Check)?;
-    let prev = req.require_prev_result()?;
-    let ns = NetNs::open(req.netns()?)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
+    let (prev, k) = podif::check_start(req, true)?;
+    let (host, pod) = (k.host(), k.pod()?);
     let link = iface::check_pod_iface(req, &prev, &pod, |l| {
         if l.kind.as_deref() == Some("veth") {
             Ok(())
@@ -335,118 +323,14 @@ fn gc(req: &Request) -> Result<(), CniError> {
     cni_core::error::combine(errors)
 }
 
-impl Plugin for Ptp {
-    fn name(&self) -> &'static str {
-        "ptp"
-    }
-
-    fn any_args(&self) -> bool {
-        true
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
-    }
-
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        del(req)
-    }
-
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
-    }
-
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        gc(req)
-    }
-
-    fn status(&self, req: &Request) -> Result<(), CniError> {
-        req.delegate_ipam(Command::Status).map(drop)
-    }
-}
+podif::link_plugin!(
+    Ptp,
+    "ptp",
+    any_args = true,
+    del = del,
+    gc = gc,
+    status = |r| r.delegate_ipam(Command::Status).map(drop)
+);
 
 #[cfg(test)]
-mod tests {
-    use cni_core::{IpConfig, Route};
-
-    use super::*;
-
-    #[test]
-    fn the_plan_routes_everything_through_the_host_end() {
-        let ipam = CniResult {
-            ips: vec![
-                IpConfig {
-                    address: "10.1.1.5/24".parse().unwrap(),
-                    gateway: Some("10.1.1.1".parse().unwrap()),
-                    interface: None,
-                },
-                IpConfig {
-                    address: "fd00:1::5/64".parse().unwrap(),
-                    gateway: Some("fd00:1::1".parse().unwrap()),
-                    interface: None,
-                },
-            ],
-            routes: vec![Route::new("0.0.0.0/0".parse().unwrap(), None)],
-            ..Default::default()
-        };
-        let steps = plan(
-            &Spec {
-                ip_masq: false,
-                mtu: Some(1400),
-            },
-            &IfName::new("veth0123456789a").unwrap(),
-            &IfName::new("eth0").unwrap(),
-            std::path::Path::new("/run/netns/p"),
-            &ipam,
-        )
-        .unwrap();
-        let text: Vec<String> = steps.iter().map(|s| s.command("P")).collect();
-        assert_eq!(
-            text,
-            [
-                "sysctl -w net.ipv4.ip_forward=1",
-                "sysctl -w net.ipv6.conf.all.forwarding=1",
-                "ip link add veth0123456789a mtu 1400 type veth peer name eth0 netns /run/netns/p mtu 1400",
-                "nsenter --net=P sysctl -w net.ipv6.conf.lo.disable_ipv6=0  # best effort",
-                "nsenter --net=P sysctl -w net.ipv6.conf.eth0.disable_ipv6=0  # best effort",
-                "nsenter --net=P sysctl -w net.ipv6.conf.eth0.keep_addr_on_down=1",
-                "ip -n P addr add 10.1.1.5/24 dev eth0 noprefixroute",
-                "ip -n P route add 10.1.1.1/32 dev eth0 src 10.1.1.5",
-                "ip -n P route add 10.1.1.0/24 via 10.1.1.1 dev eth0 src 10.1.1.5",
-                "ip -n P addr add fd00:1::5/64 dev eth0 nodad noprefixroute",
-                "ip -n P route add fd00:1::1/128 dev eth0 src fd00:1::5",
-                "ip -n P route add fd00:1::/64 via fd00:1::1 dev eth0 src fd00:1::5",
-                "ip -n P route add default via 10.1.1.1 dev eth0",
-                "ip link set veth0123456789a up",
-                "ip addr add 10.1.1.1/32 dev veth0123456789a",
-                "ip route add 10.1.1.5/32 dev veth0123456789a scope host",
-                "ip addr add fd00:1::1/128 dev veth0123456789a nodad",
-                "ip route add fd00:1::5/128 dev veth0123456789a scope host",
-            ]
-        );
-    }
-
-    #[test]
-    fn an_ipam_result_without_gateway_is_refused() {
-        let ipam = CniResult {
-            ips: vec![IpConfig {
-                address: "10.1.1.5/24".parse().unwrap(),
-                gateway: None,
-                interface: None,
-            }],
-            ..Default::default()
-        };
-        let e = plan(
-            &Spec {
-                ip_masq: false,
-                mtu: None,
-            },
-            &IfName::new("veth0").unwrap(),
-            &IfName::new("eth0").unwrap(),
-            std::path::Path::new("/x"),
-            &ipam,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("no gateway"), "{e}");
-    }
-}
+mod tests;

@@ -9,8 +9,8 @@
 //!
 //! parse -> IPAM -> plan (pure) -> apply with undo -> result.
 
-use cni_core::{CniError, CniResult, Command, IfName, Plugin, Request};
-use netops::{Kernel, MacAddr, NetNs, NetopsError, Ns, Op, SysctlKey, TapSpec};
+use cni_core::{CniError, CniResult, IfName, Request};
+use netops::{MacAddr, NetopsError, Ns, SysctlKey, TapSpec};
 use podif::{iface, Effects, LinkError, Step};
 use serde::Deserialize;
 
@@ -124,76 +124,34 @@ pub fn plan_link(spec: &Spec, ifname: &IfName) -> Result<Vec<Step>, LinkError> {
 
 /// The second half, from IPAM's answer: (L3) its addresses and routes, or (L2) just up.
 pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
-    if spec.l3 {
-        iface::configure_steps(ifname, ipam)
-    } else {
-        Ok(vec![Step::Net(Op::SetUp {
-            ns: Ns::Pod,
-            link: ifname.clone(),
-        })])
-    }
-}
-
-/// The whole plan (both halves), as it runs.
-pub fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
-    let mut steps = plan_link(spec, ifname)?;
-    steps.extend(plan_config(spec, ifname, ipam)?);
-    Ok(steps)
+    iface::configure_or_up(spec.l3, ifname, ipam)
 }
 
 fn add(req: &Request) -> Result<CniResult, LinkError> {
     let spec = parse(req)?;
     let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
-    let netns = req.netns()?.clone();
-    let ns = NetNs::open(&netns)?;
-    let kernel = Kernel::new()?;
-    let host = kernel.host();
-    let pod = kernel.pod(&ns)?;
-    if pod.link(&ifname)?.is_some() {
-        return Err(LinkError::Conflict(format!(
-            "interface {ifname} already exists in {}",
-            netns.display()
-        )));
-    }
+    let k = podif::PodKernel::open(req)?;
+    let (host, pod) = (k.host(), k.pod()?);
+    podif::refuse_taken(&pod, &ifname, &k.netns)?;
     if let Some(b) = &spec.bridge {
         if pod.link(b)?.is_none_or(|l| !l.is_bridge()) {
             return Err(LinkError::Config(format!(
                 "bridge {b} not found in {} (the tap plugin enslaves to a bridge in the pod)",
-                netns.display()
+                k.netns.display()
             )));
         }
     }
     let link = plan_link(&spec, &ifname)?;
-    let mut fx = Effects::new(&host, &pod, &ns);
-    let (ipam, undo) = podif::link_then_ipam(req, &mut fx, &link, spec.l3, |ipam| {
+    let mut fx = Effects::new(&host, &pod, &k.ns);
+    podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
         plan_config(&spec, &ifname, ipam)
-    })?;
-    match pod.require_link(&ifname) {
-        Ok(l) => {
-            let i = iface::pod_interface(&l, &netns.display().to_string());
-            Ok(iface::result(
-                vec![i],
-                0,
-                &ipam,
-                req.conf.dns.clone().unwrap_or_default(),
-            ))
-        }
-        Err(e) => {
-            podif::rollback(req, undo, &mut fx, spec.l3);
-            Err(e.into())
-        }
-    }
+    })
 }
 
 fn check(req: &Request) -> Result<(), LinkError> {
     let spec = parse(req)?;
-    if spec.l3 {
-        req.delegate_ipam(Command::Check)?;
-    }
-    let prev = req.require_prev_result()?;
-    let ns = NetNs::open(req.netns()?)?;
-    let kernel = Kernel::new()?;
-    let pod = kernel.pod(&ns)?;
+    let (prev, k) = podif::check_start(req, spec.l3)?;
+    let pod = k.pod()?;
     let link = iface::check_pod_iface(req, &prev, &pod, |l| {
         if l.kind.as_deref() == Some("tun") {
             Ok(())
@@ -213,62 +171,7 @@ fn check(req: &Request) -> Result<(), LinkError> {
     Ok(())
 }
 
-impl Plugin for Tap {
-    fn name(&self) -> &'static str {
-        "tap"
-    }
-
-    fn known_args(&self) -> &'static [&'static str] {
-        &["MAC"]
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ok(add(req)?)
-    }
-
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        iface::del_pod_link(req)
-    }
-
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ok(check(req)?)
-    }
-
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        podif::delegate_ipam_if_any(req, Command::Gc)
-    }
-
-    fn status(&self, req: &Request) -> Result<(), CniError> {
-        podif::delegate_ipam_if_any(req, Command::Status)
-    }
-}
+podif::link_plugin!(Tap, "tap", known_args = &["MAC"], del = iface::del_pod_link);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_plan_makes_the_tap_then_sets_it_up() {
-        let r = Request::build(
-            Command::Add,
-            "c1",
-            Some("/run/netns/p"),
-            "tap0",
-            br#"{"cniVersion":"1.0.0","name":"n","type":"tap","multiQueue":true,"mtu":1400,
-               "mac":"02:00:00:00:00:07","owner":1000,"group":1000,"bridge":"br0"}"#,
-        )
-        .unwrap();
-        let spec = parse(&r).unwrap();
-        let steps = plan(&spec, &IfName::new("tap0").unwrap(), &CniResult::default()).unwrap();
-        let text: Vec<String> = steps.iter().map(|s| s.command("P")).collect();
-        assert_eq!(
-            text,
-            [
-                "ip -n P tuntap add mode tap name tap0 multi_queue vnet_hdr user 1000 group 1000",
-                "ip -n P link set tap0 mtu 1400 address 02:00:00:00:00:07",
-                "ip -n P link set tap0 master br0",
-                "ip -n P link set tap0 up",
-            ]
-        );
-    }
-}
+mod tests;

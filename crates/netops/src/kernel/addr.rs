@@ -177,6 +177,16 @@ impl Netlink<'_> {
     /// (`DST` = `default` for 0.0.0.0/0 or ::/0). EEXIST is an error.
     pub fn add_route(&self, link: &Link, r: &RouteSpec) -> Result<(), NetopsError> {
         let msg = self.route_message(link, r)?;
+        self.send_route(link, r, msg)
+    }
+
+    /// Send a route of `r` through `link` built by [`Netlink::route_message`] (and amended).
+    pub(crate) fn send_route(
+        &self,
+        link: &Link,
+        r: &RouteSpec,
+        msg: RouteMessage,
+    ) -> Result<(), NetopsError> {
         self.rt
             .block_on(self.handle.route().add(msg).execute())
             .map_err(|source| NetopsError::Route {

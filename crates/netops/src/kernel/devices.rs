@@ -245,16 +245,7 @@ impl Netlink<'_> {
         if extra.host_scope {
             msg.header.scope = RouteScope::Host;
         }
-        self.rt
-            .block_on(self.handle.route().add(msg).execute())
-            .map_err(|source| NetopsError::Route {
-                op: "add",
-                dst: r.dst.to_string(),
-                gw: r.gw,
-                link: link.name.clone(),
-                netns: self.label.clone(),
-                source: Box::new(source),
-            })
+        self.send_route(link, r, msg)
     }
 }
 

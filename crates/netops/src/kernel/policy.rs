@@ -177,8 +177,8 @@ impl Netlink<'_> {
         }
     }
 
-    /// Which of `rules` the kernel lacks (one dump per family). Equivalent: `ip rule; ip -6 rule`.
-    pub fn missing_rules(&self, rules: &[RuleSpec]) -> Result<Vec<RuleSpec>, NetopsError> {
+    /// Every policy rule of both families (one dump per family).
+    pub(crate) fn rule_dump(&self) -> Result<Vec<RuleMessage>, NetopsError> {
         let mut have = Vec::new();
         for ver in [IpVersion::V4, IpVersion::V6] {
             let rs: Vec<RuleMessage> = self
@@ -191,6 +191,12 @@ impl Netlink<'_> {
                 })?;
             have.extend(rs);
         }
+        Ok(have)
+    }
+
+    /// Which of `rules` the kernel lacks (one dump per family). Equivalent: `ip rule; ip -6 rule`.
+    pub fn missing_rules(&self, rules: &[RuleSpec]) -> Result<Vec<RuleSpec>, NetopsError> {
+        let have = self.rule_dump()?;
         Ok(rules
             .iter()
             .filter(|w| {

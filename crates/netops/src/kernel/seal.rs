@@ -12,12 +12,10 @@
 //! Everything else the pod sends off the bridge, and everything routed towards the network's
 //! subnets from another interface, gets ICMP unreachable.
 
-use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::route::RouteHeader;
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::IpVersion;
 
 use super::policy::{attr_dst, attr_iif, attr_priority, same_rule};
 use super::{is_nl_exists, is_nl_not_found, Netlink};
@@ -159,18 +157,7 @@ impl Netlink<'_> {
         subnets: &[IpNetwork],
     ) -> Result<Vec<String>, NetopsError> {
         validate_ifname(bridge)?;
-        let mut have = Vec::new();
-        for ver in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = self
-                .rt
-                .block_on(self.handle.rule().get(ver).execute().try_collect())
-                .map_err(|source| NetopsError::Dump {
-                    what: "rules",
-                    netns: self.label.clone(),
-                    source: Box::new(source),
-                })?;
-            have.extend(rules);
-        }
+        let have = self.rule_dump()?;
         Ok(seal_messages(bridge, subnets)
             .iter()
             .filter(|w| !have.iter().any(|h| same_rule(w, h)))

@@ -26,41 +26,9 @@ impl Firewall {
             .chain(members.iter().map(|a| Elem::Vtep { addr: *a }))
             .collect();
         let st = Locked::lock(&self.dir)?;
-        let old = st.vteps()?;
-        let add: Vec<Elem> = want.difference(&old.elems).cloned().collect();
-        let gone: Vec<Elem> = old.elems.difference(&want).cloned().collect();
-        if let Some(mut restore) = self.stale_table(&st)? {
-            // The table is gone or was replaced: the skeleton, every element of the state
-            // and the new gate in one transaction.
-            st.put_vteps(&VtepRecord {
-                elems: old.elems.union(&want).cloned().collect(),
-            })?;
-            for e in &gone {
-                restore.remove(e);
-            }
-            restore.extend(want.iter().cloned());
-            self.restore(&st, &restore)?;
-            st.put_vteps(&VtepRecord { elems: want })?;
-            return Ok((add.len(), gone.len()));
-        }
-        if add.is_empty() && gone.is_empty() {
-            // Nothing changed here: check the kernel still has it all.
-            let list: Vec<Elem> = want.iter().cloned().collect();
-            let missing = self.missing(&list)?;
-            if !missing.is_empty() {
-                let mut b = Batch::new();
-                b.add(&missing);
-                self.run(&b)?;
-            }
-            return Ok((missing.len(), 0));
-        }
-        st.put_vteps(&VtepRecord {
-            elems: old.elems.union(&want).cloned().collect(),
-        })?;
-        let mut b = Batch::new();
-        b.add(&add).remove(&gone);
-        self.run(&b)?;
-        st.put_vteps(&VtepRecord { elems: want })?;
-        Ok((add.len(), gone.len()))
+        let old = st.vteps()?.elems;
+        self.set_exactly(&st, &old, &want, false, |st, elems| {
+            st.put_vteps(&VtepRecord { elems })
+        })
     }
 }

@@ -28,43 +28,11 @@ impl Firewall {
             });
         }
         let st = Locked::lock(&self.dir)?;
-        let old = st.netpol()?;
-        let add: Vec<Elem> = want.difference(&old.elems).cloned().collect();
-        let gone: Vec<Elem> = old.elems.difference(want).cloned().collect();
-        if let Some(mut restore) = self.stale_table(&st)? {
-            st.put_netpol(&NetpolRecord {
-                elems: old.elems.union(want).cloned().collect(),
-            })?;
-            for e in &gone {
-                restore.remove(e);
-            }
-            restore.extend(want.iter().cloned());
-            self.restore(&st, &restore)?;
-            st.put_netpol(&NetpolRecord {
-                elems: want.clone(),
-            })?;
-            return Ok((add.len(), gone.len()));
-        }
-        if add.is_empty() && gone.is_empty() {
-            let list: Vec<Elem> = want.iter().cloned().collect();
-            let missing = self.missing(&list)?;
-            if !missing.is_empty() {
-                let mut b = Batch::new();
-                b.add(&missing);
-                self.run(&b)?;
-            }
-            return Ok((missing.len(), 0));
-        }
-        st.put_netpol(&NetpolRecord {
-            elems: old.elems.union(want).cloned().collect(),
-        })?;
-        let mut b = Batch::new();
-        b.remove(&gone).add(&add);
-        self.run(&b)?;
-        st.put_netpol(&NetpolRecord {
-            elems: want.clone(),
-        })?;
-        Ok((add.len(), gone.len()))
+        let old = st.netpol()?.elems;
+        // Gone elements first: an interval set's elements may not overlap.
+        self.set_exactly(&st, &old, want, true, |st, elems| {
+            st.put_netpol(&NetpolRecord { elems })
+        })
     }
 
     /// Add `add` and remove `gone` (NetworkPolicy elements; a pod's ADD or DEL: the elements
