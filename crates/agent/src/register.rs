@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use cluster::schema::{self, HostRecord};
-use etcd::{Client, Compare, CompareOp, LeaseKeeper, Op, OpResponse};
+use etcd::{Client, Compare, LeaseKeeper, Op, OpResponse};
 
 use crate::{Node, LEASE_TTL_S, RENEW};
 use cluster::peers::View;
@@ -51,7 +51,7 @@ pub fn claim(
                 if kv.lease == lease && kv.value == value {
                     return Ok(Claim::Ours);
                 }
-                compare = Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision);
+                compare = Compare::unchanged(key, kv.mod_revision);
             }
             Ok(h) => return Ok(Claim::Taken(Some(h.vtep))),
             Err(_) => return Ok(Claim::Taken(None)),

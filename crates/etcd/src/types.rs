@@ -144,6 +144,10 @@ impl Compare {
             range_end: None,
         }
     }
+    /// The key is still at `rev` (not changed since it was read).
+    pub fn unchanged(key: impl AsRef<[u8]>, rev: i64) -> Self {
+        Compare::mod_revision(key, CompareOp::Equal, rev)
+    }
     pub fn value(key: impl AsRef<[u8]>, op: CompareOp, value: impl AsRef<[u8]>) -> Self {
         Compare {
             key: key.as_ref().to_vec(),

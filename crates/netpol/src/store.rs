@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::{self, OpenOptions},
-    io::{ErrorKind, Write},
+    io::ErrorKind,
     net::IpAddr,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
@@ -551,16 +551,5 @@ pub(crate) fn write_json<T: Serialize>(
         path: dst.clone(),
         source,
     })?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| PolicyError::io(&tmp, e))?;
-    f.write_all(&bytes).map_err(|e| PolicyError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| PolicyError::io(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, &dst).map_err(|e| PolicyError::io(&dst, e))
+    nftplan::replace_file(dir, name, &bytes, true).map_err(|(path, e)| PolicyError::io(&path, e))
 }

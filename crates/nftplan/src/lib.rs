@@ -169,7 +169,7 @@ pub use inventory::{AttachmentView, NetworkView, PortView};
 pub use ipnetwork::IpNetwork;
 pub use nsstate::NetnsId;
 pub use skeleton::SKELETON;
-pub use state::lock_file;
+pub use state::{lock_file, replace_file};
 pub use types::{Attachment, Feature, IfName, NetworkElems, PodIface, PortMapping, Protocol};
 
 #[cfg(test)]

@@ -503,17 +503,33 @@ fn write_json<T: Serialize + ?Sized>(dir: &Path, name: &str, value: &T) -> Resul
         return Ok(());
     }
     mkdir(dir)?;
+    replace_file(dir, name, &bytes, false).map_err(|(path, e)| NftError::io(&path, e))
+}
+
+/// Write `bytes` to `dir/name` (which must exist) through a temporary `.name.tmp`, mode 0600,
+/// renamed over it; with `sync` the data is on disk before the rename. The error names the
+/// file it concerns.
+pub fn replace_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<(), (PathBuf, std::io::Error)> {
     let tmp = dir.join(format!(".{name}.tmp"));
+    let dst = dir.join(name);
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| NftError::io(&tmp, e))?;
-    f.write_all(&bytes).map_err(|e| NftError::io(&tmp, e))?;
+        .map_err(|e| (tmp.clone(), e))?;
+    f.write_all(bytes).map_err(|e| (tmp.clone(), e))?;
+    if sync {
+        f.sync_all().map_err(|e| (tmp.clone(), e))?;
+    }
     drop(f);
-    fs::rename(&tmp, &dst).map_err(|e| NftError::io(&dst, e))
+    fs::rename(&tmp, &dst).map_err(|e| (dst, e))
 }
 
 /// Overwrite `path` with `bytes` padded to its length in one `pwrite`; `Ok(false)` (nothing

@@ -530,15 +530,9 @@ impl Allocator<'_> {
             for h in &att.ips {
                 ops.push(Op::delete(self.keys.ip(node, h.block, h.ip)));
             }
-            let done = self.store.txn(
-                &[Compare::mod_revision(
-                    &key,
-                    CompareOp::Equal,
-                    kv.mod_revision,
-                )],
-                &ops,
-                &[],
-            )?;
+            let done = self
+                .store
+                .txn(&[Compare::unchanged(&key, kv.mod_revision)], &ops, &[])?;
             if done.succeeded {
                 return Ok(att.ips.iter().map(|h| h.ip).collect());
             }

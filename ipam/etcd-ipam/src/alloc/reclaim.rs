@@ -6,7 +6,7 @@ use cluster::{
     ipam::{IpRecord, Keys},
     schema::{self, BlockRecord},
 };
-use etcd::{Compare, CompareOp, EtcdError, Op};
+use etcd::{Compare, EtcdError, Op};
 use ipnetwork::IpNetwork;
 
 use crate::store::Store;
@@ -73,15 +73,7 @@ pub fn reclaim_dead_nodes(
                 released.push(ip);
             }
         }
-        let r = store.txn(
-            &[Compare::mod_revision(
-                &key,
-                CompareOp::Equal,
-                kv.mod_revision,
-            )],
-            &ops,
-            &[],
-        )?;
+        let r = store.txn(&[Compare::unchanged(&key, kv.mod_revision)], &ops, &[])?;
         if r.succeeded {
             out.blocks.push(block);
             out.ips.extend(released);
