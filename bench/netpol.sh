@@ -6,7 +6,8 @@
 #   - the table's size (rules, np_* elements).
 # The plugin runs alone with a prevResult (no bridge): this is its own cost. Writes
 # target/bench/netpol.md. Knobs: PODS (500), POLICIES (200), SAMPLES (40); PROFILE=FILE also
-# times one more ADD (/usr/bin/time: user vs sys) and writes its `strace -c` to FILE.
+# times one more ADD (/usr/bin/time: user vs sys) and writes its `strace -c` to FILE; PERF=FILE
+# records ten more ADDs with `perf record -g` to FILE.0..9.
 set -euo pipefail
 BIN=$(realpath "${CNIRS_BIN_DIR:-target/release}")
 PODS=${PODS:-500} POLICIES=${POLICIES:-200} SAMPLES=${SAMPLES:-40}
@@ -79,6 +80,15 @@ if [ -n "${PROFILE:-}" ]; then
   ip netns exec "$NS" env -i CNI_COMMAND=ADD CNI_CONTAINERID=c$((i+1)) CNI_NETNS=/run/netns/"$NS" \
     CNI_IFNAME=eth0 CNI_PATH="$BIN" CNI_ARGS="K8S_POD_NAMESPACE=ns0;K8S_POD_NAME=p$((i+1))" \
     CNIRS_RUN_DIR="$RUN" CNIRS_POLICY_DIR="$POL" /usr/bin/time -f "one ADD: %e s elapsed, %U user, %S sys" "$BIN/netpol" <"$TMP/stdin" >/dev/null
+fi
+if [ -n "${PERF:-}" ]; then
+  i=310000
+  printf '{"cniVersion":"1.0.0","name":"bench","type":"netpol","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"%s/8"}]}}' "$(ip_of $i)" >"$TMP/stdin"
+  for k in 0 1 2 3 4 5 6 7 8 9; do
+    ip netns exec "$NS" env -i CNI_COMMAND=ADD CNI_CONTAINERID=c$((i+k)) CNI_NETNS=/run/netns/"$NS" \
+      CNI_IFNAME=eth0 CNI_PATH="$BIN" CNI_ARGS="K8S_POD_NAMESPACE=ns0;K8S_POD_NAME=p$((i+k))" \
+      CNIRS_RUN_DIR="$RUN" CNIRS_POLICY_DIR="$POL" perf record -q -F 20000 -g -o "$PERF.$k" "$BIN/netpol" <"$TMP/stdin" >/dev/null 2>&1
+  done
 fi
 read -r rules elems < <(ip netns exec "$NS" nft -j list table inet cnirs | python3 -c '
 import json,sys
