@@ -55,7 +55,7 @@ pub use state::{
 };
 pub use traffic::{
     can_connect_tcp, can_ping, can_ping_eventually, first_ip, http_get, ip_of, ping, reaches,
-    tcp_request, HttpServer, TcpServer,
+    tcp_request, udp_echoes, HttpServer, TcpServer, UdpEcho,
 };
 
 /// The busybox used for ping (static build from busybox-static).

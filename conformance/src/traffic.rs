@@ -1,7 +1,7 @@
 //! Traffic between namespaces: ping, a TCP server that tells the client who it saw, clients.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -271,6 +271,82 @@ pub fn reaches(from: &Netns, addr: &str, port: u16) -> bool {
     let sa = SocketAddr::new(ip_of(addr), port);
     match from.run_in(move || TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_ok()) {
         Ok(ok) => ok,
+        Err(e) => panic!("cannot enter netns {}: {e}", from.name()),
+    }
+}
+
+/// A UDP echo inside a netns, stopped when dropped: every datagram comes back, as
+/// `"<token> <payload>"` when `token` is not empty, else as it was sent.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    #[track_caller]
+    pub fn start(ns: &Netns, addr: &str, port: u16, token: &str) -> Self {
+        let sa = sockaddr(addr, port);
+        let sock = match ns.run_in(move || {
+            let s = UdpSocket::bind(sa)?;
+            s.set_read_timeout(Some(Duration::from_millis(50)))?;
+            Ok::<_, std::io::Error>(s)
+        }) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => panic!("cannot bind UDP {sa} in {}: {e}", ns.name()),
+            Err(e) => panic!("cannot enter netns {}: {e}", ns.name()),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, token) = (stop.clone(), token.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    let _ = if token.is_empty() {
+                        sock.send_to(&buf[..n], peer)
+                    } else {
+                        let reply = format!("{token} {}", String::from_utf8_lossy(&buf[..n]));
+                        sock.send_to(reply.as_bytes(), peer)
+                    };
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A datagram from a fresh socket in `from` to `to` comes back as sent (from a [`UdpEcho`]
+/// without token): 3 tries, `wait` each.
+#[track_caller]
+pub fn udp_echoes(from: &Netns, to: SocketAddr, wait: Duration) -> bool {
+    let sent = from.run_in(move || -> std::io::Result<bool> {
+        let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        s.set_read_timeout(Some(wait))?;
+        let mut buf = [0u8; 64];
+        for i in 0..3u8 {
+            s.send_to(&[b'p', i], to)?;
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                if buf[..n] == [b'p', i] {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    });
+    match sent {
+        Ok(Ok(echoed)) => echoed,
+        Ok(Err(e)) => panic!("UDP probe from {} to {to}: {e}", from.name()),
         Err(e) => panic!("cannot enter netns {}: {e}", from.name()),
     }
 }

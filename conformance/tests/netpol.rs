@@ -21,13 +21,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -37,66 +36,14 @@ use serde_json::{json, Value};
 const BRIDGE: &str = "cnirs-np0";
 const SUBNET: &str = "10.213.31.0/24";
 
-/// A UDP echo server inside a netns, stopped when dropped.
-struct UdpEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpEcho {
-    fn start(ns: &Netns, port: u16) -> Self {
-        let sock = ns
-            .run_in(move || UdpSocket::bind(("0.0.0.0", port)))
-            .unwrap()
-            .unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !s2.load(Ordering::Relaxed) {
-                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], peer);
-                }
-            }
-        });
-        UdpEcho {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A UDP datagram from a socket made in `from` to `addr:port` comes back echoed (3 tries,
 /// 700 ms each).
 fn udp_reaches(from: &Netns, addr: &str, port: u16) -> bool {
-    let to: SocketAddr = format!("{addr}:{port}").parse().unwrap();
-    from.run_in(move || -> std::io::Result<bool> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.set_read_timeout(Some(Duration::from_millis(700)))?;
-        let mut buf = [0u8; 64];
-        for i in 0..3u8 {
-            s.send_to(&[b'p', i], to)?;
-            if let Ok((n, _)) = s.recv_from(&mut buf) {
-                if n == 2 && buf[0] == b'p' {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
-    })
-    .unwrap()
-    .unwrap()
+    udp_echoes(
+        from,
+        SocketAddr::new(ip_of(addr), port),
+        Duration::from_millis(700),
+    )
 }
 
 /// A fresh TCP connection from `from` to `addr:port` gets the server's answer.
@@ -200,7 +147,7 @@ impl World {
             _servers: (
                 TcpServer::start(&a, "0.0.0.0", 80, "a80"),
                 TcpServer::start(&a, "0.0.0.0", 81, "a81"),
-                UdpEcho::start(&a, 53),
+                UdpEcho::start(&a, "0.0.0.0", 53, ""),
             ),
             net,
             conf,

@@ -21,12 +21,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -45,64 +40,6 @@ const PODS: [(&str, &str, usize, &str); 5] = [
 ];
 /// (protocol, port) probed per pair.
 const PROBES: [(&str, u16); 3] = [("TCP", 80), ("TCP", 81), ("UDP", 80)];
-
-/// A UDP echo server inside a netns, stopped when dropped.
-struct UdpEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpEcho {
-    fn start(ns: &Netns, port: u16) -> Self {
-        let sock = ns
-            .run_in(move || UdpSocket::bind(("0.0.0.0", port)))
-            .unwrap()
-            .unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !s2.load(Ordering::Relaxed) {
-                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], peer);
-                }
-            }
-        });
-        UdpEcho {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A datagram from `from` to `to` comes back echoed (3 tries, 400 ms each).
-fn udp_reaches(from: &Netns, to: SocketAddr) -> bool {
-    from.run_in(move || -> std::io::Result<bool> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.set_read_timeout(Some(Duration::from_millis(400)))?;
-        let mut buf = [0u8; 64];
-        for i in 0..3u8 {
-            s.send_to(&[b'p', i], to)?;
-            if let Ok((2, _)) = s.recv_from(&mut buf) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    })
-    .unwrap()
-    .unwrap()
-}
 
 struct Pod {
     ns: &'static str,
@@ -170,7 +107,7 @@ impl World {
             let servers = (
                 TcpServer::start(&netns, "0.0.0.0", 80, name),
                 TcpServer::start(&netns, "0.0.0.0", 81, name),
-                UdpEcho::start(&netns, 80),
+                UdpEcho::start(&netns, "0.0.0.0", 80, ""),
             );
             w.pods.push(Pod {
                 ns,
@@ -299,7 +236,11 @@ impl World {
                                 let got = if proto == "TCP" {
                                     tcp_request(&src.netns, &dst.ip.to_string(), port).is_some()
                                 } else {
-                                    udp_reaches(&src.netns, SocketAddr::new(dst.ip, port))
+                                    udp_echoes(
+                                        &src.netns,
+                                        SocketAddr::new(dst.ip, port),
+                                        Duration::from_millis(400),
+                                    )
                                 };
                                 let want = o.allows(src.ip, dst.ip, proto, port);
                                 let cell = format!(

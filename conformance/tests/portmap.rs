@@ -144,45 +144,6 @@ fn assert_refused(from: &Netns, addr: &str, port: u16, what: &str) {
     );
 }
 
-/// A UDP echo inside a netns: every datagram comes back as `"<token> <payload>"`.
-struct UdpEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpEcho {
-    fn start(ns: &Netns, addr: &str, port: u16, token: &str) -> Self {
-        let sa = SocketAddr::new(ip_of(addr), port);
-        let sock = ns.run_in(move || UdpSocket::bind(sa)).unwrap().unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, token) = (stop.clone(), token.to_owned());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while !stop2.load(Ordering::Relaxed) {
-                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                    let reply = format!("{token} {}", String::from_utf8_lossy(&buf[..n]));
-                    let _ = sock.send_to(reply.as_bytes(), peer);
-                }
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Sends `msg` from a fresh UDP socket in `from` to `addr:port` (up to `tries` times, 500 ms
 /// each) and returns the first reply.
 fn udp_request(from: &Netns, addr: &str, port: u16, msg: &str, tries: u32) -> Option<String> {
