@@ -564,4 +564,20 @@ fn a_flush_under_a_running_watcher_leaves_no_isolated_pod_reachable() {
         tcp_reaches(&w.b, &a, 80),
         "policy deleted: a is reached again"
     );
+    // Applied again under the running watcher: the guard takes a back from the elements'
+    // events (not from the record at start), and a flush in a long gap lets nothing through.
+    w.policy(&["apply", "-f", "-"], DENY_X).assert_ok();
+    let t = std::time::Instant::now();
+    while !guard_holds(&w, &a) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        guard_holds(&w, &a),
+        "the guard follows the events: {}",
+        watcher.text()
+    );
+    watcher.signal("-STOP");
+    w.net.host().exec_ok("nft", &["flush", "ruleset"]);
+    assert!(!tcp_reaches(&w.b, &a, 80), "guarded after a new isolation");
+    watcher.signal("-CONT");
 }

@@ -73,6 +73,21 @@ const SETS: [(&str, NpDir, bool); 4] = [
     ("eiso6", NpDir::Egress, true),
 ];
 
+/// The isolation an element of `inet cnirs`'s set `set` stands for (`np_iiso4 { 10.0.0.2 }`
+/// is `(Ingress, 10.0.0.2)`), from the set's name and the element's key as a NEWSETELEM or
+/// DELSETELEM event carries them; `None` for any other set.
+pub fn isolation_of(set: &str, key: &[u8]) -> Option<(NpDir, IpAddr)> {
+    let (_, dir, v6) = SETS
+        .iter()
+        .find(|(n, _, _)| set.strip_prefix("np_") == Some(n))?;
+    let ip = match (*v6, key.len()) {
+        (false, 4) => IpAddr::from(<[u8; 4]>::try_from(key).ok()?),
+        (true, 16) => IpAddr::from(<[u8; 16]>::try_from(key).ok()?),
+        _ => return None,
+    };
+    Some((*dir, ip))
+}
+
 fn set_name(dir: NpDir, v6: bool) -> &'static str {
     SETS.iter()
         .find(|(_, d, s)| *d == dir && *s == v6)

@@ -88,6 +88,10 @@ pub struct NftEvent {
     pub proc_pid: Option<u32>,
     /// NEWGEN: process name.
     pub proc_name: Option<String>,
+    /// NEWSETELEM/DELSETELEM: the set's name.
+    pub set: Option<String>,
+    /// NEWSETELEM/DELSETELEM: the keys of the elements added or deleted.
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// The messages of an answer as (nf_tables message type, attributes), or the netlink error.
@@ -295,8 +299,11 @@ pub fn parse_events(buf: &[u8]) -> Vec<NftEvent> {
                     gen_id: attr(attrs, 1).and_then(be_u32),
                     proc_pid: attr(attrs, 2).and_then(be_u32),
                     proc_name: s(3),
+                    set: None,
+                    keys: Vec::new(),
                 }
             } else {
+                let elem_msg = matches!(msg, NftMsg::NewSetElem | NftMsg::DelSetElem);
                 NftEvent {
                     msg,
                     family,
@@ -304,6 +311,16 @@ pub fn parse_events(buf: &[u8]) -> Vec<NftEvent> {
                     gen_id: None,
                     proc_pid: None,
                     proc_name: None,
+                    // NFTA_SET_ELEM_LIST_SET
+                    set: if elem_msg { s(2) } else { None },
+                    keys: if elem_msg {
+                        crate::nlbatch::message_elems(body)
+                            .into_iter()
+                            .map(|e| e.key)
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 }
             }
         })

@@ -15,16 +15,17 @@
 //!
 //! The NetworkPolicy guard (`nftplan::guard`, docs/netpol.md "Fail closed"): the watcher
 //! holds table `inet cnirs_guard`, owned by its socket (a flush from elsewhere skips it), and
-//! mirrors into it the pods NetworkPolicy isolates (from the state's record, after each
-//! transaction that changed elements of `inet cnirs`, and after a repair). While `inet cnirs`
-//! is missing the guard drops their traffic. `--no-guard` runs without it.
+//! mirrors into it the pods NetworkPolicy isolates (from the state's record at start and
+//! after lost events; otherwise from the `np_iiso*`/`np_eiso*` elements the events carry,
+//! one guard transaction per generation). While `inet cnirs` is missing the guard drops
+//! their traffic. `--no-guard` runs without it.
 
 use std::{
     collections::BTreeSet, net::IpAddr, os::fd::BorrowedFd, process::ExitCode, time::Instant,
 };
 
 use nftplan::{
-    guard::{Guard, GUARD_TABLE},
+    guard::{isolation_of, Guard, GUARD_TABLE},
     nfnl::{Nfnl, NftEvent, NftMsg, NFPROTO_BRIDGE, NFPROTO_INET},
     Elem, Firewall, NftError, NpDir,
 };
@@ -185,7 +186,8 @@ fn watch(own_signals: bool, with_guard: bool) -> Result<(), WatchError> {
     }
     let mut guard = if with_guard { open_guard() } else { None };
     sync_guard(&mut guard, &state);
-    let mut elems_changed = false;
+    // Isolations added (true) and removed in the generation being read, from the events.
+    let mut iso_changes: Vec<(bool, (NpDir, IpAddr))> = Vec::new();
 
     loop {
         // SAFETY: the fd belongs to `events`, alive for this whole iteration.
@@ -219,16 +221,15 @@ fn watch(own_signals: bool, with_guard: bool) -> Result<(), WatchError> {
         match events.recv_events() {
             Ok(evs) => {
                 for ev in &evs {
-                    let ours = ev.table.as_deref() == Some("cnirs") && ev.family == NFPROTO_INET;
-                    if ours && matches!(ev.msg, NftMsg::NewSetElem | NftMsg::DelSetElem) {
-                        elems_changed = true;
+                    if ev.table.as_deref() == Some("cnirs") && ev.family == NFPROTO_INET {
+                        iso_changes.extend(isolations(ev));
                     }
                     let end = ev.msg == NftMsg::NewGen;
                     if let Some(reason) = tracker.feed(ev) {
                         repair(&reason);
                     }
-                    if end && std::mem::take(&mut elems_changed) {
-                        sync_guard(&mut guard, &state);
+                    if end && !iso_changes.is_empty() {
+                        change_guard(&mut guard, std::mem::take(&mut iso_changes));
                     }
                 }
             }
@@ -261,7 +262,41 @@ fn open_guard() -> Option<Guard> {
     }
 }
 
-/// Mirror the pods NetworkPolicy isolates (the state's record) into the guard.
+/// The isolations an event of `inet cnirs` adds (true) or removes: elements of the
+/// `np_iiso*`/`np_eiso*` sets. A flush or a table delete reports no element, so the guard
+/// keeps what it holds while the table is gone.
+fn isolations(ev: &NftEvent) -> Vec<(bool, (NpDir, IpAddr))> {
+    let added = match ev.msg {
+        NftMsg::NewSetElem => true,
+        NftMsg::DelSetElem => false,
+        _ => return Vec::new(),
+    };
+    let Some(set) = ev.set.as_deref() else {
+        return Vec::new();
+    };
+    ev.keys
+        .iter()
+        .filter_map(|k| isolation_of(set, k))
+        .map(|iso| (added, iso))
+        .collect()
+}
+
+/// Apply one generation's isolation changes to the guard (in order: one transaction).
+fn change_guard(guard: &mut Option<Guard>, changes: Vec<(bool, (NpDir, IpAddr))>) {
+    let Some(g) = guard else { return };
+    let mut want = g.held().clone();
+    for (added, iso) in changes {
+        if added {
+            want.insert(iso);
+        } else {
+            want.remove(&iso);
+        }
+    }
+    hold(g, &want);
+}
+
+/// Mirror the pods NetworkPolicy isolates (the state's record) into the guard: at start and
+/// after lost events; otherwise the guard follows the events ([`isolations`]).
 fn sync_guard(guard: &mut Option<Guard>, state: &Firewall) {
     let Some(g) = guard else { return };
     let want: BTreeSet<(NpDir, IpAddr)> = match state.netpol_elems() {
@@ -277,7 +312,12 @@ fn sync_guard(guard: &mut Option<Guard>, state: &Firewall) {
             return;
         }
     };
-    match g.sync(&want) {
+    hold(g, &want);
+}
+
+/// Make the guard hold `want`, logging what changed.
+fn hold(g: &mut Guard, want: &BTreeSet<(NpDir, IpAddr)>) {
+    match g.sync(want) {
         Ok((0, 0)) => {}
         Ok((a, r)) => log::debug!("NetworkPolicy guard: +{a} -{r} isolated address(es)"),
         Err(e) => log::error!("NetworkPolicy guard: {e}"),
@@ -320,6 +360,8 @@ mod tests {
             gen_id: None,
             proc_pid: None,
             proc_name: None,
+            set: None,
+            keys: Vec::new(),
         }
     }
 
@@ -331,7 +373,50 @@ mod tests {
             gen_id: Some(id),
             proc_pid: Some(42),
             proc_name: Some("nft".into()),
+            set: None,
+            keys: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_guard_follows_the_isolation_sets_elements_only() {
+        let elem = |msg, set: &str, keys: Vec<Vec<u8>>| NftEvent {
+            set: Some(set.to_owned()),
+            keys,
+            ..ev(msg, "cnirs")
+        };
+        let v4: IpAddr = "10.9.0.2".parse().unwrap();
+        let v6: IpAddr = "fd00:9::2".parse().unwrap();
+        let v6_key = match v6 {
+            IpAddr::V6(a) => a.octets().to_vec(),
+            IpAddr::V4(_) => unreachable!(),
+        };
+        assert_eq!(
+            isolations(&elem(
+                NftMsg::NewSetElem,
+                "np_iiso4",
+                vec![vec![10, 9, 0, 2]]
+            )),
+            [(true, (NpDir::Ingress, v4))]
+        );
+        assert_eq!(
+            isolations(&elem(NftMsg::DelSetElem, "np_eiso6", vec![v6_key])),
+            [(false, (NpDir::Egress, v6))]
+        );
+        // Other sets (a pod's allowed peers, published ports) and other messages: nothing.
+        assert!(isolations(&elem(
+            NftMsg::NewSetElem,
+            "np_in_pp4",
+            vec![vec![10, 9, 0, 2]]
+        ))
+        .is_empty());
+        assert!(isolations(&elem(
+            NftMsg::NewSetElem,
+            "np_iiso6",
+            vec![vec![10, 9, 0, 2]]
+        ))
+        .is_empty());
+        assert!(isolations(&ev(NftMsg::DelTable, "cnirs")).is_empty());
     }
 
     #[test]
