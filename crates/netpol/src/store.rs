@@ -264,7 +264,7 @@ impl Store {
     ) -> Result<(usize, usize), PolicyError> {
         let snap = self.src.load()?;
         let mut w = Validated::of(&snap.objects)?.world(&with_remote(old, &snap.remote));
-        let before = compile_touching(&w, ips);
+        let mut before = compile_touching(&w, ips);
         // The world after: only the pods whose attachments changed get their addresses again.
         let changed: BTreeSet<(&str, &str)> = old
             .iter()
@@ -302,10 +302,8 @@ impl Store {
         let mut after = compile_touching(&w, ips);
         if self.src.shared() {
             // Each host holds its own pods' elements only (the others' hosts hold theirs).
-            let mut before = before;
             keep_local(&mut before, old);
             keep_local(&mut after, &atts);
-            return self.apply_change(old, &atts, &before, &after);
         }
         self.apply_change(old, &atts, &before, &after)
     }
