@@ -23,8 +23,9 @@ packages=(
     bats ncat golang-github-containernetworking-plugin-dnsname
     iperf3  # bandwidth shaping measured between a pod and its host (conformance/tests/node.rs)
     tcpdump  # the overlay tests' captures on the underlay (what crosses inside VXLAN)
+    bc  # bench/netpol.sh's arithmetic (make bench)
 )
-tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl dig dnsperf iperf3 tc tcpdump)
+tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl dig dnsperf iperf3 tc tcpdump bc)
 
 if [[ "${1:-}" == "--if-missing" ]]; then
     missing=0
