@@ -24,6 +24,7 @@ packages=(
     iperf3  # bandwidth shaping measured between a pod and its host (conformance/tests/node.rs)
     tcpdump  # the overlay tests' captures on the underlay (what crosses inside VXLAN)
     bc  # bench/netpol.sh's arithmetic (make bench)
+    linux-perf  # bench/overlay-stages.sh (where the VXLAN path's CPU goes), bench/netpol.sh PERF=
 )
 tools=(nft ip go curl jq busybox podman containerd runc strace python3 protoc etcd etcdctl gnuplot dnsmasq dpkg-deb openssl dig dnsperf iperf3 tc tcpdump bc)
 
