@@ -10,7 +10,7 @@
 
 use cni_core::{CniError, CniResult, IfName, Request};
 use netops::{MacAddr, MacvlanMode, Netlink, NetopsError, SysctlKey};
-use podif::{iface, LinkCtx, LinkError, PodLink, Step};
+use podif::{iface, step::MacvlanLink, LinkCtx, LinkError, PodLink, Step};
 use serde::Deserialize;
 
 pub struct Macvlan;
@@ -96,7 +96,7 @@ fn resolve_master(spec: &Spec, host: &Netlink<'_>, pod: &Netlink<'_>) -> Result<
 /// The pure plan, first half: the macvlan in the pod (and, L3, its notify sysctls). Applied
 /// before IPAM, as the reference does: the dhcp daemon needs the interface.
 pub fn plan_link(spec: &Spec, master: &IfName, ifname: &IfName) -> Result<Vec<Step>, LinkError> {
-    let mut steps = vec![Step::CreateMacvlan {
+    let mut steps = vec![Step::CreateMacvlan(MacvlanLink {
         name: ifname.clone(),
         master: master.clone(),
         master_in_pod: spec.link_in_container,
@@ -104,7 +104,7 @@ pub fn plan_link(spec: &Spec, master: &IfName, ifname: &IfName) -> Result<Vec<St
         mtu: spec.mtu,
         mac: spec.mac,
         bcqueuelen: spec.bcqueuelen,
-    }];
+    })];
     if spec.l3 {
         for (fam, leaf) in [("ipv4", "arp_notify"), ("ipv6", "ndisc_notify")] {
             steps.push(Step::PodSysctl {
