@@ -7,30 +7,20 @@
 # enabled), /etc/default/cnirs-agent (a conffile), the README, docs and conf-examples under
 # /usr/share/doc/cnirs. Prints the .deb's path.
 set -euo pipefail
+# shellcheck source=scripts/stage-lib.sh
+. "$(dirname "$0")/stage-lib.sh"
 
-if [[ $# -lt 3 ]]; then
-    echo "usage: $0 OUT_DIR BIN_DIR BINARY..." >&2
-    exit 2
-fi
+stage_usage 3 "OUT_DIR BIN_DIR BINARY..." "$@"
 out=$1 bindir=$2
 shift 2
-root=$(cd "$(dirname "$0")/.." && pwd)
-version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml")
+stage_init
 arch=$(dpkg --print-architecture)
 pkg=cnirs
-stage=$(mktemp -d)
 chmod 0755 "$stage"
-trap 'rm -rf "$stage"' EXIT
 
 install -d "$stage/DEBIAN" "$stage/opt/cni/bin" "$stage/lib/systemd/system" \
     "$stage/etc/default" "$stage/usr/share/doc/$pkg"
-for b in "$@"; do
-    if [[ ! -x "$bindir/$b" ]]; then
-        echo "build-deb: $bindir/$b missing: run make build first" >&2
-        exit 1
-    fi
-    install -m 0755 "$bindir/$b" "$stage/opt/cni/bin/$b"
-done
+install_bins build-deb "$bindir" "$stage/opt/cni/bin" "$@"
 install -m 0644 "$root"/contrib/systemd/*.service "$root"/contrib/systemd/*.socket \
     "$stage/lib/systemd/system/"
 cat > "$stage/etc/default/cnirs-agent" <<'CONF'

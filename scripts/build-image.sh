@@ -10,17 +10,13 @@
 # `cnirs agent` runs in the image too (the DaemonSet's agent container).
 # PODMAN overrides the podman command line (e.g. a private --root for tests).
 set -euo pipefail
+# shellcheck source=scripts/stage-lib.sh
+. "$(dirname "$0")/stage-lib.sh"
 
-if [[ $# -lt 3 ]]; then
-    echo "usage: $0 TAG BIN_DIR BINARY..." >&2
-    exit 2
-fi
+stage_usage 3 "TAG BIN_DIR BINARY..." "$@"
 tag=$1 bindir=$2
 shift 2
-root=$(cd "$(dirname "$0")/.." && pwd)
-version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml")
-stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
+stage_init
 rootfs="$stage/rootfs"
 install -d "$rootfs/opt/cni/bin" "$rootfs/etc" "$rootfs/tmp"
 chmod 1777 "$rootfs/tmp"
@@ -29,13 +25,9 @@ if ! ldd "$bindir/cnirs-install" 2>&1 | grep -qE 'statically linked|not a dynami
     echo "build-image: $bindir/cnirs-install is not statically linked (use make build)" >&2
     exit 1
 fi
+install_bins build-image "$bindir" "$rootfs/opt/cni/bin" "$@"
 libs=()
 for b in "$@"; do
-    if [[ ! -x "$bindir/$b" ]]; then
-        echo "build-image: $bindir/$b missing: run make build first" >&2
-        exit 1
-    fi
-    install -m 0755 "$bindir/$b" "$rootfs/opt/cni/bin/$b"
     # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
     while read -r lib; do libs+=("$lib"); done < <(ldd "$bindir/$b" 2>/dev/null \
         | sed -n -e 's/.*=> \(\/[^ ]*\) .*/\1/p' -e 's/^[[:space:]]*\(\/[^ ]*\) .*/\1/p')

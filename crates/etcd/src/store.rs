@@ -15,16 +15,32 @@ use crate::{
     Client, Compare, CompareOp, CompareTarget, EtcdError, Kv, Op, OpResponse, TxnResponse,
 };
 
+/// One transaction: if every compare holds, `success` runs, else `failure` (atomically).
+#[derive(Debug, Clone, Copy)]
+pub struct Txn<'a> {
+    pub compares: &'a [Compare],
+    pub success: &'a [Op],
+    pub failure: &'a [Op],
+}
+
 pub trait Store {
     /// Every key under `prefix`, and the revision it was read at.
     fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError>;
-    /// If every compare holds, run `success`, else `failure` (atomically).
+    /// Run one transaction.
+    fn run(&self, txn: Txn<'_>) -> Result<TxnResponse, EtcdError>;
+    /// If every compare holds, run `success`, else `failure` (atomically): [`Store::run`].
     fn txn(
         &self,
         compares: &[Compare],
         success: &[Op],
         failure: &[Op],
-    ) -> Result<TxnResponse, EtcdError>;
+    ) -> Result<TxnResponse, EtcdError> {
+        self.run(Txn {
+            compares,
+            success,
+            failure,
+        })
+    }
 }
 
 impl Store for Client {
@@ -32,13 +48,8 @@ impl Store for Client {
         self.range_prefix(prefix)
     }
 
-    fn txn(
-        &self,
-        compares: &[Compare],
-        success: &[Op],
-        failure: &[Op],
-    ) -> Result<TxnResponse, EtcdError> {
-        Client::txn(self, compares, success, failure)
+    fn run(&self, t: Txn<'_>) -> Result<TxnResponse, EtcdError> {
+        Client::txn(self, t.compares, t.success, t.failure)
     }
 }
 
@@ -128,12 +139,12 @@ impl Store for MemStore {
         ))
     }
 
-    fn txn(
-        &self,
-        compares: &[Compare],
-        success: &[Op],
-        failure: &[Op],
-    ) -> Result<TxnResponse, EtcdError> {
+    fn run(&self, t: Txn<'_>) -> Result<TxnResponse, EtcdError> {
+        let Txn {
+            compares,
+            success,
+            failure,
+        } = t;
         let mut g = self.lock();
         let ok = compares.iter().all(|c| {
             let matching: Vec<&Kv> =

@@ -36,6 +36,21 @@ impl From<ConfigError> for CniError {
     }
 }
 
+/// Every address of range set `index` (`ranges`) of `network` is taken: code 104.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no IP addresses available in range set {index} ({ranges}) of network {network}")]
+pub struct Exhausted {
+    pub network: String,
+    pub index: usize,
+    pub ranges: String,
+}
+
+impl From<Exhausted> for CniError {
+    fn from(e: Exhausted) -> Self {
+        CniError::new(cni_core::ErrorCode::AddressesExhausted, e.to_string())
+    }
+}
+
 /// An IPAM ADD's result (addresses, the config's routes, DNS), logged once as
 /// `LABEL: ADDRESS,...`.
 pub fn result(label: &str, ips: Vec<IpConfig>, routes: Vec<Route>, dns: Dns) -> CniResult {

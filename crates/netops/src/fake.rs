@@ -17,7 +17,7 @@ pub use ns::FakeNs;
 
 use crate::{
     ops::{retired_name, seal_text, RETIRED_PREFIX},
-    Family, IfName, Link, MacAddr, NetopsError, Ns, Op, RouteInfo, Session,
+    Family, IfName, Link, MacAddr, NetopsError, Ns, Op, RouteFilter, RouteInfo, Session,
 };
 
 /// Which calls fail.
@@ -454,19 +454,14 @@ impl Session for FakeNet {
             .unwrap_or_default())
     }
 
-    fn routes(
-        &mut self,
-        ns: Ns,
-        link: Option<&Link>,
-        family: Option<Family>,
-    ) -> Result<Vec<RouteInfo>, NetopsError> {
+    fn routes(&mut self, ns: Ns, of: RouteFilter<'_>) -> Result<Vec<RouteInfo>, NetopsError> {
         self.read("list routes")?;
         Ok(self
             .ns(ns)?
             .routes
             .iter()
-            .filter(|r| link.is_none_or(|l| r.oif == Some(l.index)))
-            .filter(|r| family.is_none_or(|f| Family::of(&r.dst.ip()) == f))
+            .filter(|r| of.link.is_none_or(|l| r.oif == Some(l.index)))
+            .filter(|r| of.family.is_none_or(|f| Family::of(&r.dst.ip()) == f))
             .cloned()
             .collect())
     }

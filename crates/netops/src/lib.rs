@@ -94,7 +94,7 @@ pub use ops::{
 };
 #[cfg(feature = "netlink")]
 pub use session::KernelSession;
-pub use session::{Session, SessionExec};
+pub use session::{RouteFilter, Session, SessionExec};
 pub use sysctl::SysctlKey;
 pub use tap::{create_tap, tap_flags, TapSpec};
 pub use types::{

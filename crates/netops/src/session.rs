@@ -9,6 +9,32 @@ use ipnetwork::IpNetwork;
 
 use crate::{Executor, Family, IfName, Link, NetopsError, Ns, Op, RouteInfo};
 
+/// Which routes of the main table [`Session::routes`] lists: of `link` and of `family`, each
+/// when given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteFilter<'a> {
+    pub link: Option<&'a Link>,
+    pub family: Option<Family>,
+}
+
+impl<'a> RouteFilter<'a> {
+    /// The routes through `link`.
+    pub fn link(link: &'a Link) -> Self {
+        Self {
+            link: Some(link),
+            family: None,
+        }
+    }
+
+    /// The routes of `family`.
+    pub fn family(family: Family) -> Self {
+        Self {
+            link: None,
+            family: Some(family),
+        }
+    }
+}
+
 /// The kernel of one plugin call.
 pub trait Session {
     /// Bind the pod side to the netns at `path`. [`NetopsError::NetnsNotFound`] /
@@ -18,13 +44,8 @@ pub trait Session {
     fn link(&mut self, ns: Ns, name: &str) -> Result<Option<Link>, NetopsError>;
     /// Every address of `link` (link-local IPv6 included). Equivalent: `ip addr show dev LINK`.
     fn addresses(&mut self, ns: Ns, link: &Link) -> Result<Vec<IpNetwork>, NetopsError>;
-    /// Routes of the main table, of `link` and `family` when given.
-    fn routes(
-        &mut self,
-        ns: Ns,
-        link: Option<&Link>,
-        family: Option<Family>,
-    ) -> Result<Vec<RouteInfo>, NetopsError>;
+    /// Routes of the main table, as `of` selects them.
+    fn routes(&mut self, ns: Ns, of: RouteFilter<'_>) -> Result<Vec<RouteInfo>, NetopsError>;
     /// The host's `net.ipv4.ip_forward` / `net.ipv6.conf.all.forwarding` (`None`: no such
     /// family).
     fn forwarding(&mut self, family: Family) -> Result<Option<bool>, NetopsError>;
@@ -71,7 +92,7 @@ mod real {
     use ipnetwork::IpNetwork;
     use netbase::Detacher;
 
-    use super::Session;
+    use super::{RouteFilter, Session};
     use crate::{
         exec::{LinkCache, OpRun},
         kernel::Conn,
@@ -188,13 +209,8 @@ mod real {
             self.on(ns, |nl| nl.addresses(link, None))
         }
 
-        fn routes(
-            &mut self,
-            ns: Ns,
-            link: Option<&Link>,
-            family: Option<Family>,
-        ) -> Result<Vec<RouteInfo>, NetopsError> {
-            self.on(ns, |nl| nl.routes(link, family))
+        fn routes(&mut self, ns: Ns, of: RouteFilter<'_>) -> Result<Vec<RouteInfo>, NetopsError> {
+            self.on(ns, |nl| nl.routes(of.link, of.family))
         }
 
         fn forwarding(&mut self, family: Family) -> Result<Option<bool>, NetopsError> {

@@ -204,22 +204,65 @@ pub fn refuse_taken(
     }
 }
 
-/// ADD of a plugin whose one interface is the pod's `ifname` (macvlan, tap, host-device):
-/// [`link_then_ipam`], then the result naming that interface with IPAM's addresses and the
-/// config's DNS. When the interface cannot be read back, every step is undone and the
-/// address released.
-pub fn add_pod_link(
-    req: &Request,
-    fx: &mut Effects<'_, '_>,
-    pod: &netops::Netlink<'_>,
-    ifname: &netops::IfName,
-    link: &[Step],
-    l3: bool,
-    configure: impl FnOnce(&cni_core::CniResult) -> Result<Vec<Step>, LinkError>,
-) -> Result<cni_core::CniResult, LinkError> {
-    let (ipam, undo) = link_then_ipam(req, fx, link, l3, configure)?;
+/// What ADD of a plugin whose one interface is the pod's `CNI_IFNAME` plans against: the
+/// request, both netns, the pod's netns path and the interface's name.
+pub struct LinkCtx<'a, 'k> {
+    pub req: &'a Request,
+    pub host: &'a netops::Netlink<'k>,
+    pub pod: &'a netops::Netlink<'k>,
+    pub netns: &'a std::path::Path,
+    pub ifname: &'a netops::IfName,
+}
+
+impl LinkCtx<'_, '_> {
+    /// [`refuse_taken`] for this pod and name.
+    pub fn refuse_taken(&self) -> Result<(), LinkError> {
+        refuse_taken(self.pod, self.ifname, self.netns)
+    }
+}
+
+/// The validated config of a plugin whose one interface is the pod's `CNI_IFNAME` (macvlan,
+/// tap, host-device): how ADD ([`add_pod_link`]) plans that interface.
+pub trait PodLink {
+    /// The steps before IPAM, from the kernel as `cx` reads it. Refuses a name the pod
+    /// already uses ([`LinkCtx::refuse_taken`]) where the plugin's own checks put it.
+    fn plan_in(&self, cx: &LinkCtx<'_, '_>) -> Result<Vec<Step>, LinkError>;
+
+    /// The steps after IPAM, from its answer: (`l3`, the config names an IPAM plugin) its
+    /// addresses and routes, or (L2) the link up.
+    fn plan_config(
+        &self,
+        l3: bool,
+        ifname: &netops::IfName,
+        ipam: &cni_core::CniResult,
+    ) -> Result<Vec<Step>, LinkError> {
+        iface::configure_or_up(l3, ifname, ipam)
+    }
+}
+
+/// ADD of a plugin whose one interface is the pod's `CNI_IFNAME`: the pod's netns and the
+/// kernel opened, [`PodLink::plan_in`]'s steps, IPAM and [`PodLink::plan_config`]'s steps
+/// ([`link_then_ipam`]), then the result naming that interface with IPAM's addresses and the
+/// config's DNS. When the interface cannot be read back, every step is undone and the address
+/// released.
+pub fn add_pod_link(req: &Request, spec: &impl PodLink) -> Result<cni_core::CniResult, LinkError> {
+    let ifname = netops::IfName::new(&req.ifname).map_err(NetopsError::from)?;
+    let k = PodKernel::open(req)?;
+    let (host, pod) = (k.host(), k.pod()?);
+    let link = spec.plan_in(&LinkCtx {
+        req,
+        host: &host,
+        pod: &pod,
+        netns: &k.netns,
+        ifname: &ifname,
+    })?;
+    let mut fx = Effects::new(&host, &pod, &k.ns);
+    let l3 = has_ipam(req);
+    let (ipam, undo) = link_then_ipam(req, &mut fx, &link, l3, |ipam| {
+        spec.plan_config(l3, &ifname, ipam)
+    })?;
     let read = pod
-        .require_link(ifname)
+        .require_link(&ifname)
         .map_err(LinkError::from)
         .and_then(|l| {
             let sandbox = req.netns()?.display().to_string();
@@ -233,7 +276,7 @@ pub fn add_pod_link(
             req.conf.dns.clone().unwrap_or_default(),
         )),
         Err(e) => {
-            rollback(req, undo, fx, l3);
+            rollback(req, undo, &mut fx, l3);
             Err(e)
         }
     }
@@ -350,14 +393,21 @@ pub fn delegate_ipam_if_any(req: &Request, cmd: cni_core::Command) -> Result<(),
     Ok(())
 }
 
+/// `runtimeConfig` of a plugin whose one capability is `mac` (macvlan, tap).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct MacRuntimeConfig {
+    pub mac: Option<String>,
+}
+
 /// The MAC a runtime or the config asks for, with the reference's precedence: the config's
 /// `mac`, overridden by `CNI_ARGS` `MAC`, overridden by `runtimeConfig.mac`. Multicast
 /// addresses are refused.
 pub fn requested_mac(
     req: &Request,
     conf: Option<&str>,
-    runtime: Option<&str>,
+    runtime: Option<&MacRuntimeConfig>,
 ) -> Result<Option<netops::MacAddr>, CniError> {
+    let runtime = runtime.and_then(|r| r.mac.as_deref());
     let mut mac: Option<(&str, &str)> = conf.filter(|m| !m.is_empty()).map(|m| (m, "mac"));
     if let Some(m) = req.args.get("MAC").filter(|m| !m.is_empty()) {
         mac = Some((m, "CNI_ARGS MAC"));

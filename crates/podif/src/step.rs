@@ -19,6 +19,92 @@ pub struct HostState {
     pub up: bool,
 }
 
+/// A macvlan of `master` (on the host, or in the pod with `master_in_pod`), made as `name` in
+/// the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacvlanLink {
+    pub name: IfName,
+    pub master: IfName,
+    pub master_in_pod: bool,
+    pub mode: MacvlanMode,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub bcqueuelen: Option<u32>,
+}
+
+impl MacvlanLink {
+    fn command(&self, pod: &str) -> String {
+        let (name, master) = (&self.name, &self.master);
+        let mut s = if self.master_in_pod {
+            format!("ip -n {pod} link add link {master} name {name}")
+        } else {
+            format!("ip link add link {master} name {name} netns {pod}")
+        };
+        s += &link_attrs(self.mtu, self.mac);
+        s += &format!(" type macvlan mode {}", self.mode);
+        if let Some(q) = self.bcqueuelen {
+            s += &format!(" bcqueuelen {q}");
+        }
+        s
+    }
+
+    /// netops' spec, for the master's index.
+    fn spec(&self, master: u32) -> MacvlanSpec {
+        MacvlanSpec {
+            name: self.name.to_string(),
+            master,
+            mode: self.mode,
+            mtu: self.mtu,
+            mac: self.mac,
+            bcqueuelen: self.bcqueuelen,
+        }
+    }
+}
+
+/// ` mtu M address MAC`, each when given (`ip link` syntax).
+fn link_attrs(mtu: Option<u32>, mac: Option<MacAddr>) -> String {
+    let mut s = String::new();
+    if let Some(m) = mtu {
+        s += &format!(" mtu {m}");
+    }
+    if let Some(m) = mac {
+        s += &format!(" address {m}");
+    }
+    s
+}
+
+/// A route of `link` in `ns` with a preferred source or host scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtRoute {
+    pub ns: Ns,
+    pub link: IfName,
+    pub route: RouteSpec,
+    pub extra: RouteExtra,
+}
+
+impl ExtRoute {
+    fn command(&self, pod: &str) -> String {
+        let (route, extra) = (&self.route, &self.extra);
+        let via = route.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+        let src = extra.src.map(|s| format!(" src {s}")).unwrap_or_default();
+        let scope = if extra.host_scope { " scope host" } else { "" };
+        format!(
+            "{} route add {}{via} dev {}{src}{scope}",
+            ip(&self.ns, pod),
+            route.dst,
+            self.link
+        )
+    }
+}
+
+/// `ip`, or `ip -n POD` for the pod's netns.
+fn ip(ns: &Ns, pod: &str) -> String {
+    match ns {
+        Ns::Host => "ip".to_string(),
+        Ns::Pod => format!("ip -n {pod}"),
+    }
+}
+
 /// One step of an attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -38,23 +124,9 @@ pub enum Step {
         cidr: IpNetwork,
     },
     /// `ip route add DST [via GW] dev LINK [src SRC] [scope host]`.
-    AddRouteExt {
-        ns: Ns,
-        link: IfName,
-        route: RouteSpec,
-        extra: RouteExtra,
-    },
-    /// `ip link add link MASTER name NAME netns POD type macvlan mode MODE` (master on the host,
-    /// or in the pod with `master_in_pod`), down.
-    CreateMacvlan {
-        name: IfName,
-        master: IfName,
-        master_in_pod: bool,
-        mode: MacvlanMode,
-        mtu: Option<u32>,
-        mac: Option<MacAddr>,
-        bcqueuelen: Option<u32>,
-    },
+    AddRouteExt(ExtRoute),
+    /// `ip link add link MASTER name NAME netns POD type macvlan mode MODE`, down.
+    CreateMacvlan(MacvlanLink),
     /// `ip -n POD tuntap add mode tap name NAME ...` (persistent), down.
     CreateTap(TapSpec),
     /// `ip link set LINK [mtu M] [address MAC]`.
@@ -97,16 +169,14 @@ impl Reversible for Step {
                 link: link.clone(),
                 cidr: *cidr,
             }),
-            Step::AddRouteExt {
-                ns, link, route, ..
-            } => Step::Net(Op::DelRoute {
-                ns: *ns,
-                link: link.clone(),
-                route: route.clone(),
+            Step::AddRouteExt(r) => Step::Net(Op::DelRoute {
+                ns: r.ns,
+                link: r.link.clone(),
+                route: r.route.clone(),
             }),
-            Step::CreateMacvlan { name, .. } => Step::Net(Op::DeleteLink {
+            Step::CreateMacvlan(m) => Step::Net(Op::DeleteLink {
                 ns: Ns::Pod,
-                link: name.clone(),
+                link: m.name.clone(),
             }),
             Step::CreateTap(spec) => Step::Net(Op::DeleteLink {
                 ns: Ns::Pod,
@@ -140,10 +210,7 @@ impl Reversible for Step {
 impl Step {
     /// The command this step matches; pod-side steps get `-n POD`.
     pub fn command(&self, pod: &str) -> String {
-        let ip = |ns: &Ns| match ns {
-            Ns::Host => "ip".to_string(),
-            Ns::Pod => format!("ip -n {pod}"),
-        };
+        let ip = |ns: &Ns| ip(ns, pod);
         match self {
             Step::Net(op) => op.command(pod),
             Step::PodSysctl {
@@ -159,47 +226,8 @@ impl Step {
                 ip(ns),
                 if cidr.is_ipv6() { " nodad" } else { "" }
             ),
-            Step::AddRouteExt {
-                ns,
-                link,
-                route,
-                extra,
-            } => {
-                let via = route.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                let src = extra.src.map(|s| format!(" src {s}")).unwrap_or_default();
-                let scope = if extra.host_scope { " scope host" } else { "" };
-                format!(
-                    "{} route add {}{via} dev {link}{src}{scope}",
-                    ip(ns),
-                    route.dst
-                )
-            }
-            Step::CreateMacvlan {
-                name,
-                master,
-                master_in_pod,
-                mode,
-                mtu,
-                mac,
-                bcqueuelen,
-            } => {
-                let mut s = if *master_in_pod {
-                    format!("ip -n {pod} link add link {master} name {name}")
-                } else {
-                    format!("ip link add link {master} name {name} netns {pod}")
-                };
-                if let Some(m) = mtu {
-                    s += &format!(" mtu {m}");
-                }
-                if let Some(m) = mac {
-                    s += &format!(" address {m}");
-                }
-                s += &format!(" type macvlan mode {mode}");
-                if let Some(q) = bcqueuelen {
-                    s += &format!(" bcqueuelen {q}");
-                }
-                s
-            }
+            Step::AddRouteExt(r) => r.command(pod),
+            Step::CreateMacvlan(m) => m.command(pod),
             Step::CreateTap(t) => {
                 let mut s = format!("ip -n {pod} tuntap add mode tap name {}", t.name);
                 if t.multi_queue {
@@ -217,14 +245,7 @@ impl Step {
                 s
             }
             Step::SetLinkAttrs { ns, link, mtu, mac } => {
-                let mut s = format!("{} link set {link}", ip(ns));
-                if let Some(m) = mtu {
-                    s += &format!(" mtu {m}");
-                }
-                if let Some(m) = mac {
-                    s += &format!(" address {m}");
-                }
-                s
+                format!("{} link set {link}{}", ip(ns), link_attrs(*mtu, *mac))
             }
             Step::SetPodMaster { link, bridge } => {
                 format!("ip -n {pod} link set {link} master {bridge}")
@@ -355,37 +376,16 @@ impl Executor<Step> for Effects<'_, '_> {
                 self.nl(*ns).add_address_with(&l, *cidr, flags)?;
                 Ok(true)
             }
-            Step::AddRouteExt {
-                ns,
-                link,
-                route,
-                extra,
-            } => {
-                let l = self.fresh(*ns, link)?;
-                self.nl(*ns).add_route_ext(&l, route, extra)?;
+            Step::AddRouteExt(r) => {
+                let l = self.fresh(r.ns, &r.link)?;
+                self.nl(r.ns).add_route_ext(&l, &r.route, &r.extra)?;
                 Ok(true)
             }
-            Step::CreateMacvlan {
-                name,
-                master,
-                master_in_pod,
-                mode,
-                mtu,
-                mac,
-                bcqueuelen,
-            } => {
-                let from = if *master_in_pod { Ns::Pod } else { Ns::Host };
-                let m = self.fresh(from, master)?;
-                let spec = MacvlanSpec {
-                    name: name.to_string(),
-                    master: m.index,
-                    mode: *mode,
-                    mtu: *mtu,
-                    mac: *mac,
-                    bcqueuelen: *bcqueuelen,
-                };
-                let into = (!*master_in_pod).then_some(self.kernel.pod);
-                self.nl(from).create_macvlan(&spec, into)?;
+            Step::CreateMacvlan(m) => {
+                let from = if m.master_in_pod { Ns::Pod } else { Ns::Host };
+                let master = self.fresh(from, &m.master)?;
+                let into = (!m.master_in_pod).then_some(self.kernel.pod);
+                self.nl(from).create_macvlan(&m.spec(master.index), into)?;
                 Ok(true)
             }
             Step::CreateTap(spec) => {
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn steps_print_as_commands() {
-        let s = Step::CreateMacvlan {
+        let s = Step::CreateMacvlan(MacvlanLink {
             name: n("eth0"),
             master: n("ens3"),
             master_in_pod: false,
@@ -536,12 +536,12 @@ mod tests {
             mtu: Some(1400),
             mac: None,
             bcqueuelen: None,
-        };
+        });
         assert_eq!(
             s.command("/run/netns/p"),
             "ip link add link ens3 name eth0 netns /run/netns/p mtu 1400 type macvlan mode vepa"
         );
-        let r = Step::AddRouteExt {
+        let r = Step::AddRouteExt(ExtRoute {
             ns: Ns::Pod,
             link: n("eth0"),
             route: RouteSpec {
@@ -554,7 +554,7 @@ mod tests {
                 src: Some("10.1.0.5".parse().unwrap()),
                 host_scope: false,
             },
-        };
+        });
         assert_eq!(
             r.command("P"),
             "ip -n P route add 10.1.0.0/24 via 10.1.0.1 dev eth0 src 10.1.0.5"

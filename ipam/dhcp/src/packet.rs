@@ -13,7 +13,7 @@ use std::{
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
-use crate::proto::Transport;
+use crate::proto::{Dest, Transport};
 
 pub const CLIENT_PORT: u16 = 68;
 pub const SERVER_PORT: u16 = 67;
@@ -98,15 +98,9 @@ pub fn unframe(packet: &[u8]) -> Option<&[u8]> {
 }
 
 impl Transport for PacketSocket {
-    fn send(
-        &mut self,
-        dst_mac: [u8; 6],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        payload: &[u8],
-    ) -> io::Result<()> {
-        let pkt = frame(src, dst, payload)?;
-        let sa = sockaddr(self.ifindex, Some(dst_mac));
+    fn send(&mut self, to: Dest, payload: &[u8]) -> io::Result<()> {
+        let pkt = frame(to.src, to.dst, payload)?;
+        let sa = sockaddr(self.ifindex, Some(to.mac));
         // SAFETY: `pkt` outlives the call; `sa` is a valid sockaddr_ll of the size given.
         let n = unsafe {
             libc::sendto(

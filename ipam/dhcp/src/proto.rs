@@ -41,17 +41,37 @@ pub enum ProtoError {
     Stopped,
 }
 
+/// Where a datagram to the server goes: from `src` to `dst`, to the link-layer address `mac`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dest {
+    pub mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+}
+
+impl Dest {
+    /// Broadcast from 0.0.0.0 (no address yet).
+    pub const BROADCAST: Dest = Dest {
+        mac: BROADCAST_MAC,
+        src: Ipv4Addr::UNSPECIFIED,
+        dst: Ipv4Addr::BROADCAST,
+    };
+
+    /// Unicast from the leased address to the server that gave the lease.
+    pub fn server(lease: &Lease) -> Dest {
+        Dest {
+            mac: lease.server_mac,
+            src: lease.address.ip(),
+            dst: lease.server,
+        }
+    }
+}
+
 /// Sends IPv4/UDP datagrams from port 68 to port 67 and receives what arrives for port 68 on
 /// the container interface (an `AF_PACKET` socket in the daemon, a fake server in tests).
 pub trait Transport {
-    /// Send `payload` from `src` to `dst` (port 67), to the link-layer address `dst_mac`.
-    fn send(
-        &mut self,
-        dst_mac: [u8; 6],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        payload: &[u8],
-    ) -> std::io::Result<()>;
+    /// Send `payload` as `to` says (to port 67).
+    fn send(&mut self, to: Dest, payload: &[u8]) -> std::io::Result<()>;
     /// The next DHCP payload for port 68 and the sender's link-layer address, or `None` at
     /// `deadline`.
     fn recv(&mut self, deadline: Instant) -> std::io::Result<Option<(Vec<u8>, [u8; 6])>>;
@@ -239,16 +259,9 @@ impl Client {
         m
     }
 
-    fn send(
-        &self,
-        t: &mut dyn Transport,
-        m: &Message,
-        dst_mac: [u8; 6],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-    ) -> Result<(), ProtoError> {
+    fn send(&self, t: &mut dyn Transport, m: &Message, to: Dest) -> Result<(), ProtoError> {
         let bytes = m.to_vec().map_err(|e| ProtoError::Encode(e.to_string()))?;
-        t.send(dst_mac, src, dst, &bytes)?;
+        t.send(to, &bytes)?;
         Ok(())
     }
 
@@ -285,13 +298,7 @@ impl Client {
     /// DISCOVER, OFFER, REQUEST, ACK (`nclient4.Request`), broadcast from 0.0.0.0.
     pub fn acquire(&self, t: &mut dyn Transport) -> Result<Lease, ProtoError> {
         let discover = self.message(MessageType::Discover, Ipv4Addr::UNSPECIFIED);
-        self.send(
-            t,
-            &discover,
-            BROADCAST_MAC,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::BROADCAST,
-        )?;
+        self.send(t, &discover, Dest::BROADCAST)?;
         let (offer, _) = self.wait(t, discover.xid(), &[MessageType::Offer], "DHCPOFFER")?;
         let mut request = self.message(MessageType::Request, Ipv4Addr::UNSPECIFIED);
         request.set_xid(discover.xid());
@@ -303,13 +310,7 @@ impl Client {
         {
             request.opts_mut().insert(DhcpOption::ServerIdentifier(*s));
         }
-        self.send(
-            t,
-            &request,
-            BROADCAST_MAC,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::BROADCAST,
-        )?;
+        self.send(t, &request, Dest::BROADCAST)?;
         let (ack, mac) = self.wait(t, request.xid(), &[MessageType::Ack], "DHCPACK")?;
         Lease::from_ack(&ack, mac, Instant::now())
     }
@@ -318,7 +319,7 @@ impl Client {
     pub fn renew(&self, t: &mut dyn Transport, lease: &Lease) -> Result<Lease, ProtoError> {
         let ip = lease.address.ip();
         let request = self.message(MessageType::Request, ip);
-        self.send(t, &request, lease.server_mac, ip, lease.server)?;
+        self.send(t, &request, Dest::server(lease))?;
         let (ack, mac) = self.wait(
             t,
             request.xid(),
@@ -335,7 +336,7 @@ impl Client {
         m.opts_mut().remove(OptionCode::ParameterRequestList);
         m.opts_mut()
             .insert(DhcpOption::ServerIdentifier(lease.server));
-        self.send(t, &m, lease.server_mac, ip, lease.server)
+        self.send(t, &m, Dest::server(lease))
     }
 }
 

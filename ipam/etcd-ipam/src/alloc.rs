@@ -25,7 +25,7 @@ use cluster::{
 use etcd::{Compare, CompareOp, EtcdError, Kv, Op};
 use ipamconf::{
     range::{from_u128, to_u128, RangeSet},
-    Requested,
+    ConfigError, Requested,
 };
 use ipnetwork::IpNetwork;
 
@@ -465,19 +465,19 @@ impl Allocator<'_> {
         r: &Requested,
     ) -> Result<Option<(IpAddr, IpNetwork)>, Error> {
         if !set.is_allocatable(r.ip) {
-            return Err(Error::Config {
-                field: r.field.clone(),
-                problem: format!("{} is the gateway, network or broadcast address", r.ip),
-            });
+            return Err(ConfigError::new(
+                r.field.clone(),
+                format!("{} is the gateway, network or broadcast address", r.ip),
+            )
+            .into());
         }
         let Some(block) = set
             .range_for(r.ip)
             .and_then(|(_, range)| block_in(range, r.ip))
         else {
-            return Err(Error::Config {
-                field: r.field.clone(),
-                problem: format!("{} lies in no range", r.ip),
-            });
+            return Err(
+                ConfigError::new(r.field.clone(), format!("{} lies in no range", r.ip)).into(),
+            );
         };
         if let std::collections::btree_map::Entry::Vacant(slot) = v.blocks.entry(block) {
             match self.claim(block)? {

@@ -11,8 +11,8 @@ pub enum Error {
     Etcd(#[from] etcd::EtcdError),
 
     /// Code 7: a requested address cannot be handed out; names where it came from.
-    #[error("invalid config: {field}: {problem}")]
-    Config { field: String, problem: String },
+    #[error(transparent)]
+    Config(#[from] ipamconf::ConfigError),
 
     /// Code 104: this node's blocks of a range set are full and no block is left to claim
     /// (dead nodes' blocks reclaimed first).
@@ -69,7 +69,7 @@ pub enum Error {
 impl From<Error> for CniError {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Config { field, problem } => return CniError::config(field, problem),
+            Error::Config(c) => return c.clone().into(),
             // A TLS failure at first contact (CA does not verify the member, our certificate
             // refused or missing) is the config's fault: code 7 naming the key.
             Error::Etcd(etcd_err) if etcd_err.is_config() => {

@@ -105,10 +105,12 @@ pub fn allocate(
         return allocation(*ip, r, false);
     }
 
-    let exhausted = || Error::Exhausted {
-        network: network.to_string(),
-        index,
-        ranges: set.to_string(),
+    let exhausted = || {
+        Error::from(ipamconf::Exhausted {
+            network: network.to_string(),
+            index,
+            ranges: set.to_string(),
+        })
     };
     // Answer a full set at once instead of walking it.
     if free_addresses(&*store, set) == 0 {

@@ -7,16 +7,12 @@ use cni_core::{CniError, ErrorCode};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Code 7: a config value (or requested address) is invalid; names the field.
-    #[error("invalid config: {field}: {problem}")]
-    Config { field: String, problem: String },
+    #[error(transparent)]
+    Config(#[from] ipamconf::ConfigError),
 
     /// Code 104: every address of a range set is taken.
-    #[error("no IP addresses available in range set {index} ({ranges}) of network {network}")]
-    Exhausted {
-        network: String,
-        index: usize,
-        ranges: String,
-    },
+    #[error(transparent)]
+    Exhausted(#[from] ipamconf::Exhausted),
 
     /// Code 103: a requested address is held by another container.
     #[error("requested IP address {ip} (from {field}) is already reserved by {owner}")]
@@ -57,10 +53,7 @@ pub enum Error {
 
 impl Error {
     pub fn config(field: impl Into<String>, problem: impl std::fmt::Display) -> Self {
-        Self::Config {
-            field: field.into(),
-            problem: problem.to_string(),
-        }
+        Self::Config(ipamconf::ConfigError::new(field, problem))
     }
 
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -72,20 +65,11 @@ impl Error {
     }
 }
 
-impl From<ipamconf::ConfigError> for Error {
-    fn from(e: ipamconf::ConfigError) -> Self {
-        Error::Config {
-            field: e.field,
-            problem: e.problem,
-        }
-    }
-}
-
 impl From<Error> for CniError {
     fn from(e: Error) -> Self {
         match &e {
-            Error::Config { field, problem } => CniError::config(field, problem),
-            Error::Exhausted { .. } => CniError::new(ErrorCode::AddressesExhausted, e.to_string()),
+            Error::Config(c) => c.clone().into(),
+            Error::Exhausted(x) => x.clone().into(),
             Error::Taken { .. } | Error::AlreadyHolds { .. } => {
                 CniError::new(ErrorCode::Conflict, e.to_string())
             }

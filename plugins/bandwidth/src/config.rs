@@ -41,6 +41,7 @@ pub struct Spec {
     pub subnets: Subnets,
 }
 
+/// The keys of one entry: the config's top level, or `runtimeConfig.bandwidth`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Entry {
@@ -67,18 +68,6 @@ impl Entry {
 #[serde(rename_all = "camelCase")]
 struct RuntimeConfig {
     bandwidth: Option<Entry>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawConf {
-    ingress_rate: Option<u64>,
-    ingress_burst: Option<u64>,
-    egress_rate: Option<u64>,
-    egress_burst: Option<u64>,
-    shaped_subnets: Option<Vec<String>>,
-    unshaped_subnets: Option<Vec<String>>,
-    runtime_config: Option<serde_json::Value>,
 }
 
 /// The largest burst the reference accepts: `burst/8 < MaxUint32` (a 32-bit byte count).
@@ -129,19 +118,11 @@ fn subnets(list: &[String], field: &str) -> Result<Vec<IpNetwork>, CniError> {
 /// The validated request, `None` when it asks for nothing (no entry, or every value zero):
 /// then ADD passes the previous result on untouched.
 pub fn parse(req: &Request) -> Result<Option<Spec>, CniError> {
-    let raw: RawConf = req.parse_conf()?;
-    let top = Entry {
-        ingress_rate: raw.ingress_rate,
-        ingress_burst: raw.ingress_burst,
-        egress_rate: raw.egress_rate,
-        egress_burst: raw.egress_burst,
-        shaped_subnets: raw.shaped_subnets,
-        unshaped_subnets: raw.unshaped_subnets,
-    };
+    let top: Entry = req.parse_conf()?;
     let (entry, prefix) = if top.present() {
         (top, "")
     } else {
-        let rc: RuntimeConfig = match &raw.runtime_config {
+        let rc: RuntimeConfig = match &req.conf.runtime_config {
             Some(v) => parse_value(v, "runtimeConfig")?,
             None => RuntimeConfig::default(),
         };

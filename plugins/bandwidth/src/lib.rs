@@ -14,51 +14,30 @@
 pub mod config;
 pub mod plan;
 
-use cni_core::{error::from_lower, CniError, CniResult, ErrorCode, Interface, Plugin, Request};
+use cni_core::{CniError, CniResult, ErrorCode, Interface, Plugin, Request};
 use netops::{tc, Executor, Kernel, Link, NetNs, Netlink, NetopsError};
 
 use crate::plan::{Step, Target};
 
 pub struct Bandwidth;
 
-/// The plugin's errors, mapped to CNI codes once ([`From<BandwidthError> for CniError`]).
-#[derive(Debug, thiserror::Error)]
-pub enum BandwidthError {
-    #[error(transparent)]
-    Cni(#[from] CniError),
-    #[error(transparent)]
-    Kernel(#[from] NetopsError),
-    #[error("{source}")]
-    Step {
-        command: String,
-        #[source]
-        source: Box<BandwidthError>,
-    },
-    #[error("{0}")]
-    Check(String),
-    #[error("{0}")]
-    Conflict(String),
+cni_core::plugin_error! {
+    /// The plugin's errors, mapped to CNI codes once ([`From<BandwidthError> for CniError`]).
+    pub enum BandwidthError {
+        Kernel(NetopsError),
+    }
 }
 
-impl From<BandwidthError> for CniError {
-    fn from(e: BandwidthError) -> CniError {
-        match e {
-            BandwidthError::Cni(c) => c,
-            BandwidthError::Kernel(k) => from_lower(&k),
-            BandwidthError::Check(m) => CniError::new(ErrorCode::CheckFailed, m),
-            BandwidthError::Conflict(m) => CniError::new(ErrorCode::Conflict, m),
-            BandwidthError::Step { command, source } => {
-                let inner = CniError::from(*source);
-                let at = format!("at: {command}");
-                let details = if inner.details.is_empty() {
-                    at
-                } else {
-                    format!("{}; {at}", inner.details)
-                };
-                CniError::new(inner.code, inner.msg).with_details(details)
-            }
-        }
-    }
+/// The error of a failed step (the steps before it undone): its own, with the step's command
+/// added to `details`.
+fn at_step(e: CniError, command: &str) -> CniError {
+    let at = format!("at: {command}");
+    let details = if e.details.is_empty() {
+        at
+    } else {
+        format!("{}; {at}", e.details)
+    };
+    CniError::new(e.code, e.msg).with_details(details)
 }
 
 type Result<T> = std::result::Result<T, BandwidthError>;
@@ -142,8 +121,9 @@ impl Executor<Step> for Effects<'_, '_> {
                     if old.alias.as_deref() != Some(alias.as_str())
                         || old.kind.as_deref() != Some("ifb")
                     {
-                        return Err(BandwidthError::Conflict(format!(
-                            "a link named {name} already exists and is not this pod's IFB"
+                        return Err(BandwidthError::Cni(CniError::new(
+                            ErrorCode::Conflict,
+                            format!("a link named {name} already exists and is not this pod's IFB"),
                         )));
                     }
                     log::info!("replacing the stale IFB {name}");
@@ -239,10 +219,7 @@ fn add(req: &Request) -> Result<CniResult> {
         for u in &f.undo_errors {
             log::warn!("{}: rollback: {u}", req.tag());
         }
-        BandwidthError::Step {
-            command: f.op.to_string(),
-            source: Box::new(f.error),
-        }
+        BandwidthError::Cni(at_step(f.error.into(), &f.op.to_string()))
     })?;
     for s in &steps {
         if let Step::CreateIfb { name, .. } = s {
@@ -308,7 +285,12 @@ fn check(req: &Request) -> Result<()> {
     let kernel = Kernel::new()?;
     let host = kernel.host();
     let steps = plan_for(req, &spec, &prev, &host, &kernel.pod(&ns)?)?;
-    let failed = |s: &Step, why: String| BandwidthError::Check(format!("{why} (expected: {s})"));
+    let failed = |s: &Step, why: String| {
+        BandwidthError::Cni(CniError::new(
+            ErrorCode::CheckFailed,
+            format!("{why} (expected: {s})"),
+        ))
+    };
     for s in &steps {
         match s {
             Step::CreateIfb { name, .. } => {

@@ -3,7 +3,7 @@
 //! ([`observe`]).
 
 use cni_core::IfName;
-use netops::{Executor, Family, Link, NetopsError, Ns, Session};
+use netops::{Executor, Family, Link, NetopsError, Ns, RouteFilter, Session};
 use nftplan::{Firewall, NetworkElems, PodIface};
 
 use crate::{
@@ -37,7 +37,7 @@ pub fn read_view(
     let pod_lo_up = net.link(Ns::Pod, "lo")?.is_some_and(|l| l.admin_up);
     let mut defaults = |fam| -> Result<bool, NetopsError> {
         Ok(net
-            .routes(Ns::Pod, None, Some(fam))?
+            .routes(Ns::Pod, RouteFilter::family(fam))?
             .iter()
             .any(|r| r.dst.prefix() == 0))
     };

@@ -15,7 +15,7 @@ use cni_core::{
     CniError, CniResult, Command, IfName, Request,
 };
 use ipnetwork::IpNetwork;
-use netops::{KernelSession, Link, NetopsError, Ns, Op, Session};
+use netops::{KernelSession, Link, NetopsError, Ns, Op, RouteFilter, Session};
 use nftplan::{Attachment, Feature, FirewallCell};
 
 use crate::{
@@ -281,7 +281,7 @@ pub fn check_pod_link(
             )));
         }
     }
-    let routes = net.routes(Ns::Pod, Some(link), None)?;
+    let routes = net.routes(Ns::Pod, RouteFilter::link(link))?;
     for r in &prev.routes {
         if !routes.iter().any(|x| r.is_met_by(&x.dst, x.gw)) {
             return Err(check_failed(format!(

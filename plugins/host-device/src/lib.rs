@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use cni_core::{CniError, CniResult, Command, ErrorCode, IfName, Request};
 use ipnetwork::IpNetwork;
 use netops::{Kernel, Link, MacAddr, Netlink, NetopsError, Ns, Op};
-use podif::{iface, Effects, HostState, LinkError, Step};
+use podif::{iface, HostState, LinkCtx, LinkError, PodLink, Step};
 use serde::{Deserialize, Serialize};
 
 pub struct HostDevice;
@@ -307,32 +307,40 @@ pub fn plan_link(
     ])
 }
 
-fn add(req: &Request) -> Result<CniResult, LinkError> {
-    let spec = parse(req)?;
-    let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
-    let k = podif::PodKernel::open(req)?;
-    let (host, pod) = (k.host(), k.pod()?);
-    let dev = find_device(&spec, &host)?;
-    if dev.name == "lo" {
-        return Err(LinkError::Config("refusing to move lo into a pod".into()));
+impl PodLink for Spec {
+    /// The device found (never `lo`), then the steps that move it in.
+    fn plan_in(&self, cx: &LinkCtx<'_, '_>) -> Result<Vec<Step>, LinkError> {
+        let dev = find_device(self, cx.host)?;
+        if dev.name == "lo" {
+            return Err(LinkError::Config("refusing to move lo into a pod".into()));
+        }
+        cx.refuse_taken()?;
+        let dev_name = IfName::new(&dev.name).map_err(NetopsError::from)?;
+        let restore = HostState {
+            addrs: restorable(cx.host.addresses(&dev, None)?),
+            up: dev.admin_up,
+        };
+        let state = state_path(cx.req)?;
+        plan_link(&dev_name, restore, cx.ifname, state)
     }
-    podif::refuse_taken(&pod, &ifname, &k.netns)?;
-    let dev_name = IfName::new(&dev.name).map_err(NetopsError::from)?;
-    let restore = HostState {
-        addrs: restorable(host.addresses(&dev, None)?),
-        up: dev.admin_up,
-    };
-    let state = state_path(req)?;
-    let link = plan_link(&dev_name, restore, &ifname, state)?;
-    let mut fx = Effects::new(&host, &pod, &k.ns);
-    let l3 = spec.l3;
-    podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, l3, |ipam| {
+
+    /// (L3) IPAM's addresses and routes; nothing more without (the device is up already).
+    fn plan_config(
+        &self,
+        l3: bool,
+        ifname: &IfName,
+        ipam: &CniResult,
+    ) -> Result<Vec<Step>, LinkError> {
         if l3 {
-            iface::configure_steps(&ifname, ipam)
+            iface::configure_steps(ifname, ipam)
         } else {
             Ok(Vec::new())
         }
-    })
+    }
+}
+
+fn add(req: &Request) -> Result<CniResult, LinkError> {
+    podif::add_pod_link(req, &parse(req)?)
 }
 
 /// DEL: IPAM, then the link home (from the pod, or from wherever the host has it when the pod

@@ -10,15 +10,10 @@
 
 use cni_core::{CniError, CniResult, IfName, Request};
 use netops::{MacAddr, MacvlanMode, Netlink, NetopsError, SysctlKey};
-use podif::{iface, Effects, LinkError, Step};
+use podif::{iface, step::MacvlanLink, LinkCtx, LinkError, PodLink, Step};
 use serde::Deserialize;
 
 pub struct Macvlan;
-
-#[derive(Debug, Default, Deserialize)]
-struct RuntimeConfig {
-    mac: Option<String>,
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,7 +24,7 @@ struct RawConf {
     mac: Option<String>,
     link_in_container: Option<bool>,
     bcqueuelen: Option<u32>,
-    runtime_config: Option<RuntimeConfig>,
+    runtime_config: Option<podif::MacRuntimeConfig>,
 }
 
 /// The validated config (the master resolved later, against the kernel).
@@ -64,11 +59,7 @@ pub fn parse(req: &Request) -> Result<Spec, CniError> {
         }
         Some(m) => Some(u32::try_from(m).map_err(|_| CniError::config("mtu", "too large"))?),
     };
-    let mac = podif::requested_mac(
-        req,
-        raw.mac.as_deref(),
-        raw.runtime_config.as_ref().and_then(|r| r.mac.as_deref()),
-    )?;
+    let mac = podif::requested_mac(req, raw.mac.as_deref(), raw.runtime_config.as_ref())?;
     Ok(Spec {
         master,
         mode,
@@ -105,7 +96,7 @@ fn resolve_master(spec: &Spec, host: &Netlink<'_>, pod: &Netlink<'_>) -> Result<
 /// The pure plan, first half: the macvlan in the pod (and, L3, its notify sysctls). Applied
 /// before IPAM, as the reference does: the dhcp daemon needs the interface.
 pub fn plan_link(spec: &Spec, master: &IfName, ifname: &IfName) -> Result<Vec<Step>, LinkError> {
-    let mut steps = vec![Step::CreateMacvlan {
+    let mut steps = vec![Step::CreateMacvlan(MacvlanLink {
         name: ifname.clone(),
         master: master.clone(),
         master_in_pod: spec.link_in_container,
@@ -113,7 +104,7 @@ pub fn plan_link(spec: &Spec, master: &IfName, ifname: &IfName) -> Result<Vec<St
         mtu: spec.mtu,
         mac: spec.mac,
         bcqueuelen: spec.bcqueuelen,
-    }];
+    })];
     if spec.l3 {
         for (fam, leaf) in [("ipv4", "arp_notify"), ("ipv6", "ndisc_notify")] {
             steps.push(Step::PodSysctl {
@@ -126,23 +117,17 @@ pub fn plan_link(spec: &Spec, master: &IfName, ifname: &IfName) -> Result<Vec<St
     Ok(steps)
 }
 
-/// The second half, from IPAM's answer: (L3) its addresses and routes, or (L2) the link up.
-pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
-    iface::configure_or_up(spec.l3, ifname, ipam)
+impl PodLink for Spec {
+    /// The master resolved, then the macvlan's steps.
+    fn plan_in(&self, cx: &LinkCtx<'_, '_>) -> Result<Vec<Step>, LinkError> {
+        let master = resolve_master(self, cx.host, cx.pod)?;
+        cx.refuse_taken()?;
+        plan_link(self, &master, cx.ifname)
+    }
 }
 
 fn add(req: &Request) -> Result<CniResult, LinkError> {
-    let spec = parse(req)?;
-    let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
-    let k = podif::PodKernel::open(req)?;
-    let (host, pod) = (k.host(), k.pod()?);
-    let master = resolve_master(&spec, &host, &pod)?;
-    podif::refuse_taken(&pod, &ifname, &k.netns)?;
-    let link = plan_link(&spec, &master, &ifname)?;
-    let mut fx = Effects::new(&host, &pod, &k.ns);
-    podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
-        plan_config(&spec, &ifname, ipam)
-    })
+    podif::add_pod_link(req, &parse(req)?)
 }
 
 fn check(req: &Request) -> Result<(), LinkError> {

@@ -10,7 +10,7 @@ fn plan(
     ipam: &CniResult,
 ) -> Result<Vec<Step>, LinkError> {
     let mut steps = plan_link(spec, master, ifname)?;
-    steps.extend(plan_config(spec, ifname, ipam)?);
+    steps.extend(spec.plan_config(spec.l3, ifname, ipam)?);
     Ok(steps)
 }
 

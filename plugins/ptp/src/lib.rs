@@ -16,7 +16,7 @@ use cni_core::{error::from_lower, CniError, CniResult, Command, IfName, Request}
 use ipnetwork::IpNetwork;
 use netops::{Kernel, NetopsError, Ns, Op, RouteExtra, RouteSpec, SysctlKey};
 use nftplan::{Attachment, Feature, Firewall};
-use podif::{iface, Effects, LinkError, Step};
+use podif::{iface, step::ExtRoute, Effects, LinkError, Step};
 use serde::Deserialize;
 
 pub struct Ptp;
@@ -131,7 +131,7 @@ pub fn plan(
             src: Some(pod_ip),
             host_scope: false,
         };
-        steps.push(Step::AddRouteExt {
+        steps.push(Step::AddRouteExt(ExtRoute {
             ns: Ns::Pod,
             link: ifname.clone(),
             route: RouteSpec {
@@ -141,8 +141,8 @@ pub fn plan(
                 onlink: false,
             },
             extra: src,
-        });
-        steps.push(Step::AddRouteExt {
+        }));
+        steps.push(Step::AddRouteExt(ExtRoute {
             ns: Ns::Pod,
             link: ifname.clone(),
             route: RouteSpec {
@@ -152,7 +152,7 @@ pub fn plan(
                 onlink: false,
             },
             extra: src,
-        });
+        }));
         host_steps.push(Step::Net(Op::AddAddr {
             ns: Ns::Host,
             link: veth.clone(),
@@ -160,7 +160,7 @@ pub fn plan(
             dad: false,
         }));
         // The reference's `AddHostRoute`: scope host.
-        host_steps.push(Step::AddRouteExt {
+        host_steps.push(Step::AddRouteExt(ExtRoute {
             ns: Ns::Host,
             link: veth.clone(),
             route: RouteSpec {
@@ -173,7 +173,7 @@ pub fn plan(
                 src: None,
                 host_scope: true,
             },
-        });
+        }));
     }
     steps.extend(iface::route_steps(ifname, ipam));
     steps.extend(host_steps);

@@ -10,16 +10,11 @@
 //! parse -> IPAM -> plan (pure) -> apply with undo -> result.
 
 use cni_core::{CniError, CniResult, IfName, Request};
-use netops::{MacAddr, NetopsError, Ns, SysctlKey, TapSpec};
-use podif::{iface, Effects, LinkError, Step};
+use netops::{MacAddr, Ns, SysctlKey, TapSpec};
+use podif::{iface, LinkCtx, LinkError, PodLink, Step};
 use serde::Deserialize;
 
 pub struct Tap;
-
-#[derive(Debug, Default, Deserialize)]
-struct RuntimeConfig {
-    mac: Option<String>,
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -31,7 +26,7 @@ struct RawConf {
     group: Option<u32>,
     selinux_context: Option<String>,
     bridge: Option<String>,
-    runtime_config: Option<RuntimeConfig>,
+    runtime_config: Option<podif::MacRuntimeConfig>,
 }
 
 /// The validated config.
@@ -76,11 +71,7 @@ pub fn parse(req: &Request) -> Result<Spec, CniError> {
     Ok(Spec {
         multi_queue: raw.multi_queue.unwrap_or(false),
         mtu,
-        mac: podif::requested_mac(
-            req,
-            raw.mac.as_deref(),
-            raw.runtime_config.as_ref().and_then(|r| r.mac.as_deref()),
-        )?,
+        mac: podif::requested_mac(req, raw.mac.as_deref(), raw.runtime_config.as_ref())?,
         owner: raw.owner,
         group: raw.group,
         bridge,
@@ -122,30 +113,24 @@ pub fn plan_link(spec: &Spec, ifname: &IfName) -> Result<Vec<Step>, LinkError> {
     Ok(steps)
 }
 
-/// The second half, from IPAM's answer: (L3) its addresses and routes, or (L2) just up.
-pub fn plan_config(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
-    iface::configure_or_up(spec.l3, ifname, ipam)
+impl PodLink for Spec {
+    /// The bridge checked, then the TAP's steps.
+    fn plan_in(&self, cx: &LinkCtx<'_, '_>) -> Result<Vec<Step>, LinkError> {
+        cx.refuse_taken()?;
+        if let Some(b) = &self.bridge {
+            if cx.pod.link(b)?.is_none_or(|l| !l.is_bridge()) {
+                return Err(LinkError::Config(format!(
+                    "bridge {b} not found in {} (the tap plugin enslaves to a bridge in the pod)",
+                    cx.netns.display()
+                )));
+            }
+        }
+        plan_link(self, cx.ifname)
+    }
 }
 
 fn add(req: &Request) -> Result<CniResult, LinkError> {
-    let spec = parse(req)?;
-    let ifname = IfName::new(&req.ifname).map_err(NetopsError::from)?;
-    let k = podif::PodKernel::open(req)?;
-    let (host, pod) = (k.host(), k.pod()?);
-    podif::refuse_taken(&pod, &ifname, &k.netns)?;
-    if let Some(b) = &spec.bridge {
-        if pod.link(b)?.is_none_or(|l| !l.is_bridge()) {
-            return Err(LinkError::Config(format!(
-                "bridge {b} not found in {} (the tap plugin enslaves to a bridge in the pod)",
-                k.netns.display()
-            )));
-        }
-    }
-    let link = plan_link(&spec, &ifname)?;
-    let mut fx = Effects::new(&host, &pod, &k.ns);
-    podif::add_pod_link(req, &mut fx, &pod, &ifname, &link, spec.l3, |ipam| {
-        plan_config(&spec, &ifname, ipam)
-    })
+    podif::add_pod_link(req, &parse(req)?)
 }
 
 fn check(req: &Request) -> Result<(), LinkError> {

@@ -5,7 +5,7 @@ use super::*;
 /// The whole plan (both halves), as it runs.
 fn plan(spec: &Spec, ifname: &IfName, ipam: &CniResult) -> Result<Vec<Step>, LinkError> {
     let mut steps = plan_link(spec, ifname)?;
-    steps.extend(plan_config(spec, ifname, ipam)?);
+    steps.extend(spec.plan_config(spec.l3, ifname, ipam)?);
     Ok(steps)
 }
 

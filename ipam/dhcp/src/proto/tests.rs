@@ -33,15 +33,9 @@ impl FakeServer {
 }
 
 impl Transport for FakeServer {
-    fn send(
-        &mut self,
-        dst_mac: [u8; 6],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        payload: &[u8],
-    ) -> std::io::Result<()> {
+    fn send(&mut self, to: Dest, payload: &[u8]) -> std::io::Result<()> {
         let m = Message::decode(&mut Decoder::new(payload)).unwrap();
-        self.got.push((m.clone(), dst_mac, src, dst));
+        self.got.push((m.clone(), to.mac, to.src, to.dst));
         if self.silent {
             return Ok(());
         }

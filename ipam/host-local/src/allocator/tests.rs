@@ -51,7 +51,10 @@ fn order_skips_network_gateway_broadcast_then_exhausts() {
         ]
     );
     let e = add(&mut s, &set, "c9").unwrap_err();
-    assert!(matches!(e, Error::Exhausted { index: 0, .. }), "{e}");
+    assert!(
+        matches!(e, Error::Exhausted(ipamconf::Exhausted { index: 0, .. })),
+        "{e}"
+    );
     let cni: cni_core::CniError = e.into();
     assert_eq!(cni.code(), 104);
     assert!(cni.msg.contains("10.0.0.0-10.0.0.7"), "{}", cni.msg);
