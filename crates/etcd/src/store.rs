@@ -59,6 +59,7 @@ pub fn gets(r: &TxnResponse) -> Vec<&[Kv]> {
 pub struct MemStore {
     inner: Mutex<(i64, BTreeMap<Vec<u8>, Kv>)>,
     writes: AtomicU64,
+    calls: AtomicU64,
 }
 
 fn in_range(k: &[u8], key: &[u8], end: &Option<Vec<u8>>) -> bool {
@@ -107,6 +108,11 @@ impl MemStore {
         self.writes.load(Ordering::SeqCst)
     }
 
+    /// Calls so far, reads and writes (what a client pays in round trips).
+    pub fn round_trips(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
     /// The keys under `prefix`, as text (tests).
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         self.list(prefix)
@@ -117,6 +123,7 @@ impl MemStore {
 
 impl Store for MemStore {
     fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let g = self.lock();
         let p = prefix.as_bytes();
         Ok((
@@ -134,6 +141,7 @@ impl Store for MemStore {
         success: &[Op],
         failure: &[Op],
     ) -> Result<TxnResponse, EtcdError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let mut g = self.lock();
         let ok = compares.iter().all(|c| {
             let matching: Vec<&Kv> =

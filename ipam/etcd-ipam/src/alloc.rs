@@ -22,7 +22,7 @@ use cluster::{
     ipam::{block_prefix, parse_node_key, AttRecord, Held, IpRecord, Keys, NodeBlock},
     schema::{self, BlockRecord},
 };
-use etcd::{Compare, CompareOp, EtcdError, Kv, Op};
+use etcd::{Compare, CompareOp, EtcdError, Kv, Op, TxnResponse};
 use ipamconf::{
     range::{from_u128, to_u128, RangeSet},
     Requested,
@@ -101,6 +101,16 @@ const BLIND_CLAIMS: usize = 12;
 /// How many times an ADD starts over after a transaction lost a race.
 const ROUNDS: usize = 8;
 
+/// The operations of [`Allocator::read`] (`node`'s blocks and addresses, the attachment's
+/// index), for a caller that folds them into its own read transaction and hands the answers
+/// to [`Allocator::view`].
+pub fn read_ops(keys: &Keys, node: &str, id: &str, ifname: &str) -> Vec<Op> {
+    vec![
+        Op::get_prefix(keys.node_blocks(node)),
+        Op::get(keys.att(id, ifname)),
+    ]
+}
+
 /// One node's allocator over a store.
 pub struct Allocator<'a> {
     pub store: &'a dyn Store,
@@ -118,17 +128,23 @@ impl Allocator<'_> {
 
     /// This node's blocks and addresses, and the attachment's index: one read.
     pub fn read(&self, id: &str, ifname: &str) -> Result<NodeView, EtcdError> {
+        let r = self.store.txn(&[], &self.read_ops(id, ifname), &[])?;
+        Ok(self.view(&r))
+    }
+
+    fn read_ops(&self, id: &str, ifname: &str) -> Vec<Op> {
+        read_ops(&self.keys, self.node, id, ifname)
+    }
+
+    /// What the answers to [`read_ops`] say (`r`: a read-only transaction of exactly
+    /// those operations, or their answers cut out of a larger one).
+    pub fn view(&self, r: &TxnResponse) -> NodeView {
         let np = self.node_prefix();
-        let r = self.store.txn(
-            &[],
-            &[Op::get_prefix(&np), Op::get(self.keys.att(id, ifname))],
-            &[],
-        )?;
         let mut v = NodeView {
             rev: r.revision,
             ..NodeView::default()
         };
-        let g = gets(&r);
+        let g = gets(r);
         for kv in g.first().copied().unwrap_or_default() {
             v.absorb(&np, kv);
         }
@@ -138,7 +154,7 @@ impl Allocator<'_> {
                 Err(e) => log::warn!("ignoring {}: {e}", kv.key_str()),
             }
         }
-        Ok(v)
+        v
     }
 
     fn got(set: &RangeSet, ip: IpAddr, block: IpNetwork, fresh: bool) -> Option<Got> {
@@ -367,16 +383,22 @@ impl Allocator<'_> {
 
     /// One address per range set for (id, ifname): see the module doc. `Ok(None)` for the
     /// index of a range set with no address left (no free address in this node's blocks and
-    /// no block left to claim).
+    /// no block left to claim). `ahead`: the first round's view, read earlier by the caller
+    /// ([`read_ops`]); the write's compares hold only if it is still true, and a round
+    /// that loses reads again, so an old view costs a round, never a duplicate.
     pub fn allocate(
         &self,
         sets: &[RangeSet],
         id: &str,
         ifname: &str,
         requested: &[Option<&Requested>],
+        mut ahead: Option<NodeView>,
     ) -> Result<Result<Vec<Got>, usize>, Error> {
         for _ in 0..ROUNDS {
-            let mut v = self.read(id, ifname)?;
+            let mut v = match ahead.take() {
+                Some(v) => v,
+                None => self.read(id, ifname)?,
+            };
             if let Some((att, _)) = &v.att {
                 return Ok(Ok(self.held(att, sets, requested)?));
             }
