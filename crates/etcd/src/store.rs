@@ -25,6 +25,11 @@ pub trait Store {
         success: &[Op],
         failure: &[Op],
     ) -> Result<TxnResponse, EtcdError>;
+    /// A read of `ops` (gets) that may lag the cluster by what the member has not applied
+    /// yet (etcd's serializable read; the fake's is exact).
+    fn read_serializable(&self, ops: &[Op]) -> Result<TxnResponse, EtcdError> {
+        self.txn(&[], ops, &[])
+    }
 }
 
 impl Store for Client {
@@ -39,6 +44,10 @@ impl Store for Client {
         failure: &[Op],
     ) -> Result<TxnResponse, EtcdError> {
         Client::txn(self, compares, success, failure)
+    }
+
+    fn read_serializable(&self, ops: &[Op]) -> Result<TxnResponse, EtcdError> {
+        Client::read_serializable(self, ops)
     }
 }
 

@@ -384,8 +384,9 @@ impl Allocator<'_> {
     /// One address per range set for (id, ifname): see the module doc. `Ok(None)` for the
     /// index of a range set with no address left (no free address in this node's blocks and
     /// no block left to claim). `ahead`: the first round's view, read earlier by the caller
-    /// ([`read_ops`]); the write's compares hold only if it is still true, and a round
-    /// that loses reads again, so an old view costs a round, never a duplicate.
+    /// ([`read_ops`], possibly a serializable read, behind the cluster); the write's
+    /// compares hold only if it is still true, and a round that loses reads again
+    /// (linearizable), so an old view costs a round, never a duplicate.
     pub fn allocate(
         &self,
         sets: &[RangeSet],
@@ -395,9 +396,11 @@ impl Allocator<'_> {
         mut ahead: Option<NodeView>,
     ) -> Result<Result<Vec<Got>, usize>, Error> {
         for _ in 0..ROUNDS {
+            // An index seen ahead is not trusted: answering it writes nothing, so no compare
+            // would catch a view behind a DEL (the caller's read may be serializable).
             let mut v = match ahead.take() {
-                Some(v) => v,
-                None => self.read(id, ifname)?,
+                Some(v) if v.att.is_none() => v,
+                _ => self.read(id, ifname)?,
             };
             if let Some((att, _)) = &v.att {
                 return Ok(Ok(self.held(att, sets, requested)?));

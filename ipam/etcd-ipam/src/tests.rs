@@ -397,3 +397,25 @@ fn an_add_from_a_view_read_ahead_is_one_write_and_an_old_view_costs_a_round_not_
         "the block and four holders"
     );
 }
+
+#[test]
+fn an_index_in_a_view_read_ahead_is_read_again_before_it_is_answered() {
+    // c1's index read ahead, then c1 deleted (its address free for others): answering the old
+    // index would write nothing that a compare could refuse.
+    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/16"}]]));
+    let s = MemStore::default();
+    add(&s, &c, "a", "c1", "eth0").unwrap();
+    let keys = cluster::ipam::Keys::new(&c.network_prefix());
+    let old = s
+        .txn(&[], &alloc::read_ops(&keys, "a", "c1", "eth0"), &[])
+        .unwrap();
+    del(&s, &c, "a", "c1", "eth0").unwrap();
+    let n = s.round_trips();
+    let got = add_from(&s, &c, "a", "c1", "eth0", Some(&old)).unwrap();
+    assert_eq!(s.round_trips() - n, 2, "a read of its own, then the write");
+    assert!(
+        got[0].fresh,
+        "allocated again, not the old index answered: {got:?}"
+    );
+    assert_eq!(s.keys("/cnirs/ipam/net1/att/").len(), 1);
+}

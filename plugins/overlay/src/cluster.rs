@@ -68,6 +68,11 @@ impl<'a> Cluster<'a> {
     /// `networks/<network>` must not name another VNI. `extra` (read-only operations: the
     /// IPAM's first read) go into the same transaction. Returns the network's record, if any,
     /// and the answers to `extra` (a response of the same revision holding only theirs).
+    ///
+    /// A serializable read: the member answers from its own state, without the quorum round
+    /// of a linearizable read (1.1 against 2.8 ms p50 and 1.4 against 31 ms p90 on the 3-host
+    /// harness under load). What it may miss (a record written in the last milliseconds
+    /// elsewhere) is caught by the writes: etcd-ipam's compares, `register_network`'s.
     pub fn preflight(
         &self,
         spec: &OverlaySpec,
@@ -81,7 +86,7 @@ impl<'a> Cluster<'a> {
         ops.extend_from_slice(extra);
         let mut r = self
             .store()
-            .txn(&[], &ops, &[])
+            .read_serializable(&ops)
             .map_err(|e| OverlayError::etcd(format!("read {host_key} and {net_key}"), e))?;
         let rest = r.responses.split_off(2.min(r.responses.len()));
         let mut gets = r.responses.into_iter().filter_map(|op| match op {
