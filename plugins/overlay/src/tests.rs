@@ -149,7 +149,7 @@ fn req(cmd: Command, extra: serde_json::Value) -> Request {
     Request::build(cmd, "c1", Some("/x"), "eth0", conf.to_string().as_bytes()).unwrap()
 }
 
-fn ctx<'a>(host: &'a FakeHost, ipam: &'a FakeIpam, store: &'a dyn etcd::store::Store) -> Ctx<'a> {
+fn ctx<'a>(host: &'a FakeHost, ipam: &'a dyn Ipam, store: &'a dyn etcd::store::Store) -> Ctx<'a> {
     Ctx {
         node: crate::schema::NodeName {
             name: "h1".into(),
@@ -414,11 +414,8 @@ fn shared_ipam(store: &dyn etcd::store::Store) -> crate::SharedEtcdIpam<'_> {
 #[test]
 fn etcd_ipam_in_process_allocates_in_the_nodes_block_over_the_same_store() {
     let (host, store) = (FakeHost::default(), MemStore::default());
-    let (ipam, unused) = (shared_ipam(&store), FakeIpam::default());
-    let c = Ctx {
-        ipam: &ipam,
-        ..ctx(&host, &unused, &store)
-    };
+    let ipam = shared_ipam(&store);
+    let c = ctx(&host, &ipam, &store);
     let r = add(&c, &req(Command::Add, serde_json::json!({}))).unwrap();
     let ip = r.ips[0].address;
     assert_eq!(ip.prefix(), 25, "the node's block, not the range: {ip}");
@@ -445,11 +442,8 @@ fn etcd_ipam_in_process_releases_the_address_when_apply_fails() {
         ..FakeHost::default()
     };
     let store = MemStore::default();
-    let (ipam, unused) = (shared_ipam(&store), FakeIpam::default());
-    let c = Ctx {
-        ipam: &ipam,
-        ..ctx(&host, &unused, &store)
-    };
+    let ipam = shared_ipam(&store);
+    let c = ctx(&host, &ipam, &store);
     add(&c, &req(Command::Add, serde_json::json!({}))).unwrap_err();
     assert!(store.keys("/cnirs/ipam/ov/att/").is_empty(), "att released");
     let held: Vec<String> = store
@@ -467,11 +461,8 @@ fn a_later_add_with_etcd_ipam_in_process_is_one_etcd_read_and_one_write() {
         ..FakeHost::default()
     };
     let store = MemStore::default();
-    let (ipam, unused) = (shared_ipam(&store), FakeIpam::default());
-    let c = Ctx {
-        ipam: &ipam,
-        ..ctx(&host, &unused, &store)
-    };
+    let ipam = shared_ipam(&store);
+    let c = ctx(&host, &ipam, &store);
     // The host's first pod registers the network and claims the node's block.
     let first = add(&c, &req(Command::Add, serde_json::json!({}))).unwrap();
     let mut later = req(Command::Add, serde_json::json!({}));
