@@ -15,8 +15,7 @@ use crate::{
     Client, Compare, CompareOp, CompareTarget, EtcdError, Kv, Op, OpResponse, TxnResponse,
 };
 
-/// `Sync`: a caller may read on another thread while it does other work.
-pub trait Store: Sync {
+pub trait Store {
     /// Every key under `prefix`, and the revision it was read at.
     fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError>;
     /// If every compare holds, run `success`, else `failure` (atomically).

@@ -63,10 +63,11 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    /// The first etcd step of ADD, before any side effect, one read of `hosts/<node>`,
-    /// `networks/<network>` and `extra` (read-only operations: the IPAM's first read);
-    /// [`Preflight::check`] judges the first two. No side effect, so it runs while the plugin
-    /// reads the underlay.
+    /// The first etcd step of ADD, before any side effect, one read: `hosts/<node>` must not
+    /// name another VTEP (two hosts sharing a node name would share blocks), and
+    /// `networks/<network>` must not name another VNI. `extra` (read-only operations: the
+    /// IPAM's first read) go into the same transaction. Returns the network's record, if any,
+    /// and the answers to `extra` (a response of the same revision holding only theirs).
     ///
     /// A serializable read: the member answers from its own state, without the quorum round
     /// of a linearizable read (1.1 against 2.8 ms p50 and 1.4 against 31 ms p90 on the 3-host
@@ -76,8 +77,9 @@ impl<'a> Cluster<'a> {
         &self,
         spec: &OverlaySpec,
         node: &NodeName,
+        vtep: IpAddr,
         extra: &[Op],
-    ) -> Result<Preflight, OverlayError> {
+    ) -> Result<(Option<NetworkRecord>, TxnResponse), OverlayError> {
         let host_key = schema::host_key(&self.prefix, &node.name);
         let net_key = schema::network_key(&self.prefix, &spec.network);
         let mut ops = vec![Op::get(&host_key), Op::get(&net_key)];
@@ -87,18 +89,22 @@ impl<'a> Cluster<'a> {
             .read_serializable(&ops)
             .map_err(|e| OverlayError::etcd(format!("read {host_key} and {net_key}"), e))?;
         let rest = r.responses.split_off(2.min(r.responses.len()));
-        let mut gets = r.responses.into_iter().map(|op| match op {
-            OpResponse::Get(kvs) => kvs.into_iter().next().map(|kv| kv.value),
+        let mut gets = r.responses.into_iter().filter_map(|op| match op {
+            OpResponse::Get(kvs) => Some(kvs.into_iter().next()),
             _ => None,
         });
-        Ok(Preflight {
-            host: (host_key, gets.next().flatten()),
-            network: (net_key, gets.next().flatten()),
-            ahead: TxnResponse {
-                responses: rest,
-                ..r
-            },
-        })
+        if let Some(host) = gets.next().flatten() {
+            check_identity(&host_key, &host.value, node, vtep)?;
+        }
+        let known = match gets.next().flatten() {
+            Some(kv) => Some(check_vni(spec, &net_key, &kv.value)?),
+            None => None,
+        };
+        let ahead = TxnResponse {
+            responses: rest,
+            ..r
+        };
+        Ok((known, ahead))
     }
 
     /// `networks/<network>`, put if absent (a record naming another VNI is a conflict).
@@ -136,36 +142,6 @@ impl<'a> Cluster<'a> {
             Some(kv) => check_identity(&key, &kv.value, node, vtep),
             None => Ok(()),
         }
-    }
-}
-
-/// What [`Cluster::preflight`] read: `hosts/<node>` and `networks/<network>` (key, value if
-/// any), and the answers to its extra operations (a response of the same revision holding
-/// only theirs).
-pub struct Preflight {
-    host: (String, Option<Vec<u8>>),
-    network: (String, Option<Vec<u8>>),
-    ahead: TxnResponse,
-}
-
-impl Preflight {
-    /// `hosts/<node>` must not name another VTEP than `vtep` (two hosts sharing a node name
-    /// would share blocks), and `networks/<network>` must not name another VNI. Returns the
-    /// network's record, if any, and the extra answers.
-    pub fn check(
-        self,
-        spec: &OverlaySpec,
-        node: &NodeName,
-        vtep: IpAddr,
-    ) -> Result<(Option<NetworkRecord>, TxnResponse), OverlayError> {
-        if let (key, Some(value)) = &self.host {
-            check_identity(key, value, node, vtep)?;
-        }
-        let known = match &self.network {
-            (key, Some(value)) => Some(check_vni(spec, key, value)?),
-            (_, None) => None,
-        };
-        Ok((known, self.ahead))
     }
 }
 

@@ -132,27 +132,15 @@ pub fn add(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, CniError> {
 
 /// ADD of a config parsed once (its TLS files read and checked once per ADD).
 fn add_parsed(ctx: &Ctx<'_>, req: &Request, spec: OverlaySpec) -> Result<CniResult, OverlayError> {
+    let ul = ctx.host.underlay(&spec)?;
+    let mtu = pod_mtu(&spec, &ul)?;
+    let bspec = config::bridge_spec(req, &spec, mtu)?;
+    let ids = ids(req)?;
     let cluster = cluster(ctx, &spec)?;
     // Node identity and the network's VNI, before the first side effect, in one read with
-    // the IPAM's (this node's blocks and addresses): one round trip for both, on another
-    // thread while this one reads the underlay (neither is a side effect).
+    // the IPAM's (this node's blocks and addresses): one round trip for both.
     let reads = ctx.ipam.add_reads(req)?;
-    let (node, c) = (&ctx.node, &cluster);
-    let (read, host) = std::thread::scope(|s| {
-        let read = s.spawn(|| c.preflight(&spec, node, &reads));
-        let host = ctx.host.underlay(&spec).and_then(|ul| {
-            let mtu = pod_mtu(&spec, &ul)?;
-            Ok((config::bridge_spec(req, &spec, mtu)?, ids(req)?, ul, mtu))
-        });
-        let read = read.join().unwrap_or_else(|_| {
-            Err(OverlayError::Check(
-                "the etcd read's thread panicked".into(),
-            ))
-        });
-        (read, host)
-    });
-    let (bspec, ids, ul, mtu) = host?;
-    let (known, ahead) = read?.check(&spec, &ctx.node, ul.vtep)?;
+    let (known, ahead) = cluster.preflight(&spec, &ctx.node, ul.vtep, &reads)?;
     if !reads.is_empty() {
         ctx.ipam.read_ahead(ahead);
     }
