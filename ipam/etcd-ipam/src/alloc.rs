@@ -101,16 +101,6 @@ const BLIND_CLAIMS: usize = 12;
 /// How many times an ADD starts over after a transaction lost a race.
 const ROUNDS: usize = 8;
 
-/// The operations of [`Allocator::read`] (`node`'s blocks and addresses, the attachment's
-/// index), for a caller that folds them into its own read transaction and hands the answers
-/// to [`Allocator::view`].
-pub fn read_ops(keys: &Keys, node: &str, id: &str, ifname: &str) -> Vec<Op> {
-    vec![
-        Op::get_prefix(keys.node_blocks(node)),
-        Op::get(keys.att(id, ifname)),
-    ]
-}
-
 /// One node's allocator over a store.
 pub struct Allocator<'a> {
     pub store: &'a dyn Store,
@@ -128,15 +118,11 @@ impl Allocator<'_> {
 
     /// This node's blocks and addresses, and the attachment's index: one read.
     pub fn read(&self, id: &str, ifname: &str) -> Result<NodeView, EtcdError> {
-        let r = self.store.txn(&[], &self.read_ops(id, ifname), &[])?;
-        Ok(self.view(&r))
+        let ops = crate::read_ops(&self.keys, self.node, id, ifname);
+        Ok(self.view(&self.store.txn(&[], &ops, &[])?))
     }
 
-    fn read_ops(&self, id: &str, ifname: &str) -> Vec<Op> {
-        read_ops(&self.keys, self.node, id, ifname)
-    }
-
-    /// What the answers to [`read_ops`] say (`r`: a read-only transaction of exactly
+    /// What the answers to [`crate::read_ops`] say (`r`: a read-only transaction of exactly
     /// those operations, or their answers cut out of a larger one).
     pub fn view(&self, r: &TxnResponse) -> NodeView {
         let np = self.node_prefix();
@@ -384,7 +370,7 @@ impl Allocator<'_> {
     /// One address per range set for (id, ifname): see the module doc. `Ok(None)` for the
     /// index of a range set with no address left (no free address in this node's blocks and
     /// no block left to claim). `ahead`: the first round's view, read earlier by the caller
-    /// ([`read_ops`], possibly a serializable read, behind the cluster); the write's
+    /// ([`crate::read_ops`], possibly a serializable read, behind the cluster); the write's
     /// compares hold only if it is still true, and a round that loses reads again
     /// (linearizable), so an old view costs a round, never a duplicate.
     pub fn allocate(

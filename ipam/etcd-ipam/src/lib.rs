@@ -83,6 +83,16 @@ impl EtcdIpam {
     }
 }
 
+/// The operations of [`Allocator::read`] (`node`'s blocks and addresses, the attachment's
+/// index), for a caller that folds them into its own read transaction and hands the answers
+/// to [`Allocator::view`].
+pub fn read_ops(keys: &cluster::ipam::Keys, node: &str, id: &str, ifname: &str) -> Vec<etcd::Op> {
+    vec![
+        etcd::Op::get_prefix(keys.node_blocks(node)),
+        etcd::Op::get(keys.att(id, ifname)),
+    ]
+}
+
 fn allocator<'a>(store: &'a dyn Store, cfg: &Config, node: &'a str) -> Allocator<'a> {
     Allocator {
         store,
@@ -335,7 +345,7 @@ impl EtcdIpam {
     pub fn add_reads(&self, req: &Request) -> Result<Vec<etcd::Op>, CniError> {
         let cfg = config::parse_without_tls(req)?;
         let keys = cluster::ipam::Keys::new(&cfg.network_prefix());
-        Ok(alloc::read_ops(
+        Ok(read_ops(
             &keys,
             self.node()?,
             &req.container_id,

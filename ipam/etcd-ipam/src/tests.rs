@@ -369,10 +369,7 @@ fn an_add_from_a_view_read_ahead_is_one_write_and_an_old_view_costs_a_round_not_
     let s = MemStore::default();
     add(&s, &c, "a", "c0", "eth0").unwrap();
     let keys = cluster::ipam::Keys::new(&c.network_prefix());
-    let ahead = |id: &str| {
-        s.txn(&[], &alloc::read_ops(&keys, "a", id, "eth0"), &[])
-            .unwrap()
-    };
+    let ahead = |id: &str| s.txn(&[], &read_ops(&keys, "a", id, "eth0"), &[]).unwrap();
     // A view still true: the ADD is its write alone.
     let view = ahead("c1");
     let n = s.round_trips();
@@ -407,7 +404,7 @@ fn an_index_in_a_view_read_ahead_is_read_again_before_it_is_answered() {
     add(&s, &c, "a", "c1", "eth0").unwrap();
     let keys = cluster::ipam::Keys::new(&c.network_prefix());
     let old = s
-        .txn(&[], &alloc::read_ops(&keys, "a", "c1", "eth0"), &[])
+        .txn(&[], &read_ops(&keys, "a", "c1", "eth0"), &[])
         .unwrap();
     del(&s, &c, "a", "c1", "eth0").unwrap();
     let n = s.round_trips();
