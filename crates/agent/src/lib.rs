@@ -90,6 +90,20 @@ impl Default for Timing {
     }
 }
 
+/// Whether to read `networks/` again with `unknown` devices of networks not listed
+/// (`at_last_read` at the last read, `since` ago): at once for a device more (a network's
+/// first pod on this host: its remote pods are unreachable until its entries are programmed,
+/// up to a resync period later otherwise), else at most once a resync period (a device whose
+/// network is never registered).
+fn read_networks_now(
+    unknown: usize,
+    at_last_read: usize,
+    since: Duration,
+    resync: Duration,
+) -> bool {
+    unknown > 0 && (unknown > at_last_read || since >= resync)
+}
+
 /// What a batch of news asks the agent to redo.
 #[derive(Debug, Default)]
 struct Dirty {
@@ -400,7 +414,8 @@ pub fn run_node_with(
     let mut synced = false;
     let mut last_sync = Instant::now();
     let mut last_networks = Instant::now();
-    let mut unknown = 0;
+    // Devices of networks not listed, now and at the last read of networks/.
+    let (mut unknown, mut unknown_read) = (0, 0);
     let mut programmer = reconcile::Programmer::default();
     let mut dirty = Dirty::default();
     while !stop.load(Ordering::SeqCst) {
@@ -431,9 +446,14 @@ pub fn run_node_with(
         // A device created by a network's first pod (or gone with its last).
         dirty.all |= dataplane.links_changed();
         // A device of a network this agent has not seen listed: read networks/ again (its
-        // record is written before its first device), at most once a resync period.
-        if unknown > 0 && last_networks.elapsed() >= timing.resync {
-            last_networks = Instant::now();
+        // record is written before its first device).
+        if read_networks_now(
+            unknown,
+            unknown_read,
+            last_networks.elapsed(),
+            timing.resync,
+        ) {
+            (last_networks, unknown_read) = (Instant::now(), unknown);
             match client.range_prefix(schema::networks_prefix(&node.prefix)) {
                 Ok((kvs, _)) => {
                     for kv in kvs {
@@ -457,6 +477,7 @@ pub fn run_node_with(
         let c = if dirty.all || resync {
             let c = programmer.full(dataplane, &view, &node.name, me);
             unknown = c.unknown_vnis;
+            unknown_read = unknown_read.min(unknown);
             last_sync = Instant::now();
             c
         } else {

@@ -102,3 +102,25 @@ fn the_taken_message_names_the_node_both_vteps_and_the_flag() {
         assert!(m.contains(want), "{want}: {m}");
     }
 }
+
+#[test]
+fn a_device_of_an_unlisted_network_reads_networks_at_once_and_then_once_a_resync() {
+    let (resync, soon) = (RESYNC, Duration::from_millis(100));
+    assert!(!read_networks_now(0, 0, resync, resync), "nothing unknown");
+    assert!(
+        read_networks_now(1, 0, soon, resync),
+        "a new device: at once"
+    );
+    assert!(
+        !read_networks_now(1, 1, soon, resync),
+        "the same one: not again so soon"
+    );
+    assert!(
+        read_networks_now(1, 1, resync, resync),
+        "again after a resync period"
+    );
+    assert!(
+        read_networks_now(2, 1, soon, resync),
+        "a second new device: at once"
+    );
+}

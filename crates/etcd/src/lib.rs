@@ -348,8 +348,19 @@ impl Client {
         success: &[Op],
         failure: &[Op],
     ) -> Result<TxnResponse, EtcdError> {
-        let r: wire::TxnResponse =
-            self.call("/v3/kv/txn", &wire::txn_body(compares, success, failure))?;
+        self.txn_call(&wire::txn_body(compares, success, failure))
+    }
+
+    /// A read-only transaction of `ops` (gets) answered by the member this client talks to
+    /// from its own state: no quorum round (a linearizable read waits for one, milliseconds
+    /// under load), but possibly behind the leader by what the member has not applied yet.
+    /// For reads whose staleness a later write's compares catch.
+    pub fn read_serializable(&self, ops: &[Op]) -> Result<TxnResponse, EtcdError> {
+        self.txn_call(&wire::serializable_read_body(ops))
+    }
+
+    fn txn_call(&self, body: &Value) -> Result<TxnResponse, EtcdError> {
+        let r: wire::TxnResponse = self.call("/v3/kv/txn", body)?;
         let responses = r
             .responses
             .into_iter()

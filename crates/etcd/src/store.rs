@@ -41,6 +41,11 @@ pub trait Store {
             failure,
         })
     }
+    /// A read of `ops` (gets) that may lag the cluster by what the member has not applied
+    /// yet (etcd's serializable read; the fake's is exact).
+    fn read_serializable(&self, ops: &[Op]) -> Result<TxnResponse, EtcdError> {
+        self.txn(&[], ops, &[])
+    }
 }
 
 impl Store for Client {
@@ -50,6 +55,10 @@ impl Store for Client {
 
     fn run(&self, t: Txn<'_>) -> Result<TxnResponse, EtcdError> {
         Client::txn(self, t.compares, t.success, t.failure)
+    }
+
+    fn read_serializable(&self, ops: &[Op]) -> Result<TxnResponse, EtcdError> {
+        Client::read_serializable(self, ops)
     }
 }
 
@@ -70,6 +79,7 @@ pub fn gets(r: &TxnResponse) -> Vec<&[Kv]> {
 pub struct MemStore {
     inner: Mutex<(i64, BTreeMap<Vec<u8>, Kv>)>,
     writes: AtomicU64,
+    calls: AtomicU64,
 }
 
 fn in_range(k: &[u8], key: &[u8], end: &Option<Vec<u8>>) -> bool {
@@ -118,6 +128,11 @@ impl MemStore {
         self.writes.load(Ordering::SeqCst)
     }
 
+    /// Calls so far, reads and writes (what a client pays in round trips).
+    pub fn round_trips(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
     /// The keys under `prefix`, as text (tests).
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         self.list(prefix)
@@ -128,6 +143,7 @@ impl MemStore {
 
 impl Store for MemStore {
     fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let g = self.lock();
         let p = prefix.as_bytes();
         Ok((
@@ -145,6 +161,7 @@ impl Store for MemStore {
             success,
             failure,
         } = t;
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let mut g = self.lock();
         let ok = compares.iter().all(|c| {
             let matching: Vec<&Kv> =

@@ -269,6 +269,20 @@ fn op_body(op: &Op) -> Value {
     }
 }
 
+/// A read-only txn of `ops` (gets) answered by the member from its own state, without the
+/// quorum round of a linearizable read (`serializable` on every range).
+pub(crate) fn serializable_read_body(ops: &[Op]) -> Value {
+    let mut v = txn_body(&[], ops, &[]);
+    if let Some(ops) = v["success"].as_array_mut() {
+        for op in ops {
+            if let Some(r) = op.get_mut("request_range") {
+                r["serializable"] = json!(true);
+            }
+        }
+    }
+    v
+}
+
 pub(crate) fn txn_body(compares: &[Compare], success: &[Op], failure: &[Op]) -> Value {
     json!({
         "compare": compares.iter().map(compare_body).collect::<Vec<_>>(),
@@ -352,6 +366,19 @@ mod tests {
             serde_json::from_str(r#"{"error":{"grpc_code":14,"http_code":503,"message":"x"}}"#)
                 .unwrap();
         assert_eq!(f.error.unwrap().grpc_code, 14);
+    }
+
+    #[test]
+    fn a_serializable_read_marks_every_range() {
+        let b = serializable_read_body(&[Op::get("a"), Op::get_prefix("b/")]);
+        assert_eq!(b["compare"], json!([]));
+        assert_eq!(b["success"][0]["request_range"]["serializable"], true);
+        assert_eq!(b["success"][1]["request_range"]["serializable"], true);
+        assert_eq!(b["success"][1]["request_range"]["key"], "Yi8=");
+        assert_eq!(
+            txn_body(&[], &[Op::get("a")], &[])["success"][0]["request_range"]["serializable"],
+            Value::Null
+        );
     }
 
     #[test]

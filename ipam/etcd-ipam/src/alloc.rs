@@ -22,7 +22,7 @@ use cluster::{
     ipam::{block_prefix, parse_node_key, AttRecord, Held, IpRecord, Keys, NodeBlock},
     schema::{self, BlockRecord},
 };
-use etcd::{Compare, CompareOp, EtcdError, Kv, Op};
+use etcd::{Compare, CompareOp, EtcdError, Kv, Op, TxnResponse};
 use ipamconf::{
     range::{from_u128, to_u128, RangeSet},
     ConfigError, Requested,
@@ -118,17 +118,19 @@ impl Allocator<'_> {
 
     /// This node's blocks and addresses, and the attachment's index: one read.
     pub fn read(&self, id: &str, ifname: &str) -> Result<NodeView, EtcdError> {
+        let ops = crate::read_ops(&self.keys, self.node, id, ifname);
+        Ok(self.view(&self.store.txn(&[], &ops, &[])?))
+    }
+
+    /// What the answers to [`crate::read_ops`] say (`r`: a read-only transaction of exactly
+    /// those operations, or their answers cut out of a larger one).
+    pub fn view(&self, r: &TxnResponse) -> NodeView {
         let np = self.node_prefix();
-        let r = self.store.txn(
-            &[],
-            &[Op::get_prefix(&np), Op::get(self.keys.att(id, ifname))],
-            &[],
-        )?;
         let mut v = NodeView {
             rev: r.revision,
             ..NodeView::default()
         };
-        let g = gets(&r);
+        let g = gets(r);
         for kv in g.first().copied().unwrap_or_default() {
             v.absorb(&np, kv);
         }
@@ -138,7 +140,7 @@ impl Allocator<'_> {
                 Err(e) => log::warn!("ignoring {}: {e}", kv.key_str()),
             }
         }
-        Ok(v)
+        v
     }
 
     fn got(set: &RangeSet, ip: IpAddr, block: IpNetwork, fresh: bool) -> Option<Got> {
@@ -367,16 +369,25 @@ impl Allocator<'_> {
 
     /// One address per range set for (id, ifname): see the module doc. `Ok(None)` for the
     /// index of a range set with no address left (no free address in this node's blocks and
-    /// no block left to claim).
+    /// no block left to claim). `ahead`: the first round's view, read earlier by the caller
+    /// ([`crate::read_ops`], possibly a serializable read, behind the cluster); the write's
+    /// compares hold only if it is still true, and a round that loses reads again
+    /// (linearizable), so an old view costs a round, never a duplicate.
     pub fn allocate(
         &self,
         sets: &[RangeSet],
         id: &str,
         ifname: &str,
         requested: &[Option<&Requested>],
+        mut ahead: Option<NodeView>,
     ) -> Result<Result<Vec<Got>, usize>, Error> {
         for _ in 0..ROUNDS {
-            let mut v = self.read(id, ifname)?;
+            // An index seen ahead is not trusted: answering it writes nothing, so no compare
+            // would catch a view behind a DEL (the caller's read may be serializable).
+            let mut v = match ahead.take() {
+                Some(v) if v.att.is_none() => v,
+                _ => self.read(id, ifname)?,
+            };
             if let Some((att, _)) = &v.att {
                 return Ok(Ok(self.held(att, sets, requested)?));
             }

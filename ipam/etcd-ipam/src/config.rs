@@ -49,20 +49,32 @@ impl Config {
 
 /// Parse and validate; every problem is code 7 naming the field.
 pub fn parse(req: &Request) -> Result<Config, CniError> {
+    parse_with(req, true)
+}
+
+/// [`parse`] without reading the TLS files (`tls` is `None`): for a caller that hands in its
+/// own etcd connection, set up from the same keys (the overlay plugin checks them in its own
+/// config before any side effect).
+pub fn parse_without_tls(req: &Request) -> Result<Config, CniError> {
+    parse_with(req, false)
+}
+
+fn parse_with(req: &Request, load_tls: bool) -> Result<Config, CniError> {
     let ipam = ipamconf::config::parse(&req.stdin, req.version, &req.args)?;
     let raw: RawNet = cni_core::conf::parse(&req.stdin)?;
     let raw = raw.ipam.unwrap_or_default();
     let endpoints = endpoints(raw.etcd_endpoints.as_ref())?;
     let prefix = prefix(raw.etcd_prefix.as_deref())?;
-    let tls = etcd::tls_from_conf(
-        &endpoints,
-        [
-            raw.etcd_ca_cert_file.as_deref(),
-            raw.etcd_cert_file.as_deref(),
-            raw.etcd_key_file.as_deref(),
-        ],
-    )
-    .map_err(|e| CniError::config(&format!("ipam.{}", e.key), e.message))?;
+    let files = [
+        raw.etcd_ca_cert_file.as_deref(),
+        raw.etcd_cert_file.as_deref(),
+        raw.etcd_key_file.as_deref(),
+    ];
+    let tls = match load_tls {
+        true => etcd::tls_from_conf(&endpoints, files)
+            .map_err(|e| CniError::config(&format!("ipam.{}", e.key), e.message))?,
+        false => None,
+    };
     let network = req.conf.name.clone();
     if network.is_empty() || network.contains('/') {
         return Err(CniError::config(

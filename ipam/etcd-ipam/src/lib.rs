@@ -22,6 +22,7 @@ pub use etcd::store;
 use std::net::IpAddr;
 
 use cni_core::{CniError, CniResult, ErrorCode, IpConfig, Plugin, Request};
+use etcd::TxnResponse;
 use ipnetwork::IpNetwork;
 
 pub use crate::alloc::{reclaim_dead_nodes, Got, Reclaimed};
@@ -82,6 +83,16 @@ impl EtcdIpam {
     }
 }
 
+/// The operations of [`Allocator::read`] (`node`'s blocks and addresses, the attachment's
+/// index), for a caller that folds them into its own read transaction and hands the answers
+/// to [`Allocator::view`].
+pub fn read_ops(keys: &cluster::ipam::Keys, node: &str, id: &str, ifname: &str) -> Vec<etcd::Op> {
+    vec![
+        etcd::Op::get_prefix(keys.node_blocks(node)),
+        etcd::Op::get(keys.att(id, ifname)),
+    ]
+}
+
 fn allocator<'a>(store: &'a dyn Store, cfg: &Config, node: &'a str) -> Allocator<'a> {
     Allocator {
         store,
@@ -102,10 +113,23 @@ pub fn add(
     id: &str,
     ifname: &str,
 ) -> Result<Vec<Got>, CniError> {
+    add_from(store, cfg, node, id, ifname, None)
+}
+
+/// [`add`], its first read answered by `ahead` when the caller did it ([`EtcdIpam::add_reads`]).
+fn add_from(
+    store: &dyn Store,
+    cfg: &Config,
+    node: &str,
+    id: &str,
+    ifname: &str,
+    ahead: Option<&TxnResponse>,
+) -> Result<Vec<Got>, CniError> {
     let requested = cfg.ipam.requested_per_set()?;
     let a = allocator(store, cfg, node);
     let sets = &cfg.ipam.range_sets;
-    let mut result = a.allocate(sets, id, ifname, &requested)?;
+    let first = ahead.map(|r| a.view(r));
+    let mut result = a.allocate(sets, id, ifname, &requested, first)?;
     if result.is_err() {
         let r = reclaim_dead_nodes(store, &cfg.prefix, &cfg.network, node).map_err(Error::from)?;
         if !r.blocks.is_empty() {
@@ -115,7 +139,7 @@ pub fn add(
                 r.ips.len(),
                 r.nodes
             );
-            result = a.allocate(sets, id, ifname, &requested)?;
+            result = a.allocate(sets, id, ifname, &requested, None)?;
         }
     }
     match result {
@@ -283,7 +307,7 @@ impl Plugin for EtcdIpam {
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let (cfg, client) = self.open(req)?;
-        self.add_with(req, &cfg, &client)
+        self.add_with(req, &cfg, &client, None)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
@@ -315,18 +339,36 @@ impl Plugin for EtcdIpam {
 }
 
 impl EtcdIpam {
-    /// ADD or DEL over a store the caller already holds: the overlay plugin runs etcd-ipam in
-    /// its own process over its own etcd connection (one TLS handshake per ADD, not two; the
-    /// overlay takes no other IPAM). The same steps and answers as the plugin's.
+    /// The reads an ADD of `req` starts with (this node's blocks and addresses, the
+    /// attachment's index), for a caller that folds them into its own read transaction: the
+    /// overlay's preflight, one round trip less per ADD. Their answers go to [`Self::run_with`].
+    pub fn add_reads(&self, req: &Request) -> Result<Vec<etcd::Op>, CniError> {
+        let cfg = config::parse_without_tls(req)?;
+        let keys = cluster::ipam::Keys::new(&cfg.network_prefix());
+        Ok(read_ops(
+            &keys,
+            self.node()?,
+            &req.container_id,
+            &req.ifname,
+        ))
+    }
+
+    /// ADD, DEL or CHECK over a store the caller already holds: the overlay plugin runs
+    /// etcd-ipam in its own process over its own etcd connection (one TLS handshake per ADD,
+    /// not two; the overlay takes no other IPAM; its config checked the TLS keys, so they are
+    /// not read again here). The same steps and answers as the plugin's. `ahead`: for ADD, the
+    /// answers to [`Self::add_reads`] (only those operations, read by the caller): the first
+    /// round starts from them instead of reading.
     pub fn run_with(
         &self,
         req: &Request,
         cmd: cni_core::Command,
         store: &dyn Store,
+        ahead: Option<&TxnResponse>,
     ) -> Result<Option<CniResult>, CniError> {
-        let cfg = config::parse(req)?;
+        let cfg = config::parse_without_tls(req)?;
         match cmd {
-            cni_core::Command::Add => self.add_with(req, &cfg, store).map(Some),
+            cni_core::Command::Add => self.add_with(req, &cfg, store, ahead).map(Some),
             cni_core::Command::Del => self.del_with(req, &cfg, store).map(|()| None),
             cni_core::Command::Check => {
                 check(store, &cfg, self.node()?, &req.container_id, &req.ifname).map(|_| None)
@@ -349,13 +391,14 @@ impl EtcdIpam {
         req: &Request,
         cfg: &Config,
         store: &dyn Store,
+        ahead: Option<&TxnResponse>,
     ) -> Result<CniResult, CniError> {
         let node = self.node()?;
         let dns = match &cfg.ipam.resolv_conf {
             Some(p) => ipamconf::config::read_resolv_conf(p)?,
             None => Default::default(),
         };
-        let got = add(store, cfg, node, &req.container_id, &req.ifname)?;
+        let got = add_from(store, cfg, node, &req.container_id, &req.ifname, ahead)?;
         let mut ips = Vec::with_capacity(got.len());
         for g in &got {
             let address =

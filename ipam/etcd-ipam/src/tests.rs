@@ -360,3 +360,59 @@ fn node_name_prefers_the_env_then_the_hostname() {
     assert!(!node_name(Some("".into())).is_empty());
     assert_eq!(node_name(None), node_name(Some(String::new())));
 }
+
+#[test]
+fn an_add_from_a_view_read_ahead_is_one_write_and_an_old_view_costs_a_round_not_a_duplicate() {
+    // One block (the subnet is smaller than a block) of four addresses; c0 holds one.
+    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/29",
+        "rangeStart": "10.9.0.2", "rangeEnd": "10.9.0.5"}]]));
+    let s = MemStore::default();
+    add(&s, &c, "a", "c0", "eth0").unwrap();
+    let keys = cluster::ipam::Keys::new(&c.network_prefix());
+    let ahead = |id: &str| s.txn(&[], &read_ops(&keys, "a", id, "eth0"), &[]).unwrap();
+    // A view still true: the ADD is its write alone.
+    let view = ahead("c1");
+    let n = s.round_trips();
+    let c1 = add_from(&s, &c, "a", "c1", "eth0", Some(&view)).unwrap();
+    assert_eq!(s.round_trips() - n, 1, "one write, no read of its own");
+    // Two free addresses left. Two ids whose picks from the same view are the same address
+    // (the start is a hash of the id): `late` reads ahead, then `early` takes that address.
+    let pick = |id: &str| alloc::fnv(&format!("{id}/eth0")) % 2;
+    let ids: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    let late = &ids[0];
+    let early = ids[1..].iter().find(|i| pick(i) == pick(late)).unwrap();
+    let old = ahead(late);
+    let taken = add(&s, &c, "a", early, "eth0").unwrap();
+    let n = s.round_trips();
+    let got = add_from(&s, &c, "a", late, "eth0", Some(&old)).unwrap();
+    assert_eq!(s.round_trips() - n, 3, "a write that lost, a read, a write");
+    let all = [ips(&c1), ips(&taken), ips(&got)].concat();
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 3, "{all:?}");
+    assert_eq!(
+        s.keys("/cnirs/ipam/net1/nodes/a/").len(),
+        1 + 4,
+        "the block and four holders"
+    );
+}
+
+#[test]
+fn an_index_in_a_view_read_ahead_is_read_again_before_it_is_answered() {
+    // c1's index read ahead, then c1 deleted (its address free for others): answering the old
+    // index would write nothing that a compare could refuse.
+    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/16"}]]));
+    let s = MemStore::default();
+    add(&s, &c, "a", "c1", "eth0").unwrap();
+    let keys = cluster::ipam::Keys::new(&c.network_prefix());
+    let old = s
+        .txn(&[], &read_ops(&keys, "a", "c1", "eth0"), &[])
+        .unwrap();
+    del(&s, &c, "a", "c1", "eth0").unwrap();
+    let n = s.round_trips();
+    let got = add_from(&s, &c, "a", "c1", "eth0", Some(&old)).unwrap();
+    assert_eq!(s.round_trips() - n, 2, "a read of its own, then the write");
+    assert!(
+        got[0].fresh,
+        "allocated again, not the old index answered: {got:?}"
+    );
+    assert_eq!(s.keys("/cnirs/ipam/net1/att/").len(), 1);
+}

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use etcd::{
     store::{gets, Store},
-    Client, Compare, Op, OpResponse,
+    Client, Compare, Op, OpResponse, TxnResponse,
 };
 
 use crate::{
@@ -65,19 +65,30 @@ impl<'a> Cluster<'a> {
 
     /// The first etcd step of ADD, before any side effect, one read: `hosts/<node>` must not
     /// name another VTEP (two hosts sharing a node name would share blocks), and
-    /// `networks/<network>` must not name another VNI. Returns the network's record, if any.
+    /// `networks/<network>` must not name another VNI. `extra` (read-only operations: the
+    /// IPAM's first read) go into the same transaction. Returns the network's record, if any,
+    /// and the answers to `extra` (a response of the same revision holding only theirs).
+    ///
+    /// A serializable read: the member answers from its own state, without the quorum round
+    /// of a linearizable read (1.1 against 2.8 ms p50 and 1.4 against 31 ms p90 on the 3-host
+    /// harness under load). What it may miss (a record written in the last milliseconds
+    /// elsewhere) is caught by the writes: etcd-ipam's compares, `register_network`'s.
     pub fn preflight(
         &self,
         spec: &OverlaySpec,
         node: &NodeName,
         vtep: IpAddr,
-    ) -> Result<Option<NetworkRecord>, OverlayError> {
+        extra: &[Op],
+    ) -> Result<(Option<NetworkRecord>, TxnResponse), OverlayError> {
         let host_key = schema::host_key(&self.prefix, &node.name);
         let net_key = schema::network_key(&self.prefix, &spec.network);
-        let r = self
+        let mut ops = vec![Op::get(&host_key), Op::get(&net_key)];
+        ops.extend_from_slice(extra);
+        let mut r = self
             .store()
-            .txn(&[], &[Op::get(&host_key), Op::get(&net_key)], &[])
+            .read_serializable(&ops)
             .map_err(|e| OverlayError::etcd(format!("read {host_key} and {net_key}"), e))?;
+        let rest = r.responses.split_off(2.min(r.responses.len()));
         let mut gets = r.responses.into_iter().filter_map(|op| match op {
             OpResponse::Get(kvs) => Some(kvs.into_iter().next()),
             _ => None,
@@ -85,10 +96,15 @@ impl<'a> Cluster<'a> {
         if let Some(host) = gets.next().flatten() {
             check_identity(&host_key, &host.value, node, vtep)?;
         }
-        match gets.next().flatten() {
-            Some(kv) => Ok(Some(check_vni(spec, &net_key, &kv.value)?)),
-            None => Ok(None),
-        }
+        let known = match gets.next().flatten() {
+            Some(kv) => Some(check_vni(spec, &net_key, &kv.value)?),
+            None => None,
+        };
+        let ahead = TxnResponse {
+            responses: rest,
+            ..r
+        };
+        Ok((known, ahead))
     }
 
     /// `networks/<network>`, put if absent (a record naming another VNI is a conflict).

@@ -65,6 +65,14 @@ pub trait HostSide {
 /// The IPAM of the network (etcd-ipam).
 pub trait Ipam {
     fn run(&self, req: &Request, cmd: Command) -> Result<Option<CniResult>, CniError>;
+    /// The etcd reads the IPAM's ADD of `req` starts with, for the overlay to fold into its
+    /// own read before any side effect (none by default: the IPAM reads for itself).
+    fn add_reads(&self, _req: &Request) -> Result<Vec<etcd::Op>, CniError> {
+        Ok(Vec::new())
+    }
+    /// The answers to [`Self::add_reads`] (a response holding only theirs): the next ADD
+    /// starts from them instead of reading again.
+    fn read_ahead(&self, _answers: etcd::TxnResponse) {}
 }
 
 /// The IPAM plugin named by the config, run as the runtime would (`CNI_PATH`).
@@ -81,20 +89,58 @@ impl Ipam for DelegateIpam {
 /// connection (one TLS handshake) instead of two and starts no second process. The overlay
 /// takes no IPAM but etcd-ipam (config::parse), so nothing a user could swap is bypassed; any
 /// other `ipam.type` is delegated as a runtime would.
+///
+/// Its ADD's first read (this node's blocks, the attachment's index) is folded into the
+/// overlay's preflight read ([`Ipam::add_reads`]): one etcd round trip less per ADD. The
+/// write's compares still decide (an address free, the block still the node's), so a view
+/// grown old while the host was read costs a second round, never a duplicate.
 pub struct SharedEtcdIpam<'a> {
     pub store: &'a dyn etcd::store::Store,
     pub ipam: etcd_ipam::EtcdIpam,
+    /// The answers to [`Ipam::add_reads`], taken by the next ADD.
+    pub ahead: std::cell::RefCell<Option<etcd::TxnResponse>>,
+}
+
+impl<'a> SharedEtcdIpam<'a> {
+    pub fn new(store: &'a dyn etcd::store::Store, ipam: etcd_ipam::EtcdIpam) -> Self {
+        Self {
+            store,
+            ipam,
+            ahead: Default::default(),
+        }
+    }
+
+    fn is_etcd_ipam(req: &Request) -> bool {
+        req.conf
+            .ipam
+            .as_ref()
+            .is_some_and(|i| i.plugin_type == "etcd-ipam")
+    }
 }
 
 impl Ipam for SharedEtcdIpam<'_> {
     fn run(&self, req: &Request, cmd: Command) -> Result<Option<CniResult>, CniError> {
-        let ty = req.conf.ipam.as_ref().map(|i| i.plugin_type.as_str());
-        match (ty, cmd) {
-            (Some("etcd-ipam"), Command::Add | Command::Del | Command::Check) => {
-                self.ipam.run_with(req, cmd, self.store)
+        match cmd {
+            Command::Add | Command::Del | Command::Check if Self::is_etcd_ipam(req) => {
+                let ahead = match cmd {
+                    Command::Add => self.ahead.borrow_mut().take(),
+                    _ => None,
+                };
+                self.ipam.run_with(req, cmd, self.store, ahead.as_ref())
             }
             _ => req.delegate_ipam(cmd),
         }
+    }
+
+    fn add_reads(&self, req: &Request) -> Result<Vec<etcd::Op>, CniError> {
+        match Self::is_etcd_ipam(req) {
+            true => self.ipam.add_reads(req),
+            false => Ok(Vec::new()),
+        }
+    }
+
+    fn read_ahead(&self, answers: etcd::TxnResponse) {
+        *self.ahead.borrow_mut() = Some(answers);
     }
 }
 

@@ -55,15 +55,12 @@ impl Plugin for Overlay {
         let spec = config::parse(req)?;
         let client = Cluster::client(&spec)?;
         let host = KernelHost::new(&req.detach);
-        let ipam = SharedEtcdIpam {
-            store: &client,
-            ipam: etcd_ipam::EtcdIpam::from_env(),
-        };
+        let ipam = SharedEtcdIpam::new(&client, etcd_ipam::EtcdIpam::from_env());
         let ctx = Ctx {
             etcd: Some(&client),
             ..Ctx::real(&host, &ipam)
         };
-        add(&ctx, req)
+        Ok(add_parsed(&ctx, req, spec)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
@@ -129,18 +126,24 @@ fn ids(req: &Request) -> Result<Ids, OverlayError> {
 
 /// ADD (see the module doc).
 pub fn add(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, CniError> {
-    Ok(add_inner(ctx, req)?)
+    let spec = config::parse(req)?;
+    Ok(add_parsed(ctx, req, spec)?)
 }
 
-fn add_inner(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, OverlayError> {
-    let spec = config::parse(req)?;
+/// ADD of a config parsed once (its TLS files read and checked once per ADD).
+fn add_parsed(ctx: &Ctx<'_>, req: &Request, spec: OverlaySpec) -> Result<CniResult, OverlayError> {
     let ul = ctx.host.underlay(&spec)?;
     let mtu = pod_mtu(&spec, &ul)?;
     let bspec = config::bridge_spec(req, &spec, mtu)?;
     let ids = ids(req)?;
     let cluster = cluster(ctx, &spec)?;
-    // Node identity and the network's VNI, before the first side effect: one read.
-    let known = cluster.preflight(&spec, &ctx.node, ul.vtep)?;
+    // Node identity and the network's VNI, before the first side effect, in one read with
+    // the IPAM's (this node's blocks and addresses): one round trip for both.
+    let reads = ctx.ipam.add_reads(req)?;
+    let (known, ahead) = cluster.preflight(&spec, &ctx.node, ul.vtep, &reads)?;
+    if !reads.is_empty() {
+        ctx.ipam.read_ahead(ahead);
+    }
     // The network's device is created by the first ADD on the host, under the exclusive lock;
     // later ADDs share the lock, so the last DEL cannot remove the device under them.
     let mut lock = ctx.host.lock(&spec, false)?;

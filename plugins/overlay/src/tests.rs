@@ -149,7 +149,7 @@ fn req(cmd: Command, extra: serde_json::Value) -> Request {
     Request::build(cmd, "c1", Some("/x"), "eth0", conf.to_string().as_bytes()).unwrap()
 }
 
-fn ctx<'a>(host: &'a FakeHost, ipam: &'a FakeIpam, store: &'a dyn etcd::store::Store) -> Ctx<'a> {
+fn ctx<'a>(host: &'a FakeHost, ipam: &'a dyn Ipam, store: &'a dyn etcd::store::Store) -> Ctx<'a> {
     Ctx {
         node: crate::schema::NodeName {
             name: "h1".into(),
@@ -402,23 +402,20 @@ fn an_ipam_other_than_etcd_ipam_is_refused() {
 }
 
 fn shared_ipam(store: &dyn etcd::store::Store) -> crate::SharedEtcdIpam<'_> {
-    crate::SharedEtcdIpam {
+    crate::SharedEtcdIpam::new(
         store,
-        ipam: etcd_ipam::EtcdIpam {
+        etcd_ipam::EtcdIpam {
             node: "h1".into(),
             options: etcd::Options::default(),
         },
-    }
+    )
 }
 
 #[test]
 fn etcd_ipam_in_process_allocates_in_the_nodes_block_over_the_same_store() {
     let (host, store) = (FakeHost::default(), MemStore::default());
-    let (ipam, unused) = (shared_ipam(&store), FakeIpam::default());
-    let c = Ctx {
-        ipam: &ipam,
-        ..ctx(&host, &unused, &store)
-    };
+    let ipam = shared_ipam(&store);
+    let c = ctx(&host, &ipam, &store);
     let r = add(&c, &req(Command::Add, serde_json::json!({}))).unwrap();
     let ip = r.ips[0].address;
     assert_eq!(ip.prefix(), 25, "the node's block, not the range: {ip}");
@@ -445,11 +442,8 @@ fn etcd_ipam_in_process_releases_the_address_when_apply_fails() {
         ..FakeHost::default()
     };
     let store = MemStore::default();
-    let (ipam, unused) = (shared_ipam(&store), FakeIpam::default());
-    let c = Ctx {
-        ipam: &ipam,
-        ..ctx(&host, &unused, &store)
-    };
+    let ipam = shared_ipam(&store);
+    let c = ctx(&host, &ipam, &store);
     add(&c, &req(Command::Add, serde_json::json!({}))).unwrap_err();
     assert!(store.keys("/cnirs/ipam/ov/att/").is_empty(), "att released");
     let held: Vec<String> = store
@@ -458,4 +452,33 @@ fn etcd_ipam_in_process_releases_the_address_when_apply_fails() {
         .filter(|k| k.matches('/').count() > 7)
         .collect();
     assert!(held.is_empty(), "no address left held: {held:?}");
+}
+
+#[test]
+fn a_later_add_with_etcd_ipam_in_process_is_one_etcd_read_and_one_write() {
+    let host = FakeHost {
+        device: true,
+        ..FakeHost::default()
+    };
+    let store = MemStore::default();
+    let ipam = shared_ipam(&store);
+    let c = ctx(&host, &ipam, &store);
+    // The host's first pod registers the network and claims the node's block.
+    let first = add(&c, &req(Command::Add, serde_json::json!({}))).unwrap();
+    let mut later = req(Command::Add, serde_json::json!({}));
+    later.container_id = "c2".into();
+    let (n, w) = (store.round_trips(), store.writes());
+    let r = add(&c, &later).unwrap();
+    assert_eq!(
+        (store.round_trips() - n, store.writes() - w),
+        (2, 1),
+        "the overlay's and etcd-ipam's reads in one transaction, then the address's write"
+    );
+    let (a, b) = (first.ips[0].address, r.ips[0].address);
+    assert_ne!(a.ip(), b.ip());
+    assert_eq!(a.network(), b.network(), "the node's block: {a} {b}");
+    assert_eq!(
+        store.keys("/cnirs/ipam/ov/att/"),
+        ["/cnirs/ipam/ov/att/c1/eth0", "/cnirs/ipam/ov/att/c2/eth0"]
+    );
 }
