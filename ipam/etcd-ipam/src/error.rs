@@ -16,12 +16,8 @@ pub enum Error {
 
     /// Code 104: this node's blocks of a range set are full and no block is left to claim
     /// (dead nodes' blocks reclaimed first).
-    #[error("no IP addresses available in range set {index} ({ranges}) of network {network}")]
-    Exhausted {
-        network: String,
-        index: usize,
-        ranges: String,
-    },
+    #[error(transparent)]
+    Exhausted(#[from] ipamconf::Exhausted),
 
     /// Code 103: a requested address is held by another attachment.
     #[error("requested IP address {ip} is already held by {owner}")]
@@ -82,7 +78,7 @@ impl From<Error> for CniError {
             Error::Etcd(_) | Error::Contention { .. } => ErrorCode::TryAgainLater,
             Error::OtherNodesBlock { .. } => ErrorCode::Conflict,
             Error::Stale { .. } => ErrorCode::CheckFailed,
-            Error::Exhausted { .. } => ErrorCode::AddressesExhausted,
+            Error::Exhausted(_) => ErrorCode::AddressesExhausted,
             Error::Taken { .. } | Error::AlreadyHolds { .. } => ErrorCode::Conflict,
             Error::NotHeld { .. } => ErrorCode::CheckFailed,
         };

@@ -144,11 +144,11 @@ fn add_from(
     }
     match result {
         Ok(got) => Ok(got),
-        Err(index) => Err(Error::Exhausted {
+        Err(index) => Err(Error::from(ipamconf::Exhausted {
             network: cfg.network.clone(),
             index,
             ranges: sets[index].to_string(),
-        }
+        })
         .into()),
     }
 }
