@@ -35,6 +35,7 @@ use serde_json::{json, Value};
 
 const BRIDGE: &str = "cnirs-np0";
 const SUBNET: &str = "10.213.31.0/24";
+const SUBNET6: &str = "fd13:31::/64";
 
 /// A UDP datagram from a socket made in `from` to `addr:port` comes back echoed (3 tries,
 /// 700 ms each).
@@ -51,6 +52,20 @@ fn tcp_reaches(from: &Netns, addr: &str, port: u16) -> bool {
     tcp_request(from, addr, port).is_some()
 }
 
+/// The IPv6 address of a CNI result, without its prefix length.
+#[track_caller]
+fn ipv6_of(result: &Value) -> String {
+    let ips = result["ips"].as_array().into_iter().flatten();
+    match ips
+        .filter_map(|i| i["address"].as_str())
+        .map(ip_of)
+        .find(|a| a.is_ipv6())
+    {
+        Some(a) => a.to_string(),
+        None => panic!("no IPv6 address in {result}"),
+    }
+}
+
 struct World {
     net: TestNet,
     conf: Value,
@@ -59,6 +74,9 @@ struct World {
     b: Netns,
     c: Netns,
     ip_a: String,
+    /// a's and c's IPv6 addresses ([`World::dual_stack`]; empty otherwise).
+    ip_a6: String,
+    ip_c6: String,
     _servers: (TcpServer, TcpServer, UdpEcho),
 }
 
@@ -126,6 +144,15 @@ spec:
 
 impl World {
     fn new() -> Self {
+        Self::with(false)
+    }
+
+    /// Pods with an IPv4 and an IPv6 address (two range sets), servers on both families.
+    fn dual_stack() -> Self {
+        Self::with(true)
+    }
+
+    fn with(v6: bool) -> Self {
         let net = TestNet::new();
         let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
         assert!(
@@ -135,19 +162,27 @@ impl World {
         net.host()
             .set_sysctl("net.bridge.bridge-nf-call-iptables", "1");
         let policy_dir = net.tmp().join("policy");
+        let ranges = if v6 {
+            json!([[{"subnet": SUBNET}], [{"subnet": SUBNET6}]])
+        } else {
+            json!([[{"subnet": SUBNET}]])
+        };
+        let any = if v6 { "::" } else { "0.0.0.0" };
         let conf = json!({"cniVersion": "1.0.0", "name": "np", "plugins": [
             {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": true,
              "ipam": {"type": "host-local", "dataDir": net.data_dir(),
-                      "ranges": [[{"subnet": SUBNET}]]}},
+                      "ranges": ranges}},
             {"type": "netpol"}
         ]});
         let (a, b, c) = (net.pod("a"), net.pod("b"), net.pod("c"));
         let mut w = World {
             ip_a: String::new(),
+            ip_a6: String::new(),
+            ip_c6: String::new(),
             _servers: (
-                TcpServer::start(&a, "0.0.0.0", 80, "a80"),
-                TcpServer::start(&a, "0.0.0.0", 81, "a81"),
-                UdpEcho::start(&a, "0.0.0.0", 53, ""),
+                TcpServer::start(&a, any, 80, "a80"),
+                TcpServer::start(&a, any, 81, "a81"),
+                UdpEcho::start(&a, any, 53, ""),
             ),
             net,
             conf,
@@ -157,9 +192,15 @@ impl World {
             c,
         };
         w.policy(&["apply", "-f", "-"], OBJECTS).assert_ok();
-        w.ip_a = first_ip(w.add(&w.a, "x", "a").assert_ok().json());
+        let ra = w.add(&w.a, "x", "a");
+        w.ip_a = first_ip(ra.assert_ok().json());
         w.add(&w.b, "x", "b").assert_ok();
-        w.add(&w.c, "y", "c").assert_ok();
+        let rc = w.add(&w.c, "y", "c");
+        rc.assert_ok();
+        if v6 {
+            w.ip_a6 = ipv6_of(ra.json());
+            w.ip_c6 = ipv6_of(rc.json());
+        }
         w
     }
 
@@ -246,6 +287,62 @@ fn ingress_and_egress_policies_allow_and_deny_real_tcp_and_udp_at_once() {
     assert!(tcp_reaches(&w.b, &a, 80), "x is not egress-isolated");
     w.policy(&["delete", "-f", "-"], EGRESS).assert_ok();
     assert!(tcp_reaches(&w.c, &a, 80));
+}
+
+/// a's IPv6 address accepts ingress from the pods of the /64 except c (an ipBlock with
+/// `except`, IPv6 only).
+fn v6_block_policy(except: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: v6-block, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: \"{SUBNET6}\", except: [\"{except}/128\"]}}}}]\n"
+    )
+}
+
+#[test]
+#[ignore = "kernel: needs root, br_netfilter and the release binaries"]
+fn dual_stack_pods_are_held_to_the_same_policies_over_ipv6() {
+    require_root();
+    let w = World::dual_stack();
+    let (a4, a6) = (w.ip_a.clone(), w.ip_a6.clone());
+    // Controls: without a policy everything reaches a over both families.
+    for ip in [&a4, &a6] {
+        assert!(tcp_reaches(&w.b, ip, 80), "{ip}");
+        assert!(tcp_reaches(&w.c, ip, 80), "{ip}");
+        assert!(tcp_reaches(&w.b, ip, 81), "{ip}");
+        assert!(udp_reaches(&w.c, ip, 53), "{ip}");
+    }
+
+    // The same selectors and ports decide for IPv6 as for IPv4.
+    w.policy(&["apply", "-f", "-"], INGRESS).assert_ok();
+    assert!(nft_elems(&w.net, "set", "np_iiso6").contains(&a6));
+    for ip in [&a4, &a6] {
+        assert!(tcp_reaches(&w.b, ip, 80), "app=web of x on 80: {ip}");
+        assert!(udp_reaches(&w.b, ip, 53), "named port dns: {ip}");
+        assert!(!tcp_reaches(&w.b, ip, 81), "81 is no allowed port: {ip}");
+        assert!(!tcp_reaches(&w.c, ip, 80), "c is of namespace y: {ip}");
+        assert!(!udp_reaches(&w.c, ip, 53), "{ip}");
+    }
+    w.policy(&["delete", "-f", "-"], INGRESS).assert_ok();
+    assert!(tcp_reaches(&w.c, &a6, 80), "deleted: c reaches a again");
+
+    // An IPv6 ipBlock with except: b is in it, c is carved out; IPv4 matches no block.
+    let block = v6_block_policy(&w.ip_c6);
+    w.policy(&["apply", "-f", "-"], &block).assert_ok();
+    assert!(tcp_reaches(&w.b, &a6, 80), "b is inside the /64");
+    assert!(!tcp_reaches(&w.c, &a6, 80), "c is the block's except");
+    assert!(
+        !tcp_reaches(&w.b, &a4, 80),
+        "an IPv6 block allows no IPv4 source"
+    );
+    w.policy(&["delete", "-f", "-"], &block).assert_ok();
+    assert!(tcp_reaches(&w.b, &a4, 80));
+
+    // Egress on the client side over IPv6: pods of y reach x on TCP 81 only.
+    w.policy(&["apply", "-f", "-"], EGRESS).assert_ok();
+    assert!(tcp_reaches(&w.c, &a6, 81), "81 to namespace x: allowed");
+    assert!(!tcp_reaches(&w.c, &a6, 80), "80 is not allowed out of y");
+    assert!(!udp_reaches(&w.c, &a6, 53), "UDP is not allowed out of y");
+    w.policy(&["delete", "-f", "-"], EGRESS).assert_ok();
+    assert!(tcp_reaches(&w.c, &a6, 80));
 }
 
 #[test]
