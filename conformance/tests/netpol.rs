@@ -347,6 +347,36 @@ fn dual_stack_pods_are_held_to_the_same_policies_over_ipv6() {
 
 #[test]
 #[ignore = "kernel: needs root, br_netfilter and the release binaries"]
+fn with_the_bridge_hook_off_add_and_check_refuse_and_name_the_sysctl() {
+    require_root();
+    let w = World::new();
+    let a = w.ip_a.clone();
+    w.policy(&["apply", "-f", "-"], DENY_X).assert_ok();
+    assert!(!tcp_reaches(&w.b, &a, 80), "hook on: x denies b");
+    let hook = "net.bridge.bridge-nf-call-iptables";
+    w.net.host().set_sysctl(hook, "0");
+    // What the refusal is about: same-bridge traffic now bypasses the policies.
+    assert!(
+        tcp_reaches(&w.b, &a, 80),
+        "hook off: nothing filters b -> a"
+    );
+    let out = w.tool("x", "a").check(&w.a);
+    assert!(!out.success(), "CHECK must fail with the hook off: {out}");
+    assert!(out.to_string().contains(&format!("{hook} is 0")), "{out}");
+    let d = w.net.pod("d");
+    let out = w.add(&d, "x", "d");
+    assert!(!out.success(), "ADD must fail with the hook off: {out}");
+    assert!(out.to_string().contains("modprobe br_netfilter"), "{out}");
+    w.tool("x", "d").del(&d).assert_ok();
+    // Control: the hook back on, the same ADD and CHECK pass and x denies b again.
+    w.net.host().set_sysctl(hook, "1");
+    assert!(!tcp_reaches(&w.b, &a, 80));
+    w.tool("x", "a").check(&w.a).assert_ok();
+    w.add(&d, "x", "d").assert_ok();
+}
+
+#[test]
+#[ignore = "kernel: needs root, br_netfilter and the release binaries"]
 fn invalid_objects_change_nothing_and_name_the_field() {
     require_root();
     let w = World::new();

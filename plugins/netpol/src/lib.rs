@@ -13,7 +13,7 @@
 //! objects are read from etcd and the attachment is published there for the other hosts
 //! (`<prefix>/netpol/endpoints/<node>/...`, node from `CNIRS_NODE_NAME` or the hostname).
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, path::Path, sync::Arc};
 
 use cni_core::{error::from_classified, CniError, CniResult, ErrorCode, Plugin, Request};
 use netpol::{cluster::EtcdSource, PodAttachment, PolicyError, Store};
@@ -34,6 +34,13 @@ pub enum NetpolError {
         count: usize,
         list: String,
     },
+    #[error(
+        "netpol: traffic between pods of one bridge would not be filtered: {sysctl} is {found} \
+         (the bridge's netfilter hook, through which same-bridge traffic reaches the policies); \
+         run `modprobe br_netfilter` and `sysctl -w net.bridge.bridge-nf-call-iptables=1 \
+         net.bridge.bridge-nf-call-ip6tables=1` on the host"
+    )]
+    BridgeHookOff { sysctl: String, found: String },
 }
 
 impl From<NetpolError> for CniError {
@@ -51,7 +58,9 @@ impl From<NetpolError> for CniError {
                 CniError::new(ErrorCode::TryAgainLater, p.to_string())
             }
             NetpolError::Policy(p) => CniError::new(ErrorCode::InvalidConfig, p.to_string()),
-            m @ NetpolError::Missing { .. } => CniError::new(ErrorCode::Firewall, m.to_string()),
+            m @ (NetpolError::Missing { .. } | NetpolError::BridgeHookOff { .. }) => {
+                CniError::new(ErrorCode::Firewall, m.to_string())
+            }
         }
     }
 }
@@ -138,10 +147,40 @@ fn pod_ips(prev: &CniResult) -> Result<Vec<IpAddr>, CniError> {
     Ok(ips)
 }
 
+/// The bridge's netfilter hook for each family of `ips`, read under `proc_sys` (the
+/// runtime's netns, where the pod's bridge is): `Err` names the first one that is off or
+/// missing (`br_netfilter` not loaded). Same-bridge traffic is switched, not routed: without
+/// the hook it never crosses `inet cnirs`, and the pod's policies would not hold against its
+/// bridge neighbours, so ADD and CHECK refuse (fail closed).
+fn bridge_hook_on(proc_sys: &Path, ips: &[IpAddr]) -> Result<(), NetpolError> {
+    let hooks = [
+        (false, "net/bridge/bridge-nf-call-iptables"),
+        (true, "net/bridge/bridge-nf-call-ip6tables"),
+    ];
+    for (v6, key) in hooks {
+        if !ips.iter().any(|ip| ip.is_ipv6() == v6) {
+            continue;
+        }
+        let found = match std::fs::read_to_string(proc_sys.join(key)) {
+            Ok(v) if v.trim() == "1" => continue,
+            Ok(v) => v.trim().to_owned(),
+            Err(e) => format!("unreadable ({e})"),
+        };
+        return Err(NetpolError::BridgeHookOff {
+            sysctl: key.replace('/', "."),
+            found,
+        });
+    }
+    Ok(())
+}
+
+const PROC_SYS: &str = "/proc/sys";
+
 fn add(req: &Request) -> Result<CniResult, NetpolError> {
     let prev = req.require_prev_result()?;
     let (namespace, name) = pod_of(req)?;
     let ips = pod_ips(&prev)?;
+    bridge_hook_on(Path::new(PROC_SYS), &ips)?;
     open(req)?.attach(PodAttachment {
         network: req.conf.name.clone(),
         container_id: req.container_id.clone(),
@@ -157,6 +196,7 @@ fn check(req: &Request) -> Result<(), NetpolError> {
     let prev = req.require_prev_result()?;
     let (namespace, name) = pod_of(req)?;
     let ips = pod_ips(&prev)?;
+    bridge_hook_on(Path::new(PROC_SYS), &ips)?;
     let (_, missing) = open(req)?.missing_for(&ips)?;
     if missing.is_empty() {
         return Ok(());
@@ -198,5 +238,63 @@ impl Plugin for Netpol {
             Ok(open(req)?.gc(&req.conf.name, &req.valid_pairs())?)
         };
         Ok(gc()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A `/proc/sys` with the two hooks set to `v4`, `v6` (`None`: no file).
+    fn proc_sys(v4: Option<&str>, v6: Option<&str>) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "netpol-hook-{}-{}-{}",
+            std::process::id(),
+            v4.unwrap_or("none"),
+            v6.unwrap_or("none")
+        ));
+        let bridge = dir.join("net/bridge");
+        std::fs::create_dir_all(&bridge).unwrap();
+        for (name, v) in [
+            ("bridge-nf-call-iptables", v4),
+            ("bridge-nf-call-ip6tables", v6),
+        ] {
+            if let Some(v) = v {
+                std::fs::write(bridge.join(name), format!("{v}\n")).unwrap();
+            }
+        }
+        dir
+    }
+
+    fn check(v4: Option<&str>, v6: Option<&str>, ips: &[IpAddr]) -> Result<(), NetpolError> {
+        let dir = proc_sys(v4, v6);
+        let r = bridge_hook_on(&dir, ips);
+        std::fs::remove_dir_all(dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn the_bridge_hook_of_each_family_of_the_pod_must_be_on() {
+        let v4: IpAddr = "10.0.0.2".parse().unwrap();
+        let v6: IpAddr = "fd00::2".parse().unwrap();
+        assert!(check(Some("1"), Some("1"), &[v4, v6]).is_ok());
+        // Only the families the pod has count.
+        assert!(check(Some("1"), Some("0"), &[v4]).is_ok());
+        let e = check(Some("1"), Some("0"), &[v4, v6]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("net.bridge.bridge-nf-call-ip6tables is 0"),
+            "{e}"
+        );
+        let e = check(Some("0"), Some("1"), &[v4]).unwrap_err();
+        assert_eq!(CniError::from(e).code, ErrorCode::Firewall);
+        // br_netfilter not loaded: no file.
+        let e = check(None, None, &[v6]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("net.bridge.bridge-nf-call-ip6tables is unreadable"),
+            "{e}"
+        );
     }
 }
