@@ -227,7 +227,8 @@ pub fn touches(e: &Elem, ips: &[IpAddr]) -> bool {
 #[derive(Default)]
 struct PairAcc {
     any: bool,
-    ports: BTreeMap<Protocol, Vec<(u16, u16)>>,
+    /// (protocol, port range), in any order, repeats allowed
+    ports: Vec<(Protocol, (u16, u16))>,
 }
 
 /// (direction, isolated pod address, peer pod address) -> what is allowed.
@@ -340,6 +341,14 @@ impl<'a> Compiler<'a> {
     fn as_peer(&mut self) {
         let w = self.w;
         let only = self.only.unwrap_or_default();
+        if w.policies.is_empty() {
+            return;
+        }
+        // The pods of each namespace: a policy selects only in its own.
+        let mut by_ns: BTreeMap<&'a str, Vec<&'a PodInfo>> = BTreeMap::new();
+        for p in &w.pods {
+            by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
         for policy in &w.policies {
             for dir in [NpDir::Ingress, NpDir::Egress] {
                 let Some(rules) = (match dir {
@@ -359,9 +368,13 @@ impl<'a> Compiler<'a> {
                     if naming.is_empty() {
                         continue;
                     }
-                    for pod in w.pods.iter().filter(|p| {
-                        p.namespace == policy.namespace && policy.pod_selector.matches(&p.labels)
-                    }) {
+                    let of_ns = by_ns.get(policy.namespace.as_str());
+                    for pod in of_ns
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .filter(|p| policy.pod_selector.matches(&p.labels))
+                    {
                         for &ip in pod.ips.iter().filter(|ip| ip.is_ipv6() == v6) {
                             if only.contains(&ip) {
                                 continue; // done whole
@@ -384,8 +397,8 @@ impl<'a> Compiler<'a> {
 fn merge(pairs: &mut Pairs, key: (NpDir, IpAddr, IpAddr), acc: PairAcc) {
     let e = pairs.entry(key).or_default();
     e.any |= acc.any;
-    for (proto, mut v) in acc.ports {
-        e.ports.entry(proto).or_default().append(&mut v);
+    if !e.any {
+        e.ports.extend(acc.ports);
     }
 }
 
@@ -425,7 +438,11 @@ fn emit_pair(out: &mut BTreeSet<Elem>, dir: NpDir, pod: IpAddr, peer: IpAddr, ac
         });
         return;
     }
-    for (protocol, ranges) in acc.ports {
+    let mut by_proto: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
+    for (protocol, ports) in acc.ports {
+        by_proto.entry(protocol).or_default().push(ports);
+    }
+    for (protocol, ranges) in by_proto {
         let spans = union(
             ranges
                 .into_iter()
@@ -550,7 +567,7 @@ fn allow_rule(
             ip,
             PairAcc {
                 any: false,
-                ports: BTreeMap::from([(protocol, vec![ports])]),
+                ports: vec![(protocol, ports)],
             },
         )
     };
