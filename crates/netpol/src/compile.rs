@@ -20,7 +20,7 @@ use std::{
 use ipnetwork::IpNetwork;
 use nftplan::{Elem, NpDir, NpPorts, Protocol};
 
-use crate::policy::{Labels, Peer, PodInfo, Policy, PortSpec, Rule, NS_NAME_LABEL};
+use crate::policy::{Labels, Peer, PodInfo, Policy, PortSpec, Rule, Selector, NS_NAME_LABEL};
 
 /// Everything the compiler looks at.
 #[derive(Debug, Clone, Default)]
@@ -313,6 +313,7 @@ impl<'a> Compiler<'a> {
     /// Every element of `pod`'s addresses `ips` (all of them, or those in `only`).
     fn whole_pod(&mut self, pod: &'a PodInfo, ips: &[IpAddr]) {
         let w = self.w;
+        let mut pairs = std::mem::take(&mut self.pairs);
         for dir in [NpDir::Ingress, NpDir::Egress] {
             let selecting: Vec<_> = w.selecting(pod, dir).collect();
             if selecting.is_empty() {
@@ -325,15 +326,15 @@ impl<'a> Compiler<'a> {
                 for (policy, rules) in &selecting {
                     for rule in rules.iter() {
                         let peers = self.peers(policy, rule, v6, false);
-                        let pairs = allow_rule(peers, rule, pod, dir, &mut allowed);
-                        for (peer, acc) in pairs {
-                            merge(&mut self.pairs, (dir, ip, peer), acc);
-                        }
+                        allow_rule(peers, rule, pod, dir, &mut allowed, &mut |peer, p| {
+                            merge(&mut pairs, (dir, ip, peer), p);
+                        });
                     }
                 }
                 emit_ranges(&mut self.out, dir, ip, allowed);
             }
         }
+        self.pairs = pairs;
     }
 
     /// The pair elements naming an address of `only` as the peer, of the pods that do not own
@@ -344,11 +345,17 @@ impl<'a> Compiler<'a> {
         if w.policies.is_empty() {
             return;
         }
+        let fams: Vec<bool> = [false, true]
+            .into_iter()
+            .filter(|v6| only.iter().any(|ip| ip.is_ipv6() == *v6))
+            .collect();
         // The pods of each namespace: a policy selects only in its own.
         let mut by_ns: BTreeMap<&'a str, Vec<&'a PodInfo>> = BTreeMap::new();
         for p in &w.pods {
             by_ns.entry(p.namespace.as_str()).or_default().push(p);
         }
+        let mut selected: Vec<(&'a str, &'a Selector, Vec<&'a PodInfo>)> = Vec::new();
+        let mut pairs = std::mem::take(&mut self.pairs);
         for policy in &w.policies {
             for dir in [NpDir::Ingress, NpDir::Egress] {
                 let Some(rules) = (match dir {
@@ -357,7 +364,8 @@ impl<'a> Compiler<'a> {
                 }) else {
                     continue;
                 };
-                for v6 in [false, true] {
+                // Only the families of `only` can be named.
+                for v6 in [false, true].into_iter().filter(|v6| fams.contains(v6)) {
                     let naming: Vec<&'a Rule> = rules
                         .iter()
                         .filter(|r| {
@@ -368,13 +376,24 @@ impl<'a> Compiler<'a> {
                     if naming.is_empty() {
                         continue;
                     }
-                    let of_ns = by_ns.get(policy.namespace.as_str());
-                    for pod in of_ns
-                        .into_iter()
-                        .flatten()
-                        .copied()
-                        .filter(|p| policy.pod_selector.matches(&p.labels))
-                    {
+                    // Policies of one namespace often share a podSelector: matched once.
+                    let at = match selected.iter().position(|(ns, sel, _)| {
+                        *ns == policy.namespace.as_str() && **sel == policy.pod_selector
+                    }) {
+                        Some(at) => at,
+                        None => {
+                            let pods = by_ns
+                                .get(policy.namespace.as_str())
+                                .into_iter()
+                                .flatten()
+                                .copied()
+                                .filter(|p| policy.pod_selector.matches(&p.labels))
+                                .collect();
+                            selected.push((&policy.namespace, &policy.pod_selector, pods));
+                            selected.len() - 1
+                        }
+                    };
+                    for &pod in &selected[at].2 {
                         for &ip in pod.ips.iter().filter(|ip| ip.is_ipv6() == v6) {
                             if only.contains(&ip) {
                                 continue; // done whole
@@ -382,23 +401,26 @@ impl<'a> Compiler<'a> {
                             for rule in &naming {
                                 let peers = self.peers(policy, rule, v6, true);
                                 let mut allowed = Allowed::default();
-                                for (peer, acc) in allow_rule(peers, rule, pod, dir, &mut allowed) {
-                                    merge(&mut self.pairs, (dir, ip, peer), acc);
-                                }
+                                allow_rule(peers, rule, pod, dir, &mut allowed, &mut |peer, p| {
+                                    merge(&mut pairs, (dir, ip, peer), p);
+                                });
                             }
                         }
                     }
                 }
             }
         }
+        self.pairs = pairs;
     }
 }
 
-fn merge(pairs: &mut Pairs, key: (NpDir, IpAddr, IpAddr), acc: PairAcc) {
+/// Add to a pair: every protocol and port (`None`), or a port range of a protocol.
+fn merge(pairs: &mut Pairs, key: (NpDir, IpAddr, IpAddr), ports: Option<(Protocol, (u16, u16))>) {
     let e = pairs.entry(key).or_default();
-    e.any |= acc.any;
-    if !e.any {
-        e.ports.extend(acc.ports);
+    match ports {
+        None => e.any = true,
+        Some(p) if !e.any => e.ports.push(p),
+        Some(_) => {}
     }
 }
 
@@ -547,30 +569,15 @@ fn allow_rule(
     pod: &PodInfo,
     dir: NpDir,
     allowed: &mut Allowed,
-) -> Vec<(IpAddr, PairAcc)> {
-    let mut pairs = Vec::new();
+    pair: &mut impl FnMut(IpAddr, Option<(Protocol, (u16, u16))>),
+) {
     if rule.ports.is_empty() {
         allowed.any.extend(peers.ranges.iter().copied());
         for (ip, _) in &peers.pods {
-            pairs.push((
-                *ip,
-                PairAcc {
-                    any: true,
-                    ..PairAcc::default()
-                },
-            ));
+            pair(*ip, None);
         }
-        return pairs;
+        return;
     }
-    let pair = |ip: IpAddr, protocol: Protocol, ports: (u16, u16)| {
-        (
-            ip,
-            PairAcc {
-                any: false,
-                ports: vec![(protocol, ports)],
-            },
-        )
-    };
     for sel in &rule.ports {
         let ports = match &sel.port {
             PortSpec::All => Some((0, u16::MAX)),
@@ -586,7 +593,7 @@ fn allow_rule(
             PortSpec::Named(name) => {
                 for (ip, p) in peers.pods.iter().chain(&peers.in_ranges) {
                     if let Some(port) = p.named_port(name, sel.protocol) {
-                        pairs.push(pair(*ip, sel.protocol, (port, port)));
+                        pair(*ip, Some((sel.protocol, (port, port))));
                     }
                 }
                 None
@@ -596,9 +603,8 @@ fn allow_rule(
             let rects = allowed.ports.entry(sel.protocol).or_default();
             rects.extend(peers.ranges.iter().map(|r| (*r, ports)));
             for (ip, _) in &peers.pods {
-                pairs.push(pair(*ip, sel.protocol, ports));
+                pair(*ip, Some((sel.protocol, ports)));
             }
         }
     }
-    pairs
 }

@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     compile::World,
     model::Object,
-    policy::{validate, Labels, Op, Peer, PodInfo, Policy, PortSpec, Selector, Valid, NS_NAME_LABEL},
+    policy::{
+        validate, Labels, Op, Peer, PodInfo, Policy, PortSpec, Selector, Valid, NS_NAME_LABEL,
+    },
     store::{read_json, write_json, Objects},
     PolicyError,
 };
@@ -259,7 +261,10 @@ pub(crate) fn write(dir: &Path, o: &Objects) -> Result<(), PolicyError> {
     let mut files: BTreeMap<String, Bucket> = BTreeMap::new();
     for (key, ids) in c.buckets() {
         let policies = ids.iter().map(|&i| c.policies[i].clone()).collect();
-        files.entry(file_of(&key)).or_default().push((key, policies));
+        files
+            .entry(file_of(&key))
+            .or_default()
+            .push((key, policies));
     }
     for (file, bucket) in &files {
         write_json(&root, file, bucket)?;

@@ -18,8 +18,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
     compile::{compile, compile_touching, World},
-    model::{Namespace, NetworkPolicy, Object, Pod},
     index::{Compiled, Index, Lookup},
+    model::{Namespace, NetworkPolicy, Object, Pod},
     policy::{validate, Labels, PodInfo, Policy, Valid},
     source::{with_remote, FileSource, ObjectStore},
     PolicyError,
@@ -309,14 +309,19 @@ impl Store {
             .iter()
             .filter(|p| owns(&p.ips))
             .map(|p| (p.namespace.as_str(), &p.labels))
-            .chain(now_ips.iter().filter(|(_, _, now)| owns(now)).map(|(ns, name, _)| {
-                let labels = w
-                    .pods
+            .chain(
+                now_ips
                     .iter()
-                    .find(|p| p.namespace == *ns && p.name == *name)
-                    .map_or(&no_labels, |p| &p.labels);
-                (*ns, labels)
-            }))
+                    .filter(|(_, _, now)| owns(now))
+                    .map(|(ns, name, _)| {
+                        let labels = w
+                            .pods
+                            .iter()
+                            .find(|p| p.namespace == *ns && p.name == *name)
+                            .map_or(&no_labels, |p| &p.labels);
+                        (*ns, labels)
+                    }),
+            )
             .collect();
         w.policies = match &mut policies {
             Policies::Filed(l) => l.policies_for(&who)?,

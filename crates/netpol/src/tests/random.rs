@@ -313,7 +313,12 @@ fn a_hand_edited_objects_file_is_compiled_again_or_refused() {
     let h = Harness::new();
     let dir = h._dir.path().join("policy");
     let mut o = h.store.objects().unwrap();
-    let deny = parse(&np("x", "deny", "  podSelector: {}\n  policyTypes: [Ingress]\n")).unwrap();
+    let deny = parse(&np(
+        "x",
+        "deny",
+        "  podSelector: {}\n  policyTypes: [Ingress]\n",
+    ))
+    .unwrap();
     let Object::NetworkPolicy(p) = &deny[0] else {
         panic!("not a policy")
     };
