@@ -326,7 +326,7 @@ impl<'a> Compiler<'a> {
                 for (policy, rules) in &selecting {
                     for rule in rules.iter() {
                         let peers = self.peers(policy, rule, v6, false);
-                        allow_rule(peers, rule, pod, dir, &mut allowed, &mut |peer, p| {
+                        allow_rule(peers, rule, pod, dir, Some(&mut allowed), &mut |peer, p| {
                             merge(&mut pairs, (dir, ip, peer), p);
                         });
                     }
@@ -400,8 +400,8 @@ impl<'a> Compiler<'a> {
                             }
                             for rule in &naming {
                                 let peers = self.peers(policy, rule, v6, true);
-                                let mut allowed = Allowed::default();
-                                allow_rule(peers, rule, pod, dir, &mut allowed, &mut |peer, p| {
+                                // Only the pairs: the ranges are the pod's, done whole.
+                                allow_rule(peers, rule, pod, dir, None, &mut |peer, p| {
                                     merge(&mut pairs, (dir, ip, peer), p);
                                 });
                             }
@@ -460,15 +460,17 @@ fn emit_pair(out: &mut BTreeSet<Elem>, dir: NpDir, pod: IpAddr, peer: IpAddr, ac
         });
         return;
     }
-    let mut by_proto: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
-    for (protocol, ports) in acc.ports {
-        by_proto.entry(protocol).or_default().push(ports);
-    }
-    for (protocol, ranges) in by_proto {
+    let mut ports = acc.ports;
+    ports.sort_unstable();
+    let mut rest = ports.as_slice();
+    while let Some(&(protocol, _)) = rest.first() {
+        let n = rest.iter().take_while(|(p, _)| *p == protocol).count();
+        let (these, next) = rest.split_at(n);
+        rest = next;
         let spans = union(
-            ranges
-                .into_iter()
-                .map(|(a, b)| (u128::from(a), u128::from(b)))
+            these
+                .iter()
+                .map(|(_, (a, b))| (u128::from(*a), u128::from(*b)))
                 .collect(),
         );
         for (a, b) in spans {
@@ -561,18 +563,20 @@ fn selects(
     }
 }
 
-/// Add what `rule` allows `pod` in `dir`: the address ranges to `allowed`, and the pod peers
+/// Add what `rule` allows `pod` in `dir`: the address ranges to `allowed` (when given), and the pod peers
 /// returned as (peer address, what) to be merged per pair.
 fn allow_rule(
     peers: &Peers<'_>,
     rule: &Rule,
     pod: &PodInfo,
     dir: NpDir,
-    allowed: &mut Allowed,
+    mut allowed: Option<&mut Allowed>,
     pair: &mut impl FnMut(IpAddr, Option<(Protocol, (u16, u16))>),
 ) {
     if rule.ports.is_empty() {
-        allowed.any.extend(peers.ranges.iter().copied());
+        if let Some(allowed) = allowed {
+            allowed.any.extend(peers.ranges.iter().copied());
+        }
         for (ip, _) in &peers.pods {
             pair(*ip, None);
         }
@@ -600,8 +604,10 @@ fn allow_rule(
             }
         };
         if let Some(ports) = ports {
-            let rects = allowed.ports.entry(sel.protocol).or_default();
-            rects.extend(peers.ranges.iter().map(|r| (*r, ports)));
+            if let Some(allowed) = allowed.as_deref_mut() {
+                let rects = allowed.ports.entry(sel.protocol).or_default();
+                rects.extend(peers.ranges.iter().map(|r| (*r, ports)));
+            }
             for (ip, _) in &peers.pods {
                 pair(*ip, Some((sel.protocol, ports)));
             }

@@ -93,8 +93,21 @@ struct Meta {
     pods: Vec<PodInfo>,
 }
 
-/// A bucket file: the keys whose hash it has, each with its policies.
-type Bucket = Vec<(String, Vec<Policy>)>;
+/// A bucket file: the keys whose hash it has, each with its policies: whole (`s/` keys: they
+/// may select the pod) or with only the rules that may name the pod (`p/` keys, [`ANY_ADDR`]).
+type Bucket = Vec<(String, Vec<Filed>)>;
+
+/// A policy as filed.
+#[derive(Debug, Serialize, Deserialize)]
+struct Filed {
+    /// all its rules (else only those that may name the pods of the key)
+    whole: bool,
+    policy: Policy,
+}
+
+/// What is filed under one key: policy index -> `None` (whole) or the (ingress, egress)
+/// indices of the rules that may name the key's pods.
+type Filing = BTreeMap<usize, Option<(BTreeSet<usize>, BTreeSet<usize>)>>;
 
 /// The stored objects validated and typed: what the compiler takes, less the addresses.
 #[derive(Debug, Default)]
@@ -138,23 +151,35 @@ impl Compiled {
             .collect()
     }
 
-    /// Key -> the indices of the policies filed under it.
-    fn buckets(&self) -> BTreeMap<String, BTreeSet<usize>> {
+    /// Key -> what is filed under it.
+    fn buckets(&self) -> BTreeMap<String, Filing> {
         let known = self.known();
         let w = World {
             namespaces: self.namespaces.clone(),
             ..World::default()
         };
-        let mut out: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        let mut out: BTreeMap<String, Filing> = BTreeMap::new();
         for (i, p) in self.policies.iter().enumerate() {
-            let mut file = |key: String| {
-                out.entry(key).or_default().insert(i);
-            };
             for lk in sel_keys(Some(&p.pod_selector)) {
-                file(format!("s/{}/{lk}", p.namespace));
+                out.entry(format!("s/{}/{lk}", p.namespace))
+                    .or_default()
+                    .insert(i, None);
             }
+            let mut file = |key: String, dir: NpDir, r: usize| {
+                if let Some((ing, eg)) = out
+                    .entry(key)
+                    .or_default()
+                    .entry(i)
+                    .or_insert_with(|| Some(Default::default()))
+                {
+                    match dir {
+                        NpDir::Ingress => ing.insert(r),
+                        NpDir::Egress => eg.insert(r),
+                    };
+                }
+            };
             for (dir, rules) in [(NpDir::Ingress, &p.ingress), (NpDir::Egress, &p.egress)] {
-                for rule in rules.iter().flatten() {
+                for (r, rule) in rules.iter().flatten().enumerate() {
                     let named = rule
                         .ports
                         .iter()
@@ -162,7 +187,7 @@ impl Compiled {
                     let ranges = rule.peers.is_empty()
                         || rule.peers.iter().any(|x| matches!(x, Peer::Block { .. }));
                     if dir == NpDir::Egress && named && ranges {
-                        file(ANY_ADDR.to_owned());
+                        file(ANY_ADDR.to_owned(), dir, r);
                     }
                     for peer in &rule.peers {
                         let Peer::Pods { namespaces, pods } = peer else {
@@ -180,7 +205,7 @@ impl Compiled {
                         let lks = sel_keys(pods.as_ref());
                         for n in nss {
                             for lk in &lks {
-                                file(format!("p/{n}/{lk}"));
+                                file(format!("p/{n}/{lk}"), dir, r);
                             }
                         }
                     }
@@ -188,6 +213,26 @@ impl Compiled {
             }
         }
         out
+    }
+}
+
+/// `p` with only the rules `keep` (ingress, egress) of each direction (a direction without
+/// any: `None`, as if it had no such type: it only names peers, it isolates nothing here).
+fn reduced(p: &Policy, keep: &(BTreeSet<usize>, BTreeSet<usize>)) -> Policy {
+    let only = |rules: &Option<Vec<crate::policy::Rule>>, keep: &BTreeSet<usize>| {
+        let kept: Vec<_> = rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(r, _)| keep.contains(r))
+            .map(|(_, rule)| rule.clone())
+            .collect();
+        (!kept.is_empty()).then_some(kept)
+    };
+    Policy {
+        ingress: only(&p.ingress, &keep.0),
+        egress: only(&p.egress, &keep.1),
+        ..p.clone()
     }
 }
 
@@ -259,12 +304,21 @@ pub(crate) fn write(dir: &Path, o: &Objects) -> Result<(), PolicyError> {
         .create(&root)
         .map_err(|e| PolicyError::io(&root, e))?;
     let mut files: BTreeMap<String, Bucket> = BTreeMap::new();
-    for (key, ids) in c.buckets() {
-        let policies = ids.iter().map(|&i| c.policies[i].clone()).collect();
-        files
-            .entry(file_of(&key))
-            .or_default()
-            .push((key, policies));
+    for (key, filing) in c.buckets() {
+        let filed = filing
+            .iter()
+            .map(|(&i, keep)| match keep {
+                None => Filed {
+                    whole: true,
+                    policy: c.policies[i].clone(),
+                },
+                Some(keep) => Filed {
+                    whole: false,
+                    policy: reduced(&c.policies[i], keep),
+                },
+            })
+            .collect();
+        files.entry(file_of(&key)).or_default().push((key, filed));
     }
     for (file, bucket) in &files {
         write_json(&root, file, bucket)?;
@@ -367,22 +421,39 @@ impl Lookup {
         for k in &keys {
             files.entry(file_of(k)).or_default().insert(k);
         }
-        let mut found: BTreeMap<(String, String), Policy> = BTreeMap::new();
+        // A policy whole wherever it is filed whole (it may select one of `who`); else the
+        // rules of its parts together (a rule twice allows nothing more).
+        let mut found: BTreeMap<(String, String), Filed> = BTreeMap::new();
         for (file, want) in files {
             let Some(bucket) = read_json::<Bucket>(&self.root.join(file))? else {
                 continue; // no policy under these keys
             };
-            for (key, policies) in bucket {
+            for (key, filed) in bucket {
                 if !want.contains(key.as_str()) {
                     continue;
                 }
-                for p in policies {
-                    found
-                        .entry((p.namespace.clone(), p.name.clone()))
-                        .or_insert(p);
+                for f in filed {
+                    let id = (f.policy.namespace.clone(), f.policy.name.clone());
+                    match found.get_mut(&id) {
+                        None => {
+                            found.insert(id, f);
+                        }
+                        Some(had) if had.whole => {}
+                        Some(had) if f.whole => *had = f,
+                        Some(had) => {
+                            for (mine, more) in [
+                                (&mut had.policy.ingress, f.policy.ingress),
+                                (&mut had.policy.egress, f.policy.egress),
+                            ] {
+                                if let Some(more) = more {
+                                    mine.get_or_insert_with(Vec::new).extend(more);
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
-        Ok(found.into_values().collect())
+        Ok(found.into_values().map(|f| f.policy).collect())
     }
 }
