@@ -9,7 +9,7 @@
 //! <policy dir>/objects.json          the objects as applied (the authority)
 //! <policy dir>/compiled.json         [`Meta`]: the stamp of objects.json it was made from,
 //!                                    namespaces, pods (validated), the bucket directory
-//! <policy dir>/compiled.<n>/<h>.json a bucket: the policies filed under a key whose hash is h
+//! <policy dir>/compiled-<n>/<i>.json a bucket: the policies filed under the keys of hash i
 //! ```
 //! Keys (a candidate filter only, a superset: the compiler decides exactly):
 //! - `s/<ns>/<label>`: policies of `ns` whose `podSelector` can select a pod with `label`
@@ -26,8 +26,8 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::ErrorKind,
-    os::unix::fs::{DirBuilderExt, MetadataExt},
+    io::{ErrorKind, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -47,7 +47,7 @@ use crate::{
 /// The compiled form's entry point in the policy dir.
 pub(crate) const META: &str = "compiled.json";
 const OBJECTS: &str = "objects.json";
-const BUCKETS: &str = "compiled.";
+const BUCKETS: &str = "compiled-";
 /// Bumped when the compiled form changes shape (an older one is made again).
 const VERSION: u32 = 1;
 /// The namespace key of a namespace that no object names.
@@ -85,6 +85,8 @@ struct Meta {
     objects: Option<Stamp>,
     /// the bucket directory's name
     dir: String,
+    /// how many bucket files it holds (each exists, maybe an empty list)
+    slots: u64,
     /// namespace -> labels (those applied)
     namespaces: BTreeMap<String, Labels>,
     /// every namespace an object names
@@ -274,15 +276,15 @@ fn unnamed_may_match(sel: &Selector) -> bool {
             .all(|(k, op, _)| k == NS_NAME_LABEL || matches!(op, Op::NotIn | Op::DoesNotExist))
 }
 
-/// FNV-1a, 64 bits: a bucket's file name (keys are user strings; a collision only shares a
-/// file, the key is inside).
-fn file_of(key: &str) -> String {
+/// The file of a key among `slots`: FNV-1a, 64 bits (keys are user strings; keys that
+/// share a file are told apart inside it).
+fn file_of(key: &str, slots: u64) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{h:016x}.json")
+    format!("{}.json", h % slots.max(1))
 }
 
 /// The compiled form of `<dir>/objects.json` (validated, as it is now), written next to it.
@@ -303,8 +305,15 @@ pub(crate) fn write(dir: &Path, o: &Objects) -> Result<(), PolicyError> {
         .mode(0o700)
         .create(&root)
         .map_err(|e| PolicyError::io(&root, e))?;
-    let mut files: BTreeMap<String, Bucket> = BTreeMap::new();
-    for (key, filing) in c.buckets() {
+    let buckets = c.buckets();
+    // About one key per file; every file exists, so a missing one is an error, not "no
+    // policy" (they are not synced one by one: after a crash a missing or torn file makes the
+    // reader compile them again, see `Lookup::policies_for`).
+    let slots = (buckets.len() as u64).next_power_of_two().max(16);
+    let mut files: BTreeMap<String, Bucket> = (0..slots)
+        .map(|i| (format!("{i}.json"), Bucket::new()))
+        .collect();
+    for (key, filing) in buckets {
         let filed = filing
             .iter()
             .map(|(&i, keep)| match keep {
@@ -318,10 +327,24 @@ pub(crate) fn write(dir: &Path, o: &Objects) -> Result<(), PolicyError> {
                 },
             })
             .collect();
-        files.entry(file_of(&key)).or_default().push((key, filed));
+        files
+            .entry(file_of(&key, slots))
+            .or_default()
+            .push((key, filed));
     }
     for (file, bucket) in &files {
-        write_json(&root, file, bucket)?;
+        let path = root.join(file);
+        let bytes = serde_json::to_vec(bucket).map_err(|source| PolicyError::State {
+            path: path.clone(),
+            source,
+        })?;
+        fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&bytes))
+            .map_err(|e| PolicyError::io(&path, e))?;
     }
     let known = c.known();
     write_json(
@@ -331,6 +354,7 @@ pub(crate) fn write(dir: &Path, o: &Objects) -> Result<(), PolicyError> {
             version: VERSION,
             objects,
             dir: name.clone(),
+            slots,
             namespaces: c.namespaces,
             known,
             pods: c.pods,
@@ -384,13 +408,15 @@ impl Index {
     }
 
     /// The namespaces applied, and the Pod objects.
-    pub fn base(self) -> (BTreeMap<String, Labels>, Vec<PodInfo>, Lookup) {
+    pub fn base(self, dir: &Path) -> (BTreeMap<String, Labels>, Vec<PodInfo>, Lookup) {
         (
             self.meta.namespaces,
             self.meta.pods,
             Lookup {
+                dir: dir.to_path_buf(),
                 root: self.root,
                 known: self.meta.known,
+                slots: self.meta.slots,
             },
         )
     }
@@ -398,14 +424,32 @@ impl Index {
 
 /// Finds the policies filed for some pods.
 pub(crate) struct Lookup {
+    dir: PathBuf,
     root: PathBuf,
     known: BTreeSet<String>,
+    slots: u64,
 }
 
 impl Lookup {
     /// The policies that may select, or name as a peer, a pod of namespace `ns` with `labels`
     /// for each of `who` (a superset of those that do; each once, in a stable order).
-    pub fn policies_for(&self, who: &[(&str, &Labels)]) -> Result<Vec<Policy>, PolicyError> {
+    /// A bucket file missing or torn (a crash after the compiled form was recorded, before
+    /// its files reached the disk): it is all compiled again from `objects.json`, once.
+    pub fn policies_for(&mut self, who: &[(&str, &Labels)]) -> Result<Vec<Policy>, PolicyError> {
+        match self.filed_for(who) {
+            Ok(found) => Ok(found),
+            Err(e) => {
+                log::warn!("netpol: {e}: compiling the objects again");
+                let o: Objects = read_json(&self.dir.join(OBJECTS))?.unwrap_or_default();
+                write(&self.dir, &o)?;
+                let Index { root, meta } = Index::open(&self.dir)?;
+                (self.root, self.known, self.slots) = (root, meta.known, meta.slots);
+                self.filed_for(who)
+            }
+        }
+    }
+
+    fn filed_for(&self, who: &[(&str, &Labels)]) -> Result<Vec<Policy>, PolicyError> {
         let mut keys: BTreeSet<String> = BTreeSet::new();
         for (ns, labels) in who {
             let peer_ns = if self.known.contains(*ns) { *ns } else { OTHER };
@@ -419,14 +463,18 @@ impl Lookup {
         }
         let mut files: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
         for k in &keys {
-            files.entry(file_of(k)).or_default().insert(k);
+            files.entry(file_of(k, self.slots)).or_default().insert(k);
         }
         // A policy whole wherever it is filed whole (it may select one of `who`); else the
         // rules of its parts together (a rule twice allows nothing more).
         let mut found: BTreeMap<(String, String), Filed> = BTreeMap::new();
         for (file, want) in files {
-            let Some(bucket) = read_json::<Bucket>(&self.root.join(file))? else {
-                continue; // no policy under these keys
+            let path = self.root.join(file);
+            let Some(bucket) = read_json::<Bucket>(&path)? else {
+                return Err(PolicyError::io(
+                    &path,
+                    std::io::Error::from(ErrorKind::NotFound),
+                ));
             };
             for (key, filed) in bucket {
                 if !want.contains(key.as_str()) {

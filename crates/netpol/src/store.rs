@@ -267,7 +267,7 @@ impl Store {
         // `ips` (before or after). Shared: every object, validated (etcd holds them as given).
         let (namespaces, pods, mut policies, remote) = match self.src.compiled_dir() {
             Some(dir) => {
-                let (ns, pods, lookup) = Index::open(dir)?.base();
+                let (ns, pods, lookup) = Index::open(dir)?.base(dir);
                 (ns, pods, Policies::Filed(lookup), Vec::new())
             }
             None => {

@@ -286,7 +286,8 @@ fn the_policies_filed_for_a_pod_are_all_that_concern_it() {
         );
         h.store.apply(&policies).unwrap();
         let full = h.store.world().unwrap();
-        let (_, _, filed) = Index::open(&h._dir.path().join("policy")).unwrap().base();
+        let dir = h._dir.path().join("policy");
+        let (_, _, mut filed) = Index::open(&dir).unwrap().base(&dir);
         for pod in &full.pods {
             let sub = World {
                 policies: filed
@@ -348,4 +349,30 @@ fn a_hand_edited_objects_file_is_compiled_again_or_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("Sideways"), "{err}");
     assert_eq!(h.elems(), before);
+    // A compiled file lost or torn (a crash before it reached the disk): compiled again, not
+    // taken for "no policy".
+    o.policies.insert("x/deny".into(), p.clone());
+    std::fs::write(dir.join("objects.json"), serde_json::to_vec(&o).unwrap()).unwrap();
+    h.store.detach("net", "c-0-1", "eth0").unwrap();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("compiled-") {
+            for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+                std::fs::write(f.path(), b"[").unwrap();
+            }
+        }
+    }
+    attach(&h, 0, 1);
+    assert!(h.elems().contains(&Elem::NpIsolated {
+        dir: NpDir::Ingress,
+        pod: pod_ip(0, 1)
+    }));
+    // (Only the pod's own elements: a hand edit is enforced for the others by the next sync.)
+    let mine = [pod_ip(0, 1)];
+    let held: BTreeSet<Elem> = h
+        .elems()
+        .into_iter()
+        .filter(|e| crate::compile::touches(e, &mine))
+        .collect();
+    let w = h.store.world().unwrap();
+    assert_eq!(held, crate::compile::compile_touching(&w, &mine));
 }
