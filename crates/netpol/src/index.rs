@@ -40,7 +40,7 @@ use crate::{
     policy::{
         validate, Labels, Op, Peer, PodInfo, Policy, PortSpec, Selector, Valid, NS_NAME_LABEL,
     },
-    store::{read_json, write_json, Objects},
+    store::{read_json, write_json, Objects, PodAttachment},
     PolicyError,
 };
 
@@ -503,5 +503,46 @@ impl Lookup {
             }
         }
         Ok(found.into_values().map(|f| f.policy).collect())
+    }
+}
+
+/// The compiler's input from stored objects (validated again: a file edited by hand is
+/// refused, not half-used) and attachments.
+pub fn world(o: &Objects, atts: &BTreeMap<String, PodAttachment>) -> Result<World, PolicyError> {
+    let c = Compiled::of(o)?;
+    let mut w = world_of(c.namespaces, c.pods, atts);
+    w.policies = c.policies;
+    Ok(w)
+}
+
+/// The world of `namespaces` and `pods` (no policies) with the attachments' addresses (a pod
+/// attached without a Pod object has no labels).
+pub(crate) fn world_of(
+    namespaces: BTreeMap<String, Labels>,
+    pods: Vec<PodInfo>,
+    atts: &BTreeMap<String, PodAttachment>,
+) -> World {
+    let mut by: BTreeMap<(String, String), PodInfo> = pods
+        .into_iter()
+        .map(|p| ((p.namespace.clone(), p.name.clone()), p))
+        .collect();
+    for a in atts.values() {
+        let info = by
+            .entry((a.namespace.clone(), a.name.clone()))
+            .or_insert_with(|| PodInfo {
+                namespace: a.namespace.clone(),
+                name: a.name.clone(),
+                ..PodInfo::default()
+            });
+        for ip in &a.ips {
+            if !info.ips.contains(ip) {
+                info.ips.push(*ip);
+            }
+        }
+    }
+    World {
+        namespaces,
+        pods: by.into_values().collect(),
+        policies: Vec::new(),
     }
 }

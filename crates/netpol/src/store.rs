@@ -18,14 +18,14 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
     compile::{compile, compile_touching, World},
-    index::{Compiled, Index, Lookup},
+    index::{world_of, Compiled, Index, Lookup},
     model::{Namespace, NetworkPolicy, Object, Pod},
     policy::{validate, Labels, PodInfo, Policy, Valid},
     source::{with_remote, FileSource, ObjectStore},
     PolicyError,
 };
 
-pub use crate::listing::listing;
+pub use crate::{index::world, listing::listing};
 
 /// Default directory of the applied objects.
 pub const DEFAULT_POLICY_DIR: &str = "/var/lib/cni-rs/policy";
@@ -394,7 +394,30 @@ impl Store {
     /// the store now, and those of them it lacks.
     pub fn missing_for(&self, ips: &[IpAddr]) -> Result<(Vec<Elem>, Vec<Elem>), PolicyError> {
         let _l = self.lock()?;
-        let want: Vec<Elem> = compile_touching(&self.world()?, ips).into_iter().collect();
+        let atts = self.attachments()?;
+        let w = match self.src.compiled_dir() {
+            // One host: the policies filed for the pods owning `ips`, as an ADD reads them.
+            Some(dir) => {
+                let (ns, pods, mut lookup) = Index::open(dir)?.base(dir);
+                let mut w = world_of(ns, pods, &atts);
+                let who: Vec<(&str, &Labels)> = w
+                    .pods
+                    .iter()
+                    .filter(|p| p.ips.iter().any(|ip| ips.contains(ip)))
+                    .map(|p| (p.namespace.as_str(), &p.labels))
+                    .collect();
+                let policies = lookup.policies_for(&who)?;
+                w.policies = policies;
+                w
+            }
+            None => self.world()?,
+        };
+        let mut want = compile_touching(&w, ips);
+        if self.src.shared() {
+            // What this host's kernel holds: its own pods' elements (as `change` applies).
+            keep_local(&mut want, &atts);
+        }
+        let want: Vec<Elem> = want.into_iter().collect();
         let missing = self.fw.check_netpol(&want)?;
         Ok((want, missing))
     }
@@ -510,47 +533,6 @@ fn validate_all(objs: &[Object]) -> Result<Vec<Valid>, PolicyError> {
         Ok(out)
     } else {
         Err(PolicyError::Rejected(errs.join("\n")))
-    }
-}
-
-/// The compiler's input from stored objects (validated again: a file edited by hand is
-/// refused, not half-used) and attachments.
-pub fn world(o: &Objects, atts: &BTreeMap<String, PodAttachment>) -> Result<World, PolicyError> {
-    let c = Compiled::of(o)?;
-    let mut w = world_of(c.namespaces, c.pods, atts);
-    w.policies = c.policies;
-    Ok(w)
-}
-
-/// The world of `namespaces` and `pods` (no policies) with the attachments' addresses (a pod
-/// attached without a Pod object has no labels).
-fn world_of(
-    namespaces: BTreeMap<String, Labels>,
-    pods: Vec<PodInfo>,
-    atts: &BTreeMap<String, PodAttachment>,
-) -> World {
-    let mut by: BTreeMap<(String, String), PodInfo> = pods
-        .into_iter()
-        .map(|p| ((p.namespace.clone(), p.name.clone()), p))
-        .collect();
-    for a in atts.values() {
-        let info = by
-            .entry((a.namespace.clone(), a.name.clone()))
-            .or_insert_with(|| PodInfo {
-                namespace: a.namespace.clone(),
-                name: a.name.clone(),
-                ..PodInfo::default()
-            });
-        for ip in &a.ips {
-            if !info.ips.contains(ip) {
-                info.ips.push(*ip);
-            }
-        }
-    }
-    World {
-        namespaces,
-        pods: by.into_values().collect(),
-        policies: Vec::new(),
     }
 }
 
