@@ -14,13 +14,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
 };
 
-use ipnetwork::IpNetwork;
 use nftplan::{Elem, NpDir, NpPorts, Protocol};
 
-use crate::policy::{Labels, Peer, PodInfo, Policy, PortSpec, Rule, NS_NAME_LABEL};
+use crate::policy::{Labels, Peer, PodInfo, Policy, PortSpec, Rule, Selector, NS_NAME_LABEL};
+
+mod ranges;
+use ranges::{addr, disjoint, max, net_range, num, subtract, union, Rect};
 
 /// Everything the compiler looks at.
 #[derive(Debug, Clone, Default)]
@@ -74,132 +76,12 @@ impl World {
     }
 }
 
-/// An address as a number in its family (v4 in the low 32 bits).
-fn num(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-fn addr(v6: bool, n: u128) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(n))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX)))
-    }
-}
-
-fn max(v6: bool) -> u128 {
-    if v6 {
-        u128::MAX
-    } else {
-        u128::from(u32::MAX)
-    }
-}
-
-fn net_range(n: &IpNetwork) -> (u128, u128) {
-    let start = num(n.network());
-    let bits = if n.is_ipv6() { 128 } else { 32 };
-    let host = u32::from(bits - n.prefix());
-    let span = if host >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << host) - 1
-    };
-    (start, start | span)
-}
-
-/// `[lo, hi]` less every range of `holes`.
-fn subtract(lo: u128, hi: u128, holes: &[(u128, u128)]) -> Vec<(u128, u128)> {
-    let mut out = vec![(lo, hi)];
-    for &(a, b) in holes {
-        out = out
-            .into_iter()
-            .flat_map(|(x, y)| {
-                let mut v = Vec::new();
-                if b < x || a > y {
-                    v.push((x, y));
-                } else {
-                    if a > x {
-                        v.push((x, a - 1));
-                    }
-                    if b < y {
-                        v.push((b + 1, y));
-                    }
-                }
-                v
-            })
-            .collect();
-    }
-    out
-}
-
-/// Sorted, merged (touching ranges joined) union of `r`.
-fn union(mut r: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
-    r.sort_unstable();
-    let mut out: Vec<(u128, u128)> = Vec::new();
-    for (a, b) in r {
-        match out.last_mut() {
-            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
-}
-
-/// An address range (first, last) as numbers.
-type Span = (u128, u128);
-/// A peer range and a port range.
-type Rect = (Span, (u16, u16));
-
 /// What one direction of one pod address allows: peer ranges for any protocol, and
 /// rectangles (peer range x port range) per protocol.
 #[derive(Default)]
 struct Allowed {
     any: Vec<(u128, u128)>,
     ports: BTreeMap<Protocol, Vec<Rect>>,
-}
-
-/// Disjoint rectangles covering exactly the union of `rects`: the port axis cut at every
-/// edge of a port range (a handful: the distinct port ranges of the rules), each piece with
-/// the union of the peer ranges over it, equal neighbours merged. O(k x n log n) for k
-/// distinct port ranges and n peer ranges (the peer axis holds the many values: one per pod).
-fn disjoint(rects: &[Rect]) -> Vec<Rect> {
-    let mut by_ports: BTreeMap<(u16, u16), Vec<Span>> = BTreeMap::new();
-    for (span, ports) in rects {
-        by_ports.entry(*ports).or_default().push(*span);
-    }
-    let mut cuts: Vec<u32> = Vec::new();
-    for (a, b) in by_ports.keys() {
-        cuts.push(u32::from(*a));
-        cuts.push(u32::from(*b) + 1);
-    }
-    cuts.sort_unstable();
-    cuts.dedup();
-    let mut pieces: Vec<((u32, u32), Vec<Span>)> = Vec::new();
-    for w in cuts.windows(2) {
-        let (lo, hi) = (w[0], w[1] - 1);
-        let peers = union(
-            by_ports
-                .iter()
-                .filter(|((a, b), _)| u32::from(*a) <= lo && hi <= u32::from(*b))
-                .flat_map(|(_, spans)| spans.iter().copied())
-                .collect(),
-        );
-        if peers.is_empty() {
-            continue;
-        }
-        match pieces.last_mut() {
-            Some(((_, e), ps)) if *e + 1 == lo && *ps == peers => *e = hi,
-            _ => pieces.push(((lo, hi), peers)),
-        }
-    }
-    let port = |p: u32| u16::try_from(p).unwrap_or(u16::MAX);
-    pieces
-        .into_iter()
-        .flat_map(|((lo, hi), peers)| peers.into_iter().map(move |s| (s, (port(lo), port(hi)))))
-        .collect()
 }
 
 /// Compile `w` to the elements of the `np_*` sets.
@@ -227,7 +109,8 @@ pub fn touches(e: &Elem, ips: &[IpAddr]) -> bool {
 #[derive(Default)]
 struct PairAcc {
     any: bool,
-    ports: BTreeMap<Protocol, Vec<(u16, u16)>>,
+    /// (protocol, port range), in any order, repeats allowed
+    ports: Vec<(Protocol, (u16, u16))>,
 }
 
 /// (direction, isolated pod address, peer pod address) -> what is allowed.
@@ -312,6 +195,7 @@ impl<'a> Compiler<'a> {
     /// Every element of `pod`'s addresses `ips` (all of them, or those in `only`).
     fn whole_pod(&mut self, pod: &'a PodInfo, ips: &[IpAddr]) {
         let w = self.w;
+        let mut pairs = std::mem::take(&mut self.pairs);
         for dir in [NpDir::Ingress, NpDir::Egress] {
             let selecting: Vec<_> = w.selecting(pod, dir).collect();
             if selecting.is_empty() {
@@ -324,15 +208,15 @@ impl<'a> Compiler<'a> {
                 for (policy, rules) in &selecting {
                     for rule in rules.iter() {
                         let peers = self.peers(policy, rule, v6, false);
-                        let pairs = allow_rule(peers, rule, pod, dir, &mut allowed);
-                        for (peer, acc) in pairs {
-                            merge(&mut self.pairs, (dir, ip, peer), acc);
-                        }
+                        allow_rule(peers, rule, pod, dir, Some(&mut allowed), &mut |peer, p| {
+                            merge(&mut pairs, (dir, ip, peer), p);
+                        });
                     }
                 }
                 emit_ranges(&mut self.out, dir, ip, allowed);
             }
         }
+        self.pairs = pairs;
     }
 
     /// The pair elements naming an address of `only` as the peer, of the pods that do not own
@@ -340,6 +224,20 @@ impl<'a> Compiler<'a> {
     fn as_peer(&mut self) {
         let w = self.w;
         let only = self.only.unwrap_or_default();
+        if w.policies.is_empty() {
+            return;
+        }
+        let fams: Vec<bool> = [false, true]
+            .into_iter()
+            .filter(|v6| only.iter().any(|ip| ip.is_ipv6() == *v6))
+            .collect();
+        // The pods of each namespace: a policy selects only in its own.
+        let mut by_ns: BTreeMap<&'a str, Vec<&'a PodInfo>> = BTreeMap::new();
+        for p in &w.pods {
+            by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
+        let mut selected: Vec<(&'a str, &'a Selector, Vec<&'a PodInfo>)> = Vec::new();
+        let mut pairs = std::mem::take(&mut self.pairs);
         for policy in &w.policies {
             for dir in [NpDir::Ingress, NpDir::Egress] {
                 let Some(rules) = (match dir {
@@ -348,7 +246,8 @@ impl<'a> Compiler<'a> {
                 }) else {
                     continue;
                 };
-                for v6 in [false, true] {
+                // Only the families of `only` can be named.
+                for v6 in [false, true].into_iter().filter(|v6| fams.contains(v6)) {
                     let naming: Vec<&'a Rule> = rules
                         .iter()
                         .filter(|r| {
@@ -359,33 +258,51 @@ impl<'a> Compiler<'a> {
                     if naming.is_empty() {
                         continue;
                     }
-                    for pod in w.pods.iter().filter(|p| {
-                        p.namespace == policy.namespace && policy.pod_selector.matches(&p.labels)
+                    // Policies of one namespace often share a podSelector: matched once.
+                    let at = match selected.iter().position(|(ns, sel, _)| {
+                        *ns == policy.namespace.as_str() && **sel == policy.pod_selector
                     }) {
+                        Some(at) => at,
+                        None => {
+                            let pods = by_ns
+                                .get(policy.namespace.as_str())
+                                .into_iter()
+                                .flatten()
+                                .copied()
+                                .filter(|p| policy.pod_selector.matches(&p.labels))
+                                .collect();
+                            selected.push((&policy.namespace, &policy.pod_selector, pods));
+                            selected.len() - 1
+                        }
+                    };
+                    for &pod in &selected[at].2 {
                         for &ip in pod.ips.iter().filter(|ip| ip.is_ipv6() == v6) {
                             if only.contains(&ip) {
                                 continue; // done whole
                             }
                             for rule in &naming {
                                 let peers = self.peers(policy, rule, v6, true);
-                                let mut allowed = Allowed::default();
-                                for (peer, acc) in allow_rule(peers, rule, pod, dir, &mut allowed) {
-                                    merge(&mut self.pairs, (dir, ip, peer), acc);
-                                }
+                                // Only the pairs: the ranges are the pod's, done whole.
+                                allow_rule(peers, rule, pod, dir, None, &mut |peer, p| {
+                                    merge(&mut pairs, (dir, ip, peer), p);
+                                });
                             }
                         }
                     }
                 }
             }
         }
+        self.pairs = pairs;
     }
 }
 
-fn merge(pairs: &mut Pairs, key: (NpDir, IpAddr, IpAddr), acc: PairAcc) {
+/// Add to a pair: every protocol and port (`None`), or a port range of a protocol.
+fn merge(pairs: &mut Pairs, key: (NpDir, IpAddr, IpAddr), ports: Option<(Protocol, (u16, u16))>) {
     let e = pairs.entry(key).or_default();
-    e.any |= acc.any;
-    for (proto, mut v) in acc.ports {
-        e.ports.entry(proto).or_default().append(&mut v);
+    match ports {
+        None => e.any = true,
+        Some(p) if !e.any => e.ports.push(p),
+        Some(_) => {}
     }
 }
 
@@ -425,11 +342,17 @@ fn emit_pair(out: &mut BTreeSet<Elem>, dir: NpDir, pod: IpAddr, peer: IpAddr, ac
         });
         return;
     }
-    for (protocol, ranges) in acc.ports {
+    let mut ports = acc.ports;
+    ports.sort_unstable();
+    let mut rest = ports.as_slice();
+    while let Some(&(protocol, _)) = rest.first() {
+        let n = rest.iter().take_while(|(p, _)| *p == protocol).count();
+        let (these, next) = rest.split_at(n);
+        rest = next;
         let spans = union(
-            ranges
-                .into_iter()
-                .map(|(a, b)| (u128::from(a), u128::from(b)))
+            these
+                .iter()
+                .map(|(_, (a, b))| (u128::from(*a), u128::from(*b)))
                 .collect(),
         );
         for (a, b) in spans {
@@ -522,38 +445,25 @@ fn selects(
     }
 }
 
-/// Add what `rule` allows `pod` in `dir`: the address ranges to `allowed`, and the pod peers
+/// Add what `rule` allows `pod` in `dir`: the address ranges to `allowed` (when given), and the pod peers
 /// returned as (peer address, what) to be merged per pair.
 fn allow_rule(
     peers: &Peers<'_>,
     rule: &Rule,
     pod: &PodInfo,
     dir: NpDir,
-    allowed: &mut Allowed,
-) -> Vec<(IpAddr, PairAcc)> {
-    let mut pairs = Vec::new();
+    mut allowed: Option<&mut Allowed>,
+    pair: &mut impl FnMut(IpAddr, Option<(Protocol, (u16, u16))>),
+) {
     if rule.ports.is_empty() {
-        allowed.any.extend(peers.ranges.iter().copied());
-        for (ip, _) in &peers.pods {
-            pairs.push((
-                *ip,
-                PairAcc {
-                    any: true,
-                    ..PairAcc::default()
-                },
-            ));
+        if let Some(allowed) = allowed {
+            allowed.any.extend(peers.ranges.iter().copied());
         }
-        return pairs;
+        for (ip, _) in &peers.pods {
+            pair(*ip, None);
+        }
+        return;
     }
-    let pair = |ip: IpAddr, protocol: Protocol, ports: (u16, u16)| {
-        (
-            ip,
-            PairAcc {
-                any: false,
-                ports: BTreeMap::from([(protocol, vec![ports])]),
-            },
-        )
-    };
     for sel in &rule.ports {
         let ports = match &sel.port {
             PortSpec::All => Some((0, u16::MAX)),
@@ -569,19 +479,20 @@ fn allow_rule(
             PortSpec::Named(name) => {
                 for (ip, p) in peers.pods.iter().chain(&peers.in_ranges) {
                     if let Some(port) = p.named_port(name, sel.protocol) {
-                        pairs.push(pair(*ip, sel.protocol, (port, port)));
+                        pair(*ip, Some((sel.protocol, (port, port))));
                     }
                 }
                 None
             }
         };
         if let Some(ports) = ports {
-            let rects = allowed.ports.entry(sel.protocol).or_default();
-            rects.extend(peers.ranges.iter().map(|r| (*r, ports)));
+            if let Some(allowed) = allowed.as_deref_mut() {
+                let rects = allowed.ports.entry(sel.protocol).or_default();
+                rects.extend(peers.ranges.iter().map(|r| (*r, ports)));
+            }
             for (ip, _) in &peers.pods {
-                pairs.push(pair(*ip, sel.protocol, ports));
+                pair(*ip, Some((sel.protocol, ports)));
             }
         }
     }
-    pairs
 }

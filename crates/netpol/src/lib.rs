@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod compile;
+mod index;
 mod listing;
 pub mod model;
 #[cfg(any(test, feature = "oracle"))]

@@ -36,6 +36,11 @@ pub trait ObjectStore: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// The directory holding the objects' compiled form ([`crate::index`], one host), read
+    /// by an ADD or DEL instead of every object; `None`: every object is loaded.
+    fn compiled_dir(&self) -> Option<&Path> {
+        None
+    }
     /// Tell the other hosts about this host's attachment (ADD).
     fn publish(&self, _att: &PodAttachment) -> Result<(), PolicyError> {
         Ok(())
@@ -76,8 +81,14 @@ impl ObjectStore for FileSource {
         })
     }
 
+    /// `objects.json`, then its compiled form ([`crate::index`]).
     fn save(&self, _old: &Objects, new: &Objects) -> Result<(), PolicyError> {
-        write_json(&self.dir, "objects.json", new)
+        write_json(&self.dir, "objects.json", new)?;
+        crate::index::write(&self.dir, new)
+    }
+
+    fn compiled_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
     }
 }
 

@@ -18,13 +18,14 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
     compile::{compile, compile_touching, World},
+    index::{world_of, Compiled, Index, Lookup},
     model::{Namespace, NetworkPolicy, Object, Pod},
-    policy::{validate, PodInfo, Valid},
+    policy::{validate, Labels, PodInfo, Policy, Valid},
     source::{with_remote, FileSource, ObjectStore},
     PolicyError,
 };
 
-pub use crate::listing::listing;
+pub use crate::{index::world, listing::listing};
 
 /// Default directory of the applied objects.
 pub const DEFAULT_POLICY_DIR: &str = "/var/lib/cni-rs/policy";
@@ -262,9 +263,20 @@ impl Store {
         atts: BTreeMap<String, PodAttachment>,
         ips: &[IpAddr],
     ) -> Result<(usize, usize), PolicyError> {
-        let snap = self.src.load()?;
-        let mut w = Validated::of(&snap.objects)?.world(&with_remote(old, &snap.remote));
-        let mut before = compile_touching(&w, ips);
+        // One host: the compiled objects, and only the policies filed under the pods that own
+        // `ips` (before or after). Shared: every object, validated (etcd holds them as given).
+        let (namespaces, pods, mut policies, remote) = match self.src.compiled_dir() {
+            Some(dir) => {
+                let (ns, pods, lookup) = Index::open(dir)?.base(dir);
+                (ns, pods, Policies::Filed(lookup), Vec::new())
+            }
+            None => {
+                let snap = self.src.load()?;
+                let c = Compiled::of(&snap.objects)?;
+                (c.namespaces, c.pods, Policies::All(c.policies), snap.remote)
+            }
+        };
+        let mut w = world_of(namespaces, pods, &with_remote(old, &remote));
         // The world after: only the pods whose attachments changed get their addresses again.
         let changed: BTreeSet<(&str, &str)> = old
             .iter()
@@ -272,6 +284,7 @@ impl Store {
             .chain(atts.iter().filter(|(k, a)| old.get(*k) != Some(*a)))
             .map(|(_, a)| (a.namespace.as_str(), a.name.as_str()))
             .collect();
+        let mut now_ips: Vec<(&str, &str, Vec<IpAddr>)> = Vec::new();
         for (ns, name) in changed {
             let mut now: Vec<IpAddr> = Vec::new();
             for a in atts
@@ -285,6 +298,42 @@ impl Store {
                         .collect::<Vec<_>>(),
                 );
             }
+            now_ips.push((ns, name, now));
+        }
+        // The pods owning one of `ips`, before and after: only their policies can matter.
+        let owns = |p: &[IpAddr]| p.iter().any(|ip| ips.contains(ip));
+        let before_owned = w.pods.iter().any(|p| owns(&p.ips));
+        let no_labels = Labels::new();
+        let who: Vec<(&str, &Labels)> = w
+            .pods
+            .iter()
+            .filter(|p| owns(&p.ips))
+            .map(|p| (p.namespace.as_str(), &p.labels))
+            .chain(
+                now_ips
+                    .iter()
+                    .filter(|(_, _, now)| owns(now))
+                    .map(|(ns, name, _)| {
+                        let labels = w
+                            .pods
+                            .iter()
+                            .find(|p| p.namespace == *ns && p.name == *name)
+                            .map_or(&no_labels, |p| &p.labels);
+                        (*ns, labels)
+                    }),
+            )
+            .collect();
+        w.policies = match &mut policies {
+            Policies::Filed(l) => l.policies_for(&who)?,
+            Policies::All(all) => std::mem::take(all),
+        };
+        // No pod owned `ips` before (a new pod): nothing touched them.
+        let mut before = if before_owned {
+            compile_touching(&w, ips)
+        } else {
+            BTreeSet::new()
+        };
+        for (ns, name, now) in now_ips {
             match w
                 .pods
                 .iter_mut()
@@ -345,7 +394,30 @@ impl Store {
     /// the store now, and those of them it lacks.
     pub fn missing_for(&self, ips: &[IpAddr]) -> Result<(Vec<Elem>, Vec<Elem>), PolicyError> {
         let _l = self.lock()?;
-        let want: Vec<Elem> = compile_touching(&self.world()?, ips).into_iter().collect();
+        let atts = self.attachments()?;
+        let w = match self.src.compiled_dir() {
+            // One host: the policies filed for the pods owning `ips`, as an ADD reads them.
+            Some(dir) => {
+                let (ns, pods, mut lookup) = Index::open(dir)?.base(dir);
+                let mut w = world_of(ns, pods, &atts);
+                let who: Vec<(&str, &Labels)> = w
+                    .pods
+                    .iter()
+                    .filter(|p| p.ips.iter().any(|ip| ips.contains(ip)))
+                    .map(|p| (p.namespace.as_str(), &p.labels))
+                    .collect();
+                let policies = lookup.policies_for(&who)?;
+                w.policies = policies;
+                w
+            }
+            None => self.world()?,
+        };
+        let mut want = compile_touching(&w, ips);
+        if self.src.shared() {
+            // What this host's kernel holds: its own pods' elements (as `change` applies).
+            keep_local(&mut want, &atts);
+        }
+        let want: Vec<Elem> = want.into_iter().collect();
         let missing = self.fw.check_netpol(&want)?;
         Ok((want, missing))
     }
@@ -390,6 +462,14 @@ impl Store {
             }
         }
     }
+}
+
+/// Where an ADD or DEL takes its policies from.
+enum Policies {
+    /// one host: those filed under the pods concerned
+    Filed(Lookup),
+    /// shared: all of them
+    All(Vec<Policy>),
 }
 
 fn insert_all(o: &mut Objects, objs: &[Object]) {
@@ -453,64 +533,6 @@ fn validate_all(objs: &[Object]) -> Result<Vec<Valid>, PolicyError> {
         Ok(out)
     } else {
         Err(PolicyError::Rejected(errs.join("\n")))
-    }
-}
-
-/// The compiler's input from stored objects (validated again: a file edited by hand is
-/// refused, not half-used) and attachments.
-pub fn world(o: &Objects, atts: &BTreeMap<String, PodAttachment>) -> Result<World, PolicyError> {
-    Ok(Validated::of(o)?.world(atts))
-}
-
-/// The stored objects validated, before the attachments' addresses are added: validated once
-/// when two worlds (before and after an ADD or DEL) are compiled.
-struct Validated {
-    base: World,
-    pods: BTreeMap<(String, String), PodInfo>,
-}
-
-impl Validated {
-    fn of(o: &Objects) -> Result<Self, PolicyError> {
-        let mut base = World::default();
-        let mut pods: BTreeMap<(String, String), PodInfo> = BTreeMap::new();
-        for n in o.namespaces.values() {
-            if let Valid::Namespace(name, labels) = validate(&Object::Namespace(n.clone()))? {
-                base.namespaces.insert(name, labels);
-            }
-        }
-        for p in o.pods.values() {
-            if let Valid::Pod(info) = validate(&Object::Pod(p.clone()))? {
-                pods.insert((info.namespace.clone(), info.name.clone()), info);
-            }
-        }
-        for p in o.policies.values() {
-            if let Valid::Policy(p) = validate(&Object::NetworkPolicy(p.clone()))? {
-                base.policies.push(p);
-            }
-        }
-        Ok(Validated { base, pods })
-    }
-
-    fn world(&self, atts: &BTreeMap<String, PodAttachment>) -> World {
-        let mut pods = self.pods.clone();
-        for a in atts.values() {
-            let info = pods
-                .entry((a.namespace.clone(), a.name.clone()))
-                .or_insert_with(|| PodInfo {
-                    namespace: a.namespace.clone(),
-                    name: a.name.clone(),
-                    ..PodInfo::default()
-                });
-            for ip in &a.ips {
-                if !info.ips.contains(ip) {
-                    info.ips.push(*ip);
-                }
-            }
-        }
-        World {
-            pods: pods.into_values().collect(),
-            ..self.base.clone()
-        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnetwork::IpNetwork;
 use nftplan::Protocol;
+use serde::{Deserialize, Serialize};
 
 /// The label the API server puts on every namespace.
 pub const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -13,14 +14,14 @@ pub const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub type Labels = BTreeMap<String, String>;
 
 /// A label selector, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Selector {
     pub(crate) labels: Labels,
     pub(crate) exprs: Vec<(String, Op, Vec<String>)>,
 }
 
 /// A `matchExpressions` operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// In
     In,
@@ -77,7 +78,7 @@ impl std::fmt::Display for Selector {
 }
 
 /// A NetworkPolicy, validated and defaulted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// its namespace
     pub namespace: String,
@@ -92,7 +93,7 @@ pub struct Policy {
 }
 
 /// One ingress or egress rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     /// peers; empty: any address
     pub peers: Vec<Peer>,
@@ -101,7 +102,7 @@ pub struct Rule {
 }
 
 /// One peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Peer {
     /// pods: `namespaces` None = the policy's namespace; `pods` None = all pods
     Pods {
@@ -120,7 +121,7 @@ pub enum Peer {
 }
 
 /// One entry of `ports`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSel {
     /// protocol (defaulted to TCP)
     pub protocol: Protocol,
@@ -129,7 +130,7 @@ pub struct PortSel {
 }
 
 /// Ports of a [`PortSel`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PortSpec {
     /// every port of the protocol
     All,
@@ -140,7 +141,7 @@ pub enum PortSpec {
 }
 
 /// A pod as the policy store knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PodInfo {
     /// namespace
     pub namespace: String,

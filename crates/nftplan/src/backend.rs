@@ -218,6 +218,7 @@ impl NftBackend for NftCli {
         }
         if let Engine::InProcess { .. } = self.engine {
             if let Some(ops) = crate::nlbatch::plan(batch) {
+                let ops = crate::nlbatch::coalesce(ops);
                 return crate::nlbatch::apply(&ops, &self.detach).map_err(|source| {
                     NftError::Netlink {
                         what: "element batch",

@@ -125,6 +125,29 @@ pub fn plan(batch: &Batch) -> Option<Vec<Op>> {
     (!ops.is_empty() && (gets == 0 || gets == ops.len())).then_some(ops)
 }
 
+/// At most this many elements in one message (an attribute's length is 16 bits).
+const PER_MESSAGE: usize = 128;
+
+/// `ops` with each run of adds (or deletes) to one set in one message, as nft sends them:
+/// one ack per message instead of one per element. `get`s are left alone.
+pub fn coalesce(ops: Vec<Op>) -> Vec<Op> {
+    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match out.last_mut() {
+            Some(last)
+                if op.verb != Verb::Get
+                    && last.verb == op.verb
+                    && std::ptr::eq(last.set, op.set)
+                    && last.elems.len() + op.elems.len() <= PER_MESSAGE =>
+            {
+                last.elems.extend(op.elems);
+            }
+            _ => out.push(op),
+        }
+    }
+    out
+}
+
 /// `values` as one key: each value's bytes (`end`: a prefix's last address instead of its
 /// network address), each padded to 4 bytes in a concatenation.
 fn concat(values: &[Value], end: bool) -> Vec<u8> {

@@ -164,6 +164,14 @@ fn upstream_cases_across_two_hosts_match_the_oracle() {
         if case == "no policy" {
             assert_eq!(allowed, cells);
         }
+        // CHECK on each pod's host finds nothing missing: it wants this host's elements only.
+        for n in 0..3 {
+            for p in 0..3 {
+                let store = &c.hosts[host_of(n, p)].store;
+                let (_, missing) = store.missing_for(&[pod_ip(n, p)]).unwrap();
+                assert!(missing.is_empty(), "{case}: {n}/{p} lacks {missing:?}");
+            }
+        }
         // Each host holds the elements of its own pods only.
         for h in 0..2 {
             for e in c.elems(h) {

@@ -429,3 +429,49 @@ fn answers_are_read_back() {
         let _ = message_elems(&payload[..cut]);
     }
 }
+
+#[test]
+fn runs_of_one_set_go_in_one_message_and_the_elements_are_those_of_the_ops() {
+    let pods: Vec<Elem> = (2..=200)
+        .map(|i| port(None, &format!("10.1.0.{i}")))
+        .collect();
+    let mut b = Batch::new();
+    b.add(&pods)
+        .add(&[port(None, "fd00::2")])
+        .remove(&[port(None, "10.9.0.1"), port(None, "10.9.0.2")]);
+    let ops = plan(&b).unwrap();
+    let merged = coalesce(ops.clone());
+    // Runs of one (verb, set): each in messages of at most 128, a new message only when
+    // the last one of its run is full.
+    let mut runs: Vec<(Verb, &str, usize)> = Vec::new();
+    for o in &ops {
+        match runs.last_mut() {
+            Some((v, s, n)) if *v == o.verb && *s == o.set.name => *n += o.elems.len(),
+            _ => runs.push((o.verb, o.set.name, o.elems.len())),
+        }
+    }
+    let want: Vec<(Verb, &str, usize)> = runs
+        .iter()
+        .flat_map(|&(v, s, n)| (0..n.div_ceil(128)).map(move |k| (v, s, (n - k * 128).min(128))))
+        .collect();
+    let shape: Vec<(Verb, &str, usize)> = merged
+        .iter()
+        .map(|o| (o.verb, o.set.name, o.elems.len()))
+        .collect();
+    assert_eq!(shape, want);
+    assert!(
+        merged.len() < 10 && ops.len() > 200,
+        "{} -> {}",
+        ops.len(),
+        merged.len()
+    );
+    let flat = |v: &[Op]| -> Vec<(Verb, SetElem)> {
+        v.iter()
+            .flat_map(|o| o.elems.iter().map(move |e| (o.verb, e.clone())))
+            .collect()
+    };
+    assert_eq!(flat(&merged), flat(&ops));
+    // gets stay one per element.
+    let gets = plan(Batch::new().get(&pods[..3])).unwrap();
+    assert_eq!(coalesce(gets).len(), 3);
+}
