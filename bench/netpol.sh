@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # NetworkPolicy on one host (docs/netpol.md), in a scratch network namespace:
-#   - the netpol plugin's ADD with 0 and with 200 policies in force (same run, 500 pods known);
+#   - the netpol plugin's ADD with 0 and with 200 policies in force (same run, 500 pods known):
+#     two scratch hosts with the same objects and pods, one without policies and one with
+#     them, their ADDs alternated (so both series see the same load and cache state);
 #   - `cnirs policy apply` of 200 policies over 500 attached pods: the command returns after
 #     the kernel transaction, so its duration is the time from apply to enforcement;
 #   - the table's size (rules, np_* elements).
@@ -11,12 +13,16 @@
 set -euo pipefail
 BIN=$(realpath "${CNIRS_BIN_DIR:-target/release}")
 PODS=${PODS:-500} POLICIES=${POLICIES:-200} SAMPLES=${SAMPLES:-40}
-NS=cnirs-npbench-$$
+NS0=cnirs-npbench0-$$ NS200=cnirs-npbench-$$
 TMP=$(mktemp -d)
-cleanup() { ip netns del "$NS" 2>/dev/null || true; rm -rf "$TMP"; }
+cleanup() { ip netns del "$NS0" 2>/dev/null || true; ip netns del "$NS200" 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
-ip netns add "$NS"
-RUN=$TMP/run POL=$TMP/policy
+ip netns add "$NS0"
+ip netns add "$NS200"
+RUN0=$TMP/run0 POL0=$TMP/policy0
+# The host with policies; add and cnirs act on NS, RUN, POL (NS0's when prefixed so).
+NS=$NS200 RUN=$TMP/run POL=$TMP/policy
+on0() { NS=$NS0 RUN=$RUN0 POL=$POL0 "$@"; }
 ip_of() { local a=$(($1 + 1)); echo "10.$((64 + a / 65536)).$((a / 256 % 256)).$((a % 256))"; }
 
 # add CID IP NAMESPACE NAME
@@ -36,25 +42,35 @@ now() { date +%s%N; }
     printf -- '---\napiVersion: v1\nkind: Pod\nmetadata: {name: p%d, namespace: ns%d, labels: {app: a%d}}\nspec: {containers: [{ports: [{name: http, containerPort: 8080}]}]}\n' "$i" $((i % 10)) $((i % 20))
   done
 } > "$TMP/objects.yaml"
-cnirs policy apply -f "$TMP/objects.yaml"
-for i in $(seq 0 $((PODS - 1))); do add "c$i" "$(ip_of "$i")" ns$((i % 10)) p$i; done
+for host in "" on0; do
+  $host cnirs policy apply -f "$TMP/objects.yaml"
+  for i in $(seq 0 $((PODS - 1))); do $host add "c$i" "$(ip_of "$i")" ns$((i % 10)) p$i; done
+done
 
-# ADD cost, SAMPLES pods: wall ms per ADD (mean) and CPU ms (user + sys of the plugin
-# processes: on a shared machine the wall time mostly measures the others' load).
-measure_add() {
-  local base=$1 t0 t1 cpu
+# ADD cost, SAMPLES pods on each host, alternated: wall ms per ADD (median) and CPU ms (user
+# + sys of the plugin process, mean: on a shared machine the wall time mostly measures the
+# others' load).
+one_add() { # HOST-PREFIX I -> "WALL_NS CPU_S"
+  local t0 t1 cpu
   t0=$(now)
-  cpu=$( { TIMEFORMAT='%3U %3S'; time (
-    for k in $(seq 0 $((SAMPLES - 1))); do
-      i=$((base + k))
-      add "c$i" "$(ip_of "$i")" ns$((i % 10)) p$i 2>>"$TMP/add.err"
-    done
-  ); } 2>&1 )
+  cpu=$( { TIMEFORMAT='%3U %3S'; time $1 add "c$2" "$(ip_of "$2")" ns$(($2 % 10)) p$2 2>>"$TMP/add.err"; } 2>&1 )
   t1=$(now)
   read -r u s <<<"$cpu"
-  echo "$(echo "scale=2; ($t1 - $t0) / $SAMPLES / 1000000" | bc) ms (CPU $(echo "scale=2; ($u + $s) * 1000 / $SAMPLES" | bc) ms)"
+  echo "$((t1 - t0)) $(echo "$u + $s" | bc)"
 }
-add0=$(measure_add 100000)
+summary() { # FILE of "WALL_NS CPU_S" lines
+  local med cpu
+  med=$(cut -d' ' -f1 "$1" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  cpu=$(awk '{c+=$2} END {printf "%.2f", c*1000/NR}' "$1")
+  echo "$(echo "scale=2; $med / 1000000" | bc) ms (CPU $cpu ms)"
+}
+measure_adds() {
+  : >"$TMP/s0"; : >"$TMP/s200"
+  for k in $(seq 0 $((SAMPLES - 1))); do
+    one_add on0 $((100000 + k)) >>"$TMP/s0"
+    one_add "" $((100000 + k)) >>"$TMP/s200"
+  done
+}
 
 # POLICIES policies: each selects one app in one namespace; ingress from an app of its
 # namespace on a named port and from a tier of namespaces on a range; some egress.
@@ -70,7 +86,8 @@ add0=$(measure_add 100000)
 } > "$TMP/policies.yaml"
 t0=$(now); cnirs policy apply -f "$TMP/policies.yaml"; t1=$(now)
 apply_ms=$(echo "scale=1; ($t1 - $t0) / 1000000" | bc)
-add200=$(measure_add 200000)
+measure_adds
+add0=$(summary "$TMP/s0") add200=$(summary "$TMP/s200")
 if [ -n "${PROFILE:-}" ]; then
   i=300000
   printf '{"cniVersion":"1.0.0","name":"bench","type":"netpol","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"%s/8"}]}}' "$(ip_of $i)" >"$TMP/stdin"
@@ -102,7 +119,7 @@ mkdir -p target/bench
   echo
   echo "| what | value |"
   echo "|---|---|"
-  echo "| netpol ADD, 0 policies, $PODS pods known (mean of $SAMPLES) | ${add0} |"
+  echo "| netpol ADD, 0 policies, $PODS pods known (median of $SAMPLES, alternated with the next row) | ${add0} |"
   echo "| netpol ADD, $POLICIES policies in force, same run | ${add200} |"
   echo "| \`cnirs policy apply\` of $POLICIES policies over $PODS pods, to enforcement | ${apply_ms} ms |"
   echo "| table inet cnirs: rules (whole table) / np_* elements | $rules / $elems |"
