@@ -7,12 +7,12 @@
 #     the kernel transaction, so its duration is the time from apply to enforcement;
 #   - the table's size (rules, np_* elements).
 # The plugin runs alone with a prevResult (no bridge): this is its own cost. Writes
-# target/bench/netpol.md. Knobs: PODS (500), POLICIES (200), SAMPLES (40); PROFILE=FILE also
+# target/bench/netpol.md. Knobs: PODS (500), POLICIES (200), SAMPLES (100); PROFILE=FILE also
 # times one more ADD (/usr/bin/time: user vs sys) and writes its `strace -c` to FILE; PERF=FILE
 # records ten more ADDs with `perf record -g` to FILE.0..9.
 set -euo pipefail
 BIN=$(realpath "${CNIRS_BIN_DIR:-target/release}")
-PODS=${PODS:-500} POLICIES=${POLICIES:-200} SAMPLES=${SAMPLES:-40}
+PODS=${PODS:-500} POLICIES=${POLICIES:-200} SAMPLES=${SAMPLES:-100}
 NS0=cnirs-npbench0-$$ NS200=cnirs-npbench-$$
 TMP=$(mktemp -d)
 cleanup() { ip netns del "$NS0" 2>/dev/null || true; ip netns del "$NS200" 2>/dev/null || true; rm -rf "$TMP"; }
