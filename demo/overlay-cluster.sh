@@ -49,6 +49,7 @@ cluster_down() {
         ip netns del "$ns" 2>/dev/null
     done
     rm -rf "$tmp"
+    if [[ -n "${ETCD_DATA_ROOT:-}" ]]; then rm -rf "$ETCD_DATA_ROOT/$id-etcd-"*; fi
 }
 
 cluster_up() {
@@ -67,6 +68,10 @@ cluster_up() {
     ip -n "$U" link add ulbr type bridge; ip -n "$U" link set ulbr up
     ip -n "$U" addr add 10.240.0.254/24 dev ulbr
     ip -n "$U" addr add 198.51.100.1/32 dev lo
+    # ETCD_DATA_ROOT: where the members keep their data (default: $tmp, on disk; a tmpfs such
+    # as /dev/shm shows what the members' fsyncs cost an ADD: a diagnostic, never durable).
+    local etcd_data="$tmp/etcd"
+    if [[ -n "${ETCD_DATA_ROOT:-}" ]]; then etcd_data="$ETCD_DATA_ROOT/$id-etcd"; fi
     for h in "${hosts[@]}"; do cluster+="${cluster:+,}$h=http://10.240.0.$(hn "$h"):2380"; done
     for h in "${hosts[@]}"; do
         n=$(hn "$h")
@@ -76,7 +81,7 @@ cluster_up() {
         ip -n "$id-$h" addr add "10.240.0.$n/24" dev ul0; ip -n "$id-$h" link set ul0 up
         ip -n "$id-$h" route add default via 10.240.0.254
         ip netns exec "$id-$h" sysctl -qw net.ipv4.ip_forward=1
-        ip netns exec "$id-$h" etcd --name "$h" --data-dir "$tmp/etcd-$h" \
+        ip netns exec "$id-$h" etcd --name "$h" --data-dir "$etcd_data-$h" \
             --listen-client-urls "$scheme://10.240.0.$n:2379" --advertise-client-urls "$scheme://10.240.0.$n:2379" \
             "${etcd_tls[@]}" \
             --listen-peer-urls "http://10.240.0.$n:2380" --initial-advertise-peer-urls "http://10.240.0.$n:2380" \
