@@ -253,6 +253,24 @@ impl Store {
         }
     }
 
+    /// The stored objects with the attachments `atts` as the compiler's world, its policies
+    /// still to be taken from the second value for the pods concerned. One host: the compiled
+    /// objects, and only the policies filed under those pods. Shared: every object, validated
+    /// (etcd holds them as given), and the other hosts' attachments.
+    fn base_world(
+        &self,
+        atts: &BTreeMap<String, PodAttachment>,
+    ) -> Result<(World, Policies), PolicyError> {
+        if let Some(dir) = self.src.compiled_dir() {
+            let (ns, pods, lookup) = Index::open(dir)?.base(dir);
+            return Ok((world_of(ns, pods, atts), Policies::Filed(lookup)));
+        }
+        let snap = self.src.load()?;
+        let c = Compiled::of(&snap.objects)?;
+        let w = world_of(c.namespaces, c.pods, &with_remote(atts, &snap.remote));
+        Ok((w, Policies::All(c.policies)))
+    }
+
     /// Replace the attachments `old` by `atts`, a change that concerns only the addresses
     /// `ips`: the elements touching them are compiled in both worlds and the difference goes
     /// to the kernel in one transaction (the record's log appended). The attachments are
@@ -263,20 +281,7 @@ impl Store {
         atts: BTreeMap<String, PodAttachment>,
         ips: &[IpAddr],
     ) -> Result<(usize, usize), PolicyError> {
-        // One host: the compiled objects, and only the policies filed under the pods that own
-        // `ips` (before or after). Shared: every object, validated (etcd holds them as given).
-        let (namespaces, pods, mut policies, remote) = match self.src.compiled_dir() {
-            Some(dir) => {
-                let (ns, pods, lookup) = Index::open(dir)?.base(dir);
-                (ns, pods, Policies::Filed(lookup), Vec::new())
-            }
-            None => {
-                let snap = self.src.load()?;
-                let c = Compiled::of(&snap.objects)?;
-                (c.namespaces, c.pods, Policies::All(c.policies), snap.remote)
-            }
-        };
-        let mut w = world_of(namespaces, pods, &with_remote(old, &remote));
+        let (mut w, mut policies) = self.base_world(old)?;
         // The world after: only the pods whose attachments changed get their addresses again.
         let changed: BTreeSet<(&str, &str)> = old
             .iter()
@@ -304,11 +309,7 @@ impl Store {
         let owns = |p: &[IpAddr]| p.iter().any(|ip| ips.contains(ip));
         let before_owned = w.pods.iter().any(|p| owns(&p.ips));
         let no_labels = Labels::new();
-        let who: Vec<(&str, &Labels)> = w
-            .pods
-            .iter()
-            .filter(|p| owns(&p.ips))
-            .map(|p| (p.namespace.as_str(), &p.labels))
+        let who: Vec<(&str, &Labels)> = owners(&w, ips)
             .chain(
                 now_ips
                     .iter()
@@ -323,10 +324,7 @@ impl Store {
                     }),
             )
             .collect();
-        w.policies = match &mut policies {
-            Policies::Filed(l) => l.policies_for(&who)?,
-            Policies::All(all) => std::mem::take(all),
-        };
+        w.policies = policies.for_pods(&who)?;
         // No pod owned `ips` before (a new pod): nothing touched them.
         let mut before = if before_owned {
             compile_touching(&w, ips)
@@ -395,23 +393,10 @@ impl Store {
     pub fn missing_for(&self, ips: &[IpAddr]) -> Result<(Vec<Elem>, Vec<Elem>), PolicyError> {
         let _l = self.lock()?;
         let atts = self.attachments()?;
-        let w = match self.src.compiled_dir() {
-            // One host: the policies filed for the pods owning `ips`, as an ADD reads them.
-            Some(dir) => {
-                let (ns, pods, mut lookup) = Index::open(dir)?.base(dir);
-                let mut w = world_of(ns, pods, &atts);
-                let who: Vec<(&str, &Labels)> = w
-                    .pods
-                    .iter()
-                    .filter(|p| p.ips.iter().any(|ip| ips.contains(ip)))
-                    .map(|p| (p.namespace.as_str(), &p.labels))
-                    .collect();
-                let policies = lookup.policies_for(&who)?;
-                w.policies = policies;
-                w
-            }
-            None => self.world()?,
-        };
+        // As an ADD reads them: the policies filed for the pods owning `ips` (one host).
+        let (mut w, mut policies) = self.base_world(&atts)?;
+        let who: Vec<(&str, &Labels)> = owners(&w, ips).collect();
+        w.policies = policies.for_pods(&who)?;
         let mut want = compile_touching(&w, ips);
         if self.src.shared() {
             // What this host's kernel holds: its own pods' elements (as `change` applies).
@@ -464,12 +449,30 @@ impl Store {
     }
 }
 
-/// Where an ADD or DEL takes its policies from.
+/// Where an ADD, DEL or CHECK takes its policies from.
 enum Policies {
     /// one host: those filed under the pods concerned
     Filed(Lookup),
     /// shared: all of them
     All(Vec<Policy>),
+}
+
+impl Policies {
+    /// The policies that may concern the pods `who` (namespace, labels): all when shared.
+    fn for_pods(&mut self, who: &[(&str, &Labels)]) -> Result<Vec<Policy>, PolicyError> {
+        match self {
+            Policies::Filed(l) => l.policies_for(who),
+            Policies::All(all) => Ok(std::mem::take(all)),
+        }
+    }
+}
+
+/// The pods of `w` owning one of `ips`, as (namespace, labels).
+fn owners<'a>(w: &'a World, ips: &'a [IpAddr]) -> impl Iterator<Item = (&'a str, &'a Labels)> {
+    w.pods
+        .iter()
+        .filter(|p| p.ips.iter().any(|ip| ips.contains(ip)))
+        .map(|p| (p.namespace.as_str(), &p.labels))
 }
 
 fn insert_all(o: &mut Objects, objs: &[Object]) {
