@@ -149,6 +149,28 @@ fn pod_ip(ns: usize, pod: usize) -> IpAddr {
 /// Pods serve 80 and 81 over TCP, UDP and SCTP, named `serve-80-tcp` ... Pod `c` of each
 /// namespace serves its `serve-81-*` names on 80 instead (a named port resolved on the
 /// wrong pod shows).
+/// The attachment of container `id`'s eth0 to network "net" as pod `ns`/`name` at `ip`.
+fn attachment(id: &str, ns: &str, name: &str, ip: IpAddr) -> PodAttachment {
+    PodAttachment {
+        network: "net".into(),
+        container_id: id.into(),
+        ifname: "eth0".into(),
+        namespace: ns.into(),
+        name: name.into(),
+        ips: vec![ip],
+    }
+}
+
+/// The attachment of pod `PODS[pod]` of `NSS[ns]` (container `c-NS-POD`) at [`pod_ip`].
+fn pod_attachment(ns: usize, pod: usize) -> PodAttachment {
+    attachment(
+        &format!("c-{ns}-{pod}"),
+        NSS[ns],
+        PODS[pod],
+        pod_ip(ns, pod),
+    )
+}
+
 fn pod_obj(ns: usize, pod: usize, extra: &[(&str, &str)]) -> Pod {
     let mut labels: BTreeMap<String, String> = [("pod".to_owned(), PODS[pod].to_owned())].into();
     for (k, v) in extra {
@@ -211,16 +233,7 @@ impl Harness {
         store.apply(&objs).unwrap();
         for n in 0..3 {
             for p in 0..3 {
-                store
-                    .attach(PodAttachment {
-                        network: "net".into(),
-                        container_id: format!("c-{n}-{p}"),
-                        ifname: "eth0".into(),
-                        namespace: NSS[n].into(),
-                        name: PODS[p].into(),
-                        ips: vec![pod_ip(n, p)],
-                    })
-                    .unwrap();
+                store.attach(pod_attachment(n, p)).unwrap();
             }
         }
         Harness {
@@ -482,14 +495,7 @@ fn a_pod_is_isolated_by_its_own_add_and_forgotten_by_del() {
     let h = Harness::new();
     apply_yaml(&h, &np("x", "deny", "  podSelector: {}\n"));
     let new: IpAddr = "10.0.1.50".parse().unwrap();
-    let att = PodAttachment {
-        network: "net".into(),
-        container_id: "new".into(),
-        ifname: "eth0".into(),
-        namespace: "x".into(),
-        name: "d".into(),
-        ips: vec![new],
-    };
+    let att = attachment("new", "x", "d", new);
     h.store.attach(att).unwrap();
     let iso = Elem::NpIsolated {
         dir: NpDir::Ingress,

@@ -56,14 +56,7 @@ impl Cluster {
             for p in 0..3 {
                 hosts[host_of(n, p)]
                     .store
-                    .attach(PodAttachment {
-                        network: "net".into(),
-                        container_id: format!("c-{n}-{p}"),
-                        ifname: "eth0".into(),
-                        namespace: NSS[n].into(),
-                        name: PODS[p].into(),
-                        ips: vec![pod_ip(n, p)],
-                    })
+                    .attach(pod_attachment(n, p))
                     .unwrap();
             }
         }
@@ -247,14 +240,7 @@ fn a_remote_pod_becomes_a_peer_when_its_host_publishes_it() {
     let other: IpAddr = "10.0.1.99".parse().unwrap();
     c.hosts[1]
         .store
-        .attach(PodAttachment {
-            network: "net".into(),
-            container_id: "c-new".into(),
-            ifname: "eth0".into(),
-            namespace: "y".into(),
-            name: "b".into(),
-            ips: vec![other],
-        })
+        .attach(attachment("c-new", "y", "b", other))
         .unwrap();
     assert!(
         !chain_allows(&c.elems(0), other, xa, "TCP", 80),

@@ -164,16 +164,7 @@ fn random_policy(r: &mut Rng, i: usize) -> NetworkPolicy {
 }
 
 fn attach(h: &Harness, n: usize, p: usize) {
-    h.store
-        .attach(PodAttachment {
-            network: "net".into(),
-            container_id: format!("c-{n}-{p}"),
-            ifname: "eth0".into(),
-            namespace: NSS[n].into(),
-            name: PODS[p].into(),
-            ips: vec![pod_ip(n, p)],
-        })
-        .unwrap();
+    h.store.attach(pod_attachment(n, p)).unwrap();
 }
 
 /// The elements the kernel holds after DEL/ADDs (each changing only what touches its pod)
@@ -250,14 +241,7 @@ fn the_policies_filed_for_a_pod_are_all_that_concern_it() {
     for world in 0..40 {
         let h = Harness::new();
         h.store
-            .attach(PodAttachment {
-                network: "net".into(),
-                container_id: "c-q".into(),
-                ifname: "eth0".into(),
-                namespace: "q".into(),
-                name: "d".into(),
-                ips: vec!["10.0.9.1".parse().unwrap()],
-            })
+            .attach(attachment("c-q", "q", "d", "10.0.9.1".parse().unwrap()))
             .unwrap();
         if r.chance(2) {
             h.store
@@ -338,14 +322,7 @@ fn a_hand_edited_objects_file_is_compiled_again_or_refused() {
     let before = h.elems();
     let err = h
         .store
-        .attach(PodAttachment {
-            network: "net".into(),
-            container_id: "c-new".into(),
-            ifname: "eth0".into(),
-            namespace: "x".into(),
-            name: "new".into(),
-            ips: vec!["10.0.1.9".parse().unwrap()],
-        })
+        .attach(attachment("c-new", "x", "new", "10.0.1.9".parse().unwrap()))
         .unwrap_err();
     assert!(err.to_string().contains("Sideways"), "{err}");
     assert_eq!(h.elems(), before);
