@@ -201,3 +201,28 @@ pub fn have_tool(name: &str) -> bool {
         .split(':')
         .any(|dir| is_exec(&std::path::Path::new(dir).join(name)))
 }
+
+/// Poll `f` until it holds or `deadline` passes (every 20 ms); the time it took.
+pub fn poll_until(deadline: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Poll `f` up to ~`tries` x 100 ms; true as soon as it holds.
+pub fn eventually(tries: u32, mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..tries {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}

@@ -43,7 +43,7 @@ pub use cni::{
     cni_env, cni_path, cnitool_path, join_path, plugin_bin, reference_cni_path,
     reference_plugin_bin, workspace_root, Cnitool, REFERENCE_CNI_PATH,
 };
-pub use exec::{command, have_tool, run, run_ok, run_with, CmdOutput};
+pub use exec::{command, eventually, have_tool, poll_until, run, run_ok, run_with, CmdOutput};
 pub use iperf::{iperf3_receive, Iperf3Server, Rates};
 pub use mountns::MountNs;
 pub use netns::{

@@ -136,20 +136,6 @@ fn seal_rules(net: &TestNet) -> Vec<String> {
         .seal_rules("cnirs-fci", &["10.236.1.0", "fd00:236:1::"])
 }
 
-/// Poll `f` until it holds or `deadline` passes; the time it took.
-fn poll_until(deadline: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    loop {
-        if f() {
-            return Some(t.elapsed());
-        }
-        if t.elapsed() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. a dead namespace's state is never inherited
 

@@ -497,24 +497,18 @@ fn a_running_cnirs_watch_restores_the_isolation_after_a_flush() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let wait_for = |what: &dyn Fn() -> bool| {
-        let t = std::time::Instant::now();
-        while !what() && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (what(), t.elapsed())
-    };
-    let (up, _) = wait_for(&|| {
+    let up = poll_until(Duration::from_secs(10), || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("watching")
-    });
+    })
+    .is_some();
     let isolated = || nft_elems(&w.net, "set", "np_iiso4").contains(&a);
     let result = if up {
         w.net.host().exec_ok("nft", &["flush", "ruleset"]);
-        let (back, took) = wait_for(&isolated);
+        let took = poll_until(Duration::from_secs(10), isolated);
         eprintln!("cnirs watch restored np_iiso4 after {took:?} (not asserted: a timing)");
-        Some((back, tcp_reaches(&w.b, &a, 80)))
+        Some((took.is_some(), tcp_reaches(&w.b, &a, 80)))
     } else {
         None
     };
@@ -554,12 +548,8 @@ impl Watcher {
             .spawn()
             .unwrap();
         let me = Watcher { child, log };
-        let t = std::time::Instant::now();
-        while !me.text().contains("watching") && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
         assert!(
-            me.text().contains("watching"),
+            poll_until(Duration::from_secs(10), || me.text().contains("watching")).is_some(),
             "did not start: {}",
             me.text()
         );
@@ -618,23 +608,16 @@ fn a_flush_under_a_running_watcher_leaves_no_isolated_pod_reachable() {
             "control: without the guard, the gap after a flush lets a probe through"
         );
         watcher.signal("-CONT");
-        let t = std::time::Instant::now();
-        while !nft_elems(&w.net, "set", "np_iiso4").contains(&a)
-            && t.elapsed() < Duration::from_secs(10)
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(Duration::from_secs(10), || {
+            nft_elems(&w.net, "set", "np_iiso4").contains(&a)
+        });
         assert!(!tcp_reaches(&w.b, &a, 80), "restored: {}", watcher.text());
     }
 
     // With the guard: the same long gap (watcher stopped) lets nothing through.
     let watcher = Watcher::start(&w, true, "watch-guard.log");
-    let t = std::time::Instant::now();
-    while !guard_holds(&w, &a) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
     assert!(
-        guard_holds(&w, &a),
+        poll_until(Duration::from_secs(10), || guard_holds(&w, &a)).is_some(),
         "the guard mirrors a: {}",
         watcher.text()
     );
@@ -683,10 +666,7 @@ fn a_flush_under_a_running_watcher_leaves_no_isolated_pod_reachable() {
     );
     // Control: with the policy deleted the guard forgets a and a is reached again.
     w.policy(&["delete", "-f", "-"], DENY_X).assert_ok();
-    let t = std::time::Instant::now();
-    while guard_holds(&w, &a) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll_until(Duration::from_secs(10), || !guard_holds(&w, &a));
     assert!(
         tcp_reaches(&w.b, &a, 80),
         "policy deleted: a is reached again"
@@ -694,12 +674,8 @@ fn a_flush_under_a_running_watcher_leaves_no_isolated_pod_reachable() {
     // Applied again under the running watcher: the guard takes a back from the elements'
     // events (not from the record at start), and a flush in a long gap lets nothing through.
     w.policy(&["apply", "-f", "-"], DENY_X).assert_ok();
-    let t = std::time::Instant::now();
-    while !guard_holds(&w, &a) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
     assert!(
-        guard_holds(&w, &a),
+        poll_until(Duration::from_secs(10), || guard_holds(&w, &a)).is_some(),
         "the guard follows the events: {}",
         watcher.text()
     );

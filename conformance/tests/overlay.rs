@@ -57,17 +57,6 @@ fn ping_df(from: &Netns, addr: &str, payload: u32) -> CmdOutput {
     )
 }
 
-/// Poll `f` up to ~`tries` x 100 ms; true as soon as it holds.
-fn eventually(tries: u32, mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..tries {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// ipam keys of etcd-ipam for network `net`: the attachments' index.
 fn att_keys(c: &OverlayCluster, net: &str) -> Vec<String> {
     c.keys(0, &format!("ipam/{net}/att/"))

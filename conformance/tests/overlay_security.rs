@@ -34,17 +34,6 @@ fn dev_mac(c: &OverlayCluster, vni: u32) -> String {
     c.link_mac(0, &format!("cnirsvx{vni}")).unwrap()
 }
 
-/// Poll `f` up to ~`tries` x 100 ms; true as soon as it holds.
-fn eventually(tries: u32, mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..tries {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// A netns on the underlay switch at [`STRANGER`], with nothing of ours in it.
 fn stranger(c: &OverlayCluster) -> Netns {
     let ns = c.underlay().pod("stranger");
