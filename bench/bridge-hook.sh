@@ -54,30 +54,24 @@ sets='
     set pods { type ipv4_addr; flags interval; elements = { 10.99.0.3 } }
     set isolated { type ipv4_addr; elements = { 10.99.0.3 } }'
 
+# table FAMILY CHAIN-BODY: the sets and a forward chain in the host namespace.
+table() {
+    ip netns exec "$h" nft -f - <<EOF
+table $1 t {$sets
+    chain filter_forward { type filter hook forward priority 0; policy accept;$2
+    }
+}
+EOF
+}
+
 mode() {
     ip netns exec "$h" nft flush ruleset
+    local hook=0
+    [[ "$1" == br_netfilter ]] && hook=1
+    ip netns exec "$h" sysctl -qw net.bridge.bridge-nf-call-iptables=$hook
     case "$1" in
-    none)
-        ip netns exec "$h" sysctl -qw net.bridge.bridge-nf-call-iptables=0
-        ;;
-    br_netfilter)
-        ip netns exec "$h" sysctl -qw net.bridge.bridge-nf-call-iptables=1
-        ip netns exec "$h" nft -f - <<EOF
-table inet t {$sets
-    chain filter_forward { type filter hook forward priority 0; policy accept;$chain
-    }
-}
-EOF
-        ;;
-    bridge)
-        ip netns exec "$h" sysctl -qw net.bridge.bridge-nf-call-iptables=0
-        ip netns exec "$h" nft -f - <<EOF
-table bridge t {$sets
-    chain filter_forward { type filter hook forward priority 0; policy accept;$chain_bridge
-    }
-}
-EOF
-        ;;
+    br_netfilter) table inet "$chain" ;;
+    bridge) table bridge "$chain_bridge" ;;
     esac
 }
 
