@@ -154,6 +154,8 @@ fn start_agents(w: &World<'_>, stop: &Arc<AtomicBool>) -> Result<(), String> {
             source: "the scale harness",
             vtep: h.vtep,
             prefix: cluster::DEFAULT_PREFIX.to_string(),
+            // The simulated hosts' ADDs read etcd (the harness measures that load).
+            state_dir: None,
         };
         let (h, stop) = (Arc::clone(h), Arc::clone(stop));
         std::thread::Builder::new()

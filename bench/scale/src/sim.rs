@@ -158,9 +158,7 @@ impl Ipam for SimIpam<'_> {
                     ..CniResult::default()
                 }))
             }
-            Command::Del => {
-                etcd_ipam::del(&self.host.client, &cfg, &self.host.name, id, ifname).map(|_| None)
-            }
+            Command::Del => etcd_ipam::del(&cfg, &self.host.name, id, ifname).map(|_| None),
             _ => Ok(None),
         }
     }
@@ -213,6 +211,8 @@ impl SimHost {
             host: side,
             ipam,
             etcd: Some(&self.client),
+            // The simulated hosts have no agent's file: every ADD reads etcd (the load measured).
+            agent: None,
         }
     }
 

@@ -34,7 +34,7 @@
 //!   kernel entries stay: the data plane keeps working while the agent restarts.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -44,6 +44,7 @@ use std::{
 };
 
 use cluster::{
+    node_state::{self, NodeState},
     peers::{Change, View},
     schema::{self, HostRecord},
 };
@@ -297,6 +298,45 @@ pub struct Node {
     pub vtep: IpAddr,
     /// The etcd prefix, without a trailing `/`.
     pub prefix: String,
+    /// Where to keep the file for this host's plugins ([`cluster::node_state`]: the lease's
+    /// last renewal, the networks, this node's blocks); `None`: no file (simulated hosts).
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// What the agent's file says now (`None` before the lease was renewed once).
+fn node_state(node: &Node, view: &View, reg: &Registration) -> Option<NodeState> {
+    let renewed = reg.keeper.as_ref().filter(|k| !k.lost())?.renewed()?;
+    let age = u64::try_from(renewed.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut blocks: BTreeMap<String, BTreeSet<ipnetwork::IpNetwork>> = BTreeMap::new();
+    for ((net, block), holder) in &view.blocks {
+        if *holder == node.name {
+            blocks.entry(net.clone()).or_default().insert(*block);
+        }
+    }
+    Some(NodeState {
+        node: node.name.clone(),
+        vtep: Some(node.vtep),
+        renewed_ms: node_state::boottime_ms().saturating_sub(age),
+        networks: view.networks.clone(),
+        blocks,
+    })
+}
+
+/// Keep the agent's file at `now` (written when it changed, removed when `now` is `None`).
+fn publish(dir: Option<&std::path::Path>, now: Option<NodeState>, last: &mut Option<NodeState>) {
+    let Some(dir) = dir else { return };
+    if now == *last {
+        return;
+    }
+    let file = node_state::state_file(dir);
+    let r = match &now {
+        Some(s) => node_state::store(&file, s),
+        None => node_state::remove(&file),
+    };
+    match r {
+        Ok(()) => *last = now,
+        Err(e) => log::warn!("{}: {e}", file.display()),
+    }
 }
 
 /// Run the agent until `stop` is set, on this host's kernel: the VTEP is the first IPv4
@@ -351,6 +391,7 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<(), String> {
         source: args.node_source,
         vtep: me,
         prefix: args.prefix.clone(),
+        state_dir: node_state::node_dir(&node_state::run_root(), &args.prefix, &args.node),
     };
     let dataplane = KernelDataplane::new(host, fw);
     run_node(&client, &node, &dataplane, stop, &Stats::default())
@@ -418,6 +459,8 @@ pub fn run_node_with(
     let (mut unknown, mut unknown_read) = (0, 0);
     let mut programmer = reconcile::Programmer::default();
     let mut dirty = Dirty::default();
+    // What the agent's file says (a file left by an earlier run is replaced or removed).
+    let mut published = Some(NodeState::default());
     while !stop.load(Ordering::SeqCst) {
         match rx.recv_timeout(timing.poll) {
             Ok(m) => {
@@ -470,10 +513,13 @@ pub fn run_node_with(
         }
         if let Err(e) = reg.ensure(client, node, &value, Some(&view), me) {
             // Lost to another host: stop programming for a name that is not ours.
+            publish(node.state_dir.as_deref(), None, &mut published);
             watcher_stop.store(true, Ordering::SeqCst);
             reg.revoke(client);
             return Err(e);
         }
+        let now = node_state(node, &view, &reg);
+        publish(node.state_dir.as_deref(), now, &mut published);
         let c = if dirty.all || resync {
             let c = programmer.full(dataplane, &view, &node.name, me);
             unknown = c.unknown_vnis;
@@ -492,6 +538,8 @@ pub fn run_node_with(
         dirty = Dirty::default();
     }
     log::info!("stopping: revoking the lease of {key}");
+    // The file first: no ADD takes it for a live lease once the lease is being revoked.
+    publish(node.state_dir.as_deref(), None, &mut published);
     watcher_stop.store(true, Ordering::SeqCst);
     reg.revoke(client);
     Ok(())

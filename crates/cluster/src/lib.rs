@@ -6,11 +6,14 @@
 //!
 //! - [`schema`]: `hosts/`, `networks/`, `blocks/` (what the agents watch);
 //! - [`ipam`]: `ipam/<network>/...` (etcd-ipam's own keys, never watched);
-//! - [`peers`]: the agent's view and the FDB entries, neighbours and routes it derives.
+//! - [`peers`]: the agent's view and the FDB entries, neighbours and routes it derives;
+//! - [`node_state`]: the one local file the agent writes for the plugins of its host (its
+//!   lease's last renewal, the networks, this node's blocks), read instead of etcd by an ADD.
 
 use std::net::{IpAddr, Ipv6Addr};
 
 pub mod ipam;
+pub mod node_state;
 pub mod peers;
 pub mod schema;
 

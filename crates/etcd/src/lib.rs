@@ -492,8 +492,9 @@ impl Client {
                     return;
                 }
             }
+            let sent = Instant::now();
             match client.lease_keepalive(id) {
-                Ok(_) => {}
+                Ok(_) => st.lock().unwrap_or_else(|p| p.into_inner()).renewed = Some(sent),
                 Err(EtcdError::LeaseNotFound(_)) => {
                     st.lock().unwrap_or_else(|p| p.into_inner()).lost = true;
                     return;

@@ -7,6 +7,8 @@ use super::*;
 pub(crate) struct KeeperState {
     pub(crate) stop: bool,
     pub(crate) lost: bool,
+    /// When the last renewal that succeeded was sent.
+    pub(crate) renewed: Option<Instant>,
 }
 
 /// Keeps a lease alive until dropped; dropping it does not revoke the lease.
@@ -23,6 +25,11 @@ impl LeaseKeeper {
     /// The lease expired before a renewal reached etcd (its keys are gone).
     pub fn lost(&self) -> bool {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).lost
+    }
+    /// When the last renewal that succeeded was sent (the lease lives at least its TTL from
+    /// then); `None` before the first.
+    pub fn renewed(&self) -> Option<Instant> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).renewed
     }
 }
 

@@ -1,4 +1,5 @@
-//! Cluster-wide allocation over a [`Store`], by blocks that belong to nodes.
+//! Cluster-wide allocation by blocks that belong to nodes: etcd decides who holds a block,
+//! the node's own host decides who holds an address of it ([`crate::local`]).
 //!
 //! A node claims a block (/25 for IPv4, /121 for IPv6, or the whole subnet when smaller) with
 //! one transaction that creates `<prefix>/blocks/<net>/<cidr>` (the key the agents watch: who
@@ -7,11 +8,12 @@
 //! block to its node, so an address elsewhere would not be reachable. There is no borrowing
 //! from other nodes' blocks, and a requested address in another node's block is refused (103).
 //!
-//! An ADD reads `nodes/<node>/` (its blocks and their addresses) and the attachment's index in
-//! one read, then writes its addresses (one per range set) and the index in one transaction
-//! that holds only if each address is still free and each block still the node's. So an
-//! address is never held twice, and a steady ADD is one write. DEL reads the index and deletes
-//! it with the addresses in one write.
+//! An ADD takes the host's lock on the network's leases, and hands out a free address of a
+//! block that this node holds in etcd (a read, or the agent's file: [`NodeView`]) and that
+//! this host recorded claiming; it writes nothing to etcd unless it claims a block. No two
+//! hosts hand out addresses of one block (etcd's claim), no two calls on a host hand out one
+//! address (the lock): an address is never held twice. DEL, GC and CHECK work on the host's
+//! leases; GC gives back to etcd the blocks left empty.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,7 +21,7 @@ use std::{
 };
 
 use cluster::{
-    ipam::{block_prefix, parse_node_key, AttRecord, Held, IpRecord, Keys, NodeBlock},
+    ipam::{block_prefix, parse_node_key, IpRecord, Keys, NodeBlock},
     schema::{self, BlockRecord},
 };
 use etcd::{Compare, CompareOp, EtcdError, Kv, Op, TxnResponse};
@@ -31,6 +33,7 @@ use ipnetwork::IpNetwork;
 
 use crate::{
     error::Error,
+    local::Local,
     store::{gets, Store},
 };
 
@@ -41,20 +44,29 @@ pub use blocks::{addresses_in_block, block_count};
 use blocks::{bits, block_in, block_of_set, spans};
 pub use reclaim::{reclaim_dead_nodes, Reclaimed};
 
-/// What one node's keys said when read (one transaction).
+/// This node's blocks, as etcd or the agent's file gave them.
 #[derive(Debug, Default, Clone)]
 pub struct NodeView {
-    /// The revision of the read.
+    /// The revision of the read (0: not read from etcd).
     pub rev: i64,
-    /// This node's blocks -> create revision of their `nodes/` key.
+    /// This node's blocks -> create revision of their `nodes/` key (0 when not read).
     pub blocks: BTreeMap<IpNetwork, i64>,
-    /// Addresses held in them -> (holder, block, mod revision).
-    pub ips: BTreeMap<IpAddr, (IpRecord, IpNetwork, i64)>,
-    /// The attachment's index: (record, mod revision), when it holds addresses.
-    pub att: Option<(AttRecord, i64)>,
+    /// Addresses etcd still records under the blocks (the layout before December 2026, when
+    /// every address was a key): taken as leases by a host with no record of its blocks.
+    pub legacy: BTreeMap<IpAddr, (IpRecord, IpNetwork)>,
+    /// Read from etcd now (`false`: from the agent's file, which can lag a claim).
+    pub from_etcd: bool,
 }
 
 impl NodeView {
+    /// The blocks of the agent's file.
+    pub fn from_agent(blocks: &BTreeSet<IpNetwork>) -> Self {
+        NodeView {
+            blocks: blocks.iter().map(|b| (*b, 0)).collect(),
+            ..NodeView::default()
+        }
+    }
+
     fn absorb(&mut self, node_prefix: &str, kv: &Kv) {
         let key = kv.key_str();
         let Some((block, ip)) = key.strip_prefix(node_prefix).and_then(parse_node_key) else {
@@ -66,11 +78,9 @@ impl NodeView {
                 self.blocks.insert(block, kv.create_revision);
             }
             Some(ip) => {
-                let rec = serde_json::from_slice::<IpRecord>(&kv.value).unwrap_or(IpRecord {
-                    container_id: String::new(),
-                    ifname: String::new(),
-                });
-                self.ips.insert(ip, (rec, block, kv.mod_revision));
+                if let Ok(rec) = serde_json::from_slice::<IpRecord>(&kv.value) {
+                    self.legacy.insert(ip, (rec, block));
+                }
             }
         }
     }
@@ -98,8 +108,6 @@ pub fn fnv(s: &str) -> u64 {
 
 /// How many unclaimed blocks one ADD tries before it reads the whole network's blocks.
 const BLIND_CLAIMS: usize = 12;
-/// How many times an ADD starts over after a transaction lost a race.
-const ROUNDS: usize = 8;
 
 /// One node's allocator over a store.
 pub struct Allocator<'a> {
@@ -116,9 +124,9 @@ impl Allocator<'_> {
         self.keys.node_blocks(self.node)
     }
 
-    /// This node's blocks and addresses, and the attachment's index: one read.
-    pub fn read(&self, id: &str, ifname: &str) -> Result<NodeView, EtcdError> {
-        let ops = crate::read_ops(&self.keys, self.node, id, ifname);
+    /// This node's blocks (and any address recorded under them by the old layout): one read.
+    pub fn read(&self) -> Result<NodeView, EtcdError> {
+        let ops = crate::read_ops(&self.keys, self.node);
         Ok(self.view(&self.store.txn(&[], &ops, &[])?))
     }
 
@@ -128,17 +136,11 @@ impl Allocator<'_> {
         let np = self.node_prefix();
         let mut v = NodeView {
             rev: r.revision,
+            from_etcd: true,
             ..NodeView::default()
         };
-        let g = gets(r);
-        for kv in g.first().copied().unwrap_or_default() {
+        for kv in gets(r).first().copied().unwrap_or_default() {
             v.absorb(&np, kv);
-        }
-        if let Some(kv) = g.get(1).and_then(|k| k.first()) {
-            match serde_json::from_slice::<AttRecord>(&kv.value) {
-                Ok(a) => v.att = Some((a, kv.mod_revision)),
-                Err(e) => log::warn!("ignoring {}: {e}", kv.key_str()),
-            }
         }
         v
     }
@@ -156,17 +158,16 @@ impl Allocator<'_> {
     /// A free address of `set` in this node's blocks, starting at a hash of (id, ifname) so a
     /// node's parallel ADDs rarely try the same one.
     fn pick(
-        &self,
-        v: &NodeView,
+        usable: &BTreeSet<IpNetwork>,
         set: &RangeSet,
         id: &str,
         ifname: &str,
         taken: &BTreeSet<IpAddr>,
     ) -> Option<(IpAddr, IpNetwork)> {
-        for b in v.blocks.keys().filter(|b| block_of_set(set, **b)) {
+        for b in usable.iter().filter(|b| block_of_set(set, **b)) {
             let mut free: Vec<IpAddr> = addresses_in_block(set, *b)
                 .into_iter()
-                .filter(|ip| !v.ips.contains_key(ip) && !taken.contains(ip))
+                .filter(|ip| !taken.contains(ip))
                 .collect();
             if free.is_empty() {
                 continue;
@@ -344,126 +345,141 @@ impl Allocator<'_> {
 
     /// What the attachment holds, as answers for the range sets (an ADD repeated).
     fn held(
-        &self,
-        att: &AttRecord,
+        held: &[IpAddr],
         sets: &[RangeSet],
         requested: &[Option<&Requested>],
     ) -> Result<Vec<Got>, Error> {
         let mut out = Vec::new();
         for (i, set) in sets.iter().enumerate() {
-            let Some(h) = att.ips.iter().find(|h| set.contains(h.ip)) else {
+            let found = held
+                .iter()
+                .find_map(|ip| set.range_for(*ip).map(|(_, r)| (*ip, block_in(r, *ip))));
+            let Some((ip, Some(block))) = found else {
                 return Err(Error::Stale {
                     what: format!("the attachment holds no address of range set {i} ({set})"),
                 });
             };
-            if let Some(r) = requested[i].filter(|r| r.ip != h.ip) {
+            if let Some(r) = requested[i].filter(|r| r.ip != ip) {
                 return Err(Error::AlreadyHolds {
-                    held: h.ip,
+                    held: ip,
                     requested: r.ip,
                 });
             }
-            out.extend(Self::got(set, h.ip, h.block, false));
+            out.extend(Self::got(set, ip, block, false));
         }
         Ok(out)
     }
 
-    /// One address per range set for (id, ifname): see the module doc. `Ok(None)` for the
-    /// index of a range set with no address left (no free address in this node's blocks and
-    /// no block left to claim). `ahead`: the first round's view, read earlier by the caller
-    /// ([`crate::read_ops`], possibly a serializable read, behind the cluster); the write's
-    /// compares hold only if it is still true, and a round that loses reads again
-    /// (linearizable), so an old view costs a round, never a duplicate.
+    /// The blocks whose addresses this host may hand out: this node's in `v` that the host
+    /// recorded claiming. A host with no record yet takes etcd's word (and the addresses the
+    /// old layout recorded in them); from the agent's file it has no say (`None`: read etcd).
+    fn usable(
+        &self,
+        v: &NodeView,
+        local: &mut Local,
+    ) -> Result<Option<BTreeSet<IpNetwork>>, Error> {
+        let in_view: BTreeSet<IpNetwork> = v.blocks.keys().copied().collect();
+        let Some(mine) = local.blocks() else {
+            if !v.from_etcd {
+                return Ok(None);
+            }
+            for (ip, (rec, _)) in &v.legacy {
+                log::info!(
+                    "taking {ip} ({}/{}) over from etcd as a lease of this host",
+                    rec.container_id,
+                    rec.ifname
+                );
+                local.reserve(&rec.container_id, &rec.ifname, *ip, 0)?;
+            }
+            local.set_blocks(in_view.clone())?;
+            return Ok(Some(in_view));
+        };
+        Ok(Some(mine.intersection(&in_view).copied().collect()))
+    }
+
+    /// Record a block claimed now as the host's.
+    fn record_claim(local: &mut Local, block: IpNetwork) -> Result<(), Error> {
+        let mut blocks = local.blocks().cloned().unwrap_or_default();
+        blocks.insert(block);
+        local.set_blocks(blocks)
+    }
+
+    /// One address per range set for (id, ifname): see the module doc. `Ok(Err(index))` for
+    /// a range set with no address left (no free address in this node's blocks and no block
+    /// left to claim). `ahead`: this node's blocks as the caller read them (from etcd, maybe a
+    /// serializable read, or from the agent's file); `None`: read now. Runs under `local`'s
+    /// lock: nothing else on this host hands out an address meanwhile.
     pub fn allocate(
         &self,
         sets: &[RangeSet],
         id: &str,
         ifname: &str,
         requested: &[Option<&Requested>],
-        mut ahead: Option<NodeView>,
+        ahead: Option<NodeView>,
+        local: &mut Local,
     ) -> Result<Result<Vec<Got>, usize>, Error> {
-        for _ in 0..ROUNDS {
-            // An index seen ahead is not trusted: answering it writes nothing, so no compare
-            // would catch a view behind a DEL (the caller's read may be serializable).
-            let mut v = match ahead.take() {
-                Some(v) if v.att.is_none() => v,
-                _ => self.read(id, ifname)?,
-            };
-            if let Some((att, _)) = &v.att {
-                return Ok(Ok(self.held(att, sets, requested)?));
-            }
-            let mut picks: Vec<(IpAddr, IpNetwork, i64, usize)> = Vec::new();
-            let mut taken = BTreeSet::new();
-            let mut again = false;
-            for (i, set) in sets.iter().enumerate() {
-                let pick = match requested[i] {
-                    Some(r) => self.requested(&mut v, set, r)?,
-                    None => match self.pick(&v, set, id, ifname, &taken) {
-                        Some(p) => Some(p),
-                        None => match self.claim_for(&v, set)? {
-                            Some((b, rev)) => {
-                                v.blocks.insert(b, rev);
-                                self.pick(&v, set, id, ifname, &taken)
-                            }
-                            None => return Ok(Err(i)),
-                        },
-                    },
-                };
-                let Some((ip, block)) = pick else {
-                    again = true;
-                    break;
-                };
-                let rev = v.blocks.get(&block).copied().unwrap_or_default();
-                taken.insert(ip);
-                picks.push((ip, block, rev, i));
-            }
-            if again {
-                continue;
-            }
-            let rec = serde_json::to_vec(&IpRecord {
-                container_id: id.into(),
-                ifname: ifname.into(),
-            })
-            .unwrap_or_default();
-            let att = AttRecord {
-                node: self.node.to_string(),
-                ips: picks
-                    .iter()
-                    .map(|(ip, block, ..)| Held {
-                        ip: *ip,
-                        block: *block,
-                    })
-                    .collect(),
-            };
-            let mut compares = Vec::new();
-            let mut ops = Vec::new();
-            for (ip, block, rev, _) in &picks {
-                let k = self.keys.ip(self.node, *block, *ip);
-                compares.push(Compare::absent(&k));
-                compares.push(Compare::create_revision(
-                    self.keys.node_block(self.node, *block),
-                    CompareOp::Equal,
-                    *rev,
-                ));
-                ops.push(Op::put(k, &rec, None));
-            }
-            let att_key = self.keys.att(id, ifname);
-            compares.push(Compare::absent(&att_key));
-            ops.push(Op::put(
-                &att_key,
-                serde_json::to_vec(&att).unwrap_or_default(),
-                None,
-            ));
-            if self.store.txn(&compares, &ops, &[])?.succeeded {
-                return Ok(Ok(picks
-                    .iter()
-                    .filter_map(|(ip, block, _, i)| Self::got(&sets[*i], *ip, *block, true))
-                    .collect()));
-            }
-            log::debug!("{id}/{ifname}: lost a race for {picks:?}; reading again");
+        let held = local.held(id, ifname);
+        if !held.is_empty() {
+            return Ok(Ok(Self::held(&held, sets, requested)?));
         }
-        Err(Error::Contention {
-            node: self.node.to_string(),
-        })
+        let mut taken = local.taken();
+        let mut v = match ahead {
+            Some(v) => v,
+            None => self.read()?,
+        };
+        let mut usable = self.usable(&v, local)?;
+        // The agent's file can lag this host's last claim: before a claim, etcd is read.
+        let short = |u: &BTreeSet<IpNetwork>| {
+            sets.iter().enumerate().any(|(i, set)| {
+                requested[i].is_none() && Self::pick(u, set, id, ifname, &taken).is_none()
+            })
+        };
+        if !v.from_etcd && usable.as_ref().is_none_or(short) {
+            v = self.read()?;
+            usable = self.usable(&v, local)?;
+        }
+        let mut usable = usable.unwrap_or_default();
+        let mut picks: Vec<(IpAddr, IpNetwork, usize)> = Vec::new();
+        for (i, set) in sets.iter().enumerate() {
+            let pick = match requested[i] {
+                Some(r) => self.requested(&mut usable, set, r, local)?,
+                None => match Self::pick(&usable, set, id, ifname, &taken) {
+                    Some(p) => p,
+                    None => match self.claim_for(&v, set)? {
+                        Some((b, rev)) => {
+                            Self::record_claim(local, b)?;
+                            v.blocks.insert(b, rev);
+                            usable.insert(b);
+                            match Self::pick(&usable, set, id, ifname, &taken) {
+                                Some(p) => p,
+                                None => return Ok(Err(i)),
+                            }
+                        }
+                        None => return Ok(Err(i)),
+                    },
+                },
+            };
+            taken.insert(pick.0);
+            picks.push((pick.0, pick.1, i));
+        }
+        let mut done: Vec<IpAddr> = Vec::new();
+        for (ip, _, i) in &picks {
+            let r = local.reserve(id, ifname, *ip, *i);
+            if !matches!(r, Ok(true)) {
+                for d in &done {
+                    let _ = local.release_ip(*d);
+                }
+                r?;
+                return Err(Error::Contention {
+                    node: self.node.to_string(),
+                });
+            }
+            done.push(*ip);
+        }
+        Ok(Ok(picks
+            .iter()
+            .filter_map(|(ip, block, i)| Self::got(&sets[*i], *ip, *block, true))
+            .collect()))
     }
 
     /// A requested address: free in one of this node's blocks, or in an unclaimed block
@@ -471,10 +487,11 @@ impl Allocator<'_> {
     /// its node.
     fn requested(
         &self,
-        v: &mut NodeView,
+        usable: &mut BTreeSet<IpNetwork>,
         set: &RangeSet,
         r: &Requested,
-    ) -> Result<Option<(IpAddr, IpNetwork)>, Error> {
+        local: &mut Local,
+    ) -> Result<(IpAddr, IpNetwork), Error> {
         if !set.is_allocatable(r.ip) {
             return Err(ConfigError::new(
                 r.field.clone(),
@@ -490,92 +507,63 @@ impl Allocator<'_> {
                 ConfigError::new(r.field.clone(), format!("{} lies in no range", r.ip)).into(),
             );
         };
-        if let std::collections::btree_map::Entry::Vacant(slot) = v.blocks.entry(block) {
-            match self.claim(block)? {
-                Some(rev) => {
-                    slot.insert(rev);
-                }
-                None => {
-                    let node = self.holder(block)?.unwrap_or_default();
-                    return Err(Error::OtherNodesBlock {
-                        ip: r.ip,
-                        block,
-                        node,
-                    });
-                }
+        if !usable.contains(&block) {
+            // Claimed now, or found ours already in etcd (the claim answers so).
+            if self.claim(block)?.is_none() {
+                let node = self.holder(block)?.unwrap_or_default();
+                return Err(Error::OtherNodesBlock {
+                    ip: r.ip,
+                    block,
+                    node,
+                });
             }
+            Self::record_claim(local, block)?;
+            usable.insert(block);
         }
-        if let Some((rec, ..)) = v.ips.get(&r.ip) {
+        if let Some(o) = local.holder(r.ip) {
             return Err(Error::Taken {
                 ip: r.ip,
-                owner: format!("{}/{} on {}", rec.container_id, rec.ifname, self.node),
+                owner: format!("{o} on {}", self.node),
             });
         }
-        Ok(Some((r.ip, block)))
+        Ok((r.ip, block))
     }
 
-    /// Release (id, ifname): its index and addresses, in one write when it holds any.
-    pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, EtcdError> {
-        let key = self.keys.att(id, ifname);
-        for _ in 0..ROUNDS {
-            let r = self.store.txn(&[], &[Op::get(&key)], &[])?;
-            let Some(kv) = gets(&r).first().and_then(|k| k.first()).cloned() else {
-                return Ok(Vec::new());
-            };
-            let att: AttRecord = match serde_json::from_slice(&kv.value) {
-                Ok(a) => a,
-                Err(e) => {
-                    log::warn!("{key} unreadable ({e}): deleting it");
-                    AttRecord {
-                        node: String::new(),
-                        ips: Vec::new(),
-                    }
-                }
-            };
-            let node = if att.node.is_empty() {
-                self.node
-            } else {
-                att.node.as_str()
-            };
-            let mut ops = vec![Op::delete(&key)];
-            for h in &att.ips {
-                ops.push(Op::delete(self.keys.ip(node, h.block, h.ip)));
-            }
-            let done = self
-                .store
-                .txn(&[Compare::unchanged(&key, kv.mod_revision)], &ops, &[])?;
-            if done.succeeded {
-                return Ok(att.ips.iter().map(|h| h.ip).collect());
-            }
-        }
-        Ok(Vec::new())
-    }
-
-    /// Release this node's empty blocks (each only if no address appeared in it since read).
-    pub fn release_empty_blocks(&self) -> Result<Vec<IpNetwork>, EtcdError> {
-        let np = self.node_prefix();
-        let (kvs, rev) = self.store.list(&np)?;
-        let mut v = NodeView::default();
-        for kv in &kvs {
-            v.absorb(&np, kv);
+    /// Give back to etcd this node's blocks that hold no address on this host (each only if
+    /// its key is the one read; under `local`'s lock, so no ADD of this host takes an address
+    /// of it meanwhile), with whatever the old layout recorded under them.
+    pub fn release_empty_blocks(&self, local: &mut Local) -> Result<Vec<IpNetwork>, Error> {
+        let v = self.read()?;
+        let held: BTreeSet<IpNetwork> = local
+            .taken()
+            .into_iter()
+            .flat_map(|ip| v.blocks.keys().filter(move |b| b.contains(ip)).copied())
+            .collect();
+        let empty: Vec<(IpNetwork, i64)> = v
+            .blocks
+            .iter()
+            .filter(|(b, _)| !held.contains(b))
+            .map(|(b, c)| (*b, *c))
+            .collect();
+        // Off this host's record first: a block given back is never handed out from again,
+        // even if the agent's file still lists it (a release that fails leaves a block in etcd
+        // that this host does not use: the next GC gives it back).
+        if let Some(mine) = local.blocks() {
+            let left = mine
+                .iter()
+                .filter(|b| !empty.iter().any(|(e, _)| e == *b))
+                .copied()
+                .collect();
+            local.set_blocks(left)?;
         }
         let mut out = Vec::new();
-        for (b, created) in &v.blocks {
-            if v.ips.values().any(|(_, ib, _)| ib == b) {
-                continue;
-            }
+        for (b, created) in &empty {
             let mine = self.keys.node_block(self.node, *b);
             let r = self.store.txn(
-                &[
-                    Compare::create_revision(&mine, CompareOp::Equal, *created),
-                    Compare::prefix_mod_revision(
-                        self.keys.block_ips(self.node, *b),
-                        CompareOp::Less,
-                        rev + 1,
-                    ),
-                ],
+                &[Compare::create_revision(&mine, CompareOp::Equal, *created)],
                 &[
                     Op::delete(&mine),
+                    Op::delete_prefix(self.keys.block_ips(self.node, *b)),
                     Op::delete(schema::block_key(&self.prefix, &self.network, *b)),
                 ],
                 &[],

@@ -38,6 +38,9 @@ pub struct Config {
     pub network: String,
     /// TLS for `https://` endpoints, loaded and checked.
     pub tls: Option<etcd::Tls>,
+    /// Root of this host's local state (`$CNIRS_RUN_DIR`, default `/run/cni-rs`): the
+    /// addresses are kept under `cluster/<prefix>/<node>/ipam/<network>/` ([`crate::local`]).
+    pub run_dir: std::path::PathBuf,
 }
 
 impl Config {
@@ -91,6 +94,7 @@ fn parse_with(req: &Request, load_tls: bool) -> Result<Config, CniError> {
         prefix,
         network,
         tls,
+        run_dir: cluster::node_state::run_root(),
     })
 }
 

@@ -51,6 +51,10 @@ pub enum Error {
     #[error("this attachment already holds {held}; release it before requesting {requested}")]
     AlreadyHolds { held: IpAddr, requested: IpAddr },
 
+    /// This host's lease files (code 5 for an I/O error; host-local's codes otherwise).
+    #[error(transparent)]
+    Local(Box<host_local::HostLocalError>),
+
     /// Code 105: CHECK found no address for the attachment.
     #[error("no address held by {container}/{ifname} in range set {index} ({ranges}) of network {network}")]
     NotHeld {
@@ -64,11 +68,12 @@ pub enum Error {
 
 impl From<Error> for CniError {
     fn from(e: Error) -> Self {
-        let code = match &e {
-            Error::Config(c) => return c.clone().into(),
+        let code = match e {
+            Error::Local(l) => return (*l).into(),
+            Error::Config(c) => return c.into(),
             // A TLS failure at first contact (CA does not verify the member, our certificate
             // refused or missing) is the config's fault: code 7 naming the key.
-            Error::Etcd(etcd_err) if etcd_err.is_config() => {
+            Error::Etcd(ref etcd_err) if etcd_err.is_config() => {
                 let field = etcd_err
                     .tls_file()
                     .map(crate::config::tls_field)

@@ -1,21 +1,23 @@
-//! etcd-ipam: host-local's `ranges`/`routes`, with addresses unique across a cluster through
-//! etcd (`etcdEndpoints`, `etcdPrefix`), handed out from blocks that belong to nodes. Keys
-//! (crates/cluster, docs/DESIGN-etcd-ipam.md):
+//! etcd-ipam: host-local's `ranges`/`routes`, with addresses unique across a cluster: etcd
+//! (`etcdEndpoints`, `etcdPrefix`) hands out blocks to nodes, each node hands out the addresses
+//! of its own blocks on its host. Keys (crates/cluster, docs/DESIGN-etcd-ipam.md):
 //!
 //! ```text
 //! <prefix>/blocks/<network>/<cidr>                   {"node"}                 a node's block (the agents watch these)
 //! <prefix>/ipam/<network>/nodes/<node>/<cidr>        {}                       the same, under the node
-//! <prefix>/ipam/<network>/nodes/<node>/<cidr>/<ip>   {"containerId","ifname"} an address held
-//! <prefix>/ipam/<network>/att/<id>/<ifname>          {"node","ips"}           what an attachment holds
 //! ```
 //!
+//! and on each host, under `$CNIRS_RUN_DIR/cluster/<prefix>/<node>/ipam/<network>/`, its
+//! leases (host-local's files) and the blocks it claimed ([`local`]).
+//!
 //! - [`config`]: the `ipam` section (host-local's keys through crates/ipamconf, plus etcd's);
-//! - [`alloc`]: blocks, addresses, the dead-node rule, over a [`store::Store`];
+//! - [`alloc`]: blocks, addresses, the dead-node rule, over a [`store::Store`] and [`local`];
 //! - [`store`]: the store trait, implemented by `etcd::Client` and an in-memory fake.
 
 pub mod alloc;
 pub mod config;
 pub mod error;
+pub mod local;
 /// The store trait and its in-memory fake (crates/etcd).
 pub use etcd::store;
 
@@ -25,8 +27,8 @@ use cni_core::{CniError, CniResult, ErrorCode, IpConfig, Plugin, Request};
 use etcd::TxnResponse;
 use ipnetwork::IpNetwork;
 
-pub use crate::alloc::{reclaim_dead_nodes, Got, Reclaimed};
-use crate::{alloc::Allocator, config::Config, error::Error, store::Store};
+pub use crate::alloc::{reclaim_dead_nodes, Got, NodeView, Reclaimed};
+use crate::{alloc::Allocator, config::Config, error::Error, local::Local, store::Store};
 
 /// The env var naming this node (tests set one per simulated host); else the hostname.
 pub const NODE_ENV: &str = "CNIRS_NODE_NAME";
@@ -50,6 +52,8 @@ pub fn node_name(env_value: Option<String>) -> String {
 pub struct EtcdIpam {
     pub node: String,
     pub options: etcd::Options,
+    /// Root of the host's state ([`Config::run_dir`]): `$CNIRS_RUN_DIR` for the plugin.
+    pub run_dir: std::path::PathBuf,
 }
 
 impl EtcdIpam {
@@ -58,7 +62,18 @@ impl EtcdIpam {
         EtcdIpam {
             node: node_name(std::env::var(NODE_ENV).ok()),
             options: etcd::Options::default(),
+            run_dir: cluster::node_state::run_root(),
         }
+    }
+
+    /// The config, its host state under [`Self::run_dir`]; the TLS files read when `tls`.
+    fn config(&self, req: &Request, tls: bool) -> Result<Config, CniError> {
+        let mut cfg = match tls {
+            true => config::parse(req)?,
+            false => config::parse_without_tls(req)?,
+        };
+        cfg.run_dir.clone_from(&self.run_dir);
+        Ok(cfg)
     }
 
     fn node(&self) -> Result<&str, CniError> {
@@ -72,7 +87,7 @@ impl EtcdIpam {
     }
 
     fn open(&self, req: &Request) -> Result<(Config, etcd::Client), CniError> {
-        let cfg = config::parse(req)?;
+        let cfg = self.config(req, true)?;
         let opts = etcd::Options {
             tls: cfg.tls.clone(),
             ..self.options.clone()
@@ -83,14 +98,18 @@ impl EtcdIpam {
     }
 }
 
-/// The operations of [`Allocator::read`] (`node`'s blocks and addresses, the attachment's
-/// index), for a caller that folds them into its own read transaction and hands the answers
-/// to [`Allocator::view`].
-pub fn read_ops(keys: &cluster::ipam::Keys, node: &str, id: &str, ifname: &str) -> Vec<etcd::Op> {
-    vec![
-        etcd::Op::get_prefix(keys.node_blocks(node)),
-        etcd::Op::get(keys.att(id, ifname)),
-    ]
+/// The operations of [`Allocator::read`] (`node`'s blocks), for a caller that folds them into
+/// its own read transaction and hands the answers to [`Allocator::view`].
+pub fn read_ops(keys: &cluster::ipam::Keys, node: &str) -> Vec<etcd::Op> {
+    vec![etcd::Op::get_prefix(keys.node_blocks(node))]
+}
+
+/// What an ADD's caller read ahead of it: the answers to [`read_ops`], or the blocks of the
+/// agent's file ([`cluster::node_state`]).
+#[derive(Debug, Clone)]
+pub enum Ahead {
+    Etcd(TxnResponse),
+    Agent(std::collections::BTreeSet<IpNetwork>),
 }
 
 fn allocator<'a>(store: &'a dyn Store, cfg: &Config, node: &'a str) -> Allocator<'a> {
@@ -103,9 +122,9 @@ fn allocator<'a>(store: &'a dyn Store, cfg: &Config, node: &'a str) -> Allocator
     }
 }
 
-/// ADD: one address per range set, in this node's blocks (one read, one write; a block claim
-/// when the node's blocks are full). When a range set has nothing left, dead nodes' blocks
-/// are reclaimed ([`reclaim_dead_nodes`]) and the ADD tries once more.
+/// ADD: one address per range set, in this node's blocks, on this host's leases (one etcd
+/// read, and a block claim when the node's blocks are full). When a range set has nothing
+/// left, dead nodes' blocks are reclaimed ([`reclaim_dead_nodes`]) and the ADD tries once more.
 pub fn add(
     store: &dyn Store,
     cfg: &Config,
@@ -116,20 +135,28 @@ pub fn add(
     add_from(store, cfg, node, id, ifname, None)
 }
 
-/// [`add`], its first read answered by `ahead` when the caller did it ([`EtcdIpam::add_reads`]).
+/// [`add`], starting from what the caller read ahead ([`EtcdIpam::add_reads`], or the agent's
+/// file): no etcd read when it suffices.
 fn add_from(
     store: &dyn Store,
     cfg: &Config,
     node: &str,
     id: &str,
     ifname: &str,
-    ahead: Option<&TxnResponse>,
+    ahead: Option<&Ahead>,
 ) -> Result<Vec<Got>, CniError> {
     let requested = cfg.ipam.requested_per_set()?;
     let a = allocator(store, cfg, node);
     let sets = &cfg.ipam.range_sets;
-    let first = ahead.map(|r| a.view(r));
-    let mut result = a.allocate(sets, id, ifname, &requested, first)?;
+    // Read before the host's lock is taken (etcd down: nothing created on the host); a view
+    // grown old meanwhile only proposes (see `Allocator::allocate`).
+    let first = match ahead {
+        Some(Ahead::Etcd(r)) => a.view(r),
+        Some(Ahead::Agent(blocks)) => NodeView::from_agent(blocks),
+        None => a.read().map_err(Error::from)?,
+    };
+    let mut local = Local::open(cfg, node)?;
+    let mut result = a.allocate(sets, id, ifname, &requested, Some(first), &mut local)?;
     if result.is_err() {
         let r = reclaim_dead_nodes(store, &cfg.prefix, &cfg.network, node).map_err(Error::from)?;
         if !r.blocks.is_empty() {
@@ -139,7 +166,7 @@ fn add_from(
                 r.ips.len(),
                 r.nodes
             );
-            result = a.allocate(sets, id, ifname, &requested, None)?;
+            result = a.allocate(sets, id, ifname, &requested, None, &mut local)?;
         }
     }
     match result {
@@ -153,21 +180,17 @@ fn add_from(
     }
 }
 
-/// DEL: releases every address (id, ifname) holds in the network. Idempotent.
-pub fn del(
-    store: &dyn Store,
-    cfg: &Config,
-    node: &str,
-    id: &str,
-    ifname: &str,
-) -> Result<Vec<IpAddr>, CniError> {
-    Ok(allocator(store, cfg, node)
-        .release(id, ifname)
-        .map_err(Error::from)?)
+/// DEL: releases every address (id, ifname) holds in the network on this host. Idempotent;
+/// no etcd call (the block stays the node's: a pod that comes back soon costs no claim).
+pub fn del(cfg: &Config, node: &str, id: &str, ifname: &str) -> Result<Vec<IpAddr>, CniError> {
+    match Local::open_existing(cfg, node)? {
+        Some(mut l) => Ok(l.release(id, ifname)?),
+        None => Ok(Vec::new()),
+    }
 }
 
-/// CHECK: (id, ifname) holds an address in every range set, each still recorded under its
-/// node's block.
+/// CHECK: (id, ifname) holds an address in every range set on this host, each in a block
+/// that etcd still says is this node's.
 pub fn check(
     store: &dyn Store,
     cfg: &Config,
@@ -175,8 +198,6 @@ pub fn check(
     id: &str,
     ifname: &str,
 ) -> Result<Vec<IpAddr>, CniError> {
-    let a = allocator(store, cfg, node);
-    let v = a.read(id, ifname).map_err(Error::from)?;
     let not_held = |index: usize| Error::NotHeld {
         container: id.into(),
         ifname: ifname.into(),
@@ -184,77 +205,64 @@ pub fn check(
         index,
         ranges: cfg.ipam.range_sets[index].to_string(),
     };
-    let Some((att, _)) = v.att else {
-        return Err(not_held(0).into());
+    let held = match Local::open_existing(cfg, node)? {
+        Some(l) => l.held(id, ifname),
+        None => Vec::new(),
     };
+    let v = allocator(store, cfg, node).read().map_err(Error::from)?;
     let mut out = Vec::new();
     for (index, set) in cfg.ipam.range_sets.iter().enumerate() {
-        let h = att
-            .ips
+        let ip = *held
             .iter()
-            .find(|h| set.contains(h.ip))
+            .find(|ip| set.contains(**ip))
             .ok_or_else(|| not_held(index))?;
-        let key = a.keys.ip(&att.node, h.block, h.ip);
-        let r = store
-            .txn(&[], &[etcd::Op::get(&key)], &[])
-            .map_err(Error::from)?;
-        let rec = store::gets(&r)
-            .first()
-            .and_then(|k| k.first())
-            .and_then(|kv| serde_json::from_slice::<cluster::ipam::IpRecord>(&kv.value).ok());
-        if !rec.is_some_and(|r| r.is(id, ifname)) {
+        if !v.blocks.keys().any(|b| b.contains(ip)) {
             return Err(Error::Stale {
                 what: format!(
-                    "{id}/{ifname} is recorded as holding {} but {key} does not name it",
-                    h.ip
+                    "{id}/{ifname} holds {ip} on this host, but no block of node {node} in etcd \
+                     holds it (released, or reclaimed from a node judged dead)"
                 ),
             }
             .into());
         }
-        out.push(h.ip);
+        out.push(ip);
     }
     Ok(out)
 }
 
-/// GC: releases this node's attachments that are not in `valid`, then this node's blocks
-/// that hold no address any more (a later ADD claims again). Goes on past failures.
+/// GC: releases this host's addresses whose attachment is not in `valid`, then gives back
+/// this node's blocks that hold no address any more (a later ADD claims again). Goes on past
+/// failures.
 pub fn gc(
     store: &dyn Store,
     cfg: &Config,
     node: &str,
     valid: &[cni_core::Attachment],
 ) -> Result<Vec<IpAddr>, CniError> {
-    let a = allocator(store, cfg, node);
-    let (kvs, _) = store.list(&a.keys.node_blocks(node)).map_err(Error::from)?;
-    let mut stale: Vec<(String, String)> = Vec::new();
-    for kv in &kvs {
-        let k = kv.key_str();
-        let is_ip = k
-            .strip_prefix(&a.keys.node_blocks(node))
-            .and_then(cluster::ipam::parse_node_key)
-            .is_some_and(|(_, ip)| ip.is_some());
-        if !is_ip {
-            continue;
-        }
-        let Ok(rec) = serde_json::from_slice::<cluster::ipam::IpRecord>(&kv.value) else {
-            continue;
-        };
-        let is_valid = valid.iter().any(|v| rec.is(&v.container_id, &v.ifname));
-        let pair = (rec.container_id.clone(), rec.ifname.clone());
-        if !is_valid && !stale.contains(&pair) {
-            stale.push(pair);
-        }
-    }
+    let Some(mut local) = Local::open_existing(cfg, node)? else {
+        return Ok(Vec::new());
+    };
     let mut released = Vec::new();
     let mut errors = Vec::new();
-    for (id, ifname) in &stale {
-        match a.release(id, ifname) {
-            Ok(r) => released.extend(r),
-            Err(e) => errors.push(CniError::from(Error::from(e))),
+    for (ip, owner) in local.leases() {
+        let ifname = owner.ifname.as_deref().unwrap_or_default();
+        if valid
+            .iter()
+            .any(|v| v.container_id == owner.container_id && v.ifname == ifname)
+        {
+            continue;
+        }
+        match local.release_ip(ip) {
+            Ok(()) => released.push(ip),
+            Err(e) => errors.push(CniError::from(e)),
         }
     }
-    if let Err(e) = a.release_empty_blocks() {
-        errors.push(Error::from(e).into());
+    // Without a record of its blocks the host cannot tell an empty block from one whose
+    // addresses the old layout kept in etcd: it gives nothing back.
+    if local.blocks().is_some() {
+        if let Err(e) = allocator(store, cfg, node).release_empty_blocks(&mut local) {
+            errors.push(e.into());
+        }
     }
     cni_core::error::combine(errors)?;
     Ok(released)
@@ -265,7 +273,12 @@ pub fn gc(
 pub fn status(store: &dyn Store, cfg: &Config, node: &str) -> Result<(), CniError> {
     let unavailable = |e: String| CniError::new(ErrorCode::NotAvailable, e);
     let a = allocator(store, cfg, node);
-    let v = a.read("", "").map_err(|e| unavailable(e.to_string()))?;
+    let v = a.read().map_err(|e| unavailable(e.to_string()))?;
+    let taken = match Local::open_existing(cfg, node) {
+        Ok(Some(l)) => l.taken(),
+        Ok(None) => Default::default(),
+        Err(e) => return Err(unavailable(e.to_string())),
+    };
     let (blocks, _) = store
         .list(&cluster::schema::network_blocks_prefix(
             &cfg.prefix,
@@ -276,7 +289,7 @@ pub fn status(store: &dyn Store, cfg: &Config, node: &str) -> Result<(), CniErro
         let own_free = v.blocks.keys().any(|b| {
             alloc::addresses_in_block(set, *b)
                 .iter()
-                .any(|ip| !v.ips.contains_key(ip))
+                .any(|ip| !taken.contains(ip) && !v.legacy.contains_key(ip))
         });
         let claimed = blocks
             .iter()
@@ -311,8 +324,9 @@ impl Plugin for EtcdIpam {
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let (cfg, client) = self.open(req)?;
-        self.del_with(req, &cfg, &client)
+        // No etcd call: the TLS keys are not read (a DEL goes on when they are broken).
+        let cfg = self.config(req, false)?;
+        self.del_with(req, &cfg)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -339,37 +353,32 @@ impl Plugin for EtcdIpam {
 }
 
 impl EtcdIpam {
-    /// The reads an ADD of `req` starts with (this node's blocks and addresses, the
-    /// attachment's index), for a caller that folds them into its own read transaction: the
-    /// overlay's preflight, one round trip less per ADD. Their answers go to [`Self::run_with`].
+    /// The reads an ADD of `req` starts with (this node's blocks), for a caller that folds
+    /// them into its own read transaction: the overlay's preflight, one round trip less per
+    /// ADD. Their answers go to [`Self::run_with`] as [`Ahead::Etcd`].
     pub fn add_reads(&self, req: &Request) -> Result<Vec<etcd::Op>, CniError> {
         let cfg = config::parse_without_tls(req)?;
         let keys = cluster::ipam::Keys::new(&cfg.network_prefix());
-        Ok(read_ops(
-            &keys,
-            self.node()?,
-            &req.container_id,
-            &req.ifname,
-        ))
+        Ok(read_ops(&keys, self.node()?))
     }
 
     /// ADD, DEL or CHECK over a store the caller already holds: the overlay plugin runs
     /// etcd-ipam in its own process over its own etcd connection (one TLS handshake per ADD,
     /// not two; the overlay takes no other IPAM; its config checked the TLS keys, so they are
-    /// not read again here). The same steps and answers as the plugin's. `ahead`: for ADD, the
-    /// answers to [`Self::add_reads`] (only those operations, read by the caller): the first
-    /// round starts from them instead of reading.
+    /// not read again here). The same steps and answers as the plugin's. `ahead`: for ADD,
+    /// this node's blocks as the caller read them ([`Ahead`]): no read of its own when they
+    /// do.
     pub fn run_with(
         &self,
         req: &Request,
         cmd: cni_core::Command,
         store: &dyn Store,
-        ahead: Option<&TxnResponse>,
+        ahead: Option<&Ahead>,
     ) -> Result<Option<CniResult>, CniError> {
-        let cfg = config::parse_without_tls(req)?;
+        let cfg = self.config(req, false)?;
         match cmd {
             cni_core::Command::Add => self.add_with(req, &cfg, store, ahead).map(Some),
-            cni_core::Command::Del => self.del_with(req, &cfg, store).map(|()| None),
+            cni_core::Command::Del => self.del_with(req, &cfg).map(|()| None),
             cni_core::Command::Check => {
                 check(store, &cfg, self.node()?, &req.container_id, &req.ifname).map(|_| None)
             }
@@ -380,8 +389,8 @@ impl EtcdIpam {
         }
     }
 
-    fn del_with(&self, req: &Request, cfg: &Config, store: &dyn Store) -> Result<(), CniError> {
-        let released = del(store, cfg, &self.node, &req.container_id, &req.ifname)?;
+    fn del_with(&self, req: &Request, cfg: &Config) -> Result<(), CniError> {
+        let released = del(cfg, self.node()?, &req.container_id, &req.ifname)?;
         log::info!("{}: released {released:?}", req.tag());
         Ok(())
     }
@@ -391,7 +400,7 @@ impl EtcdIpam {
         req: &Request,
         cfg: &Config,
         store: &dyn Store,
-        ahead: Option<&TxnResponse>,
+        ahead: Option<&Ahead>,
     ) -> Result<CniResult, CniError> {
         let node = self.node()?;
         let dns = match &cfg.ipam.resolv_conf {

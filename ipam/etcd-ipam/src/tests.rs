@@ -1,17 +1,45 @@
 //! The allocator over the in-memory store, several nodes sharing it.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Arc,
+};
 
 use cni_core::{Attachment, Command, ErrorCode, Request};
 
 use super::*;
 use crate::store::MemStore;
 
-fn cfg(ranges: serde_json::Value) -> Config {
+/// A config whose host state (`run_dir`) is a temp dir of the test, kept alive by `_dir`.
+struct Fx {
+    c: Config,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fx {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.c
+    }
+}
+
+fn cfg(ranges: serde_json::Value) -> Fx {
     cfg_with(ranges, serde_json::json!({}))
 }
 
-fn cfg_with(ranges: serde_json::Value, extra: serde_json::Value) -> Config {
+fn cfg_with(ranges: serde_json::Value, extra: serde_json::Value) -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    Fx {
+        c: cfg_in(ranges, extra, dir.path()),
+        _dir: dir,
+    }
+}
+
+fn cfg_in(
+    ranges: serde_json::Value,
+    extra: serde_json::Value,
+    run_dir: &std::path::Path,
+) -> Config {
     let mut conf = serde_json::json!({"cniVersion": "1.1.0", "name": "net1", "type": "bridge",
         "ipam": {"type": "etcd-ipam", "ranges": ranges, "etcdEndpoints": ["http://127.0.0.1:1"]}});
     for (k, v) in extra.as_object().unwrap() {
@@ -25,11 +53,21 @@ fn cfg_with(ranges: serde_json::Value, extra: serde_json::Value) -> Config {
         conf.to_string().as_bytes(),
     )
     .unwrap();
-    config::parse(&req).unwrap()
+    let mut c = config::parse(&req).unwrap();
+    c.run_dir = run_dir.to_path_buf();
+    c
 }
 
-fn dual() -> Config {
+fn dual() -> Fx {
     cfg(serde_json::json!([[{"subnet": "10.9.0.0/16"}], [{"subnet": "fd09::/64"}]]))
+}
+
+/// The addresses node `node`'s host holds for the network.
+fn leases(c: &Config, node: &str) -> Vec<IpAddr> {
+    match crate::local::Local::open_existing(c, node).unwrap() {
+        Some(l) => l.taken().into_iter().collect(),
+        None => Vec::new(),
+    }
 }
 
 fn ips(g: &[Got]) -> Vec<IpAddr> {
@@ -66,46 +104,42 @@ fn dual_stack_add_claims_one_block_per_family_and_answers_again_for_the_same_att
     let again = add(&s, &c, "a", "c1", "eth0").unwrap();
     assert_eq!(ips(&again), ips(&got));
     assert!(again.iter().all(|g| !g.fresh));
-    // The address under its node's block, and the attachment's index.
-    let key = format!(
-        "/cnirs/ipam/net1/nodes/a/{}/{}",
-        cluster::schema::cidr_key(got[0].block),
-        got[0].ip
-    );
-    let rec = s.list(&key).unwrap().0;
+    // The addresses are the host's leases; etcd has the blocks and nothing per pod.
+    assert_eq!(leases(&c, "a"), ips(&got));
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&rec[0].value).unwrap(),
-        serde_json::json!({"containerId": "c1", "ifname": "eth0"})
-    );
-    assert_eq!(
-        s.keys("/cnirs/ipam/net1/att/"),
-        ["/cnirs/ipam/net1/att/c1/eth0"]
+        s.keys("/cnirs/ipam/net1/").len(),
+        2,
+        "nodes/a/<block> per family, no address key, no index: {:?}",
+        s.keys("/cnirs/ipam/net1/")
     );
 }
 
 #[test]
-fn a_steady_add_is_one_write_and_a_del_one_write() {
+fn a_steady_add_is_one_etcd_read_and_no_write_and_a_del_no_etcd_call() {
     let s = MemStore::default();
     let c = dual();
     add(&s, &c, "a", "first", "eth0").unwrap(); // claims the node's blocks
-    let w0 = s.writes();
+    let (w0, n0) = (s.writes(), s.round_trips());
     for i in 0..20 {
         add(&s, &c, "a", &format!("c{i}"), "eth0").unwrap();
     }
     assert_eq!(
         s.writes() - w0,
-        20,
-        "one write per ADD, both families in it"
+        0,
+        "no etcd write for an address of a block held"
     );
-    let w1 = s.writes();
+    assert_eq!(
+        s.round_trips() - n0,
+        20,
+        "one read per ADD (none from the agent's file)"
+    );
+    let n1 = s.round_trips();
     for i in 0..20 {
-        assert_eq!(del(&s, &c, "a", &format!("c{i}"), "eth0").unwrap().len(), 2);
+        assert_eq!(del(&c, "a", &format!("c{i}"), "eth0").unwrap().len(), 2);
     }
-    assert_eq!(s.writes() - w1, 20, "one write per DEL");
-    // DEL again: nothing held, nothing written.
-    let w2 = s.writes();
-    assert!(del(&s, &c, "a", "c0", "eth0").unwrap().is_empty());
-    assert_eq!(s.writes(), w2);
+    assert_eq!(s.round_trips(), n1, "DEL is the host's alone");
+    assert!(del(&c, "a", "c0", "eth0").unwrap().is_empty(), "idempotent");
+    assert_eq!(leases(&c, "a").len(), 2, "'first' holds its two");
 }
 
 #[test]
@@ -173,9 +207,9 @@ fn a_small_range_is_one_block_another_node_cannot_borrow_from() {
         status(&s, &c, "a").unwrap_err().code(),
         ErrorCode::NotAvailable.as_u32()
     );
-    assert_eq!(del(&s, &c, "a", "c3", "eth0").unwrap(), vec![held[3]]);
+    assert_eq!(del(&c, "a", "c3", "eth0").unwrap(), vec![held[3]]);
     assert!(
-        del(&s, &c, "a", "c3", "eth0").unwrap().is_empty(),
+        del(&c, "a", "c3", "eth0").unwrap().is_empty(),
         "DEL is idempotent"
     );
     status(&s, &c, "a").unwrap();
@@ -194,13 +228,12 @@ fn an_exhausted_second_family_writes_no_address() {
     // fd09::/126: fd09::1 is the gateway, fd09::0 the network: 2 usable.
     add(&s, &c, "a", "c1", "eth0").unwrap();
     add(&s, &c, "a", "c2", "eth0").unwrap();
-    let before = s.keys("/cnirs/ipam/net1/nodes/").len();
+    let before = (s.keys("/cnirs/").len(), leases(&c, "a"));
     assert_eq!(
         add(&s, &c, "a", "c3", "eth0").unwrap_err().code(),
         ErrorCode::AddressesExhausted.as_u32()
     );
-    assert_eq!(s.keys("/cnirs/ipam/net1/nodes/").len(), before);
-    assert!(s.keys("/cnirs/ipam/net1/att/c3").is_empty());
+    assert_eq!((s.keys("/cnirs/").len(), leases(&c, "a")), before);
 }
 
 #[test]
@@ -251,11 +284,6 @@ fn dead_nodes_are_reclaimed_only_when_agents_vouch_and_the_range_is_full() {
     let got = add(&s, &c, "a", "c1", "eth0").unwrap();
     assert!(got[0].ip.is_ipv4());
     assert!(s.keys("/cnirs/ipam/net1/nodes/dead/").is_empty());
-    assert_eq!(
-        s.keys("/cnirs/ipam/net1/att/").len(),
-        1,
-        "the dead node's attachments went with its block"
-    );
     let (blocks, _) = s.list("/cnirs/blocks/net1/").unwrap();
     assert!(blocks.iter().all(|b| b.value == br#"{"node":"a"}"#));
 }
@@ -273,17 +301,22 @@ fn a_live_node_is_never_reclaimed() {
         add(&s, &c, "a", "c1", "eth0").unwrap_err().code(),
         ErrorCode::AddressesExhausted.as_u32()
     );
-    assert_eq!(s.keys("/cnirs/ipam/net1/att/").len(), 5);
+    let (blocks, _) = s.list("/cnirs/blocks/net1/").unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].value, br#"{"node":"b"}"#);
+    assert_eq!(leases(&c, "b").len(), 5);
 }
 
 #[test]
 fn a_requested_address_is_honoured_in_a_free_block_and_refused_in_another_nodes() {
     let s = MemStore::default();
     let ranges = serde_json::json!([[{"subnet": "10.9.0.0/24"}]]);
+    let dir = tempfile::tempdir().unwrap();
     let want = |ip: &str| {
-        cfg_with(
+        cfg_in(
             ranges.clone(),
             serde_json::json!({"args": {"cni": {"ips": [ip]}}}),
+            dir.path(),
         )
     };
     // In an unclaimed block: the block is claimed for the node.
@@ -332,9 +365,11 @@ fn unreachable_etcd_is_code_11_and_a_bad_node_name_code_4() {
         retry_deadline: std::time::Duration::from_millis(100),
         ..Default::default()
     };
+    let dir = tempfile::tempdir().unwrap();
     let p = EtcdIpam {
         node: "a".into(),
         options: opts.clone(),
+        run_dir: dir.path().into(),
     };
     assert_eq!(
         Plugin::add(&p, &req).unwrap_err().code(),
@@ -347,6 +382,7 @@ fn unreachable_etcd_is_code_11_and_a_bad_node_name_code_4() {
     let p = EtcdIpam {
         node: "a/b".into(),
         options: opts,
+        run_dir: dir.path().into(),
     };
     assert_eq!(
         Plugin::add(&p, &req).unwrap_err().code(),
@@ -362,57 +398,81 @@ fn node_name_prefers_the_env_then_the_hostname() {
 }
 
 #[test]
-fn an_add_from_a_view_read_ahead_is_one_write_and_an_old_view_costs_a_round_not_a_duplicate() {
-    // One block (the subnet is smaller than a block) of four addresses; c0 holds one.
-    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/29",
-        "rangeStart": "10.9.0.2", "rangeEnd": "10.9.0.5"}]]));
+fn an_add_from_the_agents_blocks_makes_no_etcd_call_and_never_uses_a_block_given_back() {
+    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/16"}]]));
     let s = MemStore::default();
-    add(&s, &c, "a", "c0", "eth0").unwrap();
-    let keys = cluster::ipam::Keys::new(&c.network_prefix());
-    let ahead = |id: &str| s.txn(&[], &read_ops(&keys, "a", id, "eth0"), &[]).unwrap();
-    // A view still true: the ADD is its write alone.
-    let view = ahead("c1");
+    let first = add(&s, &c, "a", "c0", "eth0").unwrap();
+    let b = first[0].block;
+    let agent = Ahead::Agent([b].into());
+    // The agent vouches for the block: the ADD is the host's alone.
     let n = s.round_trips();
-    let c1 = add_from(&s, &c, "a", "c1", "eth0", Some(&view)).unwrap();
-    assert_eq!(s.round_trips() - n, 1, "one write, no read of its own");
-    // Two free addresses left. Two ids whose picks from the same view are the same address
-    // (the start is a hash of the id): `late` reads ahead, then `early` takes that address.
-    let pick = |id: &str| alloc::fnv(&format!("{id}/eth0")) % 2;
-    let ids: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
-    let late = &ids[0];
-    let early = ids[1..].iter().find(|i| pick(i) == pick(late)).unwrap();
-    let old = ahead(late);
-    let taken = add(&s, &c, "a", early, "eth0").unwrap();
-    let n = s.round_trips();
-    let got = add_from(&s, &c, "a", late, "eth0", Some(&old)).unwrap();
-    assert_eq!(s.round_trips() - n, 3, "a write that lost, a read, a write");
-    let all = [ips(&c1), ips(&taken), ips(&got)].concat();
-    assert_eq!(all.iter().collect::<HashSet<_>>().len(), 3, "{all:?}");
+    let c1 = add_from(&s, &c, "a", "c1", "eth0", Some(&agent)).unwrap();
+    assert_eq!(s.round_trips(), n, "no etcd call");
+    assert_eq!(c1[0].block, b);
+    // Both gone, GC gives the block back; the agent's file still lists it (it lags):
+    // the host's record wins, etcd is read and a block claimed anew.
+    del(&c, "a", "c0", "eth0").unwrap();
+    del(&c, "a", "c1", "eth0").unwrap();
+    gc(&s, &c, "a", &[]).unwrap();
+    assert!(s.keys("/cnirs/blocks/net1/").is_empty());
+    let c2 = add_from(&s, &c, "a", "c2", "eth0", Some(&agent)).unwrap();
+    assert_eq!(s.keys("/cnirs/blocks/net1/").len(), 1, "claimed again");
+    assert!(s.round_trips() > n);
+    let _ = c2;
+    // A block the agent lists that the host never claimed (another node's, say) is not used.
+    let foreign: IpNetwork = "10.9.200.0/25".parse().unwrap();
+    let got = add_from(
+        &s,
+        &c,
+        "a",
+        "c3",
+        "eth0",
+        Some(&Ahead::Agent([foreign].into())),
+    )
+    .unwrap();
+    assert!(!foreign.contains(got[0].ip), "{got:?}");
+}
+
+#[test]
+fn a_host_without_a_record_takes_its_blocks_and_the_old_layouts_addresses_from_etcd() {
+    // The layout before December 2026: a block under the node, and an address key in it.
+    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/29"}]]));
+    let s = MemStore::default();
+    s.put("/cnirs/blocks/net1/10.9.0.0_29", br#"{"node":"a"}"#);
+    s.put("/cnirs/ipam/net1/nodes/a/10.9.0.0_29", b"{}");
+    s.put(
+        "/cnirs/ipam/net1/nodes/a/10.9.0.0_29/10.9.0.2",
+        br#"{"containerId":"old","ifname":"eth0"}"#,
+    );
+    // From the agent's file alone the host would not know 10.9.0.2 is held: etcd is read.
+    let got = add_from(
+        &s,
+        &c,
+        "a",
+        "new",
+        "eth0",
+        Some(&Ahead::Agent(BTreeSet::new())),
+    )
+    .unwrap();
+    assert_ne!(got[0].ip, "10.9.0.2".parse::<IpAddr>().unwrap());
+    assert!(leases(&c, "a").contains(&"10.9.0.2".parse().unwrap()));
+    // The pod from before is the host's to release.
     assert_eq!(
-        s.keys("/cnirs/ipam/net1/nodes/a/").len(),
-        1 + 4,
-        "the block and four holders"
+        del(&c, "a", "old", "eth0").unwrap(),
+        vec!["10.9.0.2".parse::<IpAddr>().unwrap()]
     );
 }
 
 #[test]
-fn an_index_in_a_view_read_ahead_is_read_again_before_it_is_answered() {
-    // c1's index read ahead, then c1 deleted (its address free for others): answering the old
-    // index would write nothing that a compare could refuse.
-    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/16"}]]));
+fn check_fails_when_the_block_of_a_held_address_is_no_longer_this_nodes() {
+    let c = cfg(serde_json::json!([[{"subnet": "10.9.0.0/29"}]]));
     let s = MemStore::default();
     add(&s, &c, "a", "c1", "eth0").unwrap();
-    let keys = cluster::ipam::Keys::new(&c.network_prefix());
-    let old = s
-        .txn(&[], &read_ops(&keys, "a", "c1", "eth0"), &[])
-        .unwrap();
-    del(&s, &c, "a", "c1", "eth0").unwrap();
-    let n = s.round_trips();
-    let got = add_from(&s, &c, "a", "c1", "eth0", Some(&old)).unwrap();
-    assert_eq!(s.round_trips() - n, 2, "a read of its own, then the write");
-    assert!(
-        got[0].fresh,
-        "allocated again, not the old index answered: {got:?}"
-    );
-    assert_eq!(s.keys("/cnirs/ipam/net1/att/").len(), 1);
+    check(&s, &c, "a", "c1", "eth0").unwrap();
+    // Reclaimed (node a judged dead while its pod ran): the address may be another's now.
+    for k in s.keys("/cnirs/") {
+        s.delete(&k);
+    }
+    let e = check(&s, &c, "a", "c1", "eth0").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::CheckFailed.as_u32(), "{e}");
 }

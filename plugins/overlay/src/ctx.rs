@@ -70,9 +70,9 @@ pub trait Ipam {
     fn add_reads(&self, _req: &Request) -> Result<Vec<etcd::Op>, CniError> {
         Ok(Vec::new())
     }
-    /// The answers to [`Self::add_reads`] (a response holding only theirs): the next ADD
-    /// starts from them instead of reading again.
-    fn read_ahead(&self, _answers: etcd::TxnResponse) {}
+    /// This node's blocks as the overlay read them (the answers to [`Self::add_reads`], or the
+    /// agent's file): the next ADD starts from them instead of reading again.
+    fn read_ahead(&self, _ahead: etcd_ipam::Ahead) {}
 }
 
 /// The IPAM plugin named by the config, run as the runtime would (`CNI_PATH`).
@@ -90,15 +90,14 @@ impl Ipam for DelegateIpam {
 /// takes no IPAM but etcd-ipam (config::parse), so nothing a user could swap is bypassed; any
 /// other `ipam.type` is delegated as a runtime would.
 ///
-/// Its ADD's first read (this node's blocks, the attachment's index) is folded into the
-/// overlay's preflight read ([`Ipam::add_reads`]): one etcd round trip less per ADD. The
-/// write's compares still decide (an address free, the block still the node's), so a view
-/// grown old while the host was read costs a second round, never a duplicate.
+/// Its ADD's first read (this node's blocks) is folded into the overlay's preflight read
+/// ([`Ipam::add_reads`]), or taken from the agent's file when the overlay did ([`Ctx::agent`]):
+/// an ADD in a block the node holds makes no etcd call of its own.
 pub struct SharedEtcdIpam<'a> {
     pub store: &'a dyn etcd::store::Store,
     pub ipam: etcd_ipam::EtcdIpam,
-    /// The answers to [`Ipam::add_reads`], taken by the next ADD.
-    pub ahead: std::cell::RefCell<Option<etcd::TxnResponse>>,
+    /// What the overlay read ahead, taken by the next ADD.
+    pub ahead: std::cell::RefCell<Option<etcd_ipam::Ahead>>,
 }
 
 impl<'a> SharedEtcdIpam<'a> {
@@ -139,8 +138,8 @@ impl Ipam for SharedEtcdIpam<'_> {
         }
     }
 
-    fn read_ahead(&self, answers: etcd::TxnResponse) {
-        *self.ahead.borrow_mut() = Some(answers);
+    fn read_ahead(&self, ahead: etcd_ipam::Ahead) {
+        *self.ahead.borrow_mut() = Some(ahead);
     }
 }
 
@@ -153,6 +152,9 @@ pub struct Ctx<'a> {
     /// `Some`: this store (a client, or a fake; the config's prefix still applies); `None`:
     /// connect to the config's `etcdEndpoints`.
     pub etcd: Option<&'a dyn etcd::store::Store>,
+    /// Where this host's agent keeps its file ([`cluster::node_state`]): `$CNIRS_RUN_DIR`'s
+    /// `cluster/` tree; `None`: always read etcd (the scale harness's simulated hosts).
+    pub agent: Option<std::path::PathBuf>,
 }
 
 impl<'a> Ctx<'a> {
@@ -164,6 +166,7 @@ impl<'a> Ctx<'a> {
             host,
             ipam,
             etcd: None,
+            agent: Some(::cluster::node_state::run_root()),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! `overlay`: a network that spans hosts, routed per node block over VXLAN (docs/overlay.md).
 //!
-//! ADD: parse ([`config`]) -> underlay, VTEP and pod MTU -> one etcd read (node identity, the
-//! network's VNI: [`cluster`]) -> the network's lock and the host's view -> `networks/<net>`
-//! when this host's device is about to be created -> IPAM (etcd-ipam: an address in one of
-//! this node's blocks) -> the plan ([`plan`]: the bridge plugin's plan shaped for a routed
+//! ADD: parse ([`config`]) -> underlay, VTEP and pod MTU -> node identity, the network's VNI
+//! and this node's blocks: from the agent's file when it vouches for them, else one etcd read
+//! ([`cluster`]) -> the network's lock and the host's view -> `networks/<net>` when this host's
+//! device is about to be created -> IPAM (etcd-ipam: an address of one of this node's blocks,
+//! on this host's leases; etcd only to claim a block) -> the plan ([`plan`]: the bridge plugin's plan shaped for a routed
 //! overlay, plus the network's device, table and rules) -> apply (undone on failure, the
 //! address released) -> result. The node agent (crates/agent) programs the other hosts'
 //! blocks on the device.
@@ -124,6 +125,30 @@ fn ids(req: &Request) -> Result<Ids, OverlayError> {
     })
 }
 
+/// The network's record and this node's blocks from the agent's file, when it can stand for
+/// the preflight read ([`cluster::node_state`]): this node, this VTEP, the lease renewed in the
+/// last 15 s (so no other host can take this node's blocks now), the network listed with this
+/// VNI. The node's identity was checked by the agent, which holds `hosts/<node>` for this VTEP.
+fn agent_view(
+    ctx: &Ctx<'_>,
+    spec: &OverlaySpec,
+    vtep: std::net::IpAddr,
+) -> Option<(
+    schema::NetworkRecord,
+    std::collections::BTreeSet<ipnetwork::IpNetwork>,
+)> {
+    use ::cluster::node_state;
+    let dir = node_state::node_dir(ctx.agent.as_deref()?, &spec.etcd_prefix, &ctx.node.name)?;
+    let mut st = node_state::load(&node_state::state_file(&dir))?;
+    let now = node_state::boottime_ms();
+    if !st.usable(&ctx.node.name, vtep, &spec.network, spec.vni, now) {
+        log::debug!("the agent's file does not vouch for this ADD: reading etcd");
+        return None;
+    }
+    let net = st.networks.remove(&spec.network)?;
+    Some((net, st.blocks.remove(&spec.network).unwrap_or_default()))
+}
+
 /// ADD (see the module doc).
 pub fn add(ctx: &Ctx<'_>, req: &Request) -> Result<CniResult, CniError> {
     let spec = config::parse(req)?;
@@ -137,13 +162,23 @@ fn add_parsed(ctx: &Ctx<'_>, req: &Request, spec: OverlaySpec) -> Result<CniResu
     let bspec = config::bridge_spec(req, &spec, mtu)?;
     let ids = ids(req)?;
     let cluster = cluster(ctx, &spec)?;
-    // Node identity and the network's VNI, before the first side effect, in one read with
-    // the IPAM's (this node's blocks and addresses): one round trip for both.
-    let reads = ctx.ipam.add_reads(req)?;
-    let (known, ahead) = cluster.preflight(&spec, &ctx.node, ul.vtep, &reads)?;
-    if !reads.is_empty() {
-        ctx.ipam.read_ahead(ahead);
-    }
+    // Node identity and the network's VNI, before the first side effect: from the agent's
+    // file when it vouches for them (no etcd call), else in one read with the IPAM's (this
+    // node's blocks): one round trip for both.
+    let known = match agent_view(ctx, &spec, ul.vtep) {
+        Some((net, blocks)) => {
+            ctx.ipam.read_ahead(etcd_ipam::Ahead::Agent(blocks));
+            Some(net)
+        }
+        None => {
+            let reads = ctx.ipam.add_reads(req)?;
+            let (known, ahead) = cluster.preflight(&spec, &ctx.node, ul.vtep, &reads)?;
+            if !reads.is_empty() {
+                ctx.ipam.read_ahead(etcd_ipam::Ahead::Etcd(ahead));
+            }
+            known
+        }
+    };
     // The network's device is created by the first ADD on the host, under the exclusive lock;
     // later ADDs share the lock, so the last DEL cannot remove the device under them.
     let mut lock = ctx.host.lock(&spec, false)?;

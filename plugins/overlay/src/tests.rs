@@ -158,6 +158,7 @@ fn ctx<'a>(host: &'a FakeHost, ipam: &'a dyn Ipam, store: &'a dyn etcd::store::S
         host,
         ipam,
         etcd: Some(store),
+        agent: None,
     }
 }
 
@@ -401,32 +402,51 @@ fn an_ipam_other_than_etcd_ipam_is_refused() {
     config::parse(&r).unwrap();
 }
 
-fn shared_ipam(store: &dyn etcd::store::Store) -> crate::SharedEtcdIpam<'_> {
+fn shared_ipam<'a>(
+    store: &'a dyn etcd::store::Store,
+    dir: &tempfile::TempDir,
+) -> crate::SharedEtcdIpam<'a> {
     crate::SharedEtcdIpam::new(
         store,
         etcd_ipam::EtcdIpam {
             node: "h1".into(),
             options: etcd::Options::default(),
+            run_dir: dir.path().into(),
         },
     )
 }
 
+/// The addresses host h1 holds for network `ov` (etcd-ipam's leases under `dir`).
+fn leases(dir: &tempfile::TempDir) -> Vec<String> {
+    let d = dir.path().join("cluster/cnirs/h1/ipam/ov");
+    let mut v: Vec<String> = std::fs::read_dir(&d)
+        .map(|r| {
+            r.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 #[test]
 fn etcd_ipam_in_process_allocates_in_the_nodes_block_over_the_same_store() {
-    let (host, store) = (FakeHost::default(), MemStore::default());
-    let ipam = shared_ipam(&store);
+    let (host, store, dir) = (
+        FakeHost::default(),
+        MemStore::default(),
+        tempfile::tempdir().unwrap(),
+    );
+    let ipam = shared_ipam(&store, &dir);
     let c = ctx(&host, &ipam, &store);
     let r = add(&c, &req(Command::Add, serde_json::json!({}))).unwrap();
     let ip = r.ips[0].address;
     assert_eq!(ip.prefix(), 25, "the node's block, not the range: {ip}");
-    assert_eq!(
-        store.keys("/cnirs/ipam/ov/att/"),
-        ["/cnirs/ipam/ov/att/c1/eth0"]
-    );
-    let held = store.keys("/cnirs/ipam/ov/nodes/h1/");
+    assert_eq!(leases(&dir), [ip.ip().to_string()], "held on the host");
+    let keys = store.keys("/cnirs/ipam/ov/");
     assert!(
-        held.iter().any(|k| k.ends_with(&format!("/{}", ip.ip()))),
-        "{ip} held under this node: {held:?}"
+        keys.len() == 1 && keys[0].starts_with("/cnirs/ipam/ov/nodes/h1/"),
+        "the block under the node, no address key: {keys:?}"
     );
     assert_eq!(
         store.keys("/cnirs/blocks/ov/").len(),
@@ -441,27 +461,25 @@ fn etcd_ipam_in_process_releases_the_address_when_apply_fails() {
         fail_apply: true,
         ..FakeHost::default()
     };
-    let store = MemStore::default();
-    let ipam = shared_ipam(&store);
+    let (store, dir) = (MemStore::default(), tempfile::tempdir().unwrap());
+    let ipam = shared_ipam(&store, &dir);
     let c = ctx(&host, &ipam, &store);
     add(&c, &req(Command::Add, serde_json::json!({}))).unwrap_err();
-    assert!(store.keys("/cnirs/ipam/ov/att/").is_empty(), "att released");
-    let held: Vec<String> = store
-        .keys("/cnirs/ipam/ov/nodes/h1/")
-        .into_iter()
-        .filter(|k| k.matches('/').count() > 7)
-        .collect();
-    assert!(held.is_empty(), "no address left held: {held:?}");
+    assert!(
+        leases(&dir).is_empty(),
+        "no address left held: {:?}",
+        leases(&dir)
+    );
 }
 
 #[test]
-fn a_later_add_with_etcd_ipam_in_process_is_one_etcd_read_and_one_write() {
+fn a_later_add_with_etcd_ipam_in_process_is_one_etcd_read_and_with_the_agents_file_none() {
     let host = FakeHost {
         device: true,
         ..FakeHost::default()
     };
-    let store = MemStore::default();
-    let ipam = shared_ipam(&store);
+    let (store, dir) = (MemStore::default(), tempfile::tempdir().unwrap());
+    let ipam = shared_ipam(&store, &dir);
     let c = ctx(&host, &ipam, &store);
     // The host's first pod registers the network and claims the node's block.
     let first = add(&c, &req(Command::Add, serde_json::json!({}))).unwrap();
@@ -471,14 +489,52 @@ fn a_later_add_with_etcd_ipam_in_process_is_one_etcd_read_and_one_write() {
     let r = add(&c, &later).unwrap();
     assert_eq!(
         (store.round_trips() - n, store.writes() - w),
-        (2, 1),
-        "the overlay's and etcd-ipam's reads in one transaction, then the address's write"
+        (1, 0),
+        "the overlay's and etcd-ipam's reads in one transaction, no write"
     );
     let (a, b) = (first.ips[0].address, r.ips[0].address);
     assert_ne!(a.ip(), b.ip());
     assert_eq!(a.network(), b.network(), "the node's block: {a} {b}");
-    assert_eq!(
-        store.keys("/cnirs/ipam/ov/att/"),
-        ["/cnirs/ipam/ov/att/c1/eth0", "/cnirs/ipam/ov/att/c2/eth0"]
-    );
+    // The agent's file, fresh, for this node and VTEP: no etcd call at all.
+    let block: ipnetwork::IpNetwork = format!("{}/25", a.network()).parse().unwrap();
+    let st = ::cluster::node_state::NodeState {
+        node: "h1".into(),
+        vtep: Some(host.underlay(&config::parse(&later).unwrap()).unwrap().vtep),
+        renewed_ms: ::cluster::node_state::boottime_ms(),
+        networks: [(
+            "ov".to_string(),
+            crate::schema::NetworkRecord {
+                vni: 42,
+                subnets: vec![],
+                internal: false,
+            },
+        )]
+        .into(),
+        blocks: [("ov".to_string(), [block].into())].into(),
+    };
+    let node_dir = ::cluster::node_state::node_dir(dir.path(), "/cnirs", "h1").unwrap();
+    ::cluster::node_state::store(&::cluster::node_state::state_file(&node_dir), &st).unwrap();
+    let with_agent = Ctx {
+        agent: Some(dir.path().into()),
+        ..ctx(&host, &ipam, &store)
+    };
+    let mut third = later.clone();
+    third.container_id = "c3".into();
+    let n = store.round_trips();
+    let r3 = add(&with_agent, &third).unwrap();
+    assert_eq!(store.round_trips(), n, "no etcd call");
+    assert!(block.contains(r3.ips[0].address.ip()));
+    assert_eq!(leases(&dir).len(), 3);
+    // Stale (no renewal for more than 15 s): etcd is read again.
+    let old = ::cluster::node_state::NodeState {
+        renewed_ms: st
+            .renewed_ms
+            .saturating_sub(::cluster::node_state::FRESH_MS + 1_000),
+        ..st
+    };
+    ::cluster::node_state::store(&::cluster::node_state::state_file(&node_dir), &old).unwrap();
+    let mut fourth = later.clone();
+    fourth.container_id = "c4".into();
+    add(&with_agent, &fourth).unwrap();
+    assert_eq!(store.round_trips(), n + 1, "one read");
 }
