@@ -1,10 +1,10 @@
-//! etcd-ipam against real etcd 3.4 members started by the test: through cnitool and the bridge
+//! etcd-ipam against real etcd members started by the test: through cnitool and the bridge
 //! plugin (pods get their addresses and reach each other), and as a bare binary from many
 //! simulated nodes at once (no duplicate address, one of three members killed mid-test).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
-use std::{collections::HashSet, net::IpAddr, time::Duration};
+use std::{collections::HashSet, net::IpAddr, path::Path, time::Duration};
 
 use conformance::{
     can_ping, cni_path,
@@ -13,25 +13,40 @@ use conformance::{
 };
 use serde_json::{json, Value};
 
-/// The addresses held in network `net` under `prefix`: keys
-/// `<prefix>/ipam/<net>/nodes/<node>/<cidr>/<ip>` (blocks are `.../nodes/<node>/<cidr>`).
-fn held(c: &etcd::Client, prefix: &str, net: &str) -> Vec<(String, String)> {
-    let p = format!("{prefix}/ipam/{net}/nodes/");
-    c.range_prefix(&p)
+/// The addresses held in network `net` of the cluster at `prefix`, on every node's host:
+/// etcd-ipam's lease files `<run_dir>/cluster/<prefix>/<node>/ipam/<net>/<ip>`, as (node, ip).
+fn held(run_dir: &Path, prefix: &str, net: &str) -> Vec<(String, String)> {
+    let nodes = run_dir.join("cluster").join(prefix.trim_matches('/'));
+    let mut out = Vec::new();
+    for n in std::fs::read_dir(&nodes).into_iter().flatten().flatten() {
+        let node = n.file_name().to_string_lossy().to_string();
+        for f in std::fs::read_dir(n.path().join("ipam").join(net))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().to_string();
+            if name.parse::<IpAddr>().is_ok() {
+                out.push((node.clone(), name));
+            }
+        }
+    }
+    out
+}
+
+/// The keys under `<prefix>/ipam/<net>/` in etcd.
+fn ipam_keys(c: &etcd::Client, prefix: &str, net: &str) -> Vec<String> {
+    c.range_prefix(format!("{prefix}/ipam/{net}/"))
         .unwrap()
         .0
         .iter()
-        .filter_map(|kv| {
-            let k = kv.key_str();
-            let parts: Vec<&str> = k.strip_prefix(&p)?.split('/').collect();
-            (parts.len() == 3).then(|| (parts[0].to_string(), parts[2].to_string()))
-        })
+        .map(|kv| kv.key_str().to_string())
         .collect()
 }
 
 #[test]
 #[ignore]
-fn bridge_pods_get_dual_stack_addresses_recorded_in_etcd_and_del_releases_them() {
+fn bridge_pods_get_dual_stack_addresses_held_on_their_host_and_del_releases_them() {
     let net = TestNet::new();
     // One member inside the test's host netns, on its loopback (the plugins run there).
     let host_ns = net.host().path().to_path_buf();
@@ -59,42 +74,42 @@ fn bridge_pods_get_dual_stack_addresses_recorded_in_etcd_and_del_releases_them()
     assert!(can_ping(&b, &ip_a), "b reaches a at {ip_a}");
     tool.check(&a).assert_ok();
 
-    // The records, read from inside the host netns with the crate's own client.
+    // The addresses are the host's (lease files under its run dir); etcd has the node's
+    // blocks and nothing per pod (read from inside the host netns with the crate's client).
     let eps = cluster.endpoints();
-    let read = |key: String| {
-        let eps = eps.clone();
-        conformance::in_netns(&host_ns, move || {
-            let c = etcd::Client::new(&eps).unwrap();
-            (
-                c.get(&key).unwrap().map(|kv| kv.value),
-                held(&c, "/t1", "ov1"),
-            )
-        })
-        .unwrap()
-    };
-    let att = format!("/t1/ipam/ov1/att/{}/eth0", tool.container_id_for(&a));
-    let (rec, addrs) = read(att.clone());
-    let rec: Value = serde_json::from_slice(&rec.expect("index key of pod a")).unwrap();
-    assert_eq!(rec["node"], "host-a");
-    assert!(rec["ips"].to_string().contains(&ip_a), "{rec}");
+    let keys = conformance::in_netns(&host_ns, move || {
+        ipam_keys(&etcd::Client::new(&eps).unwrap(), "/t1", "ov1")
+    })
+    .unwrap();
+    assert_eq!(
+        keys.len(),
+        2,
+        "one block per family under the node: {keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("/t1/ipam/ov1/nodes/host-a/")),
+        "{keys:?}"
+    );
+    let addrs = held(&net.run_dir(), "/t1", "ov1");
     assert_eq!(addrs.len(), 4, "two pods, two families: {addrs:?}");
     assert!(addrs.iter().all(|(n, _)| n == "host-a"), "{addrs:?}");
     assert!(addrs.iter().any(|(_, ip)| *ip == ip_a), "{addrs:?}");
 
     tool.del(&a).assert_ok();
     tool.del(&a).assert_ok();
-    let (rec, addrs) = read(att);
-    assert!(rec.is_none(), "DEL released a's address");
-    assert_eq!(addrs.len(), 2);
+    let addrs = held(&net.run_dir(), "/t1", "ov1");
+    assert_eq!(addrs.len(), 2, "DEL released a's addresses: {addrs:?}");
     assert!(!addrs.iter().any(|(_, ip)| *ip == ip_a), "{addrs:?}");
     tool.del(&b).assert_ok();
     drop(cluster);
 }
 
 /// Runs the release binary as a runtime would, for `node`.
-fn call(cmd: &str, conf: &Value, node: &str, id: &str) -> conformance::CmdOutput {
+fn call(dir: &Path, cmd: &str, conf: &Value, node: &str, id: &str) -> conformance::CmdOutput {
     let mut c = std::process::Command::new(plugin_bin("etcd-ipam"));
     c.env_clear()
+        .env("CNIRS_RUN_DIR", dir)
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", "/var/run/netns/etcd-ipam-test-unused")
@@ -104,13 +119,13 @@ fn call(cmd: &str, conf: &Value, node: &str, id: &str) -> conformance::CmdOutput
     run_with(&mut c, conf.to_string().as_bytes(), Duration::from_secs(60))
 }
 
-fn parallel_adds(conf: &Value, batch: &str, n: usize, nodes: usize) -> Vec<IpAddr> {
+fn parallel_adds(dir: &Path, conf: &Value, batch: &str, n: usize, nodes: usize) -> Vec<IpAddr> {
     let handles: Vec<_> = (0..n)
         .map(|i| {
-            let conf = conf.clone();
+            let (conf, dir) = (conf.clone(), dir.to_path_buf());
             let id = format!("{batch}-{i}");
             std::thread::spawn(move || {
-                let out = call("ADD", &conf, &format!("node{}", i % nodes), &id);
+                let out = call(&dir, "ADD", &conf, &format!("node{}", i % nodes), &id);
                 out.assert_ok();
                 out.json()["ips"]
                     .as_array()
@@ -134,11 +149,13 @@ fn parallel_adds(conf: &Value, batch: &str, n: usize, nodes: usize) -> Vec<IpAdd
 #[ignore]
 fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_killed_mid_test() {
     let cluster = EtcdCluster::local(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     // A /22: eight blocks of 128 addresses, so each of the four nodes claims its own.
     let conf = json!({"cniVersion": "1.1.0", "name": "par", "type": "etcd-ipam",
         "ipam": {"type": "etcd-ipam", "etcdEndpoints": cluster.endpoints(), "etcdPrefix": "/t2",
                  "ranges": [[{"subnet": "10.213.12.0/22"}], [{"subnet": "fd00:213:8::/64"}]]}});
-    let first = parallel_adds(&conf, "a", 16, 4);
+    let first = parallel_adds(dir, &conf, "a", 16, 4);
     assert_eq!(first.len(), 32);
     assert_eq!(first.iter().collect::<HashSet<_>>().len(), 32, "{first:?}");
 
@@ -150,7 +167,7 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         })
     });
-    let second = parallel_adds(&conf2, "b", 16, 4);
+    let second = parallel_adds(dir, &conf2, "b", 16, 4);
     killer.join().unwrap();
     cluster.kill(0); // reap it
     let all: HashSet<IpAddr> = first.iter().chain(&second).copied().collect();
@@ -165,11 +182,16 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
         "{:?}",
         blocks.iter().map(|b| b.key_str()).collect::<Vec<_>>()
     );
-    assert_eq!(held(&c, "/t2", "par").len(), 64);
+    assert_eq!(held(dir, "/t2", "par").len(), 64);
+    assert_eq!(
+        ipam_keys(&c, "/t2", "par").len(),
+        8,
+        "the blocks, no address key"
+    );
 
     // ADD again answers the same address; DEL (twice) releases; GC on node0 with nothing
     // valid releases node0's and nobody else's.
-    let again = call("ADD", &conf, "node1", "a-1");
+    let again = call(dir, "ADD", &conf, "node1", "a-1");
     again.assert_ok();
     let a1: IpAddr = again.json()["ips"][0]["address"]
         .as_str()
@@ -180,13 +202,14 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
         .parse()
         .unwrap();
     assert!(first.contains(&a1));
-    call("DEL", &conf, "node1", "a-1").assert_ok();
-    call("DEL", &conf, "node1", "a-1").assert_ok();
-    assert_eq!(held(&c, "/t2", "par").len(), 62);
+    call(dir, "DEL", &conf, "node1", "a-1").assert_ok();
+    call(dir, "DEL", &conf, "node1", "a-1").assert_ok();
+    assert_eq!(held(dir, "/t2", "par").len(), 62);
     let mut gc_conf = conf.clone();
     gc_conf["cni.dev/valid-attachments"] = json!([]);
     let mut gc = std::process::Command::new(plugin_bin("etcd-ipam"));
     gc.env_clear()
+        .env("CNIRS_RUN_DIR", dir)
         .env("CNI_COMMAND", "GC")
         .env("CNI_PATH", cni_path())
         .env("CNIRS_NODE_NAME", "node0");
@@ -197,10 +220,15 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
     )
     .assert_ok();
     // node0 had 8 of the 32 attachments (2 addresses each).
-    assert_eq!(held(&c, "/t2", "par").len(), 62 - 16);
-    assert!(!held(&c, "/t2", "par").iter().any(|(n, _)| n == "node0"));
+    assert_eq!(held(dir, "/t2", "par").len(), 62 - 16);
+    assert!(!held(dir, "/t2", "par").iter().any(|(n, _)| n == "node0"));
+    // node0's blocks, empty now, went back to the range.
+    let blocks = c.range_prefix("/t2/blocks/par/").unwrap().0;
+    assert_eq!(blocks.len(), 6, "{blocks:?}");
+    assert!(!blocks.iter().any(|b| b.value == br#"{"node":"node0"}"#));
     let mut st = std::process::Command::new(plugin_bin("etcd-ipam"));
     st.env_clear()
+        .env("CNIRS_RUN_DIR", dir)
         .env("CNI_COMMAND", "STATUS")
         .env("CNI_PATH", cni_path());
     run_with(
@@ -216,6 +244,8 @@ fn sixteen_parallel_adds_on_four_nodes_get_distinct_addresses_with_a_member_kill
 fn a_full_range_takes_back_what_a_node_held_once_its_leased_host_key_is_gone() {
     let cluster = EtcdCluster::local(1);
     let c = cluster.client();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     // A /29: 5 addresses. Node "gone" takes them all while its agent's key is alive.
     let conf = json!({"cniVersion": "1.1.0", "name": "dead", "type": "etcd-ipam",
         "ipam": {"type": "etcd-ipam", "etcdEndpoints": cluster.endpoints(), "etcdPrefix": "/t3",
@@ -226,22 +256,26 @@ fn a_full_range_takes_back_what_a_node_held_once_its_leased_host_key_is_gone() {
     c.put("/t3/hosts/alive", r#"{"vtep":"10.240.0.1"}"#, None)
         .unwrap();
     for i in 0..5 {
-        call("ADD", &conf, "gone", &format!("g{i}")).assert_ok();
+        call(dir, "ADD", &conf, "gone", &format!("g{i}")).assert_ok();
     }
-    let full = call("ADD", &conf, "alive", "a0");
+    let full = call(dir, "ADD", &conf, "alive", "a0");
     assert_eq!(full.cni_error_code(), Some(104), "{full}");
     // The host dies: its lease ends (revoked here rather than waited for).
     c.lease_revoke(lease).unwrap();
     assert!(c.get("/t3/hosts/gone").unwrap().is_none());
-    let out = call("ADD", &conf, "alive", "a0");
+    let out = call(dir, "ADD", &conf, "alive", "a0");
     out.assert_ok();
-    let ips = held(&c, "/t3", "dead");
-    assert_eq!(
-        ips.len(),
-        1,
-        "the dead node's 5 addresses went, ours came: {ips:?}"
+    let ips: Vec<_> = held(dir, "/t3", "dead")
+        .into_iter()
+        .filter(|(n, _)| n == "alive")
+        .collect();
+    assert_eq!(ips.len(), 1, "ours came: {ips:?}");
+    assert!(
+        !ipam_keys(&c, "/t3", "dead")
+            .iter()
+            .any(|k| k.contains("/gone/")),
+        "the dead node's block went from etcd"
     );
-    assert_eq!(ips[0].0, "alive");
     let blocks = c.range_prefix("/t3/blocks/dead/").unwrap().0;
     assert!(
         blocks.iter().all(|b| b.value == br#"{"node":"alive"}"#),

@@ -57,9 +57,9 @@ fn ping_df(from: &Netns, addr: &str, payload: u32) -> CmdOutput {
     )
 }
 
-/// ipam keys of etcd-ipam for network `net`: the attachments' index.
+/// The addresses held in network `net` on every host (etcd-ipam's leases).
 fn att_keys(c: &OverlayCluster, net: &str) -> Vec<String> {
-    c.keys(0, &format!("ipam/{net}/att/"))
+    c.all_leases(net)
 }
 
 #[test]
@@ -139,7 +139,8 @@ fn pods_on_three_hosts_reach_each_other_routed_per_block_and_del_propagates() {
         routes.iter().any(|r| r.starts_with("unreachable")),
         "{routes:?}"
     );
-    // etcd: no pod records; one block per host; the attachments' index of etcd-ipam.
+    // etcd: no pod records, no address records; one block per host. The addresses are
+    // their hosts' (etcd-ipam's leases).
     assert!(c.keys(0, "pods/").is_empty(), "{:?}", c.keys(0, "pods/"));
     assert_eq!(
         c.keys(0, "blocks/ov/").len(),
@@ -148,6 +149,7 @@ fn pods_on_three_hosts_reach_each_other_routed_per_block_and_del_propagates() {
         c.keys(0, "blocks/")
     );
     assert_eq!(att_keys(&c, "ov").len(), 3);
+    assert_eq!(c.keys(0, "ipam/ov/").len(), 3, "{:?}", c.keys(0, "ipam/"));
     assert_eq!(c.keys(0, "networks/ov").len(), 1);
 
     // Egress: masqueraded to the pod's own host's underlay address (the router has no route to
@@ -191,17 +193,14 @@ fn pods_on_three_hosts_reach_each_other_routed_per_block_and_del_propagates() {
     // CHECK passes on a live pod; GC on h1 listing only p0 releases g's address.
     c.tool(0, &conf).check(&pods[0]).assert_ok();
     let g = c.host(0).pod("g");
-    c.tool(0, &conf).add(&g).assert_ok();
+    let rg = c.tool(0, &conf).add(&g).assert_ok().json().clone();
     assert_eq!(att_keys(&c, "ov").len(), 3);
     let t0 = c.tool(0, &conf);
     let keep = json!([{"containerID": t0.container_id_for(&pods[0]), "ifname": "eth0"}]);
     c.tool(0, &conf).valid_attachments(keep).gc().assert_ok();
     let left = att_keys(&c, "ov");
     assert_eq!(left.len(), 2, "{left:?}");
-    assert!(
-        !left.iter().any(|k| k.contains(&t0.container_id_for(&g))),
-        "{left:?}"
-    );
+    assert!(!left.contains(&ip(&rg)), "{left:?}");
     c.tool(0, &conf).del(&g).assert_ok();
     for i in [0, 2] {
         c.tool(i, &conf).del(&pods[i]).assert_ok();
@@ -740,4 +739,58 @@ fn sixteen_parallel_adds_across_hosts_get_distinct_addresses() {
             h + 1
         );
     }
+}
+
+/// With its agent's lease renewed in the last 15 s, a host hands out addresses of its own block
+/// with etcd gone (etcd says who holds a block, the host who holds an address): pods start
+/// and reach each other. Once the agent has not renewed for longer (the lease may have expired
+/// and the block may be another node's), the same ADD reads etcd and fails with code 11.
+#[test]
+#[ignore = "kernel test (root): run by make conformance"]
+fn pods_start_without_etcd_while_the_agent_vouches_and_fail_closed_once_it_cannot() {
+    let c = OverlayCluster::start(1);
+    let conf = c.conflist("ovq", 4261, "10.236.0.0/16", json!({"isGateway": true}));
+    let (p0, p1, p2) = (
+        c.host(0).pod("q0"),
+        c.host(0).pod("q1"),
+        c.host(0).pod("q2"),
+    );
+    let r0 = c.tool(0, &conf).add(&p0).assert_ok().json().clone();
+    // The agent's file lists the network and the block the first ADD claimed (from the
+    // events that followed it).
+    let file = c.host(0).run_dir().join("cluster/cnirs/h1/agent.json");
+    let lists = || {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap_or_default()).unwrap_or_default();
+        v["networks"]["ovq"]["vni"] == 4261
+            && v["blocks"]["ovq"].as_array().is_some_and(|b| !b.is_empty())
+    };
+    assert!(
+        eventually(20, lists),
+        "{}: {:?}",
+        file.display(),
+        std::fs::read_to_string(&file)
+    );
+    for i in 0..c.etcd().len() {
+        c.etcd().kill(i);
+    }
+    let r1 = c.tool(0, &conf).add(&p1).assert_ok().json().clone();
+    assert_ne!(ip(&r1), ip(&r0));
+    assert!(can_ping(&p1, &ip(&r0)), "q1 -> q0 with etcd down");
+    c.tool(0, &conf).del(&p1).assert_ok();
+    assert_eq!(
+        c.leases(0, "ovq"),
+        [ip(&r0)],
+        "DEL released q1's without etcd"
+    );
+    // Control: no renewal for over 15 s, the file no longer vouches: etcd is needed, and down.
+    std::thread::sleep(Duration::from_secs(16));
+    let out = c.tool(0, &conf).add(&p2);
+    assert_eq!(out.cni_error_code(), Some(11), "{out}");
+    assert_eq!(
+        c.leases(0, "ovq"),
+        [ip(&r0)],
+        "nothing held for the refused ADD"
+    );
+    c.tool(0, &conf).del(&p0).assert_ok();
 }

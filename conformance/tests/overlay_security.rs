@@ -527,10 +527,13 @@ fn a_node_name_held_by_another_host_is_refused_and_the_holder_does_not_flap() {
     assert!(msg.contains("h1") && msg.contains("10.240.0.3"), "{msg}");
     assert_eq!(c.host(2).host().link_names(), links);
     assert_eq!(
-        c.keys(0, "ipam/ovd/att/").len(),
+        c.all_leases("ovd").len(),
         2,
-        "{:?}",
-        c.keys(0, "ipam/")
+        "no address held for the refused ADD"
+    );
+    assert!(
+        !c.host(2).run_dir().join("cluster/cnirs/h1").exists(),
+        "nothing of h1's on host 3"
     );
 
     // Two agents racing for a new name: one wins, the other exits 1.
