@@ -73,7 +73,9 @@ fn bench_scale_reduced_run_reports_every_field_and_converges() {
     assert_eq!(v["errors"], 0, "{text}\n{log}");
     assert_eq!(v["duplicates"], 0, "{text}");
     assert!(v["churn_per_s"].as_f64().unwrap() > 0.0, "{text}");
-    assert!(v["etcd_writes_per_add"].as_f64().unwrap() > 0.0, "{text}");
+    // A replacement in a block its host holds writes nothing to etcd (the address is the
+    // host's; DEL keeps the block).
+    assert_eq!(v["etcd_writes_per_add"].as_f64(), Some(0.0), "{text}");
     // The real host's agent converged too: at least one entry per remote host.
     assert!(
         v["kernel_entries_real_host"].as_u64().unwrap() >= 19,

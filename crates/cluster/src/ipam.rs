@@ -1,15 +1,17 @@
 //! etcd-ipam's own keys under `<prefix>/ipam/<network>/` (docs/DESIGN-etcd-ipam.md). No agent
-//! watches them: an ADD or DEL writes here and nowhere else, unless it claims or releases a
-//! block (then also `<prefix>/blocks/<network>/<cidr>`, [`crate::schema::block_key`]).
+//! watches them: etcd-ipam writes here only when it claims or gives back a block (then also
+//! `<prefix>/blocks/<network>/<cidr>`, [`crate::schema::block_key`]); the addresses are the
+//! hosts' (etcd-ipam's leases on each host).
 //!
 //! ```text
-//! <prefix>/ipam/<network>/nodes/<node>/<cidr>        {}                               a block of the node
-//! <prefix>/ipam/<network>/nodes/<node>/<cidr>/<ip>   {"containerId","ifname"}         an address held, under its block
-//! <prefix>/ipam/<network>/att/<id>/<ifname>          {"node","ips":[{"ip","block"}]}  what an attachment holds (DEL's index)
+//! <prefix>/ipam/<network>/nodes/<node>/<cidr>        {}                         a block of the node
+//! <prefix>/ipam/<network>/nodes/<node>/<cidr>/<ip>   {"containerId","ifname"}   an address, by the layout before December 2026
+//! <prefix>/ipam/<network>/att/<id>/<ifname>          {"node","ips"}             its index, by that layout
 //! ```
 //!
-//! A node reads `nodes/<node>/` (its blocks and their addresses: O(its pods)) and nothing else
-//! of other nodes; an ADD writes its addresses and the attachment's index in one transaction.
+//! A node reads `nodes/<node>/` (its blocks) and nothing else of other nodes. The keys of the
+//! old layout are read once, by a host with no record of its blocks (taken as leases), and
+//! deleted with their block.
 
 use std::net::IpAddr;
 
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::schema::cidr_key;
 
-/// Value of `nodes/<node>/<cidr>/<ip>`.
+/// Value of `nodes/<node>/<cidr>/<ip>` (the layout before December 2026).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpRecord {
@@ -30,20 +32,6 @@ impl IpRecord {
     pub fn is(&self, container_id: &str, ifname: &str) -> bool {
         self.container_id == container_id && self.ifname == ifname
     }
-}
-
-/// One address of an attachment, with its block (the key of its `ips/` record).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Held {
-    pub ip: IpAddr,
-    pub block: IpNetwork,
-}
-
-/// Value of `att/<id>/<ifname>`: every address the attachment holds, one per range set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttRecord {
-    pub node: String,
-    pub ips: Vec<Held>,
 }
 
 /// Value of `nodes/<node>/<cidr>` (nothing yet: its key and revisions are what count).

@@ -36,11 +36,9 @@ pub enum Error {
         node: String,
     },
 
-    /// Code 11: this node's own parallel ADDs kept taking the addresses this one picked.
-    #[error(
-        "node {node}: lost the race for a free address {rounds} times in a row; try again",
-        rounds = 8
-    )]
+    /// Code 11: an address picked under the host's lock was taken (a writer that does not
+    /// honour the lock).
+    #[error("node {node}: an address picked under the host's lock was taken meanwhile; try again")]
     Contention { node: String },
 
     /// Code 105 (CHECK) or 7 (ADD): the attachment's record does not fit the config.
