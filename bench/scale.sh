@@ -99,7 +99,8 @@ ip netns exec "$S" env SCALE_ETCD="$eps" SCALE_N="$N" SCALE_P="$P" SCALE_CHURN="
     SCALE_CHURN_S="$DURATION" SCALE_WORKERS="${WORKERS:-16}" SCALE_FILL_BUDGET_S="${FILL_BUDGET_S:-540}" \
     SCALE_MAX_RSS_MIB="${MAX_RSS_MIB:-8192}" SCALE_REAL_AGENT_PID="$agent_pid" SCALE_REAL_NETNS="$R" \
     SCALE_REAL_PODS="$REAL_PODS" SCALE_ETCD_PIDS="$(IFS=,; echo "${etcd_pids[*]}")" \
-    SCALE_OUT="$OUT/scale.json" CNIRS_LOG="${CNIRS_LOG:-warn}" "$BIN/cnirs-scale"
+    SCALE_OUT="$OUT/scale.json" CNIRS_LOG="${CNIRS_LOG:-warn}" CNIRS_RUN_DIR="$tmp/run-sim" \
+    "$BIN/cnirs-scale"
 kill -0 "$agent_pid" 2>/dev/null || { echo "scale.sh: the real agent died:" >&2; tail -20 "$tmp/agent.log" >&2; exit 1; }
 cp "$OUT/scale.json" "$OUT/scale-n$N.json"
 grep -c . "$tmp/agent.log" > /dev/null && echo "scale.sh: real agent log tail:" >&2 && tail -3 "$tmp/agent.log" >&2
