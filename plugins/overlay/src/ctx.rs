@@ -70,9 +70,16 @@ pub trait Ipam {
     fn add_reads(&self, _req: &Request) -> Result<Vec<etcd::Op>, CniError> {
         Ok(Vec::new())
     }
-    /// This node's blocks as the overlay read them (the answers to [`Self::add_reads`], or the
-    /// agent's file): the next ADD starts from them instead of reading again.
-    fn read_ahead(&self, _ahead: etcd_ipam::Ahead) {}
+    /// ADD, starting from this node's blocks as the overlay read them (the answers to
+    /// [`Self::add_reads`], or the agent's file) instead of reading again; by default the
+    /// IPAM's own ADD.
+    fn add(
+        &self,
+        req: &Request,
+        _ahead: Option<etcd_ipam::Ahead>,
+    ) -> Result<Option<CniResult>, CniError> {
+        self.run(req, Command::Add)
+    }
 }
 
 /// The IPAM plugin named by the config, run as the runtime would (`CNI_PATH`).
@@ -96,17 +103,11 @@ impl Ipam for DelegateIpam {
 pub struct SharedEtcdIpam<'a> {
     pub store: &'a dyn etcd::store::Store,
     pub ipam: etcd_ipam::EtcdIpam,
-    /// What the overlay read ahead, taken by the next ADD.
-    pub ahead: std::cell::RefCell<Option<etcd_ipam::Ahead>>,
 }
 
 impl<'a> SharedEtcdIpam<'a> {
     pub fn new(store: &'a dyn etcd::store::Store, ipam: etcd_ipam::EtcdIpam) -> Self {
-        Self {
-            store,
-            ipam,
-            ahead: Default::default(),
-        }
+        Self { store, ipam }
     }
 
     fn is_etcd_ipam(req: &Request) -> bool {
@@ -121,11 +122,7 @@ impl Ipam for SharedEtcdIpam<'_> {
     fn run(&self, req: &Request, cmd: Command) -> Result<Option<CniResult>, CniError> {
         match cmd {
             Command::Add | Command::Del | Command::Check if Self::is_etcd_ipam(req) => {
-                let ahead = match cmd {
-                    Command::Add => self.ahead.borrow_mut().take(),
-                    _ => None,
-                };
-                self.ipam.run_with(req, cmd, self.store, ahead.as_ref())
+                self.ipam.run_with(req, cmd, self.store, None)
             }
             _ => req.delegate_ipam(cmd),
         }
@@ -138,8 +135,17 @@ impl Ipam for SharedEtcdIpam<'_> {
         }
     }
 
-    fn read_ahead(&self, ahead: etcd_ipam::Ahead) {
-        *self.ahead.borrow_mut() = Some(ahead);
+    fn add(
+        &self,
+        req: &Request,
+        ahead: Option<etcd_ipam::Ahead>,
+    ) -> Result<Option<CniResult>, CniError> {
+        match Self::is_etcd_ipam(req) {
+            true => self
+                .ipam
+                .run_with(req, Command::Add, self.store, ahead.as_ref()),
+            false => req.delegate_ipam(Command::Add),
+        }
     }
 }
 

@@ -165,18 +165,13 @@ fn add_parsed(ctx: &Ctx<'_>, req: &Request, spec: OverlaySpec) -> Result<CniResu
     // Node identity and the network's VNI, before the first side effect: from the agent's
     // file when it vouches for them (no etcd call), else in one read with the IPAM's (this
     // node's blocks): one round trip for both.
-    let known = match agent_view(ctx, &spec, ul.vtep) {
-        Some((net, blocks)) => {
-            ctx.ipam.read_ahead(etcd_ipam::Ahead::Agent(blocks));
-            Some(net)
-        }
+    let (known, ahead) = match agent_view(ctx, &spec, ul.vtep) {
+        Some((net, blocks)) => (Some(net), Some(etcd_ipam::Ahead::Agent(blocks))),
         None => {
             let reads = ctx.ipam.add_reads(req)?;
-            let (known, ahead) = cluster.preflight(&spec, &ctx.node, ul.vtep, &reads)?;
-            if !reads.is_empty() {
-                ctx.ipam.read_ahead(etcd_ipam::Ahead::Etcd(ahead));
-            }
-            known
+            let (known, answers) = cluster.preflight(&spec, &ctx.node, ul.vtep, &reads)?;
+            let ahead = (!reads.is_empty()).then_some(etcd_ipam::Ahead::Etcd(answers));
+            (known, ahead)
         }
     };
     // The network's device is created by the first ADD on the host, under the exclusive lock;
@@ -194,7 +189,7 @@ fn add_parsed(ctx: &Ctx<'_>, req: &Request, spec: OverlaySpec) -> Result<CniResu
         // Before the device exists: an agent that sees the device finds its network.
         cluster.register_network(&spec)?;
     }
-    let ipam = ctx.ipam.run(req, Command::Add)?.unwrap_or_default();
+    let ipam = ctx.ipam.add(req, ahead)?.unwrap_or_default();
     let outcome = plan::build(&spec, &bspec, &ids, &ipam, &view, &ul, mtu).and_then(|plan| {
         log::debug!("{}: plan:\n{}", req.tag(), plan.text());
         let obs = ctx.host.apply(&plan)?;
