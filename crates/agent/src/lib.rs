@@ -518,8 +518,10 @@ pub fn run_node_with(
             reg.revoke(client);
             return Err(e);
         }
-        let now = node_state(node, &view, &reg);
-        publish(node.state_dir.as_deref(), now, &mut published);
+        if node.state_dir.is_some() {
+            let now = node_state(node, &view, &reg);
+            publish(node.state_dir.as_deref(), now, &mut published);
+        }
         let c = if dirty.all || resync {
             let c = programmer.full(dataplane, &view, &node.name, me);
             unknown = c.unknown_vnis;
