@@ -77,10 +77,14 @@ impl EtcdIpam {
     }
 
     fn node(&self) -> Result<&str, CniError> {
-        if self.node.contains('/') {
+        // It names a key component in etcd and this host's directory of leases.
+        if self.node.contains(['/', '\0']) || matches!(self.node.as_str(), "" | "." | "..") {
             return Err(CniError::new(
                 ErrorCode::InvalidEnvironment,
-                format!("{NODE_ENV}={:?}: a node name cannot contain '/'", self.node),
+                format!(
+                    "{NODE_ENV}={:?}: a node name cannot contain '/', be empty, '.' or '..'",
+                    self.node
+                ),
             ));
         }
         Ok(&self.node)

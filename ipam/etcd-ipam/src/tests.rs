@@ -379,15 +379,18 @@ fn unreachable_etcd_is_code_11_and_a_bad_node_name_code_4() {
         Plugin::status(&p, &req).unwrap_err().code(),
         ErrorCode::NotAvailable.as_u32()
     );
-    let p = EtcdIpam {
-        node: "a/b".into(),
-        options: opts,
-        run_dir: dir.path().into(),
-    };
-    assert_eq!(
-        Plugin::add(&p, &req).unwrap_err().code(),
-        ErrorCode::InvalidEnvironment.as_u32()
-    );
+    for bad in ["a/b", "..", "."] {
+        let p = EtcdIpam {
+            node: bad.into(),
+            options: opts.clone(),
+            run_dir: dir.path().into(),
+        };
+        assert_eq!(
+            Plugin::add(&p, &req).unwrap_err().code(),
+            ErrorCode::InvalidEnvironment.as_u32(),
+            "{bad}"
+        );
+    }
 }
 
 #[test]
