@@ -51,7 +51,8 @@ pub use netns::{
 };
 pub use nft::nft_elems;
 pub use state::{
-    legit_leftover, retired_links, wait_retired_gone, HostState, Item, StalledDeleter, StateDiff,
+    lease_files, legit_leftover, retired_links, wait_retired_gone, HostState, Item, StalledDeleter,
+    StateDiff,
 };
 pub use traffic::{
     can_connect_tcp, can_ping, can_ping_eventually, first_ip, http_get, ip_of, ping, reaches,

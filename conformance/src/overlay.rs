@@ -368,21 +368,11 @@ impl OverlayCluster {
     /// The addresses host `i` holds in network `net` (etcd-ipam's lease files under its run
     /// dir, `cluster/cnirs/h<i+1>/ipam/<net>/<ip>`).
     pub fn leases(&self, i: usize, net: &str) -> Vec<String> {
-        let dir = self.hosts[i]
+        let host = self.hosts[i]
             .run_dir()
             .join("cluster/cnirs")
-            .join(node_name(i))
-            .join("ipam")
-            .join(net);
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.parse::<IpAddr>().is_ok())
-            .collect();
-        v.sort();
-        v
+            .join(node_name(i));
+        crate::lease_files(&host.join("ipam").join(net))
     }
 
     /// The addresses every host holds in network `net`.

@@ -10,6 +10,20 @@ use serde_json::{Map, Value};
 use crate::exec::run;
 use crate::netns::{Netns, TestNet};
 
+/// The addresses leased in an IPAM lease directory (host-local's layout, which etcd-ipam keeps
+/// per host too): the names of its files that are addresses, sorted.
+pub fn lease_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    v.sort();
+    v
+}
+
 /// One thing of a snapshot: its kind (`link`, `addr`, `route`, `nft`, `file`) and a
 /// normalized one-line description.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -20,15 +20,8 @@ fn held(run_dir: &Path, prefix: &str, net: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for n in std::fs::read_dir(&nodes).into_iter().flatten().flatten() {
         let node = n.file_name().to_string_lossy().to_string();
-        for f in std::fs::read_dir(n.path().join("ipam").join(net))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = f.file_name().to_string_lossy().to_string();
-            if name.parse::<IpAddr>().is_ok() {
-                out.push((node.clone(), name));
-            }
+        for ip in conformance::lease_files(&n.path().join("ipam").join(net)) {
+            out.push((node.clone(), ip));
         }
     }
     out

@@ -308,10 +308,8 @@ fn node_state(node: &Node, view: &View, reg: &Registration) -> Option<NodeState>
     let renewed = reg.keeper.as_ref().filter(|k| !k.lost())?.renewed()?;
     let age = u64::try_from(renewed.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut blocks: BTreeMap<String, BTreeSet<ipnetwork::IpNetwork>> = BTreeMap::new();
-    for ((net, block), holder) in &view.blocks {
-        if *holder == node.name {
-            blocks.entry(net.clone()).or_default().insert(*block);
-        }
+    for (net, block) in view.blocks_of(&node.name) {
+        blocks.entry(net.clone()).or_default().insert(*block);
     }
     Some(NodeState {
         node: node.name.clone(),

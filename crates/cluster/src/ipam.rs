@@ -28,12 +28,6 @@ pub struct IpRecord {
     pub ifname: String,
 }
 
-impl IpRecord {
-    pub fn is(&self, container_id: &str, ifname: &str) -> bool {
-        self.container_id == container_id && self.ifname == ifname
-    }
-}
-
 /// Value of `nodes/<node>/<cidr>` (nothing yet: its key and revisions are what count).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeBlock {}
@@ -102,10 +96,6 @@ impl Keys {
     pub fn node_block(&self, node: &str, block: IpNetwork) -> String {
         format!("{}nodes/{node}/{}", self.network_prefix, cidr_key(block))
     }
-    /// `nodes/`: every node's blocks.
-    pub fn all_nodes(&self) -> String {
-        format!("{}nodes/", self.network_prefix)
-    }
     /// `nodes/<node>/<cidr>/`: the addresses held in one block of a node.
     pub fn block_ips(&self, node: &str, block: IpNetwork) -> String {
         format!("{}/", self.node_block(node, block))
@@ -117,10 +107,6 @@ impl Keys {
     /// `att/<id>/<ifname>`.
     pub fn att(&self, container_id: &str, ifname: &str) -> String {
         format!("{}att/{container_id}/{ifname}", self.network_prefix)
-    }
-    /// `att/`.
-    pub fn atts(&self) -> String {
-        format!("{}att/", self.network_prefix)
     }
 }
 

@@ -76,10 +76,10 @@ pub fn run_root() -> PathBuf {
 }
 
 /// `<root>/cluster/<prefix>/<node>`: this node's local state for the cluster at `prefix`.
-/// `None` when the node name is not one path component.
+/// `None` when the node name is not a safe path component (`cni_core::conf::is_safe_name`:
+/// letters, digits, `_`, `.`, `-`, starting with a letter or digit, as every host name).
 pub fn node_dir(root: &Path, prefix: &str, node: &str) -> Option<PathBuf> {
-    let safe = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0']);
-    if !safe(node) {
+    if !cni_core::conf::is_safe_name(node) {
         return None;
     }
     let p = prefix.trim_matches('/').replace('/', "_");
@@ -95,11 +95,7 @@ pub fn state_file(node_dir: &Path) -> PathBuf {
 /// Read the agent's file: `None` when missing or unreadable (a torn or foreign file is the
 /// same as none: the caller reads etcd).
 pub fn load(path: &Path) -> Option<NodeState> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).ok(),
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
-        Err(_) => None,
-    }
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// Write the agent's file whole (a temp file renamed over it: a reader sees the old or the new).
@@ -173,6 +169,7 @@ mod tests {
             Path::new("/run/x/cluster/a_b/h1")
         );
         assert!(node_dir(r, "/cnirs", "..").is_none());
+        assert!(node_dir(r, "/cnirs", ".").is_none());
         assert!(node_dir(r, "/cnirs", "a/b").is_none());
         assert!(node_dir(r, "/cnirs", "").is_none());
     }

@@ -136,6 +136,11 @@ impl View {
         })
     }
 
+    /// `node`'s blocks, as (network, block), from the index kept per node.
+    pub fn blocks_of(&self, node: &str) -> impl Iterator<Item = &(String, IpNetwork)> {
+        self.by_node.get(node).into_iter().flatten()
+    }
+
     /// The networks carried by `vni` (normally one name).
     pub fn networks_of(&self, vni: u32) -> Vec<&str> {
         self.networks

@@ -47,13 +47,11 @@ pub use reclaim::{reclaim_dead_nodes, Reclaimed};
 /// This node's blocks, as etcd or the agent's file gave them.
 #[derive(Debug, Default, Clone)]
 pub struct NodeView {
-    /// The revision of the read (0: not read from etcd).
-    pub rev: i64,
     /// This node's blocks -> create revision of their `nodes/` key (0 when not read).
     pub blocks: BTreeMap<IpNetwork, i64>,
     /// Addresses etcd still records under the blocks (the layout before December 2026, when
     /// every address was a key): taken as leases by a host with no record of its blocks.
-    pub legacy: BTreeMap<IpAddr, (IpRecord, IpNetwork)>,
+    pub legacy: BTreeMap<IpAddr, IpRecord>,
     /// Read from etcd now (`false`: from the agent's file, which can lag a claim).
     pub from_etcd: bool,
 }
@@ -79,7 +77,7 @@ impl NodeView {
             }
             Some(ip) => {
                 if let Ok(rec) = serde_json::from_slice::<IpRecord>(&kv.value) {
-                    self.legacy.insert(ip, (rec, block));
+                    self.legacy.insert(ip, rec);
                 }
             }
         }
@@ -135,7 +133,6 @@ impl Allocator<'_> {
     pub fn view(&self, r: &TxnResponse) -> NodeView {
         let np = self.node_prefix();
         let mut v = NodeView {
-            rev: r.revision,
             from_etcd: true,
             ..NodeView::default()
         };
@@ -383,7 +380,7 @@ impl Allocator<'_> {
             if !v.from_etcd {
                 return Ok(None);
             }
-            for (ip, (rec, _)) in &v.legacy {
+            for (ip, rec) in &v.legacy {
                 log::info!(
                     "taking {ip} ({}/{}) over from etcd as a lease of this host",
                     rec.container_id,

@@ -78,11 +78,12 @@ impl EtcdIpam {
 
     fn node(&self) -> Result<&str, CniError> {
         // It names a key component in etcd and this host's directory of leases.
-        if self.node.contains(['/', '\0']) || matches!(self.node.as_str(), "" | "." | "..") {
+        if !cni_core::conf::is_safe_name(&self.node) {
             return Err(CniError::new(
                 ErrorCode::InvalidEnvironment,
                 format!(
-                    "{NODE_ENV}={:?}: a node name cannot contain '/', be empty, '.' or '..'",
+                    "{NODE_ENV}={:?}: a node name is letters, digits, '_', '.' and '-', \
+                     starting with a letter or digit",
                     self.node
                 ),
             ));

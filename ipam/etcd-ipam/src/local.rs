@@ -39,8 +39,9 @@ const BLOCKS_FILE: &str = "blocks";
 pub fn root(cfg: &Config, node: &str) -> Result<PathBuf, Error> {
     cluster::node_state::node_dir(&cfg.run_dir, &cfg.prefix, node)
         .map(|d| d.join("ipam"))
-        .ok_or_else(|| Error::Stale {
-            what: format!("node name {node:?} is not usable as a directory name"),
+        .ok_or_else(|| {
+            let e = std::io::Error::new(ErrorKind::InvalidInput, "not a safe path component");
+            io("using the node name", Path::new(node), e)
         })
 }
 
@@ -71,8 +72,12 @@ impl Local {
     fn load(leases: DiskStore) -> Result<Self, Error> {
         let blocks_file = leases.dir().join(BLOCKS_FILE);
         let blocks = match std::fs::read(&blocks_file) {
-            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| Error::Stale {
-                what: format!("{}: {e}", blocks_file.display()),
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
+                io(
+                    "parsing",
+                    &blocks_file,
+                    std::io::Error::new(ErrorKind::InvalidData, e),
+                )
             })?),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(io("reading", &blocks_file, e)),

@@ -4,8 +4,8 @@
 //! and this node's blocks: from the agent's file when it vouches for them, else one etcd read
 //! ([`cluster`]) -> the network's lock and the host's view -> `networks/<net>` when this host's
 //! device is about to be created -> IPAM (etcd-ipam: an address of one of this node's blocks,
-//! on this host's leases; etcd only to claim a block) -> the plan ([`plan`]: the bridge plugin's plan shaped for a routed
-//! overlay, plus the network's device, table and rules) -> apply (undone on failure, the
+//! on this host's leases; etcd only to claim a block) -> the plan ([`plan`]: the bridge
+//! plugin's plan shaped for a routed overlay, plus the network's device, table and rules) -> apply (undone on failure, the
 //! address released) -> result. The node agent (crates/agent) programs the other hosts'
 //! blocks on the device.
 //!
